@@ -1,0 +1,342 @@
+//! The event loop: moves datagrams, time and control requests between the
+//! UDP sockets, the control socket and the sans-IO [`Endpoint`]. Protocol
+//! decisions live in `aokd_proto`; this module only drives it, logs its
+//! events and answers `aoctl`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use aokd_proto::control::{
+    Command, DaemonStatus, MktKey, MktStatus, PeerStatus, ResponseData, ResponseResult, SaStatus,
+};
+use aokd_proto::crypto::Secret;
+use aokd_proto::ike::{self, Endpoint, EndpointConfig, Event, IkeSuite, PeerView, PortRange};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::control::ControlCall;
+
+/// Largest IKE datagram accepted (strongSwan's max_packet is 10000).
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Converts the daemon configuration into the endpoint's.
+pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
+    let mut peers = Vec::new();
+    for p in &cfg.peers {
+        let local = match p.local {
+            Some(ip) => ip,
+            None => route_source(p.remote_addr())
+                .with_context(|| format!("peer {:?}: cannot find the local address toward {}", p.name, p.remote))?,
+        };
+        let local_id = p.local_identity(local);
+        let ike_suites = p
+            .ike_proposals
+            .iter()
+            .map(|s| IkeSuite { encr: s.encr.to_crypto(), prf: s.prf.to_crypto(), group: s.group.id() })
+            .collect();
+        peers.push(ike::PeerConfig {
+            name: p.name.clone(),
+            remote: p.remote_addr(),
+            local,
+            local_id: ike::Identity { id_type: local_id.id_type(), data: local_id.data() },
+            remote_id: ike::Identity { id_type: p.remote_id.id_type(), data: p.remote_id.data() },
+            psk: Secret::new(p.psk.as_bytes().to_vec()),
+            ike_suites,
+            mac_algorithms: p.mac_algorithms.clone(),
+            include_options: p.include_tcp_options,
+            tcp_ports: p.tcp_ports.iter().map(|port| PortRange::single(*port)).collect(),
+            initiate: p.initiate,
+        });
+    }
+    Ok(EndpointConfig::new(peers))
+}
+
+/// The source address the kernel would use toward `remote` (a connected
+/// UDP socket sends nothing).
+fn route_source(remote: SocketAddr) -> std::io::Result<IpAddr> {
+    let any: SocketAddr = match remote {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let s = StdUdpSocket::bind(any)?;
+    s.connect(remote)?;
+    Ok(s.local_addr()?.ip())
+}
+
+/// Maps monotonic instants to Unix seconds.
+#[derive(Clone, Copy)]
+struct WallClock {
+    base: Instant,
+    base_unix: u64,
+}
+
+impl WallClock {
+    fn now() -> WallClock {
+        WallClock {
+            base: Instant::now(),
+            base_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        }
+    }
+
+    fn unix(&self, t: Instant) -> u64 {
+        if t >= self.base {
+            self.base_unix + (t - self.base).as_secs()
+        } else {
+            self.base_unix.saturating_sub((self.base - t).as_secs())
+        }
+    }
+}
+
+/// A running daemon: the endpoint and its sockets.
+pub struct Daemon {
+    endpoint: Endpoint,
+    sockets: Vec<Arc<UdpSocket>>,
+    listen: Vec<SocketAddr>,
+    clock: WallClock,
+    /// A name for log lines when several daemons share a process (`aokd demo`).
+    instance: String,
+}
+
+impl Daemon {
+    /// Binds the IKE sockets and creates the endpoint.
+    pub async fn bind(listen: &[SocketAddr], cfg: EndpointConfig, instance: &str) -> anyhow::Result<Daemon> {
+        let mut sockets = Vec::new();
+        let mut bound = Vec::new();
+        for addr in listen {
+            let s = UdpSocket::bind(addr).await.with_context(|| format!("cannot bind UDP {addr}"))?;
+            bound.push(s.local_addr()?);
+            sockets.push(Arc::new(s));
+        }
+        let endpoint = Endpoint::new(cfg, Instant::now(), Box::new(rand_core::OsRng))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Daemon { endpoint, sockets, listen: bound, clock: WallClock::now(), instance: instance.to_string() })
+    }
+
+    /// The bound IKE addresses (with the actual port when 0 was asked for).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.listen
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(
+        mut self,
+        mut control: mpsc::Receiver<ControlCall>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let (tx, mut rx) = mpsc::channel::<(SocketAddr, Vec<u8>)>(1024);
+        let mut readers = Vec::new();
+        for s in &self.sockets {
+            let s = Arc::clone(s);
+            let tx = tx.clone();
+            readers.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; MAX_DATAGRAM];
+                loop {
+                    match s.recv_from(&mut buf).await {
+                        Ok((n, from)) => {
+                            if tx.send((from, buf[..n].to_vec())).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => debug!(error = %e, "UDP receive error"),
+                    }
+                }
+            }));
+        }
+        drop(tx);
+        tokio::pin!(shutdown);
+        info!(instance = %self.instance, listen = ?self.listen, peers = self.endpoint.config().peers.len(), "aokd running");
+        loop {
+            self.flush().await;
+            let deadline = self.endpoint.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                Some((from, data)) = rx.recv() => {
+                    self.endpoint.handle_datagram(Instant::now(), from, &data);
+                }
+                Some(call) = control.recv() => {
+                    let result = self.control(call.command, call.peer_uid);
+                    let _ = call.reply.send(result);
+                }
+                _ = sleep => {
+                    self.endpoint.handle_timeout(Instant::now());
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        for r in readers {
+            r.abort();
+        }
+        info!(instance = %self.instance, "aokd stopped");
+        Ok(())
+    }
+
+    async fn flush(&mut self) {
+        while let Some(ev) = self.endpoint.poll_event() {
+            self.log_event(ev);
+        }
+        while let Some(t) = self.endpoint.poll_transmit() {
+            let socket = self
+                .sockets
+                .iter()
+                .zip(&self.listen)
+                .find(|(_, a)| a.is_ipv4() == t.destination.is_ipv4())
+                .map(|(s, _)| s);
+            match socket {
+                Some(s) => {
+                    if let Err(e) = s.send_to(&t.contents, t.destination).await {
+                        warn!(destination = %t.destination, error = %e, "cannot send IKE datagram");
+                    }
+                }
+                None => warn!(destination = %t.destination, "no IKE socket of this address family"),
+            }
+        }
+    }
+
+    fn log_event(&self, ev: Event) {
+        let inst = &self.instance;
+        match ev {
+            Event::IkeSaEstablished { peer, spi_i, spi_r, role, suite, tcp_ao_capable } => info!(
+                instance = %inst, %peer, spi_i = %format!("{spi_i:016x}"), spi_r = %format!("{spi_r:016x}"),
+                role = role.as_str(), %suite, tcp_ao_capable, "IKE SA established"
+            ),
+            Event::MktCreated { peer, mkt, ports, .. } => info!(
+                instance = %inst, %peer, send_id = mkt.send_id, recv_id = mkt.recv_id, algorithm = %mkt.algorithm,
+                include_options = mkt.include_options, key_fingerprint = %mkt.fingerprint(), ports = ?ports,
+                "MKT negotiated"
+            ),
+            Event::MktDeleted { peer, send_id, recv_id, reason } => {
+                info!(instance = %inst, %peer, send_id, recv_id, reason, "MKT deleted")
+            }
+            Event::IkeSaDeleted { peer, spi_i, spi_r, reason } => info!(
+                instance = %inst, %peer, spi_i = %format!("{spi_i:016x}"), spi_r = %format!("{spi_r:016x}"),
+                %reason, "IKE SA deleted"
+            ),
+            Event::NegotiationFailed { peer, error, by_peer } => warn!(
+                instance = %inst, %peer, notify = %error.notify().map(|n| n.to_string()).unwrap_or_default(),
+                by_peer, "IKE negotiation failed: {error}"
+            ),
+            Event::ChildFailed { peer, error, by_peer } => warn!(
+                instance = %inst, %peer, notify = %error.notify().map(|n| n.to_string()).unwrap_or_default(),
+                by_peer, "TCP-AO child SA failed, IKE SA kept: {error}"
+            ),
+            Event::PeerNotCapable { peer } => warn!(
+                instance = %inst, %peer,
+                "peer did not advertise TCP-AO keying: IKE SA without MKT, TCP-AO not negotiated"
+            ),
+            Event::SimultaneousInitiation { peer, kept_ours } => {
+                info!(instance = %inst, %peer, kept_ours, "simultaneous initiation resolved")
+            }
+            Event::Dropped { from, reason } => debug!(instance = %inst, %from, %reason, "datagram dropped"),
+        }
+    }
+
+    /// Answers one control command.
+    pub fn control(&mut self, command: Command, peer_uid: u32) -> ResponseResult {
+        let peers = self.endpoint.peers();
+        let data = match command {
+            Command::Status => ResponseData::Status(self.status(&peers)),
+            Command::Sas => ResponseData::Sas { sas: self.sas(&peers) },
+            Command::Mkts => ResponseData::Mkts { mkts: self.mkts(&peers) },
+            Command::MktKeys => {
+                if peer_uid != 0 {
+                    return ResponseResult::Error { message: crate::control::MKT_KEYS_REFUSED.to_string() };
+                }
+                info!(uid = peer_uid, "MKT keys requested over the control socket (aoctl verify --from-daemon)");
+                let keys = peers
+                    .iter()
+                    .flat_map(|p| {
+                        p.mkts.iter().map(|m| MktKey {
+                            peer: p.name.clone(),
+                            send_id: m.mkt.send_id,
+                            recv_id: m.mkt.recv_id,
+                            algorithm: m.mkt.algorithm.name().to_string(),
+                            include_options: m.mkt.include_options,
+                            master_key: hex::encode(m.mkt.master_key.as_bytes()),
+                        })
+                    })
+                    .collect();
+                ResponseData::MktKeys { keys }
+            }
+            Command::Initiate { peer } => match self.endpoint.initiate(&peer, Instant::now()) {
+                Ok(true) => ResponseData::Accepted { message: format!("initiating IKE SA with {peer}") },
+                Ok(false) => ResponseData::Accepted { message: format!("{peer} already has an IKE SA or one is being set up") },
+                Err(e) => return ResponseResult::Error { message: e.to_string() },
+            },
+            Command::Terminate { peer } => match self.endpoint.terminate(&peer, Instant::now()) {
+                Ok(n) => ResponseData::Accepted { message: format!("deleted {n} IKE SA(s) with {peer}") },
+                Err(e) => return ResponseResult::Error { message: e.to_string() },
+            },
+        };
+        ResponseResult::Ok { data }
+    }
+
+    fn status(&self, peers: &[PeerView]) -> DaemonStatus {
+        DaemonStatus {
+            daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: self.clock.base_unix,
+            listen: self.listen.iter().map(|a| a.to_string()).collect(),
+            peers: peers
+                .iter()
+                .map(|p| PeerStatus {
+                    name: p.name.clone(),
+                    address: p.remote.to_string(),
+                    ike_state: p.state.as_str().to_string(),
+                    tcp_ao_capable: p.tcp_ao_capable,
+                    mkts: p.mkts.len(),
+                    last_error: p.last_error.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn sas(&self, peers: &[PeerView]) -> Vec<SaStatus> {
+        peers
+            .iter()
+            .flat_map(|p| {
+                p.sas.iter().map(|s| SaStatus {
+                    peer: p.name.clone(),
+                    address: p.remote.to_string(),
+                    state: s.state.to_string(),
+                    role: s.role.as_str().to_string(),
+                    spi_i: format!("{:016x}", s.spi_i),
+                    spi_r: format!("{:016x}", s.spi_r),
+                    suite: s.suite.map(|x| x.to_string()),
+                    established_at: s.established_at.map(|t| self.clock.unix(t)),
+                    tcp_ao_capable: p.tcp_ao_capable,
+                    last_error: p.last_error.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn mkts(&self, peers: &[PeerView]) -> Vec<MktStatus> {
+        peers
+            .iter()
+            .flat_map(|p| {
+                p.mkts.iter().map(|m| MktStatus {
+                    peer: p.name.clone(),
+                    send_id: m.mkt.send_id,
+                    recv_id: m.mkt.recv_id,
+                    algorithm: m.mkt.algorithm.name().to_string(),
+                    include_options: m.mkt.include_options,
+                    created_at: self.clock.unix(m.created_at),
+                    key_fingerprint: m.mkt.fingerprint(),
+                })
+            })
+            .collect()
+    }
+
+    /// A snapshot of the MKTs, for `aokd demo`.
+    pub fn mkt_status(&self) -> Vec<MktStatus> {
+        self.mkts(&self.endpoint.peers())
+    }
+}

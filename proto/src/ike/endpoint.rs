@@ -1,0 +1,1430 @@
+//! The IKEv2 endpoint: every IKE SA with every configured peer, driven by
+//! datagrams and time (quinn-proto style).
+//!
+//! Inputs: [`Endpoint::handle_datagram`], [`Endpoint::handle_timeout`],
+//! [`Endpoint::initiate`], [`Endpoint::terminate`], each with `now`.
+//! Outputs, to be drained after every input: [`Endpoint::poll_transmit`]
+//! (datagrams), [`Endpoint::poll_event`] (events), and
+//! [`Endpoint::poll_timeout`] (when to call `handle_timeout` next).
+//!
+//! Exchanges (RFC 7296 1.2-1.4): IKE_SA_INIT (with INVALID_KE_PAYLOAD and
+//! COOKIE retries), IKE_AUTH with PSK authentication (2.15) carrying the
+//! first TCP-AO child SA or none (RFC 6023), and INFORMATIONAL (Delete,
+//! error notifications, empty liveness checks). The window size is 1
+//! (2.3): one request outstanding per direction, retransmitted by the
+//! initiator of the exchange only (2.1), responses replayed for
+//! retransmitted requests.
+//!
+//! Simultaneous initiation (not covered by RFC 7296): when an IKE_SA_INIT
+//! request arrives from a peer to which this side has an IKE SA of its own
+//! that is not yet established, the two initiator nonces are compared as
+//! octet strings (a shorter prefix is lower, as in 2.8.1). The exchange
+//! whose initiator sent the higher nonce continues; the other initiator
+//! abandons its attempt, and the winner drops the loser's request. Both
+//! sides compare the same two nonces, so they agree without a message.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use rand_core::CryptoRngCore;
+use subtle::ConstantTimeEq;
+
+use super::config::{EndpointConfig, IkeSuite, PortRange};
+use super::error::{IkeError, Misbehaviour, MisuseError, NegotiationError};
+use super::event::{Event, MktView, PeerState, PeerView, Role, SaView, Transmit};
+use super::proposal;
+use super::sk;
+use crate::crypto::{self, IkeKeys, KeyExchange, Secret};
+use crate::mkt::{MasterKeyTuple, MASTER_KEY_LEN};
+use crate::numbers::{AuthMethod, DhGroup, ExchangeType, NotifyType, PayloadType, ProtocolId};
+use crate::wire::{
+    self, AuthPayload, DeletePayload, Header, IdPayload, KePayload, NotifyPayload, ParsedMessage, Payload, SaPayload,
+    TrafficSelector, TsPayload, FLAG_INITIATOR, FLAG_RESPONSE,
+};
+
+/// The Vendor ID aokd sends in IKE_SA_INIT (docs/protocol.md).
+pub const VENDOR_ID: &[u8] = b"aokd TCP-AO keying 1";
+
+/// Nonce length sent (RFC 7296 2.10: at least 16 octets and half the PRF key).
+const NONCE_LEN: usize = 32;
+
+/// KeyIDs aokd allocates for negotiated MKTs; 240-255 are reserved for the
+/// dummy-key guard (docs/protocol.md).
+pub const KEY_ID_RANGE: core::ops::RangeInclusive<u8> = 0..=239;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SaState {
+    /// Initiator: IKE_SA_INIT sent.
+    InitSent,
+    /// Initiator: IKE_AUTH sent.
+    AuthSent,
+    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
+    HalfOpen,
+    Established,
+    /// Failed; kept until `expires` so a retransmitted request still gets
+    /// the stored error response.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PendingKind {
+    Init,
+    Auth,
+    Informational,
+    DeleteIke,
+}
+
+struct Pending {
+    message_id: u32,
+    bytes: Vec<u8>,
+    sent: u32,
+    deadline: Instant,
+    kind: PendingKind,
+}
+
+struct ChildOffer {
+    recv_id: u8,
+    exclude_options: bool,
+}
+
+struct MktRecord {
+    mkt: MasterKeyTuple,
+    ports: Vec<PortRange>,
+    created_at: Instant,
+}
+
+struct IkeSa {
+    peer: usize,
+    role: Role,
+    state: SaState,
+    spi_i: u64,
+    spi_r: u64,
+    remote: SocketAddr,
+    created: Instant,
+    expires: Option<Instant>,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    ke: Option<KeyExchange>,
+    suite: Option<IkeSuite>,
+    keys: Option<IkeKeys>,
+    init_request: Vec<u8>,
+    init_response: Vec<u8>,
+    cookie: Option<Vec<u8>>,
+    peer_tcp_ao: bool,
+    peer_childless: bool,
+    next_message_id: u32,
+    expected_message_id: u32,
+    pending: Option<Pending>,
+    last_response: Option<(u32, Vec<u8>)>,
+    iv_counter: u64,
+    established_at: Option<Instant>,
+    child_offer: Option<ChildOffer>,
+    mkts: Vec<MktRecord>,
+}
+
+impl IkeSa {
+    fn local_spi(&self) -> u64 {
+        match self.role {
+            Role::Initiator => self.spi_i,
+            Role::Responder => self.spi_r,
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        self.state != SaState::Failed
+    }
+
+    fn header(&self, exchange: ExchangeType, message_id: u32, response: bool) -> Header {
+        let mut flags = 0;
+        if self.role == Role::Initiator {
+            flags |= FLAG_INITIATOR;
+        }
+        if response {
+            flags |= FLAG_RESPONSE;
+        }
+        Header {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            next_payload: PayloadType::NONE,
+            version: 0x20,
+            exchange,
+            flags,
+            message_id,
+            length: 0,
+        }
+    }
+
+    /// Builds a protected message with this SA's keys.
+    fn protect(&mut self, header: &Header, payloads: &[Payload]) -> Result<Vec<u8>, IkeError> {
+        let (suite, keys) = match (&self.suite, &self.keys) {
+            (Some(s), Some(k)) => (s, k),
+            _ => return Err(Misbehaviour::Unexpected("protected message before keys").into()),
+        };
+        let key = match self.role {
+            Role::Initiator => &keys.sk_ei,
+            Role::Responder => &keys.sk_er,
+        };
+        self.iv_counter = self.iv_counter.wrapping_add(1);
+        sk::protect(header, payloads, suite.encr, key.as_bytes(), self.iv_counter)
+    }
+
+    /// Opens a protected message from the peer.
+    fn unprotect(&self, datagram: &[u8], msg: &ParsedMessage) -> Result<Vec<Payload>, IkeError> {
+        let (suite, keys) = match (&self.suite, &self.keys) {
+            (Some(s), Some(k)) => (s, k),
+            _ => return Err(Misbehaviour::Integrity.into()),
+        };
+        let key = match self.role {
+            Role::Initiator => &keys.sk_er,
+            Role::Responder => &keys.sk_ei,
+        };
+        sk::unprotect(datagram, msg, suite.encr, key.as_bytes())
+    }
+}
+
+#[derive(Default)]
+struct PeerRuntime {
+    last_error: Option<String>,
+    tcp_ao_capable: Option<bool>,
+    next_attempt: Option<Instant>,
+}
+
+/// All IKE SAs of this node. See the module documentation.
+pub struct Endpoint {
+    cfg: EndpointConfig,
+    rng: Box<dyn CryptoRngCore + Send>,
+    peers: Vec<PeerRuntime>,
+    sas: HashMap<u64, IkeSa>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+fn notify(ty: NotifyType, data: Vec<u8>) -> Payload {
+    Payload::Notify(NotifyPayload { protocol: ProtocolId::NONE, spi: Vec::new(), ty, data })
+}
+
+fn find_notify(payloads: &[Payload], ty: NotifyType) -> Option<&NotifyPayload> {
+    payloads.iter().find_map(|p| match p {
+        Payload::Notify(n) if n.ty == ty => Some(n),
+        _ => None,
+    })
+}
+
+fn first_error_notify(payloads: &[Payload]) -> Option<&NotifyPayload> {
+    payloads.iter().find_map(|p| match p {
+        Payload::Notify(n) if n.ty.is_error() => Some(n),
+        _ => None,
+    })
+}
+
+fn selectors(addr: IpAddr, ports: &[PortRange]) -> TsPayload {
+    TsPayload {
+        selectors: ports
+            .iter()
+            .map(|p| TrafficSelector::Range {
+                ip_protocol: 6,
+                start_port: p.start,
+                end_port: p.end,
+                start_addr: addr,
+                end_addr: addr,
+            })
+            .collect(),
+    }
+}
+
+fn addr_in(addr: IpAddr, start: IpAddr, end: IpAddr) -> bool {
+    match (addr, start, end) {
+        (IpAddr::V4(a), IpAddr::V4(s), IpAddr::V4(e)) => s <= a && a <= e,
+        (IpAddr::V6(a), IpAddr::V6(s), IpAddr::V6(e)) => s <= a && a <= e,
+        _ => false,
+    }
+}
+
+/// Narrows offered selectors to `addr` and to the intersection of their
+/// port ranges with `local` (RFC 7296 2.9). Empty when nothing is left.
+fn narrow(offer: &TsPayload, addr: IpAddr, local: &[PortRange]) -> Vec<PortRange> {
+    let mut out: Vec<PortRange> = Vec::new();
+    for ts in &offer.selectors {
+        let TrafficSelector::Range { ip_protocol, start_port, end_port, start_addr, end_addr } = ts else {
+            continue;
+        };
+        if !(*ip_protocol == 6 || *ip_protocol == 0) || !addr_in(addr, *start_addr, *end_addr) {
+            continue;
+        }
+        for l in local {
+            let start = (*start_port).max(l.start);
+            let end = (*end_port).min(l.end);
+            if start <= end && !out.contains(&PortRange { start, end }) {
+                out.push(PortRange { start, end });
+            }
+        }
+    }
+    out
+}
+
+/// True when every selector of `reply` is for `addr`, TCP, and within `offered` ports.
+fn reply_within(reply: &TsPayload, addr: IpAddr, offered: &[PortRange]) -> Option<Vec<PortRange>> {
+    let mut ports = Vec::new();
+    for ts in &reply.selectors {
+        let TrafficSelector::Range { ip_protocol, start_port, end_port, start_addr, end_addr } = ts else {
+            return None;
+        };
+        let ok = *ip_protocol == 6
+            && addr_in(addr, *start_addr, *end_addr)
+            && offered.iter().any(|o| o.start <= *start_port && *end_port <= o.end && start_port <= end_port);
+        if !ok {
+            return None;
+        }
+        ports.push(PortRange { start: *start_port, end: *end_port });
+    }
+    (!ports.is_empty()).then_some(ports)
+}
+
+impl Endpoint {
+    /// Creates the endpoint. Peers with `initiate` set are due for initiation at `now`.
+    pub fn new(cfg: EndpointConfig, now: Instant, rng: Box<dyn CryptoRngCore + Send>) -> Result<Endpoint, IkeError> {
+        for p in &cfg.peers {
+            if p.ike_suites.is_empty() {
+                return Err(MisuseError::Config(format!("peer {:?}: no IKE suites", p.name)).into());
+            }
+            if p.tcp_ports.is_empty() {
+                return Err(MisuseError::Config(format!("peer {:?}: no TCP ports", p.name)).into());
+            }
+        }
+        let peers = cfg
+            .peers
+            .iter()
+            .map(|p| PeerRuntime { next_attempt: p.initiate.then_some(now), ..Default::default() })
+            .collect();
+        Ok(Endpoint { cfg, rng, peers, sas: HashMap::new(), transmits: VecDeque::new(), events: VecDeque::new() })
+    }
+
+    /// The configuration this endpoint runs with.
+    pub fn config(&self) -> &EndpointConfig {
+        &self.cfg
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Endpoint::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let sa_deadlines = self.sas.values().flat_map(|sa| {
+            let retransmit = sa.pending.as_ref().map(|p| p.deadline);
+            let half_open = match sa.state {
+                SaState::HalfOpen => Some(sa.created + self.cfg.half_open_timeout),
+                _ => None,
+            };
+            [retransmit, half_open, sa.expires]
+        });
+        let peer_deadlines = self.peers.iter().map(|p| p.next_attempt);
+        sa_deadlines.chain(peer_deadlines).flatten().min()
+    }
+
+    /// Views of every configured peer, for status displays.
+    pub fn peers(&self) -> Vec<PeerView> {
+        self.cfg
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut sas: Vec<&IkeSa> = self.sas.values().filter(|s| s.peer == i).collect();
+                sas.sort_by_key(|s| s.created);
+                let state = if sas.iter().any(|s| s.state == SaState::Established) {
+                    PeerState::Established
+                } else if sas.iter().any(|s| s.is_live()) {
+                    PeerState::Connecting
+                } else if self.peers[i].last_error.is_some() {
+                    PeerState::Failed
+                } else {
+                    PeerState::None
+                };
+                PeerView {
+                    name: p.name.clone(),
+                    remote: p.remote,
+                    state,
+                    tcp_ao_capable: self.peers[i].tcp_ao_capable,
+                    last_error: self.peers[i].last_error.clone(),
+                    sas: sas
+                        .iter()
+                        .map(|s| SaView {
+                            spi_i: s.spi_i,
+                            spi_r: s.spi_r,
+                            role: s.role,
+                            state: match s.state {
+                                SaState::Established => "established",
+                                SaState::Failed => "failed",
+                                _ => "connecting",
+                            },
+                            suite: s.suite,
+                            established_at: s.established_at,
+                        })
+                        .collect(),
+                    mkts: sas
+                        .iter()
+                        .flat_map(|s| {
+                            s.mkts.iter().map(|m| MktView {
+                                mkt: m.mkt.clone(),
+                                ports: m.ports.clone(),
+                                created_at: m.created_at,
+                                spi_i: s.spi_i,
+                                spi_r: s.spi_r,
+                            })
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    fn peer_index(&self, name: &str) -> Result<usize, IkeError> {
+        self.cfg
+            .peers
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| MisuseError::UnknownPeer(name.to_string()).into())
+    }
+
+    fn peer_name(&self, peer: usize) -> String {
+        self.cfg.peers.get(peer).map(|p| p.name.clone()).unwrap_or_default()
+    }
+
+    fn has_live_sa(&self, peer: usize) -> bool {
+        self.sas.values().any(|s| s.peer == peer && s.is_live())
+    }
+
+    fn random_spi(&mut self) -> u64 {
+        loop {
+            let spi = self.rng.next_u64();
+            if spi != 0 && !self.sas.contains_key(&spi) {
+                return spi;
+            }
+        }
+    }
+
+    fn random_bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.rng.fill_bytes(&mut v);
+        v
+    }
+
+    fn send(&mut self, destination: SocketAddr, contents: Vec<u8>) {
+        self.transmits.push_back(Transmit { destination, contents });
+    }
+
+    fn dropped(&mut self, from: SocketAddr, reason: impl Into<String>) {
+        self.events.push_back(Event::Dropped { from, reason: reason.into() });
+    }
+
+    /// Starts an IKE SA with the named peer now, unless one exists or is
+    /// being set up. Returns whether a new negotiation started.
+    pub fn initiate(&mut self, peer_name: &str, now: Instant) -> Result<bool, IkeError> {
+        let peer = self.peer_index(peer_name)?;
+        if self.has_live_sa(peer) {
+            return Ok(false);
+        }
+        self.start_initiator(peer, now)?;
+        Ok(true)
+    }
+
+    /// Deletes the peer's IKE SAs (with a Delete payload) and their MKTs,
+    /// and stops initiating to it until [`Endpoint::initiate`].
+    pub fn terminate(&mut self, peer_name: &str, now: Instant) -> Result<usize, IkeError> {
+        let peer = self.peer_index(peer_name)?;
+        self.peers[peer].next_attempt = None;
+        let spis: Vec<u64> = self.sas.iter().filter(|(_, s)| s.peer == peer).map(|(k, _)| *k).collect();
+        let n = spis.len();
+        for spi in spis {
+            if let Some(mut sa) = self.sas.remove(&spi) {
+                if sa.state == SaState::Established {
+                    self.send_delete_ike(&mut sa, now);
+                }
+                self.remove_sa(sa, "terminated by operator");
+            }
+        }
+        Ok(n)
+    }
+
+    /// Sends a one-shot INFORMATIONAL Delete for the IKE SA (RFC 7296 1.4.1).
+    fn send_delete_ike(&mut self, sa: &mut IkeSa, _now: Instant) {
+        let id = sa.next_message_id;
+        sa.next_message_id = sa.next_message_id.wrapping_add(1);
+        let h = sa.header(ExchangeType::INFORMATIONAL, id, false);
+        let del = Payload::Delete(DeletePayload { protocol: ProtocolId::IKE, spi_size: 0, spis: Vec::new() });
+        if let Ok(bytes) = sa.protect(&h, &[del]) {
+            self.send(sa.remote, bytes);
+        }
+    }
+
+    /// Drops an SA and reports its MKTs and itself as deleted.
+    fn remove_sa(&mut self, sa: IkeSa, reason: &'static str) {
+        let peer = self.peer_name(sa.peer);
+        for m in &sa.mkts {
+            self.events.push_back(Event::MktDeleted {
+                peer: peer.clone(),
+                send_id: m.mkt.send_id,
+                recv_id: m.mkt.recv_id,
+                reason,
+            });
+        }
+        if sa.state == SaState::Established {
+            self.events.push_back(Event::IkeSaDeleted { peer, spi_i: sa.spi_i, spi_r: sa.spi_r, reason: reason.to_string() });
+        }
+    }
+
+    /// Records a failed negotiation, schedules a retry, and keeps the SA
+    /// (as Failed, for replaying its last response) or drops it.
+    fn fail(&mut self, mut sa: IkeSa, error: IkeError, by_peer: bool, now: Instant) {
+        let peer = sa.peer;
+        self.peers[peer].last_error = Some(match error.notify() {
+            Some(n) if n.name().is_some() => n.to_string(),
+            _ => error.to_string(),
+        });
+        self.events.push_back(Event::NegotiationFailed { peer: self.peer_name(peer), error, by_peer });
+        if self.cfg.peers[peer].initiate {
+            self.peers[peer].next_attempt = Some(now + self.cfg.retry_interval);
+        }
+        if sa.state == SaState::Established || !sa.mkts.is_empty() {
+            self.remove_sa(sa, "IKE SA failed");
+            return;
+        }
+        if sa.role == Role::Responder && sa.last_response.is_some() {
+            sa.state = SaState::Failed;
+            sa.pending = None;
+            sa.expires = Some(now + self.cfg.half_open_timeout);
+            self.sas.insert(sa.local_spi(), sa);
+        }
+    }
+
+    fn start_initiator(&mut self, peer: usize, now: Instant) -> Result<(), IkeError> {
+        let group = self.cfg.peers[peer].ike_suites[0].group;
+        let ke = KeyExchange::generate(group, &mut *self.rng).map_err(Misbehaviour::KeyExchange)?;
+        let spi_i = self.random_spi();
+        let ni = self.random_bytes(NONCE_LEN);
+        let mut sa = IkeSa {
+            peer,
+            role: Role::Initiator,
+            state: SaState::InitSent,
+            spi_i,
+            spi_r: 0,
+            remote: self.cfg.peers[peer].remote,
+            created: now,
+            expires: None,
+            ni,
+            nr: Vec::new(),
+            ke: Some(ke),
+            suite: None,
+            keys: None,
+            init_request: Vec::new(),
+            init_response: Vec::new(),
+            cookie: None,
+            peer_tcp_ao: false,
+            peer_childless: false,
+            next_message_id: 0,
+            expected_message_id: 0,
+            pending: None,
+            last_response: None,
+            iv_counter: 0,
+            established_at: None,
+            child_offer: None,
+            mkts: Vec::new(),
+        };
+        self.peers[peer].next_attempt = None;
+        self.send_init_request(&mut sa, now);
+        self.sas.insert(spi_i, sa);
+        Ok(())
+    }
+
+    fn capability_payloads(&self) -> Vec<Payload> {
+        let mut v = vec![notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED, Vec::new())];
+        if self.cfg.advertise_tcp_ao {
+            v.push(notify(NotifyType::TCP_AO_SUPPORTED, Vec::new()));
+            v.push(Payload::VendorId(VENDOR_ID.to_vec()));
+        }
+        v
+    }
+
+    fn send_init_request(&mut self, sa: &mut IkeSa, now: Instant) {
+        let Some(ke) = &sa.ke else { return };
+        let mut payloads = Vec::new();
+        if let Some(c) = &sa.cookie {
+            payloads.push(notify(NotifyType::COOKIE, c.clone()));
+        }
+        payloads.push(Payload::Sa(proposal::ike_sa_payload(&self.cfg.peers[sa.peer].ike_suites)));
+        payloads.push(Payload::Ke(KePayload { group: ke.group(), data: ke.public() }));
+        payloads.push(Payload::Nonce(sa.ni.clone()));
+        payloads.extend(self.capability_payloads());
+        let h = sa.header(ExchangeType::IKE_SA_INIT, 0, false);
+        let bytes = wire::emit_message(&h, &payloads);
+        sa.init_request = bytes.clone();
+        sa.next_message_id = 1;
+        self.send_request(sa, 0, bytes, PendingKind::Init, now);
+    }
+
+    fn send_request(&mut self, sa: &mut IkeSa, message_id: u32, bytes: Vec<u8>, kind: PendingKind, now: Instant) {
+        self.send(sa.remote, bytes.clone());
+        sa.pending = Some(Pending {
+            message_id,
+            bytes,
+            sent: 1,
+            deadline: now + self.cfg.retransmit.timeout_after(1),
+            kind,
+        });
+    }
+
+    /// Handles expired timers: retransmissions, give-ups, half-open expiry,
+    /// and due initiations.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, sa)| {
+                sa.pending.as_ref().is_some_and(|p| p.deadline <= now)
+                    || sa.expires.is_some_and(|e| e <= now)
+                    || (sa.state == SaState::HalfOpen && sa.created + self.cfg.half_open_timeout <= now)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for spi in due {
+            let Some(mut sa) = self.sas.remove(&spi) else { continue };
+            if sa.expires.is_some_and(|e| e <= now) {
+                continue; // a failed SA's replay window ended
+            }
+            if sa.state == SaState::HalfOpen && sa.created + self.cfg.half_open_timeout <= now {
+                self.dropped(sa.remote, format!("half-open IKE SA {:016x} expired without IKE_AUTH", sa.spi_r));
+                continue;
+            }
+            let transmissions = self.cfg.retransmit.transmissions;
+            let Some(p) = sa.pending.as_mut() else {
+                self.sas.insert(spi, sa);
+                continue;
+            };
+            if p.sent >= transmissions {
+                let kind = p.kind;
+                sa.pending = None;
+                if kind == PendingKind::DeleteIke {
+                    self.remove_sa(sa, "deleted");
+                } else {
+                    self.fail(sa, NegotiationError::Timeout.into(), false, now);
+                }
+                continue;
+            }
+            p.sent += 1;
+            p.deadline = now + self.cfg.retransmit.timeout_after(p.sent);
+            let bytes = p.bytes.clone();
+            self.send(sa.remote, bytes);
+            self.sas.insert(spi, sa);
+        }
+        let due_peers: Vec<usize> = (0..self.peers.len())
+            .filter(|&i| self.peers[i].next_attempt.is_some_and(|t| t <= now))
+            .collect();
+        for peer in due_peers {
+            self.peers[peer].next_attempt = None;
+            if !self.has_live_sa(peer) {
+                if let Err(e) = self.start_initiator(peer, now) {
+                    self.events.push_back(Event::NegotiationFailed { peer: self.peer_name(peer), error: e, by_peer: false });
+                }
+            }
+        }
+    }
+
+    /// Handles one received datagram. Nothing in it can make this panic, and
+    /// nothing that fails to authenticate changes an established SA.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let msg = match wire::parse_message(datagram) {
+            Ok(m) => m,
+            Err(e) => return self.dropped(from, format!("malformed: {e}")),
+        };
+        let h = &msg.header;
+        if h.exchange == ExchangeType::IKE_SA_INIT && !h.is_response() {
+            return self.on_init_request(now, from, datagram, &msg);
+        }
+        let local_spi = if h.is_initiator() { h.spi_r } else { h.spi_i };
+        let Some(sa) = self.sas.remove(&local_spi) else {
+            return self.dropped(from, format!("no IKE SA with SPI {local_spi:016x}"));
+        };
+        let roles_match = match sa.role {
+            Role::Initiator => !h.is_initiator(),
+            Role::Responder => h.is_initiator(),
+        };
+        let spis_match = h.spi_i == sa.spi_i && (h.spi_r == sa.spi_r || sa.state == SaState::InitSent);
+        if !roles_match || !spis_match || from.ip() != sa.remote.ip() {
+            self.sas.insert(local_spi, sa);
+            return self.dropped(from, "SPIs, flags or address do not match the IKE SA");
+        }
+        if h.is_response() {
+            self.on_response(now, from, datagram, &msg, sa);
+        } else {
+            self.on_request(now, from, datagram, &msg, sa);
+        }
+    }
+
+    fn match_peer(&self, from: SocketAddr) -> Option<usize> {
+        if let Some(i) = self.cfg.peers.iter().position(|p| p.remote == from) {
+            return Some(i);
+        }
+        let mut by_ip = self.cfg.peers.iter().enumerate().filter(|(_, p)| p.remote.ip() == from.ip());
+        match (by_ip.next(), by_ip.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// An unauthenticated error response to IKE_SA_INIT (RFC 7296 2.21.1).
+    fn send_init_error(&mut self, to: SocketAddr, req: &Header, ty: NotifyType, data: Vec<u8>) {
+        let h = Header {
+            spi_i: req.spi_i,
+            spi_r: 0,
+            next_payload: PayloadType::NONE,
+            version: 0x20,
+            exchange: ExchangeType::IKE_SA_INIT,
+            flags: FLAG_RESPONSE,
+            message_id: 0,
+            length: 0,
+        };
+        self.send(to, wire::emit_message(&h, &[notify(ty, data)]));
+    }
+
+    fn on_init_request(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], msg: &ParsedMessage) {
+        let h = &msg.header;
+        if h.message_id != 0 || h.spi_r != 0 || !h.is_initiator() || msg.sk.is_some() {
+            return self.dropped(from, "IKE_SA_INIT request with a bad header");
+        }
+        let Some(peer) = self.match_peer(from) else {
+            return self.dropped(from, "IKE_SA_INIT from an address that is no configured peer");
+        };
+        // A retransmission of a request already answered (RFC 7296 2.1).
+        if let Some(sa) =
+            self.sas.values().find(|s| s.role == Role::Responder && s.spi_i == h.spi_i && s.remote == from)
+        {
+            if sa.init_request == datagram && !sa.init_response.is_empty() {
+                let r = sa.init_response.clone();
+                self.send(from, r);
+            }
+            return;
+        }
+        let half_open =
+            self.sas.values().filter(|s| s.peer == peer && s.role == Role::Responder && s.state == SaState::HalfOpen).count();
+        if half_open >= self.cfg.half_open_per_peer {
+            return self.dropped(from, "half-open IKE SA limit for this peer reached");
+        }
+        if let Some(ty) = msg.unsupported_critical() {
+            self.send_init_error(from, h, NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD, vec![ty.0]);
+            return;
+        }
+        let mut sa_offer = None;
+        let mut ke_in = None;
+        let mut ni = None;
+        for p in &msg.payloads {
+            match p {
+                Payload::Sa(s) => sa_offer = Some(s),
+                Payload::Ke(k) => ke_in = Some(k),
+                Payload::Nonce(n) => ni = Some(n),
+                _ => {}
+            }
+        }
+        let (Some(sa_offer), Some(ke_in), Some(ni)) = (sa_offer, ke_in, ni) else {
+            return self.dropped(from, "IKE_SA_INIT request without SA, KE or Nonce");
+        };
+        // Simultaneous initiation (module documentation).
+        let own = self
+            .sas
+            .iter()
+            .find(|(_, s)| {
+                s.peer == peer && s.role == Role::Initiator && matches!(s.state, SaState::InitSent | SaState::AuthSent)
+            })
+            .map(|(k, s)| (*k, s.ni.clone()));
+        if let Some((own_spi, own_ni)) = own {
+            let ours_wins = own_ni.as_slice() > ni.as_slice();
+            self.events.push_back(Event::SimultaneousInitiation { peer: self.peer_name(peer), kept_ours: ours_wins });
+            if ours_wins {
+                return;
+            }
+            self.sas.remove(&own_spi);
+        }
+        let pc = &self.cfg.peers[peer];
+        let choice = match proposal::choose_ike(sa_offer, &pc.ike_suites, ke_in.group) {
+            Ok(c) => c,
+            Err(NegotiationError::InvalidKe(g)) => {
+                self.send_init_error(from, h, NotifyType::INVALID_KE_PAYLOAD, g.0.to_be_bytes().to_vec());
+                return;
+            }
+            Err(e) => {
+                self.send_init_error(from, h, NotifyType::NO_PROPOSAL_CHOSEN, Vec::new());
+                let name = self.peer_name(peer);
+                self.peers[peer].last_error = Some(NotifyType::NO_PROPOSAL_CHOSEN.to_string());
+                self.events.push_back(Event::NegotiationFailed { peer: name, error: e.into(), by_peer: false });
+                return;
+            }
+        };
+        let ke = match KeyExchange::generate(choice.suite.group, &mut *self.rng) {
+            Ok(k) => k,
+            Err(e) => return self.dropped(from, format!("key exchange: {e}")),
+        };
+        let gir = match ke.agree(&ke_in.data) {
+            Ok(g) => g,
+            Err(e) => {
+                self.send_init_error(from, h, NotifyType::INVALID_SYNTAX, Vec::new());
+                return self.dropped(from, format!("peer's KE payload: {e}"));
+            }
+        };
+        let spi_r = self.random_spi();
+        let nr = self.random_bytes(NONCE_LEN);
+        let keys = match derive_keys(choice.suite, &gir, ni, &nr, h.spi_i, spi_r) {
+            Ok(k) => k,
+            Err(e) => return self.dropped(from, format!("key derivation: {e}")),
+        };
+        let mut sa = IkeSa {
+            peer,
+            role: Role::Responder,
+            state: SaState::HalfOpen,
+            spi_i: h.spi_i,
+            spi_r,
+            remote: from,
+            created: now,
+            expires: None,
+            ni: ni.clone(),
+            nr: nr.clone(),
+            ke: None,
+            suite: Some(choice.suite),
+            keys: Some(keys),
+            init_request: datagram.to_vec(),
+            init_response: Vec::new(),
+            cookie: None,
+            peer_tcp_ao: find_notify(&msg.payloads, NotifyType::TCP_AO_SUPPORTED).is_some(),
+            peer_childless: find_notify(&msg.payloads, NotifyType::CHILDLESS_IKEV2_SUPPORTED).is_some(),
+            next_message_id: 0,
+            expected_message_id: 1,
+            pending: None,
+            last_response: None,
+            iv_counter: 0,
+            established_at: None,
+            child_offer: None,
+            mkts: Vec::new(),
+        };
+        let mut payloads = vec![
+            Payload::Sa(proposal::ike_sa_reply(choice.proposal_num, choice.suite)),
+            Payload::Ke(KePayload { group: ke.group(), data: ke.public() }),
+            Payload::Nonce(nr),
+        ];
+        payloads.extend(self.capability_payloads());
+        let rh = sa.header(ExchangeType::IKE_SA_INIT, 0, true);
+        let bytes = wire::emit_message(&rh, &payloads);
+        sa.init_response = bytes.clone();
+        self.send(from, bytes);
+        self.sas.insert(spi_r, sa);
+    }
+
+    fn on_response(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], msg: &ParsedMessage, sa: IkeSa) {
+        let matches_pending = sa.pending.as_ref().is_some_and(|p| p.message_id == msg.header.message_id);
+        if !matches_pending {
+            let spi = sa.local_spi();
+            self.sas.insert(spi, sa);
+            return self.dropped(from, "response to no outstanding request");
+        }
+        match sa.state {
+            SaState::InitSent if msg.header.exchange == ExchangeType::IKE_SA_INIT => {
+                self.on_init_response(now, from, datagram, msg, sa)
+            }
+            SaState::AuthSent if msg.header.exchange == ExchangeType::IKE_AUTH => {
+                self.on_auth_response(now, from, datagram, msg, sa)
+            }
+            SaState::Established if msg.header.exchange == ExchangeType::INFORMATIONAL => {
+                self.on_informational_response(from, datagram, msg, sa)
+            }
+            _ => {
+                let spi = sa.local_spi();
+                self.sas.insert(spi, sa);
+                self.dropped(from, "response of an unexpected exchange type")
+            }
+        }
+    }
+
+    fn on_init_response(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], msg: &ParsedMessage, mut sa: IkeSa) {
+        let spi = sa.local_spi();
+        let pc = &self.cfg.peers[sa.peer];
+        if let Some(n) = find_notify(&msg.payloads, NotifyType::COOKIE) {
+            if (1..=64).contains(&n.data.len()) && sa.cookie.is_none() {
+                sa.cookie = Some(n.data.clone());
+                self.send_init_request(&mut sa, now);
+                self.sas.insert(spi, sa);
+                return;
+            }
+        }
+        if let Some(n) = find_notify(&msg.payloads, NotifyType::INVALID_KE_PAYLOAD) {
+            let wanted = <[u8; 2]>::try_from(n.data.as_slice()).map(|b| DhGroup(u16::from_be_bytes(b)));
+            let current = sa.ke.as_ref().map(|k| k.group());
+            match wanted {
+                Ok(g) if Some(g) != current && pc.ike_suites.iter().any(|s| s.group == g) => {
+                    match KeyExchange::generate(g, &mut *self.rng) {
+                        Ok(ke) => {
+                            sa.ke = Some(ke);
+                            self.send_init_request(&mut sa, now);
+                            self.sas.insert(spi, sa);
+                        }
+                        Err(e) => self.fail(sa, Misbehaviour::KeyExchange(e).into(), false, now),
+                    }
+                }
+                _ => self.fail(sa, NegotiationError::NoProposalChosen("INVALID_KE_PAYLOAD names a group not offered").into(), true, now),
+            }
+            return;
+        }
+        if let Some(n) = first_error_notify(&msg.payloads) {
+            let e = NegotiationError::PeerReported(n.ty);
+            return self.fail(sa, e.into(), true, now);
+        }
+        if let Some(ty) = msg.unsupported_critical() {
+            return self.fail(sa, Misbehaviour::UnsupportedCritical(ty).into(), false, now);
+        }
+        let mut sa_reply = None;
+        let mut ke_in = None;
+        let mut nr = None;
+        for p in &msg.payloads {
+            match p {
+                Payload::Sa(s) => sa_reply = Some(s),
+                Payload::Ke(k) => ke_in = Some(k),
+                Payload::Nonce(n) => nr = Some(n),
+                _ => {}
+            }
+        }
+        let (Some(sa_reply), Some(ke_in), Some(nr)) = (sa_reply, ke_in, nr) else {
+            self.sas.insert(spi, sa);
+            return self.dropped(from, "IKE_SA_INIT response without SA, KE or Nonce");
+        };
+        if msg.header.spi_r == 0 {
+            self.sas.insert(spi, sa);
+            return self.dropped(from, "IKE_SA_INIT response without a responder SPI");
+        }
+        let Some(ke) = sa.ke.take() else {
+            return self.fail(sa, Misbehaviour::Unexpected("no key exchange state").into(), false, now);
+        };
+        let Some(suite) = proposal::check_ike_reply(sa_reply, &pc.ike_suites, ke.group()) else {
+            return self.fail(sa, Misbehaviour::BadSelection("IKE SA proposal").into(), false, now);
+        };
+        if ke_in.group != ke.group() {
+            return self.fail(sa, Misbehaviour::BadSelection("KE group").into(), false, now);
+        }
+        let gir = match ke.agree(&ke_in.data) {
+            Ok(g) => g,
+            Err(e) => return self.fail(sa, Misbehaviour::KeyExchange(e).into(), false, now),
+        };
+        sa.spi_r = msg.header.spi_r;
+        sa.nr = nr.clone();
+        sa.keys = match derive_keys(suite, &gir, &sa.ni, nr, sa.spi_i, sa.spi_r) {
+            Ok(k) => Some(k),
+            Err(e) => return self.fail(sa, Misbehaviour::KeyExchange(e).into(), false, now),
+        };
+        sa.suite = Some(suite);
+        sa.init_response = datagram.to_vec();
+        sa.peer_tcp_ao = find_notify(&msg.payloads, NotifyType::TCP_AO_SUPPORTED).is_some();
+        sa.peer_childless = find_notify(&msg.payloads, NotifyType::CHILDLESS_IKEV2_SUPPORTED).is_some();
+        sa.pending = None;
+        match self.send_auth_request(&mut sa, now) {
+            Ok(()) => {
+                self.sas.insert(spi, sa);
+            }
+            Err(e) => self.fail(sa, e, false, now),
+        }
+    }
+
+    /// prf(SK_px, RestOfIDPayload) and the AUTH value over the signed octets (RFC 7296 2.15).
+    fn auth_value(&self, sa: &IkeSa, for_initiator: bool, id: &IdPayload) -> Option<Secret> {
+        let suite = sa.suite?;
+        let keys = sa.keys.as_ref()?;
+        let (message, nonce, sk_p) = if for_initiator {
+            (&sa.init_request, &sa.nr, &keys.sk_pi)
+        } else {
+            (&sa.init_response, &sa.ni, &keys.sk_pr)
+        };
+        let maced_id = suite.prf.prf(sk_p.as_bytes(), &id.body());
+        let mut signed = Vec::with_capacity(message.len() + nonce.len() + maced_id.len());
+        signed.extend_from_slice(message);
+        signed.extend_from_slice(nonce);
+        signed.extend_from_slice(maced_id.as_bytes());
+        Some(crypto::psk_auth(suite.prf, self.cfg.peers[sa.peer].psk.as_bytes(), &signed))
+    }
+
+    fn allocate_recv_id(&mut self, peer: usize) -> Option<u8> {
+        let used: Vec<u8> =
+            self.sas.values().filter(|s| s.peer == peer).flat_map(|s| s.mkts.iter().map(|m| m.mkt.recv_id)).collect();
+        let free: Vec<u8> = KEY_ID_RANGE.filter(|id| !used.contains(id)).collect();
+        if free.is_empty() {
+            return None;
+        }
+        let i = (self.rng.next_u32() as usize) % free.len();
+        free.get(i).copied()
+    }
+
+    fn send_id_in_use(&self, peer: usize, send_id: u8) -> bool {
+        self.sas.values().filter(|s| s.peer == peer).any(|s| s.mkts.iter().any(|m| m.mkt.send_id == send_id))
+    }
+
+    fn send_auth_request(&mut self, sa: &mut IkeSa, now: Instant) -> Result<(), IkeError> {
+        let peer = sa.peer;
+        let pc = &self.cfg.peers[peer];
+        let idi = IdPayload { id_type: pc.local_id.id_type, data: pc.local_id.data.clone() };
+        let auth = self
+            .auth_value(sa, true, &idi)
+            .ok_or(Misbehaviour::Unexpected("AUTH before keys"))?;
+        let mut payloads = vec![Payload::IdI(idi)];
+        let other_established =
+            self.sas.values().any(|s| s.peer == peer && s.state == SaState::Established);
+        if !other_established {
+            payloads.push(notify(NotifyType::INITIAL_CONTACT, Vec::new()));
+        }
+        let remote_id = IdPayload { id_type: pc.remote_id.id_type, data: pc.remote_id.data.clone() };
+        payloads.push(Payload::IdR(remote_id));
+        payloads.push(Payload::Auth(AuthPayload { method: AuthMethod::SHARED_KEY_MIC, data: auth.as_bytes().to_vec() }));
+        let wants_child = self.cfg.advertise_tcp_ao && !pc.mac_algorithms.is_empty();
+        self.peers[peer].tcp_ao_capable = Some(sa.peer_tcp_ao);
+        if wants_child && sa.peer_tcp_ao {
+            let recv_id = self
+                .allocate_recv_id(peer)
+                .ok_or(NegotiationError::NoProposalChosen("no free KeyID for this peer"))?;
+            let pc = &self.cfg.peers[peer];
+            payloads.push(Payload::Sa(proposal::tcp_ao_sa_payload(recv_id, &pc.mac_algorithms)));
+            payloads.push(Payload::TsI(selectors(pc.local, &pc.tcp_ports)));
+            payloads.push(Payload::TsR(selectors(pc.remote.ip(), &pc.tcp_ports)));
+            let exclude_options = !pc.include_options;
+            if exclude_options {
+                payloads.push(notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS, Vec::new()));
+            }
+            sa.child_offer = Some(ChildOffer { recv_id, exclude_options });
+        } else if sa.peer_childless {
+            if !sa.peer_tcp_ao {
+                self.events.push_back(Event::PeerNotCapable { peer: self.peer_name(peer) });
+            }
+        } else {
+            return Err(NegotiationError::NotCapable.into());
+        }
+        let id = sa.next_message_id;
+        sa.next_message_id = sa.next_message_id.wrapping_add(1);
+        let h = sa.header(ExchangeType::IKE_AUTH, id, false);
+        let bytes = sa.protect(&h, &payloads)?;
+        sa.state = SaState::AuthSent;
+        self.send_request(sa, id, bytes, PendingKind::Auth, now);
+        Ok(())
+    }
+
+    /// Marks the SA established and replaces any older IKE SA with the peer.
+    fn establish(&mut self, sa: &mut IkeSa, now: Instant) {
+        sa.state = SaState::Established;
+        sa.established_at = Some(now);
+        sa.ke = None;
+        let peer = sa.peer;
+        self.peers[peer].last_error = None;
+        self.peers[peer].next_attempt = None;
+        let older: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.peer == peer && s.state == SaState::Established)
+            .map(|(k, _)| *k)
+            .collect();
+        for spi in older {
+            if let Some(mut old) = self.sas.remove(&spi) {
+                self.send_delete_ike(&mut old, now);
+                self.remove_sa(old, "replaced by a newer IKE SA");
+            }
+        }
+        let suite = sa.suite.unwrap_or(IkeSuite::DEFAULT);
+        self.events.push_back(Event::IkeSaEstablished {
+            peer: self.peer_name(peer),
+            spi_i: sa.spi_i,
+            spi_r: sa.spi_r,
+            role: sa.role,
+            suite,
+            tcp_ao_capable: sa.peer_tcp_ao,
+        });
+    }
+
+    fn master_key(sa: &IkeSa) -> Result<Secret, IkeError> {
+        let (Some(suite), Some(keys)) = (sa.suite, sa.keys.as_ref()) else {
+            return Err(Misbehaviour::Unexpected("child SA before keys").into());
+        };
+        crypto::child_keymat(suite.prf, &keys.sk_d, None, &sa.ni, &sa.nr, MASTER_KEY_LEN)
+            .map_err(|e| Misbehaviour::KeyExchange(e).into())
+    }
+
+    fn add_mkt(&mut self, sa: &mut IkeSa, mkt: MasterKeyTuple, ports: Vec<PortRange>, now: Instant) {
+        self.events.push_back(Event::MktCreated {
+            peer: self.peer_name(sa.peer),
+            spi_i: sa.spi_i,
+            spi_r: sa.spi_r,
+            mkt: mkt.clone(),
+            ports: ports.clone(),
+        });
+        sa.mkts.push(MktRecord { mkt, ports, created_at: now });
+    }
+
+    fn on_auth_response(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], msg: &ParsedMessage, mut sa: IkeSa) {
+        let spi = sa.local_spi();
+        let payloads = match sa.unprotect(datagram, msg) {
+            Ok(p) => p,
+            Err(e) => {
+                self.sas.insert(spi, sa);
+                return self.dropped(from, format!("IKE_AUTH response: {e}"));
+            }
+        };
+        sa.pending = None;
+        if let Some(n) = find_notify(&payloads, NotifyType::AUTHENTICATION_FAILED) {
+            let e = NegotiationError::PeerReported(n.ty);
+            return self.fail(sa, e.into(), true, now);
+        }
+        let idr = payloads.iter().find_map(|p| match p {
+            Payload::IdR(i) => Some(i),
+            _ => None,
+        });
+        let auth = payloads.iter().find_map(|p| match p {
+            Payload::Auth(a) => Some(a),
+            _ => None,
+        });
+        let (Some(idr), Some(auth)) = (idr, auth) else {
+            if let Some(n) = first_error_notify(&payloads) {
+                return self.fail(sa, NegotiationError::PeerReported(n.ty).into(), true, now);
+            }
+            return self.fail(sa, Misbehaviour::MissingPayload(PayloadType::AUTH).into(), false, now);
+        };
+        let pc = &self.cfg.peers[sa.peer];
+        let id_ok = idr.id_type == pc.remote_id.id_type && idr.data == pc.remote_id.data;
+        let auth_ok = auth.method == AuthMethod::SHARED_KEY_MIC
+            && self.auth_value(&sa, false, idr).is_some_and(|v| bool::from(v.as_bytes().ct_eq(&auth.data)));
+        if !id_ok || !auth_ok {
+            // RFC 7296 2.21.2: tell the responder in a separate INFORMATIONAL.
+            let id = sa.next_message_id;
+            sa.next_message_id = sa.next_message_id.wrapping_add(1);
+            let h = sa.header(ExchangeType::INFORMATIONAL, id, false);
+            if let Ok(bytes) = sa.protect(&h, &[notify(NotifyType::AUTHENTICATION_FAILED, Vec::new())]) {
+                self.send(sa.remote, bytes);
+            }
+            let why = if id_ok { "the responder's AUTH does not verify" } else { "the responder's identity is not the configured remote_id" };
+            return self.fail(sa, NegotiationError::AuthenticationFailed(why).into(), false, now);
+        }
+        self.establish(&mut sa, now);
+        if let Some(offer) = sa.child_offer.take() {
+            let peer = sa.peer;
+            let pc = &self.cfg.peers[peer];
+            let sa_reply = payloads.iter().find_map(|p| match p {
+                Payload::Sa(s) => Some(s),
+                _ => None,
+            });
+            let tsi = payloads.iter().find_map(|p| match p {
+                Payload::TsI(t) => Some(t),
+                _ => None,
+            });
+            let tsr = payloads.iter().find_map(|p| match p {
+                Payload::TsR(t) => Some(t),
+                _ => None,
+            });
+            let child = match (sa_reply, tsi, tsr) {
+                (Some(s), Some(tsi), Some(tsr)) => {
+                    match proposal::check_tcp_ao_reply(s, &pc.mac_algorithms) {
+                        None => Err(IkeError::from(Misbehaviour::BadSelection("TCP-AO proposal"))),
+                        Some((send_id, alg)) => {
+                            let ports_i = reply_within(tsi, pc.local, &pc.tcp_ports);
+                            let ports_r = reply_within(tsr, pc.remote.ip(), &pc.tcp_ports);
+                            match (ports_i, ports_r) {
+                                (Some(ports), Some(_)) if !self.send_id_in_use(peer, send_id) => Ok((send_id, alg, ports)),
+                                (Some(_), Some(_)) => Err(NegotiationError::NoProposalChosen("the peer's KeyID is in use").into()),
+                                _ => Err(NegotiationError::TsUnacceptable("narrowed selectors outside the offer").into()),
+                            }
+                        }
+                    }
+                }
+                _ => Err(match first_error_notify(&payloads) {
+                    Some(n) => NegotiationError::PeerReported(n.ty).into(),
+                    None => Misbehaviour::MissingPayload(PayloadType::SA).into(),
+                }),
+            };
+            match child {
+                Ok((send_id, algorithm, ports)) => {
+                    let exclude = offer.exclude_options && find_notify(&payloads, NotifyType::TCP_AO_EXCLUDE_OPTIONS).is_some();
+                    match Self::master_key(&sa) {
+                        Ok(master_key) => {
+                            let mkt = MasterKeyTuple { send_id, recv_id: offer.recv_id, algorithm, include_options: !exclude, master_key };
+                            self.add_mkt(&mut sa, mkt, ports, now);
+                        }
+                        Err(e) => self.child_failed(&mut sa, e, false),
+                    }
+                }
+                Err(e) => {
+                    let by_peer = matches!(e, IkeError::Negotiation(NegotiationError::PeerReported(_)));
+                    if !by_peer {
+                        // The responder may hold an MKT we refuse: delete it.
+                        self.send_child_delete(&mut sa, &[offer.recv_id], now);
+                    }
+                    self.child_failed(&mut sa, e, by_peer);
+                }
+            }
+        }
+        self.sas.insert(spi, sa);
+    }
+
+    fn child_failed(&mut self, sa: &mut IkeSa, error: IkeError, by_peer: bool) {
+        let peer = sa.peer;
+        self.peers[peer].last_error = Some(match error.notify() {
+            Some(n) if n.name().is_some() => n.to_string(),
+            _ => error.to_string(),
+        });
+        self.events.push_back(Event::ChildFailed { peer: self.peer_name(peer), error, by_peer });
+    }
+
+    fn send_child_delete(&mut self, sa: &mut IkeSa, recv_ids: &[u8], now: Instant) {
+        let id = sa.next_message_id;
+        sa.next_message_id = sa.next_message_id.wrapping_add(1);
+        let h = sa.header(ExchangeType::INFORMATIONAL, id, false);
+        let del = Payload::Delete(DeletePayload {
+            protocol: ProtocolId::TCP_AO,
+            spi_size: 1,
+            spis: recv_ids.iter().map(|r| vec![*r]).collect(),
+        });
+        if let Ok(bytes) = sa.protect(&h, &[del]) {
+            self.send_request(sa, id, bytes, PendingKind::Informational, now);
+        }
+    }
+
+    fn on_informational_response(&mut self, from: SocketAddr, datagram: &[u8], msg: &ParsedMessage, mut sa: IkeSa) {
+        let spi = sa.local_spi();
+        if let Err(e) = sa.unprotect(datagram, msg) {
+            self.sas.insert(spi, sa);
+            return self.dropped(from, format!("INFORMATIONAL response: {e}"));
+        }
+        let kind = sa.pending.take().map(|p| p.kind);
+        if kind == Some(PendingKind::DeleteIke) {
+            self.remove_sa(sa, "deleted");
+        } else {
+            self.sas.insert(spi, sa);
+        }
+    }
+
+    fn on_request(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], msg: &ParsedMessage, mut sa: IkeSa) {
+        let spi = sa.local_spi();
+        let id = msg.header.message_id;
+        // Retransmitted request: replay the stored response (RFC 7296 2.1).
+        if let Some((last_id, bytes)) = &sa.last_response {
+            if *last_id == id {
+                let bytes = bytes.clone();
+                self.sas.insert(spi, sa);
+                return self.send(from, bytes);
+            }
+        }
+        if id != sa.expected_message_id || sa.state == SaState::Failed {
+            let expected = sa.expected_message_id;
+            self.sas.insert(spi, sa);
+            return self.dropped(from, format!("request with message ID {id}, expected {expected}"));
+        }
+        let payloads = match sa.unprotect(datagram, msg) {
+            Ok(p) => p,
+            Err(e) => {
+                self.sas.insert(spi, sa);
+                return self.dropped(from, format!("request: {e}"));
+            }
+        };
+        match (sa.state, msg.header.exchange) {
+            (SaState::HalfOpen, ExchangeType::IKE_AUTH) => self.on_auth_request(now, payloads, sa),
+            (SaState::Established, ExchangeType::INFORMATIONAL) => self.on_informational_request(now, payloads, sa),
+            (SaState::Established, ExchangeType::CREATE_CHILD_SA) => {
+                // Rekeying is not implemented yet (docs/protocol.md).
+                self.respond(&mut sa, ExchangeType::CREATE_CHILD_SA, &[notify(NotifyType::NO_ADDITIONAL_SAS, Vec::new())]);
+                self.sas.insert(spi, sa);
+            }
+            _ => {
+                self.sas.insert(spi, sa);
+                self.dropped(from, format!("{} request in this IKE SA state", msg.header.exchange));
+            }
+        }
+    }
+
+    /// Sends a protected response to the request with the expected ID and stores it for replay.
+    fn respond(&mut self, sa: &mut IkeSa, exchange: ExchangeType, payloads: &[Payload]) {
+        let id = sa.expected_message_id;
+        sa.expected_message_id = sa.expected_message_id.wrapping_add(1);
+        let h = sa.header(exchange, id, true);
+        if let Ok(bytes) = sa.protect(&h, payloads) {
+            self.send(sa.remote, bytes.clone());
+            sa.last_response = Some((id, bytes));
+        }
+    }
+
+    fn on_auth_request(&mut self, now: Instant, payloads: Vec<Payload>, mut sa: IkeSa) {
+        let peer = sa.peer;
+        for p in &payloads {
+            if let Payload::Unknown { ty, critical: true, .. } = p {
+                self.respond(&mut sa, ExchangeType::IKE_AUTH, &[notify(NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD, vec![ty.0])]);
+                return self.fail(sa, Misbehaviour::UnsupportedCritical(*ty).into(), false, now);
+            }
+        }
+        let idi = payloads.iter().find_map(|p| match p {
+            Payload::IdI(i) => Some(i.clone()),
+            _ => None,
+        });
+        let auth = payloads.iter().find_map(|p| match p {
+            Payload::Auth(a) => Some(a.clone()),
+            _ => None,
+        });
+        let (Some(idi), Some(auth)) = (idi, auth) else {
+            self.respond(&mut sa, ExchangeType::IKE_AUTH, &[notify(NotifyType::INVALID_SYNTAX, Vec::new())]);
+            return self.fail(sa, Misbehaviour::MissingPayload(PayloadType::AUTH).into(), false, now);
+        };
+        let pc = &self.cfg.peers[peer];
+        let id_ok = idi.id_type == pc.remote_id.id_type && idi.data == pc.remote_id.data;
+        let auth_ok = auth.method == AuthMethod::SHARED_KEY_MIC
+            && self.auth_value(&sa, true, &idi).is_some_and(|v| bool::from(v.as_bytes().ct_eq(&auth.data)));
+        if !id_ok || !auth_ok {
+            self.respond(&mut sa, ExchangeType::IKE_AUTH, &[notify(NotifyType::AUTHENTICATION_FAILED, Vec::new())]);
+            let why = if id_ok { "the initiator's AUTH does not verify" } else { "the initiator's identity is not the configured remote_id" };
+            return self.fail(sa, NegotiationError::AuthenticationFailed(why).into(), false, now);
+        }
+        let idr = IdPayload { id_type: pc.local_id.id_type, data: pc.local_id.data.clone() };
+        let Some(my_auth) = self.auth_value(&sa, false, &idr) else {
+            return self.fail(sa, Misbehaviour::Unexpected("AUTH before keys").into(), false, now);
+        };
+        if find_notify(&payloads, NotifyType::INITIAL_CONTACT).is_some() {
+            // RFC 7296 2.4: the peer holds no other IKE SA with us; `establish` replaces ours.
+        }
+        self.peers[peer].tcp_ao_capable = Some(sa.peer_tcp_ao);
+        self.establish(&mut sa, now);
+        let mut reply = vec![
+            Payload::IdR(idr),
+            Payload::Auth(AuthPayload { method: AuthMethod::SHARED_KEY_MIC, data: my_auth.as_bytes().to_vec() }),
+        ];
+        let child_sa = payloads.iter().find_map(|p| match p {
+            Payload::Sa(s) => Some(s),
+            _ => None,
+        });
+        match child_sa {
+            None => {
+                if !sa.peer_tcp_ao {
+                    self.events.push_back(Event::PeerNotCapable { peer: self.peer_name(peer) });
+                }
+            }
+            Some(offer) => match self.accept_child(&mut sa, offer, &payloads, now) {
+                Ok(child_payloads) => reply.extend(child_payloads),
+                Err(e) => {
+                    if let Some(n) = e.notify() {
+                        reply.push(notify(n, Vec::new()));
+                    }
+                    self.child_failed(&mut sa, e, false);
+                }
+            },
+        }
+        self.respond(&mut sa, ExchangeType::IKE_AUTH, &reply);
+        let spi = sa.local_spi();
+        self.sas.insert(spi, sa);
+    }
+
+    /// The responder's side of the TCP-AO child SA in IKE_AUTH.
+    fn accept_child(&mut self, sa: &mut IkeSa, offer: &SaPayload, payloads: &[Payload], now: Instant) -> Result<Vec<Payload>, IkeError> {
+        let peer = sa.peer;
+        if !self.cfg.advertise_tcp_ao || proposal::first_protocol(offer) != Some(ProtocolId::TCP_AO) {
+            return Err(NegotiationError::NoProposalChosen("only TCP-AO child SAs are supported").into());
+        }
+        let pc = &self.cfg.peers[peer];
+        let (num, send_id, algorithm) = proposal::choose_tcp_ao(offer, &pc.mac_algorithms)?;
+        let tsi = payloads.iter().find_map(|p| match p {
+            Payload::TsI(t) => Some(t),
+            _ => None,
+        });
+        let tsr = payloads.iter().find_map(|p| match p {
+            Payload::TsR(t) => Some(t),
+            _ => None,
+        });
+        let (Some(tsi), Some(tsr)) = (tsi, tsr) else {
+            return Err(Misbehaviour::MissingPayload(PayloadType::TSI).into());
+        };
+        let ports_i = narrow(tsi, pc.remote.ip(), &pc.tcp_ports);
+        let ports_r = narrow(tsr, pc.local, &pc.tcp_ports);
+        if ports_i.is_empty() || ports_r.is_empty() {
+            return Err(NegotiationError::TsUnacceptable("no address or TCP port in common").into());
+        }
+        let exclude = !pc.include_options && find_notify(payloads, NotifyType::TCP_AO_EXCLUDE_OPTIONS).is_some();
+        let (remote_ip, local_ip) = (pc.remote.ip(), pc.local);
+        if self.send_id_in_use(peer, send_id) {
+            return Err(NegotiationError::NoProposalChosen("the initiator's KeyID is in use with this peer").into());
+        }
+        let recv_id = self.allocate_recv_id(peer).ok_or(NegotiationError::NoProposalChosen("no free KeyID for this peer"))?;
+        let master_key = Self::master_key(sa)?;
+        let mkt = MasterKeyTuple { send_id, recv_id, algorithm, include_options: !exclude, master_key };
+        let mut ports = ports_i.clone();
+        for p in &ports_r {
+            if !ports.contains(p) {
+                ports.push(*p);
+            }
+        }
+        self.add_mkt(sa, mkt, ports, now);
+        let mut reply = vec![
+            Payload::Sa(SaPayload {
+                proposals: vec![wire::Proposal {
+                    num,
+                    protocol: ProtocolId::TCP_AO,
+                    spi: vec![recv_id],
+                    transforms: vec![wire::Transform::new(crate::numbers::TransformType::INTEG, algorithm.integ_id().0)],
+                }],
+            }),
+            Payload::TsI(selectors(remote_ip, &ports_i)),
+            Payload::TsR(selectors(local_ip, &ports_r)),
+        ];
+        if exclude {
+            reply.push(notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS, Vec::new()));
+        }
+        Ok(reply)
+    }
+
+    fn on_informational_request(&mut self, now: Instant, payloads: Vec<Payload>, mut sa: IkeSa) {
+        let spi = sa.local_spi();
+        let peer_name = self.peer_name(sa.peer);
+        if find_notify(&payloads, NotifyType::AUTHENTICATION_FAILED).is_some() {
+            self.respond(&mut sa, ExchangeType::INFORMATIONAL, &[]);
+            sa.last_response = None;
+            let e = NegotiationError::PeerReported(NotifyType::AUTHENTICATION_FAILED);
+            return self.fail(sa, e.into(), true, now);
+        }
+        let mut reply = Vec::new();
+        let mut delete_ike = false;
+        for p in &payloads {
+            let Payload::Delete(d) = p else { continue };
+            if d.protocol == ProtocolId::IKE {
+                delete_ike = true;
+            } else if d.protocol == ProtocolId::TCP_AO {
+                let mut ours = Vec::new();
+                for s in &d.spis {
+                    let [send_id] = s.as_slice() else { continue };
+                    if let Some(pos) = sa.mkts.iter().position(|m| m.mkt.send_id == *send_id) {
+                        let m = sa.mkts.remove(pos);
+                        ours.push(vec![m.mkt.recv_id]);
+                        self.events.push_back(Event::MktDeleted {
+                            peer: peer_name.clone(),
+                            send_id: m.mkt.send_id,
+                            recv_id: m.mkt.recv_id,
+                            reason: "deleted by the peer",
+                        });
+                    }
+                }
+                if !ours.is_empty() {
+                    reply.push(Payload::Delete(DeletePayload { protocol: ProtocolId::TCP_AO, spi_size: 1, spis: ours }));
+                }
+            }
+        }
+        self.respond(&mut sa, ExchangeType::INFORMATIONAL, &reply);
+        if delete_ike {
+            if self.cfg.peers[sa.peer].initiate {
+                self.peers[sa.peer].next_attempt = Some(now + self.cfg.retry_interval);
+            }
+            self.remove_sa(sa, "deleted by the peer");
+        } else {
+            self.sas.insert(spi, sa);
+        }
+    }
+}
+
+fn derive_keys(suite: IkeSuite, gir: &Secret, ni: &[u8], nr: &[u8], spi_i: u64, spi_r: u64) -> Result<IkeKeys, crypto::CryptoError> {
+    let seed = crypto::skeyseed(suite.prf, ni, nr, gir.as_bytes());
+    crypto::derive_ike_keys(suite.prf, suite.encr, &seed, ni, nr, spi_i, spi_r)
+}

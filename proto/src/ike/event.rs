@@ -1,0 +1,111 @@
+//! What an [`Endpoint`](super::Endpoint) tells its driver: datagrams to
+//! send, events to act on and log, and read-only views for status displays.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::config::{IkeSuite, PortRange};
+use super::error::IkeError;
+use crate::mkt::MasterKeyTuple;
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+/// Which side started an IKE SA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Initiator,
+    Responder,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Initiator => "initiator",
+            Role::Responder => "responder",
+        }
+    }
+}
+
+/// Something that happened, in the order it happened.
+#[derive(Debug)]
+pub enum Event {
+    /// IKE_AUTH completed.
+    IkeSaEstablished { peer: String, spi_i: u64, spi_r: u64, role: Role, suite: IkeSuite, tcp_ao_capable: bool },
+    /// A TCP-AO MKT was negotiated; the driver installs it.
+    MktCreated { peer: String, spi_i: u64, spi_r: u64, mkt: MasterKeyTuple, ports: Vec<PortRange> },
+    /// An MKT is gone (its IKE SA was deleted, or the peer deleted it).
+    MktDeleted { peer: String, send_id: u8, recv_id: u8, reason: &'static str },
+    /// An IKE SA is gone.
+    IkeSaDeleted { peer: String, spi_i: u64, spi_r: u64, reason: String },
+    /// Establishing an IKE SA with the peer failed; `by_peer` when the
+    /// peer reported the failure rather than this side detecting it.
+    NegotiationFailed { peer: String, error: IkeError, by_peer: bool },
+    /// The IKE SA is up but the TCP-AO child SA failed.
+    ChildFailed { peer: String, error: IkeError, by_peer: bool },
+    /// The peer did not advertise TCP-AO keying; no MKT will be negotiated.
+    PeerNotCapable { peer: String },
+    /// Both sides initiated at once; the IKE SA started by the side with
+    /// the higher nonce survives (docs/protocol.md).
+    SimultaneousInitiation { peer: String, kept_ours: bool },
+    /// A datagram was dropped.
+    Dropped { from: SocketAddr, reason: String },
+}
+
+/// The state of a peer as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    None,
+    Connecting,
+    Established,
+    Failed,
+}
+
+impl PeerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::None => "none",
+            PeerState::Connecting => "connecting",
+            PeerState::Established => "established",
+            PeerState::Failed => "failed",
+        }
+    }
+}
+
+/// A read-only view of an IKE SA.
+#[derive(Debug, Clone)]
+pub struct SaView {
+    pub spi_i: u64,
+    pub spi_r: u64,
+    pub role: Role,
+    /// "connecting", "established", "failed".
+    pub state: &'static str,
+    pub suite: Option<IkeSuite>,
+    pub established_at: Option<Instant>,
+}
+
+/// A read-only view of an MKT (the key only through [`MasterKeyTuple`]).
+#[derive(Debug, Clone)]
+pub struct MktView {
+    pub mkt: MasterKeyTuple,
+    pub ports: Vec<PortRange>,
+    pub created_at: Instant,
+    pub spi_i: u64,
+    pub spi_r: u64,
+}
+
+/// A read-only view of a peer.
+#[derive(Debug, Clone)]
+pub struct PeerView {
+    pub name: String,
+    pub remote: SocketAddr,
+    pub state: PeerState,
+    pub tcp_ao_capable: Option<bool>,
+    pub last_error: Option<String>,
+    pub sas: Vec<SaView>,
+    pub mkts: Vec<MktView>,
+}

@@ -1,0 +1,188 @@
+//! A two-endpoint simulation on a virtual clock: datagrams cross a network
+//! that loses, duplicates, delays and reorders them, all from one seed, so
+//! every run is reproducible.
+
+#![allow(dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use aokd_proto::crypto::Secret;
+use aokd_proto::ike::{Endpoint, EndpointConfig, Event, Identity, IkeSuite, PeerConfig, PortRange};
+use aokd_proto::mkt::MacAlgorithm;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+pub const A_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 500);
+pub const B_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 500);
+
+/// Network behaviour, probabilities in percent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetParams {
+    pub loss_pct: u32,
+    pub dup_pct: u32,
+    /// Extra random delay up to this many milliseconds (reorders datagrams).
+    pub jitter_ms: u64,
+}
+
+pub struct Node {
+    pub ep: Endpoint,
+    pub addr: SocketAddr,
+    pub events: Vec<Event>,
+}
+
+struct InFlight {
+    at: Instant,
+    seq: u64,
+    to: usize,
+    from: SocketAddr,
+    data: Vec<u8>,
+}
+
+pub struct Sim {
+    pub now: Instant,
+    pub start: Instant,
+    pub nodes: Vec<Node>,
+    pub net: NetParams,
+    rng: ChaCha20Rng,
+    flight: Vec<InFlight>,
+    seq: u64,
+    /// Every datagram handed to the network, for fuzzing from real messages.
+    pub sent: Vec<(usize, SocketAddr, Vec<u8>)>,
+}
+
+/// A peer configuration for the simulation.
+pub fn peer(name: &str, local: SocketAddr, remote: SocketAddr, psk: &[u8]) -> PeerConfig {
+    PeerConfig {
+        name: name.to_string(),
+        remote,
+        local: local.ip(),
+        local_id: Identity::from_ip(local.ip()),
+        remote_id: Identity::from_ip(remote.ip()),
+        psk: Secret::new(psk.to_vec()),
+        ike_suites: vec![IkeSuite::DEFAULT],
+        mac_algorithms: MacAlgorithm::ALL.to_vec(),
+        include_options: true,
+        tcp_ports: vec![PortRange::single(179)],
+        initiate: true,
+    }
+}
+
+impl Sim {
+    /// Two nodes, A and B, each configured with the other.
+    pub fn pair(seed: u64, net: NetParams, a: PeerConfig, b: PeerConfig) -> Sim {
+        Sim::pair_with(seed, net, EndpointConfig::new(vec![a]), EndpointConfig::new(vec![b]))
+    }
+
+    pub fn pair_with(seed: u64, net: NetParams, a: EndpointConfig, b: EndpointConfig) -> Sim {
+        let now = Instant::now();
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let ra = Box::new(ChaCha20Rng::seed_from_u64(rng.next_u64()));
+        let rb = Box::new(ChaCha20Rng::seed_from_u64(rng.next_u64()));
+        let nodes = vec![
+            Node { ep: Endpoint::new(a, now, ra).expect("config A"), addr: A_ADDR, events: Vec::new() },
+            Node { ep: Endpoint::new(b, now, rb).expect("config B"), addr: B_ADDR, events: Vec::new() },
+        ];
+        Sim { now, start: now, nodes, net, rng, flight: Vec::new(), seq: 0, sent: Vec::new() }
+    }
+
+    fn node_index(&self, addr: SocketAddr) -> Option<usize> {
+        self.nodes.iter().position(|n| n.addr == addr)
+    }
+
+    /// Moves transmits and events out of every node.
+    fn drain(&mut self) {
+        for i in 0..self.nodes.len() {
+            while let Some(ev) = self.nodes[i].ep.poll_event() {
+                self.nodes[i].events.push(ev);
+            }
+            while let Some(t) = self.nodes[i].ep.poll_transmit() {
+                let from = self.nodes[i].addr;
+                self.sent.push((i, from, t.contents.clone()));
+                let Some(to) = self.node_index(t.destination) else { continue };
+                let copies = if self.rng.next_u32() % 100 < self.net.dup_pct { 2 } else { 1 };
+                for _ in 0..copies {
+                    if self.rng.next_u32() % 100 < self.net.loss_pct {
+                        continue;
+                    }
+                    let jitter = if self.net.jitter_ms > 0 { self.rng.next_u64() % self.net.jitter_ms } else { 0 };
+                    let at = self.now + Duration::from_millis(5 + jitter);
+                    self.seq += 1;
+                    self.flight.push(InFlight { at, seq: self.seq, to, from, data: t.contents.clone() });
+                }
+            }
+        }
+    }
+
+    /// Runs one step: the earliest delivery or timer. Returns false when
+    /// nothing is left to do before `until`.
+    pub fn step(&mut self, until: Instant) -> bool {
+        self.drain();
+        let next_flight = self.flight.iter().map(|f| (f.at, f.seq)).min();
+        let next_timer = self.nodes.iter().enumerate().filter_map(|(i, n)| n.ep.poll_timeout().map(|t| (t, i))).min();
+        match (next_flight, next_timer) {
+            (Some((at, seq)), timer) if timer.is_none_or(|(t, _)| at <= t) => {
+                if at > until {
+                    return false;
+                }
+                self.now = self.now.max(at);
+                let pos = self.flight.iter().position(|f| f.seq == seq).expect("in flight");
+                let f = self.flight.swap_remove(pos);
+                let now = self.now;
+                self.nodes[f.to].ep.handle_datagram(now, f.from, &f.data);
+            }
+            (_, Some((t, i))) => {
+                if t > until {
+                    return false;
+                }
+                self.now = self.now.max(t);
+                let now = self.now;
+                self.nodes[i].ep.handle_timeout(now);
+            }
+            _ => return false,
+        }
+        self.drain();
+        true
+    }
+
+    /// Runs until `cond` holds or `limit` of virtual time passes; returns
+    /// whether `cond` held.
+    pub fn run_until(&mut self, limit: Duration, mut cond: impl FnMut(&Sim) -> bool) -> bool {
+        let until = self.now + limit;
+        loop {
+            if cond(self) {
+                return true;
+            }
+            if !self.step(until) {
+                return cond(self);
+            }
+        }
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        while self.step(until) {}
+        self.now = self.now.max(until);
+    }
+
+    /// Delivers a datagram directly to node `to` now.
+    pub fn inject(&mut self, to: usize, from: SocketAddr, data: &[u8]) {
+        let now = self.now;
+        self.nodes[to].ep.handle_datagram(now, from, data);
+        self.drain();
+    }
+
+    pub fn established(&self, i: usize) -> usize {
+        self.nodes[i].ep.peers().iter().flat_map(|p| p.sas.iter()).filter(|s| s.state == "established").count()
+    }
+
+    pub fn mkts(&self, i: usize) -> Vec<aokd_proto::ike::MktView> {
+        self.nodes[i].ep.peers().into_iter().flat_map(|p| p.mkts).collect()
+    }
+
+    /// Both sides hold exactly one established IKE SA and one MKT each.
+    pub fn settled(&self) -> bool {
+        self.established(0) == 1 && self.established(1) == 1 && self.mkts(0).len() == 1 && self.mkts(1).len() == 1
+    }
+}
