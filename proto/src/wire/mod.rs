@@ -13,12 +13,27 @@ use std::net::IpAddr;
 
 use crate::numbers::*;
 
+mod header;
+mod payload;
+mod reader;
+mod sa;
+#[cfg(test)]
+mod tests;
+mod ts;
+
+pub use header::GENERIC_HEADER_LEN;
+pub use payload::{emit_sk_prefix, NONCE_MAX, NONCE_MIN};
+
 /// Errors from parsing octets that do not form a valid IKEv2 message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// Fewer octets than a field or a length needs.
     #[error("truncated {what}: need {need} octets, have {have}")]
-    Truncated { what: &'static str, need: usize, have: usize },
+    Truncated {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
     /// A length field that is impossible for its structure.
     #[error("invalid length {len} in {what}")]
     BadLength { what: &'static str, len: usize },
@@ -63,12 +78,12 @@ impl Header {
 
     /// Parses the first 28 octets; the rest of `bytes` is not looked at.
     pub fn parse(bytes: &[u8]) -> Result<Header, WireError> {
-        todo!("{bytes:?}")
+        header::parse(bytes)
     }
 
     /// Appends the 28 header octets to `out`.
     pub fn emit(&self, out: &mut Vec<u8>) {
-        todo!("{out:?}")
+        header::emit(self, out)
     }
 
     /// The R flag.
@@ -200,7 +215,11 @@ pub enum Payload {
     TsI(TsPayload),
     TsR(TsPayload),
     /// A payload type this crate does not interpret, kept with its critical bit.
-    Unknown { ty: PayloadType, critical: bool, body: Vec<u8> },
+    Unknown {
+        ty: PayloadType,
+        critical: bool,
+        body: Vec<u8>,
+    },
 }
 
 /// A datagram split into header, plain payloads, and the SK payload if any.
@@ -215,14 +234,38 @@ pub struct ParsedMessage {
 /// Parses a whole datagram: header, then the payload chain. Stops at an SK
 /// payload, which must be last. `header.length` must equal `datagram.len()`.
 pub fn parse_message(datagram: &[u8]) -> Result<ParsedMessage, WireError> {
-    todo!("{datagram:?}")
+    let header = Header::parse(datagram)?;
+    let length = usize::try_from(header.length).unwrap_or(usize::MAX);
+    if length < Header::LEN {
+        return Err(WireError::BadLength {
+            what: "IKE header",
+            len: length,
+        });
+    }
+    if length > datagram.len() {
+        return Err(WireError::Truncated {
+            what: "message",
+            need: length,
+            have: datagram.len(),
+        });
+    }
+    if length < datagram.len() {
+        return Err(WireError::Trailing(datagram.len() - length, "message"));
+    }
+    let chain = datagram.get(Header::LEN..).unwrap_or(&[]);
+    let (payloads, sk) = payload::parse_chain(header.next_payload, chain, Header::LEN, true)?;
+    Ok(ParsedMessage {
+        header,
+        payloads,
+        sk,
+    })
 }
 
 /// Parses a chain of payloads starting with type `first` that must exactly
 /// fill `bytes` (used for the decrypted contents of SK). An SK payload
 /// inside is an error.
 pub fn parse_payload_chain(first: PayloadType, bytes: &[u8]) -> Result<Vec<Payload>, WireError> {
-    todo!("{first:?} {bytes:?}")
+    payload::parse_chain(first, bytes, 0, false).map(|(payloads, _)| payloads)
 }
 
 /// Appends `payloads` with their generic headers to `out`; the last one's
@@ -230,39 +273,72 @@ pub fn parse_payload_chain(first: PayloadType, bytes: &[u8]) -> Result<Vec<Paylo
 /// needed; pass [`PayloadType::NONE`] normally). Returns the type of the
 /// first payload ([`PayloadType::NONE`] if `payloads` is empty, in which case
 /// `last_next` is returned).
-pub fn emit_payload_chain(payloads: &[Payload], last_next: PayloadType, out: &mut Vec<u8>) -> PayloadType {
-    todo!("{payloads:?} {last_next:?} {out:?}")
+pub fn emit_payload_chain(
+    payloads: &[Payload],
+    last_next: PayloadType,
+    out: &mut Vec<u8>,
+) -> PayloadType {
+    payload::emit_chain(payloads, last_next, out)
 }
 
 /// Emits a plain (unencrypted) message; `header.next_payload` and
 /// `header.length` are set from the payloads.
 pub fn emit_message(header: &Header, payloads: &[Payload]) -> Vec<u8> {
-    todo!("{header:?} {payloads:?}")
+    payload::emit_message(header, payloads)
 }
 
 impl Payload {
     /// The payload type number of this payload.
     pub fn payload_type(&self) -> PayloadType {
-        todo!()
+        match self {
+            Payload::Sa(_) => PayloadType::SA,
+            Payload::Ke(_) => PayloadType::KE,
+            Payload::IdI(_) => PayloadType::IDI,
+            Payload::IdR(_) => PayloadType::IDR,
+            Payload::Auth(_) => PayloadType::AUTH,
+            Payload::Nonce(_) => PayloadType::NONCE,
+            Payload::Notify(_) => PayloadType::NOTIFY,
+            Payload::Delete(_) => PayloadType::DELETE,
+            Payload::VendorId(_) => PayloadType::VENDOR_ID,
+            Payload::TsI(_) => PayloadType::TSI,
+            Payload::TsR(_) => PayloadType::TSR,
+            Payload::Unknown { ty, .. } => *ty,
+        }
     }
 }
 
 impl ParsedMessage {
     /// The first unknown payload with the critical bit set (RFC 7296 2.5).
     pub fn unsupported_critical(&self) -> Option<PayloadType> {
-        todo!()
+        self.payloads.iter().find_map(|p| match p {
+            Payload::Unknown {
+                ty, critical: true, ..
+            } => Some(*ty),
+            _ => None,
+        })
     }
 }
 
 impl Transform {
     /// A transform without attributes.
     pub fn new(ty: TransformType, id: u16) -> Self {
-        Transform { ty, id, attrs: Vec::new() }
+        Transform {
+            ty,
+            id,
+            attrs: Vec::new(),
+        }
     }
 
     /// A transform with a Key Length attribute in bits.
     pub fn with_key_length(ty: TransformType, id: u16, bits: u16) -> Self {
-        Transform { ty, id, attrs: vec![Attribute::Tv { ty: ATTR_KEY_LENGTH, value: bits }] }
+        Transform {
+            ty,
+            id,
+            attrs: vec![Attribute::Tv {
+                ty: ATTR_KEY_LENGTH,
+                value: bits,
+            }],
+        }
     }
 
     /// The Key Length attribute, if present.
