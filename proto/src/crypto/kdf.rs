@@ -1,0 +1,350 @@
+//! IKEv2 key derivation (RFC 7296 2.14, 2.17, 2.18), PSK authentication
+//! (RFC 7296 2.15) and key fingerprints.
+//!
+//! All functions are thin compositions of [`Prf::prf`] and [`Prf::prf_plus`];
+//! intermediate buffers that hold secrets are zeroized.
+
+use zeroize::Zeroizing;
+
+use super::{CryptoError, Encr, Prf, Secret};
+
+/// The keys of an IKE SA (RFC 7296 2.14). With AEAD ciphers SK_ai/SK_ar are empty.
+pub struct IkeKeys {
+    pub sk_d: Secret,
+    pub sk_ei: Secret,
+    pub sk_er: Secret,
+    pub sk_pi: Secret,
+    pub sk_pr: Secret,
+}
+
+/// SKEYSEED = prf(Ni | Nr, g^ir) (RFC 7296 2.14).
+///
+/// The nonces are used whole: only the AES-XCBC/CMAC PRFs, which aokd does not
+/// implement, truncate them. For the SKEYSEED of a rekeyed IKE SA
+/// (RFC 7296 2.18) use `prf.prf(sk_d_old, g^ir(new) | Ni | Nr)` directly.
+pub fn skeyseed(prf: Prf, ni: &[u8], nr: &[u8], gir: &[u8]) -> Secret {
+    let mut key = Zeroizing::new(Vec::with_capacity(ni.len() + nr.len()));
+    key.extend_from_slice(ni);
+    key.extend_from_slice(nr);
+    prf.prf(&key, gir)
+}
+
+/// {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr}
+/// = prf+(SKEYSEED, Ni | Nr | SPIi | SPIr) (RFC 7296 2.14).
+///
+/// SPIi and SPIr enter the seed as their 8 header octets (big-endian).
+/// SK_d, SK_pi and SK_pr are `prf.key_len()` octets; the ciphers are AEAD, so
+/// SK_ai and SK_ar are 0 octets and SK_ei/SK_er are key ‖ salt,
+/// [`Encr::keymat_len`] octets (RFC 5282 7.1, RFC 7634 2). An `Encr` that
+/// [`Encr::from_transform`] would not produce is [`CryptoError::Unsupported`].
+pub fn derive_ike_keys(
+    prf: Prf,
+    encr: Encr,
+    skeyseed: &Secret,
+    ni: &[u8],
+    nr: &[u8],
+    spi_i: u64,
+    spi_r: u64,
+) -> Result<IkeKeys, CryptoError> {
+    if Encr::from_transform(encr.id(), encr.key_length_attr()) != Some(encr) {
+        return Err(CryptoError::Unsupported("ENCR key length"));
+    }
+    let prf_len = prf.key_len();
+    let encr_len = encr.keymat_len();
+    let mut seed = Vec::with_capacity(ni.len() + nr.len() + 16);
+    seed.extend_from_slice(ni);
+    seed.extend_from_slice(nr);
+    seed.extend_from_slice(&spi_i.to_be_bytes());
+    seed.extend_from_slice(&spi_r.to_be_bytes());
+    let dkm = prf.prf_plus(skeyseed.as_bytes(), &seed, 3 * prf_len + 2 * encr_len)?;
+
+    let mut rest = dkm.as_bytes();
+    let mut take = |n: usize| {
+        let (key, tail) = rest.split_at(n);
+        rest = tail;
+        Secret::new(key.to_vec())
+    };
+    let sk_d = take(prf_len);
+    // SK_ai and SK_ar: 0 octets with an AEAD cipher.
+    let sk_ei = take(encr_len);
+    let sk_er = take(encr_len);
+    let sk_pi = take(prf_len);
+    let sk_pr = take(prf_len);
+    Ok(IkeKeys {
+        sk_d,
+        sk_ei,
+        sk_er,
+        sk_pi,
+        sk_pr,
+    })
+}
+
+/// KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr) (RFC 7296 2.17).
+///
+/// `gir_new` is the fresh shared secret of a CREATE_CHILD_SA exchange with a
+/// KE payload (PFS); `None` for the first Child SA or a rekey without PFS.
+pub fn child_keymat(
+    prf: Prf,
+    sk_d: &Secret,
+    gir_new: Option<&[u8]>,
+    ni: &[u8],
+    nr: &[u8],
+    len: usize,
+) -> Result<Secret, CryptoError> {
+    let gir = gir_new.unwrap_or_default();
+    let mut seed = Zeroizing::new(Vec::with_capacity(gir.len() + ni.len() + nr.len()));
+    seed.extend_from_slice(gir);
+    seed.extend_from_slice(ni);
+    seed.extend_from_slice(nr);
+    prf.prf_plus(sk_d.as_bytes(), &seed, len)
+}
+
+/// The key pad of RFC 7296 2.15: 17 ASCII octets, no NUL terminator.
+pub const KEY_PAD_IKEV2: &[u8; 17] = b"Key Pad for IKEv2";
+
+/// AUTH for a pre-shared key (RFC 7296 2.15):
+/// prf(prf(Shared Secret, "Key Pad for IKEv2"), signed_octets).
+pub fn psk_auth(prf: Prf, psk: &[u8], signed_octets: &[u8]) -> Secret {
+    let inner = prf.prf(psk, KEY_PAD_IKEV2);
+    prf.prf(inner.as_bytes(), signed_octets)
+}
+
+/// The first 8 octets of SHA-256(key), in lower-case hex: how aokd names a
+/// key in logs and aoctl without revealing it.
+pub fn fingerprint(key: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key);
+    hex::encode(&digest.as_ref()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::hmac::{Hmac, Mac};
+    use std::collections::HashMap;
+
+    /// The RFC 7296 KDF vector set (PRF_HMAC_SHA2_256), copied from the
+    /// project's research notes into testdata/.
+    const VECTORS: &str = include_str!("../../testdata/ikev2-kdf-sha256.txt");
+
+    /// Parses "label [= formula]" lines followed by indented hex lines into
+    /// label → octets. Lines without indented values (the prose header) are
+    /// dropped.
+    fn vectors() -> HashMap<String, Vec<u8>> {
+        let mut map: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut label: Option<String> = None;
+        for line in VECTORS.lines() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            if line.starts_with(char::is_whitespace) {
+                let label = label.clone().expect("value before any label");
+                let bytes = hex::decode(line.trim()).expect("hex value");
+                map.entry(label).or_default().extend_from_slice(&bytes);
+            } else {
+                let name = line.split(" = ").next().unwrap_or(line).trim();
+                label = Some(name.to_string());
+            }
+        }
+        map
+    }
+
+    fn get<'a>(v: &'a HashMap<String, Vec<u8>>, name: &str) -> &'a [u8] {
+        v.get(name)
+            .unwrap_or_else(|| panic!("vector {name} missing"))
+    }
+
+    fn spi(bytes: &[u8]) -> u64 {
+        u64::from_be_bytes(bytes.try_into().expect("8-octet SPI"))
+    }
+
+    #[test]
+    fn vector_file_is_complete() {
+        let v = vectors();
+        for name in [
+            "Ni",
+            "Nr",
+            "SPIi",
+            "SPIr",
+            "gir",
+            "gir_new",
+            "SKEYSEED",
+            "DKM",
+            "SK_d",
+            "KEYMAT",
+            "KEYMAT with PFS",
+            "SKEYSEED for IKE SA rekey",
+        ] {
+            assert!(!get(&v, name).is_empty(), "{name}");
+        }
+        assert_eq!(get(&v, "SPIi").len(), 8);
+        assert_eq!(get(&v, "SPIr").len(), 8);
+    }
+
+    #[test]
+    fn kdf_vectors_sha256() {
+        let v = vectors();
+        let prf = Prf::HmacSha256;
+        let (ni, nr) = (get(&v, "Ni"), get(&v, "Nr"));
+
+        let seed = skeyseed(prf, ni, nr, get(&v, "gir"));
+        assert_eq!(seed.as_bytes(), get(&v, "SKEYSEED"));
+
+        let dkm_expected = get(&v, "DKM");
+        let mut dkm_seed = [ni, nr].concat();
+        dkm_seed.extend_from_slice(get(&v, "SPIi"));
+        dkm_seed.extend_from_slice(get(&v, "SPIr"));
+        let dkm = prf
+            .prf_plus(seed.as_bytes(), &dkm_seed, dkm_expected.len())
+            .unwrap();
+        assert_eq!(dkm.as_bytes(), dkm_expected);
+
+        let sk_d = Secret::new(dkm.as_bytes()[..prf.key_len()].to_vec());
+        assert_eq!(sk_d.as_bytes(), get(&v, "SK_d"));
+
+        let keymat = get(&v, "KEYMAT");
+        let got = child_keymat(prf, &sk_d, None, ni, nr, keymat.len()).unwrap();
+        assert_eq!(got.as_bytes(), keymat);
+
+        let keymat_pfs = get(&v, "KEYMAT with PFS");
+        let got = child_keymat(
+            prf,
+            &sk_d,
+            Some(get(&v, "gir_new")),
+            ni,
+            nr,
+            keymat_pfs.len(),
+        )
+        .unwrap();
+        assert_eq!(got.as_bytes(), keymat_pfs);
+
+        // RFC 7296 2.18: SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr).
+        let rekey_data = [get(&v, "gir_new"), ni, nr].concat();
+        assert_eq!(
+            prf.prf(sk_d.as_bytes(), &rekey_data).as_bytes(),
+            get(&v, "SKEYSEED for IKE SA rekey")
+        );
+    }
+
+    #[test]
+    fn ike_keys_are_slices_of_dkm_in_rfc_order() {
+        let v = vectors();
+        let prf = Prf::HmacSha256;
+        let (ni, nr) = (get(&v, "Ni"), get(&v, "Nr"));
+        let seed = Secret::new(get(&v, "SKEYSEED").to_vec());
+        let dkm = get(&v, "DKM");
+        for (encr, elen) in [
+            (Encr::AesGcm16 { key_bits: 128 }, 20),
+            (Encr::AesGcm16 { key_bits: 256 }, 36),
+            (Encr::ChaCha20Poly1305, 36),
+        ] {
+            let keys = derive_ike_keys(
+                prf,
+                encr,
+                &seed,
+                ni,
+                nr,
+                spi(get(&v, "SPIi")),
+                spi(get(&v, "SPIr")),
+            )
+            .unwrap();
+            // SK_d | SK_ai (0) | SK_ar (0) | SK_ei | SK_er | SK_pi | SK_pr
+            let mut at = 0;
+            for (name, key, len) in [
+                ("SK_d", &keys.sk_d, 32),
+                ("SK_ei", &keys.sk_ei, elen),
+                ("SK_er", &keys.sk_er, elen),
+                ("SK_pi", &keys.sk_pi, 32),
+                ("SK_pr", &keys.sk_pr, 32),
+            ] {
+                assert_eq!(key.as_bytes(), &dkm[at..at + len], "{encr:?} {name}");
+                at += len;
+            }
+        }
+    }
+
+    #[test]
+    fn ike_key_lengths_follow_prf_and_cipher() {
+        let seed = Secret::new(vec![7; 48]);
+        for prf in [Prf::HmacSha256, Prf::HmacSha384, Prf::HmacSha512] {
+            let keys = derive_ike_keys(
+                prf,
+                Encr::AesGcm16 { key_bits: 256 },
+                &seed,
+                &[1; 32],
+                &[2; 32],
+                1,
+                2,
+            )
+            .unwrap();
+            assert_eq!(keys.sk_d.len(), prf.key_len());
+            assert_eq!(keys.sk_pi.len(), prf.key_len());
+            assert_eq!(keys.sk_pr.len(), prf.key_len());
+            assert_eq!(keys.sk_ei.len(), 36);
+            assert_eq!(keys.sk_er.len(), 36);
+            assert_ne!(keys.sk_ei.as_bytes(), keys.sk_er.as_bytes());
+        }
+    }
+
+    #[test]
+    fn ike_keys_reject_unsupported_cipher_parameters() {
+        let seed = Secret::new(vec![7; 32]);
+        let r = derive_ike_keys(
+            Prf::HmacSha256,
+            Encr::AesGcm16 { key_bits: 192 },
+            &seed,
+            &[1; 16],
+            &[2; 16],
+            1,
+            2,
+        );
+        assert!(matches!(r, Err(CryptoError::Unsupported(_))));
+    }
+
+    #[test]
+    fn psk_auth_matches_independent_hmac() {
+        fn hmac<M: Mac + ::hmac::digest::KeyInit>(key: &[u8], data: &[u8]) -> Vec<u8> {
+            let mut mac =
+                <M as ::hmac::digest::KeyInit>::new_from_slice(key).expect("any key length");
+            mac.update(data);
+            mac.finalize().into_bytes().to_vec()
+        }
+        fn reference<M: Mac + ::hmac::digest::KeyInit>(psk: &[u8], signed: &[u8]) -> Vec<u8> {
+            // The pad is spelled out here rather than taken from KEY_PAD_IKEV2.
+            let inner = hmac::<M>(psk, "Key Pad for IKEv2".as_bytes());
+            hmac::<M>(&inner, signed)
+        }
+        assert_eq!(KEY_PAD_IKEV2.len(), 17);
+        let psk = b"a pre-shared key that is an ASCII string of at least sixty-four octets....";
+        let signed = [0x5au8; 300];
+        assert_eq!(
+            psk_auth(Prf::HmacSha256, psk, &signed).as_bytes(),
+            reference::<Hmac<sha2::Sha256>>(psk, &signed).as_slice()
+        );
+        assert_eq!(
+            psk_auth(Prf::HmacSha384, psk, &signed).as_bytes(),
+            reference::<Hmac<sha2::Sha384>>(psk, &signed).as_slice()
+        );
+        assert_eq!(
+            psk_auth(Prf::HmacSha512, psk, &signed).as_bytes(),
+            reference::<Hmac<sha2::Sha512>>(psk, &signed).as_slice()
+        );
+        // A NUL-terminated pad would give a different value.
+        let with_nul = hmac::<Hmac<sha2::Sha256>>(
+            &hmac::<Hmac<sha2::Sha256>>(psk, b"Key Pad for IKEv2\0"),
+            &signed,
+        );
+        assert_ne!(
+            psk_auth(Prf::HmacSha256, psk, &signed).as_bytes(),
+            with_nul.as_slice()
+        );
+    }
+
+    #[test]
+    fn fingerprint_of_zero_key() {
+        // python3 -c 'import hashlib;print(hashlib.sha256(bytes(32)).hexdigest()[:16])'
+        assert_eq!(fingerprint(&[0u8; 32]), "66687aadf862bd77");
+        // SHA-256("") = e3b0c442 98fc1c14 ...
+        assert_eq!(fingerprint(b""), "e3b0c44298fc1c14");
+        assert_eq!(fingerprint(b"x").len(), 16);
+    }
+}
