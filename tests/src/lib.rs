@@ -1,1 +1,223 @@
-//! test support
+//! Support for the integration tests: finds the real `aokd` and `aoctl`
+//! binaries, writes configurations and PSK files into a private temporary
+//! directory, starts daemons, and reads their state through `aoctl --json`.
+
+use std::fs;
+use std::io::Read;
+use std::net::UdpSocket;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Path of a binary built by `cargo test --workspace` / `cargo build --workspace`.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run the tests with `cargo test --workspace` (it builds every binary)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh directory under the system temporary directory, mode 0700.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "aokd-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create temp dir");
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod temp dir");
+    dir
+}
+
+/// A UDP port that was free a moment ago on `ip`.
+pub fn free_udp_port(ip: &str) -> u16 {
+    let s = UdpSocket::bind((ip, 0)).expect("bind UDP port 0");
+    s.local_addr().expect("local addr").port()
+}
+
+/// Writes a PSK file with mode 0600.
+pub fn write_psk(path: &Path, psk: &str) {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .expect("write psk");
+    std::io::Write::write_all(&mut f, psk.as_bytes()).expect("write psk");
+}
+
+/// One side of a test: its address, port and files.
+#[derive(Clone, Debug)]
+pub struct Side {
+    pub name: String,
+    pub ip: String,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Side {
+    pub fn new(root: &Path, name: &str, ip: &str) -> Side {
+        let dir = root.join(name);
+        fs::create_dir_all(&dir).expect("side dir");
+        Side { name: name.into(), ip: ip.into(), port: free_udp_port(ip), dir }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("aokd.toml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("aokd.log")
+    }
+
+    /// Writes this side's configuration with `other` as its only peer.
+    /// `extra` is appended to the `[[peer]]` table.
+    pub fn write_config(&self, other: &Side, psk: &str, extra: &str) {
+        let psk_path = self.dir.join(format!("{}.psk", other.name));
+        write_psk(&psk_path, psk);
+        let text = format!(
+            r#"[daemon]
+listen = ["{ip}"]
+port = {port}
+control_socket = "{sock}"
+state_dir = "{state}"
+
+[[peer]]
+name = "{peer}"
+remote = "{rip}"
+remote_port = {rport}
+local = "{ip}"
+psk_file = "{psk}"
+{extra}
+"#,
+            ip = self.ip,
+            port = self.port,
+            sock = self.socket().display(),
+            state = self.dir.join("state").display(),
+            peer = other.name,
+            rip = other.ip,
+            rport = other.port,
+            psk = psk_path.display(),
+        );
+        fs::write(self.config_path(), text).expect("write config");
+    }
+}
+
+/// A running aokd, killed when dropped.
+pub struct Daemon {
+    pub side: Side,
+    pub child: Child,
+}
+
+impl Daemon {
+    /// Starts `aokd --config` for `side`, logging to `side.log_path()`.
+    pub fn start(side: &Side) -> Daemon {
+        let log = fs::File::create(side.log_path()).expect("log file");
+        let child = Command::new(binary("aokd"))
+            .arg("--config")
+            .arg(side.config_path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start aokd");
+        Daemon { side: side.clone(), child }
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(self.side.log_path()) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// `aoctl --socket S --json ARGS...` parsed, or the error text.
+    pub fn aoctl(&self, args: &[&str]) -> Result<Value, String> {
+        aoctl_json(&self.side.socket(), args)
+    }
+
+    /// Polls `aoctl` until `cond` holds on the value of `args` or `timeout` passes.
+    pub fn wait_for(&self, args: &[&str], timeout: Duration, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = Err("not asked yet".to_string());
+        while Instant::now() < deadline {
+            last = self.aoctl(args);
+            if let Ok(v) = &last {
+                if cond(v) {
+                    return v.clone();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "{}: condition on `aoctl {}` not met within {timeout:?}; last answer: {last:?}\nlog:\n{}",
+            self.side.name,
+            args.join(" "),
+            self.log()
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `aoctl --socket SOCK --json ARGS` and parses its output.
+pub fn aoctl_json(socket: &Path, args: &[&str]) -> Result<Value, String> {
+    let out = Command::new(binary("aoctl"))
+        .arg("--socket")
+        .arg(socket)
+        .arg("--json")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run aoctl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "aoctl exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("aoctl output is not JSON: {e}"))
+}
+
+/// The MKTs array of `aoctl --json mkts`.
+pub fn mkts(v: &Value) -> Vec<Value> {
+    v["mkts"].as_array().cloned().unwrap_or_default()
+}
+
+/// The established SAs of `aoctl --json sas`.
+pub fn established_sas(v: &Value) -> Vec<Value> {
+    v["sas"]
+        .as_array()
+        .map(|a| a.iter().filter(|s| s["state"] == "established").cloned().collect())
+        .unwrap_or_default()
+}
