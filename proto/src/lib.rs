@@ -12,4 +12,5 @@ pub mod control;
 pub mod crypto;
 pub mod mkt;
 pub mod numbers;
+pub mod tcpao;
 pub mod wire;

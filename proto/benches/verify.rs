@@ -1,0 +1,2 @@
+//! Verification throughput benchmark (being written).
+fn main() {}
