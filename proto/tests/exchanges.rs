@@ -180,3 +180,4 @@ fn terminate_deletes_on_both_sides() {
     assert!(sim.mkts(1).is_empty());
     assert!(sim.nodes[1].events.iter().any(|e| matches!(e, Event::MktDeleted { .. })));
 }
+

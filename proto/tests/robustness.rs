@@ -105,6 +105,22 @@ fn hundred_thousand_malformed_datagrams_change_nothing() {
         }
     }
     sim.run_for(Duration::from_secs(60));
+    // The mutations reach past the parser: many parse and are rejected later
+    // (unknown SPI, failed integrity check, wrong message ID...).
+    let reasons: Vec<&str> = sim
+        .nodes
+        .iter()
+        .flat_map(|n| n.events.iter())
+        .filter_map(|e| match e {
+            aokd_proto::ike::Event::Dropped { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    let malformed = reasons.iter().filter(|r| r.starts_with("malformed")).count();
+    let deeper = reasons.len() - malformed;
+    eprintln!("dropped: {malformed} malformed, {deeper} rejected after parsing");
+    assert!(malformed > 10_000, "{malformed}");
+    assert!(deeper > 1_000, "{deeper}");
     assert_eq!(fingerprint(&sim, 0), before[0]);
     assert_eq!(fingerprint(&sim, 1), before[1]);
     assert!(sim.settled());
