@@ -10,6 +10,7 @@
 
 pub mod control;
 pub mod crypto;
+pub mod ike;
 pub mod mkt;
 pub mod numbers;
 pub mod tcpao;
