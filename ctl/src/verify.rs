@@ -1,16 +1,336 @@
-//! `aoctl verify`: checks TCP-AO and TCP-MD5 signatures in a packet capture.
-//! (Being written: see issue 3.)
+//! `aoctl verify`: checks the TCP-AO (RFC 5925) and TCP-MD5 (RFC 2385)
+//! signatures of every segment in a pcap or pcapng capture.
+//!
+//! ```text
+//! aoctl verify --pcap FILE [--mkt KEYID:ALG:HEXKEY[:exclude-options]]...
+//!              [--md5 HEXKEY]... [--from-daemon [--socket PATH]] [--json]
+//! ```
+//!
+//! The verification logic (connections, ISNs, SNE, keys, MACs) is
+//! `aokd_proto::tcpao::CaptureVerifier`; this module reads the file, collects
+//! the keys and prints the result (docs/verify.md).
+//!
+//! Exit status: 0 when every signed segment verified and no connection that
+//! carries TCP-AO or TCP-MD5 has an unsigned (or malformed) segment; 1
+//! otherwise (including signed segments that could not be checked: unknown
+//! KeyID, ISNs never seen, truncated by the snap length, or IP packets that
+//! may carry TCP but could not be parsed); 2 when the capture cannot be read
+//! (the message names the file and the byte offset), a key argument is
+//! invalid, or `--from-daemon` fails.
+//!
+//! `--json` prints one document (version 1; fields are only ever added):
+//!
+//! ```text
+//! {
+//!   "version": 1,
+//!   "file": "capture.pcapng",
+//!   "keys": { "tcp_ao": 2, "tcp_md5": 0 },      // how many, never the keys
+//!   "connections": [
+//!     { "src": "10.11.12.13", "sport": 59863,     // the SYN's sender (else
+//!       "dst": "172.27.28.29", "dport": 179,      //  the first segment's)
+//!       "signing": "tcp-ao",                      // none|tcp-ao|tcp-md5|mixed
+//!       "isns_seen": true,
+//!       "segments": 4, "verified": 4, "bad_mac": 0, "unsigned": 0,
+//!       "unknown_key_id": 0, "no_isn": 0, "truncated": 0, "malformed": 0,
+//!       "result": "pass" }                        // pass|fail
+//!   ],
+//!   "totals": { "packets": 4, "ignored": 0, "unparsed": 0, "connections": 1,
+//!               "segments": 4, "verified": 4, "bad_mac": 0, "unsigned": 0,
+//!               "unknown_key_id": 0, "no_isn": 0, "truncated": 0,
+//!               "malformed": 0 },
+//!   "result": "pass"                              // pass|fail
+//! }
+//! ```
+
+mod capture_file;
+mod keys;
+
+use std::path::PathBuf;
+
+use aokd_proto::tcpao::{CaptureVerifier, ConnectionReport, Counters, Endpoint, KeySet, Totals};
+use serde::Serialize;
+
+use capture_file::{read_frames, Frame};
+
+/// The control socket of aokd when `--socket` is not given.
+pub const DEFAULT_SOCKET: &str = "/run/aokd/control.sock";
 
 /// Arguments of `aoctl verify`.
-#[derive(Debug, clap::Args)]
+#[derive(clap::Args)]
 pub struct VerifyArgs {
     /// The capture file (pcap or pcapng).
     #[arg(long)]
-    pub pcap: std::path::PathBuf,
+    pub pcap: PathBuf,
+    /// A TCP-AO key: KEYID:ALG:HEXKEY[:exclude-options]. KEYID is the KeyID
+    /// on the wire (the sender's SendID); ALG is hmac-sha1-96,
+    /// aes128-cmac-96 or hmac-sha256-128; HEXKEY the master key.
+    #[arg(long = "mkt", value_name = "KEYID:ALG:HEXKEY[:exclude-options]")]
+    pub mkt: Vec<String>,
+    /// A TCP-MD5 key, in hex.
+    #[arg(long = "md5", value_name = "HEXKEY")]
+    pub md5: Vec<String>,
+    /// Ask the running aokd for the MKTs it holds (root only).
+    #[arg(long)]
+    pub from_daemon: bool,
+    /// aokd's control socket, for --from-daemon.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl std::fmt::Debug for VerifyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyArgs")
+            .field("pcap", &self.pcap)
+            .field("mkt", &format_args!("{} key(s)", self.mkt.len()))
+            .field("md5", &format_args!("{} key(s)", self.md5.len()))
+            .field("from_daemon", &self.from_daemon)
+            .field("socket", &self.socket)
+            .field("json", &self.json)
+            .finish()
+    }
+}
+
+const EXIT_PASS: i32 = 0;
+const EXIT_FAIL: i32 = 1;
+const EXIT_ERROR: i32 = 2;
+
+fn collect_keys(args: &VerifyArgs) -> Result<KeySet, String> {
+    let mut set = KeySet::default();
+    for spec in &args.mkt {
+        set.ao.push(keys::parse_mkt(spec)?);
+    }
+    for spec in &args.md5 {
+        set.md5.push(keys::parse_md5(spec)?);
+    }
+    if args.from_daemon {
+        let socket = args
+            .socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        set.ao.extend(keys::from_daemon(&socket)?);
+    }
+    Ok(set)
 }
 
 /// Runs the verification; returns the process exit status.
 pub fn run(args: &VerifyArgs) -> i32 {
-    eprintln!("aoctl verify: not implemented yet ({})", args.pcap.display());
-    2
+    let keys = match collect_keys(args) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("aoctl verify: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let (n_ao, n_md5) = (keys.ao.len(), keys.md5.len());
+    let mut verifier = CaptureVerifier::new(keys);
+    let read = read_frames(&args.pcap, |frame| match frame {
+        Frame::Ip(packet) => {
+            verifier.process(packet);
+        }
+        Frame::NotIp => verifier.count_ignored(),
+        Frame::Malformed => verifier.count_unparsed(),
+    });
+    if let Err(e) = read {
+        eprintln!("aoctl verify: {e}");
+        return EXIT_ERROR;
+    }
+    let passed = verifier.passed();
+    let reports = verifier.reports();
+    let totals = verifier.totals();
+    if args.json {
+        let doc = JsonDocument {
+            version: 1,
+            file: args.pcap.display().to_string(),
+            keys: JsonKeys {
+                tcp_ao: n_ao,
+                tcp_md5: n_md5,
+            },
+            connections: reports.iter().map(json_connection).collect(),
+            totals: json_totals(&totals),
+            result: result_name(passed),
+        };
+        match serde_json::to_string_pretty(&doc) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("aoctl verify: {e}");
+                return EXIT_ERROR;
+            }
+        }
+    } else {
+        print_table(&reports, &totals, passed, n_ao, n_md5);
+    }
+    if passed {
+        EXIT_PASS
+    } else {
+        EXIT_FAIL
+    }
+}
+
+fn result_name(passed: bool) -> &'static str {
+    if passed {
+        "pass"
+    } else {
+        "fail"
+    }
+}
+
+#[derive(Serialize)]
+struct JsonDocument {
+    version: u32,
+    file: String,
+    keys: JsonKeys,
+    connections: Vec<JsonConnection>,
+    totals: JsonTotals,
+    result: &'static str,
+}
+
+#[derive(Serialize)]
+struct JsonKeys {
+    tcp_ao: usize,
+    tcp_md5: usize,
+}
+
+#[derive(Serialize)]
+struct JsonCounters {
+    segments: u64,
+    verified: u64,
+    bad_mac: u64,
+    unsigned: u64,
+    unknown_key_id: u64,
+    no_isn: u64,
+    truncated: u64,
+    malformed: u64,
+}
+
+impl From<&Counters> for JsonCounters {
+    fn from(c: &Counters) -> Self {
+        JsonCounters {
+            segments: c.segments,
+            verified: c.verified,
+            bad_mac: c.bad_mac,
+            unsigned: c.unsigned,
+            unknown_key_id: c.unknown_key_id,
+            no_isn: c.no_isn,
+            truncated: c.truncated,
+            malformed: c.malformed,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonConnection {
+    src: String,
+    sport: u16,
+    dst: String,
+    dport: u16,
+    signing: &'static str,
+    isns_seen: bool,
+    #[serde(flatten)]
+    counters: JsonCounters,
+    result: &'static str,
+}
+
+#[derive(Serialize)]
+struct JsonTotals {
+    packets: u64,
+    ignored: u64,
+    unparsed: u64,
+    connections: u64,
+    #[serde(flatten)]
+    counters: JsonCounters,
+}
+
+fn json_connection(r: &ConnectionReport) -> JsonConnection {
+    JsonConnection {
+        src: r.client.addr.to_string(),
+        sport: r.client.port,
+        dst: r.server.addr.to_string(),
+        dport: r.server.port,
+        signing: r.signing().name(),
+        isns_seen: r.isns_seen,
+        counters: (&r.counters).into(),
+        result: result_name(r.passed()),
+    }
+}
+
+fn json_totals(t: &Totals) -> JsonTotals {
+    JsonTotals {
+        packets: t.packets,
+        ignored: t.ignored,
+        unparsed: t.unparsed,
+        connections: t.connections,
+        counters: (&t.counters).into(),
+    }
+}
+
+fn endpoint(e: &Endpoint) -> String {
+    match e.addr {
+        std::net::IpAddr::V4(a) => format!("{a}:{}", e.port),
+        std::net::IpAddr::V6(a) => format!("[{a}]:{}", e.port),
+    }
+}
+
+fn print_table(reports: &[ConnectionReport], t: &Totals, passed: bool, n_ao: usize, n_md5: usize) {
+    let conns: Vec<String> = reports
+        .iter()
+        .map(|r| format!("{} -> {}", endpoint(&r.client), endpoint(&r.server)))
+        .collect();
+    let w = conns.iter().map(String::len).max().unwrap_or(0).max(10);
+    println!(
+        "{:<w$}  {:<7}  {:>8}  {:>8}  {:>7}  {:>8}  {:>10}  {:>6}  {:>5}  {:>9}  RESULT",
+        "CONNECTION",
+        "SIGNING",
+        "SEGMENTS",
+        "VERIFIED",
+        "BAD_MAC",
+        "UNSIGNED",
+        "UNKNOWN_ID",
+        "NO_ISN",
+        "TRUNC",
+        "MALFORMED",
+    );
+    for (r, name) in reports.iter().zip(&conns) {
+        let c = &r.counters;
+        println!(
+            "{:<w$}  {:<7}  {:>8}  {:>8}  {:>7}  {:>8}  {:>10}  {:>6}  {:>5}  {:>9}  {}",
+            name,
+            r.signing().name(),
+            c.segments,
+            c.verified,
+            c.bad_mac,
+            c.unsigned,
+            c.unknown_key_id,
+            c.no_isn,
+            c.truncated,
+            c.malformed,
+            result_name(r.passed()),
+        );
+    }
+    let c = &t.counters;
+    println!();
+    println!(
+        "{} packets, {} connections, {} TCP segments ({} TCP-AO, {} TCP-MD5); \
+         {} verified, {} bad MAC, {} unsigned, {} unknown KeyID, {} without ISNs, \
+         {} truncated, {} malformed; {} not TCP, {} unparsed; keys: {} TCP-AO, {} TCP-MD5",
+        t.packets,
+        t.connections,
+        c.segments,
+        c.tcp_ao,
+        c.tcp_md5,
+        c.verified,
+        c.bad_mac,
+        c.unsigned,
+        c.unknown_key_id,
+        c.no_isn,
+        c.truncated,
+        c.malformed,
+        t.ignored,
+        t.unparsed,
+        n_ao,
+        n_md5,
+    );
+    println!("result: {}", result_name(passed));
 }
