@@ -45,15 +45,18 @@
 mod capture_file;
 mod keys;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aokd_proto::tcpao::{CaptureVerifier, ConnectionReport, Counters, Endpoint, KeySet, Totals};
 use serde::Serialize;
 
 use capture_file::{read_frames, Frame};
 
-/// The control socket of aokd when `--socket` is not given.
+/// The control socket of aokd when neither `--socket` nor `AOKD_SOCKET`
+/// names one.
 pub const DEFAULT_SOCKET: &str = "/run/aokd/control.sock";
+/// The environment variable that names aokd's control socket.
+pub const SOCKET_ENV: &str = "AOKD_SOCKET";
 
 /// Arguments of `aoctl verify`.
 #[derive(clap::Args)]
@@ -97,7 +100,7 @@ const EXIT_PASS: i32 = 0;
 const EXIT_FAIL: i32 = 1;
 const EXIT_ERROR: i32 = 2;
 
-fn collect_keys(args: &VerifyArgs) -> Result<KeySet, String> {
+fn collect_keys(args: &VerifyArgs, global_socket: Option<&Path>) -> Result<KeySet, String> {
     let mut set = KeySet::default();
     for spec in &args.mkt {
         set.ao.push(keys::parse_mkt(spec)?);
@@ -106,9 +109,13 @@ fn collect_keys(args: &VerifyArgs) -> Result<KeySet, String> {
         set.md5.push(keys::parse_md5(spec)?);
     }
     if args.from_daemon {
+        // `aoctl verify --socket P`, then `aoctl --socket P verify`, then
+        // AOKD_SOCKET, then the default.
         let socket = args
             .socket
             .clone()
+            .or_else(|| global_socket.map(Path::to_path_buf))
+            .or_else(|| std::env::var_os(SOCKET_ENV).map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
         set.ao.extend(keys::from_daemon(&socket)?);
     }
@@ -117,7 +124,15 @@ fn collect_keys(args: &VerifyArgs) -> Result<KeySet, String> {
 
 /// Runs the verification; returns the process exit status.
 pub fn run(args: &VerifyArgs) -> i32 {
-    let keys = match collect_keys(args) {
+    run_with(args, None, false)
+}
+
+/// Runs the verification with aoctl's global options: `global_socket` is
+/// used for `--from-daemon` when `verify --socket` is not given, and
+/// `global_json` has the effect of `verify --json`.
+pub fn run_with(args: &VerifyArgs, global_socket: Option<&Path>, global_json: bool) -> i32 {
+    let json = args.json || global_json;
+    let keys = match collect_keys(args, global_socket) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("aoctl verify: {e}");
@@ -140,7 +155,7 @@ pub fn run(args: &VerifyArgs) -> i32 {
     let passed = verifier.passed();
     let reports = verifier.reports();
     let totals = verifier.totals();
-    if args.json {
+    if json {
         let doc = JsonDocument {
             version: 1,
             file: args.pcap.display().to_string(),

@@ -600,6 +600,7 @@ fn keys_from_the_daemon() {
         }
     })
     .to_string();
+    let answer_again = answer.clone();
     let (sock, daemon) = fake_daemon(answer);
     let packets = section("5.2");
     let out = aoctl(
@@ -633,6 +634,22 @@ fn keys_from_the_daemon() {
     let _ = std::fs::remove_file(&sock);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("only answered for root"));
+
+    // The socket named by AOKD_SOCKET.
+    let (sock, daemon) = fake_daemon(answer_again);
+    let file = write_temp("daemon4.pcap", &pcap(Link::Ethernet, &packets));
+    let out = Command::new(env!("CARGO_BIN_EXE_aoctl"))
+        .env("AOKD_SOCKET", &sock)
+        .arg("verify")
+        .arg("--pcap")
+        .arg(&file)
+        .arg("--from-daemon")
+        .output()
+        .unwrap();
+    daemon.join().unwrap();
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 
     // No daemon at all.
     let out = aoctl(

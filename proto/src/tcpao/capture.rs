@@ -412,10 +412,11 @@ impl CaptureVerifier {
                 result
             }
             AuthOption::Ao(ao) => {
-                let candidates: Vec<usize> = (0..self.keys.ao.len())
-                    .filter(|&i| self.keys.ao[i].key_id == ao.key_id)
-                    .collect();
-                if candidates.is_empty() {
+                let key_id = ao.key_id;
+                let ao_keys = &self.keys.ao;
+                let candidates =
+                    || (0..ao_keys.len()).filter(move |&i| ao_keys[i].key_id == key_id);
+                if candidates().next().is_none() {
                     return Outcome::UnknownKeyId;
                 }
                 if s.truncated {
@@ -430,8 +431,8 @@ impl CaptureVerifier {
                     };
                     let ctx = KeyContext::new(&s.addresses, s.src_port, s.dst_port, s.seq, dst_isn);
                     let sne = sne.unwrap_or(0);
-                    for &i in &candidates {
-                        let k = &self.keys.ao[i];
+                    for i in candidates() {
+                        let k = &ao_keys[i];
                         let tk = derive_traffic_key(k.algorithm, k.master_key.as_bytes(), &ctx);
                         if verify_mac(&tk, s, sne, k.include_options).is_ok() {
                             return Outcome::Verified;
@@ -445,12 +446,12 @@ impl CaptureVerifier {
                     return Outcome::NoIsn;
                 };
                 let d = &mut conn.dirs[dir];
-                if d.keys.len() != self.keys.ao.len() {
+                if d.keys.len() != ao_keys.len() {
                     d.keys.clear();
-                    d.keys.resize(self.keys.ao.len(), None);
+                    d.keys.resize(ao_keys.len(), None);
                 }
-                for &i in &candidates {
-                    let k = &self.keys.ao[i];
+                for i in candidates() {
+                    let k = &ao_keys[i];
                     let tk = d.keys[i].get_or_insert_with(|| {
                         let ctx =
                             KeyContext::new(&s.addresses, s.src_port, s.dst_port, src_isn, dst_isn);
