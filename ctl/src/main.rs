@@ -1,26 +1,143 @@
-//! aoctl: inspects and drives a running aokd through its control socket.
+//! aoctl: inspects and drives a running aokd through its control socket
+//! (docs/control.md), creates pre-shared key files, and verifies TCP-AO
+//! signatures in captures.
+//!
+//! Exit status: 0 on success, 1 when aokd answers with an error (or a local
+//! operation such as `gen-psk` fails), 2 when aokd cannot be reached or
+//! understood.
 
+mod client;
+mod gen_psk;
+mod output;
+mod table;
 mod verify;
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aokd_proto::control::{Command, ResponseData};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "aoctl", version, about = "Control tool for aokd")]
 struct Cli {
+    /// aokd's control socket.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = client::SOCKET_ENV,
+        default_value = client::DEFAULT_SOCKET
+    )]
+    socket: PathBuf,
+    /// Print the response's data as JSON (schema: docs/control.md) instead
+    /// of a table.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Daemon summary and one line per peer.
+    Status,
+    /// IKE SAs.
+    Sas,
+    /// TCP-AO master key tuples (metadata and fingerprints, never keys).
+    Mkts,
+    /// Negotiate with a peer now.
+    Initiate {
+        /// The peer's name in the configuration.
+        peer: String,
+    },
+    /// Delete a peer's IKE SA and its MKTs.
+    Terminate {
+        /// The peer's name in the configuration.
+        peer: String,
+    },
+    /// Write a new random pre-shared key file (mode 0600).
+    GenPsk {
+        /// The file to create.
+        file: PathBuf,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Verify TCP-AO / TCP-MD5 signatures in a capture.
     Verify(verify::VerifyArgs),
 }
 
+// `verify::run` is `run_with` without aoctl's global options; main uses
+// `run_with`. Referenced here so that it does not count as dead code.
+const _: fn(&verify::VerifyArgs) -> i32 = verify::run;
+
 fn main() {
-    let cli = Cli::parse();
-    let code = match cli.command {
-        Cmd::Verify(args) => verify::run(&args),
+    let Cli {
+        socket,
+        json,
+        command,
+    } = Cli::parse();
+    let code = match command {
+        Cmd::Verify(args) => verify::run_with(&args, Some(&socket), json),
+        Cmd::GenPsk { file, force } => gen_psk::run(&file, force, json),
+        Cmd::Status => query(&socket, json, Command::Status),
+        Cmd::Sas => query(&socket, json, Command::Sas),
+        Cmd::Mkts => query(&socket, json, Command::Mkts),
+        Cmd::Initiate { peer } => query(&socket, json, Command::Initiate { peer }),
+        Cmd::Terminate { peer } => query(&socket, json, Command::Terminate { peer }),
     };
     std::process::exit(code);
+}
+
+/// Writes `text` to stdout; a closed pipe (`aoctl sas | head`) is not an
+/// error worth a panic.
+fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// Sends `command`, prints the answer; returns the exit status.
+fn query(socket: &Path, json: bool, command: Command) -> i32 {
+    let expected = command.clone();
+    let data = match client::call(socket, command) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("aoctl: {e}");
+            return e.exit_code();
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let text = match (&expected, &data) {
+        (Command::Status, ResponseData::Status(s)) if json => output::json(s),
+        (Command::Status, ResponseData::Status(s)) => output::status(s, now),
+        (Command::Sas, ResponseData::Sas { sas }) if json => output::json(&output::SasJson { sas }),
+        (Command::Sas, ResponseData::Sas { sas }) => output::sas(sas, now),
+        (Command::Mkts, ResponseData::Mkts { mkts }) if json => {
+            output::json(&output::MktsJson { mkts })
+        }
+        (Command::Mkts, ResponseData::Mkts { mkts }) => output::mkts(mkts, now),
+        (
+            Command::Initiate { .. } | Command::Terminate { .. },
+            ResponseData::Accepted { message },
+        ) => {
+            if json {
+                output::json(&output::AcceptedJson { message })
+            } else {
+                format!("{}\n", table::sanitize(message))
+            }
+        }
+        _ => {
+            eprintln!(
+                "aoctl: control socket {}: unexpected answer to {expected:?} from aokd",
+                socket.display()
+            );
+            return 2;
+        }
+    };
+    print(&text);
+    0
 }

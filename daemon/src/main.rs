@@ -1,1 +1,192 @@
-fn main() {}
+//! aokd: negotiates TCP-AO master key tuples with configured peers over
+//! IKEv2. This file is only the command line: argument parsing, logging
+//! setup, and calls into the library ([`aokd::config`], [`aokd::control`]).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use aokd::config::{format_duration, Config};
+use aokd::control::{self, ControlServer};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    name = "aokd",
+    version,
+    about = "Automatic keying for TCP-AO over IKEv2"
+)]
+#[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, value_name = "FILE", required = true)]
+    config: Option<PathBuf>,
+    /// Log format on stderr (RUST_LOG sets the level; default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate a configuration file, print a summary and exit.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match (cli.command, cli.config) {
+        (Some(Cmd::CheckConfig { file }), _) => check_config(&file),
+        (None, Some(file)) => {
+            init_logging(cli.log_format);
+            run(&file)
+        }
+        // clap requires --config when there is no subcommand.
+        (None, None) => ExitCode::from(2),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `aokd check-config FILE`.
+fn check_config(file: &Path) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("aokd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let d = &config.daemon;
+    println!("{}: OK", file.display());
+    let listen: Vec<String> = d.listen_addrs().iter().map(ToString::to_string).collect();
+    println!("listen: {}", listen.join(", "));
+    println!("control socket: {}", d.control_socket.display());
+    println!("state dir: {}", d.state_dir.display());
+    if config.peers.is_empty() {
+        println!("no peers configured");
+    }
+    for p in &config.peers {
+        let join = |v: Vec<String>| v.join(", ");
+        println!("peer {}:", p.name);
+        println!("  remote: {}", p.remote_addr());
+        if let Some(local) = p.local {
+            println!("  local: {local}");
+        }
+        let local_id = match &p.local_id {
+            Some(id) => format!("{id} ({})", id.id_type()),
+            None => "the local address".into(),
+        };
+        println!("  local id: {local_id}");
+        println!("  remote id: {} ({})", p.remote_id, p.remote_id.id_type());
+        println!(
+            "  psk: {} octets from {}",
+            p.psk.len(),
+            p.psk_file.display()
+        );
+        println!(
+            "  mac algorithms: {}",
+            join(p.mac_algorithms.iter().map(ToString::to_string).collect())
+        );
+        println!("  include tcp options: {}", p.include_tcp_options);
+        println!(
+            "  tcp ports: {}",
+            join(p.tcp_ports.iter().map(ToString::to_string).collect())
+        );
+        println!(
+            "  ike proposals: {}",
+            join(p.ike_proposals.iter().map(ToString::to_string).collect())
+        );
+        println!("  initiate: {}", p.initiate);
+        println!(
+            "  lifetimes: ike_rekey {}, mkt_rekey {}, mkt_lifetime {}",
+            format_duration(p.lifetimes.ike_rekey),
+            format_duration(p.lifetimes.mkt_rekey),
+            format_duration(p.lifetimes.mkt_lifetime)
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `aokd --config FILE`: for now, serves the control socket from an empty
+/// state until SIGINT or SIGTERM.
+fn run(file: &Path) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let started_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    info!(
+        config = %config.file.display(),
+        peers = config.peers.len(),
+        "aokd {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    let server = ControlServer::bind(&config.daemon.control_socket).await?;
+    let (calls_tx, calls_rx) = mpsc::channel(16);
+    let placeholder = tokio::spawn(control::run_placeholder(
+        control::empty_status(&config, started_at),
+        calls_rx,
+    ));
+    tokio::select! {
+        () = server.run(calls_tx) => {}
+        _ = sigint.recv() => info!("SIGINT: shutting down"),
+        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+    }
+    placeholder.abort();
+    drop(server);
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Human-readable renderings of aokd's answers (`aoctl status`, `sas`,
+//! `mkts`) and the `--json` forms, which print the response's `data` object
+//! without its `kind` tag (docs/control.md).
+
+use aokd_proto::control::{DaemonStatus, MktStatus, SaStatus};
+use serde::Serialize;
+
+use crate::table::{sanitize, Table};
+
+/// `aoctl --json sas` prints `{"sas": [...]}`.
+#[derive(Serialize)]
+pub struct SasJson<'a> {
+    pub sas: &'a [SaStatus],
+}
+
+/// `aoctl --json mkts` prints `{"mkts": [...]}`.
+#[derive(Serialize)]
+pub struct MktsJson<'a> {
+    pub mkts: &'a [MktStatus],
+}
+
+/// `aoctl --json initiate|terminate` prints `{"message": "..."}`.
+#[derive(Serialize)]
+pub struct AcceptedJson<'a> {
+    pub message: &'a str,
+}
+
+/// Pretty JSON with a trailing newline.
+pub fn json<T: Serialize>(value: &T) -> String {
+    match serde_json::to_string_pretty(value) {
+        Ok(mut s) => {
+            s.push('\n');
+            s
+        }
+        // Not expected for these plain types.
+        Err(e) => format!("{{\"error\": {:?}}}\n", e.to_string()),
+    }
+}
+
+fn opt(v: &Option<String>) -> String {
+    v.clone().unwrap_or_else(|| "-".into())
+}
+
+fn capable(v: Option<bool>) -> String {
+    match v {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown",
+    }
+    .into()
+}
+
+/// `aoctl status`.
+pub fn status(s: &DaemonStatus, now: u64) -> String {
+    let mut out = format!(
+        "aokd {}, started {}, listening on {}\n",
+        sanitize(&s.daemon_version),
+        when(s.started_at, now),
+        sanitize(&s.listen.join(", "))
+    );
+    if s.peers.is_empty() {
+        out.push_str("no peers configured\n");
+        return out;
+    }
+    out.push('\n');
+    let mut t = Table::new(&["PEER", "ADDRESS", "IKE", "TCP-AO", "MKTS", "LAST ERROR"]);
+    for p in &s.peers {
+        t.row(vec![
+            p.name.clone(),
+            p.address.clone(),
+            p.ike_state.clone(),
+            capable(p.tcp_ao_capable),
+            p.mkts.to_string(),
+            opt(&p.last_error),
+        ]);
+    }
+    out.push_str(&t.render());
+    out
+}
+
+/// `aoctl sas`.
+pub fn sas(sas: &[SaStatus], now: u64) -> String {
+    if sas.is_empty() {
+        return "no IKE SAs\n".into();
+    }
+    let mut t = Table::new(&[
+        "PEER",
+        "ADDRESS",
+        "STATE",
+        "ROLE",
+        "SPIS",
+        "SUITE",
+        "ESTABLISHED",
+        "LAST ERROR",
+    ]);
+    for sa in sas {
+        t.row(vec![
+            sa.peer.clone(),
+            sa.address.clone(),
+            sa.state.clone(),
+            sa.role.clone(),
+            format!("{}_i {}_r", sa.spi_i, sa.spi_r),
+            opt(&sa.suite),
+            sa.established_at
+                .map(|at| when(at, now))
+                .unwrap_or_else(|| "-".into()),
+            opt(&sa.last_error),
+        ]);
+    }
+    t.render()
+}
+
+/// `aoctl mkts`.
+pub fn mkts(mkts: &[MktStatus], now: u64) -> String {
+    if mkts.is_empty() {
+        return "no MKTs\n".into();
+    }
+    let mut t = Table::new(&[
+        "PEER",
+        "SEND",
+        "RECV",
+        "ALGORITHM",
+        "OPTIONS",
+        "CREATED",
+        "FINGERPRINT",
+    ]);
+    for m in mkts {
+        t.row(vec![
+            m.peer.clone(),
+            m.send_id.to_string(),
+            m.recv_id.to_string(),
+            m.algorithm.clone(),
+            if m.include_options {
+                "included"
+            } else {
+                "excluded"
+            }
+            .into(),
+            when(m.created_at, now),
+            m.key_fingerprint.clone(),
+        ]);
+    }
+    t.render()
+}
+
+/// `2024-05-01 12:00:00Z (3h2m ago)`.
+pub fn when(at: u64, now: u64) -> String {
+    let rel = if at <= now {
+        format!("{} ago", span(now - at))
+    } else {
+        format!("in {}", span(at - now))
+    };
+    format!("{} ({rel})", utc(at))
+}
+
+/// A compact span with the two largest units: `42s`, `5m3s`, `3h2m`, `2d4h`.
+pub fn span(secs: u64) -> String {
+    let units = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let mut out = String::new();
+    let mut rest = secs;
+    let mut shown = 0;
+    for (size, name) in units {
+        if rest >= size || (shown == 0 && size == 1) {
+            out.push_str(&format!("{}{name}", rest / size));
+            rest %= size;
+            shown += 1;
+            if shown == 2 {
+                break;
+            }
+        } else if shown > 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SSZ` (UTC).
+pub fn utc(secs: u64) -> String {
+    let days = secs / 86_400;
+    let tod = secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        tod / 3600,
+        tod % 3600 / 60,
+        tod % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day): H. Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20Z");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00Z");
+        assert_eq!(span(0), "0s");
+        assert_eq!(span(42), "42s");
+        assert_eq!(span(303), "5m3s");
+        assert_eq!(span(3600), "1h");
+        assert_eq!(span(3 * 3600 + 120 + 5), "3h2m");
+        assert_eq!(span(2 * 86400 + 4 * 3600 + 7), "2d4h");
+        assert_eq!(when(100, 160), "1970-01-01 00:01:40Z (1m ago)");
+        assert_eq!(when(160, 100), "1970-01-01 00:02:40Z (in 1m)");
+    }
+}

@@ -1,0 +1,429 @@
+//! Tests of the aoctl command line: `gen-psk`, connection errors, and the
+//! table and `--json` output of status/sas/mkts against a fake control
+//! server that answers canned responses.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use aokd_proto::control::{
+    Command as Cmd, DaemonStatus, MktStatus, PeerStatus, Request, Response, ResponseData,
+    ResponseResult, SaStatus, PROTOCOL_VERSION,
+};
+
+const AOCTL: &str = env!("CARGO_BIN_EXE_aoctl");
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("aoctl-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn aoctl(args: &[&str]) -> Output {
+    Command::new(AOCTL)
+        .args(args)
+        .env_remove("AOKD_SOCKET")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[test]
+fn gen_psk_creates_a_private_hex_file() {
+    let dir = TempDir::new("genpsk");
+    let file = dir.join("r2.psk");
+    let f = file.to_str().unwrap();
+    let out = aoctl(&["gen-psk", f]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(key.len(), 65);
+    assert!(key.ends_with('\n'));
+    let hex = key.trim_end();
+    assert!(is_lower_hex(hex), "{key:?}");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let text = stdout(&out);
+    assert!(text.contains(f), "{text}");
+    assert!(!text.contains(hex), "the key was printed");
+    let fingerprint = text
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint: "))
+        .unwrap_or_else(|| panic!("no fingerprint in {text:?}"));
+    assert_eq!(fingerprint.len(), 16);
+    assert!(is_lower_hex(fingerprint));
+
+    // Not overwritten without --force.
+    let out = aoctl(&["gen-psk", f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("already exists") && stderr(&out).contains("--force"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), key);
+
+    // --force replaces it with a new key, mode 0600 even if it was wider.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = aoctl(&["gen-psk", "--force", f]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key2 = std::fs::read_to_string(&file).unwrap();
+    assert_ne!(key, key2);
+    assert_eq!(key2.len(), 65);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // No temporary file left.
+    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1);
+
+    // --json.
+    let file3 = dir.join("r3.psk");
+    let out = aoctl(&["--json", "gen-psk", file3.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["file"], file3.to_str().unwrap());
+    assert_eq!(v["fingerprint"].as_str().map(str::len), Some(16));
+
+    // A missing directory is an error naming the path.
+    let bad = dir.join("no/such/dir/k.psk");
+    let out = aoctl(&["gen-psk", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(bad.to_str().unwrap()),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unreachable_socket_exits_2() {
+    let out = aoctl(&["--socket", "/nonexistent/aokd.sock", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("/nonexistent/aokd.sock"), "{err}");
+    assert!(err.contains("No such file or directory"), "{err}");
+    assert!(err.contains("is aokd running?"), "{err}");
+
+    // AOKD_SOCKET is the default for --socket.
+    let out = Command::new(AOCTL)
+        .arg("sas")
+        .env("AOKD_SOCKET", "/nonexistent/env.sock")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("/nonexistent/env.sock"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Serves `n` connections on `path`, answering each request with
+/// `answer(command)`; returns the commands received.
+fn fake_server(
+    path: &Path,
+    n: usize,
+    answer: impl Fn(&Cmd) -> String + Send + 'static,
+) -> JoinHandle<Vec<Cmd>> {
+    let listener = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..n {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut writer = stream;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 0 {
+                let req: Request = serde_json::from_str(&line).unwrap();
+                assert_eq!(req.version, PROTOCOL_VERSION);
+                let mut reply = answer(&req.command);
+                reply.push('\n');
+                writer.write_all(reply.as_bytes()).unwrap();
+                seen.push(req.command);
+                line.clear();
+            }
+        }
+        seen
+    })
+}
+
+fn ok(data: ResponseData) -> String {
+    serde_json::to_string(&Response {
+        version: PROTOCOL_VERSION,
+        result: ResponseResult::Ok { data },
+    })
+    .unwrap()
+}
+
+fn canned_status() -> DaemonStatus {
+    DaemonStatus {
+        daemon_version: "0.1.0".into(),
+        started_at: 1_700_000_000,
+        listen: vec!["0.0.0.0:500".into(), "[::]:500".into()],
+        peers: vec![
+            PeerStatus {
+                name: "r2".into(),
+                address: "192.0.2.2:500".into(),
+                ike_state: "established".into(),
+                tcp_ao_capable: Some(true),
+                mkts: 2,
+                last_error: None,
+            },
+            PeerStatus {
+                name: "r3-long-name".into(),
+                address: "[2001:db8::3]:500".into(),
+                ike_state: "failed".into(),
+                tcp_ao_capable: None,
+                mkts: 0,
+                last_error: Some("AUTHENTICATION_FAILED\x1b[2J".into()),
+            },
+        ],
+    }
+}
+
+fn canned_sas() -> Vec<SaStatus> {
+    vec![SaStatus {
+        peer: "r2".into(),
+        address: "192.0.2.2:500".into(),
+        state: "established".into(),
+        role: "initiator".into(),
+        spi_i: "0123456789abcdef".into(),
+        spi_r: "fedcba9876543210".into(),
+        suite: Some("aes256gcm16-prfsha256-x25519".into()),
+        established_at: Some(1_700_000_100),
+        tcp_ao_capable: Some(true),
+        last_error: None,
+    }]
+}
+
+fn canned_mkts() -> Vec<MktStatus> {
+    vec![
+        MktStatus {
+            peer: "r2".into(),
+            send_id: 17,
+            recv_id: 200,
+            algorithm: "hmac-sha256-128".into(),
+            include_options: true,
+            created_at: 1_700_000_200,
+            key_fingerprint: "0011223344556677".into(),
+        },
+        MktStatus {
+            peer: "r2".into(),
+            send_id: 18,
+            recv_id: 201,
+            algorithm: "aes128-cmac-96".into(),
+            include_options: false,
+            created_at: 1_700_000_300,
+            key_fingerprint: "8899aabbccddeeff".into(),
+        },
+    ]
+}
+
+fn canned(cmd: &Cmd) -> String {
+    match cmd {
+        Cmd::Status => ok(ResponseData::Status(canned_status())),
+        Cmd::Sas => ok(ResponseData::Sas { sas: canned_sas() }),
+        Cmd::Mkts => ok(ResponseData::Mkts {
+            mkts: canned_mkts(),
+        }),
+        Cmd::Initiate { peer } => ok(ResponseData::Accepted {
+            message: format!("initiating with {peer}"),
+        }),
+        Cmd::Terminate { peer } => serde_json::to_string(&Response {
+            version: PROTOCOL_VERSION,
+            result: ResponseResult::Error {
+                message: format!("no peer named {peer:?}"),
+            },
+        })
+        .unwrap(),
+        Cmd::MktKeys => unreachable!("aoctl never asks for keys here"),
+    }
+}
+
+#[test]
+fn tables_and_json_from_a_fake_server() {
+    let dir = TempDir::new("fake");
+    let sock = dir.join("control.sock");
+    let s = sock.to_str().unwrap();
+    let server = fake_server(&sock, 8, canned);
+
+    // status
+    let out = aoctl(&["--socket", s, "status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("aokd 0.1.0, started 2023-11-14 22:13:20Z ("),
+        "{text}"
+    );
+    assert!(
+        lines[0].ends_with("listening on 0.0.0.0:500, [::]:500"),
+        "{text}"
+    );
+    assert_eq!(lines[1], "");
+    assert_eq!(
+        lines[2],
+        "PEER          ADDRESS            IKE          TCP-AO   MKTS  LAST ERROR"
+    );
+    assert_eq!(
+        lines[3],
+        "r2            192.0.2.2:500      established  yes      2     -"
+    );
+    // The escape sequence from the daemon is not passed to the terminal.
+    assert_eq!(lines[4], "r3-long-name  [2001:db8::3]:500  failed       unknown  0     AUTHENTICATION_FAILED\\u{1b}[2J");
+    assert_eq!(lines.len(), 5);
+
+    let out = aoctl(&["--socket", s, "--json", "status"]);
+    assert!(out.status.success());
+    let back: DaemonStatus = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(back, canned_status());
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(
+            "{\n  \"daemon_version\": \"0.1.0\",\n  \"started_at\": 1700000000,\n  \"listen\""
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("\"kind\""), "{text}");
+
+    // sas: --json after the subcommand works too.
+    let out = aoctl(&["--socket", s, "sas"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for (header, value) in [
+        ("PEER", "r2"),
+        ("ADDRESS", "192.0.2.2:500"),
+        ("STATE", "established"),
+        ("ROLE", "initiator"),
+        ("SPIS", "0123456789abcdef_i fedcba9876543210_r"),
+        ("SUITE", "aes256gcm16-prfsha256-x25519"),
+        ("ESTABLISHED", "2023-11-14 22:15:00Z ("),
+        ("LAST ERROR", "-"),
+    ] {
+        let col = lines[0]
+            .find(header)
+            .unwrap_or_else(|| panic!("no {header} in {text}"));
+        assert!(lines[1][col..].starts_with(value), "{header}: {text}");
+    }
+    let out = aoctl(&["--socket", s, "sas", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v.as_object().unwrap().keys().collect::<Vec<_>>(),
+        vec!["sas"]
+    );
+    let back: Vec<SaStatus> = serde_json::from_value(v["sas"].clone()).unwrap();
+    assert_eq!(back, canned_sas());
+
+    // mkts
+    let out = aoctl(&["--socket", s, "mkts"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with("PEER  SEND  RECV  ALGORITHM        OPTIONS   CREATED"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("r2    17    200   hmac-sha256-128  included  2023-11-14 22:16:40Z ("),
+        "{text}"
+    );
+    assert!(lines[1].ends_with("0011223344556677"), "{text}");
+    assert!(
+        lines[2].starts_with("r2    18    201   aes128-cmac-96   excluded  2023-11-14 22:18:20Z ("),
+        "{text}"
+    );
+    let out = aoctl(&["--json", "--socket", s, "mkts"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let back: Vec<MktStatus> = serde_json::from_value(v["mkts"].clone()).unwrap();
+    assert_eq!(back, canned_mkts());
+    let text = stdout(&out);
+    assert!(
+        text.contains("\"peer\": \"r2\",\n      \"send_id\": 17,\n      \"recv_id\": 200,"),
+        "{text}"
+    );
+
+    // initiate: accepted; terminate: an error response exits 1.
+    let out = aoctl(&["--socket", s, "initiate", "r2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "initiating with r2\n");
+    let out = aoctl(&["--socket", s, "terminate", "r9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no peer named \"r9\""),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out), "");
+
+    let seen = server.join().unwrap();
+    assert_eq!(seen.len(), 8);
+    assert_eq!(seen[6], Cmd::Initiate { peer: "r2".into() });
+    assert_eq!(seen[7], Cmd::Terminate { peer: "r9".into() });
+}
+
+#[test]
+fn empty_answers_and_bad_servers() {
+    let dir = TempDir::new("fake2");
+    let sock = dir.join("control.sock");
+    let s = sock.to_str().unwrap();
+    let server = fake_server(&sock, 4, |cmd| match cmd {
+        Cmd::Sas => ok(ResponseData::Sas { sas: vec![] }),
+        Cmd::Mkts => ok(ResponseData::Mkts { mkts: vec![] }),
+        // A newer daemon with an unknown version.
+        Cmd::Status => r#"{"version":9,"status":"ok","data":{"kind":"new-thing"}}"#.into(),
+        // Not JSON at all.
+        _ => "garbage".into(),
+    });
+    let out = aoctl(&["--socket", s, "sas"]);
+    assert_eq!(stdout(&out), "no IKE SAs\n");
+    let out = aoctl(&["--socket", s, "mkts"]);
+    assert_eq!(stdout(&out), "no MKTs\n");
+    let out = aoctl(&["--socket", s, "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("version 9"), "{}", stderr(&out));
+    let out = aoctl(&["--socket", s, "initiate", "r2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid response"),
+        "{}",
+        stderr(&out)
+    );
+    server.join().unwrap();
+}

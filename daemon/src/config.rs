@@ -1,0 +1,1258 @@
+//! The aokd configuration file (docs/configuration.md).
+//!
+//! A TOML file is first deserialized into private `Raw*` structs that mirror
+//! the file (every one with `deny_unknown_fields`, so a misspelled key is an
+//! error, not a silently ignored setting), and then validated into the typed
+//! [`Config`]: addresses parsed, defaults filled in, algorithm names
+//! resolved, relative paths made relative to the configuration file's
+//! directory, and each peer's pre-shared key read from its `psk_file`.
+//!
+//! Every [`ConfigError`] names the file, the key (for example
+//! `peer[1].mac_algorithms`, where `peer[0]` is the first `[[peer]]` table)
+//! and, where there is one, the peer's name. The pre-shared key is held in a
+//! [`Psk`], which zeroizes its memory and never prints its contents.
+
+use std::fmt;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use aokd_proto::crypto::{Encr, Prf};
+use aokd_proto::mkt::MacAlgorithm;
+use aokd_proto::numbers::{DhGroup, EncrId, IdType, PrfId};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+/// Where aokd looks for its configuration when none is named.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/aokd/aokd.toml";
+/// Default of `daemon.listen`.
+pub const DEFAULT_LISTEN: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+/// Default of `daemon.port` and `peer.remote_port` (RFC 7296 2.11).
+pub const DEFAULT_IKE_PORT: u16 = 500;
+/// Default of `daemon.control_socket`.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/aokd/control.sock";
+/// Default of `daemon.state_dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/aokd";
+/// Default of `peer.tcp_ports` (BGP).
+pub const DEFAULT_TCP_PORTS: [u16; 1] = [179];
+/// Default of `peer.ike_proposals`.
+pub const DEFAULT_IKE_PROPOSAL: IkeProposal = IkeProposal {
+    encr: IkeEncr::Aes256Gcm16,
+    prf: IkePrf::HmacSha256,
+    group: IkeGroup::X25519,
+};
+/// Default of `peer.lifetimes.ike_rekey` (4h).
+pub const DEFAULT_IKE_REKEY: Duration = Duration::from_secs(4 * 3600);
+/// Default of `peer.lifetimes.mkt_rekey` (1h).
+pub const DEFAULT_MKT_REKEY: Duration = Duration::from_secs(3600);
+/// Default of `peer.lifetimes.mkt_lifetime` (1h6m).
+pub const DEFAULT_MKT_LIFETIME: Duration = Duration::from_secs(66 * 60);
+
+/// A PSK file larger than this is refused (it is surely the wrong file).
+const MAX_PSK_FILE_LEN: u64 = 64 * 1024;
+/// Longest peer name.
+const MAX_PEER_NAME_LEN: usize = 64;
+/// Longest FQDN or RFC 822 identity (the ID payload allows more, but no
+/// sensible name is longer).
+const MAX_IDENTITY_LEN: usize = 255;
+/// `sun_path` holds 108 octets including the terminating NUL.
+const MAX_SOCKET_PATH_LEN: usize = 107;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("{}: cannot read configuration: {source}", .file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key or wrongly typed value; `message` is
+    /// toml's own, with line and column.
+    #[error("{}: {message}", .file.display())]
+    Syntax { file: PathBuf, message: String },
+    /// A value that parsed but is not acceptable.
+    #[error("{}: {key}{}: {message}", .file.display(), peer_suffix(.peer))]
+    Invalid {
+        file: PathBuf,
+        /// The key, for example `peer[1].mac_algorithms`.
+        key: String,
+        /// The name of the peer the key belongs to, if known.
+        peer: Option<String>,
+        message: String,
+    },
+}
+
+fn peer_suffix(peer: &Option<String>) -> String {
+    match peer {
+        Some(name) => format!(" (peer {name:?})"),
+        None => String::new(),
+    }
+}
+
+impl ConfigError {
+    /// The configuration file the error is about.
+    pub fn file(&self) -> &Path {
+        match self {
+            ConfigError::Read { file, .. }
+            | ConfigError::Syntax { file, .. }
+            | ConfigError::Invalid { file, .. } => file,
+        }
+    }
+
+    /// The offending key, for [`ConfigError::Invalid`].
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The peer the error is about, if any.
+    pub fn peer(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { peer, .. } => peer.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (as given).
+    pub file: PathBuf,
+    pub daemon: DaemonSection,
+    /// The `[[peer]]` tables, in file order.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// The `[daemon]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonSection {
+    /// Addresses to bind for IKE (at least one, no duplicates).
+    pub listen: Vec<IpAddr>,
+    /// UDP port for IKE.
+    pub port: u16,
+    /// Path of the control socket (made absolute against the config
+    /// file's directory).
+    pub control_socket: PathBuf,
+    /// Directory for persistent state (made absolute likewise).
+    pub state_dir: PathBuf,
+}
+
+impl DaemonSection {
+    /// The UDP socket addresses to bind: each `listen` address with `port`.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listen
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, self.port))
+            .collect()
+    }
+}
+
+/// One `[[peer]]` table.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Unique name, `[A-Za-z0-9_.-]+`.
+    pub name: String,
+    /// The peer's IKE address.
+    pub remote: IpAddr,
+    /// The peer's IKE port.
+    pub remote_port: u16,
+    /// The local address to use with this peer, if configured (same family
+    /// as `remote`).
+    pub local: Option<IpAddr>,
+    /// The configured local identity; `None` means "the local address" (see
+    /// [`PeerConfig::local_identity`]).
+    pub local_id: Option<Identity>,
+    /// The identity the peer must authenticate as (default: its address).
+    pub remote_id: Identity,
+    /// The PSK file, resolved against the configuration file's directory.
+    pub psk_file: PathBuf,
+    /// The pre-shared key read from `psk_file`.
+    pub psk: Psk,
+    /// TCP-AO MAC algorithms in preference order (non-empty, no duplicates).
+    pub mac_algorithms: Vec<MacAlgorithm>,
+    /// Whether MKTs cover TCP options.
+    pub include_tcp_options: bool,
+    /// TCP ports the MKTs are for (non-empty, no duplicates, 1..=65535).
+    pub tcp_ports: Vec<u16>,
+    /// IKE SA proposals in preference order (non-empty, no duplicates).
+    pub ike_proposals: Vec<IkeProposal>,
+    /// Whether aokd initiates an IKE SA with this peer at start.
+    pub initiate: bool,
+    pub lifetimes: Lifetimes,
+}
+
+impl PeerConfig {
+    /// The peer's IKE address and port.
+    pub fn remote_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.remote, self.remote_port)
+    }
+
+    /// The identity to send as IDi/IDr: `local_id` if configured, else the
+    /// configured `local` address, else `actual_local`, the local address
+    /// the IKE datagrams actually use.
+    pub fn local_identity(&self, actual_local: IpAddr) -> Identity {
+        match &self.local_id {
+            Some(id) => id.clone(),
+            None => Identity::from_ip(self.local.unwrap_or(actual_local)),
+        }
+    }
+}
+
+/// `[peer.lifetimes]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Rekey the IKE SA after this long.
+    pub ike_rekey: Duration,
+    /// Negotiate a new MKT after this long.
+    pub mkt_rekey: Duration,
+    /// Delete an MKT after this long (greater than `mkt_rekey`).
+    pub mkt_lifetime: Duration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Lifetimes {
+            ike_rekey: DEFAULT_IKE_REKEY,
+            mkt_rekey: DEFAULT_MKT_REKEY,
+            mkt_lifetime: DEFAULT_MKT_LIFETIME,
+        }
+    }
+}
+
+/// A pre-shared key: zeroized on drop, never printed (its `Debug` shows
+/// only the length).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Psk(Zeroizing<Vec<u8>>);
+
+impl Psk {
+    /// Wraps key octets.
+    pub fn new(bytes: Vec<u8>) -> Psk {
+        Psk(Zeroizing::new(bytes))
+    }
+
+    /// The key octets, for `aokd_proto::crypto::psk_auth`.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Number of octets.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false for a key from a validated configuration.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Psk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Psk(<redacted, {} octets>)", self.0.len())
+    }
+}
+
+/// An IKE identity (RFC 7296 3.5).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// ID_IPV4_ADDR.
+    Ipv4(Ipv4Addr),
+    /// ID_IPV6_ADDR.
+    Ipv6(Ipv6Addr),
+    /// ID_FQDN, for example `r1.example.net`.
+    Fqdn(String),
+    /// ID_RFC822_ADDR, for example `bgp@r1.example.net`.
+    Rfc822(String),
+}
+
+impl Identity {
+    /// The address identity of `ip`.
+    pub fn from_ip(ip: IpAddr) -> Identity {
+        match ip {
+            IpAddr::V4(a) => Identity::Ipv4(a),
+            IpAddr::V6(a) => Identity::Ipv6(a),
+        }
+    }
+
+    /// Parses a configured identity: an IP address gives ID_IPV4_ADDR or
+    /// ID_IPV6_ADDR, a string containing `@` ID_RFC822_ADDR, anything else
+    /// ID_FQDN. Names must be printable ASCII without spaces.
+    pub fn parse(s: &str) -> Result<Identity, String> {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Identity::from_ip(ip));
+        }
+        if s.is_empty() {
+            return Err("identity must not be empty".into());
+        }
+        if s.len() > MAX_IDENTITY_LEN {
+            return Err(format!(
+                "identity is {} octets long; at most {MAX_IDENTITY_LEN} allowed",
+                s.len()
+            ));
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "identity {s:?} must be printable ASCII without spaces"
+            ));
+        }
+        if s.contains('@') {
+            Ok(Identity::Rfc822(s.to_owned()))
+        } else {
+            Ok(Identity::Fqdn(s.to_owned()))
+        }
+    }
+
+    /// The ID Type of the ID payload.
+    pub fn id_type(&self) -> IdType {
+        match self {
+            Identity::Ipv4(_) => IdType::ID_IPV4_ADDR,
+            Identity::Ipv6(_) => IdType::ID_IPV6_ADDR,
+            Identity::Fqdn(_) => IdType::ID_FQDN,
+            Identity::Rfc822(_) => IdType::ID_RFC822_ADDR,
+        }
+    }
+
+    /// The Identification Data of the ID payload.
+    pub fn data(&self) -> Vec<u8> {
+        match self {
+            Identity::Ipv4(a) => a.octets().to_vec(),
+            Identity::Ipv6(a) => a.octets().to_vec(),
+            Identity::Fqdn(s) | Identity::Rfc822(s) => s.as_bytes().to_vec(),
+        }
+    }
+
+    /// Interprets a received ID payload; `None` for types aokd does not
+    /// use or malformed data. Compare the result with `==` against
+    /// [`PeerConfig::remote_id`] (names compare exactly, case included).
+    pub fn from_payload(id_type: IdType, data: &[u8]) -> Option<Identity> {
+        match id_type {
+            IdType::ID_IPV4_ADDR => {
+                let octets: [u8; 4] = data.try_into().ok()?;
+                Some(Identity::Ipv4(Ipv4Addr::from(octets)))
+            }
+            IdType::ID_IPV6_ADDR => {
+                let octets: [u8; 16] = data.try_into().ok()?;
+                Some(Identity::Ipv6(Ipv6Addr::from(octets)))
+            }
+            IdType::ID_FQDN => {
+                let s = std::str::from_utf8(data).ok()?;
+                Some(Identity::Fqdn(s.to_owned()))
+            }
+            IdType::ID_RFC822_ADDR => {
+                let s = std::str::from_utf8(data).ok()?;
+                Some(Identity::Rfc822(s.to_owned()))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Ipv4(a) => write!(f, "{a}"),
+            Identity::Ipv6(a) => write!(f, "{a}"),
+            Identity::Fqdn(s) | Identity::Rfc822(s) => f.write_str(s),
+        }
+    }
+}
+
+/// An IKE SA proposal, written `ENCR-PRF-GROUP` (for example
+/// `aes256gcm16-prfsha256-x25519`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IkeProposal {
+    pub encr: IkeEncr,
+    pub prf: IkePrf,
+    pub group: IkeGroup,
+}
+
+impl fmt::Display for IkeProposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}-{}-{}",
+            self.encr.name(),
+            self.prf.name(),
+            self.group.name()
+        )
+    }
+}
+
+impl FromStr for IkeProposal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('-').collect();
+        let [encr, prf, group] = parts.as_slice() else {
+            return Err(format!(
+                "IKE proposal {s:?} must have the form ENCR-PRF-GROUP, \
+                 for example aes256gcm16-prfsha256-x25519"
+            ));
+        };
+        Ok(IkeProposal {
+            encr: encr.parse()?,
+            prf: prf.parse()?,
+            group: group.parse()?,
+        })
+    }
+}
+
+/// The AEAD cipher of an IKE proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IkeEncr {
+    /// `aes128gcm16`: ENCR_AES_GCM_16 with a 128-bit key.
+    Aes128Gcm16,
+    /// `aes256gcm16`: ENCR_AES_GCM_16 with a 256-bit key.
+    Aes256Gcm16,
+    /// `chacha20poly1305`: ENCR_CHACHA20_POLY1305.
+    Chacha20Poly1305,
+}
+
+impl IkeEncr {
+    pub const ALL: [IkeEncr; 3] = [
+        IkeEncr::Aes128Gcm16,
+        IkeEncr::Aes256Gcm16,
+        IkeEncr::Chacha20Poly1305,
+    ];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            IkeEncr::Aes128Gcm16 => "aes128gcm16",
+            IkeEncr::Aes256Gcm16 => "aes256gcm16",
+            IkeEncr::Chacha20Poly1305 => "chacha20poly1305",
+        }
+    }
+
+    /// Transform ID and Key Length attribute (in bits, if any).
+    pub fn transform(self) -> (EncrId, Option<u16>) {
+        match self {
+            IkeEncr::Aes128Gcm16 => (EncrId::ENCR_AES_GCM_16, Some(128)),
+            IkeEncr::Aes256Gcm16 => (EncrId::ENCR_AES_GCM_16, Some(256)),
+            IkeEncr::Chacha20Poly1305 => (EncrId::ENCR_CHACHA20_POLY1305, None),
+        }
+    }
+
+    /// The cipher in `aokd_proto::crypto`.
+    pub fn to_crypto(self) -> Encr {
+        match self {
+            IkeEncr::Aes128Gcm16 => Encr::AesGcm16 { key_bits: 128 },
+            IkeEncr::Aes256Gcm16 => Encr::AesGcm16 { key_bits: 256 },
+            IkeEncr::Chacha20Poly1305 => Encr::ChaCha20Poly1305,
+        }
+    }
+}
+
+impl FromStr for IkeEncr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        IkeEncr::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown IKE cipher {s:?} (expected aes128gcm16, aes256gcm16 or chacha20poly1305)"
+                )
+            })
+    }
+}
+
+/// The PRF of an IKE proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IkePrf {
+    /// `prfsha256`: PRF_HMAC_SHA2_256.
+    HmacSha256,
+    /// `prfsha384`: PRF_HMAC_SHA2_384.
+    HmacSha384,
+    /// `prfsha512`: PRF_HMAC_SHA2_512.
+    HmacSha512,
+}
+
+impl IkePrf {
+    pub const ALL: [IkePrf; 3] = [IkePrf::HmacSha256, IkePrf::HmacSha384, IkePrf::HmacSha512];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            IkePrf::HmacSha256 => "prfsha256",
+            IkePrf::HmacSha384 => "prfsha384",
+            IkePrf::HmacSha512 => "prfsha512",
+        }
+    }
+
+    /// Transform ID.
+    pub fn id(self) -> PrfId {
+        match self {
+            IkePrf::HmacSha256 => PrfId::PRF_HMAC_SHA2_256,
+            IkePrf::HmacSha384 => PrfId::PRF_HMAC_SHA2_384,
+            IkePrf::HmacSha512 => PrfId::PRF_HMAC_SHA2_512,
+        }
+    }
+
+    /// The PRF in `aokd_proto::crypto`.
+    pub fn to_crypto(self) -> Prf {
+        match self {
+            IkePrf::HmacSha256 => Prf::HmacSha256,
+            IkePrf::HmacSha384 => Prf::HmacSha384,
+            IkePrf::HmacSha512 => Prf::HmacSha512,
+        }
+    }
+}
+
+impl FromStr for IkePrf {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        IkePrf::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                format!("unknown IKE PRF {s:?} (expected prfsha256, prfsha384 or prfsha512)")
+            })
+    }
+}
+
+/// The key exchange group of an IKE proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IkeGroup {
+    /// `x25519`: Curve25519 (group 31).
+    X25519,
+    /// `ecp256`: NIST P-256 (group 19).
+    Ecp256,
+}
+
+impl IkeGroup {
+    pub const ALL: [IkeGroup; 2] = [IkeGroup::X25519, IkeGroup::Ecp256];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            IkeGroup::X25519 => "x25519",
+            IkeGroup::Ecp256 => "ecp256",
+        }
+    }
+
+    /// Transform ID (also the group of the KE payload).
+    pub fn id(self) -> DhGroup {
+        match self {
+            IkeGroup::X25519 => DhGroup::CURVE25519,
+            IkeGroup::Ecp256 => DhGroup::ECP_256,
+        }
+    }
+}
+
+impl FromStr for IkeGroup {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        IkeGroup::ALL
+            .into_iter()
+            .find(|g| g.name() == s)
+            .ok_or_else(|| format!("unknown IKE group {s:?} (expected x25519 or ecp256)"))
+    }
+}
+
+/// Parses a duration such as `90s`, `30m`, `4h`, `1d` or `1h6m`: one or
+/// more `<integer><unit>` with units `d`, `h`, `m`, `s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!("invalid duration {s:?} (expected for example \"90s\", \"30m\", \"4h\", \"1d\" or \"1h30m\")")
+    };
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+        if digits.is_empty() {
+            return Err(bad());
+        }
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("duration {s:?} is too long"))?;
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        return Err(format!(
+            "duration {s:?} lacks a unit after {digits} (use s, m, h or d)"
+        ));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it (`1h6m`).
+pub fn format_duration(d: Duration) -> String {
+    let mut secs = d.as_secs();
+    if secs == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, name) in [(86_400, 'd'), (3_600, 'h'), (60, 'm'), (1, 's')] {
+        if secs >= unit {
+            out.push_str(&format!("{}{name}", secs / unit));
+            secs %= unit;
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    daemon: Option<RawDaemon>,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    listen: Option<Vec<String>>,
+    port: Option<i64>,
+    control_socket: Option<String>,
+    state_dir: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: Option<String>,
+    remote: Option<String>,
+    remote_port: Option<i64>,
+    local: Option<String>,
+    local_id: Option<String>,
+    remote_id: Option<String>,
+    psk_file: Option<String>,
+    mac_algorithms: Option<Vec<String>>,
+    include_tcp_options: Option<bool>,
+    tcp_ports: Option<Vec<i64>>,
+    ike_proposals: Option<Vec<String>>,
+    initiate: Option<bool>,
+    lifetimes: Option<RawLifetimes>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLifetimes {
+    ike_rekey: Option<String>,
+    mkt_rekey: Option<String>,
+    mkt_lifetime: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Loading and validation.
+
+impl Config {
+    /// Reads, parses and validates the configuration file at `path`,
+    /// including every peer's PSK file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors
+    /// and relative paths are resolved against its directory.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Validator { file }.config(raw)
+    }
+
+    /// The peer with this name.
+    pub fn peer(&self, name: &str) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+
+    /// The peer whose `remote` and `remote_port` are `addr`.
+    pub fn peer_by_remote(&self, addr: SocketAddr) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.remote_addr() == addr)
+    }
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(
+        &self,
+        key: impl Into<String>,
+        peer: Option<&str>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            key: key.into(),
+            peer: peer.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+
+    /// Resolves a path against the configuration file's directory.
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            return p.to_owned();
+        }
+        let dir = self.file.parent().unwrap_or(Path::new(""));
+        dir.join(p)
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let daemon = self.daemon(raw.daemon.unwrap_or_default())?;
+        let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peer.len());
+        for (i, rp) in raw.peer.into_iter().enumerate() {
+            let peer = self.peer(i, rp, &daemon)?;
+            if let Some(j) = peers.iter().position(|p| p.name == peer.name) {
+                return Err(self.err(
+                    format!("peer[{i}].name"),
+                    Some(&peer.name),
+                    format!("duplicate peer name; peer[{j}] has the same name"),
+                ));
+            }
+            if let Some(other) = peers.iter().find(|p| p.remote_addr() == peer.remote_addr()) {
+                return Err(self.err(
+                    format!("peer[{i}].remote"),
+                    Some(&peer.name),
+                    format!(
+                        "peer {:?} already uses remote {} port {}; each (remote, remote_port) must be unique",
+                        other.name, peer.remote, peer.remote_port
+                    ),
+                ));
+            }
+            peers.push(peer);
+        }
+        Ok(Config {
+            file: self.file.to_owned(),
+            daemon,
+            peers,
+        })
+    }
+
+    fn port(&self, key: &str, peer: Option<&str>, v: i64) -> Result<u16, ConfigError> {
+        match u16::try_from(v) {
+            Ok(p) if p != 0 => Ok(p),
+            _ => Err(self.err(key, peer, format!("port {v} is out of range 1..=65535"))),
+        }
+    }
+
+    fn ip(&self, key: &str, peer: Option<&str>, s: &str) -> Result<IpAddr, ConfigError> {
+        s.parse::<IpAddr>().map_err(|_| {
+            self.err(
+                key,
+                peer,
+                format!("{s:?} is not an IP address (host names are not resolved)"),
+            )
+        })
+    }
+
+    fn daemon(&self, raw: RawDaemon) -> Result<DaemonSection, ConfigError> {
+        let listen = match raw.listen {
+            None => vec![DEFAULT_LISTEN],
+            Some(list) => {
+                if list.is_empty() {
+                    return Err(self.err("daemon.listen", None, "must not be empty"));
+                }
+                let mut out = Vec::with_capacity(list.len());
+                for (i, s) in list.iter().enumerate() {
+                    let ip = self.ip(&format!("daemon.listen[{i}]"), None, s)?;
+                    if out.contains(&ip) {
+                        return Err(self.err(
+                            format!("daemon.listen[{i}]"),
+                            None,
+                            format!("{ip} is listed twice"),
+                        ));
+                    }
+                    out.push(ip);
+                }
+                out
+            }
+        };
+        let port = match raw.port {
+            None => DEFAULT_IKE_PORT,
+            Some(v) => self.port("daemon.port", None, v)?,
+        };
+        let control_socket = match raw.control_socket {
+            None => PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            Some(s) if s.is_empty() => {
+                return Err(self.err("daemon.control_socket", None, "must not be empty"))
+            }
+            Some(s) => self.resolve(&s),
+        };
+        let sock_len = control_socket.as_os_str().len();
+        if sock_len > MAX_SOCKET_PATH_LEN {
+            return Err(self.err(
+                "daemon.control_socket",
+                None,
+                format!(
+                    "{} is {sock_len} octets long; a Unix socket path may have at most {MAX_SOCKET_PATH_LEN}",
+                    control_socket.display()
+                ),
+            ));
+        }
+        let state_dir = match raw.state_dir {
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+            Some(s) if s.is_empty() => {
+                return Err(self.err("daemon.state_dir", None, "must not be empty"))
+            }
+            Some(s) => self.resolve(&s),
+        };
+        Ok(DaemonSection {
+            listen,
+            port,
+            control_socket,
+            state_dir,
+        })
+    }
+
+    fn peer(
+        &self,
+        i: usize,
+        raw: RawPeer,
+        daemon: &DaemonSection,
+    ) -> Result<PeerConfig, ConfigError> {
+        let key = |k: &str| format!("peer[{i}].{k}");
+
+        // The name first, so that later errors can name the peer.
+        let name = raw
+            .name
+            .ok_or_else(|| self.err(key("name"), None, "required key is missing"))?;
+        check_peer_name(&name).map_err(|m| self.err(key("name"), None, m))?;
+        let pn = Some(name.as_str());
+
+        let remote_s = raw
+            .remote
+            .ok_or_else(|| self.err(key("remote"), pn, "required key is missing"))?;
+        let remote = self.ip(&key("remote"), pn, &remote_s)?;
+        if remote.is_unspecified() || remote.is_multicast() {
+            return Err(self.err(
+                key("remote"),
+                pn,
+                format!("{remote} is not a unicast address"),
+            ));
+        }
+        if !daemon
+            .listen
+            .iter()
+            .any(|l| l.is_ipv4() == remote.is_ipv4())
+        {
+            return Err(self.err(
+                key("remote"),
+                pn,
+                format!(
+                    "{remote} is an {} address but daemon.listen has no {} address",
+                    family(remote),
+                    family(remote)
+                ),
+            ));
+        }
+        let remote_port = match raw.remote_port {
+            None => DEFAULT_IKE_PORT,
+            Some(v) => self.port(&key("remote_port"), pn, v)?,
+        };
+
+        let local = match raw.local {
+            None => None,
+            Some(s) => {
+                let ip = self.ip(&key("local"), pn, &s)?;
+                if ip.is_ipv4() != remote.is_ipv4() {
+                    return Err(self.err(
+                        key("local"),
+                        pn,
+                        format!(
+                            "local {ip} is an {} address but remote {remote} is {}",
+                            family(ip),
+                            family(remote)
+                        ),
+                    ));
+                }
+                if ip.is_unspecified() || ip.is_multicast() {
+                    return Err(self.err(
+                        key("local"),
+                        pn,
+                        format!("{ip} is not a unicast address"),
+                    ));
+                }
+                let covered = daemon
+                    .listen
+                    .iter()
+                    .any(|l| *l == ip || (l.is_unspecified() && l.is_ipv4() == ip.is_ipv4()));
+                if !covered {
+                    return Err(self.err(
+                        key("local"),
+                        pn,
+                        format!(
+                            "{ip} is not in daemon.listen (add it, or listen on {})",
+                            if ip.is_ipv4() { "0.0.0.0" } else { "::" }
+                        ),
+                    ));
+                }
+                Some(ip)
+            }
+        };
+
+        let local_id = match raw.local_id {
+            None => local.map(Identity::from_ip),
+            Some(s) => Some(Identity::parse(&s).map_err(|m| self.err(key("local_id"), pn, m))?),
+        };
+        let remote_id = match raw.remote_id {
+            None => Identity::from_ip(remote),
+            Some(s) => Identity::parse(&s).map_err(|m| self.err(key("remote_id"), pn, m))?,
+        };
+
+        let psk_s = raw
+            .psk_file
+            .ok_or_else(|| self.err(key("psk_file"), pn, "required key is missing"))?;
+        if psk_s.is_empty() {
+            return Err(self.err(key("psk_file"), pn, "must not be empty"));
+        }
+        let psk_file = self.resolve(&psk_s);
+        let psk = read_psk(&psk_file).map_err(|m| self.err(key("psk_file"), pn, m))?;
+
+        let mac_algorithms = match raw.mac_algorithms {
+            None => MacAlgorithm::ALL.to_vec(),
+            Some(list) => self.list(&key("mac_algorithms"), pn, &list, |s| {
+                s.parse::<MacAlgorithm>()
+            })?,
+        };
+
+        let tcp_ports = match raw.tcp_ports {
+            None => DEFAULT_TCP_PORTS.to_vec(),
+            Some(list) => {
+                if list.is_empty() {
+                    return Err(self.err(key("tcp_ports"), pn, "must not be empty"));
+                }
+                let mut out = Vec::with_capacity(list.len());
+                for (j, v) in list.iter().enumerate() {
+                    let k = format!("peer[{i}].tcp_ports[{j}]");
+                    let p = self.port(&k, pn, *v)?;
+                    if out.contains(&p) {
+                        return Err(self.err(k, pn, format!("port {p} is listed twice")));
+                    }
+                    out.push(p);
+                }
+                out
+            }
+        };
+
+        let ike_proposals = match raw.ike_proposals {
+            None => vec![DEFAULT_IKE_PROPOSAL],
+            Some(list) => self.list(&key("ike_proposals"), pn, &list, |s| {
+                s.parse::<IkeProposal>()
+            })?,
+        };
+
+        let lifetimes = self.lifetimes(i, pn, raw.lifetimes)?;
+
+        Ok(PeerConfig {
+            name: name.clone(),
+            remote,
+            remote_port,
+            local,
+            local_id,
+            remote_id,
+            psk_file,
+            psk,
+            mac_algorithms,
+            include_tcp_options: raw.include_tcp_options.unwrap_or(true),
+            tcp_ports,
+            ike_proposals,
+            initiate: raw.initiate.unwrap_or(true),
+            lifetimes,
+        })
+    }
+
+    /// Parses a non-empty list of names without duplicates.
+    fn list<T: PartialEq + fmt::Display>(
+        &self,
+        key: &str,
+        peer: Option<&str>,
+        list: &[String],
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Vec<T>, ConfigError> {
+        if list.is_empty() {
+            return Err(self.err(key, peer, "must not be empty"));
+        }
+        let mut out: Vec<T> = Vec::with_capacity(list.len());
+        for (j, s) in list.iter().enumerate() {
+            let k = format!("{key}[{j}]");
+            let v = parse(s).map_err(|m| self.err(&k, peer, m))?;
+            if out.contains(&v) {
+                return Err(self.err(k, peer, format!("{v} is listed twice")));
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    fn lifetimes(
+        &self,
+        i: usize,
+        pn: Option<&str>,
+        raw: Option<RawLifetimes>,
+    ) -> Result<Lifetimes, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(Lifetimes::default());
+        };
+        let one =
+            |name: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+                let k = format!("peer[{i}].lifetimes.{name}");
+                match v {
+                    None => Ok(default),
+                    Some(s) => {
+                        let d = parse_duration(&s).map_err(|m| self.err(&k, pn, m))?;
+                        if d.is_zero() {
+                            return Err(self.err(k, pn, "must be longer than 0s"));
+                        }
+                        Ok(d)
+                    }
+                }
+            };
+        let lt = Lifetimes {
+            ike_rekey: one("ike_rekey", raw.ike_rekey, DEFAULT_IKE_REKEY)?,
+            mkt_rekey: one("mkt_rekey", raw.mkt_rekey, DEFAULT_MKT_REKEY)?,
+            mkt_lifetime: one("mkt_lifetime", raw.mkt_lifetime, DEFAULT_MKT_LIFETIME)?,
+        };
+        if lt.mkt_rekey >= lt.mkt_lifetime {
+            return Err(self.err(
+                format!("peer[{i}].lifetimes.mkt_rekey"),
+                pn,
+                format!(
+                    "mkt_rekey ({}) must be shorter than mkt_lifetime ({}), so that a new MKT exists before the old one expires",
+                    format_duration(lt.mkt_rekey),
+                    format_duration(lt.mkt_lifetime)
+                ),
+            ));
+        }
+        Ok(lt)
+    }
+}
+
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+fn check_peer_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_PEER_NAME_LEN {
+        return Err(format!(
+            "{name:?} is longer than {MAX_PEER_NAME_LEN} characters"
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+    {
+        return Err(format!(
+            "{name:?} may only contain letters, digits, '_', '.' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Reads and decodes a PSK file (see [`decode_psk`]), refusing files that
+/// group or others may access. Errors are messages naming the file.
+pub fn read_psk(path: &Path) -> Result<Psk, String> {
+    let shown = path.display();
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open psk_file {shown}: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat psk_file {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("psk_file {shown} is not a regular file"));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "psk_file {shown} has mode {mode:04o}; it must not be readable by group or others (chmod 600)"
+        ));
+    }
+    if meta.len() > MAX_PSK_FILE_LEN {
+        return Err(format!(
+            "psk_file {shown} is {} octets long; a PSK file has at most {MAX_PSK_FILE_LEN}",
+            meta.len()
+        ));
+    }
+    let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
+    file.take(MAX_PSK_FILE_LEN + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read psk_file {shown}: {e}"))?;
+    decode_psk(&buf).map_err(|m| format!("psk_file {shown} {m}"))
+}
+
+/// Decodes the contents of a PSK file. One trailing newline (`\n` or
+/// `\r\n`) is stripped; then `0x<hex>`, or plain hex of even length and at
+/// least 32 digits, gives the decoded octets; anything else is the secret
+/// itself (RFC 7296 2.15 ASCII keys). Errors are message fragments
+/// ("is empty").
+pub fn decode_psk(contents: &[u8]) -> Result<Psk, String> {
+    let mut body = contents;
+    if let Some(rest) = body.strip_suffix(b"\n") {
+        body = rest.strip_suffix(b"\r").unwrap_or(rest);
+    }
+    if body.is_empty() {
+        return Err("is empty".into());
+    }
+    let is_hex =
+        |b: &[u8]| !b.is_empty() && b.len() % 2 == 0 && b.iter().all(u8::is_ascii_hexdigit);
+    if let Some(hex_part) = body
+        .strip_prefix(b"0x")
+        .or_else(|| body.strip_prefix(b"0X"))
+    {
+        if !is_hex(hex_part) {
+            return Err("starts with 0x but the rest is not an even number of hex digits".into());
+        }
+        return decode_hex(hex_part);
+    }
+    if body.len() >= 32 && is_hex(body) {
+        return decode_hex(body);
+    }
+    Ok(Psk::new(body.to_vec()))
+}
+
+fn decode_hex(digits: &[u8]) -> Result<Psk, String> {
+    hex::decode(digits)
+        .map(Psk::new)
+        .map_err(|_| "contains invalid hex".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("4h"), Ok(Duration::from_secs(14400)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("1h6m"), Ok(Duration::from_secs(3960)));
+        for bad in ["", "h", "10", "1x", "1 h", "-1h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(format_duration(DEFAULT_MKT_LIFETIME), "1h6m");
+        assert_eq!(format_duration(Duration::from_secs(90061)), "1d1h1m1s");
+    }
+
+    #[test]
+    fn psk_formats() {
+        let hex64 = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
+        assert_eq!(decode_psk(hex64.as_bytes()).map(|p| p.len()), Ok(32));
+        assert_eq!(
+            decode_psk(b"0xabcd\n").map(|p| p.as_bytes().to_vec()),
+            Ok(vec![0xab, 0xcd])
+        );
+        assert_eq!(
+            decode_psk(b"secret\n").map(|p| p.as_bytes().to_vec()),
+            Ok(b"secret".to_vec())
+        );
+        assert_eq!(
+            decode_psk(b"secret\r\n").map(|p| p.as_bytes().to_vec()),
+            Ok(b"secret".to_vec())
+        );
+        // Short hex-looking strings are ASCII secrets.
+        assert_eq!(
+            decode_psk(b"abcd").map(|p| p.as_bytes().to_vec()),
+            Ok(b"abcd".to_vec())
+        );
+        // Odd-length hex is ASCII too.
+        let odd = "0".repeat(33);
+        assert_eq!(decode_psk(odd.as_bytes()).map(|p| p.len()), Ok(33));
+        // Only one newline is stripped.
+        assert_eq!(
+            decode_psk(b"x\n\n").map(|p| p.as_bytes().to_vec()),
+            Ok(b"x\n".to_vec())
+        );
+        assert!(decode_psk(b"").is_err());
+        assert!(decode_psk(b"\n").is_err());
+        assert!(decode_psk(b"0xabc").is_err());
+        assert!(decode_psk(b"0x").is_err());
+    }
+
+    #[test]
+    fn psk_debug_is_redacted() {
+        let p = Psk::new(b"topsecret".to_vec());
+        assert!(!format!("{p:?}").contains("topsecret"));
+    }
+
+    #[test]
+    fn identities() {
+        assert_eq!(
+            Identity::parse("192.0.2.1"),
+            Ok(Identity::Ipv4(Ipv4Addr::new(192, 0, 2, 1)))
+        );
+        assert_eq!(
+            Identity::parse("2001:db8::1").map(|i| i.id_type()),
+            Ok(IdType::ID_IPV6_ADDR)
+        );
+        assert_eq!(
+            Identity::parse("r1.example.net").map(|i| i.id_type()),
+            Ok(IdType::ID_FQDN)
+        );
+        assert_eq!(
+            Identity::parse("a@example.net").map(|i| i.id_type()),
+            Ok(IdType::ID_RFC822_ADDR)
+        );
+        assert!(Identity::parse("").is_err());
+        assert!(Identity::parse("has space").is_err());
+        let id = Identity::parse("r1.example.net").unwrap();
+        assert_eq!(Identity::from_payload(id.id_type(), &id.data()), Some(id));
+        let ip = Identity::parse("2001:db8::1").unwrap();
+        assert_eq!(Identity::from_payload(ip.id_type(), &ip.data()), Some(ip));
+    }
+
+    #[test]
+    fn proposals() {
+        let p: IkeProposal = "chacha20poly1305-prfsha512-ecp256".parse().unwrap();
+        assert_eq!(p.encr, IkeEncr::Chacha20Poly1305);
+        assert_eq!(p.prf, IkePrf::HmacSha512);
+        assert_eq!(p.group, IkeGroup::Ecp256);
+        assert_eq!(p.to_string(), "chacha20poly1305-prfsha512-ecp256");
+        assert_eq!(
+            DEFAULT_IKE_PROPOSAL.to_string(),
+            "aes256gcm16-prfsha256-x25519"
+        );
+        for bad in [
+            "aes256gcm16-prfsha256",
+            "aes256gcm16-prfsha1-x25519",
+            "aes-prfsha256-x25519",
+            "aes256gcm16-prfsha256-modp2048",
+            "a-b-c-d",
+        ] {
+            assert!(bad.parse::<IkeProposal>().is_err(), "{bad}");
+        }
+    }
+}

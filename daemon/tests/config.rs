@@ -1,0 +1,626 @@
+//! Tests of configuration parsing and validation (docs/configuration.md):
+//! the examples, every default, and the errors, each of which must name the
+//! file, the key and the peer.
+
+mod common;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aokd::config::{
+    Config, ConfigError, Identity, IkeEncr, IkeGroup, IkePrf, IkeProposal, Lifetimes,
+};
+use aokd_proto::mkt::MacAlgorithm;
+use common::{examples, localize_example, TempDir};
+
+/// A one-peer config with `extra` lines appended to the peer table.
+fn peer_config(dir: &TempDir, extra: &str) -> String {
+    dir.psk("r2.psk");
+    format!("[[peer]]\nname = \"r2\"\nremote = \"192.0.2.2\"\npsk_file = \"r2.psk\"\n{extra}\n")
+}
+
+fn load(dir: &TempDir, text: &str) -> Result<Config, ConfigError> {
+    let file = dir.join("aokd.toml");
+    std::fs::write(&file, text).unwrap();
+    Config::load(&file)
+}
+
+/// Expects an `Invalid` error for `key` and `peer`, with `needle` in the
+/// message; returns the full text.
+fn expect_invalid(
+    r: Result<Config, ConfigError>,
+    key: &str,
+    peer: Option<&str>,
+    needle: &str,
+) -> String {
+    let e = match r {
+        Ok(_) => panic!("accepted; expected an error for {key}"),
+        Err(e) => e,
+    };
+    let text = e.to_string();
+    assert_eq!(e.key(), Some(key), "{text}");
+    assert_eq!(e.peer(), peer, "{text}");
+    assert!(text.contains(needle), "{text:?} lacks {needle:?}");
+    assert!(
+        text.contains("aokd.toml"),
+        "{text:?} does not name the file"
+    );
+    assert!(text.contains(key), "{text:?} does not name the key");
+    if let Some(p) = peer {
+        assert!(
+            text.contains(&format!("\"{p}\"")),
+            "{text:?} does not name the peer"
+        );
+    }
+    text
+}
+
+#[test]
+fn examples_are_valid() {
+    for (name, text) in examples() {
+        let dir = TempDir::new("example");
+        let text = localize_example(&text, &dir);
+        let file = dir.join(&name);
+        std::fs::write(&file, &text).unwrap();
+        let config = Config::load(&file).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!config.peers.is_empty(), "{name}");
+    }
+}
+
+/// Every key of every example, misspelled, is refused by name.
+#[test]
+fn examples_with_a_misspelled_key_are_refused() {
+    for (name, text) in examples() {
+        let dir = TempDir::new("misspelled");
+        let text = localize_example(&text, &dir);
+        let lines: Vec<&str> = text.lines().collect();
+        let mut tried = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            let (bad_line, bad_key) = if trimmed.starts_with('#') || trimmed.is_empty() {
+                continue;
+            } else if let Some(table) = trimmed
+                .strip_prefix("[[")
+                .and_then(|t| t.strip_suffix("]]"))
+            {
+                // Renaming an array of tables that has sub-tables turns the
+                // file into a different structure, not a misspelled key.
+                let next_header = lines[i + 1..]
+                    .iter()
+                    .find(|l| l.trim_start().starts_with('['));
+                if next_header.is_some_and(|h| h.trim_start().starts_with(&format!("[{table}."))) {
+                    continue;
+                }
+                (format!("[[{table}s]]"), format!("{table}s"))
+            } else if let Some(table) = trimmed.strip_prefix('[').and_then(|t| t.strip_suffix(']'))
+            {
+                let last = table.rsplit('.').next().unwrap();
+                let prefix = &table[..table.len() - last.len()];
+                // Swap two letters: "daemon" -> "deamon".
+                let mut chars: Vec<char> = last.chars().collect();
+                chars.swap(1, 2);
+                let bad: String = chars.into_iter().collect();
+                (format!("[{prefix}{bad}]"), bad)
+            } else {
+                let (key, rest) = trimmed.split_once('=').expect("key = value");
+                let key = key.trim();
+                let bad = format!("{key}e");
+                (format!("{bad} ={rest}"), bad)
+            };
+            let mut variant: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+            variant[i] = bad_line;
+            let variant = variant.join("\n");
+            let file = dir.join(&name);
+            std::fs::write(&file, &variant).unwrap();
+            let err = match Config::load(&file) {
+                Ok(_) => panic!("{name}: misspelled {bad_key:?} on line {} accepted", i + 1),
+                Err(e) => e,
+            };
+            let msg = err.to_string();
+            assert!(matches!(err, ConfigError::Syntax { .. }), "{name}: {msg}");
+            assert!(
+                msg.contains(&format!("`{bad_key}`")),
+                "{name}: {msg:?} does not name {bad_key:?}"
+            );
+            assert!(
+                msg.contains(&format!("line {}", i + 1)),
+                "{name}: {msg:?} lacks the line"
+            );
+            assert!(
+                msg.contains(name.as_str()),
+                "{name}: {msg:?} lacks the file"
+            );
+            tried += 1;
+        }
+        assert!(tried >= 3, "{name}: only {tried} keys");
+    }
+}
+
+#[test]
+fn defaults() {
+    let dir = TempDir::new("defaults");
+    let config = load(&dir, &peer_config(&dir, "")).unwrap();
+    let d = &config.daemon;
+    assert_eq!(d.listen, vec!["0.0.0.0".parse::<IpAddr>().unwrap()]);
+    assert_eq!(d.port, 500);
+    assert_eq!(d.control_socket, PathBuf::from("/run/aokd/control.sock"));
+    assert_eq!(d.state_dir, PathBuf::from("/var/lib/aokd"));
+    assert_eq!(d.listen_addrs(), vec!["0.0.0.0:500".parse().unwrap()]);
+
+    let p = &config.peers[0];
+    assert_eq!(p.name, "r2");
+    assert_eq!(p.remote, "192.0.2.2".parse::<IpAddr>().unwrap());
+    assert_eq!(p.remote_port, 500);
+    assert_eq!(p.local, None);
+    assert_eq!(p.local_id, None);
+    assert_eq!(
+        p.local_identity("192.0.2.1".parse().unwrap()),
+        Identity::Ipv4("192.0.2.1".parse().unwrap())
+    );
+    assert_eq!(p.remote_id, Identity::Ipv4("192.0.2.2".parse().unwrap()));
+    assert_eq!(p.psk_file, dir.join("r2.psk"));
+    assert_eq!(p.psk.len(), 32);
+    assert_eq!(
+        p.mac_algorithms,
+        vec![
+            MacAlgorithm::HmacSha256_128,
+            MacAlgorithm::AesCmac96,
+            MacAlgorithm::HmacSha1_96
+        ]
+    );
+    assert!(p.include_tcp_options);
+    assert_eq!(p.tcp_ports, vec![179]);
+    assert_eq!(
+        p.ike_proposals,
+        vec![IkeProposal {
+            encr: IkeEncr::Aes256Gcm16,
+            prf: IkePrf::HmacSha256,
+            group: IkeGroup::X25519
+        }]
+    );
+    assert!(p.initiate);
+    assert_eq!(
+        p.lifetimes,
+        Lifetimes {
+            ike_rekey: Duration::from_secs(4 * 3600),
+            mkt_rekey: Duration::from_secs(3600),
+            mkt_lifetime: Duration::from_secs(66 * 60),
+        }
+    );
+    // A partial [peer.lifetimes] keeps the other defaults.
+    let config = load(
+        &dir,
+        &peer_config(&dir, "[peer.lifetimes]\nike_rekey = \"2h\""),
+    )
+    .unwrap();
+    assert_eq!(
+        config.peers[0].lifetimes.ike_rekey,
+        Duration::from_secs(7200)
+    );
+    assert_eq!(
+        config.peers[0].lifetimes.mkt_rekey,
+        Duration::from_secs(3600)
+    );
+    assert_eq!(
+        config.peers[0].lifetimes.mkt_lifetime,
+        Duration::from_secs(66 * 60)
+    );
+}
+
+#[test]
+fn full_example_values() {
+    let dir = TempDir::new("full");
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/full.toml"))
+            .unwrap();
+    let config = load(&dir, &localize_example(&text, &dir)).unwrap();
+    assert_eq!(config.daemon.listen.len(), 2);
+    assert_eq!(config.daemon.control_socket, dir.join("control.sock"));
+    let r2 = config.peer("r2").unwrap();
+    assert_eq!(r2.local, Some("192.0.2.1".parse().unwrap()));
+    assert_eq!(r2.local_id, Some(Identity::Fqdn("r1.example.net".into())));
+    assert_eq!(r2.remote_id, Identity::Fqdn("r2.example.net".into()));
+    assert_eq!(r2.ike_proposals.len(), 2);
+    assert_eq!(r2.ike_proposals[1].encr, IkeEncr::Chacha20Poly1305);
+    let r3 = config.peer("r3-v6").unwrap();
+    assert_eq!(r3.remote_id, Identity::Rfc822("bgp@r3.example.net".into()));
+    assert_eq!(
+        r3.local_id,
+        Some(Identity::Ipv6("2001:db8::1".parse().unwrap()))
+    );
+    assert!(!r3.include_tcp_options && !r3.initiate);
+    assert_eq!(r3.tcp_ports, vec![179, 1790]);
+    assert_eq!(r3.mac_algorithms, vec![MacAlgorithm::AesCmac96]);
+    assert_eq!(r3.ike_proposals[0].group, IkeGroup::Ecp256);
+    assert_eq!(r3.lifetimes.mkt_lifetime, Duration::from_secs(40 * 60));
+    assert_eq!(
+        config
+            .peer_by_remote("[2001:db8::3]:500".parse().unwrap())
+            .map(|p| p.name.as_str()),
+        Some("r3-v6")
+    );
+    assert!(config
+        .peer_by_remote("[2001:db8::3]:4500".parse().unwrap())
+        .is_none());
+}
+
+#[test]
+fn psk_file_readable_by_others_is_refused() {
+    let dir = TempDir::new("pskmode");
+    let text = peer_config(&dir, "");
+    for mode in [0o644, 0o640, 0o604, 0o660] {
+        let psk = dir.write("r2.psk", b"0123456789abcdef0123456789abcdef\n", mode);
+        let msg = expect_invalid(
+            load(&dir, &text),
+            "peer[0].psk_file",
+            Some("r2"),
+            "chmod 600",
+        );
+        assert!(msg.contains(&format!("has mode {mode:04o}")), "{msg}");
+        assert!(msg.contains(&psk.display().to_string()), "{msg}");
+    }
+    dir.write("r2.psk", b"0123456789abcdef0123456789abcdef\n", 0o400);
+    assert!(load(&dir, &text).is_ok());
+}
+
+#[test]
+fn psk_file_contents() {
+    let dir = TempDir::new("pskfmt");
+    let text = peer_config(&dir, "");
+    let psk = |contents: &[u8]| {
+        dir.write("r2.psk", contents, 0o600);
+        load(&dir, &text).map(|c| c.peers[0].psk.as_bytes().to_vec())
+    };
+    assert_eq!(psk(b"0x0102ff\n").unwrap(), vec![1, 2, 0xff]);
+    assert_eq!(psk(&[b'a'; 64]).unwrap(), vec![0xaa; 32]);
+    let ascii = "correct horse battery staple and then some more words to reach 64\n";
+    assert_eq!(psk(ascii.as_bytes()).unwrap(), ascii.trim_end().as_bytes());
+    assert_eq!(psk(b"short\n").unwrap(), b"short");
+
+    dir.write("r2.psk", b"\n", 0o600);
+    expect_invalid(
+        load(&dir, &text),
+        "peer[0].psk_file",
+        Some("r2"),
+        "is empty",
+    );
+    dir.write("r2.psk", b"0xnothex\n", 0o600);
+    expect_invalid(load(&dir, &text), "peer[0].psk_file", Some("r2"), "hex");
+    std::fs::remove_file(dir.join("r2.psk")).unwrap();
+    expect_invalid(
+        load(&dir, &text),
+        "peer[0].psk_file",
+        Some("r2"),
+        "cannot open",
+    );
+    std::fs::create_dir(dir.join("r2.psk")).unwrap();
+    expect_invalid(
+        load(&dir, &text),
+        "peer[0].psk_file",
+        Some("r2"),
+        "not a regular file",
+    );
+}
+
+#[test]
+fn psk_is_never_printed() {
+    let dir = TempDir::new("pskprint");
+    let config = load(&dir, &peer_config(&dir, "")).unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("221"), "{debug}");
+    assert!(!debug.contains("0x11"), "{debug}");
+    assert!(debug.contains("redacted"), "{debug}");
+}
+
+#[test]
+fn duplicate_peer_name() {
+    let dir = TempDir::new("dupname");
+    dir.psk("r3.psk");
+    let text = peer_config(&dir, "")
+        + "[[peer]]\nname = \"r2\"\nremote = \"192.0.2.3\"\npsk_file = \"r3.psk\"\n";
+    expect_invalid(
+        load(&dir, &text),
+        "peer[1].name",
+        Some("r2"),
+        "duplicate peer name",
+    );
+}
+
+#[test]
+fn duplicate_remote() {
+    let dir = TempDir::new("dupremote");
+    dir.psk("r3.psk");
+    let text = peer_config(&dir, "")
+        + "[[peer]]\nname = \"r3\"\nremote = \"192.0.2.2\"\npsk_file = \"r3.psk\"\n";
+    expect_invalid(
+        load(&dir, &text),
+        "peer[1].remote",
+        Some("r3"),
+        "already uses remote",
+    );
+    // The same address on another port is a different peer.
+    let text = text + "remote_port = 4500\n";
+    assert_eq!(load(&dir, &text).unwrap().peers.len(), 2);
+}
+
+#[test]
+fn bad_algorithm_names() {
+    let dir = TempDir::new("badalg");
+    let t = |extra: &str| load(&dir, &peer_config(&dir, extra));
+    expect_invalid(
+        t("mac_algorithms = [\"hmac-sha256-128\", \"hmac-md5\"]"),
+        "peer[0].mac_algorithms[1]",
+        Some("r2"),
+        "hmac-md5",
+    );
+    expect_invalid(
+        t("mac_algorithms = []"),
+        "peer[0].mac_algorithms",
+        Some("r2"),
+        "must not be empty",
+    );
+    expect_invalid(
+        t("mac_algorithms = [\"hmac-sha1-96\", \"hmac-sha1-96\"]"),
+        "peer[0].mac_algorithms[1]",
+        Some("r2"),
+        "twice",
+    );
+    expect_invalid(
+        t("ike_proposals = [\"aes256gcm16-prfsha1-x25519\"]"),
+        "peer[0].ike_proposals[0]",
+        Some("r2"),
+        "prfsha1",
+    );
+    expect_invalid(
+        t("ike_proposals = [\"aes256gcm16-prfsha256-modp2048\"]"),
+        "peer[0].ike_proposals[0]",
+        Some("r2"),
+        "modp2048",
+    );
+    expect_invalid(
+        t("ike_proposals = [\"3des-prfsha256-x25519\"]"),
+        "peer[0].ike_proposals[0]",
+        Some("r2"),
+        "3des",
+    );
+    expect_invalid(
+        t("ike_proposals = [\"aes256gcm16\"]"),
+        "peer[0].ike_proposals[0]",
+        Some("r2"),
+        "ENCR-PRF-GROUP",
+    );
+    expect_invalid(
+        t("ike_proposals = []"),
+        "peer[0].ike_proposals",
+        Some("r2"),
+        "must not be empty",
+    );
+}
+
+#[test]
+fn ports() {
+    let dir = TempDir::new("ports");
+    let t = |extra: &str| load(&dir, &peer_config(&dir, extra));
+    expect_invalid(
+        t("remote_port = 0"),
+        "peer[0].remote_port",
+        Some("r2"),
+        "out of range",
+    );
+    expect_invalid(
+        t("remote_port = 65536"),
+        "peer[0].remote_port",
+        Some("r2"),
+        "out of range",
+    );
+    expect_invalid(
+        t("tcp_ports = []"),
+        "peer[0].tcp_ports",
+        Some("r2"),
+        "must not be empty",
+    );
+    expect_invalid(
+        t("tcp_ports = [179, -1]"),
+        "peer[0].tcp_ports[1]",
+        Some("r2"),
+        "out of range",
+    );
+    expect_invalid(
+        t("tcp_ports = [179, 179]"),
+        "peer[0].tcp_ports[1]",
+        Some("r2"),
+        "twice",
+    );
+    assert_eq!(
+        t("tcp_ports = [1, 65535]").unwrap().peers[0].tcp_ports,
+        vec![1, 65535]
+    );
+    let r = load(
+        &dir,
+        &("[daemon]\nport = 70000\n".to_owned() + &peer_config(&dir, "")),
+    );
+    expect_invalid(r, "daemon.port", None, "70000");
+}
+
+#[test]
+fn lifetimes() {
+    let dir = TempDir::new("lifetimes");
+    let t = |lt: &str| load(&dir, &peer_config(&dir, &format!("[peer.lifetimes]\n{lt}")));
+    expect_invalid(
+        t("ike_rekey = \"4 hours\""),
+        "peer[0].lifetimes.ike_rekey",
+        Some("r2"),
+        "invalid duration",
+    );
+    expect_invalid(
+        t("ike_rekey = \"0s\""),
+        "peer[0].lifetimes.ike_rekey",
+        Some("r2"),
+        "longer than 0s",
+    );
+    expect_invalid(
+        t("mkt_rekey = \"2h\""),
+        "peer[0].lifetimes.mkt_rekey",
+        Some("r2"),
+        "shorter than mkt_lifetime",
+    );
+    expect_invalid(
+        t("mkt_rekey = \"30m\"\nmkt_lifetime = \"30m\""),
+        "peer[0].lifetimes.mkt_rekey",
+        Some("r2"),
+        "shorter",
+    );
+    let c = t("ike_rekey = \"1d\"\nmkt_rekey = \"90s\"\nmkt_lifetime = \"1h30m\"").unwrap();
+    assert_eq!(c.peers[0].lifetimes.ike_rekey, Duration::from_secs(86400));
+    assert_eq!(c.peers[0].lifetimes.mkt_rekey, Duration::from_secs(90));
+    assert_eq!(c.peers[0].lifetimes.mkt_lifetime, Duration::from_secs(5400));
+}
+
+#[test]
+fn addresses() {
+    let dir = TempDir::new("addr");
+    let t = |extra: &str| load(&dir, &peer_config(&dir, extra));
+    expect_invalid(
+        t("local = \"2001:db8::1\""),
+        "peer[0].local",
+        Some("r2"),
+        "IPv6",
+    );
+    expect_invalid(
+        t("local = \"r1.example.net\""),
+        "peer[0].local",
+        Some("r2"),
+        "not an IP address",
+    );
+    let r = load(
+        &dir,
+        &("[daemon]\nlisten = [\"192.0.2.9\"]\n".to_owned()
+            + &peer_config(&dir, "local = \"192.0.2.1\"")),
+    );
+    expect_invalid(r, "peer[0].local", Some("r2"), "not in daemon.listen");
+    let r = load(
+        &dir,
+        &peer_config(&dir, "").replace("192.0.2.2", "2001:db8::2"),
+    );
+    expect_invalid(r, "peer[0].remote", Some("r2"), "no IPv6 address");
+    let r = load(
+        &dir,
+        &("[daemon]\nlisten = [\"::\"]\n".to_owned()
+            + &peer_config(&dir, "").replace("192.0.2.2", "2001:db8::2")),
+    );
+    assert!(r.is_ok());
+    expect_invalid(
+        load(
+            &dir,
+            &("[daemon]\nlisten = []\n".to_owned() + &peer_config(&dir, "")),
+        ),
+        "daemon.listen",
+        None,
+        "empty",
+    );
+    expect_invalid(
+        load(
+            &dir,
+            &("[daemon]\nlisten = [\"::\", \"::\"]\n".to_owned() + &peer_config(&dir, "")),
+        ),
+        "daemon.listen[1]",
+        None,
+        "twice",
+    );
+    expect_invalid(
+        load(
+            &dir,
+            &("[daemon]\nlisten = [\"localhost\"]\n".to_owned() + &peer_config(&dir, "")),
+        ),
+        "daemon.listen[0]",
+        None,
+        "not an IP address",
+    );
+    let r = load(&dir, &peer_config(&dir, "").replace("192.0.2.2", "0.0.0.0"));
+    expect_invalid(r, "peer[0].remote", Some("r2"), "not a unicast address");
+}
+
+#[test]
+fn names_and_identities() {
+    let dir = TempDir::new("names");
+    let r = load(&dir, &peer_config(&dir, "").replace("\"r2\"", "\"r 2\""));
+    expect_invalid(r, "peer[0].name", None, "may only contain");
+    let r = load(&dir, &peer_config(&dir, "").replace("name = \"r2\"\n", ""));
+    expect_invalid(r, "peer[0].name", None, "required");
+    let r = load(
+        &dir,
+        &peer_config(&dir, "").replace("remote = \"192.0.2.2\"\n", ""),
+    );
+    expect_invalid(r, "peer[0].remote", Some("r2"), "required");
+    let r = load(
+        &dir,
+        &peer_config(&dir, "").replace("psk_file = \"r2.psk\"\n", ""),
+    );
+    expect_invalid(r, "peer[0].psk_file", Some("r2"), "required");
+    expect_invalid(
+        load(&dir, &peer_config(&dir, "local_id = \"\"")),
+        "peer[0].local_id",
+        Some("r2"),
+        "empty",
+    );
+    expect_invalid(
+        load(&dir, &peer_config(&dir, "remote_id = \"a b\"")),
+        "peer[0].remote_id",
+        Some("r2"),
+        "printable",
+    );
+    let c = load(
+        &dir,
+        &peer_config(
+            &dir,
+            "local_id = \"me@example.net\"\nremote_id = \"2001:db8::2\"",
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        c.peers[0].local_id,
+        Some(Identity::Rfc822("me@example.net".into()))
+    );
+    assert_eq!(
+        c.peers[0].remote_id,
+        Identity::Ipv6("2001:db8::2".parse().unwrap())
+    );
+}
+
+#[test]
+fn syntax_errors_name_line_and_file() {
+    let dir = TempDir::new("syntax");
+    let err = load(&dir, "[daemon]\nport = \"five hundred\"\n").unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ConfigError::Syntax { .. }), "{msg}");
+    assert!(msg.contains("line 2") && msg.contains("aokd.toml"), "{msg}");
+    let msg = load(&dir, "[daemon\n").unwrap_err().to_string();
+    assert!(msg.contains("line 1"), "{msg}");
+    let msg = Config::load(&dir.join("missing.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("missing.toml") && msg.contains("No such file"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn relative_paths_follow_the_config_file() {
+    let dir = TempDir::new("relative");
+    std::fs::create_dir(dir.join("keys")).unwrap();
+    dir.psk("keys/r2.psk");
+    let text = "[daemon]\ncontrol_socket = \"run/ctl.sock\"\nstate_dir = \"state\"\n[[peer]]\nname = \"r2\"\nremote = \"192.0.2.2\"\npsk_file = \"keys/r2.psk\"\n";
+    let c = load(&dir, text).unwrap();
+    assert_eq!(c.daemon.control_socket, dir.join("run/ctl.sock"));
+    assert_eq!(c.daemon.state_dir, dir.join("state"));
+    assert_eq!(c.peers[0].psk_file, dir.join("keys/r2.psk"));
+    let long = format!("[daemon]\ncontrol_socket = \"/{}\"\n", "x".repeat(120));
+    expect_invalid(
+        load(&dir, &long),
+        "daemon.control_socket",
+        None,
+        "at most 107",
+    );
+}
