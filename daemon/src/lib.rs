@@ -1,6 +1,10 @@
-//! The aokd daemon as a library: configuration ([`config`]) and the control
-//! socket server ([`control`]), shared by the `aokd` binary and its tests.
+//! The aokd daemon as a library, shared by the `aokd` binary and its tests:
+//! configuration ([`config`]), the control socket server ([`control`]), the
+//! event loop that drives the IKE endpoint ([`runtime`]), the embedded demo
+//! ([`demo`]), and key installation into the kernel ([`kernel`]).
 
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod kernel;
+pub mod runtime;

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use aokd::config::{format_duration, Config};
-use aokd::control::{self, ControlServer};
+use aokd::control::ControlServer;
+use aokd::runtime::{self, Daemon};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::mpsc;
 use tracing::{error, info};
@@ -36,6 +37,13 @@ enum Cmd {
         /// The configuration file.
         file: PathBuf,
     },
+    /// The embedded default: two aokd instances on loopback negotiate an
+    /// MKT with a generated PSK, and each prints what it holds.
+    Demo {
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -48,6 +56,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match (cli.command, cli.config) {
         (Some(Cmd::CheckConfig { file }), _) => check_config(&file),
+        (Some(Cmd::Demo { timeout }), _) => {
+            init_logging(cli.log_format);
+            demo(timeout)
+        }
         (None, Some(file)) => {
             init_logging(cli.log_format);
             run(&file)
@@ -67,6 +79,24 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `aokd demo`.
+fn demo(timeout: u64) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("aokd demo: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(aokd::demo::run(std::time::Duration::from_secs(timeout))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aokd demo: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -130,8 +160,8 @@ fn check_config(file: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `aokd --config FILE`: for now, serves the control socket from an empty
-/// state until SIGINT or SIGTERM.
+/// `aokd --config FILE`: negotiates with every configured peer and serves
+/// the control socket until SIGINT or SIGTERM.
 fn run(file: &Path) -> ExitCode {
     let config = match Config::load(file) {
         Ok(c) => c,
@@ -165,28 +195,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let started_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     info!(
         config = %config.file.display(),
         peers = config.peers.len(),
         "aokd {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    let endpoint = runtime::endpoint_config(&config)?;
+    let daemon = Daemon::bind(&config.daemon.listen_addrs(), endpoint, "main").await?;
     let server = ControlServer::bind(&config.daemon.control_socket).await?;
     let (calls_tx, calls_rx) = mpsc::channel(16);
-    let placeholder = tokio::spawn(control::run_placeholder(
-        control::empty_status(&config, started_at),
-        calls_rx,
-    ));
-    tokio::select! {
-        () = server.run(calls_tx) => {}
-        _ = sigint.recv() => info!("SIGINT: shutting down"),
-        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
-    }
-    placeholder.abort();
-    drop(server);
+    let shutdown = async move {
+        tokio::select! {
+            () = server.run(calls_tx) => {}
+            _ = sigint.recv() => info!("SIGINT: shutting down"),
+            _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+        }
+    };
+    daemon.run(calls_rx, shutdown).await?;
     Ok(())
 }

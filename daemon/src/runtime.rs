@@ -105,15 +105,20 @@ impl Daemon {
     /// Binds the IKE sockets and creates the endpoint.
     pub async fn bind(listen: &[SocketAddr], cfg: EndpointConfig, instance: &str) -> anyhow::Result<Daemon> {
         let mut sockets = Vec::new();
-        let mut bound = Vec::new();
         for addr in listen {
-            let s = UdpSocket::bind(addr).await.with_context(|| format!("cannot bind UDP {addr}"))?;
-            bound.push(s.local_addr()?);
-            sockets.push(Arc::new(s));
+            sockets.push(UdpSocket::bind(addr).await.with_context(|| format!("cannot bind UDP {addr}"))?);
         }
+        Daemon::from_sockets(sockets, cfg, instance)
+    }
+
+    /// Creates the daemon on sockets already bound (for `aokd demo`, which
+    /// needs the ports before it can write the configurations).
+    pub fn from_sockets(sockets: Vec<UdpSocket>, cfg: EndpointConfig, instance: &str) -> anyhow::Result<Daemon> {
+        let listen = sockets.iter().map(|s| s.local_addr()).collect::<Result<Vec<_>, _>>()?;
         let endpoint = Endpoint::new(cfg, Instant::now(), Box::new(rand_core::OsRng))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Daemon { endpoint, sockets, listen: bound, clock: WallClock::now(), instance: instance.to_string() })
+        let sockets = sockets.into_iter().map(Arc::new).collect();
+        Ok(Daemon { endpoint, sockets, listen, clock: WallClock::now(), instance: instance.to_string() })
     }
 
     /// The bound IKE addresses (with the actual port when 0 was asked for).

@@ -1,0 +1,112 @@
+//! `aokd demo`: the embedded default. With nothing configured, it starts two
+//! aokd instances in this process on loopback (127.0.0.1 and 127.0.0.2),
+//! each with its own UDP socket and a freshly generated PSK, lets them
+//! negotiate over real UDP, and prints the MKT each side holds.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use aokd_proto::control::{Command, MktStatus, ResponseData, ResponseResult};
+use aokd_proto::crypto::{self, Secret};
+use aokd_proto::ike::{self, EndpointConfig, Identity, IkeSuite, PortRange};
+use aokd_proto::mkt::MacAlgorithm;
+use rand_core::{OsRng, RngCore};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::control::ControlCall;
+use crate::runtime::Daemon;
+
+const A_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+const B_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+fn peer(name: &str, local: SocketAddr, remote: SocketAddr, psk: &[u8]) -> ike::PeerConfig {
+    ike::PeerConfig {
+        name: name.to_string(),
+        remote,
+        local: local.ip(),
+        local_id: Identity::from_ip(local.ip()),
+        remote_id: Identity::from_ip(remote.ip()),
+        psk: Secret::new(psk.to_vec()),
+        ike_suites: vec![IkeSuite::DEFAULT],
+        mac_algorithms: MacAlgorithm::ALL.to_vec(),
+        include_options: true,
+        tcp_ports: vec![PortRange::single(179)],
+        initiate: true,
+    }
+}
+
+async fn ask_mkts(tx: &mpsc::Sender<ControlCall>) -> anyhow::Result<Vec<MktStatus>> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(ControlCall { command: Command::Mkts, peer_uid: 0, reply })
+        .await
+        .context("demo instance stopped")?;
+    match rx.await.context("demo instance stopped")? {
+        ResponseResult::Ok { data: ResponseData::Mkts { mkts } } => Ok(mkts),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+/// Runs the demo; returns an error if the two instances do not agree.
+pub async fn run(timeout: Duration) -> anyhow::Result<()> {
+    let mut psk = vec![0u8; 32];
+    OsRng.fill_bytes(&mut psk);
+    let psk = Secret::new(psk);
+    println!("aokd demo: two instances on loopback, PSK fingerprint {}", crypto::fingerprint(psk.as_bytes()));
+
+    let sock_a = UdpSocket::bind((A_IP, 0)).await.context("bind 127.0.0.1")?;
+    let sock_b = UdpSocket::bind((B_IP, 0)).await.context("bind 127.0.0.2")?;
+    let (addr_a, addr_b) = (sock_a.local_addr()?, sock_b.local_addr()?);
+    let a = Daemon::from_sockets(vec![sock_a], EndpointConfig::new(vec![peer("b", addr_a, addr_b, psk.as_bytes())]), "a")?;
+    let b = Daemon::from_sockets(vec![sock_b], EndpointConfig::new(vec![peer("a", addr_b, addr_a, psk.as_bytes())]), "b")?;
+    println!("  instance a: IKE on udp {addr_a}");
+    println!("  instance b: IKE on udp {addr_b}");
+
+    let (tx_a, rx_a) = mpsc::channel(8);
+    let (tx_b, rx_b) = mpsc::channel(8);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let ta = tokio::spawn(a.run(rx_a, stop(stop_rx.clone())));
+    let tb = tokio::spawn(b.run(rx_b, stop(stop_rx)));
+
+    let started = Instant::now();
+    let result = loop {
+        let (ma, mb) = (ask_mkts(&tx_a).await?, ask_mkts(&tx_b).await?);
+        if ma.len() == 1 && mb.len() == 1 {
+            break Ok((ma, mb, started.elapsed()));
+        }
+        if started.elapsed() > timeout {
+            break Err(anyhow::anyhow!("no MKT after {timeout:?} (a holds {}, b holds {})", ma.len(), mb.len()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let _ = stop_tx.send(true);
+    let _ = ta.await;
+    let _ = tb.await;
+
+    let (ma, mb, took) = result?;
+    println!("negotiated in {} ms:", took.as_millis());
+    println!("  {:<9} {:<6} {:>7} {:>7}  {:<16} {:<9} {}", "instance", "peer", "send_id", "recv_id", "algorithm", "options", "key fingerprint");
+    for (inst, m) in [("a", &ma[0]), ("b", &mb[0])] {
+        println!(
+            "  {:<9} {:<6} {:>7} {:>7}  {:<16} {:<9} {}",
+            inst,
+            m.peer,
+            m.send_id,
+            m.recv_id,
+            m.algorithm,
+            if m.include_options { "included" } else { "excluded" },
+            m.key_fingerprint
+        );
+    }
+    let (x, y) = (&ma[0], &mb[0]);
+    if x.send_id != y.recv_id || x.recv_id != y.send_id || x.algorithm != y.algorithm || x.key_fingerprint != y.key_fingerprint {
+        bail!("the two instances hold different MKTs");
+    }
+    println!("both sides hold the same MKT (a.send_id = b.recv_id, a.recv_id = b.send_id, same key).");
+    println!("Installing it into the kernel and carrying a TCP connection comes with the kernel backends.");
+    Ok(())
+}
