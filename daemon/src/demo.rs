@@ -39,11 +39,17 @@ fn peer(name: &str, local: SocketAddr, remote: SocketAddr, psk: &[u8]) -> ike::P
 
 async fn ask_mkts(tx: &mpsc::Sender<ControlCall>) -> anyhow::Result<Vec<MktStatus>> {
     let (reply, rx) = oneshot::channel();
-    tx.send(ControlCall { command: Command::Mkts, peer_uid: 0, reply })
-        .await
-        .context("demo instance stopped")?;
+    tx.send(ControlCall {
+        command: Command::Mkts,
+        peer_uid: 0,
+        reply,
+    })
+    .await
+    .context("demo instance stopped")?;
     match rx.await.context("demo instance stopped")? {
-        ResponseResult::Ok { data: ResponseData::Mkts { mkts } } => Ok(mkts),
+        ResponseResult::Ok {
+            data: ResponseData::Mkts { mkts },
+        } => Ok(mkts),
         other => bail!("unexpected answer {other:?}"),
     }
 }
@@ -53,13 +59,24 @@ pub async fn run(timeout: Duration) -> anyhow::Result<()> {
     let mut psk = vec![0u8; 32];
     OsRng.fill_bytes(&mut psk);
     let psk = Secret::new(psk);
-    println!("aokd demo: two instances on loopback, PSK fingerprint {}", crypto::fingerprint(psk.as_bytes()));
+    println!(
+        "aokd demo: two instances on loopback, PSK fingerprint {}",
+        crypto::fingerprint(psk.as_bytes())
+    );
 
     let sock_a = UdpSocket::bind((A_IP, 0)).await.context("bind 127.0.0.1")?;
     let sock_b = UdpSocket::bind((B_IP, 0)).await.context("bind 127.0.0.2")?;
     let (addr_a, addr_b) = (sock_a.local_addr()?, sock_b.local_addr()?);
-    let a = Daemon::from_sockets(vec![sock_a], EndpointConfig::new(vec![peer("b", addr_a, addr_b, psk.as_bytes())]), "a")?;
-    let b = Daemon::from_sockets(vec![sock_b], EndpointConfig::new(vec![peer("a", addr_b, addr_a, psk.as_bytes())]), "b")?;
+    let a = Daemon::from_sockets(
+        vec![sock_a],
+        EndpointConfig::new(vec![peer("b", addr_a, addr_b, psk.as_bytes())]),
+        "a",
+    )?;
+    let b = Daemon::from_sockets(
+        vec![sock_b],
+        EndpointConfig::new(vec![peer("a", addr_b, addr_a, psk.as_bytes())]),
+        "b",
+    )?;
     println!("  instance a: IKE on udp {addr_a}");
     println!("  instance b: IKE on udp {addr_b}");
 
@@ -79,7 +96,11 @@ pub async fn run(timeout: Duration) -> anyhow::Result<()> {
             break Ok((ma, mb, started.elapsed()));
         }
         if started.elapsed() > timeout {
-            break Err(anyhow::anyhow!("no MKT after {timeout:?} (a holds {}, b holds {})", ma.len(), mb.len()));
+            break Err(anyhow::anyhow!(
+                "no MKT after {timeout:?} (a holds {}, b holds {})",
+                ma.len(),
+                mb.len()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
@@ -89,7 +110,10 @@ pub async fn run(timeout: Duration) -> anyhow::Result<()> {
 
     let (ma, mb, took) = result?;
     println!("negotiated in {} ms:", took.as_millis());
-    println!("  {:<9} {:<6} {:>7} {:>7}  {:<16} {:<9} {}", "instance", "peer", "send_id", "recv_id", "algorithm", "options", "key fingerprint");
+    println!(
+        "  {:<9} {:<6} {:>7} {:>7}  {:<16} {:<9} key fingerprint",
+        "instance", "peer", "send_id", "recv_id", "algorithm", "options"
+    );
     for (inst, m) in [("a", &ma[0]), ("b", &mb[0])] {
         println!(
             "  {:<9} {:<6} {:>7} {:>7}  {:<16} {:<9} {}",
@@ -98,15 +122,25 @@ pub async fn run(timeout: Duration) -> anyhow::Result<()> {
             m.send_id,
             m.recv_id,
             m.algorithm,
-            if m.include_options { "included" } else { "excluded" },
+            if m.include_options {
+                "included"
+            } else {
+                "excluded"
+            },
             m.key_fingerprint
         );
     }
     let (x, y) = (&ma[0], &mb[0]);
-    if x.send_id != y.recv_id || x.recv_id != y.send_id || x.algorithm != y.algorithm || x.key_fingerprint != y.key_fingerprint {
+    if x.send_id != y.recv_id
+        || x.recv_id != y.send_id
+        || x.algorithm != y.algorithm
+        || x.key_fingerprint != y.key_fingerprint
+    {
         bail!("the two instances hold different MKTs");
     }
-    println!("both sides hold the same MKT (a.send_id = b.recv_id, a.recv_id = b.send_id, same key).");
+    println!(
+        "both sides hold the same MKT (a.send_id = b.recv_id, a.recv_id = b.send_id, same key)."
+    );
     println!("Installing it into the kernel and carrying a TCP connection comes with the kernel backends.");
     Ok(())
 }

@@ -84,7 +84,10 @@ fn init_logging(format: LogFormat) {
 
 /// `aokd demo`.
 fn demo(timeout: u64) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("aokd demo: cannot start the async runtime: {e}");

@@ -29,26 +29,44 @@ pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
     for p in &cfg.peers {
         let local = match p.local {
             Some(ip) => ip,
-            None => route_source(p.remote_addr())
-                .with_context(|| format!("peer {:?}: cannot find the local address toward {}", p.name, p.remote))?,
+            None => route_source(p.remote_addr()).with_context(|| {
+                format!(
+                    "peer {:?}: cannot find the local address toward {}",
+                    p.name, p.remote
+                )
+            })?,
         };
         let local_id = p.local_identity(local);
         let ike_suites = p
             .ike_proposals
             .iter()
-            .map(|s| IkeSuite { encr: s.encr.to_crypto(), prf: s.prf.to_crypto(), group: s.group.id() })
+            .map(|s| IkeSuite {
+                encr: s.encr.to_crypto(),
+                prf: s.prf.to_crypto(),
+                group: s.group.id(),
+            })
             .collect();
         peers.push(ike::PeerConfig {
             name: p.name.clone(),
             remote: p.remote_addr(),
             local,
-            local_id: ike::Identity { id_type: local_id.id_type(), data: local_id.data() },
-            remote_id: ike::Identity { id_type: p.remote_id.id_type(), data: p.remote_id.data() },
+            local_id: ike::Identity {
+                id_type: local_id.id_type(),
+                data: local_id.data(),
+            },
+            remote_id: ike::Identity {
+                id_type: p.remote_id.id_type(),
+                data: p.remote_id.data(),
+            },
             psk: Secret::new(p.psk.as_bytes().to_vec()),
             ike_suites,
             mac_algorithms: p.mac_algorithms.clone(),
             include_options: p.include_tcp_options,
-            tcp_ports: p.tcp_ports.iter().map(|port| PortRange::single(*port)).collect(),
+            tcp_ports: p
+                .tcp_ports
+                .iter()
+                .map(|port| PortRange::single(*port))
+                .collect(),
             initiate: p.initiate,
         });
     }
@@ -78,7 +96,10 @@ impl WallClock {
     fn now() -> WallClock {
         WallClock {
             base: Instant::now(),
-            base_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            base_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
         }
     }
 
@@ -103,22 +124,43 @@ pub struct Daemon {
 
 impl Daemon {
     /// Binds the IKE sockets and creates the endpoint.
-    pub async fn bind(listen: &[SocketAddr], cfg: EndpointConfig, instance: &str) -> anyhow::Result<Daemon> {
+    pub async fn bind(
+        listen: &[SocketAddr],
+        cfg: EndpointConfig,
+        instance: &str,
+    ) -> anyhow::Result<Daemon> {
         let mut sockets = Vec::new();
         for addr in listen {
-            sockets.push(UdpSocket::bind(addr).await.with_context(|| format!("cannot bind UDP {addr}"))?);
+            sockets.push(
+                UdpSocket::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind UDP {addr}"))?,
+            );
         }
         Daemon::from_sockets(sockets, cfg, instance)
     }
 
     /// Creates the daemon on sockets already bound (for `aokd demo`, which
     /// needs the ports before it can write the configurations).
-    pub fn from_sockets(sockets: Vec<UdpSocket>, cfg: EndpointConfig, instance: &str) -> anyhow::Result<Daemon> {
-        let listen = sockets.iter().map(|s| s.local_addr()).collect::<Result<Vec<_>, _>>()?;
+    pub fn from_sockets(
+        sockets: Vec<UdpSocket>,
+        cfg: EndpointConfig,
+        instance: &str,
+    ) -> anyhow::Result<Daemon> {
+        let listen = sockets
+            .iter()
+            .map(|s| s.local_addr())
+            .collect::<Result<Vec<_>, _>>()?;
         let endpoint = Endpoint::new(cfg, Instant::now(), Box::new(rand_core::OsRng))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let sockets = sockets.into_iter().map(Arc::new).collect();
-        Ok(Daemon { endpoint, sockets, listen, clock: WallClock::now(), instance: instance.to_string() })
+        Ok(Daemon {
+            endpoint,
+            sockets,
+            listen,
+            clock: WallClock::now(),
+            instance: instance.to_string(),
+        })
     }
 
     /// The bound IKE addresses (with the actual port when 0 was asked for).
@@ -209,27 +251,54 @@ impl Daemon {
     fn log_event(&self, ev: Event) {
         let inst = &self.instance;
         match ev {
-            Event::IkeSaEstablished { peer, spi_i, spi_r, role, suite, tcp_ao_capable } => info!(
+            Event::IkeSaEstablished {
+                peer,
+                spi_i,
+                spi_r,
+                role,
+                suite,
+                tcp_ao_capable,
+            } => info!(
                 instance = %inst, %peer, spi_i = %format!("{spi_i:016x}"), spi_r = %format!("{spi_r:016x}"),
                 role = role.as_str(), %suite, tcp_ao_capable, "IKE SA established"
             ),
-            Event::MktCreated { peer, mkt, ports, .. } => info!(
+            Event::MktCreated {
+                peer, mkt, ports, ..
+            } => info!(
                 instance = %inst, %peer, send_id = mkt.send_id, recv_id = mkt.recv_id, algorithm = %mkt.algorithm,
                 include_options = mkt.include_options, key_fingerprint = %mkt.fingerprint(), ports = ?ports,
                 "MKT negotiated"
             ),
-            Event::MktDeleted { peer, send_id, recv_id, reason } => {
+            Event::MktDeleted {
+                peer,
+                send_id,
+                recv_id,
+                reason,
+            } => {
                 info!(instance = %inst, %peer, send_id, recv_id, reason, "MKT deleted")
             }
-            Event::IkeSaDeleted { peer, spi_i, spi_r, reason } => info!(
+            Event::IkeSaDeleted {
+                peer,
+                spi_i,
+                spi_r,
+                reason,
+            } => info!(
                 instance = %inst, %peer, spi_i = %format!("{spi_i:016x}"), spi_r = %format!("{spi_r:016x}"),
                 %reason, "IKE SA deleted"
             ),
-            Event::NegotiationFailed { peer, error, by_peer } => warn!(
+            Event::NegotiationFailed {
+                peer,
+                error,
+                by_peer,
+            } => warn!(
                 instance = %inst, %peer, notify = %error.notify().map(|n| n.to_string()).unwrap_or_default(),
                 by_peer, "IKE negotiation failed: {error}"
             ),
-            Event::ChildFailed { peer, error, by_peer } => warn!(
+            Event::ChildFailed {
+                peer,
+                error,
+                by_peer,
+            } => warn!(
                 instance = %inst, %peer, notify = %error.notify().map(|n| n.to_string()).unwrap_or_default(),
                 by_peer, "TCP-AO child SA failed, IKE SA kept: {error}"
             ),
@@ -240,7 +309,9 @@ impl Daemon {
             Event::SimultaneousInitiation { peer, kept_ours } => {
                 info!(instance = %inst, %peer, kept_ours, "simultaneous initiation resolved")
             }
-            Event::Dropped { from, reason } => debug!(instance = %inst, %from, %reason, "datagram dropped"),
+            Event::Dropped { from, reason } => {
+                debug!(instance = %inst, %from, %reason, "datagram dropped")
+            }
         }
     }
 
@@ -249,13 +320,22 @@ impl Daemon {
         let peers = self.endpoint.peers();
         let data = match command {
             Command::Status => ResponseData::Status(self.status(&peers)),
-            Command::Sas => ResponseData::Sas { sas: self.sas(&peers) },
-            Command::Mkts => ResponseData::Mkts { mkts: self.mkts(&peers) },
+            Command::Sas => ResponseData::Sas {
+                sas: self.sas(&peers),
+            },
+            Command::Mkts => ResponseData::Mkts {
+                mkts: self.mkts(&peers),
+            },
             Command::MktKeys => {
                 if peer_uid != 0 {
-                    return ResponseResult::Error { message: crate::control::MKT_KEYS_REFUSED.to_string() };
+                    return ResponseResult::Error {
+                        message: crate::control::MKT_KEYS_REFUSED.to_string(),
+                    };
                 }
-                info!(uid = peer_uid, "MKT keys requested over the control socket (aoctl verify --from-daemon)");
+                info!(
+                    uid = peer_uid,
+                    "MKT keys requested over the control socket (aoctl verify --from-daemon)"
+                );
                 let keys = peers
                     .iter()
                     .flat_map(|p| {
@@ -272,13 +352,27 @@ impl Daemon {
                 ResponseData::MktKeys { keys }
             }
             Command::Initiate { peer } => match self.endpoint.initiate(&peer, Instant::now()) {
-                Ok(true) => ResponseData::Accepted { message: format!("initiating IKE SA with {peer}") },
-                Ok(false) => ResponseData::Accepted { message: format!("{peer} already has an IKE SA or one is being set up") },
-                Err(e) => return ResponseResult::Error { message: e.to_string() },
+                Ok(true) => ResponseData::Accepted {
+                    message: format!("initiating IKE SA with {peer}"),
+                },
+                Ok(false) => ResponseData::Accepted {
+                    message: format!("{peer} already has an IKE SA or one is being set up"),
+                },
+                Err(e) => {
+                    return ResponseResult::Error {
+                        message: e.to_string(),
+                    }
+                }
             },
             Command::Terminate { peer } => match self.endpoint.terminate(&peer, Instant::now()) {
-                Ok(n) => ResponseData::Accepted { message: format!("deleted {n} IKE SA(s) with {peer}") },
-                Err(e) => return ResponseResult::Error { message: e.to_string() },
+                Ok(n) => ResponseData::Accepted {
+                    message: format!("deleted {n} IKE SA(s) with {peer}"),
+                },
+                Err(e) => {
+                    return ResponseResult::Error {
+                        message: e.to_string(),
+                    }
+                }
             },
         };
         ResponseResult::Ok { data }

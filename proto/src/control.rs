@@ -57,11 +57,19 @@ pub enum ResponseResult {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ResponseData {
     Status(DaemonStatus),
-    Sas { sas: Vec<SaStatus> },
-    Mkts { mkts: Vec<MktStatus> },
-    MktKeys { keys: Vec<MktKey> },
+    Sas {
+        sas: Vec<SaStatus>,
+    },
+    Mkts {
+        mkts: Vec<MktStatus>,
+    },
+    MktKeys {
+        keys: Vec<MktKey>,
+    },
     /// A command was accepted (initiate, terminate).
-    Accepted { message: String },
+    Accepted {
+        message: String,
+    },
 }
 
 /// `aoctl status`.

@@ -22,7 +22,11 @@ pub enum MacAlgorithm {
 }
 
 impl MacAlgorithm {
-    pub const ALL: [MacAlgorithm; 3] = [MacAlgorithm::HmacSha256_128, MacAlgorithm::AesCmac96, MacAlgorithm::HmacSha1_96];
+    pub const ALL: [MacAlgorithm; 3] = [
+        MacAlgorithm::HmacSha256_128,
+        MacAlgorithm::AesCmac96,
+        MacAlgorithm::HmacSha1_96,
+    ];
 
     /// The transform type 3 ID that names this algorithm in a TCP-AO proposal.
     pub fn integ_id(self) -> IntegId {

@@ -241,7 +241,10 @@ mod tests {
         assert_eq!(t.name(), None);
         assert_eq!(t.to_string(), "NotifyType(12345)");
         assert_eq!(NotifyType::from(24), NotifyType::AUTHENTICATION_FAILED);
-        assert_eq!(NotifyType::AUTHENTICATION_FAILED.to_string(), "AUTHENTICATION_FAILED");
+        assert_eq!(
+            NotifyType::AUTHENTICATION_FAILED.to_string(),
+            "AUTHENTICATION_FAILED"
+        );
         assert!(NotifyType::NO_PROPOSAL_CHOSEN.is_error());
         assert!(!NotifyType::TCP_AO_SUPPORTED.is_error());
     }

@@ -5,7 +5,7 @@ mod harness;
 
 use std::time::Duration;
 
-use aokd_proto::ike::{EndpointConfig, Event, IkeSuite, NegotiationError, IkeError};
+use aokd_proto::ike::{EndpointConfig, Event, IkeError, IkeSuite, NegotiationError};
 use aokd_proto::mkt::MacAlgorithm;
 use aokd_proto::numbers::NotifyType;
 use harness::{peer, NetParams, Sim, A_ADDR, B_ADDR};
@@ -13,7 +13,12 @@ use harness::{peer, NetParams, Sim, A_ADDR, B_ADDR};
 const PSK: &[u8] = b"a shared secret of reasonable length";
 
 fn pair(seed: u64, net: NetParams) -> Sim {
-    Sim::pair(seed, net, peer("b", A_ADDR, B_ADDR, PSK), peer("a", B_ADDR, A_ADDR, PSK))
+    Sim::pair(
+        seed,
+        net,
+        peer("b", A_ADDR, B_ADDR, PSK),
+        peer("a", B_ADDR, A_ADDR, PSK),
+    )
 }
 
 fn assert_matching_mkts(sim: &Sim) {
@@ -46,24 +51,50 @@ fn rfc7296_1_2_initial_exchanges_create_one_mkt() {
 #[test]
 fn simultaneous_initiation_ends_with_one_sa_each() {
     for seed in 0..200 {
-        let mut sim = pair(seed, NetParams { jitter_ms: 20, ..Default::default() });
-        assert!(sim.run_until(Duration::from_secs(60), Sim::settled), "seed {seed}");
+        let mut sim = pair(
+            seed,
+            NetParams {
+                jitter_ms: 20,
+                ..Default::default()
+            },
+        );
+        assert!(
+            sim.run_until(Duration::from_secs(60), Sim::settled),
+            "seed {seed}"
+        );
         sim.run_for(Duration::from_secs(120));
-        assert!(sim.settled(), "seed {seed}: {} / {} SAs", sim.established(0), sim.established(1));
+        assert!(
+            sim.settled(),
+            "seed {seed}: {} / {} SAs",
+            sim.established(0),
+            sim.established(1)
+        );
         assert_matching_mkts(&sim);
     }
 }
 
 #[test]
 fn wrong_psk_fails_on_both_sides_without_mkt() {
-    let mut sim = Sim::pair(3, NetParams::default(), peer("b", A_ADDR, B_ADDR, PSK), peer("a", B_ADDR, A_ADDR, b"another key"));
+    let mut sim = Sim::pair(
+        3,
+        NetParams::default(),
+        peer("b", A_ADDR, B_ADDR, PSK),
+        peer("a", B_ADDR, A_ADDR, b"another key"),
+    );
     sim.run_for(Duration::from_secs(20));
     for i in 0..2 {
         assert!(sim.mkts(i).is_empty());
         assert_eq!(sim.established(i), 0);
         let p = &sim.nodes[i].ep.peers()[0];
-        assert_eq!(p.last_error.as_deref(), Some("AUTHENTICATION_FAILED"), "node {i}");
-        assert!(sim.nodes[i].events.iter().any(|e| matches!(e, Event::NegotiationFailed { error, .. }
+        assert_eq!(
+            p.last_error.as_deref(),
+            Some("AUTHENTICATION_FAILED"),
+            "node {i}"
+        );
+        assert!(sim.nodes[i]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::NegotiationFailed { error, .. }
             if error.notify() == Some(NotifyType::AUTHENTICATION_FAILED))));
     }
 }
@@ -78,15 +109,26 @@ fn no_common_mac_gives_no_proposal_chosen() {
     sim.run_for(Duration::from_secs(20));
     for i in 0..2 {
         assert!(sim.mkts(i).is_empty());
-        assert_eq!(sim.established(i), 1, "the IKE SA survives a failed child (RFC 7296 2.21.3)");
-        assert_eq!(sim.nodes[i].ep.peers()[0].last_error.as_deref(), Some("NO_PROPOSAL_CHOSEN"), "node {i}");
+        assert_eq!(
+            sim.established(i),
+            1,
+            "the IKE SA survives a failed child (RFC 7296 2.21.3)"
+        );
+        assert_eq!(
+            sim.nodes[i].ep.peers()[0].last_error.as_deref(),
+            Some("NO_PROPOSAL_CHOSEN"),
+            "node {i}"
+        );
     }
 }
 
 #[test]
 fn invalid_ke_payload_retry_uses_the_requested_group() {
     let mut a = peer("b", A_ADDR, B_ADDR, PSK);
-    a.ike_suites = vec![IkeSuite::DEFAULT, "aes256gcm16-prfsha256-ecp256".parse().unwrap()];
+    a.ike_suites = vec![
+        IkeSuite::DEFAULT,
+        "aes256gcm16-prfsha256-ecp256".parse().unwrap(),
+    ];
     let mut b = peer("a", B_ADDR, A_ADDR, PSK);
     b.ike_suites = vec!["aes256gcm16-prfsha256-ecp256".parse().unwrap()];
     b.initiate = false;
@@ -94,7 +136,10 @@ fn invalid_ke_payload_retry_uses_the_requested_group() {
     assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
     assert_matching_mkts(&sim);
     let sa = &sim.nodes[0].ep.peers()[0].sas[0];
-    assert_eq!(sa.suite.unwrap().to_string(), "aes256gcm16-prfsha256-ecp256");
+    assert_eq!(
+        sa.suite.unwrap().to_string(),
+        "aes256gcm16-prfsha256-ecp256"
+    );
 }
 
 #[test]
@@ -106,7 +151,10 @@ fn no_common_ike_suite_fails() {
     let mut sim = Sim::pair(6, NetParams::default(), a, b);
     sim.run_for(Duration::from_secs(10));
     assert_eq!(sim.established(0), 0);
-    assert_eq!(sim.nodes[0].ep.peers()[0].last_error.as_deref(), Some("NO_PROPOSAL_CHOSEN"));
+    assert_eq!(
+        sim.nodes[0].ep.peers()[0].last_error.as_deref(),
+        Some("NO_PROPOSAL_CHOSEN")
+    );
 }
 
 #[test]
@@ -134,14 +182,23 @@ fn peer_without_tcp_ao_gets_a_childless_sa() {
     cfg_b.advertise_tcp_ao = false;
     let cfg_a = EndpointConfig::new(vec![peer("b", A_ADDR, B_ADDR, PSK)]);
     let mut sim = Sim::pair_with(8, NetParams::default(), cfg_a, cfg_b);
-    assert!(sim.run_until(Duration::from_secs(20), |s| s.established(0) == 1 && s.established(1) == 1));
+    assert!(
+        sim.run_until(Duration::from_secs(20), |s| s.established(0) == 1
+            && s.established(1) == 1)
+    );
     sim.run_for(Duration::from_secs(30));
     assert!(sim.mkts(0).is_empty() && sim.mkts(1).is_empty());
     assert_eq!(sim.nodes[0].ep.peers()[0].tcp_ao_capable, Some(false));
-    assert!(sim.nodes[0].events.iter().any(|e| matches!(e, Event::PeerNotCapable { .. })));
+    assert!(sim.nodes[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::PeerNotCapable { .. })));
     // No TCP-AO proposal ever went to the peer: no datagram carries protocol 201 in clear
     // text, and B never saw a child offer (it would have answered NO_PROPOSAL_CHOSEN).
-    assert!(!sim.nodes[1].events.iter().any(|e| matches!(e, Event::ChildFailed { .. })));
+    assert!(!sim.nodes[1]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::ChildFailed { .. })));
 }
 
 #[test]
@@ -153,19 +210,39 @@ fn loss_30_percent_completes_within_the_retransmission_schedule() {
         a.initiate = true;
         let mut b = peer("a", B_ADDR, A_ADDR, PSK);
         b.initiate = false;
-        let mut sim = Sim::pair(seed, NetParams { loss_pct: 30, dup_pct: 10, jitter_ms: 30 }, a, b);
+        let mut sim = Sim::pair(
+            seed,
+            NetParams {
+                loss_pct: 30,
+                dup_pct: 10,
+                jitter_ms: 30,
+            },
+            a,
+            b,
+        );
         if !sim.run_until(limit, Sim::settled) {
             failures.push(seed);
             continue;
         }
         // No negotiation was given up on the way.
-        let gave_up = sim.nodes[0].events.iter().any(|e| matches!(e, Event::NegotiationFailed { error: IkeError::Negotiation(NegotiationError::Timeout), .. }));
+        let gave_up = sim.nodes[0].events.iter().any(|e| {
+            matches!(
+                e,
+                Event::NegotiationFailed {
+                    error: IkeError::Negotiation(NegotiationError::Timeout),
+                    ..
+                }
+            )
+        });
         if gave_up {
             failures.push(seed);
         }
         assert_matching_mkts(&sim);
     }
-    assert!(failures.is_empty(), "seeds that did not complete: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "seeds that did not complete: {failures:?}"
+    );
 }
 
 #[test]
@@ -178,6 +255,8 @@ fn terminate_deletes_on_both_sides() {
     assert_eq!(sim.established(0), 0);
     assert_eq!(sim.established(1), 0);
     assert!(sim.mkts(1).is_empty());
-    assert!(sim.nodes[1].events.iter().any(|e| matches!(e, Event::MktDeleted { .. })));
+    assert!(sim.nodes[1]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::MktDeleted { .. })));
 }
-

@@ -21,7 +21,14 @@ fn fingerprint(sim: &Sim, i: usize) -> Vec<String> {
         .filter(|s| s.state == "established")
         .map(|s| format!("sa {:016x} {:016x}", s.spi_i, s.spi_r))
         .collect();
-    v.extend(peers[0].mkts.iter().map(|m| format!("mkt {} {} {}", m.mkt.send_id, m.mkt.recv_id, m.mkt.fingerprint())));
+    v.extend(peers[0].mkts.iter().map(|m| {
+        format!(
+            "mkt {} {} {}",
+            m.mkt.send_id,
+            m.mkt.recv_id,
+            m.mkt.fingerprint()
+        )
+    }));
     v
 }
 
@@ -89,7 +96,12 @@ fn mutate(rng: &mut ChaCha20Rng, corpus: &[Vec<u8>]) -> Vec<u8> {
 
 #[test]
 fn hundred_thousand_malformed_datagrams_change_nothing() {
-    let mut sim = Sim::pair(11, NetParams::default(), peer("b", A_ADDR, B_ADDR, PSK), peer("a", B_ADDR, A_ADDR, PSK));
+    let mut sim = Sim::pair(
+        11,
+        NetParams::default(),
+        peer("b", A_ADDR, B_ADDR, PSK),
+        peer("a", B_ADDR, A_ADDR, PSK),
+    );
     assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
     let before = [fingerprint(&sim, 0), fingerprint(&sim, 1)];
     let corpus: Vec<Vec<u8>> = sim.sent.iter().map(|(_, _, d)| d.clone()).collect();
@@ -116,7 +128,10 @@ fn hundred_thousand_malformed_datagrams_change_nothing() {
             _ => None,
         })
         .collect();
-    let malformed = reasons.iter().filter(|r| r.starts_with("malformed")).count();
+    let malformed = reasons
+        .iter()
+        .filter(|r| r.starts_with("malformed"))
+        .count();
     let deeper = reasons.len() - malformed;
     eprintln!("dropped: {malformed} malformed, {deeper} rejected after parsing");
     assert!(malformed > 10_000, "{malformed}");

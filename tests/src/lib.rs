@@ -17,7 +17,10 @@ use serde_json::Value;
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -72,7 +75,12 @@ impl Side {
     pub fn new(root: &Path, name: &str, ip: &str) -> Side {
         let dir = root.join(name);
         fs::create_dir_all(&dir).expect("side dir");
-        Side { name: name.into(), ip: ip.into(), port: free_udp_port(ip), dir }
+        Side {
+            name: name.into(),
+            ip: ip.into(),
+            port: free_udp_port(ip),
+            dir,
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -139,7 +147,10 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("start aokd");
-        Daemon { side: side.clone(), child }
+        Daemon {
+            side: side.clone(),
+            child,
+        }
     }
 
     /// True while the process runs.
@@ -162,7 +173,12 @@ impl Daemon {
     }
 
     /// Polls `aoctl` until `cond` holds on the value of `args` or `timeout` passes.
-    pub fn wait_for(&self, args: &[&str], timeout: Duration, cond: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_for(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         let mut last = Err("not asked yet".to_string());
         while Instant::now() < deadline {
@@ -218,6 +234,11 @@ pub fn mkts(v: &Value) -> Vec<Value> {
 pub fn established_sas(v: &Value) -> Vec<Value> {
     v["sas"]
         .as_array()
-        .map(|a| a.iter().filter(|s| s["state"] == "established").cloned().collect())
+        .map(|a| {
+            a.iter()
+                .filter(|s| s["state"] == "established")
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default()
 }

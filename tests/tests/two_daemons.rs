@@ -84,11 +84,18 @@ fn wrong_psk_is_reported_on_both_sides_and_nobody_exits() {
     let mut da = Daemon::start(&a);
     let mut db = Daemon::start(&b);
     for d in [&da, &db] {
-        let st = d.wait_for(&["status"], WAIT, |v| v["peers"][0]["last_error"] == "AUTHENTICATION_FAILED");
+        let st = d.wait_for(&["status"], WAIT, |v| {
+            v["peers"][0]["last_error"] == "AUTHENTICATION_FAILED"
+        });
         assert_ne!(st["peers"][0]["ike_state"], "established");
         let m = d.aoctl(&["mkts"]).expect("mkts");
         assert!(mkts(&m).is_empty());
-        assert!(d.log().contains("AUTHENTICATION_FAILED"), "log of {}:\n{}", d.side.name, d.log());
+        assert!(
+            d.log().contains("AUTHENTICATION_FAILED"),
+            "log of {}:\n{}",
+            d.side.name,
+            d.log()
+        );
     }
     assert!(da.running() && db.running());
 }
@@ -104,7 +111,9 @@ fn no_common_mac_gives_no_proposal_chosen_and_no_mkt() {
     let da = Daemon::start(&a);
     let db = Daemon::start(&b);
     for d in [&da, &db] {
-        d.wait_for(&["status"], WAIT, |v| v["peers"][0]["last_error"] == "NO_PROPOSAL_CHOSEN");
+        d.wait_for(&["status"], WAIT, |v| {
+            v["peers"][0]["last_error"] == "NO_PROPOSAL_CHOSEN"
+        });
         assert!(mkts(&d.aoctl(&["mkts"]).expect("mkts")).is_empty());
         assert!(d.log().contains("NO_PROPOSAL_CHOSEN"));
     }

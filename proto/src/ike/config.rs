@@ -22,8 +22,14 @@ impl Identity {
     /// ID_IPV4_ADDR or ID_IPV6_ADDR.
     pub fn from_ip(ip: IpAddr) -> Self {
         match ip {
-            IpAddr::V4(a) => Identity { id_type: IdType::ID_IPV4_ADDR, data: a.octets().to_vec() },
-            IpAddr::V6(a) => Identity { id_type: IdType::ID_IPV6_ADDR, data: a.octets().to_vec() },
+            IpAddr::V4(a) => Identity {
+                id_type: IdType::ID_IPV4_ADDR,
+                data: a.octets().to_vec(),
+            },
+            IpAddr::V6(a) => Identity {
+                id_type: IdType::ID_IPV6_ADDR,
+                data: a.octets().to_vec(),
+            },
         }
     }
 
@@ -33,9 +39,15 @@ impl Identity {
         if let Ok(ip) = text.parse::<IpAddr>() {
             Identity::from_ip(ip)
         } else if text.contains('@') {
-            Identity { id_type: IdType::ID_RFC822_ADDR, data: text.as_bytes().to_vec() }
+            Identity {
+                id_type: IdType::ID_RFC822_ADDR,
+                data: text.as_bytes().to_vec(),
+            }
         } else {
-            Identity { id_type: IdType::ID_FQDN, data: text.as_bytes().to_vec() }
+            Identity {
+                id_type: IdType::ID_FQDN,
+                data: text.as_bytes().to_vec(),
+            }
         }
     }
 }
@@ -52,7 +64,9 @@ impl fmt::Display for Identity {
                 o.copy_from_slice(&self.data);
                 write!(f, "{}", std::net::Ipv6Addr::from(o))
             }
-            (IdType::ID_FQDN | IdType::ID_RFC822_ADDR, _) => f.write_str(&String::from_utf8_lossy(&self.data)),
+            (IdType::ID_FQDN | IdType::ID_RFC822_ADDR, _) => {
+                f.write_str(&String::from_utf8_lossy(&self.data))
+            }
             _ => write!(f, "{}:{}", self.id_type, hex::encode(&self.data)),
         }
     }
@@ -69,7 +83,11 @@ pub struct IkeSuite {
 
 impl IkeSuite {
     /// aokd's default proposal: aes256gcm16-prfsha256-x25519.
-    pub const DEFAULT: IkeSuite = IkeSuite { encr: Encr::AesGcm16 { key_bits: 256 }, prf: Prf::HmacSha256, group: DhGroup::CURVE25519 };
+    pub const DEFAULT: IkeSuite = IkeSuite {
+        encr: Encr::AesGcm16 { key_bits: 256 },
+        prf: Prf::HmacSha256,
+        group: DhGroup::CURVE25519,
+    };
 
     /// The name of a cipher for suite strings.
     pub fn encr_name(encr: Encr) -> &'static str {
@@ -99,7 +117,13 @@ impl IkeSuite {
 
 impl fmt::Display for IkeSuite {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}-{}", Self::encr_name(self.encr), Self::prf_name(self.prf), Self::group_name(self.group))
+        write!(
+            f,
+            "{}-{}-{}",
+            Self::encr_name(self.encr),
+            Self::prf_name(self.prf),
+            Self::group_name(self.group)
+        )
     }
 }
 
@@ -108,19 +132,29 @@ impl FromStr for IkeSuite {
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split('-').collect();
         let [e, p, g] = parts.as_slice() else {
-            return Err(format!("{s:?} is not of the form CIPHER-PRF-GROUP (e.g. aes256gcm16-prfsha256-x25519)"));
+            return Err(format!(
+                "{s:?} is not of the form CIPHER-PRF-GROUP (e.g. aes256gcm16-prfsha256-x25519)"
+            ));
         };
         let encr = match *e {
             "aes128gcm16" => Encr::AesGcm16 { key_bits: 128 },
             "aes256gcm16" => Encr::AesGcm16 { key_bits: 256 },
             "chacha20poly1305" => Encr::ChaCha20Poly1305,
-            other => return Err(format!("unknown cipher {other:?} (aes128gcm16, aes256gcm16, chacha20poly1305)")),
+            other => {
+                return Err(format!(
+                    "unknown cipher {other:?} (aes128gcm16, aes256gcm16, chacha20poly1305)"
+                ))
+            }
         };
         let prf = match *p {
             "prfsha256" => Prf::HmacSha256,
             "prfsha384" => Prf::HmacSha384,
             "prfsha512" => Prf::HmacSha512,
-            other => return Err(format!("unknown PRF {other:?} (prfsha256, prfsha384, prfsha512)")),
+            other => {
+                return Err(format!(
+                    "unknown PRF {other:?} (prfsha256, prfsha384, prfsha512)"
+                ))
+            }
         };
         let group = match *g {
             "x25519" | "curve25519" => DhGroup::CURVE25519,
@@ -140,9 +174,15 @@ pub struct PortRange {
 
 impl PortRange {
     pub fn single(port: u16) -> Self {
-        PortRange { start: port, end: port }
+        PortRange {
+            start: port,
+            end: port,
+        }
     }
-    pub const ANY: PortRange = PortRange { start: 0, end: 65535 };
+    pub const ANY: PortRange = PortRange {
+        start: 0,
+        end: 65535,
+    };
 }
 
 /// One configured peer.
@@ -207,7 +247,11 @@ pub struct RetransmitConfig {
 
 impl Default for RetransmitConfig {
     fn default() -> Self {
-        RetransmitConfig { initial: Duration::from_millis(500), max: Duration::from_secs(10), transmissions: 20 }
+        RetransmitConfig {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(10),
+            transmissions: 20,
+        }
     }
 }
 
@@ -220,7 +264,9 @@ impl RetransmitConfig {
 
     /// Total time from the first send until the exchange is given up.
     pub fn total(&self) -> Duration {
-        (1..=self.transmissions).map(|n| self.timeout_after(n)).sum()
+        (1..=self.transmissions)
+            .map(|n| self.timeout_after(n))
+            .sum()
     }
 }
 
@@ -264,12 +310,19 @@ mod tests {
 
     #[test]
     fn suite_names_round_trip() {
-        for s in ["aes256gcm16-prfsha256-x25519", "aes128gcm16-prfsha384-ecp256", "chacha20poly1305-prfsha512-x25519"] {
+        for s in [
+            "aes256gcm16-prfsha256-x25519",
+            "aes128gcm16-prfsha384-ecp256",
+            "chacha20poly1305-prfsha512-x25519",
+        ] {
             assert_eq!(s.parse::<IkeSuite>().unwrap().to_string(), s);
         }
         assert!("aes256gcm16-prfsha256".parse::<IkeSuite>().is_err());
         assert!("des-prfsha256-x25519".parse::<IkeSuite>().is_err());
-        assert_eq!(IkeSuite::DEFAULT.to_string(), "aes256gcm16-prfsha256-x25519");
+        assert_eq!(
+            IkeSuite::DEFAULT.to_string(),
+            "aes256gcm16-prfsha256-x25519"
+        );
     }
 
     #[test]
@@ -284,7 +337,10 @@ mod tests {
     #[test]
     fn identities() {
         assert_eq!(Identity::parse("192.0.2.1").id_type, IdType::ID_IPV4_ADDR);
-        assert_eq!(Identity::parse("r1@example.net").id_type, IdType::ID_RFC822_ADDR);
+        assert_eq!(
+            Identity::parse("r1@example.net").id_type,
+            IdType::ID_RFC822_ADDR
+        );
         assert_eq!(Identity::parse("r1.example.net").id_type, IdType::ID_FQDN);
         assert_eq!(Identity::parse("2001:db8::1").to_string(), "2001:db8::1");
     }

@@ -39,8 +39,8 @@ use crate::crypto::{self, IkeKeys, KeyExchange, Secret};
 use crate::mkt::{MasterKeyTuple, MASTER_KEY_LEN};
 use crate::numbers::{AuthMethod, DhGroup, ExchangeType, NotifyType, PayloadType, ProtocolId};
 use crate::wire::{
-    self, AuthPayload, DeletePayload, Header, IdPayload, KePayload, NotifyPayload, ParsedMessage, Payload, SaPayload,
-    TrafficSelector, TsPayload, FLAG_INITIATOR, FLAG_RESPONSE,
+    self, AuthPayload, DeletePayload, Header, IdPayload, KePayload, NotifyPayload, ParsedMessage,
+    Payload, SaPayload, TrafficSelector, TsPayload, FLAG_INITIATOR, FLAG_RESPONSE,
 };
 
 /// The Vendor ID aokd sends in IKE_SA_INIT (docs/protocol.md).
@@ -166,7 +166,13 @@ impl IkeSa {
             Role::Responder => &keys.sk_er,
         };
         self.iv_counter = self.iv_counter.wrapping_add(1);
-        sk::protect(header, payloads, suite.encr, key.as_bytes(), self.iv_counter)
+        sk::protect(
+            header,
+            payloads,
+            suite.encr,
+            key.as_bytes(),
+            self.iv_counter,
+        )
     }
 
     /// Opens a protected message from the peer.
@@ -201,7 +207,12 @@ pub struct Endpoint {
 }
 
 fn notify(ty: NotifyType, data: Vec<u8>) -> Payload {
-    Payload::Notify(NotifyPayload { protocol: ProtocolId::NONE, spi: Vec::new(), ty, data })
+    Payload::Notify(NotifyPayload {
+        protocol: ProtocolId::NONE,
+        spi: Vec::new(),
+        ty,
+        data,
+    })
 }
 
 fn find_notify(payloads: &[Payload], ty: NotifyType) -> Option<&NotifyPayload> {
@@ -246,7 +257,14 @@ fn addr_in(addr: IpAddr, start: IpAddr, end: IpAddr) -> bool {
 fn narrow(offer: &TsPayload, addr: IpAddr, local: &[PortRange]) -> Vec<PortRange> {
     let mut out: Vec<PortRange> = Vec::new();
     for ts in &offer.selectors {
-        let TrafficSelector::Range { ip_protocol, start_port, end_port, start_addr, end_addr } = ts else {
+        let TrafficSelector::Range {
+            ip_protocol,
+            start_port,
+            end_port,
+            start_addr,
+            end_addr,
+        } = ts
+        else {
             continue;
         };
         if !(*ip_protocol == 6 || *ip_protocol == 0) || !addr_in(addr, *start_addr, *end_addr) {
@@ -267,26 +285,44 @@ fn narrow(offer: &TsPayload, addr: IpAddr, local: &[PortRange]) -> Vec<PortRange
 fn reply_within(reply: &TsPayload, addr: IpAddr, offered: &[PortRange]) -> Option<Vec<PortRange>> {
     let mut ports = Vec::new();
     for ts in &reply.selectors {
-        let TrafficSelector::Range { ip_protocol, start_port, end_port, start_addr, end_addr } = ts else {
+        let TrafficSelector::Range {
+            ip_protocol,
+            start_port,
+            end_port,
+            start_addr,
+            end_addr,
+        } = ts
+        else {
             return None;
         };
         let ok = *ip_protocol == 6
             && addr_in(addr, *start_addr, *end_addr)
-            && offered.iter().any(|o| o.start <= *start_port && *end_port <= o.end && start_port <= end_port);
+            && offered
+                .iter()
+                .any(|o| o.start <= *start_port && *end_port <= o.end && start_port <= end_port);
         if !ok {
             return None;
         }
-        ports.push(PortRange { start: *start_port, end: *end_port });
+        ports.push(PortRange {
+            start: *start_port,
+            end: *end_port,
+        });
     }
     (!ports.is_empty()).then_some(ports)
 }
 
 impl Endpoint {
     /// Creates the endpoint. Peers with `initiate` set are due for initiation at `now`.
-    pub fn new(cfg: EndpointConfig, now: Instant, rng: Box<dyn CryptoRngCore + Send>) -> Result<Endpoint, IkeError> {
+    pub fn new(
+        cfg: EndpointConfig,
+        now: Instant,
+        rng: Box<dyn CryptoRngCore + Send>,
+    ) -> Result<Endpoint, IkeError> {
         for p in &cfg.peers {
             if p.ike_suites.is_empty() {
-                return Err(MisuseError::Config(format!("peer {:?}: no IKE suites", p.name)).into());
+                return Err(
+                    MisuseError::Config(format!("peer {:?}: no IKE suites", p.name)).into(),
+                );
             }
             if p.tcp_ports.is_empty() {
                 return Err(MisuseError::Config(format!("peer {:?}: no TCP ports", p.name)).into());
@@ -295,9 +331,19 @@ impl Endpoint {
         let peers = cfg
             .peers
             .iter()
-            .map(|p| PeerRuntime { next_attempt: p.initiate.then_some(now), ..Default::default() })
+            .map(|p| PeerRuntime {
+                next_attempt: p.initiate.then_some(now),
+                ..Default::default()
+            })
             .collect();
-        Ok(Endpoint { cfg, rng, peers, sas: HashMap::new(), transmits: VecDeque::new(), events: VecDeque::new() })
+        Ok(Endpoint {
+            cfg,
+            rng,
+            peers,
+            sas: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        })
     }
 
     /// The configuration this endpoint runs with.
@@ -394,7 +440,11 @@ impl Endpoint {
     }
 
     fn peer_name(&self, peer: usize) -> String {
-        self.cfg.peers.get(peer).map(|p| p.name.clone()).unwrap_or_default()
+        self.cfg
+            .peers
+            .get(peer)
+            .map(|p| p.name.clone())
+            .unwrap_or_default()
     }
 
     fn has_live_sa(&self, peer: usize) -> bool {
@@ -417,11 +467,17 @@ impl Endpoint {
     }
 
     fn send(&mut self, destination: SocketAddr, contents: Vec<u8>) {
-        self.transmits.push_back(Transmit { destination, contents });
+        self.transmits.push_back(Transmit {
+            destination,
+            contents,
+        });
     }
 
     fn dropped(&mut self, from: SocketAddr, reason: impl Into<String>) {
-        self.events.push_back(Event::Dropped { from, reason: reason.into() });
+        self.events.push_back(Event::Dropped {
+            from,
+            reason: reason.into(),
+        });
     }
 
     /// Starts an IKE SA with the named peer now, unless one exists or is
@@ -440,7 +496,12 @@ impl Endpoint {
     pub fn terminate(&mut self, peer_name: &str, now: Instant) -> Result<usize, IkeError> {
         let peer = self.peer_index(peer_name)?;
         self.peers[peer].next_attempt = None;
-        let spis: Vec<u64> = self.sas.iter().filter(|(_, s)| s.peer == peer).map(|(k, _)| *k).collect();
+        let spis: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.peer == peer)
+            .map(|(k, _)| *k)
+            .collect();
         let n = spis.len();
         for spi in spis {
             if let Some(mut sa) = self.sas.remove(&spi) {
@@ -458,7 +519,11 @@ impl Endpoint {
         let id = sa.next_message_id;
         sa.next_message_id = sa.next_message_id.wrapping_add(1);
         let h = sa.header(ExchangeType::INFORMATIONAL, id, false);
-        let del = Payload::Delete(DeletePayload { protocol: ProtocolId::IKE, spi_size: 0, spis: Vec::new() });
+        let del = Payload::Delete(DeletePayload {
+            protocol: ProtocolId::IKE,
+            spi_size: 0,
+            spis: Vec::new(),
+        });
         if let Ok(bytes) = sa.protect(&h, &[del]) {
             self.send(sa.remote, bytes);
         }
@@ -476,7 +541,12 @@ impl Endpoint {
             });
         }
         if sa.state == SaState::Established {
-            self.events.push_back(Event::IkeSaDeleted { peer, spi_i: sa.spi_i, spi_r: sa.spi_r, reason: reason.to_string() });
+            self.events.push_back(Event::IkeSaDeleted {
+                peer,
+                spi_i: sa.spi_i,
+                spi_r: sa.spi_r,
+                reason: reason.to_string(),
+            });
         }
     }
 
@@ -488,7 +558,11 @@ impl Endpoint {
             Some(n) if n.name().is_some() => n.to_string(),
             _ => error.to_string(),
         });
-        self.events.push_back(Event::NegotiationFailed { peer: self.peer_name(peer), error, by_peer });
+        self.events.push_back(Event::NegotiationFailed {
+            peer: self.peer_name(peer),
+            error,
+            by_peer,
+        });
         if self.cfg.peers[peer].initiate {
             self.peers[peer].next_attempt = Some(now + self.cfg.retry_interval);
         }
@@ -558,8 +632,13 @@ impl Endpoint {
         if let Some(c) = &sa.cookie {
             payloads.push(notify(NotifyType::COOKIE, c.clone()));
         }
-        payloads.push(Payload::Sa(proposal::ike_sa_payload(&self.cfg.peers[sa.peer].ike_suites)));
-        payloads.push(Payload::Ke(KePayload { group: ke.group(), data: ke.public() }));
+        payloads.push(Payload::Sa(proposal::ike_sa_payload(
+            &self.cfg.peers[sa.peer].ike_suites,
+        )));
+        payloads.push(Payload::Ke(KePayload {
+            group: ke.group(),
+            data: ke.public(),
+        }));
         payloads.push(Payload::Nonce(sa.ni.clone()));
         payloads.extend(self.capability_payloads());
         let h = sa.header(ExchangeType::IKE_SA_INIT, 0, false);
@@ -569,7 +648,14 @@ impl Endpoint {
         self.send_request(sa, 0, bytes, PendingKind::Init, now);
     }
 
-    fn send_request(&mut self, sa: &mut IkeSa, message_id: u32, bytes: Vec<u8>, kind: PendingKind, now: Instant) {
+    fn send_request(
+        &mut self,
+        sa: &mut IkeSa,
+        message_id: u32,
+        bytes: Vec<u8>,
+        kind: PendingKind,
+        now: Instant,
+    ) {
         self.send(sa.remote, bytes.clone());
         sa.pending = Some(Pending {
             message_id,
@@ -589,17 +675,26 @@ impl Endpoint {
             .filter(|(_, sa)| {
                 sa.pending.as_ref().is_some_and(|p| p.deadline <= now)
                     || sa.expires.is_some_and(|e| e <= now)
-                    || (sa.state == SaState::HalfOpen && sa.created + self.cfg.half_open_timeout <= now)
+                    || (sa.state == SaState::HalfOpen
+                        && sa.created + self.cfg.half_open_timeout <= now)
             })
             .map(|(k, _)| *k)
             .collect();
         for spi in due {
-            let Some(mut sa) = self.sas.remove(&spi) else { continue };
+            let Some(mut sa) = self.sas.remove(&spi) else {
+                continue;
+            };
             if sa.expires.is_some_and(|e| e <= now) {
                 continue; // a failed SA's replay window ended
             }
             if sa.state == SaState::HalfOpen && sa.created + self.cfg.half_open_timeout <= now {
-                self.dropped(sa.remote, format!("half-open IKE SA {:016x} expired without IKE_AUTH", sa.spi_r));
+                self.dropped(
+                    sa.remote,
+                    format!(
+                        "half-open IKE SA {:016x} expired without IKE_AUTH",
+                        sa.spi_r
+                    ),
+                );
                 continue;
             }
             let transmissions = self.cfg.retransmit.transmissions;
@@ -630,7 +725,11 @@ impl Endpoint {
             self.peers[peer].next_attempt = None;
             if !self.has_live_sa(peer) {
                 if let Err(e) = self.start_initiator(peer, now) {
-                    self.events.push_back(Event::NegotiationFailed { peer: self.peer_name(peer), error: e, by_peer: false });
+                    self.events.push_back(Event::NegotiationFailed {
+                        peer: self.peer_name(peer),
+                        error: e,
+                        by_peer: false,
+                    });
                 }
             }
         }
@@ -655,7 +754,8 @@ impl Endpoint {
             Role::Initiator => !h.is_initiator(),
             Role::Responder => h.is_initiator(),
         };
-        let spis_match = h.spi_i == sa.spi_i && (h.spi_r == sa.spi_r || sa.state == SaState::InitSent);
+        let spis_match =
+            h.spi_i == sa.spi_i && (h.spi_r == sa.spi_r || sa.state == SaState::InitSent);
         if !roles_match || !spis_match || from.ip() != sa.remote.ip() {
             self.sas.insert(local_spi, sa);
             return self.dropped(from, "SPIs, flags or address do not match the IKE SA");
@@ -671,7 +771,12 @@ impl Endpoint {
         if let Some(i) = self.cfg.peers.iter().position(|p| p.remote == from) {
             return Some(i);
         }
-        let mut by_ip = self.cfg.peers.iter().enumerate().filter(|(_, p)| p.remote.ip() == from.ip());
+        let mut by_ip = self
+            .cfg
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.remote.ip() == from.ip());
         match (by_ip.next(), by_ip.next()) {
             (Some((i, _)), None) => Some(i),
             _ => None,
@@ -693,17 +798,28 @@ impl Endpoint {
         self.send(to, wire::emit_message(&h, &[notify(ty, data)]));
     }
 
-    fn on_init_request(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], msg: &ParsedMessage) {
+    fn on_init_request(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        msg: &ParsedMessage,
+    ) {
         let h = &msg.header;
         if h.message_id != 0 || h.spi_r != 0 || !h.is_initiator() || msg.sk.is_some() {
             return self.dropped(from, "IKE_SA_INIT request with a bad header");
         }
         let Some(peer) = self.match_peer(from) else {
-            return self.dropped(from, "IKE_SA_INIT from an address that is no configured peer");
+            return self.dropped(
+                from,
+                "IKE_SA_INIT from an address that is no configured peer",
+            );
         };
         // A retransmission of a request already answered (RFC 7296 2.1).
-        if let Some(sa) =
-            self.sas.values().find(|s| s.role == Role::Responder && s.spi_i == h.spi_i && s.remote == from)
+        if let Some(sa) = self
+            .sas
+            .values()
+            .find(|s| s.role == Role::Responder && s.spi_i == h.spi_i && s.remote == from)
         {
             if sa.init_request == datagram && !sa.init_response.is_empty() {
                 let r = sa.init_response.clone();
@@ -711,13 +827,21 @@ impl Endpoint {
             }
             return;
         }
-        let half_open =
-            self.sas.values().filter(|s| s.peer == peer && s.role == Role::Responder && s.state == SaState::HalfOpen).count();
+        let half_open = self
+            .sas
+            .values()
+            .filter(|s| s.peer == peer && s.role == Role::Responder && s.state == SaState::HalfOpen)
+            .count();
         if half_open >= self.cfg.half_open_per_peer {
             return self.dropped(from, "half-open IKE SA limit for this peer reached");
         }
         if let Some(ty) = msg.unsupported_critical() {
-            self.send_init_error(from, h, NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD, vec![ty.0]);
+            self.send_init_error(
+                from,
+                h,
+                NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD,
+                vec![ty.0],
+            );
             return;
         }
         let mut sa_offer = None;
@@ -739,12 +863,17 @@ impl Endpoint {
             .sas
             .iter()
             .find(|(_, s)| {
-                s.peer == peer && s.role == Role::Initiator && matches!(s.state, SaState::InitSent | SaState::AuthSent)
+                s.peer == peer
+                    && s.role == Role::Initiator
+                    && matches!(s.state, SaState::InitSent | SaState::AuthSent)
             })
             .map(|(k, s)| (*k, s.ni.clone()));
         if let Some((own_spi, own_ni)) = own {
             let ours_wins = own_ni.as_slice() > ni.as_slice();
-            self.events.push_back(Event::SimultaneousInitiation { peer: self.peer_name(peer), kept_ours: ours_wins });
+            self.events.push_back(Event::SimultaneousInitiation {
+                peer: self.peer_name(peer),
+                kept_ours: ours_wins,
+            });
             if ours_wins {
                 return;
             }
@@ -754,14 +883,23 @@ impl Endpoint {
         let choice = match proposal::choose_ike(sa_offer, &pc.ike_suites, ke_in.group) {
             Ok(c) => c,
             Err(NegotiationError::InvalidKe(g)) => {
-                self.send_init_error(from, h, NotifyType::INVALID_KE_PAYLOAD, g.0.to_be_bytes().to_vec());
+                self.send_init_error(
+                    from,
+                    h,
+                    NotifyType::INVALID_KE_PAYLOAD,
+                    g.0.to_be_bytes().to_vec(),
+                );
                 return;
             }
             Err(e) => {
                 self.send_init_error(from, h, NotifyType::NO_PROPOSAL_CHOSEN, Vec::new());
                 let name = self.peer_name(peer);
                 self.peers[peer].last_error = Some(NotifyType::NO_PROPOSAL_CHOSEN.to_string());
-                self.events.push_back(Event::NegotiationFailed { peer: name, error: e.into(), by_peer: false });
+                self.events.push_back(Event::NegotiationFailed {
+                    peer: name,
+                    error: e.into(),
+                    by_peer: false,
+                });
                 return;
             }
         };
@@ -800,7 +938,8 @@ impl Endpoint {
             init_response: Vec::new(),
             cookie: None,
             peer_tcp_ao: find_notify(&msg.payloads, NotifyType::TCP_AO_SUPPORTED).is_some(),
-            peer_childless: find_notify(&msg.payloads, NotifyType::CHILDLESS_IKEV2_SUPPORTED).is_some(),
+            peer_childless: find_notify(&msg.payloads, NotifyType::CHILDLESS_IKEV2_SUPPORTED)
+                .is_some(),
             next_message_id: 0,
             expected_message_id: 1,
             pending: None,
@@ -812,7 +951,10 @@ impl Endpoint {
         };
         let mut payloads = vec![
             Payload::Sa(proposal::ike_sa_reply(choice.proposal_num, choice.suite)),
-            Payload::Ke(KePayload { group: ke.group(), data: ke.public() }),
+            Payload::Ke(KePayload {
+                group: ke.group(),
+                data: ke.public(),
+            }),
             Payload::Nonce(nr),
         ];
         payloads.extend(self.capability_payloads());
@@ -823,8 +965,18 @@ impl Endpoint {
         self.sas.insert(spi_r, sa);
     }
 
-    fn on_response(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], msg: &ParsedMessage, sa: IkeSa) {
-        let matches_pending = sa.pending.as_ref().is_some_and(|p| p.message_id == msg.header.message_id);
+    fn on_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        msg: &ParsedMessage,
+        sa: IkeSa,
+    ) {
+        let matches_pending = sa
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.message_id == msg.header.message_id);
         if !matches_pending {
             let spi = sa.local_spi();
             self.sas.insert(spi, sa);
@@ -848,7 +1000,14 @@ impl Endpoint {
         }
     }
 
-    fn on_init_response(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], msg: &ParsedMessage, mut sa: IkeSa) {
+    fn on_init_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        msg: &ParsedMessage,
+        mut sa: IkeSa,
+    ) {
         let spi = sa.local_spi();
         let pc = &self.cfg.peers[sa.peer];
         if let Some(n) = find_notify(&msg.payloads, NotifyType::COOKIE) {
@@ -860,7 +1019,8 @@ impl Endpoint {
             }
         }
         if let Some(n) = find_notify(&msg.payloads, NotifyType::INVALID_KE_PAYLOAD) {
-            let wanted = <[u8; 2]>::try_from(n.data.as_slice()).map(|b| DhGroup(u16::from_be_bytes(b)));
+            let wanted =
+                <[u8; 2]>::try_from(n.data.as_slice()).map(|b| DhGroup(u16::from_be_bytes(b)));
             let current = sa.ke.as_ref().map(|k| k.group());
             match wanted {
                 Ok(g) if Some(g) != current && pc.ike_suites.iter().any(|s| s.group == g) => {
@@ -873,7 +1033,15 @@ impl Endpoint {
                         Err(e) => self.fail(sa, Misbehaviour::KeyExchange(e).into(), false, now),
                     }
                 }
-                _ => self.fail(sa, NegotiationError::NoProposalChosen("INVALID_KE_PAYLOAD names a group not offered").into(), true, now),
+                _ => self.fail(
+                    sa,
+                    NegotiationError::NoProposalChosen(
+                        "INVALID_KE_PAYLOAD names a group not offered",
+                    )
+                    .into(),
+                    true,
+                    now,
+                ),
             }
             return;
         }
@@ -904,13 +1072,28 @@ impl Endpoint {
             return self.dropped(from, "IKE_SA_INIT response without a responder SPI");
         }
         let Some(ke) = sa.ke.take() else {
-            return self.fail(sa, Misbehaviour::Unexpected("no key exchange state").into(), false, now);
+            return self.fail(
+                sa,
+                Misbehaviour::Unexpected("no key exchange state").into(),
+                false,
+                now,
+            );
         };
         let Some(suite) = proposal::check_ike_reply(sa_reply, &pc.ike_suites, ke.group()) else {
-            return self.fail(sa, Misbehaviour::BadSelection("IKE SA proposal").into(), false, now);
+            return self.fail(
+                sa,
+                Misbehaviour::BadSelection("IKE SA proposal").into(),
+                false,
+                now,
+            );
         };
         if ke_in.group != ke.group() {
-            return self.fail(sa, Misbehaviour::BadSelection("KE group").into(), false, now);
+            return self.fail(
+                sa,
+                Misbehaviour::BadSelection("KE group").into(),
+                false,
+                now,
+            );
         }
         let gir = match ke.agree(&ke_in.data) {
             Ok(g) => g,
@@ -925,7 +1108,8 @@ impl Endpoint {
         sa.suite = Some(suite);
         sa.init_response = datagram.to_vec();
         sa.peer_tcp_ao = find_notify(&msg.payloads, NotifyType::TCP_AO_SUPPORTED).is_some();
-        sa.peer_childless = find_notify(&msg.payloads, NotifyType::CHILDLESS_IKEV2_SUPPORTED).is_some();
+        sa.peer_childless =
+            find_notify(&msg.payloads, NotifyType::CHILDLESS_IKEV2_SUPPORTED).is_some();
         sa.pending = None;
         match self.send_auth_request(&mut sa, now) {
             Ok(()) => {
@@ -949,12 +1133,20 @@ impl Endpoint {
         signed.extend_from_slice(message);
         signed.extend_from_slice(nonce);
         signed.extend_from_slice(maced_id.as_bytes());
-        Some(crypto::psk_auth(suite.prf, self.cfg.peers[sa.peer].psk.as_bytes(), &signed))
+        Some(crypto::psk_auth(
+            suite.prf,
+            self.cfg.peers[sa.peer].psk.as_bytes(),
+            &signed,
+        ))
     }
 
     fn allocate_recv_id(&mut self, peer: usize) -> Option<u8> {
-        let used: Vec<u8> =
-            self.sas.values().filter(|s| s.peer == peer).flat_map(|s| s.mkts.iter().map(|m| m.mkt.recv_id)).collect();
+        let used: Vec<u8> = self
+            .sas
+            .values()
+            .filter(|s| s.peer == peer)
+            .flat_map(|s| s.mkts.iter().map(|m| m.mkt.recv_id))
+            .collect();
         let free: Vec<u8> = KEY_ID_RANGE.filter(|id| !used.contains(id)).collect();
         if free.is_empty() {
             return None;
@@ -964,43 +1156,67 @@ impl Endpoint {
     }
 
     fn send_id_in_use(&self, peer: usize, send_id: u8) -> bool {
-        self.sas.values().filter(|s| s.peer == peer).any(|s| s.mkts.iter().any(|m| m.mkt.send_id == send_id))
+        self.sas
+            .values()
+            .filter(|s| s.peer == peer)
+            .any(|s| s.mkts.iter().any(|m| m.mkt.send_id == send_id))
     }
 
     fn send_auth_request(&mut self, sa: &mut IkeSa, now: Instant) -> Result<(), IkeError> {
         let peer = sa.peer;
         let pc = &self.cfg.peers[peer];
-        let idi = IdPayload { id_type: pc.local_id.id_type, data: pc.local_id.data.clone() };
+        let idi = IdPayload {
+            id_type: pc.local_id.id_type,
+            data: pc.local_id.data.clone(),
+        };
         let auth = self
             .auth_value(sa, true, &idi)
             .ok_or(Misbehaviour::Unexpected("AUTH before keys"))?;
         let mut payloads = vec![Payload::IdI(idi)];
-        let other_established =
-            self.sas.values().any(|s| s.peer == peer && s.state == SaState::Established);
+        let other_established = self
+            .sas
+            .values()
+            .any(|s| s.peer == peer && s.state == SaState::Established);
         if !other_established {
             payloads.push(notify(NotifyType::INITIAL_CONTACT, Vec::new()));
         }
-        let remote_id = IdPayload { id_type: pc.remote_id.id_type, data: pc.remote_id.data.clone() };
+        let remote_id = IdPayload {
+            id_type: pc.remote_id.id_type,
+            data: pc.remote_id.data.clone(),
+        };
         payloads.push(Payload::IdR(remote_id));
-        payloads.push(Payload::Auth(AuthPayload { method: AuthMethod::SHARED_KEY_MIC, data: auth.as_bytes().to_vec() }));
+        payloads.push(Payload::Auth(AuthPayload {
+            method: AuthMethod::SHARED_KEY_MIC,
+            data: auth.as_bytes().to_vec(),
+        }));
         let wants_child = self.cfg.advertise_tcp_ao && !pc.mac_algorithms.is_empty();
         self.peers[peer].tcp_ao_capable = Some(sa.peer_tcp_ao);
         if wants_child && sa.peer_tcp_ao {
             let recv_id = self
                 .allocate_recv_id(peer)
-                .ok_or(NegotiationError::NoProposalChosen("no free KeyID for this peer"))?;
+                .ok_or(NegotiationError::NoProposalChosen(
+                    "no free KeyID for this peer",
+                ))?;
             let pc = &self.cfg.peers[peer];
-            payloads.push(Payload::Sa(proposal::tcp_ao_sa_payload(recv_id, &pc.mac_algorithms)));
+            payloads.push(Payload::Sa(proposal::tcp_ao_sa_payload(
+                recv_id,
+                &pc.mac_algorithms,
+            )));
             payloads.push(Payload::TsI(selectors(pc.local, &pc.tcp_ports)));
             payloads.push(Payload::TsR(selectors(pc.remote.ip(), &pc.tcp_ports)));
             let exclude_options = !pc.include_options;
             if exclude_options {
                 payloads.push(notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS, Vec::new()));
             }
-            sa.child_offer = Some(ChildOffer { recv_id, exclude_options });
+            sa.child_offer = Some(ChildOffer {
+                recv_id,
+                exclude_options,
+            });
         } else if sa.peer_childless {
             if !sa.peer_tcp_ao {
-                self.events.push_back(Event::PeerNotCapable { peer: self.peer_name(peer) });
+                self.events.push_back(Event::PeerNotCapable {
+                    peer: self.peer_name(peer),
+                });
             }
         } else {
             return Err(NegotiationError::NotCapable.into());
@@ -1053,7 +1269,13 @@ impl Endpoint {
             .map_err(|e| Misbehaviour::KeyExchange(e).into())
     }
 
-    fn add_mkt(&mut self, sa: &mut IkeSa, mkt: MasterKeyTuple, ports: Vec<PortRange>, now: Instant) {
+    fn add_mkt(
+        &mut self,
+        sa: &mut IkeSa,
+        mkt: MasterKeyTuple,
+        ports: Vec<PortRange>,
+        now: Instant,
+    ) {
         self.events.push_back(Event::MktCreated {
             peer: self.peer_name(sa.peer),
             spi_i: sa.spi_i,
@@ -1061,10 +1283,21 @@ impl Endpoint {
             mkt: mkt.clone(),
             ports: ports.clone(),
         });
-        sa.mkts.push(MktRecord { mkt, ports, created_at: now });
+        sa.mkts.push(MktRecord {
+            mkt,
+            ports,
+            created_at: now,
+        });
     }
 
-    fn on_auth_response(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], msg: &ParsedMessage, mut sa: IkeSa) {
+    fn on_auth_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        msg: &ParsedMessage,
+        mut sa: IkeSa,
+    ) {
         let spi = sa.local_spi();
         let payloads = match sa.unprotect(datagram, msg) {
             Ok(p) => p,
@@ -1090,22 +1323,40 @@ impl Endpoint {
             if let Some(n) = first_error_notify(&payloads) {
                 return self.fail(sa, NegotiationError::PeerReported(n.ty).into(), true, now);
             }
-            return self.fail(sa, Misbehaviour::MissingPayload(PayloadType::AUTH).into(), false, now);
+            return self.fail(
+                sa,
+                Misbehaviour::MissingPayload(PayloadType::AUTH).into(),
+                false,
+                now,
+            );
         };
         let pc = &self.cfg.peers[sa.peer];
         let id_ok = idr.id_type == pc.remote_id.id_type && idr.data == pc.remote_id.data;
         let auth_ok = auth.method == AuthMethod::SHARED_KEY_MIC
-            && self.auth_value(&sa, false, idr).is_some_and(|v| bool::from(v.as_bytes().ct_eq(&auth.data)));
+            && self
+                .auth_value(&sa, false, idr)
+                .is_some_and(|v| bool::from(v.as_bytes().ct_eq(&auth.data)));
         if !id_ok || !auth_ok {
             // RFC 7296 2.21.2: tell the responder in a separate INFORMATIONAL.
             let id = sa.next_message_id;
             sa.next_message_id = sa.next_message_id.wrapping_add(1);
             let h = sa.header(ExchangeType::INFORMATIONAL, id, false);
-            if let Ok(bytes) = sa.protect(&h, &[notify(NotifyType::AUTHENTICATION_FAILED, Vec::new())]) {
+            if let Ok(bytes) =
+                sa.protect(&h, &[notify(NotifyType::AUTHENTICATION_FAILED, Vec::new())])
+            {
                 self.send(sa.remote, bytes);
             }
-            let why = if id_ok { "the responder's AUTH does not verify" } else { "the responder's identity is not the configured remote_id" };
-            return self.fail(sa, NegotiationError::AuthenticationFailed(why).into(), false, now);
+            let why = if id_ok {
+                "the responder's AUTH does not verify"
+            } else {
+                "the responder's identity is not the configured remote_id"
+            };
+            return self.fail(
+                sa,
+                NegotiationError::AuthenticationFailed(why).into(),
+                false,
+                now,
+            );
         }
         self.establish(&mut sa, now);
         if let Some(offer) = sa.child_offer.take() {
@@ -1126,14 +1377,24 @@ impl Endpoint {
             let child = match (sa_reply, tsi, tsr) {
                 (Some(s), Some(tsi), Some(tsr)) => {
                     match proposal::check_tcp_ao_reply(s, &pc.mac_algorithms) {
-                        None => Err(IkeError::from(Misbehaviour::BadSelection("TCP-AO proposal"))),
+                        None => Err(IkeError::from(Misbehaviour::BadSelection(
+                            "TCP-AO proposal",
+                        ))),
                         Some((send_id, alg)) => {
                             let ports_i = reply_within(tsi, pc.local, &pc.tcp_ports);
                             let ports_r = reply_within(tsr, pc.remote.ip(), &pc.tcp_ports);
                             match (ports_i, ports_r) {
-                                (Some(ports), Some(_)) if !self.send_id_in_use(peer, send_id) => Ok((send_id, alg, ports)),
-                                (Some(_), Some(_)) => Err(NegotiationError::NoProposalChosen("the peer's KeyID is in use").into()),
-                                _ => Err(NegotiationError::TsUnacceptable("narrowed selectors outside the offer").into()),
+                                (Some(ports), Some(_)) if !self.send_id_in_use(peer, send_id) => {
+                                    Ok((send_id, alg, ports))
+                                }
+                                (Some(_), Some(_)) => Err(NegotiationError::NoProposalChosen(
+                                    "the peer's KeyID is in use",
+                                )
+                                .into()),
+                                _ => Err(NegotiationError::TsUnacceptable(
+                                    "narrowed selectors outside the offer",
+                                )
+                                .into()),
                             }
                         }
                     }
@@ -1145,17 +1406,25 @@ impl Endpoint {
             };
             match child {
                 Ok((send_id, algorithm, ports)) => {
-                    let exclude = offer.exclude_options && find_notify(&payloads, NotifyType::TCP_AO_EXCLUDE_OPTIONS).is_some();
+                    let exclude = offer.exclude_options
+                        && find_notify(&payloads, NotifyType::TCP_AO_EXCLUDE_OPTIONS).is_some();
                     match Self::master_key(&sa) {
                         Ok(master_key) => {
-                            let mkt = MasterKeyTuple { send_id, recv_id: offer.recv_id, algorithm, include_options: !exclude, master_key };
+                            let mkt = MasterKeyTuple {
+                                send_id,
+                                recv_id: offer.recv_id,
+                                algorithm,
+                                include_options: !exclude,
+                                master_key,
+                            };
                             self.add_mkt(&mut sa, mkt, ports, now);
                         }
                         Err(e) => self.child_failed(&mut sa, e, false),
                     }
                 }
                 Err(e) => {
-                    let by_peer = matches!(e, IkeError::Negotiation(NegotiationError::PeerReported(_)));
+                    let by_peer =
+                        matches!(e, IkeError::Negotiation(NegotiationError::PeerReported(_)));
                     if !by_peer {
                         // The responder may hold an MKT we refuse: delete it.
                         self.send_child_delete(&mut sa, &[offer.recv_id], now);
@@ -1173,7 +1442,11 @@ impl Endpoint {
             Some(n) if n.name().is_some() => n.to_string(),
             _ => error.to_string(),
         });
-        self.events.push_back(Event::ChildFailed { peer: self.peer_name(peer), error, by_peer });
+        self.events.push_back(Event::ChildFailed {
+            peer: self.peer_name(peer),
+            error,
+            by_peer,
+        });
     }
 
     fn send_child_delete(&mut self, sa: &mut IkeSa, recv_ids: &[u8], now: Instant) {
@@ -1190,7 +1463,13 @@ impl Endpoint {
         }
     }
 
-    fn on_informational_response(&mut self, from: SocketAddr, datagram: &[u8], msg: &ParsedMessage, mut sa: IkeSa) {
+    fn on_informational_response(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        msg: &ParsedMessage,
+        mut sa: IkeSa,
+    ) {
         let spi = sa.local_spi();
         if let Err(e) = sa.unprotect(datagram, msg) {
             self.sas.insert(spi, sa);
@@ -1204,7 +1483,14 @@ impl Endpoint {
         }
     }
 
-    fn on_request(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], msg: &ParsedMessage, mut sa: IkeSa) {
+    fn on_request(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        msg: &ParsedMessage,
+        mut sa: IkeSa,
+    ) {
         let spi = sa.local_spi();
         let id = msg.header.message_id;
         // Retransmitted request: replay the stored response (RFC 7296 2.1).
@@ -1218,7 +1504,10 @@ impl Endpoint {
         if id != sa.expected_message_id || sa.state == SaState::Failed {
             let expected = sa.expected_message_id;
             self.sas.insert(spi, sa);
-            return self.dropped(from, format!("request with message ID {id}, expected {expected}"));
+            return self.dropped(
+                from,
+                format!("request with message ID {id}, expected {expected}"),
+            );
         }
         let payloads = match sa.unprotect(datagram, msg) {
             Ok(p) => p,
@@ -1229,15 +1518,24 @@ impl Endpoint {
         };
         match (sa.state, msg.header.exchange) {
             (SaState::HalfOpen, ExchangeType::IKE_AUTH) => self.on_auth_request(now, payloads, sa),
-            (SaState::Established, ExchangeType::INFORMATIONAL) => self.on_informational_request(now, payloads, sa),
+            (SaState::Established, ExchangeType::INFORMATIONAL) => {
+                self.on_informational_request(now, payloads, sa)
+            }
             (SaState::Established, ExchangeType::CREATE_CHILD_SA) => {
                 // Rekeying is not implemented yet (docs/protocol.md).
-                self.respond(&mut sa, ExchangeType::CREATE_CHILD_SA, &[notify(NotifyType::NO_ADDITIONAL_SAS, Vec::new())]);
+                self.respond(
+                    &mut sa,
+                    ExchangeType::CREATE_CHILD_SA,
+                    &[notify(NotifyType::NO_ADDITIONAL_SAS, Vec::new())],
+                );
                 self.sas.insert(spi, sa);
             }
             _ => {
                 self.sas.insert(spi, sa);
-                self.dropped(from, format!("{} request in this IKE SA state", msg.header.exchange));
+                self.dropped(
+                    from,
+                    format!("{} request in this IKE SA state", msg.header.exchange),
+                );
             }
         }
     }
@@ -1256,9 +1554,21 @@ impl Endpoint {
     fn on_auth_request(&mut self, now: Instant, payloads: Vec<Payload>, mut sa: IkeSa) {
         let peer = sa.peer;
         for p in &payloads {
-            if let Payload::Unknown { ty, critical: true, .. } = p {
-                self.respond(&mut sa, ExchangeType::IKE_AUTH, &[notify(NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD, vec![ty.0])]);
-                return self.fail(sa, Misbehaviour::UnsupportedCritical(*ty).into(), false, now);
+            if let Payload::Unknown {
+                ty, critical: true, ..
+            } = p
+            {
+                self.respond(
+                    &mut sa,
+                    ExchangeType::IKE_AUTH,
+                    &[notify(NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD, vec![ty.0])],
+                );
+                return self.fail(
+                    sa,
+                    Misbehaviour::UnsupportedCritical(*ty).into(),
+                    false,
+                    now,
+                );
             }
         }
         let idi = payloads.iter().find_map(|p| match p {
@@ -1270,21 +1580,53 @@ impl Endpoint {
             _ => None,
         });
         let (Some(idi), Some(auth)) = (idi, auth) else {
-            self.respond(&mut sa, ExchangeType::IKE_AUTH, &[notify(NotifyType::INVALID_SYNTAX, Vec::new())]);
-            return self.fail(sa, Misbehaviour::MissingPayload(PayloadType::AUTH).into(), false, now);
+            self.respond(
+                &mut sa,
+                ExchangeType::IKE_AUTH,
+                &[notify(NotifyType::INVALID_SYNTAX, Vec::new())],
+            );
+            return self.fail(
+                sa,
+                Misbehaviour::MissingPayload(PayloadType::AUTH).into(),
+                false,
+                now,
+            );
         };
         let pc = &self.cfg.peers[peer];
         let id_ok = idi.id_type == pc.remote_id.id_type && idi.data == pc.remote_id.data;
         let auth_ok = auth.method == AuthMethod::SHARED_KEY_MIC
-            && self.auth_value(&sa, true, &idi).is_some_and(|v| bool::from(v.as_bytes().ct_eq(&auth.data)));
+            && self
+                .auth_value(&sa, true, &idi)
+                .is_some_and(|v| bool::from(v.as_bytes().ct_eq(&auth.data)));
         if !id_ok || !auth_ok {
-            self.respond(&mut sa, ExchangeType::IKE_AUTH, &[notify(NotifyType::AUTHENTICATION_FAILED, Vec::new())]);
-            let why = if id_ok { "the initiator's AUTH does not verify" } else { "the initiator's identity is not the configured remote_id" };
-            return self.fail(sa, NegotiationError::AuthenticationFailed(why).into(), false, now);
+            self.respond(
+                &mut sa,
+                ExchangeType::IKE_AUTH,
+                &[notify(NotifyType::AUTHENTICATION_FAILED, Vec::new())],
+            );
+            let why = if id_ok {
+                "the initiator's AUTH does not verify"
+            } else {
+                "the initiator's identity is not the configured remote_id"
+            };
+            return self.fail(
+                sa,
+                NegotiationError::AuthenticationFailed(why).into(),
+                false,
+                now,
+            );
         }
-        let idr = IdPayload { id_type: pc.local_id.id_type, data: pc.local_id.data.clone() };
+        let idr = IdPayload {
+            id_type: pc.local_id.id_type,
+            data: pc.local_id.data.clone(),
+        };
         let Some(my_auth) = self.auth_value(&sa, false, &idr) else {
-            return self.fail(sa, Misbehaviour::Unexpected("AUTH before keys").into(), false, now);
+            return self.fail(
+                sa,
+                Misbehaviour::Unexpected("AUTH before keys").into(),
+                false,
+                now,
+            );
         };
         if find_notify(&payloads, NotifyType::INITIAL_CONTACT).is_some() {
             // RFC 7296 2.4: the peer holds no other IKE SA with us; `establish` replaces ours.
@@ -1293,7 +1635,10 @@ impl Endpoint {
         self.establish(&mut sa, now);
         let mut reply = vec![
             Payload::IdR(idr),
-            Payload::Auth(AuthPayload { method: AuthMethod::SHARED_KEY_MIC, data: my_auth.as_bytes().to_vec() }),
+            Payload::Auth(AuthPayload {
+                method: AuthMethod::SHARED_KEY_MIC,
+                data: my_auth.as_bytes().to_vec(),
+            }),
         ];
         let child_sa = payloads.iter().find_map(|p| match p {
             Payload::Sa(s) => Some(s),
@@ -1302,7 +1647,9 @@ impl Endpoint {
         match child_sa {
             None => {
                 if !sa.peer_tcp_ao {
-                    self.events.push_back(Event::PeerNotCapable { peer: self.peer_name(peer) });
+                    self.events.push_back(Event::PeerNotCapable {
+                        peer: self.peer_name(peer),
+                    });
                 }
             }
             Some(offer) => match self.accept_child(&mut sa, offer, &payloads, now) {
@@ -1321,10 +1668,19 @@ impl Endpoint {
     }
 
     /// The responder's side of the TCP-AO child SA in IKE_AUTH.
-    fn accept_child(&mut self, sa: &mut IkeSa, offer: &SaPayload, payloads: &[Payload], now: Instant) -> Result<Vec<Payload>, IkeError> {
+    fn accept_child(
+        &mut self,
+        sa: &mut IkeSa,
+        offer: &SaPayload,
+        payloads: &[Payload],
+        now: Instant,
+    ) -> Result<Vec<Payload>, IkeError> {
         let peer = sa.peer;
-        if !self.cfg.advertise_tcp_ao || proposal::first_protocol(offer) != Some(ProtocolId::TCP_AO) {
-            return Err(NegotiationError::NoProposalChosen("only TCP-AO child SAs are supported").into());
+        if !self.cfg.advertise_tcp_ao || proposal::first_protocol(offer) != Some(ProtocolId::TCP_AO)
+        {
+            return Err(
+                NegotiationError::NoProposalChosen("only TCP-AO child SAs are supported").into(),
+            );
         }
         let pc = &self.cfg.peers[peer];
         let (num, send_id, algorithm) = proposal::choose_tcp_ao(offer, &pc.mac_algorithms)?;
@@ -1342,16 +1698,32 @@ impl Endpoint {
         let ports_i = narrow(tsi, pc.remote.ip(), &pc.tcp_ports);
         let ports_r = narrow(tsr, pc.local, &pc.tcp_ports);
         if ports_i.is_empty() || ports_r.is_empty() {
-            return Err(NegotiationError::TsUnacceptable("no address or TCP port in common").into());
+            return Err(
+                NegotiationError::TsUnacceptable("no address or TCP port in common").into(),
+            );
         }
-        let exclude = !pc.include_options && find_notify(payloads, NotifyType::TCP_AO_EXCLUDE_OPTIONS).is_some();
+        let exclude = !pc.include_options
+            && find_notify(payloads, NotifyType::TCP_AO_EXCLUDE_OPTIONS).is_some();
         let (remote_ip, local_ip) = (pc.remote.ip(), pc.local);
         if self.send_id_in_use(peer, send_id) {
-            return Err(NegotiationError::NoProposalChosen("the initiator's KeyID is in use with this peer").into());
+            return Err(NegotiationError::NoProposalChosen(
+                "the initiator's KeyID is in use with this peer",
+            )
+            .into());
         }
-        let recv_id = self.allocate_recv_id(peer).ok_or(NegotiationError::NoProposalChosen("no free KeyID for this peer"))?;
+        let recv_id = self
+            .allocate_recv_id(peer)
+            .ok_or(NegotiationError::NoProposalChosen(
+                "no free KeyID for this peer",
+            ))?;
         let master_key = Self::master_key(sa)?;
-        let mkt = MasterKeyTuple { send_id, recv_id, algorithm, include_options: !exclude, master_key };
+        let mkt = MasterKeyTuple {
+            send_id,
+            recv_id,
+            algorithm,
+            include_options: !exclude,
+            master_key,
+        };
         let mut ports = ports_i.clone();
         for p in &ports_r {
             if !ports.contains(p) {
@@ -1365,7 +1737,10 @@ impl Endpoint {
                     num,
                     protocol: ProtocolId::TCP_AO,
                     spi: vec![recv_id],
-                    transforms: vec![wire::Transform::new(crate::numbers::TransformType::INTEG, algorithm.integ_id().0)],
+                    transforms: vec![wire::Transform::new(
+                        crate::numbers::TransformType::INTEG,
+                        algorithm.integ_id().0,
+                    )],
                 }],
             }),
             Payload::TsI(selectors(remote_ip, &ports_i)),
@@ -1408,7 +1783,11 @@ impl Endpoint {
                     }
                 }
                 if !ours.is_empty() {
-                    reply.push(Payload::Delete(DeletePayload { protocol: ProtocolId::TCP_AO, spi_size: 1, spis: ours }));
+                    reply.push(Payload::Delete(DeletePayload {
+                        protocol: ProtocolId::TCP_AO,
+                        spi_size: 1,
+                        spis: ours,
+                    }));
                 }
             }
         }
@@ -1424,7 +1803,14 @@ impl Endpoint {
     }
 }
 
-fn derive_keys(suite: IkeSuite, gir: &Secret, ni: &[u8], nr: &[u8], spi_i: u64, spi_r: u64) -> Result<IkeKeys, crypto::CryptoError> {
+fn derive_keys(
+    suite: IkeSuite,
+    gir: &Secret,
+    ni: &[u8],
+    nr: &[u8],
+    spi_i: u64,
+    spi_r: u64,
+) -> Result<IkeKeys, crypto::CryptoError> {
     let seed = crypto::skeyseed(suite.prf, ni, nr, gir.as_bytes());
     crypto::derive_ike_keys(suite.prf, suite.encr, &seed, ni, nr, spi_i, spi_r)
 }

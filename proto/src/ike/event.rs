@@ -35,18 +35,49 @@ impl Role {
 #[derive(Debug)]
 pub enum Event {
     /// IKE_AUTH completed.
-    IkeSaEstablished { peer: String, spi_i: u64, spi_r: u64, role: Role, suite: IkeSuite, tcp_ao_capable: bool },
+    IkeSaEstablished {
+        peer: String,
+        spi_i: u64,
+        spi_r: u64,
+        role: Role,
+        suite: IkeSuite,
+        tcp_ao_capable: bool,
+    },
     /// A TCP-AO MKT was negotiated; the driver installs it.
-    MktCreated { peer: String, spi_i: u64, spi_r: u64, mkt: MasterKeyTuple, ports: Vec<PortRange> },
+    MktCreated {
+        peer: String,
+        spi_i: u64,
+        spi_r: u64,
+        mkt: MasterKeyTuple,
+        ports: Vec<PortRange>,
+    },
     /// An MKT is gone (its IKE SA was deleted, or the peer deleted it).
-    MktDeleted { peer: String, send_id: u8, recv_id: u8, reason: &'static str },
+    MktDeleted {
+        peer: String,
+        send_id: u8,
+        recv_id: u8,
+        reason: &'static str,
+    },
     /// An IKE SA is gone.
-    IkeSaDeleted { peer: String, spi_i: u64, spi_r: u64, reason: String },
+    IkeSaDeleted {
+        peer: String,
+        spi_i: u64,
+        spi_r: u64,
+        reason: String,
+    },
     /// Establishing an IKE SA with the peer failed; `by_peer` when the
     /// peer reported the failure rather than this side detecting it.
-    NegotiationFailed { peer: String, error: IkeError, by_peer: bool },
+    NegotiationFailed {
+        peer: String,
+        error: IkeError,
+        by_peer: bool,
+    },
     /// The IKE SA is up but the TCP-AO child SA failed.
-    ChildFailed { peer: String, error: IkeError, by_peer: bool },
+    ChildFailed {
+        peer: String,
+        error: IkeError,
+        by_peer: bool,
+    },
     /// The peer did not advertise TCP-AO keying; no MKT will be negotiated.
     PeerNotCapable { peer: String },
     /// Both sides initiated at once; the IKE SA started by the side with

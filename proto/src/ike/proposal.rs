@@ -47,7 +47,12 @@ pub fn ike_sa_reply(num: u8, suite: IkeSuite) -> SaPayload {
 
 /// What the responder accepts: each component must appear in one of its
 /// configured suites.
-fn acceptable(local: &[IkeSuite], encr: Option<Encr>, prf: Option<Prf>, group: Option<DhGroup>) -> bool {
+fn acceptable(
+    local: &[IkeSuite],
+    encr: Option<Encr>,
+    prf: Option<Prf>,
+    group: Option<DhGroup>,
+) -> bool {
     encr.is_some_and(|e| local.iter().any(|s| s.encr == e))
         && prf.is_some_and(|p| local.iter().any(|s| s.prf == p))
         && group.is_some_and(|g| local.iter().any(|s| s.group == g))
@@ -65,7 +70,11 @@ pub struct IkeChoice {
 /// one of the KE payload when acceptable; otherwise the result is
 /// [`NegotiationError::InvalidKe`] naming the group the responder wants
 /// (RFC 7296 1.2), which is the first acceptable group the initiator offered.
-pub fn choose_ike(offer: &SaPayload, local: &[IkeSuite], ke_group: DhGroup) -> Result<IkeChoice, NegotiationError> {
+pub fn choose_ike(
+    offer: &SaPayload,
+    local: &[IkeSuite],
+    ke_group: DhGroup,
+) -> Result<IkeChoice, NegotiationError> {
     let mut wanted_group = None;
     for p in &offer.proposals {
         if p.protocol != ProtocolId::IKE || !p.spi.is_empty() {
@@ -85,7 +94,8 @@ pub fn choose_ike(offer: &SaPayload, local: &[IkeSuite], ke_group: DhGroup) -> R
                 }
                 TransformType::PRF => {
                     if prf.is_none() {
-                        prf = Prf::from_id(PrfId(t.id)).filter(|p| local.iter().any(|s| s.prf == *p));
+                        prf =
+                            Prf::from_id(PrfId(t.id)).filter(|p| local.iter().any(|s| s.prf == *p));
                     }
                 }
                 TransformType::KE => {
@@ -106,10 +116,17 @@ pub fn choose_ike(offer: &SaPayload, local: &[IkeSuite], ke_group: DhGroup) -> R
         if unknown_type || groups.is_empty() {
             continue;
         }
-        let group = if groups.contains(&ke_group) { Some(ke_group) } else { None };
+        let group = if groups.contains(&ke_group) {
+            Some(ke_group)
+        } else {
+            None
+        };
         if acceptable(local, encr, prf, group) {
             if let (Some(encr), Some(prf), Some(group)) = (encr, prf, group) {
-                return Ok(IkeChoice { proposal_num: p.num, suite: IkeSuite { encr, prf, group } });
+                return Ok(IkeChoice {
+                    proposal_num: p.num,
+                    suite: IkeSuite { encr, prf, group },
+                });
             }
         }
         if wanted_group.is_none() && acceptable(local, encr, prf, groups.first().copied()) {
@@ -118,14 +135,22 @@ pub fn choose_ike(offer: &SaPayload, local: &[IkeSuite], ke_group: DhGroup) -> R
     }
     match wanted_group {
         Some(g) => Err(NegotiationError::InvalidKe(g)),
-        None => Err(NegotiationError::NoProposalChosen("no IKE proposal in common")),
+        None => Err(NegotiationError::NoProposalChosen(
+            "no IKE proposal in common",
+        )),
     }
 }
 
 /// Checks the responder's reply against what was offered and returns the
 /// suite, which must use the group of the KE payload sent.
-pub fn check_ike_reply(reply: &SaPayload, offered: &[IkeSuite], ke_group: DhGroup) -> Option<IkeSuite> {
-    let [p] = reply.proposals.as_slice() else { return None };
+pub fn check_ike_reply(
+    reply: &SaPayload,
+    offered: &[IkeSuite],
+    ke_group: DhGroup,
+) -> Option<IkeSuite> {
+    let [p] = reply.proposals.as_slice() else {
+        return None;
+    };
     if p.protocol != ProtocolId::IKE || !p.spi.is_empty() {
         return None;
     }
@@ -134,7 +159,9 @@ pub fn check_ike_reply(reply: &SaPayload, offered: &[IkeSuite], ke_group: DhGrou
     let mut group = None;
     for t in &p.transforms {
         let slot_filled = match t.ty {
-            TransformType::ENCR => encr.replace(Encr::from_transform(EncrId(t.id), t.key_length())?).is_some(),
+            TransformType::ENCR => encr
+                .replace(Encr::from_transform(EncrId(t.id), t.key_length())?)
+                .is_some(),
             TransformType::PRF => prf.replace(Prf::from_id(PrfId(t.id))?).is_some(),
             TransformType::KE => group.replace(DhGroup(t.id)).is_some(),
             TransformType::INTEG if t.id == IntegId::NONE.0 => false,
@@ -144,7 +171,11 @@ pub fn check_ike_reply(reply: &SaPayload, offered: &[IkeSuite], ke_group: DhGrou
             return None;
         }
     }
-    let suite = IkeSuite { encr: encr?, prf: prf?, group: group? };
+    let suite = IkeSuite {
+        encr: encr?,
+        prf: prf?,
+        group: group?,
+    };
     let proposed = offered.iter().any(|s| s.encr == suite.encr)
         && offered.iter().any(|s| s.prf == suite.prf)
         && offered.iter().any(|s| s.group == suite.group);
@@ -160,7 +191,10 @@ pub fn tcp_ao_sa_payload(recv_id: u8, algorithms: &[MacAlgorithm]) -> SaPayload 
             num: 1,
             protocol: ProtocolId::TCP_AO,
             spi: vec![recv_id],
-            transforms: algorithms.iter().map(|a| Transform::new(TransformType::INTEG, a.integ_id().0)).collect(),
+            transforms: algorithms
+                .iter()
+                .map(|a| Transform::new(TransformType::INTEG, a.integ_id().0))
+                .collect(),
         }],
     }
 }
@@ -168,7 +202,10 @@ pub fn tcp_ao_sa_payload(recv_id: u8, algorithms: &[MacAlgorithm]) -> SaPayload 
 /// The responder's choice of a TCP-AO proposal: the initiator's SPI (its
 /// RecvID) and the first of the initiator's algorithms that the responder
 /// also allows.
-pub fn choose_tcp_ao(offer: &SaPayload, local: &[MacAlgorithm]) -> Result<(u8, u8, MacAlgorithm), NegotiationError> {
+pub fn choose_tcp_ao(
+    offer: &SaPayload,
+    local: &[MacAlgorithm],
+) -> Result<(u8, u8, MacAlgorithm), NegotiationError> {
     for p in &offer.proposals {
         let [spi] = p.spi.as_slice() else { continue };
         if p.protocol != ProtocolId::TCP_AO {
@@ -185,17 +222,26 @@ pub fn choose_tcp_ao(offer: &SaPayload, local: &[MacAlgorithm]) -> Result<(u8, u
             return Ok((p.num, *spi, alg));
         }
     }
-    Err(NegotiationError::NoProposalChosen("no TCP-AO MAC algorithm in common"))
+    Err(NegotiationError::NoProposalChosen(
+        "no TCP-AO MAC algorithm in common",
+    ))
 }
 
 /// Checks the responder's TCP-AO reply; returns (peer's RecvID, algorithm).
-pub fn check_tcp_ao_reply(reply: &SaPayload, offered: &[MacAlgorithm]) -> Option<(u8, MacAlgorithm)> {
-    let [p] = reply.proposals.as_slice() else { return None };
+pub fn check_tcp_ao_reply(
+    reply: &SaPayload,
+    offered: &[MacAlgorithm],
+) -> Option<(u8, MacAlgorithm)> {
+    let [p] = reply.proposals.as_slice() else {
+        return None;
+    };
     let [spi] = p.spi.as_slice() else { return None };
     if p.protocol != ProtocolId::TCP_AO {
         return None;
     }
-    let [t] = p.transforms.as_slice() else { return None };
+    let [t] = p.transforms.as_slice() else {
+        return None;
+    };
     if t.ty != TransformType::INTEG {
         return None;
     }
@@ -218,20 +264,36 @@ mod tests {
 
     #[test]
     fn responder_takes_first_acceptable_proposal() {
-        let offer = ike_sa_payload(&[suite("chacha20poly1305-prfsha512-x25519"), suite("aes256gcm16-prfsha256-x25519")]);
+        let offer = ike_sa_payload(&[
+            suite("chacha20poly1305-prfsha512-x25519"),
+            suite("aes256gcm16-prfsha256-x25519"),
+        ]);
         let local = [suite("aes256gcm16-prfsha256-x25519")];
         let c = choose_ike(&offer, &local, DhGroup::CURVE25519).unwrap();
         assert_eq!(c.proposal_num, 2);
         assert_eq!(c.suite, local[0]);
         let reply = ike_sa_reply(c.proposal_num, c.suite);
-        assert_eq!(check_ike_reply(&reply, &[suite("chacha20poly1305-prfsha512-x25519"), local[0]], DhGroup::CURVE25519), Some(local[0]));
+        assert_eq!(
+            check_ike_reply(
+                &reply,
+                &[suite("chacha20poly1305-prfsha512-x25519"), local[0]],
+                DhGroup::CURVE25519
+            ),
+            Some(local[0])
+        );
     }
 
     #[test]
     fn wrong_ke_group_asks_for_another() {
-        let offer = ike_sa_payload(&[suite("aes256gcm16-prfsha256-x25519"), suite("aes256gcm16-prfsha256-ecp256")]);
+        let offer = ike_sa_payload(&[
+            suite("aes256gcm16-prfsha256-x25519"),
+            suite("aes256gcm16-prfsha256-ecp256"),
+        ]);
         let local = [suite("aes256gcm16-prfsha256-ecp256")];
-        assert_eq!(choose_ike(&offer, &local, DhGroup::CURVE25519), Err(NegotiationError::InvalidKe(DhGroup::ECP_256)));
+        assert_eq!(
+            choose_ike(&offer, &local, DhGroup::CURVE25519),
+            Err(NegotiationError::InvalidKe(DhGroup::ECP_256))
+        );
         assert!(choose_ike(&offer, &local, DhGroup::ECP_256).is_ok());
     }
 
@@ -239,7 +301,10 @@ mod tests {
     fn nothing_in_common() {
         let offer = ike_sa_payload(&[suite("aes128gcm16-prfsha384-x25519")]);
         let local = [suite("aes256gcm16-prfsha256-x25519")];
-        assert!(matches!(choose_ike(&offer, &local, DhGroup::CURVE25519), Err(NegotiationError::NoProposalChosen(_))));
+        assert!(matches!(
+            choose_ike(&offer, &local, DhGroup::CURVE25519),
+            Err(NegotiationError::NoProposalChosen(_))
+        ));
     }
 
     #[test]
@@ -254,11 +319,21 @@ mod tests {
     #[test]
     fn tcp_ao_choice_follows_initiator_order() {
         let offer = tcp_ao_sa_payload(7, &[MacAlgorithm::AesCmac96, MacAlgorithm::HmacSha1_96]);
-        let (num, spi, alg) = choose_tcp_ao(&offer, &[MacAlgorithm::HmacSha1_96, MacAlgorithm::AesCmac96]).unwrap();
+        let (num, spi, alg) = choose_tcp_ao(
+            &offer,
+            &[MacAlgorithm::HmacSha1_96, MacAlgorithm::AesCmac96],
+        )
+        .unwrap();
         assert_eq!((num, spi, alg), (1, 7, MacAlgorithm::AesCmac96));
         assert!(choose_tcp_ao(&offer, &[MacAlgorithm::HmacSha256_128]).is_err());
         let reply = tcp_ao_sa_payload(9, &[alg]);
-        assert_eq!(check_tcp_ao_reply(&reply, &[MacAlgorithm::AesCmac96]), Some((9, MacAlgorithm::AesCmac96)));
-        assert_eq!(check_tcp_ao_reply(&reply, &[MacAlgorithm::HmacSha1_96]), None);
+        assert_eq!(
+            check_tcp_ao_reply(&reply, &[MacAlgorithm::AesCmac96]),
+            Some((9, MacAlgorithm::AesCmac96))
+        );
+        assert_eq!(
+            check_tcp_ao_reply(&reply, &[MacAlgorithm::HmacSha1_96]),
+            None
+        );
     }
 }

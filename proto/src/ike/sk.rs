@@ -10,7 +10,7 @@
 use super::error::{IkeError, Misbehaviour};
 use crate::crypto::Encr;
 use crate::numbers::PayloadType;
-use crate::wire::{self, Header, Payload, ParsedMessage};
+use crate::wire::{self, Header, ParsedMessage, Payload};
 
 /// Length of the SK generic payload header.
 const SK_HEADER_LEN: usize = 4;
@@ -18,7 +18,13 @@ const SK_HEADER_LEN: usize = 4;
 /// Builds a protected message. `header.next_payload` and `header.length` are
 /// set here; `iv` must never repeat under one key (aokd uses a per-SA
 /// message counter).
-pub fn protect(header: &Header, payloads: &[Payload], encr: Encr, key: &[u8], iv: u64) -> Result<Vec<u8>, IkeError> {
+pub fn protect(
+    header: &Header,
+    payloads: &[Payload],
+    encr: Encr,
+    key: &[u8],
+    iv: u64,
+) -> Result<Vec<u8>, IkeError> {
     let mut plaintext = Vec::new();
     let first_inner = wire::emit_payload_chain(payloads, PayloadType::NONE, &mut plaintext);
     plaintext.push(0); // pad length
@@ -31,11 +37,16 @@ pub fn protect(header: &Header, payloads: &[Payload], encr: Encr, key: &[u8], iv
     h.emit(&mut out);
     out.push(first_inner.0);
     out.push(0);
-    out.extend_from_slice(&u16::try_from(sk_len).map_err(|_| Misbehaviour::Unexpected("message too long"))?.to_be_bytes());
+    out.extend_from_slice(
+        &u16::try_from(sk_len)
+            .map_err(|_| Misbehaviour::Unexpected("message too long"))?
+            .to_be_bytes(),
+    );
     let iv = iv.to_be_bytes();
     let aad = out.clone();
     out.extend_from_slice(&iv);
-    encr.seal(key, &iv, &aad, &mut plaintext).map_err(|_| Misbehaviour::Unexpected("encryption failed"))?;
+    encr.seal(key, &iv, &aad, &mut plaintext)
+        .map_err(|_| Misbehaviour::Unexpected("encryption failed"))?;
     out.extend_from_slice(&plaintext);
     Ok(out)
 }
@@ -43,9 +54,20 @@ pub fn protect(header: &Header, payloads: &[Payload], encr: Encr, key: &[u8], iv
 /// Opens the SK payload of `msg` (parsed from `datagram`) and returns the
 /// inner payloads. Fails with [`Misbehaviour::Integrity`] when the ICV does
 /// not verify, which is also what a forged or corrupted datagram gives.
-pub fn unprotect(datagram: &[u8], msg: &ParsedMessage, encr: Encr, key: &[u8]) -> Result<Vec<Payload>, IkeError> {
-    let sk = msg.sk.as_ref().ok_or(Misbehaviour::MissingPayload(PayloadType::SK))?;
-    let aad_end = sk.offset.checked_add(SK_HEADER_LEN).ok_or(Misbehaviour::Integrity)?;
+pub fn unprotect(
+    datagram: &[u8],
+    msg: &ParsedMessage,
+    encr: Encr,
+    key: &[u8],
+) -> Result<Vec<Payload>, IkeError> {
+    let sk = msg
+        .sk
+        .as_ref()
+        .ok_or(Misbehaviour::MissingPayload(PayloadType::SK))?;
+    let aad_end = sk
+        .offset
+        .checked_add(SK_HEADER_LEN)
+        .ok_or(Misbehaviour::Integrity)?;
     let aad = datagram.get(..aad_end).ok_or(Misbehaviour::Integrity)?;
     if sk.body.len() < Encr::IV_LEN + Encr::ICV_LEN + 1 {
         return Err(Misbehaviour::Integrity.into());
@@ -54,9 +76,15 @@ pub fn unprotect(datagram: &[u8], msg: &ParsedMessage, encr: Encr, key: &[u8]) -
     let mut iv8 = [0u8; 8];
     iv8.copy_from_slice(iv);
     let mut buf = rest.to_vec();
-    encr.open(key, &iv8, aad, &mut buf).map_err(|_| Misbehaviour::Integrity)?;
+    encr.open(key, &iv8, aad, &mut buf)
+        .map_err(|_| Misbehaviour::Integrity)?;
     let pad_len = usize::from(*buf.last().ok_or(Misbehaviour::Integrity)?);
-    let inner_len = buf.len().checked_sub(pad_len + 1).ok_or(IkeError::Malformed(wire::WireError::Invalid("SK pad length")))?;
+    let inner_len = buf
+        .len()
+        .checked_sub(pad_len + 1)
+        .ok_or(IkeError::Malformed(wire::WireError::Invalid(
+            "SK pad length",
+        )))?;
     buf.truncate(inner_len);
     Ok(wire::parse_payload_chain(sk.first_inner, &buf)?)
 }

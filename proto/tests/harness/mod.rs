@@ -71,7 +71,12 @@ pub fn peer(name: &str, local: SocketAddr, remote: SocketAddr, psk: &[u8]) -> Pe
 impl Sim {
     /// Two nodes, A and B, each configured with the other.
     pub fn pair(seed: u64, net: NetParams, a: PeerConfig, b: PeerConfig) -> Sim {
-        Sim::pair_with(seed, net, EndpointConfig::new(vec![a]), EndpointConfig::new(vec![b]))
+        Sim::pair_with(
+            seed,
+            net,
+            EndpointConfig::new(vec![a]),
+            EndpointConfig::new(vec![b]),
+        )
     }
 
     pub fn pair_with(seed: u64, net: NetParams, a: EndpointConfig, b: EndpointConfig) -> Sim {
@@ -80,10 +85,27 @@ impl Sim {
         let ra = Box::new(ChaCha20Rng::seed_from_u64(rng.next_u64()));
         let rb = Box::new(ChaCha20Rng::seed_from_u64(rng.next_u64()));
         let nodes = vec![
-            Node { ep: Endpoint::new(a, now, ra).expect("config A"), addr: A_ADDR, events: Vec::new() },
-            Node { ep: Endpoint::new(b, now, rb).expect("config B"), addr: B_ADDR, events: Vec::new() },
+            Node {
+                ep: Endpoint::new(a, now, ra).expect("config A"),
+                addr: A_ADDR,
+                events: Vec::new(),
+            },
+            Node {
+                ep: Endpoint::new(b, now, rb).expect("config B"),
+                addr: B_ADDR,
+                events: Vec::new(),
+            },
         ];
-        Sim { now, start: now, nodes, net, rng, flight: Vec::new(), seq: 0, sent: Vec::new() }
+        Sim {
+            now,
+            start: now,
+            nodes,
+            net,
+            rng,
+            flight: Vec::new(),
+            seq: 0,
+            sent: Vec::new(),
+        }
     }
 
     fn node_index(&self, addr: SocketAddr) -> Option<usize> {
@@ -99,16 +121,32 @@ impl Sim {
             while let Some(t) = self.nodes[i].ep.poll_transmit() {
                 let from = self.nodes[i].addr;
                 self.sent.push((i, from, t.contents.clone()));
-                let Some(to) = self.node_index(t.destination) else { continue };
-                let copies = if self.rng.next_u32() % 100 < self.net.dup_pct { 2 } else { 1 };
+                let Some(to) = self.node_index(t.destination) else {
+                    continue;
+                };
+                let copies = if self.rng.next_u32() % 100 < self.net.dup_pct {
+                    2
+                } else {
+                    1
+                };
                 for _ in 0..copies {
                     if self.rng.next_u32() % 100 < self.net.loss_pct {
                         continue;
                     }
-                    let jitter = if self.net.jitter_ms > 0 { self.rng.next_u64() % self.net.jitter_ms } else { 0 };
+                    let jitter = if self.net.jitter_ms > 0 {
+                        self.rng.next_u64() % self.net.jitter_ms
+                    } else {
+                        0
+                    };
                     let at = self.now + Duration::from_millis(5 + jitter);
                     self.seq += 1;
-                    self.flight.push(InFlight { at, seq: self.seq, to, from, data: t.contents.clone() });
+                    self.flight.push(InFlight {
+                        at,
+                        seq: self.seq,
+                        to,
+                        from,
+                        data: t.contents.clone(),
+                    });
                 }
             }
         }
@@ -119,14 +157,23 @@ impl Sim {
     pub fn step(&mut self, until: Instant) -> bool {
         self.drain();
         let next_flight = self.flight.iter().map(|f| (f.at, f.seq)).min();
-        let next_timer = self.nodes.iter().enumerate().filter_map(|(i, n)| n.ep.poll_timeout().map(|t| (t, i))).min();
+        let next_timer = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.ep.poll_timeout().map(|t| (t, i)))
+            .min();
         match (next_flight, next_timer) {
             (Some((at, seq)), timer) if timer.is_none_or(|(t, _)| at <= t) => {
                 if at > until {
                     return false;
                 }
                 self.now = self.now.max(at);
-                let pos = self.flight.iter().position(|f| f.seq == seq).expect("in flight");
+                let pos = self
+                    .flight
+                    .iter()
+                    .position(|f| f.seq == seq)
+                    .expect("in flight");
                 let f = self.flight.swap_remove(pos);
                 let now = self.now;
                 self.nodes[f.to].ep.handle_datagram(now, f.from, &f.data);
@@ -174,15 +221,29 @@ impl Sim {
     }
 
     pub fn established(&self, i: usize) -> usize {
-        self.nodes[i].ep.peers().iter().flat_map(|p| p.sas.iter()).filter(|s| s.state == "established").count()
+        self.nodes[i]
+            .ep
+            .peers()
+            .iter()
+            .flat_map(|p| p.sas.iter())
+            .filter(|s| s.state == "established")
+            .count()
     }
 
     pub fn mkts(&self, i: usize) -> Vec<aokd_proto::ike::MktView> {
-        self.nodes[i].ep.peers().into_iter().flat_map(|p| p.mkts).collect()
+        self.nodes[i]
+            .ep
+            .peers()
+            .into_iter()
+            .flat_map(|p| p.mkts)
+            .collect()
     }
 
     /// Both sides hold exactly one established IKE SA and one MKT each.
     pub fn settled(&self) -> bool {
-        self.established(0) == 1 && self.established(1) == 1 && self.mkts(0).len() == 1 && self.mkts(1).len() == 1
+        self.established(0) == 1
+            && self.established(1) == 1
+            && self.mkts(0).len() == 1
+            && self.mkts(1).len() == 1
     }
 }
