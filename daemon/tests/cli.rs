@@ -78,6 +78,11 @@ fn config_is_required_to_run() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
 }
 
+/// A UDP port that was free a moment ago (tests bind loopback only).
+fn free_udp_port(ip: &str) -> u16 {
+    std::net::UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
 /// `aokd --config FILE --log-format json` serves status on its control
 /// socket, and on SIGTERM exits 0 and removes the socket.
 #[test]
@@ -87,7 +92,12 @@ fn runs_until_sigterm() {
     let file = dir.join("aokd.toml");
     std::fs::write(
         &file,
-        "[daemon]\ncontrol_socket = \"run/control.sock\"\n[[peer]]\nname = \"r2\"\nremote = \"192.0.2.2\"\npsk_file = \"r2.psk\"\n",
+        format!(
+            "[daemon]\nlisten = [\"127.0.0.1\"]\nport = {}\ncontrol_socket = \"run/control.sock\"\n\
+             [[peer]]\nname = \"r2\"\nremote = \"127.0.0.2\"\nremote_port = {}\npsk_file = \"r2.psk\"\ninitiate = false\n",
+            free_udp_port("127.0.0.1"),
+            free_udp_port("127.0.0.2")
+        ),
     )
     .unwrap();
     let sock = dir.join("run/control.sock");
