@@ -36,6 +36,13 @@ pub const DEFAULT_IKE_PORT: u16 = 500;
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/aokd/control.sock";
 /// Default of `daemon.state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/aokd";
+/// Default of `daemon.attach_socket`.
+pub const DEFAULT_ATTACH_SOCKET: &str = "/run/aokd/attach.sock";
+/// Default of `daemon.attach_socket_mode`: only root may attach sockets.
+pub const DEFAULT_ATTACH_SOCKET_MODE: u32 = 0o600;
+/// Default of `daemon.acquire_timeout`: how long an attached `connect()`
+/// waits for a negotiation before it proceeds under the guard.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default of `peer.tcp_ports` (BGP).
 pub const DEFAULT_TCP_PORTS: [u16; 1] = [179];
 /// Default of `peer.ike_proposals`.
@@ -143,6 +150,12 @@ pub struct DaemonSection {
     pub control_socket: PathBuf,
     /// Directory for persistent state (made absolute likewise).
     pub state_dir: PathBuf,
+    /// Path of the attach socket (docs/attach.md), made absolute likewise.
+    pub attach_socket: PathBuf,
+    /// File mode of the attach socket.
+    pub attach_socket_mode: u32,
+    /// How long an attached `connect()` waits for an MKT.
+    pub acquire_timeout: Duration,
 }
 
 impl DaemonSection {
@@ -186,6 +199,8 @@ pub struct PeerConfig {
     pub ike_proposals: Vec<IkeProposal>,
     /// Whether aokd initiates an IKE SA with this peer at start.
     pub initiate: bool,
+    /// How keys reach the kernel for this peer.
+    pub backend: BackendChoice,
     pub lifetimes: Lifetimes,
 }
 
@@ -204,6 +219,17 @@ impl PeerConfig {
             None => Identity::from_ip(self.local.unwrap_or(actual_local)),
         }
     }
+}
+
+/// `peer.backend`: how keys reach the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// TCP-AO where the kernel has it, TCP-MD5 otherwise (probed at start).
+    Auto,
+    /// TCP-AO only (RFC 5925).
+    TcpAo,
+    /// TCP-MD5 only (RFC 2385), for peers without TCP-AO.
+    TcpMd5,
 }
 
 /// `[peer.lifetimes]`.
@@ -632,6 +658,9 @@ struct RawDaemon {
     port: Option<i64>,
     control_socket: Option<String>,
     state_dir: Option<String>,
+    attach_socket: Option<String>,
+    attach_socket_mode: Option<String>,
+    acquire_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -649,6 +678,7 @@ struct RawPeer {
     tcp_ports: Option<Vec<i64>>,
     ike_proposals: Option<Vec<String>>,
     initiate: Option<bool>,
+    backend: Option<String>,
     lifetimes: Option<RawLifetimes>,
 }
 
@@ -823,11 +853,45 @@ impl Validator<'_> {
             }
             Some(s) => self.resolve(&s),
         };
+        let attach_socket = match raw.attach_socket {
+            None => PathBuf::from(DEFAULT_ATTACH_SOCKET),
+            Some(s) if s.is_empty() => {
+                return Err(self.err("daemon.attach_socket", None, "must not be empty"))
+            }
+            Some(s) => self.resolve(&s),
+        };
+        if attach_socket.as_os_str().len() > MAX_SOCKET_PATH_LEN {
+            return Err(self.err(
+                "daemon.attach_socket",
+                None,
+                format!("{} is too long for a Unix socket path", attach_socket.display()),
+            ));
+        }
+        let attach_socket_mode = match raw.attach_socket_mode {
+            None => DEFAULT_ATTACH_SOCKET_MODE,
+            Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
+                Ok(v) if v <= 0o777 && v & 0o007 == 0 => v,
+                _ => {
+                    return Err(self.err(
+                        "daemon.attach_socket_mode",
+                        None,
+                        format!("{m:?} is not an octal mode without bits for others, such as \"0600\" or \"0660\""),
+                    ))
+                }
+            },
+        };
+        let acquire_timeout = match raw.acquire_timeout {
+            None => DEFAULT_ACQUIRE_TIMEOUT,
+            Some(t) => parse_duration(&t).map_err(|e| self.err("daemon.acquire_timeout", None, e))?,
+        };
         Ok(DaemonSection {
             listen,
             port,
             control_socket,
             state_dir,
+            attach_socket,
+            attach_socket_mode,
+            acquire_timeout,
         })
     }
 
@@ -970,6 +1034,18 @@ impl Validator<'_> {
 
         let lifetimes = self.lifetimes(i, pn, raw.lifetimes)?;
 
+        let backend = match raw.backend.as_deref() {
+            None | Some("auto") => BackendChoice::Auto,
+            Some("tcp-ao") => BackendChoice::TcpAo,
+            Some("tcp-md5") => BackendChoice::TcpMd5,
+            Some(other) => {
+                return Err(self.err(
+                    &key("backend"),
+                    Some(&name),
+                    format!("unknown backend {other:?} (auto, tcp-ao, tcp-md5)"),
+                ))
+            }
+        };
         Ok(PeerConfig {
             name: name.clone(),
             remote,
@@ -984,6 +1060,7 @@ impl Validator<'_> {
             tcp_ports,
             ike_proposals,
             initiate: raw.initiate.unwrap_or(true),
+            backend,
             lifetimes,
         })
     }
