@@ -1040,7 +1040,7 @@ impl Validator<'_> {
             Some("tcp-md5") => BackendChoice::TcpMd5,
             Some(other) => {
                 return Err(self.err(
-                    &key("backend"),
+                    key("backend"),
                     Some(&name),
                     format!("unknown backend {other:?} (auto, tcp-ao, tcp-md5)"),
                 ))
