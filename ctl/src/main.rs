@@ -46,6 +46,8 @@ enum Cmd {
     Sas,
     /// TCP-AO master key tuples (metadata and fingerprints, never keys).
     Mkts,
+    /// TCP sockets aokd keys: attached, keyed or guarded, and why.
+    Sockets,
     /// Negotiate with a peer now.
     Initiate {
         /// The peer's name in the configuration.
@@ -84,6 +86,7 @@ fn main() {
         Cmd::Status => query(&socket, json, Command::Status),
         Cmd::Sas => query(&socket, json, Command::Sas),
         Cmd::Mkts => query(&socket, json, Command::Mkts),
+        Cmd::Sockets => query(&socket, json, Command::Sockets),
         Cmd::Initiate { peer } => query(&socket, json, Command::Initiate { peer }),
         Cmd::Terminate { peer } => query(&socket, json, Command::Terminate { peer }),
     };
@@ -120,6 +123,10 @@ fn query(socket: &Path, json: bool, command: Command) -> i32 {
             output::json(&output::MktsJson { mkts })
         }
         (Command::Mkts, ResponseData::Mkts { mkts }) => output::mkts(mkts, now),
+        (Command::Sockets, ResponseData::Sockets { sockets }) if json => {
+            output::json(&output::SocketsJson { sockets })
+        }
+        (Command::Sockets, ResponseData::Sockets { sockets }) => output::sockets(sockets, now),
         (
             Command::Initiate { .. } | Command::Terminate { .. },
             ResponseData::Accepted { message },

@@ -2,7 +2,7 @@
 //! `mkts`) and the `--json` forms, which print the response's `data` object
 //! without its `kind` tag (docs/control.md).
 
-use aokd_proto::control::{DaemonStatus, MktStatus, SaStatus};
+use aokd_proto::control::{DaemonStatus, MktStatus, SaStatus, SocketStatus};
 use serde::Serialize;
 
 use crate::table::{sanitize, Table};
@@ -63,7 +63,15 @@ pub fn status(s: &DaemonStatus, now: u64) -> String {
         return out;
     }
     out.push('\n');
-    let mut t = Table::new(&["PEER", "ADDRESS", "IKE", "TCP-AO", "MKTS", "LAST ERROR"]);
+    let mut t = Table::new(&[
+        "PEER",
+        "ADDRESS",
+        "IKE",
+        "TCP-AO",
+        "MKTS",
+        "BACKEND",
+        "LAST ERROR",
+    ]);
     for p in &s.peers {
         t.row(vec![
             p.name.clone(),
@@ -71,6 +79,7 @@ pub fn status(s: &DaemonStatus, now: u64) -> String {
             p.ike_state.clone(),
             capable(p.tcp_ao_capable),
             p.mkts.to_string(),
+            opt(&p.backend),
             opt(&p.last_error),
         ]);
     }
@@ -138,6 +147,54 @@ pub fn mkts(mkts: &[MktStatus], now: u64) -> String {
             .into(),
             when(m.created_at, now),
             m.key_fingerprint.clone(),
+        ]);
+    }
+    t.render()
+}
+
+/// `aoctl --json sockets` prints `{"sockets": [...]}`.
+#[derive(serde::Serialize)]
+pub struct SocketsJson<'a> {
+    pub sockets: &'a [SocketStatus],
+}
+
+/// `aoctl sockets`.
+pub fn sockets(sockets: &[SocketStatus], now: u64) -> String {
+    if sockets.is_empty() {
+        return "no attached sockets\n".into();
+    }
+    let mut t = Table::new(&[
+        "PID",
+        "FD",
+        "ROLE",
+        "LOCAL",
+        "REMOTE",
+        "PEERS",
+        "STATE",
+        "MECHANISM",
+        "GOOD/BAD",
+        "ATTACHED",
+    ]);
+    for s in sockets {
+        let state = match &s.guard_reason {
+            Some(r) => format!("{} ({})", s.state, r),
+            None => s.state.clone(),
+        };
+        let counters = match (s.pkt_good, s.pkt_bad) {
+            (Some(g), Some(b)) => format!("{g}/{b}"),
+            _ => "-".into(),
+        };
+        t.row(vec![
+            s.pid.to_string(),
+            s.fd.to_string(),
+            s.role.clone(),
+            opt(&s.local),
+            opt(&s.remote),
+            s.peers.join(","),
+            state,
+            opt(&s.mechanism),
+            counters,
+            when(s.attached_at, now),
         ]);
     }
     t.render()

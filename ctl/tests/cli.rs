@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use aokd_proto::control::{
     Command as Cmd, DaemonStatus, MktStatus, PeerStatus, Request, Response, ResponseData,
-    ResponseResult, SaStatus, PROTOCOL_VERSION,
+    ResponseResult, SaStatus, SocketStatus, PROTOCOL_VERSION,
 };
 
 const AOCTL: &str = env!("CARGO_BIN_EXE_aoctl");
@@ -202,6 +202,7 @@ fn canned_status() -> DaemonStatus {
                 tcp_ao_capable: Some(true),
                 mkts: 2,
                 last_error: None,
+                backend: Some("tcp-md5".into()),
             },
             PeerStatus {
                 name: "r3-long-name".into(),
@@ -210,6 +211,7 @@ fn canned_status() -> DaemonStatus {
                 tcp_ao_capable: None,
                 mkts: 0,
                 last_error: Some("AUTHENTICATION_FAILED\x1b[2J".into()),
+                backend: None,
             },
         ],
     }
@@ -270,6 +272,22 @@ fn canned(cmd: &Cmd) -> String {
             },
         })
         .unwrap(),
+        Cmd::Sockets => ok(ResponseData::Sockets {
+            sockets: vec![SocketStatus {
+                pid: 4242,
+                fd: 7,
+                role: "connect".into(),
+                local: Some("10.0.0.1:40000".into()),
+                remote: Some("10.0.0.2:179".into()),
+                peers: vec!["r2".into()],
+                state: "guarded".into(),
+                guard_reason: Some("no MKT yet".into()),
+                mechanism: Some("tcp-md5".into()),
+                attached_at: 1_700_000_000,
+                pkt_good: None,
+                pkt_bad: None,
+            }],
+        }),
         Cmd::MktKeys => unreachable!("aoctl never asks for keys here"),
     }
 }
@@ -279,7 +297,7 @@ fn tables_and_json_from_a_fake_server() {
     let dir = TempDir::new("fake");
     let sock = dir.join("control.sock");
     let s = sock.to_str().unwrap();
-    let server = fake_server(&sock, 8, canned);
+    let server = fake_server(&sock, 10, canned);
 
     // status
     let out = aoctl(&["--socket", s, "status"]);
@@ -297,14 +315,14 @@ fn tables_and_json_from_a_fake_server() {
     assert_eq!(lines[1], "");
     assert_eq!(
         lines[2],
-        "PEER          ADDRESS            IKE          TCP-AO   MKTS  LAST ERROR"
+        "PEER          ADDRESS            IKE          TCP-AO   MKTS  BACKEND  LAST ERROR"
     );
     assert_eq!(
         lines[3],
-        "r2            192.0.2.2:500      established  yes      2     -"
+        "r2            192.0.2.2:500      established  yes      2     tcp-md5  -"
     );
     // The escape sequence from the daemon is not passed to the terminal.
-    assert_eq!(lines[4], "r3-long-name  [2001:db8::3]:500  failed       unknown  0     AUTHENTICATION_FAILED\\u{1b}[2J");
+    assert_eq!(lines[4], "r3-long-name  [2001:db8::3]:500  failed       unknown  0     -        AUTHENTICATION_FAILED\\u{1b}[2J");
     assert_eq!(lines.len(), 5);
 
     let out = aoctl(&["--socket", s, "--json", "status"]);
@@ -379,6 +397,21 @@ fn tables_and_json_from_a_fake_server() {
         "{text}"
     );
 
+    // sockets: a guarded socket shows why.
+    let out = aoctl(&["--socket", s, "sockets"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.lines().next().unwrap().starts_with("PID   FD  ROLE"),
+        "{text}"
+    );
+    assert!(text.contains("guarded (no MKT yet)"), "{text}");
+    assert!(text.contains("10.0.0.2:179"), "{text}");
+    let out = aoctl(&["--socket", s, "--json", "sockets"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["sockets"][0]["state"], "guarded");
+    assert_eq!(v["sockets"][0]["pid"], 4242);
+
     // initiate: accepted; terminate: an error response exits 1.
     let out = aoctl(&["--socket", s, "initiate", "r2"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -393,9 +426,10 @@ fn tables_and_json_from_a_fake_server() {
     assert_eq!(stdout(&out), "");
 
     let seen = server.join().unwrap();
-    assert_eq!(seen.len(), 8);
-    assert_eq!(seen[6], Cmd::Initiate { peer: "r2".into() });
-    assert_eq!(seen[7], Cmd::Terminate { peer: "r9".into() });
+    assert_eq!(seen.len(), 10);
+    assert_eq!(seen[6], Cmd::Sockets);
+    assert_eq!(seen[8], Cmd::Initiate { peer: "r2".into() });
+    assert_eq!(seen[9], Cmd::Terminate { peer: "r9".into() });
 }
 
 #[test]

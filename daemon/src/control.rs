@@ -10,8 +10,8 @@
 //! the event loop as a [`ControlCall`] over an `mpsc` channel. The event loop
 //! answers through the call's `oneshot` sender.
 //!
-//! Until the event loop exists, [`run_placeholder`] answers from the
-//! configuration with an empty state.
+//! [`run_placeholder`] is a stand-in event loop that answers from the
+//! configuration with an empty state; the control server's tests use it.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -415,6 +415,7 @@ pub fn empty_status(config: &Config, started_at: u64) -> DaemonStatus {
                 tcp_ao_capable: None,
                 mkts: 0,
                 last_error: None,
+                backend: None,
             })
             .collect(),
     }
@@ -422,8 +423,8 @@ pub fn empty_status(config: &Config, started_at: u64) -> DaemonStatus {
 
 /// Answers calls from an empty state until the channel closes: `status`
 /// lists the configured peers, `sas`, `mkts` and `mkt-keys` are empty, and
-/// `initiate`/`terminate` are refused because nothing negotiates yet. A
-/// stand-in for the event loop.
+/// `initiate`/`terminate` are refused because nothing negotiates. A
+/// stand-in for the event loop in tests of the control server.
 pub async fn run_placeholder(status: DaemonStatus, mut calls: mpsc::Receiver<ControlCall>) {
     while let Some(call) = calls.recv().await {
         let known = |peer: &str| status.peers.iter().any(|p| p.name == peer);
@@ -439,6 +440,11 @@ pub async fn run_placeholder(status: DaemonStatus, mut calls: mpsc::Receiver<Con
             },
             Command::MktKeys => ResponseResult::Ok {
                 data: ResponseData::MktKeys { keys: Vec::new() },
+            },
+            Command::Sockets => ResponseResult::Ok {
+                data: ResponseData::Sockets {
+                    sockets: Vec::new(),
+                },
             },
             Command::Initiate { peer } | Command::Terminate { peer } if !known(&peer) => {
                 ResponseResult::Error {

@@ -326,6 +326,9 @@ impl Daemon {
             Command::Mkts => ResponseData::Mkts {
                 mkts: self.mkts(&peers),
             },
+            Command::Sockets => ResponseData::Sockets {
+                sockets: Vec::new(),
+            },
             Command::MktKeys => {
                 if peer_uid != 0 {
                     return ResponseResult::Error {
@@ -392,6 +395,7 @@ impl Daemon {
                     tcp_ao_capable: p.tcp_ao_capable,
                     mkts: p.mkts.len(),
                     last_error: p.last_error.clone(),
+                    backend: None,
                 })
                 .collect(),
         }

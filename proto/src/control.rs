@@ -27,6 +27,8 @@ pub enum Command {
     Sas,
     /// MKTs, metadata only (no key bytes).
     Mkts,
+    /// TCP sockets attached through the attach API or the preload library.
+    Sockets,
     /// Start negotiation with a peer now.
     Initiate { peer: String },
     /// Delete a peer's IKE SA and its MKTs.
@@ -66,6 +68,9 @@ pub enum ResponseData {
     MktKeys {
         keys: Vec<MktKey>,
     },
+    Sockets {
+        sockets: Vec<SocketStatus>,
+    },
     /// A command was accepted (initiate, terminate).
     Accepted {
         message: String,
@@ -96,6 +101,9 @@ pub struct PeerStatus {
     pub mkts: usize,
     /// The last error with this peer (for example "AUTHENTICATION_FAILED").
     pub last_error: Option<String>,
+    /// How keys reach the kernel for this peer: "tcp-ao" or "tcp-md5".
+    #[serde(default)]
+    pub backend: Option<String>,
 }
 
 /// One IKE SA (`aoctl sas`).
@@ -129,6 +137,31 @@ pub struct MktStatus {
     pub created_at: u64,
     /// First 8 octets of SHA-256 of the master key, hex.
     pub key_fingerprint: String,
+}
+
+/// One attached TCP socket (`aoctl sockets`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketStatus {
+    /// The owning process and its descriptor number.
+    pub pid: i32,
+    pub fd: i32,
+    /// "connect", "listen" or "accepted".
+    pub role: String,
+    pub local: Option<String>,
+    pub remote: Option<String>,
+    /// The peers whose keys are on the socket.
+    pub peers: Vec<String>,
+    /// "keys" or "guarded".
+    pub state: String,
+    /// Why the socket is guarded (no valid MKT), when it is.
+    pub guard_reason: Option<String>,
+    /// "tcp-ao" or "tcp-md5".
+    pub mechanism: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub attached_at: u64,
+    /// TCP-AO counters from TCP_AO_INFO, when the socket uses TCP-AO.
+    pub pkt_good: Option<u64>,
+    pub pkt_bad: Option<u64>,
 }
 
 /// An MKT with its master key, only for `aoctl verify --from-daemon`.
