@@ -864,7 +864,10 @@ impl Validator<'_> {
             return Err(self.err(
                 "daemon.attach_socket",
                 None,
-                format!("{} is too long for a Unix socket path", attach_socket.display()),
+                format!(
+                    "{} is too long for a Unix socket path",
+                    attach_socket.display()
+                ),
             ));
         }
         let attach_socket_mode = match raw.attach_socket_mode {
@@ -882,7 +885,9 @@ impl Validator<'_> {
         };
         let acquire_timeout = match raw.acquire_timeout {
             None => DEFAULT_ACQUIRE_TIMEOUT,
-            Some(t) => parse_duration(&t).map_err(|e| self.err("daemon.acquire_timeout", None, e))?,
+            Some(t) => {
+                parse_duration(&t).map_err(|e| self.err("daemon.acquire_timeout", None, e))?
+            }
         };
         Ok(DaemonSection {
             listen,

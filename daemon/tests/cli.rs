@@ -80,7 +80,11 @@ fn config_is_required_to_run() {
 
 /// A UDP port that was free a moment ago (tests bind loopback only).
 fn free_udp_port(ip: &str) -> u16 {
-    std::net::UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `aokd --config FILE --log-format json` serves status on its control
