@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod echo;
+pub mod netns;
+pub mod process;
+
 /// Path of a binary built by `cargo test --workspace` / `cargo build --workspace`.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
@@ -83,6 +87,26 @@ impl Side {
         }
     }
 
+    /// Like [`Side::new`] with a given IKE port (e.g. 500 inside a network
+    /// namespace of its own, where `ip` is not a local address of the
+    /// caller's namespace).
+    pub fn with_port(root: &Path, name: &str, ip: &str, port: u16) -> Side {
+        let dir = root.join(name);
+        fs::create_dir_all(&dir).expect("side dir");
+        Side {
+            name: name.into(),
+            ip: ip.into(),
+            port,
+            dir,
+        }
+    }
+
+    /// The attach socket path (set with `attach_socket` in `daemon_extra`
+    /// of [`Side::write_config_with`]).
+    pub fn attach_socket(&self) -> PathBuf {
+        self.dir.join("attach.sock")
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("aokd.toml")
     }
@@ -98,6 +122,12 @@ impl Side {
     /// Writes this side's configuration with `other` as its only peer.
     /// `extra` is appended to the `[[peer]]` table.
     pub fn write_config(&self, other: &Side, psk: &str, extra: &str) {
+        self.write_config_with(other, psk, "", extra)
+    }
+
+    /// Like [`Side::write_config`]; `daemon_extra` is appended to the
+    /// `[daemon]` table.
+    pub fn write_config_with(&self, other: &Side, psk: &str, daemon_extra: &str, extra: &str) {
         let psk_path = self.dir.join(format!("{}.psk", other.name));
         write_psk(&psk_path, psk);
         let text = format!(
@@ -106,6 +136,7 @@ listen = ["{ip}"]
 port = {port}
 control_socket = "{sock}"
 state_dir = "{state}"
+{daemon_extra}
 
 [[peer]]
 name = "{peer}"
@@ -137,8 +168,19 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `aokd --config` for `side`, logging to `side.log_path()`.
     pub fn start(side: &Side) -> Daemon {
+        Daemon::start_with(side, Command::new(binary("aokd")))
+    }
+
+    /// Starts aokd for `side` inside the network namespace `ns`.
+    pub fn start_in(side: &Side, ns: &netns::Netns) -> Daemon {
+        Daemon::start_with(side, ns.command(binary("aokd")))
+    }
+
+    /// Starts `cmd` (which runs aokd, possibly through a wrapper such as
+    /// `ip netns exec`) with `--config` for `side`.
+    pub fn start_with(side: &Side, mut cmd: Command) -> Daemon {
         let log = fs::File::create(side.log_path()).expect("log file");
-        let child = Command::new(binary("aokd"))
+        let child = cmd
             .arg("--config")
             .arg(side.config_path())
             .env("RUST_LOG", "info")
