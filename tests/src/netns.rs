@@ -1,0 +1,306 @@
+//! Network namespaces for the end-to-end tests: [`Netns`] (a fresh named
+//! namespace with `lo` up, deleted with everything left in it when
+//! dropped), [`veth_pair`] (a veth link between two namespaces, with private
+//! addresses that exist only inside them), [`Netns::command`] (`ip netns
+//! exec`), [`Capture`] (tcpdump on an interface of a namespace, confirmed
+//! listening before it returns, stopped with SIGINT) and [`netstat`] (the
+//! namespace's `TcpExt` counters of `/proc/net/netstat`, e.g.
+//! `TCPMD5Failure`, `TCPMD5NotFound`).
+//!
+//! Only `ip` (iproute2 or busybox), `tcpdump` and `cat` are used, so the
+//! same code runs inside the test VM (tests/vm/). Every namespace gets a
+//! unique name `aokd-<pid>-<n>`; nothing is configured outside the
+//! namespaces the tests create.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::process::Proc;
+
+/// Runs `ip ARGS` and returns its output, or an error naming the command.
+pub fn ip(args: &[&str]) -> Result<Output, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "`ip {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace named `aokd-<pid>-<n>` and brings its `lo` up.
+    pub fn new() -> Result<Netns, String> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "aokd-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        // A leftover of a crashed run with the same pid would make `add` fail.
+        let _ = ip(&["netns", "del", &name]);
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip netns exec NAME PROGRAM`: a command to run inside the namespace
+    /// (`ip` execs the program, so the child's pid is the program's).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `program args` in the namespace to completion.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<Output, String> {
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run {program} in {}: {e}", self.name))?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(format!(
+                "`{program} {}` in {} failed ({}): {}",
+                args.join(" "),
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// The pids of the processes inside the namespace.
+    pub fn pids(&self) -> Vec<i32> {
+        ip(&["netns", "pids", &self.name])
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Everything in the namespace was started by the test; a process a
+        // failed test left behind must not outlive it.
+        for pid in self.pids() {
+            // SAFETY: kill(2) with a pid `ip netns pids` listed for our own
+            // namespace.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("netns cleanup: {e}");
+        }
+    }
+}
+
+/// A veth link: `if_a` in namespace A with `addr_a`, `if_b` in B with `addr_b`.
+#[derive(Debug, Clone)]
+pub struct Veth {
+    pub if_a: String,
+    pub if_b: String,
+    pub addr_a: String,
+    pub addr_b: String,
+}
+
+/// Joins `a` and `b` with a veth pair (`veth0` in each; the link is created
+/// directly inside the namespaces, never in the caller's), gives the ends
+/// `addr_a` and `addr_b` (`IP/PREFIX`, e.g. `10.201.0.1/24`), brings them
+/// up and waits (bounded) until both report carrier.
+pub fn veth_pair(a: &Netns, b: &Netns, addr_a: &str, addr_b: &str) -> Result<Veth, String> {
+    let (ia, ib) = ("veth0", "veth0");
+    ip(&[
+        "-n",
+        a.name(),
+        "link",
+        "add",
+        ia,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        ib,
+        "netns",
+        b.name(),
+    ])?;
+    for (ns, ifname, addr) in [(a, ia, addr_a), (b, ib, addr_b)] {
+        ip(&["-n", ns.name(), "addr", "add", addr, "dev", ifname])?;
+        ip(&["-n", ns.name(), "link", "set", ifname, "up"])?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (ns, ifname) in [(a, ia), (b, ib)] {
+        loop {
+            let out = ip(&["-n", ns.name(), "link", "show", ifname])?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains("LOWER_UP") {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{ifname} in {} never came up: {text}", ns.name()));
+            }
+            // Carrier has no event we can wait on without netlink.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let strip = |s: &str| s.split('/').next().unwrap_or(s).to_string();
+    Ok(Veth {
+        if_a: ia.into(),
+        if_b: ib.into(),
+        addr_a: strip(addr_a),
+        addr_b: strip(addr_b),
+    })
+}
+
+/// The `TcpExt` counters of `/proc/net/netstat` inside `ns`.
+pub fn netstat(ns: &Netns) -> Result<BTreeMap<String, u64>, String> {
+    let out = ns.run("cat", &["/proc/net/netstat"])?;
+    parse_netstat(&String::from_utf8_lossy(&out.stdout), "TcpExt")
+}
+
+/// Parses the `section` (e.g. `TcpExt`) of a `/proc/net/netstat` text: a
+/// line of names followed by a line of values, both prefixed `section:`.
+pub fn parse_netstat(text: &str, section: &str) -> Result<BTreeMap<String, u64>, String> {
+    let prefix = format!("{section}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let names = lines
+        .next()
+        .ok_or(format!("no {section} in /proc/net/netstat"))?;
+    let values = lines
+        .next()
+        .ok_or(format!("no {section} values in /proc/net/netstat"))?;
+    let names: Vec<&str> = names.split_whitespace().skip(1).collect();
+    let values: Vec<&str> = values.split_whitespace().skip(1).collect();
+    if names.len() != values.len() {
+        return Err(format!(
+            "{section}: {} names but {} values",
+            names.len(),
+            values.len()
+        ));
+    }
+    names
+        .iter()
+        .zip(values)
+        .map(|(n, v)| {
+            v.parse::<u64>()
+                .map(|v| (n.to_string(), v))
+                .map_err(|e| format!("{section} {n} = {v:?}: {e}"))
+        })
+        .collect()
+}
+
+/// A running `tcpdump -w` inside a namespace.
+pub struct Capture {
+    proc: Proc,
+    file: PathBuf,
+    stopped: Option<String>,
+}
+
+impl Capture {
+    /// Starts `tcpdump -i IFACE -w FILE -U -s 0 -n` in `ns` and returns once
+    /// tcpdump has reported "listening on" (so nothing sent afterwards is
+    /// missed).
+    pub fn start(ns: &Netns, iface: &str, file: &Path) -> Result<Capture, String> {
+        let mut cmd = ns.command("tcpdump");
+        // -Z root: keep writing the file in the test's 0700 directory
+        // (Debian's tcpdump otherwise drops to the user tcpdump).
+        cmd.args(["-i", iface, "-U", "-s", "0", "-n", "-Z", "root", "-w"])
+            .arg(file);
+        let mut proc = Proc::spawn(&format!("tcpdump in {}", ns.name()), cmd);
+        if proc
+            .wait_stderr_line(Duration::from_secs(20), |l| l.contains("listening on"))
+            .is_none()
+        {
+            proc.kill();
+            return Err(format!(
+                "tcpdump did not start listening\n{}",
+                proc.report()
+            ));
+        }
+        Ok(Capture {
+            proc,
+            file: file.to_path_buf(),
+            stopped: None,
+        })
+    }
+
+    /// The capture file.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Stops tcpdump with SIGINT (it flushes and writes its statistics) and
+    /// waits for it; returns its stderr (e.g. "N packets captured").
+    pub fn stop(&mut self) -> Result<String, String> {
+        if let Some(s) = &self.stopped {
+            return Ok(s.clone());
+        }
+        self.proc.signal(libc::SIGINT);
+        match self.proc.wait_exit(Duration::from_secs(20)) {
+            Some(st) if st.success() => {
+                let text = self.proc.stderr();
+                self.stopped = Some(text.clone());
+                Ok(text)
+            }
+            Some(st) => Err(format!("tcpdump exited with {st}\n{}", self.proc.report())),
+            None => {
+                self.proc.kill();
+                Err(format!("tcpdump ignored SIGINT\n{}", self.proc.report()))
+            }
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if self.stopped.is_none() {
+            let _ = self.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tcpext() {
+        let text = "TcpExt: SyncookiesSent TCPMD5NotFound TCPMD5Failure\n\
+                    TcpExt: 0 3 1\n\
+                    IpExt: InNoRoutes\n\
+                    IpExt: 0\n";
+        let m = parse_netstat(text, "TcpExt").expect("parse");
+        assert_eq!(m["TCPMD5NotFound"], 3);
+        assert_eq!(m["TCPMD5Failure"], 1);
+        assert_eq!(parse_netstat(text, "IpExt").expect("ip")["InNoRoutes"], 0);
+        assert!(parse_netstat("TcpExt: A B\nTcpExt: 1\n", "TcpExt").is_err());
+    }
+}

@@ -1,0 +1,210 @@
+//! Child processes the tests start and wait on by events: [`Proc`] reads a
+//! child's stdout line by line on a thread, so a test can wait (with a
+//! deadline) for a line such as a server's "listening" report instead of
+//! sleeping, collects its stderr for diagnostics, and kills the child (by
+//! its pid, with SIGKILL) when dropped on any path.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A running child with its stdout as a stream of lines.
+pub struct Proc {
+    /// What it is (for messages).
+    pub name: String,
+    child: Child,
+    lines: Receiver<String>,
+    err_lines: Receiver<String>,
+    /// Every stdout line received so far (also those consumed by waits).
+    stdout: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdin closed and stdout/stderr piped.
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: cannot start {cmd:?}: {e}"));
+        let (tx, lines) = mpsc::channel();
+        let (err_tx, err_lines) = mpsc::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        let err = child.stderr.take().expect("piped stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        let readers = vec![
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }),
+            std::thread::spawn(move || {
+                let mut err = BufReader::new(err);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match err.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let text = String::from_utf8_lossy(&line).into_owned();
+                            sink.lock().expect("stderr lock").push_str(&text);
+                            let _ = err_tx.send(text.trim_end().to_string());
+                        }
+                    }
+                }
+            }),
+        ];
+        Proc {
+            name: name.into(),
+            child,
+            lines,
+            err_lines,
+            stdout: Vec::new(),
+            stderr,
+            readers,
+            status: None,
+        }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for a stdout line for which `pred` holds and
+    /// returns it; `None` when the time runs out or stdout closes first.
+    pub fn wait_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stdout.push(line.clone());
+                    if pred(&line) {
+                        return Some(line);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    return None
+                }
+            }
+        }
+    }
+
+    /// Like [`Proc::wait_line`], for stderr lines (all of stderr is also kept
+    /// for [`Proc::stderr`]).
+    pub fn wait_stderr_line(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.err_lines.recv_timeout(left) {
+                Ok(line) if pred(&line) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the child to exit; `None` if it still runs.
+    /// Once it has exited, the rest of its stdout is collected.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            let deadline = Instant::now() + timeout;
+            loop {
+                match self.child.try_wait() {
+                    Ok(Some(st)) => {
+                        self.status = Some(st);
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => {
+                        // Child exit is not an event we can block on with a
+                        // deadline in std; poll it at a short interval.
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Ok(None) => return None,
+                    Err(e) => panic!("{}: wait: {e}", self.name),
+                }
+            }
+            // The pipes close when the child (and anything it left holding
+            // them) is gone; give the readers a bounded time to finish.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.lines.recv_timeout(left) {
+                    Ok(line) => self.stdout.push(line),
+                    Err(_) => break,
+                }
+            }
+            while Instant::now() < deadline && !self.readers.iter().all(|h| h.is_finished()) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            for h in self.readers.drain(..) {
+                if h.is_finished() {
+                    let _ = h.join();
+                }
+            }
+        }
+        self.status
+    }
+
+    /// Every stdout line seen so far (call [`Proc::wait_exit`] first for all).
+    pub fn stdout_lines(&self) -> &[String] {
+        &self.stdout
+    }
+
+    /// Stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    /// Sends `signal` to the child (if it still runs).
+    pub fn signal(&mut self, signal: i32) {
+        if self.status.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: kill(2) on the pid of our own unreaped child: the pid
+            // cannot have been reused while we have not waited for it.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
+    /// Kills the child (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.wait_exit(Duration::from_secs(10));
+        }
+    }
+
+    /// A description of the child's output, for failure messages.
+    pub fn report(&self) -> String {
+        format!(
+            "--- {} (status {:?})\nstdout:\n{}\nstderr:\n{}",
+            self.name,
+            self.status,
+            self.stdout.join("\n"),
+            self.stderr()
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,671 @@
+//! End to end on the host kernel with TCP-MD5 (issue: attach API and preload
+//! library): two network namespaces joined by a veth pair, an aokd in each,
+//! and TCP programs exchanging data under the negotiated key, checked from a
+//! capture on the veth with `aoctl verify`.
+//!
+//! - `md5_keys_protect_a_connection_between_two_namespaces`: an
+//!   attach-aware program (`tcp-peer`) and an unmodified one (`plain-tcp`
+//!   under `LD_PRELOAD=libaokd_preload.so`) each exchange data; every
+//!   captured segment is signed and verifies with the daemon's MKT.
+//! - `guard_when_the_peer_is_down`: no aokd on B; A's preloaded client never
+//!   gets through, never puts an unsigned segment on the wire, and gives up
+//!   within the acquire wait plus its connect timeout.
+//! - `covered_server_refuses_unsigned_peer`: different PSKs, so negotiation
+//!   fails; B's preloaded server (guarded) accepts neither A's unsigned
+//!   client (B's TCPMD5NotFound rises) nor A's guarded one.
+//! - `wrong_key_fails`: a client with a wrong TCP-MD5 key against an
+//!   attached server: no connection, B's TCPMD5Failure rises.
+//!
+//! Needs root, `ip` and `tcpdump` (and `libaokd_preload.so` built by
+//! `cargo build --workspace` for the tests that use it): when something is
+//! missing the test fails if `CI` is set, and is otherwise skipped with the
+//! reason printed. Addresses are 10.201.0.1 (A) and 10.201.0.2 (B), which
+//! exist only inside the namespaces the tests create.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use aokd_tests::netns::{netstat, veth_pair, Capture, Netns};
+use aokd_tests::process::Proc;
+use aokd_tests::{established_sas, mkts, temp_dir, Daemon, Side};
+use serde_json::Value;
+
+const PSK: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
+const OTHER_PSK: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210\n";
+/// Negotiation and daemon start-up.
+const WAIT: Duration = Duration::from_secs(30);
+/// A server reporting that it listens.
+const LISTEN_WAIT: Duration = Duration::from_secs(15);
+const ADDR_A: &str = "10.201.0.1";
+const ADDR_B: &str = "10.201.0.2";
+const BGP: &str = "10.201.0.2:179";
+/// `AOKD_WAIT_MS` for connects that cannot get keys.
+const WAIT_MS: u64 = 1500;
+/// The `--timeout` (seconds) of clients expected to fail.
+const FAIL_TIMEOUT_S: u64 = 3;
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn on_path(cmd: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .any(|d| d.join(cmd).is_file())
+}
+
+/// target/<profile>/ (where cargo puts aokd, aoctl and the preload library).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf()
+}
+
+fn preload_lib() -> PathBuf {
+    target_dir().join("libaokd_preload.so")
+}
+
+/// Whether the test can run; a missing prerequisite fails under CI and
+/// skips (with the reason) otherwise.
+fn prerequisites(test: &str, need_preload: bool) -> bool {
+    let mut missing = Vec::new();
+    if !is_root() {
+        missing.push("root (network namespaces, TCP-MD5 counters, tcpdump)".to_string());
+    }
+    for cmd in ["ip", "tcpdump"] {
+        if !on_path(cmd) {
+            missing.push(format!("`{cmd}` (apt-get install -y iproute2 tcpdump)"));
+        }
+    }
+    for bin in ["aokd", "aoctl"] {
+        if !target_dir().join(bin).exists() {
+            missing.push(format!("{bin} binary (cargo build --workspace)"));
+        }
+    }
+    if need_preload && !preload_lib().exists() {
+        missing.push(format!(
+            "{} (cargo build --workspace)",
+            preload_lib().display()
+        ));
+    }
+    if missing.is_empty() {
+        if let Err(e) = Netns::new() {
+            missing.push(format!("network namespaces: {e}"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("{test}: missing {}", missing.join(", "));
+    if in_ci() {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED {msg}");
+    false
+}
+
+/// Two namespaces joined by a veth pair, with a side (config directory)
+/// for each. Drop order: fields drop in declaration order, and tests
+/// declare their processes after this, so those go first.
+struct Topo {
+    a: Netns,
+    b: Netns,
+    side_a: Side,
+    side_b: Side,
+    root: PathBuf,
+}
+
+impl Topo {
+    fn new(tag: &str) -> Topo {
+        let a = Netns::new().expect("namespace A");
+        let b = Netns::new().expect("namespace B");
+        veth_pair(&a, &b, &format!("{ADDR_A}/24"), &format!("{ADDR_B}/24")).expect("veth");
+        let root = temp_dir(tag);
+        let side_a = Side::with_port(&root, "a", ADDR_A, 500);
+        let side_b = Side::with_port(&root, "b", ADDR_B, 500);
+        Topo {
+            a,
+            b,
+            side_a,
+            side_b,
+            root,
+        }
+    }
+
+    /// Writes both configurations: TCP-MD5 for port 179, attach sockets in
+    /// the sides' directories, A initiates, B waits.
+    fn configure(&self, psk_a: &str, psk_b: &str) {
+        for (me, other, psk, extra) in [
+            (&self.side_a, &self.side_b, psk_a, ""),
+            (&self.side_b, &self.side_a, psk_b, "initiate = false\n"),
+        ] {
+            let daemon = format!(
+                "attach_socket = \"{}\"\nacquire_timeout = \"5s\"\n",
+                me.attach_socket().display()
+            );
+            let peer = format!("backend = \"tcp-md5\"\ntcp_ports = [179]\n{extra}");
+            me.write_config_with(other, psk, &daemon, &peer);
+        }
+    }
+
+    fn start_a(&self) -> Daemon {
+        start_daemon(&self.side_a, &self.a)
+    }
+
+    fn start_b(&self) -> Daemon {
+        start_daemon(&self.side_b, &self.b)
+    }
+
+    fn capture(&self) -> Capture {
+        Capture::start(&self.a, "veth0", &self.root.join("veth.pcap")).expect("tcpdump")
+    }
+}
+
+/// Starts aokd in `ns` and waits until it answers on its control socket and
+/// its attach socket exists.
+fn start_daemon(side: &Side, ns: &Netns) -> Daemon {
+    let d = Daemon::start_in(side, ns);
+    d.wait_for(&["status"], WAIT, |_| true);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !side.attach_socket().exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: no attach socket {} after {WAIT:?}\nlog:\n{}",
+            side.name,
+            side.attach_socket().display(),
+            d.log()
+        );
+        // A path appearing is not an event we can wait on portably.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d
+}
+
+fn wait_for_mkt(d: &Daemon) {
+    d.wait_for(&["sas"], WAIT, |v| established_sas(v).len() == 1);
+    d.wait_for(&["mkts"], WAIT, |v| mkts(v).len() == 1);
+}
+
+fn tcp_peer(ns: &Netns) -> Command {
+    ns.command(env!("CARGO_BIN_EXE_tcp-peer"))
+}
+
+fn plain(ns: &Netns) -> Command {
+    ns.command(env!("CARGO_BIN_EXE_plain-tcp"))
+}
+
+/// `plain-tcp` in `ns` under the preload library, attaching to `attach`.
+fn preloaded_plain(ns: &Netns, attach: &Path, extra_env: &[(&str, String)]) -> Command {
+    let mut cmd = ns.command("env");
+    cmd.arg(format!("LD_PRELOAD={}", preload_lib().display()))
+        .arg(format!("AOKD_ATTACH_SOCKET={}", attach.display()))
+        .arg("AOKD_PORTS=179")
+        .arg("AOKD_PRELOAD_DEBUG=1");
+    for (k, v) in extra_env {
+        cmd.arg(format!("{k}={v}"));
+    }
+    cmd.arg(env!("CARGO_BIN_EXE_plain-tcp"));
+    cmd
+}
+
+/// Starts a server and waits for its "listening" line (parsed).
+fn start_server(name: &str, cmd: Command) -> (Proc, Value) {
+    let mut p = Proc::spawn(name, cmd);
+    let Some(line) = p.wait_line(LISTEN_WAIT, |l| l.contains("\"event\"")) else {
+        p.kill();
+        panic!("{name} did not report\n{}", p.report());
+    };
+    let v: Value = serde_json::from_str(&line).expect("server line is JSON");
+    if v["event"] != "listening" {
+        p.kill();
+        panic!("{name} is not listening: {v}\n{}", p.report());
+    }
+    (p, v)
+}
+
+/// Runs a client to completion (bounded by `limit`) and returns whether it
+/// exited 0 and its JSON report.
+fn run_client(name: &str, cmd: Command, limit: Duration) -> (bool, Value, Proc) {
+    let mut p = Proc::spawn(name, cmd);
+    let Some(status) = p.wait_exit(limit) else {
+        p.kill();
+        panic!("{name} still running after {limit:?}\n{}", p.report());
+    };
+    let v = p
+        .stdout_lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("{name}: no JSON report\n{}", p.report()));
+    (status.success(), v, p)
+}
+
+fn counter(m: &BTreeMap<String, u64>, name: &str) -> u64 {
+    *m.get(name)
+        .unwrap_or_else(|| panic!("no {name} in TcpExt: {m:?}"))
+}
+
+/// `aoctl [--socket S] verify --pcap FILE [--from-daemon] --json`: exit
+/// status and the JSON document.
+fn verify(pcap: &Path, from_daemon: Option<&Path>) -> (Option<i32>, Value) {
+    let mut cmd = Command::new(target_dir().join("aoctl"));
+    if let Some(sock) = from_daemon {
+        cmd.arg("--socket").arg(sock);
+    }
+    cmd.arg("verify").arg("--pcap").arg(pcap).arg("--json");
+    if from_daemon.is_some() {
+        cmd.arg("--from-daemon");
+    }
+    let out = cmd.output().expect("run aoctl verify");
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "aoctl verify printed no JSON ({e}), status {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), v)
+}
+
+fn connections(v: &Value) -> Vec<Value> {
+    v["connections"].as_array().cloned().unwrap_or_default()
+}
+
+/// The capture's table, for failure messages.
+fn capture_text(pcap: &Path) -> String {
+    Command::new("tcpdump")
+        .args(["-nn", "-v", "-r"])
+        .arg(pcap)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn md5_keys_protect_a_connection_between_two_namespaces() {
+    if !prerequisites("md5_keys_protect_a_connection_between_two_namespaces", true) {
+        return;
+    }
+    let t = Topo::new("nsmd5");
+    t.configure(PSK, PSK);
+    let mut cap = t.capture();
+    let da = t.start_a();
+    let db = t.start_b();
+    wait_for_mkt(&da);
+    wait_for_mkt(&db);
+
+    // 1. The attach API, used by a program written for it.
+    let mut cmd = tcp_peer(&t.b);
+    cmd.args(["server", "--listen", BGP, "--count", "1", "--attach"])
+        .arg(t.side_b.attach_socket());
+    let (mut server, listening) = start_server("tcp-peer server", cmd);
+    assert_eq!(listening["attach"]["status"], "ok", "{listening}");
+    assert_eq!(listening["attach"]["installed"], "keys", "{listening}");
+    assert_eq!(listening["attach"]["mechanism"], "tcp-md5", "{listening}");
+    let mut cmd = tcp_peer(&t.a);
+    cmd.args(["client", "--connect", BGP, "--attach"])
+        .arg(t.side_a.attach_socket());
+    let (ok, report, client) = run_client("tcp-peer client", cmd, Duration::from_secs(30));
+    assert!(
+        ok && report["ok"] == true,
+        "{report}\n{}\n{}\nA:\n{}",
+        client.report(),
+        server.report(),
+        da.log()
+    );
+    assert_eq!(report["bytes"], 4096);
+    assert_eq!(report["attach"]["installed"], "keys", "{report}");
+    let st = server.wait_exit(Duration::from_secs(15));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "tcp-peer server: {}",
+        server.report()
+    );
+    let accepted: Value =
+        serde_json::from_str(server.stdout_lines().last().expect("line")).expect("server JSON");
+    assert_eq!(accepted["ok"], true, "{accepted}");
+    assert_eq!(accepted["attach"]["status"], "ok", "{accepted}");
+
+    // 2. A program that knows nothing about aokd, under the preload library.
+    let (mut server, _) = start_server("plain-tcp server (preload)", {
+        let mut c = preloaded_plain(&t.b, &t.side_b.attach_socket(), &[]);
+        c.args(["server", "--listen", BGP, "--count", "1"]);
+        c
+    });
+    let mut cmd = preloaded_plain(&t.a, &t.side_a.attach_socket(), &[]);
+    cmd.args(["client", "--connect", BGP]);
+    let (ok, report, client) =
+        run_client("plain-tcp client (preload)", cmd, Duration::from_secs(30));
+    assert!(
+        ok && report["ok"] == true,
+        "{report}\n{}\n{}",
+        client.report(),
+        server.report()
+    );
+    let st = server.wait_exit(Duration::from_secs(15));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "plain-tcp server: {}",
+        server.report()
+    );
+
+    let summary = cap.stop().expect("stop tcpdump");
+    let (code, v) = verify(cap.file(), Some(&t.side_a.socket()));
+    let conns = connections(&v);
+    let detail = || {
+        format!(
+            "verify: {v:#}\ntcpdump: {summary}\n{}",
+            capture_text(cap.file())
+        )
+    };
+    assert_eq!(code, Some(0), "{}", detail());
+    assert_eq!(v["result"], "pass", "{}", detail());
+    assert_eq!(conns.len(), 2, "{}", detail());
+    for c in &conns {
+        assert_eq!(c["signing"], "tcp-md5", "{c}\n{}", detail());
+        assert_eq!(c["dport"], 179, "{c}");
+        assert_eq!(c["src"], ADDR_A, "{c}");
+        let segments = c["segments"].as_u64().expect("segments");
+        assert!(segments > 0, "{c}");
+        assert_eq!(c["verified"].as_u64(), Some(segments), "{c}\n{}", detail());
+        assert_eq!(c["unsigned"], 0, "{c}");
+    }
+    println!(
+        "verified: {}",
+        conns
+            .iter()
+            .map(|c| format!(
+                "{}:{} -> {}:{} {}/{}",
+                c["src"], c["sport"], c["dst"], c["dport"], c["verified"], c["segments"]
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
+#[test]
+fn guard_when_the_peer_is_down() {
+    if !prerequisites("guard_when_the_peer_is_down", true) {
+        return;
+    }
+    let t = Topo::new("nsguard");
+    t.configure(PSK, PSK);
+    let mut cap = t.capture();
+    // Only A's aokd: B has neither aokd nor a key.
+    let da = t.start_a();
+    let (mut server, _) = start_server("plain-tcp server (B, no aokd)", {
+        let mut c = plain(&t.b);
+        c.args(["server", "--listen", BGP]);
+        c
+    });
+    let before = netstat(&t.b).expect("netstat B");
+
+    let mut cmd = preloaded_plain(
+        &t.a,
+        &t.side_a.attach_socket(),
+        &[("AOKD_WAIT_MS", WAIT_MS.to_string())],
+    );
+    cmd.args([
+        "client",
+        "--connect",
+        BGP,
+        "--timeout",
+        &FAIL_TIMEOUT_S.to_string(),
+    ]);
+    // No hang: the acquire wait plus the connect timeout, plus slack for
+    // process start-up.
+    let limit = Duration::from_millis(WAIT_MS + FAIL_TIMEOUT_S * 1000 + 5000);
+    let (ok, report, client) = run_client("plain-tcp client (preload)", cmd, limit);
+    assert!(
+        !ok && report["ok"] == false,
+        "connected without a peer: {report}\n{}",
+        client.report()
+    );
+    let elapsed = report["elapsed_ms"].as_u64().expect("elapsed_ms");
+    assert!(
+        elapsed <= WAIT_MS + FAIL_TIMEOUT_S * 1000 + 1000,
+        "client took {elapsed} ms: {report}"
+    );
+
+    server.kill();
+    assert!(
+        !server
+            .stdout_lines()
+            .iter()
+            .any(|l| l.contains("\"accepted\"")),
+        "B accepted a connection:\n{}",
+        server.report()
+    );
+    let after = netstat(&t.b).expect("netstat B");
+    let summary = cap.stop().expect("stop tcpdump");
+    let (_, v) = verify(cap.file(), None);
+    let conns = connections(&v);
+    let detail = || {
+        format!(
+            "verify: {v:#}\ntcpdump: {summary}\n{}\nclient:\n{}\nA:\n{}",
+            capture_text(cap.file()),
+            client.report(),
+            da.log()
+        )
+    };
+    assert!(
+        !conns.is_empty(),
+        "no SYN on the wire (the guard should let signed SYNs out): {}",
+        detail()
+    );
+    for c in &conns {
+        assert_eq!(c["src"], ADDR_A, "{c}\n{}", detail());
+        assert_eq!(c["signing"], "tcp-md5", "{c}\n{}", detail());
+        assert_eq!(c["unsigned"], 0, "{c}\n{}", detail());
+        assert!(c["segments"].as_u64().unwrap_or(0) > 0, "{c}");
+    }
+    // B's kernel saw the signed SYNs and, having no key, dropped them.
+    assert!(
+        counter(&after, "TCPMD5Unexpected") > counter(&before, "TCPMD5Unexpected"),
+        "TCPMD5Unexpected before {} after {}",
+        counter(&before, "TCPMD5Unexpected"),
+        counter(&after, "TCPMD5Unexpected")
+    );
+    println!(
+        "guard: {} connection(s) from A, all segments TCP-MD5; client gave up after {elapsed} ms",
+        conns.len()
+    );
+}
+
+#[test]
+fn covered_server_refuses_unsigned_peer() {
+    if !prerequisites("covered_server_refuses_unsigned_peer", true) {
+        return;
+    }
+    let t = Topo::new("nsrefuse");
+    t.configure(PSK, OTHER_PSK);
+    let mut cap = t.capture();
+    let da = t.start_a();
+    let db = t.start_b();
+    for d in [&da, &db] {
+        d.wait_for(&["status"], WAIT, |v| {
+            v["peers"][0]["last_error"] == "AUTHENTICATION_FAILED"
+        });
+        assert!(mkts(&d.aoctl(&["mkts"]).expect("mkts")).is_empty());
+    }
+
+    let (mut server, _) = start_server("plain-tcp server (B, preload)", {
+        let mut c = preloaded_plain(&t.b, &t.side_b.attach_socket(), &[]);
+        c.args(["server", "--listen", BGP]);
+        c
+    });
+
+    // An unsigned client (no preload).
+    let before = netstat(&t.b).expect("netstat B");
+    let mut cmd = plain(&t.a);
+    cmd.args([
+        "client",
+        "--connect",
+        BGP,
+        "--timeout",
+        &FAIL_TIMEOUT_S.to_string(),
+    ]);
+    let limit = Duration::from_secs(FAIL_TIMEOUT_S + 10);
+    let (ok, report, client) = run_client("plain-tcp client (unsigned)", cmd, limit);
+    assert!(
+        !ok && report["ok"] == false,
+        "unsigned client got through: {report}\n{}\n{}",
+        client.report(),
+        server.report()
+    );
+    let mid = netstat(&t.b).expect("netstat B");
+    assert!(
+        counter(&mid, "TCPMD5NotFound") > counter(&before, "TCPMD5NotFound"),
+        "TCPMD5NotFound before {} after {}\nB:\n{}",
+        counter(&before, "TCPMD5NotFound"),
+        counter(&mid, "TCPMD5NotFound"),
+        db.log()
+    );
+
+    // A guarded client (preload; no MKT either): also refused.
+    let mut cmd = preloaded_plain(
+        &t.a,
+        &t.side_a.attach_socket(),
+        &[("AOKD_WAIT_MS", WAIT_MS.to_string())],
+    );
+    cmd.args([
+        "client",
+        "--connect",
+        BGP,
+        "--timeout",
+        &FAIL_TIMEOUT_S.to_string(),
+    ]);
+    let limit = Duration::from_millis(WAIT_MS + FAIL_TIMEOUT_S * 1000 + 5000);
+    let (ok, report, guarded) = run_client("plain-tcp client (preload)", cmd, limit);
+    assert!(
+        !ok && report["ok"] == false,
+        "guarded client got through: {report}\n{}",
+        guarded.report()
+    );
+    let after = netstat(&t.b).expect("netstat B");
+
+    server.kill();
+    assert!(
+        !server
+            .stdout_lines()
+            .iter()
+            .any(|l| l.contains("\"accepted\"")),
+        "B accepted a connection:\n{}",
+        server.report()
+    );
+    let summary = cap.stop().expect("stop tcpdump");
+    let (_, v) = verify(cap.file(), None);
+    let conns = connections(&v);
+    let detail = || {
+        format!(
+            "verify: {v:#}\ntcpdump: {summary}\n{}",
+            capture_text(cap.file())
+        )
+    };
+    // Nothing ever came back from B: every segment was sent by A.
+    assert!(!conns.is_empty(), "{}", detail());
+    for c in &conns {
+        assert_eq!(c["src"], ADDR_A, "{c}\n{}", detail());
+        let sport = c["sport"].as_u64().unwrap_or(0);
+        let unsigned = c["unsigned"].as_u64().unwrap_or(0);
+        // The unsigned client's connection is all unsigned; the preloaded
+        // client's all signed.
+        assert!(
+            (c["signing"] == "none" && unsigned > 0)
+                || (c["signing"] == "tcp-md5" && unsigned == 0),
+            "{c} (sport {sport})\n{}",
+            detail()
+        );
+    }
+    assert!(
+        conns.iter().any(|c| c["signing"] == "tcp-md5"),
+        "the preloaded client sent no signed SYN: {}",
+        detail()
+    );
+    println!(
+        "refused: TCPMD5NotFound {} -> {}, TCPMD5Failure {} -> {}",
+        counter(&before, "TCPMD5NotFound"),
+        counter(&after, "TCPMD5NotFound"),
+        counter(&mid, "TCPMD5Failure"),
+        counter(&after, "TCPMD5Failure")
+    );
+}
+
+#[test]
+fn wrong_key_fails() {
+    if !prerequisites("wrong_key_fails", false) {
+        return;
+    }
+    let t = Topo::new("nswrong");
+    t.configure(PSK, PSK);
+    let da = t.start_a();
+    let db = t.start_b();
+    wait_for_mkt(&da);
+    wait_for_mkt(&db);
+
+    let mut cmd = tcp_peer(&t.b);
+    cmd.args(["server", "--listen", BGP, "--attach"])
+        .arg(t.side_b.attach_socket());
+    let (mut server, listening) = start_server("tcp-peer server", cmd);
+    assert_eq!(listening["attach"]["installed"], "keys", "{listening}");
+
+    let before = netstat(&t.b).expect("netstat B");
+    let wrong = "5a".repeat(32);
+    let mut cmd = tcp_peer(&t.a);
+    cmd.args([
+        "client",
+        "--connect",
+        BGP,
+        "--md5",
+        &wrong,
+        "--timeout",
+        &FAIL_TIMEOUT_S.to_string(),
+    ]);
+    let limit = Duration::from_secs(FAIL_TIMEOUT_S + 10);
+    let (ok, report, client) = run_client("tcp-peer client (wrong key)", cmd, limit);
+    assert!(
+        !ok && report["ok"] == false,
+        "a wrong key got through: {report}\n{}",
+        client.report()
+    );
+    let after = netstat(&t.b).expect("netstat B");
+    assert!(
+        counter(&after, "TCPMD5Failure") > counter(&before, "TCPMD5Failure"),
+        "TCPMD5Failure before {} after {}",
+        counter(&before, "TCPMD5Failure"),
+        counter(&after, "TCPMD5Failure")
+    );
+
+    // The same server with the right key (A's attach): works.
+    let mut cmd = tcp_peer(&t.a);
+    cmd.args(["client", "--connect", BGP, "--attach"])
+        .arg(t.side_a.attach_socket());
+    let (ok, report, client) = run_client("tcp-peer client", cmd, Duration::from_secs(30));
+    assert!(
+        ok && report["ok"] == true,
+        "{report}\n{}\n{}",
+        client.report(),
+        server.report()
+    );
+    server.kill();
+    let accepted = server
+        .stdout_lines()
+        .iter()
+        .filter(|l| l.contains("\"accepted\""))
+        .count();
+    assert_eq!(accepted, 1, "{}", server.report());
+    println!(
+        "wrong key: TCPMD5Failure {} -> {}",
+        counter(&before, "TCPMD5Failure"),
+        counter(&after, "TCPMD5Failure")
+    );
+}
