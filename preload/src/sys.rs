@@ -1,0 +1,261 @@
+//! The library's one unsafe boundary with libc: the real `connect`,
+//! `listen`, `accept` and `accept4` (found once with
+//! `dlsym(RTLD_NEXT, ...)`), `errno`, and the few socket queries the
+//! interposers make (`getsockopt`, `getsockname`, `close`, `write` to
+//! stderr).
+//!
+//! Everything here is async-signal-safe apart from `dlsym`, which
+//! [`resolve_all`] calls once from the library's constructor, before the
+//! program's `main` and before it can fork; afterwards the addresses are
+//! plain atomic loads. Nothing here allocates or locks.
+
+use std::ffi::CStr;
+use std::mem::{size_of, MaybeUninit};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use libc::{c_int, c_void, sockaddr, socklen_t};
+
+/// `TCP_CLOSE` from the kernel's `enum tcp_state` (include/net/tcp_states.h):
+/// a socket that has neither connected nor listened yet.
+pub const TCP_CLOSE: u8 = 7;
+
+type ConnectFn = unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int;
+type ListenFn = unsafe extern "C" fn(c_int, c_int) -> c_int;
+type AcceptFn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
+type Accept4Fn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t, c_int) -> c_int;
+
+static REAL_CONNECT: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+static REAL_LISTEN: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+static REAL_ACCEPT: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+static REAL_ACCEPT4: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The next definition of `name` after this library (libc's), cached.
+/// Null when there is none.
+fn resolve(cache: &AtomicPtr<c_void>, name: &CStr) -> *mut c_void {
+    let cached = cache.load(Ordering::Acquire);
+    if !cached.is_null() {
+        return cached;
+    }
+    // SAFETY: `name` is NUL-terminated and RTLD_NEXT is a valid pseudo
+    // handle; dlsym only reads them.
+    let found = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    cache.store(found, Ordering::Release);
+    found
+}
+
+/// Finds all four real functions now (called from the constructor).
+pub fn resolve_all() {
+    resolve(&REAL_CONNECT, c"connect");
+    resolve(&REAL_LISTEN, c"listen");
+    resolve(&REAL_ACCEPT, c"accept");
+    resolve(&REAL_ACCEPT4, c"accept4");
+}
+
+/// The real `connect(2)`.
+///
+/// # Safety
+/// The caller's arguments, as for `connect(2)`.
+pub unsafe fn real_connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let f = resolve(&REAL_CONNECT, c"connect");
+    if f.is_null() {
+        set_errno(libc::ENOSYS);
+        return -1;
+    }
+    // SAFETY: `f` is libc's `connect`, whose C type is `ConnectFn`; the
+    // caller vouches for the arguments.
+    unsafe { std::mem::transmute::<*mut c_void, ConnectFn>(f)(fd, addr, len) }
+}
+
+/// The real `listen(2)`.
+///
+/// # Safety
+/// None beyond `listen(2)`'s; `unsafe` for symmetry with the others.
+pub unsafe fn real_listen(fd: c_int, backlog: c_int) -> c_int {
+    let f = resolve(&REAL_LISTEN, c"listen");
+    if f.is_null() {
+        set_errno(libc::ENOSYS);
+        return -1;
+    }
+    // SAFETY: `f` is libc's `listen`, whose C type is `ListenFn`.
+    unsafe { std::mem::transmute::<*mut c_void, ListenFn>(f)(fd, backlog) }
+}
+
+/// The real `accept(2)`.
+///
+/// # Safety
+/// The caller's arguments, as for `accept(2)`.
+pub unsafe fn real_accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let f = resolve(&REAL_ACCEPT, c"accept");
+    if f.is_null() {
+        set_errno(libc::ENOSYS);
+        return -1;
+    }
+    // SAFETY: `f` is libc's `accept`, whose C type is `AcceptFn`; the caller
+    // vouches for the arguments.
+    unsafe { std::mem::transmute::<*mut c_void, AcceptFn>(f)(fd, addr, len) }
+}
+
+/// The real `accept4(2)`.
+///
+/// # Safety
+/// The caller's arguments, as for `accept4(2)`.
+pub unsafe fn real_accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    let f = resolve(&REAL_ACCEPT4, c"accept4");
+    if f.is_null() {
+        set_errno(libc::ENOSYS);
+        return -1;
+    }
+    // SAFETY: `f` is libc's `accept4`, whose C type is `Accept4Fn`; the
+    // caller vouches for the arguments.
+    unsafe { std::mem::transmute::<*mut c_void, Accept4Fn>(f)(fd, addr, len, flags) }
+}
+
+/// The calling thread's `errno`.
+pub fn errno() -> c_int {
+    // SAFETY: __errno_location returns a valid pointer to this thread's
+    // errno.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Sets the calling thread's `errno`.
+pub fn set_errno(value: c_int) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = value }
+}
+
+/// An `int` socket option, or `None` if `fd` is not a socket.
+fn sockopt_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
+    let mut value: c_int = 0;
+    let mut len = size_of::<c_int>() as socklen_t;
+    // SAFETY: value and len are valid for writes of the sizes given; a bad
+    // fd only makes getsockopt fail.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut value as *mut c_int).cast::<c_void>(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(value)
+}
+
+/// Whether `fd` is an open IPv4 or IPv6 TCP socket.
+pub fn is_inet_tcp(fd: c_int) -> bool {
+    let domain = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN);
+    matches!(domain, Some(libc::AF_INET | libc::AF_INET6))
+        && sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+        && sockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(libc::IPPROTO_TCP)
+}
+
+/// Runs `f` with `fd` borrowed, if `fd` is an open IPv4/IPv6 TCP socket.
+///
+/// The socket stays open while `f` runs unless another thread of the
+/// program closes it at the same time, which would equally break the
+/// program's own call on it.
+pub fn with_inet_tcp<R>(fd: c_int, f: impl FnOnce(BorrowedFd<'_>) -> R) -> Option<R> {
+    if !is_inet_tcp(fd) {
+        return None;
+    }
+    // SAFETY: getsockopt just succeeded on `fd`, so it is open (and not
+    // -1); the borrow does not outlive `f`.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    Some(f(borrowed))
+}
+
+/// The TCP state of `fd` (`tcpi_state`, the first byte of `struct
+/// tcp_info`), or `None` if it cannot be read.
+pub fn tcp_state(fd: c_int) -> Option<u8> {
+    // The kernel copies min(len, sizeof(struct tcp_info)) bytes.
+    let mut info = [0u8; 8];
+    let mut len = info.len() as socklen_t;
+    // SAFETY: info and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast::<c_void>(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len >= 1).then_some(info[0])
+}
+
+/// The local address of `fd` (`getsockname`), if it is IPv4 or IPv6.
+pub fn local_addr(fd: c_int) -> Option<SocketAddr> {
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as socklen_t;
+    // SAFETY: storage is valid for writes of `len` bytes.
+    let rc = unsafe { libc::getsockname(fd, storage.as_mut_ptr().cast::<sockaddr>(), &mut len) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: getsockname wrote `len` (at most sizeof storage) bytes of a
+    // socket address into storage.
+    unsafe { socket_addr(storage.as_ptr().cast::<sockaddr>(), len) }
+}
+
+/// Decodes an IPv4 or IPv6 socket address; `None` for any other family, a
+/// null pointer or a length too short for the family.
+///
+/// # Safety
+/// Unless null, `addr` points to at least `len` readable bytes.
+pub unsafe fn socket_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    if addr.is_null() || len < size_of::<libc::sa_family_t>() {
+        return None;
+    }
+    // SAFETY: addr is non-null and readable for at least the family field;
+    // read_unaligned makes no alignment assumption.
+    let family = unsafe { std::ptr::addr_of!((*addr).sa_family).read_unaligned() };
+    match c_int::from(family) {
+        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: `len` readable bytes cover a whole sockaddr_in.
+            let sin = unsafe { addr.cast::<libc::sockaddr_in>().read_unaligned() };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: `len` readable bytes cover a whole sockaddr_in6.
+            let sin6 = unsafe { addr.cast::<libc::sockaddr_in6>().read_unaligned() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Closes a socket that `accept` just returned and the program will never
+/// see, ignoring errors.
+pub fn close_accepted(fd: c_int) {
+    // SAFETY: `fd` was just returned by accept and is owned by this
+    // library until it is handed to the program, which it now never is.
+    unsafe {
+        libc::close(fd);
+    }
+}
+
+/// Writes `bytes` to stderr (fd 2) with `write(2)`, ignoring errors and
+/// short writes; no locks, no buffering.
+pub fn write_stderr(bytes: &[u8]) {
+    // SAFETY: bytes is valid for reads of its length.
+    unsafe {
+        libc::write(2, bytes.as_ptr().cast::<c_void>(), bytes.len());
+    }
+}
