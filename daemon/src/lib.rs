@@ -3,8 +3,10 @@
 //! event loop that drives the IKE endpoint ([`runtime`]), the embedded demo
 //! ([`demo`]), and key installation into the kernel ([`kernel`]).
 
+pub mod attach;
 pub mod config;
 pub mod control;
 pub mod demo;
 pub mod kernel;
 pub mod runtime;
+pub mod sockets;

@@ -29,6 +29,14 @@
 //! reads or writes at most `optlen` bytes of the buffer; `TCP_AO_GET_KEYS`,
 //! which writes an array, has its own wrapper [`get_ao_keys`] that bounds the
 //! array with `nkeys`.
+//!
+//! The attach API (docs/attach.md) adds the other system calls aokd makes on
+//! sockets it does not own, with the same rule (safe wrappers, `SAFETY`
+//! comments, errors passed through as `io::Error`): [`send_with_fd`] and
+//! [`recv_with_fd`] (`SCM_RIGHTS`), [`pidfd_open`] and [`pidfd_getfd`] (raw
+//! `syscall(2)`: glibc has no wrapper for the latter), [`socket_cookie`]
+//! (`SO_COOKIE`), [`peer_address`]/[`local_address`] and [`tcp_state`]
+//! (`TCP_INFO`).
 
 use std::io;
 use std::mem::{offset_of, size_of};
@@ -740,6 +748,11 @@ unsafe impl KernelStruct for TcpAoGetsockopt {}
 unsafe impl KernelStruct for TcpMd5Sig {}
 // SAFETY: a primitive integer: no padding, every bit pattern valid.
 unsafe impl KernelStruct for c_int {}
+// SAFETY: a primitive integer (SO_COOKIE): no padding, every bit pattern valid.
+unsafe impl KernelStruct for u64 {}
+// SAFETY: eight `u8` fields, `#[repr(C)]`, size asserted: no padding, every
+// bit pattern valid; TCP_INFO writes min(optlen, sizeof(tcp_info)) bytes.
+unsafe impl KernelStruct for TcpInfoHead {}
 
 /// Whether `(level, name)` is an option the raw wrappers may pass: one for
 /// which the kernel reads or writes at most `optlen` bytes at `optval` and
@@ -749,11 +762,20 @@ pub fn is_plain_option(level: c_int, name: c_int) -> bool {
     match level {
         SOL_TCP => matches!(
             name,
-            TCP_MD5SIG | TCP_MD5SIG_EXT | TCP_AO_ADD_KEY | TCP_AO_DEL_KEY | TCP_AO_INFO
+            TCP_MD5SIG
+                | TCP_MD5SIG_EXT
+                | TCP_AO_ADD_KEY
+                | TCP_AO_DEL_KEY
+                | TCP_AO_INFO
+                | libc::TCP_INFO
         ),
         libc::SOL_SOCKET => matches!(
             name,
-            libc::SO_DOMAIN | libc::SO_TYPE | libc::SO_PROTOCOL | libc::SO_ACCEPTCONN
+            libc::SO_DOMAIN
+                | libc::SO_TYPE
+                | libc::SO_PROTOCOL
+                | libc::SO_ACCEPTCONN
+                | libc::SO_COOKIE
         ),
         _ => false,
     }
@@ -972,6 +994,436 @@ pub fn connect(fd: BorrowedFd<'_>, addr: SocketAddr) -> io::Result<()> {
     }
 }
 
+/// The first eight octets of `struct tcp_info` (uapi `linux/tcp.h`):
+/// `tcpi_state` and the small fields after it. `getsockopt(TCP_INFO)` copies
+/// `min(optlen, sizeof(struct tcp_info))` bytes, so asking for these eight
+/// is safe on every kernel.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpInfoHead {
+    /// `tcpi_state`: a `TCP_*` state of `include/net/tcp_states.h`.
+    pub state: u8,
+    /// `tcpi_ca_state`.
+    pub ca_state: u8,
+    /// `tcpi_retransmits`.
+    pub retransmits: u8,
+    /// `tcpi_probes`.
+    pub probes: u8,
+    /// `tcpi_backoff`.
+    pub backoff: u8,
+    /// `tcpi_options`.
+    pub options: u8,
+    /// `tcpi_snd_wscale:4, tcpi_rcv_wscale:4`.
+    pub wscale: u8,
+    /// `tcpi_delivery_rate_app_limited:1, tcpi_fastopen_client_fail:2`.
+    pub flags: u8,
+}
+
+const _: () = assert!(size_of::<TcpInfoHead>() == 8);
+
+/// A TCP socket's state (`include/net/tcp_states.h`), as `TCP_INFO` reports
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpState {
+    /// `TCP_ESTABLISHED` (1).
+    Established,
+    /// `TCP_SYN_SENT` (2): `connect()` has begun.
+    SynSent,
+    /// `TCP_SYN_RECV` (3).
+    SynRecv,
+    /// `TCP_FIN_WAIT1` (4).
+    FinWait1,
+    /// `TCP_FIN_WAIT2` (5).
+    FinWait2,
+    /// `TCP_TIME_WAIT` (6).
+    TimeWait,
+    /// `TCP_CLOSE` (7): a new socket, or one whose connection is over.
+    Close,
+    /// `TCP_CLOSE_WAIT` (8).
+    CloseWait,
+    /// `TCP_LAST_ACK` (9).
+    LastAck,
+    /// `TCP_LISTEN` (10).
+    Listen,
+    /// `TCP_CLOSING` (11).
+    Closing,
+    /// Any other value.
+    Other(u8),
+}
+
+impl TcpState {
+    /// The state for a `tcpi_state` value.
+    pub fn from_raw(v: u8) -> TcpState {
+        match v {
+            1 => TcpState::Established,
+            2 => TcpState::SynSent,
+            3 => TcpState::SynRecv,
+            4 => TcpState::FinWait1,
+            5 => TcpState::FinWait2,
+            6 => TcpState::TimeWait,
+            7 => TcpState::Close,
+            8 => TcpState::CloseWait,
+            9 => TcpState::LastAck,
+            10 => TcpState::Listen,
+            11 => TcpState::Closing,
+            other => TcpState::Other(other),
+        }
+    }
+
+    /// The kernel's name of the state, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::FinWait1 => "FIN_WAIT1",
+            TcpState::FinWait2 => "FIN_WAIT2",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::Closing => "CLOSING",
+            TcpState::Other(_) => "unknown",
+        }
+    }
+}
+
+/// `getsockopt(SOL_TCP, TCP_INFO)`: the socket's TCP state.
+pub fn tcp_state(fd: BorrowedFd<'_>) -> io::Result<TcpState> {
+    let mut head = TcpInfoHead::default();
+    let len = getsockopt_raw(fd, SOL_TCP, libc::TCP_INFO, &mut head)?;
+    if len == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "TCP_INFO returned no data",
+        ));
+    }
+    Ok(TcpState::from_raw(head.state))
+}
+
+/// `getsockopt(SOL_SOCKET, SO_TYPE)`: `SOCK_STREAM`, `SOCK_DGRAM`, ...
+pub fn socket_type(fd: BorrowedFd<'_>) -> io::Result<c_int> {
+    let mut v: c_int = 0;
+    getsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_TYPE, &mut v)?;
+    Ok(v)
+}
+
+/// `getsockopt(SOL_SOCKET, SO_PROTOCOL)`: `IPPROTO_TCP` for TCP sockets.
+pub fn socket_protocol(fd: BorrowedFd<'_>) -> io::Result<c_int> {
+    let mut v: c_int = 0;
+    getsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL, &mut v)?;
+    Ok(v)
+}
+
+/// `getsockopt(SOL_SOCKET, SO_COOKIE)`: the socket's 64-bit cookie, unique
+/// for the socket (not the descriptor) and never reused while the system
+/// runs. Two descriptors with the same cookie refer to the same socket.
+pub fn socket_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut v: u64 = 0;
+    let len = getsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_COOKIE, &mut v)?;
+    if len != size_of::<u64>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("SO_COOKIE returned {len} octets instead of 8"),
+        ));
+    }
+    Ok(v)
+}
+
+/// Converts what `getsockname`/`getpeername` wrote into a `SocketAddr`
+/// (`None` for families other than IPv4 and IPv6).
+fn socket_addr_of(storage: &libc::sockaddr_storage, len: socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match c_int::from(storage.ss_family) {
+        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the kernel wrote an AF_INET address of at least
+            // sizeof(sockaddr_in) bytes into `storage`, which is larger
+            // and at least as aligned as sockaddr_in; every bit pattern is
+            // a valid sockaddr_in (integers only).
+            let sin =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(sin.sin_port)))
+        }
+        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for AF_INET6 and sockaddr_in6.
+            let sin6 = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Which end of a socket [`socket_name`] asks about.
+#[derive(Clone, Copy)]
+enum End {
+    Local,
+    Peer,
+}
+
+fn socket_name(fd: BorrowedFd<'_>, end: End) -> io::Result<Option<SocketAddr>> {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = optlen_of::<libc::sockaddr_storage>();
+    let addr = (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+    // SAFETY: `fd` is live; `addr` points to a writable sockaddr_storage of
+    // `len` bytes, and the kernel writes at most `len` bytes there and the
+    // real length to `len`.
+    let rc = unsafe {
+        match end {
+            End::Local => libc::getsockname(fd.as_raw_fd(), addr, &mut len),
+            End::Peer => libc::getpeername(fd.as_raw_fd(), addr, &mut len),
+        }
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket_addr_of(&storage, len))
+}
+
+/// `getpeername(2)`: the remote address of a connected socket; `None` when
+/// the socket is not connected (`ENOTCONN`) or not IPv4/IPv6.
+pub fn peer_address(fd: BorrowedFd<'_>) -> io::Result<Option<SocketAddr>> {
+    match socket_name(fd, End::Peer) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(None),
+        other => other,
+    }
+}
+
+/// `getsockname(2)`: the local address of a socket; `None` when it is not
+/// bound (wildcard address and port 0) or not IPv4/IPv6.
+pub fn local_address(fd: BorrowedFd<'_>) -> io::Result<Option<SocketAddr>> {
+    Ok(socket_name(fd, End::Local)?.filter(|a| !(a.ip().is_unspecified() && a.port() == 0)))
+}
+
+/// Converts the return value of `syscall(2)` into a new owned descriptor.
+fn owned_from_syscall(rc: libc::c_long) -> io::Result<OwnedFd> {
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = c_int::try_from(rc).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the kernel returned a descriptor out of range",
+        )
+    })?;
+    // SAFETY: the system call just returned `fd` as a new descriptor of
+    // this process, open and owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `pidfd_open(pid, 0)` (Linux 5.3): a descriptor that refers to the
+/// process `pid` (in aokd's PID namespace) for as long as it is open, even
+/// if the pid is later reused. `ESRCH`: no such process. The descriptor is
+/// close-on-exec.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    if pid <= 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("pidfd_open: invalid pid {pid}"),
+        ));
+    }
+    // SAFETY: pidfd_open takes two integers and touches no memory of ours.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_open,
+            libc::c_long::from(pid),
+            0 as libc::c_long,
+        )
+    };
+    owned_from_syscall(rc)
+}
+
+/// `pidfd_getfd(pidfd, fd, 0)` (Linux 5.6): a new descriptor in this
+/// process for the open file that descriptor `fd` refers to in the process
+/// of `pidfd`, close-on-exec. Closing it does not close the target's
+/// descriptor. Needs ptrace access (`PTRACE_MODE_ATTACH_REALCREDS`) to the
+/// target: `EPERM` otherwise; `EBADF` if `fd` is not open there; `ESRCH`
+/// if the process has exited.
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: i32) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: pidfd_getfd takes three integers and touches no memory of
+    // ours; `pidfd` stays open for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_getfd,
+            libc::c_long::from(pidfd.as_raw_fd()),
+            libc::c_long::from(fd),
+            0 as libc::c_long,
+        )
+    };
+    owned_from_syscall(rc)
+}
+
+/// Most descriptors [`recv_with_fd`] makes room for in one message; more
+/// are truncated by the kernel (`MSG_CTRUNC`, and closed by it).
+pub const MAX_RECEIVED_FDS: usize = 16;
+
+/// Bytes of control-message buffer for `n` descriptors.
+const fn cmsg_space_for(n: usize) -> usize {
+    // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
+    unsafe { libc::CMSG_SPACE((n * size_of::<c_int>()) as libc::c_uint) as usize }
+}
+
+/// A control-message buffer aligned for `struct cmsghdr`.
+#[repr(C, align(8))]
+struct CmsgBuffer<const N: usize>([u8; N]);
+
+/// Control buffer size: room for [`MAX_RECEIVED_FDS`] descriptors.
+const CMSG_BUFFER_LEN: usize = cmsg_space_for(MAX_RECEIVED_FDS);
+
+/// `sendmsg(sock, data, SCM_RIGHTS [fd], MSG_NOSIGNAL)`: sends `data` with
+/// one descriptor attached to its first byte. Returns the number of bytes
+/// sent, which on a stream socket may be less than `data.len()`: send the
+/// rest without the descriptor. `data` must not be empty (the descriptor
+/// travels with data).
+pub fn send_with_fd(sock: BorrowedFd<'_>, data: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
+    send_with_fds(sock, data, &[fd])
+}
+
+/// [`send_with_fd`] with 1 to [`MAX_RECEIVED_FDS`] descriptors (tests use it
+/// to send more than the attach protocol allows).
+fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    if data.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a descriptor must travel with at least one byte",
+        ));
+    }
+    if fds.is_empty() || fds.len() > MAX_RECEIVED_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("1 to {MAX_RECEIVED_FDS} descriptors per message"),
+        ));
+    }
+    let mut cmsg = CmsgBuffer([0u8; CMSG_BUFFER_LEN]);
+    let space = cmsg_space_for(fds.len());
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast::<c_void>();
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` points to `cmsg`, a zeroed buffer aligned for cmsghdr
+    // whose first `space` = CMSG_SPACE(n * sizeof(int)) <= CMSG_BUFFER_LEN
+    // bytes are the control area, so CMSG_FIRSTHDR returns its start
+    // (non-null, checked) and CMSG_DATA has room for `n` ints, written
+    // unaligned. `iov` points to `data`, which the kernel only reads.
+    // Everything lives across the sendmsg call.
+    let rc = unsafe {
+        let hdr = libc::CMSG_FIRSTHDR(&msg);
+        if hdr.is_null() {
+            return Err(io::Error::other("no room for the control message"));
+        }
+        (*hdr).cmsg_level = libc::SOL_SOCKET;
+        (*hdr).cmsg_type = libc::SCM_RIGHTS;
+        (*hdr).cmsg_len = libc::CMSG_LEN((fds.len() * size_of::<c_int>()) as libc::c_uint) as _;
+        let data = libc::CMSG_DATA(hdr).cast::<c_int>();
+        for (i, fd) in fds.iter().enumerate() {
+            std::ptr::write_unaligned(data.add(i), fd.as_raw_fd());
+        }
+        libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as usize)
+}
+
+/// `recvmsg(sock, buf, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)`: reads bytes and
+/// at most one descriptor passed with `SCM_RIGHTS`. Returns the number of
+/// bytes read (0 at end of stream) and the descriptor, if one came with
+/// these bytes. Does not block: `WouldBlock` when there is nothing to read.
+///
+/// Descriptors are always taken over, never leaked: if a message carries
+/// more than one, or more than [`MAX_RECEIVED_FDS`] (`MSG_CTRUNC`), every
+/// one of them is closed and the call fails with `InvalidData`; the bytes
+/// read with them are then lost to the caller, so a stream protocol should
+/// treat that error as the end of the conversation. Control messages other
+/// than `SCM_RIGHTS` are ignored.
+pub fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut cmsg = CmsgBuffer([0u8; CMSG_BUFFER_LEN]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast::<c_void>(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast::<c_void>();
+    msg.msg_controllen = CMSG_BUFFER_LEN as _;
+    // SAFETY: `iov` points to `buf` (writable, `buf.len()` bytes) and
+    // `msg_control` to `cmsg` (writable, CMSG_BUFFER_LEN bytes, aligned for
+    // cmsghdr); the kernel writes within those bounds and updates
+    // `msg_controllen`/`msg_flags`. All live across the call.
+    let rc = unsafe {
+        libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut msg,
+            libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    // SAFETY: after a successful recvmsg, `msg` describes `msg_controllen`
+    // bytes of valid control messages in `cmsg`: CMSG_FIRSTHDR/CMSG_NXTHDR
+    // walk them within that length and return null at the end. For an
+    // SCM_RIGHTS message, the `cmsg_len - CMSG_LEN(0)` bytes at CMSG_DATA
+    // are descriptors just installed in this process for us (read
+    // unaligned, as CMSG_DATA gives no alignment guarantee), each owned by
+    // nothing else, so wrapping each in an OwnedFd exactly once is sound.
+    unsafe {
+        let mut hdr = libc::CMSG_FIRSTHDR(&msg);
+        while !hdr.is_null() {
+            if (*hdr).cmsg_level == libc::SOL_SOCKET && (*hdr).cmsg_type == libc::SCM_RIGHTS {
+                let data_len =
+                    ((*hdr).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                let data = libc::CMSG_DATA(hdr).cast::<c_int>();
+                for i in 0..data_len / size_of::<c_int>() {
+                    let raw = std::ptr::read_unaligned(data.add(i));
+                    if raw >= 0 {
+                        fds.push(OwnedFd::from_raw_fd(raw));
+                    }
+                }
+            }
+            hdr = libc::CMSG_NXTHDR(&msg, hdr);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        drop(fds);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("more than {MAX_RECEIVED_FDS} descriptors in one message; all were closed"),
+        ));
+    }
+    if fds.len() > 1 {
+        let n = fds.len();
+        drop(fds);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{n} descriptors in one message, at most one expected; all were closed"),
+        ));
+    }
+    Ok((rc as usize, fds.pop()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1135,5 +1587,149 @@ mod tests {
             libc::AF_INET
         );
         assert!(!is_listening(sock.as_fd()).expect("SO_ACCEPTCONN"));
+    }
+
+    fn cookie(fd: &impl AsFd) -> u64 {
+        socket_cookie(fd.as_fd()).expect("SO_COOKIE")
+    }
+
+    #[test]
+    fn descriptors_round_trip_over_a_socketpair() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let tcp = tcp_socket(false).expect("socket");
+        let n = send_with_fd(a.as_fd(), b"hello\n", tcp.as_fd()).expect("sendmsg");
+        assert_eq!(n, 6);
+        let mut buf = [0u8; 64];
+        let (n, fd) = recv_with_fd(b.as_fd(), &mut buf).expect("recvmsg");
+        assert_eq!(&buf[..n], b"hello\n");
+        let fd = fd.expect("a descriptor");
+        assert_ne!(fd.as_raw_fd(), tcp.as_raw_fd());
+        assert_eq!(cookie(&fd), cookie(&tcp), "the same socket");
+        // close-on-exec (MSG_CMSG_CLOEXEC).
+        // SAFETY: fcntl(F_GETFD) on a live descriptor reads no memory.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        assert!(flags >= 0 && flags & libc::FD_CLOEXEC != 0, "{flags}");
+
+        // Plain data: no descriptor; nothing to read: WouldBlock.
+        std::io::Write::write_all(&mut &a, b"x").expect("write");
+        let (n, fd) = recv_with_fd(b.as_fd(), &mut buf).expect("recvmsg");
+        assert_eq!((n, fd.is_none()), (1, true));
+        let e = recv_with_fd(b.as_fd(), &mut buf).expect_err("empty");
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+
+        // Empty data cannot carry a descriptor.
+        let e = send_with_fd(a.as_fd(), b"", tcp.as_fd()).expect_err("empty");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+
+        // End of stream.
+        drop(a);
+        let (n, fd) = recv_with_fd(b.as_fd(), &mut buf).expect("eof");
+        assert_eq!((n, fd.is_none()), (0, true));
+    }
+
+    #[test]
+    fn more_than_one_descriptor_is_refused_and_closed() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let one = tcp_socket(false).expect("socket");
+        let two = tcp_socket(false).expect("socket");
+        send_with_fds(a.as_fd(), b"{}\n", &[one.as_fd(), two.as_fd()]).expect("sendmsg");
+        let mut buf = [0u8; 64];
+        let e = recv_with_fd(b.as_fd(), &mut buf).expect_err("two descriptors");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("2 descriptors"), "{e}");
+        // The originals are untouched.
+        assert_ne!(cookie(&one), cookie(&two));
+    }
+
+    #[test]
+    fn cookies_identify_sockets_not_descriptors() {
+        let sock = tcp_socket(false).expect("socket");
+        let dup = sock.try_clone().expect("dup");
+        assert_eq!(cookie(&sock), cookie(&dup));
+        let other = tcp_socket(true).expect("socket");
+        assert_ne!(cookie(&sock), cookie(&other));
+        let file = std::fs::File::open("/proc/self/status").expect("open");
+        let e = socket_cookie(file.as_fd()).expect_err("not a socket");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTSOCK));
+    }
+
+    #[test]
+    fn pidfd_getfd_on_our_own_pid_yields_the_same_socket() {
+        let sock = tcp_socket(false).expect("socket");
+        let pid = i32::try_from(std::process::id()).expect("pid");
+        let pidfd = pidfd_open(pid).expect("pidfd_open");
+        let copy = pidfd_getfd(pidfd.as_fd(), sock.as_raw_fd()).expect("pidfd_getfd");
+        assert_ne!(copy.as_raw_fd(), sock.as_raw_fd());
+        assert_eq!(cookie(&copy), cookie(&sock));
+        // Closing the copy leaves the original open.
+        drop(copy);
+        assert_eq!(
+            socket_domain(sock.as_fd()).expect("still open"),
+            libc::AF_INET
+        );
+        // A closed descriptor: EBADF.
+        let raw = sock.as_raw_fd();
+        drop(sock);
+        let e = pidfd_getfd(pidfd.as_fd(), raw);
+        // The number may have been reused by another test's descriptor.
+        if let Err(e) = e {
+            assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
+        }
+        assert!(pidfd_open(0).is_err());
+        assert!(pidfd_open(-1).is_err());
+        let e = pidfd_getfd(pidfd.as_fd(), -1).expect_err("negative fd");
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+    }
+
+    #[test]
+    fn addresses_and_states() {
+        let sock = tcp_socket(false).expect("socket");
+        assert_eq!(peer_address(sock.as_fd()).expect("getpeername"), None);
+        assert_eq!(local_address(sock.as_fd()).expect("getsockname"), None);
+        assert_eq!(tcp_state(sock.as_fd()).expect("TCP_INFO"), TcpState::Close);
+        assert_eq!(
+            socket_type(sock.as_fd()).expect("SO_TYPE"),
+            libc::SOCK_STREAM
+        );
+        assert_eq!(
+            socket_protocol(sock.as_fd()).expect("SO_PROTOCOL"),
+            libc::IPPROTO_TCP
+        );
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        assert_eq!(
+            local_address(listener.as_fd()).expect("getsockname"),
+            Some(addr)
+        );
+        assert_eq!(
+            tcp_state(listener.as_fd()).expect("TCP_INFO"),
+            TcpState::Listen
+        );
+        connect(sock.as_fd(), addr).expect("connect");
+        assert_eq!(peer_address(sock.as_fd()).expect("getpeername"), Some(addr));
+        assert_eq!(
+            tcp_state(sock.as_fd()).expect("TCP_INFO"),
+            TcpState::Established
+        );
+        let (accepted, from) = listener.accept().expect("accept");
+        assert_eq!(
+            peer_address(accepted.as_fd()).expect("getpeername"),
+            Some(from)
+        );
+        assert_eq!(
+            local_address(accepted.as_fd()).expect("getsockname"),
+            Some(addr)
+        );
+
+        let v6 = std::net::TcpListener::bind("[::1]:0");
+        if let Ok(v6) = v6 {
+            let a = v6.local_addr().expect("addr");
+            assert_eq!(local_address(v6.as_fd()).expect("getsockname"), Some(a));
+        }
+        let (u, _) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        assert_eq!(local_address(u.as_fd()).expect("getsockname"), None);
+        assert_eq!(TcpState::from_raw(99), TcpState::Other(99));
+        assert_eq!(TcpState::SynSent.name(), "SYN_SENT");
     }
 }
