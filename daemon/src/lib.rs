@@ -8,5 +8,6 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod kernel;
+pub mod keys;
 pub mod runtime;
 pub mod sockets;

@@ -7,6 +7,9 @@ use std::process::ExitCode;
 
 use aokd::config::{format_duration, Config};
 use aokd::control::ControlServer;
+use aokd::attach::AttachServer;
+use aokd::kernel;
+use aokd::keys::KeyManager;
 use aokd::runtime::{self, Daemon};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::mpsc;
@@ -57,11 +60,11 @@ fn main() -> ExitCode {
     match (cli.command, cli.config) {
         (Some(Cmd::CheckConfig { file }), _) => check_config(&file),
         (Some(Cmd::Demo { timeout }), _) => {
-            init_logging(cli.log_format);
+            init_logging(cli.log_format, "warn");
             demo(timeout)
         }
         (None, Some(file)) => {
-            init_logging(cli.log_format);
+            init_logging(cli.log_format, "info");
             run(&file)
         }
         // clap requires --config when there is no subcommand.
@@ -69,9 +72,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr; RUST_LOG overrides `default_level`.
+fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -103,6 +107,14 @@ fn demo(timeout: u64) -> ExitCode {
     }
 }
 
+/// Appends a line to a String (writing to a String cannot fail).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
 /// `aokd check-config FILE`.
 fn check_config(file: &Path) -> ExitCode {
     let config = match Config::load(file) {
@@ -113,53 +125,56 @@ fn check_config(file: &Path) -> ExitCode {
         }
     };
     let d = &config.daemon;
-    println!("{}: OK", file.display());
+    let mut out = String::new();
+    outln!(out, "{}: OK", file.display());
     let listen: Vec<String> = d.listen_addrs().iter().map(ToString::to_string).collect();
-    println!("listen: {}", listen.join(", "));
-    println!("control socket: {}", d.control_socket.display());
-    println!("state dir: {}", d.state_dir.display());
+    outln!(out, "listen: {}", listen.join(", "));
+    outln!(out, "control socket: {}", d.control_socket.display());
+    outln!(out, "state dir: {}", d.state_dir.display());
     if config.peers.is_empty() {
-        println!("no peers configured");
+        outln!(out, "no peers configured");
     }
     for p in &config.peers {
         let join = |v: Vec<String>| v.join(", ");
-        println!("peer {}:", p.name);
-        println!("  remote: {}", p.remote_addr());
+        outln!(out, "peer {}:", p.name);
+        outln!(out, "  remote: {}", p.remote_addr());
         if let Some(local) = p.local {
-            println!("  local: {local}");
+            outln!(out, "  local: {local}");
         }
         let local_id = match &p.local_id {
             Some(id) => format!("{id} ({})", id.id_type()),
             None => "the local address".into(),
         };
-        println!("  local id: {local_id}");
-        println!("  remote id: {} ({})", p.remote_id, p.remote_id.id_type());
-        println!(
+        outln!(out, "  local id: {local_id}");
+        outln!(out, "  remote id: {} ({})", p.remote_id, p.remote_id.id_type());
+        outln!(out, 
             "  psk: {} octets from {}",
             p.psk.len(),
             p.psk_file.display()
         );
-        println!(
+        outln!(out, 
             "  mac algorithms: {}",
             join(p.mac_algorithms.iter().map(ToString::to_string).collect())
         );
-        println!("  include tcp options: {}", p.include_tcp_options);
-        println!(
+        outln!(out, "  include tcp options: {}", p.include_tcp_options);
+        outln!(out, 
             "  tcp ports: {}",
             join(p.tcp_ports.iter().map(ToString::to_string).collect())
         );
-        println!(
+        outln!(out, 
             "  ike proposals: {}",
             join(p.ike_proposals.iter().map(ToString::to_string).collect())
         );
-        println!("  initiate: {}", p.initiate);
-        println!(
+        outln!(out, "  initiate: {}", p.initiate);
+        outln!(out, 
             "  lifetimes: ike_rekey {}, mkt_rekey {}, mkt_lifetime {}",
             format_duration(p.lifetimes.ike_rekey),
             format_duration(p.lifetimes.mkt_rekey),
             format_duration(p.lifetimes.mkt_lifetime)
         );
     }
+    // A closed pipe (`aokd check-config F | head`) is not worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
     ExitCode::SUCCESS
 }
 
@@ -205,16 +220,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
     let endpoint = runtime::endpoint_config(&config)?;
-    let daemon = Daemon::bind(&config.daemon.listen_addrs(), endpoint, "main").await?;
+    let support = kernel::probe().context("cannot probe the kernel for TCP-AO and TCP-MD5")?;
+    info!(tcp_ao = support.tcp_ao, tcp_md5 = support.tcp_md5, "kernel probed");
+    let keys = KeyManager::new(&config, support)?;
+    let daemon = Daemon::bind(&config.daemon.listen_addrs(), endpoint, "main", Some(keys)).await?;
     let server = ControlServer::bind(&config.daemon.control_socket).await?;
+    let mut attach = AttachServer::bind(&config.daemon.attach_socket, config.daemon.attach_socket_mode)
+        .await
+        .with_context(|| format!("attach socket {}", config.daemon.attach_socket.display()))?;
+    attach.set_default_wait(config.daemon.acquire_timeout);
     let (calls_tx, calls_rx) = mpsc::channel(16);
+    let (attach_tx, attach_rx) = mpsc::channel(64);
     let shutdown = async move {
         tokio::select! {
             () = server.run(calls_tx) => {}
+            () = attach.run(attach_tx) => {}
             _ = sigint.recv() => info!("SIGINT: shutting down"),
             _ = sigterm.recv() => info!("SIGTERM: shutting down"),
         }
     };
-    daemon.run(calls_rx, shutdown).await?;
+    daemon.run(calls_rx, Some(attach_rx), shutdown).await?;
     Ok(())
 }

@@ -17,8 +17,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::attach::AttachCall;
 use crate::config::Config;
 use crate::control::ControlCall;
+use crate::keys::{AttachOutcome, KeyManager};
 
 /// Largest IKE datagram accepted (strongSwan's max_packet is 10000).
 const MAX_DATAGRAM: usize = 65_535;
@@ -120,6 +122,8 @@ pub struct Daemon {
     clock: WallClock,
     /// A name for log lines when several daemons share a process (`aokd demo`).
     instance: String,
+    /// Keys on attached sockets; `None` when this daemon only negotiates.
+    keys: Option<KeyManager>,
 }
 
 impl Daemon {
@@ -128,6 +132,7 @@ impl Daemon {
         listen: &[SocketAddr],
         cfg: EndpointConfig,
         instance: &str,
+        keys: Option<KeyManager>,
     ) -> anyhow::Result<Daemon> {
         let mut sockets = Vec::new();
         for addr in listen {
@@ -137,7 +142,7 @@ impl Daemon {
                     .with_context(|| format!("cannot bind UDP {addr}"))?,
             );
         }
-        Daemon::from_sockets(sockets, cfg, instance)
+        Daemon::from_sockets(sockets, cfg, instance, keys)
     }
 
     /// Creates the daemon on sockets already bound (for `aokd demo`, which
@@ -146,6 +151,7 @@ impl Daemon {
         sockets: Vec<UdpSocket>,
         cfg: EndpointConfig,
         instance: &str,
+        keys: Option<KeyManager>,
     ) -> anyhow::Result<Daemon> {
         let listen = sockets
             .iter()
@@ -160,6 +166,7 @@ impl Daemon {
             listen,
             clock: WallClock::now(),
             instance: instance.to_string(),
+            keys,
         })
     }
 
@@ -172,6 +179,7 @@ impl Daemon {
     pub async fn run(
         mut self,
         mut control: mpsc::Receiver<ControlCall>,
+        mut attach: Option<mpsc::Receiver<AttachCall>>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let (tx, mut rx) = mpsc::channel::<(SocketAddr, Vec<u8>)>(1024);
@@ -198,7 +206,17 @@ impl Daemon {
         info!(instance = %self.instance, listen = ?self.listen, peers = self.endpoint.config().peers.len(), "aokd running");
         loop {
             self.flush().await;
-            let deadline = self.endpoint.poll_timeout();
+            let key_deadline = self.keys.as_ref().and_then(KeyManager::poll_timeout);
+            let deadline = match (self.endpoint.poll_timeout(), key_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let attach_call = async {
+                match attach.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let sleep = async {
                 match deadline {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -213,8 +231,13 @@ impl Daemon {
                     let result = self.control(call.command, call.peer_uid);
                     let _ = call.reply.send(result);
                 }
+                Some(call) = attach_call => self.attach(call),
                 _ = sleep => {
-                    self.endpoint.handle_timeout(Instant::now());
+                    let now = Instant::now();
+                    self.endpoint.handle_timeout(now);
+                    if let Some(keys) = self.keys.as_mut() {
+                        keys.handle_timeout(now, &self.endpoint.peers());
+                    }
                 }
                 _ = &mut shutdown => break,
             }
@@ -226,9 +249,36 @@ impl Daemon {
         Ok(())
     }
 
+    /// Handles an attach call: keys the socket now, or lets it wait for
+    /// the peer's negotiation (which starts if nothing is under way).
+    fn attach(&mut self, call: AttachCall) {
+        let Some(keys) = self.keys.as_mut() else {
+            call.answer(crate::attach::result_error("this aokd instance does not key sockets"));
+            return;
+        };
+        let now = Instant::now();
+        if let AttachOutcome::Waiting { peer } = keys.attach(call, &self.endpoint.peers(), now) {
+            if let Err(e) = self.endpoint.initiate(&peer, now) {
+                warn!(%peer, error = %e, "cannot start a negotiation for a waiting connect");
+            }
+        }
+    }
+
     async fn flush(&mut self) {
+        let mut changed: Vec<String> = Vec::new();
         while let Some(ev) = self.endpoint.poll_event() {
+            if let Event::MktCreated { peer, .. } | Event::MktDeleted { peer, .. } = &ev {
+                if !changed.contains(peer) {
+                    changed.push(peer.clone());
+                }
+            }
             self.log_event(ev);
+        }
+        if let (Some(keys), false) = (self.keys.as_mut(), changed.is_empty()) {
+            let view = self.endpoint.peers();
+            for peer in changed {
+                keys.mkts_changed(&peer, &view);
+            }
         }
         while let Some(t) = self.endpoint.poll_transmit() {
             let socket = self
@@ -327,7 +377,7 @@ impl Daemon {
                 mkts: self.mkts(&peers),
             },
             Command::Sockets => ResponseData::Sockets {
-                sockets: Vec::new(),
+                sockets: self.keys.as_mut().map(KeyManager::status).unwrap_or_default(),
             },
             Command::MktKeys => {
                 if peer_uid != 0 {
@@ -395,7 +445,7 @@ impl Daemon {
                     tcp_ao_capable: p.tcp_ao_capable,
                     mkts: p.mkts.len(),
                     last_error: p.last_error.clone(),
-                    backend: None,
+                    backend: self.keys.as_ref().and_then(|k| k.backend(&p.name)).map(|b| b.to_string()),
                 })
                 .collect(),
         }

@@ -31,6 +31,7 @@ fn status() -> DaemonStatus {
             tcp_ao_capable: None,
             mkts: 0,
             last_error: None,
+            backend: None,
         }],
     }
 }
