@@ -101,8 +101,7 @@ impl Side {
         }
     }
 
-    /// The attach socket path (set with `attach_socket` in `daemon_extra`
-    /// of [`Side::write_config_with`]).
+    /// The attach socket path (every configuration written here sets it).
     pub fn attach_socket(&self) -> PathBuf {
         self.dir.join("attach.sock")
     }
@@ -135,6 +134,7 @@ impl Side {
 listen = ["{ip}"]
 port = {port}
 control_socket = "{sock}"
+attach_socket = "{attach}"
 state_dir = "{state}"
 {daemon_extra}
 
@@ -150,6 +150,7 @@ psk_file = "{psk}"
             port = self.port,
             sock = self.socket().display(),
             state = self.dir.join("state").display(),
+            attach = self.attach_socket().display(),
             peer = other.name,
             rip = other.ip,
             rport = other.port,
