@@ -83,7 +83,10 @@ async fn ask_keys(tx: &mpsc::Sender<ControlCall>) -> anyhow::Result<MasterKeyTup
     Ok(MasterKeyTuple {
         send_id: k.send_id,
         recv_id: k.recv_id,
-        algorithm: k.algorithm.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        algorithm: k
+            .algorithm
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?,
         include_options: k.include_options,
         master_key: Secret::new(hex::decode(&k.master_key).context("master key")?),
     })
@@ -105,11 +108,25 @@ fn carry_tcp(a: &MasterKeyTuple, b: &MasterKeyTuple) -> anyhow::Result<()> {
     let listener = TcpListener::bind((B_IP, 0)).context("listen on 127.0.0.2")?;
     let server_addr = listener.local_addr()?;
     // A listening socket may receive its first TCP-AO key (reference 1.6).
-    reconcile(listener.as_fd(), backend, A_IP, std::slice::from_ref(b), None, true)
-        .context("installing b's key on its listener")?;
+    reconcile(
+        listener.as_fd(),
+        backend,
+        A_IP,
+        std::slice::from_ref(b),
+        None,
+        true,
+    )
+    .context("installing b's key on its listener")?;
     let client = sys::tcp_socket(false).context("client socket")?;
-    reconcile(client.as_fd(), backend, B_IP, std::slice::from_ref(a), None, false)
-        .context("installing a's key on its socket")?;
+    reconcile(
+        client.as_fd(),
+        backend,
+        B_IP,
+        std::slice::from_ref(a),
+        None,
+        false,
+    )
+    .context("installing a's key on its socket")?;
     sys::connect(client.as_fd(), server_addr)
         .with_context(|| format!("connect to {server_addr}"))?;
     let mut client = TcpStream::from(client);

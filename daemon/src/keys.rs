@@ -63,7 +63,13 @@ pub struct KeyManager {
     registry: SocketRegistry,
     waiting: Vec<Waiting>,
     acquire_timeout: Duration,
+    /// Peers with sockets whose stale keys are still in use (the peer has
+    /// not switched to the new MKT yet): reconciled again at this time.
+    retry: Option<(Instant, Vec<String>)>,
 }
+
+/// How often sockets with deferred key deletions are looked at again.
+const DEFERRED_RETRY: Duration = Duration::from_secs(1);
 
 /// Why no backend can serve a peer.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +91,9 @@ fn mkts_of<'a>(view: &'a [PeerView], name: &str) -> Vec<MasterKeyTuple> {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl KeyManager {
@@ -128,15 +136,24 @@ impl KeyManager {
             registry: SocketRegistry::new(),
             waiting: Vec::new(),
             acquire_timeout: cfg.daemon.acquire_timeout,
+            retry: None,
         })
     }
 
     /// The backend serving a peer, for `aoctl status`.
     pub fn backend(&self, peer: &str) -> Option<Backend> {
-        self.peers.iter().find(|p| p.name == peer).map(|p| p.backend)
+        self.peers
+            .iter()
+            .find(|p| p.name == peer)
+            .map(|p| p.backend)
     }
 
-    fn covering(&self, role: SocketRole, local: Option<SocketAddr>, remote: Option<SocketAddr>) -> Vec<usize> {
+    fn covering(
+        &self,
+        role: SocketRole,
+        local: Option<SocketAddr>,
+        remote: Option<SocketAddr>,
+    ) -> Vec<usize> {
         let local_port = local.map(|l| l.port());
         (0..self.peers.len())
             .filter(|&i| {
@@ -145,7 +162,8 @@ impl KeyManager {
                     SocketRole::Listen => local_port.is_some_and(|lp| p.ports.contains(&lp)),
                     SocketRole::Connect | SocketRole::Accepted => remote.is_some_and(|r| {
                         crate::kernel::canonical(r.ip()) == crate::kernel::canonical(p.ip)
-                            && (p.ports.contains(&r.port()) || local_port.is_some_and(|lp| p.ports.contains(&lp)))
+                            && (p.ports.contains(&r.port())
+                                || local_port.is_some_and(|lp| p.ports.contains(&lp)))
                     }),
                 }
             })
@@ -173,8 +191,15 @@ impl KeyManager {
             let p = &self.peers[i];
             let desired = mkts_of(view, &p.name);
             let guard = desired.is_empty().then_some(&p.guard);
-            reconcile(call.socket.as_fd(), p.backend, p.ip, &desired, guard, call.listening())
-                .map_err(|e| format!("peer {}: {e}", p.name))?;
+            reconcile(
+                call.socket.as_fd(),
+                p.backend,
+                p.ip,
+                &desired,
+                guard,
+                call.listening(),
+            )
+            .map_err(|e| format!("peer {}: {e}", p.name))?;
             record.peers.push(p.name.clone());
             if desired.is_empty() {
                 guarded.push(p.name.clone());
@@ -223,19 +248,34 @@ impl KeyManager {
             }
         };
         if call.request.role == SocketRole::Connect && !guarded.is_empty() {
-            let wait = call.request.wait_ms.map(Duration::from_millis).unwrap_or(self.acquire_timeout);
+            let wait = call
+                .request
+                .wait_ms
+                .map(Duration::from_millis)
+                .unwrap_or(self.acquire_timeout);
             let peer = peers[0];
             let name = self.peers[peer].name.clone();
             info!(pid = call.pid, fd = call.request.fd, peer = %name, wait_ms = wait.as_millis() as u64,
                 "connect waits for an MKT under the guard");
-            self.waiting.push(Waiting { call, peer, deadline: now + wait });
+            self.waiting.push(Waiting {
+                call,
+                peer,
+                deadline: now + wait,
+            });
             return AttachOutcome::Waiting { peer: name };
         }
         self.finish(call, record, &peers, guarded, view);
         AttachOutcome::Done
     }
 
-    fn finish(&mut self, call: AttachCall, mut record: AttachedSocket, peers: &[usize], guarded: Vec<String>, view: &[PeerView]) {
+    fn finish(
+        &mut self,
+        call: AttachCall,
+        mut record: AttachedSocket,
+        peers: &[usize],
+        guarded: Vec<String>,
+        view: &[PeerView],
+    ) {
         let mechanism = self.mechanism(peers);
         let (installed, reason) = if guarded.is_empty() {
             (Installed::Keys, None)
@@ -251,18 +291,34 @@ impl KeyManager {
         // The call, and with it aokd's descriptor of the socket, is dropped here.
     }
 
-    /// The earliest deadline of a waiting `connect`.
+    /// The earliest deadline: a waiting `connect`, or a deferred re-key.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.waiting.iter().map(|w| w.deadline).min()
+        let waiting = self.waiting.iter().map(|w| w.deadline).min();
+        let retry = self.retry.as_ref().map(|(t, _)| *t);
+        match (waiting, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Lets waiting `connect`s whose acquire timeout passed proceed under
     /// the guard.
     pub fn handle_timeout(&mut self, now: Instant, view: &[PeerView]) {
-        let (due, keep): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting).into_iter().partition(|w| w.deadline <= now);
+        let (due, keep): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| w.deadline <= now);
         self.waiting = keep;
         for w in due {
             self.release(w, view);
+        }
+        if let Some((at, peers)) = self.retry.take() {
+            if at <= now {
+                for peer in peers {
+                    self.mkts_changed(&peer, view, now);
+                }
+            } else {
+                self.retry = Some((at, peers));
+            }
         }
     }
 
@@ -276,12 +332,15 @@ impl KeyManager {
 
     /// Re-keys every socket of `peer` after its MKTs changed, and releases
     /// the `connect`s that waited for them.
-    pub fn mkts_changed(&mut self, peer: &str, view: &[PeerView]) {
-        let Some(idx) = self.peers.iter().position(|p| p.name == peer) else { return };
+    pub fn mkts_changed(&mut self, peer: &str, view: &[PeerView], now: Instant) {
+        let Some(idx) = self.peers.iter().position(|p| p.name == peer) else {
+            return;
+        };
         let desired = mkts_of(view, peer);
         if !desired.is_empty() {
-            let (ready, keep): (Vec<Waiting>, Vec<Waiting>) =
-                std::mem::take(&mut self.waiting).into_iter().partition(|w| w.peer == idx);
+            let (ready, keep): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
+                .into_iter()
+                .partition(|w| w.peer == idx);
             self.waiting = keep;
             for w in ready {
                 self.release(w, view);
@@ -292,7 +351,9 @@ impl KeyManager {
         let ids: Vec<u64> = self.registry.by_peer(peer).map(|s| s.id).collect();
         let mut gone = Vec::new();
         for id in ids {
-            let Some(rec) = self.registry.get(id).cloned() else { continue };
+            let Some(rec) = self.registry.get(id).cloned() else {
+                continue;
+            };
             let fd = match self.registry.reacquire(&rec) {
                 Ok(fd) => fd,
                 Err(e) => {
@@ -304,6 +365,14 @@ impl KeyManager {
             let listening = rec.role == SocketRole::Listen;
             match reconcile(fd.as_fd(), p.backend, p.ip, &desired, guard, listening) {
                 Ok(outcome) => {
+                    if !outcome.deferred.is_empty() {
+                        let (_, peers) = self
+                            .retry
+                            .get_or_insert_with(|| (now + DEFERRED_RETRY, Vec::new()));
+                        if !peers.iter().any(|p| p == peer) {
+                            peers.push(peer.to_string());
+                        }
+                    }
                     if outcome.changed() {
                         info!(pid = rec.pid, fd = rec.fd, peer, added = ?outcome.added, removed = ?outcome.removed,
                             guarded = outcome.guarded, "socket keys updated");
@@ -312,7 +381,9 @@ impl KeyManager {
                         r.guarded = guard.map(|_| Self::guard_reason(view, &[peer.to_string()]));
                     }
                 }
-                Err(e) => warn!(pid = rec.pid, fd = rec.fd, peer, error = %e, "cannot update socket keys"),
+                Err(e) => {
+                    warn!(pid = rec.pid, fd = rec.fd, peer, error = %e, "cannot update socket keys")
+                }
             }
         }
         for id in gone {
@@ -328,7 +399,12 @@ impl KeyManager {
             .map(|s| {
                 let backend = s.peers.first().and_then(|p| self.backend(p));
                 let (pkt_good, pkt_bad) = match backend {
-                    Some(Backend::Ao) => match self.registry.reacquire(s).ok().and_then(|fd| ao::info(fd.as_fd()).ok()) {
+                    Some(Backend::Ao) => match self
+                        .registry
+                        .reacquire(s)
+                        .ok()
+                        .and_then(|fd| ao::info(fd.as_fd()).ok())
+                    {
                         Some(i) => (Some(i.pkt_good), Some(i.pkt_bad)),
                         None => (None, None),
                     },
@@ -346,7 +422,12 @@ impl KeyManager {
                     local: s.local.map(|a| a.to_string()),
                     remote: s.remote.map(|a| a.to_string()),
                     peers: s.peers.clone(),
-                    state: if s.guarded.is_some() { "guarded" } else { "keys" }.to_string(),
+                    state: if s.guarded.is_some() {
+                        "guarded"
+                    } else {
+                        "keys"
+                    }
+                    .to_string(),
                     guard_reason: s.guarded.clone(),
                     mechanism: backend.map(|b| b.to_string()),
                     attached_at: unix(s.attached_at),

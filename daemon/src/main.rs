@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use aokd::attach::AttachServer;
 use aokd::config::{format_duration, Config};
 use aokd::control::ControlServer;
-use aokd::attach::AttachServer;
 use aokd::kernel;
 use aokd::keys::KeyManager;
 use aokd::runtime::{self, Daemon};
@@ -146,27 +146,37 @@ fn check_config(file: &Path) -> ExitCode {
             None => "the local address".into(),
         };
         outln!(out, "  local id: {local_id}");
-        outln!(out, "  remote id: {} ({})", p.remote_id, p.remote_id.id_type());
-        outln!(out, 
+        outln!(
+            out,
+            "  remote id: {} ({})",
+            p.remote_id,
+            p.remote_id.id_type()
+        );
+        outln!(
+            out,
             "  psk: {} octets from {}",
             p.psk.len(),
             p.psk_file.display()
         );
-        outln!(out, 
+        outln!(
+            out,
             "  mac algorithms: {}",
             join(p.mac_algorithms.iter().map(ToString::to_string).collect())
         );
         outln!(out, "  include tcp options: {}", p.include_tcp_options);
-        outln!(out, 
+        outln!(
+            out,
             "  tcp ports: {}",
             join(p.tcp_ports.iter().map(ToString::to_string).collect())
         );
-        outln!(out, 
+        outln!(
+            out,
             "  ike proposals: {}",
             join(p.ike_proposals.iter().map(ToString::to_string).collect())
         );
         outln!(out, "  initiate: {}", p.initiate);
-        outln!(out, 
+        outln!(
+            out,
             "  lifetimes: ike_rekey {}, mkt_rekey {}, mkt_lifetime {}",
             format_duration(p.lifetimes.ike_rekey),
             format_duration(p.lifetimes.mkt_rekey),
@@ -221,13 +231,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let endpoint = runtime::endpoint_config(&config)?;
     let support = kernel::probe().context("cannot probe the kernel for TCP-AO and TCP-MD5")?;
-    info!(tcp_ao = support.tcp_ao, tcp_md5 = support.tcp_md5, "kernel probed");
+    info!(
+        tcp_ao = support.tcp_ao,
+        tcp_md5 = support.tcp_md5,
+        "kernel probed"
+    );
     let keys = KeyManager::new(&config, support)?;
     let daemon = Daemon::bind(&config.daemon.listen_addrs(), endpoint, "main", Some(keys)).await?;
     let server = ControlServer::bind(&config.daemon.control_socket).await?;
-    let mut attach = AttachServer::bind(&config.daemon.attach_socket, config.daemon.attach_socket_mode)
-        .await
-        .with_context(|| format!("attach socket {}", config.daemon.attach_socket.display()))?;
+    let mut attach = AttachServer::bind(
+        &config.daemon.attach_socket,
+        config.daemon.attach_socket_mode,
+    )
+    .await
+    .with_context(|| format!("attach socket {}", config.daemon.attach_socket.display()))?;
     attach.set_default_wait(config.daemon.acquire_timeout);
     let (calls_tx, calls_rx) = mpsc::channel(16);
     let (attach_tx, attach_rx) = mpsc::channel(64);

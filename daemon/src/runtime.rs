@@ -253,7 +253,9 @@ impl Daemon {
     /// the peer's negotiation (which starts if nothing is under way).
     fn attach(&mut self, call: AttachCall) {
         let Some(keys) = self.keys.as_mut() else {
-            call.answer(crate::attach::result_error("this aokd instance does not key sockets"));
+            call.answer(crate::attach::result_error(
+                "this aokd instance does not key sockets",
+            ));
             return;
         };
         let now = Instant::now();
@@ -276,8 +278,9 @@ impl Daemon {
         }
         if let (Some(keys), false) = (self.keys.as_mut(), changed.is_empty()) {
             let view = self.endpoint.peers();
+            let now = Instant::now();
             for peer in changed {
-                keys.mkts_changed(&peer, &view);
+                keys.mkts_changed(&peer, &view, now);
             }
         }
         while let Some(t) = self.endpoint.poll_transmit() {
@@ -377,7 +380,11 @@ impl Daemon {
                 mkts: self.mkts(&peers),
             },
             Command::Sockets => ResponseData::Sockets {
-                sockets: self.keys.as_mut().map(KeyManager::status).unwrap_or_default(),
+                sockets: self
+                    .keys
+                    .as_mut()
+                    .map(KeyManager::status)
+                    .unwrap_or_default(),
             },
             Command::MktKeys => {
                 if peer_uid != 0 {
@@ -445,7 +452,11 @@ impl Daemon {
                     tcp_ao_capable: p.tcp_ao_capable,
                     mkts: p.mkts.len(),
                     last_error: p.last_error.clone(),
-                    backend: self.keys.as_ref().and_then(|k| k.backend(&p.name)).map(|b| b.to_string()),
+                    backend: self
+                        .keys
+                        .as_ref()
+                        .and_then(|k| k.backend(&p.name))
+                        .map(|b| b.to_string()),
                 })
                 .collect(),
         }
