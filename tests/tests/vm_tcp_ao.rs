@@ -431,6 +431,12 @@ fn tcp_ao_end_to_end_in_vm() {
     assert_eq!(r.num(u, "server_accepted"), 0, "{}", r.line(u));
     assert!(r.num(u, "b_ns_ao_required_delta") > 0, "{}", r.line(u));
 
+    // The embedded default uses TCP-AO where the kernel has it.
+    let d = "demo";
+    assert_eq!(r.num(d, "status"), 0, "{}", r.line(d));
+    assert_eq!(r.num(d, "tcp_ao"), 1, "{}", r.line(d));
+    assert_eq!(r.num(d, "info_lines_good"), 2, "{}", r.line(d));
+
     println!(
         "vm_tcp_ao: tcp-peer pkt_good a {} b {}, preload pkt_good a {} b {}; verified {}/{} segments; wrong key: listener pkt_bad {}",
         r.num("tcp-peer", "a_good_last"),

@@ -532,6 +532,20 @@ fi
 stop "$aokd_a"
 # shellcheck disable=SC2154
 stop "$aokd_b"
+
+# The embedded default on a TCP-AO kernel: `aokd demo` negotiates on loopback,
+# installs the MKTs with TCP-AO and carries data (it reads TCP_AO_INFO itself).
+t0=$(now_ms)
+demo_status=0
+aokd demo >"$T/demo.out" 2>"$T/demo.err" || demo_status=$?
+demo_ao=0
+grep -q "signed with tcp-ao" "$T/demo.out" && demo_ao=1
+demo_info=$(grep -c "TCP_AO_INFO pkt_good [1-9][0-9]* pkt_bad 0 " "$T/demo.out" || true)
+echo "E2E-RESULT case=demo status=$demo_status tcp_ao=$demo_ao info_lines_good=$demo_info elapsed_ms=$(($(now_ms) - t0))"
+expect demo-runs "aokd demo exited $demo_status: $(tail -n 3 "$T/demo.err" | tr '\n' ' ')" "$demo_status" = 0
+expect demo-tcp-ao "aokd demo did not use TCP-AO: $(tr '\n' ' ' <"$T/demo.out")" "$demo_ao" = 1
+expect demo-counters "aokd demo's TCP_AO_INFO lines: $(grep TCP_AO_INFO "$T/demo.out" | tr '\n' ' ')" "$demo_info" = 2
+
 [ "$fails" = 0 ] || dump_logs
 echo "E2E-DONE failures=$fails elapsed_ms=$(($(now_ms) - script_start))"
 [ "$fails" = 0 ]
