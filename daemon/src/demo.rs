@@ -42,6 +42,7 @@ fn peer(name: &str, local: SocketAddr, remote: SocketAddr, psk: &[u8]) -> ike::P
         include_options: true,
         tcp_ports: vec![PortRange::single(179)],
         initiate: true,
+        lifetimes: Default::default(),
     }
 }
 

@@ -70,9 +70,24 @@ pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
                 .map(|port| PortRange::single(*port))
                 .collect(),
             initiate: p.initiate,
+            lifetimes: mkt_lifetimes(&p.lifetimes),
         });
     }
     Ok(EndpointConfig::new(peers))
+}
+
+/// The endpoint's MKT lifetimes from the configured ones: jitter is 10% of
+/// the rekey time, and a superseded MKT stays for half the time between
+/// rekey and hard lifetime, at most 60 s.
+fn mkt_lifetimes(l: &crate::config::Lifetimes) -> ike::Lifetimes {
+    let slack = l.mkt_lifetime.saturating_sub(l.mkt_rekey);
+    ike::Lifetimes {
+        rekey: l.mkt_rekey,
+        hard: l.mkt_lifetime,
+        jitter: l.mkt_rekey / 10,
+        overlap: (slack / 2).min(std::time::Duration::from_secs(60)),
+        pfs: false,
+    }
 }
 
 /// The source address the kernel would use toward `remote` (a connected
@@ -359,6 +374,9 @@ impl Daemon {
                 instance = %inst, %peer,
                 "peer did not advertise TCP-AO keying: IKE SA without MKT, TCP-AO not negotiated"
             ),
+            Event::RekeyCollision { peer, kept_ours } => {
+                info!(instance = %inst, %peer, kept_ours, "simultaneous MKT rekey resolved (RFC 7296 2.8.1)")
+            }
             Event::SimultaneousInitiation { peer, kept_ours } => {
                 info!(instance = %inst, %peer, kept_ours, "simultaneous initiation resolved")
             }

@@ -185,6 +185,36 @@ impl PortRange {
     };
 }
 
+/// MKT lifetimes of a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Rekey this long after creation (minus jitter).
+    pub rekey: Duration,
+    /// Delete the MKT this long after creation, rekeyed or not.
+    pub hard: Duration,
+    /// Up to this much is subtracted at random from `rekey`.
+    pub jitter: Duration,
+    /// How long a superseded MKT stays after its successor exists, so that
+    /// both peers and every connection have switched before it goes.
+    pub overlap: Duration,
+    /// Run a fresh key exchange with each rekey (perfect forward secrecy).
+    pub pfs: bool,
+}
+
+impl Default for Lifetimes {
+    /// 1 h rekey (strongSwan's CHILD SA default), hard lifetime 10% later
+    /// (strongSwan's `life_time`), up to 10% jitter, 60 s overlap, no PFS.
+    fn default() -> Self {
+        Lifetimes {
+            rekey: Duration::from_secs(3600),
+            hard: Duration::from_secs(3960),
+            jitter: Duration::from_secs(360),
+            overlap: Duration::from_secs(60),
+            pfs: false,
+        }
+    }
+}
+
 /// One configured peer.
 pub struct PeerConfig {
     /// Operator's name for the peer, used in logs, events and aoctl.
@@ -210,6 +240,8 @@ pub struct PeerConfig {
     pub tcp_ports: Vec<PortRange>,
     /// Initiate at start and after failures; a passive peer only responds.
     pub initiate: bool,
+    /// MKT lifetimes.
+    pub lifetimes: Lifetimes,
 }
 
 impl fmt::Debug for PeerConfig {
@@ -226,6 +258,7 @@ impl fmt::Debug for PeerConfig {
             .field("include_options", &self.include_options)
             .field("tcp_ports", &self.tcp_ports)
             .field("initiate", &self.initiate)
+            .field("lifetimes", &self.lifetimes)
             .finish()
     }
 }

@@ -54,7 +54,7 @@ const NONCE_LEN: usize = 32;
 pub const KEY_ID_RANGE: core::ops::RangeInclusive<u8> = 0..=239;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SaState {
+pub(super) enum SaState {
     /// Initiator: IKE_SA_INIT sent.
     InitSent,
     /// Initiator: IKE_AUTH sent.
@@ -68,19 +68,20 @@ enum SaState {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PendingKind {
+pub(super) enum PendingKind {
     Init,
     Auth,
     Informational,
     DeleteIke,
+    CreateChild,
 }
 
-struct Pending {
-    message_id: u32,
+pub(super) struct Pending {
+    pub(super) message_id: u32,
     bytes: Vec<u8>,
     sent: u32,
     deadline: Instant,
-    kind: PendingKind,
+    pub(super) kind: PendingKind,
 }
 
 struct ChildOffer {
@@ -88,43 +89,69 @@ struct ChildOffer {
     exclude_options: bool,
 }
 
-struct MktRecord {
-    mkt: MasterKeyTuple,
-    ports: Vec<PortRange>,
-    created_at: Instant,
+/// An MKT with its lifecycle. MKTs belong to the peer, not to the IKE SA
+/// that negotiated them: they outlive a failed or replaced IKE SA until
+/// their hard lifetime, so that live connections keep their keys until new
+/// ones exist (docs/protocol.md).
+pub(super) struct MktRecord {
+    pub(super) mkt: MasterKeyTuple,
+    pub(super) ports: Vec<PortRange>,
+    pub(super) created_at: Instant,
+    /// Local SPI of the IKE SA that created the MKT.
+    pub(super) ike_spi: u64,
+    pub(super) spi_i: u64,
+    pub(super) spi_r: u64,
+    /// When this side starts a rekey (`None`: rekeyed, or being rekeyed).
+    pub(super) rekey_at: Option<Instant>,
+    /// Hard lifetime: the MKT is deleted then, rekeyed or not.
+    pub(super) expires_at: Instant,
+    /// When a superseded MKT is deleted (with a Delete payload when this
+    /// side initiated the rekey, locally otherwise).
+    pub(super) retire_at: Option<Instant>,
+    /// Send a Delete payload for it when it retires.
+    pub(super) retire_with_delete: bool,
+    /// (send_id, recv_id) of the MKT this one rekeys.
+    pub(super) rekey_of: Option<(u8, u8)>,
+    /// Created by an exchange this side initiated.
+    pub(super) by_us: bool,
+    /// Ni and Nr of the exchange that created it (RFC 7296 2.8.1).
+    pub(super) nonces: [Vec<u8>; 2],
 }
 
-struct IkeSa {
-    peer: usize,
-    role: Role,
-    state: SaState,
-    spi_i: u64,
-    spi_r: u64,
-    remote: SocketAddr,
-    created: Instant,
+pub(super) struct IkeSa {
+    pub(super) peer: usize,
+    pub(super) role: Role,
+    pub(super) state: SaState,
+    pub(super) spi_i: u64,
+    pub(super) spi_r: u64,
+    pub(super) remote: SocketAddr,
+    pub(super) created: Instant,
     expires: Option<Instant>,
     ni: Vec<u8>,
     nr: Vec<u8>,
     ke: Option<KeyExchange>,
-    suite: Option<IkeSuite>,
-    keys: Option<IkeKeys>,
+    pub(super) suite: Option<IkeSuite>,
+    pub(super) keys: Option<IkeKeys>,
     init_request: Vec<u8>,
     init_response: Vec<u8>,
     cookie: Option<Vec<u8>>,
-    peer_tcp_ao: bool,
+    pub(super) peer_tcp_ao: bool,
     peer_childless: bool,
     next_message_id: u32,
     expected_message_id: u32,
-    pending: Option<Pending>,
+    pub(super) pending: Option<Pending>,
     last_response: Option<(u32, Vec<u8>)>,
     iv_counter: u64,
-    established_at: Option<Instant>,
+    pub(super) established_at: Option<Instant>,
     child_offer: Option<ChildOffer>,
-    mkts: Vec<MktRecord>,
+    /// An outstanding CREATE_CHILD_SA request of ours.
+    pub(super) rekey_offer: Option<super::child::RekeyOffer>,
+    /// Requests waiting for the window (size 1, RFC 7296 2.3).
+    pub(super) queued: VecDeque<(ExchangeType, Vec<Payload>, PendingKind)>,
 }
 
 impl IkeSa {
-    fn local_spi(&self) -> u64 {
+    pub(super) fn local_spi(&self) -> u64 {
         match self.role {
             Role::Initiator => self.spi_i,
             Role::Responder => self.spi_r,
@@ -190,23 +217,27 @@ impl IkeSa {
 }
 
 #[derive(Default)]
-struct PeerRuntime {
-    last_error: Option<String>,
+pub(super) struct PeerRuntime {
+    pub(super) last_error: Option<String>,
     tcp_ao_capable: Option<bool>,
     next_attempt: Option<Instant>,
+    /// The peer's live MKTs.
+    pub(super) mkts: Vec<MktRecord>,
+    /// When to try again to create an MKT on an IKE SA that has none.
+    pub(super) next_child_attempt: Option<Instant>,
 }
 
 /// All IKE SAs of this node. See the module documentation.
 pub struct Endpoint {
-    cfg: EndpointConfig,
-    rng: Box<dyn CryptoRngCore + Send>,
-    peers: Vec<PeerRuntime>,
-    sas: HashMap<u64, IkeSa>,
+    pub(super) cfg: EndpointConfig,
+    pub(super) rng: Box<dyn CryptoRngCore + Send>,
+    pub(super) peers: Vec<PeerRuntime>,
+    pub(super) sas: HashMap<u64, IkeSa>,
     transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
+    pub(super) events: VecDeque<Event>,
 }
 
-fn notify(ty: NotifyType, data: Vec<u8>) -> Payload {
+pub(super) fn notify(ty: NotifyType, data: Vec<u8>) -> Payload {
     Payload::Notify(NotifyPayload {
         protocol: ProtocolId::NONE,
         spi: Vec::new(),
@@ -215,21 +246,21 @@ fn notify(ty: NotifyType, data: Vec<u8>) -> Payload {
     })
 }
 
-fn find_notify(payloads: &[Payload], ty: NotifyType) -> Option<&NotifyPayload> {
+pub(super) fn find_notify(payloads: &[Payload], ty: NotifyType) -> Option<&NotifyPayload> {
     payloads.iter().find_map(|p| match p {
         Payload::Notify(n) if n.ty == ty => Some(n),
         _ => None,
     })
 }
 
-fn first_error_notify(payloads: &[Payload]) -> Option<&NotifyPayload> {
+pub(super) fn first_error_notify(payloads: &[Payload]) -> Option<&NotifyPayload> {
     payloads.iter().find_map(|p| match p {
         Payload::Notify(n) if n.ty.is_error() => Some(n),
         _ => None,
     })
 }
 
-fn selectors(addr: IpAddr, ports: &[PortRange]) -> TsPayload {
+pub(super) fn selectors(addr: IpAddr, ports: &[PortRange]) -> TsPayload {
     TsPayload {
         selectors: ports
             .iter()
@@ -254,7 +285,7 @@ fn addr_in(addr: IpAddr, start: IpAddr, end: IpAddr) -> bool {
 
 /// Narrows offered selectors to `addr` and to the intersection of their
 /// port ranges with `local` (RFC 7296 2.9). Empty when nothing is left.
-fn narrow(offer: &TsPayload, addr: IpAddr, local: &[PortRange]) -> Vec<PortRange> {
+pub(super) fn narrow(offer: &TsPayload, addr: IpAddr, local: &[PortRange]) -> Vec<PortRange> {
     let mut out: Vec<PortRange> = Vec::new();
     for ts in &offer.selectors {
         let TrafficSelector::Range {
@@ -282,7 +313,11 @@ fn narrow(offer: &TsPayload, addr: IpAddr, local: &[PortRange]) -> Vec<PortRange
 }
 
 /// True when every selector of `reply` is for `addr`, TCP, and within `offered` ports.
-fn reply_within(reply: &TsPayload, addr: IpAddr, offered: &[PortRange]) -> Option<Vec<PortRange>> {
+pub(super) fn reply_within(
+    reply: &TsPayload,
+    addr: IpAddr,
+    offered: &[PortRange],
+) -> Option<Vec<PortRange>> {
     let mut ports = Vec::new();
     for ts in &reply.selectors {
         let TrafficSelector::Range {
@@ -372,7 +407,12 @@ impl Endpoint {
             [retransmit, half_open, sa.expires]
         });
         let peer_deadlines = self.peers.iter().map(|p| p.next_attempt);
-        sa_deadlines.chain(peer_deadlines).flatten().min()
+        let mkt_deadlines = self.mkt_deadlines().map(Some);
+        sa_deadlines
+            .chain(peer_deadlines)
+            .chain(mkt_deadlines)
+            .flatten()
+            .min()
     }
 
     /// Views of every configured peer, for status displays.
@@ -414,16 +454,18 @@ impl Endpoint {
                             established_at: s.established_at,
                         })
                         .collect(),
-                    mkts: sas
+                    mkts: self.peers[i]
+                        .mkts
                         .iter()
-                        .flat_map(|s| {
-                            s.mkts.iter().map(|m| MktView {
-                                mkt: m.mkt.clone(),
-                                ports: m.ports.clone(),
-                                created_at: m.created_at,
-                                spi_i: s.spi_i,
-                                spi_r: s.spi_r,
-                            })
+                        .map(|m| MktView {
+                            mkt: m.mkt.clone(),
+                            ports: m.ports.clone(),
+                            created_at: m.created_at,
+                            spi_i: m.spi_i,
+                            spi_r: m.spi_r,
+                            rekey_at: m.rekey_at,
+                            expires_at: m.expires_at,
+                            retire_at: m.retire_at,
                         })
                         .collect(),
                 }
@@ -493,7 +535,7 @@ impl Endpoint {
 
     /// Deletes the peer's IKE SAs (with a Delete payload) and their MKTs,
     /// and stops initiating to it until [`Endpoint::initiate`].
-    pub fn terminate(&mut self, peer_name: &str, now: Instant) -> Result<usize, IkeError> {
+    pub fn terminate(&mut self, peer_name: &str, _now: Instant) -> Result<usize, IkeError> {
         let peer = self.peer_index(peer_name)?;
         self.peers[peer].next_attempt = None;
         let spis: Vec<u64> = self
@@ -503,43 +545,75 @@ impl Endpoint {
             .map(|(k, _)| *k)
             .collect();
         let n = spis.len();
+        let recv_ids: Vec<Vec<u8>> = self.peers[peer]
+            .mkts
+            .iter()
+            .map(|m| vec![m.mkt.recv_id])
+            .collect();
         for spi in spis {
             if let Some(mut sa) = self.sas.remove(&spi) {
                 if sa.state == SaState::Established {
-                    self.send_delete_ike(&mut sa, now);
+                    // One INFORMATIONAL deletes the MKTs and the IKE SA (RFC 7296 1.4.1).
+                    let mut payloads = Vec::new();
+                    if !recv_ids.is_empty() {
+                        payloads.push(Payload::Delete(DeletePayload {
+                            protocol: ProtocolId::TCP_AO,
+                            spi_size: 1,
+                            spis: recv_ids.clone(),
+                        }));
+                    }
+                    payloads.push(Payload::Delete(DeletePayload {
+                        protocol: ProtocolId::IKE,
+                        spi_size: 0,
+                        spis: Vec::new(),
+                    }));
+                    self.send_oneshot(&mut sa, &payloads);
                 }
                 self.remove_sa(sa, "terminated by operator");
             }
         }
+        self.delete_all_mkts(peer, "terminated by operator");
         Ok(n)
     }
 
     /// Sends a one-shot INFORMATIONAL Delete for the IKE SA (RFC 7296 1.4.1).
     fn send_delete_ike(&mut self, sa: &mut IkeSa, _now: Instant) {
-        let id = sa.next_message_id;
-        sa.next_message_id = sa.next_message_id.wrapping_add(1);
-        let h = sa.header(ExchangeType::INFORMATIONAL, id, false);
         let del = Payload::Delete(DeletePayload {
             protocol: ProtocolId::IKE,
             spi_size: 0,
             spis: Vec::new(),
         });
-        if let Ok(bytes) = sa.protect(&h, &[del]) {
+        self.send_oneshot(sa, &[del]);
+    }
+
+    /// Sends an INFORMATIONAL request that is not retransmitted (the SA is
+    /// going away).
+    fn send_oneshot(&mut self, sa: &mut IkeSa, payloads: &[Payload]) {
+        let id = sa.next_message_id;
+        sa.next_message_id = sa.next_message_id.wrapping_add(1);
+        let h = sa.header(ExchangeType::INFORMATIONAL, id, false);
+        if let Ok(bytes) = sa.protect(&h, payloads) {
             self.send(sa.remote, bytes);
         }
     }
 
-    /// Drops an SA and reports its MKTs and itself as deleted.
-    fn remove_sa(&mut self, sa: IkeSa, reason: &'static str) {
-        let peer = self.peer_name(sa.peer);
-        for m in &sa.mkts {
+    /// Deletes every MKT of a peer locally.
+    fn delete_all_mkts(&mut self, peer: usize, reason: &'static str) {
+        let name = self.peer_name(peer);
+        for m in std::mem::take(&mut self.peers[peer].mkts) {
             self.events.push_back(Event::MktDeleted {
-                peer: peer.clone(),
+                peer: name.clone(),
                 send_id: m.mkt.send_id,
                 recv_id: m.mkt.recv_id,
                 reason,
             });
         }
+    }
+
+    /// Drops an SA and reports it as deleted. Its MKTs stay until their
+    /// lifetime ends or newer ones replace them.
+    pub(super) fn remove_sa(&mut self, sa: IkeSa, reason: &'static str) {
+        let peer = self.peer_name(sa.peer);
         if sa.state == SaState::Established {
             self.events.push_back(Event::IkeSaDeleted {
                 peer,
@@ -566,7 +640,7 @@ impl Endpoint {
         if self.cfg.peers[peer].initiate {
             self.peers[peer].next_attempt = Some(now + self.cfg.retry_interval);
         }
-        if sa.state == SaState::Established || !sa.mkts.is_empty() {
+        if sa.state == SaState::Established {
             self.remove_sa(sa, "IKE SA failed");
             return;
         }
@@ -609,7 +683,8 @@ impl Endpoint {
             iv_counter: 0,
             established_at: None,
             child_offer: None,
-            mkts: Vec::new(),
+            rekey_offer: None,
+            queued: VecDeque::new(),
         };
         self.peers[peer].next_attempt = None;
         self.send_init_request(&mut sa, now);
@@ -646,6 +721,37 @@ impl Endpoint {
         sa.init_request = bytes.clone();
         sa.next_message_id = 1;
         self.send_request(sa, 0, bytes, PendingKind::Init, now);
+    }
+
+    /// Sends a request now, or queues it behind the outstanding one (the
+    /// window is 1, RFC 7296 2.3).
+    pub(super) fn enqueue(
+        &mut self,
+        sa: &mut IkeSa,
+        exchange: ExchangeType,
+        payloads: Vec<Payload>,
+        kind: PendingKind,
+        now: Instant,
+    ) {
+        if sa.pending.is_some() {
+            sa.queued.push_back((exchange, payloads, kind));
+            return;
+        }
+        let id = sa.next_message_id;
+        sa.next_message_id = sa.next_message_id.wrapping_add(1);
+        let h = sa.header(exchange, id, false);
+        if let Ok(bytes) = sa.protect(&h, &payloads) {
+            self.send_request(sa, id, bytes, kind, now);
+        }
+    }
+
+    /// Sends the next queued request, if any.
+    fn send_queued(&mut self, sa: &mut IkeSa, now: Instant) {
+        if sa.pending.is_none() {
+            if let Some((exchange, payloads, kind)) = sa.queued.pop_front() {
+                self.enqueue(sa, exchange, payloads, kind, now);
+            }
+        }
     }
 
     fn send_request(
@@ -718,6 +824,7 @@ impl Endpoint {
             self.send(sa.remote, bytes);
             self.sas.insert(spi, sa);
         }
+        self.handle_mkt_timers(now);
         let due_peers: Vec<usize> = (0..self.peers.len())
             .filter(|&i| self.peers[i].next_attempt.is_some_and(|t| t <= now))
             .collect();
@@ -947,7 +1054,8 @@ impl Endpoint {
             iv_counter: 0,
             established_at: None,
             child_offer: None,
-            mkts: Vec::new(),
+            rekey_offer: None,
+            queued: VecDeque::new(),
         };
         let mut payloads = vec![
             Payload::Sa(proposal::ike_sa_reply(choice.proposal_num, choice.suite)),
@@ -990,7 +1098,10 @@ impl Endpoint {
                 self.on_auth_response(now, from, datagram, msg, sa)
             }
             SaState::Established if msg.header.exchange == ExchangeType::INFORMATIONAL => {
-                self.on_informational_response(from, datagram, msg, sa)
+                self.on_informational_response(now, from, datagram, msg, sa)
+            }
+            SaState::Established if msg.header.exchange == ExchangeType::CREATE_CHILD_SA => {
+                self.on_create_child_response_msg(now, from, datagram, msg, sa)
             }
             _ => {
                 let spi = sa.local_spi();
@@ -1140,12 +1251,11 @@ impl Endpoint {
         ))
     }
 
-    fn allocate_recv_id(&mut self, peer: usize) -> Option<u8> {
-        let used: Vec<u8> = self
-            .sas
-            .values()
-            .filter(|s| s.peer == peer)
-            .flat_map(|s| s.mkts.iter().map(|m| m.mkt.recv_id))
+    pub(super) fn allocate_recv_id(&mut self, peer: usize) -> Option<u8> {
+        let used: Vec<u8> = self.peers[peer]
+            .mkts
+            .iter()
+            .map(|m| m.mkt.recv_id)
             .collect();
         let free: Vec<u8> = KEY_ID_RANGE.filter(|id| !used.contains(id)).collect();
         if free.is_empty() {
@@ -1155,11 +1265,11 @@ impl Endpoint {
         free.get(i).copied()
     }
 
-    fn send_id_in_use(&self, peer: usize, send_id: u8) -> bool {
-        self.sas
-            .values()
-            .filter(|s| s.peer == peer)
-            .any(|s| s.mkts.iter().any(|m| m.mkt.send_id == send_id))
+    pub(super) fn send_id_in_use(&self, peer: usize, send_id: u8) -> bool {
+        self.peers[peer]
+            .mkts
+            .iter()
+            .any(|m| m.mkt.send_id == send_id)
     }
 
     fn send_auth_request(&mut self, sa: &mut IkeSa, now: Instant) -> Result<(), IkeError> {
@@ -1276,18 +1386,9 @@ impl Endpoint {
         ports: Vec<PortRange>,
         now: Instant,
     ) {
-        self.events.push_back(Event::MktCreated {
-            peer: self.peer_name(sa.peer),
-            spi_i: sa.spi_i,
-            spi_r: sa.spi_r,
-            mkt: mkt.clone(),
-            ports: ports.clone(),
-        });
-        sa.mkts.push(MktRecord {
-            mkt,
-            ports,
-            created_at: now,
-        });
+        let nonces = [sa.ni.clone(), sa.nr.clone()];
+        let by_us = sa.role == Role::Initiator;
+        self.add_mkt_record(sa, mkt, ports, None, by_us, nonces, now);
     }
 
     fn on_auth_response(
@@ -1419,7 +1520,7 @@ impl Endpoint {
                             };
                             self.add_mkt(&mut sa, mkt, ports, now);
                         }
-                        Err(e) => self.child_failed(&mut sa, e, false),
+                        Err(e) => self.child_failed(&mut sa, e, false, now),
                     }
                 }
                 Err(e) => {
@@ -1427,17 +1528,18 @@ impl Endpoint {
                         matches!(e, IkeError::Negotiation(NegotiationError::PeerReported(_)));
                     if !by_peer {
                         // The responder may hold an MKT we refuse: delete it.
-                        self.send_child_delete(&mut sa, &[offer.recv_id], now);
+                        self.send_child_deletes(&mut sa, vec![offer.recv_id], now);
                     }
-                    self.child_failed(&mut sa, e, by_peer);
+                    self.child_failed(&mut sa, e, by_peer, now);
                 }
             }
         }
         self.sas.insert(spi, sa);
     }
 
-    fn child_failed(&mut self, sa: &mut IkeSa, error: IkeError, by_peer: bool) {
+    fn child_failed(&mut self, sa: &mut IkeSa, error: IkeError, by_peer: bool, now: Instant) {
         let peer = sa.peer;
+        self.peers[peer].next_child_attempt = Some(now + self.cfg.retry_interval);
         self.peers[peer].last_error = Some(match error.notify() {
             Some(n) if n.name().is_some() => n.to_string(),
             _ => error.to_string(),
@@ -1449,22 +1551,9 @@ impl Endpoint {
         });
     }
 
-    fn send_child_delete(&mut self, sa: &mut IkeSa, recv_ids: &[u8], now: Instant) {
-        let id = sa.next_message_id;
-        sa.next_message_id = sa.next_message_id.wrapping_add(1);
-        let h = sa.header(ExchangeType::INFORMATIONAL, id, false);
-        let del = Payload::Delete(DeletePayload {
-            protocol: ProtocolId::TCP_AO,
-            spi_size: 1,
-            spis: recv_ids.iter().map(|r| vec![*r]).collect(),
-        });
-        if let Ok(bytes) = sa.protect(&h, &[del]) {
-            self.send_request(sa, id, bytes, PendingKind::Informational, now);
-        }
-    }
-
     fn on_informational_response(
         &mut self,
+        now: Instant,
         from: SocketAddr,
         datagram: &[u8],
         msg: &ParsedMessage,
@@ -1479,8 +1568,31 @@ impl Endpoint {
         if kind == Some(PendingKind::DeleteIke) {
             self.remove_sa(sa, "deleted");
         } else {
+            self.send_queued(&mut sa, now);
             self.sas.insert(spi, sa);
         }
+    }
+
+    fn on_create_child_response_msg(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        msg: &ParsedMessage,
+        mut sa: IkeSa,
+    ) {
+        let spi = sa.local_spi();
+        let payloads = match sa.unprotect(datagram, msg) {
+            Ok(p) => p,
+            Err(e) => {
+                self.sas.insert(spi, sa);
+                return self.dropped(from, format!("CREATE_CHILD_SA response: {e}"));
+            }
+        };
+        sa.pending = None;
+        self.on_create_child_response(now, payloads, &mut sa);
+        self.send_queued(&mut sa, now);
+        self.sas.insert(spi, sa);
     }
 
     fn on_request(
@@ -1522,13 +1634,19 @@ impl Endpoint {
                 self.on_informational_request(now, payloads, sa)
             }
             (SaState::Established, ExchangeType::CREATE_CHILD_SA) => {
-                // Rekeying is not implemented yet (docs/protocol.md).
-                self.respond(
-                    &mut sa,
-                    ExchangeType::CREATE_CHILD_SA,
-                    &[notify(NotifyType::NO_ADDITIONAL_SAS, Vec::new())],
-                );
-                self.sas.insert(spi, sa);
+                if find_notify(&payloads, NotifyType::REKEY_SA)
+                    .is_some_and(|n| n.protocol == ProtocolId::IKE)
+                {
+                    // Rekeying the IKE SA itself is not implemented yet (docs/protocol.md).
+                    self.respond(
+                        &mut sa,
+                        ExchangeType::CREATE_CHILD_SA,
+                        &[notify(NotifyType::NO_ADDITIONAL_SAS, Vec::new())],
+                    );
+                    self.sas.insert(spi, sa);
+                } else {
+                    self.on_create_child_request(now, payloads, sa)
+                }
             }
             _ => {
                 self.sas.insert(spi, sa);
@@ -1541,7 +1659,7 @@ impl Endpoint {
     }
 
     /// Sends a protected response to the request with the expected ID and stores it for replay.
-    fn respond(&mut self, sa: &mut IkeSa, exchange: ExchangeType, payloads: &[Payload]) {
+    pub(super) fn respond(&mut self, sa: &mut IkeSa, exchange: ExchangeType, payloads: &[Payload]) {
         let id = sa.expected_message_id;
         sa.expected_message_id = sa.expected_message_id.wrapping_add(1);
         let h = sa.header(exchange, id, true);
@@ -1658,7 +1776,7 @@ impl Endpoint {
                     if let Some(n) = e.notify() {
                         reply.push(notify(n, Vec::new()));
                     }
-                    self.child_failed(&mut sa, e, false);
+                    self.child_failed(&mut sa, e, false, now);
                 }
             },
         }
@@ -1771,8 +1889,9 @@ impl Endpoint {
                 let mut ours = Vec::new();
                 for s in &d.spis {
                     let [send_id] = s.as_slice() else { continue };
-                    if let Some(pos) = sa.mkts.iter().position(|m| m.mkt.send_id == *send_id) {
-                        let m = sa.mkts.remove(pos);
+                    let mkts = &mut self.peers[sa.peer].mkts;
+                    if let Some(pos) = mkts.iter().position(|m| m.mkt.send_id == *send_id) {
+                        let m = mkts.remove(pos);
                         ours.push(vec![m.mkt.recv_id]);
                         self.events.push_back(Event::MktDeleted {
                             peer: peer_name.clone(),

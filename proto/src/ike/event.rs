@@ -83,6 +83,9 @@ pub enum Event {
     /// Both sides initiated at once; the IKE SA started by the side with
     /// the higher nonce survives (docs/protocol.md).
     SimultaneousInitiation { peer: String, kept_ours: bool },
+    /// Both sides rekeyed the same MKT at once; RFC 7296 2.8.1 decided
+    /// which successor survives.
+    RekeyCollision { peer: String, kept_ours: bool },
     /// A datagram was dropped.
     Dropped { from: SocketAddr, reason: String },
 }
@@ -127,6 +130,12 @@ pub struct MktView {
     pub created_at: Instant,
     pub spi_i: u64,
     pub spi_r: u64,
+    /// When this side will start a rekey (`None`: rekeyed or being rekeyed).
+    pub rekey_at: Option<Instant>,
+    /// The hard lifetime.
+    pub expires_at: Instant,
+    /// When a superseded MKT goes away.
+    pub retire_at: Option<Instant>,
 }
 
 /// A read-only view of a peer.

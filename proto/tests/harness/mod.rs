@@ -49,6 +49,8 @@ pub struct Sim {
     seq: u64,
     /// Every datagram handed to the network, for fuzzing from real messages.
     pub sent: Vec<(usize, SocketAddr, Vec<u8>)>,
+    /// While true the network drops everything (a partition).
+    pub partitioned: bool,
 }
 
 /// A peer configuration for the simulation.
@@ -65,6 +67,7 @@ pub fn peer(name: &str, local: SocketAddr, remote: SocketAddr, psk: &[u8]) -> Pe
         include_options: true,
         tcp_ports: vec![PortRange::single(179)],
         initiate: true,
+        lifetimes: Default::default(),
     }
 }
 
@@ -105,6 +108,7 @@ impl Sim {
             flight: Vec::new(),
             seq: 0,
             sent: Vec::new(),
+            partitioned: false,
         }
     }
 
@@ -124,6 +128,9 @@ impl Sim {
                 let Some(to) = self.node_index(t.destination) else {
                     continue;
                 };
+                if self.partitioned {
+                    continue;
+                }
                 let copies = if self.rng.next_u32() % 100 < self.net.dup_pct {
                     2
                 } else {

@@ -1,0 +1,201 @@
+//! The MKT lifecycle on a virtual clock: rekeying with jitter, the
+//! simultaneous-rekey rule of RFC 7296 2.8.1, rekeying under loss, and the
+//! hard lifetime when the peer disappears.
+
+mod harness;
+
+use std::time::Duration;
+
+use aokd_proto::ike::{Event, Lifetimes, PeerConfig};
+use harness::{peer, NetParams, Sim, A_ADDR, B_ADDR};
+
+const PSK: &[u8] = b"lifecycle test key";
+
+fn short(jitter_s: u64) -> Lifetimes {
+    Lifetimes {
+        rekey: Duration::from_secs(100),
+        hard: Duration::from_secs(130),
+        jitter: Duration::from_secs(jitter_s),
+        overlap: Duration::from_secs(5),
+        pfs: false,
+    }
+}
+
+fn pair_with(seed: u64, net: NetParams, f: impl Fn(&mut PeerConfig)) -> Sim {
+    let mut a = peer("b", A_ADDR, B_ADDR, PSK);
+    let mut b = peer("a", B_ADDR, A_ADDR, PSK);
+    f(&mut a);
+    f(&mut b);
+    Sim::pair(seed, net, a, b)
+}
+
+/// An MKT A holds whose mirror B also holds (A.send = B.recv, same key).
+fn common_mkt(sim: &Sim) -> bool {
+    let (a, b) = (sim.mkts(0), sim.mkts(1));
+    a.iter().any(|x| {
+        b.iter().any(|y| {
+            x.mkt.send_id == y.mkt.recv_id
+                && x.mkt.recv_id == y.mkt.send_id
+                && x.mkt.master_key.as_bytes() == y.mkt.master_key.as_bytes()
+        })
+    })
+}
+
+fn created(sim: &Sim, i: usize) -> usize {
+    sim.nodes[i]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::MktCreated { .. }))
+        .count()
+}
+
+fn expired(sim: &Sim, i: usize) -> usize {
+    sim.nodes[i]
+        .events
+        .iter()
+        .filter(
+            |e| matches!(e, Event::MktDeleted { reason, .. } if *reason == "hard lifetime expired"),
+        )
+        .count()
+}
+
+/// Runs for `secs`, checking every virtual second that both sides share an MKT.
+fn run_checking_continuity(sim: &mut Sim, secs: u64) {
+    for t in 0..secs {
+        sim.run_for(Duration::from_secs(1));
+        assert!(
+            common_mkt(sim),
+            "no MKT in common at t+{t}s: A {:?} B {:?}",
+            ids(sim, 0),
+            ids(sim, 1)
+        );
+    }
+}
+
+fn ids(sim: &Sim, i: usize) -> Vec<(u8, u8)> {
+    sim.mkts(i)
+        .iter()
+        .map(|m| (m.mkt.send_id, m.mkt.recv_id))
+        .collect()
+}
+
+#[test]
+fn rfc7296_2_8_rekeys_on_schedule_with_jitter_and_no_gap() {
+    let mut sim = pair_with(21, NetParams::default(), |p| p.lifetimes = short(10));
+    assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
+    let mut births = Vec::new();
+    let mut seen = created(&sim, 0);
+    for t in 0..1000u64 {
+        sim.run_for(Duration::from_secs(1));
+        assert!(common_mkt(&sim), "no MKT in common at t+{t}s");
+        let now = created(&sim, 0);
+        if now > seen {
+            births.push(t);
+            seen = now;
+        }
+    }
+    // rekey = 100 s minus up to 10 s of jitter, drawn anew for every MKT.
+    let gaps: Vec<u64> = births.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|g| (89..=101).contains(g)),
+        "gaps between rekeys: {gaps:?}"
+    );
+    assert!(gaps.iter().any(|g| *g < 99), "no jitter visible: {gaps:?}");
+    // 1000 s at one rekey every 90-100 s: 10 or 11 successors, never a hard expiry.
+    let total = created(&sim, 0);
+    assert!((10..=12).contains(&total), "A saw {total} MKTs created");
+    assert_eq!(expired(&sim, 0) + expired(&sim, 1), 0);
+    // The superseded MKTs were deleted: at most the current one and one in overlap.
+    assert!(sim.mkts(0).len() <= 2 && sim.mkts(1).len() <= 2);
+}
+
+#[test]
+fn rfc7296_2_8_1_simultaneous_rekey_leaves_one_mkt() {
+    // No jitter and identical lifetimes: both sides rekey at the same instant.
+    let mut collisions = 0;
+    for seed in 0..50 {
+        let mut sim = pair_with(
+            seed,
+            NetParams {
+                jitter_ms: 20,
+                ..Default::default()
+            },
+            |p| p.lifetimes = short(0),
+        );
+        assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
+        run_checking_continuity(&mut sim, 120);
+        // After the overlap, exactly one MKT each, the same one.
+        assert_eq!(sim.mkts(0).len(), 1, "seed {seed}: A {:?}", ids(&sim, 0));
+        assert_eq!(sim.mkts(1).len(), 1, "seed {seed}: B {:?}", ids(&sim, 1));
+        assert!(common_mkt(&sim), "seed {seed}");
+        let seen = |i: usize| {
+            sim.nodes[i]
+                .events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::RekeyCollision { kept_ours, .. } => Some(*kept_ours),
+                    _ => None,
+                })
+                .collect::<Vec<bool>>()
+        };
+        let (a, b) = (seen(0), seen(1));
+        if !a.is_empty() {
+            collisions += 1;
+            // Both sides saw it and kept the same MKT: one kept its own, the other the peer's.
+            assert_eq!(a.len(), b.len(), "seed {seed}");
+            assert_ne!(a[0], b[0], "seed {seed}");
+        }
+    }
+    assert!(collisions >= 10, "only {collisions} of 50 runs collided");
+}
+
+#[test]
+fn rekey_under_30_percent_loss_keeps_a_common_mkt() {
+    for seed in 0..100 {
+        let mut sim = pair_with(
+            seed,
+            NetParams {
+                loss_pct: 30,
+                dup_pct: 10,
+                jitter_ms: 30,
+            },
+            |p| {
+                p.lifetimes = Lifetimes {
+                    rekey: Duration::from_secs(300),
+                    hard: Duration::from_secs(600),
+                    jitter: Duration::from_secs(30),
+                    overlap: Duration::from_secs(200),
+                    pfs: true,
+                };
+            },
+        );
+        assert!(
+            sim.run_until(Duration::from_secs(400), Sim::settled),
+            "seed {seed}"
+        );
+        run_checking_continuity(&mut sim, 1500);
+        assert_eq!(expired(&sim, 0) + expired(&sim, 1), 0, "seed {seed}");
+        assert!(
+            created(&sim, 0) >= 5,
+            "seed {seed}: {} MKTs",
+            created(&sim, 0)
+        );
+    }
+}
+
+#[test]
+fn hard_lifetime_ends_an_mkt_when_the_peer_is_gone_and_recovery_needs_no_operator() {
+    let mut sim = pair_with(31, NetParams::default(), |p| {
+        p.lifetimes = short(10);
+    });
+    assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
+    sim.partitioned = true;
+    sim.run_for(Duration::from_secs(200));
+    assert!(sim.mkts(0).is_empty(), "A still holds {:?}", ids(&sim, 0));
+    assert!(expired(&sim, 0) >= 1);
+    sim.partitioned = false;
+    assert!(
+        sim.run_until(Duration::from_secs(400), common_mkt),
+        "no new MKT after the partition"
+    );
+}
