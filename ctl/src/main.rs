@@ -58,6 +58,11 @@ enum Cmd {
         /// The peer's name in the configuration.
         peer: String,
     },
+    /// Rekey the peer's newest MKT now (hitless: the old one retires after the overlap).
+    Rekey {
+        /// The peer's name in the configuration.
+        peer: String,
+    },
     /// Write a new random pre-shared key file (mode 0600).
     GenPsk {
         /// The file to create.
@@ -89,6 +94,7 @@ fn main() {
         Cmd::Sockets => query(&socket, json, Command::Sockets),
         Cmd::Initiate { peer } => query(&socket, json, Command::Initiate { peer }),
         Cmd::Terminate { peer } => query(&socket, json, Command::Terminate { peer }),
+        Cmd::Rekey { peer } => query(&socket, json, Command::Rekey { peer }),
     };
     std::process::exit(code);
 }
@@ -128,7 +134,7 @@ fn query(socket: &Path, json: bool, command: Command) -> i32 {
         }
         (Command::Sockets, ResponseData::Sockets { sockets }) => output::sockets(sockets, now),
         (
-            Command::Initiate { .. } | Command::Terminate { .. },
+            Command::Initiate { .. } | Command::Terminate { .. } | Command::Rekey { .. },
             ResponseData::Accepted { message },
         ) => {
             if json {

@@ -130,7 +130,10 @@ pub fn mkts(mkts: &[MktStatus], now: u64) -> String {
         "RECV",
         "ALGORITHM",
         "OPTIONS",
+        "STATE",
         "CREATED",
+        "REKEY",
+        "EXPIRES",
         "FINGERPRINT",
     ]);
     for m in mkts {
@@ -145,7 +148,14 @@ pub fn mkts(mkts: &[MktStatus], now: u64) -> String {
                 "excluded"
             }
             .into(),
+            m.state.clone().unwrap_or_else(|| "-".into()),
             when(m.created_at, now),
+            m.rekey_at
+                .map(|t| relative(t, now))
+                .unwrap_or_else(|| "-".into()),
+            m.expires_at
+                .map(|t| relative(t, now))
+                .unwrap_or_else(|| "-".into()),
             m.key_fingerprint.clone(),
         ]);
     }
@@ -198,6 +208,15 @@ pub fn sockets(sockets: &[SocketStatus], now: u64) -> String {
         ]);
     }
     t.render()
+}
+
+/// `in 3h2m` or `3h2m ago`.
+fn relative(at: u64, now: u64) -> String {
+    if at >= now {
+        format!("in {}", span(at - now))
+    } else {
+        format!("{} ago", span(now - at))
+    }
 }
 
 /// `2024-05-01 12:00:00Z (3h2m ago)`.

@@ -242,6 +242,9 @@ fn canned_mkts() -> Vec<MktStatus> {
             include_options: true,
             created_at: 1_700_000_200,
             key_fingerprint: "0011223344556677".into(),
+            state: Some("active".into()),
+            rekey_at: Some(1_700_003_600),
+            expires_at: Some(1_700_004_000),
         },
         MktStatus {
             peer: "r2".into(),
@@ -251,6 +254,9 @@ fn canned_mkts() -> Vec<MktStatus> {
             include_options: false,
             created_at: 1_700_000_300,
             key_fingerprint: "8899aabbccddeeff".into(),
+            state: None,
+            rekey_at: None,
+            expires_at: None,
         },
     ]
 }
@@ -287,6 +293,9 @@ fn canned(cmd: &Cmd) -> String {
                 pkt_good: None,
                 pkt_bad: None,
             }],
+        }),
+        Cmd::Rekey { peer } => ok(ResponseData::Accepted {
+            message: format!("rekeying {peer}"),
         }),
         Cmd::MktKeys => unreachable!("aoctl never asks for keys here"),
     }
@@ -375,16 +384,22 @@ fn tables_and_json_from_a_fake_server() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert!(
-        lines[0].starts_with("PEER  SEND  RECV  ALGORITHM        OPTIONS   CREATED"),
+        lines[0].starts_with("PEER  SEND  RECV  ALGORITHM        OPTIONS   STATE   CREATED"),
         "{text}"
     );
     assert!(
-        lines[1].starts_with("r2    17    200   hmac-sha256-128  included  2023-11-14 22:16:40Z ("),
+        lines[1].starts_with(
+            "r2    17    200   hmac-sha256-128  included  active  2023-11-14 22:16:40Z ("
+        ),
         "{text}"
     );
     assert!(lines[1].ends_with("0011223344556677"), "{text}");
+    // Time left: rekey and hard lifetime, relative to now.
+    assert!(lines[1].contains("ago  "), "{text}");
     assert!(
-        lines[2].starts_with("r2    18    201   aes128-cmac-96   excluded  2023-11-14 22:18:20Z ("),
+        lines[2].starts_with(
+            "r2    18    201   aes128-cmac-96   excluded  -       2023-11-14 22:18:20Z ("
+        ),
         "{text}"
     );
     let out = aoctl(&["--json", "--socket", s, "mkts"]);

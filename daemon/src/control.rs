@@ -446,14 +446,18 @@ pub async fn run_placeholder(status: DaemonStatus, mut calls: mpsc::Receiver<Con
                     sockets: Vec::new(),
                 },
             },
-            Command::Initiate { peer } | Command::Terminate { peer } if !known(&peer) => {
+            Command::Initiate { peer } | Command::Terminate { peer } | Command::Rekey { peer }
+                if !known(&peer) =>
+            {
                 ResponseResult::Error {
                     message: format!("no peer named {peer:?}"),
                 }
             }
-            Command::Initiate { .. } | Command::Terminate { .. } => ResponseResult::Error {
-                message: "this aokd build does not negotiate yet".into(),
-            },
+            Command::Initiate { .. } | Command::Terminate { .. } | Command::Rekey { .. } => {
+                ResponseResult::Error {
+                    message: "this aokd build does not negotiate yet".into(),
+                }
+            }
         };
         // The client may have gone; nothing to do then.
         let _ = call.reply.send(result);

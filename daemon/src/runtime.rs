@@ -442,6 +442,19 @@ impl Daemon {
                     }
                 }
             },
+            Command::Rekey { peer } => match self.endpoint.rekey(&peer, Instant::now()) {
+                Ok(true) => ResponseData::Accepted {
+                    message: format!("rekeying the newest MKT with {peer}"),
+                },
+                Ok(false) => ResponseData::Accepted {
+                    message: format!("{peer} has no MKT to rekey"),
+                },
+                Err(e) => {
+                    return ResponseResult::Error {
+                        message: e.to_string(),
+                    }
+                }
+            },
             Command::Terminate { peer } => match self.endpoint.terminate(&peer, Instant::now()) {
                 Ok(n) => ResponseData::Accepted {
                     message: format!("deleted {n} IKE SA(s) with {peer}"),
@@ -512,6 +525,16 @@ impl Daemon {
                     include_options: m.mkt.include_options,
                     created_at: self.clock.unix(m.created_at),
                     key_fingerprint: m.mkt.fingerprint(),
+                    state: Some(
+                        if m.retire_at.is_some() {
+                            "retiring"
+                        } else {
+                            "active"
+                        }
+                        .to_string(),
+                    ),
+                    rekey_at: m.rekey_at.map(|t| self.clock.unix(t)),
+                    expires_at: Some(self.clock.unix(m.expires_at)),
                 })
             })
             .collect()

@@ -33,6 +33,8 @@ pub enum Command {
     Initiate { peer: String },
     /// Delete a peer's IKE SA and its MKTs.
     Terminate { peer: String },
+    /// Rekey the peer's newest MKT now.
+    Rekey { peer: String },
     /// MKTs with their master keys, for `aoctl verify --from-daemon`.
     /// Only answered for a root client (checked with SO_PEERCRED).
     MktKeys,
@@ -137,6 +139,15 @@ pub struct MktStatus {
     pub created_at: u64,
     /// First 8 octets of SHA-256 of the master key, hex.
     pub key_fingerprint: String,
+    /// "active", or "retiring" once a successor exists.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// When this side will rekey it (seconds since the Unix epoch).
+    #[serde(default)]
+    pub rekey_at: Option<u64>,
+    /// Its hard lifetime (seconds since the Unix epoch).
+    #[serde(default)]
+    pub expires_at: Option<u64>,
 }
 
 /// One attached TCP socket (`aoctl sockets`).
