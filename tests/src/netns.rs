@@ -225,15 +225,30 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Starts `tcpdump -i IFACE -w FILE -U -s 0 -n` in `ns` and returns once
+    /// Starts `tcpdump -i IFACE --immediate-mode -U -s 0 -n -w FILE` in `ns`
+    /// and returns once
     /// tcpdump has reported "listening on" (so nothing sent afterwards is
     /// missed).
     pub fn start(ns: &Netns, iface: &str, file: &Path) -> Result<Capture, String> {
         let mut cmd = ns.command("tcpdump");
         // -Z root: keep writing the file in the test's 0700 directory
         // (Debian's tcpdump otherwise drops to the user tcpdump).
-        cmd.args(["-i", iface, "-U", "-s", "0", "-n", "-Z", "root", "-w"])
-            .arg(file);
+        // --immediate-mode: hand every packet to tcpdump at once; otherwise
+        // TPACKET_V3 delivers in blocks, and packets still in the ring when
+        // SIGINT arrives are never written.
+        cmd.args([
+            "-i",
+            iface,
+            "--immediate-mode",
+            "-U",
+            "-s",
+            "0",
+            "-n",
+            "-Z",
+            "root",
+            "-w",
+        ])
+        .arg(file);
         let mut proc = Proc::spawn(&format!("tcpdump in {}", ns.name()), cmd);
         if proc
             .wait_stderr_line(Duration::from_secs(20), |l| l.contains("listening on"))

@@ -17,7 +17,8 @@
 //!   attached server: no connection, B's TCPMD5Failure rises.
 //!
 //! Needs root, `ip` and `tcpdump` (and `libaokd_preload.so` built by
-//! `cargo build --workspace` for the tests that use it): when something is
+//! `cargo build --workspace` for the tests that use it, or the file named by
+//! `AOKD_TEST_PRELOAD`): when something is
 //! missing the test fails if `CI` is set, and is otherwise skipped with the
 //! reason printed. Addresses are 10.201.0.1 (A) and 10.201.0.2 (B), which
 //! exist only inside the namespaces the tests create.
@@ -71,8 +72,11 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// The preload library: `AOKD_TEST_PRELOAD` if set, else the one cargo built.
 fn preload_lib() -> PathBuf {
-    target_dir().join("libaokd_preload.so")
+    std::env::var_os("AOKD_TEST_PRELOAD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("libaokd_preload.so"))
 }
 
 /// Whether the test can run; a missing prerequisite fails under CI and
@@ -149,12 +153,9 @@ impl Topo {
             (&self.side_a, &self.side_b, psk_a, ""),
             (&self.side_b, &self.side_a, psk_b, "initiate = false\n"),
         ] {
-            let daemon = format!(
-                "attach_socket = \"{}\"\nacquire_timeout = \"5s\"\n",
-                me.attach_socket().display()
-            );
+            let daemon = "acquire_timeout = \"5s\"\n";
             let peer = format!("backend = \"tcp-md5\"\ntcp_ports = [179]\n{extra}");
-            me.write_config_with(other, psk, &daemon, &peer);
+            me.write_config_with(other, psk, daemon, &peer);
         }
     }
 
@@ -254,18 +255,17 @@ fn counter(m: &BTreeMap<String, u64>, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in TcpExt: {m:?}"))
 }
 
-/// `aoctl [--socket S] verify --pcap FILE [--from-daemon] --json`: exit
-/// status and the JSON document.
-fn verify(pcap: &Path, from_daemon: Option<&Path>) -> (Option<i32>, Value) {
-    let mut cmd = Command::new(target_dir().join("aoctl"));
-    if let Some(sock) = from_daemon {
-        cmd.arg("--socket").arg(sock);
-    }
-    cmd.arg("verify").arg("--pcap").arg(pcap).arg("--json");
-    if from_daemon.is_some() {
-        cmd.arg("--from-daemon");
-    }
-    let out = cmd.output().expect("run aoctl verify");
+/// `aoctl verify --pcap FILE --json ARGS...`: exit status and the JSON
+/// document.
+fn verify(pcap: &Path, args: &[&std::ffi::OsStr]) -> (Option<i32>, Value) {
+    let out = Command::new(target_dir().join("aoctl"))
+        .arg("verify")
+        .arg("--pcap")
+        .arg(pcap)
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run aoctl verify");
     let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "aoctl verify printed no JSON ({e}), status {}: {}",
@@ -274,6 +274,73 @@ fn verify(pcap: &Path, from_daemon: Option<&Path>) -> (Option<i32>, Value) {
         )
     });
     (out.status.code(), v)
+}
+
+/// The master keys (hex) of the daemon's MKTs, read with the control
+/// command `mkt-keys` (root only; docs/control.md): the TCP-MD5 key aokd
+/// installs for an MKT is its master key.
+fn daemon_master_keys(socket: &Path) -> Vec<String> {
+    use aokd_proto::control::{
+        Command as Ctl, Request, Response, ResponseData, ResponseResult, PROTOCOL_VERSION,
+    };
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("control socket");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut line = serde_json::to_string(&Request {
+        version: PROTOCOL_VERSION,
+        command: Ctl::MktKeys,
+    })
+    .expect("request");
+    line.push('\n');
+    stream.write_all(line.as_bytes()).expect("send mkt-keys");
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .expect("read mkt-keys");
+    let response: Response = serde_json::from_str(&answer).expect("mkt-keys answer");
+    match response.result {
+        ResponseResult::Ok {
+            data: ResponseData::MktKeys { keys },
+        } => keys.into_iter().map(|k| k.master_key).collect(),
+        other => panic!("mkt-keys: unexpected answer {other:?}"),
+    }
+}
+
+/// Asserts that `aoctl verify` passed with `count` connections from A to
+/// port 179, each fully signed with TCP-MD5 and verified.
+fn assert_all_verified(what: &str, code: Option<i32>, v: &Value, count: usize, detail: &str) {
+    let conns = connections(v);
+    assert_eq!(code, Some(0), "{what}: {v:#}\n{detail}");
+    assert_eq!(v["result"], "pass", "{what}: {v:#}\n{detail}");
+    assert_eq!(conns.len(), count, "{what}: {v:#}\n{detail}");
+    for c in &conns {
+        assert_eq!(c["signing"], "tcp-md5", "{what}: {c}\n{detail}");
+        assert_eq!(c["dport"], 179, "{what}: {c}");
+        assert_eq!(c["src"], ADDR_A, "{what}: {c}");
+        let segments = c["segments"].as_u64().expect("segments");
+        assert!(segments > 0, "{what}: {c}");
+        assert_eq!(c["verified"].as_u64(), Some(segments), "{what}: {c}");
+        assert_eq!(c["unsigned"], 0, "{what}: {c}");
+    }
+    println!(
+        "{what}: {}",
+        conns
+            .iter()
+            .map(|c| format!(
+                "{}:{} -> {}:{} verified {}/{} unsigned {}",
+                c["src"],
+                c["sport"],
+                c["dst"],
+                c["dport"],
+                c["verified"],
+                c["segments"],
+                c["unsigned"]
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 fn connections(v: &Value) -> Vec<Value> {
@@ -359,37 +426,22 @@ fn md5_keys_protect_a_connection_between_two_namespaces() {
     );
 
     let summary = cap.stop().expect("stop tcpdump");
-    let (code, v) = verify(cap.file(), Some(&t.side_a.socket()));
-    let conns = connections(&v);
-    let detail = || {
-        format!(
-            "verify: {v:#}\ntcpdump: {summary}\n{}",
-            capture_text(cap.file())
-        )
-    };
-    assert_eq!(code, Some(0), "{}", detail());
-    assert_eq!(v["result"], "pass", "{}", detail());
-    assert_eq!(conns.len(), 2, "{}", detail());
-    for c in &conns {
-        assert_eq!(c["signing"], "tcp-md5", "{c}\n{}", detail());
-        assert_eq!(c["dport"], 179, "{c}");
-        assert_eq!(c["src"], ADDR_A, "{c}");
-        let segments = c["segments"].as_u64().expect("segments");
-        assert!(segments > 0, "{c}");
-        assert_eq!(c["verified"].as_u64(), Some(segments), "{c}\n{}", detail());
-        assert_eq!(c["unsigned"], 0, "{c}");
-    }
-    println!(
-        "verified: {}",
-        conns
-            .iter()
-            .map(|c| format!(
-                "{}:{} -> {}:{} {}/{}",
-                c["src"], c["sport"], c["dst"], c["dport"], c["verified"], c["segments"]
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
+    let detail = format!("tcpdump: {summary}\n{}", capture_text(cap.file()));
+    // With the daemon's key given explicitly as the TCP-MD5 key.
+    let keys = daemon_master_keys(&t.side_a.socket());
+    assert_eq!(keys.len(), 1, "A holds one MKT");
+    let (code, v) = verify(cap.file(), &["--md5".as_ref(), keys[0].as_ref()]);
+    assert_all_verified("verify --md5 <A's MKT master key>", code, &v, 2, &detail);
+    // The same, with the keys fetched by aoctl itself from A's aokd.
+    let (code, v) = verify(
+        cap.file(),
+        &[
+            "--from-daemon".as_ref(),
+            "--socket".as_ref(),
+            t.side_a.socket().as_os_str(),
+        ],
     );
+    assert_all_verified("verify --from-daemon", code, &v, 2, &detail);
 }
 
 #[test]
@@ -447,7 +499,7 @@ fn guard_when_the_peer_is_down() {
     );
     let after = netstat(&t.b).expect("netstat B");
     let summary = cap.stop().expect("stop tcpdump");
-    let (_, v) = verify(cap.file(), None);
+    let (_, v) = verify(cap.file(), &[]);
     let conns = connections(&v);
     let detail = || {
         format!(
@@ -563,7 +615,7 @@ fn covered_server_refuses_unsigned_peer() {
         server.report()
     );
     let summary = cap.stop().expect("stop tcpdump");
-    let (_, v) = verify(cap.file(), None);
+    let (_, v) = verify(cap.file(), &[]);
     let conns = connections(&v);
     let detail = || {
         format!(
