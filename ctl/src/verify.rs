@@ -117,7 +117,9 @@ fn collect_keys(args: &VerifyArgs, global_socket: Option<&Path>) -> Result<KeySe
             .or_else(|| global_socket.map(Path::to_path_buf))
             .or_else(|| std::env::var_os(SOCKET_ENV).map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-        set.ao.extend(keys::from_daemon(&socket)?);
+        let (ao, md5) = keys::from_daemon(&socket)?;
+        set.ao.extend(ao);
+        set.md5.extend(md5);
     }
     Ok(set)
 }

@@ -88,8 +88,11 @@ pub fn keys_of_mkt(mkt: &MktKey) -> Result<Vec<AoKey>, String> {
         .collect())
 }
 
-/// Asks aokd for its MKTs (`mkt-keys`; only answered for root).
-pub fn from_daemon(socket: &Path) -> Result<Vec<AoKey>, String> {
+/// Asks aokd for its MKTs (`mkt-keys`; only answered for root). Each MKT
+/// is returned as TCP-AO keys under both KeyIDs, and its master key as a
+/// TCP-MD5 key too: aokd installs the master key as the TCP-MD5 key for
+/// peers without TCP-AO (docs/kernel.md).
+pub fn from_daemon(socket: &Path) -> Result<(Vec<AoKey>, Vec<Secret>), String> {
     let name = socket.display();
     let mut stream = UnixStream::connect(socket)
         .map_err(|e| format!("cannot connect to aokd at {name}: {e}"))?;
@@ -121,10 +124,16 @@ pub fn from_daemon(socket: &Path) -> Result<Vec<AoKey>, String> {
             data: ResponseData::MktKeys { keys },
         } => {
             let mut out = Vec::new();
+            let mut md5: Vec<Secret> = Vec::new();
             for mkt in &keys {
                 out.extend(keys_of_mkt(mkt)?);
+                let key =
+                    parse_hex_key(&mkt.master_key, &format!("daemon MKT of peer {}", mkt.peer))?;
+                if !md5.contains(&key) {
+                    md5.push(key);
+                }
             }
-            Ok(out)
+            Ok((out, md5))
         }
         ResponseResult::Ok { .. } => Err(format!("{name}: unexpected answer from aokd")),
         ResponseResult::Error { message } => Err(format!("aokd refused: {message}")),
