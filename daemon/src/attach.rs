@@ -6,10 +6,11 @@
 //! dummy-key guard, on it while the kernel still allows that. The protocol
 //! types are [`aokd_proto::attach`]; this module owns the transport:
 //!
-//! - a Unix stream socket, created like the control socket (a missing
-//!   parent directory is created, a stale socket from a dead aokd
-//!   replaced, the socket bound under a temporary name, chmodded, renamed
-//!   into place), but with a configurable mode ([`DEFAULT_MODE`] 0600):
+//! - a Unix stream socket, created like the control socket
+//!   ([`crate::unix_listener`]: a missing parent directory is created, a
+//!   stale socket from a dead aokd replaced, the socket bound under a
+//!   temporary name, chmodded, renamed into place), but with a
+//!   configurable mode ([`DEFAULT_MODE`] 0600):
 //!   routing daemons often run as their own user, and whoever can connect
 //!   can put keys on a socket it owns and read them back with
 //!   `TCP_AO_GET_KEYS`, so the mode (and the socket's group) decides who
@@ -39,7 +40,6 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,12 +48,13 @@ use aokd_proto::attach::{
 };
 use serde::Deserialize;
 use tokio::io::{AsyncWriteExt, Interest};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::kernel::{canonical, sys, Backend};
 use crate::sockets::{self, Gone};
+use crate::unix_listener::{bind_private, PrivateListener, UnixListenerError};
 
 /// Where aokd listens for attach requests unless configured otherwise.
 pub const DEFAULT_ATTACH_SOCKET: &str = "/run/aokd/attach.sock";
@@ -182,14 +183,26 @@ pub enum AttachSocketError {
     },
 }
 
+impl From<UnixListenerError> for AttachSocketError {
+    fn from(e: UnixListenerError) -> Self {
+        match e {
+            UnixListenerError::CreateDir { path, dir, source } => {
+                AttachSocketError::CreateDir { path, dir, source }
+            }
+            UnixListenerError::NotASocket { path } => AttachSocketError::NotASocket { path },
+            UnixListenerError::InUse { path } => AttachSocketError::InUse { path },
+            UnixListenerError::Io { path, what, source } => {
+                AttachSocketError::Io { path, what, source }
+            }
+        }
+    }
+}
+
 /// A bound attach socket. Dropping it removes the socket file (if it is
 /// still the one this server created).
 #[derive(Debug)]
 pub struct AttachServer {
-    listener: UnixListener,
-    path: PathBuf,
-    /// (st_dev, st_ino) of the socket file, to remove only our own.
-    id: (u64, u64),
+    socket: PrivateListener,
     default_wait: Duration,
 }
 
@@ -212,75 +225,18 @@ impl AttachServer {
                 mode,
             });
         }
-        let io_err = |what: &'static str| {
-            let path = path.to_owned();
-            move |source| AttachSocketError::Io { path, what, source }
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let shared = mode & 0o077 != 0;
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(if shared { 0o711 } else { 0o700 })
-                .create(&dir)
-                .map_err(|source| AttachSocketError::CreateDir {
-                    path: path.to_owned(),
-                    dir: dir.clone(),
-                    source,
-                })?;
-        } else if shared {
-            if let Ok(meta) = std::fs::metadata(&dir) {
-                if meta.mode() & 0o011 == 0 {
-                    warn!(
-                        dir = %dir.display(),
-                        "attach socket mode {mode:o} grants access to other users, \
-                         but its directory does not let them reach it"
-                    );
-                }
-            }
-        }
-        remove_stale(path)?;
-
-        let tmp = dir.join(format!(".aokd-attach-{}.tmp", std::process::id()));
-        let perms = std::fs::Permissions::from_mode(mode);
-        let std_listener = if tmp.as_os_str().len() <= 107 {
-            // Leftover from a previous run with the same pid.
-            let _ = std::fs::remove_file(&tmp);
-            let l = std::os::unix::net::UnixListener::bind(&tmp)
-                .map_err(io_err("cannot bind a temporary socket in its directory"))?;
-            let placed =
-                std::fs::set_permissions(&tmp, perms).and_then(|()| std::fs::rename(&tmp, path));
-            if let Err(e) = placed {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(io_err("cannot chmod and rename the socket into place")(e));
-            }
-            l
-        } else {
-            let l = std::os::unix::net::UnixListener::bind(path).map_err(io_err("cannot bind"))?;
-            std::fs::set_permissions(path, perms).map_err(io_err("cannot chmod"))?;
-            l
-        };
-        let meta = std::fs::symlink_metadata(path).map_err(io_err("cannot stat the new socket"))?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(io_err("cannot make the socket non-blocking"))?;
-        let listener =
-            UnixListener::from_std(std_listener).map_err(io_err("cannot register the socket"))?;
+        let dir_mode = if mode & 0o077 != 0 { 0o711 } else { 0o700 };
+        let socket = bind_private(path, mode, dir_mode, "attach")?;
         info!(path = %path.display(), mode = format!("{mode:o}"), "attach socket listening");
         Ok(AttachServer {
-            listener,
-            path: path.to_owned(),
-            id: (meta.dev(), meta.ino()),
+            socket,
             default_wait: DEFAULT_WAIT,
         })
     }
 
     /// The socket's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.socket.path()
     }
 
     /// How long to wait for the event loop when a request has no `wait_ms`
@@ -295,7 +251,7 @@ impl AttachServer {
     pub async fn run(&self, calls: mpsc::Sender<AttachCall>) {
         loop {
             let stream = tokio::select! {
-                r = self.listener.accept() => r,
+                r = self.socket.listener().accept() => r,
                 () = calls.closed() => return,
             };
             let stream = match stream {
@@ -318,16 +274,6 @@ impl AttachServer {
     }
 }
 
-impl Drop for AttachServer {
-    fn drop(&mut self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if (meta.dev(), meta.ino()) == self.id {
-                let _ = std::fs::remove_file(&self.path);
-            }
-        }
-    }
-}
-
 /// Binds `path` with `mode` and serves it until `calls` closes.
 pub async fn serve(
     path: &Path,
@@ -337,37 +283,6 @@ pub async fn serve(
     let server = AttachServer::bind(path, mode).await?;
     server.run(calls).await;
     Ok(())
-}
-
-/// Removes a socket left at `path` by a process that no longer listens.
-fn remove_stale(path: &Path) -> Result<(), AttachSocketError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(AttachSocketError::Io {
-                path: path.to_owned(),
-                what: "cannot stat",
-                source,
-            })
-        }
-    };
-    if !meta.file_type().is_socket() {
-        return Err(AttachSocketError::NotASocket {
-            path: path.to_owned(),
-        });
-    }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(AttachSocketError::InUse {
-            path: path.to_owned(),
-        });
-    }
-    info!(path = %path.display(), "removing stale attach socket");
-    std::fs::remove_file(path).map_err(|source| AttachSocketError::Io {
-        path: path.to_owned(),
-        what: "cannot remove the stale socket",
-        source,
-    })
 }
 
 /// The client's identity (`SO_PEERCRED`).
@@ -682,6 +597,7 @@ fn check_request(req: &AttachRequest, sock: BorrowedFd<'_>) -> Result<(), String
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
 
     fn pid() -> Option<i32> {
         i32::try_from(std::process::id()).ok()

@@ -14,17 +14,19 @@
 
 use std::fmt;
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
-use aokd_proto::crypto::{Encr, Prf};
 use aokd_proto::mkt::MacAlgorithm;
-use aokd_proto::numbers::{DhGroup, EncrId, IdType, PrfId};
 use serde::Deserialize;
 use zeroize::Zeroizing;
+
+/// The identity and proposal types of the configuration are the IKE
+/// endpoint's own: [`Identity`] (ID type and data, parsed with
+/// [`parse_identity`]) and [`IkeSuite`] (an `ENCR-PRF-GROUP` proposal).
+pub use aokd_proto::ike::{Identity, IkeSuite};
 
 /// Where aokd looks for its configuration when none is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/aokd/aokd.toml";
@@ -46,11 +48,7 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default of `peer.tcp_ports` (BGP).
 pub const DEFAULT_TCP_PORTS: [u16; 1] = [179];
 /// Default of `peer.ike_proposals`.
-pub const DEFAULT_IKE_PROPOSAL: IkeProposal = IkeProposal {
-    encr: IkeEncr::Aes256Gcm16,
-    prf: IkePrf::HmacSha256,
-    group: IkeGroup::X25519,
-};
+pub const DEFAULT_IKE_PROPOSAL: IkeSuite = IkeSuite::DEFAULT;
 /// Default of `peer.lifetimes.ike_rekey` (4h).
 pub const DEFAULT_IKE_REKEY: Duration = Duration::from_secs(4 * 3600);
 /// Default of `peer.lifetimes.mkt_rekey` (1h).
@@ -196,7 +194,7 @@ pub struct PeerConfig {
     /// TCP ports the MKTs are for (non-empty, no duplicates, 1..=65535).
     pub tcp_ports: Vec<u16>,
     /// IKE SA proposals in preference order (non-empty, no duplicates).
-    pub ike_proposals: Vec<IkeProposal>,
+    pub ike_proposals: Vec<IkeSuite>,
     /// Whether aokd initiates an IKE SA with this peer at start.
     pub initiate: bool,
     /// How keys reach the kernel for this peer.
@@ -286,301 +284,29 @@ impl fmt::Debug for Psk {
     }
 }
 
-/// An IKE identity (RFC 7296 3.5).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Identity {
-    /// ID_IPV4_ADDR.
-    Ipv4(Ipv4Addr),
-    /// ID_IPV6_ADDR.
-    Ipv6(Ipv6Addr),
-    /// ID_FQDN, for example `r1.example.net`.
-    Fqdn(String),
-    /// ID_RFC822_ADDR, for example `bgp@r1.example.net`.
-    Rfc822(String),
-}
-
-impl Identity {
-    /// The address identity of `ip`.
-    pub fn from_ip(ip: IpAddr) -> Identity {
-        match ip {
-            IpAddr::V4(a) => Identity::Ipv4(a),
-            IpAddr::V6(a) => Identity::Ipv6(a),
-        }
+/// Parses a configured identity with [`Identity::parse`] (an IP address
+/// gives ID_IPV4_ADDR or ID_IPV6_ADDR, a string containing `@`
+/// ID_RFC822_ADDR, anything else ID_FQDN), after checking that a name is
+/// not empty, at most 255 octets long, and printable ASCII without spaces.
+pub fn parse_identity(s: &str) -> Result<Identity, String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(Identity::from_ip(ip));
     }
-
-    /// Parses a configured identity: an IP address gives ID_IPV4_ADDR or
-    /// ID_IPV6_ADDR, a string containing `@` ID_RFC822_ADDR, anything else
-    /// ID_FQDN. Names must be printable ASCII without spaces.
-    pub fn parse(s: &str) -> Result<Identity, String> {
-        if let Ok(ip) = s.parse::<IpAddr>() {
-            return Ok(Identity::from_ip(ip));
-        }
-        if s.is_empty() {
-            return Err("identity must not be empty".into());
-        }
-        if s.len() > MAX_IDENTITY_LEN {
-            return Err(format!(
-                "identity is {} octets long; at most {MAX_IDENTITY_LEN} allowed",
-                s.len()
-            ));
-        }
-        if !s.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!(
-                "identity {s:?} must be printable ASCII without spaces"
-            ));
-        }
-        if s.contains('@') {
-            Ok(Identity::Rfc822(s.to_owned()))
-        } else {
-            Ok(Identity::Fqdn(s.to_owned()))
-        }
+    if s.is_empty() {
+        return Err("identity must not be empty".into());
     }
-
-    /// The ID Type of the ID payload.
-    pub fn id_type(&self) -> IdType {
-        match self {
-            Identity::Ipv4(_) => IdType::ID_IPV4_ADDR,
-            Identity::Ipv6(_) => IdType::ID_IPV6_ADDR,
-            Identity::Fqdn(_) => IdType::ID_FQDN,
-            Identity::Rfc822(_) => IdType::ID_RFC822_ADDR,
-        }
+    if s.len() > MAX_IDENTITY_LEN {
+        return Err(format!(
+            "identity is {} octets long; at most {MAX_IDENTITY_LEN} allowed",
+            s.len()
+        ));
     }
-
-    /// The Identification Data of the ID payload.
-    pub fn data(&self) -> Vec<u8> {
-        match self {
-            Identity::Ipv4(a) => a.octets().to_vec(),
-            Identity::Ipv6(a) => a.octets().to_vec(),
-            Identity::Fqdn(s) | Identity::Rfc822(s) => s.as_bytes().to_vec(),
-        }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "identity {s:?} must be printable ASCII without spaces"
+        ));
     }
-
-    /// Interprets a received ID payload; `None` for types aokd does not
-    /// use or malformed data. Compare the result with `==` against
-    /// [`PeerConfig::remote_id`] (names compare exactly, case included).
-    pub fn from_payload(id_type: IdType, data: &[u8]) -> Option<Identity> {
-        match id_type {
-            IdType::ID_IPV4_ADDR => {
-                let octets: [u8; 4] = data.try_into().ok()?;
-                Some(Identity::Ipv4(Ipv4Addr::from(octets)))
-            }
-            IdType::ID_IPV6_ADDR => {
-                let octets: [u8; 16] = data.try_into().ok()?;
-                Some(Identity::Ipv6(Ipv6Addr::from(octets)))
-            }
-            IdType::ID_FQDN => {
-                let s = std::str::from_utf8(data).ok()?;
-                Some(Identity::Fqdn(s.to_owned()))
-            }
-            IdType::ID_RFC822_ADDR => {
-                let s = std::str::from_utf8(data).ok()?;
-                Some(Identity::Rfc822(s.to_owned()))
-            }
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Identity::Ipv4(a) => write!(f, "{a}"),
-            Identity::Ipv6(a) => write!(f, "{a}"),
-            Identity::Fqdn(s) | Identity::Rfc822(s) => f.write_str(s),
-        }
-    }
-}
-
-/// An IKE SA proposal, written `ENCR-PRF-GROUP` (for example
-/// `aes256gcm16-prfsha256-x25519`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct IkeProposal {
-    pub encr: IkeEncr,
-    pub prf: IkePrf,
-    pub group: IkeGroup,
-}
-
-impl fmt::Display for IkeProposal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}-{}-{}",
-            self.encr.name(),
-            self.prf.name(),
-            self.group.name()
-        )
-    }
-}
-
-impl FromStr for IkeProposal {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split('-').collect();
-        let [encr, prf, group] = parts.as_slice() else {
-            return Err(format!(
-                "IKE proposal {s:?} must have the form ENCR-PRF-GROUP, \
-                 for example aes256gcm16-prfsha256-x25519"
-            ));
-        };
-        Ok(IkeProposal {
-            encr: encr.parse()?,
-            prf: prf.parse()?,
-            group: group.parse()?,
-        })
-    }
-}
-
-/// The AEAD cipher of an IKE proposal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IkeEncr {
-    /// `aes128gcm16`: ENCR_AES_GCM_16 with a 128-bit key.
-    Aes128Gcm16,
-    /// `aes256gcm16`: ENCR_AES_GCM_16 with a 256-bit key.
-    Aes256Gcm16,
-    /// `chacha20poly1305`: ENCR_CHACHA20_POLY1305.
-    Chacha20Poly1305,
-}
-
-impl IkeEncr {
-    pub const ALL: [IkeEncr; 3] = [
-        IkeEncr::Aes128Gcm16,
-        IkeEncr::Aes256Gcm16,
-        IkeEncr::Chacha20Poly1305,
-    ];
-
-    /// The configuration name.
-    pub fn name(self) -> &'static str {
-        match self {
-            IkeEncr::Aes128Gcm16 => "aes128gcm16",
-            IkeEncr::Aes256Gcm16 => "aes256gcm16",
-            IkeEncr::Chacha20Poly1305 => "chacha20poly1305",
-        }
-    }
-
-    /// Transform ID and Key Length attribute (in bits, if any).
-    pub fn transform(self) -> (EncrId, Option<u16>) {
-        match self {
-            IkeEncr::Aes128Gcm16 => (EncrId::ENCR_AES_GCM_16, Some(128)),
-            IkeEncr::Aes256Gcm16 => (EncrId::ENCR_AES_GCM_16, Some(256)),
-            IkeEncr::Chacha20Poly1305 => (EncrId::ENCR_CHACHA20_POLY1305, None),
-        }
-    }
-
-    /// The cipher in `aokd_proto::crypto`.
-    pub fn to_crypto(self) -> Encr {
-        match self {
-            IkeEncr::Aes128Gcm16 => Encr::AesGcm16 { key_bits: 128 },
-            IkeEncr::Aes256Gcm16 => Encr::AesGcm16 { key_bits: 256 },
-            IkeEncr::Chacha20Poly1305 => Encr::ChaCha20Poly1305,
-        }
-    }
-}
-
-impl FromStr for IkeEncr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        IkeEncr::ALL
-            .into_iter()
-            .find(|e| e.name() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown IKE cipher {s:?} (expected aes128gcm16, aes256gcm16 or chacha20poly1305)"
-                )
-            })
-    }
-}
-
-/// The PRF of an IKE proposal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IkePrf {
-    /// `prfsha256`: PRF_HMAC_SHA2_256.
-    HmacSha256,
-    /// `prfsha384`: PRF_HMAC_SHA2_384.
-    HmacSha384,
-    /// `prfsha512`: PRF_HMAC_SHA2_512.
-    HmacSha512,
-}
-
-impl IkePrf {
-    pub const ALL: [IkePrf; 3] = [IkePrf::HmacSha256, IkePrf::HmacSha384, IkePrf::HmacSha512];
-
-    /// The configuration name.
-    pub fn name(self) -> &'static str {
-        match self {
-            IkePrf::HmacSha256 => "prfsha256",
-            IkePrf::HmacSha384 => "prfsha384",
-            IkePrf::HmacSha512 => "prfsha512",
-        }
-    }
-
-    /// Transform ID.
-    pub fn id(self) -> PrfId {
-        match self {
-            IkePrf::HmacSha256 => PrfId::PRF_HMAC_SHA2_256,
-            IkePrf::HmacSha384 => PrfId::PRF_HMAC_SHA2_384,
-            IkePrf::HmacSha512 => PrfId::PRF_HMAC_SHA2_512,
-        }
-    }
-
-    /// The PRF in `aokd_proto::crypto`.
-    pub fn to_crypto(self) -> Prf {
-        match self {
-            IkePrf::HmacSha256 => Prf::HmacSha256,
-            IkePrf::HmacSha384 => Prf::HmacSha384,
-            IkePrf::HmacSha512 => Prf::HmacSha512,
-        }
-    }
-}
-
-impl FromStr for IkePrf {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        IkePrf::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| {
-                format!("unknown IKE PRF {s:?} (expected prfsha256, prfsha384 or prfsha512)")
-            })
-    }
-}
-
-/// The key exchange group of an IKE proposal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IkeGroup {
-    /// `x25519`: Curve25519 (group 31).
-    X25519,
-    /// `ecp256`: NIST P-256 (group 19).
-    Ecp256,
-}
-
-impl IkeGroup {
-    pub const ALL: [IkeGroup; 2] = [IkeGroup::X25519, IkeGroup::Ecp256];
-
-    /// The configuration name.
-    pub fn name(self) -> &'static str {
-        match self {
-            IkeGroup::X25519 => "x25519",
-            IkeGroup::Ecp256 => "ecp256",
-        }
-    }
-
-    /// Transform ID (also the group of the KE payload).
-    pub fn id(self) -> DhGroup {
-        match self {
-            IkeGroup::X25519 => DhGroup::CURVE25519,
-            IkeGroup::Ecp256 => DhGroup::ECP_256,
-        }
-    }
-}
-
-impl FromStr for IkeGroup {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        IkeGroup::ALL
-            .into_iter()
-            .find(|g| g.name() == s)
-            .ok_or_else(|| format!("unknown IKE group {s:?} (expected x25519 or ecp256)"))
-    }
+    Ok(Identity::parse(s))
 }
 
 /// Parses a duration such as `90s`, `30m`, `4h`, `1d` or `1h6m`: one or
@@ -988,11 +714,11 @@ impl Validator<'_> {
 
         let local_id = match raw.local_id {
             None => local.map(Identity::from_ip),
-            Some(s) => Some(Identity::parse(&s).map_err(|m| self.err(key("local_id"), pn, m))?),
+            Some(s) => Some(parse_identity(&s).map_err(|m| self.err(key("local_id"), pn, m))?),
         };
         let remote_id = match raw.remote_id {
             None => Identity::from_ip(remote),
-            Some(s) => Identity::parse(&s).map_err(|m| self.err(key("remote_id"), pn, m))?,
+            Some(s) => parse_identity(&s).map_err(|m| self.err(key("remote_id"), pn, m))?,
         };
 
         let psk_s = raw
@@ -1032,9 +758,7 @@ impl Validator<'_> {
 
         let ike_proposals = match raw.ike_proposals {
             None => vec![DEFAULT_IKE_PROPOSAL],
-            Some(list) => self.list(&key("ike_proposals"), pn, &list, |s| {
-                s.parse::<IkeProposal>()
-            })?,
+            Some(list) => self.list(&key("ike_proposals"), pn, &list, |s| s.parse::<IkeSuite>())?,
         };
 
         let lifetimes = self.lifetimes(i, pn, raw.lifetimes)?;
@@ -1292,36 +1016,43 @@ mod tests {
 
     #[test]
     fn identities() {
+        use aokd_proto::numbers::IdType;
         assert_eq!(
-            Identity::parse("192.0.2.1"),
-            Ok(Identity::Ipv4(Ipv4Addr::new(192, 0, 2, 1)))
+            parse_identity("192.0.2.1"),
+            Ok(Identity::from_ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))))
         );
         assert_eq!(
-            Identity::parse("2001:db8::1").map(|i| i.id_type()),
+            parse_identity("2001:db8::1").map(|i| i.id_type),
             Ok(IdType::ID_IPV6_ADDR)
         );
         assert_eq!(
-            Identity::parse("r1.example.net").map(|i| i.id_type()),
-            Ok(IdType::ID_FQDN)
+            parse_identity("r1.example.net"),
+            Ok(Identity {
+                id_type: IdType::ID_FQDN,
+                data: b"r1.example.net".to_vec()
+            })
         );
         assert_eq!(
-            Identity::parse("a@example.net").map(|i| i.id_type()),
+            parse_identity("a@example.net").map(|i| i.id_type),
             Ok(IdType::ID_RFC822_ADDR)
         );
-        assert!(Identity::parse("").is_err());
-        assert!(Identity::parse("has space").is_err());
-        let id = Identity::parse("r1.example.net").unwrap();
-        assert_eq!(Identity::from_payload(id.id_type(), &id.data()), Some(id));
-        let ip = Identity::parse("2001:db8::1").unwrap();
-        assert_eq!(Identity::from_payload(ip.id_type(), &ip.data()), Some(ip));
+        assert!(parse_identity("").is_err());
+        assert!(parse_identity("has space").is_err());
+        assert!(parse_identity(&"x".repeat(MAX_IDENTITY_LEN + 1)).is_err());
+        assert_eq!(
+            parse_identity("r1.example.net").map(|i| i.to_string()),
+            Ok("r1.example.net".to_owned())
+        );
     }
 
     #[test]
     fn proposals() {
-        let p: IkeProposal = "chacha20poly1305-prfsha512-ecp256".parse().unwrap();
-        assert_eq!(p.encr, IkeEncr::Chacha20Poly1305);
-        assert_eq!(p.prf, IkePrf::HmacSha512);
-        assert_eq!(p.group, IkeGroup::Ecp256);
+        use aokd_proto::crypto::{Encr, Prf};
+        use aokd_proto::numbers::DhGroup;
+        let p: IkeSuite = "chacha20poly1305-prfsha512-ecp256".parse().unwrap();
+        assert_eq!(p.encr, Encr::ChaCha20Poly1305);
+        assert_eq!(p.prf, Prf::HmacSha512);
+        assert_eq!(p.group, DhGroup::ECP_256);
         assert_eq!(p.to_string(), "chacha20poly1305-prfsha512-ecp256");
         assert_eq!(
             DEFAULT_IKE_PROPOSAL.to_string(),
@@ -1332,9 +1063,10 @@ mod tests {
             "aes256gcm16-prfsha1-x25519",
             "aes-prfsha256-x25519",
             "aes256gcm16-prfsha256-modp2048",
+            "aes256gcm16-prfsha256-curve25519",
             "a-b-c-d",
         ] {
-            assert!(bad.parse::<IkeProposal>().is_err(), "{bad}");
+            assert!(bad.parse::<IkeSuite>().is_err(), "{bad}");
         }
     }
 }

@@ -14,7 +14,6 @@
 //! configuration with an empty state; the control server's tests use it.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,11 +22,11 @@ use aokd_proto::control::{
     PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::unix_listener::{bind_private, PrivateListener, UnixListenerError};
 
 /// Longest accepted request line, newline excluded. A longer line is
 /// answered with an error and the connection is closed.
@@ -78,14 +77,24 @@ pub enum ControlError {
     },
 }
 
+impl From<UnixListenerError> for ControlError {
+    fn from(e: UnixListenerError) -> Self {
+        match e {
+            UnixListenerError::CreateDir { path, dir, source } => {
+                ControlError::CreateDir { path, dir, source }
+            }
+            UnixListenerError::NotASocket { path } => ControlError::NotASocket { path },
+            UnixListenerError::InUse { path } => ControlError::InUse { path },
+            UnixListenerError::Io { path, what, source } => ControlError::Io { path, what, source },
+        }
+    }
+}
+
 /// A bound control socket. Dropping it removes the socket file (if it is
 /// still the one this server created).
 #[derive(Debug)]
 pub struct ControlServer {
-    listener: UnixListener,
-    path: PathBuf,
-    /// (st_dev, st_ino) of the socket file, to remove only our own.
-    id: (u64, u64),
+    socket: PrivateListener,
 }
 
 impl ControlServer {
@@ -94,65 +103,17 @@ impl ControlServer {
     /// (never anything that is not a socket, nor a socket someone still
     /// listens on), binds, and sets mode 0600. The socket is bound under a
     /// temporary name, chmodded and then renamed into place, so it is
-    /// never reachable with a wider mode. Must run inside a tokio runtime.
+    /// never reachable with a wider mode (see [`crate::unix_listener`]).
+    /// Must run inside a tokio runtime.
     pub async fn bind(path: &Path) -> Result<ControlServer, ControlError> {
-        let io_err = |what: &'static str| {
-            let path = path.to_owned();
-            move |source| ControlError::Io { path, what, source }
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|source| ControlError::CreateDir {
-                    path: path.to_owned(),
-                    dir: dir.clone(),
-                    source,
-                })?;
-        }
-        remove_stale(path)?;
-
-        let tmp = dir.join(format!(".aokd-control-{}.tmp", std::process::id()));
-        let std_listener = if tmp.as_os_str().len() <= 107 {
-            // Leftover from a previous run with the same pid.
-            let _ = std::fs::remove_file(&tmp);
-            let l = std::os::unix::net::UnixListener::bind(&tmp)
-                .map_err(io_err("cannot bind a temporary socket in its directory"))?;
-            let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-                .and_then(|()| std::fs::rename(&tmp, path));
-            if let Err(e) = placed {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(io_err("cannot chmod and rename the socket into place")(e));
-            }
-            l
-        } else {
-            let l = std::os::unix::net::UnixListener::bind(path).map_err(io_err("cannot bind"))?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(io_err("cannot chmod 0600"))?;
-            l
-        };
-        let meta = std::fs::symlink_metadata(path).map_err(io_err("cannot stat the new socket"))?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(io_err("cannot make the socket non-blocking"))?;
-        let listener =
-            UnixListener::from_std(std_listener).map_err(io_err("cannot register the socket"))?;
+        let socket = bind_private(path, 0o600, 0o700, "control")?;
         info!(path = %path.display(), "control socket listening");
-        Ok(ControlServer {
-            listener,
-            path: path.to_owned(),
-            id: (meta.dev(), meta.ino()),
-        })
+        Ok(ControlServer { socket })
     }
 
     /// The socket's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.socket.path()
     }
 
     /// Accepts connections forever, serving each in its own task. Calls go
@@ -161,7 +122,7 @@ impl ControlServer {
     pub async fn run(&self, handler: mpsc::Sender<ControlCall>) {
         loop {
             let stream = tokio::select! {
-                r = self.listener.accept() => r,
+                r = self.socket.listener().accept() => r,
                 () = handler.closed() => return,
             };
             let stream = match stream {
@@ -189,47 +150,6 @@ impl ControlServer {
             });
         }
     }
-}
-
-impl Drop for ControlServer {
-    fn drop(&mut self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if (meta.dev(), meta.ino()) == self.id {
-                let _ = std::fs::remove_file(&self.path);
-            }
-        }
-    }
-}
-
-/// Removes a socket left at `path` by a process that no longer listens.
-fn remove_stale(path: &Path) -> Result<(), ControlError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(ControlError::Io {
-                path: path.to_owned(),
-                what: "cannot stat",
-                source,
-            })
-        }
-    };
-    if !meta.file_type().is_socket() {
-        return Err(ControlError::NotASocket {
-            path: path.to_owned(),
-        });
-    }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(ControlError::InUse {
-            path: path.to_owned(),
-        });
-    }
-    info!(path = %path.display(), "removing stale control socket");
-    std::fs::remove_file(path).map_err(|source| ControlError::Io {
-        path: path.to_owned(),
-        what: "cannot remove the stale socket",
-        source,
-    })
 }
 
 /// Binds `path` and serves it until `handler` closes: [`ControlServer::bind`]

@@ -11,3 +11,4 @@ pub mod kernel;
 pub mod keys;
 pub mod runtime;
 pub mod sockets;
+pub mod unix_listener;

@@ -142,7 +142,7 @@ fn check_config(file: &Path) -> ExitCode {
             outln!(out, "  local: {local}");
         }
         let local_id = match &p.local_id {
-            Some(id) => format!("{id} ({})", id.id_type()),
+            Some(id) => format!("{id} ({})", id.id_type),
             None => "the local address".into(),
         };
         outln!(out, "  local id: {local_id}");
@@ -150,7 +150,7 @@ fn check_config(file: &Path) -> ExitCode {
             out,
             "  remote id: {} ({})",
             p.remote_id,
-            p.remote_id.id_type()
+            p.remote_id.id_type
         );
         outln!(
             out,

@@ -12,7 +12,7 @@ use aokd_proto::control::{
     Command, DaemonStatus, MktKey, MktStatus, PeerStatus, ResponseData, ResponseResult, SaStatus,
 };
 use aokd_proto::crypto::Secret;
-use aokd_proto::ike::{self, Endpoint, EndpointConfig, Event, IkeSuite, PeerView, PortRange};
+use aokd_proto::ike::{self, Endpoint, EndpointConfig, Event, PeerView, PortRange};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -38,30 +38,14 @@ pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
                 )
             })?,
         };
-        let local_id = p.local_identity(local);
-        let ike_suites = p
-            .ike_proposals
-            .iter()
-            .map(|s| IkeSuite {
-                encr: s.encr.to_crypto(),
-                prf: s.prf.to_crypto(),
-                group: s.group.id(),
-            })
-            .collect();
         peers.push(ike::PeerConfig {
             name: p.name.clone(),
             remote: p.remote_addr(),
             local,
-            local_id: ike::Identity {
-                id_type: local_id.id_type(),
-                data: local_id.data(),
-            },
-            remote_id: ike::Identity {
-                id_type: p.remote_id.id_type(),
-                data: p.remote_id.data(),
-            },
+            local_id: p.local_identity(local),
+            remote_id: p.remote_id.clone(),
             psk: Secret::new(p.psk.as_bytes().to_vec()),
-            ike_suites,
+            ike_suites: p.ike_proposals.clone(),
             mac_algorithms: p.mac_algorithms.clone(),
             include_options: p.include_tcp_options,
             tcp_ports: p

@@ -8,16 +8,32 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aokd::config::{
-    Config, ConfigError, Identity, IkeEncr, IkeGroup, IkePrf, IkeProposal, Lifetimes,
-};
+use aokd::config::{Config, ConfigError, Identity, IkeSuite, Lifetimes};
+use aokd_proto::crypto::{Encr, Prf};
 use aokd_proto::mkt::MacAlgorithm;
+use aokd_proto::numbers::{DhGroup, IdType};
 use common::{examples, localize_example, TempDir};
 
 /// A one-peer config with `extra` lines appended to the peer table.
 fn peer_config(dir: &TempDir, extra: &str) -> String {
     dir.psk("r2.psk");
     format!("[[peer]]\nname = \"r2\"\nremote = \"192.0.2.2\"\npsk_file = \"r2.psk\"\n{extra}\n")
+}
+
+/// An ID_FQDN identity.
+fn fqdn(name: &str) -> Identity {
+    Identity {
+        id_type: IdType::ID_FQDN,
+        data: name.as_bytes().to_vec(),
+    }
+}
+
+/// An ID_RFC822_ADDR identity.
+fn rfc822(name: &str) -> Identity {
+    Identity {
+        id_type: IdType::ID_RFC822_ADDR,
+        data: name.as_bytes().to_vec(),
+    }
 }
 
 fn load(dir: &TempDir, text: &str) -> Result<Config, ConfigError> {
@@ -156,9 +172,9 @@ fn defaults() {
     assert_eq!(p.local_id, None);
     assert_eq!(
         p.local_identity("192.0.2.1".parse().unwrap()),
-        Identity::Ipv4("192.0.2.1".parse().unwrap())
+        Identity::from_ip("192.0.2.1".parse().unwrap())
     );
-    assert_eq!(p.remote_id, Identity::Ipv4("192.0.2.2".parse().unwrap()));
+    assert_eq!(p.remote_id, Identity::from_ip("192.0.2.2".parse().unwrap()));
     assert_eq!(p.psk_file, dir.join("r2.psk"));
     assert_eq!(p.psk.len(), 32);
     assert_eq!(
@@ -173,10 +189,10 @@ fn defaults() {
     assert_eq!(p.tcp_ports, vec![179]);
     assert_eq!(
         p.ike_proposals,
-        vec![IkeProposal {
-            encr: IkeEncr::Aes256Gcm16,
-            prf: IkePrf::HmacSha256,
-            group: IkeGroup::X25519
+        vec![IkeSuite {
+            encr: Encr::AesGcm16 { key_bits: 256 },
+            prf: Prf::HmacSha256,
+            group: DhGroup::CURVE25519
         }]
     );
     assert!(p.initiate);
@@ -219,20 +235,20 @@ fn full_example_values() {
     assert_eq!(config.daemon.control_socket, dir.join("control.sock"));
     let r2 = config.peer("r2").unwrap();
     assert_eq!(r2.local, Some("192.0.2.1".parse().unwrap()));
-    assert_eq!(r2.local_id, Some(Identity::Fqdn("r1.example.net".into())));
-    assert_eq!(r2.remote_id, Identity::Fqdn("r2.example.net".into()));
+    assert_eq!(r2.local_id, Some(fqdn("r1.example.net")));
+    assert_eq!(r2.remote_id, fqdn("r2.example.net"));
     assert_eq!(r2.ike_proposals.len(), 2);
-    assert_eq!(r2.ike_proposals[1].encr, IkeEncr::Chacha20Poly1305);
+    assert_eq!(r2.ike_proposals[1].encr, Encr::ChaCha20Poly1305);
     let r3 = config.peer("r3-v6").unwrap();
-    assert_eq!(r3.remote_id, Identity::Rfc822("bgp@r3.example.net".into()));
+    assert_eq!(r3.remote_id, rfc822("bgp@r3.example.net"));
     assert_eq!(
         r3.local_id,
-        Some(Identity::Ipv6("2001:db8::1".parse().unwrap()))
+        Some(Identity::from_ip("2001:db8::1".parse().unwrap()))
     );
     assert!(!r3.include_tcp_options && !r3.initiate);
     assert_eq!(r3.tcp_ports, vec![179, 1790]);
     assert_eq!(r3.mac_algorithms, vec![MacAlgorithm::AesCmac96]);
-    assert_eq!(r3.ike_proposals[0].group, IkeGroup::Ecp256);
+    assert_eq!(r3.ike_proposals[0].group, DhGroup::ECP_256);
     assert_eq!(r3.lifetimes.mkt_lifetime, Duration::from_secs(40 * 60));
     assert_eq!(
         config
@@ -578,13 +594,10 @@ fn names_and_identities() {
         ),
     )
     .unwrap();
-    assert_eq!(
-        c.peers[0].local_id,
-        Some(Identity::Rfc822("me@example.net".into()))
-    );
+    assert_eq!(c.peers[0].local_id, Some(rfc822("me@example.net")));
     assert_eq!(
         c.peers[0].remote_id,
-        Identity::Ipv6("2001:db8::2".parse().unwrap())
+        Identity::from_ip("2001:db8::2".parse().unwrap())
     );
 }
 

@@ -127,13 +127,17 @@ impl fmt::Display for IkeSuite {
     }
 }
 
+/// Parses the proposal names of aokd's `ike_proposals` setting
+/// (docs/configuration.md): the ciphers, PRFs and groups above, lower case,
+/// no aliases. The error is a message for the operator.
 impl FromStr for IkeSuite {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split('-').collect();
         let [e, p, g] = parts.as_slice() else {
             return Err(format!(
-                "{s:?} is not of the form CIPHER-PRF-GROUP (e.g. aes256gcm16-prfsha256-x25519)"
+                "IKE proposal {s:?} must have the form ENCR-PRF-GROUP, \
+                 for example aes256gcm16-prfsha256-x25519"
             ));
         };
         let encr = match *e {
@@ -142,7 +146,7 @@ impl FromStr for IkeSuite {
             "chacha20poly1305" => Encr::ChaCha20Poly1305,
             other => {
                 return Err(format!(
-                    "unknown cipher {other:?} (aes128gcm16, aes256gcm16, chacha20poly1305)"
+                    "unknown IKE cipher {other:?} (expected aes128gcm16, aes256gcm16 or chacha20poly1305)"
                 ))
             }
         };
@@ -152,14 +156,18 @@ impl FromStr for IkeSuite {
             "prfsha512" => Prf::HmacSha512,
             other => {
                 return Err(format!(
-                    "unknown PRF {other:?} (prfsha256, prfsha384, prfsha512)"
+                    "unknown IKE PRF {other:?} (expected prfsha256, prfsha384 or prfsha512)"
                 ))
             }
         };
         let group = match *g {
-            "x25519" | "curve25519" => DhGroup::CURVE25519,
+            "x25519" => DhGroup::CURVE25519,
             "ecp256" => DhGroup::ECP_256,
-            other => return Err(format!("unknown group {other:?} (x25519, ecp256)")),
+            other => {
+                return Err(format!(
+                    "unknown IKE group {other:?} (expected x25519 or ecp256)"
+                ))
+            }
         };
         Ok(IkeSuite { encr, prf, group })
     }
@@ -350,8 +358,19 @@ mod tests {
         ] {
             assert_eq!(s.parse::<IkeSuite>().unwrap().to_string(), s);
         }
-        assert!("aes256gcm16-prfsha256".parse::<IkeSuite>().is_err());
-        assert!("des-prfsha256-x25519".parse::<IkeSuite>().is_err());
+        for bad in [
+            "aes256gcm16-prfsha256",
+            "des-prfsha256-x25519",
+            "aes256gcm16-prfsha1-x25519",
+            "aes256gcm16-prfsha256-modp2048",
+            "aes256gcm16-prfsha256-curve25519",
+            "AES256GCM16-prfsha256-x25519",
+            "a-b-c-d",
+        ] {
+            assert!(bad.parse::<IkeSuite>().is_err(), "{bad}");
+        }
+        let e = "aes256gcm16".parse::<IkeSuite>().unwrap_err();
+        assert!(e.contains("ENCR-PRF-GROUP"), "{e}");
         assert_eq!(
             IkeSuite::DEFAULT.to_string(),
             "aes256gcm16-prfsha256-x25519"
