@@ -11,4 +11,5 @@ pub mod kernel;
 pub mod keys;
 pub mod runtime;
 pub mod sockets;
+pub mod state;
 pub mod unix_listener;
