@@ -34,6 +34,24 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The preload library: `AOKD_TEST_PRELOAD` if set, else the one `cargo
+/// test --workspace` just built (it builds cdylibs into `target/<profile>/deps`),
+/// else the copy `cargo build` puts in `target/<profile>`.
+pub fn preload_library() -> PathBuf {
+    if let Some(p) = std::env::var_os("AOKD_TEST_PRELOAD") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("target/<profile>/deps").to_path_buf();
+    let built_for_test = deps.join("libaokd_preload.so");
+    if built_for_test.exists() {
+        return built_for_test;
+    }
+    deps.parent()
+        .map(|d| d.join("libaokd_preload.so"))
+        .unwrap_or(built_for_test)
+}
+
 /// A fresh directory under the system temporary directory, mode 0700.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);

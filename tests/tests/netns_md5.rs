@@ -74,9 +74,7 @@ fn target_dir() -> PathBuf {
 
 /// The preload library: `AOKD_TEST_PRELOAD` if set, else the one cargo built.
 fn preload_lib() -> PathBuf {
-    std::env::var_os("AOKD_TEST_PRELOAD")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("libaokd_preload.so"))
+    aokd_tests::preload_library()
 }
 
 /// Whether the test can run; a missing prerequisite fails under CI and

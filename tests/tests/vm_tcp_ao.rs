@@ -77,7 +77,7 @@ fn programs() -> Vec<(&'static str, PathBuf, Option<&'static str>)> {
         ),
         (
             "libaokd_preload.so",
-            t.join("libaokd_preload.so"),
+            aokd_tests::preload_library(),
             Some(GUEST_PRELOAD),
         ),
     ]
