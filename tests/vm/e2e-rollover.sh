@@ -1,0 +1,462 @@
+#!/bin/sh
+# Guest side of the MKT rollover test (tests/tests/vm_rollover.rs); runs inside the qemu
+# VM (tests/vm/run.sh) as /opt/aokd/guest.sh with dash, on a kernel with TCP-AO.
+#
+# Two network namespaces a (10.202.0.1) and b (10.202.0.2) joined by a veth pair, an
+# aokd in each (backend tcp-ao, TCP port 179, a initiates) with short MKT lifetimes
+# (mkt_rekey 8 s, mkt_lifetime 16 s: a rollover about every 7.6 s, the old MKT deleted
+# 4 s after its successor). One connection of stream-peer (attach API, client in a,
+# server in b) carries data both ways without a pause until the client's socket has
+# seen ROLLOVERS changes of Current_key and SETTLE seconds more (at most MAX_S s).
+# Meanwhile:
+#   - `aoctl --json mkts` is sampled once per second in both namespaces (fingerprints,
+#     KeyIDs, state), and `stream-peer mkt-keys` collects the master key of every MKT
+#     from both daemons every 200 ms (the root-only `mkt-keys` control command);
+#   - tcpdump captures b's veth;
+#   - stream-peer prints its socket's TCP_AO_INFO and key list once per second.
+# Checks: the stream never dropped or stalled and every octet verified; at least
+# ROLLOVERS+1 distinct MKTs; both sockets saw at least ROLLOVERS rollovers, at most 3
+# keys at once, and every replaced key left the socket within LINGER_S seconds (from
+# the per-second key lists); pkt_bad and pkt_key_not_found 0 at both ends; `aoctl
+# verify` of the capture with every collected key verifies every segment, none
+# unsigned or bad.
+# On failure the aokd logs, the per-second samples, the collected KeyIDs and the
+# capture's KeyID/RNextKeyID runs per sender are printed. (A known way to fail: a
+# simultaneous rekey by both sides, logged as "simultaneous MKT rekey resolved",
+# whose redundant MKT is installed and selected as RNext_key and deleted again within
+# milliseconds: the peer signs a few segments with it, which are dropped as
+# key-not-found and, since its key lived too briefly to be collected, show up as
+# unknown_key_id in the verification.)
+# Every result is one line `E2E-RESULT case=NAME key=value ...`, every check one line
+# `E2E-CHECK NAME ok` or `E2E-CHECK NAME FAIL: why`. Exit status 0 only if every check
+# passed. Addresses: 10.202.0.0/24 exists only inside the namespaces of this VM.
+set -eu
+
+T=/tmp/e2e
+A_IP=10.202.0.1
+B_IP=10.202.0.2
+PORT=179
+PSK=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+MKT_REKEY=${E2E_MKT_REKEY:-8}
+MKT_LIFETIME=${E2E_MKT_LIFETIME:-16}
+ROLLOVERS=${E2E_ROLLOVERS:-20}
+# The client streams until ROLLOVERS+1 rollovers and SETTLE s more (or MAX_S s).
+SETTLE=${E2E_SETTLE:-10}
+MAX_S=${E2E_MAX_S:-300}
+# A replaced key must leave the socket within LINGER_S s (the overlap is 4 s).
+LINGER_S=${E2E_LINGER_S:-10}
+INTERVAL_MS=${E2E_INTERVAL_MS:-10}
+CHUNK=${E2E_CHUNK:-1024}
+
+fails=0
+script_start=0
+
+# Milliseconds since boot (from /proc/uptime, centisecond resolution).
+now_ms() {
+    read -r up _ </proc/uptime
+    cs=${up#*.}
+    cs=${cs#0}
+    echo $((${up%.*} * 1000 + cs * 10))
+}
+
+# expect NAME WHY TEST-ARGS...: runs `[ TEST-ARGS ]` and records the check; WHY is
+# printed when it fails.
+expect() {
+    name=$1 why=$2
+    shift 2
+    if [ "$@" ] 2>/dev/null; then
+        echo "E2E-CHECK $name ok"
+    else
+        echo "E2E-CHECK $name FAIL: $why"
+        fails=$((fails + 1))
+    fi
+}
+
+dump_logs() {
+    for f in "$T"/a/aokd.log "$T"/b/aokd.log; do
+        [ -f "$f" ] || continue
+        echo "----- $f (last 300 lines without the mkt-keys requests) -----"
+        grep -v "MKT keys requested" "$f" | tail -n 300 || true
+    done
+    for f in "$T"/*.err; do
+        [ -f "$f" ] || continue
+        echo "----- $f (last 60 lines) -----"
+        tail -n 60 "$f"
+    done
+    for f in "$T"/*.out; do
+        [ -f "$f" ] || continue
+        echo "----- $f (last 30 lines) -----"
+        tail -n 30 "$f"
+    done
+}
+
+fatal() {
+    echo "E2E-FATAL $*"
+    dump_logs
+    echo "E2E-DONE failures=$((fails + 1))"
+    exit 1
+}
+
+# wait_until DESCRIPTION SECONDS COMMAND...: polls COMMAND (every 0.1 s) until it
+# succeeds; fatal with DESCRIPTION when SECONDS pass.
+wait_until() {
+    desc=$1
+    end=$(($(now_ms) + $2 * 1000))
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        [ "$(now_ms)" -lt "$end" ] || fatal "timed out waiting for $desc"
+        sleep 0.1
+    done
+}
+
+# wait_exit PID SECONDS: waits for the background process PID to end; its status in
+# $exit_status, 124 (and the process killed) if it is still running after SECONDS.
+wait_exit() {
+    end=$(($(now_ms) + $2 * 1000))
+    while kill -0 "$1" 2>/dev/null; do
+        if [ "$(now_ms)" -ge "$end" ]; then
+            kill -KILL "$1" 2>/dev/null || true
+            wait "$1" 2>/dev/null || true
+            exit_status=124
+            return 0
+        fi
+        sleep 0.1
+    done
+    exit_status=0
+    wait "$1" || exit_status=$?
+}
+
+# stop PID: SIGTERM, then wait (bounded).
+stop() {
+    kill -TERM "$1" 2>/dev/null || true
+    wait_exit "$1" 10
+}
+
+aoctl_ns() { # NS ARGS...: aoctl --json on NS's aokd
+    ns=$1
+    shift
+    aoctl --socket "$T/$ns/control.sock" --json "$@"
+}
+
+mkt_count() {
+    n=$(aoctl_ns "$1" mkts 2>/dev/null | grep -c '"send_id"' || true)
+    echo "${n:-0}"
+}
+
+has_mkt() { [ "$(mkt_count "$1")" -ge 1 ]; }
+
+# A field of the single-line compact JSON $1: a number, true/false/null or a string.
+jget() {
+    printf '%s\n' "$1" | sed -n "s/.*\"$2\":\(\"[^\"]*\"\|[^,}]*\).*/\1/p" | head -n 1 | tr -d '"'
+}
+
+# The "totals" field KEY of `aoctl verify --json` output in file $1.
+vtotal() {
+    awk -v k="\"$2\":" '/"totals"/ { t = 1 } t && $1 == k { gsub(/[^0-9]/, "", $2); print $2; exit }' "$1"
+}
+
+# A TcpExt counter (e.g. TCPAOBad) of namespace NS.
+ns_counter() {
+    v=$(ip netns exec "$1" nstat -asz "TcpExt$2" 2>/dev/null | awk -v k="TcpExt$2" '$1 == k { print $2 }')
+    echo "${v:-0}"
+}
+
+field() { # "k=v k=v ..." KEY
+    printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1
+}
+
+# `aoctl --json mkts` (pretty JSON) to one record per MKT:
+#   T_MS SEND_ID RECV_ID FINGERPRINT STATE
+# shellcheck disable=SC2016 # an awk program
+MKTS_AWK='
+{ line = $0; gsub(/[ ",]/, "", line); i = index(line, ":"); k = substr(line, 1, i - 1); v = substr(line, i + 1) }
+k == "send_id" { s = v } k == "recv_id" { r = v } k == "key_fingerprint" { fp = v } k == "state" { st = v }
+/^ *}/ && fp != "" { print t, s, r, fp, st; fp = ""; st = "" }
+'
+
+# The per-second sample lines of stream-peer (file $1) checked for rollovers and
+# stale keys: prints "samples=N rollovers=R max_keys=M replaced=R removed=X
+# lingering=L pending=P max_linger_ms=Z". A key is replaced when "current" moves
+# away from it; it must be absent from "keys" in a later line, within LINGER_S s
+# (lingering otherwise; pending if it was replaced less than LINGER_S s before the
+# last line).
+# shellcheck disable=SC2016 # an awk program
+KEYS_AWK='
+/"event":"sample"/ {
+    t = $0; sub(/.*"t_ms":/, "", t); sub(/[,}].*/, "", t); t += 0
+    ks = ""
+    if (match($0, /"keys":\[[^a-z"]*\]/)) { ks = substr($0, RSTART + 7, RLENGTH - 7) }
+    gsub(/\],\[/, " ", ks); gsub(/[][]/, "", ks)
+    n = split(ks, arr, " ")
+    split("", present)
+    for (i = 1; i <= n; i++) present[arr[i]] = 1
+    cur = ""
+    if (match($0, /"current":\[[0-9]+,[0-9]+\]/)) { cur = substr($0, RSTART + 11, RLENGTH - 12) }
+    samples++
+    if (n > maxk) maxk = n
+    if (cur != "" && prev != "" && cur != prev) { nr++; rk[nr] = prev; rt[nr] = t; gone[nr] = 0 }
+    if (cur != "") prev = cur
+    for (i = 1; i <= nr; i++) {
+        if (!gone[i] && !(rk[i] in present)) { gone[i] = 1; held = t - rt[i]; if (held > maxl) maxl = held; removed++ }
+    }
+    last = t
+}
+END {
+    for (i = 1; i <= nr; i++) {
+        if (gone[i]) continue
+        held = last - rt[i]
+        if (held > maxl) maxl = held
+        if (held >= limit) lingering++; else pending++
+    }
+    printf "samples=%d rollovers=%d max_keys=%d replaced=%d removed=%d lingering=%d pending=%d max_linger_ms=%d\n", samples, nr, maxk, nr, removed, lingering, pending, maxl
+}'
+
+# start_tcpdump FILE: on b's veth, TCP only, whole segments; waits for "listening on".
+tcpdump_pid=""
+start_tcpdump() {
+    ip netns exec b tcpdump -n -U -s 0 -Z root -i vb -w "$1" tcp >"$1.err" 2>&1 &
+    tcpdump_pid=$!
+    wait_until "tcpdump listening on vb ($1.err)" 30 grep -q "listening on" "$1.err"
+}
+
+stop_tcpdump() {
+    kill -INT "$tcpdump_pid" 2>/dev/null || true
+    wait_exit "$tcpdump_pid" 30
+    [ "$exit_status" = 0 ] || echo "tcpdump ended with status $exit_status"
+    cat "$1.err"
+}
+
+# write_config NS LOCAL REMOTE INITIATE
+write_config() {
+    mkdir -p "$T/$1/state"
+    (umask 077 && printf '%s\n' "$PSK" >"$T/$1/peer.psk")
+    cat >"$T/$1/aokd.toml" <<EOF
+[daemon]
+listen = ["$2"]
+port = 500
+control_socket = "$T/$1/control.sock"
+state_dir = "$T/$1/state"
+attach_socket = "$T/$1/attach.sock"
+acquire_timeout = "5s"
+
+[[peer]]
+name = "$( [ "$1" = a ] && echo b || echo a)"
+remote = "$3"
+remote_port = 500
+local = "$2"
+psk_file = "$T/$1/peer.psk"
+backend = "tcp-ao"
+tcp_ports = [$PORT]
+initiate = $4
+
+[peer.lifetimes]
+mkt_rekey = "${MKT_REKEY}s"
+mkt_lifetime = "${MKT_LIFETIME}s"
+EOF
+}
+
+# start_aokd NS: sets aokd_a / aokd_b; waits for the control and attach sockets.
+start_aokd() {
+    RUST_LOG=info ip netns exec "$1" aokd --config "$T/$1/aokd.toml" >>"$T/$1/aokd.log" 2>&1 &
+    eval "aokd_$1=\$!"
+    wait_until "aokd in $1 answering on its control socket" 30 aoctl_ns "$1" status
+    wait_until "aokd in $1 creating its attach socket" 30 test -S "$T/$1/attach.sock"
+}
+
+# ---------------------------------------------------------------------------------
+# Setup
+# ---------------------------------------------------------------------------------
+script_start=$(now_ms)
+rm -rf "$T"
+mkdir -p "$T/a" "$T/b"
+ip netns add a
+ip netns add b
+ip link add va type veth peer name vb
+ip link set va netns a
+ip link set vb netns b
+ip -n a addr add "$A_IP/24" dev va
+ip -n b addr add "$B_IP/24" dev vb
+for ns in a b; do
+    ip -n "$ns" link set lo up
+done
+ip -n a link set va up
+ip -n b link set vb up
+wait_until "the veth to carry a ping" 20 ip netns exec a ping -c 1 -W 1 "$B_IP"
+echo "E2E-STEP setup done at $(($(now_ms) - script_start)) ms"
+
+write_config a "$A_IP" "$B_IP" true
+write_config b "$B_IP" "$A_IP" false
+t0=$(now_ms)
+start_aokd b
+start_aokd a
+wait_until "an MKT in a (aoctl mkts)" 60 has_mkt a
+wait_until "an MKT in b (aoctl mkts)" 60 has_mkt b
+echo "E2E-RESULT case=setup mkt_rekey_s=$MKT_REKEY mkt_lifetime_s=$MKT_LIFETIME a_mkts=$(mkt_count a) b_mkts=$(mkt_count b) elapsed_ms=$(($(now_ms) - t0))"
+
+# ---------------------------------------------------------------------------------
+# Observers: MKT samples, key collectors, capture
+# ---------------------------------------------------------------------------------
+: >"$T/mkts.a"
+: >"$T/mkts.b"
+: >"$T/sampling"
+(
+    while [ -e "$T/sampling" ]; do
+        t=$(now_ms)
+        for ns in a b; do
+            if aoctl_ns "$ns" mkts >"$T/mkts-sample.$ns" 2>/dev/null; then
+                awk -v t="$t" "$MKTS_AWK" "$T/mkts-sample.$ns" >>"$T/mkts.$ns"
+            fi
+        done
+        sleep 1
+    done
+) &
+sampler_pid=$!
+for ns in a b; do
+    stream-peer mkt-keys --control "$T/$ns/control.sock" --every-ms 200 --seconds $((MAX_S + 120)) \
+        >"$T/keys.$ns" 2>"$T/keys-$ns.err" &
+    eval "keys_$ns=\$!"
+done
+start_tcpdump "$T/stream.pcap"
+
+# ---------------------------------------------------------------------------------
+# The stream
+# ---------------------------------------------------------------------------------
+t0=$(now_ms)
+bad_a0=$(ns_counter a TCPAOBad)
+bad_b0=$(ns_counter b TCPAOBad)
+ip netns exec b stream-peer server --listen "$B_IP:$PORT" --attach "$T/b/attach.sock" \
+    --interval-ms "$INTERVAL_MS" --chunk "$CHUNK" --linger-limit "$LINGER_S" \
+    >"$T/server.out" 2>"$T/server.err" &
+srv=$!
+end=$(($(now_ms) + 30000))
+until grep -q '"event":"\(listening\|attach-error\)"' "$T/server.out"; do
+    kill -0 "$srv" 2>/dev/null || fatal "stream-peer server exited before listening: $(cat "$T/server.out" "$T/server.err")"
+    [ "$(now_ms)" -lt "$end" ] || fatal "stream-peer server did not report listening within 30 s"
+    sleep 0.1
+done
+grep -q '"event":"listening"' "$T/server.out" || fatal "stream-peer server is not listening: $(cat "$T/server.out")"
+ip netns exec a stream-peer client --connect "$B_IP:$PORT" --attach "$T/a/attach.sock" \
+    --seconds "$MAX_S" --min-rollovers $((ROLLOVERS + 1)) --settle "$SETTLE" \
+    --interval-ms "$INTERVAL_MS" --chunk "$CHUNK" --linger-limit "$LINGER_S" \
+    >"$T/client.out" 2>"$T/client.err" &
+cli=$!
+echo "E2E-STEP streaming (at most $MAX_S s)"
+wait_exit "$cli" $((MAX_S + 60))
+client_status=$exit_status
+wait_exit "$srv" 30
+server_status=$exit_status
+stream_ms=$(($(now_ms) - t0))
+bad_a=$(($(ns_counter a TCPAOBad) - bad_a0))
+bad_b=$(($(ns_counter b TCPAOBad) - bad_b0))
+
+rm -f "$T/sampling"
+wait_exit "$sampler_pid" 30
+for ns in a b; do
+    eval "pid=\$keys_$ns"
+    # shellcheck disable=SC2154 # set by eval
+    stop "$pid"
+done
+stop_tcpdump "$T/stream.pcap"
+
+# ---------------------------------------------------------------------------------
+# The stream's results
+# ---------------------------------------------------------------------------------
+cline=$(grep '"event":"summary"' "$T/client.out" | tail -n 1 || true)
+sline=$(grep '"event":"summary"' "$T/server.out" | tail -n 1 || true)
+echo "E2E-CLIENT $cline"
+echo "E2E-SERVER $sline"
+for role in client server; do
+    if [ "$role" = client ]; then l=$cline st=$client_status; else l=$sline st=$server_status; fi
+    k=$(grep '"event":"sample"' "$T/$role.out" | awk -v limit=$((LINGER_S * 1000)) "$KEYS_AWK")
+    echo "E2E-RESULT case=$role status=$st ok=$(jget "$l" ok) disconnected=$(jget "$l" disconnected) stalled=$(jget "$l" stalled) bytes_in=$(jget "$l" bytes_in) bytes_out=$(jget "$l" bytes_out) max_gap_ms=$(jget "$l" max_gap_ms) rollovers=$(jget "$l" rollovers) distinct_current_keys=$(jget "$l" distinct_current_keys) max_keys=$(jget "$l" max_keys) replaced=$(jget "$l" replaced) removed=$(jget "$l" removed) lingering=$(jget "$l" lingering) pending=$(jget "$l" pending) max_linger_ms=$(jget "$l" max_linger_ms) pkt_good=$(jget "$l" pkt_good) pkt_bad=$(jget "$l" pkt_bad) pkt_key_not_found=$(jget "$l" pkt_key_not_found) elapsed_ms=$(jget "$l" elapsed_ms)"
+    echo "E2E-RESULT case=$role-keys $k"
+    expect "$role-ok" "$role exited $st: $l $(tail -n 5 "$T/$role.err" | tr '\n' ' ')" "$st" = 0 -a "$(jget "$l" ok)" = true
+    expect "$role-connected" "$role: disconnected=$(jget "$l" disconnected) stalled=$(jget "$l" stalled)" \
+        "$(jget "$l" disconnected)" = false -a "$(jget "$l" stalled)" = false
+    expect "$role-rollovers" "$role's socket saw $(jget "$l" rollovers) rollovers, want >= $ROLLOVERS" \
+        "$(jget "$l" rollovers)" -ge "$ROLLOVERS"
+    expect "$role-pkt-bad-zero" "$role: pkt_bad $(jget "$l" pkt_bad)" "$(jget "$l" pkt_bad)" = 0
+    expect "$role-pkt-key-not-found-zero" "$role: pkt_key_not_found $(jget "$l" pkt_key_not_found) (segments signed with a key the socket no longer or not yet had)" \
+        "$(jget "$l" pkt_key_not_found)" = 0
+    expect "$role-pkt-good" "$role: pkt_good $(jget "$l" pkt_good)" "$(jget "$l" pkt_good)" -gt 0
+    expect "$role-max-keys" "$role: up to $(jget "$l" max_keys) keys on the socket (per-second lines: $(field "$k" max_keys))" \
+        "$(jget "$l" max_keys)" -le 3 -a "$(field "$k" max_keys)" -le 3
+    expect "$role-old-keys-removed" "$role: of $(field "$k" replaced) replaced keys $(field "$k" removed) left the socket, $(field "$k" lingering) still there after ${LINGER_S}s (stream-peer: $(jget "$l" lingering) lingering, max ${LINGER_S}s limit)" \
+        "$(field "$k" lingering)" = 0 -a "$(jget "$l" lingering)" = 0 -a "$(field "$k" replaced)" -ge "$ROLLOVERS"
+done
+expect bytes-client-to-server "client wrote $(jget "$cline" bytes_out), server verified $(jget "$sline" bytes_in)" \
+    "$(jget "$cline" bytes_out)" -gt 0 -a "$(jget "$cline" bytes_out)" = "$(jget "$sline" bytes_in)"
+expect bytes-server-to-client "server wrote $(jget "$sline" bytes_out), client verified $(jget "$cline" bytes_in)" \
+    "$(jget "$sline" bytes_out)" -gt 0 -a "$(jget "$sline" bytes_out)" = "$(jget "$cline" bytes_in)"
+expect ns-ao-bad "TcpExtTCPAOBad during the stream: a +$bad_a, b +$bad_b" "$bad_a" = 0 -a "$bad_b" = 0
+
+# MKTs: distinct fingerprints seen by the samples, most at once, keys collected.
+mkts_a=$(awk '{ print $4 }' "$T/mkts.a" | sort -u | wc -l)
+mkts_b=$(awk '{ print $4 }' "$T/mkts.b" | sort -u | wc -l)
+max_at_once_a=$(awk '{ n[$1]++ } END { m = 0; for (t in n) if (n[t] > m) m = n[t]; print m }' "$T/mkts.a")
+max_at_once_b=$(awk '{ n[$1]++ } END { m = 0; for (t in n) if (n[t] > m) m = n[t]; print m }' "$T/mkts.b")
+sort -u "$T/keys.a" "$T/keys.b" >"$T/keys.all"
+keys_args=$(wc -l <"$T/keys.all")
+keys_distinct=$(cut -d: -f3 "$T/keys.all" | sort -u | wc -l)
+updates_a=$(grep -c "socket keys updated" "$T/a/aokd.log" || true)
+updates_b=$(grep -c "socket keys updated" "$T/b/aokd.log" || true)
+warn_a=$(grep -c " WARN \| ERROR " "$T/a/aokd.log" || true)
+warn_b=$(grep -c " WARN \| ERROR " "$T/b/aokd.log" || true)
+collisions_a=$(grep -c "simultaneous MKT rekey" "$T/a/aokd.log" || true)
+collisions_b=$(grep -c "simultaneous MKT rekey" "$T/b/aokd.log" || true)
+echo "E2E-RESULT case=mkts a_distinct=$mkts_a b_distinct=$mkts_b a_max_at_once=$max_at_once_a b_max_at_once=$max_at_once_b keys_distinct=$keys_distinct keys_args=$keys_args a_socket_updates=$updates_a b_socket_updates=$updates_b a_collisions=$collisions_a b_collisions=$collisions_b a_warn_lines=$warn_a b_warn_lines=$warn_b stream_ms=$stream_ms"
+expect mkts-distinct "MKTs seen: a $mkts_a, b $mkts_b, keys collected $keys_distinct; want >= $((ROLLOVERS + 1))" \
+    "$mkts_a" -ge $((ROLLOVERS + 1)) -a "$mkts_b" -ge $((ROLLOVERS + 1)) -a "$keys_distinct" -ge $((ROLLOVERS + 1))
+expect mkts-collected "master keys collected for $keys_distinct MKTs, fingerprints seen for $mkts_a" "$keys_distinct" -ge "$mkts_a"
+
+# ---------------------------------------------------------------------------------
+# The capture, verified with every collected key
+# ---------------------------------------------------------------------------------
+t0=$(now_ms)
+set --
+while read -r k; do
+    set -- "$@" --mkt "$k"
+done <"$T/keys.all"
+verify_status=0
+aoctl verify --pcap "$T/stream.pcap" --json "$@" >"$T/verify.json" 2>"$T/verify.err" || verify_status=$?
+pcap_bytes=$(wc -c <"$T/stream.pcap")
+v_conn=$(vtotal "$T/verify.json" connections)
+v_seg=$(vtotal "$T/verify.json" segments)
+v_ver=$(vtotal "$T/verify.json" verified)
+v_uns=$(vtotal "$T/verify.json" unsigned)
+v_bad=$(vtotal "$T/verify.json" bad_mac)
+v_unk=$(vtotal "$T/verify.json" unknown_key_id)
+v_noisn=$(vtotal "$T/verify.json" no_isn)
+v_trunc=$(vtotal "$T/verify.json" truncated)
+echo "E2E-RESULT case=verify status=$verify_status connections=${v_conn:-0} segments=${v_seg:-0} verified=${v_ver:-0} unsigned=${v_uns:-0} bad_mac=${v_bad:-0} unknown_key_id=${v_unk:-0} no_isn=${v_noisn:-0} truncated=${v_trunc:-0} keys=$keys_args pcap_bytes=$pcap_bytes elapsed_ms=$(($(now_ms) - t0))"
+expect verify-status "aoctl verify exited $verify_status: $(head -c 2000 "$T/verify.err")" "$verify_status" = 0
+expect verify-connections "captured ${v_conn:-0} connections, want 1" "${v_conn:-0}" = 1
+expect verify-all-segments "verified ${v_ver:-0} of ${v_seg:-0} segments" "${v_seg:-0}" -gt 0 -a "${v_ver:-0}" = "${v_seg:-0}"
+expect verify-no-unsigned "${v_uns:-?} unsigned segments" "${v_uns:-1}" = 0
+expect verify-no-bad "${v_bad:-?} bad MACs, ${v_unk:-?} unknown KeyIDs" "${v_bad:-1}" = 0 -a "${v_unk:-1}" = 0
+
+# shellcheck disable=SC2154 # set by start_aokd through eval
+stop "$aokd_a"
+# shellcheck disable=SC2154
+stop "$aokd_b"
+echo "E2E-RESULT case=memory $(awk '$1 == "MemTotal:" || $1 == "MemAvailable:" { printf "%s=%s ", $1, $2 }' /proc/meminfo | tr -d ':')"
+
+if [ "$fails" != 0 ]; then
+    dump_logs
+    echo "----- the capture: per sender, runs of segments with the same KeyID and RNextKeyID -----"
+    echo "(first timestamp, sender, keyid, rnextkeyid, segments)"
+    tcpdump -n -tt -r "$T/stream.pcap" 2>/dev/null |
+        sed -n 's/^\([0-9.]*\) IP \([0-9.]*\) > .*tcp-ao keyid \([0-9]*\) rnextkeyid \([0-9]*\).*/\1 \2 keyid=\3 rnext=\4/p' |
+        awk '{ s = $2; k = $3 " " $4; if (k != prev[s]) { if (prev[s] != "") print first[s], s, prev[s], n[s]; first[s] = $1; n[s] = 0; prev[s] = k } n[s]++ }
+            END { for (s in prev) print first[s], s, prev[s], n[s] }' | sort -n
+    echo "----- collected keys (KeyID:algorithm:first octets) -----"
+    cut -c1-30 "$T/keys.all"
+    echo "----- aoctl verify -----"
+    cat "$T/verify.json" "$T/verify.err"
+    for role in client server; do
+        echo "----- $role: per-second samples -----"
+        grep '"event":"sample"' "$T/$role.out" || true
+    done
+fi
+echo "E2E-DONE failures=$fails elapsed_ms=$(($(now_ms) - script_start))"
+[ "$fails" = 0 ]
