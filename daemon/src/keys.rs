@@ -80,14 +80,20 @@ pub struct BackendUnavailable {
     have: String,
 }
 
-fn mkts_of<'a>(view: &'a [PeerView], name: &str) -> Vec<MasterKeyTuple> {
-    let mut mkts: Vec<(&'a Instant, MasterKeyTuple)> = view
+/// A peer's MKTs in the order `reconcile` wants (the last one becomes
+/// RNext): superseded ones (retiring) first, then by creation time.
+fn mkts_of(view: &[PeerView], name: &str) -> Vec<MasterKeyTuple> {
+    let mut mkts: Vec<(bool, Instant, MasterKeyTuple)> = view
         .iter()
         .filter(|p| p.name == name)
-        .flat_map(|p| p.mkts.iter().map(|m| (&m.created_at, m.mkt.clone())))
+        .flat_map(|p| {
+            p.mkts
+                .iter()
+                .map(|m| (m.retire_at.is_none(), m.created_at, m.mkt.clone()))
+        })
         .collect();
-    mkts.sort_by_key(|(t, _)| **t);
-    mkts.into_iter().map(|(_, m)| m).collect()
+    mkts.sort_by_key(|(live, t, _)| (*live, *t));
+    mkts.into_iter().map(|(_, _, m)| m).collect()
 }
 
 fn unix(t: SystemTime) -> u64 {

@@ -157,9 +157,11 @@ impl Endpoint {
         });
         let overlap = self.cfg.peers[peer].lifetimes.overlap;
         if ours_loses {
-            // We created the redundant MKT: delete it now, with a Delete payload.
+            // We created the redundant MKT: delete it with a Delete payload
+            // after the overlap, not at once, because the peer may already
+            // have moved a connection to it (its RNext).
             let m = &mut self.peers[peer].mkts[ours];
-            m.retire_at = Some(now);
+            m.retire_at = Some(now + overlap);
             m.retire_with_delete = true;
             m.rekey_at = None;
             // The survivor's creator (the peer) retires the old MKT.
