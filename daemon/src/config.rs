@@ -49,6 +49,13 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_TCP_PORTS: [u16; 1] = [179];
 /// Default of `peer.ike_proposals`.
 pub const DEFAULT_IKE_PROPOSAL: IkeSuite = IkeSuite::DEFAULT;
+/// How long a superseded MKT stays on the sockets after its successor
+/// exists, so that both ends and every connection have switched: half the
+/// time between rekey and hard lifetime, at most 60 s.
+pub fn mkt_overlap(l: &Lifetimes) -> Duration {
+    (l.mkt_lifetime.saturating_sub(l.mkt_rekey) / 2).min(Duration::from_secs(60))
+}
+
 /// Default of `peer.lifetimes.ike_rekey` (4h).
 pub const DEFAULT_IKE_REKEY: Duration = Duration::from_secs(4 * 3600);
 /// Default of `peer.lifetimes.mkt_rekey` (1h).

@@ -15,6 +15,15 @@
 //!   `connect()`); then it proceeds with the keys, or with the guard.
 //! - Whenever a peer's MKTs change, every socket of that peer is taken
 //!   again with `pidfd_getfd` and reconciled.
+//! - When a peer's last MKT is gone (hard lifetime passed, deleted by the
+//!   peer or the operator), the guard replaces it even as Current_key of a
+//!   live connection (a forced delete): traffic fails closed.
+//! - After a restart ([`KeyManager::restore`], docs/state.md) the sockets
+//!   of the state file are taken back, and the MKTs recorded there
+//!   (KeyIDs and deadlines, no keys) are *restored*: their keys stay on the
+//!   sockets, untouched, until a new MKT with the peer exists (then they are
+//!   stale keys like any other: deleted once no connection uses them) or
+//!   until their hard lifetime (then they are forced out).
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
@@ -30,7 +39,11 @@ use crate::attach::{result_error, result_ok, AttachCall};
 use crate::config::{BackendChoice, Config};
 use crate::kernel::installer::guard_key;
 use crate::kernel::{ao, sys, Backend, Support};
-use crate::sockets::{reconcile, AttachedSocket, SocketRegistry};
+use crate::persist::{Op, Persist};
+use crate::sockets::{
+    reconcile_keeping, reconcile_with, AttachedSocket, How, KeyIds, SocketRegistry,
+};
+use crate::state::{MktRecord, SocketRecord, StateSnapshot};
 
 /// A peer as the key manager sees it.
 struct CoveredPeer {
@@ -39,6 +52,8 @@ struct CoveredPeer {
     ports: Vec<u16>,
     backend: Backend,
     guard: MasterKeyTuple,
+    /// How long a restored MKT stays after a new one exists.
+    overlap: Duration,
 }
 
 /// A `connect` waiting for its peer's first MKT.
@@ -57,6 +72,49 @@ pub enum AttachOutcome {
     Waiting { peer: String },
 }
 
+/// An MKT from before a restart: its key is on sockets, aokd no longer
+/// has it.
+#[derive(Debug, Clone)]
+pub struct RestoredMkt {
+    /// What the state file says.
+    pub record: MktRecord,
+    /// `record.expires_at_unix` on the monotonic clock.
+    pub expires_at: Instant,
+    /// Its key stays on the sockets until then: the hard lifetime, or,
+    /// once a new MKT with the peer exists, the overlap after that.
+    pub keep_until: Instant,
+    /// The overlap after a new MKT is over: now a stale key like any other.
+    pub released: bool,
+}
+
+/// KeyIDs the endpoint must not negotiate with `peer` before `until`
+/// (they are on live sockets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The peer's name.
+    pub peer: String,
+    /// SendID.
+    pub send_id: u8,
+    /// RecvID.
+    pub recv_id: u8,
+    /// The key's hard lifetime.
+    pub until: Instant,
+}
+
+/// What [`KeyManager::restore`] found, for the log and the endpoint.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Sockets taken back.
+    pub sockets: usize,
+    /// Socket records dropped (owner gone, descriptor reused, no peer).
+    pub sockets_gone: usize,
+    /// MKTs whose keys stay on the sockets until replaced or expired.
+    pub reservations: Vec<Reservation>,
+    /// MKT records dropped because their hard lifetime passed while aokd
+    /// was not running.
+    pub mkts_expired: usize,
+}
+
 /// Keys on sockets for every configured peer.
 pub struct KeyManager {
     peers: Vec<CoveredPeer>,
@@ -66,6 +124,10 @@ pub struct KeyManager {
     /// Peers with sockets whose stale keys are still in use (the peer has
     /// not switched to the new MKT yet): reconciled again at this time.
     retry: Option<(Instant, Vec<String>)>,
+    /// MKTs from before a restart, until their hard lifetime.
+    restored: Vec<RestoredMkt>,
+    /// Where socket records go.
+    persist: Persist,
 }
 
 /// How often sockets with deferred key deletions are looked at again.
@@ -94,6 +156,38 @@ fn mkts_of(view: &[PeerView], name: &str) -> Vec<MasterKeyTuple> {
         .collect();
     mkts.sort_by_key(|(live, t, _)| (*live, *t));
     mkts.into_iter().map(|(_, _, m)| m).collect()
+}
+
+/// The state file's text for a role.
+fn role_name(role: SocketRole) -> &'static str {
+    match role {
+        SocketRole::Connect => "connect",
+        SocketRole::Listen => "listen",
+        SocketRole::Accepted => "accepted",
+    }
+}
+
+fn parse_role(s: &str) -> Option<SocketRole> {
+    match s {
+        "connect" => Some(SocketRole::Connect),
+        "listen" => Some(SocketRole::Listen),
+        "accepted" => Some(SocketRole::Accepted),
+        _ => None,
+    }
+}
+
+/// The state file's record of an attached socket.
+pub fn socket_record(s: &AttachedSocket) -> SocketRecord {
+    SocketRecord {
+        pid: s.pid,
+        fd: s.fd,
+        cookie: s.cookie,
+        role: role_name(s.role).to_string(),
+        local: s.local.map(|a| a.to_string()),
+        remote: s.remote.map(|a| a.to_string()),
+        peers: s.peers.clone(),
+        attached_at_unix: unix(s.attached_at),
+    }
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -135,6 +229,7 @@ impl KeyManager {
                 ports: p.tcp_ports.clone(),
                 backend,
                 guard: guard_key(&mut rand_core::OsRng),
+                overlap: crate::config::mkt_overlap(&p.lifetimes),
             });
         }
         Ok(KeyManager {
@@ -143,7 +238,118 @@ impl KeyManager {
             waiting: Vec::new(),
             acquire_timeout: cfg.daemon.acquire_timeout,
             retry: None,
+            restored: Vec::new(),
+            persist: Persist::disabled(),
         })
+    }
+
+    /// Records attached sockets through `persist` from now on.
+    pub fn set_persist(&mut self, persist: Persist) {
+        self.persist = persist;
+    }
+
+    /// Takes back what the state file says aokd had before it stopped:
+    /// each recorded socket whose owner still has it (same `SO_COOKIE`) is
+    /// registered again, the others are forgotten; each recorded MKT of a
+    /// configured peer whose hard lifetime has not passed is restored (its
+    /// KeyIDs are returned, to be reserved in the endpoint). Then every
+    /// socket of a peer without a restored MKT gets the guard, forced:
+    /// whatever key it has expired while aokd was away.
+    pub fn restore(
+        &mut self,
+        snapshot: &StateSnapshot,
+        now: Instant,
+        now_unix: u64,
+        view: &[PeerView],
+    ) -> Restored {
+        let mut out = Restored::default();
+        for rec in &snapshot.mkts {
+            let configured = self.peers.iter().any(|p| p.name == rec.peer);
+            if !configured || rec.expires_at_unix <= now_unix {
+                if configured {
+                    out.mkts_expired += 1;
+                    info!(peer = %rec.peer, send_id = rec.send_id, recv_id = rec.recv_id,
+                        "MKT from before the restart expired while aokd was not running");
+                } else {
+                    info!(peer = %rec.peer, send_id = rec.send_id, recv_id = rec.recv_id,
+                        "MKT record of a peer no longer configured dropped");
+                }
+                self.persist.send(Op::DeleteMkt {
+                    peer: rec.peer.clone(),
+                    send_id: rec.send_id,
+                    recv_id: rec.recv_id,
+                });
+                continue;
+            }
+            let expires_at = now + Duration::from_secs(rec.expires_at_unix - now_unix);
+            info!(peer = %rec.peer, send_id = rec.send_id, recv_id = rec.recv_id,
+                key_fingerprint = %rec.key_fingerprint, expires_in_s = rec.expires_at_unix - now_unix,
+                "MKT from before the restart kept on its sockets until replaced or expired");
+            out.reservations.push(Reservation {
+                peer: rec.peer.clone(),
+                send_id: rec.send_id,
+                recv_id: rec.recv_id,
+                until: expires_at,
+            });
+            self.restored.push(RestoredMkt {
+                record: rec.clone(),
+                expires_at,
+                keep_until: expires_at,
+                released: false,
+            });
+        }
+        for rec in &snapshot.sockets {
+            match self.restore_socket(rec) {
+                Ok(()) => out.sockets += 1,
+                Err(why) => {
+                    out.sockets_gone += 1;
+                    info!(pid = rec.pid, fd = rec.fd, cookie = rec.cookie, reason = %why,
+                        "attached socket from before the restart is gone");
+                    self.persist.send(Op::DeleteSocket(rec.cookie));
+                }
+            }
+        }
+        let names: Vec<String> = self.peers.iter().map(|p| p.name.clone()).collect();
+        for name in names {
+            self.rekey_peer(&name, view, now, false);
+        }
+        out
+    }
+
+    fn restore_socket(&mut self, rec: &SocketRecord) -> Result<(), String> {
+        let role = parse_role(&rec.role).ok_or_else(|| format!("unknown role {:?}", rec.role))?;
+        let peers: Vec<String> = rec
+            .peers
+            .iter()
+            .filter(|p| self.peers.iter().any(|c| &&c.name == p))
+            .cloned()
+            .collect();
+        if peers.is_empty() {
+            return Err("none of its peers is configured any more".into());
+        }
+        crate::sockets::reacquire(rec.pid, rec.fd, rec.cookie).map_err(|e| e.to_string())?;
+        let addr = |a: &Option<String>| a.as_deref().and_then(|s| s.parse::<SocketAddr>().ok());
+        let socket = AttachedSocket {
+            id: 0,
+            pid: rec.pid,
+            fd: rec.fd,
+            cookie: rec.cookie,
+            role,
+            local: addr(&rec.local),
+            remote: addr(&rec.remote),
+            peers,
+            guarded: None,
+            attached_at: UNIX_EPOCH + Duration::from_secs(rec.attached_at_unix),
+        };
+        info!(pid = rec.pid, fd = rec.fd, role = role_name(role), peers = ?socket.peers,
+            "attached socket from before the restart taken back");
+        self.registry.add(socket);
+        Ok(())
+    }
+
+    /// MKTs from before a restart that are still on sockets.
+    pub fn restored(&self) -> &[RestoredMkt] {
+        &self.restored
     }
 
     /// The backend serving a peer, for `aoctl status`.
@@ -197,13 +403,14 @@ impl KeyManager {
             let p = &self.peers[i];
             let desired = mkts_of(view, &p.name);
             let guard = desired.is_empty().then_some(&p.guard);
-            reconcile(
+            reconcile_with(
                 call.socket.as_fd(),
                 p.backend,
                 p.ip,
                 &desired,
                 guard,
                 call.listening(),
+                desired.is_empty(),
             )
             .map_err(|e| format!("peer {}: {e}", p.name))?;
             record.peers.push(p.name.clone());
@@ -292,6 +499,10 @@ impl KeyManager {
         info!(pid = call.pid, fd = call.request.fd, role = ?call.request.role, peers = ?record.peers,
             installed = ?installed, reason = reason.as_deref().unwrap_or(""), "socket attached");
         let names = record.peers.clone();
+        // Recorded before the owner is answered: once it goes on with the
+        // socket, a restarted aokd must be able to find it.
+        self.persist.send(Op::PutSocket(socket_record(&record)));
+        self.persist.barrier();
         self.registry.add(record);
         call.answer(result_ok(installed, names, mechanism, reason));
         // The call, and with it aokd's descriptor of the socket, is dropped here.
@@ -299,12 +510,16 @@ impl KeyManager {
 
     /// The earliest deadline: a waiting `connect`, or a deferred re-key.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let waiting = self.waiting.iter().map(|w| w.deadline).min();
+        let waiting = self.waiting.iter().map(|w| w.deadline);
         let retry = self.retry.as_ref().map(|(t, _)| *t);
-        match (waiting, retry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let restored = self.restored.iter().map(|r| {
+            if r.released {
+                r.expires_at
+            } else {
+                r.keep_until
+            }
+        });
+        waiting.chain(retry).chain(restored).min()
     }
 
     /// Lets waiting `connect`s whose acquire timeout passed proceed under
@@ -326,6 +541,46 @@ impl KeyManager {
                 self.retry = Some((at, peers));
             }
         }
+        // Restored MKTs: superseded ones leave once their overlap is over
+        // (like any stale key: not while a connection still uses it);
+        // expired ones are forced out.
+        let mut superseded: Vec<String> = Vec::new();
+        for r in self.restored.iter_mut() {
+            if !r.released && r.keep_until <= now && r.keep_until < r.expires_at {
+                // From now on it only waits for its hard lifetime.
+                r.released = true;
+                if !superseded.contains(&r.record.peer) {
+                    superseded.push(r.record.peer.clone());
+                }
+            }
+        }
+        let (expired, keep): (Vec<RestoredMkt>, Vec<RestoredMkt>) =
+            std::mem::take(&mut self.restored)
+                .into_iter()
+                .partition(|r| r.expires_at <= now);
+        self.restored = keep;
+        let mut forced: Vec<String> = Vec::new();
+        for r in expired {
+            let rec = r.record;
+            info!(peer = %rec.peer, send_id = rec.send_id, recv_id = rec.recv_id,
+                "MKT from before the restart reached its hard lifetime: removed from its sockets");
+            self.persist.send(Op::DeleteMkt {
+                peer: rec.peer.clone(),
+                send_id: rec.send_id,
+                recv_id: rec.recv_id,
+            });
+            if !forced.contains(&rec.peer) {
+                forced.push(rec.peer);
+            }
+        }
+        for peer in superseded.iter().filter(|p| !forced.contains(p)) {
+            self.rekey_peer(peer, view, now, false);
+        }
+        for peer in forced {
+            // Its key may still be Current_key of a connection whose peer
+            // never switched: forced out now.
+            self.rekey_peer(&peer, view, now, true);
+        }
     }
 
     fn release(&mut self, w: Waiting, view: &[PeerView]) {
@@ -339,10 +594,37 @@ impl KeyManager {
     /// Re-keys every socket of `peer` after its MKTs changed, and releases
     /// the `connect`s that waited for them.
     pub fn mkts_changed(&mut self, peer: &str, view: &[PeerView], now: Instant) {
+        self.rekey_peer(peer, view, now, false);
+    }
+
+    /// [`KeyManager::mkts_changed`]; `force` also replaces stale keys that
+    /// connections still use as Current_key (their MKT expired). With no
+    /// MKT and no restored one the guard is always forced in.
+    fn rekey_peer(&mut self, peer: &str, view: &[PeerView], now: Instant, force: bool) {
         let Some(idx) = self.peers.iter().position(|p| p.name == peer) else {
             return;
         };
         let desired = mkts_of(view, peer);
+        let overlap = self.peers[idx].overlap;
+        let mut keep = Vec::new();
+        for r in self.restored.iter_mut().filter(|r| r.record.peer == peer) {
+            if !desired.is_empty() && !r.released && r.keep_until == r.expires_at {
+                // Superseded now: the peer may still send with it for a while.
+                r.keep_until = r.expires_at.min(now + overlap);
+            }
+            if !r.released && now < r.keep_until {
+                keep.push(KeyIds {
+                    send_id: r.record.send_id,
+                    recv_id: r.record.recv_id,
+                });
+            }
+        }
+        if desired.is_empty() && !keep.is_empty() {
+            // The keys from before the restart are valid until replaced or
+            // expired: leave the sockets alone.
+            return;
+        }
+        let force = force || desired.is_empty();
         if !desired.is_empty() {
             let (ready, keep): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
                 .into_iter()
@@ -369,7 +651,12 @@ impl KeyManager {
                 }
             };
             let listening = rec.role == SocketRole::Listen;
-            match reconcile(fd.as_fd(), p.backend, p.ip, &desired, guard, listening) {
+            let how = How {
+                keep: &keep,
+                listening,
+                force,
+            };
+            match reconcile_keeping(fd.as_fd(), p.backend, p.ip, &desired, guard, how) {
                 Ok(outcome) => {
                     if !outcome.deferred.is_empty() {
                         let (_, peers) = self
@@ -393,13 +680,17 @@ impl KeyManager {
             }
         }
         for id in gone {
-            self.registry.remove(id);
+            if let Some(s) = self.registry.remove(id) {
+                self.persist.send(Op::DeleteSocket(s.cookie));
+            }
         }
     }
 
     /// `aoctl sockets`.
     pub fn status(&mut self) -> Vec<SocketStatus> {
-        self.registry.prune();
+        for (s, _) in self.registry.prune() {
+            self.persist.send(Op::DeleteSocket(s.cookie));
+        }
         self.registry
             .iter()
             .map(|s| {
@@ -419,12 +710,7 @@ impl KeyManager {
                 SocketStatus {
                     pid: s.pid,
                     fd: s.fd,
-                    role: match s.role {
-                        SocketRole::Connect => "connect",
-                        SocketRole::Listen => "listen",
-                        SocketRole::Accepted => "accepted",
-                    }
-                    .to_string(),
+                    role: role_name(s.role).to_string(),
                     local: s.local.map(|a| a.to_string()),
                     remote: s.remote.map(|a| a.to_string()),
                     peers: s.peers.clone(),

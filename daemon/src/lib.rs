@@ -9,6 +9,7 @@ pub mod control;
 pub mod demo;
 pub mod kernel;
 pub mod keys;
+pub mod persist;
 pub mod runtime;
 pub mod sockets;
 pub mod state;

@@ -10,7 +10,9 @@ use aokd::config::{format_duration, Config};
 use aokd::control::ControlServer;
 use aokd::kernel;
 use aokd::keys::KeyManager;
+use aokd::persist::Persist;
 use aokd::runtime::{self, Daemon};
+use aokd::state::StateStore;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::mpsc;
 use tracing::{error, info};
@@ -237,7 +239,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "kernel probed"
     );
     let keys = KeyManager::new(&config, support)?;
-    let daemon = Daemon::bind(&config.daemon.listen_addrs(), endpoint, "main", Some(keys)).await?;
+    // The state file is opened (and checked) before anything is bound: a
+    // corrupt or newer file stops aokd with the reason, untouched.
+    let store = StateStore::open(&config.daemon.state_dir)?;
+    let snapshot = store.load()?;
+    info!(
+        file = %store.path().display(),
+        mkts = snapshot.mkts.len(),
+        sockets = snapshot.sockets.len(),
+        ike_sas = snapshot.ike_sas.len(),
+        "state file opened"
+    );
+    let (persist, _writer) = Persist::start(store).context("cannot start the state writer")?;
+    let mut daemon =
+        Daemon::bind(&config.daemon.listen_addrs(), endpoint, "main", Some(keys)).await?;
+    daemon.restore(persist, &snapshot);
     let server = ControlServer::bind(&config.daemon.control_socket).await?;
     let mut attach = AttachServer::bind(
         &config.daemon.attach_socket,

@@ -21,6 +21,8 @@ use crate::attach::AttachCall;
 use crate::config::Config;
 use crate::control::ControlCall;
 use crate::keys::{AttachOutcome, KeyManager};
+use crate::persist::{Op, Persist};
+use crate::state::{IkeSaRecord, MktRecord, StateSnapshot};
 
 /// Largest IKE datagram accepted (strongSwan's max_packet is 10000).
 const MAX_DATAGRAM: usize = 65_535;
@@ -123,6 +125,8 @@ pub struct Daemon {
     instance: String,
     /// Keys on attached sockets; `None` when this daemon only negotiates.
     keys: Option<KeyManager>,
+    /// Where MKT, IKE SA and socket records go (docs/state.md).
+    persist: Persist,
 }
 
 impl Daemon {
@@ -166,7 +170,42 @@ impl Daemon {
             clock: WallClock::now(),
             instance: instance.to_string(),
             keys,
+            persist: Persist::disabled(),
         })
+    }
+
+    /// Records state through `persist` from now on, and takes back what
+    /// `snapshot` (the state file as aokd left it) describes: the attached
+    /// sockets, and the MKTs on them, whose KeyIDs the endpoint will not
+    /// negotiate again while those keys may still be on a socket. IKE SAs
+    /// cannot be resumed (their keys are not stored): their records are
+    /// dropped and new ones negotiated.
+    pub fn restore(&mut self, persist: Persist, snapshot: &StateSnapshot) {
+        self.persist = persist.clone();
+        for sa in &snapshot.ike_sas {
+            info!(peer = %sa.peer, spi_i = %sa.spi_i, spi_r = %sa.spi_r,
+                "IKE SA from before the restart abandoned: a new one will be negotiated");
+            self.persist.send(Op::DeleteIkeSa {
+                peer: sa.peer.clone(),
+                spi_i: sa.spi_i.clone(),
+                spi_r: sa.spi_r.clone(),
+            });
+        }
+        let Some(keys) = self.keys.as_mut() else {
+            return;
+        };
+        keys.set_persist(persist);
+        let now = Instant::now();
+        let now_unix = self.clock.unix(now);
+        let restored = keys.restore(snapshot, now, now_unix, &self.endpoint.peers());
+        // PENDING(reserve_key_ids): reserve restored.reservations in the endpoint.
+        info!(
+            sockets = restored.sockets,
+            sockets_gone = restored.sockets_gone,
+            mkts_kept = restored.reservations.len(),
+            mkts_expired = restored.mkts_expired,
+            "state restored"
+        );
     }
 
     /// The bound IKE addresses (with the actual port when 0 was asked for).
@@ -267,7 +306,17 @@ impl Daemon {
 
     async fn flush(&mut self) {
         let mut changed: Vec<String> = Vec::new();
+        let mut events = Vec::new();
         while let Some(ev) = self.endpoint.poll_event() {
+            events.push(ev);
+        }
+        if !events.is_empty() && self.persist.enabled() {
+            let view = self.endpoint.peers();
+            for ev in &events {
+                self.record(ev, &view);
+            }
+        }
+        for ev in events {
             if let Event::MktCreated { peer, .. } | Event::MktDeleted { peer, .. } = &ev {
                 if !changed.contains(peer) {
                     changed.push(peer.clone());
@@ -297,6 +346,67 @@ impl Daemon {
                 }
                 None => warn!(destination = %t.destination, "no IKE socket of this address family"),
             }
+        }
+    }
+
+    /// Writes what `ev` changed to the state file. A new MKT's record is
+    /// durable before its key goes on any socket.
+    fn record(&self, ev: &Event, view: &[PeerView]) {
+        match ev {
+            Event::MktCreated {
+                peer,
+                spi_i,
+                spi_r,
+                mkt,
+                ..
+            } => {
+                let m = view
+                    .iter()
+                    .filter(|p| &p.name == peer)
+                    .flat_map(|p| p.mkts.iter())
+                    .find(|m| m.mkt.send_id == mkt.send_id && m.mkt.recv_id == mkt.recv_id);
+                let now = Instant::now();
+                let rec = MktRecord::from_mkt(
+                    peer,
+                    mkt,
+                    &format!("{spi_i:016x}"),
+                    &format!("{spi_r:016x}"),
+                    self.clock.unix(m.map_or(now, |m| m.created_at)),
+                    m.and_then(|m| m.rekey_at).map(|t| self.clock.unix(t)),
+                    // Rounded up: the record must not let a restarted aokd
+                    // reuse the KeyIDs before the key is really gone.
+                    self.clock.unix(m.map_or(now, |m| m.expires_at)) + 1,
+                );
+                self.persist.put_mkt_durable(rec);
+            }
+            // The record stays until the hard lifetime: a retired MKT's key
+            // can linger on a connection that still uses it, and a restarted
+            // aokd must not hand out its KeyIDs meanwhile.
+            Event::MktDeleted { .. } => self.persist.send(Op::PruneMkts {
+                now_unix: self.clock.unix(Instant::now()),
+            }),
+            Event::IkeSaEstablished {
+                peer,
+                spi_i,
+                spi_r,
+                role,
+                ..
+            } => self.persist.send(Op::PutIkeSa(IkeSaRecord {
+                peer: peer.clone(),
+                spi_i: format!("{spi_i:016x}"),
+                spi_r: format!("{spi_r:016x}"),
+                role: role.as_str().to_string(),
+                established_at_unix: self.clock.unix(Instant::now()),
+                rekey_at_unix: None,
+            })),
+            Event::IkeSaDeleted {
+                peer, spi_i, spi_r, ..
+            } => self.persist.send(Op::DeleteIkeSa {
+                peer: peer.clone(),
+                spi_i: format!("{spi_i:016x}"),
+                spi_r: format!("{spi_r:016x}"),
+            }),
+            _ => {}
         }
     }
 
@@ -498,7 +608,31 @@ impl Daemon {
     }
 
     fn mkts(&self, peers: &[PeerView]) -> Vec<MktStatus> {
-        peers
+        // MKTs from before a restart: their keys are on sockets until
+        // replaced (then for the overlap) or expired.
+        let restored = self.keys.iter().flat_map(|k| k.restored()).map(|r| {
+            let rec = &r.record;
+            MktStatus {
+                peer: rec.peer.clone(),
+                send_id: rec.send_id,
+                recv_id: rec.recv_id,
+                algorithm: rec.algorithm.clone(),
+                include_options: rec.include_options,
+                created_at: rec.created_at_unix,
+                key_fingerprint: rec.key_fingerprint.clone(),
+                state: Some(
+                    if r.released {
+                        "restored-stale"
+                    } else {
+                        "restored"
+                    }
+                    .to_string(),
+                ),
+                rekey_at: None,
+                expires_at: Some(rec.expires_at_unix),
+            }
+        });
+        let live: Vec<MktStatus> = peers
             .iter()
             .flat_map(|p| {
                 p.mkts.iter().map(|m| MktStatus {
@@ -521,7 +655,8 @@ impl Daemon {
                     expires_at: Some(self.clock.unix(m.expires_at)),
                 })
             })
-            .collect()
+            .collect();
+        restored.chain(live).collect()
     }
 
     /// A snapshot of the MKTs, for `aokd demo`.

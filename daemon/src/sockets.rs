@@ -416,6 +416,21 @@ pub fn plan_ao(
     state: SocketState,
     force: bool,
 ) -> AoPlan {
+    plan_ao_keeping(existing, desired, guard, &[], state, force)
+}
+
+/// [`plan_ao`], where stale keys with the KeyIDs in `keep` stay on the
+/// socket (MKTs from before a restart, whose keys aokd no longer has but
+/// the peer may still be sending with) unless a new key needs their
+/// KeyIDs.
+pub fn plan_ao_keeping(
+    existing: &[ExistingKey],
+    desired: &[KeySpec],
+    guard: Option<&KeySpec>,
+    keep: &[KeyIds],
+    state: SocketState,
+    force: bool,
+) -> AoPlan {
     // The target: desired keys (a later duplicate of the same KeyIDs wins),
     // else the guard (an existing guard key counts as the guard).
     let mut target: Vec<(Option<Source>, KeySpec)> = Vec::new();
@@ -433,7 +448,8 @@ pub fn plan_ao(
             }
         }
     }
-    let is_target = |e: &ExistingKey| target.iter().any(|(_, t)| *t == e.spec);
+    let in_target = |e: &ExistingKey| target.iter().any(|(_, t)| *t == e.spec);
+    let is_target = |e: &ExistingKey| in_target(e) || keep.contains(&e.spec.ids);
     let present = |t: &KeySpec| existing.iter().find(|e| e.spec == *t);
     let in_use = |e: &ExistingKey| e.is_current || e.is_rnext;
     let newest = target.last().map(|(_, t)| *t);
@@ -465,7 +481,7 @@ pub fn plan_ao(
     };
     for e in existing
         .iter()
-        .filter(|e| !is_target(e) && !in_use(e) && conflicts(e))
+        .filter(|e| !in_target(e) && !in_use(e) && conflicts(e))
     {
         plan.steps.push(delete(e.spec.ids));
     }
@@ -638,9 +654,38 @@ pub fn reconcile_with(
     listening: bool,
     force: bool,
 ) -> Result<ReconcileOutcome, KernelError> {
+    let how = How {
+        keep: &[],
+        listening,
+        force,
+    };
+    reconcile_keeping(fd, backend, peer_ip, desired, guard, how)
+}
+
+/// How [`reconcile_keeping`] treats a socket.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct How<'a> {
+    /// Stale keys with these KeyIDs stay (see [`plan_ao_keeping`]).
+    pub keep: &'a [KeyIds],
+    /// The socket is a listener.
+    pub listening: bool,
+    /// See [`reconcile_with`].
+    pub force: bool,
+}
+
+/// [`reconcile_with`], keeping the stale keys `how.keep` names (TCP-AO;
+/// a TCP-MD5 socket has one key, which `desired`'s newest replaces).
+pub fn reconcile_keeping(
+    fd: BorrowedFd<'_>,
+    backend: Backend,
+    peer_ip: IpAddr,
+    desired: &[MasterKeyTuple],
+    guard: Option<&MasterKeyTuple>,
+    how: How<'_>,
+) -> Result<ReconcileOutcome, KernelError> {
     match backend {
         Backend::Md5 => reconcile_md5(fd, peer_ip, desired, guard),
-        Backend::Ao => reconcile_ao(fd, peer_ip, desired, guard, listening, force),
+        Backend::Ao => reconcile_ao(fd, peer_ip, desired, guard, how),
     }
 }
 
@@ -699,10 +744,9 @@ fn reconcile_ao(
     peer: IpAddr,
     desired: &[MasterKeyTuple],
     guard: Option<&MasterKeyTuple>,
-    listening: bool,
-    force: bool,
+    how: How<'_>,
 ) -> Result<ReconcileOutcome, KernelError> {
-    let state = socket_state(fd, peer, listening)?;
+    let state = socket_state(fd, peer, how.listening)?;
     let keys = match ao::get_keys(fd) {
         Ok(keys) => keys,
         // No TCP-AO state on the socket yet.
@@ -729,7 +773,14 @@ fn reconcile_ao(
         .collect();
     let specs: Vec<KeySpec> = desired.iter().map(KeySpec::of).collect();
     let guard_spec = guard.map(KeySpec::of);
-    let plan = plan_ao(&existing, &specs, guard_spec.as_ref(), state, force);
+    let plan = plan_ao_keeping(
+        &existing,
+        &specs,
+        guard_spec.as_ref(),
+        how.keep,
+        state,
+        how.force,
+    );
 
     let mut out = ReconcileOutcome::new(Backend::Ao);
     out.guarded = plan.guarded;
@@ -1055,6 +1106,79 @@ mod tests {
         ];
         let plan = plan_ao(&existing, &[], None, SocketState::Listening, false);
         assert_eq!(plan.steps, vec![del(1, 2), del(240, 240)]);
+    }
+
+    #[test]
+    fn expiry_forces_the_guard_in_as_current_key() {
+        // The only MKT expired on a live connection: the guard is added,
+        // then the old key goes in a forced delete naming the guard current.
+        let g = guard(241, 242);
+        let existing = [key(spec(1, 2), true, true)];
+        let plan = plan_ao(&existing, &[], Some(&g), SocketState::Connected, true);
+        assert!(plan.guarded);
+        assert_eq!(
+            plan.steps,
+            vec![
+                add(Source::Guard, 241, 242, false, true),
+                Step::Delete {
+                    ids: ids(1, 2),
+                    set_current: Some(241),
+                    set_rnext: None,
+                }
+            ]
+        );
+        // Not forced, the old key would stay current: not fail-closed.
+        let plan = plan_ao(&existing, &[], Some(&g), SocketState::Connected, false);
+        assert_eq!(plan.deferred, vec![ids(1, 2)]);
+    }
+
+    #[test]
+    fn restored_keys_stay_until_released() {
+        // After a restart: K1 current, K2 rnext (mid-rollover), both from
+        // before; the new MKT K3 arrives.
+        let existing = [key(spec(1, 2), true, false), key(spec(3, 4), false, true)];
+        let keep = [ids(1, 2), ids(3, 4)];
+        let plan = plan_ao_keeping(
+            &existing,
+            &[spec(5, 6)],
+            None,
+            &keep,
+            SocketState::Connected,
+            false,
+        );
+        // Only the new key goes on (as rnext); nothing is deleted or deferred.
+        assert_eq!(plan.steps, vec![add(Source::Desired(0), 5, 6, false, true)]);
+        assert!(plan.deferred.is_empty());
+        // Released: plain stale keys (the unused one goes, current waits).
+        let existing = [
+            key(spec(1, 2), true, false),
+            key(spec(3, 4), false, false),
+            key(spec(5, 6), false, true),
+        ];
+        let plan = plan_ao_keeping(
+            &existing,
+            &[spec(5, 6)],
+            None,
+            &[],
+            SocketState::Connected,
+            false,
+        );
+        assert_eq!(plan.steps, vec![del(3, 4)]);
+        assert_eq!(plan.deferred, vec![ids(1, 2)]);
+        // A kept key whose KeyIDs a new key needs, not in use, still goes first.
+        let existing = [key(spec(1, 2), true, true), key(spec(7, 4), false, false)];
+        let plan = plan_ao_keeping(
+            &existing,
+            &[spec(5, 4)],
+            None,
+            &[ids(1, 2), ids(7, 4)],
+            SocketState::Connected,
+            false,
+        );
+        assert_eq!(
+            plan.steps,
+            vec![del(7, 4), add(Source::Desired(0), 5, 4, false, true)]
+        );
     }
 
     #[test]
