@@ -182,7 +182,8 @@ pub fn sockets(sockets: &[SocketStatus], now: u64) -> String {
         "PEERS",
         "STATE",
         "MECHANISM",
-        "GOOD/BAD",
+        "CURRENT/RNEXT",
+        "GOOD/BAD/NOKEY",
         "ATTACHED",
     ]);
     for s in sockets {
@@ -191,8 +192,19 @@ pub fn sockets(sockets: &[SocketStatus], now: u64) -> String {
             None => s.state.clone(),
         };
         let counters = match (s.pkt_good, s.pkt_bad) {
-            (Some(g), Some(b)) => format!("{g}/{b}"),
+            (Some(g), Some(b)) => match s.pkt_key_not_found {
+                Some(n) => format!("{g}/{b}/{n}"),
+                None => format!("{g}/{b}/-"),
+            },
             _ => "-".into(),
+        };
+        let keys = match (s.current_key, s.rnext_key) {
+            (None, None) => "-".to_string(),
+            (c, r) => format!(
+                "{}/{}",
+                c.map_or("-".into(), |k| k.to_string()),
+                r.map_or("-".into(), |k| k.to_string())
+            ),
         };
         t.row(vec![
             s.pid.to_string(),
@@ -203,6 +215,7 @@ pub fn sockets(sockets: &[SocketStatus], now: u64) -> String {
             s.peers.join(","),
             state,
             opt(&s.mechanism),
+            keys,
             counters,
             when(s.attached_at, now),
         ]);

@@ -292,6 +292,9 @@ fn canned(cmd: &Cmd) -> String {
                 attached_at: 1_700_000_000,
                 pkt_good: None,
                 pkt_bad: None,
+                pkt_key_not_found: None,
+                current_key: None,
+                rnext_key: None,
             }],
         }),
         Cmd::Rekey { peer } => ok(ResponseData::Accepted {

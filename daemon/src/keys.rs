@@ -695,17 +695,13 @@ impl KeyManager {
             .iter()
             .map(|s| {
                 let backend = s.peers.first().and_then(|p| self.backend(p));
-                let (pkt_good, pkt_bad) = match backend {
-                    Some(Backend::Ao) => match self
+                let info = match backend {
+                    Some(Backend::Ao) => self
                         .registry
                         .reacquire(s)
                         .ok()
-                        .and_then(|fd| ao::info(fd.as_fd()).ok())
-                    {
-                        Some(i) => (Some(i.pkt_good), Some(i.pkt_bad)),
-                        None => (None, None),
-                    },
-                    _ => (None, None),
+                        .and_then(|fd| ao::info(fd.as_fd()).ok()),
+                    _ => None,
                 };
                 SocketStatus {
                     pid: s.pid,
@@ -723,8 +719,11 @@ impl KeyManager {
                     guard_reason: s.guarded.clone(),
                     mechanism: backend.map(|b| b.to_string()),
                     attached_at: unix(s.attached_at),
-                    pkt_good,
-                    pkt_bad,
+                    pkt_good: info.as_ref().map(|i| i.pkt_good),
+                    pkt_bad: info.as_ref().map(|i| i.pkt_bad),
+                    pkt_key_not_found: info.as_ref().map(|i| i.pkt_key_not_found),
+                    current_key: info.as_ref().and_then(|i| i.current_key),
+                    rnext_key: info.as_ref().and_then(|i| i.rnext),
                 }
             })
             .collect()

@@ -173,6 +173,15 @@ pub struct SocketStatus {
     /// TCP-AO counters from TCP_AO_INFO, when the socket uses TCP-AO.
     pub pkt_good: Option<u64>,
     pub pkt_bad: Option<u64>,
+    /// Segments whose KeyID matched no key on the socket (TCP-AO).
+    #[serde(default)]
+    pub pkt_key_not_found: Option<u64>,
+    /// SendID of Current_key (TCP-AO): the key the socket signs with.
+    #[serde(default)]
+    pub current_key: Option<u8>,
+    /// RecvID of RNext_key (TCP-AO): the key it asks the peer to use.
+    #[serde(default)]
+    pub rnext_key: Option<u8>,
 }
 
 /// An MKT with its master key, only for `aoctl verify --from-daemon`.
