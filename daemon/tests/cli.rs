@@ -98,6 +98,7 @@ fn runs_until_sigterm() {
         &file,
         format!(
             "[daemon]\nlisten = [\"127.0.0.1\"]\nport = {}\ncontrol_socket = \"run/control.sock\"\n\
+             attach_socket = \"run/attach.sock\"\nstate_dir = \"state\"\n\
              [[peer]]\nname = \"r2\"\nremote = \"127.0.0.2\"\nremote_port = {}\npsk_file = \"r2.psk\"\ninitiate = false\n",
             free_udp_port("127.0.0.1"),
             free_udp_port("127.0.0.2")
@@ -148,4 +149,125 @@ fn runs_until_sigterm() {
         serde_json::from_str::<serde_json::Value>(first).is_ok(),
         "not JSON logs: {stderr}"
     );
+}
+
+/// A configuration in `dir` with its own sockets and state directory.
+fn state_config(dir: &TempDir) -> std::path::PathBuf {
+    dir.psk("r2.psk");
+    let file = dir.join("aokd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[daemon]\nlisten = [\"127.0.0.1\"]\nport = {}\ncontrol_socket = \"run/control.sock\"\n\
+             attach_socket = \"run/attach.sock\"\nstate_dir = \"state\"\n\
+             [[peer]]\nname = \"r2\"\nremote = \"127.0.0.2\"\nremote_port = {}\npsk_file = \"r2.psk\"\ninitiate = false\n",
+            free_udp_port("127.0.0.1"),
+            free_udp_port("127.0.0.2")
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// Starts aokd on `file` and expects it to exit 1 at once, naming `needles`
+/// on stderr; the state file must be byte for byte what it was.
+fn refused_at_start(file: &std::path::Path, state_file: &std::path::Path, needles: &[&str]) {
+    let before = std::fs::read(state_file).unwrap();
+    let mut child = Command::new(AOKD)
+        .arg("--config")
+        .arg(file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("aokd kept running with a refused state file");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "{n:?} not in: {stderr}");
+    }
+    assert_eq!(
+        std::fs::read(state_file).unwrap(),
+        before,
+        "state file changed"
+    );
+}
+
+#[test]
+fn a_corrupt_state_file_stops_aokd_untouched() {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = TempDir::new("cli-corrupt-state");
+    let file = state_config(&dir);
+    let state = dir.join("state");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&state)
+        .unwrap();
+    let state_file = state.join(aokd::state::STATE_FILE_NAME);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&state_file)
+        .unwrap();
+    f.write_all(&[0x5a; 8192]).unwrap();
+    drop(f);
+    let path = state_file.display().to_string();
+    refused_at_start(&file, &state_file, &[path.as_str(), "corrupt"]);
+}
+
+#[test]
+fn a_newer_state_file_stops_aokd_untouched() {
+    let dir = TempDir::new("cli-newer-state");
+    let file = state_config(&dir);
+    let state = dir.join("state");
+    let state_file = state.join(aokd::state::STATE_FILE_NAME);
+    drop(aokd::state::StateStore::open(&state).unwrap());
+    {
+        let db = redb::Database::create(&state_file).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn
+                .open_table(redb::TableDefinition::<&str, &str>::new("meta"))
+                .unwrap();
+            let newer = (aokd::state::SCHEMA_VERSION + 1).to_string();
+            meta.insert("schema_version", newer.as_str()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let path = state_file.display().to_string();
+    refused_at_start(&file, &state_file, &[path.as_str(), "newer"]);
+}
+
+#[test]
+fn a_world_readable_state_directory_stops_aokd() {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = TempDir::new("cli-open-state");
+    let file = state_config(&dir);
+    let state = dir.join("state");
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&state)
+        .unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new(AOKD)
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&state.display().to_string()), "{stderr}");
+    assert!(stderr.contains("0755"), "{stderr}");
+    assert!(!state.join(aokd::state::STATE_FILE_NAME).exists());
 }
