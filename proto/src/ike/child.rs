@@ -13,11 +13,11 @@
 use std::time::{Duration, Instant};
 
 use super::endpoint::{
-    find_notify, first_error_notify, narrow, notify, reply_within, selectors, Endpoint, IkeSa,
-    MktRecord, PendingKind, SaState,
+    narrow, notify, reply_within, selectors, Endpoint, IkeSa, MktRecord, PendingKind, SaState,
 };
 use super::error::{IkeError, Misbehaviour, NegotiationError};
 use super::event::{Event, Role};
+use super::PayloadsExt;
 use crate::crypto::{self, KeyExchange, Secret};
 use crate::mkt::{MasterKeyTuple, MASTER_KEY_LEN};
 use crate::numbers::{ExchangeType, NotifyType, PayloadType, ProtocolId, TransformType};
@@ -33,10 +33,6 @@ pub(crate) struct RekeyOffer {
     ni: Vec<u8>,
     ke: Option<KeyExchange>,
     exclude_options: bool,
-}
-
-fn find<'a, T>(payloads: &'a [Payload], f: impl Fn(&'a Payload) -> Option<T>) -> Option<T> {
-    payloads.iter().find_map(f)
 }
 
 impl Endpoint {
@@ -288,23 +284,20 @@ impl Endpoint {
         now: Instant,
     ) -> Result<Vec<Payload>, IkeError> {
         let peer = sa.peer;
-        let offer = find(payloads, |p| match p {
-            Payload::Sa(s) => Some(s),
-            _ => None,
-        })
-        .ok_or(Misbehaviour::MissingPayload(PayloadType::SA))?;
+        let offer = payloads
+            .find_payload(Payload::as_sa)
+            .ok_or(Misbehaviour::MissingPayload(PayloadType::SA))?;
         if super::proposal::first_protocol(offer) != Some(ProtocolId::TCP_AO) {
             return Err(
                 NegotiationError::NoProposalChosen("only TCP-AO child SAs are supported").into(),
             );
         }
-        let ni = find(payloads, |p| match p {
-            Payload::Nonce(n) => Some(n.clone()),
-            _ => None,
-        })
-        .ok_or(Misbehaviour::MissingPayload(PayloadType::NONCE))?;
+        let ni = payloads
+            .find_payload(Payload::as_nonce)
+            .map(<[u8]>::to_vec)
+            .ok_or(Misbehaviour::MissingPayload(PayloadType::NONCE))?;
         // REKEY_SA names the MKT by the initiator's RecvID, our SendID.
-        let old = match find_notify(payloads, NotifyType::REKEY_SA) {
+        let old = match payloads.notify(NotifyType::REKEY_SA) {
             Some(n) => {
                 let [spi] = n.spi.as_slice() else {
                     return Err(Misbehaviour::Unexpected(
@@ -330,14 +323,8 @@ impl Endpoint {
         };
         let pc = &self.cfg.peers[peer];
         let (num, send_id, algorithm) = super::proposal::choose_tcp_ao(offer, &pc.mac_algorithms)?;
-        let tsi = find(payloads, |p| match p {
-            Payload::TsI(t) => Some(t),
-            _ => None,
-        });
-        let tsr = find(payloads, |p| match p {
-            Payload::TsR(t) => Some(t),
-            _ => None,
-        });
+        let tsi = payloads.find_payload(Payload::as_tsi);
+        let tsr = payloads.find_payload(Payload::as_tsr);
         let (Some(tsi), Some(tsr)) = (tsi, tsr) else {
             return Err(Misbehaviour::MissingPayload(PayloadType::TSI).into());
         };
@@ -349,13 +336,12 @@ impl Endpoint {
             );
         }
         let exclude = !pc.include_options
-            && find_notify(payloads, NotifyType::TCP_AO_EXCLUDE_OPTIONS).is_some();
+            && payloads
+                .notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS)
+                .is_some();
         let (remote_ip, local_ip) = (pc.remote.ip(), pc.local);
         // PFS: answer a KE of an acceptable group with ours.
-        let ke_in = find(payloads, |p| match p {
-            Payload::Ke(k) => Some(k),
-            _ => None,
-        });
+        let ke_in = payloads.find_payload(Payload::as_ke);
         let (gir, ke_out) = match ke_in {
             Some(k) if pc.ike_suites.iter().any(|s| s.group == k.group) => {
                 let mine = KeyExchange::generate(k.group, &mut *self.rng)
@@ -469,19 +455,16 @@ impl Endpoint {
         now: Instant,
     ) -> Result<(), IkeError> {
         let peer = sa.peer;
-        if let Some(n) = first_error_notify(payloads) {
+        if let Some(n) = payloads.error_notify() {
             return Err(NegotiationError::PeerReported(n.ty).into());
         }
-        let reply = find(payloads, |p| match p {
-            Payload::Sa(s) => Some(s),
-            _ => None,
-        })
-        .ok_or(Misbehaviour::MissingPayload(PayloadType::SA))?;
-        let nr = find(payloads, |p| match p {
-            Payload::Nonce(n) => Some(n.clone()),
-            _ => None,
-        })
-        .ok_or(Misbehaviour::MissingPayload(PayloadType::NONCE))?;
+        let reply = payloads
+            .find_payload(Payload::as_sa)
+            .ok_or(Misbehaviour::MissingPayload(PayloadType::SA))?;
+        let nr = payloads
+            .find_payload(Payload::as_nonce)
+            .map(<[u8]>::to_vec)
+            .ok_or(Misbehaviour::MissingPayload(PayloadType::NONCE))?;
         let pc = &self.cfg.peers[peer];
         let mut reply_plain = reply.clone();
         if let Some(p) = reply_plain.proposals.first_mut() {
@@ -490,28 +473,18 @@ impl Endpoint {
         let (send_id, algorithm) =
             super::proposal::check_tcp_ao_reply(&reply_plain, &pc.mac_algorithms)
                 .ok_or(Misbehaviour::BadSelection("TCP-AO proposal"))?;
-        let tsi = find(payloads, |p| match p {
-            Payload::TsI(t) => Some(t),
-            _ => None,
-        })
-        .ok_or(Misbehaviour::MissingPayload(PayloadType::TSI))?;
-        let tsr = find(payloads, |p| match p {
-            Payload::TsR(t) => Some(t),
-            _ => None,
-        })
-        .ok_or(Misbehaviour::MissingPayload(PayloadType::TSR))?;
+        let tsi = payloads
+            .find_payload(Payload::as_tsi)
+            .ok_or(Misbehaviour::MissingPayload(PayloadType::TSI))?;
+        let tsr = payloads
+            .find_payload(Payload::as_tsr)
+            .ok_or(Misbehaviour::MissingPayload(PayloadType::TSR))?;
         let ports = reply_within(tsi, pc.local, &pc.tcp_ports)
             .filter(|_| reply_within(tsr, pc.remote.ip(), &pc.tcp_ports).is_some())
             .ok_or(NegotiationError::TsUnacceptable(
                 "narrowed selectors outside the offer",
             ))?;
-        let gir = match (
-            &offer.ke,
-            find(payloads, |p| match p {
-                Payload::Ke(k) => Some(k),
-                _ => None,
-            }),
-        ) {
+        let gir = match (&offer.ke, payloads.find_payload(Payload::as_ke)) {
             (Some(mine), Some(theirs)) if theirs.group == mine.group() => Some(
                 mine.agree(&theirs.data)
                     .map_err(Misbehaviour::KeyExchange)?,
@@ -525,7 +498,9 @@ impl Endpoint {
             return Err(NegotiationError::NoProposalChosen("the peer's KeyID is in use").into());
         }
         let exclude = offer.exclude_options
-            && find_notify(payloads, NotifyType::TCP_AO_EXCLUDE_OPTIONS).is_some();
+            && payloads
+                .notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS)
+                .is_some();
         let master_key = child_master_key(sa, gir.as_ref(), &offer.ni, &nr)?;
         let mkt = MasterKeyTuple {
             send_id,

@@ -35,6 +35,7 @@ use super::error::{IkeError, Misbehaviour, MisuseError, NegotiationError};
 use super::event::{Event, MktView, PeerState, PeerView, Role, SaView, Transmit};
 use super::proposal;
 use super::sk;
+use super::PayloadsExt;
 use crate::crypto::{self, IkeKeys, KeyExchange, Secret};
 use crate::mkt::{MasterKeyTuple, MASTER_KEY_LEN};
 use crate::numbers::{AuthMethod, DhGroup, ExchangeType, NotifyType, PayloadType, ProtocolId};
@@ -243,20 +244,6 @@ pub(super) fn notify(ty: NotifyType, data: Vec<u8>) -> Payload {
         spi: Vec::new(),
         ty,
         data,
-    })
-}
-
-pub(super) fn find_notify(payloads: &[Payload], ty: NotifyType) -> Option<&NotifyPayload> {
-    payloads.iter().find_map(|p| match p {
-        Payload::Notify(n) if n.ty == ty => Some(n),
-        _ => None,
-    })
-}
-
-pub(super) fn first_error_notify(payloads: &[Payload]) -> Option<&NotifyPayload> {
-    payloads.iter().find_map(|p| match p {
-        Payload::Notify(n) if n.ty.is_error() => Some(n),
-        _ => None,
     })
 }
 
@@ -951,17 +938,9 @@ impl Endpoint {
             );
             return;
         }
-        let mut sa_offer = None;
-        let mut ke_in = None;
-        let mut ni = None;
-        for p in &msg.payloads {
-            match p {
-                Payload::Sa(s) => sa_offer = Some(s),
-                Payload::Ke(k) => ke_in = Some(k),
-                Payload::Nonce(n) => ni = Some(n),
-                _ => {}
-            }
-        }
+        let sa_offer = msg.payloads.find_payload(Payload::as_sa);
+        let ke_in = msg.payloads.find_payload(Payload::as_ke);
+        let ni = msg.payloads.find_payload(Payload::as_nonce);
         let (Some(sa_offer), Some(ke_in), Some(ni)) = (sa_offer, ke_in, ni) else {
             return self.dropped(from, "IKE_SA_INIT request without SA, KE or Nonce");
         };
@@ -976,7 +955,7 @@ impl Endpoint {
             })
             .map(|(k, s)| (*k, s.ni.clone()));
         if let Some((own_spi, own_ni)) = own {
-            let ours_wins = own_ni.as_slice() > ni.as_slice();
+            let ours_wins = own_ni.as_slice() > ni;
             self.events.push_back(Event::SimultaneousInitiation {
                 peer: self.peer_name(peer),
                 kept_ours: ours_wins,
@@ -1036,7 +1015,7 @@ impl Endpoint {
             remote: from,
             created: now,
             expires: None,
-            ni: ni.clone(),
+            ni: ni.to_vec(),
             nr: nr.clone(),
             ke: None,
             suite: Some(choice.suite),
@@ -1044,8 +1023,10 @@ impl Endpoint {
             init_request: datagram.to_vec(),
             init_response: Vec::new(),
             cookie: None,
-            peer_tcp_ao: find_notify(&msg.payloads, NotifyType::TCP_AO_SUPPORTED).is_some(),
-            peer_childless: find_notify(&msg.payloads, NotifyType::CHILDLESS_IKEV2_SUPPORTED)
+            peer_tcp_ao: msg.payloads.notify(NotifyType::TCP_AO_SUPPORTED).is_some(),
+            peer_childless: msg
+                .payloads
+                .notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED)
                 .is_some(),
             next_message_id: 0,
             expected_message_id: 1,
@@ -1121,7 +1102,7 @@ impl Endpoint {
     ) {
         let spi = sa.local_spi();
         let pc = &self.cfg.peers[sa.peer];
-        if let Some(n) = find_notify(&msg.payloads, NotifyType::COOKIE) {
+        if let Some(n) = msg.payloads.notify(NotifyType::COOKIE) {
             if (1..=64).contains(&n.data.len()) && sa.cookie.is_none() {
                 sa.cookie = Some(n.data.clone());
                 self.send_init_request(&mut sa, now);
@@ -1129,7 +1110,7 @@ impl Endpoint {
                 return;
             }
         }
-        if let Some(n) = find_notify(&msg.payloads, NotifyType::INVALID_KE_PAYLOAD) {
+        if let Some(n) = msg.payloads.notify(NotifyType::INVALID_KE_PAYLOAD) {
             let wanted =
                 <[u8; 2]>::try_from(n.data.as_slice()).map(|b| DhGroup(u16::from_be_bytes(b)));
             let current = sa.ke.as_ref().map(|k| k.group());
@@ -1156,24 +1137,16 @@ impl Endpoint {
             }
             return;
         }
-        if let Some(n) = first_error_notify(&msg.payloads) {
+        if let Some(n) = msg.payloads.error_notify() {
             let e = NegotiationError::PeerReported(n.ty);
             return self.fail(sa, e.into(), true, now);
         }
         if let Some(ty) = msg.unsupported_critical() {
             return self.fail(sa, Misbehaviour::UnsupportedCritical(ty).into(), false, now);
         }
-        let mut sa_reply = None;
-        let mut ke_in = None;
-        let mut nr = None;
-        for p in &msg.payloads {
-            match p {
-                Payload::Sa(s) => sa_reply = Some(s),
-                Payload::Ke(k) => ke_in = Some(k),
-                Payload::Nonce(n) => nr = Some(n),
-                _ => {}
-            }
-        }
+        let sa_reply = msg.payloads.find_payload(Payload::as_sa);
+        let ke_in = msg.payloads.find_payload(Payload::as_ke);
+        let nr = msg.payloads.find_payload(Payload::as_nonce);
         let (Some(sa_reply), Some(ke_in), Some(nr)) = (sa_reply, ke_in, nr) else {
             self.sas.insert(spi, sa);
             return self.dropped(from, "IKE_SA_INIT response without SA, KE or Nonce");
@@ -1211,16 +1184,18 @@ impl Endpoint {
             Err(e) => return self.fail(sa, Misbehaviour::KeyExchange(e).into(), false, now),
         };
         sa.spi_r = msg.header.spi_r;
-        sa.nr = nr.clone();
+        sa.nr = nr.to_vec();
         sa.keys = match derive_keys(suite, &gir, &sa.ni, nr, sa.spi_i, sa.spi_r) {
             Ok(k) => Some(k),
             Err(e) => return self.fail(sa, Misbehaviour::KeyExchange(e).into(), false, now),
         };
         sa.suite = Some(suite);
         sa.init_response = datagram.to_vec();
-        sa.peer_tcp_ao = find_notify(&msg.payloads, NotifyType::TCP_AO_SUPPORTED).is_some();
-        sa.peer_childless =
-            find_notify(&msg.payloads, NotifyType::CHILDLESS_IKEV2_SUPPORTED).is_some();
+        sa.peer_tcp_ao = msg.payloads.notify(NotifyType::TCP_AO_SUPPORTED).is_some();
+        sa.peer_childless = msg
+            .payloads
+            .notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED)
+            .is_some();
         sa.pending = None;
         match self.send_auth_request(&mut sa, now) {
             Ok(()) => {
@@ -1408,20 +1383,14 @@ impl Endpoint {
             }
         };
         sa.pending = None;
-        if let Some(n) = find_notify(&payloads, NotifyType::AUTHENTICATION_FAILED) {
+        if let Some(n) = payloads.notify(NotifyType::AUTHENTICATION_FAILED) {
             let e = NegotiationError::PeerReported(n.ty);
             return self.fail(sa, e.into(), true, now);
         }
-        let idr = payloads.iter().find_map(|p| match p {
-            Payload::IdR(i) => Some(i),
-            _ => None,
-        });
-        let auth = payloads.iter().find_map(|p| match p {
-            Payload::Auth(a) => Some(a),
-            _ => None,
-        });
+        let idr = payloads.find_payload(Payload::as_idr);
+        let auth = payloads.find_payload(Payload::as_auth);
         let (Some(idr), Some(auth)) = (idr, auth) else {
-            if let Some(n) = first_error_notify(&payloads) {
+            if let Some(n) = payloads.error_notify() {
                 return self.fail(sa, NegotiationError::PeerReported(n.ty).into(), true, now);
             }
             return self.fail(
@@ -1463,18 +1432,9 @@ impl Endpoint {
         if let Some(offer) = sa.child_offer.take() {
             let peer = sa.peer;
             let pc = &self.cfg.peers[peer];
-            let sa_reply = payloads.iter().find_map(|p| match p {
-                Payload::Sa(s) => Some(s),
-                _ => None,
-            });
-            let tsi = payloads.iter().find_map(|p| match p {
-                Payload::TsI(t) => Some(t),
-                _ => None,
-            });
-            let tsr = payloads.iter().find_map(|p| match p {
-                Payload::TsR(t) => Some(t),
-                _ => None,
-            });
+            let sa_reply = payloads.find_payload(Payload::as_sa);
+            let tsi = payloads.find_payload(Payload::as_tsi);
+            let tsr = payloads.find_payload(Payload::as_tsr);
             let child = match (sa_reply, tsi, tsr) {
                 (Some(s), Some(tsi), Some(tsr)) => {
                     match proposal::check_tcp_ao_reply(s, &pc.mac_algorithms) {
@@ -1500,7 +1460,7 @@ impl Endpoint {
                         }
                     }
                 }
-                _ => Err(match first_error_notify(&payloads) {
+                _ => Err(match payloads.error_notify() {
                     Some(n) => NegotiationError::PeerReported(n.ty).into(),
                     None => Misbehaviour::MissingPayload(PayloadType::SA).into(),
                 }),
@@ -1508,7 +1468,9 @@ impl Endpoint {
             match child {
                 Ok((send_id, algorithm, ports)) => {
                     let exclude = offer.exclude_options
-                        && find_notify(&payloads, NotifyType::TCP_AO_EXCLUDE_OPTIONS).is_some();
+                        && payloads
+                            .notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS)
+                            .is_some();
                     match Self::master_key(&sa) {
                         Ok(master_key) => {
                             let mkt = MasterKeyTuple {
@@ -1634,7 +1596,8 @@ impl Endpoint {
                 self.on_informational_request(now, payloads, sa)
             }
             (SaState::Established, ExchangeType::CREATE_CHILD_SA) => {
-                if find_notify(&payloads, NotifyType::REKEY_SA)
+                if payloads
+                    .notify(NotifyType::REKEY_SA)
                     .is_some_and(|n| n.protocol == ProtocolId::IKE)
                 {
                     // Rekeying the IKE SA itself is not implemented yet (docs/protocol.md).
@@ -1689,14 +1652,8 @@ impl Endpoint {
                 );
             }
         }
-        let idi = payloads.iter().find_map(|p| match p {
-            Payload::IdI(i) => Some(i.clone()),
-            _ => None,
-        });
-        let auth = payloads.iter().find_map(|p| match p {
-            Payload::Auth(a) => Some(a.clone()),
-            _ => None,
-        });
+        let idi = payloads.find_payload(Payload::as_idi).cloned();
+        let auth = payloads.find_payload(Payload::as_auth).cloned();
         let (Some(idi), Some(auth)) = (idi, auth) else {
             self.respond(
                 &mut sa,
@@ -1746,7 +1703,7 @@ impl Endpoint {
                 now,
             );
         };
-        if find_notify(&payloads, NotifyType::INITIAL_CONTACT).is_some() {
+        if payloads.notify(NotifyType::INITIAL_CONTACT).is_some() {
             // RFC 7296 2.4: the peer holds no other IKE SA with us; `establish` replaces ours.
         }
         self.peers[peer].tcp_ao_capable = Some(sa.peer_tcp_ao);
@@ -1758,10 +1715,7 @@ impl Endpoint {
                 data: my_auth.as_bytes().to_vec(),
             }),
         ];
-        let child_sa = payloads.iter().find_map(|p| match p {
-            Payload::Sa(s) => Some(s),
-            _ => None,
-        });
+        let child_sa = payloads.find_payload(Payload::as_sa);
         match child_sa {
             None => {
                 if !sa.peer_tcp_ao {
@@ -1802,14 +1756,8 @@ impl Endpoint {
         }
         let pc = &self.cfg.peers[peer];
         let (num, send_id, algorithm) = proposal::choose_tcp_ao(offer, &pc.mac_algorithms)?;
-        let tsi = payloads.iter().find_map(|p| match p {
-            Payload::TsI(t) => Some(t),
-            _ => None,
-        });
-        let tsr = payloads.iter().find_map(|p| match p {
-            Payload::TsR(t) => Some(t),
-            _ => None,
-        });
+        let tsi = payloads.find_payload(Payload::as_tsi);
+        let tsr = payloads.find_payload(Payload::as_tsr);
         let (Some(tsi), Some(tsr)) = (tsi, tsr) else {
             return Err(Misbehaviour::MissingPayload(PayloadType::TSI).into());
         };
@@ -1821,7 +1769,9 @@ impl Endpoint {
             );
         }
         let exclude = !pc.include_options
-            && find_notify(payloads, NotifyType::TCP_AO_EXCLUDE_OPTIONS).is_some();
+            && payloads
+                .notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS)
+                .is_some();
         let (remote_ip, local_ip) = (pc.remote.ip(), pc.local);
         if self.send_id_in_use(peer, send_id) {
             return Err(NegotiationError::NoProposalChosen(
@@ -1873,7 +1823,7 @@ impl Endpoint {
     fn on_informational_request(&mut self, now: Instant, payloads: Vec<Payload>, mut sa: IkeSa) {
         let spi = sa.local_spi();
         let peer_name = self.peer_name(sa.peer);
-        if find_notify(&payloads, NotifyType::AUTHENTICATION_FAILED).is_some() {
+        if payloads.notify(NotifyType::AUTHENTICATION_FAILED).is_some() {
             self.respond(&mut sa, ExchangeType::INFORMATIONAL, &[]);
             sa.last_response = None;
             let e = NegotiationError::PeerReported(NotifyType::AUTHENTICATION_FAILED);
@@ -1881,8 +1831,7 @@ impl Endpoint {
         }
         let mut reply = Vec::new();
         let mut delete_ike = false;
-        for p in &payloads {
-            let Payload::Delete(d) = p else { continue };
+        for d in payloads.iter().filter_map(Payload::as_delete) {
             if d.protocol == ProtocolId::IKE {
                 delete_ike = true;
             } else if d.protocol == ProtocolId::TCP_AO {

@@ -22,3 +22,32 @@ pub use config::{
 pub use endpoint::Endpoint;
 pub use error::{IkeError, Misbehaviour, MisuseError, NegotiationError};
 pub use event::{Event, MktView, PeerState, PeerView, Role, SaView, Transmit};
+
+use crate::numbers::NotifyType;
+use crate::wire::{NotifyPayload, Payload};
+
+/// Lookups in the payloads of a message, the one place where the payload
+/// chain is searched: `payloads.find_payload(Payload::as_sa)` gives the
+/// first SA payload, whatever the variant accessor of [`Payload`] returns.
+pub(crate) trait PayloadsExt {
+    /// The first payload for which `f` gives something.
+    fn find_payload<'a, T: 'a>(&'a self, f: impl FnMut(&'a Payload) -> Option<T>) -> Option<T>;
+    /// The first Notify of type `ty`.
+    fn notify(&self, ty: NotifyType) -> Option<&NotifyPayload>;
+    /// The first Notify of an error type (RFC 7296 3.10.1: below 16384).
+    fn error_notify(&self) -> Option<&NotifyPayload>;
+}
+
+impl PayloadsExt for [Payload] {
+    fn find_payload<'a, T: 'a>(&'a self, f: impl FnMut(&'a Payload) -> Option<T>) -> Option<T> {
+        self.iter().find_map(f)
+    }
+
+    fn notify(&self, ty: NotifyType) -> Option<&NotifyPayload> {
+        self.find_payload(|p| p.as_notify().filter(|n| n.ty == ty))
+    }
+
+    fn error_notify(&self) -> Option<&NotifyPayload> {
+        self.find_payload(|p| p.as_notify().filter(|n| n.ty.is_error()))
+    }
+}

@@ -305,6 +305,79 @@ impl Payload {
             Payload::Unknown { ty, .. } => *ty,
         }
     }
+
+    /// The SA payload, if this is one. These accessors serve lookups such as
+    /// `payloads.iter().find_map(Payload::as_sa)`.
+    pub fn as_sa(&self) -> Option<&SaPayload> {
+        match self {
+            Payload::Sa(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_ke(&self) -> Option<&KePayload> {
+        match self {
+            Payload::Ke(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    pub fn as_idi(&self) -> Option<&IdPayload> {
+        match self {
+            Payload::IdI(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    pub fn as_idr(&self) -> Option<&IdPayload> {
+        match self {
+            Payload::IdR(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    pub fn as_auth(&self) -> Option<&AuthPayload> {
+        match self {
+            Payload::Auth(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The nonce data, if this is a Nonce payload.
+    pub fn as_nonce(&self) -> Option<&[u8]> {
+        match self {
+            Payload::Nonce(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn as_notify(&self) -> Option<&NotifyPayload> {
+        match self {
+            Payload::Notify(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn as_delete(&self) -> Option<&DeletePayload> {
+        match self {
+            Payload::Delete(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn as_tsi(&self) -> Option<&TsPayload> {
+        match self {
+            Payload::TsI(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn as_tsr(&self) -> Option<&TsPayload> {
+        match self {
+            Payload::TsR(t) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 impl ParsedMessage {
