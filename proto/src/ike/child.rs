@@ -187,11 +187,11 @@ impl Endpoint {
         now: Instant,
     ) -> Result<(), IkeError> {
         let peer = sa.peer;
-        let recv_id = self
-            .allocate_recv_id(peer)
-            .ok_or(NegotiationError::NoProposalChosen(
-                "no free KeyID for this peer",
-            ))?;
+        let recv_id =
+            self.allocate_recv_id(peer, now)
+                .ok_or(NegotiationError::NoProposalChosen(
+                    "no free KeyID for this peer",
+                ))?;
         let mut ni = vec![0u8; 32];
         self.rng.fill_bytes(&mut ni);
         let pc = &self.cfg.peers[peer];
@@ -354,17 +354,17 @@ impl Endpoint {
             }
             None => (None, None),
         };
-        if self.send_id_in_use(peer, send_id) {
+        if self.send_id_in_use(peer, send_id, now) {
             return Err(NegotiationError::NoProposalChosen(
                 "the initiator's KeyID is in use with this peer",
             )
             .into());
         }
-        let recv_id = self
-            .allocate_recv_id(peer)
-            .ok_or(NegotiationError::NoProposalChosen(
-                "no free KeyID for this peer",
-            ))?;
+        let recv_id =
+            self.allocate_recv_id(peer, now)
+                .ok_or(NegotiationError::NoProposalChosen(
+                    "no free KeyID for this peer",
+                ))?;
         let mut nr = vec![0u8; 32];
         self.rng.fill_bytes(&mut nr);
         let master_key = child_master_key(sa, gir.as_ref(), &ni, &nr)?;
@@ -492,7 +492,7 @@ impl Endpoint {
             (Some(_), _) => return Err(Misbehaviour::BadSelection("PFS key exchange").into()),
             (None, _) => None,
         };
-        if self.send_id_in_use(peer, send_id) {
+        if self.send_id_in_use(peer, send_id, now) {
             // The responder holds an MKT we refuse: delete it.
             self.send_child_deletes(sa, vec![offer.recv_id], now);
             return Err(NegotiationError::NoProposalChosen("the peer's KeyID is in use").into());

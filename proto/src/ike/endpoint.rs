@@ -32,7 +32,7 @@ use subtle::ConstantTimeEq;
 
 use super::config::{EndpointConfig, IkeSuite, PortRange};
 use super::error::{IkeError, Misbehaviour, MisuseError, NegotiationError};
-use super::event::{Event, MktView, PeerState, PeerView, Role, SaView, Transmit};
+use super::event::{Event, KeyIdReservation, MktView, PeerState, PeerView, Role, SaView, Transmit};
 use super::proposal;
 use super::sk;
 use super::PayloadsExt;
@@ -226,6 +226,8 @@ pub(super) struct PeerRuntime {
     pub(super) mkts: Vec<MktRecord>,
     /// When to try again to create an MKT on an IKE SA that has none.
     pub(super) next_child_attempt: Option<Instant>,
+    /// KeyIDs kept out of use ([`Endpoint::reserve_key_ids`]).
+    reservations: Vec<KeyIdReservation>,
 }
 
 /// All IKE SAs of this node. See the module documentation.
@@ -393,7 +395,10 @@ impl Endpoint {
             };
             [retransmit, half_open, sa.expires]
         });
-        let peer_deadlines = self.peers.iter().map(|p| p.next_attempt);
+        let peer_deadlines = self.peers.iter().flat_map(|p| {
+            let reservation = p.reservations.iter().map(|r| r.until).min();
+            [p.next_attempt, reservation]
+        });
         let mkt_deadlines = self.mkt_deadlines().map(Some);
         sa_deadlines
             .chain(peer_deadlines)
@@ -455,6 +460,7 @@ impl Endpoint {
                             retire_at: m.retire_at,
                         })
                         .collect(),
+                    reservations: self.peers[i].reservations.clone(),
                 }
             })
             .collect()
@@ -811,6 +817,7 @@ impl Endpoint {
             self.send(sa.remote, bytes);
             self.sas.insert(spi, sa);
         }
+        self.prune_reservations(now);
         self.handle_mkt_timers(now);
         let due_peers: Vec<usize> = (0..self.peers.len())
             .filter(|&i| self.peers[i].next_attempt.is_some_and(|t| t <= now))
@@ -1226,11 +1233,21 @@ impl Endpoint {
         ))
     }
 
-    pub(super) fn allocate_recv_id(&mut self, peer: usize) -> Option<u8> {
-        let used: Vec<u8> = self.peers[peer]
+    /// A RecvID for a new MKT with the peer: in [`KEY_ID_RANGE`], at random,
+    /// not the RecvID of a live MKT with the peer nor of a reservation
+    /// ([`Endpoint::reserve_key_ids`]).
+    pub(super) fn allocate_recv_id(&mut self, peer: usize, now: Instant) -> Option<u8> {
+        let p = &self.peers[peer];
+        let used: Vec<u8> = p
             .mkts
             .iter()
             .map(|m| m.mkt.recv_id)
+            .chain(
+                p.reservations
+                    .iter()
+                    .filter(|r| r.until > now)
+                    .map(|r| r.recv_id),
+            )
             .collect();
         let free: Vec<u8> = KEY_ID_RANGE.filter(|id| !used.contains(id)).collect();
         if free.is_empty() {
@@ -1240,11 +1257,57 @@ impl Endpoint {
         free.get(i).copied()
     }
 
-    pub(super) fn send_id_in_use(&self, peer: usize, send_id: u8) -> bool {
-        self.peers[peer]
-            .mkts
-            .iter()
-            .any(|m| m.mkt.send_id == send_id)
+    /// Whether a SendID the peer chose (the SPI of its TCP-AO proposal or
+    /// reply) cannot be used: a live MKT with the peer or a reservation has
+    /// it. Linux refuses a second key with the same SendID for one peer.
+    pub(super) fn send_id_in_use(&self, peer: usize, send_id: u8, now: Instant) -> bool {
+        let p = &self.peers[peer];
+        p.mkts.iter().any(|m| m.mkt.send_id == send_id)
+            || p.reservations
+                .iter()
+                .any(|r| r.until > now && r.send_id == send_id)
+    }
+
+    /// Keeps a KeyID pair out of use with the peer until `until`: no new
+    /// MKT gets `recv_id` as its RecvID, and a SendID equal to `send_id`
+    /// chosen by the peer is refused with NO_PROPOSAL_CHOSEN, as for a live
+    /// MKT (docs/protocol.md, "KeyID allocation").
+    ///
+    /// For the driver after a restart: the keys of MKTs negotiated before
+    /// the restart stay installed on live TCP sockets until their hard
+    /// lifetime, and Linux refuses (EEXIST) a new key for the same peer
+    /// that shares its SendID or its RecvID with one of them. Call this for
+    /// each such MKT before the first [`Endpoint::handle_timeout`] (which
+    /// starts the initiations). Reserving a pair again extends it; expired
+    /// reservations are dropped.
+    pub fn reserve_key_ids(
+        &mut self,
+        peer_name: &str,
+        send_id: u8,
+        recv_id: u8,
+        until: Instant,
+    ) -> Result<(), IkeError> {
+        let peer = self.peer_index(peer_name)?;
+        let list = &mut self.peers[peer].reservations;
+        match list
+            .iter_mut()
+            .find(|r| (r.send_id, r.recv_id) == (send_id, recv_id))
+        {
+            Some(r) => r.until = r.until.max(until),
+            None => list.push(KeyIdReservation {
+                send_id,
+                recv_id,
+                until,
+            }),
+        }
+        Ok(())
+    }
+
+    /// Drops reservations that have ended.
+    fn prune_reservations(&mut self, now: Instant) {
+        for p in &mut self.peers {
+            p.reservations.retain(|r| r.until > now);
+        }
     }
 
     fn send_auth_request(&mut self, sa: &mut IkeSa, now: Instant) -> Result<(), IkeError> {
@@ -1277,11 +1340,11 @@ impl Endpoint {
         let wants_child = self.cfg.advertise_tcp_ao && !pc.mac_algorithms.is_empty();
         self.peers[peer].tcp_ao_capable = Some(sa.peer_tcp_ao);
         if wants_child && sa.peer_tcp_ao {
-            let recv_id = self
-                .allocate_recv_id(peer)
-                .ok_or(NegotiationError::NoProposalChosen(
-                    "no free KeyID for this peer",
-                ))?;
+            let recv_id =
+                self.allocate_recv_id(peer, now)
+                    .ok_or(NegotiationError::NoProposalChosen(
+                        "no free KeyID for this peer",
+                    ))?;
             let pc = &self.cfg.peers[peer];
             payloads.push(Payload::Sa(proposal::tcp_ao_sa_payload(
                 recv_id,
@@ -1445,7 +1508,9 @@ impl Endpoint {
                             let ports_i = reply_within(tsi, pc.local, &pc.tcp_ports);
                             let ports_r = reply_within(tsr, pc.remote.ip(), &pc.tcp_ports);
                             match (ports_i, ports_r) {
-                                (Some(ports), Some(_)) if !self.send_id_in_use(peer, send_id) => {
+                                (Some(ports), Some(_))
+                                    if !self.send_id_in_use(peer, send_id, now) =>
+                                {
                                     Ok((send_id, alg, ports))
                                 }
                                 (Some(_), Some(_)) => Err(NegotiationError::NoProposalChosen(
@@ -1773,17 +1838,17 @@ impl Endpoint {
                 .notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS)
                 .is_some();
         let (remote_ip, local_ip) = (pc.remote.ip(), pc.local);
-        if self.send_id_in_use(peer, send_id) {
+        if self.send_id_in_use(peer, send_id, now) {
             return Err(NegotiationError::NoProposalChosen(
                 "the initiator's KeyID is in use with this peer",
             )
             .into());
         }
-        let recv_id = self
-            .allocate_recv_id(peer)
-            .ok_or(NegotiationError::NoProposalChosen(
-                "no free KeyID for this peer",
-            ))?;
+        let recv_id =
+            self.allocate_recv_id(peer, now)
+                .ok_or(NegotiationError::NoProposalChosen(
+                    "no free KeyID for this peer",
+                ))?;
         let master_key = Self::master_key(sa)?;
         let mkt = MasterKeyTuple {
             send_id,

@@ -138,6 +138,15 @@ pub struct MktView {
     pub retire_at: Option<Instant>,
 }
 
+/// A KeyID pair kept out of use with a peer until `until`
+/// ([`Endpoint::reserve_key_ids`](super::Endpoint::reserve_key_ids)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyIdReservation {
+    pub send_id: u8,
+    pub recv_id: u8,
+    pub until: Instant,
+}
+
 /// A read-only view of a peer.
 #[derive(Debug, Clone)]
 pub struct PeerView {
@@ -148,4 +157,6 @@ pub struct PeerView {
     pub last_error: Option<String>,
     pub sas: Vec<SaView>,
     pub mkts: Vec<MktView>,
+    /// KeyIDs reserved and not yet expired.
+    pub reservations: Vec<KeyIdReservation>,
 }

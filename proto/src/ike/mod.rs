@@ -21,7 +21,7 @@ pub use config::{
 };
 pub use endpoint::Endpoint;
 pub use error::{IkeError, Misbehaviour, MisuseError, NegotiationError};
-pub use event::{Event, MktView, PeerState, PeerView, Role, SaView, Transmit};
+pub use event::{Event, KeyIdReservation, MktView, PeerState, PeerView, Role, SaView, Transmit};
 
 use crate::numbers::NotifyType;
 use crate::wire::{NotifyPayload, Payload};
