@@ -68,6 +68,7 @@ pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
 fn mkt_lifetimes(l: &crate::config::Lifetimes) -> ike::Lifetimes {
     let slack = l.mkt_lifetime.saturating_sub(l.mkt_rekey);
     ike::Lifetimes {
+        ike_rekey: Some(l.ike_rekey),
         rekey: l.mkt_rekey,
         hard: l.mkt_lifetime,
         jitter: l.mkt_rekey / 10,

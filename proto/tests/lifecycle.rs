@@ -13,6 +13,7 @@ const PSK: &[u8] = b"lifecycle test key";
 
 fn short(jitter_s: u64) -> Lifetimes {
     Lifetimes {
+        ike_rekey: Lifetimes::default().ike_rekey,
         rekey: Duration::from_secs(100),
         hard: Duration::from_secs(130),
         jitter: Duration::from_secs(jitter_s),
@@ -161,6 +162,7 @@ fn rekey_under_30_percent_loss_keeps_a_common_mkt() {
             },
             |p| {
                 p.lifetimes = Lifetimes {
+                    ike_rekey: Lifetimes::default().ike_rekey,
                     rekey: Duration::from_secs(300),
                     hard: Duration::from_secs(600),
                     jitter: Duration::from_secs(30),

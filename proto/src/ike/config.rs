@@ -193,9 +193,21 @@ impl PortRange {
     };
 }
 
-/// MKT lifetimes of a peer.
+/// Share of [`Lifetimes::ike_rekey`] subtracted at random from each IKE SA's
+/// rekey time: strongSwan's default `rand_time` (its `over_time`, 10% of
+/// `rekey_time`). Without it two peers configured alike, or every peer of a
+/// daemon that started at once, would rekey in the same second: collisions
+/// (RFC 7296 2.8.2) and bursts of key exchanges.
+pub const IKE_REKEY_JITTER_PERCENT: u32 = 10;
+
+/// IKE SA and MKT lifetimes of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lifetimes {
+    /// Rekey the IKE SA (CREATE_CHILD_SA, RFC 7296 1.3.2, 2.18) this long
+    /// after it was established, minus up to [`IKE_REKEY_JITTER_PERCENT`] at
+    /// random; `None`: this side never starts one (it still answers the
+    /// peer's). MKTs are not touched by an IKE SA rekey.
+    pub ike_rekey: Option<Duration>,
     /// Rekey this long after creation (minus jitter).
     pub rekey: Duration,
     /// Delete the MKT this long after creation, rekeyed or not.
@@ -210,10 +222,13 @@ pub struct Lifetimes {
 }
 
 impl Default for Lifetimes {
-    /// 1 h rekey (strongSwan's CHILD SA default), hard lifetime 10% later
-    /// (strongSwan's `life_time`), up to 10% jitter, 60 s overlap, no PFS.
+    /// IKE SA rekey after 4 h (strongSwan's IKE `rekey_time`, and aokd's
+    /// `ike_rekey` default) minus up to 10%. MKTs: 1 h rekey (strongSwan's
+    /// CHILD SA default), hard lifetime 10% later (strongSwan's
+    /// `life_time`), up to 10% jitter, 60 s overlap, no PFS.
     fn default() -> Self {
         Lifetimes {
+            ike_rekey: Some(Duration::from_secs(4 * 3600)),
             rekey: Duration::from_secs(3600),
             hard: Duration::from_secs(3960),
             jitter: Duration::from_secs(360),
@@ -327,6 +342,24 @@ pub struct EndpointConfig {
     pub half_open_per_peer: usize,
     /// Delay before initiating again after a failed negotiation.
     pub retry_interval: Duration,
+    /// Liveness check (RFC 7296 1.4, 2.4): when nothing protected has been
+    /// received on an established IKE SA for this long and no request is
+    /// outstanding, send an empty INFORMATIONAL request. If it is never
+    /// answered (the retransmission schedule ends), the IKE SA is deleted
+    /// locally, its MKTs are kept until their hard lifetime, and a peer
+    /// configured to initiate is tried again after `retry_interval`.
+    /// `None`: never.
+    ///
+    /// Default 30 s. strongSwan (`dpd_delay`) and libreswan (`dpddelay`)
+    /// leave it off because IPsec traffic itself triggers renegotiation;
+    /// aokd carries no traffic over its SAs and the MKT rekey comes only
+    /// hourly, so without a check a peer that restarted or vanished goes
+    /// unnoticed for up to an hour. 30 s is BGP's keepalive interval (a
+    /// third of the 90 s hold time, RFC 4271): a dead peer is noticed
+    /// after 30 s plus the 165.5 s retransmission schedule, and the cost is
+    /// one small exchange per peer every 30 s, only when nothing else is
+    /// received.
+    pub liveness: Option<Duration>,
     /// Send the TCP-AO capability (Notify and Vendor ID). Off only to test
     /// behaviour toward a peer that does not speak aokd's profile.
     pub advertise_tcp_ao: bool,
@@ -340,6 +373,7 @@ impl EndpointConfig {
             half_open_timeout: Duration::from_secs(300),
             half_open_per_peer: 5,
             retry_interval: Duration::from_secs(30),
+            liveness: Some(Duration::from_secs(30)),
             advertise_tcp_ao: true,
         }
     }
