@@ -21,12 +21,30 @@ pub struct IkeKeys {
 ///
 /// The nonces are used whole: only the AES-XCBC/CMAC PRFs, which aokd does not
 /// implement, truncate them. For the SKEYSEED of a rekeyed IKE SA
-/// (RFC 7296 2.18) use `prf.prf(sk_d_old, g^ir(new) | Ni | Nr)` directly.
+/// (RFC 7296 2.18) see [`rekey_skeyseed`].
 pub fn skeyseed(prf: Prf, ni: &[u8], nr: &[u8], gir: &[u8]) -> Secret {
     let mut key = Zeroizing::new(Vec::with_capacity(ni.len() + nr.len()));
     key.extend_from_slice(ni);
     key.extend_from_slice(nr);
     prf.prf(&key, gir)
+}
+
+/// SKEYSEED of the IKE SA created by a rekey (RFC 7296 2.18):
+/// prf(SK_d (old), g^ir (new) | Ni | Nr), with the old IKE SA's PRF and the
+/// nonces of the rekey exchange. The new keys then come from
+/// [`derive_ike_keys`] with the new SA's PRF, SPIs and these nonces.
+pub fn rekey_skeyseed(
+    prf_old: Prf,
+    sk_d_old: &Secret,
+    gir_new: &[u8],
+    ni: &[u8],
+    nr: &[u8],
+) -> Secret {
+    let mut data = Zeroizing::new(Vec::with_capacity(gir_new.len() + ni.len() + nr.len()));
+    data.extend_from_slice(gir_new);
+    data.extend_from_slice(ni);
+    data.extend_from_slice(nr);
+    prf_old.prf(sk_d_old.as_bytes(), &data)
 }
 
 /// {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr}
@@ -221,6 +239,10 @@ mod tests {
         let rekey_data = [get(&v, "gir_new"), ni, nr].concat();
         assert_eq!(
             prf.prf(sk_d.as_bytes(), &rekey_data).as_bytes(),
+            get(&v, "SKEYSEED for IKE SA rekey")
+        );
+        assert_eq!(
+            rekey_skeyseed(prf, &sk_d, get(&v, "gir_new"), ni, nr).as_bytes(),
             get(&v, "SKEYSEED for IKE SA rekey")
         );
     }

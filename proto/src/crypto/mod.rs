@@ -22,7 +22,9 @@ pub mod prf;
 
 pub use aead::Encr;
 pub use dh::KeyExchange;
-pub use kdf::{child_keymat, derive_ike_keys, fingerprint, psk_auth, skeyseed, IkeKeys};
+pub use kdf::{
+    child_keymat, derive_ike_keys, fingerprint, psk_auth, rekey_skeyseed, skeyseed, IkeKeys,
+};
 pub use prf::Prf;
 
 /// Errors from cryptographic operations.

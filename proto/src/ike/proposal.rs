@@ -1,6 +1,6 @@
 //! SA payload construction and selection (RFC 7296 2.7, 3.3): the IKE SA
-//! proposals of IKE_SA_INIT and the TCP-AO child proposal of IKE_AUTH
-//! (docs/protocol.md).
+//! proposals of IKE_SA_INIT and of an IKE SA rekey (2.18), and the TCP-AO
+//! child proposal (docs/protocol.md).
 
 use super::config::IkeSuite;
 use super::error::NegotiationError;
@@ -45,6 +45,27 @@ pub fn ike_sa_reply(num: u8, suite: IkeSuite) -> SaPayload {
     sa
 }
 
+/// The SA payload of a CREATE_CHILD_SA that rekeys the IKE SA (RFC 7296
+/// 1.3.2, 2.18): the same proposals as [`ike_sa_payload`], each with the
+/// sender's SPI of the new IKE SA (8 octets, RFC 7296 3.3.1).
+pub fn ike_rekey_sa_payload(suites: &[IkeSuite], spi: u64) -> SaPayload {
+    let mut sa = ike_sa_payload(suites);
+    for p in &mut sa.proposals {
+        p.spi = spi.to_be_bytes().to_vec();
+    }
+    sa
+}
+
+/// The responder's reply to an IKE SA rekey: the chosen proposal with its
+/// own SPI of the new IKE SA.
+pub fn ike_rekey_sa_reply(num: u8, suite: IkeSuite, spi: u64) -> SaPayload {
+    let mut sa = ike_sa_reply(num, suite);
+    for p in &mut sa.proposals {
+        p.spi = spi.to_be_bytes().to_vec();
+    }
+    sa
+}
+
 /// What the responder accepts: each component must appear in one of its
 /// configured suites.
 fn acceptable(
@@ -75,9 +96,38 @@ pub fn choose_ike(
     local: &[IkeSuite],
     ke_group: DhGroup,
 ) -> Result<IkeChoice, NegotiationError> {
+    choose_ike_with_spi(offer, local, ke_group, 0).map(|(c, _)| c)
+}
+
+/// [`choose_ike`] for a CREATE_CHILD_SA that rekeys the IKE SA (RFC 7296
+/// 2.18): only proposals with an 8-octet SPI count, and the initiator's SPI
+/// of the new IKE SA is returned with the choice. A proposal without a KE
+/// transform is never chosen (2.18: a rekey of the IKE SA MUST include a
+/// new Diffie-Hellman exchange).
+pub fn choose_ike_rekey(
+    offer: &SaPayload,
+    local: &[IkeSuite],
+    ke_group: DhGroup,
+) -> Result<(IkeChoice, u64), NegotiationError> {
+    let (choice, spi) = choose_ike_with_spi(offer, local, ke_group, 8)?;
+    let spi = <[u8; 8]>::try_from(spi)
+        .map(u64::from_be_bytes)
+        .map_err(|_| NegotiationError::NoProposalChosen("IKE SPI of the wrong size"))?;
+    if spi == 0 {
+        return Err(NegotiationError::NoProposalChosen("IKE SPI of zero"));
+    }
+    Ok((choice, spi))
+}
+
+fn choose_ike_with_spi<'a>(
+    offer: &'a SaPayload,
+    local: &[IkeSuite],
+    ke_group: DhGroup,
+    spi_len: usize,
+) -> Result<(IkeChoice, &'a [u8]), NegotiationError> {
     let mut wanted_group = None;
     for p in &offer.proposals {
-        if p.protocol != ProtocolId::IKE || !p.spi.is_empty() {
+        if p.protocol != ProtocolId::IKE || p.spi.len() != spi_len {
             continue;
         }
         let mut encr = None;
@@ -123,10 +173,11 @@ pub fn choose_ike(
         };
         if acceptable(local, encr, prf, group) {
             if let (Some(encr), Some(prf), Some(group)) = (encr, prf, group) {
-                return Ok(IkeChoice {
+                let choice = IkeChoice {
                     proposal_num: p.num,
                     suite: IkeSuite { encr, prf, group },
-                });
+                };
+                return Ok((choice, &p.spi));
             }
         }
         if wanted_group.is_none() && acceptable(local, encr, prf, groups.first().copied()) {
@@ -148,10 +199,31 @@ pub fn check_ike_reply(
     offered: &[IkeSuite],
     ke_group: DhGroup,
 ) -> Option<IkeSuite> {
+    check_ike_reply_with_spi(reply, offered, ke_group, 0).map(|(s, _)| s)
+}
+
+/// [`check_ike_reply`] for the reply to an IKE SA rekey: returns the suite
+/// and the responder's nonzero SPI of the new IKE SA.
+pub fn check_ike_rekey_reply(
+    reply: &SaPayload,
+    offered: &[IkeSuite],
+    ke_group: DhGroup,
+) -> Option<(IkeSuite, u64)> {
+    let (suite, spi) = check_ike_reply_with_spi(reply, offered, ke_group, 8)?;
+    let spi = u64::from_be_bytes(<[u8; 8]>::try_from(spi).ok()?);
+    (spi != 0).then_some((suite, spi))
+}
+
+fn check_ike_reply_with_spi<'a>(
+    reply: &'a SaPayload,
+    offered: &[IkeSuite],
+    ke_group: DhGroup,
+    spi_len: usize,
+) -> Option<(IkeSuite, &'a [u8])> {
     let [p] = reply.proposals.as_slice() else {
         return None;
     };
-    if p.protocol != ProtocolId::IKE || !p.spi.is_empty() {
+    if p.protocol != ProtocolId::IKE || p.spi.len() != spi_len {
         return None;
     }
     let mut encr = None;
@@ -179,7 +251,7 @@ pub fn check_ike_reply(
     let proposed = offered.iter().any(|s| s.encr == suite.encr)
         && offered.iter().any(|s| s.prf == suite.prf)
         && offered.iter().any(|s| s.group == suite.group);
-    (proposed && suite.group == ke_group).then_some(suite)
+    (proposed && suite.group == ke_group).then_some((suite, p.spi.as_slice()))
 }
 
 /// The TCP-AO child proposal (docs/protocol.md): protocol 201, SPI size 1,
@@ -314,6 +386,61 @@ mod tests {
         assert_eq!(check_ike_reply(&reply, &offered, DhGroup::CURVE25519), None);
         let reply = ike_sa_reply(1, offered[0]);
         assert_eq!(check_ike_reply(&reply, &offered, DhGroup::ECP_256), None);
+    }
+
+    #[test]
+    fn ike_rekey_proposals_carry_8_octet_spis() {
+        let suites = [
+            suite("chacha20poly1305-prfsha512-x25519"),
+            suite("aes256gcm16-prfsha256-x25519"),
+        ];
+        let offer = ike_rekey_sa_payload(&suites, 0x0102_0304_0506_0708);
+        assert!(offer
+            .proposals
+            .iter()
+            .all(|p| p.spi == [1, 2, 3, 4, 5, 6, 7, 8]));
+        let local = [suite("aes256gcm16-prfsha256-x25519")];
+        let (c, spi) = choose_ike_rekey(&offer, &local, DhGroup::CURVE25519).unwrap();
+        assert_eq!(
+            (c.proposal_num, c.suite, spi),
+            (2, local[0], 0x0102_0304_0506_0708)
+        );
+        // The initial exchange's chooser ignores proposals with an SPI, and
+        // the rekey chooser those without.
+        assert!(choose_ike(&offer, &local, DhGroup::CURVE25519).is_err());
+        assert!(choose_ike_rekey(&ike_sa_payload(&suites), &local, DhGroup::CURVE25519).is_err());
+        // A zero SPI is refused.
+        assert!(choose_ike_rekey(
+            &ike_rekey_sa_payload(&suites, 0),
+            &local,
+            DhGroup::CURVE25519
+        )
+        .is_err());
+        // A proposal without a KE transform is never chosen (RFC 7296 2.18).
+        let mut no_ke = offer.clone();
+        for p in &mut no_ke.proposals {
+            p.transforms.retain(|t| t.ty != TransformType::KE);
+        }
+        assert!(choose_ike_rekey(&no_ke, &local, DhGroup::CURVE25519).is_err());
+
+        let reply = ike_rekey_sa_reply(c.proposal_num, c.suite, 0x1111);
+        assert_eq!(
+            check_ike_rekey_reply(&reply, &suites, DhGroup::CURVE25519),
+            Some((local[0], 0x1111))
+        );
+        assert_eq!(check_ike_reply(&reply, &suites, DhGroup::CURVE25519), None);
+        assert_eq!(
+            check_ike_rekey_reply(&ike_sa_reply(2, local[0]), &suites, DhGroup::CURVE25519),
+            None
+        );
+        assert_eq!(
+            check_ike_rekey_reply(
+                &ike_rekey_sa_reply(2, local[0], 0),
+                &suites,
+                DhGroup::CURVE25519
+            ),
+            None
+        );
     }
 
     #[test]
