@@ -199,7 +199,14 @@ impl Daemon {
         let now = Instant::now();
         let now_unix = self.clock.unix(now);
         let restored = keys.restore(snapshot, now, now_unix, &self.endpoint.peers());
-        // PENDING(reserve_key_ids): reserve restored.reservations in the endpoint.
+        for r in &restored.reservations {
+            if let Err(e) = self
+                .endpoint
+                .reserve_key_ids(&r.peer, r.send_id, r.recv_id, r.until)
+            {
+                warn!(peer = %r.peer, error = %e, "cannot reserve the KeyIDs of a restored MKT");
+            }
+        }
         info!(
             sockets = restored.sockets,
             sockets_gone = restored.sockets_gone,
