@@ -485,6 +485,42 @@ impl Daemon {
             Event::Dropped { from, reason } => {
                 debug!(instance = %inst, %from, %reason, "datagram dropped")
             }
+            // Added with the proto events of IKE SA rekey and restart
+            // handling; log lines only (persistence not updated yet).
+            Event::IkeSaRekeyed {
+                peer,
+                old_spi_i,
+                old_spi_r,
+                spi_i,
+                spi_r,
+                role,
+                suite,
+            } => info!(
+                instance = %inst, %peer, old_spi_i = %format!("{old_spi_i:016x}"),
+                old_spi_r = %format!("{old_spi_r:016x}"), spi_i = %format!("{spi_i:016x}"),
+                spi_r = %format!("{spi_r:016x}"), role = role.as_str(), %suite, "IKE SA rekeyed"
+            ),
+            Event::IkeRekeyCollision { peer, kept_ours } => {
+                info!(instance = %inst, %peer, kept_ours, "simultaneous IKE SA rekey resolved (RFC 7296 2.8.2)")
+            }
+            Event::IkeRekeyFailed {
+                peer,
+                error,
+                by_peer,
+            } => warn!(
+                instance = %inst, %peer, notify = %error.notify().map(|n| n.to_string()).unwrap_or_default(),
+                by_peer, "IKE SA rekey failed, IKE SA kept, retried later: {error}"
+            ),
+            Event::MktSuperseded {
+                peer,
+                send_id,
+                recv_id,
+                reason,
+                ..
+            } => info!(
+                instance = %inst, %peer, send_id, recv_id, reason,
+                "MKT superseded, retired after the overlap without a Delete"
+            ),
         }
     }
 

@@ -63,6 +63,16 @@ pub(super) enum SaState {
     /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
     HalfOpen,
     Established,
+    /// Superseded by a rekey of the IKE SA (RFC 7296 2.18): the old SA, or
+    /// the redundant new one of a collision (2.8.2). It answers requests
+    /// (CREATE_CHILD_SA with TEMPORARY_FAILURE, 2.25.2) and sends nothing
+    /// but its pending request and its Delete; it goes when either side
+    /// deletes it, or at `expires`.
+    Rekeyed,
+    /// Created by the peer's rekey of an IKE SA while this side's own rekey
+    /// of it was outstanding (2.8.2): not used until ours concludes, then
+    /// Established (it survives) or Rekeyed (it is redundant).
+    Successor,
     /// Failed; kept until `expires` so a retransmitted request still gets
     /// the stored error response.
     Failed,
@@ -75,6 +85,10 @@ pub(super) enum PendingKind {
     Informational,
     DeleteIke,
     CreateChild,
+    /// CREATE_CHILD_SA rekeying the IKE SA (RFC 7296 2.18).
+    RekeyIke,
+    /// An empty INFORMATIONAL (RFC 7296 1.4).
+    Liveness,
 }
 
 pub(super) struct Pending {
@@ -83,6 +97,10 @@ pub(super) struct Pending {
     sent: u32,
     deadline: Instant,
     pub(super) kind: PendingKind,
+    /// An INFORMATIONAL's payloads, sent again on the successor if the IKE
+    /// SA is rekeyed and deleted before the answer (Delete payloads of
+    /// MKTs must still reach the peer).
+    pub(super) requeue: Option<(ExchangeType, Vec<Payload>)>,
 }
 
 struct ChildOffer {
@@ -127,7 +145,7 @@ pub(super) struct IkeSa {
     pub(super) spi_r: u64,
     pub(super) remote: SocketAddr,
     pub(super) created: Instant,
-    expires: Option<Instant>,
+    pub(super) expires: Option<Instant>,
     ni: Vec<u8>,
     nr: Vec<u8>,
     ke: Option<KeyExchange>,
@@ -149,6 +167,22 @@ pub(super) struct IkeSa {
     pub(super) rekey_offer: Option<super::child::RekeyOffer>,
     /// Requests waiting for the window (size 1, RFC 7296 2.3).
     pub(super) queued: VecDeque<(ExchangeType, Vec<Payload>, PendingKind)>,
+    /// When this side rekeys the IKE SA (`None`: never, or under way).
+    pub(super) rekey_at: Option<Instant>,
+    /// When a protected message from the peer last verified on this SA
+    /// (liveness, RFC 7296 1.4).
+    pub(super) last_received: Instant,
+    /// Our outstanding CREATE_CHILD_SA rekeying this IKE SA.
+    pub(super) ike_rekey: Option<super::sa_rekey::IkeRekeyOffer>,
+    /// How a rekey created this SA (RFC 7296 2.18, 2.8.2).
+    pub(super) rekeyed_from: Option<super::sa_rekey::RekeyOrigin>,
+    /// Rekeyed: the local SPI of the SA that replaced this one.
+    pub(super) successor: Option<u64>,
+    /// The peer's IKE_AUTH message carried INITIAL_CONTACT (RFC 7296 2.4).
+    pub(super) peer_initial_contact: bool,
+    /// Reported to the driver (IkeSaEstablished or IkeSaRekeyed), so that
+    /// its deletion is reported too.
+    pub(super) announced: bool,
 }
 
 impl IkeSa {
@@ -161,6 +195,68 @@ impl IkeSa {
 
     fn is_live(&self) -> bool {
         self.state != SaState::Failed
+    }
+
+    /// The IKE SA created by a rekey of `old` (RFC 7296 2.18): keys from the
+    /// rekey exchange, message IDs from 0, the same peer and capabilities.
+    /// `role` is this side's role in the rekey exchange. Established;
+    /// reported once it replaces `old`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rekeyed(
+        old: &IkeSa,
+        role: Role,
+        (spi_i, spi_r): (u64, u64),
+        suite: IkeSuite,
+        keys: IkeKeys,
+        (ni, nr): (Vec<u8>, Vec<u8>),
+        rekey_at: Option<Instant>,
+        origin: super::sa_rekey::RekeyOrigin,
+        now: Instant,
+    ) -> IkeSa {
+        IkeSa {
+            peer: old.peer,
+            role,
+            state: SaState::Established,
+            spi_i,
+            spi_r,
+            remote: old.remote,
+            created: now,
+            expires: None,
+            ni,
+            nr,
+            ke: None,
+            suite: Some(suite),
+            keys: Some(keys),
+            init_request: Vec::new(),
+            init_response: Vec::new(),
+            cookie: None,
+            peer_tcp_ao: old.peer_tcp_ao,
+            peer_childless: old.peer_childless,
+            next_message_id: 0,
+            expected_message_id: 0,
+            pending: None,
+            last_response: None,
+            iv_counter: 0,
+            established_at: Some(now),
+            child_offer: None,
+            rekey_offer: None,
+            queued: VecDeque::new(),
+            rekey_at,
+            last_received: now,
+            ike_rekey: None,
+            rekeyed_from: Some(origin),
+            successor: None,
+            peer_initial_contact: false,
+            announced: false,
+        }
+    }
+
+    /// Authenticated and not failed: Established, Rekeyed or Successor.
+    pub(super) fn is_authenticated(&self) -> bool {
+        matches!(
+            self.state,
+            SaState::Established | SaState::Rekeyed | SaState::Successor
+        )
     }
 
     fn header(&self, exchange: ExchangeType, message_id: u32, response: bool) -> Header {
@@ -203,8 +299,14 @@ impl IkeSa {
         )
     }
 
-    /// Opens a protected message from the peer.
-    fn unprotect(&self, datagram: &[u8], msg: &ParsedMessage) -> Result<Vec<Payload>, IkeError> {
+    /// Opens a protected message from the peer; one that verifies counts
+    /// as a sign of life (RFC 7296 1.4).
+    fn unprotect(
+        &mut self,
+        datagram: &[u8],
+        msg: &ParsedMessage,
+        now: Instant,
+    ) -> Result<Vec<Payload>, IkeError> {
         let (suite, keys) = match (&self.suite, &self.keys) {
             (Some(s), Some(k)) => (s, k),
             _ => return Err(Misbehaviour::Integrity.into()),
@@ -213,7 +315,9 @@ impl IkeSa {
             Role::Initiator => &keys.sk_er,
             Role::Responder => &keys.sk_ei,
         };
-        sk::unprotect(datagram, msg, suite.encr, key.as_bytes())
+        let payloads = sk::unprotect(datagram, msg, suite.encr, key.as_bytes())?;
+        self.last_received = now;
+        Ok(payloads)
     }
 }
 
@@ -400,7 +504,9 @@ impl Endpoint {
             [p.next_attempt, reservation]
         });
         let mkt_deadlines = self.mkt_deadlines().map(Some);
+        let maintenance = self.sa_deadlines().map(Some);
         sa_deadlines
+            .chain(maintenance)
             .chain(peer_deadlines)
             .chain(mkt_deadlines)
             .flatten()
@@ -439,6 +545,8 @@ impl Endpoint {
                             role: s.role,
                             state: match s.state {
                                 SaState::Established => "established",
+                                SaState::Rekeyed => "rekeyed",
+                                SaState::Successor => "rekeying",
                                 SaState::Failed => "failed",
                                 _ => "connecting",
                             },
@@ -545,7 +653,7 @@ impl Endpoint {
             .collect();
         for spi in spis {
             if let Some(mut sa) = self.sas.remove(&spi) {
-                if sa.state == SaState::Established {
+                if sa.is_authenticated() {
                     // One INFORMATIONAL deletes the MKTs and the IKE SA (RFC 7296 1.4.1).
                     let mut payloads = Vec::new();
                     if !recv_ids.is_empty() {
@@ -607,7 +715,7 @@ impl Endpoint {
     /// lifetime ends or newer ones replace them.
     pub(super) fn remove_sa(&mut self, sa: IkeSa, reason: &'static str) {
         let peer = self.peer_name(sa.peer);
-        if sa.state == SaState::Established {
+        if sa.announced {
             self.events.push_back(Event::IkeSaDeleted {
                 peer,
                 spi_i: sa.spi_i,
@@ -633,7 +741,7 @@ impl Endpoint {
         if self.cfg.peers[peer].initiate {
             self.peers[peer].next_attempt = Some(now + self.cfg.retry_interval);
         }
-        if sa.state == SaState::Established {
+        if sa.is_authenticated() {
             self.remove_sa(sa, "IKE SA failed");
             return;
         }
@@ -678,6 +786,13 @@ impl Endpoint {
             child_offer: None,
             rekey_offer: None,
             queued: VecDeque::new(),
+            rekey_at: None,
+            last_received: now,
+            ike_rekey: None,
+            rekeyed_from: None,
+            successor: None,
+            peer_initial_contact: false,
+            announced: false,
         };
         self.peers[peer].next_attempt = None;
         self.send_init_request(&mut sa, now);
@@ -735,11 +850,16 @@ impl Endpoint {
         let h = sa.header(exchange, id, false);
         if let Ok(bytes) = sa.protect(&h, &payloads) {
             self.send_request(sa, id, bytes, kind, now);
+            if kind == PendingKind::Informational {
+                if let Some(p) = sa.pending.as_mut() {
+                    p.requeue = Some((exchange, payloads));
+                }
+            }
         }
     }
 
     /// Sends the next queued request, if any.
-    fn send_queued(&mut self, sa: &mut IkeSa, now: Instant) {
+    pub(super) fn send_queued(&mut self, sa: &mut IkeSa, now: Instant) {
         if sa.pending.is_none() {
             if let Some((exchange, payloads, kind)) = sa.queued.pop_front() {
                 self.enqueue(sa, exchange, payloads, kind, now);
@@ -762,7 +882,54 @@ impl Endpoint {
             sent: 1,
             deadline: now + self.cfg.retransmit.timeout_after(1),
             kind,
+            requeue: None,
         });
+    }
+
+    /// The retransmissions of `sa`'s pending request are exhausted (RFC
+    /// 7296 2.4: the peer is considered dead).
+    fn give_up(&mut self, mut sa: IkeSa, now: Instant) {
+        let kind = sa.pending.as_ref().map(|p| p.kind);
+        if sa.state == SaState::Rekeyed {
+            // Its successor carries on; an unanswered Delete payload of an
+            // MKT is sent again there.
+            return self.retire_rekeyed_sa(sa, now);
+        }
+        sa.pending = None;
+        match kind {
+            Some(PendingKind::DeleteIke) => self.remove_sa(sa, "deleted"),
+            Some(PendingKind::RekeyIke) if self.passive_successor(sa.local_spi()).is_some() => {
+                // The peer's own rekey of this SA stands (RFC 7296 2.8.2).
+                self.ike_rekey_failed(sa, NegotiationError::Timeout.into(), now);
+            }
+            Some(k) if sa.state == SaState::Established => {
+                let reason = if k == PendingKind::Liveness {
+                    "peer unreachable (liveness check)"
+                } else {
+                    "peer unreachable (no answer to a request)"
+                };
+                self.peer_unreachable(sa, reason, now);
+            }
+            _ => self.fail(sa, NegotiationError::Timeout.into(), false, now),
+        }
+    }
+
+    /// An established IKE SA whose peer stopped answering is deleted
+    /// locally; its MKTs stay until their hard lifetime (or until a new IKE
+    /// SA's MKT supersedes them), and an initiating peer is tried again
+    /// after `retry_interval`.
+    fn peer_unreachable(&mut self, sa: IkeSa, reason: &'static str, now: Instant) {
+        let peer = sa.peer;
+        self.peers[peer].last_error = Some(reason.to_string());
+        self.events.push_back(Event::NegotiationFailed {
+            peer: self.peer_name(peer),
+            error: NegotiationError::Timeout.into(),
+            by_peer: false,
+        });
+        if self.cfg.peers[peer].initiate {
+            self.peers[peer].next_attempt = Some(now + self.cfg.retry_interval);
+        }
+        self.remove_sa(sa, reason);
     }
 
     /// Handles expired timers: retransmissions, give-ups, half-open expiry,
@@ -784,6 +951,12 @@ impl Endpoint {
                 continue;
             };
             if sa.expires.is_some_and(|e| e <= now) {
+                if sa.state == SaState::Rekeyed {
+                    // The peer never deleted it.
+                    self.retire_rekeyed_sa(sa, now);
+                } else if sa.state == SaState::Successor {
+                    self.remove_sa(sa, "rekeyed");
+                }
                 continue; // a failed SA's replay window ended
             }
             if sa.state == SaState::HalfOpen && sa.created + self.cfg.half_open_timeout <= now {
@@ -802,13 +975,7 @@ impl Endpoint {
                 continue;
             };
             if p.sent >= transmissions {
-                let kind = p.kind;
-                sa.pending = None;
-                if kind == PendingKind::DeleteIke {
-                    self.remove_sa(sa, "deleted");
-                } else {
-                    self.fail(sa, NegotiationError::Timeout.into(), false, now);
-                }
+                self.give_up(sa, now);
                 continue;
             }
             p.sent += 1;
@@ -818,6 +985,7 @@ impl Endpoint {
             self.sas.insert(spi, sa);
         }
         self.prune_reservations(now);
+        self.handle_sa_timers(now);
         self.handle_mkt_timers(now);
         let due_peers: Vec<usize> = (0..self.peers.len())
             .filter(|&i| self.peers[i].next_attempt.is_some_and(|t| t <= now))
@@ -1044,6 +1212,13 @@ impl Endpoint {
             child_offer: None,
             rekey_offer: None,
             queued: VecDeque::new(),
+            rekey_at: None,
+            last_received: now,
+            ike_rekey: None,
+            rekeyed_from: None,
+            successor: None,
+            peer_initial_contact: false,
+            announced: false,
         };
         let mut payloads = vec![
             Payload::Sa(proposal::ike_sa_reply(choice.proposal_num, choice.suite)),
@@ -1085,10 +1260,14 @@ impl Endpoint {
             SaState::AuthSent if msg.header.exchange == ExchangeType::IKE_AUTH => {
                 self.on_auth_response(now, from, datagram, msg, sa)
             }
-            SaState::Established if msg.header.exchange == ExchangeType::INFORMATIONAL => {
+            SaState::Established | SaState::Rekeyed | SaState::Successor
+                if msg.header.exchange == ExchangeType::INFORMATIONAL =>
+            {
                 self.on_informational_response(now, from, datagram, msg, sa)
             }
-            SaState::Established if msg.header.exchange == ExchangeType::CREATE_CHILD_SA => {
+            SaState::Established | SaState::Rekeyed
+                if msg.header.exchange == ExchangeType::CREATE_CHILD_SA =>
+            {
                 self.on_create_child_response_msg(now, from, datagram, msg, sa)
             }
             _ => {
@@ -1324,7 +1503,7 @@ impl Endpoint {
         let other_established = self
             .sas
             .values()
-            .any(|s| s.peer == peer && s.state == SaState::Established);
+            .any(|s| s.peer == peer && s.is_authenticated());
         if !other_established {
             payloads.push(notify(NotifyType::INITIAL_CONTACT, Vec::new()));
         }
@@ -1378,24 +1557,36 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Marks the SA established and replaces any older IKE SA with the peer.
+    /// Marks the SA established and replaces any older IKE SA with the
+    /// peer: with a Delete payload, or locally when the peer sent
+    /// INITIAL_CONTACT (RFC 7296 2.4: it holds no other IKE SA, and could
+    /// not read the Delete). MKTs are not touched here.
     fn establish(&mut self, sa: &mut IkeSa, now: Instant) {
         sa.state = SaState::Established;
         sa.established_at = Some(now);
         sa.ke = None;
+        sa.announced = true;
+        sa.last_received = now;
         let peer = sa.peer;
+        sa.rekey_at = self.ike_rekey_time(peer, now);
         self.peers[peer].last_error = None;
         self.peers[peer].next_attempt = None;
         let older: Vec<u64> = self
             .sas
             .iter()
-            .filter(|(_, s)| s.peer == peer && s.state == SaState::Established)
+            .filter(|(_, s)| s.peer == peer && s.is_authenticated())
             .map(|(k, _)| *k)
             .collect();
         for spi in older {
             if let Some(mut old) = self.sas.remove(&spi) {
-                self.send_delete_ike(&mut old, now);
-                self.remove_sa(old, "replaced by a newer IKE SA");
+                if sa.peer_initial_contact {
+                    self.remove_sa(old, "the peer restarted (INITIAL_CONTACT)");
+                } else {
+                    if old.state == SaState::Established {
+                        self.send_delete_ike(&mut old, now);
+                    }
+                    self.remove_sa(old, "replaced by a newer IKE SA");
+                }
             }
         }
         let suite = sa.suite.unwrap_or(IkeSuite::DEFAULT);
@@ -1438,7 +1629,7 @@ impl Endpoint {
         mut sa: IkeSa,
     ) {
         let spi = sa.local_spi();
-        let payloads = match sa.unprotect(datagram, msg) {
+        let payloads = match sa.unprotect(datagram, msg, now) {
             Ok(p) => p,
             Err(e) => {
                 self.sas.insert(spi, sa);
@@ -1491,6 +1682,8 @@ impl Endpoint {
                 now,
             );
         }
+        // INITIAL_CONTACT may come in the response too (RFC 7296 2.4).
+        sa.peer_initial_contact = payloads.notify(NotifyType::INITIAL_CONTACT).is_some();
         self.establish(&mut sa, now);
         if let Some(offer) = sa.child_offer.take() {
             let peer = sa.peer;
@@ -1587,13 +1780,17 @@ impl Endpoint {
         mut sa: IkeSa,
     ) {
         let spi = sa.local_spi();
-        if let Err(e) = sa.unprotect(datagram, msg) {
+        if let Err(e) = sa.unprotect(datagram, msg, now) {
             self.sas.insert(spi, sa);
             return self.dropped(from, format!("INFORMATIONAL response: {e}"));
         }
         let kind = sa.pending.take().map(|p| p.kind);
         if kind == Some(PendingKind::DeleteIke) {
-            self.remove_sa(sa, "deleted");
+            if sa.state == SaState::Rekeyed {
+                self.retire_rekeyed_sa(sa, now);
+            } else {
+                self.remove_sa(sa, "deleted");
+            }
         } else {
             self.send_queued(&mut sa, now);
             self.sas.insert(spi, sa);
@@ -1609,14 +1806,17 @@ impl Endpoint {
         mut sa: IkeSa,
     ) {
         let spi = sa.local_spi();
-        let payloads = match sa.unprotect(datagram, msg) {
+        let payloads = match sa.unprotect(datagram, msg, now) {
             Ok(p) => p,
             Err(e) => {
                 self.sas.insert(spi, sa);
                 return self.dropped(from, format!("CREATE_CHILD_SA response: {e}"));
             }
         };
-        sa.pending = None;
+        let kind = sa.pending.take().map(|p| p.kind);
+        if kind == Some(PendingKind::RekeyIke) {
+            return self.on_ike_rekey_response(now, payloads, sa);
+        }
         self.on_create_child_response(now, payloads, &mut sa);
         self.send_queued(&mut sa, now);
         self.sas.insert(spi, sa);
@@ -1648,7 +1848,7 @@ impl Endpoint {
                 format!("request with message ID {id}, expected {expected}"),
             );
         }
-        let payloads = match sa.unprotect(datagram, msg) {
+        let payloads = match sa.unprotect(datagram, msg, now) {
             Ok(p) => p,
             Err(e) => {
                 self.sas.insert(spi, sa);
@@ -1657,19 +1857,27 @@ impl Endpoint {
         };
         match (sa.state, msg.header.exchange) {
             (SaState::HalfOpen, ExchangeType::IKE_AUTH) => self.on_auth_request(now, payloads, sa),
-            (SaState::Established, ExchangeType::INFORMATIONAL) => {
-                self.on_informational_request(now, payloads, sa)
-            }
-            (SaState::Established, ExchangeType::CREATE_CHILD_SA) => {
-                if payloads
-                    .notify(NotifyType::REKEY_SA)
-                    .is_some_and(|n| n.protocol == ProtocolId::IKE)
-                {
-                    // Rekeying the IKE SA itself is not implemented yet (docs/protocol.md).
+            (
+                SaState::Established | SaState::Rekeyed | SaState::Successor,
+                ExchangeType::INFORMATIONAL,
+            ) => self.on_informational_request(now, payloads, sa),
+            (
+                SaState::Established | SaState::Rekeyed | SaState::Successor,
+                ExchangeType::CREATE_CHILD_SA,
+            ) => {
+                let rekeys_ike = payloads
+                    .find_payload(Payload::as_sa)
+                    .and_then(proposal::first_protocol)
+                    == Some(ProtocolId::IKE);
+                if rekeys_ike {
+                    self.on_ike_rekey_request(now, payloads, sa)
+                } else if sa.state != SaState::Established || sa.ike_rekey.is_some() {
+                    // RFC 7296 2.25.2: no new MKT while the IKE SA is being
+                    // rekeyed (or on a superseded one); the peer tries later.
                     self.respond(
                         &mut sa,
                         ExchangeType::CREATE_CHILD_SA,
-                        &[notify(NotifyType::NO_ADDITIONAL_SAS, Vec::new())],
+                        &[notify(NotifyType::TEMPORARY_FAILURE, Vec::new())],
                     );
                     self.sas.insert(spi, sa);
                 } else {
@@ -1768,9 +1976,9 @@ impl Endpoint {
                 now,
             );
         };
-        if payloads.notify(NotifyType::INITIAL_CONTACT).is_some() {
-            // RFC 7296 2.4: the peer holds no other IKE SA with us; `establish` replaces ours.
-        }
+        // RFC 7296 2.4: the peer holds no other IKE SA with us (it
+        // restarted); `establish` deletes ours locally.
+        sa.peer_initial_contact = payloads.notify(NotifyType::INITIAL_CONTACT).is_some();
         self.peers[peer].tcp_ao_capable = Some(sa.peer_tcp_ao);
         self.establish(&mut sa, now);
         let mut reply = vec![
@@ -1925,13 +2133,35 @@ impl Endpoint {
             }
         }
         self.respond(&mut sa, ExchangeType::INFORMATIONAL, &reply);
-        if delete_ike {
-            if self.cfg.peers[sa.peer].initiate {
-                self.peers[sa.peer].next_attempt = Some(now + self.cfg.retry_interval);
-            }
-            self.remove_sa(sa, "deleted by the peer");
-        } else {
+        if !delete_ike {
             self.sas.insert(spi, sa);
+            return;
+        }
+        match sa.state {
+            // The old SA after a rekey, or the redundant one of a collision.
+            SaState::Rekeyed => self.retire_rekeyed_sa(sa, now),
+            // The peer found the SA it created redundant (RFC 7296 2.8.2).
+            SaState::Successor => self.remove_sa(sa, "deleted by the peer"),
+            _ => match self.passive_successor(spi) {
+                // RFC 7296 2.25.2: the peer rekeyed this SA without noticing
+                // our own rekey of it: its new SA survives, ours is forgotten.
+                Some(succ) if sa.ike_rekey.is_some() => {
+                    sa.ike_rekey = None;
+                    sa.pending = None;
+                    self.events.push_back(Event::IkeRekeyCollision {
+                        peer: peer_name,
+                        kept_ours: false,
+                    });
+                    self.adopt_successor(&mut sa, succ, now);
+                    self.retire_rekeyed_sa(sa, now);
+                }
+                _ => {
+                    if self.cfg.peers[sa.peer].initiate {
+                        self.peers[sa.peer].next_attempt = Some(now + self.cfg.retry_interval);
+                    }
+                    self.remove_sa(sa, "deleted by the peer");
+                }
+            },
         }
     }
 }

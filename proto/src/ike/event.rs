@@ -86,6 +86,43 @@ pub enum Event {
     /// Both sides rekeyed the same MKT at once; RFC 7296 2.8.1 decided
     /// which successor survives.
     RekeyCollision { peer: String, kept_ours: bool },
+    /// The IKE SA was rekeyed (RFC 7296 2.18): the new SA (`spi_i`,
+    /// `spi_r`) replaces the old one, which is deleted next
+    /// ([`Event::IkeSaDeleted`] with reason "rekeyed"). MKTs are untouched
+    /// and later exchanges run on the new SA. `role` is this side's role in
+    /// the new SA: whoever initiated the rekey is its initiator.
+    IkeSaRekeyed {
+        peer: String,
+        old_spi_i: u64,
+        old_spi_r: u64,
+        spi_i: u64,
+        spi_r: u64,
+        role: Role,
+        suite: IkeSuite,
+    },
+    /// Both sides rekeyed the IKE SA at once; RFC 7296 2.8.2 decided which
+    /// new IKE SA survives (`kept_ours`: the one this side initiated).
+    IkeRekeyCollision { peer: String, kept_ours: bool },
+    /// This side's rekey of the IKE SA failed; the IKE SA stays and the
+    /// rekey is tried again after `retry_interval` (sooner for
+    /// INVALID_KE_PAYLOAD, later within that for TEMPORARY_FAILURE).
+    IkeRekeyFailed {
+        peer: String,
+        error: IkeError,
+        by_peer: bool,
+    },
+    /// An MKT the peer no longer holds is retired at `retire_at` without a
+    /// Delete payload and no longer rekeyed: the peer restarted
+    /// (INITIAL_CONTACT) and created a fresh MKT, or answered its rekey with
+    /// CHILD_SA_NOT_FOUND (RFC 7296 2.25). Its key stays on the sockets
+    /// until then, for connections that still use it.
+    MktSuperseded {
+        peer: String,
+        send_id: u8,
+        recv_id: u8,
+        retire_at: Instant,
+        reason: &'static str,
+    },
     /// A datagram was dropped.
     Dropped { from: SocketAddr, reason: String },
 }
@@ -116,7 +153,9 @@ pub struct SaView {
     pub spi_i: u64,
     pub spi_r: u64,
     pub role: Role,
-    /// "connecting", "established", "failed".
+    /// "connecting", "established", "failed"; during an IKE SA rekey also
+    /// "rekeyed" (replaced, waiting for its Delete) and "rekeying" (created
+    /// by a colliding rekey, not used until RFC 7296 2.8.2 decides).
     pub state: &'static str,
     pub suite: Option<IkeSuite>,
     pub established_at: Option<Instant>,

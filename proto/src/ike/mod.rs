@@ -5,6 +5,7 @@
 //! - [`sk`]: the encrypted payload.
 //! - [`endpoint`]: the state machine of every IKE SA ([`Endpoint`]).
 //! - [`child`]: MKT rekeying, collisions, retirement and expiry.
+//! - [`sa_rekey`]: rekeying the IKE SA itself, and liveness checks.
 //! - [`event`]: what the endpoint reports.
 //! - [`error`]: errors typed by fault.
 
@@ -14,6 +15,7 @@ pub mod endpoint;
 pub mod error;
 pub mod event;
 pub mod proposal;
+pub mod sa_rekey;
 pub mod sk;
 
 pub use config::{

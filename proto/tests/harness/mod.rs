@@ -51,6 +51,9 @@ pub struct Sim {
     pub sent: Vec<(usize, SocketAddr, Vec<u8>)>,
     /// While true the network drops everything (a partition).
     pub partitioned: bool,
+    /// Per node: extra delays for its next datagrams, one each, in order
+    /// (to force an interleaving).
+    pub extra_delay: Vec<std::collections::VecDeque<Duration>>,
 }
 
 /// A peer configuration for the simulation.
@@ -109,6 +112,7 @@ impl Sim {
             seq: 0,
             sent: Vec::new(),
             partitioned: false,
+            extra_delay: vec![Default::default(), Default::default()],
         }
     }
 
@@ -131,6 +135,7 @@ impl Sim {
                 if self.partitioned {
                     continue;
                 }
+                let extra = self.extra_delay[i].pop_front().unwrap_or_default();
                 let copies = if self.rng.next_u32() % 100 < self.net.dup_pct {
                     2
                 } else {
@@ -145,7 +150,7 @@ impl Sim {
                     } else {
                         0
                     };
-                    let at = self.now + Duration::from_millis(5 + jitter);
+                    let at = self.now + Duration::from_millis(5 + jitter) + extra;
                     self.seq += 1;
                     self.flight.push(InFlight {
                         at,
