@@ -6,8 +6,8 @@ mod harness;
 
 use std::time::Duration;
 
-use aokd_proto::ike::{Event, IkeError, NegotiationError};
-use aokd_proto::numbers::NotifyType;
+use aokd_proto::ike::{EndpointConfig, Event, IkeError, Lifetimes, NegotiationError, PeerConfig};
+use aokd_proto::numbers::{ExchangeType, NotifyType};
 use harness::{peer, NetParams, Sim, A_ADDR, B_ADDR};
 
 const PSK: &[u8] = b"restart test key";
@@ -121,4 +121,175 @@ fn a_reserved_send_id_chosen_by_the_peer_is_refused_in_both_roles() {
     )));
     assert!(sim.run_until(Duration::from_secs(130), Sim::settled));
     assert!(sim.now >= until);
+}
+
+fn lifetimes(rekey: u64, hard: u64) -> Lifetimes {
+    Lifetimes {
+        ike_rekey: None,
+        rekey: Duration::from_secs(rekey),
+        hard: Duration::from_secs(hard),
+        jitter: Duration::ZERO,
+        overlap: Duration::from_secs(5),
+        pfs: false,
+    }
+}
+
+/// An MKT A holds whose mirror B also holds.
+fn common_mkt(sim: &Sim) -> bool {
+    let (a, b) = (sim.mkts(0), sim.mkts(1));
+    a.iter().any(|x| {
+        b.iter().any(|y| {
+            x.mkt.send_id == y.mkt.recv_id
+                && x.mkt.recv_id == y.mkt.send_id
+                && x.mkt.master_key.as_bytes() == y.mkt.master_key.as_bytes()
+        })
+    })
+}
+
+fn b_config() -> PeerConfig {
+    let mut b = peer("a", B_ADDR, A_ADDR, PSK);
+    b.lifetimes = lifetimes(3000, 3600);
+    b
+}
+
+#[test]
+fn rfc7296_2_4_initial_contact_after_a_restart_replaces_the_ike_sa_and_supersedes_old_mkts() {
+    let mut a = peer("b", A_ADDR, B_ADDR, PSK);
+    a.lifetimes = lifetimes(3000, 3600);
+    let mut sim = Sim::pair(44, NetParams::default(), a, b_config());
+    assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
+    let a_sa = sim.nodes[0].ep.peers()[0].sas[0].clone();
+    let old_sa = (a_sa.spi_i, a_sa.spi_r);
+    let old_a = sim.mkts(0)[0].clone();
+    let old_b = sim.mkts(1)[0].clone();
+
+    // B restarts with nothing but the KeyIDs of its old MKT, which stays on
+    // its sockets (the daemon's state file); it initiates at once.
+    let mark = sim.sent.len();
+    sim.restart(1, EndpointConfig::new(vec![b_config()]), 4401);
+    sim.nodes[1]
+        .ep
+        .reserve_key_ids("a", old_b.mkt.send_id, old_b.mkt.recv_id, old_b.expires_at)
+        .unwrap();
+    assert!(
+        sim.run_until(Duration::from_secs(10), |s| s.established(1) == 1
+            && s.mkts(1).len() == 1)
+    );
+    let restarted = sim.now;
+
+    // (a) A deleted its old IKE SA locally: no Delete went to the peer,
+    // which could not read it; the new one is the only one.
+    assert!(sim.nodes[0].events.iter().any(|e| matches!(e,
+        Event::IkeSaDeleted { spi_i, spi_r, reason, .. }
+            if (*spi_i, *spi_r) == old_sa && reason == "the peer restarted (INITIAL_CONTACT)")));
+    let on_old = sim
+        .requests_since(mark, 0)
+        .into_iter()
+        .filter(|(i, r, _)| (*i, *r) == old_sa)
+        .count();
+    assert_eq!(on_old, 0);
+    assert_eq!(sim.established(0), 1);
+    assert_eq!(sim.nodes[0].ep.peers()[0].sas.len(), 1);
+
+    // (b) The fresh MKT supersedes A's old one: kept for the overlap (its
+    // key is still on live sockets at both ends), not rekeyed, no Delete.
+    let a_now = sim.mkts(0);
+    assert_eq!(a_now.len(), 2);
+    let old_view = a_now
+        .iter()
+        .find(|m| m.mkt.send_id == old_a.mkt.send_id && m.mkt.recv_id == old_a.mkt.recv_id)
+        .expect("old MKT kept");
+    assert_eq!(old_view.rekey_at, None);
+    let retire_at = old_view.retire_at.expect("old MKT retiring");
+    assert!(sim.nodes[0].events.iter().any(|e| matches!(e,
+        Event::MktSuperseded { send_id, recv_id, retire_at: t, reason, .. }
+            if (*send_id, *recv_id) == (old_a.mkt.send_id, old_a.mkt.recv_id)
+                && *t == retire_at
+                && *reason == "the peer restarted (INITIAL_CONTACT)")));
+    assert!(common_mkt(&sim));
+    // The new MKT avoided the reserved KeyIDs on both sides.
+    let new_b = &sim.mkts(1)[0].mkt;
+    assert_ne!(new_b.recv_id, old_b.mkt.recv_id);
+    assert_ne!(new_b.send_id, old_b.mkt.send_id);
+    let mark = sim.sent.len();
+    sim.run_until(Duration::from_secs(20), |s| s.now >= retire_at);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.mkts(0).len(), 1);
+    assert!(common_mkt(&sim));
+    assert!(sim.nodes[0].events.iter().any(|e| matches!(e,
+        Event::MktDeleted { send_id, reason: "superseded", .. } if *send_id == old_a.mkt.send_id)));
+    // No INFORMATIONAL (a Delete) went out for it.
+    assert!(
+        !sim.requests_since(mark, 0)
+            .iter()
+            .any(|(_, _, x)| *x == ExchangeType::INFORMATIONAL),
+        "{:?}",
+        sim.requests_since(mark, 0)
+    );
+    assert!(sim.now - restarted < Duration::from_secs(10));
+}
+
+#[test]
+fn rfc7296_2_25_child_sa_not_found_retires_the_mkt_without_delete_and_creates_a_fresh_one() {
+    // B forgets its MKT at 90 s (its hard lifetime) while A rekeys it only
+    // at 100 s: B answers CHILD_SA_NOT_FOUND.
+    let mut a = peer("b", A_ADDR, B_ADDR, PSK);
+    a.lifetimes = lifetimes(100, 300);
+    let mut b = peer("a", B_ADDR, A_ADDR, PSK);
+    b.initiate = false;
+    b.lifetimes = lifetimes(1000, 90);
+    // No liveness checks: every INFORMATIONAL request would be a Delete.
+    let (mut ca, mut cb) = (EndpointConfig::new(vec![a]), EndpointConfig::new(vec![b]));
+    ca.liveness = None;
+    cb.liveness = None;
+    let mut sim = Sim::pair_with(45, NetParams::default(), ca, cb);
+    assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
+    let old = sim.mkts(0)[0].clone();
+    assert!(sim.run_until(Duration::from_secs(95), |s| s.mkts(1).is_empty()));
+    let mark = sim.sent.len();
+    assert!(sim.run_until(Duration::from_secs(20), |s| s.nodes[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::MktSuperseded { .. }))));
+    sim.run_for(Duration::from_secs(1));
+    // A keeps the old MKT for the overlap, retiring, and no longer rekeys it;
+    // the NOT_FOUND answer is not reported as a failure.
+    let view = sim
+        .mkts(0)
+        .into_iter()
+        .find(|m| m.mkt.send_id == old.mkt.send_id)
+        .expect("old MKT kept for the overlap");
+    assert_eq!(view.rekey_at, None);
+    assert!(view.retire_at.is_some());
+    assert!(sim.nodes[0].events.iter().any(|e| matches!(e,
+        Event::MktSuperseded { send_id, reason, .. }
+            if *send_id == old.mkt.send_id
+                && *reason == "the peer no longer holds it (CHILD_SA_NOT_FOUND)")));
+    assert!(!sim.nodes[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::ChildFailed { .. })));
+    // A fresh MKT (no REKEY_SA) came at once: both hold it.
+    assert!(common_mkt(&sim));
+    assert_eq!(sim.mkts(1).len(), 1);
+    sim.run_for(Duration::from_secs(6));
+    assert_eq!(sim.mkts(0).len(), 1);
+    assert!(common_mkt(&sim));
+    // No Delete for the old MKT: the rekey and the fresh MKT's
+    // CREATE_CHILD_SA, no INFORMATIONAL.
+    let requests = sim.requests_since(mark, 0);
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|(_, _, x)| *x == ExchangeType::CREATE_CHILD_SA)
+            .count(),
+        2,
+        "{requests:?}"
+    );
+    let informational = sim
+        .requests_since(mark, 0)
+        .into_iter()
+        .filter(|(_, _, x)| *x == ExchangeType::INFORMATIONAL)
+        .count();
+    assert_eq!(informational, 0);
 }

@@ -69,24 +69,43 @@ impl Endpoint {
             Role::Initiator => sa.spi_i,
             Role::Responder => sa.spi_r,
         };
+        let mut superseded = Vec::new();
         for m in &mut self.peers[peer].mkts {
             if Some((m.mkt.send_id, m.mkt.recv_id)) == rekey_of {
                 m.rekey_at = None;
             } else if rekey_of.is_none() && m.ike_spi != ike_spi && m.retire_at.is_none() {
-                // Keys of a replaced IKE SA: the peer replaces them too.
+                // Keys of a replaced IKE SA, or of the peer before it
+                // restarted: it replaces them too, or lost them. No Delete
+                // (the peer may not know them), no rekey.
                 m.rekey_at = None;
                 m.retire_at = Some(now + overlap);
                 m.retire_with_delete = false;
+                superseded.push((m.mkt.send_id, m.mkt.recv_id));
             }
         }
         self.peers[peer].next_child_attempt = None;
+        let name = self.cfg.peers[peer].name.clone();
         self.events.push_back(Event::MktCreated {
-            peer: self.cfg.peers[peer].name.clone(),
+            peer: name.clone(),
             spi_i: sa.spi_i,
             spi_r: sa.spi_r,
             mkt: mkt.clone(),
             ports: ports.clone(),
         });
+        let reason = if sa.peer_initial_contact {
+            "the peer restarted (INITIAL_CONTACT)"
+        } else {
+            "replaced by an MKT of a newer IKE SA"
+        };
+        for (send_id, recv_id) in superseded {
+            self.events.push_back(Event::MktSuperseded {
+                peer: name.clone(),
+                send_id,
+                recv_id,
+                retire_at: now + overlap,
+                reason,
+            });
+        }
         self.peers[peer].mkts.push(MktRecord {
             mkt,
             ports,
@@ -424,15 +443,26 @@ impl Endpoint {
         let peer = sa.peer;
         let result = self.finish_create_child(sa, &offer, &payloads, now);
         if let Err(e) = result {
-            let by_peer = matches!(e, IkeError::Negotiation(NegotiationError::PeerReported(_)));
+            let reported = match &e {
+                IkeError::Negotiation(NegotiationError::PeerReported(n)) => Some(*n),
+                _ => None,
+            };
+            if let (Some(old), Some(NotifyType::CHILD_SA_NOT_FOUND)) = (offer.old, reported) {
+                return self.mkt_not_found(peer, old, now);
+            }
             let name = self.cfg.peers[peer].name.clone();
             self.events.push_back(Event::ChildFailed {
                 peer: name,
                 error: e,
-                by_peer,
+                by_peer: reported.is_some(),
             });
-            // Try again later, before the old MKT expires.
-            let retry = now + self.cfg.retry_interval;
+            // Try again later, before the old MKT expires; after
+            // TEMPORARY_FAILURE not at a fixed time (RFC 7296 2.25).
+            let retry = if reported == Some(NotifyType::TEMPORARY_FAILURE) {
+                now + self.temporary_failure_wait()
+            } else {
+                now + self.cfg.retry_interval
+            };
             if let Some((s, r)) = offer.old {
                 if let Some(m) = self.peers[peer]
                     .mkts
@@ -444,6 +474,36 @@ impl Endpoint {
                     }
                 }
             }
+        }
+    }
+
+    /// RFC 7296 2.25: the peer answered our rekey of `old` with
+    /// CHILD_SA_NOT_FOUND, so it no longer holds the MKT (it restarted, or
+    /// deleted it). The MKT is retired after the overlap without a Delete
+    /// and not rekeyed again; with no other live MKT, the IKE SA's
+    /// initiator creates a fresh one at once (`needs_fresh_mkt`).
+    fn mkt_not_found(&mut self, peer: usize, old: (u8, u8), now: Instant) {
+        let overlap = self.cfg.peers[peer].lifetimes.overlap;
+        let Some(m) = self.peers[peer]
+            .mkts
+            .iter_mut()
+            .find(|m| (m.mkt.send_id, m.mkt.recv_id) == old && m.retire_at.is_none())
+        else {
+            // Already superseded (a colliding rekey, 2.8.1): nothing to do.
+            return;
+        };
+        m.rekey_at = None;
+        m.retire_at = Some(now + overlap);
+        m.retire_with_delete = false;
+        self.events.push_back(Event::MktSuperseded {
+            peer: self.cfg.peers[peer].name.clone(),
+            send_id: old.0,
+            recv_id: old.1,
+            retire_at: now + overlap,
+            reason: "the peer no longer holds it (CHILD_SA_NOT_FOUND)",
+        });
+        if !self.peers[peer].mkts.iter().any(|m| m.retire_at.is_none()) {
+            self.peers[peer].next_child_attempt = Some(now);
         }
     }
 
@@ -675,6 +735,17 @@ impl Endpoint {
                                 error: e,
                                 by_peer: false,
                             });
+                            // Again later, not never.
+                            let retry = now + self.cfg.retry_interval;
+                            if let Some(m) = self.peers[peer]
+                                .mkts
+                                .iter_mut()
+                                .find(|m| (m.mkt.send_id, m.mkt.recv_id) == old)
+                            {
+                                if retry < m.expires_at {
+                                    m.rekey_at = Some(retry);
+                                }
+                            }
                         }
                     }
                 }

@@ -246,7 +246,7 @@ impl IkeSa {
             ike_rekey: None,
             rekeyed_from: Some(origin),
             successor: None,
-            peer_initial_contact: false,
+            peer_initial_contact: old.peer_initial_contact,
             announced: false,
         }
     }

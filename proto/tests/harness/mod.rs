@@ -116,6 +116,29 @@ impl Sim {
         }
     }
 
+    /// Restarts node `i`: a new endpoint with `cfg` and no state at all
+    /// (datagrams in flight to it still arrive).
+    pub fn restart(&mut self, i: usize, cfg: EndpointConfig, seed: u64) {
+        let rng = Box::new(ChaCha20Rng::seed_from_u64(seed));
+        self.nodes[i].ep = Endpoint::new(cfg, self.now, rng).expect("config");
+    }
+
+    /// INFORMATIONAL and CREATE_CHILD_SA requests node `i` sent from index
+    /// `from` of `sent` on, as (SPIi, SPIr, exchange).
+    pub fn requests_since(
+        &self,
+        from: usize,
+        i: usize,
+    ) -> Vec<(u64, u64, aokd_proto::numbers::ExchangeType)> {
+        self.sent[from..]
+            .iter()
+            .filter(|(n, _, _)| *n == i)
+            .filter_map(|(_, _, d)| aokd_proto::wire::parse_message(d).ok())
+            .filter(|m| !m.header.is_response())
+            .map(|m| (m.header.spi_i, m.header.spi_r, m.header.exchange))
+            .collect()
+    }
+
     fn node_index(&self, addr: SocketAddr) -> Option<usize> {
         self.nodes.iter().position(|n| n.addr == addr)
     }
