@@ -126,6 +126,10 @@ fn rfc7296_2_18_ike_sa_rekey_keeps_mkts_and_moves_exchanges_to_the_new_sa() {
     assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
     let established = sim.now;
     let old = established_spis(&sim, 0)[0];
+    // A shows when it will rekey; B (no ike_rekey) never does.
+    let a_rekey_at = sim.nodes[0].ep.peers()[0].sas[0].rekey_at.unwrap();
+    assert!(a_rekey_at > established && a_rekey_at <= established + Duration::from_secs(200));
+    assert_eq!(sim.nodes[1].ep.peers()[0].sas[0].rekey_at, None);
     assert_eq!(established_spis(&sim, 1), vec![old]);
     let mkts_before = [sim.mkts(0), sim.mkts(1)];
 
@@ -434,6 +438,45 @@ fn rfc7296_2_25_ike_rekey_and_mkt_rekey_crossing_are_refused_then_retried() {
     assert!(one_common_sa(&sim));
     assert_ne!(established_spis(&sim, 0)[0], old);
     assert_no_failure(&sim, "crossing");
+}
+
+#[test]
+fn an_unanswered_ike_rekey_is_given_up_like_any_request() {
+    let mut sim = pair(
+        63,
+        NetParams::default(),
+        |p| p.lifetimes = lifetimes(None),
+        |p| p.lifetimes = lifetimes(None),
+    );
+    assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
+    let mkts = sim.mkts(0);
+    sim.partitioned = true;
+    let start = sim.now;
+    let mark = sim.sent.len();
+    assert!(sim.nodes[0].ep.rekey_ike("b", start).unwrap());
+    assert_eq!(sim.nodes[0].ep.peers()[0].sas[0].rekey_at, None);
+    let gone = |s: &Sim| {
+        s.nodes[0].events.iter().any(|e| {
+            matches!(e, Event::IkeSaDeleted { reason, .. }
+                if reason == "peer unreachable (no answer to a request)")
+        })
+    };
+    assert!(sim.run_until(Duration::from_secs(200), gone));
+    // Retransmitted on the usual schedule, then given up (165.5 s).
+    assert_eq!(sim.now - start, Duration::from_millis(165_500));
+    let sent = sim.requests_since(mark, 0);
+    assert_eq!(sent.len(), 20, "{sent:?}");
+    assert!(sent.iter().all(|r| *r == sent[0]));
+    assert!(rekeys(&sim, 0).is_empty());
+    assert_eq!(sim.established(0), 0);
+    // The MKTs stay.
+    assert_eq!(
+        sim.mkts(0)
+            .iter()
+            .map(|m| m.mkt.fingerprint())
+            .collect::<Vec<_>>(),
+        mkts.iter().map(|m| m.mkt.fingerprint()).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -552,6 +552,7 @@ impl Endpoint {
                             },
                             suite: s.suite,
                             established_at: s.established_at,
+                            rekey_at: s.rekey_at,
                         })
                         .collect(),
                     mkts: self.peers[i]

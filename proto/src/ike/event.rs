@@ -159,6 +159,8 @@ pub struct SaView {
     pub state: &'static str,
     pub suite: Option<IkeSuite>,
     pub established_at: Option<Instant>,
+    /// When this side will rekey it (`None`: never, or under way).
+    pub rekey_at: Option<Instant>,
 }
 
 /// A read-only view of an MKT (the key only through [`MasterKeyTuple`]).

@@ -576,10 +576,9 @@ impl Endpoint {
         new.state = SaState::Established;
         new.expires = None;
         new.announced = true;
+        // Never an MKT exchange under way here: a rekey of the IKE SA is
+        // neither started nor accepted while one is (RFC 7296 2.25.1).
         new.queued.extend(old.queued.drain(..));
-        if new.rekey_offer.is_none() {
-            new.rekey_offer = old.rekey_offer.take();
-        }
         for m in &mut self.peers[old.peer].mkts {
             if m.ike_spi == old_spi {
                 m.ike_spi = new_spi;
