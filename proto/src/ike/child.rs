@@ -1,7 +1,9 @@
-//! The MKT lifecycle (docs/protocol.md, "Rekeying"): rekeying with
+//! The MKT lifecycle (docs/protocol.md, "MKT lifecycle"): rekeying with
 //! CREATE_CHILD_SA (RFC 7296 1.3.3, 2.17), the simultaneous-rekey rule of
 //! RFC 7296 2.8.1, retirement of superseded MKTs with Delete payloads, and
-//! the hard lifetime.
+//! the hard lifetime. MKTs the peer no longer holds (a fresh MKT on a newer
+//! IKE SA, for example after INITIAL_CONTACT, or CHILD_SA_NOT_FOUND for a
+//! rekey, 2.25) are retired after the overlap without a Delete.
 //!
 //! Each side schedules the rekey of every MKT at `rekey - random(0, jitter)`
 //! after its creation, so that two peers (and thousands of peers) seldom

@@ -2,18 +2,29 @@
 //! datagrams and time (quinn-proto style).
 //!
 //! Inputs: [`Endpoint::handle_datagram`], [`Endpoint::handle_timeout`],
-//! [`Endpoint::initiate`], [`Endpoint::terminate`], each with `now`.
-//! Outputs, to be drained after every input: [`Endpoint::poll_transmit`]
-//! (datagrams), [`Endpoint::poll_event`] (events), and
-//! [`Endpoint::poll_timeout`] (when to call `handle_timeout` next).
+//! [`Endpoint::initiate`], [`Endpoint::terminate`], [`Endpoint::rekey`],
+//! [`Endpoint::rekey_ike`], [`Endpoint::retire_mkt`], each with `now`, and
+//! [`Endpoint::reserve_key_ids`]. Outputs, to be drained after every input:
+//! [`Endpoint::poll_transmit`] (datagrams), [`Endpoint::poll_event`]
+//! (events), and [`Endpoint::poll_timeout`] (when to call `handle_timeout`
+//! next).
 //!
 //! Exchanges (RFC 7296 1.2-1.4): IKE_SA_INIT (with INVALID_KE_PAYLOAD and
 //! COOKIE retries), IKE_AUTH with PSK authentication (2.15) carrying the
-//! first TCP-AO child SA or none (RFC 6023), and INFORMATIONAL (Delete,
-//! error notifications, empty liveness checks). The window size is 1
-//! (2.3): one request outstanding per direction, retransmitted by the
-//! initiator of the exchange only (2.1), responses replayed for
-//! retransmitted requests.
+//! first TCP-AO child SA or none (RFC 6023), CREATE_CHILD_SA for MKTs
+//! ([`super::child`]) and for the IKE SA itself ([`super::sa_rekey`]), and
+//! INFORMATIONAL (Delete, error notifications, liveness checks). The window
+//! size is 1 (2.3): one request outstanding per direction, retransmitted by
+//! the initiator of the exchange only (2.1), responses replayed for
+//! retransmitted requests; further requests wait in a queue. A request
+//! given up on an established IKE SA ends it locally (the peer is
+//! unreachable); its MKTs stay.
+//!
+//! INITIAL_CONTACT (2.4) in IKE_AUTH means the peer holds no other IKE SA
+//! with us: the others are deleted locally, without a Delete it could not
+//! read; MKTs stay until a fresh MKT supersedes them (docs/protocol.md,
+//! "Peer restarts"). KeyIDs of keys that outlive a restart on live sockets
+//! can be reserved ([`Endpoint::reserve_key_ids`]).
 //!
 //! Simultaneous initiation (not covered by RFC 7296): when an IKE_SA_INIT
 //! request arrives from a peer to which this side has an IKE SA of its own

@@ -58,7 +58,11 @@ pub enum Event {
         recv_id: u8,
         reason: &'static str,
     },
-    /// An IKE SA is gone.
+    /// An IKE SA is gone. `reason` is one of "deleted", "deleted by the
+    /// peer", "rekeyed", "replaced by a newer IKE SA", "the peer restarted
+    /// (INITIAL_CONTACT)", "peer unreachable (liveness check)", "peer
+    /// unreachable (no answer to a request)", "IKE SA failed", "terminated
+    /// by operator". MKTs are deleted only by their own events.
     IkeSaDeleted {
         peer: String,
         spi_i: u64,
