@@ -45,6 +45,9 @@ pub const DEFAULT_ATTACH_SOCKET_MODE: u32 = 0o600;
 /// Default of `daemon.acquire_timeout`: how long an attached `connect()`
 /// waits for a negotiation before it proceeds under the guard.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of `daemon.liveness`: an IKE SA idle this long is checked with
+/// an empty INFORMATIONAL (strongSwan's usual `dpd_delay`).
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(30);
 /// Default of `peer.tcp_ports` (BGP).
 pub const DEFAULT_TCP_PORTS: [u16; 1] = [179];
 /// Default of `peer.ike_proposals`.
@@ -161,6 +164,9 @@ pub struct DaemonSection {
     pub attach_socket_mode: u32,
     /// How long an attached `connect()` waits for an MKT.
     pub acquire_timeout: Duration,
+    /// Liveness check after this long without a message from the peer
+    /// (`None`: `"off"`).
+    pub liveness: Option<Duration>,
 }
 
 impl DaemonSection {
@@ -394,6 +400,7 @@ struct RawDaemon {
     attach_socket: Option<String>,
     attach_socket_mode: Option<String>,
     acquire_timeout: Option<String>,
+    liveness: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -622,6 +629,17 @@ impl Validator<'_> {
                 parse_duration(&t).map_err(|e| self.err("daemon.acquire_timeout", None, e))?
             }
         };
+        let liveness = match raw.liveness.as_deref() {
+            None => Some(DEFAULT_LIVENESS),
+            Some("off") => None,
+            Some(t) => Some(parse_duration(t).map_err(|e| {
+                self.err(
+                    "daemon.liveness",
+                    None,
+                    format!("{e} (or \"off\" for no liveness checks)"),
+                )
+            })?),
+        };
         Ok(DaemonSection {
             listen,
             port,
@@ -630,6 +648,7 @@ impl Validator<'_> {
             attach_socket,
             attach_socket_mode,
             acquire_timeout,
+            liveness,
         })
     }
 

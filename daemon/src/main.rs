@@ -133,6 +133,12 @@ fn check_config(file: &Path) -> ExitCode {
     outln!(out, "listen: {}", listen.join(", "));
     outln!(out, "control socket: {}", d.control_socket.display());
     outln!(out, "state dir: {}", d.state_dir.display());
+    outln!(
+        out,
+        "liveness: {}",
+        d.liveness
+            .map_or_else(|| "off".to_string(), format_duration)
+    );
     if config.peers.is_empty() {
         outln!(out, "no peers configured");
     }

@@ -59,7 +59,9 @@ pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
             lifetimes: mkt_lifetimes(&p.lifetimes),
         });
     }
-    Ok(EndpointConfig::new(peers))
+    let mut ec = EndpointConfig::new(peers);
+    ec.liveness = cfg.daemon.liveness;
+    Ok(ec)
 }
 
 /// The endpoint's MKT lifetimes from the configured ones: jitter is 10% of
@@ -407,6 +409,29 @@ impl Daemon {
                 established_at_unix: self.clock.unix(Instant::now()),
                 rekey_at_unix: None,
             })),
+            Event::IkeSaRekeyed {
+                peer,
+                old_spi_i,
+                old_spi_r,
+                spi_i,
+                spi_r,
+                role,
+                ..
+            } => {
+                self.persist.send(Op::PutIkeSa(IkeSaRecord {
+                    peer: peer.clone(),
+                    spi_i: format!("{spi_i:016x}"),
+                    spi_r: format!("{spi_r:016x}"),
+                    role: role.as_str().to_string(),
+                    established_at_unix: self.clock.unix(Instant::now()),
+                    rekey_at_unix: None,
+                }));
+                self.persist.send(Op::DeleteIkeSa {
+                    peer: peer.clone(),
+                    spi_i: format!("{old_spi_i:016x}"),
+                    spi_r: format!("{old_spi_r:016x}"),
+                });
+            }
             Event::IkeSaDeleted {
                 peer, spi_i, spi_r, ..
             } => self.persist.send(Op::DeleteIkeSa {

@@ -637,3 +637,24 @@ fn relative_paths_follow_the_config_file() {
         "at most 107",
     );
 }
+
+#[test]
+fn liveness() {
+    let dir = TempDir::new("liveness");
+    let t = |v: &str| {
+        load(
+            &dir,
+            &format!("[daemon]\nliveness = {v}\n{}", peer_config(&dir, "")),
+        )
+    };
+    assert_eq!(
+        load(&dir, &peer_config(&dir, "")).unwrap().daemon.liveness,
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(
+        t("\"10s\"").unwrap().daemon.liveness,
+        Some(Duration::from_secs(10))
+    );
+    assert_eq!(t("\"off\"").unwrap().daemon.liveness, None);
+    expect_invalid(t("\"soon\""), "daemon.liveness", None, "\"off\"");
+}
