@@ -519,3 +519,101 @@ fn ike_rekey_under_30_percent_loss_keeps_one_ike_sa_and_the_mkts() {
         assert_no_failure(&sim, &format!("seed {seed}"));
     }
 }
+
+/// Any MKT pair with mirrored KeyIDs has the same key on both sides.
+fn no_key_mismatch(sim: &Sim) -> bool {
+    let (a, b) = (sim.mkts(0), sim.mkts(1));
+    a.iter().all(|x| {
+        b.iter()
+            .filter(|y| x.mkt.send_id == y.mkt.recv_id && x.mkt.recv_id == y.mkt.send_id)
+            .all(|y| x.mkt.master_key.as_bytes() == y.mkt.master_key.as_bytes())
+    })
+}
+
+/// Chaos: IKE SA and MKT rekeys on timers and by hand (often both sides at
+/// once), PFS or not, 20% loss with duplicates and reordering, partitions
+/// of up to 250 s (beyond liveness detection), and restarts of B (with its
+/// KeyIDs reserved, as the daemon does). Whatever happened, mirrored
+/// KeyIDs never carry different keys, and once the network is quiet the
+/// two sides end with one common IKE SA and a common MKT.
+#[test]
+fn rekeys_liveness_and_partitions_converge_to_one_ike_sa_and_a_common_mkt() {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    for seed in 0..100u64 {
+        let short = |p: &mut PeerConfig| {
+            p.lifetimes = Lifetimes {
+                ike_rekey: Some(Duration::from_secs(60)),
+                rekey: Duration::from_secs(45),
+                hard: Duration::from_secs(120),
+                jitter: Duration::from_secs(5),
+                overlap: Duration::from_secs(10),
+                pfs: seed % 2 == 0,
+            }
+        };
+        let mut sim = pair(
+            seed,
+            NetParams {
+                loss_pct: 20,
+                dup_pct: 10,
+                jitter_ms: 30,
+            },
+            short,
+            short,
+        );
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed ^ 0x5eed);
+        for _ in 0..10 {
+            // Operator rekeys at random moments on either side, often at
+            // once: collisions of every kind.
+            for _ in 0..(rng.next_u64() % 4) {
+                sim.run_for(Duration::from_millis(rng.next_u64() % 30_000));
+                let now = sim.now;
+                let ike = rng.next_u64() % 2 == 0;
+                let who = match rng.next_u64() % 3 {
+                    0 => vec![0],
+                    1 => vec![1],
+                    _ => vec![0, 1],
+                };
+                for i in who {
+                    let name = if i == 0 { "b" } else { "a" };
+                    if ike {
+                        sim.nodes[i].ep.rekey_ike(name, now).unwrap();
+                    } else {
+                        sim.nodes[i].ep.rekey(name, now).unwrap();
+                    }
+                }
+            }
+            if rng.next_u64() % 5 == 0 {
+                // B restarts, keeping only its KeyIDs (as the daemon does).
+                let old = sim.mkts(1);
+                let mut cfg = peer("a", B_ADDR, A_ADDR, PSK);
+                short(&mut cfg);
+                sim.restart(
+                    1,
+                    aokd_proto::ike::EndpointConfig::new(vec![cfg]),
+                    rng.next_u64(),
+                );
+                for m in old {
+                    sim.nodes[1]
+                        .ep
+                        .reserve_key_ids("a", m.mkt.send_id, m.mkt.recv_id, m.expires_at)
+                        .unwrap();
+                }
+            }
+            sim.run_for(Duration::from_secs(100 + rng.next_u64() % 300));
+            assert!(no_key_mismatch(&sim), "seed {seed}");
+            sim.partitioned = true;
+            sim.run_for(Duration::from_secs(rng.next_u64() % 250));
+            sim.partitioned = false;
+        }
+        let ok = sim.run_until(Duration::from_secs(600), |s| {
+            one_common_sa(s) && common_mkt(s)
+        });
+        assert!(
+            ok,
+            "seed {seed}: {:?} {:?}",
+            established_spis(&sim, 0),
+            established_spis(&sim, 1)
+        );
+        assert!(no_key_mismatch(&sim), "seed {seed}");
+    }
+}

@@ -602,8 +602,33 @@ impl Endpoint {
             .unwrap_or_default()
     }
 
+    /// An IKE SA with the peer that is up or being set up. Failed ones and
+    /// those superseded by a rekey, which only wait for their Delete, do not
+    /// count.
     fn has_live_sa(&self, peer: usize) -> bool {
-        self.sas.values().any(|s| s.peer == peer && s.is_live())
+        self.sas.values().any(|s| {
+            s.peer == peer
+                && s.is_live()
+                && !matches!(s.state, SaState::Rekeyed | SaState::Successor)
+        })
+    }
+
+    /// Drops the peer's IKE SAs that a rekey superseded or left waiting:
+    /// with the current IKE SA gone they have nothing left to do.
+    fn drop_rekey_leftovers(&mut self, peer: usize, reason: &'static str) {
+        let spis: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| {
+                s.peer == peer && matches!(s.state, SaState::Rekeyed | SaState::Successor)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for spi in spis {
+            if let Some(sa) = self.sas.remove(&spi) {
+                self.remove_sa(sa, reason);
+            }
+        }
     }
 
     fn random_spi(&mut self) -> u64 {
@@ -755,6 +780,7 @@ impl Endpoint {
         }
         if sa.is_authenticated() {
             self.remove_sa(sa, "IKE SA failed");
+            self.drop_rekey_leftovers(peer, "IKE SA failed");
             return;
         }
         if sa.role == Role::Responder && sa.last_response.is_some() {
@@ -910,10 +936,9 @@ impl Endpoint {
         sa.pending = None;
         match kind {
             Some(PendingKind::DeleteIke) => self.remove_sa(sa, "deleted"),
-            Some(PendingKind::RekeyIke) if self.passive_successor(sa.local_spi()).is_some() => {
-                // The peer's own rekey of this SA stands (RFC 7296 2.8.2).
-                self.ike_rekey_failed(sa, NegotiationError::Timeout.into(), now);
-            }
+            // Also a rekey of the IKE SA that collided with the peer's: the
+            // peer's SA is not adopted, since the peer, silent as well, may
+            // never have received our answer to it.
             Some(k) if sa.state == SaState::Established => {
                 let reason = if k == PendingKind::Liveness {
                     "peer unreachable (liveness check)"
@@ -942,6 +967,7 @@ impl Endpoint {
             self.peers[peer].next_attempt = Some(now + self.cfg.retry_interval);
         }
         self.remove_sa(sa, reason);
+        self.drop_rekey_leftovers(peer, reason);
     }
 
     /// Handles expired timers: retransmissions, give-ups, half-open expiry,
@@ -2168,10 +2194,12 @@ impl Endpoint {
                     self.retire_rekeyed_sa(sa, now);
                 }
                 _ => {
-                    if self.cfg.peers[sa.peer].initiate {
-                        self.peers[sa.peer].next_attempt = Some(now + self.cfg.retry_interval);
+                    let peer = sa.peer;
+                    if self.cfg.peers[peer].initiate {
+                        self.peers[peer].next_attempt = Some(now + self.cfg.retry_interval);
                     }
                     self.remove_sa(sa, "deleted by the peer");
+                    self.drop_rekey_leftovers(peer, "deleted by the peer");
                 }
             },
         }

@@ -107,9 +107,12 @@ pub enum Event {
     /// Both sides rekeyed the IKE SA at once; RFC 7296 2.8.2 decided which
     /// new IKE SA survives (`kept_ours`: the one this side initiated).
     IkeRekeyCollision { peer: String, kept_ours: bool },
-    /// This side's rekey of the IKE SA failed; the IKE SA stays and the
-    /// rekey is tried again after `retry_interval` (sooner for
-    /// INVALID_KE_PAYLOAD, later within that for TEMPORARY_FAILURE).
+    /// A rekey of the IKE SA failed; the IKE SA stays. This side's own
+    /// rekey (refused by the peer when `by_peer`) is tried again after
+    /// `retry_interval` (at once with the group the peer asked for after
+    /// INVALID_KE_PAYLOAD, after a random part of it after
+    /// TEMPORARY_FAILURE); with `by_peer` false it may also be the peer's
+    /// rekey that this side refused.
     IkeRekeyFailed {
         peer: String,
         error: IkeError,

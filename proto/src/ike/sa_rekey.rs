@@ -388,6 +388,10 @@ impl Endpoint {
         };
         let new = match self.finish_ike_rekey(&sa, &offer, &payloads, now) {
             Ok(new) => new,
+            Err(IkeError::Negotiation(NegotiationError::InvalidKe(g))) if g == offer.ke.group() => {
+                let e = NegotiationError::NoProposalChosen("INVALID_KE_PAYLOAD for the group sent");
+                return self.ike_rekey_failed(sa, e.into(), now);
+            }
             Err(e) => return self.ike_rekey_failed(sa, e, now),
         };
         let new_spi = new.local_spi();
@@ -511,8 +515,7 @@ impl Endpoint {
                 if self.cfg.peers[sa.peer]
                     .ike_suites
                     .iter()
-                    .any(|s| s.group == *g)
-                    && sa.suite.is_some_and(|s| s.group != *g) =>
+                    .any(|s| s.group == *g) =>
             {
                 // RFC 7296 1.2: again with the group the peer wants.
                 let g = *g;
