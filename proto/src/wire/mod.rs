@@ -307,7 +307,8 @@ impl Payload {
     }
 
     /// The SA payload, if this is one. These accessors serve lookups such as
-    /// `payloads.iter().find_map(Payload::as_sa)`.
+    /// `payloads.iter().find_map(Payload::as_sa)` (the IKE layer wraps that
+    /// as `find_payload`).
     pub fn as_sa(&self) -> Option<&SaPayload> {
         match self {
             Payload::Sa(s) => Some(s),
