@@ -256,7 +256,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ike_sas = snapshot.ike_sas.len(),
         "state file opened"
     );
-    let (persist, _writer) = Persist::start(store).context("cannot start the state writer")?;
+    let (persist, writer) = Persist::start(store).context("cannot start the state writer")?;
     let mut daemon =
         Daemon::bind(&config.daemon.listen_addrs(), endpoint, "main", Some(keys)).await?;
     daemon.restore(persist, &snapshot);
@@ -279,5 +279,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     daemon.run(calls_rx, Some(attach_rx), shutdown).await?;
+    // Every handle is gone with the daemon: the writer applies what is
+    // queued and closes the file cleanly (no repair at the next start).
+    if writer.join().is_err() {
+        anyhow::bail!("the state writer panicked");
+    }
     Ok(())
 }

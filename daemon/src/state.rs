@@ -359,7 +359,9 @@ impl StateStore {
         .check_and_load()?;
 
         let store = StateStore {
-            db: open_db(backend, &file_path, false)?,
+            // A new file is "repaired" too (redb builds its allocator
+            // state): not worth a warning.
+            db: open_db(backend, &file_path, created)?,
             file: file_path,
         };
         let snapshot = store.check_and_load()?;
@@ -849,18 +851,26 @@ fn open_db(backend: impl StorageBackend, path: &Path, trial: bool) -> Result<Dat
     builder.create_with_file_format_v3(true);
     // The state is small; the 1 GiB default cache is far more than needed.
     builder.set_cache_size(4 << 20);
+    // redb calls the repair callback when it opens a file left by a crash,
+    // and again from `check_integrity` on every file: only the first is
+    // worth a warning.
+    let opening = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     if !trial {
         let repair_path = path.to_owned();
+        let opening = std::sync::Arc::clone(&opening);
         builder.set_repair_callback(move |session| {
-            warn!(
-                file = %repair_path.display(),
-                progress = session.progress(),
-                "repairing the state file after an unclean shutdown"
-            );
+            if opening.load(std::sync::atomic::Ordering::Relaxed) {
+                warn!(
+                    file = %repair_path.display(),
+                    progress = session.progress(),
+                    "repairing the state file after an unclean shutdown"
+                );
+            }
         });
     }
     let opened = catch_unwind(AssertUnwindSafe(|| {
         let mut db = builder.create_with_backend(backend)?;
+        opening.store(false, std::sync::atomic::Ordering::Relaxed);
         if !db.check_integrity()? && !trial {
             warn!(file = %path.display(), "the state file's allocator state was repaired");
         }
