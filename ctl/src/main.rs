@@ -62,6 +62,9 @@ enum Cmd {
     Rekey {
         /// The peer's name in the configuration.
         peer: String,
+        /// Rekey the IKE SA instead (CREATE_CHILD_SA; the MKTs stay as they are).
+        #[arg(long)]
+        ike: bool,
     },
     /// Write a new random pre-shared key file (mode 0600).
     GenPsk {
@@ -94,7 +97,7 @@ fn main() {
         Cmd::Sockets => query(&socket, json, Command::Sockets),
         Cmd::Initiate { peer } => query(&socket, json, Command::Initiate { peer }),
         Cmd::Terminate { peer } => query(&socket, json, Command::Terminate { peer }),
-        Cmd::Rekey { peer } => query(&socket, json, Command::Rekey { peer }),
+        Cmd::Rekey { peer, ike } => query(&socket, json, Command::Rekey { peer, ike }),
     };
     std::process::exit(code);
 }

@@ -297,7 +297,7 @@ fn canned(cmd: &Cmd) -> String {
                 rnext_key: None,
             }],
         }),
-        Cmd::Rekey { peer } => ok(ResponseData::Accepted {
+        Cmd::Rekey { peer, .. } => ok(ResponseData::Accepted {
             message: format!("rekeying {peer}"),
         }),
         Cmd::MktKeys => unreachable!("aoctl never asks for keys here"),

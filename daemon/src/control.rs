@@ -366,7 +366,9 @@ pub async fn run_placeholder(status: DaemonStatus, mut calls: mpsc::Receiver<Con
                     sockets: Vec::new(),
                 },
             },
-            Command::Initiate { peer } | Command::Terminate { peer } | Command::Rekey { peer }
+            Command::Initiate { peer }
+            | Command::Terminate { peer }
+            | Command::Rekey { peer, .. }
                 if !known(&peer) =>
             {
                 ResponseResult::Error {

@@ -605,7 +605,25 @@ impl Daemon {
                     }
                 }
             },
-            Command::Rekey { peer } => match self.endpoint.rekey(&peer, Instant::now()) {
+            Command::Rekey { peer, ike: true } => {
+                match self.endpoint.rekey_ike(&peer, Instant::now()) {
+                    Ok(true) => ResponseData::Accepted {
+                        message: format!("rekeying the IKE SA with {peer}"),
+                    },
+                    Ok(false) => ResponseData::Accepted {
+                        message: format!(
+                            "{peer} has no established IKE SA to rekey, or a rekey is under way"
+                        ),
+                    },
+                    Err(e) => {
+                        return ResponseResult::Error {
+                            message: e.to_string(),
+                        }
+                    }
+                }
+            }
+            Command::Rekey { peer, ike: false } => match self.endpoint.rekey(&peer, Instant::now())
+            {
                 Ok(true) => ResponseData::Accepted {
                     message: format!("rekeying the newest MKT with {peer}"),
                 },

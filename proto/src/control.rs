@@ -33,8 +33,13 @@ pub enum Command {
     Initiate { peer: String },
     /// Delete a peer's IKE SA and its MKTs.
     Terminate { peer: String },
-    /// Rekey the peer's newest MKT now.
-    Rekey { peer: String },
+    /// Rekey the peer's newest MKT now, or with `ike` its IKE SA (the
+    /// MKTs stay).
+    Rekey {
+        peer: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ike: bool,
+    },
     /// MKTs with their master keys, for `aoctl verify --from-daemon`.
     /// Only answered for a root client (checked with SO_PEERCRED).
     MktKeys,

@@ -118,3 +118,53 @@ fn no_common_mac_gives_no_proposal_chosen_and_no_mkt() {
         assert!(d.log().contains("NO_PROPOSAL_CHOSEN"));
     }
 }
+
+/// `aoctl rekey --ike` replaces the IKE SA on both sides (new SPIs, still
+/// exactly one established SA each) and leaves the MKT exactly as it was;
+/// `aoctl rekey` then negotiates a new MKT over the new IKE SA.
+#[test]
+fn ike_sa_rekey_keeps_the_mkt() {
+    let (a, b) = pair("ikerekey", "", "initiate = false", PSK);
+    let da = Daemon::start(&a);
+    let db = Daemon::start(&b);
+    let (sas_a, mkts_a) = one_sa_one_mkt(&da);
+    let (_, mkts_b) = one_sa_one_mkt(&db);
+    let old = established_sas(&sas_a)[0].clone();
+    let mkt_before = mkts(&mkts_a)[0].clone();
+    let out = da.aoctl(&["rekey", "--ike", "b"]).expect("rekey --ike");
+    assert!(
+        out["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("IKE SA"),
+        "{out}"
+    );
+    let moved = |v: &Value| {
+        let sas = established_sas(v);
+        sas.len() == 1
+            && sas[0]["spi_i"] != old["spi_i"]
+            && v["sas"].as_array().map_or(0, Vec::len) == 1
+    };
+    let new_a = da.wait_for(&["sas"], WAIT, moved);
+    let new_b = db.wait_for(&["sas"], WAIT, moved);
+    let (na, nb) = (&established_sas(&new_a)[0], &established_sas(&new_b)[0]);
+    assert_eq!(na["spi_i"], nb["spi_i"]);
+    assert_eq!(na["spi_r"], nb["spi_r"]);
+    // The MKT is untouched on both sides.
+    for (d, before) in [(&da, &mkts_a), (&db, &mkts_b)] {
+        let m = d.aoctl(&["mkts"]).expect("mkts");
+        assert_eq!(mkts(&m), mkts(before), "MKT changed by the IKE SA rekey");
+    }
+    for d in [&da, &db] {
+        assert!(d.log().contains("IKE SA rekeyed"), "{}", d.log());
+    }
+    // An MKT rekey runs on the new IKE SA.
+    da.aoctl(&["rekey", "b"]).expect("rekey");
+    for d in [&da, &db] {
+        d.wait_for(&["mkts"], WAIT, |v| {
+            mkts(v)
+                .iter()
+                .any(|m| m["key_fingerprint"] != mkt_before["key_fingerprint"])
+        });
+    }
+}
