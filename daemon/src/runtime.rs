@@ -327,7 +327,10 @@ impl Daemon {
             }
         }
         for ev in events {
-            if let Event::MktCreated { peer, .. } | Event::MktDeleted { peer, .. } = &ev {
+            if let Event::MktCreated { peer, .. }
+            | Event::MktDeleted { peer, .. }
+            | Event::MktSuperseded { peer, .. } = &ev
+            {
                 if !changed.contains(peer) {
                     changed.push(peer.clone());
                 }
