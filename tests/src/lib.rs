@@ -16,6 +16,8 @@ use serde_json::Value;
 pub mod echo;
 pub mod netns;
 pub mod process;
+pub mod sock;
+pub mod vm;
 
 /// Path of a binary built by `cargo test --workspace` / `cargo build --workspace`.
 pub fn binary(name: &str) -> PathBuf {

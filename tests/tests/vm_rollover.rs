@@ -23,10 +23,10 @@
 //! (also when `AOKD_SKIP_VM` is set). Warm cache: about 4 minutes (the stream alone
 //! lasts until 21 rollovers plus 10 s, about 3 minutes).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 use std::time::Instant;
+
+use aokd_tests::vm::{self, Program, Results};
 
 /// Seconds the guest may run before run.sh kills qemu. The stream stops after at
 /// most 300 s (the guest script's `E2E_MAX_S`); a normal run takes about 200 s.
@@ -34,181 +34,14 @@ const VM_TIMEOUT_S: u32 = 600;
 /// Rollovers each socket must see (the guest script's `E2E_ROLLOVERS`).
 const ROLLOVERS: u64 = 20;
 
-fn vm_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("vm")
-}
-
-/// target/<profile>/, where cargo puts aokd and aoctl.
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .to_path_buf()
-}
-
-/// The host programs that go into the VM's /opt/aokd/bin: (name, host path).
-fn programs() -> Vec<(&'static str, PathBuf)> {
-    let t = target_dir();
-    vec![
-        ("aokd", t.join("aokd")),
-        ("aoctl", t.join("aoctl")),
-        (
-            "stream-peer",
-            PathBuf::from(env!("CARGO_BIN_EXE_stream-peer")),
-        ),
-    ]
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn on_path(cmd: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .any(|d| d.join(cmd).is_file())
-}
-
-/// What is missing that the scripts cannot install themselves (they install Debian
-/// packages only as root), and binaries `cargo build --workspace` should have built.
-fn missing_prerequisites() -> Vec<String> {
-    let mut missing = Vec::new();
-    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        missing.push("an x86-64 Linux host".to_string());
-        return missing;
-    }
-    if !on_path("bash") || !Path::new("/usr/bin/dpkg-query").exists() {
-        missing.push("bash and dpkg (a Debian host)".to_string());
-        return missing;
-    }
-    if in_ci() && !is_root() {
-        missing.push("root (CI must be able to apt-get install the VM's packages)".to_string());
-    }
-    if !on_path("strip") {
-        missing.push("strip (binutils)".to_string());
-    }
-    if !is_root() {
-        for (what, present) in [
-            ("qemu-system-x86_64", on_path("qemu-system-x86_64")),
-            ("gcc", on_path("gcc")),
-            ("/bin/busybox", Path::new("/bin/busybox").exists()),
-            ("ip (iproute2)", on_path("ip")),
-            ("tcpdump", on_path("tcpdump")),
-            (
-                "/usr/src/linux-source-6.12.tar.xz",
-                Path::new("/usr/src/linux-source-6.12.tar.xz").exists(),
-            ),
-        ] {
-            if !present {
-                missing.push(format!("{what} (not root, so it cannot be installed)"));
-            }
-        }
-    }
-    for (name, path) in programs() {
-        if !path.exists() {
-            missing.push(format!(
-                "{name} at {} (run `cargo build --workspace`, which builds it)",
-                path.display()
-            ));
-        }
-    }
-    missing
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Copies `src` to `dst` without debug information (`strip --strip-debug`).
-fn strip_copy(src: &Path, dst: &Path) {
-    let out = Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(dst)
-        .arg(src)
-        .output()
-        .expect("run strip");
-    assert!(
-        out.status.success(),
-        "strip {} failed\n{}",
-        src.display(),
-        show(&out)
-    );
-}
-
-/// The guest's `E2E-RESULT` lines, by case.
-struct Results {
-    cases: HashMap<String, HashMap<String, String>>,
-    console: String,
-}
-
-impl Results {
-    fn parse(console: &str) -> Results {
-        let mut cases = HashMap::new();
-        for line in console.lines().map(str::trim) {
-            let Some(rest) = line.strip_prefix("E2E-RESULT ") else {
-                continue;
-            };
-            let f: HashMap<String, String> = rest
-                .split_whitespace()
-                .filter_map(|w| w.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            if let Some(case) = f.get("case") {
-                cases.insert(case.clone(), f);
-            }
-        }
-        Results {
-            cases,
-            console: console.to_string(),
-        }
-    }
-
-    fn case(&self, case: &str) -> &HashMap<String, String> {
-        self.cases.get(case).unwrap_or_else(|| {
-            panic!(
-                "no `E2E-RESULT case={case}` line from the guest\n{}",
-                self.console
-            )
-        })
-    }
-
-    fn line(&self, case: &str) -> String {
-        let mut f: Vec<_> = self.case(case).iter().collect();
-        f.sort();
-        f.iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
-    fn str(&self, case: &str, key: &str) -> &str {
-        self.case(case)
-            .get(key)
-            .map(String::as_str)
-            .unwrap_or_else(|| panic!("no {key}= in the {case} result: {}", self.line(case)))
-    }
-
-    fn num(&self, case: &str, key: &str) -> u64 {
-        self.str(case, key).parse().unwrap_or_else(|_| {
-            panic!(
-                "{key}= is not a number in the {case} result: {}",
-                self.line(case)
-            )
-        })
-    }
+/// The host programs that go into the VM's /opt/aokd/bin.
+fn programs() -> Vec<Program> {
+    let mut p = Vec::from(Program::daemon_and_ctl());
+    p.push(Program::bin(
+        "stream-peer",
+        env!("CARGO_BIN_EXE_stream-peer"),
+    ));
+    p
 }
 
 /// One end of the stream: connected throughout, every octet verified, enough
@@ -245,76 +78,22 @@ fn assert_end(r: &Results, role: &str) {
 
 #[test]
 fn mkt_rollover_under_traffic_in_vm() {
-    let missing = missing_prerequisites();
-    if !missing.is_empty() {
-        let reason = format!("missing: {}", missing.join("; "));
-        assert!(!in_ci(), "VM rollover test cannot run in CI: {reason}");
-        eprintln!("SKIPPED mkt_rollover_under_traffic_in_vm: {reason}");
-        return;
-    }
-    if !in_ci() && std::env::var_os("AOKD_SKIP_VM").is_some() {
-        eprintln!("SKIPPED mkt_rollover_under_traffic_in_vm: AOKD_SKIP_VM is set");
+    let programs = programs();
+    if !vm::ready("mkt_rollover_under_traffic_in_vm", &programs, true) {
         return;
     }
     let started = Instant::now();
-    let vm = vm_dir();
-
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-rollover");
-    std::fs::create_dir_all(&dir).expect("create the directory for stripped binaries");
-    let mut args = Vec::new();
-    for (name, path) in programs() {
-        let stripped = dir.join(name);
-        strip_copy(&path, &stripped);
-        args.push(stripped.display().to_string());
-    }
-
-    let run = Command::new("bash")
-        .arg(vm.join("run.sh"))
-        .arg("--timeout")
-        .arg(VM_TIMEOUT_S.to_string())
-        .arg(vm.join("e2e-rollover.sh"))
-        .args(&args)
-        .output()
-        .expect("run tests/vm/run.sh");
-    let console = String::from_utf8_lossy(&run.stdout).replace('\r', "");
-    println!("{}", show(&run));
+    let args = vm::stage(
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-rollover"),
+        &programs,
+    );
+    let run = vm::run_guest("e2e-rollover.sh", &args, VM_TIMEOUT_S);
     println!(
         "vm_rollover timings: total {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    match run.status.code() {
-        Some(0) => {}
-        Some(124) => panic!("the VM timed out after {VM_TIMEOUT_S}s\n{}", show(&run)),
-        Some(125) => panic!("the VM ended without reporting (panic?)\n{}", show(&run)),
-        other => {
-            let failed: Vec<&str> = console
-                .lines()
-                .filter(|l| l.contains("FAIL") || l.starts_with("E2E-FATAL"))
-                .collect();
-            panic!(
-                "guest script failed (exit {other:?}):\n{}\n\n{}",
-                failed.join("\n"),
-                show(&run)
-            )
-        }
-    }
-    assert!(
-        console.lines().any(|l| l.trim() == "AOKD-VM-EXIT 0"),
-        "no AOKD-VM-EXIT 0 line on the console"
-    );
-    let failed: Vec<&str> = console
-        .lines()
-        .filter(|l| l.starts_with("E2E-CHECK ") && !l.ends_with(" ok"))
-        .collect();
-    assert!(failed.is_empty(), "guest checks failed: {failed:#?}");
-    assert!(
-        console
-            .lines()
-            .any(|l| l.starts_with("E2E-DONE failures=0")),
-        "the guest script did not finish"
-    );
-
-    let r = Results::parse(&console);
+    run.assert_e2e_passed();
+    let r = run.results();
     assert_eq!(r.num("setup", "mkt_rekey_s"), 8, "{}", r.line("setup"));
     assert_eq!(r.num("setup", "mkt_lifetime_s"), 16, "{}", r.line("setup"));
 

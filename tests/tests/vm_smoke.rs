@@ -12,89 +12,14 @@
 //! build; warm: well under a minute. See tests/vm/README.md.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::Instant;
+
+use aokd_tests::vm::{self, fields, show};
 
 /// Seconds the guest may run before run.sh kills qemu.
 const VM_TIMEOUT_S: u32 = 240;
-
-fn vm_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("vm")
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-fn on_path(cmd: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .any(|d| d.join(cmd).is_file())
-}
-
-/// What is missing that the scripts cannot install themselves (they install Debian
-/// packages only as root).
-fn missing_prerequisites() -> Vec<String> {
-    let mut missing = Vec::new();
-    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        missing.push("an x86-64 Linux host".to_string());
-        return missing;
-    }
-    if !on_path("bash") || !Path::new("/usr/bin/dpkg-query").exists() {
-        missing.push("bash and dpkg (a Debian host)".to_string());
-        return missing;
-    }
-    if in_ci() && !is_root() {
-        missing.push("root (CI must be able to apt-get install the VM's packages)".to_string());
-    }
-    if !is_root() {
-        for (what, present) in [
-            ("qemu-system-x86_64", on_path("qemu-system-x86_64")),
-            ("gcc", on_path("gcc")),
-            ("/bin/busybox", Path::new("/bin/busybox").exists()),
-            ("ip (iproute2)", on_path("ip")),
-            ("tcpdump", on_path("tcpdump")),
-            (
-                "/usr/src/linux-source-6.12.tar.xz",
-                Path::new("/usr/src/linux-source-6.12.tar.xz").exists(),
-            ),
-        ] {
-            if !present {
-                missing.push(format!("{what} (not root, so it cannot be installed)"));
-            }
-        }
-    }
-    missing
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The `key=value` fields of a line, e.g. `AO-SMOKE case=good alg=hmac(sha1) ...`.
-fn fields(line: &str) -> HashMap<&str, &str> {
-    line.split_whitespace()
-        .filter_map(|w| w.split_once('='))
-        .collect()
-}
 
 fn num(f: &HashMap<&str, &str>, key: &str, line: &str) -> u64 {
     f.get(key)
@@ -104,19 +29,11 @@ fn num(f: &HashMap<&str, &str>, key: &str, line: &str) -> u64 {
 
 #[test]
 fn vm_runs_tcp_ao_smoke() {
-    let missing = missing_prerequisites();
-    if !missing.is_empty() {
-        let reason = format!("missing: {}", missing.join("; "));
-        assert!(!in_ci(), "VM smoke test cannot run in CI: {reason}");
-        eprintln!("SKIPPED vm_runs_tcp_ao_smoke: {reason}");
-        return;
-    }
-    if !in_ci() && std::env::var_os("AOKD_SKIP_VM").is_some() {
-        eprintln!("SKIPPED vm_runs_tcp_ao_smoke: AOKD_SKIP_VM is set");
+    if !vm::ready("vm_runs_tcp_ao_smoke", &[], false) {
         return;
     }
     let started = Instant::now();
-    let vm = vm_dir();
+    let vm = vm::vm_dir();
 
     // The kernel (cached after the first build) and its uapi headers.
     let headers = Command::new("bash")
@@ -153,31 +70,18 @@ fn vm_runs_tcp_ao_smoke() {
         .expect("run gcc");
     assert!(cc.status.success(), "gcc ao_smoke.c failed\n{}", show(&cc));
 
-    let run = Command::new("bash")
-        .arg(vm.join("run.sh"))
-        .arg("--timeout")
-        .arg(VM_TIMEOUT_S.to_string())
-        .arg(vm.join("smoke/guest.sh"))
-        .arg(&smoke)
-        .output()
-        .expect("run tests/vm/run.sh");
-    let console = String::from_utf8_lossy(&run.stdout).replace('\r', "");
-    println!("{}", show(&run));
+    let run = vm::run_guest(
+        "smoke/guest.sh",
+        &[smoke.display().to_string()],
+        VM_TIMEOUT_S,
+    );
     println!(
         "vm_smoke timings: kernel ready after {:.1}s, total {:.1}s",
         kernel_ready.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    match run.status.code() {
-        Some(0) => {}
-        Some(124) => panic!("the VM timed out after {VM_TIMEOUT_S}s\n{}", show(&run)),
-        Some(125) => panic!("the VM ended without reporting (panic?)\n{}", show(&run)),
-        other => panic!("guest smoke failed (exit {other:?})\n{}", show(&run)),
-    }
-    assert!(
-        console.lines().any(|l| l.trim() == "AOKD-VM-EXIT 0"),
-        "no AOKD-VM-EXIT 0 line on the console"
-    );
+    run.assert_exit_ok();
+    let console = &run.console;
 
     // Tools later tests need inside the guest.
     for check in [

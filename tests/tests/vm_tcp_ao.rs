@@ -26,11 +26,10 @@
 //! about 40 s; a cold cache first builds the kernel (about 5 min), see
 //! tests/vm/README.md.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 use std::time::Instant;
 
+use aokd_tests::vm::{self, Program, Results};
 use serde_json::Value;
 
 /// Seconds the guest may run before run.sh kills qemu.
@@ -40,198 +39,20 @@ const BYTES: u64 = 1_048_576;
 /// Where the guest script looks for the preload library.
 const GUEST_PRELOAD: &str = "/opt/aokd/lib/libaokd_preload.so";
 
-fn vm_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("vm")
-}
-
-/// target/<profile>/, where cargo puts aokd, aoctl and the preload library.
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .to_path_buf()
-}
-
-/// The host files that go into the VM: (name in the guest, host path, guest path
-/// or None for /opt/aokd/bin/<name>).
-fn programs() -> Vec<(&'static str, PathBuf, Option<&'static str>)> {
-    let t = target_dir();
-    vec![
-        ("aokd", t.join("aokd"), None),
-        ("aoctl", t.join("aoctl"), None),
-        (
-            "tcp-peer",
-            PathBuf::from(env!("CARGO_BIN_EXE_tcp-peer")),
-            None,
-        ),
-        (
-            "plain-tcp",
-            PathBuf::from(env!("CARGO_BIN_EXE_plain-tcp")),
-            None,
-        ),
-        (
-            "ao-wrong-key",
-            PathBuf::from(env!("CARGO_BIN_EXE_ao-wrong-key")),
-            None,
-        ),
-        (
-            "libaokd_preload.so",
-            aokd_tests::preload_library(),
-            Some(GUEST_PRELOAD),
-        ),
-    ]
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn on_path(cmd: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .any(|d| d.join(cmd).is_file())
-}
-
-/// What is missing that the scripts cannot install themselves (they install Debian
-/// packages only as root), and binaries `cargo test --workspace` should have built.
-fn missing_prerequisites() -> Vec<String> {
-    let mut missing = Vec::new();
-    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        missing.push("an x86-64 Linux host".to_string());
-        return missing;
-    }
-    if !on_path("bash") || !Path::new("/usr/bin/dpkg-query").exists() {
-        missing.push("bash and dpkg (a Debian host)".to_string());
-        return missing;
-    }
-    if in_ci() && !is_root() {
-        missing.push("root (CI must be able to apt-get install the VM's packages)".to_string());
-    }
-    if !on_path("strip") {
-        missing.push("strip (binutils)".to_string());
-    }
-    if !is_root() {
-        for (what, present) in [
-            ("qemu-system-x86_64", on_path("qemu-system-x86_64")),
-            ("gcc", on_path("gcc")),
-            ("/bin/busybox", Path::new("/bin/busybox").exists()),
-            ("ip (iproute2)", on_path("ip")),
-            ("tcpdump", on_path("tcpdump")),
-            (
-                "/usr/src/linux-source-6.12.tar.xz",
-                Path::new("/usr/src/linux-source-6.12.tar.xz").exists(),
-            ),
-        ] {
-            if !present {
-                missing.push(format!("{what} (not root, so it cannot be installed)"));
-            }
-        }
-    }
-    for (name, path, _) in programs() {
-        if !path.exists() {
-            missing.push(format!(
-                "{name} at {} (run `cargo test --workspace`, which builds it)",
-                path.display()
-            ));
-        }
-    }
-    missing
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Copies `src` to `dst` without debug information (`strip --strip-debug`).
-fn strip_copy(src: &Path, dst: &Path) {
-    let out = Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(dst)
-        .arg(src)
-        .output()
-        .expect("run strip");
-    assert!(
-        out.status.success(),
-        "strip {} failed\n{}",
-        src.display(),
-        show(&out)
-    );
-}
-
-/// The guest's `E2E-RESULT` lines, by case.
-struct Results {
-    cases: HashMap<String, HashMap<String, String>>,
-    console: String,
-}
-
-impl Results {
-    fn parse(console: &str) -> Results {
-        let mut cases = HashMap::new();
-        for line in console.lines().map(str::trim) {
-            let Some(rest) = line.strip_prefix("E2E-RESULT ") else {
-                continue;
-            };
-            let f: HashMap<String, String> = rest
-                .split_whitespace()
-                .filter_map(|w| w.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            if let Some(case) = f.get("case") {
-                cases.insert(case.clone(), f);
-            }
-        }
-        Results {
-            cases,
-            console: console.to_string(),
-        }
-    }
-
-    fn case(&self, case: &str) -> &HashMap<String, String> {
-        self.cases.get(case).unwrap_or_else(|| {
-            panic!(
-                "no `E2E-RESULT case={case}` line from the guest\n{}",
-                self.console
-            )
-        })
-    }
-
-    fn line(&self, case: &str) -> String {
-        let mut f: Vec<_> = self.case(case).iter().collect();
-        f.sort();
-        f.iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
-    fn str(&self, case: &str, key: &str) -> &str {
-        self.case(case)
-            .get(key)
-            .map(String::as_str)
-            .unwrap_or_else(|| panic!("no {key}= in the {case} result: {}", self.line(case)))
-    }
-
-    fn num(&self, case: &str, key: &str) -> u64 {
-        self.str(case, key).parse().unwrap_or_else(|_| {
-            panic!(
-                "{key}= is not a number in the {case} result: {}",
-                self.line(case)
-            )
-        })
-    }
+/// The host files that go into the VM.
+fn programs() -> Vec<Program> {
+    let mut p = Vec::from(Program::daemon_and_ctl());
+    p.extend([
+        Program::bin("tcp-peer", env!("CARGO_BIN_EXE_tcp-peer")),
+        Program::bin("plain-tcp", env!("CARGO_BIN_EXE_plain-tcp")),
+        Program::bin("ao-wrong-key", env!("CARGO_BIN_EXE_ao-wrong-key")),
+        Program {
+            name: "libaokd_preload.so",
+            host: aokd_tests::preload_library(),
+            guest: Some(GUEST_PRELOAD),
+        },
+    ]);
+    p
 }
 
 /// Data carried and TCP_AO_INFO counters on both ends for one connection case.
@@ -276,79 +97,23 @@ fn assert_connection(r: &Results, case: &str) {
 
 #[test]
 fn tcp_ao_end_to_end_in_vm() {
-    let missing = missing_prerequisites();
-    if !missing.is_empty() {
-        let reason = format!("missing: {}", missing.join("; "));
-        assert!(!in_ci(), "VM TCP-AO test cannot run in CI: {reason}");
-        eprintln!("SKIPPED tcp_ao_end_to_end_in_vm: {reason}");
-        return;
-    }
-    if !in_ci() && std::env::var_os("AOKD_SKIP_VM").is_some() {
-        eprintln!("SKIPPED tcp_ao_end_to_end_in_vm: AOKD_SKIP_VM is set");
+    let programs = programs();
+    if !vm::ready("tcp_ao_end_to_end_in_vm", &programs, true) {
         return;
     }
     let started = Instant::now();
-    let vm = vm_dir();
-
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-tcp-ao");
-    std::fs::create_dir_all(&dir).expect("create the directory for stripped binaries");
-    let mut args = Vec::new();
-    for (name, path, guest) in programs() {
-        let stripped = dir.join(name);
-        strip_copy(&path, &stripped);
-        args.push(match guest {
-            Some(g) => format!("{}={g}", stripped.display()),
-            None => stripped.display().to_string(),
-        });
-    }
-
-    let run = Command::new("bash")
-        .arg(vm.join("run.sh"))
-        .arg("--timeout")
-        .arg(VM_TIMEOUT_S.to_string())
-        .arg(vm.join("e2e-tcp-ao.sh"))
-        .args(&args)
-        .output()
-        .expect("run tests/vm/run.sh");
-    let console = String::from_utf8_lossy(&run.stdout).replace('\r', "");
-    println!("{}", show(&run));
+    let args = vm::stage(
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-tcp-ao"),
+        &programs,
+    );
+    let run = vm::run_guest("e2e-tcp-ao.sh", &args, VM_TIMEOUT_S);
     println!(
         "vm_tcp_ao timings: total {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    match run.status.code() {
-        Some(0) => {}
-        Some(124) => panic!("the VM timed out after {VM_TIMEOUT_S}s\n{}", show(&run)),
-        Some(125) => panic!("the VM ended without reporting (panic?)\n{}", show(&run)),
-        other => {
-            let failed: Vec<&str> = console
-                .lines()
-                .filter(|l| l.contains("FAIL") || l.starts_with("E2E-FATAL"))
-                .collect();
-            panic!(
-                "guest script failed (exit {other:?}):\n{}\n\n{}",
-                failed.join("\n"),
-                show(&run)
-            )
-        }
-    }
-    assert!(
-        console.lines().any(|l| l.trim() == "AOKD-VM-EXIT 0"),
-        "no AOKD-VM-EXIT 0 line on the console"
-    );
-    let failed: Vec<&str> = console
-        .lines()
-        .filter(|l| l.starts_with("E2E-CHECK ") && !l.ends_with(" ok"))
-        .collect();
-    assert!(failed.is_empty(), "guest checks failed: {failed:#?}");
-    assert!(
-        console
-            .lines()
-            .any(|l| l.starts_with("E2E-DONE failures=0")),
-        "the guest script did not finish"
-    );
-
-    let r = Results::parse(&console);
+    run.assert_e2e_passed();
+    let console = &run.console;
+    let r = run.results();
 
     // One MKT each, KeyIDs mirrored.
     assert_eq!(r.num("mkt", "a_mkts"), 1, "{}", r.line("mkt"));

@@ -48,220 +48,9 @@ LINGER_S=${E2E_LINGER_S:-10}
 INTERVAL_MS=${E2E_INTERVAL_MS:-10}
 CHUNK=${E2E_CHUNK:-1024}
 
-fails=0
+# shellcheck source=lib.sh
+. /opt/aokd/lib.sh
 script_start=0
-
-# Milliseconds since boot (from /proc/uptime, centisecond resolution).
-now_ms() {
-    read -r up _ </proc/uptime
-    cs=${up#*.}
-    cs=${cs#0}
-    echo $((${up%.*} * 1000 + cs * 10))
-}
-
-# expect NAME WHY TEST-ARGS...: runs `[ TEST-ARGS ]` and records the check; WHY is
-# printed when it fails.
-expect() {
-    name=$1 why=$2
-    shift 2
-    if [ "$@" ] 2>/dev/null; then
-        echo "E2E-CHECK $name ok"
-    else
-        echo "E2E-CHECK $name FAIL: $why"
-        fails=$((fails + 1))
-    fi
-}
-
-dump_logs() {
-    for f in "$T"/a/aokd.log "$T"/b/aokd.log; do
-        [ -f "$f" ] || continue
-        echo "----- $f (last 300 lines without the mkt-keys requests) -----"
-        grep -v "MKT keys requested" "$f" | tail -n 300 || true
-    done
-    for f in "$T"/*.err; do
-        [ -f "$f" ] || continue
-        echo "----- $f (last 60 lines) -----"
-        tail -n 60 "$f"
-    done
-    for f in "$T"/*.out; do
-        [ -f "$f" ] || continue
-        echo "----- $f (last 30 lines) -----"
-        tail -n 30 "$f"
-    done
-}
-
-fatal() {
-    echo "E2E-FATAL $*"
-    dump_logs
-    echo "E2E-DONE failures=$((fails + 1))"
-    exit 1
-}
-
-# wait_until DESCRIPTION SECONDS COMMAND...: polls COMMAND (every 0.1 s) until it
-# succeeds; fatal with DESCRIPTION when SECONDS pass.
-wait_until() {
-    desc=$1
-    end=$(($(now_ms) + $2 * 1000))
-    shift 2
-    until "$@" >/dev/null 2>&1; do
-        [ "$(now_ms)" -lt "$end" ] || fatal "timed out waiting for $desc"
-        sleep 0.1
-    done
-}
-
-# wait_exit PID SECONDS: waits for the background process PID to end; its status in
-# $exit_status, 124 (and the process killed) if it is still running after SECONDS.
-wait_exit() {
-    end=$(($(now_ms) + $2 * 1000))
-    while kill -0 "$1" 2>/dev/null; do
-        if [ "$(now_ms)" -ge "$end" ]; then
-            kill -KILL "$1" 2>/dev/null || true
-            wait "$1" 2>/dev/null || true
-            exit_status=124
-            return 0
-        fi
-        sleep 0.1
-    done
-    exit_status=0
-    wait "$1" || exit_status=$?
-}
-
-# stop PID: SIGTERM, then wait (bounded).
-stop() {
-    kill -TERM "$1" 2>/dev/null || true
-    wait_exit "$1" 10
-}
-
-aoctl_ns() { # NS ARGS...: aoctl --json on NS's aokd
-    ns=$1
-    shift
-    aoctl --socket "$T/$ns/control.sock" --json "$@"
-}
-
-mkt_count() {
-    n=$(aoctl_ns "$1" mkts 2>/dev/null | grep -c '"send_id"' || true)
-    echo "${n:-0}"
-}
-
-has_mkt() { [ "$(mkt_count "$1")" -ge 1 ]; }
-
-# A field of the single-line compact JSON $1: a number, true/false/null or a string.
-jget() {
-    printf '%s\n' "$1" | sed -n "s/.*\"$2\":\(\"[^\"]*\"\|[^,}]*\).*/\1/p" | head -n 1 | tr -d '"'
-}
-
-# The "totals" field KEY of `aoctl verify --json` output in file $1.
-vtotal() {
-    awk -v k="\"$2\":" '/"totals"/ { t = 1 } t && $1 == k { gsub(/[^0-9]/, "", $2); print $2; exit }' "$1"
-}
-
-# A TcpExt counter (e.g. TCPAOBad) of namespace NS.
-ns_counter() {
-    v=$(ip netns exec "$1" nstat -asz "TcpExt$2" 2>/dev/null | awk -v k="TcpExt$2" '$1 == k { print $2 }')
-    echo "${v:-0}"
-}
-
-field() { # "k=v k=v ..." KEY
-    printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1
-}
-
-# `aoctl --json mkts` (pretty JSON) to one record per MKT:
-#   T_MS SEND_ID RECV_ID FINGERPRINT STATE
-# shellcheck disable=SC2016 # an awk program
-MKTS_AWK='
-{ line = $0; gsub(/[ ",]/, "", line); i = index(line, ":"); k = substr(line, 1, i - 1); v = substr(line, i + 1) }
-k == "send_id" { s = v } k == "recv_id" { r = v } k == "key_fingerprint" { fp = v } k == "state" { st = v }
-/^ *}/ && fp != "" { print t, s, r, fp, st; fp = ""; st = "" }
-'
-
-# The per-second sample lines of stream-peer (file $1) checked for rollovers and
-# stale keys: prints "samples=N rollovers=R max_keys=M replaced=R removed=X
-# lingering=L pending=P max_linger_ms=Z". A key is replaced when "current" moves
-# away from it; it must be absent from "keys" in a later line, within LINGER_S s
-# (lingering otherwise; pending if it was replaced less than LINGER_S s before the
-# last line).
-# shellcheck disable=SC2016 # an awk program
-KEYS_AWK='
-/"event":"sample"/ {
-    t = $0; sub(/.*"t_ms":/, "", t); sub(/[,}].*/, "", t); t += 0
-    ks = ""
-    if (match($0, /"keys":\[[^a-z"]*\]/)) { ks = substr($0, RSTART + 7, RLENGTH - 7) }
-    gsub(/\],\[/, " ", ks); gsub(/[][]/, "", ks)
-    n = split(ks, arr, " ")
-    split("", present)
-    for (i = 1; i <= n; i++) present[arr[i]] = 1
-    cur = ""
-    if (match($0, /"current":\[[0-9]+,[0-9]+\]/)) { cur = substr($0, RSTART + 11, RLENGTH - 12) }
-    samples++
-    if (n > maxk) maxk = n
-    if (cur != "" && prev != "" && cur != prev) { nr++; rk[nr] = prev; rt[nr] = t; gone[nr] = 0 }
-    if (cur != "") prev = cur
-    for (i = 1; i <= nr; i++) {
-        if (!gone[i] && !(rk[i] in present)) { gone[i] = 1; held = t - rt[i]; if (held > maxl) maxl = held; removed++ }
-    }
-    last = t
-}
-END {
-    for (i = 1; i <= nr; i++) {
-        if (gone[i]) continue
-        held = last - rt[i]
-        if (held > maxl) maxl = held
-        if (held >= limit) lingering++; else pending++
-    }
-    printf "samples=%d rollovers=%d max_keys=%d replaced=%d removed=%d lingering=%d pending=%d max_linger_ms=%d\n", samples, nr, maxk, nr, removed, lingering, pending, maxl
-}'
-
-# start_tcpdump FILE: on b's veth, TCP only, whole segments; waits for "listening on".
-tcpdump_pid=""
-start_tcpdump() {
-    ip netns exec b tcpdump -n -U -s 0 -Z root -i vb -w "$1" tcp >"$1.err" 2>&1 &
-    tcpdump_pid=$!
-    wait_until "tcpdump listening on vb ($1.err)" 30 grep -q "listening on" "$1.err"
-}
-
-stop_tcpdump() {
-    kill -INT "$tcpdump_pid" 2>/dev/null || true
-    wait_exit "$tcpdump_pid" 30
-    [ "$exit_status" = 0 ] || echo "tcpdump ended with status $exit_status"
-    cat "$1.err"
-}
-
-# write_config NS LOCAL REMOTE INITIATE
-write_config() {
-    mkdir -p "$T/$1/state"
-    (umask 077 && printf '%s\n' "$PSK" >"$T/$1/peer.psk")
-    cat >"$T/$1/aokd.toml" <<EOF
-[daemon]
-listen = ["$2"]
-port = 500
-control_socket = "$T/$1/control.sock"
-state_dir = "$T/$1/state"
-attach_socket = "$T/$1/attach.sock"
-acquire_timeout = "5s"
-
-[[peer]]
-name = "$( [ "$1" = a ] && echo b || echo a)"
-remote = "$3"
-remote_port = 500
-local = "$2"
-psk_file = "$T/$1/peer.psk"
-backend = "tcp-ao"
-tcp_ports = [$PORT]
-initiate = $4
-
-[peer.lifetimes]
-mkt_rekey = "${MKT_REKEY}s"
-mkt_lifetime = "${MKT_LIFETIME}s"
-EOF
-}
-
-# start_aokd NS: sets aokd_a / aokd_b; waits for the control and attach sockets.
-start_aokd() {
-    RUST_LOG=info ip netns exec "$1" aokd --config "$T/$1/aokd.toml" >>"$T/$1/aokd.log" 2>&1 &
-    eval "aokd_$1=\$!"
-    wait_until "aokd in $1 answering on its control socket" 30 aoctl_ns "$1" status
-    wait_until "aokd in $1 creating its attach socket" 30 test -S "$T/$1/attach.sock"
-}
 
 # ---------------------------------------------------------------------------------
 # Setup
@@ -269,53 +58,17 @@ start_aokd() {
 script_start=$(now_ms)
 rm -rf "$T"
 mkdir -p "$T/a" "$T/b"
-ip netns add a
-ip netns add b
-ip link add va type veth peer name vb
-ip link set va netns a
-ip link set vb netns b
-ip -n a addr add "$A_IP/24" dev va
-ip -n b addr add "$B_IP/24" dev vb
-for ns in a b; do
-    ip -n "$ns" link set lo up
-done
-ip -n a link set va up
-ip -n b link set vb up
-wait_until "the veth to carry a ping" 20 ip netns exec a ping -c 1 -W 1 "$B_IP"
+setup_link "$A_IP" "$B_IP"
 echo "E2E-STEP setup done at $(($(now_ms) - script_start)) ms"
 
-write_config a "$A_IP" "$B_IP" true
-write_config b "$B_IP" "$A_IP" false
 t0=$(now_ms)
-start_aokd b
-start_aokd a
-wait_until "an MKT in a (aoctl mkts)" 60 has_mkt a
-wait_until "an MKT in b (aoctl mkts)" 60 has_mkt b
+start_pair "$A_IP" "$B_IP"
 echo "E2E-RESULT case=setup mkt_rekey_s=$MKT_REKEY mkt_lifetime_s=$MKT_LIFETIME a_mkts=$(mkt_count a) b_mkts=$(mkt_count b) elapsed_ms=$(($(now_ms) - t0))"
 
 # ---------------------------------------------------------------------------------
 # Observers: MKT samples, key collectors, capture
 # ---------------------------------------------------------------------------------
-: >"$T/mkts.a"
-: >"$T/mkts.b"
-: >"$T/sampling"
-(
-    while [ -e "$T/sampling" ]; do
-        t=$(now_ms)
-        for ns in a b; do
-            if aoctl_ns "$ns" mkts >"$T/mkts-sample.$ns" 2>/dev/null; then
-                awk -v t="$t" "$MKTS_AWK" "$T/mkts-sample.$ns" >>"$T/mkts.$ns"
-            fi
-        done
-        sleep 1
-    done
-) &
-sampler_pid=$!
-for ns in a b; do
-    stream-peer mkt-keys --control "$T/$ns/control.sock" --every-ms 200 --seconds $((MAX_S + 120)) \
-        >"$T/keys.$ns" 2>"$T/keys-$ns.err" &
-    eval "keys_$ns=\$!"
-done
+observe_start $((MAX_S + 120))
 start_tcpdump "$T/stream.pcap"
 
 # ---------------------------------------------------------------------------------
@@ -349,13 +102,7 @@ stream_ms=$(($(now_ms) - t0))
 bad_a=$(($(ns_counter a TCPAOBad) - bad_a0))
 bad_b=$(($(ns_counter b TCPAOBad) - bad_b0))
 
-rm -f "$T/sampling"
-wait_exit "$sampler_pid" 30
-for ns in a b; do
-    eval "pid=\$keys_$ns"
-    # shellcheck disable=SC2154 # set by eval
-    stop "$pid"
-done
+observe_stop
 stop_tcpdump "$T/stream.pcap"
 
 # ---------------------------------------------------------------------------------
@@ -395,7 +142,6 @@ mkts_a=$(awk '{ print $4 }' "$T/mkts.a" | sort -u | wc -l)
 mkts_b=$(awk '{ print $4 }' "$T/mkts.b" | sort -u | wc -l)
 max_at_once_a=$(awk '{ n[$1]++ } END { m = 0; for (t in n) if (n[t] > m) m = n[t]; print m }' "$T/mkts.a")
 max_at_once_b=$(awk '{ n[$1]++ } END { m = 0; for (t in n) if (n[t] > m) m = n[t]; print m }' "$T/mkts.b")
-sort -u "$T/keys.a" "$T/keys.b" >"$T/keys.all"
 keys_args=$(wc -l <"$T/keys.all")
 keys_distinct=$(cut -d: -f3 "$T/keys.all" | sort -u | wc -l)
 updates_a=$(grep -c "socket keys updated" "$T/a/aokd.log" || true)
@@ -413,21 +159,8 @@ expect mkts-collected "master keys collected for $keys_distinct MKTs, fingerprin
 # The capture, verified with every collected key
 # ---------------------------------------------------------------------------------
 t0=$(now_ms)
-set --
-while read -r k; do
-    set -- "$@" --mkt "$k"
-done <"$T/keys.all"
-verify_status=0
-aoctl verify --pcap "$T/stream.pcap" --json "$@" >"$T/verify.json" 2>"$T/verify.err" || verify_status=$?
+verify_all "$T/stream.pcap" "$T/verify.json"
 pcap_bytes=$(wc -c <"$T/stream.pcap")
-v_conn=$(vtotal "$T/verify.json" connections)
-v_seg=$(vtotal "$T/verify.json" segments)
-v_ver=$(vtotal "$T/verify.json" verified)
-v_uns=$(vtotal "$T/verify.json" unsigned)
-v_bad=$(vtotal "$T/verify.json" bad_mac)
-v_unk=$(vtotal "$T/verify.json" unknown_key_id)
-v_noisn=$(vtotal "$T/verify.json" no_isn)
-v_trunc=$(vtotal "$T/verify.json" truncated)
 echo "E2E-RESULT case=verify status=$verify_status connections=${v_conn:-0} segments=${v_seg:-0} verified=${v_ver:-0} unsigned=${v_uns:-0} bad_mac=${v_bad:-0} unknown_key_id=${v_unk:-0} no_isn=${v_noisn:-0} truncated=${v_trunc:-0} keys=$keys_args pcap_bytes=$pcap_bytes elapsed_ms=$(($(now_ms) - t0))"
 expect verify-status "aoctl verify exited $verify_status: $(head -c 2000 "$T/verify.err")" "$verify_status" = 0
 expect verify-connections "captured ${v_conn:-0} connections, want 1" "${v_conn:-0}" = 1
@@ -444,11 +177,7 @@ echo "E2E-RESULT case=memory $(awk '$1 == "MemTotal:" || $1 == "MemAvailable:" {
 if [ "$fails" != 0 ]; then
     dump_logs
     echo "----- the capture: per sender, runs of segments with the same KeyID and RNextKeyID -----"
-    echo "(first timestamp, sender, keyid, rnextkeyid, segments)"
-    tcpdump -n -tt -r "$T/stream.pcap" 2>/dev/null |
-        sed -n 's/^\([0-9.]*\) IP \([0-9.]*\) > .*tcp-ao keyid \([0-9]*\) rnextkeyid \([0-9]*\).*/\1 \2 keyid=\3 rnext=\4/p' |
-        awk '{ s = $2; k = $3 " " $4; if (k != prev[s]) { if (prev[s] != "") print first[s], s, prev[s], n[s]; first[s] = $1; n[s] = 0; prev[s] = k } n[s]++ }
-            END { for (s in prev) print first[s], s, prev[s], n[s] }' | sort -n
+    keyid_runs "$T/stream.pcap"
     echo "----- collected keys (KeyID:algorithm:first octets) -----"
     cut -c1-30 "$T/keys.all"
     echo "----- aoctl verify -----"

@@ -7,8 +7,9 @@
 #             get the shared libraries that ldd lists, and the dynamic loader, copied
 #             to the same paths in the image.
 #   SCRIPT    a shell script the guest runs (as /opt/aokd/guest.sh, with sh, working
-#             directory /opt/aokd, PATH starting with /opt/aokd/bin). Without one the
-#             guest runs an interactive shell on the console.
+#             directory /opt/aokd, PATH starting with /opt/aokd/bin; it may source
+#             /opt/aokd/lib.sh, a copy of tests/vm/lib.sh). Without one the guest
+#             runs an interactive shell on the console.
 #
 # The image holds busybox (static) with all its applet links, iproute2's ip, tc, ss and
 # nstat (busybox's ip has no `netns`), tcpdump, and an /init that mounts proc, sysfs,
@@ -157,6 +158,8 @@ done
 if [[ -n "$script" ]]; then
     cp "$script" "$root/opt/aokd/guest.sh"
 fi
+# The guest scripts' helpers (its first part is POSIX sh for dash).
+cp "$here/lib.sh" "$root/opt/aokd/lib.sh"
 
 cat >"$root/init" <<'EOF'
 #!/bin/sh

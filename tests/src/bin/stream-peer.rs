@@ -7,7 +7,8 @@
 //! ```text
 //! stream-peer server --listen IP:PORT --attach SOCK [STREAM-OPTIONS]
 //! stream-peer client --connect IP:PORT --attach SOCK [--timeout S]
-//!                    [--seconds S] [--min-rollovers K] [--settle S] [STREAM-OPTIONS]
+//!                    [--seconds S] [--min-rollovers K] [--settle S]
+//!                    [--stop-file PATH] [STREAM-OPTIONS]
 //! stream-peer mkt-keys --control SOCK [--every-ms MS --seconds S]
 //! STREAM-OPTIONS: [--interval-ms MS] [--chunk N] [--io-timeout S] [--linger-limit S]
 //! ```
@@ -18,7 +19,8 @@
 //! offset 0, so every octet is verified. The client stops writing after
 //! `--seconds` (default 60), or earlier once its socket's Current_key has
 //! changed `--min-rollovers` times and `--settle` seconds (default 10) have
-//! passed since the last of those changes (more rollovers may come meanwhile);
+//! passed since the last of those changes (more rollovers may come meanwhile),
+//! or as soon as `--stop-file` exists (a test script decides when to stop);
 //! it then shuts down its sending side. The server writes until it reads the client's end of stream, then
 //! shuts down its own; the client reads until that end of stream. An error,
 //! an end of stream before that, or no data for `--io-timeout` seconds
@@ -26,9 +28,11 @@
 //!
 //! The socket's TCP-AO state is sampled every 100 ms (`TCP_AO_INFO` and
 //! `TCP_AO_GET_KEYS`) and printed once per second:
-//! `{"event":"sample","role":...,"t_ms":...,"current_key":N,"rnext":N,
-//! "pkt_good":N,"pkt_bad":N,"keys":[[SENDID,RECVID],...],"current":[S,R],
-//! "bytes_in":N,"bytes_out":N,"rollovers":N}`. A key is *replaced* when
+//! `{"event":"sample","role":...,"t_ms":...,"unix_ms":...,"current_key":N,
+//! "rnext":N,"pkt_good":N,"pkt_bad":N,"pkt_key_not_found":N,
+//! "keys":[[SENDID,RECVID],...],"current":[S,R],"bytes_in":N,"bytes_out":N,
+//! "rollovers":N}` (`t_ms` since the start, `unix_ms` the wall clock, which
+//! is also tcpdump's and aokd's). A key is *replaced* when
 //! Current_key moves from it to another key; it must then leave the socket
 //! within `--linger-limit` seconds (default 10): replaced keys still on the
 //! socket at the end are `pending` when replaced less than that long ago,
@@ -56,9 +60,9 @@
 use std::collections::{BTreeSet, HashSet};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -68,10 +72,11 @@ use std::time::{Duration, Instant};
 use aokd::kernel::ao;
 use aokd_attach::Attached;
 use aokd_tests::echo::{self, pattern_byte, Args};
+use aokd_tests::sock::{self, tcp_socket};
 use serde_json::{json, Value};
 
 const USAGE: &str = "usage: stream-peer server --listen IP:PORT --attach SOCK [--interval-ms MS] [--chunk N] [--io-timeout S] [--linger-limit S]
-       stream-peer client --connect IP:PORT --attach SOCK [--timeout S] [--seconds S] [--min-rollovers K] [--settle S] [--interval-ms MS] [--chunk N] [--io-timeout S] [--linger-limit S]
+       stream-peer client --connect IP:PORT --attach SOCK [--timeout S] [--seconds S] [--min-rollovers K] [--settle S] [--stop-file PATH] [--interval-ms MS] [--chunk N] [--io-timeout S] [--linger-limit S]
        stream-peer mkt-keys --control SOCK [--every-ms MS --seconds S]";
 
 /// How often the socket's TCP-AO state is read.
@@ -99,6 +104,7 @@ struct Opts {
     max_time: Duration,
     min_rollovers: Option<u64>,
     settle: Duration,
+    stop_file: Option<PathBuf>,
 }
 
 fn secs(args: &Args, name: &str, default: f64) -> Result<Duration, String> {
@@ -119,6 +125,7 @@ fn run() -> Result<ExitCode, String> {
                 "seconds",
                 "min-rollovers",
                 "settle",
+                "stop-file",
             ][..],
             &stream_opts,
         ]
@@ -163,6 +170,7 @@ fn run() -> Result<ExitCode, String> {
             .map(|_| args.parsed("min-rollovers", 0u64))
             .transpose()?,
         settle: secs(&args, "settle", 10.0)?,
+        stop_file: args.get("stop-file").map(PathBuf::from),
     };
     let attach = Path::new(required("attach")?);
     let ok = if args.command == "server" {
@@ -184,138 +192,21 @@ fn run() -> Result<ExitCode, String> {
 
 /// aokd's answer as JSON, and whether it put keys on the socket.
 fn reply_json(r: &Result<Attached, String>) -> (Value, bool) {
-    match r {
-        Ok(a) => {
-            let installed = serde_json::to_value(a.installed).unwrap_or(Value::Null);
-            let keyed = installed == "keys";
-            (
-                json!({
-                    "status": "ok",
-                    "installed": installed,
-                    "peers": a.peers,
-                    "mechanism": a.mechanism,
-                    "reason": a.reason,
-                }),
-                keyed,
-            )
-        }
-        Err(e) => (json!({"status": "error", "message": e}), false),
-    }
-}
-
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// A new blocking TCP socket for `addr`'s family, close-on-exec.
-fn tcp_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain system call with constant arguments; no pointers.
-    let fd = unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_TCP,
-        )
-    };
-    check(fd)?;
-    // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// `addr` as a `sockaddr_storage` and its length.
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
-}
-
-fn set_timeval(fd: &OwnedFd, opt: libc::c_int, d: Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: d.as_secs().try_into().unwrap_or(libc::time_t::MAX),
-        tv_usec: d.subsec_micros().into(),
-    };
-    // SAFETY: `tv` is a timeval living across the call; its size is passed.
-    check(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    })
+    let v = sock::attach_reply_json(r);
+    let keyed = v["installed"] == "keys";
+    (v, keyed)
 }
 
 fn server(addr: SocketAddr, attach: &Path, opts: &Opts) -> Result<bool, String> {
     let fd = tcp_socket(addr).map_err(|e| format!("socket: {e}"))?;
-    let one: libc::c_int = 1;
-    // SAFETY: `one` is a c_int living across the call; its size is passed.
-    check(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map_err(|e| format!("SO_REUSEADDR: {e}"))?;
-    let (ss, len) = sockaddr(addr);
-    // SAFETY: `ss` holds a valid sockaddr of length `len`.
-    check(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    })
-    .map_err(|e| format!("bind {addr}: {e}"))?;
+    sock::bind(&fd, addr).map_err(|e| format!("bind {addr}: {e}"))?;
     let reply = aokd_attach::attach_listen(attach, &fd.as_fd()).map_err(|e| e.to_string());
     let (attach_json, keyed) = reply_json(&reply);
     if !keyed {
         echo::emit(&json!({"event": "attach-error", "attach": attach_json}));
         return Ok(false);
     }
-    // SAFETY: listen(2) on a bound socket we own.
-    check(unsafe { libc::listen(fd.as_raw_fd(), 4) }).map_err(|e| format!("listen: {e}"))?;
+    sock::listen(&fd, 4).map_err(|e| format!("listen: {e}"))?;
     let listener = TcpListener::from(fd);
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     echo::emit(&json!({"event": "listening", "addr": local.to_string(), "attach": attach_json}));
@@ -339,18 +230,7 @@ fn client(addr: SocketAddr, attach: &Path, timeout: Duration, opts: &Opts) -> Re
         echo::emit(&json!({"event": "attach-error", "attach": attach_json}));
         return Ok(false);
     }
-    // A blocking connect(2) gives up after SO_SNDTIMEO.
-    set_timeval(&fd, libc::SO_SNDTIMEO, timeout).map_err(|e| format!("SO_SNDTIMEO: {e}"))?;
-    let (ss, len) = sockaddr(addr);
-    // SAFETY: `ss` holds a valid sockaddr of length `len`.
-    check(unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    })
-    .map_err(|e| format!("connect {addr}: {e}"))?;
+    sock::connect(&fd, addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     echo::emit(&json!({"event": "connected", "remote": addr.to_string(), "attach": attach_json}));
     Ok(stream_data(TcpStream::from(fd), Role::Client, opts))
 }
@@ -564,7 +444,8 @@ fn stream_data(stream: TcpStream, role: Role, opts: &Opts) -> bool {
                 reached = tracker.last_rollover;
             }
             let enough = reached.is_some_and(|t| now - t >= opts.settle);
-            if enough || now - start >= opts.max_time {
+            let told = opts.stop_file.as_deref().is_some_and(Path::exists);
+            if enough || told || now - start >= opts.max_time {
                 stopping = true;
                 stop.store(true, Ordering::Relaxed);
             }
@@ -718,16 +599,25 @@ fn report(role: Role, start: Instant, t: &KeyTracker, bytes_in: u64, bytes_out: 
         "event": "sample",
         "role": role.name(),
         "t_ms": start.elapsed().as_millis() as u64,
+        "unix_ms": unix_ms(),
         "current_key": info.and_then(|i| i.current_key),
         "rnext": info.and_then(|i| i.rnext),
         "pkt_good": info.map(|i| i.pkt_good),
         "pkt_bad": info.map(|i| i.pkt_bad),
+        "pkt_key_not_found": info.map(|i| i.pkt_key_not_found),
         "keys": t.keys.iter().map(|&(s, r)| json!([s, r])).collect::<Vec<_>>(),
         "current": pair_json(t.current),
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
         "rollovers": t.rollovers,
     }));
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[allow(clippy::too_many_arguments)]
