@@ -113,6 +113,8 @@ pub struct Restored {
     /// MKT records dropped because their hard lifetime passed while aokd
     /// was not running.
     pub mkts_expired: usize,
+    /// Configured peers with a restored socket or MKT record.
+    pub peers: Vec<String>,
 }
 
 /// Keys on sockets for every configured peer.
@@ -311,6 +313,11 @@ impl KeyManager {
         }
         let names: Vec<String> = self.peers.iter().map(|p| p.name.clone()).collect();
         for name in names {
+            let had_state = snapshot.mkts.iter().any(|m| m.peer == name)
+                || self.registry.by_peer(&name).next().is_some();
+            if had_state {
+                out.peers.push(name.clone());
+            }
             self.rekey_peer(&name, view, now, false);
         }
         out

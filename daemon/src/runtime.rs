@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use aokd_proto::control::{
@@ -91,30 +91,33 @@ fn route_source(remote: SocketAddr) -> std::io::Result<IpAddr> {
     Ok(s.local_addr()?.ip())
 }
 
-/// Maps monotonic instants to Unix seconds.
+/// Maps monotonic instants to Unix seconds (rounded down once).
 #[derive(Clone, Copy)]
 struct WallClock {
     base: Instant,
+    base_wall: Duration,
     base_unix: u64,
 }
 
 impl WallClock {
     fn now() -> WallClock {
+        let base_wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         WallClock {
             base: Instant::now(),
-            base_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            base_wall,
+            base_unix: base_wall.as_secs(),
         }
     }
 
     fn unix(&self, t: Instant) -> u64 {
-        if t >= self.base {
-            self.base_unix + (t - self.base).as_secs()
+        let wall = if t >= self.base {
+            self.base_wall + (t - self.base)
         } else {
-            self.base_unix.saturating_sub((self.base - t).as_secs())
-        }
+            self.base_wall.saturating_sub(self.base - t)
+        };
+        wall.as_secs()
     }
 }
 
@@ -216,6 +219,29 @@ impl Daemon {
             mkts_expired = restored.mkts_expired,
             "state restored"
         );
+        // The peer does not know that this side lost its IKE SA: negotiate
+        // now (with INITIAL_CONTACT) for every peer this side had state
+        // with, even one configured not to initiate, instead of waiting for
+        // the peer's liveness check or rekey to time out while its
+        // connections run on restored keys or stall under the guard.
+        let mut peers: Vec<&str> = restored.peers.iter().map(String::as_str).collect();
+        for sa in &snapshot.ike_sas {
+            if !peers.contains(&sa.peer.as_str()) {
+                peers.push(&sa.peer);
+            }
+        }
+        for peer in peers {
+            match self.endpoint.initiate(peer, now) {
+                Ok(true) => {
+                    info!(%peer, "negotiating at once: this side had state with the peer before the restart")
+                }
+                Ok(false) => {}
+                // A peer no longer configured.
+                Err(e) => {
+                    debug!(%peer, error = %e, "no negotiation for a peer from the state file")
+                }
+            }
+        }
     }
 
     /// The bound IKE addresses (with the actual port when 0 was asked for).

@@ -33,7 +33,8 @@
 //! copied without debug information into the VM. With `CI` set, a missing
 //! prerequisite is a failure; otherwise the test is skipped with a printed reason
 //! (also when `AOKD_SKIP_VM` is set). Warm cache: about 1.5 minutes when the new
-//! MKT comes quickly; the guest waits at most 240 s for it and 180 s more for data.
+//! MKT comes quickly (b negotiates at once after its restart); the guest waits at most
+//! 30 s for it and 180 s more for data.
 
 use std::path::Path;
 use std::time::Instant;

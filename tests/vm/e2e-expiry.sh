@@ -56,7 +56,7 @@ MKT_LIFETIME=${E2E_MKT_LIFETIME:-16}
 WARMUP_S=${E2E_WARMUP_S:-12}
 MARGIN_S=${E2E_MARGIN_S:-10}
 GRACE_MS=${E2E_GRACE_MS:-2000}
-NEW_MKT_S=${E2E_NEW_MKT_S:-240}
+NEW_MKT_S=${E2E_NEW_MKT_S:-30}
 RESUME_S=${E2E_RESUME_S:-180}
 AFTER_S=${E2E_AFTER_S:-10}
 # stream-peer tolerates a stall this long (TCP's retransmission backoff after a
