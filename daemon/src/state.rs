@@ -858,8 +858,12 @@ fn open_db(backend: impl StorageBackend, path: &Path, trial: bool) -> Result<Dat
     if !trial {
         let repair_path = path.to_owned();
         let opening = std::sync::Arc::clone(&opening);
+        let logged = std::sync::atomic::AtomicBool::new(false);
         builder.set_repair_callback(move |session| {
-            if opening.load(std::sync::atomic::Ordering::Relaxed) {
+            // Once per repair (redb reports its progress several times).
+            if opening.load(std::sync::atomic::Ordering::Relaxed)
+                && !logged.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
                 warn!(
                     file = %repair_path.display(),
                     progress = session.progress(),
