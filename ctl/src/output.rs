@@ -100,6 +100,7 @@ pub fn sas(sas: &[SaStatus], now: u64) -> String {
         "SPIS",
         "SUITE",
         "ESTABLISHED",
+        "REKEY",
         "LAST ERROR",
     ]);
     for sa in sas {
@@ -112,6 +113,9 @@ pub fn sas(sas: &[SaStatus], now: u64) -> String {
             opt(&sa.suite),
             sa.established_at
                 .map(|at| when(at, now))
+                .unwrap_or_else(|| "-".into()),
+            sa.rekey_at
+                .map(|t| relative(t, now))
                 .unwrap_or_else(|| "-".into()),
             opt(&sa.last_error),
         ]);

@@ -227,6 +227,7 @@ fn canned_sas() -> Vec<SaStatus> {
         spi_r: "fedcba9876543210".into(),
         suite: Some("aes256gcm16-prfsha256-x25519".into()),
         established_at: Some(1_700_000_100),
+        rekey_at: None,
         tcp_ao_capable: Some(true),
         last_error: None,
     }]

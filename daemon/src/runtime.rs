@@ -430,14 +430,9 @@ impl Daemon {
                 spi_r,
                 role,
                 ..
-            } => self.persist.send(Op::PutIkeSa(IkeSaRecord {
-                peer: peer.clone(),
-                spi_i: format!("{spi_i:016x}"),
-                spi_r: format!("{spi_r:016x}"),
-                role: role.as_str().to_string(),
-                established_at_unix: self.clock.unix(Instant::now()),
-                rekey_at_unix: None,
-            })),
+            } => self.persist.send(Op::PutIkeSa(
+                self.ike_sa_record(peer, *spi_i, *spi_r, *role, view),
+            )),
             Event::IkeSaRekeyed {
                 peer,
                 old_spi_i,
@@ -447,14 +442,9 @@ impl Daemon {
                 role,
                 ..
             } => {
-                self.persist.send(Op::PutIkeSa(IkeSaRecord {
-                    peer: peer.clone(),
-                    spi_i: format!("{spi_i:016x}"),
-                    spi_r: format!("{spi_r:016x}"),
-                    role: role.as_str().to_string(),
-                    established_at_unix: self.clock.unix(Instant::now()),
-                    rekey_at_unix: None,
-                }));
+                self.persist.send(Op::PutIkeSa(
+                    self.ike_sa_record(peer, *spi_i, *spi_r, *role, view),
+                ));
                 self.persist.send(Op::DeleteIkeSa {
                     peer: peer.clone(),
                     spi_i: format!("{old_spi_i:016x}"),
@@ -469,6 +459,31 @@ impl Daemon {
                 spi_r: format!("{spi_r:016x}"),
             }),
             _ => {}
+        }
+    }
+
+    /// The state file's record of an IKE SA, with its rekey deadline.
+    fn ike_sa_record(
+        &self,
+        peer: &str,
+        spi_i: u64,
+        spi_r: u64,
+        role: ike::Role,
+        view: &[PeerView],
+    ) -> IkeSaRecord {
+        let rekey_at = view
+            .iter()
+            .filter(|p| p.name == peer)
+            .flat_map(|p| p.sas.iter())
+            .find(|s| s.spi_i == spi_i && s.spi_r == spi_r)
+            .and_then(|s| s.rekey_at);
+        IkeSaRecord {
+            peer: peer.to_string(),
+            spi_i: format!("{spi_i:016x}"),
+            spi_r: format!("{spi_r:016x}"),
+            role: role.as_str().to_string(),
+            established_at_unix: self.clock.unix(Instant::now()),
+            rekey_at_unix: rekey_at.map(|t| self.clock.unix(t)),
         }
     }
 
@@ -539,8 +554,6 @@ impl Daemon {
             Event::Dropped { from, reason } => {
                 debug!(instance = %inst, %from, %reason, "datagram dropped")
             }
-            // Added with the proto events of IKE SA rekey and restart
-            // handling; log lines only (persistence not updated yet).
             Event::IkeSaRekeyed {
                 peer,
                 old_spi_i,
@@ -716,6 +729,7 @@ impl Daemon {
                     spi_r: format!("{:016x}", s.spi_r),
                     suite: s.suite.map(|x| x.to_string()),
                     established_at: s.established_at.map(|t| self.clock.unix(t)),
+                    rekey_at: s.rekey_at.map(|t| self.clock.unix(t)),
                     tcp_ao_capable: p.tcp_ao_capable,
                     last_error: p.last_error.clone(),
                 })

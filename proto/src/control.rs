@@ -128,6 +128,9 @@ pub struct SaStatus {
     pub suite: Option<String>,
     /// Seconds since the Unix epoch.
     pub established_at: Option<u64>,
+    /// When this side will rekey the IKE SA (seconds since the Unix epoch).
+    #[serde(default)]
+    pub rekey_at: Option<u64>,
     pub tcp_ao_capable: Option<bool>,
     pub last_error: Option<String>,
 }

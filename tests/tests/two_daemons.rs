@@ -131,6 +131,13 @@ fn ike_sa_rekey_keeps_the_mkt() {
     let (_, mkts_b) = one_sa_one_mkt(&db);
     let old = established_sas(&sas_a)[0].clone();
     let mkt_before = mkts(&mkts_a)[0].clone();
+    // ike_rekey defaults to 4 h minus up to 10% jitter.
+    let (est, rekey) = (old["established_at"].as_u64(), old["rekey_at"].as_u64());
+    let (est, rekey) = (est.expect("established_at"), rekey.expect("rekey_at"));
+    assert!(
+        (est + 4 * 3600 * 9 / 10 - 1..=est + 4 * 3600 + 1).contains(&rekey),
+        "{old}"
+    );
     let out = da.aoctl(&["rekey", "--ike", "b"]).expect("rekey --ike");
     assert!(
         out["message"]
