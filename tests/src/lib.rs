@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod echo;
+pub mod host;
 pub mod netns;
 pub mod process;
 pub mod sock;
@@ -304,4 +305,64 @@ pub fn established_sas(v: &Value) -> Vec<Value> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// One request (`{"version":PROTOCOL_VERSION,"command":COMMAND}`) on the control socket
+/// `socket`, without aoctl (fast enough to poll): the answer's `data`, or
+/// the error (connection, transport, or a status other than ok).
+pub fn control(socket: &Path, command: &str) -> Result<Value, String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+    let version = aokd_proto::control::PROTOCOL_VERSION;
+    s.write_all(format!("{{\"version\":{version},\"command\":\"{command}\"}}\n").as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .map_err(|e| format!("read: {e}"))?;
+    let v: Value = serde_json::from_str(&line).map_err(|e| format!("not JSON: {e}"))?;
+    if v["status"] != "ok" {
+        return Err(line.trim().to_string());
+    }
+    Ok(v["data"].clone())
+}
+
+/// The master keys (hex) of the daemon's MKTs, read with the control
+/// command `mkt-keys` (root only; docs/control.md) and parsed as the
+/// protocol's `MktKeys` answer: the TCP-MD5 key aokd installs for an MKT is
+/// its master key.
+pub fn mkt_master_keys(socket: &Path) -> Result<Vec<String>, String> {
+    use aokd_proto::control::ResponseData;
+    match serde_json::from_value::<ResponseData>(control(socket, "mkt-keys")?) {
+        Ok(ResponseData::MktKeys { keys }) => Ok(keys.into_iter().map(|k| k.master_key).collect()),
+        other => Err(format!("mkt-keys: unexpected answer {other:?}")),
+    }
+}
+
+/// `aoctl verify --pcap PCAP --json ARGS...`: exit status and the JSON
+/// document (panics if aoctl printed none).
+pub fn aoctl_verify<I, S>(pcap: &Path, args: I) -> (Option<i32>, Value)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(binary("aoctl"))
+        .arg("verify")
+        .arg("--pcap")
+        .arg(pcap)
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run aoctl verify");
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "aoctl verify printed no JSON ({e}), status {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), v)
 }

@@ -18,7 +18,9 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::host::{can_run, is_root, on_path, target_dir};
 use crate::process::Proc;
+use crate::{temp_dir, Daemon, Side};
 
 /// Runs `ip ARGS` and returns its output, or an error naming the command.
 pub fn ip(args: &[&str]) -> Result<Output, String> {
@@ -300,6 +302,133 @@ impl Drop for Capture {
             let _ = self.stop();
         }
     }
+}
+
+/// Whether a namespace test can run: root, `ip`, `tcpdump`, the aokd and
+/// aoctl binaries, the preload library when `need_preload`, and a network
+/// namespace that can be created. A missing prerequisite fails under `CI`
+/// and skips (with the reason) otherwise ([`crate::host::can_run`]).
+pub fn prerequisites(test: &str, need_preload: bool) -> bool {
+    let mut missing = Vec::new();
+    if !is_root() {
+        missing.push("root (network namespaces, TCP-MD5 counters, tcpdump)".to_string());
+    }
+    for cmd in ["ip", "tcpdump"] {
+        if !on_path(cmd) {
+            missing.push(format!("`{cmd}` (apt-get install -y iproute2 tcpdump)"));
+        }
+    }
+    for bin in ["aokd", "aoctl"] {
+        if !target_dir().join(bin).exists() {
+            missing.push(format!("{bin} binary (cargo build --workspace)"));
+        }
+    }
+    let preload = crate::preload_library();
+    if need_preload && !preload.exists() {
+        missing.push(format!("{} (cargo build --workspace)", preload.display()));
+    }
+    if missing.is_empty() {
+        if let Err(e) = Netns::new() {
+            missing.push(format!("network namespaces: {e}"));
+        }
+    }
+    can_run(test, &missing)
+}
+
+/// How long [`start_daemon`] waits for aokd to answer and for its attach
+/// socket.
+pub const DAEMON_WAIT: Duration = Duration::from_secs(30);
+
+/// Two namespaces A and B joined by a veth pair (`veth0` in A), with a
+/// [`Side`] (configuration directory, IKE port 500) for each under `root`.
+/// Fields drop in declaration order, and tests declare their processes
+/// after this, so those go first.
+pub struct Pair {
+    pub a: Netns,
+    pub b: Netns,
+    pub side_a: Side,
+    pub side_b: Side,
+    pub root: PathBuf,
+}
+
+impl Pair {
+    /// The namespaces, the veth pair with `addr_a`/24 and `addr_b`/24, and
+    /// the sides (no configuration written yet).
+    pub fn new(tag: &str, addr_a: &str, addr_b: &str) -> Pair {
+        let a = Netns::new().expect("namespace A");
+        let b = Netns::new().expect("namespace B");
+        veth_pair(&a, &b, &format!("{addr_a}/24"), &format!("{addr_b}/24")).expect("veth");
+        let root = temp_dir(tag);
+        let side_a = Side::with_port(&root, "a", addr_a, 500);
+        let side_b = Side::with_port(&root, "b", addr_b, 500);
+        Pair {
+            a,
+            b,
+            side_a,
+            side_b,
+            root,
+        }
+    }
+
+    /// aokd in A, started with [`start_daemon`].
+    pub fn start_a(&self) -> Daemon {
+        start_daemon(&self.side_a, &self.a)
+    }
+
+    /// aokd in B, started with [`start_daemon`].
+    pub fn start_b(&self) -> Daemon {
+        start_daemon(&self.side_b, &self.b)
+    }
+
+    /// tcpdump on A's end of the veth, into `root/veth.pcap`.
+    pub fn capture(&self) -> Capture {
+        Capture::start(&self.a, "veth0", &self.root.join("veth.pcap")).expect("tcpdump")
+    }
+
+    /// Both namespaces' `TcpExt` counters, A's first.
+    pub fn netstat(&self) -> [BTreeMap<String, u64>; 2] {
+        [
+            netstat(&self.a).expect("netstat A"),
+            netstat(&self.b).expect("netstat B"),
+        ]
+    }
+}
+
+/// Starts aokd in `ns` and waits (up to [`DAEMON_WAIT`]) until it answers on
+/// its control socket and its attach socket exists.
+pub fn start_daemon(side: &Side, ns: &Netns) -> Daemon {
+    let d = Daemon::start_in(side, ns);
+    d.wait_for(&["status"], DAEMON_WAIT, |_| true);
+    let deadline = Instant::now() + DAEMON_WAIT;
+    while !side.attach_socket().exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{}: no attach socket {} after {DAEMON_WAIT:?}\nlog:\n{}",
+            side.name,
+            side.attach_socket().display(),
+            d.log()
+        );
+        // A path appearing is not an event we can wait on portably.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d
+}
+
+/// `tcpdump -nn FLAGS -r PCAP` as text (its first `max` lines), for failure
+/// messages.
+pub fn capture_text(pcap: &Path, flags: &str, max: usize) -> String {
+    Command::new("tcpdump")
+        .args(["-nn", flags, "-r"])
+        .arg(pcap)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .take(max)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -17,35 +17,7 @@ pub fn vm_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("vm")
 }
 
-/// target/<profile>/, where cargo puts aokd, aoctl and the preload library
-/// (the test executables are in target/<profile>/deps/).
-pub fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .to_path_buf()
-}
-
-/// Whether `CI` is set (to anything but empty, `0` or `false`).
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-/// Whether the effective user is root.
-pub fn is_root() -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Whether `cmd` is a file in a directory of `PATH` or of the usual system
-/// directories (which a non-root `PATH` may lack).
-pub fn on_path(cmd: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .any(|d| d.join(cmd).is_file())
-}
+pub use crate::host::{in_ci, is_root, on_path, target_dir};
 
 /// A host file that goes into the VM.
 #[derive(Clone, Debug)]
@@ -131,11 +103,7 @@ pub fn missing_prerequisites(programs: &[Program], strip: bool) -> Vec<String> {
 /// printing `SKIPPED <test>: <reason>`) when it must be skipped; panics when
 /// something is missing and `CI` is set.
 pub fn ready(test: &str, programs: &[Program], strip: bool) -> bool {
-    let missing = missing_prerequisites(programs, strip);
-    if !missing.is_empty() {
-        let reason = format!("missing: {}", missing.join("; "));
-        assert!(!in_ci(), "{test} cannot run in CI: {reason}");
-        eprintln!("SKIPPED {test}: {reason}");
+    if !crate::host::can_run(test, &missing_prerequisites(programs, strip)) {
         return false;
     }
     if !in_ci() && std::env::var_os("AOKD_SKIP_VM").is_some() {

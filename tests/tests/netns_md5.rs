@@ -24,13 +24,13 @@
 //! exist only inside the namespaces the tests create.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use aokd_tests::netns::{netstat, veth_pair, Capture, Netns};
+use aokd_tests::netns::{self, netstat, Netns, Pair};
 use aokd_tests::process::Proc;
-use aokd_tests::{established_sas, mkts, temp_dir, Daemon, Side};
+use aokd_tests::{aoctl_verify, established_sas, mkt_master_keys, mkts, Daemon};
 use serde_json::Value;
 
 const PSK: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
@@ -47,147 +47,22 @@ const WAIT_MS: u64 = 1500;
 /// The `--timeout` (seconds) of clients expected to fail.
 const FAIL_TIMEOUT_S: u64 = 3;
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+/// Two namespaces with the tests' addresses.
+fn topo(tag: &str) -> Pair {
+    Pair::new(tag, ADDR_A, ADDR_B)
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn on_path(cmd: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .any(|d| d.join(cmd).is_file())
-}
-
-/// target/<profile>/ (where cargo puts aokd, aoctl and the preload library).
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .to_path_buf()
-}
-
-/// The preload library: `AOKD_TEST_PRELOAD` if set, else the one cargo built.
-fn preload_lib() -> PathBuf {
-    aokd_tests::preload_library()
-}
-
-/// Whether the test can run; a missing prerequisite fails under CI and
-/// skips (with the reason) otherwise.
-fn prerequisites(test: &str, need_preload: bool) -> bool {
-    let mut missing = Vec::new();
-    if !is_root() {
-        missing.push("root (network namespaces, TCP-MD5 counters, tcpdump)".to_string());
+/// Writes both configurations: TCP-MD5 for port 179, attach sockets in
+/// the sides' directories, A initiates, B waits.
+fn configure(t: &Pair, psk_a: &str, psk_b: &str) {
+    for (me, other, psk, extra) in [
+        (&t.side_a, &t.side_b, psk_a, ""),
+        (&t.side_b, &t.side_a, psk_b, "initiate = false\n"),
+    ] {
+        let daemon = "acquire_timeout = \"5s\"\n";
+        let peer = format!("backend = \"tcp-md5\"\ntcp_ports = [179]\n{extra}");
+        me.write_config_with(other, psk, daemon, &peer);
     }
-    for cmd in ["ip", "tcpdump"] {
-        if !on_path(cmd) {
-            missing.push(format!("`{cmd}` (apt-get install -y iproute2 tcpdump)"));
-        }
-    }
-    for bin in ["aokd", "aoctl"] {
-        if !target_dir().join(bin).exists() {
-            missing.push(format!("{bin} binary (cargo build --workspace)"));
-        }
-    }
-    if need_preload && !preload_lib().exists() {
-        missing.push(format!(
-            "{} (cargo build --workspace)",
-            preload_lib().display()
-        ));
-    }
-    if missing.is_empty() {
-        if let Err(e) = Netns::new() {
-            missing.push(format!("network namespaces: {e}"));
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("{test}: missing {}", missing.join(", "));
-    if in_ci() {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED {msg}");
-    false
-}
-
-/// Two namespaces joined by a veth pair, with a side (config directory)
-/// for each. Drop order: fields drop in declaration order, and tests
-/// declare their processes after this, so those go first.
-struct Topo {
-    a: Netns,
-    b: Netns,
-    side_a: Side,
-    side_b: Side,
-    root: PathBuf,
-}
-
-impl Topo {
-    fn new(tag: &str) -> Topo {
-        let a = Netns::new().expect("namespace A");
-        let b = Netns::new().expect("namespace B");
-        veth_pair(&a, &b, &format!("{ADDR_A}/24"), &format!("{ADDR_B}/24")).expect("veth");
-        let root = temp_dir(tag);
-        let side_a = Side::with_port(&root, "a", ADDR_A, 500);
-        let side_b = Side::with_port(&root, "b", ADDR_B, 500);
-        Topo {
-            a,
-            b,
-            side_a,
-            side_b,
-            root,
-        }
-    }
-
-    /// Writes both configurations: TCP-MD5 for port 179, attach sockets in
-    /// the sides' directories, A initiates, B waits.
-    fn configure(&self, psk_a: &str, psk_b: &str) {
-        for (me, other, psk, extra) in [
-            (&self.side_a, &self.side_b, psk_a, ""),
-            (&self.side_b, &self.side_a, psk_b, "initiate = false\n"),
-        ] {
-            let daemon = "acquire_timeout = \"5s\"\n";
-            let peer = format!("backend = \"tcp-md5\"\ntcp_ports = [179]\n{extra}");
-            me.write_config_with(other, psk, daemon, &peer);
-        }
-    }
-
-    fn start_a(&self) -> Daemon {
-        start_daemon(&self.side_a, &self.a)
-    }
-
-    fn start_b(&self) -> Daemon {
-        start_daemon(&self.side_b, &self.b)
-    }
-
-    fn capture(&self) -> Capture {
-        Capture::start(&self.a, "veth0", &self.root.join("veth.pcap")).expect("tcpdump")
-    }
-}
-
-/// Starts aokd in `ns` and waits until it answers on its control socket and
-/// its attach socket exists.
-fn start_daemon(side: &Side, ns: &Netns) -> Daemon {
-    let d = Daemon::start_in(side, ns);
-    d.wait_for(&["status"], WAIT, |_| true);
-    let deadline = std::time::Instant::now() + WAIT;
-    while !side.attach_socket().exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}: no attach socket {} after {WAIT:?}\nlog:\n{}",
-            side.name,
-            side.attach_socket().display(),
-            d.log()
-        );
-        // A path appearing is not an event we can wait on portably.
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    d
 }
 
 fn wait_for_mkt(d: &Daemon) {
@@ -206,10 +81,13 @@ fn plain(ns: &Netns) -> Command {
 /// `plain-tcp` in `ns` under the preload library, attaching to `attach`.
 fn preloaded_plain(ns: &Netns, attach: &Path, extra_env: &[(&str, String)]) -> Command {
     let mut cmd = ns.command("env");
-    cmd.arg(format!("LD_PRELOAD={}", preload_lib().display()))
-        .arg(format!("AOKD_ATTACH_SOCKET={}", attach.display()))
-        .arg("AOKD_PORTS=179")
-        .arg("AOKD_PRELOAD_DEBUG=1");
+    cmd.arg(format!(
+        "LD_PRELOAD={}",
+        aokd_tests::preload_library().display()
+    ))
+    .arg(format!("AOKD_ATTACH_SOCKET={}", attach.display()))
+    .arg("AOKD_PORTS=179")
+    .arg("AOKD_PRELOAD_DEBUG=1");
     for (k, v) in extra_env {
         cmd.arg(format!("{k}={v}"));
     }
@@ -256,54 +134,7 @@ fn counter(m: &BTreeMap<String, u64>, name: &str) -> u64 {
 /// `aoctl verify --pcap FILE --json ARGS...`: exit status and the JSON
 /// document.
 fn verify(pcap: &Path, args: &[&std::ffi::OsStr]) -> (Option<i32>, Value) {
-    let out = Command::new(target_dir().join("aoctl"))
-        .arg("verify")
-        .arg("--pcap")
-        .arg(pcap)
-        .arg("--json")
-        .args(args)
-        .output()
-        .expect("run aoctl verify");
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "aoctl verify printed no JSON ({e}), status {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code(), v)
-}
-
-/// The master keys (hex) of the daemon's MKTs, read with the control
-/// command `mkt-keys` (root only; docs/control.md): the TCP-MD5 key aokd
-/// installs for an MKT is its master key.
-fn daemon_master_keys(socket: &Path) -> Vec<String> {
-    use aokd_proto::control::{
-        Command as Ctl, Request, Response, ResponseData, ResponseResult, PROTOCOL_VERSION,
-    };
-    use std::io::{BufRead, BufReader, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("control socket");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut line = serde_json::to_string(&Request {
-        version: PROTOCOL_VERSION,
-        command: Ctl::MktKeys,
-    })
-    .expect("request");
-    line.push('\n');
-    stream.write_all(line.as_bytes()).expect("send mkt-keys");
-    let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .expect("read mkt-keys");
-    let response: Response = serde_json::from_str(&answer).expect("mkt-keys answer");
-    match response.result {
-        ResponseResult::Ok {
-            data: ResponseData::MktKeys { keys },
-        } => keys.into_iter().map(|k| k.master_key).collect(),
-        other => panic!("mkt-keys: unexpected answer {other:?}"),
-    }
+    aoctl_verify(pcap, args)
 }
 
 /// Asserts that `aoctl verify` passed with `count` connections from A to
@@ -347,21 +178,16 @@ fn connections(v: &Value) -> Vec<Value> {
 
 /// The capture's table, for failure messages.
 fn capture_text(pcap: &Path) -> String {
-    Command::new("tcpdump")
-        .args(["-nn", "-v", "-r"])
-        .arg(pcap)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
+    netns::capture_text(pcap, "-v", usize::MAX)
 }
 
 #[test]
 fn md5_keys_protect_a_connection_between_two_namespaces() {
-    if !prerequisites("md5_keys_protect_a_connection_between_two_namespaces", true) {
+    if !netns::prerequisites("md5_keys_protect_a_connection_between_two_namespaces", true) {
         return;
     }
-    let t = Topo::new("nsmd5");
-    t.configure(PSK, PSK);
+    let t = topo("nsmd5");
+    configure(&t, PSK, PSK);
     let mut cap = t.capture();
     let da = t.start_a();
     let db = t.start_b();
@@ -426,7 +252,7 @@ fn md5_keys_protect_a_connection_between_two_namespaces() {
     let summary = cap.stop().expect("stop tcpdump");
     let detail = format!("tcpdump: {summary}\n{}", capture_text(cap.file()));
     // With the daemon's key given explicitly as the TCP-MD5 key.
-    let keys = daemon_master_keys(&t.side_a.socket());
+    let keys = mkt_master_keys(&t.side_a.socket()).expect("mkt-keys");
     assert_eq!(keys.len(), 1, "A holds one MKT");
     let (code, v) = verify(cap.file(), &["--md5".as_ref(), keys[0].as_ref()]);
     assert_all_verified("verify --md5 <A's MKT master key>", code, &v, 2, &detail);
@@ -444,11 +270,11 @@ fn md5_keys_protect_a_connection_between_two_namespaces() {
 
 #[test]
 fn guard_when_the_peer_is_down() {
-    if !prerequisites("guard_when_the_peer_is_down", true) {
+    if !netns::prerequisites("guard_when_the_peer_is_down", true) {
         return;
     }
-    let t = Topo::new("nsguard");
-    t.configure(PSK, PSK);
+    let t = topo("nsguard");
+    configure(&t, PSK, PSK);
     let mut cap = t.capture();
     // Only A's aokd: B has neither aokd nor a key.
     let da = t.start_a();
@@ -533,11 +359,11 @@ fn guard_when_the_peer_is_down() {
 
 #[test]
 fn covered_server_refuses_unsigned_peer() {
-    if !prerequisites("covered_server_refuses_unsigned_peer", true) {
+    if !netns::prerequisites("covered_server_refuses_unsigned_peer", true) {
         return;
     }
-    let t = Topo::new("nsrefuse");
-    t.configure(PSK, OTHER_PSK);
+    let t = topo("nsrefuse");
+    configure(&t, PSK, OTHER_PSK);
     let mut cap = t.capture();
     let da = t.start_a();
     let db = t.start_b();
@@ -652,11 +478,11 @@ fn covered_server_refuses_unsigned_peer() {
 
 #[test]
 fn wrong_key_fails() {
-    if !prerequisites("wrong_key_fails", false) {
+    if !netns::prerequisites("wrong_key_fails", false) {
         return;
     }
-    let t = Topo::new("nswrong");
-    t.configure(PSK, PSK);
+    let t = topo("nswrong");
+    configure(&t, PSK, PSK);
     let da = t.start_a();
     let db = t.start_b();
     wait_for_mkt(&da);

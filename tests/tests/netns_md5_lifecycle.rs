@@ -40,9 +40,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -51,9 +49,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aokd_proto::tcpao::{parse_ip_packet, verify_digest, AuthOption};
-use aokd_tests::netns::{netstat, parse_netstat, veth_pair, Capture, Netns};
+use aokd_tests::netns::{self, parse_netstat, Capture, Pair};
 use aokd_tests::process::Proc;
-use aokd_tests::{established_sas, mkts, temp_dir, Daemon, Side};
+use aokd_tests::{aoctl_verify, control, established_sas, mkt_master_keys, mkts, Daemon};
 use serde_json::Value;
 
 const PSK: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
@@ -96,146 +94,36 @@ const DEFAULT_PACE: Pace = Pace {
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
 // ---------------------------------------------------------------------------
-// Prerequisites (the rule of netns_md5.rs)
-// ---------------------------------------------------------------------------
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn on_path(cmd: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .any(|d| d.join(cmd).is_file())
-}
-
-/// target/<profile>/ (where cargo puts aokd and aoctl).
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .to_path_buf()
-}
-
-/// Whether the test can run; a missing prerequisite fails under CI and
-/// skips (with the reason) otherwise.
-fn prerequisites(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !is_root() {
-        missing.push("root (network namespaces, TCP-MD5 counters, tcpdump)".to_string());
-    }
-    for cmd in ["ip", "tcpdump"] {
-        if !on_path(cmd) {
-            missing.push(format!("`{cmd}` (apt-get install -y iproute2 tcpdump)"));
-        }
-    }
-    for bin in ["aokd", "aoctl"] {
-        if !target_dir().join(bin).exists() {
-            missing.push(format!("{bin} binary (cargo build --workspace)"));
-        }
-    }
-    if missing.is_empty() {
-        if let Err(e) = Netns::new() {
-            missing.push(format!("network namespaces: {e}"));
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("{test}: missing {}", missing.join(", "));
-    if in_ci() {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED {msg}");
-    false
-}
-
-// ---------------------------------------------------------------------------
 // Topology and daemons
 // ---------------------------------------------------------------------------
 
-/// Two namespaces joined by a veth pair, with a side (config directory)
-/// for each. Fields drop in declaration order, and tests declare their
-/// processes after this, so those go first.
-struct Topo {
-    a: Netns,
-    b: Netns,
-    side_a: Side,
-    side_b: Side,
-    root: PathBuf,
+/// The two namespaces, configured ([`configure`]).
+fn topo(tag: &str) -> Pair {
+    let t = Pair::new(tag, ADDR_A, ADDR_B);
+    configure(&t);
+    t
 }
 
-impl Topo {
-    fn new(tag: &str) -> Topo {
-        let a = Netns::new().expect("namespace A");
-        let b = Netns::new().expect("namespace B");
-        veth_pair(&a, &b, &format!("{ADDR_A}/24"), &format!("{ADDR_B}/24")).expect("veth");
-        let root = temp_dir(tag);
-        let side_a = Side::with_port(&root, "a", ADDR_A, 500);
-        let side_b = Side::with_port(&root, "b", ADDR_B, 500);
-        let t = Topo {
-            a,
-            b,
-            side_a,
-            side_b,
-            root,
-        };
-        t.configure();
-        t
-    }
-
-    /// Both configurations: TCP-MD5 for port 179 with short MKT lifetimes,
-    /// A initiates, B waits.
-    fn configure(&self) {
-        for (me, other, extra) in [
-            (&self.side_a, &self.side_b, ""),
-            (&self.side_b, &self.side_a, "initiate = false\n"),
-        ] {
-            let peer = format!(
-                "backend = \"tcp-md5\"\ntcp_ports = [179]\n{extra}\n[peer.lifetimes]\n\
-                 mkt_rekey = \"{MKT_REKEY}\"\nmkt_lifetime = \"{MKT_LIFETIME}\"\n"
-            );
-            me.write_config_with(other, PSK, "acquire_timeout = \"5s\"\n", &peer);
-            // The configuration must say what the test thinks it says.
-            let cfg = aokd::config::Config::load(&me.config_path())
-                .unwrap_or_else(|e| panic!("{}: {e}", me.config_path().display()));
-            let peer = &cfg.peers[0];
-            assert_eq!(peer.backend, aokd::config::BackendChoice::TcpMd5);
-            assert_eq!(peer.lifetimes.mkt_rekey, Duration::from_secs(6));
-            assert_eq!(peer.lifetimes.mkt_lifetime, Duration::from_secs(12));
-        }
-    }
-
-    fn capture(&self) -> Capture {
-        Capture::start(&self.a, "veth0", &self.root.join("veth.pcap")).expect("tcpdump")
-    }
-}
-
-/// Starts aokd in `ns` and waits until it answers on its control socket and
-/// its attach socket exists.
-fn start_daemon(side: &Side, ns: &Netns) -> Daemon {
-    let d = Daemon::start_in(side, ns);
-    d.wait_for(&["status"], WAIT, |_| true);
-    let deadline = Instant::now() + WAIT;
-    while !side.attach_socket().exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{}: no attach socket {} after {WAIT:?}\nlog:\n{}",
-            side.name,
-            side.attach_socket().display(),
-            d.log()
+/// Both configurations: TCP-MD5 for port 179 with short MKT lifetimes,
+/// A initiates, B waits.
+fn configure(t: &Pair) {
+    for (me, other, extra) in [
+        (&t.side_a, &t.side_b, ""),
+        (&t.side_b, &t.side_a, "initiate = false\n"),
+    ] {
+        let peer = format!(
+            "backend = \"tcp-md5\"\ntcp_ports = [179]\n{extra}\n[peer.lifetimes]\n\
+             mkt_rekey = \"{MKT_REKEY}\"\nmkt_lifetime = \"{MKT_LIFETIME}\"\n"
         );
-        // A path appearing is not an event we can wait on portably.
-        std::thread::sleep(Duration::from_millis(20));
+        me.write_config_with(other, PSK, "acquire_timeout = \"5s\"\n", &peer);
+        // The configuration must say what the test thinks it says.
+        let cfg = aokd::config::Config::load(&me.config_path())
+            .unwrap_or_else(|e| panic!("{}: {e}", me.config_path().display()));
+        let peer = &cfg.peers[0];
+        assert_eq!(peer.backend, aokd::config::BackendChoice::TcpMd5);
+        assert_eq!(peer.lifetimes.mkt_rekey, Duration::from_secs(6));
+        assert_eq!(peer.lifetimes.mkt_lifetime, Duration::from_secs(12));
     }
-    d
 }
 
 fn wait_for_mkt(d: &Daemon) {
@@ -275,43 +163,37 @@ impl Pace {
 }
 
 /// Starts a `stream-peer` server in B and waits for its "listening" line.
-fn start_server(t: &Topo, pace: Pace) -> Proc {
+fn start_server(t: &Pair, pace: Pace) -> Proc {
     let mut cmd = t.b.command(env!("CARGO_BIN_EXE_stream-peer"));
     cmd.args(["server", "--listen", BGP, "--attach"])
         .arg(t.side_b.attach_socket())
         .args(pace.args());
-    let mut p = Proc::spawn("stream-peer server (B)", cmd);
-    let Some(line) = p.wait_line(LISTEN_WAIT, |l| l.contains("\"event\"")) else {
-        p.kill();
-        panic!("stream-peer server did not report\n{}", p.report());
-    };
-    let v: Value = serde_json::from_str(&line).expect("server line is JSON");
-    if v["event"] != "listening" {
-        p.kill();
-        panic!("stream-peer server is not listening: {v}\n{}", p.report());
-    }
-    assert_eq!(v["attach"]["installed"], "keys", "{v}");
-    assert_eq!(v["attach"]["mechanism"], "tcp-md5", "{v}");
-    p
+    started(cmd, "server (B)", LISTEN_WAIT, "listening")
 }
 
 /// Starts a `stream-peer` client in A streaming for `seconds` and waits for
 /// its "connected" line.
-fn start_client(t: &Topo, seconds: u64, pace: Pace) -> Proc {
+fn start_client(t: &Pair, seconds: u64, pace: Pace) -> Proc {
     let mut cmd = t.a.command(env!("CARGO_BIN_EXE_stream-peer"));
     cmd.args(["client", "--connect", BGP, "--attach"])
         .arg(t.side_a.attach_socket())
         .args(["--seconds", &seconds.to_string()])
         .args(pace.args());
-    let mut p = Proc::spawn("stream-peer client (A)", cmd);
-    let Some(line) = p.wait_line(WAIT, |l| l.contains("\"event\"")) else {
+    started(cmd, "client (A)", WAIT, "connected")
+}
+
+/// Spawns the stream-peer `cmd` and waits up to `wait` for its first event,
+/// which must be `event` with keys installed by TCP-MD5.
+fn started(cmd: Command, role: &str, wait: Duration, event: &str) -> Proc {
+    let mut p = Proc::spawn(&format!("stream-peer {role}"), cmd);
+    let Some(line) = p.wait_line(wait, |l| l.contains("\"event\"")) else {
         p.kill();
-        panic!("stream-peer client did not report\n{}", p.report());
+        panic!("{} did not report\n{}", p.name, p.report());
     };
-    let v: Value = serde_json::from_str(&line).expect("client line is JSON");
-    if v["event"] != "connected" {
+    let v: Value = serde_json::from_str(&line).expect("stream-peer line is JSON");
+    if v["event"] != event {
         p.kill();
-        panic!("stream-peer client did not connect: {v}\n{}", p.report());
+        panic!("{}: not {event}: {v}\n{}", p.name, p.report());
     }
     assert_eq!(v["attach"]["installed"], "keys", "{v}");
     assert_eq!(v["attach"]["mechanism"], "tcp-md5", "{v}");
@@ -389,25 +271,6 @@ fn assert_stream_intact(client: &Value, server: &Value, detail: &dyn Fn() -> Str
 // ---------------------------------------------------------------------------
 // The control socket, and the sampler
 // ---------------------------------------------------------------------------
-
-/// One control request (`{"version":1,"command":COMMAND}`) on `socket`;
-/// the answer's `data`.
-fn control(socket: &Path, command: &str) -> Result<Value, String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
-    s.write_all(format!("{{\"version\":1,\"command\":\"{command}\"}}\n").as_bytes())
-        .map_err(|e| format!("send: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(&s)
-        .read_line(&mut line)
-        .map_err(|e| format!("read: {e}"))?;
-    let v: Value = serde_json::from_str(&line).map_err(|e| format!("not JSON: {e}"))?;
-    if v["status"] != "ok" {
-        return Err(line.trim().to_string());
-    }
-    Ok(v["data"].clone())
-}
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
@@ -509,7 +372,7 @@ impl Sampler {
             let record = Arc::clone(&record);
             std::thread::spawn(move || loop {
                 for (side, socket) in sockets.iter().enumerate() {
-                    let keys = control(socket, "mkt-keys");
+                    let keys = mkt_master_keys(socket);
                     let list = control(socket, "mkts");
                     let pid = pids.lock().expect("pids")[side];
                     let failures = pid.and_then(|pid| {
@@ -523,18 +386,15 @@ impl Sampler {
                     let t = t0.elapsed().as_secs_f64();
                     let mut r = record.lock().expect("record");
                     match keys {
-                        Ok(v) => {
-                            for k in v["keys"].as_array().into_iter().flatten() {
-                                let Some(hex) = k["master_key"].as_str() else {
-                                    continue;
-                                };
+                        Ok(hexes) => {
+                            for hex in hexes {
                                 if r.keys.iter().any(|x| x.hex == hex) {
                                     continue;
                                 }
-                                let bytes = unhex(hex).expect("master key is hex");
+                                let bytes = unhex(&hex).expect("master key is hex");
                                 let fingerprint = aokd_proto::crypto::fingerprint(&bytes);
                                 r.keys.push(Key {
-                                    hex: hex.to_string(),
+                                    hex,
                                     bytes,
                                     fingerprint,
                                     first_seen: t,
@@ -914,20 +774,7 @@ fn switch_table(an: &Analysis, keys: &[Key]) -> String {
 
 /// `aoctl verify --pcap FILE --json --md5 KEY...`: exit status and JSON.
 fn verify(pcap: &Path, keys: &[Key]) -> (Option<i32>, Value) {
-    let mut cmd = Command::new(target_dir().join("aoctl"));
-    cmd.arg("verify").arg("--pcap").arg(pcap).arg("--json");
-    for k in keys {
-        cmd.args(["--md5", &k.hex]);
-    }
-    let out = cmd.output().expect("run aoctl verify");
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "aoctl verify printed no JSON ({e}), status {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code(), v)
+    aoctl_verify(pcap, keys.iter().flat_map(|k| ["--md5", k.hex.as_str()]))
 }
 
 /// Asserts that `aoctl verify` passed: one connection from A to port 179,
@@ -949,22 +796,6 @@ fn assert_verified(code: Option<i32>, v: &Value, detail: &dyn Fn() -> String) ->
         "verified {}/{} segments, unsigned {}, bad_mac {}, {} MD5 keys tried",
         c["verified"], c["segments"], c["unsigned"], c["bad_mac"], v["keys"]["tcp_md5"]
     )
-}
-
-/// The capture as text, for failure messages (the first `max` lines).
-fn capture_text(pcap: &Path, max: usize) -> String {
-    Command::new("tcpdump")
-        .args(["-nn", "-tt", "-r"])
-        .arg(pcap)
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .take(max)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
 }
 
 /// Log lines worth showing: warnings, errors, rekeys, collisions, socket
@@ -1155,65 +986,168 @@ fn mkt_timeline(rec: &Record, side: usize) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// One stream, start to end
+// ---------------------------------------------------------------------------
+
+/// What both tests set up: the namespaces, the sampler, the capture, both
+/// daemons holding an MKT, and a stream from A to B running. Fields drop in
+/// declaration order: the processes first, the namespaces last.
+struct Stream {
+    client: Proc,
+    server: Proc,
+    da: Daemon,
+    db: Daemon,
+    cap: Capture,
+    sampler: Sampler,
+    /// Both namespaces' counters before the stream.
+    counters0: [BTreeMap<String, u64>; 2],
+    /// How long the client streams (s).
+    seconds: u64,
+    t: Pair,
+}
+
+impl Stream {
+    fn start(tag: &str, seconds: u64, pace: Pace) -> Stream {
+        let t = topo(tag);
+        let sampler = Sampler::start([t.side_a.socket(), t.side_b.socket()]);
+        let cap = t.capture();
+        let da = t.start_a();
+        let db = t.start_b();
+        wait_for_mkt(&da);
+        wait_for_mkt(&db);
+        let counters0 = t.netstat();
+        let server = start_server(&t, pace);
+        let client = start_client(&t, seconds, pace);
+        sampler.watch(client.pid(), server.pid());
+        Stream {
+            client,
+            server,
+            da,
+            db,
+            cap,
+            sampler,
+            counters0,
+            seconds,
+            t,
+        }
+    }
+
+    /// Waits for both stream-peers to finish, then reads the counters and
+    /// both daemons' MKTs, stops the sampler and the capture, and analyses
+    /// the capture.
+    fn end(&mut self) -> End {
+        let limit = Duration::from_secs(self.seconds + 60);
+        let cs = finish(&mut self.client, limit);
+        let ss = finish(&mut self.server, Duration::from_secs(30));
+        let t_end = self.sampler.now();
+        let counters1 = self.t.netstat();
+        // The MKTs both daemons hold at the end, as `aoctl mkts` shows them.
+        let mkts_end = [
+            fingerprints(&self.da.aoctl(&["mkts"]).expect("mkts A")),
+            fingerprints(&self.db.aoctl(&["mkts"]).expect("mkts B")),
+        ];
+        let rec = self.sampler.finish();
+        let summary = self.cap.stop().expect("stop tcpdump");
+        let keys = rec.keys.clone();
+        let an = Analysis::new(segments(self.cap.file(), &keys, self.sampler.wall0));
+        End {
+            cs,
+            ss,
+            t_end,
+            counters1,
+            mkts_end,
+            rec,
+            summary,
+            keys,
+            an,
+        }
+    }
+
+    /// The capture as text (its start), for failure messages.
+    fn capture_text(&self) -> String {
+        netns::capture_text(self.cap.file(), "-tt", 60)
+    }
+}
+
+/// What the end of a [`Stream`] shows.
+struct End {
+    /// The client's and the server's summaries.
+    cs: Value,
+    ss: Value,
+    /// When both had finished (sampler time).
+    t_end: f64,
+    counters1: [BTreeMap<String, u64>; 2],
+    /// A's and B's `aoctl mkts` after the stream.
+    mkts_end: [MktList; 2],
+    rec: Record,
+    /// tcpdump's summary.
+    summary: String,
+    keys: Vec<Key>,
+    an: Analysis,
+}
+
+impl End {
+    /// The checks both tests make of the stream: intact both ways, `aoctl
+    /// verify` of the capture with every collected key, the capture segment
+    /// by segment, and the kernel counters. Returns the figures as text
+    /// (verify, capture, counters).
+    fn judge(&self, s: &Stream, detail: &dyn Fn() -> String) -> [String; 3] {
+        assert_stream_intact(&self.cs, &self.ss, detail);
+        let (code, v) = verify(s.cap.file(), &self.keys);
+        let verified = assert_verified(code, &v, detail);
+        let figures = judge_capture(&self.an, &self.rec, &self.keys, detail);
+        let kernel = judge_counters(&s.counters0, &self.counters1, &self.rec, detail);
+        [verified, figures, kernel]
+    }
+
+    /// Failure detail common to both tests: the summaries, the switches and
+    /// both sides' MKTs over time.
+    fn detail(&self) -> String {
+        format!(
+            "client: {}\nserver: {}\nswitches:\n{}\nA's MKTs:\n{}B's MKTs:\n{}tcpdump: {}",
+            self.cs,
+            self.ss,
+            switch_table(&self.an, &self.keys),
+            mkt_timeline(&self.rec, 0),
+            mkt_timeline(&self.rec, 1),
+            self.summary
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The tests
 // ---------------------------------------------------------------------------
 
 #[test]
 fn md5_connection_survives_rekeys() {
-    if !prerequisites("md5_connection_survives_rekeys") {
+    if !netns::prerequisites("md5_connection_survives_rekeys", false) {
         return;
     }
-    let t = Topo::new("md5rekey");
-    let mut sampler = Sampler::start([t.side_a.socket(), t.side_b.socket()]);
-    let mut cap = t.capture();
-    let da = start_daemon(&t.side_a, &t.a);
-    let db = start_daemon(&t.side_b, &t.b);
-    wait_for_mkt(&da);
-    wait_for_mkt(&db);
-
-    let counters0 = [
-        netstat(&t.a).expect("netstat A"),
-        netstat(&t.b).expect("netstat B"),
-    ];
-    let mut server = start_server(&t, REKEY_PACE);
-    let mut client = start_client(&t, REKEY_STREAM_S, REKEY_PACE);
-    sampler.watch(client.pid(), server.pid());
-    let stream_start = sampler.now();
-    let limit = Duration::from_secs(REKEY_STREAM_S + 60);
-    let cs = finish(&mut client, limit);
-    let ss = finish(&mut server, Duration::from_secs(30));
-    let stream_end = sampler.now();
-    let counters1 = [
-        netstat(&t.a).expect("netstat A"),
-        netstat(&t.b).expect("netstat B"),
-    ];
-    // The MKTs both daemons hold at the end, as `aoctl mkts` shows them.
-    let end_a = fingerprints(&da.aoctl(&["mkts"]).expect("mkts A"));
-    let end_b = fingerprints(&db.aoctl(&["mkts"]).expect("mkts B"));
-    let rec = sampler.finish();
-    let summary = cap.stop().expect("stop tcpdump");
-
-    let keys = rec.keys.clone();
-    let an = Analysis::new(segments(cap.file(), &keys, sampler.wall0));
-    let (log_a, log_b) = (da.log(), db.log());
+    let mut st = Stream::start("md5rekey", REKEY_STREAM_S, REKEY_PACE);
+    let stream_start = st.sampler.now();
+    let end = st.end();
+    let stream_end = end.t_end;
+    let (log_a, log_b) = (st.da.log(), st.db.log());
     let detail = || {
         format!(
-            "client: {cs}\nserver: {ss}\nswitches:\n{}\nA's MKTs:\n{}B's MKTs:\n{}\
-             tcpdump: {summary}\nA log:\n{}\nB log:\n{}\ncapture (start):\n{}",
-            switch_table(&an, &keys),
-            mkt_timeline(&rec, 0),
-            mkt_timeline(&rec, 1),
+            "{}\nA log:\n{}\nB log:\n{}\ncapture (start):\n{}",
+            end.detail(),
             log_digest(&log_a),
             log_digest(&log_b),
-            capture_text(cap.file(), 60)
+            st.capture_text()
         )
     };
-
-    assert_stream_intact(&cs, &ss, &detail);
-    let (code, v) = verify(cap.file(), &keys);
-    let verified = assert_verified(code, &v, &detail);
-    let figures = judge_capture(&an, &rec, &keys, &detail);
-    let kernel = judge_counters(&counters0, &counters1, &rec, &detail);
+    let [verified, figures, kernel] = end.judge(&st, &detail);
+    let End {
+        cs,
+        ss,
+        mkts_end: [end_a, end_b],
+        rec,
+        keys,
+        an,
+        ..
+    } = &end;
 
     // At least MIN_REKEYS rekeys, on the wire and in both daemons.
     let fps_a = rec.fingerprints(0);
@@ -1236,7 +1170,7 @@ fn md5_connection_survives_rekeys() {
         assert!(
             skew.is_some_and(|s| s <= MAX_SKEW),
             "switch to {}: A and B first used it {skew:?} s apart\n{}",
-            key_name(&keys, w.key),
+            key_name(keys, w.key),
             detail()
         );
     }
@@ -1290,35 +1224,21 @@ fn md5_connection_survives_rekeys() {
         count(&log_b, " WARN ") + count(&log_b, " ERROR "),
         count(&log_a, "socket keys updated"),
         count(&log_b, "socket keys updated"),
-        mkt_timeline(&rec, 0),
-        mkt_timeline(&rec, 1),
+        mkt_timeline(rec, 0),
+        mkt_timeline(rec, 1),
     );
 }
 
 #[test]
 fn md5_restart_keeps_sockets() {
-    if !prerequisites("md5_restart_keeps_sockets") {
+    if !netns::prerequisites("md5_restart_keeps_sockets", false) {
         return;
     }
-    let t = Topo::new("md5restart");
-    let mut sampler = Sampler::start([t.side_a.socket(), t.side_b.socket()]);
-    let mut cap = t.capture();
-    let mut da = start_daemon(&t.side_a, &t.a);
-    let db = start_daemon(&t.side_b, &t.b);
-    wait_for_mkt(&da);
-    wait_for_mkt(&db);
-
-    let counters0 = [
-        netstat(&t.a).expect("netstat A"),
-        netstat(&t.b).expect("netstat B"),
-    ];
-    let mut server = start_server(&t, DEFAULT_PACE);
-    let mut client = start_client(&t, RESTART_STREAM_S, DEFAULT_PACE);
-    sampler.watch(client.pid(), server.pid());
-    let mut timeline: Vec<(f64, String)> = vec![(sampler.now(), "stream started".into())];
+    let mut st = Stream::start("md5restart", RESTART_STREAM_S, DEFAULT_PACE);
+    let mut timeline: Vec<(f64, String)> = vec![(st.sampler.now(), "stream started".into())];
 
     // A's socket as A's aokd recorded it.
-    let before = da.wait_for(&["sockets"], WAIT, |v| {
+    let before = st.da.wait_for(&["sockets"], WAIT, |v| {
         v["sockets"].as_array().is_some_and(|s| {
             s.iter()
                 .any(|s| s["role"] == "connect" && s["state"] == "keys")
@@ -1331,23 +1251,23 @@ fn md5_restart_keeps_sockets() {
         .expect("connect socket");
     assert_eq!(
         sock["pid"].as_u64(),
-        Some(u64::from(client.pid())),
+        Some(u64::from(st.client.pid())),
         "the socket's owner is the client: {sock}"
     );
     assert_eq!(sock["mechanism"], "tcp-md5", "{sock}");
     // Data is flowing: the client's per-second sample shows octets in.
-    let flowing = client.wait_line(WAIT, |l| {
+    let flowing = st.client.wait_line(WAIT, |l| {
         l.contains("\"sample\"")
             && serde_json::from_str::<Value>(l).is_ok_and(|v| {
                 v["bytes_in"].as_u64().unwrap_or(0) > 0 && v["t_ms"].as_u64().unwrap_or(0) >= 2000
             })
     });
-    assert!(flowing.is_some(), "no data flowing\n{}", client.report());
-    let fps_before: BTreeSet<String> = fingerprints(&da.aoctl(&["mkts"]).expect("mkts A"))
+    assert!(flowing.is_some(), "no data flowing\n{}", st.client.report());
+    let fps_before: BTreeSet<String> = fingerprints(&st.da.aoctl(&["mkts"]).expect("mkts A"))
         .into_iter()
         .map(|(f, _)| f)
         .chain(
-            sampler
+            st.sampler
                 .record
                 .lock()
                 .expect("record")
@@ -1358,17 +1278,17 @@ fn md5_restart_keeps_sockets() {
         .collect();
 
     // SIGKILL A's aokd.
-    let cfg = aokd::config::Config::load(&t.side_a.config_path()).expect("A's config");
+    let cfg = aokd::config::Config::load(&st.t.side_a.config_path()).expect("A's config");
     let state_file = cfg.daemon.state_dir.join("aokd.redb");
-    let aokd_pid = da.child.id();
-    da.child.kill().expect("SIGKILL aokd A");
-    let status = da.child.wait().expect("reap aokd A");
-    let t_kill = sampler.now();
+    let aokd_pid = st.da.child.id();
+    st.da.child.kill().expect("SIGKILL aokd A");
+    let status = st.da.child.wait().expect("reap aokd A");
+    let t_kill = st.sampler.now();
     timeline.push((
         t_kill,
         format!("A's aokd (pid {aokd_pid}) killed: {status}"),
     ));
-    let log_before = da.log();
+    let log_before = st.da.log();
     assert!(
         state_file.is_file(),
         "A's state file {} does not exist after the kill\nA log:\n{log_before}",
@@ -1376,23 +1296,22 @@ fn md5_restart_keeps_sockets() {
     );
     let state_len = std::fs::metadata(&state_file).map(|m| m.len()).unwrap_or(0);
     timeline.push((
-        sampler.now(),
+        st.sampler.now(),
         format!(
             "state file {} exists ({state_len} octets)",
             state_file.display()
         ),
     ));
-    drop(da);
-
-    // Start it again with the same configuration.
-    let da = start_daemon(&t.side_a, &t.a);
+    // Start it again with the same configuration (the killed one, already
+    // reaped, is dropped).
+    st.da = st.t.start_a();
     timeline.push((
-        sampler.now(),
-        format!("A's aokd restarted (pid {}), answering", da.child.id()),
+        st.sampler.now(),
+        format!("A's aokd restarted (pid {}), answering", st.da.child.id()),
     ));
-    let first = da.wait_for(&["mkts"], WAIT, |_| true);
+    let first = st.da.wait_for(&["mkts"], WAIT, |_| true);
     let first_fps = fingerprints(&first);
-    let t_first = sampler.now();
+    let t_first = st.sampler.now();
     let restored: Vec<&(String, String)> = first_fps
         .iter()
         .filter(|(f, s)| fps_before.contains(f) && s == "restored")
@@ -1409,7 +1328,7 @@ fn md5_restart_keeps_sockets() {
         format!(
             "before the kill A had {fps_before:?}\nA log before:\n{}\nA log after:\n{}",
             log_digest(&log_before),
-            da.log()
+            st.da.log()
         )
     };
     assert!(
@@ -1420,20 +1339,20 @@ fn md5_restart_keeps_sockets() {
     );
     // The same socket again, with no re-attach.
     let (pid, fd) = (sock["pid"].clone(), sock["fd"].clone());
-    let again = da.wait_for(&["sockets"], WAIT, |v| {
+    let again = st.da.wait_for(&["sockets"], WAIT, |v| {
         v["sockets"]
             .as_array()
             .is_some_and(|s| s.iter().any(|s| s["pid"] == pid && s["fd"] == fd))
     });
     timeline.push((
-        sampler.now(),
+        st.sampler.now(),
         format!(
             "A lists its socket again (pid {pid}, fd {fd}): {}",
             again["sockets"]
         ),
     ));
     // A new MKT, negotiated with no operator action, on both ends.
-    let newer = da.wait_for(&["mkts"], WAIT, |v| {
+    let newer = st.da.wait_for(&["mkts"], WAIT, |v| {
         fingerprints(v)
             .iter()
             .any(|(f, s)| !fps_before.contains(f) && s == "active")
@@ -1444,30 +1363,18 @@ fn md5_restart_keeps_sockets() {
         .map(|(f, _)| f)
         .expect("new MKT");
     timeline.push((
-        sampler.now(),
+        st.sampler.now(),
         format!("A has a new MKT {new_fp}: {:?}", fingerprints(&newer)),
     ));
-    db.wait_for(&["mkts"], WAIT, |v| {
+    st.db.wait_for(&["mkts"], WAIT, |v| {
         fingerprints(v).iter().any(|(f, _)| f == &new_fp)
     });
-    timeline.push((sampler.now(), format!("B has the new MKT {new_fp} too")));
+    timeline.push((st.sampler.now(), format!("B has the new MKT {new_fp} too")));
 
-    let limit = Duration::from_secs(RESTART_STREAM_S + 60);
-    let cs = finish(&mut client, limit);
-    let ss = finish(&mut server, Duration::from_secs(30));
-    timeline.push((sampler.now(), "stream finished".into()));
-    let counters1 = [
-        netstat(&t.a).expect("netstat A"),
-        netstat(&t.b).expect("netstat B"),
-    ];
-    let end_a = fingerprints(&da.aoctl(&["mkts"]).expect("mkts A"));
-    let rec = sampler.finish();
-    let summary = cap.stop().expect("stop tcpdump");
-
-    let keys = rec.keys.clone();
-    let an = Analysis::new(segments(cap.file(), &keys, sampler.wall0));
-    let log_after = da.log();
-    let log_b = db.log();
+    let end = st.end();
+    timeline.push((end.t_end, "stream finished".into()));
+    let log_after = st.da.log();
+    let log_b = st.db.log();
     let times = timeline
         .iter()
         .map(|(t, s)| format!("  {t:7.2} s  {s}"))
@@ -1475,22 +1382,24 @@ fn md5_restart_keeps_sockets() {
         .join("\n");
     let detail = || {
         format!(
-            "timeline:\n{times}\nclient: {cs}\nserver: {ss}\nswitches:\n{}\nA's MKTs:\n{}B's MKTs:\n{}\
-             tcpdump: {summary}\nA log before:\n{}\nA log after:\n{}\nB log:\n{}\ncapture (start):\n{}",
-            switch_table(&an, &keys),
-            mkt_timeline(&rec, 0),
-            mkt_timeline(&rec, 1),
+            "timeline:\n{times}\n{}\nA log before:\n{}\nA log after:\n{}\nB log:\n{}\ncapture (start):\n{}",
+            end.detail(),
             log_digest(&log_before),
             log_digest(&log_after),
             log_digest(&log_b),
-            capture_text(cap.file(), 60)
+            st.capture_text()
         )
     };
-    assert_stream_intact(&cs, &ss, &detail);
-    let (code, v) = verify(cap.file(), &keys);
-    let verified = assert_verified(code, &v, &detail);
-    let figures = judge_capture(&an, &rec, &keys, &detail);
-    let kernel = judge_counters(&counters0, &counters1, &rec, &detail);
+    let [verified, figures, kernel] = end.judge(&st, &detail);
+    let End {
+        cs,
+        ss,
+        mkts_end: [end_a, _],
+        rec,
+        keys,
+        an,
+        ..
+    } = &end;
     // The connection moved to the new MKT: its key was used on the wire by
     // both ends after the restart.
     let new_key = keys.iter().position(|k| k.fingerprint == new_fp);
@@ -1522,7 +1431,7 @@ fn md5_restart_keeps_sockets() {
         cs["max_gap_ms"],
         ss["max_gap_ms"],
         log_digest(&log_after),
-        mkt_timeline(&rec, 0),
-        mkt_timeline(&rec, 1),
+        mkt_timeline(rec, 0),
+        mkt_timeline(rec, 1),
     );
 }
