@@ -27,7 +27,10 @@
 //! (default 10) ends the run as a failure.
 //!
 //! The socket's TCP-AO state is sampled every 100 ms (`TCP_AO_INFO` and
-//! `TCP_AO_GET_KEYS`) and printed once per second:
+//! `TCP_AO_GET_KEYS`; a socket that never has TCP-AO state, such as a
+//! TCP-MD5 one, or any socket on a kernel without TCP-AO, where
+//! `TCP_AO_INFO` fails with `ENOENT` or `ENOPROTOOPT`, has no counters: they
+//! are null, which is no error) and printed once per second:
 //! `{"event":"sample","role":...,"t_ms":...,"unix_ms":...,"current_key":N,
 //! "rnext":N,"pkt_good":N,"pkt_bad":N,"pkt_key_not_found":N,
 //! "keys":[[SENDID,RECVID],...],"current":[S,R],"bytes_in":N,"bytes_out":N,
@@ -69,7 +72,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use aokd::kernel::ao;
+use aokd::kernel::{ao, Cause, KernelError};
 use aokd_attach::Attached;
 use aokd_tests::echo::{self, pattern_byte, Args};
 use aokd_tests::sock::{self, tcp_socket};
@@ -333,6 +336,10 @@ impl KeyTracker {
     fn sample(&mut self, fd: BorrowedFd<'_>, now: Instant) {
         let (info, keys) = match ao::info(fd).and_then(|i| Ok((i, ao::get_keys(fd)?))) {
             Ok(x) => x,
+            // No TCP-AO on this socket (TCP-MD5, or a kernel without TCP-AO),
+            // and there never was: no counters, which is no error. TCP-AO
+            // state that goes away is one.
+            Err(e) if self.info.is_none() && no_tcp_ao(&e) => return,
             Err(e) => {
                 self.error.get_or_insert_with(|| e.to_string());
                 return;
@@ -383,6 +390,12 @@ impl KeyTracker {
         }
         (removed, max, lingering, pending)
     }
+}
+
+/// Whether `TCP_AO_INFO` failed because the socket has no TCP-AO state
+/// (`ENOENT`) or the kernel has no TCP-AO (`ENOPROTOOPT`).
+fn no_tcp_ao(e: &KernelError) -> bool {
+    matches!(e.cause(), Some(Cause::NotFound | Cause::NotSupported))
 }
 
 fn pair_json(p: Option<Pair>) -> Value {
