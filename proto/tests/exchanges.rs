@@ -13,12 +13,7 @@ use harness::{peer, NetParams, Sim, A_ADDR, B_ADDR};
 const PSK: &[u8] = b"a shared secret of reasonable length";
 
 fn pair(seed: u64, net: NetParams) -> Sim {
-    Sim::pair(
-        seed,
-        net,
-        peer("b", A_ADDR, B_ADDR, PSK),
-        peer("a", B_ADDR, A_ADDR, PSK),
-    )
+    Sim::pair_of(seed, net, PSK, |_| {}, |_| {})
 }
 
 fn assert_matching_mkts(sim: &Sim) {
@@ -51,13 +46,7 @@ fn rfc7296_1_2_initial_exchanges_create_one_mkt() {
 #[test]
 fn simultaneous_initiation_ends_with_one_sa_each() {
     for seed in 0..200 {
-        let mut sim = pair(
-            seed,
-            NetParams {
-                jitter_ms: 20,
-                ..Default::default()
-            },
-        );
+        let mut sim = pair(seed, NetParams::jitter(20));
         assert!(
             sim.run_until(Duration::from_secs(60), Sim::settled),
             "seed {seed}"
@@ -210,16 +199,7 @@ fn loss_30_percent_completes_within_the_retransmission_schedule() {
         a.initiate = true;
         let mut b = peer("a", B_ADDR, A_ADDR, PSK);
         b.initiate = false;
-        let mut sim = Sim::pair(
-            seed,
-            NetParams {
-                loss_pct: 30,
-                dup_pct: 10,
-                jitter_ms: 30,
-            },
-            a,
-            b,
-        );
+        let mut sim = Sim::pair(seed, NetParams::LOSSY, a, b);
         if !sim.run_until(limit, Sim::settled) {
             failures.push(seed);
             continue;

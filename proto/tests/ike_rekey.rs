@@ -31,11 +31,20 @@ fn pair(
     fa: impl Fn(&mut PeerConfig),
     fb: impl Fn(&mut PeerConfig),
 ) -> Sim {
-    let mut a = peer("b", A_ADDR, B_ADDR, PSK);
-    let mut b = peer("a", B_ADDR, A_ADDR, PSK);
-    fa(&mut a);
-    fb(&mut b);
-    Sim::pair(seed, net, a, b)
+    Sim::pair_of(seed, net, PSK, fa, fb)
+}
+
+/// A pair on a perfect network whose IKE SAs do not rekey by themselves
+/// (the test rekeys them), once settled.
+fn settled_pair(seed: u64) -> Sim {
+    let mut sim = pair(
+        seed,
+        NetParams::default(),
+        |p| p.lifetimes = lifetimes(None),
+        |p| p.lifetimes = lifetimes(None),
+    );
+    assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
+    sim
 }
 
 /// SPIs of node `i`'s established IKE SAs.
@@ -52,26 +61,6 @@ fn established_spis(sim: &Sim, i: usize) -> Vec<(u64, u64)> {
 fn one_common_sa(sim: &Sim) -> bool {
     let (a, b) = (established_spis(sim, 0), established_spis(sim, 1));
     a.len() == 1 && a == b
-}
-
-/// An MKT A holds whose mirror B also holds.
-fn common_mkt(sim: &Sim) -> bool {
-    let (a, b) = (sim.mkts(0), sim.mkts(1));
-    a.iter().any(|x| {
-        b.iter().any(|y| {
-            x.mkt.send_id == y.mkt.recv_id
-                && x.mkt.recv_id == y.mkt.send_id
-                && x.mkt.master_key.as_bytes() == y.mkt.master_key.as_bytes()
-        })
-    })
-}
-
-/// Runs for `secs`, checking every virtual second that both sides share an MKT.
-fn run_checking_continuity(sim: &mut Sim, secs: u64, what: &str) {
-    for t in 0..secs {
-        sim.run_for(Duration::from_secs(1));
-        assert!(common_mkt(sim), "{what}: no MKT in common at t+{t}s");
-    }
 }
 
 /// (SPIi, SPIr) of an IKE SA.
@@ -136,7 +125,7 @@ fn rfc7296_2_18_ike_sa_rekey_keeps_mkts_and_moves_exchanges_to_the_new_sa() {
     // A (and only A: B has no ike_rekey) rekeys at 200 s minus up to 10%.
     for t in 0..200 {
         sim.run_for(Duration::from_secs(1));
-        assert!(common_mkt(&sim), "no MKT in common at t+{t}s");
+        assert!(sim.common_mkt(), "no MKT in common at t+{t}s");
         if !rekeys(&sim, 0).is_empty() {
             break;
         }
@@ -146,7 +135,7 @@ fn rfc7296_2_18_ike_sa_rekey_keeps_mkts_and_moves_exchanges_to_the_new_sa() {
         (Duration::from_secs(179)..=Duration::from_secs(201)).contains(&at),
         "rekeyed after {at:?}"
     );
-    run_checking_continuity(&mut sim, 5, "after the rekey");
+    sim.run_checking_continuity(5, "after the rekey");
     let (a, b) = (rekeys(&sim, 0), rekeys(&sim, 1));
     assert_eq!(a.len(), 1, "{a:?}");
     assert_eq!(b.len(), 1, "{b:?}");
@@ -189,7 +178,7 @@ fn rfc7296_2_18_ike_sa_rekey_keeps_mkts_and_moves_exchanges_to_the_new_sa() {
     // Nothing is sent on the old SA any more.
     let mark = sim.sent.len();
     // The next MKT rekey (300 s minus jitter after creation) runs on the new SA.
-    run_checking_continuity(&mut sim, 150, "MKT rekey");
+    sim.run_checking_continuity(150, "MKT rekey");
     let on_old = sim.sent[mark..]
         .iter()
         .filter_map(|(_, _, d)| wire::parse_message(d).ok())
@@ -212,15 +201,12 @@ fn both_sides_rekey_the_ike_sa_over_and_over() {
     for seed in 0..20 {
         let mut sim = pair(
             seed,
-            NetParams {
-                jitter_ms: 20,
-                ..Default::default()
-            },
+            NetParams::jitter(20),
             |p| p.lifetimes = lifetimes(Some(100)),
             |p| p.lifetimes = lifetimes(Some(100)),
         );
         assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
-        run_checking_continuity(&mut sim, 1000, &format!("seed {seed}"));
+        sim.run_checking_continuity(1000, &format!("seed {seed}"));
         // About one rekey every 90-100 s, whoever comes first.
         let a = rekeys(&sim, 0);
         assert!(
@@ -245,10 +231,7 @@ fn rfc7296_2_8_2_simultaneous_ike_rekey_leaves_one_ike_sa() {
     for seed in 0..100 {
         let mut sim = pair(
             seed,
-            NetParams {
-                jitter_ms: 20,
-                ..Default::default()
-            },
+            NetParams::jitter(20),
             |p| p.lifetimes = lifetimes(None),
             |p| p.lifetimes = lifetimes(None),
         );
@@ -262,7 +245,7 @@ fn rfc7296_2_8_2_simultaneous_ike_rekey_leaves_one_ike_sa() {
         sim.run_for(Duration::from_millis(seed % 5));
         let now = sim.now;
         assert!(sim.nodes[0].ep.rekey_ike("b", now).unwrap());
-        run_checking_continuity(&mut sim, 60, &format!("seed {seed}"));
+        sim.run_checking_continuity(60, &format!("seed {seed}"));
         assert!(
             one_common_sa(&sim),
             "seed {seed}: {:?} {:?}",
@@ -335,13 +318,7 @@ fn rfc7296_2_8_2_simultaneous_ike_rekey_leaves_one_ike_sa() {
 
 #[test]
 fn rfc7296_2_8_2_late_rekey_request_gets_temporary_failure_and_the_peers_sa_survives() {
-    let mut sim = pair(
-        62,
-        NetParams::default(),
-        |p| p.lifetimes = lifetimes(None),
-        |p| p.lifetimes = lifetimes(None),
-    );
-    assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
+    let mut sim = settled_pair(62);
     let old = established_spis(&sim, 0)[0];
     // Both rekey at once, but A's request takes 13 ms instead of 5: B has
     // finished its own rekey when it arrives (and, its Delete of the old
@@ -361,7 +338,7 @@ fn rfc7296_2_8_2_late_rekey_request_gets_temporary_failure_and_the_peers_sa_surv
         .map(|s| ((s.spi_i, s.spi_r), s.state))
         .collect();
     assert!(states.contains(&(old, "rekeyed")), "{states:?}");
-    run_checking_continuity(&mut sim, 60, "late request");
+    sim.run_checking_continuity(60, "late request");
     // B refused A's late request; A's rekey failed with TEMPORARY_FAILURE
     // and it adopted the SA that B's rekey created.
     assert_eq!(
@@ -392,13 +369,7 @@ fn rfc7296_2_8_2_late_rekey_request_gets_temporary_failure_and_the_peers_sa_surv
 
 #[test]
 fn rfc7296_2_25_ike_rekey_and_mkt_rekey_crossing_are_refused_then_retried() {
-    let mut sim = pair(
-        61,
-        NetParams::default(),
-        |p| p.lifetimes = lifetimes(None),
-        |p| p.lifetimes = lifetimes(None),
-    );
-    assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
+    let mut sim = settled_pair(61);
     let old = established_spis(&sim, 0)[0];
     // A rekeys the MKT while B rekeys the IKE SA: the requests cross.
     let now = sim.now;
@@ -431,7 +402,7 @@ fn rfc7296_2_25_ike_rekey_and_mkt_rekey_crossing_are_refused_then_retried() {
     let created = count(&sim, 0, |e| matches!(e, Event::MktCreated { .. }));
     sim.run_for(Duration::from_secs(10));
     assert!(rekeys(&sim, 1).is_empty());
-    run_checking_continuity(&mut sim, 30, "retry");
+    sim.run_checking_continuity(30, "retry");
     assert_eq!(rekeys(&sim, 0).len(), 1);
     assert_eq!(rekeys(&sim, 1).len(), 1);
     assert!(count(&sim, 0, |e| matches!(e, Event::MktCreated { .. })) > created);
@@ -442,13 +413,7 @@ fn rfc7296_2_25_ike_rekey_and_mkt_rekey_crossing_are_refused_then_retried() {
 
 #[test]
 fn an_unanswered_ike_rekey_is_given_up_like_any_request() {
-    let mut sim = pair(
-        63,
-        NetParams::default(),
-        |p| p.lifetimes = lifetimes(None),
-        |p| p.lifetimes = lifetimes(None),
-    );
-    assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
+    let mut sim = settled_pair(63);
     let mkts = sim.mkts(0);
     sim.partitioned = true;
     let start = sim.now;
@@ -484,11 +449,7 @@ fn ike_rekey_under_30_percent_loss_keeps_one_ike_sa_and_the_mkts() {
     for seed in 0..30 {
         let mut sim = pair(
             seed,
-            NetParams {
-                loss_pct: 30,
-                dup_pct: 10,
-                jitter_ms: 30,
-            },
+            NetParams::LOSSY,
             |p| {
                 p.lifetimes = Lifetimes {
                     overlap: Duration::from_secs(200),
@@ -508,7 +469,7 @@ fn ike_rekey_under_30_percent_loss_keeps_one_ike_sa_and_the_mkts() {
             sim.run_until(Duration::from_secs(400), Sim::settled),
             "seed {seed}"
         );
-        run_checking_continuity(&mut sim, 1500, &format!("seed {seed}"));
+        sim.run_checking_continuity(1500, &format!("seed {seed}"));
         assert!(rekeys(&sim, 0).len() >= 10, "seed {seed}");
         assert!(
             sim.run_until(Duration::from_secs(100), one_common_sa),
@@ -606,7 +567,7 @@ fn rekeys_liveness_and_partitions_converge_to_one_ike_sa_and_a_common_mkt() {
             sim.partitioned = false;
         }
         let ok = sim.run_until(Duration::from_secs(600), |s| {
-            one_common_sa(s) && common_mkt(s)
+            one_common_sa(s) && s.common_mkt()
         });
         assert!(
             ok,

@@ -7,7 +7,7 @@ mod harness;
 use std::time::Duration;
 
 use aokd_proto::ike::{Event, Lifetimes, PeerConfig};
-use harness::{peer, NetParams, Sim, A_ADDR, B_ADDR};
+use harness::{NetParams, Sim};
 
 const PSK: &[u8] = b"lifecycle test key";
 
@@ -23,23 +23,7 @@ fn short(jitter_s: u64) -> Lifetimes {
 }
 
 fn pair_with(seed: u64, net: NetParams, f: impl Fn(&mut PeerConfig)) -> Sim {
-    let mut a = peer("b", A_ADDR, B_ADDR, PSK);
-    let mut b = peer("a", B_ADDR, A_ADDR, PSK);
-    f(&mut a);
-    f(&mut b);
-    Sim::pair(seed, net, a, b)
-}
-
-/// An MKT A holds whose mirror B also holds (A.send = B.recv, same key).
-fn common_mkt(sim: &Sim) -> bool {
-    let (a, b) = (sim.mkts(0), sim.mkts(1));
-    a.iter().any(|x| {
-        b.iter().any(|y| {
-            x.mkt.send_id == y.mkt.recv_id
-                && x.mkt.recv_id == y.mkt.send_id
-                && x.mkt.master_key.as_bytes() == y.mkt.master_key.as_bytes()
-        })
-    })
+    Sim::pair_of(seed, net, PSK, &f, &f)
 }
 
 fn created(sim: &Sim, i: usize) -> usize {
@@ -60,26 +44,6 @@ fn expired(sim: &Sim, i: usize) -> usize {
         .count()
 }
 
-/// Runs for `secs`, checking every virtual second that both sides share an MKT.
-fn run_checking_continuity(sim: &mut Sim, secs: u64) {
-    for t in 0..secs {
-        sim.run_for(Duration::from_secs(1));
-        assert!(
-            common_mkt(sim),
-            "no MKT in common at t+{t}s: A {:?} B {:?}",
-            ids(sim, 0),
-            ids(sim, 1)
-        );
-    }
-}
-
-fn ids(sim: &Sim, i: usize) -> Vec<(u8, u8)> {
-    sim.mkts(i)
-        .iter()
-        .map(|m| (m.mkt.send_id, m.mkt.recv_id))
-        .collect()
-}
-
 #[test]
 fn rfc7296_2_8_rekeys_on_schedule_with_jitter_and_no_gap() {
     let mut sim = pair_with(21, NetParams::default(), |p| p.lifetimes = short(10));
@@ -88,7 +52,7 @@ fn rfc7296_2_8_rekeys_on_schedule_with_jitter_and_no_gap() {
     let mut seen = created(&sim, 0);
     for t in 0..1000u64 {
         sim.run_for(Duration::from_secs(1));
-        assert!(common_mkt(&sim), "no MKT in common at t+{t}s");
+        assert!(sim.common_mkt(), "no MKT in common at t+{t}s");
         let now = created(&sim, 0);
         if now > seen {
             births.push(t);
@@ -115,20 +79,13 @@ fn rfc7296_2_8_1_simultaneous_rekey_leaves_one_mkt() {
     // No jitter and identical lifetimes: both sides rekey at the same instant.
     let mut collisions = 0;
     for seed in 0..50 {
-        let mut sim = pair_with(
-            seed,
-            NetParams {
-                jitter_ms: 20,
-                ..Default::default()
-            },
-            |p| p.lifetimes = short(0),
-        );
+        let mut sim = pair_with(seed, NetParams::jitter(20), |p| p.lifetimes = short(0));
         assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
-        run_checking_continuity(&mut sim, 120);
+        sim.run_checking_continuity(120, &format!("seed {seed}"));
         // After the overlap, exactly one MKT each, the same one.
-        assert_eq!(sim.mkts(0).len(), 1, "seed {seed}: A {:?}", ids(&sim, 0));
-        assert_eq!(sim.mkts(1).len(), 1, "seed {seed}: B {:?}", ids(&sim, 1));
-        assert!(common_mkt(&sim), "seed {seed}");
+        assert_eq!(sim.mkts(0).len(), 1, "seed {seed}: A {:?}", sim.ids(0));
+        assert_eq!(sim.mkts(1).len(), 1, "seed {seed}: B {:?}", sim.ids(1));
+        assert!(sim.common_mkt(), "seed {seed}");
         let seen = |i: usize| {
             sim.nodes[i]
                 .events
@@ -153,29 +110,21 @@ fn rfc7296_2_8_1_simultaneous_rekey_leaves_one_mkt() {
 #[test]
 fn rekey_under_30_percent_loss_keeps_a_common_mkt() {
     for seed in 0..100 {
-        let mut sim = pair_with(
-            seed,
-            NetParams {
-                loss_pct: 30,
-                dup_pct: 10,
-                jitter_ms: 30,
-            },
-            |p| {
-                p.lifetimes = Lifetimes {
-                    ike_rekey: Lifetimes::default().ike_rekey,
-                    rekey: Duration::from_secs(300),
-                    hard: Duration::from_secs(600),
-                    jitter: Duration::from_secs(30),
-                    overlap: Duration::from_secs(200),
-                    pfs: true,
-                };
-            },
-        );
+        let mut sim = pair_with(seed, NetParams::LOSSY, |p| {
+            p.lifetimes = Lifetimes {
+                ike_rekey: Lifetimes::default().ike_rekey,
+                rekey: Duration::from_secs(300),
+                hard: Duration::from_secs(600),
+                jitter: Duration::from_secs(30),
+                overlap: Duration::from_secs(200),
+                pfs: true,
+            };
+        });
         assert!(
             sim.run_until(Duration::from_secs(400), Sim::settled),
             "seed {seed}"
         );
-        run_checking_continuity(&mut sim, 1500);
+        sim.run_checking_continuity(1500, &format!("seed {seed}"));
         assert_eq!(expired(&sim, 0) + expired(&sim, 1), 0, "seed {seed}");
         assert!(
             created(&sim, 0) >= 5,
@@ -193,11 +142,11 @@ fn hard_lifetime_ends_an_mkt_when_the_peer_is_gone_and_recovery_needs_no_operato
     assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
     sim.partitioned = true;
     sim.run_for(Duration::from_secs(200));
-    assert!(sim.mkts(0).is_empty(), "A still holds {:?}", ids(&sim, 0));
+    assert!(sim.mkts(0).is_empty(), "A still holds {:?}", sim.ids(0));
     assert!(expired(&sim, 0) >= 1);
     sim.partitioned = false;
     assert!(
-        sim.run_until(Duration::from_secs(400), common_mkt),
+        sim.run_until(Duration::from_secs(400), Sim::common_mkt),
         "no new MKT after the partition"
     );
 }

@@ -25,12 +25,7 @@ fn child_refusals(sim: &Sim, i: usize) -> usize {
 
 #[test]
 fn reserved_recv_ids_are_not_allocated_until_the_reservation_ends() {
-    let mut sim = Sim::pair(
-        41,
-        NetParams::default(),
-        peer("b", A_ADDR, B_ADDR, PSK),
-        peer("a", B_ADDR, A_ADDR, PSK),
-    );
+    let mut sim = Sim::pair_of(41, NetParams::default(), PSK, |_| {}, |_| {});
     let until = sim.now + Duration::from_secs(300);
     // Every RecvID but 239 (SendID 250 is in the guard range: no peer uses it).
     for r in 0..=238u8 {
@@ -134,18 +129,6 @@ fn lifetimes(rekey: u64, hard: u64) -> Lifetimes {
     }
 }
 
-/// An MKT A holds whose mirror B also holds.
-fn common_mkt(sim: &Sim) -> bool {
-    let (a, b) = (sim.mkts(0), sim.mkts(1));
-    a.iter().any(|x| {
-        b.iter().any(|y| {
-            x.mkt.send_id == y.mkt.recv_id
-                && x.mkt.recv_id == y.mkt.send_id
-                && x.mkt.master_key.as_bytes() == y.mkt.master_key.as_bytes()
-        })
-    })
-}
-
 fn b_config() -> PeerConfig {
     let mut b = peer("a", B_ADDR, A_ADDR, PSK);
     b.lifetimes = lifetimes(3000, 3600);
@@ -206,7 +189,7 @@ fn rfc7296_2_4_initial_contact_after_a_restart_replaces_the_ike_sa_and_supersede
             if (*send_id, *recv_id) == (old_a.mkt.send_id, old_a.mkt.recv_id)
                 && *t == retire_at
                 && *reason == "the peer restarted (INITIAL_CONTACT)")));
-    assert!(common_mkt(&sim));
+    assert!(sim.common_mkt());
     // The new MKT avoided the reserved KeyIDs on both sides.
     let new_b = &sim.mkts(1)[0].mkt;
     assert_ne!(new_b.recv_id, old_b.mkt.recv_id);
@@ -215,7 +198,7 @@ fn rfc7296_2_4_initial_contact_after_a_restart_replaces_the_ike_sa_and_supersede
     sim.run_until(Duration::from_secs(20), |s| s.now >= retire_at);
     sim.run_for(Duration::from_secs(1));
     assert_eq!(sim.mkts(0).len(), 1);
-    assert!(common_mkt(&sim));
+    assert!(sim.common_mkt());
     assert!(sim.nodes[0].events.iter().any(|e| matches!(e,
         Event::MktDeleted { send_id, reason: "superseded", .. } if *send_id == old_a.mkt.send_id)));
     // No INFORMATIONAL (a Delete) went out for it.
@@ -270,11 +253,11 @@ fn rfc7296_2_25_child_sa_not_found_retires_the_mkt_without_delete_and_creates_a_
         .iter()
         .any(|e| matches!(e, Event::ChildFailed { .. })));
     // A fresh MKT (no REKEY_SA) came at once: both hold it.
-    assert!(common_mkt(&sim));
+    assert!(sim.common_mkt());
     assert_eq!(sim.mkts(1).len(), 1);
     sim.run_for(Duration::from_secs(6));
     assert_eq!(sim.mkts(0).len(), 1);
-    assert!(common_mkt(&sim));
+    assert!(sim.common_mkt());
     // No Delete for the old MKT: the rekey and the fresh MKT's
     // CREATE_CHILD_SA, no INFORMATIONAL.
     let requests = sim.requests_since(mark, 0);

@@ -6,7 +6,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{peer, NetParams, Sim, A_ADDR, B_ADDR};
+use harness::{NetParams, Sim, A_ADDR, B_ADDR};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -96,12 +96,7 @@ fn mutate(rng: &mut ChaCha20Rng, corpus: &[Vec<u8>]) -> Vec<u8> {
 
 #[test]
 fn hundred_thousand_malformed_datagrams_change_nothing() {
-    let mut sim = Sim::pair(
-        11,
-        NetParams::default(),
-        peer("b", A_ADDR, B_ADDR, PSK),
-        peer("a", B_ADDR, A_ADDR, PSK),
-    );
+    let mut sim = Sim::pair_of(11, NetParams::default(), PSK, |_| {}, |_| {});
     assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
     let before = [fingerprint(&sim, 0), fingerprint(&sim, 1)];
     let corpus: Vec<Vec<u8>> = sim.sent.iter().map(|(_, _, d)| d.clone()).collect();

@@ -25,6 +25,24 @@ pub struct NetParams {
     pub jitter_ms: u64,
 }
 
+impl NetParams {
+    /// 30% loss, 10% duplicates, up to 30 ms of jitter: the lossy network of
+    /// the robustness runs.
+    pub const LOSSY: NetParams = NetParams {
+        loss_pct: 30,
+        dup_pct: 10,
+        jitter_ms: 30,
+    };
+
+    /// No loss, up to `ms` milliseconds of jitter (reordering).
+    pub fn jitter(ms: u64) -> NetParams {
+        NetParams {
+            jitter_ms: ms,
+            ..Default::default()
+        }
+    }
+}
+
 pub struct Node {
     pub ep: Endpoint,
     pub addr: SocketAddr,
@@ -83,6 +101,22 @@ impl Sim {
             EndpointConfig::new(vec![a]),
             EndpointConfig::new(vec![b]),
         )
+    }
+
+    /// Two nodes with [`peer`] configurations sharing `psk` (A names its
+    /// peer "b", B "a"), each adjusted by `fa` / `fb` first.
+    pub fn pair_of(
+        seed: u64,
+        net: NetParams,
+        psk: &[u8],
+        fa: impl FnOnce(&mut PeerConfig),
+        fb: impl FnOnce(&mut PeerConfig),
+    ) -> Sim {
+        let mut a = peer("b", A_ADDR, B_ADDR, psk);
+        let mut b = peer("a", B_ADDR, A_ADDR, psk);
+        fa(&mut a);
+        fb(&mut b);
+        Sim::pair(seed, net, a, b)
     }
 
     pub fn pair_with(seed: u64, net: NetParams, a: EndpointConfig, b: EndpointConfig) -> Sim {
@@ -263,6 +297,42 @@ impl Sim {
             .flat_map(|p| p.sas.iter())
             .filter(|s| s.state == "established")
             .count()
+    }
+
+    /// Whether A holds an MKT whose mirror B also holds (A's SendID is B's
+    /// RecvID and the other way round, same master key).
+    pub fn common_mkt(&self) -> bool {
+        let (a, b) = (self.mkts(0), self.mkts(1));
+        a.iter().any(|x| {
+            b.iter().any(|y| {
+                x.mkt.send_id == y.mkt.recv_id
+                    && x.mkt.recv_id == y.mkt.send_id
+                    && x.mkt.master_key.as_bytes() == y.mkt.master_key.as_bytes()
+            })
+        })
+    }
+
+    /// (SendID, RecvID) of node `i`'s MKTs.
+    pub fn ids(&self, i: usize) -> Vec<(u8, u8)> {
+        self.mkts(i)
+            .iter()
+            .map(|m| (m.mkt.send_id, m.mkt.recv_id))
+            .collect()
+    }
+
+    /// Runs for `secs` virtual seconds, checking after each that both sides
+    /// still share an MKT ([`Sim::common_mkt`]); `what` names the run in the
+    /// failure message.
+    pub fn run_checking_continuity(&mut self, secs: u64, what: &str) {
+        for t in 0..secs {
+            self.run_for(Duration::from_secs(1));
+            assert!(
+                self.common_mkt(),
+                "{what}: no MKT in common at t+{t}s: A {:?} B {:?}",
+                self.ids(0),
+                self.ids(1)
+            );
+        }
     }
 
     pub fn mkts(&self, i: usize) -> Vec<aokd_proto::ike::MktView> {
