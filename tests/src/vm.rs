@@ -49,6 +49,14 @@ impl Program {
             Program::bin("aoctl", t.join("aoctl")),
         ]
     }
+
+    /// aokd, aoctl and `stream-peer` from `stream_peer` (the test's
+    /// `env!("CARGO_BIN_EXE_stream-peer")`): what the stream tests run.
+    pub fn for_stream(stream_peer: &str) -> Vec<Program> {
+        let mut p = Vec::from(Program::daemon_and_ctl());
+        p.push(Program::bin("stream-peer", stream_peer));
+        p
+    }
 }
 
 /// What is missing that the scripts cannot install themselves (they install
@@ -156,6 +164,55 @@ pub fn stage(dir: &Path, programs: &[Program]) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// An end-to-end test that runs one guest script (tests/vm/e2e-*.sh).
+pub struct E2e<'a> {
+    /// The test's name, for `SKIPPED` and failures.
+    pub test: &'a str,
+    /// The prefix of the lines printed (`<tag> timings: ...`, `<tag> <case>:
+    /// ...`); the programs are staged in `<tmp>/<tag with - for _>`.
+    pub tag: &'a str,
+    /// The guest script, a file in tests/vm/.
+    pub script: &'a str,
+    /// Seconds the guest may run before run.sh kills qemu.
+    pub timeout_s: u32,
+    /// The test's `env!("CARGO_TARGET_TMPDIR")`.
+    pub tmp: &'a str,
+    /// Cases whose result lines are printed (those the guest printed) before
+    /// the guest's own checks are asserted: the figures that matter most when
+    /// something failed.
+    pub show: &'a [&'a str],
+}
+
+impl E2e<'_> {
+    /// [`ready`] (None: skipped), then stages `programs` (stripped), runs the
+    /// script, prints the total time and the [`E2e::show`] cases, and asserts
+    /// [`VmRun::assert_e2e_passed`]. Returns the run and its results.
+    pub fn run(&self, programs: &[Program]) -> Option<(VmRun, Results)> {
+        if !ready(self.test, programs, true) {
+            return None;
+        }
+        let started = Instant::now();
+        let args = stage(
+            &Path::new(self.tmp).join(self.tag.replace('_', "-")),
+            programs,
+        );
+        let run = run_guest(self.script, &args, self.timeout_s);
+        println!(
+            "{} timings: total {:.1}s",
+            self.tag,
+            started.elapsed().as_secs_f64()
+        );
+        let r = run.results();
+        for case in self.show {
+            if r.has(case) {
+                println!("{} {case}: {}", self.tag, r.line(case));
+            }
+        }
+        run.assert_e2e_passed();
+        Some((run, r))
+    }
 }
 
 /// A finished VM run.
@@ -321,6 +378,71 @@ impl Results {
                 self.line(case)
             )
         })
+    }
+
+    /// Asserts that `a` (case, key) and `b` are the same number.
+    pub fn assert_same(&self, a: (&str, &str), b: (&str, &str)) {
+        assert_eq!(
+            self.num(a.0, a.1),
+            self.num(b.0, b.1),
+            "{}={} / {}={}: {} / {}",
+            a.0,
+            a.1,
+            b.0,
+            b.1,
+            self.line(a.0),
+            self.line(b.0)
+        );
+    }
+
+    /// Asserts the `setup` case's MKT lifetimes (`mkt_rekey_s`,
+    /// `mkt_lifetime_s`).
+    pub fn assert_lifetimes(&self, rekey_s: u64, lifetime_s: u64) {
+        let s = "setup";
+        assert_eq!(self.num(s, "mkt_rekey_s"), rekey_s, "{}", self.line(s));
+        assert_eq!(
+            self.num(s, "mkt_lifetime_s"),
+            lifetime_s,
+            "{}",
+            self.line(s)
+        );
+    }
+
+    /// One end (`role`: the case `client` or `server`) of a stream-peer
+    /// stream: exited 0 with ok, never disconnected or stalled, data in,
+    /// pkt_good, no pkt_bad or pkt_key_not_found, no replaced key lingering.
+    pub fn assert_stream_end(&self, role: &str) {
+        let line = self.line(role);
+        assert_eq!(self.num(role, "status"), 0, "{role}: {line}");
+        assert_eq!(self.str(role, "ok"), "true", "{role}: {line}");
+        assert_eq!(self.str(role, "disconnected"), "false", "{role}: {line}");
+        assert_eq!(self.str(role, "stalled"), "false", "{role}: {line}");
+        assert!(self.num(role, "bytes_in") > 0, "{role}: {line}");
+        assert!(self.num(role, "pkt_good") > 0, "{role}: {line}");
+        assert_eq!(self.num(role, "pkt_bad"), 0, "{role}: {line}");
+        assert_eq!(self.num(role, "pkt_key_not_found"), 0, "{role}: {line}");
+        assert_eq!(self.num(role, "lingering"), 0, "{role}: {line}");
+    }
+
+    /// Every octet one end of the stream wrote, the other verified.
+    pub fn assert_octets_both_ways(&self) {
+        self.assert_same(("client", "bytes_out"), ("server", "bytes_in"));
+        self.assert_same(("server", "bytes_out"), ("client", "bytes_in"));
+    }
+
+    /// The `verify` case: `aoctl verify` exited 0 on `connections`
+    /// connections and verified every segment (some): none unsigned, no bad
+    /// MAC, no unknown KeyID.
+    pub fn assert_all_verified(&self, connections: u64) {
+        let v = "verify";
+        let line = self.line(v);
+        assert_eq!(self.num(v, "status"), 0, "{line}");
+        assert_eq!(self.num(v, "connections"), connections, "{line}");
+        assert!(self.num(v, "segments") > 0, "{line}");
+        assert_eq!(self.num(v, "verified"), self.num(v, "segments"), "{line}");
+        assert_eq!(self.num(v, "unsigned"), 0, "{line}");
+        assert_eq!(self.num(v, "bad_mac"), 0, "{line}");
+        assert_eq!(self.num(v, "unknown_key_id"), 0, "{line}");
     }
 
     /// A signed number (for differences such as times relative to a deadline).

@@ -36,10 +36,7 @@
 //! MKT comes quickly (b negotiates at once after its restart); the guest waits at most
 //! 30 s for it and 180 s more for data.
 
-use std::path::Path;
-use std::time::Instant;
-
-use aokd_tests::vm::{self, Program, Results};
+use aokd_tests::vm::{E2e, Program, Results};
 
 /// Seconds the guest may run before run.sh kills qemu.
 const VM_TIMEOUT_S: u32 = 900;
@@ -51,50 +48,28 @@ const GRACE_MS: i64 = 2000;
 /// expired key may be captured (the line is written after the kernel call).
 const LOG_SLACK_MS: i64 = 50;
 
-/// The host programs that go into the VM's /opt/aokd/bin.
-fn programs() -> Vec<Program> {
-    let mut p = Vec::from(Program::daemon_and_ctl());
-    p.push(Program::bin(
-        "stream-peer",
-        env!("CARGO_BIN_EXE_stream-peer"),
-    ));
-    p
-}
-
 fn is_num(r: &Results, case: &str, key: &str) -> bool {
     r.str(case, key).parse::<i64>().is_ok()
 }
 
 #[test]
 fn mkt_expiry_while_peer_down_in_vm() {
-    let programs = programs();
-    if !vm::ready("mkt_expiry_while_peer_down_in_vm", &programs, true) {
+    // The figures are printed first: they matter most when something failed.
+    let Some((_, r)) = (E2e {
+        test: "mkt_expiry_while_peer_down_in_vm",
+        tag: "vm_expiry",
+        script: "e2e-expiry.sh",
+        timeout_s: VM_TIMEOUT_S,
+        tmp: env!("CARGO_TARGET_TMPDIR"),
+        show: &[
+            "setup", "kill", "restart", "new-mkt", "resume", "expiry", "unsigned", "guard",
+            "b-old", "verify",
+        ],
+    })
+    .run(&Program::for_stream(env!("CARGO_BIN_EXE_stream-peer"))) else {
         return;
-    }
-    let started = Instant::now();
-    let args = vm::stage(
-        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-expiry"),
-        &programs,
-    );
-    let run = vm::run_guest("e2e-expiry.sh", &args, VM_TIMEOUT_S);
-    println!(
-        "vm_expiry timings: total {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    // Print the figures first: they matter most when something failed.
-    let r = run.results();
-    for case in [
-        "setup", "kill", "restart", "new-mkt", "resume", "expiry", "unsigned", "guard", "b-old",
-        "verify",
-    ] {
-        if r.has(case) {
-            println!("vm_expiry {case}: {}", r.line(case));
-        }
-    }
-    run.assert_e2e_passed();
-
-    assert_eq!(r.num("setup", "mkt_rekey_s"), 8, "{}", r.line("setup"));
-    assert_eq!(r.num("setup", "mkt_lifetime_s"), 16, "{}", r.line("setup"));
+    };
+    r.assert_lifetimes(8, 16);
     assert!(r.num("kill", "a_mkts") >= 1, "{}", r.line("kill"));
     // b was down past the deadline.
     assert!(
@@ -143,18 +118,8 @@ fn mkt_expiry_while_peer_down_in_vm() {
     assert_eq!(r.num(n, "found_a"), 1, "{}", r.line(n));
     assert_eq!(r.num(n, "found_b"), 1, "{}", r.line(n));
     assert_eq!(r.str(n, "a_fp"), r.str(n, "b_fp"), "{}", r.line(n));
-    assert_eq!(
-        r.num(n, "a_send_id"),
-        r.num(n, "b_recv_id"),
-        "{}",
-        r.line(n)
-    );
-    assert_eq!(
-        r.num(n, "a_recv_id"),
-        r.num(n, "b_send_id"),
-        "{}",
-        r.line(n)
-    );
+    r.assert_same((n, "a_send_id"), (n, "b_recv_id"));
+    r.assert_same((n, "a_recv_id"), (n, "b_send_id"));
     assert_eq!(r.num(n, "keyids_new"), 1, "{}", r.line(n));
     let s = "resume";
     assert!(
@@ -166,30 +131,15 @@ fn mkt_expiry_while_peer_down_in_vm() {
     assert!(r.num(s, "b_new_key_segments") > 0, "{}", r.line(s));
     if r.str(s, "mode") == "resumed" {
         assert_eq!(r.str(s, "original_survived"), "true", "{}", r.line(s));
-        assert_eq!(
-            r.num(s, "client_bytes_out"),
-            r.num(s, "server_bytes_in"),
-            "{}",
-            r.line(s)
-        );
-        assert_eq!(
-            r.num(s, "server_bytes_out"),
-            r.num(s, "client_bytes_in"),
-            "{}",
-            r.line(s)
-        );
+        r.assert_same((s, "client_bytes_out"), (s, "server_bytes_in"));
+        r.assert_same((s, "server_bytes_out"), (s, "client_bytes_in"));
     }
 
     // The capture: everything verifies but the guards' segments.
     let v = "verify";
     assert_eq!(r.num(v, "bad_mac"), 0, "{}", r.line(v));
     assert_eq!(r.num(v, "unsigned"), 0, "{}", r.line(v));
-    assert_eq!(
-        r.num(v, "unknown_key_id"),
-        r.num(v, "guard_segments"),
-        "{}",
-        r.line(v)
-    );
+    r.assert_same((v, "unknown_key_id"), (v, "guard_segments"));
     assert_eq!(
         r.num(v, "verified") + r.num(v, "unknown_key_id"),
         r.num(v, "segments"),

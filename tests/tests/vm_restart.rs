@@ -25,10 +25,7 @@
 //! prerequisite is a failure; otherwise the test is skipped with a printed reason
 //! (also when `AOKD_SKIP_VM` is set). Warm cache: about 1.5 minutes.
 
-use std::path::Path;
-use std::time::Instant;
-
-use aokd_tests::vm::{self, Program, Results};
+use aokd_tests::vm::{E2e, Program, Results};
 
 /// Seconds the guest may run before run.sh kills qemu.
 const VM_TIMEOUT_S: u32 = 600;
@@ -37,25 +34,11 @@ const BEFORE: u64 = 3;
 /// Rollovers each socket must see after it (the guest script's `E2E_AFTER`).
 const AFTER: u64 = 3;
 
-/// The host programs that go into the VM's /opt/aokd/bin.
-fn programs() -> Vec<Program> {
-    let mut p = Vec::from(Program::daemon_and_ctl());
-    p.push(Program::bin(
-        "stream-peer",
-        env!("CARGO_BIN_EXE_stream-peer"),
-    ));
-    p
-}
-
 /// One end of the stream: connected throughout, rollovers after the restart, no
 /// bad segment, old keys gone.
 fn assert_end(r: &Results, role: &str) {
+    r.assert_stream_end(role);
     let line = r.line(role);
-    assert_eq!(r.num(role, "status"), 0, "{role}: {line}");
-    assert_eq!(r.str(role, "ok"), "true", "{role}: {line}");
-    assert_eq!(r.str(role, "disconnected"), "false", "{role}: {line}");
-    assert_eq!(r.str(role, "stalled"), "false", "{role}: {line}");
-    assert!(r.num(role, "bytes_in") > 0, "{role}: {line}");
     assert!(
         r.num(role, "rollovers") >= BEFORE + AFTER,
         "{role}: too few rollovers: {line}"
@@ -64,38 +47,22 @@ fn assert_end(r: &Results, role: &str) {
         r.num(role, "rollovers_after_restart") >= AFTER,
         "{role}: Current_key stopped changing after the restart: {line}"
     );
-    assert!(r.num(role, "pkt_good") > 0, "{role}: {line}");
-    assert_eq!(r.num(role, "pkt_bad"), 0, "{role}: {line}");
-    assert_eq!(r.num(role, "pkt_key_not_found"), 0, "{role}: {line}");
-    assert_eq!(r.num(role, "lingering"), 0, "{role}: {line}");
 }
 
 #[test]
 fn aokd_restart_under_traffic_in_vm() {
-    let programs = programs();
-    if !vm::ready("aokd_restart_under_traffic_in_vm", &programs, true) {
+    let Some((_, r)) = (E2e {
+        test: "aokd_restart_under_traffic_in_vm",
+        tag: "vm_restart",
+        script: "e2e-restart.sh",
+        timeout_s: VM_TIMEOUT_S,
+        tmp: env!("CARGO_TARGET_TMPDIR"),
+        show: &["setup", "restart", "client", "server", "mkts", "verify"],
+    })
+    .run(&Program::for_stream(env!("CARGO_BIN_EXE_stream-peer"))) else {
         return;
-    }
-    let started = Instant::now();
-    let args = vm::stage(
-        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-restart"),
-        &programs,
-    );
-    let run = vm::run_guest("e2e-restart.sh", &args, VM_TIMEOUT_S);
-    println!(
-        "vm_restart timings: total {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    let r = run.results();
-    for case in ["setup", "restart", "client", "server", "mkts", "verify"] {
-        if r.has(case) {
-            println!("vm_restart {case}: {}", r.line(case));
-        }
-    }
-    run.assert_e2e_passed();
-
-    assert_eq!(r.num("setup", "mkt_rekey_s"), 8, "{}", r.line("setup"));
-    assert_eq!(r.num("setup", "mkt_lifetime_s"), 16, "{}", r.line("setup"));
+    };
+    r.assert_lifetimes(8, 16);
 
     // The socket is back in a's aokd after the restart.
     let s = "restart";
@@ -105,20 +72,7 @@ fn aokd_restart_under_traffic_in_vm() {
 
     assert_end(&r, "client");
     assert_end(&r, "server");
-    assert_eq!(
-        r.num("client", "bytes_out"),
-        r.num("server", "bytes_in"),
-        "client {} / server {}",
-        r.line("client"),
-        r.line("server")
-    );
-    assert_eq!(
-        r.num("server", "bytes_out"),
-        r.num("client", "bytes_in"),
-        "client {} / server {}",
-        r.line("client"),
-        r.line("server")
-    );
+    r.assert_octets_both_ways();
 
     // New MKTs after the restart, in both daemons.
     let m = "mkts";
@@ -126,14 +80,8 @@ fn aokd_restart_under_traffic_in_vm() {
     assert!(r.num(m, "b_new_after_restart") >= AFTER, "{}", r.line(m));
 
     // The capture: one connection, every segment verified.
+    r.assert_all_verified(1);
     let v = "verify";
-    assert_eq!(r.num(v, "status"), 0, "{}", r.line(v));
-    assert_eq!(r.num(v, "connections"), 1, "{}", r.line(v));
-    assert!(r.num(v, "segments") > 0, "{}", r.line(v));
-    assert_eq!(r.num(v, "verified"), r.num(v, "segments"), "{}", r.line(v));
-    assert_eq!(r.num(v, "unsigned"), 0, "{}", r.line(v));
-    assert_eq!(r.num(v, "bad_mac"), 0, "{}", r.line(v));
-    assert_eq!(r.num(v, "unknown_key_id"), 0, "{}", r.line(v));
 
     println!(
         "vm_restart: a's aokd back {} ms after SIGKILL ({} MKTs restored); rollovers after the restart client {} server {} (total {} / {}); new MKTs after it a {} b {} (first {} ms after the restart); pkt_good client {} server {}, pkt_bad 0, key_not_found 0; max gap {} / {} ms; verified {}/{} segments",

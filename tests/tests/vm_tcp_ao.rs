@@ -26,10 +26,7 @@
 //! about 40 s; a cold cache first builds the kernel (about 5 min), see
 //! tests/vm/README.md.
 
-use std::path::Path;
-use std::time::Instant;
-
-use aokd_tests::vm::{self, Program, Results};
+use aokd_tests::vm::{E2e, Program, Results};
 use serde_json::Value;
 
 /// Seconds the guest may run before run.sh kills qemu.
@@ -97,52 +94,32 @@ fn assert_connection(r: &Results, case: &str) {
 
 #[test]
 fn tcp_ao_end_to_end_in_vm() {
-    let programs = programs();
-    if !vm::ready("tcp_ao_end_to_end_in_vm", &programs, true) {
+    let Some((run, r)) = (E2e {
+        test: "tcp_ao_end_to_end_in_vm",
+        tag: "vm_tcp_ao",
+        script: "e2e-tcp-ao.sh",
+        timeout_s: VM_TIMEOUT_S,
+        tmp: env!("CARGO_TARGET_TMPDIR"),
+        show: &[],
+    })
+    .run(&programs()) else {
         return;
-    }
-    let started = Instant::now();
-    let args = vm::stage(
-        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-tcp-ao"),
-        &programs,
-    );
-    let run = vm::run_guest("e2e-tcp-ao.sh", &args, VM_TIMEOUT_S);
-    println!(
-        "vm_tcp_ao timings: total {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    run.assert_e2e_passed();
+    };
     let console = &run.console;
-    let r = run.results();
 
     // One MKT each, KeyIDs mirrored.
     assert_eq!(r.num("mkt", "a_mkts"), 1, "{}", r.line("mkt"));
     assert_eq!(r.num("mkt", "b_mkts"), 1, "{}", r.line("mkt"));
-    assert_eq!(
-        r.num("mkt", "a_send_id"),
-        r.num("mkt", "b_recv_id"),
-        "{}",
-        r.line("mkt")
-    );
-    assert_eq!(
-        r.num("mkt", "a_recv_id"),
-        r.num("mkt", "b_send_id"),
-        "{}",
-        r.line("mkt")
-    );
+    r.assert_same(("mkt", "a_send_id"), ("mkt", "b_recv_id"));
+    r.assert_same(("mkt", "a_recv_id"), ("mkt", "b_send_id"));
 
     // Data over the attach API and over the preload library.
     assert_connection(&r, "tcp-peer");
     assert_connection(&r, "preload");
 
     // The capture: every segment of both connections verifies with the daemon's MKT.
+    r.assert_all_verified(2);
     let v = "verify";
-    assert_eq!(r.num(v, "status"), 0, "{}", r.line(v));
-    assert_eq!(r.num(v, "connections"), 2, "{}", r.line(v));
-    assert!(r.num(v, "segments") > 0, "{}", r.line(v));
-    assert_eq!(r.num(v, "verified"), r.num(v, "segments"), "{}", r.line(v));
-    assert_eq!(r.num(v, "unsigned"), 0, "{}", r.line(v));
-    assert_eq!(r.num(v, "bad_mac"), 0, "{}", r.line(v));
     let json = console
         .lines()
         .find_map(|l| l.strip_prefix("E2E-VERIFY-JSON "))

@@ -24,7 +24,8 @@
 #   expiry   (a) after the hard deadline of each MKT a had at the kill, no segment from
 #            a carries its SendID (counted after expires_at and after expires_at +
 #            GRACE_MS: expires_at is whole seconds, rounded down from the daemon's
-#            monotonic deadline, so the real deadline is up to 2 s later);
+#            monotonic deadline, so the real deadline is up to 2 s later), until a
+#            new MKT takes the same KeyID again (KeyIDs are free once expired);
 #   unsigned (b) no segment without TCP-AO between the endpoints, anywhere in the capture;
 #   guard    (c) a's socket is `guarded` in `aoctl sockets` after the deadline, and while
 #            b's aokd is down a's TCP_AO_INFO pkt_good does not move although b's kernel
@@ -46,13 +47,11 @@
 # passed. Addresses: 10.203.0.0/24 exists only inside the namespaces of this VM.
 set -eu
 
-T=/tmp/e2e
+# shellcheck source=lib.sh
+. /opt/aokd/lib.sh
+stream_defaults
 A_IP=10.203.0.1
 B_IP=10.203.0.2
-PORT=179
-PSK=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
-MKT_REKEY=${E2E_MKT_REKEY:-8}
-MKT_LIFETIME=${E2E_MKT_LIFETIME:-16}
 WARMUP_S=${E2E_WARMUP_S:-12}
 MARGIN_S=${E2E_MARGIN_S:-10}
 GRACE_MS=${E2E_GRACE_MS:-2000}
@@ -62,11 +61,6 @@ AFTER_S=${E2E_AFTER_S:-10}
 # stream-peer tolerates a stall this long (TCP's retransmission backoff after a
 # stall of ~30 s can be another ~50 s).
 IO_TIMEOUT=${E2E_IO_TIMEOUT:-600}
-INTERVAL_MS=${E2E_INTERVAL_MS:-10}
-CHUNK=${E2E_CHUNK:-1024}
-
-# shellcheck source=lib.sh
-. /opt/aokd/lib.sh
 
 # ---------------------------------------------------------------------------------
 # Helpers of this script
@@ -143,6 +137,27 @@ log_ms() {
     esac
 }
 
+# keyid_reused_ms LOG SEND_ID AFTER_MS: when (Unix ms) the aokd of LOG first
+# negotiated an MKT with SendID SEND_ID after AFTER_MS (a KeyID is free again once its
+# MKT has expired), or nothing.
+keyid_reused_ms() {
+    grep -e "MKT negotiated .* send_id=$2 " "$1" | while IFS= read -r line; do
+        t=$(printf '%s\n' "$line" | log_ms /dev/stdin .)
+        if [ "$t" != - ] && [ "$t" -gt "$3" ]; then
+            echo "$t"
+            break
+        fi
+    done
+}
+
+# keyid_free_until LOG SEND_ID TO_MS: TO_MS, or earlier the time LOG's aokd took
+# SEND_ID again after the kill (keyid_reused_ms): segments with that KeyID from then on
+# belong to the new MKT.
+keyid_free_until() {
+    reused=$(keyid_reused_ms "$1" "$2" "$t_kill")
+    if [ -n "$reused" ] && [ "$reused" -lt "$3" ]; then echo "$reused"; else echo "$3"; fi
+}
+
 # seg_last SRC_IP KEYID FROM_MS TO_MS: the time (Unix ms) of the last such segment,
 # or "-".
 seg_last() {
@@ -184,33 +199,10 @@ client_bytes() {
     echo "${v:-0}"
 }
 
-# start_server NAME ARGS...: stream-peer server in b (output $T/NAME.out); waits until
-# it listens; its pid in $srv.
-start_server() {
-    out="$T/$1.out"
-    shift
-    ip netns exec b stream-peer server --listen "$B_IP:$PORT" --attach "$T/b/attach.sock" "$@" \
-        >"$out" 2>"${out%.out}.err" &
-    srv=$!
-    end=$(($(now_ms) + 30000))
-    until grep -q '"event":"\(listening\|attach-error\)"' "$out"; do
-        kill -0 "$srv" 2>/dev/null || fatal "stream-peer server exited before listening: $(cat "$out" "${out%.out}.err")"
-        [ "$(now_ms)" -lt "$end" ] || fatal "stream-peer server did not report listening within 30 s"
-        sleep 0.1
-    done
-    grep -q '"event":"listening"' "$out" || fatal "stream-peer server is not listening: $(cat "$out")"
-}
-
 # ---------------------------------------------------------------------------------
 # Setup
 # ---------------------------------------------------------------------------------
-script_start=$(now_ms)
-rm -rf "$T"
-mkdir -p "$T/a" "$T/b"
-setup_link "$A_IP" "$B_IP"
-t0=$(now_ms)
-start_pair "$A_IP" "$B_IP"
-echo "E2E-RESULT case=setup mkt_rekey_s=$MKT_REKEY mkt_lifetime_s=$MKT_LIFETIME margin_s=$MARGIN_S grace_ms=$GRACE_MS a_mkts=$(mkt_count a) b_mkts=$(mkt_count b) elapsed_ms=$(($(now_ms) - t0))"
+stream_setup margin_s="$MARGIN_S" grace_ms="$GRACE_MS"
 
 observe_start 1200
 start_tcpdump "$T/stream.pcap"
@@ -220,7 +212,7 @@ start_tcpdump "$T/stream.pcap"
 # ---------------------------------------------------------------------------------
 stream_opts="--interval-ms $INTERVAL_MS --chunk $CHUNK --io-timeout $IO_TIMEOUT --linger-limit 3600"
 # shellcheck disable=SC2086 # a word list
-start_server server $stream_opts
+start_stream_server server $stream_opts
 server_pid=$srv
 # shellcheck disable=SC2086
 ip netns exec a stream-peer client --connect "$B_IP:$PORT" --attach "$T/a/attach.sock" \
@@ -320,10 +312,7 @@ wait_exit "$client_pid" 60
 client_status=$exit_status
 wait_exit "$server_pid" 30
 server_status=$exit_status
-cline=$(grep '"event":"summary"' "$T/client.out" | tail -n 1 || true)
-sline=$(grep '"event":"summary"' "$T/server.out" | tail -n 1 || true)
-echo "E2E-CLIENT $cline"
-echo "E2E-SERVER $sline"
+stream_summaries
 original_survived=false
 [ "$mode" = resumed ] && [ "$(jget "$cline" disconnected)" = false ] && [ "$(jget "$cline" stalled)" = false ] &&
     original_survived=true
@@ -332,7 +321,7 @@ if [ "$mode" != resumed ]; then
     # The original connection is gone (or never resumed): a new one over the new MKT.
     mode=reconnected
     t_reconnect=$(unix_ms)
-    start_server server2 --interval-ms "$INTERVAL_MS" --chunk "$CHUNK" --io-timeout 20 --linger-limit 3600
+    start_stream_server server2 --interval-ms "$INTERVAL_MS" --chunk "$CHUNK" --io-timeout 20 --linger-limit 3600
     r_status=0
     ip netns exec a stream-peer client --connect "$B_IP:$PORT" --attach "$T/a/attach.sock" \
         --seconds "$AFTER_S" --interval-ms "$INTERVAL_MS" --chunk "$CHUNK" --io-timeout 20 --linger-limit 3600 \
@@ -355,11 +344,13 @@ sample_table "$T/server.out" >"$T/server.samples"
 segments=$(wc -l <"$T/segments.txt")
 
 # (a) a's segments with an expired MKT's SendID after its deadline. If a new MKT
-# reused a KeyID, only the time before it appeared counts.
+# reused a KeyID (the first one after the restart, or any later one), only the time
+# before it appeared counts.
 a_after=0 a_after_grace=0 a_last_rel=- b_before=0 b_during=0 b_after=0 b_last_rel=-
 while read -r _t s r _fp _st ex; do
     to=$t_end
     [ "$s" = "$na_send" ] && to=$t_new_a
+    to=$(keyid_free_until "$T/a/aokd.log" "$s" "$to")
     n=$(seg_count "$A_IP" "$s" $((ex * 1000)) "$to")
     a_after=$((a_after + n))
     a_after_grace=$((a_after_grace + $(seg_count "$A_IP" "$s" $((ex * 1000 + GRACE_MS)) "$to")))
@@ -371,6 +362,7 @@ while read -r _t s r _fp _st ex; do
     # b's segments with the same MKT (its SendID is a's RecvID) after a's deadline.
     to=$t_end
     [ "$r" = "$na_recv" ] && to=$t_new_a
+    to=$(keyid_free_until "$T/b/aokd.log" "$r" "$to")
     b_before=$((b_before + $(seg_count "$B_IP" "$r" $((ex * 1000)) "$t_restart")))
     b_during=$((b_during + $(seg_count "$B_IP" "$r" "$t_restart" "$t_ready")))
     b_after=$((b_after + $(seg_count "$B_IP" "$r" "$t_ready" "$to")))
@@ -468,13 +460,9 @@ expect verify-no-bad "aoctl verify: ${v_bad:-?} bad MACs, ${v_uns:-?} unsigned" 
 expect verify-unknown-are-guards "unknown KeyIDs ${v_unk:-?}, guard segments $guards" "${v_unk:--1}" = "$guards"
 expect verify-rest-verified "verified ${v_ver:-0} + unknown ${v_unk:-0} of ${v_seg:-0}" "$((${v_ver:-0} + ${v_unk:-0}))" = "${v_seg:--1}"
 
-# shellcheck disable=SC2154 # set by start_aokd through eval
-stop "$aokd_a"
-stop "$aokd_b"
+stop_pair
 if [ "$fails" != 0 ]; then
-    dump_logs
-    echo "----- the capture: per sender, runs of segments with the same KeyID and RNextKeyID -----"
-    keyid_runs "$T/stream.pcap"
+    stream_failure_dump "$T/stream.pcap"
     echo "----- a's MKTs at the kill (t send recv fp state expires_at) -----"
     cat "$T/old.a"
     echo "----- a's client socket in aoctl sockets (t ns pid fd role state good bad) -----"
@@ -484,5 +472,4 @@ if [ "$fails" != 0 ]; then
     echo "----- aoctl verify -----"
     cat "$T/verify.json" "$T/verify.err"
 fi
-echo "E2E-DONE failures=$fails elapsed_ms=$(($(now_ms) - script_start))"
-[ "$fails" = 0 ]
+e2e_done

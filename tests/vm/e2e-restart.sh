@@ -29,24 +29,17 @@
 # passed. Addresses: 10.204.0.0/24 exists only inside the namespaces of this VM.
 set -eu
 
-T=/tmp/e2e
+# shellcheck source=lib.sh
+. /opt/aokd/lib.sh
+stream_defaults
 A_IP=10.204.0.1
 B_IP=10.204.0.2
-PORT=179
-PSK=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
-MKT_REKEY=${E2E_MKT_REKEY:-8}
-MKT_LIFETIME=${E2E_MKT_LIFETIME:-16}
 BEFORE=${E2E_BEFORE:-3}
 AFTER=${E2E_AFTER:-3}
 SETTLE=${E2E_SETTLE:-10}
 # Limits of the waits for BEFORE and AFTER rollovers.
 WAIT_S=${E2E_WAIT_S:-150}
 LINGER_S=${E2E_LINGER_S:-10}
-INTERVAL_MS=${E2E_INTERVAL_MS:-10}
-CHUNK=${E2E_CHUNK:-1024}
-
-# shellcheck source=lib.sh
-. /opt/aokd/lib.sh
 
 # rollovers ROLE: the rollovers of ROLE's socket so far (its last sample line).
 rollovers() {
@@ -64,13 +57,7 @@ socket_listed() {
 # ---------------------------------------------------------------------------------
 # Setup
 # ---------------------------------------------------------------------------------
-script_start=$(now_ms)
-rm -rf "$T"
-mkdir -p "$T/a" "$T/b"
-setup_link "$A_IP" "$B_IP"
-t0=$(now_ms)
-start_pair "$A_IP" "$B_IP"
-echo "E2E-RESULT case=setup mkt_rekey_s=$MKT_REKEY mkt_lifetime_s=$MKT_LIFETIME before=$BEFORE after=$AFTER a_mkts=$(mkt_count a) b_mkts=$(mkt_count b) elapsed_ms=$(($(now_ms) - t0))"
+stream_setup before="$BEFORE" after="$AFTER"
 
 observe_start 1200
 start_tcpdump "$T/stream.pcap"
@@ -78,20 +65,8 @@ start_tcpdump "$T/stream.pcap"
 # ---------------------------------------------------------------------------------
 # The stream
 # ---------------------------------------------------------------------------------
-bad_a0=$(ns_counter a TCPAOBad)
-bad_b0=$(ns_counter b TCPAOBad)
-t_stream=$(now_ms)
-ip netns exec b stream-peer server --listen "$B_IP:$PORT" --attach "$T/b/attach.sock" \
-    --interval-ms "$INTERVAL_MS" --chunk "$CHUNK" --linger-limit "$LINGER_S" \
-    >"$T/server.out" 2>"$T/server.err" &
-srv=$!
-end=$(($(now_ms) + 30000))
-until grep -q '"event":"\(listening\|attach-error\)"' "$T/server.out"; do
-    kill -0 "$srv" 2>/dev/null || fatal "stream-peer server exited before listening: $(cat "$T/server.out" "$T/server.err")"
-    [ "$(now_ms)" -lt "$end" ] || fatal "stream-peer server did not report listening within 30 s"
-    sleep 0.1
-done
-grep -q '"event":"listening"' "$T/server.out" || fatal "stream-peer server is not listening: $(cat "$T/server.out")"
+stream_begin
+start_stream_server server --interval-ms "$INTERVAL_MS" --chunk "$CHUNK" --linger-limit "$LINGER_S"
 ip netns exec a stream-peer client --connect "$B_IP:$PORT" --attach "$T/a/attach.sock" \
     --seconds 1200 --stop-file "$T/stop" \
     --interval-ms "$INTERVAL_MS" --chunk "$CHUNK" --linger-limit "$LINGER_S" \
@@ -150,41 +125,22 @@ done
 sleep "$SETTLE"
 client_state_end=$(socket_listed a "$cli" connect)
 : >"$T/stop"
-wait_exit "$cli" 60
-client_status=$exit_status
-wait_exit "$srv" 30
-server_status=$exit_status
-stream_ms=$(($(now_ms) - t_stream))
-bad_a=$(($(ns_counter a TCPAOBad) - bad_a0))
-bad_b=$(($(ns_counter b TCPAOBad) - bad_b0))
-observe_stop
-stop_tcpdump "$T/stream.pcap"
+stream_finish "$cli" 60
 
 # ---------------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------------
-cline=$(grep '"event":"summary"' "$T/client.out" | tail -n 1 || true)
-sline=$(grep '"event":"summary"' "$T/server.out" | tail -n 1 || true)
-echo "E2E-CLIENT $cline"
-echo "E2E-SERVER $sline"
+stream_summaries
 for role in client server; do
     if [ "$role" = client ]; then l=$cline st=$client_status; else l=$sline st=$server_status; fi
     k=$(awk -v limit=$((LINGER_S * 1000)) -v after="$t_ready" "$KEYS_AWK" "$T/$role.out")
     echo "E2E-RESULT case=$role status=$st ok=$(jget "$l" ok) disconnected=$(jget "$l" disconnected) stalled=$(jget "$l" stalled) bytes_in=$(jget "$l" bytes_in) bytes_out=$(jget "$l" bytes_out) max_gap_ms=$(jget "$l" max_gap_ms) rollovers=$(jget "$l" rollovers) rollovers_after_restart=$(field "$k" rollovers_after) max_keys=$(jget "$l" max_keys) lingering=$(field "$k" lingering) pending=$(field "$k" pending) max_linger_ms=$(field "$k" max_linger_ms) pkt_good=$(jget "$l" pkt_good) pkt_bad=$(jget "$l" pkt_bad) pkt_key_not_found=$(jget "$l" pkt_key_not_found) elapsed_ms=$(jget "$l" elapsed_ms)"
-    expect "$role-ok" "$role exited $st: $l $(tail -n 5 "$T/$role.err" | tr '\n' ' ')" "$st" = 0 -a "$(jget "$l" ok)" = true
-    expect "$role-connected" "$role: disconnected=$(jget "$l" disconnected) stalled=$(jget "$l" stalled)" \
-        "$(jget "$l" disconnected)" = false -a "$(jget "$l" stalled)" = false
+    expect_stream_end "$role" "$l" "$st"
     expect "$role-rollovers-after-restart" "$role's socket saw $(field "$k" rollovers_after) rollovers after the restart, want >= $AFTER" \
         "$(field "$k" rollovers_after)" -ge "$AFTER"
-    expect "$role-pkt-bad-zero" "$role: pkt_bad $(jget "$l" pkt_bad)" "$(jget "$l" pkt_bad)" = 0
-    expect "$role-pkt-key-not-found-zero" "$role: pkt_key_not_found $(jget "$l" pkt_key_not_found)" "$(jget "$l" pkt_key_not_found)" = 0
     expect "$role-old-keys-removed" "$role: $(field "$k" lingering) replaced keys still on the socket after ${LINGER_S}s" "$(field "$k" lingering)" = 0
 done
-expect bytes-client-to-server "client wrote $(jget "$cline" bytes_out), server verified $(jget "$sline" bytes_in)" \
-    "$(jget "$cline" bytes_out)" -gt 0 -a "$(jget "$cline" bytes_out)" = "$(jget "$sline" bytes_in)"
-expect bytes-server-to-client "server wrote $(jget "$sline" bytes_out), client verified $(jget "$cline" bytes_in)" \
-    "$(jget "$sline" bytes_out)" -gt 0 -a "$(jget "$sline" bytes_out)" = "$(jget "$cline" bytes_in)"
-expect ns-ao-bad "TcpExtTCPAOBad during the stream: a +$bad_a, b +$bad_b" "$bad_a" = 0 -a "$bad_b" = 0
+expect_stream_octets "$bad_a" "$bad_b"
 
 # MKTs after the restart (fingerprints never seen before it), in both daemons.
 new_a=$(awk -v t="$t_ready" 'NR == FNR { old[$1] = 1; next } $1 > t && !($4 in old) && $5 !~ /^restored/ { print $4 }' "$T/old-fps" "$T/mkts.a" | sort -u | wc -l)
@@ -196,25 +152,13 @@ echo "E2E-RESULT case=mkts a_new_after_restart=$new_a b_new_after_restart=$new_b
 expect mkts-after-restart "new MKTs after the restart: a $new_a, b $new_b; want >= $AFTER" "$new_a" -ge "$AFTER" -a "$new_b" -ge "$AFTER"
 
 # The capture, verified with every collected key.
-verify_all "$T/stream.pcap" "$T/verify.json"
-echo "E2E-RESULT case=verify status=$verify_status connections=${v_conn:-0} segments=${v_seg:-0} verified=${v_ver:-0} unsigned=${v_uns:-0} bad_mac=${v_bad:-0} unknown_key_id=${v_unk:-0} no_isn=${v_noisn:-0} truncated=${v_trunc:-0} keys=$keys_args"
-expect verify-status "aoctl verify exited $verify_status: $(head -c 2000 "$T/verify.err")" "$verify_status" = 0
-expect verify-connections "captured ${v_conn:-0} connections, want 1" "${v_conn:-0}" = 1
-expect verify-all-segments "verified ${v_ver:-0} of ${v_seg:-0} segments" "${v_seg:-0}" -gt 0 -a "${v_ver:-0}" = "${v_seg:-0}"
-expect verify-no-unsigned "${v_uns:-?} unsigned segments" "${v_uns:-1}" = 0
-expect verify-no-bad "${v_bad:-?} bad MACs, ${v_unk:-?} unknown KeyIDs" "${v_bad:-1}" = 0 -a "${v_unk:-1}" = 0
+verify_stream "$T/stream.pcap"
 
-stop "$aokd_a"
-# shellcheck disable=SC2154
-stop "$aokd_b"
+stop_pair
 if [ "$fails" != 0 ]; then
-    dump_logs
-    echo "----- the capture: per sender, runs of segments with the same KeyID and RNextKeyID -----"
-    keyid_runs "$T/stream.pcap"
+    stream_failure_dump "$T/stream.pcap"
     echo "----- a's MKTs at the kill and after the restart (t send recv fp state expires_at) -----"
     cat "$T/old.a" "$T/restored.a"
-    echo "----- collected keys (KeyID:algorithm:first octets) -----"
-    cut -c1-30 "$T/keys.all"
     echo "----- aoctl verify -----"
     cat "$T/verify.json" "$T/verify.err"
     for role in client server; do
@@ -222,5 +166,4 @@ if [ "$fails" != 0 ]; then
         grep '"event":"sample"' "$T/$role.out" || true
     done
 fi
-echo "E2E-DONE failures=$fails elapsed_ms=$(($(now_ms) - script_start))"
-[ "$fails" = 0 ]
+e2e_done

@@ -32,38 +32,22 @@
 # passed. Addresses: 10.202.0.0/24 exists only inside the namespaces of this VM.
 set -eu
 
-T=/tmp/e2e
+# shellcheck source=lib.sh
+. /opt/aokd/lib.sh
+stream_defaults
 A_IP=10.202.0.1
 B_IP=10.202.0.2
-PORT=179
-PSK=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
-MKT_REKEY=${E2E_MKT_REKEY:-8}
-MKT_LIFETIME=${E2E_MKT_LIFETIME:-16}
 ROLLOVERS=${E2E_ROLLOVERS:-20}
 # The client streams until ROLLOVERS+1 rollovers and SETTLE s more (or MAX_S s).
 SETTLE=${E2E_SETTLE:-10}
 MAX_S=${E2E_MAX_S:-300}
 # A replaced key must leave the socket within LINGER_S s (the overlap is 4 s).
 LINGER_S=${E2E_LINGER_S:-10}
-INTERVAL_MS=${E2E_INTERVAL_MS:-10}
-CHUNK=${E2E_CHUNK:-1024}
-
-# shellcheck source=lib.sh
-. /opt/aokd/lib.sh
-script_start=0
 
 # ---------------------------------------------------------------------------------
 # Setup
 # ---------------------------------------------------------------------------------
-script_start=$(now_ms)
-rm -rf "$T"
-mkdir -p "$T/a" "$T/b"
-setup_link "$A_IP" "$B_IP"
-echo "E2E-STEP setup done at $(($(now_ms) - script_start)) ms"
-
-t0=$(now_ms)
-start_pair "$A_IP" "$B_IP"
-echo "E2E-RESULT case=setup mkt_rekey_s=$MKT_REKEY mkt_lifetime_s=$MKT_LIFETIME a_mkts=$(mkt_count a) b_mkts=$(mkt_count b) elapsed_ms=$(($(now_ms) - t0))"
+stream_setup rollovers="$ROLLOVERS"
 
 # ---------------------------------------------------------------------------------
 # Observers: MKT samples, key collectors, capture
@@ -74,68 +58,35 @@ start_tcpdump "$T/stream.pcap"
 # ---------------------------------------------------------------------------------
 # The stream
 # ---------------------------------------------------------------------------------
-t0=$(now_ms)
-bad_a0=$(ns_counter a TCPAOBad)
-bad_b0=$(ns_counter b TCPAOBad)
-ip netns exec b stream-peer server --listen "$B_IP:$PORT" --attach "$T/b/attach.sock" \
-    --interval-ms "$INTERVAL_MS" --chunk "$CHUNK" --linger-limit "$LINGER_S" \
-    >"$T/server.out" 2>"$T/server.err" &
-srv=$!
-end=$(($(now_ms) + 30000))
-until grep -q '"event":"\(listening\|attach-error\)"' "$T/server.out"; do
-    kill -0 "$srv" 2>/dev/null || fatal "stream-peer server exited before listening: $(cat "$T/server.out" "$T/server.err")"
-    [ "$(now_ms)" -lt "$end" ] || fatal "stream-peer server did not report listening within 30 s"
-    sleep 0.1
-done
-grep -q '"event":"listening"' "$T/server.out" || fatal "stream-peer server is not listening: $(cat "$T/server.out")"
+stream_begin
+start_stream_server server --interval-ms "$INTERVAL_MS" --chunk "$CHUNK" --linger-limit "$LINGER_S"
 ip netns exec a stream-peer client --connect "$B_IP:$PORT" --attach "$T/a/attach.sock" \
     --seconds "$MAX_S" --min-rollovers $((ROLLOVERS + 1)) --settle "$SETTLE" \
     --interval-ms "$INTERVAL_MS" --chunk "$CHUNK" --linger-limit "$LINGER_S" \
     >"$T/client.out" 2>"$T/client.err" &
 cli=$!
 echo "E2E-STEP streaming (at most $MAX_S s)"
-wait_exit "$cli" $((MAX_S + 60))
-client_status=$exit_status
-wait_exit "$srv" 30
-server_status=$exit_status
-stream_ms=$(($(now_ms) - t0))
-bad_a=$(($(ns_counter a TCPAOBad) - bad_a0))
-bad_b=$(($(ns_counter b TCPAOBad) - bad_b0))
-
-observe_stop
-stop_tcpdump "$T/stream.pcap"
+stream_finish "$cli" $((MAX_S + 60))
 
 # ---------------------------------------------------------------------------------
 # The stream's results
 # ---------------------------------------------------------------------------------
-cline=$(grep '"event":"summary"' "$T/client.out" | tail -n 1 || true)
-sline=$(grep '"event":"summary"' "$T/server.out" | tail -n 1 || true)
-echo "E2E-CLIENT $cline"
-echo "E2E-SERVER $sline"
+stream_summaries
 for role in client server; do
     if [ "$role" = client ]; then l=$cline st=$client_status; else l=$sline st=$server_status; fi
     k=$(grep '"event":"sample"' "$T/$role.out" | awk -v limit=$((LINGER_S * 1000)) "$KEYS_AWK")
     echo "E2E-RESULT case=$role status=$st ok=$(jget "$l" ok) disconnected=$(jget "$l" disconnected) stalled=$(jget "$l" stalled) bytes_in=$(jget "$l" bytes_in) bytes_out=$(jget "$l" bytes_out) max_gap_ms=$(jget "$l" max_gap_ms) rollovers=$(jget "$l" rollovers) distinct_current_keys=$(jget "$l" distinct_current_keys) max_keys=$(jget "$l" max_keys) replaced=$(jget "$l" replaced) removed=$(jget "$l" removed) lingering=$(jget "$l" lingering) pending=$(jget "$l" pending) max_linger_ms=$(jget "$l" max_linger_ms) pkt_good=$(jget "$l" pkt_good) pkt_bad=$(jget "$l" pkt_bad) pkt_key_not_found=$(jget "$l" pkt_key_not_found) elapsed_ms=$(jget "$l" elapsed_ms)"
     echo "E2E-RESULT case=$role-keys $k"
-    expect "$role-ok" "$role exited $st: $l $(tail -n 5 "$T/$role.err" | tr '\n' ' ')" "$st" = 0 -a "$(jget "$l" ok)" = true
-    expect "$role-connected" "$role: disconnected=$(jget "$l" disconnected) stalled=$(jget "$l" stalled)" \
-        "$(jget "$l" disconnected)" = false -a "$(jget "$l" stalled)" = false
+    expect_stream_end "$role" "$l" "$st"
     expect "$role-rollovers" "$role's socket saw $(jget "$l" rollovers) rollovers, want >= $ROLLOVERS" \
         "$(jget "$l" rollovers)" -ge "$ROLLOVERS"
-    expect "$role-pkt-bad-zero" "$role: pkt_bad $(jget "$l" pkt_bad)" "$(jget "$l" pkt_bad)" = 0
-    expect "$role-pkt-key-not-found-zero" "$role: pkt_key_not_found $(jget "$l" pkt_key_not_found) (segments signed with a key the socket no longer or not yet had)" \
-        "$(jget "$l" pkt_key_not_found)" = 0
     expect "$role-pkt-good" "$role: pkt_good $(jget "$l" pkt_good)" "$(jget "$l" pkt_good)" -gt 0
     expect "$role-max-keys" "$role: up to $(jget "$l" max_keys) keys on the socket (per-second lines: $(field "$k" max_keys))" \
         "$(jget "$l" max_keys)" -le 3 -a "$(field "$k" max_keys)" -le 3
     expect "$role-old-keys-removed" "$role: of $(field "$k" replaced) replaced keys $(field "$k" removed) left the socket, $(field "$k" lingering) still there after ${LINGER_S}s (stream-peer: $(jget "$l" lingering) lingering, max ${LINGER_S}s limit)" \
         "$(field "$k" lingering)" = 0 -a "$(jget "$l" lingering)" = 0 -a "$(field "$k" replaced)" -ge "$ROLLOVERS"
 done
-expect bytes-client-to-server "client wrote $(jget "$cline" bytes_out), server verified $(jget "$sline" bytes_in)" \
-    "$(jget "$cline" bytes_out)" -gt 0 -a "$(jget "$cline" bytes_out)" = "$(jget "$sline" bytes_in)"
-expect bytes-server-to-client "server wrote $(jget "$sline" bytes_out), client verified $(jget "$cline" bytes_in)" \
-    "$(jget "$sline" bytes_out)" -gt 0 -a "$(jget "$sline" bytes_out)" = "$(jget "$cline" bytes_in)"
-expect ns-ao-bad "TcpExtTCPAOBad during the stream: a +$bad_a, b +$bad_b" "$bad_a" = 0 -a "$bad_b" = 0
+expect_stream_octets "$bad_a" "$bad_b"
 
 # MKTs: distinct fingerprints seen by the samples, most at once, keys collected.
 mkts_a=$(awk '{ print $4 }' "$T/mkts.a" | sort -u | wc -l)
@@ -158,28 +109,13 @@ expect mkts-collected "master keys collected for $keys_distinct MKTs, fingerprin
 # ---------------------------------------------------------------------------------
 # The capture, verified with every collected key
 # ---------------------------------------------------------------------------------
-t0=$(now_ms)
-verify_all "$T/stream.pcap" "$T/verify.json"
-pcap_bytes=$(wc -c <"$T/stream.pcap")
-echo "E2E-RESULT case=verify status=$verify_status connections=${v_conn:-0} segments=${v_seg:-0} verified=${v_ver:-0} unsigned=${v_uns:-0} bad_mac=${v_bad:-0} unknown_key_id=${v_unk:-0} no_isn=${v_noisn:-0} truncated=${v_trunc:-0} keys=$keys_args pcap_bytes=$pcap_bytes elapsed_ms=$(($(now_ms) - t0))"
-expect verify-status "aoctl verify exited $verify_status: $(head -c 2000 "$T/verify.err")" "$verify_status" = 0
-expect verify-connections "captured ${v_conn:-0} connections, want 1" "${v_conn:-0}" = 1
-expect verify-all-segments "verified ${v_ver:-0} of ${v_seg:-0} segments" "${v_seg:-0}" -gt 0 -a "${v_ver:-0}" = "${v_seg:-0}"
-expect verify-no-unsigned "${v_uns:-?} unsigned segments" "${v_uns:-1}" = 0
-expect verify-no-bad "${v_bad:-?} bad MACs, ${v_unk:-?} unknown KeyIDs" "${v_bad:-1}" = 0 -a "${v_unk:-1}" = 0
+verify_stream "$T/stream.pcap"
 
-# shellcheck disable=SC2154 # set by start_aokd through eval
-stop "$aokd_a"
-# shellcheck disable=SC2154
-stop "$aokd_b"
+stop_pair
 echo "E2E-RESULT case=memory $(awk '$1 == "MemTotal:" || $1 == "MemAvailable:" { printf "%s=%s ", $1, $2 }' /proc/meminfo | tr -d ':')"
 
 if [ "$fails" != 0 ]; then
-    dump_logs
-    echo "----- the capture: per sender, runs of segments with the same KeyID and RNextKeyID -----"
-    keyid_runs "$T/stream.pcap"
-    echo "----- collected keys (KeyID:algorithm:first octets) -----"
-    cut -c1-30 "$T/keys.all"
+    stream_failure_dump "$T/stream.pcap"
     echo "----- aoctl verify -----"
     cat "$T/verify.json" "$T/verify.err"
     for role in client server; do
@@ -187,5 +123,4 @@ if [ "$fails" != 0 ]; then
         grep '"event":"sample"' "$T/$role.out" || true
     done
 fi
-echo "E2E-DONE failures=$fails elapsed_ms=$(($(now_ms) - script_start))"
-[ "$fails" = 0 ]
+e2e_done

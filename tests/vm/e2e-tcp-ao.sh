@@ -84,22 +84,6 @@ preload_installed() {
     echo "${v:-none}"
 }
 
-# run_server NS NAME OUT COMMAND...: starts a server in NS, waits for its
-# "listening" line; its pid in $server_pid.
-run_server() {
-    ns=$1 name=$2 out=$3
-    shift 3
-    ip netns exec "$ns" "$@" >"$out" 2>"${out%.out}.err" &
-    server_pid=$!
-    end=$(($(now_ms) + 30000))
-    until grep -q '"event":"\(listening\|attach-error\|listen-error\)"' "$out"; do
-        kill -0 "$server_pid" 2>/dev/null || fatal "$name exited before listening: $(cat "$out" "${out%.out}.err")"
-        [ "$(now_ms)" -lt "$end" ] || fatal "$name did not report listening within 30 s"
-        sleep 0.1
-    done
-    grep -q '"event":"listening"' "$out" || fatal "$name is not listening: $(cat "$out")"
-}
-
 # ---------------------------------------------------------------------------------
 # Setup
 # ---------------------------------------------------------------------------------
@@ -346,10 +330,7 @@ else
     echo "E2E-RESULT case=guard-preload skipped=1 reason=no-$PRELOAD"
 fi
 
-# shellcheck disable=SC2154
-stop "$aokd_a"
-# shellcheck disable=SC2154
-stop "$aokd_b"
+stop_pair
 
 # The embedded default on a TCP-AO kernel: `aokd demo` negotiates on loopback,
 # installs the MKTs with TCP-AO and carries data (it reads TCP_AO_INFO itself).
@@ -365,5 +346,4 @@ expect demo-tcp-ao "aokd demo did not use TCP-AO: $(tr '\n' ' ' <"$T/demo.out")"
 expect demo-counters "aokd demo's TCP_AO_INFO lines: $(grep TCP_AO_INFO "$T/demo.out" | tr '\n' ' ')" "$demo_info" = 2
 
 [ "$fails" = 0 ] || dump_logs
-echo "E2E-DONE failures=$fails elapsed_ms=$(($(now_ms) - script_start))"
-[ "$fails" = 0 ]
+e2e_done

@@ -408,6 +408,161 @@ verify_all() {
     v_trunc=$(vtotal "$2" truncated)
 }
 
+# run_server NS NAME OUT COMMAND...: starts the server COMMAND in NS (stdout OUT,
+# stderr OUT without .out plus .err) and waits (30 s at most) for its "listening"
+# line; fatal if it reports an attach or listen error, or exits, first. Its pid in
+# $server_pid.
+run_server() {
+    ns=$1 name=$2 out=$3
+    shift 3
+    ip netns exec "$ns" "$@" >"$out" 2>"${out%.out}.err" &
+    server_pid=$!
+    end=$(($(now_ms) + 30000))
+    until grep -q '"event":"\(listening\|attach-error\|listen-error\)"' "$out"; do
+        kill -0 "$server_pid" 2>/dev/null || fatal "$name exited before listening: $(cat "$out" "${out%.out}.err")"
+        [ "$(now_ms)" -lt "$end" ] || fatal "$name did not report listening within 30 s"
+        sleep 0.1
+    done
+    grep -q '"event":"listening"' "$out" || fatal "$name is not listening: $(cat "$out")"
+}
+
+# -----------------------------------------------------------------------------------
+# The stream scripts (e2e-rollover.sh, e2e-restart.sh, e2e-expiry.sh): one
+# stream-peer connection, client in a, server in b, through MKT rollovers.
+# -----------------------------------------------------------------------------------
+
+# stream_defaults: what the stream scripts share, before their own settings: T, PORT
+# 179, PSK, MKT_REKEY 8 s and MKT_LIFETIME 16 s, the stream's INTERVAL_MS 10 and
+# CHUNK 1024 (each of the last four overridable with E2E_<NAME>).
+stream_defaults() {
+    T=/tmp/e2e
+    PORT=179
+    PSK=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+    MKT_REKEY=${E2E_MKT_REKEY:-8}
+    MKT_LIFETIME=${E2E_MKT_LIFETIME:-16}
+    INTERVAL_MS=${E2E_INTERVAL_MS:-10}
+    CHUNK=${E2E_CHUNK:-1024}
+}
+
+# stream_setup [KEY=VALUE...]: an empty $T, the namespaces and the veth pair
+# ($A_IP, $B_IP), both aokds with an MKT each (start_pair); prints the setup result
+# (the MKT lifetimes, the given fields, the MKT counts, the time start_pair took).
+# Sets script_start.
+stream_setup() {
+    script_start=$(now_ms)
+    rm -rf "$T"
+    mkdir -p "$T/a" "$T/b"
+    setup_link "$A_IP" "$B_IP"
+    echo "E2E-STEP setup done at $(($(now_ms) - script_start)) ms"
+    t_setup=$(now_ms)
+    start_pair "$A_IP" "$B_IP"
+    echo "E2E-RESULT case=setup mkt_rekey_s=$MKT_REKEY mkt_lifetime_s=$MKT_LIFETIME $* a_mkts=$(mkt_count a) b_mkts=$(mkt_count b) elapsed_ms=$(($(now_ms) - t_setup))"
+}
+
+# start_stream_server NAME ARGS...: `stream-peer server` in b on $B_IP:$PORT with b's
+# attach socket and ARGS (output $T/NAME.out), listening; its pid in $srv.
+start_stream_server() {
+    out="$T/$1.out"
+    shift
+    run_server b "stream-peer server" "$out" \
+        stream-peer server --listen "$B_IP:$PORT" --attach "$T/b/attach.sock" "$@"
+    srv=$server_pid
+}
+
+# stream_begin: the stream starts: t_stream (now), and the namespaces' TCPAOBad in
+# bad_a0 and bad_b0.
+stream_begin() {
+    t_stream=$(now_ms)
+    bad_a0=$(ns_counter a TCPAOBad)
+    bad_b0=$(ns_counter b TCPAOBad)
+}
+
+# stream_finish CLIENT_PID CLIENT_WAIT_S: waits for the client (CLIENT_WAIT_S at most)
+# and the server $srv (30 s), their statuses in client_status and server_status; then
+# stream_ms (since stream_begin), how much TCPAOBad rose in bad_a and bad_b, and the
+# observers and the capture $T/stream.pcap stopped.
+stream_finish() {
+    wait_exit "$1" "$2"
+    client_status=$exit_status
+    wait_exit "$srv" 30
+    server_status=$exit_status
+    stream_ms=$(($(now_ms) - t_stream))
+    bad_a=$(($(ns_counter a TCPAOBad) - bad_a0))
+    bad_b=$(($(ns_counter b TCPAOBad) - bad_b0))
+    observe_stop
+    stop_tcpdump "$T/stream.pcap"
+}
+
+# stream_summaries: the summary lines of $T/client.out and $T/server.out into cline
+# and sline, printed as E2E-CLIENT and E2E-SERVER.
+stream_summaries() {
+    cline=$(grep '"event":"summary"' "$T/client.out" | tail -n 1 || true)
+    sline=$(grep '"event":"summary"' "$T/server.out" | tail -n 1 || true)
+    echo "E2E-CLIENT $cline"
+    echo "E2E-SERVER $sline"
+}
+
+# expect_stream_end ROLE SUMMARY STATUS: the checks of one end of the stream: exited 0
+# with ok, never disconnected or stalled, pkt_bad and pkt_key_not_found 0.
+expect_stream_end() {
+    expect "$1-ok" "$1 exited $3: $2 $(tail -n 5 "$T/$1.err" | tr '\n' ' ')" "$3" = 0 -a "$(jget "$2" ok)" = true
+    expect "$1-connected" "$1: disconnected=$(jget "$2" disconnected) stalled=$(jget "$2" stalled)" \
+        "$(jget "$2" disconnected)" = false -a "$(jget "$2" stalled)" = false
+    expect "$1-pkt-bad-zero" "$1: pkt_bad $(jget "$2" pkt_bad)" "$(jget "$2" pkt_bad)" = 0
+    expect "$1-pkt-key-not-found-zero" "$1: pkt_key_not_found $(jget "$2" pkt_key_not_found) (segments signed with a key the socket no longer or not yet had)" \
+        "$(jget "$2" pkt_key_not_found)" = 0
+}
+
+# expect_stream_octets BAD_A BAD_B: every octet one end wrote (some), the other
+# verified (cline and sline); and no TcpExtTCPAOBad in either namespace (BAD_A and
+# BAD_B: how much each rose during the stream).
+expect_stream_octets() {
+    expect bytes-client-to-server "client wrote $(jget "$cline" bytes_out), server verified $(jget "$sline" bytes_in)" \
+        "$(jget "$cline" bytes_out)" -gt 0 -a "$(jget "$cline" bytes_out)" = "$(jget "$sline" bytes_in)"
+    expect bytes-server-to-client "server wrote $(jget "$sline" bytes_out), client verified $(jget "$cline" bytes_in)" \
+        "$(jget "$sline" bytes_out)" -gt 0 -a "$(jget "$sline" bytes_out)" = "$(jget "$cline" bytes_in)"
+    expect ns-ao-bad "TcpExtTCPAOBad during the stream: a +$1, b +$2" "$1" = 0 -a "$2" = 0
+}
+
+# verify_stream PCAP: verify_all of the one connection's capture into $T/verify.json,
+# its result line, and the checks: status 0, one connection, every segment verified,
+# nothing unsigned, no bad MAC, no unknown KeyID.
+verify_stream() {
+    t_verify=$(now_ms)
+    verify_all "$1" "$T/verify.json"
+    echo "E2E-RESULT case=verify status=$verify_status connections=${v_conn:-0} segments=${v_seg:-0} verified=${v_ver:-0} unsigned=${v_uns:-0} bad_mac=${v_bad:-0} unknown_key_id=${v_unk:-0} no_isn=${v_noisn:-0} truncated=${v_trunc:-0} keys=$keys_args pcap_bytes=$(wc -c <"$1") elapsed_ms=$(($(now_ms) - t_verify))"
+    expect verify-status "aoctl verify exited $verify_status: $(head -c 2000 "$T/verify.err")" "$verify_status" = 0
+    expect verify-connections "captured ${v_conn:-0} connections, want 1" "${v_conn:-0}" = 1
+    expect verify-all-segments "verified ${v_ver:-0} of ${v_seg:-0} segments" "${v_seg:-0}" -gt 0 -a "${v_ver:-0}" = "${v_seg:-0}"
+    expect verify-no-unsigned "${v_uns:-?} unsigned segments" "${v_uns:-1}" = 0
+    expect verify-no-bad "${v_bad:-?} bad MACs, ${v_unk:-?} unknown KeyIDs" "${v_bad:-1}" = 0 -a "${v_unk:-1}" = 0
+}
+
+# stream_failure_dump PCAP: after a failure, the logs, the capture's KeyID runs per
+# sender and the collected keys.
+stream_failure_dump() {
+    dump_logs
+    echo "----- the capture: per sender, runs of segments with the same KeyID and RNextKeyID -----"
+    keyid_runs "$1"
+    echo "----- collected keys (KeyID:algorithm:first octets) -----"
+    cut -c1-30 "$T/keys.all"
+}
+
+# stop_pair: stops both aokds (start_aokd).
+stop_pair() {
+    # shellcheck disable=SC2154 # set by start_aokd through eval
+    stop "$aokd_a"
+    # shellcheck disable=SC2154
+    stop "$aokd_b"
+}
+
+# e2e_done: prints E2E-DONE; its status, the last of the script, is the script's (0
+# only if every check passed).
+e2e_done() {
+    echo "E2E-DONE failures=$fails elapsed_ms=$(($(now_ms) - script_start))"
+    [ "$fails" = 0 ]
+}
+
 # ===================================================================================
 # Host part (bash only): packages, the kernel cache.
 # ===================================================================================
