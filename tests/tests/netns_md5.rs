@@ -126,6 +126,55 @@ fn run_client(name: &str, cmd: Command, limit: Duration) -> (bool, Value, Proc) 
     (status.success(), v, p)
 }
 
+/// Runs a client that must fail, `cmd` with `--timeout FAIL_TIMEOUT_S`
+/// (bounded by `limit`): asserts that it exited non-zero with `"ok":false`
+/// (the message starts with `what` and ends with `detail()`); returns its
+/// report and process.
+fn client_fails(
+    name: &str,
+    mut cmd: Command,
+    limit: Duration,
+    what: &str,
+    detail: &dyn Fn() -> String,
+) -> (Value, Proc) {
+    cmd.args(["--timeout", &FAIL_TIMEOUT_S.to_string()]);
+    let (ok, report, client) = run_client(name, cmd, limit);
+    assert!(
+        !ok && report["ok"] == false,
+        "{what}: {report}\n{}{}",
+        client.report(),
+        detail()
+    );
+    (report, client)
+}
+
+/// A's `plain-tcp` client under the preload library with `AOKD_WAIT_MS`,
+/// which gets no keys: [`client_fails`] within the acquire wait plus the
+/// connect timeout, plus slack for process start-up (no hang).
+fn guarded_client_fails(t: &Pair, what: &str) -> (Value, Proc) {
+    let mut cmd = preloaded_plain(
+        &t.a,
+        &t.side_a.attach_socket(),
+        &[("AOKD_WAIT_MS", WAIT_MS.to_string())],
+    );
+    cmd.args(["client", "--connect", BGP]);
+    let limit = Duration::from_millis(WAIT_MS + FAIL_TIMEOUT_S * 1000 + 5000);
+    client_fails("plain-tcp client (preload)", cmd, limit, what, &String::new)
+}
+
+/// Kills B's server and asserts that it never accepted a connection.
+fn assert_never_accepted(server: &mut Proc) {
+    server.kill();
+    assert!(
+        !server
+            .stdout_lines()
+            .iter()
+            .any(|l| l.contains("\"accepted\"")),
+        "B accepted a connection:\n{}",
+        server.report()
+    );
+}
+
 fn counter(m: &BTreeMap<String, u64>, name: &str) -> u64 {
     *m.get(name)
         .unwrap_or_else(|| panic!("no {name} in TcpExt: {m:?}"))
@@ -285,42 +334,14 @@ fn guard_when_the_peer_is_down() {
     });
     let before = netstat(&t.b).expect("netstat B");
 
-    let mut cmd = preloaded_plain(
-        &t.a,
-        &t.side_a.attach_socket(),
-        &[("AOKD_WAIT_MS", WAIT_MS.to_string())],
-    );
-    cmd.args([
-        "client",
-        "--connect",
-        BGP,
-        "--timeout",
-        &FAIL_TIMEOUT_S.to_string(),
-    ]);
-    // No hang: the acquire wait plus the connect timeout, plus slack for
-    // process start-up.
-    let limit = Duration::from_millis(WAIT_MS + FAIL_TIMEOUT_S * 1000 + 5000);
-    let (ok, report, client) = run_client("plain-tcp client (preload)", cmd, limit);
-    assert!(
-        !ok && report["ok"] == false,
-        "connected without a peer: {report}\n{}",
-        client.report()
-    );
+    let (report, client) = guarded_client_fails(&t, "connected without a peer");
     let elapsed = report["elapsed_ms"].as_u64().expect("elapsed_ms");
     assert!(
         elapsed <= WAIT_MS + FAIL_TIMEOUT_S * 1000 + 1000,
         "client took {elapsed} ms: {report}"
     );
 
-    server.kill();
-    assert!(
-        !server
-            .stdout_lines()
-            .iter()
-            .any(|l| l.contains("\"accepted\"")),
-        "B accepted a connection:\n{}",
-        server.report()
-    );
+    assert_never_accepted(&mut server);
     let after = netstat(&t.b).expect("netstat B");
     let summary = cap.stop().expect("stop tcpdump");
     let (_, v) = verify(cap.file(), &[]);
@@ -383,20 +404,14 @@ fn covered_server_refuses_unsigned_peer() {
     // An unsigned client (no preload).
     let before = netstat(&t.b).expect("netstat B");
     let mut cmd = plain(&t.a);
-    cmd.args([
-        "client",
-        "--connect",
-        BGP,
-        "--timeout",
-        &FAIL_TIMEOUT_S.to_string(),
-    ]);
+    cmd.args(["client", "--connect", BGP]);
     let limit = Duration::from_secs(FAIL_TIMEOUT_S + 10);
-    let (ok, report, client) = run_client("plain-tcp client (unsigned)", cmd, limit);
-    assert!(
-        !ok && report["ok"] == false,
-        "unsigned client got through: {report}\n{}\n{}",
-        client.report(),
-        server.report()
+    client_fails(
+        "plain-tcp client (unsigned)",
+        cmd,
+        limit,
+        "unsigned client got through",
+        &|| format!("\n{}", server.report()),
     );
     let mid = netstat(&t.b).expect("netstat B");
     assert!(
@@ -408,36 +423,10 @@ fn covered_server_refuses_unsigned_peer() {
     );
 
     // A guarded client (preload; no MKT either): also refused.
-    let mut cmd = preloaded_plain(
-        &t.a,
-        &t.side_a.attach_socket(),
-        &[("AOKD_WAIT_MS", WAIT_MS.to_string())],
-    );
-    cmd.args([
-        "client",
-        "--connect",
-        BGP,
-        "--timeout",
-        &FAIL_TIMEOUT_S.to_string(),
-    ]);
-    let limit = Duration::from_millis(WAIT_MS + FAIL_TIMEOUT_S * 1000 + 5000);
-    let (ok, report, guarded) = run_client("plain-tcp client (preload)", cmd, limit);
-    assert!(
-        !ok && report["ok"] == false,
-        "guarded client got through: {report}\n{}",
-        guarded.report()
-    );
+    guarded_client_fails(&t, "guarded client got through");
     let after = netstat(&t.b).expect("netstat B");
 
-    server.kill();
-    assert!(
-        !server
-            .stdout_lines()
-            .iter()
-            .any(|l| l.contains("\"accepted\"")),
-        "B accepted a connection:\n{}",
-        server.report()
-    );
+    assert_never_accepted(&mut server);
     let summary = cap.stop().expect("stop tcpdump");
     let (_, v) = verify(cap.file(), &[]);
     let conns = connections(&v);
@@ -497,21 +486,14 @@ fn wrong_key_fails() {
     let before = netstat(&t.b).expect("netstat B");
     let wrong = "5a".repeat(32);
     let mut cmd = tcp_peer(&t.a);
-    cmd.args([
-        "client",
-        "--connect",
-        BGP,
-        "--md5",
-        &wrong,
-        "--timeout",
-        &FAIL_TIMEOUT_S.to_string(),
-    ]);
+    cmd.args(["client", "--connect", BGP, "--md5", &wrong]);
     let limit = Duration::from_secs(FAIL_TIMEOUT_S + 10);
-    let (ok, report, client) = run_client("tcp-peer client (wrong key)", cmd, limit);
-    assert!(
-        !ok && report["ok"] == false,
-        "a wrong key got through: {report}\n{}",
-        client.report()
+    client_fails(
+        "tcp-peer client (wrong key)",
+        cmd,
+        limit,
+        "a wrong key got through",
+        &String::new,
     );
     let after = netstat(&t.b).expect("netstat B");
     assert!(

@@ -1083,18 +1083,24 @@ impl End {
         [verified, figures, kernel]
     }
 
-    /// Failure detail common to both tests: the summaries, the switches and
-    /// both sides' MKTs over time.
-    fn detail(&self) -> String {
-        format!(
-            "client: {}\nserver: {}\nswitches:\n{}\nA's MKTs:\n{}B's MKTs:\n{}tcpdump: {}",
+    /// Failure detail: `head`, the summaries, the switches, both sides' MKTs
+    /// over time, the digest of each (name, log) in `logs`, and the start of
+    /// the capture.
+    fn detail(&self, st: &Stream, head: &str, logs: &[(&str, &str)]) -> String {
+        let mut out = format!(
+            "{head}client: {}\nserver: {}\nswitches:\n{}\nA's MKTs:\n{}B's MKTs:\n{}tcpdump: {}\n",
             self.cs,
             self.ss,
             switch_table(&self.an, &self.keys),
             mkt_timeline(&self.rec, 0),
             mkt_timeline(&self.rec, 1),
             self.summary
-        )
+        );
+        for (name, log) in logs {
+            let _ = writeln!(out, "{name}:\n{}", log_digest(log));
+        }
+        let _ = write!(out, "capture (start):\n{}", st.capture_text());
+        out
     }
 }
 
@@ -1112,15 +1118,7 @@ fn md5_connection_survives_rekeys() {
     let end = st.end();
     let stream_end = end.t_end;
     let (log_a, log_b) = (st.da.log(), st.db.log());
-    let detail = || {
-        format!(
-            "{}\nA log:\n{}\nB log:\n{}\ncapture (start):\n{}",
-            end.detail(),
-            log_digest(&log_a),
-            log_digest(&log_b),
-            st.capture_text()
-        )
-    };
+    let detail = || end.detail(&st, "", &[("A log", &log_a), ("B log", &log_b)]);
     let [verified, figures, kernel] = end.judge(&st, &detail);
     let End {
         cs,
@@ -1364,14 +1362,12 @@ fn md5_restart_keeps_sockets() {
         .collect::<Vec<_>>()
         .join("\n");
     let detail = || {
-        format!(
-            "timeline:\n{times}\n{}\nA log before:\n{}\nA log after:\n{}\nB log:\n{}\ncapture (start):\n{}",
-            end.detail(),
-            log_digest(&log_before),
-            log_digest(&log_after),
-            log_digest(&log_b),
-            st.capture_text()
-        )
+        let logs = [
+            ("A log before", log_before.as_str()),
+            ("A log after", &log_after),
+            ("B log", &log_b),
+        ];
+        end.detail(&st, &format!("timeline:\n{times}\n"), &logs)
     };
     let [verified, figures, kernel] = end.judge(&st, &detail);
     let End {
