@@ -12,8 +12,10 @@
 //! that used the lowest of the four nonces is deleted by the side that
 //! initiated that exchange (2.8.1), so both keep the same survivor.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use super::config::PortRange;
 use super::endpoint::{
     narrow, notify, reply_within, selectors, Endpoint, IkeSa, MktRecord, PendingKind, SaState,
 };
@@ -21,7 +23,7 @@ use super::error::{IkeError, Misbehaviour, NegotiationError};
 use super::event::{Event, Role};
 use super::PayloadsExt;
 use crate::crypto::{self, KeyExchange, Secret};
-use crate::mkt::{MasterKeyTuple, MASTER_KEY_LEN};
+use crate::mkt::{MacAlgorithm, MasterKeyTuple, MASTER_KEY_LEN};
 use crate::numbers::{ExchangeType, NotifyType, PayloadType, ProtocolId, TransformType};
 use crate::wire::{
     DeletePayload, KePayload, NotifyPayload, Payload, Proposal, SaPayload, Transform,
@@ -342,25 +344,8 @@ impl Endpoint {
             }
             None => None,
         };
+        let t = self.child_terms(peer, offer, payloads)?;
         let pc = &self.cfg.peers[peer];
-        let (num, send_id, algorithm) = super::proposal::choose_tcp_ao(offer, &pc.mac_algorithms)?;
-        let tsi = payloads.find_payload(Payload::as_tsi);
-        let tsr = payloads.find_payload(Payload::as_tsr);
-        let (Some(tsi), Some(tsr)) = (tsi, tsr) else {
-            return Err(Misbehaviour::MissingPayload(PayloadType::TSI).into());
-        };
-        let ports_i = narrow(tsi, pc.remote.ip(), &pc.tcp_ports);
-        let ports_r = narrow(tsr, pc.local, &pc.tcp_ports);
-        if ports_i.is_empty() || ports_r.is_empty() {
-            return Err(
-                NegotiationError::TsUnacceptable("no address or TCP port in common").into(),
-            );
-        }
-        let exclude = !pc.include_options
-            && payloads
-                .notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS)
-                .is_some();
-        let (remote_ip, local_ip) = (pc.remote.ip(), pc.local);
         // PFS: answer a KE of an acceptable group with ours.
         let ke_in = payloads.find_payload(Payload::as_ke);
         let (gir, ke_out) = match ke_in {
@@ -375,60 +360,20 @@ impl Endpoint {
             }
             None => (None, None),
         };
-        if self.send_id_in_use(peer, send_id, now) {
-            return Err(NegotiationError::NoProposalChosen(
-                "the initiator's KeyID is in use with this peer",
-            )
-            .into());
-        }
-        let recv_id =
-            self.allocate_recv_id(peer, now)
-                .ok_or(NegotiationError::NoProposalChosen(
-                    "no free KeyID for this peer",
-                ))?;
+        let recv_id = self.take_recv_id(peer, t.send_id, now)?;
         let mut nr = vec![0u8; 32];
         self.rng.fill_bytes(&mut nr);
         let master_key = child_master_key(sa, gir.as_ref(), &ni, &nr)?;
-        let mkt = MasterKeyTuple {
-            send_id,
-            recv_id,
-            algorithm,
-            include_options: !exclude,
-            master_key,
-        };
-        let mut ports = ports_i.clone();
-        for p in &ports_r {
-            if !ports.contains(p) {
-                ports.push(*p);
-            }
-        }
-        self.add_mkt_record(sa, mkt, ports, old, false, [ni, nr.clone()], now);
-        let mut transforms = vec![Transform::new(TransformType::INTEG, algorithm.integ_id().0)];
-        if let Some(k) = &ke_out {
-            transforms.push(Transform::new(TransformType::KE, k.group().0));
-        }
-        let mut reply = vec![
-            Payload::Sa(SaPayload {
-                proposals: vec![Proposal {
-                    num,
-                    protocol: ProtocolId::TCP_AO,
-                    spi: vec![recv_id],
-                    transforms,
-                }],
-            }),
-            Payload::Nonce(nr),
-        ];
+        let mkt = t.mkt(recv_id, master_key);
+        self.add_mkt_record(sa, mkt, t.ports(), old, false, [ni, nr.clone()], now);
+        let mut reply = vec![t.sa_reply(recv_id, ke_out.as_ref()), Payload::Nonce(nr)];
         if let Some(k) = &ke_out {
             reply.push(Payload::Ke(KePayload {
                 group: k.group(),
                 data: k.public(),
             }));
         }
-        reply.push(Payload::TsI(selectors(remote_ip, &ports_i)));
-        reply.push(Payload::TsR(selectors(local_ip, &ports_r)));
-        if exclude {
-            reply.push(notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS, Vec::new()));
-        }
+        reply.extend(t.selector_reply());
         Ok(reply)
     }
 
@@ -811,7 +756,141 @@ impl Endpoint {
 }
 
 /// KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr), first 32 octets (RFC 7296 2.17).
-fn child_master_key(
+/// What the responder accepts of a TCP-AO child SA offer, in IKE_AUTH or
+/// CREATE_CHILD_SA alike.
+pub(super) struct ChildTerms {
+    /// The accepted proposal's number.
+    num: u8,
+    /// The initiator's RecvID: our SendID.
+    pub(super) send_id: u8,
+    algorithm: MacAlgorithm,
+    /// The initiator's and our side of the narrowed traffic selectors.
+    ports_i: Vec<PortRange>,
+    ports_r: Vec<PortRange>,
+    /// TCP options excluded from the MAC (both sides asked for it).
+    exclude: bool,
+    remote_ip: IpAddr,
+    local_ip: IpAddr,
+}
+
+impl ChildTerms {
+    /// The MKT these terms give with our RecvID and the derived key.
+    pub(super) fn mkt(&self, recv_id: u8, master_key: Secret) -> MasterKeyTuple {
+        MasterKeyTuple {
+            send_id: self.send_id,
+            recv_id,
+            algorithm: self.algorithm,
+            include_options: !self.exclude,
+            master_key,
+        }
+    }
+
+    /// The ports the MKT is for: both selectors' ports, each once.
+    pub(super) fn ports(&self) -> Vec<PortRange> {
+        let mut ports = self.ports_i.clone();
+        for p in &self.ports_r {
+            if !ports.contains(p) {
+                ports.push(*p);
+            }
+        }
+        ports
+    }
+
+    /// The SA payload of the answer (with a KE transform when `ke` is PFS).
+    pub(super) fn sa_reply(&self, recv_id: u8, ke: Option<&KeyExchange>) -> Payload {
+        let mut transforms = vec![Transform::new(
+            TransformType::INTEG,
+            self.algorithm.integ_id().0,
+        )];
+        if let Some(k) = ke {
+            transforms.push(Transform::new(TransformType::KE, k.group().0));
+        }
+        Payload::Sa(SaPayload {
+            proposals: vec![Proposal {
+                num: self.num,
+                protocol: ProtocolId::TCP_AO,
+                spi: vec![recv_id],
+                transforms,
+            }],
+        })
+    }
+
+    /// The narrowed selectors of the answer, and the exclude-options notify.
+    pub(super) fn selector_reply(&self) -> Vec<Payload> {
+        let mut out = vec![
+            Payload::TsI(selectors(self.remote_ip, &self.ports_i)),
+            Payload::TsR(selectors(self.local_ip, &self.ports_r)),
+        ];
+        if self.exclude {
+            out.push(notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS, Vec::new()));
+        }
+        out
+    }
+}
+
+impl Endpoint {
+    /// The responder's choice of algorithm, SendID and ports in a TCP-AO
+    /// child SA `offer` (which must be a TCP-AO proposal).
+    pub(super) fn child_terms(
+        &self,
+        peer: usize,
+        offer: &SaPayload,
+        payloads: &[Payload],
+    ) -> Result<ChildTerms, IkeError> {
+        let pc = &self.cfg.peers[peer];
+        let (num, send_id, algorithm) = super::proposal::choose_tcp_ao(offer, &pc.mac_algorithms)?;
+        let tsi = payloads.find_payload(Payload::as_tsi);
+        let tsr = payloads.find_payload(Payload::as_tsr);
+        let (Some(tsi), Some(tsr)) = (tsi, tsr) else {
+            return Err(Misbehaviour::MissingPayload(PayloadType::TSI).into());
+        };
+        let ports_i = narrow(tsi, pc.remote.ip(), &pc.tcp_ports);
+        let ports_r = narrow(tsr, pc.local, &pc.tcp_ports);
+        if ports_i.is_empty() || ports_r.is_empty() {
+            return Err(
+                NegotiationError::TsUnacceptable("no address or TCP port in common").into(),
+            );
+        }
+        let exclude = !pc.include_options
+            && payloads
+                .notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS)
+                .is_some();
+        Ok(ChildTerms {
+            num,
+            send_id,
+            algorithm,
+            ports_i,
+            ports_r,
+            exclude,
+            remote_ip: pc.remote.ip(),
+            local_ip: pc.local,
+        })
+    }
+
+    /// Our RecvID for a new MKT whose SendID the peer chose: refused when
+    /// that SendID is in use (or reserved), or no KeyID is free.
+    pub(super) fn take_recv_id(
+        &mut self,
+        peer: usize,
+        send_id: u8,
+        now: Instant,
+    ) -> Result<u8, IkeError> {
+        if self.send_id_in_use(peer, send_id, now) {
+            return Err(NegotiationError::NoProposalChosen(
+                "the initiator's KeyID is in use with this peer",
+            )
+            .into());
+        }
+        Ok(self
+            .allocate_recv_id(peer, now)
+            .ok_or(NegotiationError::NoProposalChosen(
+                "no free KeyID for this peer",
+            ))?)
+    }
+}
+
+/// KEYMAT for an MKT: the first octets of prf+(SK_d, [g^ir new] | Ni | Nr).
+pub(super) fn child_master_key(
     sa: &IkeSa,
     gir: Option<&Secret>,
     ni: &[u8],

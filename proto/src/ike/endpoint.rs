@@ -41,6 +41,7 @@ use std::time::Instant;
 use rand_core::CryptoRngCore;
 use subtle::ConstantTimeEq;
 
+use super::child::child_master_key;
 use super::config::{EndpointConfig, IkeSuite, PortRange};
 use super::error::{IkeError, Misbehaviour, MisuseError, NegotiationError};
 use super::event::{Event, KeyIdReservation, MktView, PeerState, PeerView, Role, SaView, Transmit};
@@ -48,7 +49,7 @@ use super::proposal;
 use super::sk;
 use super::PayloadsExt;
 use crate::crypto::{self, IkeKeys, KeyExchange, Secret};
-use crate::mkt::{MasterKeyTuple, MASTER_KEY_LEN};
+use crate::mkt::MasterKeyTuple;
 use crate::numbers::{AuthMethod, DhGroup, ExchangeType, NotifyType, PayloadType, ProtocolId};
 use crate::wire::{
     self, AuthPayload, DeletePayload, Header, IdPayload, KePayload, NotifyPayload, ParsedMessage,
@@ -1638,14 +1639,6 @@ impl Endpoint {
         });
     }
 
-    fn master_key(sa: &IkeSa) -> Result<Secret, IkeError> {
-        let (Some(suite), Some(keys)) = (sa.suite, sa.keys.as_ref()) else {
-            return Err(Misbehaviour::Unexpected("child SA before keys").into());
-        };
-        crypto::child_keymat(suite.prf, &keys.sk_d, None, &sa.ni, &sa.nr, MASTER_KEY_LEN)
-            .map_err(|e| Misbehaviour::KeyExchange(e).into())
-    }
-
     fn add_mkt(
         &mut self,
         sa: &mut IkeSa,
@@ -1767,7 +1760,7 @@ impl Endpoint {
                         && payloads
                             .notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS)
                             .is_some();
-                    match Self::master_key(&sa) {
+                    match child_master_key(&sa, None, &sa.ni, &sa.nr) {
                         Ok(master_key) => {
                             let mkt = MasterKeyTuple {
                                 send_id,
@@ -2065,69 +2058,12 @@ impl Endpoint {
                 NegotiationError::NoProposalChosen("only TCP-AO child SAs are supported").into(),
             );
         }
-        let pc = &self.cfg.peers[peer];
-        let (num, send_id, algorithm) = proposal::choose_tcp_ao(offer, &pc.mac_algorithms)?;
-        let tsi = payloads.find_payload(Payload::as_tsi);
-        let tsr = payloads.find_payload(Payload::as_tsr);
-        let (Some(tsi), Some(tsr)) = (tsi, tsr) else {
-            return Err(Misbehaviour::MissingPayload(PayloadType::TSI).into());
-        };
-        let ports_i = narrow(tsi, pc.remote.ip(), &pc.tcp_ports);
-        let ports_r = narrow(tsr, pc.local, &pc.tcp_ports);
-        if ports_i.is_empty() || ports_r.is_empty() {
-            return Err(
-                NegotiationError::TsUnacceptable("no address or TCP port in common").into(),
-            );
-        }
-        let exclude = !pc.include_options
-            && payloads
-                .notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS)
-                .is_some();
-        let (remote_ip, local_ip) = (pc.remote.ip(), pc.local);
-        if self.send_id_in_use(peer, send_id, now) {
-            return Err(NegotiationError::NoProposalChosen(
-                "the initiator's KeyID is in use with this peer",
-            )
-            .into());
-        }
-        let recv_id =
-            self.allocate_recv_id(peer, now)
-                .ok_or(NegotiationError::NoProposalChosen(
-                    "no free KeyID for this peer",
-                ))?;
-        let master_key = Self::master_key(sa)?;
-        let mkt = MasterKeyTuple {
-            send_id,
-            recv_id,
-            algorithm,
-            include_options: !exclude,
-            master_key,
-        };
-        let mut ports = ports_i.clone();
-        for p in &ports_r {
-            if !ports.contains(p) {
-                ports.push(*p);
-            }
-        }
-        self.add_mkt(sa, mkt, ports, now);
-        let mut reply = vec![
-            Payload::Sa(SaPayload {
-                proposals: vec![wire::Proposal {
-                    num,
-                    protocol: ProtocolId::TCP_AO,
-                    spi: vec![recv_id],
-                    transforms: vec![wire::Transform::new(
-                        crate::numbers::TransformType::INTEG,
-                        algorithm.integ_id().0,
-                    )],
-                }],
-            }),
-            Payload::TsI(selectors(remote_ip, &ports_i)),
-            Payload::TsR(selectors(local_ip, &ports_r)),
-        ];
-        if exclude {
-            reply.push(notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS, Vec::new()));
-        }
+        let t = self.child_terms(peer, offer, payloads)?;
+        let recv_id = self.take_recv_id(peer, t.send_id, now)?;
+        let master_key = child_master_key(sa, None, &sa.ni, &sa.nr)?;
+        self.add_mkt(sa, t.mkt(recv_id, master_key), t.ports(), now);
+        let mut reply = vec![t.sa_reply(recv_id, None)];
+        reply.extend(t.selector_reply());
         Ok(reply)
     }
 
