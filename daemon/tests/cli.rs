@@ -92,19 +92,7 @@ fn free_udp_port(ip: &str) -> u16 {
 #[test]
 fn runs_until_sigterm() {
     let dir = TempDir::new("cli-run");
-    dir.psk("r2.psk");
-    let file = dir.join("aokd.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[daemon]\nlisten = [\"127.0.0.1\"]\nport = {}\ncontrol_socket = \"run/control.sock\"\n\
-             attach_socket = \"run/attach.sock\"\nstate_dir = \"state\"\n\
-             [[peer]]\nname = \"r2\"\nremote = \"127.0.0.2\"\nremote_port = {}\npsk_file = \"r2.psk\"\ninitiate = false\n",
-            free_udp_port("127.0.0.1"),
-            free_udp_port("127.0.0.2")
-        ),
-    )
-    .unwrap();
+    let file = state_config(&dir);
     let sock = dir.join("run/control.sock");
     let mut child = Command::new(AOKD)
         .arg("--config")

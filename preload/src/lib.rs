@@ -218,6 +218,28 @@ fn already_started(fd: c_int) -> bool {
     sys::tcp_state(fd).is_some_and(|state| state != sys::TCP_CLOSE)
 }
 
+/// The policy; or, when the environment is invalid, the verdict for `fd`
+/// (untouched unless it is a TCP socket), logged as `what`.
+fn ready_policy(fd: c_int, what: fmt::Arguments<'_>) -> Result<&'static Policy, Verdict> {
+    match config() {
+        Config::Ready(policy) => Ok(policy),
+        Config::Broken {
+            error,
+            on_error,
+            debug,
+        } => {
+            if !sys::is_inet_tcp(fd) {
+                return Err(Verdict::Proceed);
+            }
+            debug_log(
+                *debug,
+                format_args!("{what}: invalid environment ({error})"),
+            );
+            Err(unattached(*on_error, DENIED_ERRNO))
+        }
+    }
+}
+
 fn decide_connect(fd: c_int, remote: Option<SocketAddr>) -> Verdict {
     let Some(_inside) = Reentry::enter() else {
         return Verdict::Proceed;
@@ -225,22 +247,9 @@ fn decide_connect(fd: c_int, remote: Option<SocketAddr>) -> Verdict {
     let Some(remote) = remote else {
         return Verdict::Proceed;
     };
-    let policy = match config() {
-        Config::Ready(policy) => policy,
-        Config::Broken {
-            error,
-            on_error,
-            debug,
-        } => {
-            if !sys::is_inet_tcp(fd) {
-                return Verdict::Proceed;
-            }
-            debug_log(
-                *debug,
-                format_args!("connect fd {fd} to {remote}: invalid environment ({error})"),
-            );
-            return unattached(*on_error, DENIED_ERRNO);
-        }
+    let policy = match ready_policy(fd, format_args!("connect fd {fd} to {remote}")) {
+        Ok(policy) => policy,
+        Err(verdict) => return verdict,
     };
     if !policy.covers_connect(remote) {
         return Verdict::Proceed;
@@ -276,22 +285,9 @@ fn decide_listen(fd: c_int) -> Verdict {
     let Some(_inside) = Reentry::enter() else {
         return Verdict::Proceed;
     };
-    let policy = match config() {
-        Config::Ready(policy) => policy,
-        Config::Broken {
-            error,
-            on_error,
-            debug,
-        } => {
-            if !sys::is_inet_tcp(fd) {
-                return Verdict::Proceed;
-            }
-            debug_log(
-                *debug,
-                format_args!("listen fd {fd}: invalid environment ({error})"),
-            );
-            return unattached(*on_error, DENIED_ERRNO);
-        }
+    let policy = match ready_policy(fd, format_args!("listen fd {fd}")) {
+        Ok(policy) => policy,
+        Err(verdict) => return verdict,
     };
     let decided = sys::with_inet_tcp(fd, |socket| {
         let port = sys::local_addr(fd).map(|local| local.port());
