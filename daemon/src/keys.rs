@@ -40,9 +40,7 @@ use crate::config::{BackendChoice, Config};
 use crate::kernel::installer::guard_key;
 use crate::kernel::{ao, sys, Backend, Support};
 use crate::persist::{Op, Persist};
-use crate::sockets::{
-    reconcile_keeping, reconcile_with, AttachedSocket, How, KeyIds, SocketRegistry,
-};
+use crate::sockets::{reconcile_with, AttachedSocket, How, KeyIds, SocketRegistry};
 use crate::state::{MktRecord, SocketRecord, StateSnapshot};
 
 /// A peer as the key manager sees it.
@@ -410,16 +408,14 @@ impl KeyManager {
             let p = &self.peers[i];
             let desired = mkts_of(view, &p.name);
             let guard = desired.is_empty().then_some(&p.guard);
-            reconcile_with(
-                call.socket.as_fd(),
-                p.backend,
-                p.ip,
-                &desired,
-                guard,
-                call.listening(),
-                desired.is_empty(),
-            )
-            .map_err(|e| format!("peer {}: {e}", p.name))?;
+            let how = How {
+                keep: &[],
+                listening: call.listening(),
+                // No MKT: the guard goes in even as Current_key.
+                force: desired.is_empty(),
+            };
+            reconcile_with(call.socket.as_fd(), p.backend, p.ip, &desired, guard, how)
+                .map_err(|e| format!("peer {}: {e}", p.name))?;
             record.peers.push(p.name.clone());
             if desired.is_empty() {
                 guarded.push(p.name.clone());
@@ -663,7 +659,7 @@ impl KeyManager {
                 listening,
                 force,
             };
-            match reconcile_keeping(fd.as_fd(), p.backend, p.ip, &desired, guard, how) {
+            match reconcile_with(fd.as_fd(), p.backend, p.ip, &desired, guard, how) {
                 Ok(outcome) => {
                     if !outcome.deferred.is_empty() {
                         let (_, peers) = self

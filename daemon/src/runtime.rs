@@ -68,13 +68,12 @@ pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
 /// the rekey time, and a superseded MKT stays for half the time between
 /// rekey and hard lifetime, at most 60 s.
 fn mkt_lifetimes(l: &crate::config::Lifetimes) -> ike::Lifetimes {
-    let slack = l.mkt_lifetime.saturating_sub(l.mkt_rekey);
     ike::Lifetimes {
         ike_rekey: Some(l.ike_rekey),
         rekey: l.mkt_rekey,
         hard: l.mkt_lifetime,
         jitter: l.mkt_rekey / 10,
-        overlap: (slack / 2).min(std::time::Duration::from_secs(60)),
+        overlap: crate::config::mkt_overlap(l),
         pfs: false,
     }
 }

@@ -637,45 +637,32 @@ pub fn reconcile(
     guard: Option<&MasterKeyTuple>,
     listening: bool,
 ) -> Result<ReconcileOutcome, KernelError> {
-    reconcile_with(fd, backend, peer_ip, desired, guard, listening, false)
-}
-
-/// [`reconcile`], where `force` also removes a stale real key that a
-/// connection still uses as Current_key, making the newest desired key
-/// current in the same call (the kernel's forced delete; the connection
-/// breaks if the peer has not installed that key yet). Meant for an MKT
-/// that has expired or been revoked.
-pub fn reconcile_with(
-    fd: BorrowedFd<'_>,
-    backend: Backend,
-    peer_ip: IpAddr,
-    desired: &[MasterKeyTuple],
-    guard: Option<&MasterKeyTuple>,
-    listening: bool,
-    force: bool,
-) -> Result<ReconcileOutcome, KernelError> {
     let how = How {
-        keep: &[],
         listening,
-        force,
+        ..How::default()
     };
-    reconcile_keeping(fd, backend, peer_ip, desired, guard, how)
+    reconcile_with(fd, backend, peer_ip, desired, guard, how)
 }
 
-/// How [`reconcile_keeping`] treats a socket.
+/// How [`reconcile_with`] treats a socket.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct How<'a> {
     /// Stale keys with these KeyIDs stay (see [`plan_ao_keeping`]).
     pub keep: &'a [KeyIds],
     /// The socket is a listener.
     pub listening: bool,
-    /// See [`reconcile_with`].
+    /// Also remove a stale real key that a connection still uses as
+    /// Current_key, making the newest desired key (or the guard) current in
+    /// the same call (the kernel's forced delete; the connection breaks if
+    /// the peer has not installed that key yet). Meant for an MKT that has
+    /// expired or been revoked.
     pub force: bool,
 }
 
-/// [`reconcile_with`], keeping the stale keys `how.keep` names (TCP-AO;
-/// a TCP-MD5 socket has one key, which `desired`'s newest replaces).
-pub fn reconcile_keeping(
+/// [`reconcile`] with options: stale keys `how.keep` names stay (TCP-AO; a
+/// TCP-MD5 socket has one key, which `desired`'s newest replaces), and
+/// `how.force` forces out stale keys still in use.
+pub fn reconcile_with(
     fd: BorrowedFd<'_>,
     backend: Backend,
     peer_ip: IpAddr,
