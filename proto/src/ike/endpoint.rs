@@ -1651,22 +1651,42 @@ impl Endpoint {
         self.add_mkt_record(sa, mkt, ports, None, by_us, nonces, now);
     }
 
+    /// Decrypts and authenticates `msg` on `sa`. When it does not
+    /// authenticate, `sa` goes back unchanged and the datagram is reported
+    /// as dropped (`what` names it).
+    fn unprotect_or_drop(
+        &mut self,
+        mut sa: IkeSa,
+        from: SocketAddr,
+        datagram: &[u8],
+        msg: &ParsedMessage,
+        now: Instant,
+        what: &str,
+    ) -> Option<(IkeSa, Vec<Payload>)> {
+        match sa.unprotect(datagram, msg, now) {
+            Ok(payloads) => Some((sa, payloads)),
+            Err(e) => {
+                self.sas.insert(sa.local_spi(), sa);
+                self.dropped(from, format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
     fn on_auth_response(
         &mut self,
         now: Instant,
         from: SocketAddr,
         datagram: &[u8],
         msg: &ParsedMessage,
-        mut sa: IkeSa,
+        sa: IkeSa,
     ) {
-        let spi = sa.local_spi();
-        let payloads = match sa.unprotect(datagram, msg, now) {
-            Ok(p) => p,
-            Err(e) => {
-                self.sas.insert(spi, sa);
-                return self.dropped(from, format!("IKE_AUTH response: {e}"));
-            }
+        let Some((mut sa, payloads)) =
+            self.unprotect_or_drop(sa, from, datagram, msg, now, "IKE_AUTH response")
+        else {
+            return;
         };
+        let spi = sa.local_spi();
         sa.pending = None;
         if let Some(n) = payloads.notify(NotifyType::AUTHENTICATION_FAILED) {
             let e = NegotiationError::PeerReported(n.ty);
@@ -1808,13 +1828,14 @@ impl Endpoint {
         from: SocketAddr,
         datagram: &[u8],
         msg: &ParsedMessage,
-        mut sa: IkeSa,
+        sa: IkeSa,
     ) {
+        let Some((mut sa, _)) =
+            self.unprotect_or_drop(sa, from, datagram, msg, now, "INFORMATIONAL response")
+        else {
+            return;
+        };
         let spi = sa.local_spi();
-        if let Err(e) = sa.unprotect(datagram, msg, now) {
-            self.sas.insert(spi, sa);
-            return self.dropped(from, format!("INFORMATIONAL response: {e}"));
-        }
         let kind = sa.pending.take().map(|p| p.kind);
         if kind == Some(PendingKind::DeleteIke) {
             if sa.state == SaState::Rekeyed {
@@ -1834,16 +1855,14 @@ impl Endpoint {
         from: SocketAddr,
         datagram: &[u8],
         msg: &ParsedMessage,
-        mut sa: IkeSa,
+        sa: IkeSa,
     ) {
-        let spi = sa.local_spi();
-        let payloads = match sa.unprotect(datagram, msg, now) {
-            Ok(p) => p,
-            Err(e) => {
-                self.sas.insert(spi, sa);
-                return self.dropped(from, format!("CREATE_CHILD_SA response: {e}"));
-            }
+        let Some((mut sa, payloads)) =
+            self.unprotect_or_drop(sa, from, datagram, msg, now, "CREATE_CHILD_SA response")
+        else {
+            return;
         };
+        let spi = sa.local_spi();
         let kind = sa.pending.take().map(|p| p.kind);
         if kind == Some(PendingKind::RekeyIke) {
             return self.on_ike_rekey_response(now, payloads, sa);
@@ -1859,7 +1878,7 @@ impl Endpoint {
         from: SocketAddr,
         datagram: &[u8],
         msg: &ParsedMessage,
-        mut sa: IkeSa,
+        sa: IkeSa,
     ) {
         let spi = sa.local_spi();
         let id = msg.header.message_id;
@@ -1879,12 +1898,10 @@ impl Endpoint {
                 format!("request with message ID {id}, expected {expected}"),
             );
         }
-        let payloads = match sa.unprotect(datagram, msg, now) {
-            Ok(p) => p,
-            Err(e) => {
-                self.sas.insert(spi, sa);
-                return self.dropped(from, format!("request: {e}"));
-            }
+        let Some((mut sa, payloads)) =
+            self.unprotect_or_drop(sa, from, datagram, msg, now, "request")
+        else {
+            return;
         };
         match (sa.state, msg.header.exchange) {
             (SaState::HalfOpen, ExchangeType::IKE_AUTH) => self.on_auth_request(now, payloads, sa),
