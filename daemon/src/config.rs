@@ -59,6 +59,10 @@ pub fn mkt_overlap(l: &Lifetimes) -> Duration {
     (l.mkt_lifetime.saturating_sub(l.mkt_rekey) / 2).min(Duration::from_secs(60))
 }
 
+/// Default of `peer.lifetimes.pfs`: every MKT rekey runs a fresh key
+/// exchange, so that a later compromise of the IKE SA's keys does not reveal
+/// MKTs made before it (one X25519 per peer and hour costs nothing).
+pub const DEFAULT_PFS: bool = true;
 /// Default of `peer.lifetimes.ike_rekey` (4h).
 pub const DEFAULT_IKE_REKEY: Duration = Duration::from_secs(4 * 3600);
 /// Default of `peer.lifetimes.mkt_rekey` (1h).
@@ -252,6 +256,8 @@ pub struct Lifetimes {
     pub mkt_rekey: Duration,
     /// Delete an MKT after this long (greater than `mkt_rekey`).
     pub mkt_lifetime: Duration,
+    /// Each MKT rekey runs a fresh Diffie-Hellman exchange (PFS).
+    pub pfs: bool,
 }
 
 impl Default for Lifetimes {
@@ -260,6 +266,7 @@ impl Default for Lifetimes {
             ike_rekey: DEFAULT_IKE_REKEY,
             mkt_rekey: DEFAULT_MKT_REKEY,
             mkt_lifetime: DEFAULT_MKT_LIFETIME,
+            pfs: DEFAULT_PFS,
         }
     }
 }
@@ -428,6 +435,7 @@ struct RawLifetimes {
     ike_rekey: Option<String>,
     mkt_rekey: Option<String>,
     mkt_lifetime: Option<String>,
+    pfs: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------
@@ -870,6 +878,7 @@ impl Validator<'_> {
             ike_rekey: one("ike_rekey", raw.ike_rekey, DEFAULT_IKE_REKEY)?,
             mkt_rekey: one("mkt_rekey", raw.mkt_rekey, DEFAULT_MKT_REKEY)?,
             mkt_lifetime: one("mkt_lifetime", raw.mkt_lifetime, DEFAULT_MKT_LIFETIME)?,
+            pfs: raw.pfs.unwrap_or(DEFAULT_PFS),
         };
         if lt.mkt_rekey >= lt.mkt_lifetime {
             return Err(self.err(

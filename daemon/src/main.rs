@@ -185,10 +185,11 @@ fn check_config(file: &Path) -> ExitCode {
         outln!(out, "  initiate: {}", p.initiate);
         outln!(
             out,
-            "  lifetimes: ike_rekey {}, mkt_rekey {}, mkt_lifetime {}",
+            "  lifetimes: ike_rekey {}, mkt_rekey {}, mkt_lifetime {}, pfs {}",
             format_duration(p.lifetimes.ike_rekey),
             format_duration(p.lifetimes.mkt_rekey),
-            format_duration(p.lifetimes.mkt_lifetime)
+            format_duration(p.lifetimes.mkt_lifetime),
+            if p.lifetimes.pfs { "on" } else { "off" }
         );
     }
     // A closed pipe (`aokd check-config F | head`) is not worth a panic.

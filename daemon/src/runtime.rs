@@ -74,7 +74,7 @@ fn mkt_lifetimes(l: &crate::config::Lifetimes) -> ike::Lifetimes {
         hard: l.mkt_lifetime,
         jitter: l.mkt_rekey / 10,
         overlap: crate::config::mkt_overlap(l),
-        pfs: false,
+        pfs: l.pfs,
     }
 }
 

@@ -202,6 +202,7 @@ fn defaults() {
             ike_rekey: Duration::from_secs(4 * 3600),
             mkt_rekey: Duration::from_secs(3600),
             mkt_lifetime: Duration::from_secs(66 * 60),
+            pfs: true,
         }
     );
     // A partial [peer.lifetimes] keeps the other defaults.
@@ -491,6 +492,8 @@ fn lifetimes() {
     assert_eq!(c.peers[0].lifetimes.ike_rekey, Duration::from_secs(86400));
     assert_eq!(c.peers[0].lifetimes.mkt_rekey, Duration::from_secs(90));
     assert_eq!(c.peers[0].lifetimes.mkt_lifetime, Duration::from_secs(5400));
+    assert!(c.peers[0].lifetimes.pfs);
+    assert!(!t("pfs = false").unwrap().peers[0].lifetimes.pfs);
 }
 
 #[test]
