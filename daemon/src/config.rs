@@ -53,22 +53,19 @@ pub const DEFAULT_TCP_PORTS: [u16; 1] = [179];
 /// Default of `peer.ike_proposals`.
 pub const DEFAULT_IKE_PROPOSAL: IkeSuite = IkeSuite::DEFAULT;
 /// How long a superseded MKT stays on the sockets after its successor
-/// exists, so that both ends and every connection have switched: half the
-/// time between rekey and hard lifetime, at most 60 s.
+/// exists (defined once, in proto: [`aokd_proto::ike::Lifetimes::overlap_for`]).
 pub fn mkt_overlap(l: &Lifetimes) -> Duration {
-    (l.mkt_lifetime.saturating_sub(l.mkt_rekey) / 2).min(Duration::from_secs(60))
+    aokd_proto::ike::Lifetimes::overlap_for(l.mkt_rekey, l.mkt_lifetime)
 }
 
-/// Default of `peer.lifetimes.pfs`: every MKT rekey runs a fresh key
-/// exchange, so that a later compromise of the IKE SA's keys does not reveal
-/// MKTs made before it (one X25519 per peer and hour costs nothing).
-pub const DEFAULT_PFS: bool = true;
+/// Default of `peer.lifetimes.pfs` ([`aokd_proto::ike::config::DEFAULT_PFS`]).
+pub const DEFAULT_PFS: bool = aokd_proto::ike::config::DEFAULT_PFS;
 /// Default of `peer.lifetimes.ike_rekey` (4h).
-pub const DEFAULT_IKE_REKEY: Duration = Duration::from_secs(4 * 3600);
+pub const DEFAULT_IKE_REKEY: Duration = aokd_proto::ike::config::DEFAULT_IKE_REKEY;
 /// Default of `peer.lifetimes.mkt_rekey` (1h).
-pub const DEFAULT_MKT_REKEY: Duration = Duration::from_secs(3600);
+pub const DEFAULT_MKT_REKEY: Duration = aokd_proto::ike::config::DEFAULT_MKT_REKEY;
 /// Default of `peer.lifetimes.mkt_lifetime` (1h6m).
-pub const DEFAULT_MKT_LIFETIME: Duration = Duration::from_secs(66 * 60);
+pub const DEFAULT_MKT_LIFETIME: Duration = aokd_proto::ike::config::DEFAULT_MKT_LIFETIME;
 
 /// A PSK file larger than this is refused (it is surely the wrong file).
 const MAX_PSK_FILE_LEN: u64 = 64 * 1024;

@@ -64,18 +64,10 @@ pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
     Ok(ec)
 }
 
-/// The endpoint's MKT lifetimes from the configured ones: jitter is 10% of
-/// the rekey time, and a superseded MKT stays for half the time between
-/// rekey and hard lifetime, at most 60 s.
+/// The endpoint's MKT lifetimes from the configured ones (jitter and
+/// overlap are derived in proto, [`ike::Lifetimes::new`]).
 fn mkt_lifetimes(l: &crate::config::Lifetimes) -> ike::Lifetimes {
-    ike::Lifetimes {
-        ike_rekey: Some(l.ike_rekey),
-        rekey: l.mkt_rekey,
-        hard: l.mkt_lifetime,
-        jitter: l.mkt_rekey / 10,
-        overlap: crate::config::mkt_overlap(l),
-        pfs: l.pfs,
-    }
+    ike::Lifetimes::new(Some(l.ike_rekey), l.mkt_rekey, l.mkt_lifetime, l.pfs)
 }
 
 /// The source address the kernel would use toward `remote` (a connected
@@ -577,6 +569,9 @@ impl Daemon {
                 instance = %inst, %peer, notify = %error.notify().map(|n| n.to_string()).unwrap_or_default(),
                 by_peer, "IKE SA rekey failed, IKE SA kept, retried later: {error}"
             ),
+            Event::MktsChanged { peer, mkts } => {
+                debug!(instance = %inst, %peer, mkts = mkts.len(), "the peer's MKT set changed")
+            }
             Event::MktSuperseded {
                 peer,
                 send_id,

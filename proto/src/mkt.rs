@@ -6,6 +6,21 @@ use core::str::FromStr;
 use crate::crypto::Secret;
 use crate::numbers::IntegId;
 
+/// The KeyID space of a peer (docs/protocol.md, "KeyID allocation"): the
+/// KeyIDs that negotiated MKTs use. Each side draws its RecvID from here.
+pub const NEGOTIATED_KEY_IDS: core::ops::RangeInclusive<u8> = 0..=239;
+
+/// KeyIDs reserved for the dummy-key guard, which keeps a covered socket
+/// from sending or accepting unsigned segments while it has no MKT. No
+/// negotiated MKT ever uses one, so a guard key never collides with a key
+/// the peer could hold.
+pub const GUARD_KEY_IDS: core::ops::RangeInclusive<u8> = 240..=255;
+
+/// Whether `id` is a guard KeyID.
+pub fn is_guard_id(id: u8) -> bool {
+    GUARD_KEY_IDS.contains(&id)
+}
+
 /// A TCP-AO MAC algorithm together with its KDF (RFC 5926, and the
 /// HMAC-SHA-256 pairing of docs/protocol.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

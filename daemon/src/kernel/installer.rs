@@ -4,7 +4,6 @@
 //! ([`guard_key`], docs/protocol.md "KeyID allocation").
 
 use std::net::IpAddr;
-use std::ops::RangeInclusive;
 use std::os::fd::BorrowedFd;
 
 use aokd_proto::crypto::Secret;
@@ -13,14 +12,10 @@ use rand_core::{CryptoRng, RngCore};
 
 use super::{ao, host_prefix, md5, sys, Backend, KernelError, KeyContext, Operation};
 
-/// KeyIDs reserved for the dummy-key guard; negotiated KeyIDs are 0-239
-/// (docs/protocol.md "KeyID allocation").
-pub const GUARD_KEY_IDS: RangeInclusive<u8> = 240..=255;
-
-/// Whether `id` is a guard KeyID (240-255).
-pub fn is_guard_id(id: u8) -> bool {
-    GUARD_KEY_IDS.contains(&id)
-}
+/// KeyIDs reserved for the dummy-key guard, and the test for one: the
+/// KeyID space is defined once, in proto (docs/protocol.md "KeyID
+/// allocation").
+pub use aokd_proto::mkt::{is_guard_id, GUARD_KEY_IDS};
 
 /// Installs and removes one peer's MKTs on a socket.
 pub trait KeyInstaller {

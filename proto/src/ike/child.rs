@@ -95,6 +95,9 @@ impl Endpoint {
             spi_r: sa.spi_r,
             mkt: mkt.clone(),
             ports: ports.clone(),
+            created_at: now,
+            rekey_at,
+            expires_at: now + hard,
         });
         let reason = if sa.peer_initial_contact {
             "the peer restarted (INITIAL_CONTACT)"
@@ -727,7 +730,9 @@ impl Endpoint {
             m.retire_at = Some(now);
             m.retire_with_delete = true;
         }
+        let mark = self.events.len();
         self.handle_mkt_timers(now);
+        self.announce_key_changes(mark);
         Ok(())
     }
 
@@ -747,7 +752,9 @@ impl Endpoint {
         match newest {
             Some(m) => {
                 m.rekey_at = Some(now);
+                let mark = self.events.len();
                 self.handle_mkt_timers(now);
+                self.announce_key_changes(mark);
                 Ok(true)
             }
             None => Ok(false),

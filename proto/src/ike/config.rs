@@ -221,20 +221,54 @@ pub struct Lifetimes {
     pub pfs: bool,
 }
 
-impl Default for Lifetimes {
-    /// IKE SA rekey after 4 h (strongSwan's IKE `rekey_time`, and aokd's
-    /// `ike_rekey` default) minus up to 10%. MKTs: 1 h rekey (strongSwan's
-    /// CHILD SA default), hard lifetime 10% later (strongSwan's
-    /// `life_time`), up to 10% jitter, 60 s overlap, no PFS.
-    fn default() -> Self {
+/// Default IKE SA rekey time: strongSwan's IKE `rekey_time` (4 h).
+pub const DEFAULT_IKE_REKEY: Duration = Duration::from_secs(4 * 3600);
+/// Default MKT rekey time: strongSwan's CHILD SA `rekey_time` (1 h).
+pub const DEFAULT_MKT_REKEY: Duration = Duration::from_secs(3600);
+/// Default MKT hard lifetime: 10% after the rekey (strongSwan's
+/// `life_time`), 1 h 6 min.
+pub const DEFAULT_MKT_LIFETIME: Duration = Duration::from_secs(66 * 60);
+/// Default of PFS for MKT rekeys: on, so that a later compromise of the IKE
+/// SA's keys does not reveal MKTs made before it (one X25519 per peer and
+/// hour costs nothing).
+pub const DEFAULT_PFS: bool = true;
+/// Longest overlap of a superseded MKT with its successor.
+pub const MAX_OVERLAP: Duration = Duration::from_secs(60);
+
+impl Lifetimes {
+    /// The lifetimes from the configured times, with the derived ones
+    /// defined here once: jitter is 10% of `rekey`, and a superseded MKT
+    /// stays half the time between rekey and hard lifetime, at most
+    /// [`MAX_OVERLAP`], so that both ends and every connection have
+    /// switched before it goes.
+    pub fn new(ike_rekey: Option<Duration>, rekey: Duration, hard: Duration, pfs: bool) -> Self {
         Lifetimes {
-            ike_rekey: Some(Duration::from_secs(4 * 3600)),
-            rekey: Duration::from_secs(3600),
-            hard: Duration::from_secs(3960),
-            jitter: Duration::from_secs(360),
-            overlap: Duration::from_secs(60),
-            pfs: false,
+            ike_rekey,
+            rekey,
+            hard,
+            jitter: rekey / 10,
+            overlap: Self::overlap_for(rekey, hard),
+            pfs,
         }
+    }
+
+    /// The overlap of a superseded MKT for these rekey and hard times.
+    pub fn overlap_for(rekey: Duration, hard: Duration) -> Duration {
+        (hard.saturating_sub(rekey) / 2).min(MAX_OVERLAP)
+    }
+}
+
+impl Default for Lifetimes {
+    /// The daemon's defaults: IKE SA rekey after 4 h minus up to 10%; MKTs
+    /// rekeyed after 1 h minus up to 10%, hard lifetime 1 h 6 min, 60 s
+    /// overlap, PFS on.
+    fn default() -> Self {
+        Lifetimes::new(
+            Some(DEFAULT_IKE_REKEY),
+            DEFAULT_MKT_REKEY,
+            DEFAULT_MKT_LIFETIME,
+            DEFAULT_PFS,
+        )
     }
 }
 

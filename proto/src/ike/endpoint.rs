@@ -62,9 +62,9 @@ pub const VENDOR_ID: &[u8] = b"aokd TCP-AO keying 1";
 /// Nonce length sent (RFC 7296 2.10: at least 16 octets and half the PRF key).
 const NONCE_LEN: usize = 32;
 
-/// KeyIDs aokd allocates for negotiated MKTs; 240-255 are reserved for the
-/// dummy-key guard (docs/protocol.md).
-pub const KEY_ID_RANGE: core::ops::RangeInclusive<u8> = 0..=239;
+/// KeyIDs aokd allocates for negotiated MKTs (the guard's are
+/// [`crate::mkt::GUARD_KEY_IDS`]).
+pub use crate::mkt::NEGOTIATED_KEY_IDS as KEY_ID_RANGE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum SaState {
@@ -525,6 +525,52 @@ impl Endpoint {
             .min()
     }
 
+    /// After an input: one [`Event::MktsChanged`] for each peer whose MKTs
+    /// the events since `mark` changed.
+    pub(super) fn announce_key_changes(&mut self, mark: usize) {
+        let mut changed: Vec<usize> = Vec::new();
+        for ev in self.events.range(mark..) {
+            if let Event::MktCreated { peer, .. }
+            | Event::MktDeleted { peer, .. }
+            | Event::MktSuperseded { peer, .. } = ev
+            {
+                if let Ok(i) = self.peer_index(peer) {
+                    if !changed.contains(&i) {
+                        changed.push(i);
+                    }
+                }
+            }
+        }
+        for peer in changed {
+            let mkts = self.mkt_views(peer);
+            self.events.push_back(Event::MktsChanged {
+                peer: self.peer_name(peer),
+                mkts,
+            });
+        }
+    }
+
+    /// The peer's MKTs in socket order: retiring ones first, then live ones
+    /// from oldest to newest.
+    fn mkt_views(&self, peer: usize) -> Vec<MktView> {
+        let mut mkts: Vec<MktView> = self.peers[peer]
+            .mkts
+            .iter()
+            .map(|m| MktView {
+                mkt: m.mkt.clone(),
+                ports: m.ports.clone(),
+                created_at: m.created_at,
+                spi_i: m.spi_i,
+                spi_r: m.spi_r,
+                rekey_at: m.rekey_at,
+                expires_at: m.expires_at,
+                retire_at: m.retire_at,
+            })
+            .collect();
+        mkts.sort_by_key(|m| (m.retire_at.is_none(), m.created_at));
+        mkts
+    }
+
     /// Views of every configured peer, for status displays.
     pub fn peers(&self) -> Vec<PeerView> {
         self.cfg
@@ -674,7 +720,14 @@ impl Endpoint {
 
     /// Deletes the peer's IKE SAs (with a Delete payload) and their MKTs,
     /// and stops initiating to it until [`Endpoint::initiate`].
-    pub fn terminate(&mut self, peer_name: &str, _now: Instant) -> Result<usize, IkeError> {
+    pub fn terminate(&mut self, peer_name: &str, now: Instant) -> Result<usize, IkeError> {
+        let mark = self.events.len();
+        let r = self.terminate_input(peer_name, now);
+        self.announce_key_changes(mark);
+        r
+    }
+
+    fn terminate_input(&mut self, peer_name: &str, _now: Instant) -> Result<usize, IkeError> {
         let peer = self.peer_index(peer_name)?;
         self.peers[peer].next_attempt = None;
         let spis: Vec<u64> = self
@@ -974,6 +1027,12 @@ impl Endpoint {
     /// Handles expired timers: retransmissions, give-ups, half-open expiry,
     /// and due initiations.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let mark = self.events.len();
+        self.timeout_input(now);
+        self.announce_key_changes(mark);
+    }
+
+    fn timeout_input(&mut self, now: Instant) {
         let due: Vec<u64> = self
             .sas
             .iter()
@@ -1046,6 +1105,12 @@ impl Endpoint {
     /// Handles one received datagram. Nothing in it can make this panic, and
     /// nothing that fails to authenticate changes an established SA.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let mark = self.events.len();
+        self.datagram_input(now, from, datagram);
+        self.announce_key_changes(mark);
+    }
+
+    fn datagram_input(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         let msg = match wire::parse_message(datagram) {
             Ok(m) => m,
             Err(e) => return self.dropped(from, format!("malformed: {e}")),

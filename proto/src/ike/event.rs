@@ -43,14 +43,27 @@ pub enum Event {
         suite: IkeSuite,
         tcp_ao_capable: bool,
     },
-    /// A TCP-AO MKT was negotiated; the driver installs it.
+    /// A TCP-AO MKT was negotiated, with its times (what the state file
+    /// records). [`Event::MktsChanged`] follows with the peer's key set.
     MktCreated {
         peer: String,
         spi_i: u64,
         spi_r: u64,
         mkt: MasterKeyTuple,
         ports: Vec<PortRange>,
+        created_at: Instant,
+        /// When this side starts its rekey.
+        rekey_at: Option<Instant>,
+        /// The hard lifetime.
+        expires_at: Instant,
     },
+    /// The MKTs of a peer changed (created, deleted, superseded, retired):
+    /// here is the whole set, in the order in which the keys go on a
+    /// socket. Retiring keys come first, then live ones from oldest to
+    /// newest: the last is the one to send with. Emitted once per peer per
+    /// input, after the events that changed it, so that a driver keeps its
+    /// own copy and never asks the endpoint again.
+    MktsChanged { peer: String, mkts: Vec<MktView> },
     /// An MKT is gone (its IKE SA was deleted, or the peer deleted it).
     MktDeleted {
         peer: String,
