@@ -16,11 +16,10 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::config::PortRange;
-use super::endpoint::{
-    narrow, notify, reply_within, selectors, Endpoint, IkeSa, MktRecord, PendingKind, SaState,
-};
+use super::endpoint::{narrow, notify, reply_within, selectors, Endpoint, MktRecord};
 use super::error::{IkeError, Misbehaviour, NegotiationError};
 use super::event::{Event, Role};
+use super::sa::{IkeSa, PendingKind, SaState};
 use super::PayloadsExt;
 use crate::crypto::{self, KeyExchange, Secret};
 use crate::mkt::{MacAlgorithm, MasterKeyTuple, MASTER_KEY_LEN};
@@ -299,8 +298,7 @@ impl Endpoint {
             }
         };
         self.respond(&mut sa, ExchangeType::CREATE_CHILD_SA, &reply);
-        let spi = sa.local_spi();
-        self.sas.insert(spi, sa);
+        self.sas.insert(sa);
     }
 
     fn accept_create_child(
@@ -539,31 +537,27 @@ impl Endpoint {
         );
     }
 
-    /// MKT timers: deadlines this side must act on.
-    pub(super) fn mkt_deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
-        self.peers
+    /// The peer's MKT timers: deadlines this side must act on.
+    pub(super) fn mkt_deadlines(&self, peer: usize) -> impl Iterator<Item = Instant> + '_ {
+        let p = &self.peers[peer];
+        let sa = self.established_sa(peer);
+        let sa_free = sa.is_some_and(|s| s.pending.is_none());
+        let fresh = sa.filter(|s| self.needs_fresh_mkt(s)).map(|s| {
+            p.next_child_attempt
+                .unwrap_or(s.established_at.unwrap_or(s.created))
+        });
+        p.mkts
             .iter()
-            .enumerate()
-            .flat_map(move |(i, p)| {
-                let sa = self.established_sa(i);
-                let sa_free = sa.is_some_and(|s| s.pending.is_none());
-                let fresh = sa.filter(|s| self.needs_fresh_mkt(s)).map(|s| {
-                    p.next_child_attempt
-                        .unwrap_or(s.established_at.unwrap_or(s.created))
-                });
-                p.mkts
-                    .iter()
-                    .flat_map(move |m| {
-                        let rekey = if sa_free { m.rekey_at } else { None };
-                        let retire = if sa_free || !m.retire_with_delete {
-                            m.retire_at
-                        } else {
-                            None
-                        };
-                        [rekey, retire, Some(m.expires_at)]
-                    })
-                    .chain(std::iter::once(fresh))
+            .flat_map(move |m| {
+                let rekey = if sa_free { m.rekey_at } else { None };
+                let retire = if sa_free || !m.retire_with_delete {
+                    m.retire_at
+                } else {
+                    None
+                };
+                [rekey, retire, Some(m.expires_at)]
             })
+            .chain(std::iter::once(fresh))
             .flatten()
     }
 
@@ -588,14 +582,14 @@ impl Endpoint {
 
     pub(super) fn established_sa(&self, peer: usize) -> Option<&IkeSa> {
         self.sas
-            .values()
-            .filter(|s| s.peer == peer && s.state == SaState::Established)
+            .of_peer(peer)
+            .filter(|s| s.state == SaState::Established)
             .max_by_key(|s| s.created)
     }
 
-    /// Acts on MKT timers: hard expiry, retirement, and rekeys.
-    pub(super) fn handle_mkt_timers(&mut self, now: Instant) {
-        for peer in 0..self.peers.len() {
+    /// Acts on the peer's MKT timers: hard expiry, retirement, and rekeys.
+    pub(super) fn handle_mkt_timers(&mut self, peer: usize, now: Instant) {
+        {
             let name = self.cfg.peers[peer].name.clone();
             // Hard lifetime.
             let expired: Vec<MktRecord> = {
@@ -701,8 +695,7 @@ impl Endpoint {
                 }
             }
             if let Some(s) = sa {
-                let spi = s.local_spi();
-                self.sas.insert(spi, s);
+                self.sas.insert(s);
             }
         }
     }
@@ -716,12 +709,8 @@ impl Endpoint {
         recv_id: u8,
         now: Instant,
     ) -> Result<(), IkeError> {
-        let peer = self
-            .cfg
-            .peers
-            .iter()
-            .position(|p| p.name == peer_name)
-            .ok_or_else(|| super::error::MisuseError::UnknownPeer(peer_name.to_string()))?;
+        let peer = self.peer_index(peer_name)?;
+        self.sas.touch(peer);
         if let Some(m) = self.peers[peer]
             .mkts
             .iter_mut()
@@ -731,19 +720,15 @@ impl Endpoint {
             m.retire_with_delete = true;
         }
         let mark = self.events.len();
-        self.handle_mkt_timers(now);
-        self.announce_key_changes(mark);
+        self.handle_mkt_timers(peer, now);
+        self.finish_input(mark);
         Ok(())
     }
 
     /// Starts a rekey of the peer's newest MKT now (`aoctl rekey`).
     pub fn rekey(&mut self, peer_name: &str, now: Instant) -> Result<bool, IkeError> {
-        let peer = self
-            .cfg
-            .peers
-            .iter()
-            .position(|p| p.name == peer_name)
-            .ok_or_else(|| super::error::MisuseError::UnknownPeer(peer_name.to_string()))?;
+        let peer = self.peer_index(peer_name)?;
+        self.sas.touch(peer);
         let newest = self.peers[peer]
             .mkts
             .iter_mut()
@@ -753,8 +738,8 @@ impl Endpoint {
             Some(m) => {
                 m.rekey_at = Some(now);
                 let mark = self.events.len();
-                self.handle_mkt_timers(now);
-                self.announce_key_changes(mark);
+                self.handle_mkt_timers(peer, now);
+                self.finish_input(mark);
                 Ok(true)
             }
             None => Ok(false),

@@ -34,7 +34,7 @@
 //! abandons its attempt, and the winner drops the loser's request. Both
 //! sides compare the same two nonces, so they agree without a message.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -46,14 +46,16 @@ use super::config::{EndpointConfig, IkeSuite, PortRange};
 use super::error::{IkeError, Misbehaviour, MisuseError, NegotiationError};
 use super::event::{Event, KeyIdReservation, MktView, PeerState, PeerView, Role, SaView, Transmit};
 use super::proposal;
-use super::sk;
+use super::sa::{ChildOffer, IkeSa, Pending, PendingKind, SaState};
+use super::table::SaTable;
+use super::timers::TimerQueue;
 use super::PayloadsExt;
 use crate::crypto::{self, IkeKeys, KeyExchange, Secret};
 use crate::mkt::MasterKeyTuple;
 use crate::numbers::{AuthMethod, DhGroup, ExchangeType, NotifyType, PayloadType, ProtocolId};
 use crate::wire::{
     self, AuthPayload, DeletePayload, Header, IdPayload, KePayload, NotifyPayload, ParsedMessage,
-    Payload, SaPayload, TrafficSelector, TsPayload, FLAG_INITIATOR, FLAG_RESPONSE,
+    Payload, SaPayload, TrafficSelector, TsPayload, FLAG_RESPONSE,
 };
 
 /// The Vendor ID aokd sends in IKE_SA_INIT (docs/protocol.md).
@@ -65,60 +67,6 @@ const NONCE_LEN: usize = 32;
 /// KeyIDs aokd allocates for negotiated MKTs (the guard's are
 /// [`crate::mkt::GUARD_KEY_IDS`]).
 pub use crate::mkt::NEGOTIATED_KEY_IDS as KEY_ID_RANGE;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum SaState {
-    /// Initiator: IKE_SA_INIT sent.
-    InitSent,
-    /// Initiator: IKE_AUTH sent.
-    AuthSent,
-    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
-    HalfOpen,
-    Established,
-    /// Superseded by a rekey of the IKE SA (RFC 7296 2.18): the old SA, or
-    /// the redundant new one of a collision (2.8.2). It answers requests
-    /// (CREATE_CHILD_SA with TEMPORARY_FAILURE, 2.25.2) and sends nothing
-    /// but its pending request and its Delete; it goes when either side
-    /// deletes it, or at `expires`.
-    Rekeyed,
-    /// Created by the peer's rekey of an IKE SA while this side's own rekey
-    /// of it was outstanding (2.8.2): not used until ours concludes, then
-    /// Established (it survives) or Rekeyed (it is redundant).
-    Successor,
-    /// Failed; kept until `expires` so a retransmitted request still gets
-    /// the stored error response.
-    Failed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum PendingKind {
-    Init,
-    Auth,
-    Informational,
-    DeleteIke,
-    CreateChild,
-    /// CREATE_CHILD_SA rekeying the IKE SA (RFC 7296 2.18).
-    RekeyIke,
-    /// An empty INFORMATIONAL (RFC 7296 1.4).
-    Liveness,
-}
-
-pub(super) struct Pending {
-    pub(super) message_id: u32,
-    bytes: Vec<u8>,
-    sent: u32,
-    deadline: Instant,
-    pub(super) kind: PendingKind,
-    /// An INFORMATIONAL's payloads, sent again on the successor if the IKE
-    /// SA is rekeyed and deleted before the answer (Delete payloads of
-    /// MKTs must still reach the peer).
-    pub(super) requeue: Option<(ExchangeType, Vec<Payload>)>,
-}
-
-struct ChildOffer {
-    recv_id: u8,
-    exclude_options: bool,
-}
 
 /// An MKT with its lifecycle. MKTs belong to the peer, not to the IKE SA
 /// that negotiated them: they outlive a failed or replaced IKE SA until
@@ -149,190 +97,6 @@ pub(super) struct MktRecord {
     pub(super) nonces: [Vec<u8>; 2],
 }
 
-pub(super) struct IkeSa {
-    pub(super) peer: usize,
-    pub(super) role: Role,
-    pub(super) state: SaState,
-    pub(super) spi_i: u64,
-    pub(super) spi_r: u64,
-    pub(super) remote: SocketAddr,
-    pub(super) created: Instant,
-    pub(super) expires: Option<Instant>,
-    ni: Vec<u8>,
-    nr: Vec<u8>,
-    ke: Option<KeyExchange>,
-    pub(super) suite: Option<IkeSuite>,
-    pub(super) keys: Option<IkeKeys>,
-    init_request: Vec<u8>,
-    init_response: Vec<u8>,
-    cookie: Option<Vec<u8>>,
-    pub(super) peer_tcp_ao: bool,
-    peer_childless: bool,
-    next_message_id: u32,
-    expected_message_id: u32,
-    pub(super) pending: Option<Pending>,
-    last_response: Option<(u32, Vec<u8>)>,
-    iv_counter: u64,
-    pub(super) established_at: Option<Instant>,
-    child_offer: Option<ChildOffer>,
-    /// An outstanding CREATE_CHILD_SA request of ours.
-    pub(super) rekey_offer: Option<super::child::RekeyOffer>,
-    /// Requests waiting for the window (size 1, RFC 7296 2.3).
-    pub(super) queued: VecDeque<(ExchangeType, Vec<Payload>, PendingKind)>,
-    /// When this side rekeys the IKE SA (`None`: never, or under way).
-    pub(super) rekey_at: Option<Instant>,
-    /// When a protected message from the peer last verified on this SA
-    /// (liveness, RFC 7296 1.4).
-    pub(super) last_received: Instant,
-    /// Our outstanding CREATE_CHILD_SA rekeying this IKE SA.
-    pub(super) ike_rekey: Option<super::sa_rekey::IkeRekeyOffer>,
-    /// How a rekey created this SA (RFC 7296 2.18, 2.8.2).
-    pub(super) rekeyed_from: Option<super::sa_rekey::RekeyOrigin>,
-    /// Rekeyed: the local SPI of the SA that replaced this one.
-    pub(super) successor: Option<u64>,
-    /// The peer's IKE_AUTH message carried INITIAL_CONTACT (RFC 7296 2.4).
-    pub(super) peer_initial_contact: bool,
-    /// Reported to the driver (IkeSaEstablished or IkeSaRekeyed), so that
-    /// its deletion is reported too.
-    pub(super) announced: bool,
-}
-
-impl IkeSa {
-    pub(super) fn local_spi(&self) -> u64 {
-        match self.role {
-            Role::Initiator => self.spi_i,
-            Role::Responder => self.spi_r,
-        }
-    }
-
-    fn is_live(&self) -> bool {
-        self.state != SaState::Failed
-    }
-
-    /// The IKE SA created by a rekey of `old` (RFC 7296 2.18): keys from the
-    /// rekey exchange, message IDs from 0, the same peer and capabilities.
-    /// `role` is this side's role in the rekey exchange. Established;
-    /// reported once it replaces `old`.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn rekeyed(
-        old: &IkeSa,
-        role: Role,
-        (spi_i, spi_r): (u64, u64),
-        suite: IkeSuite,
-        keys: IkeKeys,
-        (ni, nr): (Vec<u8>, Vec<u8>),
-        rekey_at: Option<Instant>,
-        origin: super::sa_rekey::RekeyOrigin,
-        now: Instant,
-    ) -> IkeSa {
-        IkeSa {
-            peer: old.peer,
-            role,
-            state: SaState::Established,
-            spi_i,
-            spi_r,
-            remote: old.remote,
-            created: now,
-            expires: None,
-            ni,
-            nr,
-            ke: None,
-            suite: Some(suite),
-            keys: Some(keys),
-            init_request: Vec::new(),
-            init_response: Vec::new(),
-            cookie: None,
-            peer_tcp_ao: old.peer_tcp_ao,
-            peer_childless: old.peer_childless,
-            next_message_id: 0,
-            expected_message_id: 0,
-            pending: None,
-            last_response: None,
-            iv_counter: 0,
-            established_at: Some(now),
-            child_offer: None,
-            rekey_offer: None,
-            queued: VecDeque::new(),
-            rekey_at,
-            last_received: now,
-            ike_rekey: None,
-            rekeyed_from: Some(origin),
-            successor: None,
-            peer_initial_contact: old.peer_initial_contact,
-            announced: false,
-        }
-    }
-
-    /// Authenticated and not failed: Established, Rekeyed or Successor.
-    pub(super) fn is_authenticated(&self) -> bool {
-        matches!(
-            self.state,
-            SaState::Established | SaState::Rekeyed | SaState::Successor
-        )
-    }
-
-    fn header(&self, exchange: ExchangeType, message_id: u32, response: bool) -> Header {
-        let mut flags = 0;
-        if self.role == Role::Initiator {
-            flags |= FLAG_INITIATOR;
-        }
-        if response {
-            flags |= FLAG_RESPONSE;
-        }
-        Header {
-            spi_i: self.spi_i,
-            spi_r: self.spi_r,
-            next_payload: PayloadType::NONE,
-            version: 0x20,
-            exchange,
-            flags,
-            message_id,
-            length: 0,
-        }
-    }
-
-    /// Builds a protected message with this SA's keys.
-    fn protect(&mut self, header: &Header, payloads: &[Payload]) -> Result<Vec<u8>, IkeError> {
-        let (suite, keys) = match (&self.suite, &self.keys) {
-            (Some(s), Some(k)) => (s, k),
-            _ => return Err(Misbehaviour::Unexpected("protected message before keys").into()),
-        };
-        let key = match self.role {
-            Role::Initiator => &keys.sk_ei,
-            Role::Responder => &keys.sk_er,
-        };
-        self.iv_counter = self.iv_counter.wrapping_add(1);
-        sk::protect(
-            header,
-            payloads,
-            suite.encr,
-            key.as_bytes(),
-            self.iv_counter,
-        )
-    }
-
-    /// Opens a protected message from the peer; one that verifies counts
-    /// as a sign of life (RFC 7296 1.4).
-    fn unprotect(
-        &mut self,
-        datagram: &[u8],
-        msg: &ParsedMessage,
-        now: Instant,
-    ) -> Result<Vec<Payload>, IkeError> {
-        let (suite, keys) = match (&self.suite, &self.keys) {
-            (Some(s), Some(k)) => (s, k),
-            _ => return Err(Misbehaviour::Integrity.into()),
-        };
-        let key = match self.role {
-            Role::Initiator => &keys.sk_er,
-            Role::Responder => &keys.sk_ei,
-        };
-        let payloads = sk::unprotect(datagram, msg, suite.encr, key.as_bytes())?;
-        self.last_received = now;
-        Ok(payloads)
-    }
-}
-
 #[derive(Default)]
 pub(super) struct PeerRuntime {
     pub(super) last_error: Option<String>,
@@ -351,7 +115,14 @@ pub struct Endpoint {
     pub(super) cfg: EndpointConfig,
     pub(super) rng: Box<dyn CryptoRngCore + Send>,
     pub(super) peers: Vec<PeerRuntime>,
-    pub(super) sas: HashMap<u64, IkeSa>,
+    pub(super) sas: SaTable,
+    /// Peers by IKE address and port, by IP address, and by name: the
+    /// lookups of the per-datagram path are O(log n).
+    by_addr: BTreeMap<SocketAddr, usize>,
+    by_ip: BTreeMap<IpAddr, Vec<usize>>,
+    by_name: BTreeMap<String, usize>,
+    /// One deadline per peer ([`Endpoint::peer_deadline`]).
+    timers: TimerQueue,
     transmits: VecDeque<Transmit>,
     pub(super) events: VecDeque<Event>,
 }
@@ -476,11 +247,25 @@ impl Endpoint {
                 ..Default::default()
             })
             .collect();
+        let mut by_addr = BTreeMap::new();
+        let mut by_ip: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
+        let mut by_name = BTreeMap::new();
+        let mut timers = TimerQueue::new(cfg.peers.len());
+        for (i, p) in cfg.peers.iter().enumerate() {
+            by_addr.entry(p.remote).or_insert(i);
+            by_ip.entry(p.remote.ip()).or_default().push(i);
+            by_name.entry(p.name.clone()).or_insert(i);
+            timers.set(i, p.initiate.then_some(now));
+        }
         Ok(Endpoint {
             cfg,
             rng,
             peers,
-            sas: HashMap::new(),
+            sas: SaTable::default(),
+            by_addr,
+            by_ip,
+            by_name,
+            timers,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         })
@@ -501,9 +286,18 @@ impl Endpoint {
         self.events.pop_front()
     }
 
-    /// When [`Endpoint::handle_timeout`] must be called next.
+    /// When [`Endpoint::handle_timeout`] must be called next: the first
+    /// entry of the timer queue, O(log n).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let sa_deadlines = self.sas.values().flat_map(|sa| {
+        self.timers.next()
+    }
+
+    /// The earliest deadline of a peer: retransmissions, half-open expiry
+    /// and replay windows of its IKE SAs, their rekeys and liveness checks,
+    /// its MKTs' rekeys, retirements and hard lifetimes, its next
+    /// initiation and its KeyID reservations. O(its SAs and MKTs).
+    fn peer_deadline(&self, peer: usize) -> Option<Instant> {
+        let sa_deadlines = self.sas.of_peer(peer).flat_map(|sa| {
             let retransmit = sa.pending.as_ref().map(|p| p.deadline);
             let half_open = match sa.state {
                 SaState::HalfOpen => Some(sa.created + self.cfg.half_open_timeout),
@@ -511,18 +305,24 @@ impl Endpoint {
             };
             [retransmit, half_open, sa.expires]
         });
-        let peer_deadlines = self.peers.iter().flat_map(|p| {
-            let reservation = p.reservations.iter().map(|r| r.until).min();
-            [p.next_attempt, reservation]
-        });
-        let mkt_deadlines = self.mkt_deadlines().map(Some);
-        let maintenance = self.sa_deadlines().map(Some);
+        let p = &self.peers[peer];
+        let reservation = p.reservations.iter().map(|r| r.until).min();
         sa_deadlines
-            .chain(maintenance)
-            .chain(peer_deadlines)
-            .chain(mkt_deadlines)
+            .chain([p.next_attempt, reservation])
+            .chain(self.mkt_deadlines(peer).map(Some))
+            .chain(self.sa_deadlines(peer).map(Some))
             .flatten()
             .min()
+    }
+
+    /// Ends every input: reports the peers' changed key sets, and puts the
+    /// deadlines of the peers the input touched back in the timer queue.
+    pub(super) fn finish_input(&mut self, mark: usize) {
+        self.announce_key_changes(mark);
+        for peer in self.sas.take_touched() {
+            let deadline = self.peer_deadline(peer);
+            self.timers.set(peer, deadline);
+        }
     }
 
     /// After an input: one [`Event::MktsChanged`] for each peer whose MKTs
@@ -578,7 +378,7 @@ impl Endpoint {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let mut sas: Vec<&IkeSa> = self.sas.values().filter(|s| s.peer == i).collect();
+                let mut sas: Vec<&IkeSa> = self.sas.of_peer(i).collect();
                 sas.sort_by_key(|s| s.created);
                 let state = if sas.iter().any(|s| s.state == SaState::Established) {
                     PeerState::Established
@@ -633,11 +433,10 @@ impl Endpoint {
             .collect()
     }
 
-    fn peer_index(&self, name: &str) -> Result<usize, IkeError> {
-        self.cfg
-            .peers
-            .iter()
-            .position(|p| p.name == name)
+    pub(super) fn peer_index(&self, name: &str) -> Result<usize, IkeError> {
+        self.by_name
+            .get(name)
+            .copied()
             .ok_or_else(|| MisuseError::UnknownPeer(name.to_string()).into())
     }
 
@@ -653,11 +452,9 @@ impl Endpoint {
     /// those superseded by a rekey, which only wait for their Delete, do not
     /// count.
     fn has_live_sa(&self, peer: usize) -> bool {
-        self.sas.values().any(|s| {
-            s.peer == peer
-                && s.is_live()
-                && !matches!(s.state, SaState::Rekeyed | SaState::Successor)
-        })
+        self.sas
+            .of_peer(peer)
+            .any(|s| s.is_live() && !matches!(s.state, SaState::Rekeyed | SaState::Successor))
     }
 
     /// Drops the peer's IKE SAs that a rekey superseded or left waiting:
@@ -665,11 +462,9 @@ impl Endpoint {
     fn drop_rekey_leftovers(&mut self, peer: usize, reason: &'static str) {
         let spis: Vec<u64> = self
             .sas
-            .iter()
-            .filter(|(_, s)| {
-                s.peer == peer && matches!(s.state, SaState::Rekeyed | SaState::Successor)
-            })
-            .map(|(k, _)| *k)
+            .of_peer(peer)
+            .filter(|s| matches!(s.state, SaState::Rekeyed | SaState::Successor))
+            .map(IkeSa::local_spi)
             .collect();
         for spi in spis {
             if let Some(sa) = self.sas.remove(&spi) {
@@ -714,8 +509,11 @@ impl Endpoint {
         if self.has_live_sa(peer) {
             return Ok(false);
         }
-        self.start_initiator(peer, now)?;
-        Ok(true)
+        let mark = self.events.len();
+        self.sas.touch(peer);
+        let r = self.start_initiator(peer, now);
+        self.finish_input(mark);
+        r.map(|()| true)
     }
 
     /// Deletes the peer's IKE SAs (with a Delete payload) and their MKTs,
@@ -723,19 +521,15 @@ impl Endpoint {
     pub fn terminate(&mut self, peer_name: &str, now: Instant) -> Result<usize, IkeError> {
         let mark = self.events.len();
         let r = self.terminate_input(peer_name, now);
-        self.announce_key_changes(mark);
+        self.finish_input(mark);
         r
     }
 
     fn terminate_input(&mut self, peer_name: &str, _now: Instant) -> Result<usize, IkeError> {
         let peer = self.peer_index(peer_name)?;
+        self.sas.touch(peer);
         self.peers[peer].next_attempt = None;
-        let spis: Vec<u64> = self
-            .sas
-            .iter()
-            .filter(|(_, s)| s.peer == peer)
-            .map(|(k, _)| *k)
-            .collect();
+        let spis = self.sas.spis_of(peer);
         let n = spis.len();
         let recv_ids: Vec<Vec<u8>> = self.peers[peer]
             .mkts
@@ -841,7 +635,7 @@ impl Endpoint {
             sa.state = SaState::Failed;
             sa.pending = None;
             sa.expires = Some(now + self.cfg.half_open_timeout);
-            self.sas.insert(sa.local_spi(), sa);
+            self.sas.insert(sa);
         }
     }
 
@@ -888,7 +682,7 @@ impl Endpoint {
         };
         self.peers[peer].next_attempt = None;
         self.send_init_request(&mut sa, now);
-        self.sas.insert(spi_i, sa);
+        self.sas.insert(sa);
         Ok(())
     }
 
@@ -1029,20 +823,30 @@ impl Endpoint {
     pub fn handle_timeout(&mut self, now: Instant) {
         let mark = self.events.len();
         self.timeout_input(now);
-        self.announce_key_changes(mark);
+        self.finish_input(mark);
     }
 
     fn timeout_input(&mut self, now: Instant) {
+        for peer in self.timers.due(now) {
+            self.sas.touch(peer);
+            self.peer_timeout(peer, now);
+        }
+    }
+
+    /// Everything due for one peer: retransmissions, give-ups, half-open
+    /// expiry, KeyID reservations, IKE SA rekeys and liveness checks, MKT
+    /// timers, and its initiation.
+    fn peer_timeout(&mut self, peer: usize, now: Instant) {
         let due: Vec<u64> = self
             .sas
-            .iter()
-            .filter(|(_, sa)| {
+            .of_peer(peer)
+            .filter(|sa| {
                 sa.pending.as_ref().is_some_and(|p| p.deadline <= now)
                     || sa.expires.is_some_and(|e| e <= now)
                     || (sa.state == SaState::HalfOpen
                         && sa.created + self.cfg.half_open_timeout <= now)
             })
-            .map(|(k, _)| *k)
+            .map(IkeSa::local_spi)
             .collect();
         for spi in due {
             let Some(mut sa) = self.sas.remove(&spi) else {
@@ -1069,7 +873,7 @@ impl Endpoint {
             }
             let transmissions = self.cfg.retransmit.transmissions;
             let Some(p) = sa.pending.as_mut() else {
-                self.sas.insert(spi, sa);
+                self.sas.insert(sa);
                 continue;
             };
             if p.sent >= transmissions {
@@ -1080,15 +884,12 @@ impl Endpoint {
             p.deadline = now + self.cfg.retransmit.timeout_after(p.sent);
             let bytes = p.bytes.clone();
             self.send(sa.remote, bytes);
-            self.sas.insert(spi, sa);
+            self.sas.insert(sa);
         }
-        self.prune_reservations(now);
-        self.handle_sa_timers(now);
-        self.handle_mkt_timers(now);
-        let due_peers: Vec<usize> = (0..self.peers.len())
-            .filter(|&i| self.peers[i].next_attempt.is_some_and(|t| t <= now))
-            .collect();
-        for peer in due_peers {
+        self.peers[peer].reservations.retain(|r| r.until > now);
+        self.handle_sa_timers(peer, now);
+        self.handle_mkt_timers(peer, now);
+        if self.peers[peer].next_attempt.is_some_and(|t| t <= now) {
             self.peers[peer].next_attempt = None;
             if !self.has_live_sa(peer) {
                 if let Err(e) = self.start_initiator(peer, now) {
@@ -1107,7 +908,7 @@ impl Endpoint {
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         let mark = self.events.len();
         self.datagram_input(now, from, datagram);
-        self.announce_key_changes(mark);
+        self.finish_input(mark);
     }
 
     fn datagram_input(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
@@ -1130,7 +931,7 @@ impl Endpoint {
         let spis_match =
             h.spi_i == sa.spi_i && (h.spi_r == sa.spi_r || sa.state == SaState::InitSent);
         if !roles_match || !spis_match || from.ip() != sa.remote.ip() {
-            self.sas.insert(local_spi, sa);
+            self.sas.insert(sa);
             return self.dropped(from, "SPIs, flags or address do not match the IKE SA");
         }
         if h.is_response() {
@@ -1140,18 +941,14 @@ impl Endpoint {
         }
     }
 
+    /// The configured peer a datagram from `from` comes from: the one with
+    /// that address and port, else the only one with that address.
     fn match_peer(&self, from: SocketAddr) -> Option<usize> {
-        if let Some(i) = self.cfg.peers.iter().position(|p| p.remote == from) {
+        if let Some(&i) = self.by_addr.get(&from) {
             return Some(i);
         }
-        let mut by_ip = self
-            .cfg
-            .peers
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.remote.ip() == from.ip());
-        match (by_ip.next(), by_ip.next()) {
-            (Some((i, _)), None) => Some(i),
+        match self.by_ip.get(&from.ip()).map(Vec::as_slice) {
+            Some([i]) => Some(*i),
             _ => None,
         }
     }
@@ -1188,22 +985,26 @@ impl Endpoint {
                 "IKE_SA_INIT from an address that is no configured peer",
             );
         };
+        self.sas.touch(peer);
         // A retransmission of a request already answered (RFC 7296 2.1).
-        if let Some(sa) = self
+        let answered = self
             .sas
-            .values()
+            .of_peer(peer)
             .find(|s| s.role == Role::Responder && s.spi_i == h.spi_i && s.remote == from)
-        {
-            if sa.init_request == datagram && !sa.init_response.is_empty() {
-                let r = sa.init_response.clone();
+            .map(|sa| {
+                (sa.init_request == datagram && !sa.init_response.is_empty())
+                    .then(|| sa.init_response.clone())
+            });
+        if let Some(replay) = answered {
+            if let Some(r) = replay {
                 self.send(from, r);
             }
             return;
         }
         let half_open = self
             .sas
-            .values()
-            .filter(|s| s.peer == peer && s.role == Role::Responder && s.state == SaState::HalfOpen)
+            .of_peer(peer)
+            .filter(|s| s.role == Role::Responder && s.state == SaState::HalfOpen)
             .count();
         if half_open >= self.cfg.half_open_per_peer {
             return self.dropped(from, "half-open IKE SA limit for this peer reached");
@@ -1226,13 +1027,12 @@ impl Endpoint {
         // Simultaneous initiation (module documentation).
         let own = self
             .sas
-            .iter()
-            .find(|(_, s)| {
-                s.peer == peer
-                    && s.role == Role::Initiator
+            .of_peer(peer)
+            .find(|s| {
+                s.role == Role::Initiator
                     && matches!(s.state, SaState::InitSent | SaState::AuthSent)
             })
-            .map(|(k, s)| (*k, s.ni.clone()));
+            .map(|s| (s.local_spi(), s.ni.clone()));
         if let Some((own_spi, own_ni)) = own {
             let ours_wins = own_ni.as_slice() > ni;
             self.events.push_back(Event::SimultaneousInitiation {
@@ -1337,7 +1137,7 @@ impl Endpoint {
         let bytes = wire::emit_message(&rh, &payloads);
         sa.init_response = bytes.clone();
         self.send(from, bytes);
-        self.sas.insert(spi_r, sa);
+        self.sas.insert(sa);
     }
 
     fn on_response(
@@ -1353,8 +1153,7 @@ impl Endpoint {
             .as_ref()
             .is_some_and(|p| p.message_id == msg.header.message_id);
         if !matches_pending {
-            let spi = sa.local_spi();
-            self.sas.insert(spi, sa);
+            self.sas.insert(sa);
             return self.dropped(from, "response to no outstanding request");
         }
         match sa.state {
@@ -1375,8 +1174,7 @@ impl Endpoint {
                 self.on_create_child_response_msg(now, from, datagram, msg, sa)
             }
             _ => {
-                let spi = sa.local_spi();
-                self.sas.insert(spi, sa);
+                self.sas.insert(sa);
                 self.dropped(from, "response of an unexpected exchange type")
             }
         }
@@ -1390,13 +1188,12 @@ impl Endpoint {
         msg: &ParsedMessage,
         mut sa: IkeSa,
     ) {
-        let spi = sa.local_spi();
         let pc = &self.cfg.peers[sa.peer];
         if let Some(n) = msg.payloads.notify(NotifyType::COOKIE) {
             if (1..=64).contains(&n.data.len()) && sa.cookie.is_none() {
                 sa.cookie = Some(n.data.clone());
                 self.send_init_request(&mut sa, now);
-                self.sas.insert(spi, sa);
+                self.sas.insert(sa);
                 return;
             }
         }
@@ -1410,7 +1207,7 @@ impl Endpoint {
                         Ok(ke) => {
                             sa.ke = Some(ke);
                             self.send_init_request(&mut sa, now);
-                            self.sas.insert(spi, sa);
+                            self.sas.insert(sa);
                         }
                         Err(e) => self.fail(sa, Misbehaviour::KeyExchange(e).into(), false, now),
                     }
@@ -1438,11 +1235,11 @@ impl Endpoint {
         let ke_in = msg.payloads.find_payload(Payload::as_ke);
         let nr = msg.payloads.find_payload(Payload::as_nonce);
         let (Some(sa_reply), Some(ke_in), Some(nr)) = (sa_reply, ke_in, nr) else {
-            self.sas.insert(spi, sa);
+            self.sas.insert(sa);
             return self.dropped(from, "IKE_SA_INIT response without SA, KE or Nonce");
         };
         if msg.header.spi_r == 0 {
-            self.sas.insert(spi, sa);
+            self.sas.insert(sa);
             return self.dropped(from, "IKE_SA_INIT response without a responder SPI");
         }
         let Some(ke) = sa.ke.take() else {
@@ -1489,7 +1286,7 @@ impl Endpoint {
         sa.pending = None;
         match self.send_auth_request(&mut sa, now) {
             Ok(()) => {
-                self.sas.insert(spi, sa);
+                self.sas.insert(sa);
             }
             Err(e) => self.fail(sa, e, false, now),
         }
@@ -1586,13 +1383,6 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Drops reservations that have ended.
-    fn prune_reservations(&mut self, now: Instant) {
-        for p in &mut self.peers {
-            p.reservations.retain(|r| r.until > now);
-        }
-    }
-
     fn send_auth_request(&mut self, sa: &mut IkeSa, now: Instant) -> Result<(), IkeError> {
         let peer = sa.peer;
         let pc = &self.cfg.peers[peer];
@@ -1604,10 +1394,7 @@ impl Endpoint {
             .auth_value(sa, true, &idi)
             .ok_or(Misbehaviour::Unexpected("AUTH before keys"))?;
         let mut payloads = vec![Payload::IdI(idi)];
-        let other_established = self
-            .sas
-            .values()
-            .any(|s| s.peer == peer && s.is_authenticated());
+        let other_established = self.sas.of_peer(peer).any(IkeSa::is_authenticated);
         if !other_established {
             payloads.push(notify(NotifyType::INITIAL_CONTACT, Vec::new()));
         }
@@ -1677,9 +1464,9 @@ impl Endpoint {
         self.peers[peer].next_attempt = None;
         let older: Vec<u64> = self
             .sas
-            .iter()
-            .filter(|(_, s)| s.peer == peer && s.is_authenticated())
-            .map(|(k, _)| *k)
+            .of_peer(peer)
+            .filter(|s| s.is_authenticated())
+            .map(IkeSa::local_spi)
             .collect();
         for spi in older {
             if let Some(mut old) = self.sas.remove(&spi) {
@@ -1731,7 +1518,7 @@ impl Endpoint {
         match sa.unprotect(datagram, msg, now) {
             Ok(payloads) => Some((sa, payloads)),
             Err(e) => {
-                self.sas.insert(sa.local_spi(), sa);
+                self.sas.insert(sa);
                 self.dropped(from, format!("{what}: {e}"));
                 None
             }
@@ -1751,7 +1538,6 @@ impl Endpoint {
         else {
             return;
         };
-        let spi = sa.local_spi();
         sa.pending = None;
         if let Some(n) = payloads.notify(NotifyType::AUTHENTICATION_FAILED) {
             let e = NegotiationError::PeerReported(n.ty);
@@ -1870,7 +1656,7 @@ impl Endpoint {
                 }
             }
         }
-        self.sas.insert(spi, sa);
+        self.sas.insert(sa);
     }
 
     fn child_failed(&mut self, sa: &mut IkeSa, error: IkeError, by_peer: bool, now: Instant) {
@@ -1900,7 +1686,6 @@ impl Endpoint {
         else {
             return;
         };
-        let spi = sa.local_spi();
         let kind = sa.pending.take().map(|p| p.kind);
         if kind == Some(PendingKind::DeleteIke) {
             if sa.state == SaState::Rekeyed {
@@ -1910,7 +1695,7 @@ impl Endpoint {
             }
         } else {
             self.send_queued(&mut sa, now);
-            self.sas.insert(spi, sa);
+            self.sas.insert(sa);
         }
     }
 
@@ -1927,14 +1712,13 @@ impl Endpoint {
         else {
             return;
         };
-        let spi = sa.local_spi();
         let kind = sa.pending.take().map(|p| p.kind);
         if kind == Some(PendingKind::RekeyIke) {
             return self.on_ike_rekey_response(now, payloads, sa);
         }
         self.on_create_child_response(now, payloads, &mut sa);
         self.send_queued(&mut sa, now);
-        self.sas.insert(spi, sa);
+        self.sas.insert(sa);
     }
 
     fn on_request(
@@ -1945,19 +1729,18 @@ impl Endpoint {
         msg: &ParsedMessage,
         sa: IkeSa,
     ) {
-        let spi = sa.local_spi();
         let id = msg.header.message_id;
         // Retransmitted request: replay the stored response (RFC 7296 2.1).
         if let Some((last_id, bytes)) = &sa.last_response {
             if *last_id == id {
                 let bytes = bytes.clone();
-                self.sas.insert(spi, sa);
+                self.sas.insert(sa);
                 return self.send(from, bytes);
             }
         }
         if id != sa.expected_message_id || sa.state == SaState::Failed {
             let expected = sa.expected_message_id;
-            self.sas.insert(spi, sa);
+            self.sas.insert(sa);
             return self.dropped(
                 from,
                 format!("request with message ID {id}, expected {expected}"),
@@ -1992,13 +1775,13 @@ impl Endpoint {
                         ExchangeType::CREATE_CHILD_SA,
                         &[notify(NotifyType::TEMPORARY_FAILURE, Vec::new())],
                     );
-                    self.sas.insert(spi, sa);
+                    self.sas.insert(sa);
                 } else {
                     self.on_create_child_request(now, payloads, sa)
                 }
             }
             _ => {
-                self.sas.insert(spi, sa);
+                self.sas.insert(sa);
                 self.dropped(
                     from,
                     format!("{} request in this IKE SA state", msg.header.exchange),
@@ -2121,8 +1904,7 @@ impl Endpoint {
             },
         }
         self.respond(&mut sa, ExchangeType::IKE_AUTH, &reply);
-        let spi = sa.local_spi();
-        self.sas.insert(spi, sa);
+        self.sas.insert(sa);
     }
 
     /// The responder's side of the TCP-AO child SA in IKE_AUTH.
@@ -2190,7 +1972,7 @@ impl Endpoint {
         }
         self.respond(&mut sa, ExchangeType::INFORMATIONAL, &reply);
         if !delete_ike {
-            self.sas.insert(spi, sa);
+            self.sas.insert(sa);
             return;
         }
         match sa.state {
@@ -2198,7 +1980,7 @@ impl Endpoint {
             SaState::Rekeyed => self.retire_rekeyed_sa(sa, now),
             // The peer found the SA it created redundant (RFC 7296 2.8.2).
             SaState::Successor => self.remove_sa(sa, "deleted by the peer"),
-            _ => match self.passive_successor(spi) {
+            _ => match self.passive_successor(sa.peer, spi) {
                 // RFC 7296 2.25.2: the peer rekeyed this SA without noticing
                 // our own rekey of it: its new SA survives, ours is forgotten.
                 Some(succ) if sa.ike_rekey.is_some() => {

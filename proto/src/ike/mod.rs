@@ -15,8 +15,11 @@ pub mod endpoint;
 pub mod error;
 pub mod event;
 pub mod proposal;
+mod sa;
 pub mod sa_rekey;
 pub mod sk;
+mod table;
+mod timers;
 
 pub use config::{
     EndpointConfig, Identity, IkeSuite, Lifetimes, PeerConfig, PortRange, RetransmitConfig,

@@ -22,10 +22,11 @@
 
 use std::time::{Duration, Instant};
 
-use super::endpoint::{notify, Endpoint, IkeSa, PendingKind, SaState};
+use super::endpoint::{notify, Endpoint};
 use super::error::{IkeError, Misbehaviour, NegotiationError};
 use super::event::{Event, Role};
 use super::proposal;
+use super::sa::{IkeSa, PendingKind, SaState};
 use super::PayloadsExt;
 use crate::crypto::{self, IkeKeys, KeyExchange, Secret};
 use crate::numbers::{DhGroup, ExchangeType, NotifyType, PayloadType, ProtocolId};
@@ -105,10 +106,10 @@ impl Endpoint {
             && sa.ike_rekey.is_none()
     }
 
-    /// Deadlines of the IKE SA rekeys and liveness checks.
-    pub(super) fn sa_deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
+    /// Deadlines of the peer's IKE SA rekeys and liveness checks.
+    pub(super) fn sa_deadlines(&self, peer: usize) -> impl Iterator<Item = Instant> + '_ {
         self.sas
-            .values()
+            .of_peer(peer)
             .filter(|sa| Self::sa_is_idle(sa))
             .flat_map(move |sa| {
                 let liveness = self.cfg.liveness.map(|l| sa.last_received + l);
@@ -121,38 +122,38 @@ impl Endpoint {
     /// or as soon as the outstanding request is answered. Returns false
     /// when there is no established IKE SA with the peer.
     pub fn rekey_ike(&mut self, peer_name: &str, now: Instant) -> Result<bool, IkeError> {
-        let peer = self
-            .cfg
-            .peers
-            .iter()
-            .position(|p| p.name == peer_name)
-            .ok_or_else(|| super::error::MisuseError::UnknownPeer(peer_name.to_string()))?;
-        let Some(sa) = self
+        let peer = self.peer_index(peer_name)?;
+        let Some(spi) = self
             .sas
-            .values_mut()
-            .find(|s| s.peer == peer && s.state == SaState::Established)
+            .of_peer(peer)
+            .find(|s| s.state == SaState::Established)
+            .map(IkeSa::local_spi)
         else {
             return Ok(false);
         };
-        if sa.ike_rekey.is_none() {
-            sa.rekey_at = Some(now);
+        let mark = self.events.len();
+        if let Some(sa) = self.sas.get_mut(&spi) {
+            if sa.ike_rekey.is_none() {
+                sa.rekey_at = Some(now);
+            }
         }
-        self.handle_sa_timers(now);
+        self.handle_sa_timers(peer, now);
+        self.finish_input(mark);
         Ok(true)
     }
 
-    /// Starts due IKE SA rekeys and liveness checks.
-    pub(super) fn handle_sa_timers(&mut self, now: Instant) {
+    /// Starts the peer's due IKE SA rekeys and liveness checks.
+    pub(super) fn handle_sa_timers(&mut self, peer: usize, now: Instant) {
         let liveness = self.cfg.liveness;
         let due: Vec<u64> = self
             .sas
-            .iter()
-            .filter(|(_, sa)| {
+            .of_peer(peer)
+            .filter(|sa| {
                 Self::sa_is_idle(sa)
                     && (sa.rekey_at.is_some_and(|t| t <= now)
                         || liveness.is_some_and(|l| sa.last_received + l <= now))
             })
-            .map(|(k, _)| *k)
+            .map(IkeSa::local_spi)
             .collect();
         for spi in due {
             let Some(mut sa) = self.sas.remove(&spi) else {
@@ -178,7 +179,7 @@ impl Endpoint {
                     now,
                 );
             }
-            self.sas.insert(spi, sa);
+            self.sas.insert(sa);
         }
     }
 
@@ -195,7 +196,7 @@ impl Endpoint {
             .or(sa.suite.map(|s| s.group))
             .ok_or(Misbehaviour::Unexpected("IKE SA rekey before keys"))?;
         let ke = KeyExchange::generate(group, &mut *self.rng).map_err(Misbehaviour::KeyExchange)?;
-        let spi = self.new_local_spi();
+        let spi = self.new_local_spi(sa.peer);
         let mut ni = vec![0u8; NONCE_LEN];
         self.rng.fill_bytes(&mut ni);
         let pc = &self.cfg.peers[sa.peer];
@@ -218,13 +219,16 @@ impl Endpoint {
         Ok(())
     }
 
-    /// A fresh nonzero local SPI, unused by any IKE SA or outstanding offer.
-    fn new_local_spi(&mut self) -> u64 {
+    /// A fresh nonzero local SPI, unused by any IKE SA and by the peer's
+    /// outstanding rekey offers. (Another peer's outstanding offer is not
+    /// looked at, to keep this O(log n): 64 random bits would have to hit
+    /// it in the round trip the offer is out.)
+    fn new_local_spi(&mut self, peer: usize) -> u64 {
         loop {
             let spi = self.rng.next_u64();
             let offered = self
                 .sas
-                .values()
+                .of_peer(peer)
                 .any(|s| s.ike_rekey.as_ref().is_some_and(|o| o.spi == spi));
             if spi != 0 && !self.sas.contains_key(&spi) && !offered {
                 return spi;
@@ -239,7 +243,6 @@ impl Endpoint {
         payloads: Vec<Payload>,
         mut sa: IkeSa,
     ) {
-        let spi = sa.local_spi();
         let closing = sa
             .pending
             .as_ref()
@@ -252,7 +255,7 @@ impl Endpoint {
                 ExchangeType::CREATE_CHILD_SA,
                 &[notify(NotifyType::TEMPORARY_FAILURE, Vec::new())],
             );
-            self.sas.insert(spi, sa);
+            self.sas.insert(sa);
             return;
         }
         match self.accept_ike_rekey(&sa, &payloads, now) {
@@ -263,9 +266,9 @@ impl Endpoint {
                     // Our own rekey of it is outstanding: wait for it.
                     new.state = SaState::Successor;
                     new.expires = Some(now + self.rekeyed_sa_lifetime());
-                    self.sas.insert(new_spi, new);
+                    self.sas.insert(new);
                 } else {
-                    self.sas.insert(new_spi, new);
+                    self.sas.insert(new);
                     // The peer deletes the old SA.
                     self.adopt_successor(&mut sa, new_spi, now);
                 }
@@ -286,7 +289,7 @@ impl Endpoint {
                 });
             }
         }
-        self.sas.insert(spi, sa);
+        self.sas.insert(sa);
     }
 
     /// Chooses a proposal, runs the key exchange and builds the new SA
@@ -318,7 +321,7 @@ impl Endpoint {
         let gir = ke.agree(&ke_in.data).map_err(Misbehaviour::KeyExchange)?;
         let mut nr = vec![0u8; NONCE_LEN];
         self.rng.fill_bytes(&mut nr);
-        let spi_r = self.new_local_spi();
+        let spi_r = self.new_local_spi(sa.peer);
         let keys = rekeyed_keys(sa, choice.suite, &gir, &ni, &nr, spi_i, spi_r)?;
         let reply = vec![
             Payload::Sa(proposal::ike_rekey_sa_reply(
@@ -383,7 +386,7 @@ impl Endpoint {
     ) {
         let spi = sa.local_spi();
         let Some(offer) = sa.ike_rekey.take() else {
-            self.sas.insert(spi, sa);
+            self.sas.insert(sa);
             return;
         };
         let new = match self.finish_ike_rekey(&sa, &offer, &payloads, now) {
@@ -396,11 +399,11 @@ impl Endpoint {
         };
         let new_spi = new.local_spi();
         let ours_lowest = new.rekeyed_from.as_ref().map(|o| o.lowest_nonce().to_vec());
-        self.sas.insert(new_spi, new);
-        let Some(passive) = self.passive_successor(spi) else {
+        self.sas.insert(new);
+        let Some(passive) = self.passive_successor(sa.peer, spi) else {
             self.adopt_successor(&mut sa, new_spi, now);
             self.send_ike_delete(&mut sa, now);
-            self.sas.insert(spi, sa);
+            self.sas.insert(sa);
             return;
         };
         // RFC 7296 2.8.2: both sides rekeyed; the new SA with the lowest of
@@ -422,7 +425,7 @@ impl Endpoint {
                 ours.state = SaState::Rekeyed;
                 ours.expires = Some(now + self.rekeyed_sa_lifetime());
                 self.send_ike_delete(&mut ours, now);
-                self.sas.insert(new_spi, ours);
+                self.sas.insert(ours);
             }
         } else {
             // Ours survives; the peer deletes its redundant one. Not for
@@ -436,7 +439,7 @@ impl Endpoint {
                 p.expires = Some(now + REDUNDANT_SA_WAIT);
             }
         }
-        self.sas.insert(spi, sa);
+        self.sas.insert(sa);
     }
 
     /// Checks the answer {SA, Nr, KEr} and builds the new SA (initiator).
@@ -497,13 +500,13 @@ impl Endpoint {
         let spi = sa.local_spi();
         sa.ike_rekey = None;
         let peer_name = self.cfg.peers[sa.peer].name.clone();
-        if let Some(passive) = self.passive_successor(spi) {
+        if let Some(passive) = self.passive_successor(sa.peer, spi) {
             self.events.push_back(Event::IkeRekeyCollision {
                 peer: peer_name,
                 kept_ours: false,
             });
             self.adopt_successor(&mut sa, passive, now);
-            self.sas.insert(spi, sa);
+            self.sas.insert(sa);
             return;
         }
         let by_peer = matches!(
@@ -549,19 +552,19 @@ impl Endpoint {
             }
         }
         self.send_queued(&mut sa, now);
-        self.sas.insert(spi, sa);
+        self.sas.insert(sa);
     }
 
     /// The SA that the peer's rekey of the SA with local SPI `old` created
     /// while ours was outstanding.
-    pub(super) fn passive_successor(&self, old: u64) -> Option<u64> {
+    pub(super) fn passive_successor(&self, peer: usize, old: u64) -> Option<u64> {
         self.sas
-            .iter()
-            .find(|(_, s)| {
+            .of_peer(peer)
+            .find(|s| {
                 s.state == SaState::Successor
                     && s.rekeyed_from.as_ref().is_some_and(|o| o.old == old)
             })
-            .map(|(k, _)| *k)
+            .map(IkeSa::local_spi)
     }
 
     /// `new` (in the table) replaces `old` (taken out of it): it becomes the
@@ -597,7 +600,7 @@ impl Endpoint {
             suite: new.suite.unwrap_or(super::config::IkeSuite::DEFAULT),
         });
         self.send_queued(&mut new, now);
-        self.sas.insert(new_spi, new);
+        self.sas.insert(new);
     }
 
     /// INFORMATIONAL {Delete(IKE)}, retransmitted like any request; the
@@ -633,7 +636,7 @@ impl Endpoint {
             }
             succ.queued.extend(sa.queued.drain(..));
             self.send_queued(&mut succ, now);
-            self.sas.insert(succ.local_spi(), succ);
+            self.sas.insert(succ);
         }
         self.remove_sa(sa, "rekeyed");
     }

@@ -1,0 +1,259 @@
+//! One IKE SA: its SPIs, role and state, its keys, and its request
+//! window (the outstanding request, queued requests, the stored response),
+//! with the header, protect and unprotect operations every exchange uses.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::config::IkeSuite;
+use super::error::{IkeError, Misbehaviour};
+use super::event::Role;
+use super::sk;
+use crate::crypto::{IkeKeys, KeyExchange};
+use crate::numbers::{ExchangeType, PayloadType};
+use crate::wire::{Header, ParsedMessage, Payload, FLAG_INITIATOR, FLAG_RESPONSE};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SaState {
+    /// Initiator: IKE_SA_INIT sent.
+    InitSent,
+    /// Initiator: IKE_AUTH sent.
+    AuthSent,
+    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
+    HalfOpen,
+    Established,
+    /// Superseded by a rekey of the IKE SA (RFC 7296 2.18): the old SA, or
+    /// the redundant new one of a collision (2.8.2). It answers requests
+    /// (CREATE_CHILD_SA with TEMPORARY_FAILURE, 2.25.2) and sends nothing
+    /// but its pending request and its Delete; it goes when either side
+    /// deletes it, or at `expires`.
+    Rekeyed,
+    /// Created by the peer's rekey of an IKE SA while this side's own rekey
+    /// of it was outstanding (2.8.2): not used until ours concludes, then
+    /// Established (it survives) or Rekeyed (it is redundant).
+    Successor,
+    /// Failed; kept until `expires` so a retransmitted request still gets
+    /// the stored error response.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PendingKind {
+    Init,
+    Auth,
+    Informational,
+    DeleteIke,
+    CreateChild,
+    /// CREATE_CHILD_SA rekeying the IKE SA (RFC 7296 2.18).
+    RekeyIke,
+    /// An empty INFORMATIONAL (RFC 7296 1.4).
+    Liveness,
+}
+
+pub(super) struct Pending {
+    pub(super) message_id: u32,
+    pub(super) bytes: Vec<u8>,
+    pub(super) sent: u32,
+    pub(super) deadline: Instant,
+    pub(super) kind: PendingKind,
+    /// An INFORMATIONAL's payloads, sent again on the successor if the IKE
+    /// SA is rekeyed and deleted before the answer (Delete payloads of
+    /// MKTs must still reach the peer).
+    pub(super) requeue: Option<(ExchangeType, Vec<Payload>)>,
+}
+
+/// The TCP-AO child SA offered in our IKE_AUTH request.
+pub(super) struct ChildOffer {
+    pub(super) recv_id: u8,
+    pub(super) exclude_options: bool,
+}
+
+/// One IKE SA (RFC 7296 2), in any state.
+pub(super) struct IkeSa {
+    pub(super) peer: usize,
+    pub(super) role: Role,
+    pub(super) state: SaState,
+    pub(super) spi_i: u64,
+    pub(super) spi_r: u64,
+    pub(super) remote: SocketAddr,
+    pub(super) created: Instant,
+    pub(super) expires: Option<Instant>,
+    pub(super) ni: Vec<u8>,
+    pub(super) nr: Vec<u8>,
+    pub(super) ke: Option<KeyExchange>,
+    pub(super) suite: Option<IkeSuite>,
+    pub(super) keys: Option<IkeKeys>,
+    pub(super) init_request: Vec<u8>,
+    pub(super) init_response: Vec<u8>,
+    pub(super) cookie: Option<Vec<u8>>,
+    pub(super) peer_tcp_ao: bool,
+    pub(super) peer_childless: bool,
+    pub(super) next_message_id: u32,
+    pub(super) expected_message_id: u32,
+    pub(super) pending: Option<Pending>,
+    pub(super) last_response: Option<(u32, Vec<u8>)>,
+    pub(super) iv_counter: u64,
+    pub(super) established_at: Option<Instant>,
+    pub(super) child_offer: Option<ChildOffer>,
+    /// An outstanding CREATE_CHILD_SA request of ours.
+    pub(super) rekey_offer: Option<super::child::RekeyOffer>,
+    /// Requests waiting for the window (size 1, RFC 7296 2.3).
+    pub(super) queued: VecDeque<(ExchangeType, Vec<Payload>, PendingKind)>,
+    /// When this side rekeys the IKE SA (`None`: never, or under way).
+    pub(super) rekey_at: Option<Instant>,
+    /// When a protected message from the peer last verified on this SA
+    /// (liveness, RFC 7296 1.4).
+    pub(super) last_received: Instant,
+    /// Our outstanding CREATE_CHILD_SA rekeying this IKE SA.
+    pub(super) ike_rekey: Option<super::sa_rekey::IkeRekeyOffer>,
+    /// How a rekey created this SA (RFC 7296 2.18, 2.8.2).
+    pub(super) rekeyed_from: Option<super::sa_rekey::RekeyOrigin>,
+    /// Rekeyed: the local SPI of the SA that replaced this one.
+    pub(super) successor: Option<u64>,
+    /// The peer's IKE_AUTH message carried INITIAL_CONTACT (RFC 7296 2.4).
+    pub(super) peer_initial_contact: bool,
+    /// Reported to the driver (IkeSaEstablished or IkeSaRekeyed), so that
+    /// its deletion is reported too.
+    pub(super) announced: bool,
+}
+
+impl IkeSa {
+    pub(super) fn local_spi(&self) -> u64 {
+        match self.role {
+            Role::Initiator => self.spi_i,
+            Role::Responder => self.spi_r,
+        }
+    }
+
+    pub(super) fn is_live(&self) -> bool {
+        self.state != SaState::Failed
+    }
+
+    /// The IKE SA created by a rekey of `old` (RFC 7296 2.18): keys from the
+    /// rekey exchange, message IDs from 0, the same peer and capabilities.
+    /// `role` is this side's role in the rekey exchange. Established;
+    /// reported once it replaces `old`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rekeyed(
+        old: &IkeSa,
+        role: Role,
+        (spi_i, spi_r): (u64, u64),
+        suite: IkeSuite,
+        keys: IkeKeys,
+        (ni, nr): (Vec<u8>, Vec<u8>),
+        rekey_at: Option<Instant>,
+        origin: super::sa_rekey::RekeyOrigin,
+        now: Instant,
+    ) -> IkeSa {
+        IkeSa {
+            peer: old.peer,
+            role,
+            state: SaState::Established,
+            spi_i,
+            spi_r,
+            remote: old.remote,
+            created: now,
+            expires: None,
+            ni,
+            nr,
+            ke: None,
+            suite: Some(suite),
+            keys: Some(keys),
+            init_request: Vec::new(),
+            init_response: Vec::new(),
+            cookie: None,
+            peer_tcp_ao: old.peer_tcp_ao,
+            peer_childless: old.peer_childless,
+            next_message_id: 0,
+            expected_message_id: 0,
+            pending: None,
+            last_response: None,
+            iv_counter: 0,
+            established_at: Some(now),
+            child_offer: None,
+            rekey_offer: None,
+            queued: VecDeque::new(),
+            rekey_at,
+            last_received: now,
+            ike_rekey: None,
+            rekeyed_from: Some(origin),
+            successor: None,
+            peer_initial_contact: old.peer_initial_contact,
+            announced: false,
+        }
+    }
+
+    /// Authenticated and not failed: Established, Rekeyed or Successor.
+    pub(super) fn is_authenticated(&self) -> bool {
+        matches!(
+            self.state,
+            SaState::Established | SaState::Rekeyed | SaState::Successor
+        )
+    }
+
+    pub(super) fn header(&self, exchange: ExchangeType, message_id: u32, response: bool) -> Header {
+        let mut flags = 0;
+        if self.role == Role::Initiator {
+            flags |= FLAG_INITIATOR;
+        }
+        if response {
+            flags |= FLAG_RESPONSE;
+        }
+        Header {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            next_payload: PayloadType::NONE,
+            version: 0x20,
+            exchange,
+            flags,
+            message_id,
+            length: 0,
+        }
+    }
+
+    /// Builds a protected message with this SA's keys.
+    pub(super) fn protect(
+        &mut self,
+        header: &Header,
+        payloads: &[Payload],
+    ) -> Result<Vec<u8>, IkeError> {
+        let (suite, keys) = match (&self.suite, &self.keys) {
+            (Some(s), Some(k)) => (s, k),
+            _ => return Err(Misbehaviour::Unexpected("protected message before keys").into()),
+        };
+        let key = match self.role {
+            Role::Initiator => &keys.sk_ei,
+            Role::Responder => &keys.sk_er,
+        };
+        self.iv_counter = self.iv_counter.wrapping_add(1);
+        sk::protect(
+            header,
+            payloads,
+            suite.encr,
+            key.as_bytes(),
+            self.iv_counter,
+        )
+    }
+
+    /// Opens a protected message from the peer; one that verifies counts
+    /// as a sign of life (RFC 7296 1.4).
+    pub(super) fn unprotect(
+        &mut self,
+        datagram: &[u8],
+        msg: &ParsedMessage,
+        now: Instant,
+    ) -> Result<Vec<Payload>, IkeError> {
+        let (suite, keys) = match (&self.suite, &self.keys) {
+            (Some(s), Some(k)) => (s, k),
+            _ => return Err(Misbehaviour::Integrity.into()),
+        };
+        let key = match self.role {
+            Role::Initiator => &keys.sk_er,
+            Role::Responder => &keys.sk_ei,
+        };
+        let payloads = sk::unprotect(datagram, msg, suite.encr, key.as_bytes())?;
+        self.last_received = now;
+        Ok(payloads)
+    }
+}
