@@ -19,7 +19,8 @@ use super::config::PortRange;
 use super::endpoint::{narrow, notify, reply_within, selectors, Endpoint, MktRecord};
 use super::error::{IkeError, Misbehaviour, NegotiationError};
 use super::event::{Event, Role};
-use super::sa::{IkeSa, PendingKind, SaState};
+use super::sa::{IkeSa, SaState};
+use super::window::PendingKind;
 use super::PayloadsExt;
 use crate::crypto::{self, KeyExchange, Secret};
 use crate::mkt::{MacAlgorithm, MasterKeyTuple, MASTER_KEY_LEN};
@@ -541,7 +542,7 @@ impl Endpoint {
     pub(super) fn mkt_deadlines(&self, peer: usize) -> impl Iterator<Item = Instant> + '_ {
         let p = &self.peers[peer];
         let sa = self.established_sa(peer);
-        let sa_free = sa.is_some_and(|s| s.pending.is_none());
+        let sa_free = sa.is_some_and(|s| !s.window.busy());
         let fresh = sa.filter(|s| self.needs_fresh_mkt(s)).map(|s| {
             p.next_child_attempt
                 .unwrap_or(s.established_at.unwrap_or(s.created))
@@ -569,7 +570,7 @@ impl Endpoint {
         let pc = &self.cfg.peers[sa.peer];
         sa.role == Role::Initiator
             && sa.state == SaState::Established
-            && sa.pending.is_none()
+            && !sa.window.busy()
             && sa.rekey_offer.is_none()
             && sa.peer_tcp_ao
             && self.cfg.advertise_tcp_ao
@@ -621,7 +622,7 @@ impl Endpoint {
             let mut deletes = Vec::new();
             for i in due.into_iter().rev() {
                 let with_delete = self.peers[peer].mkts[i].retire_with_delete;
-                if with_delete && sa.as_ref().is_none_or(|s| s.pending.is_some()) {
+                if with_delete && sa.as_ref().is_none_or(|s| s.window.busy()) {
                     // Wait for the window; without an IKE SA retire locally.
                     if sa.is_some() {
                         continue;
@@ -659,7 +660,7 @@ impl Endpoint {
                     }
                 }
                 // Rekeys, one at a time per IKE SA.
-                if s.pending.is_none() && s.rekey_offer.is_none() {
+                if !s.window.busy() && s.rekey_offer.is_none() {
                     let due = self.peers[peer]
                         .mkts
                         .iter()

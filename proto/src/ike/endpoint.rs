@@ -46,9 +46,10 @@ use super::config::{EndpointConfig, IkeSuite, PortRange};
 use super::error::{IkeError, Misbehaviour, MisuseError, NegotiationError};
 use super::event::{Event, KeyIdReservation, MktView, PeerState, PeerView, Role, SaView, Transmit};
 use super::proposal;
-use super::sa::{ChildOffer, IkeSa, Pending, PendingKind, SaState};
+use super::sa::{ChildOffer, IkeSa, SaState};
 use super::table::SaTable;
 use super::timers::TimerQueue;
+use super::window::{PendingKind, Retransmit, Window};
 use super::PayloadsExt;
 use crate::crypto::{self, IkeKeys, KeyExchange, Secret};
 use crate::mkt::MasterKeyTuple;
@@ -298,7 +299,7 @@ impl Endpoint {
     /// initiation and its KeyID reservations. O(its SAs and MKTs).
     fn peer_deadline(&self, peer: usize) -> Option<Instant> {
         let sa_deadlines = self.sas.of_peer(peer).flat_map(|sa| {
-            let retransmit = sa.pending.as_ref().map(|p| p.deadline);
+            let retransmit = sa.window.deadline();
             let half_open = match sa.state {
                 SaState::HalfOpen => Some(sa.created + self.cfg.half_open_timeout),
                 _ => None,
@@ -575,10 +576,7 @@ impl Endpoint {
     /// Sends an INFORMATIONAL request that is not retransmitted (the SA is
     /// going away).
     fn send_oneshot(&mut self, sa: &mut IkeSa, payloads: &[Payload]) {
-        let id = sa.next_message_id;
-        sa.next_message_id = sa.next_message_id.wrapping_add(1);
-        let h = sa.header(ExchangeType::INFORMATIONAL, id, false);
-        if let Ok(bytes) = sa.protect(&h, payloads) {
+        if let Ok((_, bytes)) = sa.request(ExchangeType::INFORMATIONAL, payloads) {
             self.send(sa.remote, bytes);
         }
     }
@@ -631,9 +629,9 @@ impl Endpoint {
             self.drop_rekey_leftovers(peer, "IKE SA failed");
             return;
         }
-        if sa.role == Role::Responder && sa.last_response.is_some() {
+        if sa.role == Role::Responder && sa.window.has_response() {
             sa.state = SaState::Failed;
-            sa.pending = None;
+            sa.window.complete();
             sa.expires = Some(now + self.cfg.half_open_timeout);
             self.sas.insert(sa);
         }
@@ -663,15 +661,11 @@ impl Endpoint {
             cookie: None,
             peer_tcp_ao: false,
             peer_childless: false,
-            next_message_id: 0,
-            expected_message_id: 0,
-            pending: None,
-            last_response: None,
+            window: Window::new(0),
             iv_counter: 0,
             established_at: None,
             child_offer: None,
             rekey_offer: None,
-            queued: VecDeque::new(),
             rekey_at: None,
             last_received: now,
             ike_rekey: None,
@@ -710,11 +704,11 @@ impl Endpoint {
         }));
         payloads.push(Payload::Nonce(sa.ni.clone()));
         payloads.extend(self.capability_payloads());
-        let h = sa.header(ExchangeType::IKE_SA_INIT, 0, false);
+        let id = sa.window.init_id();
+        let h = sa.header(ExchangeType::IKE_SA_INIT, id, false);
         let bytes = wire::emit_message(&h, &payloads);
         sa.init_request = bytes.clone();
-        sa.next_message_id = 1;
-        self.send_request(sa, 0, bytes, PendingKind::Init, now);
+        self.send_request(sa, id, bytes, PendingKind::Init, now);
     }
 
     /// Sends a request now, or queues it behind the outstanding one (the
@@ -727,17 +721,14 @@ impl Endpoint {
         kind: PendingKind,
         now: Instant,
     ) {
-        if sa.pending.is_some() {
-            sa.queued.push_back((exchange, payloads, kind));
+        if sa.window.busy() {
+            sa.window.queue((exchange, payloads, kind));
             return;
         }
-        let id = sa.next_message_id;
-        sa.next_message_id = sa.next_message_id.wrapping_add(1);
-        let h = sa.header(exchange, id, false);
-        if let Ok(bytes) = sa.protect(&h, &payloads) {
+        if let Ok((id, bytes)) = sa.request(exchange, &payloads) {
             self.send_request(sa, id, bytes, kind, now);
             if kind == PendingKind::Informational {
-                if let Some(p) = sa.pending.as_mut() {
+                if let Some(p) = sa.window.pending_mut() {
                     p.requeue = Some((exchange, payloads));
                 }
             }
@@ -746,10 +737,8 @@ impl Endpoint {
 
     /// Sends the next queued request, if any.
     pub(super) fn send_queued(&mut self, sa: &mut IkeSa, now: Instant) {
-        if sa.pending.is_none() {
-            if let Some((exchange, payloads, kind)) = sa.queued.pop_front() {
-                self.enqueue(sa, exchange, payloads, kind, now);
-            }
+        if let Some((exchange, payloads, kind)) = sa.window.next_queued() {
+            self.enqueue(sa, exchange, payloads, kind, now);
         }
     }
 
@@ -762,26 +751,20 @@ impl Endpoint {
         now: Instant,
     ) {
         self.send(sa.remote, bytes.clone());
-        sa.pending = Some(Pending {
-            message_id,
-            bytes,
-            sent: 1,
-            deadline: now + self.cfg.retransmit.timeout_after(1),
-            kind,
-            requeue: None,
-        });
+        sa.window
+            .sent(message_id, bytes, kind, now, &self.cfg.retransmit);
     }
 
     /// The retransmissions of `sa`'s pending request are exhausted (RFC
     /// 7296 2.4: the peer is considered dead).
     fn give_up(&mut self, mut sa: IkeSa, now: Instant) {
-        let kind = sa.pending.as_ref().map(|p| p.kind);
+        let kind = sa.window.pending_kind();
         if sa.state == SaState::Rekeyed {
             // Its successor carries on; an unanswered Delete payload of an
             // MKT is sent again there.
             return self.retire_rekeyed_sa(sa, now);
         }
-        sa.pending = None;
+        sa.window.complete();
         match kind {
             Some(PendingKind::DeleteIke) => self.remove_sa(sa, "deleted"),
             // Also a rekey of the IKE SA that collided with the peer's: the
@@ -841,7 +824,7 @@ impl Endpoint {
             .sas
             .of_peer(peer)
             .filter(|sa| {
-                sa.pending.as_ref().is_some_and(|p| p.deadline <= now)
+                sa.window.deadline().is_some_and(|d| d <= now)
                     || sa.expires.is_some_and(|e| e <= now)
                     || (sa.state == SaState::HalfOpen
                         && sa.created + self.cfg.half_open_timeout <= now)
@@ -871,20 +854,14 @@ impl Endpoint {
                 );
                 continue;
             }
-            let transmissions = self.cfg.retransmit.transmissions;
-            let Some(p) = sa.pending.as_mut() else {
-                self.sas.insert(sa);
-                continue;
-            };
-            if p.sent >= transmissions {
-                self.give_up(sa, now);
-                continue;
+            match sa.window.retransmit(now, &self.cfg.retransmit) {
+                Retransmit::GiveUp => self.give_up(sa, now),
+                Retransmit::Send(bytes) => {
+                    self.send(sa.remote, bytes);
+                    self.sas.insert(sa);
+                }
+                Retransmit::NotDue => self.sas.insert(sa),
             }
-            p.sent += 1;
-            p.deadline = now + self.cfg.retransmit.timeout_after(p.sent);
-            let bytes = p.bytes.clone();
-            self.send(sa.remote, bytes);
-            self.sas.insert(sa);
         }
         self.peers[peer].reservations.retain(|r| r.until > now);
         self.handle_sa_timers(peer, now);
@@ -1107,15 +1084,11 @@ impl Endpoint {
                 .payloads
                 .notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED)
                 .is_some(),
-            next_message_id: 0,
-            expected_message_id: 1,
-            pending: None,
-            last_response: None,
+            window: Window::new(1),
             iv_counter: 0,
             established_at: None,
             child_offer: None,
             rekey_offer: None,
-            queued: VecDeque::new(),
             rekey_at: None,
             last_received: now,
             ike_rekey: None,
@@ -1148,10 +1121,7 @@ impl Endpoint {
         msg: &ParsedMessage,
         sa: IkeSa,
     ) {
-        let matches_pending = sa
-            .pending
-            .as_ref()
-            .is_some_and(|p| p.message_id == msg.header.message_id);
+        let matches_pending = sa.window.answers_pending(msg.header.message_id);
         if !matches_pending {
             self.sas.insert(sa);
             return self.dropped(from, "response to no outstanding request");
@@ -1283,7 +1253,7 @@ impl Endpoint {
             .payloads
             .notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED)
             .is_some();
-        sa.pending = None;
+        sa.window.complete();
         match self.send_auth_request(&mut sa, now) {
             Ok(()) => {
                 self.sas.insert(sa);
@@ -1439,10 +1409,7 @@ impl Endpoint {
         } else {
             return Err(NegotiationError::NotCapable.into());
         }
-        let id = sa.next_message_id;
-        sa.next_message_id = sa.next_message_id.wrapping_add(1);
-        let h = sa.header(ExchangeType::IKE_AUTH, id, false);
-        let bytes = sa.protect(&h, &payloads)?;
+        let (id, bytes) = sa.request(ExchangeType::IKE_AUTH, &payloads)?;
         sa.state = SaState::AuthSent;
         self.send_request(sa, id, bytes, PendingKind::Auth, now);
         Ok(())
@@ -1538,7 +1505,7 @@ impl Endpoint {
         else {
             return;
         };
-        sa.pending = None;
+        sa.window.complete();
         if let Some(n) = payloads.notify(NotifyType::AUTHENTICATION_FAILED) {
             let e = NegotiationError::PeerReported(n.ty);
             return self.fail(sa, e.into(), true, now);
@@ -1564,12 +1531,10 @@ impl Endpoint {
                 .is_some_and(|v| bool::from(v.as_bytes().ct_eq(&auth.data)));
         if !id_ok || !auth_ok {
             // RFC 7296 2.21.2: tell the responder in a separate INFORMATIONAL.
-            let id = sa.next_message_id;
-            sa.next_message_id = sa.next_message_id.wrapping_add(1);
-            let h = sa.header(ExchangeType::INFORMATIONAL, id, false);
-            if let Ok(bytes) =
-                sa.protect(&h, &[notify(NotifyType::AUTHENTICATION_FAILED, Vec::new())])
-            {
+            if let Ok((_, bytes)) = sa.request(
+                ExchangeType::INFORMATIONAL,
+                &[notify(NotifyType::AUTHENTICATION_FAILED, Vec::new())],
+            ) {
                 self.send(sa.remote, bytes);
             }
             let why = if id_ok {
@@ -1686,7 +1651,7 @@ impl Endpoint {
         else {
             return;
         };
-        let kind = sa.pending.take().map(|p| p.kind);
+        let kind = sa.window.complete().map(|p| p.kind);
         if kind == Some(PendingKind::DeleteIke) {
             if sa.state == SaState::Rekeyed {
                 self.retire_rekeyed_sa(sa, now);
@@ -1712,7 +1677,7 @@ impl Endpoint {
         else {
             return;
         };
-        let kind = sa.pending.take().map(|p| p.kind);
+        let kind = sa.window.complete().map(|p| p.kind);
         if kind == Some(PendingKind::RekeyIke) {
             return self.on_ike_rekey_response(now, payloads, sa);
         }
@@ -1731,15 +1696,12 @@ impl Endpoint {
     ) {
         let id = msg.header.message_id;
         // Retransmitted request: replay the stored response (RFC 7296 2.1).
-        if let Some((last_id, bytes)) = &sa.last_response {
-            if *last_id == id {
-                let bytes = bytes.clone();
-                self.sas.insert(sa);
-                return self.send(from, bytes);
-            }
+        if let Some(bytes) = sa.window.replay(id).map(<[u8]>::to_vec) {
+            self.sas.insert(sa);
+            return self.send(from, bytes);
         }
-        if id != sa.expected_message_id || sa.state == SaState::Failed {
-            let expected = sa.expected_message_id;
+        if id != sa.window.expected() || sa.state == SaState::Failed {
+            let expected = sa.window.expected();
             self.sas.insert(sa);
             return self.dropped(
                 from,
@@ -1792,12 +1754,8 @@ impl Endpoint {
 
     /// Sends a protected response to the request with the expected ID and stores it for replay.
     pub(super) fn respond(&mut self, sa: &mut IkeSa, exchange: ExchangeType, payloads: &[Payload]) {
-        let id = sa.expected_message_id;
-        sa.expected_message_id = sa.expected_message_id.wrapping_add(1);
-        let h = sa.header(exchange, id, true);
-        if let Ok(bytes) = sa.protect(&h, payloads) {
-            self.send(sa.remote, bytes.clone());
-            sa.last_response = Some((id, bytes));
+        if let Ok(bytes) = sa.response(exchange, payloads) {
+            self.send(sa.remote, bytes);
         }
     }
 
@@ -1936,7 +1894,7 @@ impl Endpoint {
         let peer_name = self.peer_name(sa.peer);
         if payloads.notify(NotifyType::AUTHENTICATION_FAILED).is_some() {
             self.respond(&mut sa, ExchangeType::INFORMATIONAL, &[]);
-            sa.last_response = None;
+            sa.window.forget_response();
             let e = NegotiationError::PeerReported(NotifyType::AUTHENTICATION_FAILED);
             return self.fail(sa, e.into(), true, now);
         }
@@ -1985,7 +1943,7 @@ impl Endpoint {
                 // our own rekey of it: its new SA survives, ours is forgotten.
                 Some(succ) if sa.ike_rekey.is_some() => {
                     sa.ike_rekey = None;
-                    sa.pending = None;
+                    sa.window.complete();
                     self.events.push_back(Event::IkeRekeyCollision {
                         peer: peer_name,
                         kept_ours: false,

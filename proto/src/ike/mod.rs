@@ -20,6 +20,7 @@ pub mod sa_rekey;
 pub mod sk;
 mod table;
 mod timers;
+mod window;
 
 pub use config::{
     EndpointConfig, Identity, IkeSuite, Lifetimes, PeerConfig, PortRange, RetransmitConfig,

@@ -2,7 +2,6 @@
 //! window (the outstanding request, queued requests, the stored response),
 //! with the header, protect and unprotect operations every exchange uses.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -10,6 +9,7 @@ use super::config::IkeSuite;
 use super::error::{IkeError, Misbehaviour};
 use super::event::Role;
 use super::sk;
+use super::window::Window;
 use crate::crypto::{IkeKeys, KeyExchange};
 use crate::numbers::{ExchangeType, PayloadType};
 use crate::wire::{Header, ParsedMessage, Payload, FLAG_INITIATOR, FLAG_RESPONSE};
@@ -38,31 +38,6 @@ pub(super) enum SaState {
     Failed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum PendingKind {
-    Init,
-    Auth,
-    Informational,
-    DeleteIke,
-    CreateChild,
-    /// CREATE_CHILD_SA rekeying the IKE SA (RFC 7296 2.18).
-    RekeyIke,
-    /// An empty INFORMATIONAL (RFC 7296 1.4).
-    Liveness,
-}
-
-pub(super) struct Pending {
-    pub(super) message_id: u32,
-    pub(super) bytes: Vec<u8>,
-    pub(super) sent: u32,
-    pub(super) deadline: Instant,
-    pub(super) kind: PendingKind,
-    /// An INFORMATIONAL's payloads, sent again on the successor if the IKE
-    /// SA is rekeyed and deleted before the answer (Delete payloads of
-    /// MKTs must still reach the peer).
-    pub(super) requeue: Option<(ExchangeType, Vec<Payload>)>,
-}
-
 /// The TCP-AO child SA offered in our IKE_AUTH request.
 pub(super) struct ChildOffer {
     pub(super) recv_id: u8,
@@ -89,17 +64,13 @@ pub(super) struct IkeSa {
     pub(super) cookie: Option<Vec<u8>>,
     pub(super) peer_tcp_ao: bool,
     pub(super) peer_childless: bool,
-    pub(super) next_message_id: u32,
-    pub(super) expected_message_id: u32,
-    pub(super) pending: Option<Pending>,
-    pub(super) last_response: Option<(u32, Vec<u8>)>,
+    /// Message IDs, our outstanding and queued requests, the stored response.
+    pub(super) window: Window,
     pub(super) iv_counter: u64,
     pub(super) established_at: Option<Instant>,
     pub(super) child_offer: Option<ChildOffer>,
     /// An outstanding CREATE_CHILD_SA request of ours.
     pub(super) rekey_offer: Option<super::child::RekeyOffer>,
-    /// Requests waiting for the window (size 1, RFC 7296 2.3).
-    pub(super) queued: VecDeque<(ExchangeType, Vec<Payload>, PendingKind)>,
     /// When this side rekeys the IKE SA (`None`: never, or under way).
     pub(super) rekey_at: Option<Instant>,
     /// When a protected message from the peer last verified on this SA
@@ -165,15 +136,11 @@ impl IkeSa {
             cookie: None,
             peer_tcp_ao: old.peer_tcp_ao,
             peer_childless: old.peer_childless,
-            next_message_id: 0,
-            expected_message_id: 0,
-            pending: None,
-            last_response: None,
+            window: Window::new(0),
             iv_counter: 0,
             established_at: Some(now),
             child_offer: None,
             rekey_offer: None,
-            queued: VecDeque::new(),
             rekey_at,
             last_received: now,
             ike_rekey: None,
@@ -234,6 +201,32 @@ impl IkeSa {
             key.as_bytes(),
             self.iv_counter,
         )
+    }
+
+    /// Our next request on this SA, protected, with the message ID the
+    /// window gives it.
+    pub(super) fn request(
+        &mut self,
+        exchange: ExchangeType,
+        payloads: &[Payload],
+    ) -> Result<(u32, Vec<u8>), IkeError> {
+        let id = self.window.next_id();
+        let h = self.header(exchange, id, false);
+        Ok((id, self.protect(&h, payloads)?))
+    }
+
+    /// Our response to the peer's expected request, protected and stored
+    /// for replay (RFC 7296 2.1).
+    pub(super) fn response(
+        &mut self,
+        exchange: ExchangeType,
+        payloads: &[Payload],
+    ) -> Result<Vec<u8>, IkeError> {
+        let id = self.window.response_id();
+        let h = self.header(exchange, id, true);
+        let bytes = self.protect(&h, payloads)?;
+        self.window.store_response(id, bytes.clone());
+        Ok(bytes)
     }
 
     /// Opens a protected message from the peer; one that verifies counts

@@ -26,7 +26,8 @@ use super::endpoint::{notify, Endpoint};
 use super::error::{IkeError, Misbehaviour, NegotiationError};
 use super::event::{Event, Role};
 use super::proposal;
-use super::sa::{IkeSa, PendingKind, SaState};
+use super::sa::{IkeSa, SaState};
+use super::window::PendingKind;
 use super::PayloadsExt;
 use crate::crypto::{self, IkeKeys, KeyExchange, Secret};
 use crate::numbers::{DhGroup, ExchangeType, NotifyType, PayloadType, ProtocolId};
@@ -100,8 +101,7 @@ impl Endpoint {
     /// exchange of its own.
     fn sa_is_idle(sa: &IkeSa) -> bool {
         sa.state == SaState::Established
-            && sa.pending.is_none()
-            && sa.queued.is_empty()
+            && sa.window.idle()
             && sa.rekey_offer.is_none()
             && sa.ike_rekey.is_none()
     }
@@ -243,10 +243,7 @@ impl Endpoint {
         payloads: Vec<Payload>,
         mut sa: IkeSa,
     ) {
-        let closing = sa
-            .pending
-            .as_ref()
-            .is_some_and(|p| p.kind == PendingKind::DeleteIke);
+        let closing = sa.window.pending_kind() == Some(PendingKind::DeleteIke);
         // RFC 7296 2.25.1, 2.25.2, 2.8.2: not while this side creates or
         // rekeys an MKT, nor on an SA already rekeyed or being closed.
         if sa.state != SaState::Established || sa.rekey_offer.is_some() || closing {
@@ -584,7 +581,7 @@ impl Endpoint {
         new.announced = true;
         // Never an MKT exchange under way here: a rekey of the IKE SA is
         // neither started nor accepted while one is (RFC 7296 2.25.1).
-        new.queued.extend(old.queued.drain(..));
+        new.window.extend_queue(old.window.take_queue());
         for m in &mut self.peers[old.peer].mkts {
             if m.ike_spi == old_spi {
                 m.ike_spi = new_spi;
@@ -625,16 +622,16 @@ impl Endpoint {
     /// is sent again on its successor.
     pub(super) fn retire_rekeyed_sa(&mut self, mut sa: IkeSa, now: Instant) {
         let requeue = sa
-            .pending
-            .take()
+            .window
+            .complete()
             .filter(|p| p.kind == PendingKind::Informational)
             .and_then(|p| p.requeue);
         if let Some(mut succ) = sa.successor.and_then(|s| self.sas.remove(&s)) {
             if let Some((exchange, payloads)) = requeue {
-                succ.queued
-                    .push_back((exchange, payloads, PendingKind::Informational));
+                succ.window
+                    .queue((exchange, payloads, PendingKind::Informational));
             }
-            succ.queued.extend(sa.queued.drain(..));
+            succ.window.extend_queue(sa.window.take_queue());
             self.send_queued(&mut succ, now);
             self.sas.insert(succ);
         }
