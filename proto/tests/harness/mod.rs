@@ -67,6 +67,8 @@ pub struct Sim {
     seq: u64,
     /// Every datagram handed to the network, for fuzzing from real messages.
     pub sent: Vec<(usize, SocketAddr, Vec<u8>)>,
+    /// The destination of each datagram in `sent`, index for index.
+    pub sent_to: Vec<SocketAddr>,
     /// While true the network drops everything (a partition).
     pub partitioned: bool,
     /// Per node: extra delays for its next datagrams, one each, in order
@@ -145,6 +147,7 @@ impl Sim {
             flight: Vec::new(),
             seq: 0,
             sent: Vec::new(),
+            sent_to: Vec::new(),
             partitioned: false,
             extra_delay: vec![Default::default(), Default::default()],
         }
@@ -173,6 +176,18 @@ impl Sim {
             .collect()
     }
 
+    /// Takes every datagram handed to the network so far, in order, as
+    /// (sending node, source, destination, contents), emptying `sent` and
+    /// `sent_to` (so a long run need not keep them all).
+    pub fn take_sent(&mut self) -> Vec<(usize, SocketAddr, SocketAddr, Vec<u8>)> {
+        let to = std::mem::take(&mut self.sent_to);
+        std::mem::take(&mut self.sent)
+            .into_iter()
+            .zip(to)
+            .map(|((i, from, data), to)| (i, from, to, data))
+            .collect()
+    }
+
     fn node_index(&self, addr: SocketAddr) -> Option<usize> {
         self.nodes.iter().position(|n| n.addr == addr)
     }
@@ -186,6 +201,7 @@ impl Sim {
             while let Some(t) = self.nodes[i].ep.poll_transmit() {
                 let from = self.nodes[i].addr;
                 self.sent.push((i, from, t.contents.clone()));
+                self.sent_to.push(t.destination);
                 let Some(to) = self.node_index(t.destination) else {
                     continue;
                 };
