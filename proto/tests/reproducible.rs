@@ -40,7 +40,8 @@ const RUN: Duration = Duration::from_secs(2 * 3600);
 /// Set in the child process: it only prints the fingerprints.
 const CHILD_ENV: &str = "AOKD_REPRO_CHILD";
 
-/// Prefix of the child's output lines: `<prefix> <seed> <hex>`.
+/// Prefix of the child's output lines: `<prefix> <seed> <all> <datagrams>`
+/// (the two fingerprints, hex).
 const LINE: &str = "aokd-repro-fingerprint";
 
 /// The name of the test, for `--exact` in the child.
