@@ -41,7 +41,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use aokd_proto::attach::{
+pub use aokd_api::attach::{
     AttachReply, AttachRequest, AttachResult, Installed, SocketRole, ATTACH_VERSION,
 };
 

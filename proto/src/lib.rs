@@ -8,8 +8,6 @@
 //! number generator: time and randomness are arguments, and datagrams,
 //! timeouts and events are outputs (see docs/architecture.md).
 
-pub mod attach;
-pub mod control;
 pub mod crypto;
 pub mod ike;
 pub mod mkt;
