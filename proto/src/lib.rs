@@ -12,5 +12,6 @@ pub mod crypto;
 pub mod ike;
 pub mod mkt;
 pub mod numbers;
-pub mod tcpao;
+/// TCP-AO and TCP-MD5 on the wire: the `aokd-tcpao` crate, re-exported.
+pub use aokd_tcpao as tcpao;
 pub mod wire;
