@@ -32,7 +32,7 @@
 //! close-on-exec and closed on return, and the connection to aokd is made
 //! with the raw `connect` system call, so an `LD_PRELOAD` wrapper of
 //! `connect()` is not re-entered. The `unsafe` code is in one module
-//! (`sys`).
+//! (`sys`) and in `aokd-sys`, whose `SCM_RIGHTS` code the daemon shares.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -41,7 +41,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use aokd_proto::attach::{
+pub use aokd_api::attach::{
     AttachReply, AttachRequest, AttachResult, Installed, SocketRole, ATTACH_VERSION,
 };
 
@@ -195,7 +195,7 @@ pub fn attach_with_timeout(
     // The descriptor travels with the first byte; the rest follows if the
     // kernel took only part of the line.
     let mut sent = loop {
-        match sys::send_with_fd(stream.as_fd(), &line, sock.as_fd()) {
+        match aokd_sys::send_with_fd(stream.as_fd(), &line, sock.as_fd()) {
             Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted && Instant::now() < deadline => {}
             Err(e) => return Err(send_error(e, timeout)),
@@ -359,7 +359,7 @@ mod tests {
         let mut line = Vec::new();
         let mut fd = None;
         loop {
-            let (n, f) = sys::test_support::recv_with_fd(s.as_fd(), &mut buf).expect("recvmsg");
+            let (n, f) = aokd_sys::recv_with_fd_wait(s.as_fd(), &mut buf).expect("recvmsg");
             assert!(n > 0, "eof before a request");
             if f.is_some() {
                 fd = f;
@@ -386,14 +386,11 @@ mod tests {
     fn connect_requests_carry_the_socket_and_parse_the_answer() {
         let path = socket_path("ok");
         let sock = udp();
-        let cookie = sys::test_support::cookie(sock.as_fd()).expect("cookie");
+        let cookie = aokd_sys::socket_cookie(sock.as_fd()).expect("cookie");
         let server = fake_server(&path, move |s| {
             let (req, fd) = read_request(&s);
             let fd = fd.expect("a descriptor");
-            assert_eq!(
-                sys::test_support::cookie(fd.as_fd()).expect("cookie"),
-                cookie
-            );
+            assert_eq!(aokd_sys::socket_cookie(fd.as_fd()).expect("cookie"), cookie);
             assert_eq!(req.role, SocketRole::Connect);
             assert_eq!(req.remote.as_deref(), Some("192.0.2.2"));
             assert_eq!(req.remote_port, Some(179));
@@ -445,7 +442,7 @@ mod tests {
         for _ in 0..2 {
             let mut line = serde_json::to_vec(&request(SocketRole::Listen, &sock)).expect("json");
             line.push(b'\n');
-            sys::send_with_fd(stream.as_fd(), &line, sock.as_fd()).expect("send");
+            aokd_sys::send_with_fd(stream.as_fd(), &line, sock.as_fd()).expect("send");
             let mut buf = [0u8; 512];
             let n = (&stream).read(&mut buf).expect("read");
             let got: AttachReply = serde_json::from_slice(&buf[..n]).expect("reply");

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aokd_proto::control::{
+use aokd_api::control::{
     Command, Request, Response, ResponseData, ResponseResult, PROTOCOL_VERSION,
 };
 

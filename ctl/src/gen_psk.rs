@@ -77,7 +77,7 @@ fn generate(file: &Path, force: bool) -> anyhow::Result<String> {
             }
         })?;
     }
-    Ok(aokd_proto::crypto::fingerprint(&key[..]))
+    Ok(aokd_tcpao::fingerprint(&key[..]))
 }
 
 /// Creates `path` (which must not exist) with mode 0600 and writes `data`.

@@ -15,7 +15,7 @@ mod verify;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use aokd_proto::control::{Command, ResponseData};
+use aokd_api::control::{Command, ResponseData};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

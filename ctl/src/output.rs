@@ -2,7 +2,7 @@
 //! `mkts`) and the `--json` forms, which print the response's `data` object
 //! without its `kind` tag (docs/control.md).
 
-use aokd_proto::control::{DaemonStatus, MktStatus, SaStatus, SocketStatus};
+use aokd_api::control::{DaemonStatus, MktStatus, SaStatus, SocketStatus};
 use serde::Serialize;
 
 use crate::table::{sanitize, Table};

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! The verification logic (connections, ISNs, SNE, keys, MACs) is
-//! `aokd_proto::tcpao::CaptureVerifier`; this module reads the file, collects
+//! `aokd_tcpao::CaptureVerifier`; this module reads the file, collects
 //! the keys and prints the result (docs/verify.md).
 //!
 //! Exit status: 0 when every signed segment verified and no connection that
@@ -47,7 +47,7 @@ mod keys;
 
 use std::path::{Path, PathBuf};
 
-use aokd_proto::tcpao::{CaptureVerifier, ConnectionReport, Counters, Endpoint, KeySet, Totals};
+use aokd_tcpao::{CaptureVerifier, ConnectionReport, Counters, Endpoint, KeySet, Totals};
 use serde::Serialize;
 
 use capture_file::{read_frames, Frame};

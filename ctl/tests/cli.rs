@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
-use aokd_proto::control::{
+use aokd_api::control::{
     Command as Cmd, DaemonStatus, MktStatus, PeerStatus, Request, Response, ResponseData,
     ResponseResult, SaStatus, SocketStatus, PROTOCOL_VERSION,
 };

@@ -1,5 +1,5 @@
 //! Integration tests of `aoctl verify`: pcap and pcapng files written from
-//! the RFC 9235 vector packets (proto/testdata), run through the built
+//! the RFC 9235 vector packets (tcpao/testdata), run through the built
 //! binary.
 
 use std::io::{BufRead, BufReader, Write};
@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const IPV4: &str = include_str!("../../proto/testdata/rfc9235-ipv4.txt");
-const IPV6: &str = include_str!("../../proto/testdata/rfc9235-ipv6.txt");
-const CONSTRUCTED: &str = include_str!("../../proto/testdata/tcpao-constructed.txt");
+const IPV4: &str = include_str!("../../tcpao/testdata/rfc9235-ipv4.txt");
+const IPV6: &str = include_str!("../../tcpao/testdata/rfc9235-ipv6.txt");
+const CONSTRUCTED: &str = include_str!("../../tcpao/testdata/tcpao-constructed.txt");
 
 /// "testvector" in hex: the RFC 9235 master key.
 const KEY: &str = "74657374766563746f72";

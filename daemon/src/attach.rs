@@ -4,7 +4,7 @@
 //! TCP socket to aokd before `connect()` or `listen()` (and each socket
 //! `accept()` returns), so that aokd can put the peer's MKTs, or the
 //! dummy-key guard, on it while the kernel still allows that. The protocol
-//! types are [`aokd_proto::attach`]; this module owns the transport:
+//! types are [`aokd_api::attach`]; this module owns the transport:
 //!
 //! - a Unix stream socket, created like the control socket
 //!   ([`crate::unix_listener`]: a missing parent directory is created, a
@@ -43,7 +43,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aokd_proto::attach::{
+use aokd_api::attach::{
     AttachReply, AttachRequest, AttachResult, Installed, SocketRole, ATTACH_VERSION,
 };
 use serde::Deserialize;

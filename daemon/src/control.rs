@@ -17,7 +17,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aokd_proto::control::{
+use aokd_api::control::{
     Command, DaemonStatus, PeerStatus, Request, Response, ResponseData, ResponseResult,
     PROTOCOL_VERSION,
 };

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use aokd_proto::control::{Command, MktStatus, ResponseData, ResponseResult};
+use aokd_api::control::{Command, MktStatus, ResponseData, ResponseResult};
 use aokd_proto::crypto::{self, Secret};
 use aokd_proto::ike::{self, EndpointConfig, Identity, IkeSuite, PortRange};
 use aokd_proto::mkt::{MacAlgorithm, MasterKeyTuple};

@@ -29,8 +29,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aokd_proto::attach::{Installed, SocketRole};
-use aokd_proto::control::SocketStatus;
+use aokd_api::attach::{Installed, SocketRole};
+use aokd_api::control::SocketStatus;
 use aokd_proto::ike::PeerView;
 use aokd_proto::mkt::MasterKeyTuple;
 use tracing::{info, warn};

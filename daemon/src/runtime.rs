@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use aokd_proto::control::{
+use aokd_api::control::{
     Command, DaemonStatus, MktKey, MktStatus, PeerStatus, ResponseData, ResponseResult, SaStatus,
 };
 use aokd_proto::crypto::Secret;

@@ -55,7 +55,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::SystemTime;
 
-use aokd_proto::attach::SocketRole;
+use aokd_api::attach::SocketRole;
 use aokd_proto::mkt::{MacAlgorithm, MasterKeyTuple};
 
 use crate::kernel::installer::is_guard_id;

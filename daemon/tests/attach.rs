@@ -29,8 +29,8 @@ use std::time::Duration;
 use aokd::attach::{result_error, result_ok, AttachCall, AttachServer, DEFAULT_MODE};
 use aokd::kernel::{self, md5, sys, Backend};
 use aokd::sockets::{self, AttachedSocket, Gone, SocketRegistry};
+use aokd_api::attach::AttachResult;
 use aokd_attach::{Installed, SocketRole};
-use aokd_proto::attach::AttachResult;
 use aokd_proto::crypto::Secret;
 use aokd_proto::mkt::{MacAlgorithm, MasterKeyTuple};
 use tokio::sync::{mpsc, oneshot};
@@ -184,8 +184,8 @@ async fn fake_event_loop(mut calls: mpsc::Receiver<AttachCall>, state: Arc<Mutex
         let AttachCall { socket, reply, .. } = call;
         // aokd keeps no descriptor: closed before the client hears back.
         drop(socket);
-        let _ = reply.send(aokd_proto::attach::AttachReply {
-            version: aokd_proto::attach::ATTACH_VERSION,
+        let _ = reply.send(aokd_api::attach::AttachReply {
+            version: aokd_api::attach::ATTACH_VERSION,
             result,
         });
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use aokd::control::{
     self, ControlCall, ControlError, ControlServer, MAX_LINE_LEN, MKT_KEYS_REFUSED,
 };
-use aokd_proto::control::{
+use aokd_api::control::{
     Command, DaemonStatus, PeerStatus, Response, ResponseData, ResponseResult, PROTOCOL_VERSION,
 };
 use common::TempDir;

@@ -42,6 +42,7 @@ mod sys;
 use std::cell::Cell;
 use std::fmt;
 use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
@@ -214,8 +215,8 @@ fn current_on_error() -> OnError {
 
 /// Whether the TCP socket `fd` has already connected, is connecting or
 /// listens: a repeated `connect()` or `listen()` is not attached again.
-fn already_started(fd: c_int) -> bool {
-    sys::tcp_state(fd).is_some_and(|state| state != sys::TCP_CLOSE)
+fn already_started(socket: BorrowedFd<'_>) -> bool {
+    sys::tcp_state(socket).is_ok_and(|state| state != sys::TcpState::Close)
 }
 
 /// The policy; or, when the environment is invalid, the verdict for `fd`
@@ -255,7 +256,7 @@ fn decide_connect(fd: c_int, remote: Option<SocketAddr>) -> Verdict {
         return Verdict::Proceed;
     }
     let decided = sys::with_inet_tcp(fd, |socket| {
-        if already_started(fd) {
+        if already_started(socket) {
             return Verdict::Proceed;
         }
         // The peer as aokd knows it: an IPv4-mapped address is IPv4.
@@ -290,12 +291,15 @@ fn decide_listen(fd: c_int) -> Verdict {
         Err(verdict) => return verdict,
     };
     let decided = sys::with_inet_tcp(fd, |socket| {
-        let port = sys::local_addr(fd).map(|local| local.port());
+        let port = sys::getsockname(socket)
+            .ok()
+            .flatten()
+            .map(|local| local.port());
         if !port.is_some_and(|port| policy.covers_port(port)) {
             listeners::remove(fd);
             return Verdict::Proceed;
         }
-        if already_started(fd) {
+        if already_started(socket) {
             return Verdict::Proceed;
         }
         let result = client::listen(&policy.socket, socket);
@@ -344,7 +348,10 @@ fn decide_accepted(listener: c_int, fd: c_int) -> Verdict {
         return Verdict::Proceed;
     };
     let decided = sys::with_inet_tcp(fd, |socket| {
-        let port = sys::local_addr(fd).map(|local| local.port());
+        let port = sys::getsockname(socket)
+            .ok()
+            .flatten()
+            .map(|local| local.port());
         if !port.is_some_and(|port| policy.covers_port(port)) {
             // The listener's number now belongs to another socket.
             listeners::remove(listener);
@@ -406,8 +413,8 @@ fn after_accept(listener: c_int, accepted: c_int) -> c_int {
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let saved = sys::errno();
     // SAFETY: connect(2) requires `addr` to point to `len` readable bytes;
-    // socket_addr reads no more and accepts null.
-    let remote = unsafe { sys::socket_addr(addr, len) };
+    // read_sockaddr reads no more and accepts null.
+    let remote = unsafe { sys::read_sockaddr(addr, len) };
     match guarded(DENIED_ERRNO, || decide_connect(fd, remote)) {
         Verdict::Proceed => {
             sys::set_errno(saved);

@@ -1,8 +1,9 @@
 //! The library's one unsafe boundary with libc: the real `connect`,
 //! `listen`, `accept` and `accept4` (found once with
 //! `dlsym(RTLD_NEXT, ...)`), `errno`, and the few socket queries the
-//! interposers make (`getsockopt`, `getsockname`, `close`, `write` to
-//! stderr).
+//! interposers make on descriptors the program passes (`getsockopt`,
+//! `close`, `write` to stderr). Socket addresses and the queries on a
+//! borrowed socket come from `aokd-sys`.
 //!
 //! Everything here is async-signal-safe apart from `dlsym`, which
 //! [`resolve_all`] calls once from the library's constructor, before the
@@ -10,16 +11,11 @@
 //! plain atomic loads. Nothing here allocates or locks.
 
 use std::ffi::CStr;
-use std::mem::{size_of, MaybeUninit};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::mem::size_of;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use libc::{c_int, c_void, sockaddr, socklen_t};
-
-/// `TCP_CLOSE` from the kernel's `enum tcp_state` (include/net/tcp_states.h):
-/// a socket that has neither connected nor listened yet.
-pub const TCP_CLOSE: u8 = 7;
 
 type ConnectFn = unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int;
 type ListenFn = unsafe extern "C" fn(c_int, c_int) -> c_int;
@@ -171,75 +167,10 @@ pub fn with_inet_tcp<R>(fd: c_int, f: impl FnOnce(BorrowedFd<'_>) -> R) -> Optio
     Some(f(borrowed))
 }
 
-/// The TCP state of `fd` (`tcpi_state`, the first byte of `struct
-/// tcp_info`), or `None` if it cannot be read.
-pub fn tcp_state(fd: c_int) -> Option<u8> {
-    // The kernel copies min(len, sizeof(struct tcp_info)) bytes.
-    let mut info = [0u8; 8];
-    let mut len = info.len() as socklen_t;
-    // SAFETY: info and len are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info.as_mut_ptr().cast::<c_void>(),
-            &mut len,
-        )
-    };
-    (rc == 0 && len >= 1).then_some(info[0])
-}
-
-/// The local address of `fd` (`getsockname`), if it is IPv4 or IPv6.
-pub fn local_addr(fd: c_int) -> Option<SocketAddr> {
-    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut len = size_of::<libc::sockaddr_storage>() as socklen_t;
-    // SAFETY: storage is valid for writes of `len` bytes.
-    let rc = unsafe { libc::getsockname(fd, storage.as_mut_ptr().cast::<sockaddr>(), &mut len) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: getsockname wrote `len` (at most sizeof storage) bytes of a
-    // socket address into storage.
-    unsafe { socket_addr(storage.as_ptr().cast::<sockaddr>(), len) }
-}
-
-/// Decodes an IPv4 or IPv6 socket address; `None` for any other family, a
-/// null pointer or a length too short for the family.
-///
-/// # Safety
-/// Unless null, `addr` points to at least `len` readable bytes.
-pub unsafe fn socket_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
-    let len = len as usize;
-    if addr.is_null() || len < size_of::<libc::sa_family_t>() {
-        return None;
-    }
-    // SAFETY: addr is non-null and readable for at least the family field;
-    // read_unaligned makes no alignment assumption.
-    let family = unsafe { std::ptr::addr_of!((*addr).sa_family).read_unaligned() };
-    match c_int::from(family) {
-        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
-            // SAFETY: `len` readable bytes cover a whole sockaddr_in.
-            let sin = unsafe { addr.cast::<libc::sockaddr_in>().read_unaligned() };
-            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: `len` readable bytes cover a whole sockaddr_in6.
-            let sin6 = unsafe { addr.cast::<libc::sockaddr_in6>().read_unaligned() };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
-}
+/// Decoding the program's socket addresses, and the queries on a socket
+/// that [`with_inet_tcp`] has borrowed, are `aokd-sys`'s: allocation-free
+/// there too.
+pub use aokd_sys::{getsockname, read_sockaddr, tcp_state, TcpState};
 
 /// Closes a socket that `accept` just returned and the program will never
 /// see, ignoring errors.

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use aokd_proto::attach::{
+use aokd_api::attach::{
     AttachReply, AttachRequest, AttachResult, Installed, SocketRole, ATTACH_VERSION,
 };
 

@@ -8,11 +8,10 @@
 //! number generator: time and randomness are arguments, and datagrams,
 //! timeouts and events are outputs (see docs/architecture.md).
 
-pub mod attach;
-pub mod control;
 pub mod crypto;
 pub mod ike;
 pub mod mkt;
 pub mod numbers;
-pub mod tcpao;
+/// TCP-AO and TCP-MD5 on the wire: the `aokd-tcpao` crate, re-exported.
+pub use aokd_tcpao as tcpao;
 pub mod wire;

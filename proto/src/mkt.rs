@@ -1,7 +1,8 @@
-//! Master Key Tuples (RFC 5925 3.1) as aokd negotiates them.
+//! Master Key Tuples (RFC 5925 3.1) as aokd negotiates them, and the IKEv2
+//! transform IDs of their MAC algorithms (the algorithms themselves are
+//! `aokd_tcpao`'s, re-exported here).
 
 use core::fmt;
-use core::str::FromStr;
 
 use crate::crypto::Secret;
 use crate::numbers::IntegId;
@@ -21,86 +22,22 @@ pub fn is_guard_id(id: u8) -> bool {
     GUARD_KEY_IDS.contains(&id)
 }
 
-/// A TCP-AO MAC algorithm together with its KDF (RFC 5926, and the
-/// HMAC-SHA-256 pairing of docs/protocol.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum MacAlgorithm {
-    /// HMAC-SHA-1-96 with KDF_HMAC_SHA1 (RFC 5926 2.2, 3.1.1.1).
-    #[serde(rename = "hmac-sha1-96")]
-    HmacSha1_96,
-    /// AES-128-CMAC-96 with KDF_AES_128_CMAC (RFC 5926 2.2, 3.1.1.2).
-    #[serde(rename = "aes128-cmac-96")]
-    AesCmac96,
-    /// HMAC-SHA-256 truncated to 16 octets, with an HMAC-SHA-256 KDF.
-    #[serde(rename = "hmac-sha256-128")]
-    HmacSha256_128,
-}
+pub use aokd_tcpao::{MacAlgorithm, MASTER_KEY_LEN};
 
-impl MacAlgorithm {
-    pub const ALL: [MacAlgorithm; 3] = [
-        MacAlgorithm::HmacSha256_128,
-        MacAlgorithm::AesCmac96,
-        MacAlgorithm::HmacSha1_96,
-    ];
-
-    /// The transform type 3 ID that names this algorithm in a TCP-AO proposal.
-    pub fn integ_id(self) -> IntegId {
-        match self {
-            MacAlgorithm::HmacSha1_96 => IntegId::AUTH_HMAC_SHA1_96,
-            MacAlgorithm::AesCmac96 => IntegId::AUTH_AES_CMAC_96,
-            MacAlgorithm::HmacSha256_128 => IntegId::AUTH_HMAC_SHA2_256_128,
-        }
-    }
-
-    pub fn from_integ_id(id: IntegId) -> Option<MacAlgorithm> {
-        MacAlgorithm::ALL.into_iter().find(|a| a.integ_id() == id)
-    }
-
-    /// The name used in configuration, aoctl and JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            MacAlgorithm::HmacSha1_96 => "hmac-sha1-96",
-            MacAlgorithm::AesCmac96 => "aes128-cmac-96",
-            MacAlgorithm::HmacSha256_128 => "hmac-sha256-128",
-        }
-    }
-
-    /// The Linux crypto API name given to TCP_AO_ADD_KEY.
-    pub fn kernel_name(self) -> &'static str {
-        match self {
-            MacAlgorithm::HmacSha1_96 => "hmac(sha1)",
-            MacAlgorithm::AesCmac96 => "cmac(aes128)",
-            MacAlgorithm::HmacSha256_128 => "hmac(sha256)",
-        }
-    }
-
-    /// MAC length on the wire in octets.
-    pub fn mac_len(self) -> usize {
-        match self {
-            MacAlgorithm::HmacSha1_96 | MacAlgorithm::AesCmac96 => 12,
-            MacAlgorithm::HmacSha256_128 => 16,
-        }
+/// The transform type 3 ID that names `alg` in a TCP-AO proposal.
+pub fn integ_id(alg: MacAlgorithm) -> IntegId {
+    match alg {
+        MacAlgorithm::HmacSha1_96 => IntegId::AUTH_HMAC_SHA1_96,
+        MacAlgorithm::AesCmac96 => IntegId::AUTH_AES_CMAC_96,
+        MacAlgorithm::HmacSha256_128 => IntegId::AUTH_HMAC_SHA2_256_128,
     }
 }
 
-impl fmt::Display for MacAlgorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+/// The MAC algorithm a TCP-AO proposal's transform type 3 ID names, if
+/// aokd implements it.
+pub fn mac_algorithm(id: IntegId) -> Option<MacAlgorithm> {
+    MacAlgorithm::ALL.into_iter().find(|a| integ_id(*a) == id)
 }
-
-impl FromStr for MacAlgorithm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        MacAlgorithm::ALL
-            .into_iter()
-            .find(|a| a.name() == s)
-            .ok_or_else(|| format!("unknown MAC algorithm {s:?} (expected hmac-sha1-96, aes128-cmac-96 or hmac-sha256-128)"))
-    }
-}
-
-/// Length of the master key aokd derives for every MKT (docs/protocol.md).
-pub const MASTER_KEY_LEN: usize = 32;
 
 /// A negotiated MKT. The master key is a [`Secret`]: zeroized, never printed.
 #[derive(Clone)]

@@ -316,7 +316,7 @@ pub fn control(socket: &Path, command: &str) -> Result<Value, String> {
         std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
-    let version = aokd_proto::control::PROTOCOL_VERSION;
+    let version = aokd_api::control::PROTOCOL_VERSION;
     s.write_all(format!("{{\"version\":{version},\"command\":\"{command}\"}}\n").as_bytes())
         .map_err(|e| format!("send: {e}"))?;
     let mut line = String::new();
@@ -335,7 +335,7 @@ pub fn control(socket: &Path, command: &str) -> Result<Value, String> {
 /// protocol's `MktKeys` answer: the TCP-MD5 key aokd installs for an MKT is
 /// its master key.
 pub fn mkt_master_keys(socket: &Path) -> Result<Vec<String>, String> {
-    use aokd_proto::control::ResponseData;
+    use aokd_api::control::ResponseData;
     match serde_json::from_value::<ResponseData>(control(socket, "mkt-keys")?) {
         Ok(ResponseData::MktKeys { keys }) => Ok(keys.into_iter().map(|k| k.master_key).collect()),
         other => Err(format!("mkt-keys: unexpected answer {other:?}")),

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use aokd_attach::Attached;
@@ -23,59 +23,11 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 
 /// A new blocking TCP socket for `addr`'s family, close-on-exec.
 pub fn tcp_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain system call with constant arguments; no pointers.
-    let fd = unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_TCP,
-        )
-    };
-    check(fd)?;
-    // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    aokd_sys::tcp_socket(addr.is_ipv6())
 }
 
 /// `addr` as a `sockaddr_storage` and its length.
-pub fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
-}
+pub use aokd_sys::to_sockaddr as sockaddr;
 
 /// `SO_REUSEADDR`, then `bind(2)` to `addr`.
 pub fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
@@ -117,11 +69,7 @@ pub fn connect(fd: &OwnedFd, addr: SocketAddr, timeout: Duration) -> io::Result<
     check(flags)?;
     // SAFETY: as above.
     check(unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
-    let (ss, len) = sockaddr(addr);
-    // SAFETY: `ss` holds a valid sockaddr of length `len`.
-    let rc = unsafe { libc::connect(raw, (&ss as *const libc::sockaddr_storage).cast(), len) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
+    if let Err(e) = aokd_sys::connect(fd.as_fd(), addr) {
         if e.raw_os_error() != Some(libc::EINPROGRESS) {
             return Err(e);
         }

@@ -7,11 +7,11 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use aokd_proto::control::PROTOCOL_VERSION;
-use aokd_proto::control::{Command, MktKey, Request, Response, ResponseData, ResponseResult};
-use aokd_proto::crypto::Secret;
-use aokd_proto::mkt::MacAlgorithm;
-use aokd_proto::tcpao::AoKey;
+use aokd_api::control::PROTOCOL_VERSION;
+use aokd_api::control::{Command, MktKey, Request, Response, ResponseData, ResponseResult};
+use aokd_tcpao::AoKey;
+use aokd_tcpao::MacAlgorithm;
+use aokd_tcpao::Secret;
 use zeroize::Zeroizing;
 
 /// How long to wait for the daemon.

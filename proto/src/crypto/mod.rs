@@ -11,8 +11,6 @@
 //! - [`aead`]: [`Encr`], the SK payload ciphers (RFC 5282, RFC 7634);
 //! - [`dh`]: [`KeyExchange`] (RFC 8031, RFC 5903).
 
-use zeroize::{Zeroize, ZeroizeOnDrop};
-
 use crate::numbers::DhGroup;
 
 pub mod aead;
@@ -47,21 +45,6 @@ pub enum CryptoError {
     TooLong,
 }
 
-/// Key material: zeroized on drop, never printed.
-#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Secret(bytes)
-    }
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
+/// Key material: zeroized on drop, never printed. Defined in `aokd_tcpao`
+/// (TCP-AO keys are secrets too, and aoctl uses them without this crate).
+pub use aokd_tcpao::Secret;

@@ -793,7 +793,7 @@ impl ChildTerms {
     pub(super) fn sa_reply(&self, recv_id: u8, ke: Option<&KeyExchange>) -> Payload {
         let mut transforms = vec![Transform::new(
             TransformType::INTEG,
-            self.algorithm.integ_id().0,
+            crate::mkt::integ_id(self.algorithm).0,
         )];
         if let Some(k) = ke {
             transforms.push(Transform::new(TransformType::KE, k.group().0));

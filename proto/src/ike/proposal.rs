@@ -5,7 +5,7 @@
 use super::config::IkeSuite;
 use super::error::NegotiationError;
 use crate::crypto::{Encr, Prf};
-use crate::mkt::MacAlgorithm;
+use crate::mkt::{self, MacAlgorithm};
 use crate::numbers::{DhGroup, EncrId, IntegId, PrfId, ProtocolId, TransformType};
 use crate::wire::{Proposal, SaPayload, Transform};
 
@@ -265,7 +265,7 @@ pub fn tcp_ao_sa_payload(recv_id: u8, algorithms: &[MacAlgorithm]) -> SaPayload 
             spi: vec![recv_id],
             transforms: algorithms
                 .iter()
-                .map(|a| Transform::new(TransformType::INTEG, a.integ_id().0))
+                .map(|a| Transform::new(TransformType::INTEG, mkt::integ_id(*a).0))
                 .collect(),
         }],
     }
@@ -287,7 +287,7 @@ pub fn choose_tcp_ao(
         let mut chosen = None;
         for t in &p.transforms {
             if t.ty == TransformType::INTEG && chosen.is_none() {
-                chosen = MacAlgorithm::from_integ_id(IntegId(t.id)).filter(|a| local.contains(a));
+                chosen = mkt::mac_algorithm(IntegId(t.id)).filter(|a| local.contains(a));
             }
         }
         if let Some(alg) = chosen {
@@ -317,7 +317,7 @@ pub fn check_tcp_ao_reply(
     if t.ty != TransformType::INTEG {
         return None;
     }
-    let alg = MacAlgorithm::from_integ_id(IntegId(t.id)).filter(|a| offered.contains(a))?;
+    let alg = mkt::mac_algorithm(IntegId(t.id)).filter(|a| offered.contains(a))?;
     Some((*spi, alg))
 }
 

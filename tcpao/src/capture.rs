@@ -33,8 +33,7 @@ use super::mac::{verify_mac, VerifyError};
 use super::segment::{parse_ip_packet, AuthOption, Segment, SegmentError};
 use super::sne::SneTracker;
 use super::tcp_md5::verify_digest;
-use crate::crypto::Secret;
-use crate::mkt::MacAlgorithm;
+use crate::{MacAlgorithm, Secret};
 
 /// A TCP-AO key for verification: the KeyID seen on the wire (the sender's
 /// SendID), the algorithm, the TCP option flag and the master key.

@@ -1,6 +1,14 @@
+//! # aokd-tcpao
+//!
 //! TCP-AO (RFC 5925) with the algorithms of RFC 5926, and TCP-MD5
-//! (RFC 2385), on the wire: traffic keys, MACs, the SNE, segment parsing,
-//! and a capture verifier that follows connections.
+//! (RFC 2385), on the wire: the MAC algorithms ([`algorithm`]), key
+//! material and its fingerprints ([`secret`]), traffic keys, MACs, the SNE,
+//! segment parsing, and a capture verifier that follows connections.
+//!
+//! A crate of its own, without IKE, so that aoctl (`aoctl verify`,
+//! `aoctl gen-psk`) does not link the IKE key exchange and AEAD code of
+//! `aokd-proto`, which re-exports this crate as `aokd_proto::tcpao`
+//! (docs/dependencies.md).
 //!
 //! | What | Where | Status |
 //! |---|---|---|
@@ -19,9 +27,11 @@
 //! Everything here is sans-IO and allocation-light: segments borrow the
 //! packet, the MAC input is fed to the MAC piece by piece.
 
+pub mod algorithm;
 pub mod capture;
 pub mod kdf;
 pub mod mac;
+pub mod secret;
 pub mod segment;
 pub mod sne;
 pub mod tcp_md5;
@@ -29,11 +39,13 @@ pub mod tcp_md5;
 #[cfg(test)]
 mod vectors;
 
+pub use algorithm::{MacAlgorithm, MASTER_KEY_LEN};
 pub use capture::{
     AoKey, CaptureVerifier, ConnectionReport, Counters, Endpoint, KeySet, Outcome, Signing, Totals,
 };
 pub use kdf::{derive_traffic_key, ConnectionKeys, KeyContext, TrafficKey};
 pub use mac::{compute_mac, mac_input, verify_mac, AoMac, VerifyError};
+pub use secret::{fingerprint, Secret};
 pub use segment::{parse_ip_packet, Addresses, AoOption, AuthOption, Segment, SegmentError};
 pub use sne::SneTracker;
 pub use tcp_md5::{compute_digest, verify_digest};

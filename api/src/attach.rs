@@ -91,3 +91,97 @@ pub enum AttachResult {
         message: String,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    //! The JSON of docs/attach.md, byte for byte (serde_json writes no
+    //! spaces; the documentation's examples add them for reading).
+    use super::*;
+
+    fn compact(doc: &str) -> String {
+        doc.replace(", ", ",").replace(": ", ":")
+    }
+
+    #[test]
+    fn requests_are_the_documented_json() {
+        let connect = AttachRequest {
+            version: ATTACH_VERSION,
+            role: SocketRole::Connect,
+            fd: 7,
+            remote: Some("192.0.2.2".into()),
+            remote_port: Some(179),
+            wait_ms: Some(5000),
+        };
+        let listen = AttachRequest {
+            version: ATTACH_VERSION,
+            role: SocketRole::Listen,
+            fd: 5,
+            remote: None,
+            remote_port: None,
+            wait_ms: None,
+        };
+        for (req, doc) in [
+            (
+                connect,
+                r#"{"version": 1, "role": "connect", "fd": 7, "remote": "192.0.2.2", "remote_port": 179, "wait_ms": 5000}"#,
+            ),
+            (listen, r#"{"version": 1, "role": "listen", "fd": 5}"#),
+        ] {
+            assert_eq!(serde_json::to_string(&req).unwrap(), compact(doc));
+            assert_eq!(serde_json::from_str::<AttachRequest>(doc).unwrap(), req);
+        }
+    }
+
+    #[test]
+    fn replies_are_the_documented_json() {
+        let keys = AttachReply {
+            version: ATTACH_VERSION,
+            result: AttachResult::Ok {
+                installed: Installed::Keys,
+                peers: vec!["r2".into()],
+                mechanism: Some("tcp-ao".into()),
+                reason: None,
+            },
+        };
+        let not_covered = AttachReply {
+            version: ATTACH_VERSION,
+            result: AttachResult::Ok {
+                installed: Installed::NotCovered,
+                peers: vec![],
+                mechanism: None,
+                reason: None,
+            },
+        };
+        let error = AttachReply {
+            version: ATTACH_VERSION,
+            result: AttachResult::Error {
+                message: "role connect needs \"remote_port\"".into(),
+            },
+        };
+        for (reply, doc) in [
+            (
+                keys,
+                r#"{"version": 1, "status": "ok", "installed": "keys", "peers": ["r2"], "mechanism": "tcp-ao"}"#,
+            ),
+            (
+                not_covered,
+                r#"{"version": 1, "status": "ok", "installed": "not-covered", "peers": []}"#,
+            ),
+            (
+                error,
+                r#"{"version": 1, "status": "error", "message": "role connect needs \"remote_port\""}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&reply).unwrap(), compact(doc));
+            assert_eq!(serde_json::from_str::<AttachReply>(doc).unwrap(), reply);
+        }
+    }
+
+    #[test]
+    fn unknown_roles_are_errors_not_panics() {
+        assert!(
+            serde_json::from_str::<AttachRequest>(r#"{"version":1,"role":"bind","fd":3}"#).is_err()
+        );
+        assert!(serde_json::from_str::<AttachRequest>("not json").is_err());
+    }
+}

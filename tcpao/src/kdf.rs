@@ -28,8 +28,7 @@ use ring::hmac;
 use zeroize::Zeroizing;
 
 use super::segment::Addresses;
-use crate::crypto::Secret;
-use crate::mkt::MacAlgorithm;
+use crate::{MacAlgorithm, Secret};
 
 /// KDF label (RFC 5926 3.1.1).
 const LABEL: &[u8; 6] = b"TCP-AO";

@@ -10,13 +10,13 @@
 //!   the path `aoctl verify` takes.
 //! * `tcp_md5_verify_segment`: RFC 2385 digest check of the same size.
 //!
-//! Run: `cargo bench -p aokd-proto --bench verify -- --quick`
+//! Run: `cargo bench -p aokd-tcpao --bench verify -- --quick`
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
-use aokd_proto::crypto::Secret;
-use aokd_proto::mkt::MacAlgorithm;
-use aokd_proto::tcpao::{
+use aokd_tcpao::MacAlgorithm;
+use aokd_tcpao::Secret;
+use aokd_tcpao::{
     compute_digest, compute_mac, derive_traffic_key, parse_ip_packet, verify_digest, verify_mac,
     AoKey, AuthOption, CaptureVerifier, KeyContext, KeySet, Outcome,
 };

@@ -6,12 +6,11 @@
 //! TCP-MD5 (RFC 2385).
 
 use super::*;
-use crate::crypto::Secret;
-use crate::mkt::MacAlgorithm;
+use crate::{MacAlgorithm, Secret};
 
-const IPV4: &str = include_str!("../../testdata/rfc9235-ipv4.txt");
-const IPV6: &str = include_str!("../../testdata/rfc9235-ipv6.txt");
-const CONSTRUCTED: &str = include_str!("../../testdata/tcpao-constructed.txt");
+const IPV4: &str = include_str!("../testdata/rfc9235-ipv4.txt");
+const IPV6: &str = include_str!("../testdata/rfc9235-ipv6.txt");
+const CONSTRUCTED: &str = include_str!("../testdata/tcpao-constructed.txt");
 
 const MASTER_KEY: &[u8] = b"testvector";
 const CLIENT_KEY_ID: u8 = 61;
