@@ -1,25 +1,46 @@
 //! IKEv2 (RFC 7296) for negotiating TCP-AO Master Key Tuples.
 //!
-//! - [`config`]: peers, suites, timers.
-//! - [`proposal`]: SA payloads for the IKE SA and the TCP-AO child SA.
-//! - [`sk`]: the encrypted payload.
-//! - [`endpoint`]: the state machine of every IKE SA ([`Endpoint`]).
-//! - [`child`]: MKT rekeying, collisions, retirement and expiry.
-//! - [`sa_rekey`]: rekeying the IKE SA itself, and liveness checks.
-//! - [`event`]: what the endpoint reports.
-//! - [`error`]: errors typed by fault.
+//! The engine, from the outside in:
+//! - [`endpoint`]: the one object ([`Endpoint`]): inputs, outputs, dispatch,
+//!   per-peer re-indexing after every input.
+//! - exchanges, each with `start` / `on_request` / `on_response` over one IKE
+//!   SA and a narrow context: `init` (IKE_SA_INIT), `auth` (IKE_AUTH),
+//!   `informational` (Delete, liveness), `create_child` (MKTs), `ike_rekey`
+//!   (the IKE SA itself).
+//! - `maintenance`: what time does to a peer (retransmissions, rekeys,
+//!   expiry, initiation) and its next deadline.
+//! - `lifecycle` (the peer's IKE SAs outside any one exchange) and `mkts`
+//!   (the MKT lifecycle and KeyID space).
+//! - `context` (what a handler sees: [`context::Ctx`], and `Fate`, how it
+//!   gives its SA back), `sa` (one IKE SA), `window` (message IDs,
+//!   retransmission, replay), `table` (a peer's SAs), `peer` (a peer's
+//!   other state), `timers` (the timer queue), `traffic` (payload helpers).
+//! - [`config`], [`proposal`], [`sk`], [`event`], [`error`]: configuration,
+//!   SA payloads, the encrypted payload, what the endpoint reports, errors.
+//!
+//! No module imports one above it: exchanges import `lifecycle`, `mkts`,
+//! `context` and below, never `endpoint` or `maintenance`.
 
-pub mod child;
+mod auth;
 pub mod config;
+mod context;
+mod create_child;
 pub mod endpoint;
 pub mod error;
 pub mod event;
+mod ike_rekey;
+mod informational;
+mod init;
+mod lifecycle;
+mod maintenance;
+mod mkts;
+mod peer;
 pub mod proposal;
 mod sa;
-pub mod sa_rekey;
 pub mod sk;
 mod table;
 mod timers;
+mod traffic;
 mod window;
 
 pub use config::{

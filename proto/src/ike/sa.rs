@@ -44,6 +44,38 @@ pub(super) struct ChildOffer {
     pub(super) exclude_options: bool,
 }
 
+/// Our outstanding CREATE_CHILD_SA request.
+pub(super) struct RekeyOffer {
+    /// (send_id, recv_id) of the MKT being rekeyed; `None` for a new MKT.
+    pub(super) old: Option<(u8, u8)>,
+    pub(super) recv_id: u8,
+    pub(super) ni: Vec<u8>,
+    pub(super) ke: Option<KeyExchange>,
+    pub(super) exclude_options: bool,
+}
+
+/// Our outstanding CREATE_CHILD_SA that rekeys an IKE SA.
+pub(super) struct IkeRekeyOffer {
+    /// Our SPI of the new IKE SA.
+    pub(super) spi: u64,
+    pub(super) ni: Vec<u8>,
+    pub(super) ke: KeyExchange,
+}
+
+/// How a rekey created an IKE SA.
+pub(super) struct RekeyOrigin {
+    /// Local SPI of the SA that was rekeyed.
+    pub(super) old: u64,
+    /// The exchange's Ni and Nr (RFC 7296 2.8.2).
+    pub(super) nonces: [Vec<u8>; 2],
+}
+
+impl RekeyOrigin {
+    pub(super) fn lowest_nonce(&self) -> &[u8] {
+        self.nonces.iter().min().map_or(&[], Vec::as_slice)
+    }
+}
+
 /// One IKE SA (RFC 7296 2), in any state.
 pub(super) struct IkeSa {
     pub(super) peer: usize,
@@ -70,16 +102,16 @@ pub(super) struct IkeSa {
     pub(super) established_at: Option<Instant>,
     pub(super) child_offer: Option<ChildOffer>,
     /// An outstanding CREATE_CHILD_SA request of ours.
-    pub(super) rekey_offer: Option<super::child::RekeyOffer>,
+    pub(super) rekey_offer: Option<RekeyOffer>,
     /// When this side rekeys the IKE SA (`None`: never, or under way).
     pub(super) rekey_at: Option<Instant>,
     /// When a protected message from the peer last verified on this SA
     /// (liveness, RFC 7296 1.4).
     pub(super) last_received: Instant,
     /// Our outstanding CREATE_CHILD_SA rekeying this IKE SA.
-    pub(super) ike_rekey: Option<super::sa_rekey::IkeRekeyOffer>,
+    pub(super) ike_rekey: Option<IkeRekeyOffer>,
     /// How a rekey created this SA (RFC 7296 2.18, 2.8.2).
-    pub(super) rekeyed_from: Option<super::sa_rekey::RekeyOrigin>,
+    pub(super) rekeyed_from: Option<RekeyOrigin>,
     /// Rekeyed: the local SPI of the SA that replaced this one.
     pub(super) successor: Option<u64>,
     /// The peer's IKE_AUTH message carried INITIAL_CONTACT (RFC 7296 2.4).
@@ -114,7 +146,7 @@ impl IkeSa {
         keys: IkeKeys,
         (ni, nr): (Vec<u8>, Vec<u8>),
         rekey_at: Option<Instant>,
-        origin: super::sa_rekey::RekeyOrigin,
+        origin: RekeyOrigin,
         now: Instant,
     ) -> IkeSa {
         IkeSa {

@@ -1,88 +1,51 @@
-//! The IKE SAs of an endpoint, indexed: by local SPI (the key every
-//! datagram names) and by peer, so that nothing on the per-datagram path
-//! scans the SAs of other peers. Ordered maps only: iteration order is the
-//! order of SPIs, never the process's hash seed, so that the same seed gives
-//! the same datagrams in every process.
-//!
-//! Every change through the table marks the SA's peer as touched; the
-//! endpoint recomputes the deadlines of touched peers after each input
-//! ([`SaTable::take_touched`]).
+//! The IKE SAs of one peer, by local SPI, in an ordered map: iteration order
+//! is the order of SPIs, never the process's hash seed, so that the same
+//! seed gives the same datagrams in every process. The endpoint keeps the
+//! index from every local SPI to its peer beside it, so that a datagram
+//! finds its SA in O(log n) and nothing on its path looks at other peers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::sa::IkeSa;
 
-/// The SAs, by local SPI and by peer.
+/// One peer's SAs, by local SPI.
 #[derive(Default)]
-pub(super) struct SaTable {
+pub(super) struct PeerSas {
     sas: BTreeMap<u64, IkeSa>,
-    by_peer: BTreeMap<usize, BTreeSet<u64>>,
-    touched: BTreeSet<usize>,
 }
 
-impl SaTable {
+impl PeerSas {
     /// Puts `sa` in the table under its local SPI. An SA already there
     /// under that SPI is replaced (SPIs are drawn so that this never
-    /// happens: [`SaTable::contains_key`]).
+    /// happens: [`super::context::Ctx::fresh_spi`]).
     pub(super) fn insert(&mut self, sa: IkeSa) {
-        let spi = sa.local_spi();
-        self.by_peer.entry(sa.peer).or_default().insert(spi);
-        self.touched.insert(sa.peer);
-        self.sas.insert(spi, sa);
+        self.sas.insert(sa.local_spi(), sa);
     }
 
     /// Takes the SA with local SPI `spi` out of the table.
     pub(super) fn remove(&mut self, spi: &u64) -> Option<IkeSa> {
-        let sa = self.sas.remove(spi)?;
-        if let Some(set) = self.by_peer.get_mut(&sa.peer) {
-            set.remove(spi);
-            if set.is_empty() {
-                self.by_peer.remove(&sa.peer);
-            }
-        }
-        self.touched.insert(sa.peer);
-        Some(sa)
+        self.sas.remove(spi)
     }
 
     pub(super) fn get(&self, spi: &u64) -> Option<&IkeSa> {
         self.sas.get(spi)
     }
 
-    /// The SA, to change it in place (its peer counts as touched).
     pub(super) fn get_mut(&mut self, spi: &u64) -> Option<&mut IkeSa> {
-        let sa = self.sas.get_mut(spi)?;
-        self.touched.insert(sa.peer);
-        Some(sa)
+        self.sas.get_mut(spi)
     }
 
     pub(super) fn contains_key(&self, spi: &u64) -> bool {
         self.sas.contains_key(spi)
     }
 
-    /// The local SPIs of the peer's SAs, in SPI order.
-    pub(super) fn spis_of(&self, peer: usize) -> Vec<u64> {
-        self.by_peer
-            .get(&peer)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default()
+    /// The SAs, in SPI order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &IkeSa> + '_ {
+        self.sas.values()
     }
 
-    /// The peer's SAs, in SPI order.
-    pub(super) fn of_peer(&self, peer: usize) -> impl Iterator<Item = &IkeSa> + '_ {
-        self.by_peer
-            .get(&peer)
-            .into_iter()
-            .flat_map(|s| s.iter())
-            .filter_map(|spi| self.sas.get(spi))
-    }
-
-    /// Marks a peer as touched without changing an SA.
-    pub(super) fn touch(&mut self, peer: usize) {
-        self.touched.insert(peer);
-    }
-
-    /// The peers touched since the last call, in order.
-    pub(super) fn take_touched(&mut self) -> BTreeSet<usize> {
-        std::mem::take(&mut self.touched)
+    /// The local SPIs, in order.
+    pub(super) fn spis(&self) -> Vec<u64> {
+        self.sas.keys().copied().collect()
     }
 }

@@ -1,0 +1,372 @@
+//! The IKE_AUTH exchange (RFC 7296 1.2, 2.15): PSK authentication of both
+//! sides, INITIAL_CONTACT (2.4), and the first TCP-AO child SA or none
+//! (RFC 6023).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use subtle::ConstantTimeEq;
+
+use super::context::{Ctx, Fate};
+use super::error::{IkeError, Misbehaviour, NegotiationError};
+use super::event::Event;
+use super::proposal;
+use super::sa::{ChildOffer, IkeSa, SaState};
+use super::traffic::{notify, reply_within, selectors};
+use super::window::PendingKind;
+use super::PayloadsExt;
+use super::{informational, lifecycle, mkts};
+use crate::crypto::{self, Secret};
+use crate::mkt::MasterKeyTuple;
+use crate::numbers::{AuthMethod, ExchangeType, NotifyType, PayloadType, ProtocolId};
+use crate::wire::{AuthPayload, IdPayload, ParsedMessage, Payload, SaPayload};
+
+pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(), IkeError> {
+    let pc = ctx.pc;
+    let idi = IdPayload {
+        id_type: pc.local_id.id_type,
+        data: pc.local_id.data.clone(),
+    };
+    let auth =
+        auth_value(ctx, sa, true, &idi).ok_or(Misbehaviour::Unexpected("AUTH before keys"))?;
+    let mut payloads = vec![Payload::IdI(idi)];
+    let other_established = ctx.sas.iter().any(IkeSa::is_authenticated);
+    if !other_established {
+        payloads.push(notify(NotifyType::INITIAL_CONTACT, Vec::new()));
+    }
+    let remote_id = IdPayload {
+        id_type: pc.remote_id.id_type,
+        data: pc.remote_id.data.clone(),
+    };
+    payloads.push(Payload::IdR(remote_id));
+    payloads.push(Payload::Auth(AuthPayload {
+        method: AuthMethod::SHARED_KEY_MIC,
+        data: auth.as_bytes().to_vec(),
+    }));
+    let wants_child = ctx.cfg.advertise_tcp_ao && !pc.mac_algorithms.is_empty();
+    ctx.peer.tcp_ao_capable = Some(sa.peer_tcp_ao);
+    if wants_child && sa.peer_tcp_ao {
+        let recv_id = mkts::allocate_recv_id(ctx, now).ok_or(
+            NegotiationError::NoProposalChosen("no free KeyID for this peer"),
+        )?;
+        let pc = ctx.pc;
+        payloads.push(Payload::Sa(proposal::tcp_ao_sa_payload(
+            recv_id,
+            &pc.mac_algorithms,
+        )));
+        payloads.push(Payload::TsI(selectors(pc.local, &pc.tcp_ports)));
+        payloads.push(Payload::TsR(selectors(pc.remote.ip(), &pc.tcp_ports)));
+        let exclude_options = !pc.include_options;
+        if exclude_options {
+            payloads.push(notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS, Vec::new()));
+        }
+        sa.child_offer = Some(ChildOffer {
+            recv_id,
+            exclude_options,
+        });
+    } else if sa.peer_childless {
+        if !sa.peer_tcp_ao {
+            ctx.out
+                .events
+                .push_back(Event::PeerNotCapable { peer: ctx.name() });
+        }
+    } else {
+        return Err(NegotiationError::NotCapable.into());
+    }
+    let (id, bytes) = sa.request(ExchangeType::IKE_AUTH, &payloads)?;
+    sa.state = SaState::AuthSent;
+    ctx.send_request(sa, id, bytes, PendingKind::Auth, now);
+    Ok(())
+}
+
+/// prf(SK_px, RestOfIDPayload) and the AUTH value over the signed octets (RFC 7296 2.15).
+pub(super) fn auth_value(
+    ctx: &Ctx<'_>,
+    sa: &IkeSa,
+    for_initiator: bool,
+    id: &IdPayload,
+) -> Option<Secret> {
+    let suite = sa.suite?;
+    let keys = sa.keys.as_ref()?;
+    let (message, nonce, sk_p) = if for_initiator {
+        (&sa.init_request, &sa.nr, &keys.sk_pi)
+    } else {
+        (&sa.init_response, &sa.ni, &keys.sk_pr)
+    };
+    let maced_id = suite.prf.prf(sk_p.as_bytes(), &id.body());
+    let mut signed = Vec::with_capacity(message.len() + nonce.len() + maced_id.len());
+    signed.extend_from_slice(message);
+    signed.extend_from_slice(nonce);
+    signed.extend_from_slice(maced_id.as_bytes());
+    Some(crypto::psk_auth(suite.prf, ctx.pc.psk.as_bytes(), &signed))
+}
+
+pub(super) fn on_request(
+    ctx: &mut Ctx<'_>,
+    now: Instant,
+    payloads: Vec<Payload>,
+    mut sa: IkeSa,
+) -> Fate {
+    for p in &payloads {
+        if let Payload::Unknown {
+            ty, critical: true, ..
+        } = p
+        {
+            ctx.respond(
+                &mut sa,
+                ExchangeType::IKE_AUTH,
+                &[notify(NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD, vec![ty.0])],
+            );
+            return lifecycle::fail(
+                ctx,
+                sa,
+                Misbehaviour::UnsupportedCritical(*ty).into(),
+                false,
+                now,
+            );
+        }
+    }
+    let idi = payloads.find_payload(Payload::as_idi).cloned();
+    let auth = payloads.find_payload(Payload::as_auth).cloned();
+    let (Some(idi), Some(auth)) = (idi, auth) else {
+        ctx.respond(
+            &mut sa,
+            ExchangeType::IKE_AUTH,
+            &[notify(NotifyType::INVALID_SYNTAX, Vec::new())],
+        );
+        return lifecycle::fail(
+            ctx,
+            sa,
+            Misbehaviour::MissingPayload(PayloadType::AUTH).into(),
+            false,
+            now,
+        );
+    };
+    let pc = ctx.pc;
+    let id_ok = idi.id_type == pc.remote_id.id_type && idi.data == pc.remote_id.data;
+    let auth_ok = auth.method == AuthMethod::SHARED_KEY_MIC
+        && auth_value(ctx, &sa, true, &idi)
+            .is_some_and(|v| bool::from(v.as_bytes().ct_eq(&auth.data)));
+    if !id_ok || !auth_ok {
+        ctx.respond(
+            &mut sa,
+            ExchangeType::IKE_AUTH,
+            &[notify(NotifyType::AUTHENTICATION_FAILED, Vec::new())],
+        );
+        let why = if id_ok {
+            "the initiator's AUTH does not verify"
+        } else {
+            "the initiator's identity is not the configured remote_id"
+        };
+        return lifecycle::fail(
+            ctx,
+            sa,
+            NegotiationError::AuthenticationFailed(why).into(),
+            false,
+            now,
+        );
+    }
+    let idr = IdPayload {
+        id_type: pc.local_id.id_type,
+        data: pc.local_id.data.clone(),
+    };
+    let Some(my_auth) = auth_value(ctx, &sa, false, &idr) else {
+        return lifecycle::fail(
+            ctx,
+            sa,
+            Misbehaviour::Unexpected("AUTH before keys").into(),
+            false,
+            now,
+        );
+    };
+    // RFC 7296 2.4: the peer holds no other IKE SA with us (it
+    // restarted); `establish` deletes ours locally.
+    sa.peer_initial_contact = payloads.notify(NotifyType::INITIAL_CONTACT).is_some();
+    ctx.peer.tcp_ao_capable = Some(sa.peer_tcp_ao);
+    lifecycle::establish(ctx, &mut sa, now);
+    let mut reply = vec![
+        Payload::IdR(idr),
+        Payload::Auth(AuthPayload {
+            method: AuthMethod::SHARED_KEY_MIC,
+            data: my_auth.as_bytes().to_vec(),
+        }),
+    ];
+    let child_sa = payloads.find_payload(Payload::as_sa);
+    match child_sa {
+        None => {
+            if !sa.peer_tcp_ao {
+                ctx.out
+                    .events
+                    .push_back(Event::PeerNotCapable { peer: ctx.name() });
+            }
+        }
+        Some(offer) => match accept_child(ctx, &mut sa, offer, &payloads, now) {
+            Ok(child_payloads) => reply.extend(child_payloads),
+            Err(e) => {
+                if let Some(n) = e.notify() {
+                    reply.push(notify(n, Vec::new()));
+                }
+                lifecycle::child_failed(ctx, e, false, now);
+            }
+        },
+    }
+    ctx.respond(&mut sa, ExchangeType::IKE_AUTH, &reply);
+    Fate::Keep(sa)
+}
+
+/// The responder's side of the TCP-AO child SA in IKE_AUTH.
+pub(super) fn accept_child(
+    ctx: &mut Ctx<'_>,
+    sa: &mut IkeSa,
+    offer: &SaPayload,
+    payloads: &[Payload],
+    now: Instant,
+) -> Result<Vec<Payload>, IkeError> {
+    if !ctx.cfg.advertise_tcp_ao || proposal::first_protocol(offer) != Some(ProtocolId::TCP_AO) {
+        return Err(
+            NegotiationError::NoProposalChosen("only TCP-AO child SAs are supported").into(),
+        );
+    }
+    let t = mkts::child_terms(ctx, offer, payloads)?;
+    let recv_id = mkts::take_recv_id(ctx, t.send_id, now)?;
+    let master_key = mkts::child_master_key(sa, None, &sa.ni, &sa.nr)?;
+    mkts::add_mkt(ctx, sa, t.mkt(recv_id, master_key), t.ports(), now);
+    let mut reply = vec![t.sa_reply(recv_id, None)];
+    reply.extend(t.selector_reply());
+    Ok(reply)
+}
+
+pub(super) fn on_response(
+    ctx: &mut Ctx<'_>,
+    now: Instant,
+    from: SocketAddr,
+    datagram: &[u8],
+    msg: &ParsedMessage,
+    sa: IkeSa,
+) -> Fate {
+    let (mut sa, payloads) =
+        match ctx.unprotect_or_drop(sa, from, datagram, msg, now, "IKE_AUTH response") {
+            Ok(x) => x,
+            Err(fate) => return fate,
+        };
+    sa.window.complete();
+    if let Some(n) = payloads.notify(NotifyType::AUTHENTICATION_FAILED) {
+        let e = NegotiationError::PeerReported(n.ty);
+        return lifecycle::fail(ctx, sa, e.into(), true, now);
+    }
+    let idr = payloads.find_payload(Payload::as_idr);
+    let auth = payloads.find_payload(Payload::as_auth);
+    let (Some(idr), Some(auth)) = (idr, auth) else {
+        if let Some(n) = payloads.error_notify() {
+            return lifecycle::fail(
+                ctx,
+                sa,
+                NegotiationError::PeerReported(n.ty).into(),
+                true,
+                now,
+            );
+        }
+        return lifecycle::fail(
+            ctx,
+            sa,
+            Misbehaviour::MissingPayload(PayloadType::AUTH).into(),
+            false,
+            now,
+        );
+    };
+    let pc = ctx.pc;
+    let id_ok = idr.id_type == pc.remote_id.id_type && idr.data == pc.remote_id.data;
+    let auth_ok = auth.method == AuthMethod::SHARED_KEY_MIC
+        && auth_value(ctx, &sa, false, idr)
+            .is_some_and(|v| bool::from(v.as_bytes().ct_eq(&auth.data)));
+    if !id_ok || !auth_ok {
+        // RFC 7296 2.21.2: tell the responder in a separate INFORMATIONAL.
+        if let Ok((_, bytes)) = sa.request(
+            ExchangeType::INFORMATIONAL,
+            &[notify(NotifyType::AUTHENTICATION_FAILED, Vec::new())],
+        ) {
+            ctx.send(sa.remote, bytes);
+        }
+        let why = if id_ok {
+            "the responder's AUTH does not verify"
+        } else {
+            "the responder's identity is not the configured remote_id"
+        };
+        return lifecycle::fail(
+            ctx,
+            sa,
+            NegotiationError::AuthenticationFailed(why).into(),
+            false,
+            now,
+        );
+    }
+    // INITIAL_CONTACT may come in the response too (RFC 7296 2.4).
+    sa.peer_initial_contact = payloads.notify(NotifyType::INITIAL_CONTACT).is_some();
+    lifecycle::establish(ctx, &mut sa, now);
+    if let Some(offer) = sa.child_offer.take() {
+        let pc = ctx.pc;
+        let sa_reply = payloads.find_payload(Payload::as_sa);
+        let tsi = payloads.find_payload(Payload::as_tsi);
+        let tsr = payloads.find_payload(Payload::as_tsr);
+        let child = match (sa_reply, tsi, tsr) {
+            (Some(s), Some(tsi), Some(tsr)) => {
+                match proposal::check_tcp_ao_reply(s, &pc.mac_algorithms) {
+                    None => Err(IkeError::from(Misbehaviour::BadSelection(
+                        "TCP-AO proposal",
+                    ))),
+                    Some((send_id, alg)) => {
+                        let ports_i = reply_within(tsi, pc.local, &pc.tcp_ports);
+                        let ports_r = reply_within(tsr, pc.remote.ip(), &pc.tcp_ports);
+                        match (ports_i, ports_r) {
+                            (Some(ports), Some(_)) if !mkts::send_id_in_use(ctx, send_id, now) => {
+                                Ok((send_id, alg, ports))
+                            }
+                            (Some(_), Some(_)) => Err(NegotiationError::NoProposalChosen(
+                                "the peer's KeyID is in use",
+                            )
+                            .into()),
+                            _ => Err(NegotiationError::TsUnacceptable(
+                                "narrowed selectors outside the offer",
+                            )
+                            .into()),
+                        }
+                    }
+                }
+            }
+            _ => Err(match payloads.error_notify() {
+                Some(n) => NegotiationError::PeerReported(n.ty).into(),
+                None => Misbehaviour::MissingPayload(PayloadType::SA).into(),
+            }),
+        };
+        match child {
+            Ok((send_id, algorithm, ports)) => {
+                let exclude = offer.exclude_options
+                    && payloads
+                        .notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS)
+                        .is_some();
+                match mkts::child_master_key(&sa, None, &sa.ni, &sa.nr) {
+                    Ok(master_key) => {
+                        let mkt = MasterKeyTuple {
+                            send_id,
+                            recv_id: offer.recv_id,
+                            algorithm,
+                            include_options: !exclude,
+                            master_key,
+                        };
+                        mkts::add_mkt(ctx, &mut sa, mkt, ports, now);
+                    }
+                    Err(e) => lifecycle::child_failed(ctx, e, false, now),
+                }
+            }
+            Err(e) => {
+                let by_peer = matches!(e, IkeError::Negotiation(NegotiationError::PeerReported(_)));
+                if !by_peer {
+                    // The responder may hold an MKT we refuse: delete it.
+                    informational::start_child_deletes(ctx, &mut sa, vec![offer.recv_id], now);
+                }
+                lifecycle::child_failed(ctx, e, by_peer, now);
+            }
+        }
+    }
+    Fate::Keep(sa)
+}

@@ -1,0 +1,416 @@
+//! The IKE_SA_INIT exchange (RFC 7296 1.2): the initiator's request (with
+//! INVALID_KE_PAYLOAD and COOKIE retries), the responder's answer, its
+//! unauthenticated errors (2.21.1), the half-open limit per peer, and
+//! simultaneous initiation.
+//!
+//! Simultaneous initiation (not covered by RFC 7296): when an IKE_SA_INIT
+//! request arrives from a peer to which this side has an IKE SA of its own
+//! that is not yet established, the two initiator nonces are compared as
+//! octet strings (a shorter prefix is lower, as in 2.8.1). The exchange
+//! whose initiator sent the higher nonce continues; the other initiator
+//! abandons its attempt, and the winner drops the loser's request. Both
+//! sides compare the same two nonces, so they agree without a message.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::config::IkeSuite;
+use super::context::{Ctx, Fate};
+use super::error::{IkeError, Misbehaviour, NegotiationError};
+use super::event::{Event, Role};
+use super::proposal;
+use super::sa::{IkeSa, SaState};
+use super::traffic::notify;
+use super::window::{PendingKind, Window};
+use super::PayloadsExt;
+use super::{auth, lifecycle};
+use crate::crypto::{self, IkeKeys, KeyExchange, Secret};
+use crate::numbers::{DhGroup, ExchangeType, NotifyType, PayloadType};
+use crate::wire::{self, Header, KePayload, ParsedMessage, Payload, FLAG_RESPONSE};
+
+/// The Vendor ID aokd sends in IKE_SA_INIT (docs/protocol.md).
+pub const VENDOR_ID: &[u8] = b"aokd TCP-AO keying 1";
+
+/// Nonce length sent (RFC 7296 2.10: at least 16 octets and half the PRF key).
+const NONCE_LEN: usize = 32;
+
+pub(super) fn start(ctx: &mut Ctx<'_>, now: Instant) -> Result<(), IkeError> {
+    let group = ctx.pc.ike_suites[0].group;
+    let ke = KeyExchange::generate(group, &mut *ctx.rng).map_err(Misbehaviour::KeyExchange)?;
+    let spi_i = ctx.fresh_spi();
+    let ni = ctx.random_bytes(NONCE_LEN);
+    let mut sa = IkeSa {
+        peer: ctx.index,
+        role: Role::Initiator,
+        state: SaState::InitSent,
+        spi_i,
+        spi_r: 0,
+        remote: ctx.pc.remote,
+        created: now,
+        expires: None,
+        ni,
+        nr: Vec::new(),
+        ke: Some(ke),
+        suite: None,
+        keys: None,
+        init_request: Vec::new(),
+        init_response: Vec::new(),
+        cookie: None,
+        peer_tcp_ao: false,
+        peer_childless: false,
+        window: Window::new(0),
+        iv_counter: 0,
+        established_at: None,
+        child_offer: None,
+        rekey_offer: None,
+        rekey_at: None,
+        last_received: now,
+        ike_rekey: None,
+        rekeyed_from: None,
+        successor: None,
+        peer_initial_contact: false,
+        announced: false,
+    };
+    ctx.peer.next_attempt = None;
+    send_init_request(ctx, &mut sa, now);
+    ctx.sas.insert(sa);
+    Ok(())
+}
+
+pub(super) fn send_init_request(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
+    let Some(ke) = &sa.ke else { return };
+    let mut payloads = Vec::new();
+    if let Some(c) = &sa.cookie {
+        payloads.push(notify(NotifyType::COOKIE, c.clone()));
+    }
+    payloads.push(Payload::Sa(proposal::ike_sa_payload(&ctx.pc.ike_suites)));
+    payloads.push(Payload::Ke(KePayload {
+        group: ke.group(),
+        data: ke.public(),
+    }));
+    payloads.push(Payload::Nonce(sa.ni.clone()));
+    payloads.extend(capability_payloads(ctx));
+    let id = sa.window.init_id();
+    let h = sa.header(ExchangeType::IKE_SA_INIT, id, false);
+    let bytes = wire::emit_message(&h, &payloads);
+    sa.init_request = bytes.clone();
+    ctx.send_request(sa, id, bytes, PendingKind::Init, now);
+}
+
+pub(super) fn capability_payloads(ctx: &Ctx<'_>) -> Vec<Payload> {
+    let mut v = vec![notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED, Vec::new())];
+    if ctx.cfg.advertise_tcp_ao {
+        v.push(notify(NotifyType::TCP_AO_SUPPORTED, Vec::new()));
+        v.push(Payload::VendorId(VENDOR_ID.to_vec()));
+    }
+    v
+}
+
+pub(super) fn on_request(
+    ctx: &mut Ctx<'_>,
+    now: Instant,
+    from: SocketAddr,
+    datagram: &[u8],
+    msg: &ParsedMessage,
+) {
+    let h = &msg.header;
+    // A retransmission of a request already answered (RFC 7296 2.1).
+    let answered = ctx
+        .sas
+        .iter()
+        .find(|s| s.role == Role::Responder && s.spi_i == h.spi_i && s.remote == from)
+        .map(|sa| {
+            (sa.init_request == datagram && !sa.init_response.is_empty())
+                .then(|| sa.init_response.clone())
+        });
+    if let Some(replay) = answered {
+        if let Some(r) = replay {
+            ctx.send(from, r);
+        }
+        return;
+    }
+    let half_open = ctx
+        .sas
+        .iter()
+        .filter(|s| s.role == Role::Responder && s.state == SaState::HalfOpen)
+        .count();
+    if half_open >= ctx.cfg.half_open_per_peer {
+        return ctx.dropped(from, "half-open IKE SA limit for this peer reached");
+    }
+    if let Some(ty) = msg.unsupported_critical() {
+        send_init_error(
+            ctx,
+            from,
+            h,
+            NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD,
+            vec![ty.0],
+        );
+        return;
+    }
+    let sa_offer = msg.payloads.find_payload(Payload::as_sa);
+    let ke_in = msg.payloads.find_payload(Payload::as_ke);
+    let ni = msg.payloads.find_payload(Payload::as_nonce);
+    let (Some(sa_offer), Some(ke_in), Some(ni)) = (sa_offer, ke_in, ni) else {
+        return ctx.dropped(from, "IKE_SA_INIT request without SA, KE or Nonce");
+    };
+    // Simultaneous initiation (module documentation).
+    let own = ctx
+        .sas
+        .iter()
+        .find(|s| {
+            s.role == Role::Initiator && matches!(s.state, SaState::InitSent | SaState::AuthSent)
+        })
+        .map(|s| (s.local_spi(), s.ni.clone()));
+    if let Some((own_spi, own_ni)) = own {
+        let ours_wins = own_ni.as_slice() > ni;
+        ctx.out.events.push_back(Event::SimultaneousInitiation {
+            peer: ctx.name(),
+            kept_ours: ours_wins,
+        });
+        if ours_wins {
+            return;
+        }
+        ctx.sas.remove(&own_spi);
+    }
+    let pc = ctx.pc;
+    let choice = match proposal::choose_ike(sa_offer, &pc.ike_suites, ke_in.group) {
+        Ok(c) => c,
+        Err(NegotiationError::InvalidKe(g)) => {
+            send_init_error(
+                ctx,
+                from,
+                h,
+                NotifyType::INVALID_KE_PAYLOAD,
+                g.0.to_be_bytes().to_vec(),
+            );
+            return;
+        }
+        Err(e) => {
+            send_init_error(ctx, from, h, NotifyType::NO_PROPOSAL_CHOSEN, Vec::new());
+            let name = ctx.name();
+            ctx.peer.last_error = Some(NotifyType::NO_PROPOSAL_CHOSEN.to_string());
+            ctx.out.events.push_back(Event::NegotiationFailed {
+                peer: name,
+                error: e.into(),
+                by_peer: false,
+            });
+            return;
+        }
+    };
+    let ke = match KeyExchange::generate(choice.suite.group, &mut *ctx.rng) {
+        Ok(k) => k,
+        Err(e) => return ctx.dropped(from, format!("key exchange: {e}")),
+    };
+    let gir = match ke.agree(&ke_in.data) {
+        Ok(g) => g,
+        Err(e) => {
+            send_init_error(ctx, from, h, NotifyType::INVALID_SYNTAX, Vec::new());
+            return ctx.dropped(from, format!("peer's KE payload: {e}"));
+        }
+    };
+    let spi_r = ctx.fresh_spi();
+    let nr = ctx.random_bytes(NONCE_LEN);
+    let keys = match derive_keys(choice.suite, &gir, ni, &nr, h.spi_i, spi_r) {
+        Ok(k) => k,
+        Err(e) => return ctx.dropped(from, format!("key derivation: {e}")),
+    };
+    let mut sa = IkeSa {
+        peer: ctx.index,
+        role: Role::Responder,
+        state: SaState::HalfOpen,
+        spi_i: h.spi_i,
+        spi_r,
+        remote: from,
+        created: now,
+        expires: None,
+        ni: ni.to_vec(),
+        nr: nr.clone(),
+        ke: None,
+        suite: Some(choice.suite),
+        keys: Some(keys),
+        init_request: datagram.to_vec(),
+        init_response: Vec::new(),
+        cookie: None,
+        peer_tcp_ao: msg.payloads.notify(NotifyType::TCP_AO_SUPPORTED).is_some(),
+        peer_childless: msg
+            .payloads
+            .notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED)
+            .is_some(),
+        window: Window::new(1),
+        iv_counter: 0,
+        established_at: None,
+        child_offer: None,
+        rekey_offer: None,
+        rekey_at: None,
+        last_received: now,
+        ike_rekey: None,
+        rekeyed_from: None,
+        successor: None,
+        peer_initial_contact: false,
+        announced: false,
+    };
+    let mut payloads = vec![
+        Payload::Sa(proposal::ike_sa_reply(choice.proposal_num, choice.suite)),
+        Payload::Ke(KePayload {
+            group: ke.group(),
+            data: ke.public(),
+        }),
+        Payload::Nonce(nr),
+    ];
+    payloads.extend(capability_payloads(ctx));
+    let rh = sa.header(ExchangeType::IKE_SA_INIT, 0, true);
+    let bytes = wire::emit_message(&rh, &payloads);
+    sa.init_response = bytes.clone();
+    ctx.send(from, bytes);
+    ctx.sas.insert(sa);
+}
+
+/// An unauthenticated error response to IKE_SA_INIT (RFC 7296 2.21.1).
+pub(super) fn send_init_error(
+    ctx: &mut Ctx<'_>,
+    to: SocketAddr,
+    req: &Header,
+    ty: NotifyType,
+    data: Vec<u8>,
+) {
+    let h = Header {
+        spi_i: req.spi_i,
+        spi_r: 0,
+        next_payload: PayloadType::NONE,
+        version: 0x20,
+        exchange: ExchangeType::IKE_SA_INIT,
+        flags: FLAG_RESPONSE,
+        message_id: 0,
+        length: 0,
+    };
+    ctx.send(to, wire::emit_message(&h, &[notify(ty, data)]));
+}
+
+pub(super) fn on_response(
+    ctx: &mut Ctx<'_>,
+    now: Instant,
+    from: SocketAddr,
+    datagram: &[u8],
+    msg: &ParsedMessage,
+    mut sa: IkeSa,
+) -> Fate {
+    let pc = ctx.pc;
+    if let Some(n) = msg.payloads.notify(NotifyType::COOKIE) {
+        if (1..=64).contains(&n.data.len()) && sa.cookie.is_none() {
+            sa.cookie = Some(n.data.clone());
+            send_init_request(ctx, &mut sa, now);
+            return Fate::Keep(sa);
+        }
+    }
+    if let Some(n) = msg.payloads.notify(NotifyType::INVALID_KE_PAYLOAD) {
+        let wanted = <[u8; 2]>::try_from(n.data.as_slice()).map(|b| DhGroup(u16::from_be_bytes(b)));
+        let current = sa.ke.as_ref().map(|k| k.group());
+        return match wanted {
+            Ok(g) if Some(g) != current && pc.ike_suites.iter().any(|s| s.group == g) => {
+                match KeyExchange::generate(g, &mut *ctx.rng) {
+                    Ok(ke) => {
+                        sa.ke = Some(ke);
+                        send_init_request(ctx, &mut sa, now);
+                        Fate::Keep(sa)
+                    }
+                    Err(e) => {
+                        lifecycle::fail(ctx, sa, Misbehaviour::KeyExchange(e).into(), false, now)
+                    }
+                }
+            }
+            _ => lifecycle::fail(
+                ctx,
+                sa,
+                NegotiationError::NoProposalChosen("INVALID_KE_PAYLOAD names a group not offered")
+                    .into(),
+                true,
+                now,
+            ),
+        };
+    }
+    if let Some(n) = msg.payloads.error_notify() {
+        let e = NegotiationError::PeerReported(n.ty);
+        return lifecycle::fail(ctx, sa, e.into(), true, now);
+    }
+    if let Some(ty) = msg.unsupported_critical() {
+        return lifecycle::fail(
+            ctx,
+            sa,
+            Misbehaviour::UnsupportedCritical(ty).into(),
+            false,
+            now,
+        );
+    }
+    let sa_reply = msg.payloads.find_payload(Payload::as_sa);
+    let ke_in = msg.payloads.find_payload(Payload::as_ke);
+    let nr = msg.payloads.find_payload(Payload::as_nonce);
+    let (Some(sa_reply), Some(ke_in), Some(nr)) = (sa_reply, ke_in, nr) else {
+        ctx.dropped(from, "IKE_SA_INIT response without SA, KE or Nonce");
+        return Fate::Keep(sa);
+    };
+    if msg.header.spi_r == 0 {
+        ctx.dropped(from, "IKE_SA_INIT response without a responder SPI");
+        return Fate::Keep(sa);
+    }
+    let Some(ke) = sa.ke.take() else {
+        return lifecycle::fail(
+            ctx,
+            sa,
+            Misbehaviour::Unexpected("no key exchange state").into(),
+            false,
+            now,
+        );
+    };
+    let Some(suite) = proposal::check_ike_reply(sa_reply, &pc.ike_suites, ke.group()) else {
+        return lifecycle::fail(
+            ctx,
+            sa,
+            Misbehaviour::BadSelection("IKE SA proposal").into(),
+            false,
+            now,
+        );
+    };
+    if ke_in.group != ke.group() {
+        return lifecycle::fail(
+            ctx,
+            sa,
+            Misbehaviour::BadSelection("KE group").into(),
+            false,
+            now,
+        );
+    }
+    let gir = match ke.agree(&ke_in.data) {
+        Ok(g) => g,
+        Err(e) => return lifecycle::fail(ctx, sa, Misbehaviour::KeyExchange(e).into(), false, now),
+    };
+    sa.spi_r = msg.header.spi_r;
+    sa.nr = nr.to_vec();
+    sa.keys = match derive_keys(suite, &gir, &sa.ni, nr, sa.spi_i, sa.spi_r) {
+        Ok(k) => Some(k),
+        Err(e) => return lifecycle::fail(ctx, sa, Misbehaviour::KeyExchange(e).into(), false, now),
+    };
+    sa.suite = Some(suite);
+    sa.init_response = datagram.to_vec();
+    sa.peer_tcp_ao = msg.payloads.notify(NotifyType::TCP_AO_SUPPORTED).is_some();
+    sa.peer_childless = msg
+        .payloads
+        .notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED)
+        .is_some();
+    sa.window.complete();
+    match auth::start(ctx, &mut sa, now) {
+        Ok(()) => Fate::Keep(sa),
+        Err(e) => lifecycle::fail(ctx, sa, e, false, now),
+    }
+}
+
+pub(super) fn derive_keys(
+    suite: IkeSuite,
+    gir: &Secret,
+    ni: &[u8],
+    nr: &[u8],
+    spi_i: u64,
+    spi_r: u64,
+) -> Result<IkeKeys, crypto::CryptoError> {
+    let seed = crypto::skeyseed(suite.prf, ni, nr, gir.as_bytes());
+    crypto::derive_ike_keys(suite.prf, suite.encr, &seed, ni, nr, spi_i, spi_r)
+}

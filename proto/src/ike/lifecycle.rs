@@ -1,0 +1,292 @@
+//! The life of a peer's IKE SAs outside any one exchange: establishing one
+//! (and replacing older ones, RFC 7296 2.4), failing, removal and its
+//! report, the peer becoming unreachable, and the hand-over from a rekeyed
+//! IKE SA to its successor (2.8, 2.18).
+
+use std::time::Instant;
+
+use super::config::IkeSuite;
+use super::context::{Ctx, Fate};
+use super::error::{IkeError, NegotiationError};
+use super::event::{Event, Role};
+use super::sa::{IkeSa, SaState};
+use super::window::PendingKind;
+use crate::numbers::ProtocolId;
+use crate::wire::{DeletePayload, Payload};
+
+/// An IKE SA with the peer that is up or being set up. Failed ones and
+/// those superseded by a rekey, which only wait for their Delete, do not
+/// count.
+pub(super) fn has_live_sa(ctx: &Ctx<'_>) -> bool {
+    ctx.sas
+        .iter()
+        .any(|s| s.is_live() && !matches!(s.state, SaState::Rekeyed | SaState::Successor))
+}
+
+pub(super) fn established_sa<'a>(ctx: &'a Ctx<'_>) -> Option<&'a IkeSa> {
+    ctx.sas
+        .iter()
+        .filter(|s| s.state == SaState::Established)
+        .max_by_key(|s| s.created)
+}
+
+/// Drops the peer's IKE SAs that a rekey superseded or left waiting:
+/// with the current IKE SA gone they have nothing left to do.
+pub(super) fn drop_rekey_leftovers(ctx: &mut Ctx<'_>, reason: &'static str) {
+    let spis: Vec<u64> = ctx
+        .sas
+        .iter()
+        .filter(|s| matches!(s.state, SaState::Rekeyed | SaState::Successor))
+        .map(IkeSa::local_spi)
+        .collect();
+    for spi in spis {
+        if let Some(sa) = ctx.sas.remove(&spi) {
+            report_deleted(ctx, &sa, reason);
+        }
+    }
+}
+
+/// Reports an SA that is going as deleted, if it was reported as
+/// established. Its MKTs stay until their lifetime ends or newer ones
+/// replace them.
+pub(super) fn report_deleted(ctx: &mut Ctx<'_>, sa: &IkeSa, reason: &'static str) {
+    if sa.announced {
+        let peer = ctx.name();
+        ctx.event(Event::IkeSaDeleted {
+            peer,
+            spi_i: sa.spi_i,
+            spi_r: sa.spi_r,
+            reason: reason.to_string(),
+        });
+    }
+}
+
+/// Drops an SA and reports it as deleted ([`report_deleted`]).
+pub(super) fn remove_sa(ctx: &mut Ctx<'_>, sa: IkeSa, reason: &'static str) -> Fate {
+    report_deleted(ctx, &sa, reason);
+    Fate::Gone
+}
+
+/// Records a failed negotiation, schedules a retry, and keeps the SA
+/// (as Failed, for replaying its last response) or drops it.
+pub(super) fn fail(
+    ctx: &mut Ctx<'_>,
+    mut sa: IkeSa,
+    error: IkeError,
+    by_peer: bool,
+    now: Instant,
+) -> Fate {
+    ctx.peer.last_error = Some(match error.notify() {
+        Some(n) if n.name().is_some() => n.to_string(),
+        _ => error.to_string(),
+    });
+    ctx.out.events.push_back(Event::NegotiationFailed {
+        peer: ctx.name(),
+        error,
+        by_peer,
+    });
+    if ctx.pc.initiate {
+        ctx.peer.next_attempt = Some(now + ctx.cfg.retry_interval);
+    }
+    if sa.is_authenticated() {
+        report_deleted(ctx, &sa, "IKE SA failed");
+        drop_rekey_leftovers(ctx, "IKE SA failed");
+        return Fate::Gone;
+    }
+    if sa.role == Role::Responder && sa.window.has_response() {
+        sa.state = SaState::Failed;
+        sa.window.complete();
+        sa.expires = Some(now + ctx.cfg.half_open_timeout);
+        return Fate::Keep(sa);
+    }
+    Fate::Gone
+}
+
+/// An established IKE SA whose peer stopped answering is deleted
+/// locally; its MKTs stay until their hard lifetime (or until a new IKE
+/// SA's MKT supersedes them), and an initiating peer is tried again
+/// after `retry_interval`.
+pub(super) fn peer_unreachable(
+    ctx: &mut Ctx<'_>,
+    sa: IkeSa,
+    reason: &'static str,
+    now: Instant,
+) -> Fate {
+    ctx.peer.last_error = Some(reason.to_string());
+    ctx.out.events.push_back(Event::NegotiationFailed {
+        peer: ctx.name(),
+        error: NegotiationError::Timeout.into(),
+        by_peer: false,
+    });
+    if ctx.pc.initiate {
+        ctx.peer.next_attempt = Some(now + ctx.cfg.retry_interval);
+    }
+    report_deleted(ctx, &sa, reason);
+    drop_rekey_leftovers(ctx, reason);
+    Fate::Gone
+}
+
+/// Marks the SA established and replaces any older IKE SA with the
+/// peer: with a Delete payload, or locally when the peer sent
+/// INITIAL_CONTACT (RFC 7296 2.4: it holds no other IKE SA, and could
+/// not read the Delete). MKTs are not touched here.
+pub(super) fn establish(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
+    sa.state = SaState::Established;
+    sa.established_at = Some(now);
+    sa.ke = None;
+    sa.announced = true;
+    sa.last_received = now;
+    sa.rekey_at = ike_rekey_time(ctx, now);
+    ctx.peer.last_error = None;
+    ctx.peer.next_attempt = None;
+    let older: Vec<u64> = ctx
+        .sas
+        .iter()
+        .filter(|s| s.is_authenticated())
+        .map(IkeSa::local_spi)
+        .collect();
+    for spi in older {
+        if let Some(mut old) = ctx.sas.remove(&spi) {
+            if sa.peer_initial_contact {
+                report_deleted(ctx, &old, "the peer restarted (INITIAL_CONTACT)");
+            } else {
+                if old.state == SaState::Established {
+                    send_delete_ike(ctx, &mut old, now);
+                }
+                report_deleted(ctx, &old, "replaced by a newer IKE SA");
+            }
+        }
+    }
+    let suite = sa.suite.unwrap_or(IkeSuite::DEFAULT);
+    ctx.out.events.push_back(Event::IkeSaEstablished {
+        peer: ctx.name(),
+        spi_i: sa.spi_i,
+        spi_r: sa.spi_r,
+        role: sa.role,
+        suite,
+        tcp_ao_capable: sa.peer_tcp_ao,
+    });
+}
+
+/// `new` (in the table) replaces `old` (taken out of it): it becomes the
+/// peer's established SA and inherits the MKTs and the waiting requests
+/// (RFC 7296 2.8); `old` waits for its Delete.
+pub(super) fn adopt_successor(ctx: &mut Ctx<'_>, old: &mut IkeSa, new_spi: u64, now: Instant) {
+    let old_spi = old.local_spi();
+    old.state = SaState::Rekeyed;
+    old.successor = Some(new_spi);
+    old.rekey_at = None;
+    old.expires = Some(now + ctx.rekeyed_sa_lifetime());
+    let Some(mut new) = ctx.sas.remove(&new_spi) else {
+        return;
+    };
+    new.state = SaState::Established;
+    new.expires = None;
+    new.announced = true;
+    // Never an MKT exchange under way here: a rekey of the IKE SA is
+    // neither started nor accepted while one is (RFC 7296 2.25.1).
+    new.window.extend_queue(old.window.take_queue());
+    for m in &mut ctx.peer.mkts {
+        if m.ike_spi == old_spi {
+            m.ike_spi = new_spi;
+        }
+    }
+    ctx.out.events.push_back(Event::IkeSaRekeyed {
+        peer: ctx.name(),
+        old_spi_i: old.spi_i,
+        old_spi_r: old.spi_r,
+        spi_i: new.spi_i,
+        spi_r: new.spi_r,
+        role: new.role,
+        suite: new.suite.unwrap_or(super::config::IkeSuite::DEFAULT),
+    });
+    ctx.send_queued(&mut new, now);
+    ctx.sas.insert(new);
+}
+
+/// The SA that the peer's rekey of the SA with local SPI `old` created
+/// while ours was outstanding.
+pub(super) fn passive_successor(ctx: &Ctx<'_>, old: u64) -> Option<u64> {
+    ctx.sas
+        .iter()
+        .find(|s| {
+            s.state == SaState::Successor && s.rekeyed_from.as_ref().is_some_and(|o| o.old == old)
+        })
+        .map(IkeSa::local_spi)
+}
+
+/// Removes a Rekeyed SA (deleted by either side, or never deleted).
+/// An unanswered INFORMATIONAL of ours on it (Delete payloads of MKTs)
+/// is sent again on its successor.
+pub(super) fn retire_rekeyed_sa(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) -> Fate {
+    let requeue = sa
+        .window
+        .complete()
+        .filter(|p| p.kind == PendingKind::Informational)
+        .and_then(|p| p.requeue);
+    if let Some(mut succ) = sa.successor.and_then(|s| ctx.sas.remove(&s)) {
+        if let Some((exchange, payloads)) = requeue {
+            succ.window
+                .queue((exchange, payloads, PendingKind::Informational));
+        }
+        succ.window.extend_queue(sa.window.take_queue());
+        ctx.send_queued(&mut succ, now);
+        ctx.sas.insert(succ);
+    }
+    remove_sa(ctx, sa, "rekeyed")
+}
+
+/// Deletes every MKT of a peer locally.
+pub(super) fn delete_all_mkts(ctx: &mut Ctx<'_>, reason: &'static str) {
+    let name = ctx.name();
+    for m in std::mem::take(&mut ctx.peer.mkts) {
+        ctx.out.events.push_back(Event::MktDeleted {
+            peer: name.clone(),
+            send_id: m.mkt.send_id,
+            recv_id: m.mkt.recv_id,
+            reason,
+        });
+    }
+}
+
+/// Established, with nothing outstanding or waiting: it may start an
+/// exchange of its own.
+pub(super) fn sa_is_idle(sa: &IkeSa) -> bool {
+    sa.state == SaState::Established
+        && sa.window.idle()
+        && sa.rekey_offer.is_none()
+        && sa.ike_rekey.is_none()
+}
+
+/// The TCP-AO child SA in IKE_AUTH failed; the IKE SA stays, and a fresh
+/// MKT is tried after `retry_interval`.
+pub(super) fn child_failed(ctx: &mut Ctx<'_>, error: IkeError, by_peer: bool, now: Instant) {
+    ctx.peer.next_child_attempt = Some(now + ctx.cfg.retry_interval);
+    ctx.peer.last_error = Some(match error.notify() {
+        Some(n) if n.name().is_some() => n.to_string(),
+        _ => error.to_string(),
+    });
+    ctx.out.events.push_back(Event::ChildFailed {
+        peer: ctx.name(),
+        error,
+        by_peer,
+    });
+}
+
+/// The rekey time of an IKE SA established now: `ike_rekey` minus up to
+/// `IKE_REKEY_JITTER_PERCENT` of it, drawn anew for every SA.
+pub(super) fn ike_rekey_time(ctx: &mut Ctx<'_>, now: Instant) -> Option<Instant> {
+    let base = ctx.pc.lifetimes.ike_rekey?;
+    let jitter = base * super::config::IKE_REKEY_JITTER_PERCENT / 100;
+    Some(now + base.saturating_sub(ctx.random_below(jitter)))
+}
+
+/// Sends a one-shot INFORMATIONAL Delete for the IKE SA (RFC 7296 1.4.1).
+pub(super) fn send_delete_ike(ctx: &mut Ctx<'_>, sa: &mut IkeSa, _now: Instant) {
+    let del = Payload::Delete(DeletePayload {
+        protocol: ProtocolId::IKE,
+        spi_size: 0,
+        spis: Vec::new(),
+    });
+    ctx.send_oneshot(sa, &[del]);
+}
