@@ -11,7 +11,7 @@ use super::context::{Ctx, Fate};
 use super::error::{IkeError, Misbehaviour, NegotiationError};
 use super::event::Event;
 use super::proposal;
-use super::sa::{ChildOffer, IkeSa, SaState};
+use super::sa::{ChildOffer, IkeSa, Phase};
 use super::traffic::{notify, reply_within, selectors};
 use super::window::PendingKind;
 use super::PayloadsExt;
@@ -45,6 +45,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(
     }));
     let wants_child = ctx.cfg.advertise_tcp_ao && !pc.mac_algorithms.is_empty();
     ctx.peer.tcp_ao_capable = Some(sa.peer_tcp_ao);
+    let mut child_offer = None;
     if wants_child && sa.peer_tcp_ao {
         let recv_id = mkts::allocate_recv_id(ctx, now).ok_or(
             NegotiationError::NoProposalChosen("no free KeyID for this peer"),
@@ -60,7 +61,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(
         if exclude_options {
             payloads.push(notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS, Vec::new()));
         }
-        sa.child_offer = Some(ChildOffer {
+        child_offer = Some(ChildOffer {
             recv_id,
             exclude_options,
         });
@@ -74,7 +75,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(
         return Err(NegotiationError::NotCapable.into());
     }
     let (id, bytes) = sa.request(ExchangeType::IKE_AUTH, &payloads)?;
-    sa.state = SaState::AuthSent;
+    sa.phase = Phase::AuthSent { child_offer };
     ctx.send_request(sa, id, bytes, PendingKind::Auth, now);
     Ok(())
 }
@@ -302,8 +303,12 @@ pub(super) fn on_response(
     }
     // INITIAL_CONTACT may come in the response too (RFC 7296 2.4).
     sa.peer_initial_contact = payloads.notify(NotifyType::INITIAL_CONTACT).is_some();
+    let child_offer = match &mut sa.phase {
+        Phase::AuthSent { child_offer } => child_offer.take(),
+        _ => None,
+    };
     lifecycle::establish(ctx, &mut sa, now);
-    if let Some(offer) = sa.child_offer.take() {
+    if let Some(offer) = child_offer {
         let pc = ctx.pc;
         let sa_reply = payloads.find_payload(Payload::as_sa);
         let tsi = payloads.find_payload(Payload::as_tsi);

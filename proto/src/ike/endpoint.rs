@@ -213,7 +213,7 @@ impl Endpoint {
             .map(|(p, peer)| {
                 let mut sas: Vec<&IkeSa> = peer.sas.iter().collect();
                 sas.sort_by_key(|s| s.created);
-                let state = if sas.iter().any(|s| s.state == SaState::Established) {
+                let state = if sas.iter().any(|s| s.state() == SaState::Established) {
                     PeerState::Established
                 } else if sas.iter().any(|s| s.is_live()) {
                     PeerState::Connecting
@@ -234,7 +234,7 @@ impl Endpoint {
                             spi_i: s.spi_i,
                             spi_r: s.spi_r,
                             role: s.role,
-                            state: match s.state {
+                            state: match s.state() {
                                 SaState::Established => "established",
                                 SaState::Rekeyed => "rekeyed",
                                 SaState::Successor => "rekeying",
@@ -462,7 +462,7 @@ impl Endpoint {
             let Some(spi) = ctx
                 .sas
                 .iter()
-                .find(|s| s.state == SaState::Established)
+                .find(|s| s.state() == SaState::Established)
                 .map(IkeSa::local_spi)
             else {
                 return false;
@@ -493,7 +493,8 @@ fn on_message(
         Role::Initiator => !h.is_initiator(),
         Role::Responder => h.is_initiator(),
     };
-    let spis_match = h.spi_i == sa.spi_i && (h.spi_r == sa.spi_r || sa.state == SaState::InitSent);
+    let spis_match =
+        h.spi_i == sa.spi_i && (h.spi_r == sa.spi_r || sa.state() == SaState::InitSent);
     if !roles_match || !spis_match || from.ip() != sa.remote.ip() {
         ctx.dropped(from, "SPIs, flags or address do not match the IKE SA");
         return Fate::Keep(sa);
@@ -518,7 +519,7 @@ fn on_response(
         ctx.dropped(from, "response to no outstanding request");
         return Fate::Keep(sa);
     }
-    match sa.state {
+    match sa.state() {
         SaState::InitSent if msg.header.exchange == ExchangeType::IKE_SA_INIT => {
             init::on_response(ctx, now, from, datagram, msg, sa)
         }
@@ -575,7 +576,7 @@ fn on_request(
         ctx.send(from, bytes);
         return Fate::Keep(sa);
     }
-    if id != sa.window.expected() || sa.state == SaState::Failed {
+    if id != sa.window.expected() || sa.state() == SaState::Failed {
         let expected = sa.window.expected();
         ctx.dropped(
             from,
@@ -587,7 +588,7 @@ fn on_request(
         Ok(x) => x,
         Err(fate) => return fate,
     };
-    match (sa.state, msg.header.exchange) {
+    match (sa.state(), msg.header.exchange) {
         (SaState::HalfOpen, ExchangeType::IKE_AUTH) => auth::on_request(ctx, now, payloads, sa),
         (
             SaState::Established | SaState::Rekeyed | SaState::Successor,
@@ -603,7 +604,7 @@ fn on_request(
                 == Some(ProtocolId::IKE);
             if rekeys_ike {
                 ike_rekey::on_request(ctx, now, payloads, sa)
-            } else if sa.state != SaState::Established || sa.ike_rekey.is_some() {
+            } else if sa.state() != SaState::Established || sa.ike_rekey.is_some() {
                 // RFC 7296 2.25.2: no new MKT while the IKE SA is being
                 // rekeyed (or on a superseded one); the peer tries later.
                 ctx.respond(

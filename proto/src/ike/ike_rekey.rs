@@ -25,7 +25,7 @@ use super::context::{Ctx, Fate};
 use super::error::{IkeError, Misbehaviour, NegotiationError};
 use super::event::{Event, Role};
 use super::proposal;
-use super::sa::{IkeRekeyOffer, IkeSa, RekeyOrigin, SaState};
+use super::sa::{IkeRekeyOffer, IkeSa, Phase, RekeyOrigin, SaState};
 use super::traffic::notify;
 use super::window::PendingKind;
 use super::PayloadsExt;
@@ -89,7 +89,7 @@ pub(super) fn on_request(
     let closing = sa.window.pending_kind() == Some(PendingKind::DeleteIke);
     // RFC 7296 2.25.1, 2.25.2, 2.8.2: not while this side creates or
     // rekeys an MKT, nor on an SA already rekeyed or being closed.
-    if sa.state != SaState::Established || sa.rekey_offer.is_some() || closing {
+    if sa.state() != SaState::Established || sa.rekey_offer.is_some() || closing {
         ctx.respond(
             &mut sa,
             ExchangeType::CREATE_CHILD_SA,
@@ -103,8 +103,9 @@ pub(super) fn on_request(
             let new_spi = new.local_spi();
             if sa.ike_rekey.is_some() {
                 // Our own rekey of it is outstanding: wait for it.
-                new.state = SaState::Successor;
-                new.expires = Some(now + ctx.rekeyed_sa_lifetime());
+                new.phase = Phase::Successor {
+                    expires: now + ctx.rekeyed_sa_lifetime(),
+                };
                 ctx.sas.insert(new);
             } else {
                 ctx.sas.insert(new);
@@ -259,8 +260,10 @@ pub(super) fn on_response(
         // The peer's SA survives and the peer deletes the old one.
         lifecycle::adopt_successor(ctx, &mut sa, passive, now);
         if let Some(mut ours) = ctx.sas.remove(&new_spi) {
-            ours.state = SaState::Rekeyed;
-            ours.expires = Some(now + ctx.rekeyed_sa_lifetime());
+            ours.phase = Phase::Rekeyed {
+                successor: None,
+                expires: now + ctx.rekeyed_sa_lifetime(),
+            };
             informational::start_delete_ike(ctx, &mut ours, now);
             ctx.sas.insert(ours);
         }
@@ -272,8 +275,10 @@ pub(super) fn on_response(
         lifecycle::adopt_successor(ctx, &mut sa, new_spi, now);
         informational::start_delete_ike(ctx, &mut sa, now);
         if let Some(p) = ctx.sas.get_mut(&passive) {
-            p.state = SaState::Rekeyed;
-            p.expires = Some(now + REDUNDANT_SA_WAIT);
+            p.phase = Phase::Rekeyed {
+                successor: None,
+                expires: now + REDUNDANT_SA_WAIT,
+            };
         }
     }
     Fate::Keep(sa)

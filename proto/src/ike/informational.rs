@@ -63,7 +63,7 @@ pub(super) fn on_request(
     if !delete_ike {
         return Fate::Keep(sa);
     }
-    match sa.state {
+    match sa.state() {
         // The old SA after a rekey, or the redundant one of a collision.
         SaState::Rekeyed => lifecycle::retire_rekeyed_sa(ctx, sa, now),
         // The peer found the SA it created redundant (RFC 7296 2.8.2).
@@ -108,7 +108,7 @@ pub(super) fn on_response(
         };
     let kind = sa.window.complete().map(|p| p.kind);
     if kind == Some(PendingKind::DeleteIke) {
-        if sa.state == SaState::Rekeyed {
+        if sa.state() == SaState::Rekeyed {
             lifecycle::retire_rekeyed_sa(ctx, sa, now)
         } else {
             lifecycle::remove_sa(ctx, sa, "deleted")

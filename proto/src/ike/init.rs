@@ -19,7 +19,7 @@ use super::context::{Ctx, Fate};
 use super::error::{IkeError, Misbehaviour, NegotiationError};
 use super::event::{Event, Role};
 use super::proposal;
-use super::sa::{IkeSa, SaState};
+use super::sa::{IkeSa, Phase, SaState};
 use super::traffic::notify;
 use super::window::{PendingKind, Window};
 use super::PayloadsExt;
@@ -42,32 +42,27 @@ pub(super) fn start(ctx: &mut Ctx<'_>, now: Instant) -> Result<(), IkeError> {
     let mut sa = IkeSa {
         peer: ctx.index,
         role: Role::Initiator,
-        state: SaState::InitSent,
+        phase: Phase::InitSent { ke, cookie: None },
         spi_i,
         spi_r: 0,
         remote: ctx.pc.remote,
         created: now,
-        expires: None,
         ni,
         nr: Vec::new(),
-        ke: Some(ke),
         suite: None,
         keys: None,
         init_request: Vec::new(),
         init_response: Vec::new(),
-        cookie: None,
         peer_tcp_ao: false,
         peer_childless: false,
         window: Window::new(0),
         iv_counter: 0,
         established_at: None,
-        child_offer: None,
         rekey_offer: None,
         rekey_at: None,
         last_received: now,
         ike_rekey: None,
         rekeyed_from: None,
-        successor: None,
         peer_initial_contact: false,
         announced: false,
     };
@@ -78,9 +73,11 @@ pub(super) fn start(ctx: &mut Ctx<'_>, now: Instant) -> Result<(), IkeError> {
 }
 
 pub(super) fn send_init_request(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
-    let Some(ke) = &sa.ke else { return };
+    let Phase::InitSent { ke, cookie } = &sa.phase else {
+        return;
+    };
     let mut payloads = Vec::new();
-    if let Some(c) = &sa.cookie {
+    if let Some(c) = cookie {
         payloads.push(notify(NotifyType::COOKIE, c.clone()));
     }
     payloads.push(Payload::Sa(proposal::ike_sa_payload(&ctx.pc.ike_suites)));
@@ -132,7 +129,7 @@ pub(super) fn on_request(
     let half_open = ctx
         .sas
         .iter()
-        .filter(|s| s.role == Role::Responder && s.state == SaState::HalfOpen)
+        .filter(|s| s.role == Role::Responder && s.state() == SaState::HalfOpen)
         .count();
     if half_open >= ctx.cfg.half_open_per_peer {
         return ctx.dropped(from, "half-open IKE SA limit for this peer reached");
@@ -158,7 +155,7 @@ pub(super) fn on_request(
         .sas
         .iter()
         .find(|s| {
-            s.role == Role::Initiator && matches!(s.state, SaState::InitSent | SaState::AuthSent)
+            s.role == Role::Initiator && matches!(s.state(), SaState::InitSent | SaState::AuthSent)
         })
         .map(|s| (s.local_spi(), s.ni.clone()));
     if let Some((own_spi, own_ni)) = own {
@@ -217,20 +214,17 @@ pub(super) fn on_request(
     let mut sa = IkeSa {
         peer: ctx.index,
         role: Role::Responder,
-        state: SaState::HalfOpen,
+        phase: Phase::HalfOpen,
         spi_i: h.spi_i,
         spi_r,
         remote: from,
         created: now,
-        expires: None,
         ni: ni.to_vec(),
         nr: nr.clone(),
-        ke: None,
         suite: Some(choice.suite),
         keys: Some(keys),
         init_request: datagram.to_vec(),
         init_response: Vec::new(),
-        cookie: None,
         peer_tcp_ao: msg.payloads.notify(NotifyType::TCP_AO_SUPPORTED).is_some(),
         peer_childless: msg
             .payloads
@@ -239,13 +233,11 @@ pub(super) fn on_request(
         window: Window::new(1),
         iv_counter: 0,
         established_at: None,
-        child_offer: None,
         rekey_offer: None,
         rekey_at: None,
         last_received: now,
         ike_rekey: None,
         rekeyed_from: None,
-        successor: None,
         peer_initial_contact: false,
         announced: false,
     };
@@ -296,20 +288,27 @@ pub(super) fn on_response(
 ) -> Fate {
     let pc = ctx.pc;
     if let Some(n) = msg.payloads.notify(NotifyType::COOKIE) {
-        if (1..=64).contains(&n.data.len()) && sa.cookie.is_none() {
-            sa.cookie = Some(n.data.clone());
-            send_init_request(ctx, &mut sa, now);
-            return Fate::Keep(sa);
+        if let Phase::InitSent { cookie, .. } = &mut sa.phase {
+            if (1..=64).contains(&n.data.len()) && cookie.is_none() {
+                *cookie = Some(n.data.clone());
+                send_init_request(ctx, &mut sa, now);
+                return Fate::Keep(sa);
+            }
         }
     }
     if let Some(n) = msg.payloads.notify(NotifyType::INVALID_KE_PAYLOAD) {
         let wanted = <[u8; 2]>::try_from(n.data.as_slice()).map(|b| DhGroup(u16::from_be_bytes(b)));
-        let current = sa.ke.as_ref().map(|k| k.group());
+        let current = match &sa.phase {
+            Phase::InitSent { ke, .. } => Some(ke.group()),
+            _ => None,
+        };
         return match wanted {
             Ok(g) if Some(g) != current && pc.ike_suites.iter().any(|s| s.group == g) => {
                 match KeyExchange::generate(g, &mut *ctx.rng) {
-                    Ok(ke) => {
-                        sa.ke = Some(ke);
+                    Ok(new_ke) => {
+                        if let Phase::InitSent { ke, .. } = &mut sa.phase {
+                            *ke = new_ke;
+                        }
                         send_init_request(ctx, &mut sa, now);
                         Fate::Keep(sa)
                     }
@@ -352,14 +351,20 @@ pub(super) fn on_response(
         ctx.dropped(from, "IKE_SA_INIT response without a responder SPI");
         return Fate::Keep(sa);
     }
-    let Some(ke) = sa.ke.take() else {
-        return lifecycle::fail(
-            ctx,
-            sa,
-            Misbehaviour::Unexpected("no key exchange state").into(),
-            false,
-            now,
-        );
+    // The key exchange is used up here: from now on the SA is on its way to
+    // IKE_AUTH (auth::start sends it) or fails.
+    let ke = match std::mem::replace(&mut sa.phase, Phase::AuthSent { child_offer: None }) {
+        Phase::InitSent { ke, .. } => ke,
+        other => {
+            sa.phase = other;
+            return lifecycle::fail(
+                ctx,
+                sa,
+                Misbehaviour::Unexpected("no key exchange state").into(),
+                false,
+                now,
+            );
+        }
     };
     let Some(suite) = proposal::check_ike_reply(sa_reply, &pc.ike_suites, ke.group()) else {
         return lifecycle::fail(

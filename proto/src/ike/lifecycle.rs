@@ -9,7 +9,7 @@ use super::config::IkeSuite;
 use super::context::{Ctx, Fate};
 use super::error::{IkeError, NegotiationError};
 use super::event::{Event, Role};
-use super::sa::{IkeSa, SaState};
+use super::sa::{IkeSa, Phase, SaState};
 use super::window::PendingKind;
 use crate::numbers::ProtocolId;
 use crate::wire::{DeletePayload, Payload};
@@ -20,13 +20,13 @@ use crate::wire::{DeletePayload, Payload};
 pub(super) fn has_live_sa(ctx: &Ctx<'_>) -> bool {
     ctx.sas
         .iter()
-        .any(|s| s.is_live() && !matches!(s.state, SaState::Rekeyed | SaState::Successor))
+        .any(|s| s.is_live() && !matches!(s.state(), SaState::Rekeyed | SaState::Successor))
 }
 
 pub(super) fn established_sa<'a>(ctx: &'a Ctx<'_>) -> Option<&'a IkeSa> {
     ctx.sas
         .iter()
-        .filter(|s| s.state == SaState::Established)
+        .filter(|s| s.state() == SaState::Established)
         .max_by_key(|s| s.created)
 }
 
@@ -36,7 +36,7 @@ pub(super) fn drop_rekey_leftovers(ctx: &mut Ctx<'_>, reason: &'static str) {
     let spis: Vec<u64> = ctx
         .sas
         .iter()
-        .filter(|s| matches!(s.state, SaState::Rekeyed | SaState::Successor))
+        .filter(|s| matches!(s.state(), SaState::Rekeyed | SaState::Successor))
         .map(IkeSa::local_spi)
         .collect();
     for spi in spis {
@@ -94,9 +94,10 @@ pub(super) fn fail(
         return Fate::Gone;
     }
     if sa.role == Role::Responder && sa.window.has_response() {
-        sa.state = SaState::Failed;
+        sa.phase = Phase::Failed {
+            expires: now + ctx.cfg.half_open_timeout,
+        };
         sa.window.complete();
-        sa.expires = Some(now + ctx.cfg.half_open_timeout);
         return Fate::Keep(sa);
     }
     Fate::Gone
@@ -131,9 +132,8 @@ pub(super) fn peer_unreachable(
 /// INITIAL_CONTACT (RFC 7296 2.4: it holds no other IKE SA, and could
 /// not read the Delete). MKTs are not touched here.
 pub(super) fn establish(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
-    sa.state = SaState::Established;
+    sa.phase = Phase::Established;
     sa.established_at = Some(now);
-    sa.ke = None;
     sa.announced = true;
     sa.last_received = now;
     sa.rekey_at = ike_rekey_time(ctx, now);
@@ -150,7 +150,7 @@ pub(super) fn establish(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
             if sa.peer_initial_contact {
                 report_deleted(ctx, &old, "the peer restarted (INITIAL_CONTACT)");
             } else {
-                if old.state == SaState::Established {
+                if old.state() == SaState::Established {
                     send_delete_ike(ctx, &mut old, now);
                 }
                 report_deleted(ctx, &old, "replaced by a newer IKE SA");
@@ -173,15 +173,15 @@ pub(super) fn establish(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
 /// (RFC 7296 2.8); `old` waits for its Delete.
 pub(super) fn adopt_successor(ctx: &mut Ctx<'_>, old: &mut IkeSa, new_spi: u64, now: Instant) {
     let old_spi = old.local_spi();
-    old.state = SaState::Rekeyed;
-    old.successor = Some(new_spi);
+    old.phase = Phase::Rekeyed {
+        successor: Some(new_spi),
+        expires: now + ctx.rekeyed_sa_lifetime(),
+    };
     old.rekey_at = None;
-    old.expires = Some(now + ctx.rekeyed_sa_lifetime());
     let Some(mut new) = ctx.sas.remove(&new_spi) else {
         return;
     };
-    new.state = SaState::Established;
-    new.expires = None;
+    new.phase = Phase::Established;
     new.announced = true;
     // Never an MKT exchange under way here: a rekey of the IKE SA is
     // neither started nor accepted while one is (RFC 7296 2.25.1).
@@ -210,7 +210,7 @@ pub(super) fn passive_successor(ctx: &Ctx<'_>, old: u64) -> Option<u64> {
     ctx.sas
         .iter()
         .find(|s| {
-            s.state == SaState::Successor && s.rekeyed_from.as_ref().is_some_and(|o| o.old == old)
+            s.state() == SaState::Successor && s.rekeyed_from.as_ref().is_some_and(|o| o.old == old)
         })
         .map(IkeSa::local_spi)
 }
@@ -224,7 +224,7 @@ pub(super) fn retire_rekeyed_sa(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) 
         .complete()
         .filter(|p| p.kind == PendingKind::Informational)
         .and_then(|p| p.requeue);
-    if let Some(mut succ) = sa.successor.and_then(|s| ctx.sas.remove(&s)) {
+    if let Some(mut succ) = sa.successor().and_then(|s| ctx.sas.remove(&s)) {
         if let Some((exchange, payloads)) = requeue {
             succ.window
                 .queue((exchange, payloads, PendingKind::Informational));
@@ -252,7 +252,7 @@ pub(super) fn delete_all_mkts(ctx: &mut Ctx<'_>, reason: &'static str) {
 /// Established, with nothing outstanding or waiting: it may start an
 /// exchange of its own.
 pub(super) fn sa_is_idle(sa: &IkeSa) -> bool {
-    sa.state == SaState::Established
+    sa.state() == SaState::Established
         && sa.window.idle()
         && sa.rekey_offer.is_none()
         && sa.ike_rekey.is_none()

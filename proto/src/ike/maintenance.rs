@@ -21,11 +21,11 @@ use crate::numbers::ExchangeType;
 pub(super) fn deadline(ctx: &Ctx<'_>) -> Option<Instant> {
     let window_deadlines = ctx.sas.iter().flat_map(|sa| {
         let retransmit = sa.window.deadline();
-        let half_open = match sa.state {
+        let half_open = match sa.state() {
             SaState::HalfOpen => Some(sa.created + ctx.cfg.half_open_timeout),
             _ => None,
         };
-        [retransmit, half_open, sa.expires]
+        [retransmit, half_open, sa.expires()]
     });
     let p = &ctx.peer;
     let reservation = p.reservations.iter().map(|r| r.until).min();
@@ -46,8 +46,9 @@ pub(super) fn on_timeout(ctx: &mut Ctx<'_>, now: Instant) {
         .iter()
         .filter(|sa| {
             sa.window.deadline().is_some_and(|d| d <= now)
-                || sa.expires.is_some_and(|e| e <= now)
-                || (sa.state == SaState::HalfOpen && sa.created + ctx.cfg.half_open_timeout <= now)
+                || sa.expires().is_some_and(|e| e <= now)
+                || (sa.state() == SaState::HalfOpen
+                    && sa.created + ctx.cfg.half_open_timeout <= now)
         })
         .map(IkeSa::local_spi)
         .collect();
@@ -79,8 +80,8 @@ pub(super) fn on_timeout(ctx: &mut Ctx<'_>, now: Instant) {
 /// One due IKE SA: the end of its wait (a superseded SA never deleted,
 /// a failed SA's replay window), half-open expiry, or its retransmission.
 fn sa_timeout(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) -> Fate {
-    if sa.expires.is_some_and(|e| e <= now) {
-        return match sa.state {
+    if sa.expires().is_some_and(|e| e <= now) {
+        return match sa.state() {
             // The peer never deleted it.
             SaState::Rekeyed => lifecycle::retire_rekeyed_sa(ctx, sa, now),
             SaState::Successor => lifecycle::remove_sa(ctx, sa, "rekeyed"),
@@ -88,7 +89,7 @@ fn sa_timeout(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) -> Fate {
             _ => Fate::Gone,
         };
     }
-    if sa.state == SaState::HalfOpen && sa.created + ctx.cfg.half_open_timeout <= now {
+    if sa.state() == SaState::HalfOpen && sa.created + ctx.cfg.half_open_timeout <= now {
         ctx.dropped(
             sa.remote,
             format!(
@@ -112,7 +113,7 @@ fn sa_timeout(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) -> Fate {
 /// 7296 2.4: the peer is considered dead).
 pub(super) fn give_up(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) -> Fate {
     let kind = sa.window.pending_kind();
-    if sa.state == SaState::Rekeyed {
+    if sa.state() == SaState::Rekeyed {
         // Its successor carries on; an unanswered Delete payload of an
         // MKT is sent again there.
         return lifecycle::retire_rekeyed_sa(ctx, sa, now);
@@ -123,7 +124,7 @@ pub(super) fn give_up(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) -> Fate {
         // Also a rekey of the IKE SA that collided with the peer's: the
         // peer's SA is not adopted, since the peer, silent as well, may
         // never have received our answer to it.
-        Some(k) if sa.state == SaState::Established => {
+        Some(k) if sa.state() == SaState::Established => {
             let reason = if k == PendingKind::Liveness {
                 "peer unreachable (liveness check)"
             } else {

@@ -469,7 +469,7 @@ pub(super) fn mkt_deadlines<'a>(ctx: &'a Ctx<'_>) -> impl Iterator<Item = Instan
 pub(super) fn needs_fresh_mkt(ctx: &Ctx<'_>, sa: &IkeSa) -> bool {
     let pc = ctx.pc;
     sa.role == Role::Initiator
-        && sa.state == SaState::Established
+        && sa.state() == SaState::Established
         && !sa.window.busy()
         && sa.rekey_offer.is_none()
         && sa.peer_tcp_ao

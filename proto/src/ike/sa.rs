@@ -14,6 +14,8 @@ use crate::crypto::{IkeKeys, KeyExchange};
 use crate::numbers::{ExchangeType, PayloadType};
 use crate::wire::{Header, ParsedMessage, Payload, FLAG_INITIATOR, FLAG_RESPONSE};
 
+/// Which phase an SA is in, without the phase's data: for comparisons
+/// and dispatch ([`IkeSa::state`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum SaState {
     /// Initiator: IKE_SA_INIT sent.
@@ -36,6 +38,52 @@ pub(super) enum SaState {
     /// Failed; kept until `expires` so a retransmitted request still gets
     /// the stored error response.
     Failed,
+}
+
+/// The phase of an IKE SA, with what that phase alone needs: a transition
+/// replaces the whole value, so no field of an earlier phase lingers.
+pub(super) enum Phase {
+    /// Initiator: IKE_SA_INIT sent, with our key exchange and the cookie
+    /// the responder asked for (sent again with it, RFC 7296 2.6).
+    InitSent {
+        ke: KeyExchange,
+        cookie: Option<Vec<u8>>,
+    },
+    /// Initiator: IKE_AUTH sent, with the TCP-AO child SA it offers.
+    AuthSent {
+        child_offer: Option<ChildOffer>,
+    },
+    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
+    HalfOpen,
+    Established,
+    /// Superseded by a rekey (see [`SaState::Rekeyed`]), with the SA that
+    /// replaced it, if any, and when it goes at the latest.
+    Rekeyed {
+        successor: Option<u64>,
+        expires: Instant,
+    },
+    /// Created by the peer's colliding rekey (see [`SaState::Successor`]).
+    Successor {
+        expires: Instant,
+    },
+    /// Failed; kept until `expires` for replaying the stored response.
+    Failed {
+        expires: Instant,
+    },
+}
+
+impl Phase {
+    fn state(&self) -> SaState {
+        match self {
+            Phase::InitSent { .. } => SaState::InitSent,
+            Phase::AuthSent { .. } => SaState::AuthSent,
+            Phase::HalfOpen => SaState::HalfOpen,
+            Phase::Established => SaState::Established,
+            Phase::Rekeyed { .. } => SaState::Rekeyed,
+            Phase::Successor { .. } => SaState::Successor,
+            Phase::Failed { .. } => SaState::Failed,
+        }
+    }
 }
 
 /// The TCP-AO child SA offered in our IKE_AUTH request.
@@ -80,27 +128,24 @@ impl RekeyOrigin {
 pub(super) struct IkeSa {
     pub(super) peer: usize,
     pub(super) role: Role,
-    pub(super) state: SaState,
+    /// The phase, with its data.
+    pub(super) phase: Phase,
     pub(super) spi_i: u64,
     pub(super) spi_r: u64,
     pub(super) remote: SocketAddr,
     pub(super) created: Instant,
-    pub(super) expires: Option<Instant>,
     pub(super) ni: Vec<u8>,
     pub(super) nr: Vec<u8>,
-    pub(super) ke: Option<KeyExchange>,
     pub(super) suite: Option<IkeSuite>,
     pub(super) keys: Option<IkeKeys>,
     pub(super) init_request: Vec<u8>,
     pub(super) init_response: Vec<u8>,
-    pub(super) cookie: Option<Vec<u8>>,
     pub(super) peer_tcp_ao: bool,
     pub(super) peer_childless: bool,
     /// Message IDs, our outstanding and queued requests, the stored response.
     pub(super) window: Window,
     pub(super) iv_counter: u64,
     pub(super) established_at: Option<Instant>,
-    pub(super) child_offer: Option<ChildOffer>,
     /// An outstanding CREATE_CHILD_SA request of ours.
     pub(super) rekey_offer: Option<RekeyOffer>,
     /// When this side rekeys the IKE SA (`None`: never, or under way).
@@ -112,8 +157,6 @@ pub(super) struct IkeSa {
     pub(super) ike_rekey: Option<IkeRekeyOffer>,
     /// How a rekey created this SA (RFC 7296 2.18, 2.8.2).
     pub(super) rekeyed_from: Option<RekeyOrigin>,
-    /// Rekeyed: the local SPI of the SA that replaced this one.
-    pub(super) successor: Option<u64>,
     /// The peer's IKE_AUTH message carried INITIAL_CONTACT (RFC 7296 2.4).
     pub(super) peer_initial_contact: bool,
     /// Reported to the driver (IkeSaEstablished or IkeSaRekeyed), so that
@@ -130,7 +173,30 @@ impl IkeSa {
     }
 
     pub(super) fn is_live(&self) -> bool {
-        self.state != SaState::Failed
+        self.state() != SaState::Failed
+    }
+
+    /// The SA's phase, without its data.
+    pub(super) fn state(&self) -> SaState {
+        self.phase.state()
+    }
+
+    /// When a Rekeyed, Successor or Failed SA goes.
+    pub(super) fn expires(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Rekeyed { expires, .. }
+            | Phase::Successor { expires }
+            | Phase::Failed { expires } => Some(expires),
+            _ => None,
+        }
+    }
+
+    /// Rekeyed: the local SPI of the SA that replaced this one.
+    pub(super) fn successor(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Rekeyed { successor, .. } => successor,
+            _ => None,
+        }
     }
 
     /// The IKE SA created by a rekey of `old` (RFC 7296 2.18): keys from the
@@ -152,32 +218,27 @@ impl IkeSa {
         IkeSa {
             peer: old.peer,
             role,
-            state: SaState::Established,
+            phase: Phase::Established,
             spi_i,
             spi_r,
             remote: old.remote,
             created: now,
-            expires: None,
             ni,
             nr,
-            ke: None,
             suite: Some(suite),
             keys: Some(keys),
             init_request: Vec::new(),
             init_response: Vec::new(),
-            cookie: None,
             peer_tcp_ao: old.peer_tcp_ao,
             peer_childless: old.peer_childless,
             window: Window::new(0),
             iv_counter: 0,
             established_at: Some(now),
-            child_offer: None,
             rekey_offer: None,
             rekey_at,
             last_received: now,
             ike_rekey: None,
             rekeyed_from: Some(origin),
-            successor: None,
             peer_initial_contact: old.peer_initial_contact,
             announced: false,
         }
@@ -186,7 +247,7 @@ impl IkeSa {
     /// Authenticated and not failed: Established, Rekeyed or Successor.
     pub(super) fn is_authenticated(&self) -> bool {
         matches!(
-            self.state,
+            self.state(),
             SaState::Established | SaState::Rekeyed | SaState::Successor
         )
     }
