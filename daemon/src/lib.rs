@@ -10,8 +10,9 @@
 //! - [`status`]: aoctl's answers; [`control`]: the control socket server.
 //! - [`attach`]: the attach socket server; [`keys`]: which keys go on which
 //!   attached socket (the key policy); [`sockets`]: the attached sockets and
-//!   reconciling one socket's keys; [`kernel`]: TCP-AO and TCP-MD5 in the
-//!   Linux kernel.
+//!   reconciling one socket's keys; [`socket_keys`]: the one interface from
+//!   the key policy to a socket's keys (the kernel's, or a fake in tests);
+//!   [`kernel`]: TCP-AO and TCP-MD5 in the Linux kernel.
 //! - [`demo`]: `aokd demo`; [`unix_listener`]: the private Unix sockets.
 
 pub mod attach;
@@ -26,6 +27,7 @@ pub mod keys;
 pub mod persist;
 pub mod records;
 pub mod runtime;
+pub mod socket_keys;
 pub mod sockets;
 pub mod state;
 pub mod status;

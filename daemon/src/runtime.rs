@@ -7,6 +7,7 @@
 //! in [`crate::records`], the configuration's translation in
 //! [`crate::endpoint_config`].
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,20 +18,31 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::attach::AttachCall;
+use aokd_proto::attach::{Installed, SocketRole};
+
+use crate::attach::{AttachCall, Reply};
 use crate::clock::WallClock;
 use crate::control::ControlCall;
 use crate::event_log::log_event;
-use crate::keys::{AttachOutcome, KeyManager};
+use crate::keys::{Answer, Answered, AttachOutcome, KeyManager};
 use crate::persist::{Op, Persist};
 use crate::records::record_events;
 use crate::state::StateSnapshot;
-use crate::status::Answers;
+use crate::status::{attach_result, guard_reason, Answers};
 
 pub use crate::endpoint_config::endpoint_config;
 
 /// Largest IKE datagram accepted (strongSwan's max_packet is 10000).
 const MAX_DATAGRAM: usize = 65_535;
+
+/// An attach call the key manager has not answered yet: where the answer
+/// goes, and what the log line says about the socket.
+struct Pending {
+    reply: Reply,
+    pid: i32,
+    fd: i32,
+    role: SocketRole,
+}
 
 /// What woke the event loop up.
 enum Wake {
@@ -53,6 +65,10 @@ pub struct Daemon {
     keys: Option<KeyManager>,
     /// Where MKT, IKE SA and socket records go (docs/state.md).
     persist: Persist,
+    /// Attach calls waiting for the key manager's answer, by request id.
+    pending: BTreeMap<u64, Pending>,
+    /// The last request id handed out.
+    last_request: u64,
 }
 
 impl Daemon {
@@ -97,6 +113,8 @@ impl Daemon {
             instance: instance.to_string(),
             keys,
             persist: Persist::disabled(),
+            pending: BTreeMap::new(),
+            last_request: 0,
         })
     }
 
@@ -123,7 +141,7 @@ impl Daemon {
         keys.set_persist(persist);
         let now = Instant::now();
         let now_unix = self.clock.unix(now);
-        let restored = keys.restore(snapshot, now, now_unix, &self.endpoint.peers());
+        let restored = keys.restore(snapshot, now, now_unix);
         for r in &restored.reservations {
             if let Err(e) = self
                 .endpoint
@@ -237,7 +255,8 @@ impl Daemon {
                 Wake::Timer => {
                     self.endpoint.handle_timeout(now);
                     if let Some(keys) = self.keys.as_mut() {
-                        keys.handle_timeout(now, &self.endpoint.peers());
+                        let answered = keys.handle_timeout(now);
+                        self.answer(answered);
                     }
                 }
                 Wake::Shutdown => break,
@@ -264,16 +283,76 @@ impl Daemon {
     /// Handles an attach call: keys the socket now, or lets it wait for
     /// the peer's negotiation (which starts if nothing is under way).
     fn attach(&mut self, call: AttachCall, now: Instant) {
-        let Some(keys) = self.keys.as_mut() else {
+        if self.keys.is_none() {
             call.answer(crate::attach::result_error(
                 "this aokd instance does not key sockets",
             ));
             return;
-        };
-        if let AttachOutcome::Waiting { peer } = keys.attach(call, &self.endpoint.peers(), now) {
-            if let Err(e) = self.endpoint.initiate(&peer, now) {
-                warn!(%peer, error = %e, "cannot start a negotiation for a waiting connect");
+        }
+        self.last_request += 1;
+        let id = self.last_request;
+        let (pid, fd, role) = (call.pid, call.request.fd, call.request.role);
+        let (request, reply) = call.into_request(id, self.clock.system_time(now));
+        self.pending.insert(
+            id,
+            Pending {
+                reply,
+                pid,
+                fd,
+                role,
+            },
+        );
+        let outcome = match (request, self.keys.as_mut()) {
+            (Ok(request), Some(keys)) => keys.attach(request, now),
+            (Err(e), _) => {
+                warn!(pid, fd, error = %e, "cannot key an attached socket");
+                AttachOutcome::Answered(Answer::Error(e))
             }
+            (Ok(_), None) => return,
+        };
+        match outcome {
+            AttachOutcome::Answered(answer) => self.answer(vec![Answered { id, answer }]),
+            AttachOutcome::Waiting { peer } => {
+                if let Err(e) = self.endpoint.initiate(&peer, now) {
+                    warn!(%peer, error = %e, "cannot start a negotiation for a waiting connect");
+                }
+            }
+        }
+    }
+
+    /// Sends the key manager's answers to their attach calls. The reason
+    /// for a guard is a status answer: the peer's state and last error,
+    /// read from the endpoint's views once for all of them.
+    fn answer(&mut self, answered: Vec<Answered>) {
+        if answered.is_empty() {
+            return;
+        }
+        let guarded = answered
+            .iter()
+            .any(|a| matches!(&a.answer, Answer::Ok { guarded, .. } if !guarded.is_empty()));
+        let view = if guarded {
+            self.endpoint.peers()
+        } else {
+            Vec::new()
+        };
+        for Answered { id, answer } in answered {
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
+            let result = attach_result(answer, |names| guard_reason(&view, names));
+            if let aokd_proto::attach::AttachResult::Ok {
+                installed,
+                peers,
+                reason,
+                ..
+            } = &result
+            {
+                if *installed != Installed::NotCovered {
+                    info!(pid = p.pid, fd = p.fd, role = ?p.role, peers = ?peers,
+                        installed = ?installed, reason = reason.as_deref().unwrap_or(""), "socket attached");
+                }
+            }
+            p.reply.answer(result);
         }
     }
 
@@ -284,24 +363,20 @@ impl Daemon {
         while let Some(ev) = self.endpoint.poll_event() {
             events.push(ev);
         }
+        // Records first: a new MKT's record is durable before its key goes
+        // on any socket.
         record_events(&self.persist, &self.clock, now, &events, &self.endpoint);
-        let mut changed: Vec<String> = Vec::new();
         for ev in &events {
-            if let Event::MktCreated { peer, .. }
-            | Event::MktDeleted { peer, .. }
-            | Event::MktSuperseded { peer, .. } = ev
-            {
-                if !changed.contains(peer) {
-                    changed.push(peer.clone());
-                }
-            }
             log_event(&self.instance, ev);
         }
-        if let (Some(keys), false) = (self.keys.as_mut(), changed.is_empty()) {
-            let view = self.endpoint.peers();
-            for peer in changed {
-                keys.mkts_changed(&peer, &view, now);
+        if let Some(keys) = self.keys.as_mut() {
+            let mut answered = Vec::new();
+            for ev in &events {
+                if let Event::MktsChanged { peer, mkts } = ev {
+                    answered.extend(keys.mkts_changed(peer, mkts, now));
+                }
             }
+            self.answer(answered);
         }
         while let Some(t) = self.endpoint.poll_transmit() {
             let socket = self

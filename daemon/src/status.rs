@@ -6,14 +6,16 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use aokd_proto::attach::AttachResult;
 use aokd_proto::control::{
     Command, DaemonStatus, MktKey, MktStatus, PeerStatus, ResponseData, ResponseResult, SaStatus,
 };
 use aokd_proto::ike::{Endpoint, PeerView};
 use tracing::info;
 
+use crate::attach::{result_error, result_ok};
 use crate::clock::WallClock;
-use crate::keys::KeyManager;
+use crate::keys::{Answer, KeyManager};
 
 /// What the answers read and act on.
 pub struct Answers<'a> {
@@ -40,7 +42,10 @@ impl Answers<'_> {
                 mkts: mkts(self.clock, self.keys.as_deref(), &peers),
             },
             Command::Sockets => ResponseData::Sockets {
-                sockets: self.keys.map(KeyManager::status).unwrap_or_default(),
+                sockets: self
+                    .keys
+                    .map(|k| k.status(|names| guard_reason(&peers, names)))
+                    .unwrap_or_default(),
             },
             Command::MktKeys => {
                 if peer_uid != 0 {
@@ -227,4 +232,41 @@ fn mkt_keys(peers: &[PeerView]) -> Vec<MktKey> {
             })
         })
         .collect()
+}
+
+/// Why the guard of the peers `names` is on a socket: no MKT with each,
+/// and the peer's state and last error.
+pub fn guard_reason(peers: &[PeerView], names: &[String]) -> String {
+    let parts: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let why = peers
+                .iter()
+                .find(|v| &v.name == name)
+                .map(|v| match &v.last_error {
+                    Some(e) => format!("{}, last error {e}", v.state.as_str()),
+                    None => v.state.as_str().to_string(),
+                })
+                .unwrap_or_default();
+            format!("no MKT with {name} ({why})")
+        })
+        .collect();
+    parts.join("; ")
+}
+
+/// The attach reply for the key manager's `answer`; `reason` explains a
+/// guard ([`guard_reason`]).
+pub fn attach_result(answer: Answer, reason: impl FnOnce(&[String]) -> String) -> AttachResult {
+    match answer {
+        Answer::Ok {
+            installed,
+            peers,
+            mechanism,
+            guarded,
+        } => {
+            let reason = (!guarded.is_empty()).then(|| reason(&guarded));
+            result_ok(installed, peers, mechanism, reason)
+        }
+        Answer::Error(e) => result_error(e),
+    }
 }
