@@ -13,8 +13,10 @@
 //! - An attached `connect()` with no MKT yet waits for the negotiation, up
 //!   to the acquire timeout, holding the socket (its owner is blocked in
 //!   `connect()`); then it proceeds with the keys, or with the guard.
-//! - Whenever a peer's MKTs change, every socket of that peer is taken
-//!   again with `pidfd_getfd` and reconciled.
+//! - Whenever a peer's MKTs change ([`KeyManager::mkts_changed`], from the
+//!   endpoint's `MktsChanged` event, which gives the whole set in socket
+//!   order; the manager keeps that copy and never asks the endpoint), every
+//!   socket of that peer is taken again with `pidfd_getfd` and reconciled.
 //! - When a peer's last MKT is gone (hard lifetime passed, deleted by the
 //!   peer or the operator), the guard replaces it even as Current_key of a
 //!   live connection (a forced delete): traffic fails closed.
@@ -24,6 +26,12 @@
 //!   sockets, untouched, until a new MKT with the peer exists (then they are
 //!   stale keys like any other: deleted once no connection uses them) or
 //!   until their hard lifetime (then they are forced out).
+//!
+//! The manager touches sockets only through [`SocketKeys`] (the kernel in
+//! aokd, an in-memory kernel in the unit tests below) and is driven by
+//! plain values: a [`KeyRequest`] in, an [`Answer`] out (now, or later as
+//! [`Answered`] for a `connect` that waited); the attach transport's reply
+//! channel stays with the event loop.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
