@@ -30,10 +30,12 @@
 //!   Invalid requests are answered with [`AttachResult::Error`] and the
 //!   connection stays open for the next one;
 //! - valid requests go to the event loop as [`AttachCall`]s over an `mpsc`
-//!   channel; the event loop installs keys ([`crate::sockets::reconcile`]),
-//!   records the socket ([`crate::sockets::SocketRegistry`]), answers on the
-//!   call's `oneshot` sender and then **drops the descriptor**: aokd never
-//!   keeps a routing daemon's socket open.
+//!   channel; the event loop turns each into a plain
+//!   [`crate::keys::KeyRequest`] for the key manager, which installs keys
+//!   ([`crate::sockets::reconcile_on`]) and records the socket
+//!   ([`crate::sockets::SocketRegistry`]); the event loop answers on the
+//!   call's `oneshot` sender ([`Reply`]), and the descriptor is then
+//!   **dropped**: aokd never keeps a routing daemon's socket open.
 //!
 //! Nothing a client sends can make the server panic or leak a descriptor.
 
@@ -41,7 +43,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aokd_api::attach::{
     AttachReply, AttachRequest, AttachResult, Installed, SocketRole, ATTACH_VERSION,
@@ -53,7 +55,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::kernel::{canonical, sys, Backend};
-use crate::sockets::{self, Gone};
+use crate::keys::KeyRequest;
+use crate::sockets::{self, AttachedSocket, Gone};
 use crate::unix_listener::{bind_private, PrivateListener, UnixListenerError};
 
 /// Where aokd listens for attach requests unless configured otherwise.
@@ -118,7 +121,46 @@ impl AttachCall {
 
     /// Answers the call (a client that went away is not an error).
     pub fn answer(self, result: AttachResult) {
-        let _ = self.reply.send(AttachReply {
+        Reply(self.reply).answer(result);
+    }
+
+    /// Splits the call into the key manager's request, numbered `id`, for a
+    /// socket attached at `attached_at` (its record: cookie, addresses),
+    /// and where the answer goes. A socket whose addresses cannot be read
+    /// gives the error to answer instead.
+    pub fn into_request(
+        self,
+        id: u64,
+        attached_at: SystemTime,
+    ) -> (Result<KeyRequest<OwnedFd>, String>, Reply) {
+        let record = AttachedSocket::describe_at(
+            self.socket.as_fd(),
+            self.pid,
+            self.request.fd,
+            self.request.role,
+            self.remote(),
+            attached_at,
+        )
+        .map_err(|e| format!("cannot read the socket's addresses: {e}"));
+        let request = record.map(|record| KeyRequest {
+            id,
+            socket: self.socket,
+            record,
+            wait: self.request.wait_ms.map(Duration::from_millis),
+        });
+        (request, Reply(self.reply))
+    }
+}
+
+/// Where the answer to an [`AttachCall`] goes once its socket went to the
+/// key manager ([`AttachCall::into_request`]).
+#[derive(Debug)]
+pub struct Reply(oneshot::Sender<AttachReply>);
+
+impl Reply {
+    /// Answers the call (a client that went away is not an error).
+    pub fn answer(self, result: AttachResult) {
+        let _ = self.0.send(AttachReply {
             version: ATTACH_VERSION,
             result,
         });

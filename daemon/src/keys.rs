@@ -13,8 +13,10 @@
 //! - An attached `connect()` with no MKT yet waits for the negotiation, up
 //!   to the acquire timeout, holding the socket (its owner is blocked in
 //!   `connect()`); then it proceeds with the keys, or with the guard.
-//! - Whenever a peer's MKTs change, every socket of that peer is taken
-//!   again with `pidfd_getfd` and reconciled.
+//! - Whenever a peer's MKTs change ([`KeyManager::mkts_changed`], from the
+//!   endpoint's `MktsChanged` event, which gives the whole set in socket
+//!   order; the manager keeps that copy and never asks the endpoint), every
+//!   socket of that peer is taken again with `pidfd_getfd` and reconciled.
 //! - When a peer's last MKT is gone (hard lifetime passed, deleted by the
 //!   peer or the operator), the guard replaces it even as Current_key of a
 //!   live connection (a forced delete): traffic fails closed.
@@ -24,23 +26,27 @@
 //!   sockets, untouched, until a new MKT with the peer exists (then they are
 //!   stale keys like any other: deleted once no connection uses them) or
 //!   until their hard lifetime (then they are forced out).
+//!
+//! The manager touches sockets only through [`SocketKeys`] (the kernel in
+//! aokd, an in-memory kernel in the unit tests below) and is driven by
+//! plain values: a [`KeyRequest`] in, an [`Answer`] out (now, or later as
+//! [`Answered`] for a `connect` that waited); the attach transport's reply
+//! channel stays with the event loop.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aokd_api::attach::{Installed, SocketRole};
 use aokd_api::control::SocketStatus;
-use aokd_proto::ike::PeerView;
+use aokd_proto::ike::MktView;
 use aokd_proto::mkt::MasterKeyTuple;
 use tracing::{info, warn};
 
-use crate::attach::{result_error, result_ok, AttachCall};
 use crate::config::{BackendChoice, Config};
-use crate::kernel::installer::guard_key;
-use crate::kernel::{ao, sys, Backend, Support};
+use crate::kernel::{Backend, Support};
 use crate::persist::{Op, Persist};
-use crate::sockets::{reconcile_with, AttachedSocket, How, KeyIds, SocketRegistry};
+use crate::socket_keys::{guard_key, KernelKeys, SocketKeys};
+use crate::sockets::{reconcile_on, AttachedSocket, How, KeyIds, SocketRegistry};
 use crate::state::{MktRecord, SocketRecord, StateSnapshot};
 
 /// A peer as the key manager sees it.
@@ -52,21 +58,70 @@ struct CoveredPeer {
     guard: MasterKeyTuple,
     /// How long a restored MKT stays after a new one exists.
     overlap: Duration,
+    /// The peer's MKTs in socket order (the last one becomes RNext), as
+    /// the last [`aokd_proto::ike::Event::MktsChanged`] gave them.
+    mkts: Vec<MasterKeyTuple>,
+}
+
+/// An attached socket to key: what the attach server validated, with the
+/// socket aokd holds until it has answered.
+#[derive(Debug)]
+pub struct KeyRequest<S> {
+    /// The caller's number for the request, to match a later [`Answered`]
+    /// to its reply channel.
+    pub id: u64,
+    /// The socket (aokd's descriptor of it, for the kernel); dropped once
+    /// the request is answered.
+    pub socket: S,
+    /// The socket as the registry will remember it (`peers` and `guarded`
+    /// are filled in here).
+    pub record: AttachedSocket,
+    /// How long a `connect` may wait for an MKT (`None`: the acquire
+    /// timeout).
+    pub wait: Option<Duration>,
+}
+
+/// The answer to a [`KeyRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The socket is keyed (or not covered).
+    Ok {
+        /// Keys, the guard, or nothing (not covered).
+        installed: Installed,
+        /// The peers whose keys (or guards) are on it.
+        peers: Vec<String>,
+        /// The backend used.
+        mechanism: Option<Backend>,
+        /// The peers whose guard is on it (no MKT with them).
+        guarded: Vec<String>,
+    },
+    /// The socket could not be keyed.
+    Error(String),
+}
+
+/// A request answered later (a `connect` that waited).
+#[derive(Debug)]
+pub struct Answered {
+    /// [`KeyRequest::id`].
+    pub id: u64,
+    /// The answer.
+    pub answer: Answer,
 }
 
 /// A `connect` waiting for its peer's first MKT.
-struct Waiting {
-    call: AttachCall,
+struct Waiting<S> {
+    request: KeyRequest<S>,
     peer: usize,
     deadline: Instant,
 }
 
 /// What the event loop should do after an attach call.
+#[derive(Debug)]
 pub enum AttachOutcome {
-    /// Answered.
-    Done,
-    /// The socket waits for an MKT with this peer: start negotiating now if
-    /// nothing is under way.
+    /// Answered now.
+    Answered(Answer),
+    /// The socket waits for an MKT with this peer (answered later, as an
+    /// [`Answered`]): start negotiating now if nothing is under way.
     Waiting { peer: String },
 }
 
@@ -115,11 +170,12 @@ pub struct Restored {
     pub peers: Vec<String>,
 }
 
-/// Keys on sockets for every configured peer.
-pub struct KeyManager {
+/// Keys on sockets for every configured peer, put there through `K`.
+pub struct KeyManager<K: SocketKeys = KernelKeys> {
+    keys: K,
     peers: Vec<CoveredPeer>,
     registry: SocketRegistry,
-    waiting: Vec<Waiting>,
+    waiting: Vec<Waiting<K::Socket>>,
     acquire_timeout: Duration,
     /// Peers with sockets whose stale keys are still in use (the peer has
     /// not switched to the new MKT yet): reconciled again at this time.
@@ -140,22 +196,6 @@ pub struct BackendUnavailable {
     peer: String,
     wanted: &'static str,
     have: String,
-}
-
-/// A peer's MKTs in the order `reconcile` wants (the last one becomes
-/// RNext): superseded ones (retiring) first, then by creation time.
-fn mkts_of(view: &[PeerView], name: &str) -> Vec<MasterKeyTuple> {
-    let mut mkts: Vec<(bool, Instant, MasterKeyTuple)> = view
-        .iter()
-        .filter(|p| p.name == name)
-        .flat_map(|p| {
-            p.mkts
-                .iter()
-                .map(|m| (m.retire_at.is_none(), m.created_at, m.mkt.clone()))
-        })
-        .collect();
-    mkts.sort_by_key(|(live, t, _)| (*live, *t));
-    mkts.into_iter().map(|(_, _, m)| m).collect()
 }
 
 /// The state file's text for a role.
@@ -196,9 +236,20 @@ fn unix(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-impl KeyManager {
+impl KeyManager<KernelKeys> {
     /// Resolves each peer's backend against what the kernel supports.
     pub fn new(cfg: &Config, support: Support) -> Result<KeyManager, BackendUnavailable> {
+        KeyManager::with_keys(cfg, support, KernelKeys)
+    }
+}
+
+impl<K: SocketKeys> KeyManager<K> {
+    /// [`KeyManager::new`], reaching sockets through `keys`.
+    pub fn with_keys(
+        cfg: &Config,
+        support: Support,
+        keys: K,
+    ) -> Result<KeyManager<K>, BackendUnavailable> {
         let mut peers = Vec::new();
         let have = format!(
             "TCP-AO {}, TCP-MD5 {}",
@@ -230,9 +281,11 @@ impl KeyManager {
                 backend,
                 guard: guard_key(&mut rand_core::OsRng),
                 overlap: crate::config::mkt_overlap(&p.lifetimes),
+                mkts: Vec::new(),
             });
         }
         Ok(KeyManager {
+            keys,
             peers,
             registry: SocketRegistry::new(),
             waiting: Vec::new(),
@@ -255,13 +308,7 @@ impl KeyManager {
     /// KeyIDs are returned, to be reserved in the endpoint). Then every
     /// socket of a peer without a restored MKT gets the guard, forced:
     /// whatever key it has expired while aokd was away.
-    pub fn restore(
-        &mut self,
-        snapshot: &StateSnapshot,
-        now: Instant,
-        now_unix: u64,
-        view: &[PeerView],
-    ) -> Restored {
+    pub fn restore(&mut self, snapshot: &StateSnapshot, now: Instant, now_unix: u64) -> Restored {
         let mut out = Restored::default();
         for rec in &snapshot.mkts {
             let configured = self.peers.iter().any(|p| p.name == rec.peer);
@@ -316,7 +363,9 @@ impl KeyManager {
             if had_state {
                 out.peers.push(name.clone());
             }
-            self.rekey_peer(&name, view, now, false);
+            // No connect waits yet: nothing to answer.
+            let answered = self.rekey_peer(&name, now, false);
+            debug_assert!(answered.is_empty());
         }
         out
     }
@@ -332,7 +381,9 @@ impl KeyManager {
         if peers.is_empty() {
             return Err("none of its peers is configured any more".into());
         }
-        crate::sockets::reacquire(rec.pid, rec.fd, rec.cookie).map_err(|e| e.to_string())?;
+        self.keys
+            .reacquire(rec.pid, rec.fd, rec.cookie)
+            .map_err(|e| e.to_string())?;
         let addr = |a: &Option<String>| a.as_deref().and_then(|s| s.parse::<SocketAddr>().ok());
         let socket = AttachedSocket {
             id: 0,
@@ -343,7 +394,7 @@ impl KeyManager {
             local: addr(&rec.local),
             remote: addr(&rec.remote),
             peers,
-            guarded: None,
+            guarded: Vec::new(),
             attached_at: UNIX_EPOCH + Duration::from_secs(rec.attached_at_unix),
         };
         info!(pid = rec.pid, fd = rec.fd, role = role_name(role), peers = ?socket.peers,
@@ -387,35 +438,36 @@ impl KeyManager {
             .collect()
     }
 
-    /// Puts the right keys (or guards) for `peers` on the socket of `call`;
-    /// returns the record to register and whether any peer is guarded.
+    /// Puts the right keys (or guards) for `peers` on the socket of
+    /// `request`; returns the record to register and the guarded peers.
     fn key_socket(
         &self,
-        call: &AttachCall,
+        request: &KeyRequest<K::Socket>,
         peers: &[usize],
-        view: &[PeerView],
     ) -> Result<(AttachedSocket, Vec<String>), String> {
-        let mut record = AttachedSocket::describe(
-            call.socket.as_fd(),
-            call.pid,
-            call.request.fd,
-            call.request.role,
-            call.remote(),
-        )
-        .map_err(|e| format!("cannot read the socket's addresses: {e}"))?;
+        let mut record = request.record.clone();
+        record.peers.clear();
         let mut guarded = Vec::new();
         for &i in peers {
             let p = &self.peers[i];
-            let desired = mkts_of(view, &p.name);
+            let desired = &p.mkts;
             let guard = desired.is_empty().then_some(&p.guard);
             let how = How {
                 keep: &[],
-                listening: call.listening(),
+                listening: record.role == SocketRole::Listen,
                 // No MKT: the guard goes in even as Current_key.
                 force: desired.is_empty(),
             };
-            reconcile_with(call.socket.as_fd(), p.backend, p.ip, &desired, guard, how)
-                .map_err(|e| format!("peer {}: {e}", p.name))?;
+            reconcile_on(
+                &self.keys,
+                &request.socket,
+                p.backend,
+                p.ip,
+                desired,
+                guard,
+                how,
+            )
+            .map_err(|e| format!("peer {}: {e}", p.name))?;
             record.peers.push(p.name.clone());
             if desired.is_empty() {
                 guarded.push(p.name.clone());
@@ -424,91 +476,73 @@ impl KeyManager {
         Ok((record, guarded))
     }
 
-    fn guard_reason(view: &[PeerView], peers: &[String]) -> String {
-        let parts: Vec<String> = peers
-            .iter()
-            .map(|name| {
-                let why = view
-                    .iter()
-                    .find(|v| &v.name == name)
-                    .map(|v| match &v.last_error {
-                        Some(e) => format!("{}, last error {e}", v.state.as_str()),
-                        None => v.state.as_str().to_string(),
-                    })
-                    .unwrap_or_default();
-                format!("no MKT with {name} ({why})")
-            })
-            .collect();
-        parts.join("; ")
-    }
-
     fn mechanism(&self, peers: &[usize]) -> Option<Backend> {
         peers.first().map(|&i| self.peers[i].backend)
     }
 
-    /// Handles one attach call.
-    pub fn attach(&mut self, call: AttachCall, view: &[PeerView], now: Instant) -> AttachOutcome {
-        let local = sys::local_address(call.socket.as_fd()).ok().flatten();
-        let remote = call.remote();
-        let peers = self.covering(call.request.role, local, remote);
+    /// Handles one attach request at `now`: keys the socket and answers,
+    /// or, for a `connect` with no MKT yet, keeps it under the guard until
+    /// the peer's first MKT or the acquire timeout.
+    pub fn attach(&mut self, request: KeyRequest<K::Socket>, now: Instant) -> AttachOutcome {
+        let role = request.record.role;
+        let peers = self.covering(role, request.record.local, request.record.remote);
         if peers.is_empty() {
-            call.answer(result_ok(Installed::NotCovered, Vec::new(), None, None));
-            return AttachOutcome::Done;
+            return AttachOutcome::Answered(Answer::Ok {
+                installed: Installed::NotCovered,
+                peers: Vec::new(),
+                mechanism: None,
+                guarded: Vec::new(),
+            });
         }
-        let (record, guarded) = match self.key_socket(&call, &peers, view) {
+        let (record, guarded) = match self.key_socket(&request, &peers) {
             Ok(r) => r,
             Err(e) => {
-                warn!(pid = call.pid, fd = call.request.fd, error = %e, "cannot key an attached socket");
-                call.answer(result_error(e));
-                return AttachOutcome::Done;
+                warn!(pid = request.record.pid, fd = request.record.fd, error = %e, "cannot key an attached socket");
+                return AttachOutcome::Answered(Answer::Error(e));
             }
         };
-        if call.request.role == SocketRole::Connect && !guarded.is_empty() {
-            let wait = call
-                .request
-                .wait_ms
-                .map(Duration::from_millis)
-                .unwrap_or(self.acquire_timeout);
+        if role == SocketRole::Connect && !guarded.is_empty() {
+            let wait = request.wait.unwrap_or(self.acquire_timeout);
             let peer = peers[0];
             let name = self.peers[peer].name.clone();
-            info!(pid = call.pid, fd = call.request.fd, peer = %name, wait_ms = wait.as_millis() as u64,
+            info!(pid = request.record.pid, fd = request.record.fd, peer = %name, wait_ms = wait.as_millis() as u64,
                 "connect waits for an MKT under the guard");
             self.waiting.push(Waiting {
-                call,
+                request,
                 peer,
                 deadline: now + wait,
             });
             return AttachOutcome::Waiting { peer: name };
         }
-        self.finish(call, record, &peers, guarded, view);
-        AttachOutcome::Done
+        AttachOutcome::Answered(self.finish(record, &peers, guarded))
     }
 
+    /// Registers a keyed socket (recorded in the state file before its
+    /// owner is answered: once it goes on with the socket, a restarted aokd
+    /// must be able to find it) and gives the answer.
     fn finish(
         &mut self,
-        call: AttachCall,
         mut record: AttachedSocket,
         peers: &[usize],
         guarded: Vec<String>,
-        view: &[PeerView],
-    ) {
+    ) -> Answer {
         let mechanism = self.mechanism(peers);
-        let (installed, reason) = if guarded.is_empty() {
-            (Installed::Keys, None)
+        let installed = if guarded.is_empty() {
+            Installed::Keys
         } else {
-            (Installed::Guard, Some(Self::guard_reason(view, &guarded)))
+            Installed::Guard
         };
-        record.guarded = reason.clone();
-        info!(pid = call.pid, fd = call.request.fd, role = ?call.request.role, peers = ?record.peers,
-            installed = ?installed, reason = reason.as_deref().unwrap_or(""), "socket attached");
+        record.guarded = guarded.clone();
         let names = record.peers.clone();
-        // Recorded before the owner is answered: once it goes on with the
-        // socket, a restarted aokd must be able to find it.
         self.persist.send(Op::PutSocket(socket_record(&record)));
         self.persist.barrier();
         self.registry.add(record);
-        call.answer(result_ok(installed, names, mechanism, reason));
-        // The call, and with it aokd's descriptor of the socket, is dropped here.
+        Answer::Ok {
+            installed,
+            peers: names,
+            mechanism,
+            guarded,
+        }
     }
 
     /// The earliest deadline: a waiting `connect`, or a deferred re-key.
@@ -526,19 +560,21 @@ impl KeyManager {
     }
 
     /// Lets waiting `connect`s whose acquire timeout passed proceed under
-    /// the guard.
-    pub fn handle_timeout(&mut self, now: Instant, view: &[PeerView]) {
-        let (due, keep): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
+    /// the guard, retries deferred key deletions, and lets restored MKTs
+    /// go once superseded or expired. Returns the requests answered.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Answered> {
+        let mut answered = Vec::new();
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
             .into_iter()
             .partition(|w| w.deadline <= now);
         self.waiting = keep;
         for w in due {
-            self.release(w, view);
+            answered.push(self.release(w));
         }
         if let Some((at, peers)) = self.retry.take() {
             if at <= now {
                 for peer in peers {
-                    self.mkts_changed(&peer, view, now);
+                    answered.extend(self.rekey_peer(&peer, now, false));
                 }
             } else {
                 self.retry = Some((at, peers));
@@ -577,41 +613,56 @@ impl KeyManager {
             }
         }
         for peer in superseded.iter().filter(|p| !forced.contains(p)) {
-            self.rekey_peer(peer, view, now, false);
+            answered.extend(self.rekey_peer(peer, now, false));
         }
         for peer in forced {
             // Its key may still be Current_key of a connection whose peer
             // never switched: forced out now.
-            self.rekey_peer(&peer, view, now, true);
+            answered.extend(self.rekey_peer(&peer, now, true));
         }
+        answered
     }
 
-    fn release(&mut self, w: Waiting, view: &[PeerView]) {
+    /// Keys a waiting `connect` with what its peer has now (the MKTs, or
+    /// the guard) and answers it.
+    fn release(&mut self, w: Waiting<K::Socket>) -> Answered {
         let peers = [w.peer];
-        match self.key_socket(&w.call, &peers, view) {
-            Ok((record, guarded)) => self.finish(w.call, record, &peers, guarded, view),
-            Err(e) => w.call.answer(result_error(e)),
-        }
-    }
-
-    /// Re-keys every socket of `peer` after its MKTs changed, and releases
-    /// the `connect`s that waited for them.
-    pub fn mkts_changed(&mut self, peer: &str, view: &[PeerView], now: Instant) {
-        self.rekey_peer(peer, view, now, false);
-    }
-
-    /// [`KeyManager::mkts_changed`]; `force` also replaces stale keys that
-    /// connections still use as Current_key (their MKT expired). With no
-    /// MKT and no restored one the guard is always forced in.
-    fn rekey_peer(&mut self, peer: &str, view: &[PeerView], now: Instant, force: bool) {
-        let Some(idx) = self.peers.iter().position(|p| p.name == peer) else {
-            return;
+        let id = w.request.id;
+        let answer = match self.key_socket(&w.request, &peers) {
+            Ok((record, guarded)) => self.finish(record, &peers, guarded),
+            Err(e) => Answer::Error(e),
         };
-        let desired = mkts_of(view, peer);
+        // The request, and with it aokd's descriptor of the socket, is
+        // dropped here.
+        Answered { id, answer }
+    }
+
+    /// The MKTs of `peer` are now `mkts` (in socket order, from
+    /// [`aokd_proto::ike::Event::MktsChanged`]): re-keys every socket of
+    /// the peer and releases the `connect`s that waited for them. Returns
+    /// the requests answered.
+    pub fn mkts_changed(&mut self, peer: &str, mkts: &[MktView], now: Instant) -> Vec<Answered> {
+        let Some(p) = self.peers.iter_mut().find(|p| p.name == peer) else {
+            return Vec::new();
+        };
+        p.mkts = mkts.iter().map(|m| m.mkt.clone()).collect();
+        self.rekey_peer(peer, now, false)
+    }
+
+    /// [`KeyManager::mkts_changed`] with the MKTs the manager holds;
+    /// `force` also replaces stale keys that connections still use as
+    /// Current_key (their MKT expired). With no MKT and no restored one the
+    /// guard is always forced in.
+    fn rekey_peer(&mut self, peer: &str, now: Instant, force: bool) -> Vec<Answered> {
+        let mut answered = Vec::new();
+        let Some(idx) = self.peers.iter().position(|p| p.name == peer) else {
+            return answered;
+        };
+        let has_mkts = !self.peers[idx].mkts.is_empty();
         let overlap = self.peers[idx].overlap;
         let mut keep = Vec::new();
         for r in self.restored.iter_mut().filter(|r| r.record.peer == peer) {
-            if !desired.is_empty() && !r.released && r.keep_until == r.expires_at {
+            if has_mkts && !r.released && r.keep_until == r.expires_at {
                 // Superseded now: the peer may still send with it for a while.
                 r.keep_until = r.expires_at.min(now + overlap);
             }
@@ -622,31 +673,31 @@ impl KeyManager {
                 });
             }
         }
-        if desired.is_empty() && !keep.is_empty() {
+        if !has_mkts && !keep.is_empty() {
             // The keys from before the restart are valid until replaced or
             // expired: leave the sockets alone.
-            return;
+            return answered;
         }
-        let force = force || desired.is_empty();
-        if !desired.is_empty() {
-            let (ready, keep): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
+        let force = force || !has_mkts;
+        if has_mkts {
+            let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
                 .into_iter()
                 .partition(|w| w.peer == idx);
             self.waiting = keep;
             for w in ready {
-                self.release(w, view);
+                answered.push(self.release(w));
             }
         }
         let p = &self.peers[idx];
-        let guard = desired.is_empty().then_some(&p.guard);
+        let guard = (!has_mkts).then_some(&p.guard);
         let ids: Vec<u64> = self.registry.by_peer(peer).map(|s| s.id).collect();
         let mut gone = Vec::new();
         for id in ids {
             let Some(rec) = self.registry.get(id).cloned() else {
                 continue;
             };
-            let fd = match self.registry.reacquire(&rec) {
-                Ok(fd) => fd,
+            let sock = match self.keys.reacquire(rec.pid, rec.fd, rec.cookie) {
+                Ok(sock) => sock,
                 Err(e) => {
                     info!(pid = rec.pid, fd = rec.fd, reason = %e, "attached socket is gone");
                     gone.push(id);
@@ -659,7 +710,7 @@ impl KeyManager {
                 listening,
                 force,
             };
-            match reconcile_with(fd.as_fd(), p.backend, p.ip, &desired, guard, how) {
+            match reconcile_on(&self.keys, &sock, p.backend, p.ip, &p.mkts, guard, how) {
                 Ok(outcome) => {
                     if !outcome.deferred.is_empty() {
                         let (_, peers) = self
@@ -674,7 +725,10 @@ impl KeyManager {
                             guarded = outcome.guarded, "socket keys updated");
                     }
                     if let Some(r) = self.registry.get_mut(id) {
-                        r.guarded = guard.map(|_| Self::guard_reason(view, &[peer.to_string()]));
+                        r.guarded = match guard {
+                            Some(_) => vec![peer.to_string()],
+                            None => Vec::new(),
+                        };
                     }
                 }
                 Err(e) => {
@@ -687,11 +741,13 @@ impl KeyManager {
                 self.persist.send(Op::DeleteSocket(s.cookie));
             }
         }
+        answered
     }
 
-    /// `aoctl sockets`.
-    pub fn status(&mut self) -> Vec<SocketStatus> {
-        for (s, _) in self.registry.prune() {
+    /// `aoctl sockets`; `guard_reason` says why the guard of the named
+    /// peers is on a socket.
+    pub fn status(&mut self, guard_reason: impl Fn(&[String]) -> String) -> Vec<SocketStatus> {
+        for (s, _) in self.registry.prune_with(&self.keys) {
             self.persist.send(Op::DeleteSocket(s.cookie));
         }
         self.registry
@@ -700,12 +756,13 @@ impl KeyManager {
                 let backend = s.peers.first().and_then(|p| self.backend(p));
                 let info = match backend {
                     Some(Backend::Ao) => self
-                        .registry
-                        .reacquire(s)
+                        .keys
+                        .reacquire(s.pid, s.fd, s.cookie)
                         .ok()
-                        .and_then(|fd| ao::info(fd.as_fd()).ok()),
+                        .and_then(|sock| self.keys.ao_info(&sock).ok()),
                     _ => None,
                 };
+                let guarded = !s.guarded.is_empty();
                 SocketStatus {
                     pid: s.pid,
                     fd: s.fd,
@@ -713,13 +770,8 @@ impl KeyManager {
                     local: s.local.map(|a| a.to_string()),
                     remote: s.remote.map(|a| a.to_string()),
                     peers: s.peers.clone(),
-                    state: if s.guarded.is_some() {
-                        "guarded"
-                    } else {
-                        "keys"
-                    }
-                    .to_string(),
-                    guard_reason: s.guarded.clone(),
+                    state: if guarded { "guarded" } else { "keys" }.to_string(),
+                    guard_reason: guarded.then(|| guard_reason(&s.guarded)),
                     mechanism: backend.map(|b| b.to_string()),
                     attached_at: unix(s.attached_at),
                     pkt_good: info.as_ref().map(|i| i.pkt_good),
@@ -730,5 +782,601 @@ impl KeyManager {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The key policy against the in-memory kernel
+    //! ([`crate::socket_keys::fake`]): no root, no real sockets.
+
+    use super::*;
+    use crate::kernel::sys::TcpState;
+    use crate::socket_keys::fake::FakeKernel;
+    use crate::socket_keys::is_guard_id;
+    use aokd_proto::crypto::Secret;
+    use aokd_proto::mkt::MacAlgorithm;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    const PID: i32 = 4242;
+    const PEER: &str = "192.0.2.2";
+
+    /// Peer "a" at 192.0.2.2, TCP port 179, TCP-AO; acquire timeout 5s.
+    fn config() -> Config {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "aokd-keys-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let psk = dir.join("a.psk");
+        std::fs::write(&psk, "a test pre-shared key\n").expect("psk");
+        std::fs::set_permissions(&psk, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        let text = format!(
+            "[daemon]\nacquire_timeout = \"5s\"\n\n[[peer]]\nname = \"a\"\nremote = \"{PEER}\"\n\
+             psk_file = \"{}\"\ntcp_ports = [179]\nbackend = \"tcp-ao\"\n",
+            psk.display()
+        );
+        let cfg = Config::parse(&text, &dir.join("aokd.toml")).expect("config");
+        let _ = std::fs::remove_dir_all(&dir);
+        cfg
+    }
+
+    fn manager() -> (KeyManager<FakeKernel>, FakeKernel) {
+        let kernel = FakeKernel::default();
+        let support = Support {
+            tcp_ao: true,
+            tcp_md5: true,
+        };
+        let km = KeyManager::with_keys(&config(), support, kernel.clone()).expect("manager");
+        (km, kernel)
+    }
+
+    fn mkt(send_id: u8, recv_id: u8) -> MasterKeyTuple {
+        MasterKeyTuple {
+            send_id,
+            recv_id,
+            algorithm: MacAlgorithm::HmacSha256_128,
+            include_options: true,
+            master_key: Secret::new(vec![send_id; 32]),
+        }
+    }
+
+    /// The MKT as an [`aokd_proto::ike::Event::MktsChanged`] lists it.
+    fn view(m: &MasterKeyTuple, now: Instant, retiring: bool) -> MktView {
+        MktView {
+            mkt: m.clone(),
+            ports: Vec::new(),
+            created_at: now,
+            spi_i: 1,
+            spi_r: 2,
+            rekey_at: None,
+            expires_at: now + Duration::from_secs(3600),
+            retire_at: retiring.then(|| now + Duration::from_secs(60)),
+        }
+    }
+
+    /// A new fake socket of `role` (`fd` in [`PID`]) and the request for it.
+    fn request(
+        kernel: &FakeKernel,
+        fd: i32,
+        role: SocketRole,
+        state: TcpState,
+        local: &str,
+        remote: Option<&str>,
+    ) -> (KeyRequest<u64>, u64) {
+        let cookie = kernel.socket(PID, fd, state);
+        let record = AttachedSocket {
+            id: 0,
+            pid: PID,
+            fd,
+            cookie,
+            role,
+            local: Some(local.parse().expect("local")),
+            remote: remote.map(|r| r.parse().expect("remote")),
+            peers: Vec::new(),
+            guarded: Vec::new(),
+            attached_at: UNIX_EPOCH,
+        };
+        let request = KeyRequest {
+            id: u64::try_from(fd).expect("fd"),
+            socket: cookie,
+            record,
+            wait: None,
+        };
+        (request, cookie)
+    }
+
+    fn answer(outcome: AttachOutcome) -> Answer {
+        match outcome {
+            AttachOutcome::Answered(a) => a,
+            AttachOutcome::Waiting { peer } => panic!("waits for {peer}"),
+        }
+    }
+
+    fn installed(a: &Answer) -> Installed {
+        match a {
+            Answer::Ok { installed, .. } => *installed,
+            Answer::Error(e) => panic!("error: {e}"),
+        }
+    }
+
+    fn is_guard(ids: (u8, u8)) -> bool {
+        is_guard_id(ids.0) && is_guard_id(ids.1)
+    }
+
+    #[test]
+    fn only_covered_sockets_get_keys() {
+        let (mut km, k) = manager();
+        let now = Instant::now();
+        let m1 = mkt(1, 2);
+        assert!(km
+            .mkts_changed("a", &[view(&m1, now, false)], now)
+            .is_empty());
+        let cases = [
+            // (role, state, local, remote, covered)
+            (
+                SocketRole::Connect,
+                TcpState::Close,
+                "0.0.0.0:0",
+                Some("192.0.2.2:179"),
+                true,
+            ),
+            (
+                SocketRole::Connect,
+                TcpState::Close,
+                "0.0.0.0:0",
+                Some("192.0.2.2:80"),
+                false,
+            ),
+            (
+                SocketRole::Connect,
+                TcpState::Close,
+                "0.0.0.0:0",
+                Some("192.0.2.9:179"),
+                false,
+            ),
+            (
+                SocketRole::Connect,
+                TcpState::Close,
+                "192.0.2.1:179",
+                Some("192.0.2.2:4000"),
+                true,
+            ),
+            (
+                SocketRole::Accepted,
+                TcpState::Established,
+                "192.0.2.1:179",
+                Some("192.0.2.2:40000"),
+                true,
+            ),
+            (
+                SocketRole::Accepted,
+                TcpState::Established,
+                "192.0.2.1:80",
+                Some("192.0.2.2:40000"),
+                false,
+            ),
+            (
+                SocketRole::Accepted,
+                TcpState::Established,
+                "[::ffff:192.0.2.1]:179",
+                Some("[::ffff:192.0.2.2]:40000"),
+                true,
+            ),
+            (
+                SocketRole::Listen,
+                TcpState::Close,
+                "0.0.0.0:179",
+                None,
+                true,
+            ),
+            (
+                SocketRole::Listen,
+                TcpState::Close,
+                "0.0.0.0:80",
+                None,
+                false,
+            ),
+        ];
+        for (i, (role, state, local, remote, covered)) in cases.into_iter().enumerate() {
+            let (req, cookie) = request(&k, 10 + i as i32, role, state, local, remote);
+            let a = answer(km.attach(req, now));
+            let what = format!("{role:?} {local} -> {remote:?}");
+            if covered {
+                assert_eq!(
+                    a,
+                    Answer::Ok {
+                        installed: Installed::Keys,
+                        peers: vec!["a".into()],
+                        mechanism: Some(Backend::Ao),
+                        guarded: Vec::new(),
+                    },
+                    "{what}"
+                );
+                assert_eq!(k.ids(cookie), vec![(1, 2)], "{what}");
+            } else {
+                assert_eq!(installed(&a), Installed::NotCovered, "{what}");
+                assert!(k.ids(cookie).is_empty(), "{what}");
+            }
+        }
+        // Only the covered sockets are registered.
+        assert_eq!(km.status(|_| String::new()).len(), 5);
+        // A new connect socket gets the key selected; a listener does not.
+        let s = k.get(1);
+        assert_eq!((s.current, s.rnext), (Some((1, 2)), Some((1, 2))));
+        let listener = k.get(8);
+        assert_eq!((listener.current, listener.rnext), (None, None));
+    }
+
+    #[test]
+    fn without_an_mkt_the_guard_is_on_and_a_connect_waits() {
+        let (mut km, k) = manager();
+        let now = Instant::now();
+        // A listener: the guard, not selected (listeners have no
+        // Current_key), answered at once.
+        let (req, listener) = request(
+            &k,
+            10,
+            SocketRole::Listen,
+            TcpState::Close,
+            "0.0.0.0:179",
+            None,
+        );
+        let a = answer(km.attach(req, now));
+        assert_eq!(
+            a,
+            Answer::Ok {
+                installed: Installed::Guard,
+                peers: vec!["a".into()],
+                mechanism: Some(Backend::Ao),
+                guarded: vec!["a".into()],
+            }
+        );
+        let ids = k.ids(listener);
+        assert!(ids.len() == 1 && is_guard(ids[0]), "{ids:?}");
+        // A connect: the guard as Current_key and RNext_key while it waits.
+        let (req, client) = request(
+            &k,
+            11,
+            SocketRole::Connect,
+            TcpState::Close,
+            "0.0.0.0:0",
+            Some("192.0.2.2:179"),
+        );
+        match km.attach(req, now) {
+            AttachOutcome::Waiting { peer } => assert_eq!(peer, "a"),
+            other => panic!("{other:?}"),
+        }
+        let s = k.get(client);
+        assert!(s.keys.len() == 1 && is_guard((s.keys[0].send_id, s.keys[0].recv_id)));
+        assert_eq!(s.current, Some((s.keys[0].send_id, s.keys[0].recv_id)));
+        // The acquire timeout: it proceeds under the guard.
+        let deadline = now + Duration::from_secs(5);
+        assert_eq!(km.poll_timeout(), Some(deadline));
+        assert!(km
+            .handle_timeout(deadline - Duration::from_millis(1))
+            .is_empty());
+        let answered = km.handle_timeout(deadline);
+        assert_eq!(answered.len(), 1);
+        assert_eq!(answered[0].id, 11);
+        assert_eq!(installed(&answered[0].answer), Installed::Guard);
+        assert_eq!(km.poll_timeout(), None);
+        // aoctl sockets: both guarded, with the reason asked for their peers.
+        let status = km.status(|names| format!("no MKT with {}", names.join(",")));
+        assert_eq!(status.len(), 2);
+        for s in &status {
+            assert_eq!(s.state, "guarded");
+            assert_eq!(s.guard_reason.as_deref(), Some("no MKT with a"));
+        }
+    }
+
+    #[test]
+    fn the_first_mkt_replaces_the_guard_and_releases_the_waiting_connect() {
+        let (mut km, k) = manager();
+        let now = Instant::now();
+        let (req, listener) = request(
+            &k,
+            10,
+            SocketRole::Listen,
+            TcpState::Close,
+            "0.0.0.0:179",
+            None,
+        );
+        answer(km.attach(req, now));
+        let (req, client) = request(
+            &k,
+            11,
+            SocketRole::Connect,
+            TcpState::Close,
+            "0.0.0.0:0",
+            Some("192.0.2.2:179"),
+        );
+        assert!(matches!(km.attach(req, now), AttachOutcome::Waiting { .. }));
+        k.take_log();
+        let m1 = mkt(1, 2);
+        let later = now + Duration::from_secs(1);
+        let answered = km.mkts_changed("a", &[view(&m1, later, false)], later);
+        // The waiting connect is answered with the keys...
+        assert_eq!(answered.len(), 1);
+        assert_eq!(answered[0].id, 11);
+        assert_eq!(installed(&answered[0].answer), Installed::Keys);
+        let s = k.get(client);
+        assert_eq!(k.ids(client), vec![(1, 2)]);
+        assert_eq!((s.current, s.rnext), (Some((1, 2)), Some((1, 2))));
+        // ...and the listener's guard goes, after the real key is on (the
+        // peer is never without a key).
+        assert_eq!(k.ids(listener), vec![(1, 2)]);
+        let log = k.take_log();
+        let add = log
+            .iter()
+            .position(|l| l == "add 1/2")
+            .expect("listener add");
+        let del = log
+            .iter()
+            .rposition(|l| l.starts_with("del 24") || l.starts_with("del 25"));
+        assert!(del.is_some_and(|d| d > add), "{log:?}");
+        assert_eq!(km.poll_timeout(), None);
+        let status = km.status(|_| panic!("no socket is guarded"));
+        assert!(status
+            .iter()
+            .all(|s| s.state == "keys" && s.guard_reason.is_none()));
+    }
+
+    #[test]
+    fn when_the_last_mkt_goes_the_guard_is_forced_in() {
+        let (mut km, k) = manager();
+        let now = Instant::now();
+        let m1 = mkt(1, 2);
+        km.mkts_changed("a", &[view(&m1, now, false)], now);
+        let (req, conn) = request(
+            &k,
+            10,
+            SocketRole::Accepted,
+            TcpState::Established,
+            "192.0.2.1:179",
+            Some("192.0.2.2:40000"),
+        );
+        answer(km.attach(req, now));
+        k.peer_switches_to(conn, 1);
+        k.take_log();
+        // Deleted by the peer, or expired: the guard replaces the key even
+        // as Current_key of the live connection (fails closed).
+        km.mkts_changed("a", &[], now);
+        let s = k.get(conn);
+        assert_eq!(s.keys.len(), 1);
+        let g = (s.keys[0].send_id, s.keys[0].recv_id);
+        assert!(is_guard(g));
+        assert_eq!(s.current, Some(g));
+        let log = k.take_log();
+        assert_eq!(log.len(), 2, "{log:?}");
+        assert!(
+            log[0].starts_with("add ") && log[0].ends_with(" rnext"),
+            "{log:?}"
+        );
+        assert_eq!(log[1], format!("del 1/2 current {}", g.0));
+        assert_eq!(km.status(|_| "why".into())[0].state, "guarded");
+    }
+
+    #[test]
+    fn rollover_adds_the_new_key_moves_rnext_and_deletes_the_old_one_after_current_moved() {
+        let (mut km, k) = manager();
+        let now = Instant::now();
+        let (m1, m2) = (mkt(1, 2), mkt(3, 4));
+        km.mkts_changed("a", &[view(&m1, now, false)], now);
+        let (req, conn) = request(
+            &k,
+            10,
+            SocketRole::Accepted,
+            TcpState::Established,
+            "192.0.2.1:179",
+            Some("192.0.2.2:40000"),
+        );
+        answer(km.attach(req, now));
+        k.peer_switches_to(conn, 1);
+        k.take_log();
+        // The rekey: the new MKT arrives, the old one retires (first in the
+        // set), then goes.
+        let t1 = now + Duration::from_secs(10);
+        km.mkts_changed("a", &[view(&m1, now, true), view(&m2, t1, false)], t1);
+        assert_eq!(k.take_log(), vec!["add 3/4 rnext"]);
+        let s = k.get(conn);
+        assert_eq!((s.current, s.rnext), (Some((1, 2)), Some((3, 4))));
+        let t2 = t1 + Duration::from_secs(60);
+        km.mkts_changed("a", &[view(&m2, t1, false)], t2);
+        // The old key is still Current_key: its deletion waits for the peer.
+        assert!(k.take_log().is_empty());
+        assert_eq!(k.ids(conn), vec![(1, 2), (3, 4)]);
+        let retry = t2 + DEFERRED_RETRY;
+        assert_eq!(km.poll_timeout(), Some(retry));
+        km.handle_timeout(retry);
+        assert!(k.take_log().is_empty(), "still current: kept");
+        // The peer switches: the kernel moves Current_key, the old key goes.
+        k.peer_switches_to(conn, 3);
+        let retry = retry + DEFERRED_RETRY;
+        assert_eq!(km.poll_timeout(), Some(retry));
+        km.handle_timeout(retry);
+        assert_eq!(k.take_log(), vec!["del 1/2"]);
+        assert_eq!(k.ids(conn), vec![(3, 4)]);
+        assert_eq!(km.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_new_socket_during_a_rollover_sends_with_the_newest_key() {
+        let (mut km, k) = manager();
+        let now = Instant::now();
+        let (m1, m2) = (mkt(1, 2), mkt(3, 4));
+        // Retiring keys first, then live ones oldest to newest.
+        km.mkts_changed("a", &[view(&m1, now, true), view(&m2, now, false)], now);
+        let (req, conn) = request(
+            &k,
+            10,
+            SocketRole::Connect,
+            TcpState::Close,
+            "0.0.0.0:0",
+            Some("192.0.2.2:179"),
+        );
+        assert_eq!(installed(&answer(km.attach(req, now))), Installed::Keys);
+        assert_eq!(k.take_log(), vec!["add 1/2", "add 3/4 current rnext"]);
+        let s = k.get(conn);
+        assert_eq!((s.current, s.rnext), (Some((3, 4)), Some((3, 4))));
+    }
+
+    fn restored_record(m: &MasterKeyTuple, now_unix: u64, expires_in: u64) -> MktRecord {
+        MktRecord::from_mkt(
+            "a",
+            m,
+            "0000000000000001",
+            "0000000000000002",
+            now_unix - 100,
+            None,
+            now_unix + expires_in,
+        )
+    }
+
+    /// A socket as the state file recorded it, with `m` on it (current
+    /// and rnext) as aokd left it before the restart.
+    fn restored_socket(k: &FakeKernel, fd: i32, m: &MasterKeyTuple) -> (SocketRecord, u64) {
+        let cookie = k.socket(PID, fd, TcpState::Established);
+        k.ao_add(&cookie, PEER.parse().expect("ip"), 32, m, false, false)
+            .expect("key");
+        k.peer_switches_to(cookie, m.send_id);
+        k.ao_set_rnext(&cookie, m.recv_id).expect("rnext");
+        k.take_log();
+        let rec = SocketRecord {
+            pid: PID,
+            fd,
+            cookie,
+            role: "accepted".into(),
+            local: Some("192.0.2.1:179".into()),
+            remote: Some("192.0.2.2:40000".into()),
+            peers: vec!["a".into()],
+            attached_at_unix: 1,
+        };
+        (rec, cookie)
+    }
+
+    #[test]
+    fn restored_keys_stay_until_a_new_mkt_replaces_them() {
+        let (mut km, k) = manager();
+        let (now, now_unix) = (Instant::now(), 1_000_000);
+        let old = mkt(1, 2);
+        let (rec, conn) = restored_socket(&k, 10, &old);
+        // A socket whose owner closed it while aokd was away.
+        let (gone, gone_cookie) = restored_socket(&k, 11, &old);
+        k.close(gone_cookie);
+        let snapshot = StateSnapshot {
+            ike_sas: Vec::new(),
+            mkts: vec![restored_record(&old, now_unix, 3000)],
+            sockets: vec![rec, gone],
+        };
+        let out = km.restore(&snapshot, now, now_unix);
+        assert_eq!((out.sockets, out.sockets_gone, out.mkts_expired), (1, 1, 0));
+        assert_eq!(
+            out.reservations,
+            vec![Reservation {
+                peer: "a".into(),
+                send_id: 1,
+                recv_id: 2,
+                until: now + Duration::from_secs(3000),
+            }]
+        );
+        assert_eq!(out.peers, vec!["a".to_string()]);
+        // The restored key is left alone: no guard over it.
+        assert!(k.take_log().is_empty());
+        assert_eq!(km.restored().len(), 1);
+        assert_eq!(km.status(|_| String::new())[0].state, "keys");
+        // The new MKT: added as RNext, the restored key kept (no deferral)
+        // for the overlap.
+        let new = mkt(5, 6);
+        let t1 = now + Duration::from_secs(10);
+        km.mkts_changed("a", &[view(&new, t1, false)], t1);
+        assert_eq!(k.take_log(), vec!["add 5/6 rnext"]);
+        let overlap = crate::config::mkt_overlap(&config().peers[0].lifetimes);
+        assert_eq!(km.poll_timeout(), Some(t1 + overlap));
+        // The overlap is over: a stale key like any other, deleted once the
+        // connection no longer uses it.
+        km.handle_timeout(t1 + overlap);
+        assert!(km.restored()[0].released);
+        assert!(k.take_log().is_empty(), "still Current_key");
+        k.peer_switches_to(conn, 5);
+        let retry = t1 + overlap + DEFERRED_RETRY;
+        km.handle_timeout(retry);
+        assert_eq!(k.take_log(), vec!["del 1/2"]);
+        assert_eq!(k.ids(conn), vec![(5, 6)]);
+        // Its record goes at its hard lifetime.
+        km.handle_timeout(now + Duration::from_secs(3000));
+        assert!(km.restored().is_empty());
+    }
+
+    #[test]
+    fn restored_keys_are_forced_out_at_their_hard_lifetime() {
+        let (mut km, k) = manager();
+        let (now, now_unix) = (Instant::now(), 1_000_000);
+        let old = mkt(1, 2);
+        let (rec, conn) = restored_socket(&k, 10, &old);
+        let expired = restored_record(&mkt(7, 8), now_unix, 0);
+        let snapshot = StateSnapshot {
+            ike_sas: Vec::new(),
+            mkts: vec![restored_record(&old, now_unix, 600), expired],
+            sockets: vec![rec],
+        };
+        let out = km.restore(&snapshot, now, now_unix);
+        assert_eq!(
+            (out.sockets, out.mkts_expired, out.reservations.len()),
+            (1, 1, 1)
+        );
+        assert!(k.take_log().is_empty());
+        // No new MKT in time: at the hard lifetime the guard goes in, as
+        // Current_key of the live connection.
+        let end = now + Duration::from_secs(600);
+        assert_eq!(km.poll_timeout(), Some(end));
+        km.handle_timeout(end);
+        let s = k.get(conn);
+        assert_eq!(s.keys.len(), 1);
+        let g = (s.keys[0].send_id, s.keys[0].recv_id);
+        assert!(is_guard(g));
+        assert_eq!(s.current, Some(g));
+        assert!(km.restored().is_empty());
+        assert_eq!(km.status(|_| "why".into())[0].state, "guarded");
+    }
+
+    #[test]
+    fn without_restored_mkts_a_restored_socket_gets_the_guard() {
+        let (mut km, k) = manager();
+        let (now, now_unix) = (Instant::now(), 1_000_000);
+        let (rec, conn) = restored_socket(&k, 10, &mkt(1, 2));
+        let snapshot = StateSnapshot {
+            ike_sas: Vec::new(),
+            mkts: Vec::new(),
+            sockets: vec![rec],
+        };
+        km.restore(&snapshot, now, now_unix);
+        let s = k.get(conn);
+        assert_eq!(s.keys.len(), 1);
+        assert!(is_guard((s.keys[0].send_id, s.keys[0].recv_id)));
+    }
+
+    #[test]
+    fn the_fake_kernel_refuses_what_linux_refuses() {
+        let k = FakeKernel::default();
+        let peer: IpAddr = PEER.parse().expect("ip");
+        let c = k.socket(PID, 3, TcpState::Established);
+        k.ao_add(&c, peer, 32, &mkt(1, 2), true, true).expect("add");
+        let e = k
+            .ao_add(&c, peer, 32, &mkt(1, 9), false, false)
+            .expect_err("same SendID");
+        assert_eq!(e.cause(), Some(crate::kernel::Cause::KeyIdConflict));
+        let e = k
+            .ao_del(&c, peer, 32, 1, 2, None, None)
+            .expect_err("current");
+        assert_eq!(e.cause(), Some(crate::kernel::Cause::KeyInUse));
+        let l = k.socket(PID, 4, TcpState::Listen);
+        assert!(k.ao_add(&l, peer, 32, &mkt(1, 2), true, false).is_err());
+        k.close(c);
+        assert!(k.reacquire(PID, 3, c).is_err());
+        assert_eq!(k.reacquire(PID, 4, l).ok(), Some(l));
     }
 }

@@ -1,16 +1,34 @@
-//! The aokd daemon as a library, shared by the `aokd` binary and its tests:
-//! configuration ([`config`]), the control socket server ([`control`]), the
-//! event loop that drives the IKE endpoint ([`runtime`]), the embedded demo
-//! ([`demo`]), and key installation into the kernel ([`kernel`]).
+//! The aokd daemon as a library, shared by the `aokd` binary and its tests.
+//!
+//! - [`config`]: the configuration file; [`endpoint_config`]: its
+//!   translation into the IKE endpoint's.
+//! - [`runtime`]: the event loop (bytes and time in and out of the
+//!   endpoint); [`clock`]: the wake-up's time and wall-clock mapping.
+//! - [`event_log`]: one log line per endpoint event; [`records`]: state-file
+//!   records from events; [`state`] and [`persist`]: the state file and its
+//!   writer thread.
+//! - [`status`]: aoctl's answers; [`control`]: the control socket server.
+//! - [`attach`]: the attach socket server; [`keys`]: which keys go on which
+//!   attached socket (the key policy); [`sockets`]: the attached sockets and
+//!   reconciling one socket's keys; [`socket_keys`]: the one interface from
+//!   the key policy to a socket's keys (the kernel's, or a fake in tests);
+//!   [`kernel`]: TCP-AO and TCP-MD5 in the Linux kernel.
+//! - [`demo`]: `aokd demo`; [`unix_listener`]: the private Unix sockets.
 
 pub mod attach;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod endpoint_config;
+pub mod event_log;
 pub mod kernel;
 pub mod keys;
 pub mod persist;
+pub mod records;
 pub mod runtime;
+pub mod socket_keys;
 pub mod sockets;
 pub mod state;
+pub mod status;
 pub mod unix_listener;

@@ -1,115 +1,56 @@
-//! The event loop: moves datagrams, time and control requests between the
-//! UDP sockets, the control socket and the sans-IO [`Endpoint`]. Protocol
-//! decisions live in `aokd_proto`; this module only drives it, logs its
-//! events and answers `aoctl`.
+//! The event loop: moves datagrams, time, control requests and attach
+//! calls between the UDP sockets, the control and attach sockets and the
+//! sans-IO [`Endpoint`], and hands the endpoint's events on. It reads the
+//! clock once per wake-up and passes that time down. Protocol decisions
+//! live in `aokd_proto`, key policy in [`crate::keys`], aoctl's answers in
+//! [`crate::status`], event logging in [`crate::event_log`], state records
+//! in [`crate::records`], the configuration's translation in
+//! [`crate::endpoint_config`].
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::Context as _;
-use aokd_api::control::{
-    Command, DaemonStatus, MktKey, MktStatus, PeerStatus, ResponseData, ResponseResult, SaStatus,
-};
-use aokd_proto::crypto::Secret;
-use aokd_proto::ike::{self, Endpoint, EndpointConfig, Event, PeerView, PortRange};
+use aokd_proto::ike::{Endpoint, EndpointConfig, Event};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::attach::AttachCall;
-use crate::config::Config;
+use aokd_api::attach::{Installed, SocketRole};
+
+use crate::attach::{AttachCall, Reply};
+use crate::clock::WallClock;
 use crate::control::ControlCall;
-use crate::keys::{AttachOutcome, KeyManager};
+use crate::event_log::log_event;
+use crate::keys::{Answer, Answered, AttachOutcome, KeyManager};
 use crate::persist::{Op, Persist};
-use crate::state::{IkeSaRecord, MktRecord, StateSnapshot};
+use crate::records::record_events;
+use crate::state::StateSnapshot;
+use crate::status::{attach_result, guard_reason, Answers};
+
+pub use crate::endpoint_config::endpoint_config;
 
 /// Largest IKE datagram accepted (strongSwan's max_packet is 10000).
 const MAX_DATAGRAM: usize = 65_535;
 
-/// Converts the daemon configuration into the endpoint's.
-pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
-    let mut peers = Vec::new();
-    for p in &cfg.peers {
-        let local = match p.local {
-            Some(ip) => ip,
-            None => route_source(p.remote_addr()).with_context(|| {
-                format!(
-                    "peer {:?}: cannot find the local address toward {}",
-                    p.name, p.remote
-                )
-            })?,
-        };
-        peers.push(ike::PeerConfig {
-            name: p.name.clone(),
-            remote: p.remote_addr(),
-            local,
-            local_id: p.local_identity(local),
-            remote_id: p.remote_id.clone(),
-            psk: Secret::new(p.psk.as_bytes().to_vec()),
-            ike_suites: p.ike_proposals.clone(),
-            mac_algorithms: p.mac_algorithms.clone(),
-            include_options: p.include_tcp_options,
-            tcp_ports: p
-                .tcp_ports
-                .iter()
-                .map(|port| PortRange::single(*port))
-                .collect(),
-            initiate: p.initiate,
-            lifetimes: mkt_lifetimes(&p.lifetimes),
-        });
-    }
-    let mut ec = EndpointConfig::new(peers);
-    ec.liveness = cfg.daemon.liveness;
-    Ok(ec)
+/// An attach call the key manager has not answered yet: where the answer
+/// goes, and what the log line says about the socket.
+struct Pending {
+    reply: Reply,
+    pid: i32,
+    fd: i32,
+    role: SocketRole,
 }
 
-/// The endpoint's MKT lifetimes from the configured ones (jitter and
-/// overlap are derived in proto, [`ike::Lifetimes::new`]).
-fn mkt_lifetimes(l: &crate::config::Lifetimes) -> ike::Lifetimes {
-    ike::Lifetimes::new(Some(l.ike_rekey), l.mkt_rekey, l.mkt_lifetime, l.pfs)
-}
-
-/// The source address the kernel would use toward `remote` (a connected
-/// UDP socket sends nothing).
-fn route_source(remote: SocketAddr) -> std::io::Result<IpAddr> {
-    let any: SocketAddr = match remote {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let s = StdUdpSocket::bind(any)?;
-    s.connect(remote)?;
-    Ok(s.local_addr()?.ip())
-}
-
-/// Maps monotonic instants to Unix seconds (rounded down once).
-#[derive(Clone, Copy)]
-struct WallClock {
-    base: Instant,
-    base_wall: Duration,
-    base_unix: u64,
-}
-
-impl WallClock {
-    fn now() -> WallClock {
-        let base_wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        WallClock {
-            base: Instant::now(),
-            base_wall,
-            base_unix: base_wall.as_secs(),
-        }
-    }
-
-    fn unix(&self, t: Instant) -> u64 {
-        let wall = if t >= self.base {
-            self.base_wall + (t - self.base)
-        } else {
-            self.base_wall.saturating_sub(self.base - t)
-        };
-        wall.as_secs()
-    }
+/// What woke the event loop up.
+enum Wake {
+    Datagram(SocketAddr, Vec<u8>),
+    Control(ControlCall),
+    Attach(AttachCall),
+    Timer,
+    Shutdown,
 }
 
 /// A running daemon: the endpoint and its sockets.
@@ -124,6 +65,10 @@ pub struct Daemon {
     keys: Option<KeyManager>,
     /// Where MKT, IKE SA and socket records go (docs/state.md).
     persist: Persist,
+    /// Attach calls waiting for the key manager's answer, by request id.
+    pending: BTreeMap<u64, Pending>,
+    /// The last request id handed out.
+    last_request: u64,
 }
 
 impl Daemon {
@@ -168,6 +113,8 @@ impl Daemon {
             instance: instance.to_string(),
             keys,
             persist: Persist::disabled(),
+            pending: BTreeMap::new(),
+            last_request: 0,
         })
     }
 
@@ -194,7 +141,7 @@ impl Daemon {
         keys.set_persist(persist);
         let now = Instant::now();
         let now_unix = self.clock.unix(now);
-        let restored = keys.restore(snapshot, now, now_unix, &self.endpoint.peers());
+        let restored = keys.restore(snapshot, now, now_unix);
         for r in &restored.reservations {
             if let Err(e) = self
                 .endpoint
@@ -269,8 +216,9 @@ impl Daemon {
         drop(tx);
         tokio::pin!(shutdown);
         info!(instance = %self.instance, listen = ?self.listen, peers = self.endpoint.config().peers.len(), "aokd running");
+        // What restore() started goes out first.
+        self.flush(Instant::now()).await;
         loop {
-            self.flush().await;
             let key_deadline = self.keys.as_ref().and_then(KeyManager::poll_timeout);
             let deadline = match (self.endpoint.poll_timeout(), key_deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -288,24 +236,32 @@ impl Daemon {
                     None => std::future::pending::<()>().await,
                 }
             };
-            tokio::select! {
-                Some((from, data)) = rx.recv() => {
-                    self.endpoint.handle_datagram(Instant::now(), from, &data);
-                }
-                Some(call) = control.recv() => {
-                    let result = self.control(call.command, call.peer_uid);
+            let wake = tokio::select! {
+                Some((from, data)) = rx.recv() => Wake::Datagram(from, data),
+                Some(call) = control.recv() => Wake::Control(call),
+                Some(call) = attach_call => Wake::Attach(call),
+                _ = sleep => Wake::Timer,
+                _ = &mut shutdown => Wake::Shutdown,
+            };
+            // The one reading of the clock for this wake-up.
+            let now = Instant::now();
+            match wake {
+                Wake::Datagram(from, data) => self.endpoint.handle_datagram(now, from, &data),
+                Wake::Control(call) => {
+                    let result = self.answers().control(call.command, call.peer_uid, now);
                     let _ = call.reply.send(result);
                 }
-                Some(call) = attach_call => self.attach(call),
-                _ = sleep => {
-                    let now = Instant::now();
+                Wake::Attach(call) => self.attach(call, now),
+                Wake::Timer => {
                     self.endpoint.handle_timeout(now);
                     if let Some(keys) = self.keys.as_mut() {
-                        keys.handle_timeout(now, &self.endpoint.peers());
+                        let answered = keys.handle_timeout(now);
+                        self.answer(answered);
                     }
                 }
-                _ = &mut shutdown => break,
+                Wake::Shutdown => break,
             }
+            self.flush(now).await;
         }
         for r in readers {
             r.abort();
@@ -314,52 +270,113 @@ impl Daemon {
         Ok(())
     }
 
+    /// What aoctl's answers read and act on.
+    fn answers(&mut self) -> Answers<'_> {
+        Answers {
+            endpoint: &mut self.endpoint,
+            keys: self.keys.as_mut(),
+            clock: &self.clock,
+            listen: &self.listen,
+        }
+    }
+
     /// Handles an attach call: keys the socket now, or lets it wait for
     /// the peer's negotiation (which starts if nothing is under way).
-    fn attach(&mut self, call: AttachCall) {
-        let Some(keys) = self.keys.as_mut() else {
+    fn attach(&mut self, call: AttachCall, now: Instant) {
+        if self.keys.is_none() {
             call.answer(crate::attach::result_error(
                 "this aokd instance does not key sockets",
             ));
             return;
+        }
+        self.last_request += 1;
+        let id = self.last_request;
+        let (pid, fd, role) = (call.pid, call.request.fd, call.request.role);
+        let (request, reply) = call.into_request(id, self.clock.system_time(now));
+        self.pending.insert(
+            id,
+            Pending {
+                reply,
+                pid,
+                fd,
+                role,
+            },
+        );
+        let outcome = match (request, self.keys.as_mut()) {
+            (Ok(request), Some(keys)) => keys.attach(request, now),
+            (Err(e), _) => {
+                warn!(pid, fd, error = %e, "cannot key an attached socket");
+                AttachOutcome::Answered(Answer::Error(e))
+            }
+            (Ok(_), None) => return,
         };
-        let now = Instant::now();
-        if let AttachOutcome::Waiting { peer } = keys.attach(call, &self.endpoint.peers(), now) {
-            if let Err(e) = self.endpoint.initiate(&peer, now) {
-                warn!(%peer, error = %e, "cannot start a negotiation for a waiting connect");
+        match outcome {
+            AttachOutcome::Answered(answer) => self.answer(vec![Answered { id, answer }]),
+            AttachOutcome::Waiting { peer } => {
+                if let Err(e) = self.endpoint.initiate(&peer, now) {
+                    warn!(%peer, error = %e, "cannot start a negotiation for a waiting connect");
+                }
             }
         }
     }
 
-    async fn flush(&mut self) {
-        let mut changed: Vec<String> = Vec::new();
+    /// Sends the key manager's answers to their attach calls. The reason
+    /// for a guard is a status answer: the peer's state and last error,
+    /// read from the endpoint's views once for all of them.
+    fn answer(&mut self, answered: Vec<Answered>) {
+        if answered.is_empty() {
+            return;
+        }
+        let guarded = answered
+            .iter()
+            .any(|a| matches!(&a.answer, Answer::Ok { guarded, .. } if !guarded.is_empty()));
+        let view = if guarded {
+            self.endpoint.peers()
+        } else {
+            Vec::new()
+        };
+        for Answered { id, answer } in answered {
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
+            let result = attach_result(answer, |names| guard_reason(&view, names));
+            if let aokd_api::attach::AttachResult::Ok {
+                installed,
+                peers,
+                reason,
+                ..
+            } = &result
+            {
+                if *installed != Installed::NotCovered {
+                    info!(pid = p.pid, fd = p.fd, role = ?p.role, peers = ?peers,
+                        installed = ?installed, reason = reason.as_deref().unwrap_or(""), "socket attached");
+                }
+            }
+            p.reply.answer(result);
+        }
+    }
+
+    /// Hands the endpoint's events on (state file, log, key manager), then
+    /// sends its datagrams.
+    async fn flush(&mut self, now: Instant) {
         let mut events = Vec::new();
         while let Some(ev) = self.endpoint.poll_event() {
             events.push(ev);
         }
-        if !events.is_empty() && self.persist.enabled() {
-            let view = self.endpoint.peers();
-            for ev in &events {
-                self.record(ev, &view);
-            }
+        // Records first: a new MKT's record is durable before its key goes
+        // on any socket.
+        record_events(&self.persist, &self.clock, now, &events, &self.endpoint);
+        for ev in &events {
+            log_event(&self.instance, ev);
         }
-        for ev in events {
-            if let Event::MktCreated { peer, .. }
-            | Event::MktDeleted { peer, .. }
-            | Event::MktSuperseded { peer, .. } = &ev
-            {
-                if !changed.contains(peer) {
-                    changed.push(peer.clone());
+        if let Some(keys) = self.keys.as_mut() {
+            let mut answered = Vec::new();
+            for ev in &events {
+                if let Event::MktsChanged { peer, mkts } = ev {
+                    answered.extend(keys.mkts_changed(peer, mkts, now));
                 }
             }
-            self.log_event(ev);
-        }
-        if let (Some(keys), false) = (self.keys.as_mut(), changed.is_empty()) {
-            let view = self.endpoint.peers();
-            let now = Instant::now();
-            for peer in changed {
-                keys.mkts_changed(&peer, &view, now);
-            }
+            self.answer(answered);
         }
         while let Some(t) = self.endpoint.poll_transmit() {
             let socket = self
@@ -377,414 +394,5 @@ impl Daemon {
                 None => warn!(destination = %t.destination, "no IKE socket of this address family"),
             }
         }
-    }
-
-    /// Writes what `ev` changed to the state file. A new MKT's record is
-    /// durable before its key goes on any socket.
-    fn record(&self, ev: &Event, view: &[PeerView]) {
-        match ev {
-            Event::MktCreated {
-                peer,
-                spi_i,
-                spi_r,
-                mkt,
-                ..
-            } => {
-                let m = view
-                    .iter()
-                    .filter(|p| &p.name == peer)
-                    .flat_map(|p| p.mkts.iter())
-                    .find(|m| m.mkt.send_id == mkt.send_id && m.mkt.recv_id == mkt.recv_id);
-                let now = Instant::now();
-                let rec = MktRecord::from_mkt(
-                    peer,
-                    mkt,
-                    &format!("{spi_i:016x}"),
-                    &format!("{spi_r:016x}"),
-                    self.clock.unix(m.map_or(now, |m| m.created_at)),
-                    m.and_then(|m| m.rekey_at).map(|t| self.clock.unix(t)),
-                    // Rounded up: the record must not let a restarted aokd
-                    // reuse the KeyIDs before the key is really gone.
-                    self.clock.unix(m.map_or(now, |m| m.expires_at)) + 1,
-                );
-                self.persist.put_mkt_durable(rec);
-            }
-            // The record stays until the hard lifetime: a retired MKT's key
-            // can linger on a connection that still uses it, and a restarted
-            // aokd must not hand out its KeyIDs meanwhile.
-            Event::MktDeleted { .. } => self.persist.send(Op::PruneMkts {
-                now_unix: self.clock.unix(Instant::now()),
-            }),
-            Event::IkeSaEstablished {
-                peer,
-                spi_i,
-                spi_r,
-                role,
-                ..
-            } => self.persist.send(Op::PutIkeSa(
-                self.ike_sa_record(peer, *spi_i, *spi_r, *role, view),
-            )),
-            Event::IkeSaRekeyed {
-                peer,
-                old_spi_i,
-                old_spi_r,
-                spi_i,
-                spi_r,
-                role,
-                ..
-            } => {
-                self.persist.send(Op::PutIkeSa(
-                    self.ike_sa_record(peer, *spi_i, *spi_r, *role, view),
-                ));
-                self.persist.send(Op::DeleteIkeSa {
-                    peer: peer.clone(),
-                    spi_i: format!("{old_spi_i:016x}"),
-                    spi_r: format!("{old_spi_r:016x}"),
-                });
-            }
-            Event::IkeSaDeleted {
-                peer, spi_i, spi_r, ..
-            } => self.persist.send(Op::DeleteIkeSa {
-                peer: peer.clone(),
-                spi_i: format!("{spi_i:016x}"),
-                spi_r: format!("{spi_r:016x}"),
-            }),
-            _ => {}
-        }
-    }
-
-    /// The state file's record of an IKE SA, with its rekey deadline.
-    fn ike_sa_record(
-        &self,
-        peer: &str,
-        spi_i: u64,
-        spi_r: u64,
-        role: ike::Role,
-        view: &[PeerView],
-    ) -> IkeSaRecord {
-        let rekey_at = view
-            .iter()
-            .filter(|p| p.name == peer)
-            .flat_map(|p| p.sas.iter())
-            .find(|s| s.spi_i == spi_i && s.spi_r == spi_r)
-            .and_then(|s| s.rekey_at);
-        IkeSaRecord {
-            peer: peer.to_string(),
-            spi_i: format!("{spi_i:016x}"),
-            spi_r: format!("{spi_r:016x}"),
-            role: role.as_str().to_string(),
-            established_at_unix: self.clock.unix(Instant::now()),
-            rekey_at_unix: rekey_at.map(|t| self.clock.unix(t)),
-        }
-    }
-
-    fn log_event(&self, ev: Event) {
-        let inst = &self.instance;
-        match ev {
-            Event::IkeSaEstablished {
-                peer,
-                spi_i,
-                spi_r,
-                role,
-                suite,
-                tcp_ao_capable,
-            } => info!(
-                instance = %inst, %peer, spi_i = %format!("{spi_i:016x}"), spi_r = %format!("{spi_r:016x}"),
-                role = role.as_str(), %suite, tcp_ao_capable, "IKE SA established"
-            ),
-            Event::MktCreated {
-                peer, mkt, ports, ..
-            } => info!(
-                instance = %inst, %peer, send_id = mkt.send_id, recv_id = mkt.recv_id, algorithm = %mkt.algorithm,
-                include_options = mkt.include_options, key_fingerprint = %mkt.fingerprint(), ports = ?ports,
-                "MKT negotiated"
-            ),
-            Event::MktDeleted {
-                peer,
-                send_id,
-                recv_id,
-                reason,
-            } => {
-                info!(instance = %inst, %peer, send_id, recv_id, reason, "MKT deleted")
-            }
-            Event::IkeSaDeleted {
-                peer,
-                spi_i,
-                spi_r,
-                reason,
-            } => info!(
-                instance = %inst, %peer, spi_i = %format!("{spi_i:016x}"), spi_r = %format!("{spi_r:016x}"),
-                %reason, "IKE SA deleted"
-            ),
-            Event::NegotiationFailed {
-                peer,
-                error,
-                by_peer,
-            } => warn!(
-                instance = %inst, %peer, notify = %error.notify().map(|n| n.to_string()).unwrap_or_default(),
-                by_peer, "IKE negotiation failed: {error}"
-            ),
-            Event::ChildFailed {
-                peer,
-                error,
-                by_peer,
-            } => warn!(
-                instance = %inst, %peer, notify = %error.notify().map(|n| n.to_string()).unwrap_or_default(),
-                by_peer, "TCP-AO child SA failed, IKE SA kept: {error}"
-            ),
-            Event::PeerNotCapable { peer } => warn!(
-                instance = %inst, %peer,
-                "peer did not advertise TCP-AO keying: IKE SA without MKT, TCP-AO not negotiated"
-            ),
-            Event::RekeyCollision { peer, kept_ours } => {
-                info!(instance = %inst, %peer, kept_ours, "simultaneous MKT rekey resolved (RFC 7296 2.8.1)")
-            }
-            Event::SimultaneousInitiation { peer, kept_ours } => {
-                info!(instance = %inst, %peer, kept_ours, "simultaneous initiation resolved")
-            }
-            Event::Dropped { from, reason } => {
-                debug!(instance = %inst, %from, %reason, "datagram dropped")
-            }
-            Event::IkeSaRekeyed {
-                peer,
-                old_spi_i,
-                old_spi_r,
-                spi_i,
-                spi_r,
-                role,
-                suite,
-            } => info!(
-                instance = %inst, %peer, old_spi_i = %format!("{old_spi_i:016x}"),
-                old_spi_r = %format!("{old_spi_r:016x}"), spi_i = %format!("{spi_i:016x}"),
-                spi_r = %format!("{spi_r:016x}"), role = role.as_str(), %suite, "IKE SA rekeyed"
-            ),
-            Event::IkeRekeyCollision { peer, kept_ours } => {
-                info!(instance = %inst, %peer, kept_ours, "simultaneous IKE SA rekey resolved (RFC 7296 2.8.2)")
-            }
-            Event::IkeRekeyFailed {
-                peer,
-                error,
-                by_peer,
-            } => warn!(
-                instance = %inst, %peer, notify = %error.notify().map(|n| n.to_string()).unwrap_or_default(),
-                by_peer, "IKE SA rekey failed, IKE SA kept, retried later: {error}"
-            ),
-            Event::MktsChanged { peer, mkts } => {
-                debug!(instance = %inst, %peer, mkts = mkts.len(), "the peer's MKT set changed")
-            }
-            Event::MktSuperseded {
-                peer,
-                send_id,
-                recv_id,
-                reason,
-                ..
-            } => info!(
-                instance = %inst, %peer, send_id, recv_id, reason,
-                "MKT superseded, retired after the overlap without a Delete"
-            ),
-        }
-    }
-
-    /// Answers one control command.
-    pub fn control(&mut self, command: Command, peer_uid: u32) -> ResponseResult {
-        let peers = self.endpoint.peers();
-        let data = match command {
-            Command::Status => ResponseData::Status(self.status(&peers)),
-            Command::Sas => ResponseData::Sas {
-                sas: self.sas(&peers),
-            },
-            Command::Mkts => ResponseData::Mkts {
-                mkts: self.mkts(&peers),
-            },
-            Command::Sockets => ResponseData::Sockets {
-                sockets: self
-                    .keys
-                    .as_mut()
-                    .map(KeyManager::status)
-                    .unwrap_or_default(),
-            },
-            Command::MktKeys => {
-                if peer_uid != 0 {
-                    return ResponseResult::Error {
-                        message: crate::control::MKT_KEYS_REFUSED.to_string(),
-                    };
-                }
-                info!(
-                    uid = peer_uid,
-                    "MKT keys requested over the control socket (aoctl verify --from-daemon)"
-                );
-                let keys = peers
-                    .iter()
-                    .flat_map(|p| {
-                        p.mkts.iter().map(|m| MktKey {
-                            peer: p.name.clone(),
-                            send_id: m.mkt.send_id,
-                            recv_id: m.mkt.recv_id,
-                            algorithm: m.mkt.algorithm.name().to_string(),
-                            include_options: m.mkt.include_options,
-                            master_key: hex::encode(m.mkt.master_key.as_bytes()),
-                        })
-                    })
-                    .collect();
-                ResponseData::MktKeys { keys }
-            }
-            Command::Initiate { peer } => match self.endpoint.initiate(&peer, Instant::now()) {
-                Ok(true) => ResponseData::Accepted {
-                    message: format!("initiating IKE SA with {peer}"),
-                },
-                Ok(false) => ResponseData::Accepted {
-                    message: format!("{peer} already has an IKE SA or one is being set up"),
-                },
-                Err(e) => {
-                    return ResponseResult::Error {
-                        message: e.to_string(),
-                    }
-                }
-            },
-            Command::Rekey { peer, ike: true } => {
-                match self.endpoint.rekey_ike(&peer, Instant::now()) {
-                    Ok(true) => ResponseData::Accepted {
-                        message: format!("rekeying the IKE SA with {peer}"),
-                    },
-                    Ok(false) => ResponseData::Accepted {
-                        message: format!(
-                            "{peer} has no established IKE SA to rekey, or a rekey is under way"
-                        ),
-                    },
-                    Err(e) => {
-                        return ResponseResult::Error {
-                            message: e.to_string(),
-                        }
-                    }
-                }
-            }
-            Command::Rekey { peer, ike: false } => match self.endpoint.rekey(&peer, Instant::now())
-            {
-                Ok(true) => ResponseData::Accepted {
-                    message: format!("rekeying the newest MKT with {peer}"),
-                },
-                Ok(false) => ResponseData::Accepted {
-                    message: format!("{peer} has no MKT to rekey"),
-                },
-                Err(e) => {
-                    return ResponseResult::Error {
-                        message: e.to_string(),
-                    }
-                }
-            },
-            Command::Terminate { peer } => match self.endpoint.terminate(&peer, Instant::now()) {
-                Ok(n) => ResponseData::Accepted {
-                    message: format!("deleted {n} IKE SA(s) with {peer}"),
-                },
-                Err(e) => {
-                    return ResponseResult::Error {
-                        message: e.to_string(),
-                    }
-                }
-            },
-        };
-        ResponseResult::Ok { data }
-    }
-
-    fn status(&self, peers: &[PeerView]) -> DaemonStatus {
-        DaemonStatus {
-            daemon_version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at: self.clock.base_unix,
-            listen: self.listen.iter().map(|a| a.to_string()).collect(),
-            peers: peers
-                .iter()
-                .map(|p| PeerStatus {
-                    name: p.name.clone(),
-                    address: p.remote.to_string(),
-                    ike_state: p.state.as_str().to_string(),
-                    tcp_ao_capable: p.tcp_ao_capable,
-                    mkts: p.mkts.len(),
-                    last_error: p.last_error.clone(),
-                    backend: self
-                        .keys
-                        .as_ref()
-                        .and_then(|k| k.backend(&p.name))
-                        .map(|b| b.to_string()),
-                })
-                .collect(),
-        }
-    }
-
-    fn sas(&self, peers: &[PeerView]) -> Vec<SaStatus> {
-        peers
-            .iter()
-            .flat_map(|p| {
-                p.sas.iter().map(|s| SaStatus {
-                    peer: p.name.clone(),
-                    address: p.remote.to_string(),
-                    state: s.state.to_string(),
-                    role: s.role.as_str().to_string(),
-                    spi_i: format!("{:016x}", s.spi_i),
-                    spi_r: format!("{:016x}", s.spi_r),
-                    suite: s.suite.map(|x| x.to_string()),
-                    established_at: s.established_at.map(|t| self.clock.unix(t)),
-                    rekey_at: s.rekey_at.map(|t| self.clock.unix(t)),
-                    tcp_ao_capable: p.tcp_ao_capable,
-                    last_error: p.last_error.clone(),
-                })
-            })
-            .collect()
-    }
-
-    fn mkts(&self, peers: &[PeerView]) -> Vec<MktStatus> {
-        // MKTs from before a restart: their keys are on sockets until
-        // replaced (then for the overlap) or expired.
-        let restored = self.keys.iter().flat_map(|k| k.restored()).map(|r| {
-            let rec = &r.record;
-            MktStatus {
-                peer: rec.peer.clone(),
-                send_id: rec.send_id,
-                recv_id: rec.recv_id,
-                algorithm: rec.algorithm.clone(),
-                include_options: rec.include_options,
-                created_at: rec.created_at_unix,
-                key_fingerprint: rec.key_fingerprint.clone(),
-                state: Some(
-                    if r.released {
-                        "restored-stale"
-                    } else {
-                        "restored"
-                    }
-                    .to_string(),
-                ),
-                rekey_at: None,
-                expires_at: Some(rec.expires_at_unix),
-            }
-        });
-        let live: Vec<MktStatus> = peers
-            .iter()
-            .flat_map(|p| {
-                p.mkts.iter().map(|m| MktStatus {
-                    peer: p.name.clone(),
-                    send_id: m.mkt.send_id,
-                    recv_id: m.mkt.recv_id,
-                    algorithm: m.mkt.algorithm.name().to_string(),
-                    include_options: m.mkt.include_options,
-                    created_at: self.clock.unix(m.created_at),
-                    key_fingerprint: m.mkt.fingerprint(),
-                    state: Some(
-                        if m.retire_at.is_some() {
-                            "retiring"
-                        } else {
-                            "active"
-                        }
-                        .to_string(),
-                    ),
-                    rekey_at: m.rekey_at.map(|t| self.clock.unix(t)),
-                    expires_at: Some(self.clock.unix(m.expires_at)),
-                })
-            })
-            .collect();
-        restored.chain(live).collect()
-    }
-
-    /// A snapshot of the MKTs, for `aokd demo`.
-    pub fn mkt_status(&self) -> Vec<MktStatus> {
-        self.mkts(&self.endpoint.peers())
     }
 }

@@ -12,7 +12,8 @@
 //! closed, or a number reused for another file all give [`Gone`], and the
 //! record is dropped ([`SocketRegistry::prune`]).
 //!
-//! [`reconcile`] is the one operation on a socket's keys: given the MKTs
+//! [`reconcile_on`] ([`reconcile`] on a descriptor) is the one operation on
+//! a socket's keys, done through [`SocketKeys`]: given the MKTs
 //! that should be on it for one peer (oldest first), and the dummy-key
 //! guard to use when there are none, it reads what is there and adds,
 //! selects and deletes keys until the socket matches. Its decisions come
@@ -58,9 +59,9 @@ use std::time::SystemTime;
 use aokd_api::attach::SocketRole;
 use aokd_proto::mkt::{MacAlgorithm, MasterKeyTuple};
 
-use crate::kernel::installer::is_guard_id;
-use crate::kernel::{ao, canonical, host_prefix, md5, sys, Backend, Cause, KernelError};
+use crate::kernel::{canonical, host_prefix, sys, Backend, Cause, KernelError};
 use crate::kernel::{KeyContext, Operation};
+use crate::socket_keys::{is_guard_id, KernelKeys, SocketKeys};
 
 /// One socket a process attached, as aokd remembers it (no descriptor).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,8 +84,8 @@ pub struct AttachedSocket {
     pub remote: Option<SocketAddr>,
     /// Names of the configured peers whose keys (or guards) are on it.
     pub peers: Vec<String>,
-    /// Why the guard is on the socket, when it is.
-    pub guarded: Option<String>,
+    /// The peers whose guard is on the socket (no MKT with them).
+    pub guarded: Vec<String>,
     /// When it was attached.
     pub attached_at: SystemTime,
 }
@@ -102,6 +103,18 @@ impl AttachedSocket {
         role: SocketRole,
         remote: Option<SocketAddr>,
     ) -> io::Result<AttachedSocket> {
+        Self::describe_at(sock, pid, fd, role, remote, SystemTime::now())
+    }
+
+    /// [`AttachedSocket::describe`], attached at `attached_at`.
+    pub fn describe_at(
+        sock: BorrowedFd<'_>,
+        pid: i32,
+        fd: i32,
+        role: SocketRole,
+        remote: Option<SocketAddr>,
+        attached_at: SystemTime,
+    ) -> io::Result<AttachedSocket> {
         let cookie = sys::socket_cookie(sock)?;
         let local = sys::local_address(sock)?;
         let remote = match remote {
@@ -117,8 +130,8 @@ impl AttachedSocket {
             local,
             remote,
             peers: Vec::new(),
-            guarded: None,
-            attached_at: SystemTime::now(),
+            guarded: Vec::new(),
+            attached_at,
         })
     }
 }
@@ -276,10 +289,19 @@ impl SocketRegistry {
     /// Removes every socket that cannot be reacquired, and returns them
     /// with the reason.
     pub fn prune(&mut self) -> Vec<(AttachedSocket, Gone)> {
+        self.prune_with(&KernelKeys)
+    }
+
+    /// [`SocketRegistry::prune`], reacquiring through `keys`.
+    pub fn prune_with<K: SocketKeys>(&mut self, keys: &K) -> Vec<(AttachedSocket, Gone)> {
         let gone: Vec<(u64, Gone)> = self
             .sockets
             .values()
-            .filter_map(|s| self.reacquire(s).err().map(|g| (s.id, g)))
+            .filter_map(|s| {
+                keys.reacquire(s.pid, s.fd, s.cookie)
+                    .err()
+                    .map(|g| (s.id, g))
+            })
             .collect();
         gone.into_iter()
             .filter_map(|(id, g)| self.sockets.remove(&id).map(|s| (s, g)))
@@ -641,10 +663,17 @@ pub fn reconcile(
         listening,
         ..How::default()
     };
-    reconcile_with(fd, backend, peer_ip, desired, guard, how)
+    let sock = fd.try_clone_to_owned().map_err(|e| {
+        KernelError::os(
+            Operation::SocketInfo,
+            KeyContext::peer(peer_ip, host_prefix(peer_ip)),
+            e,
+        )
+    })?;
+    reconcile_on(&KernelKeys, &sock, backend, peer_ip, desired, guard, how)
 }
 
-/// How [`reconcile_with`] treats a socket.
+/// How [`reconcile_on`] treats a socket.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct How<'a> {
     /// Stale keys with these KeyIDs stay (see [`plan_ao_keeping`]).
@@ -659,11 +688,13 @@ pub struct How<'a> {
     pub force: bool,
 }
 
-/// [`reconcile`] with options: stale keys `how.keep` names stay (TCP-AO; a
-/// TCP-MD5 socket has one key, which `desired`'s newest replaces), and
-/// `how.force` forces out stale keys still in use.
-pub fn reconcile_with(
-    fd: BorrowedFd<'_>,
+/// [`reconcile`] on a socket `keys` reaches, with options: stale keys
+/// `how.keep` names stay (TCP-AO; a TCP-MD5 socket has one key, which
+/// `desired`'s newest replaces), and `how.force` forces out stale keys
+/// still in use.
+pub fn reconcile_on<K: SocketKeys>(
+    keys: &K,
+    sock: &K::Socket,
     backend: Backend,
     peer_ip: IpAddr,
     desired: &[MasterKeyTuple],
@@ -671,13 +702,14 @@ pub fn reconcile_with(
     how: How<'_>,
 ) -> Result<ReconcileOutcome, KernelError> {
     match backend {
-        Backend::Md5 => reconcile_md5(fd, peer_ip, desired, guard),
-        Backend::Ao => reconcile_ao(fd, peer_ip, desired, guard, how),
+        Backend::Md5 => reconcile_md5(keys, sock, peer_ip, desired, guard),
+        Backend::Ao => reconcile_ao(keys, sock, peer_ip, desired, guard, how),
     }
 }
 
-fn reconcile_md5(
-    fd: BorrowedFd<'_>,
+fn reconcile_md5<K: SocketKeys>(
+    keys: &K,
+    sock: &K::Socket,
     peer: IpAddr,
     desired: &[MasterKeyTuple],
     guard: Option<&MasterKeyTuple>,
@@ -685,16 +717,16 @@ fn reconcile_md5(
     let mut out = ReconcileOutcome::new(Backend::Md5);
     match (desired.last(), guard) {
         (Some(mkt), _) => {
-            md5::set_key(fd, peer, None, mkt.master_key.as_bytes())?;
+            keys.md5_set(sock, peer, mkt.master_key.as_bytes())?;
             out.added.push(KeySpec::of(mkt).ids);
         }
         (None, Some(g)) => {
-            md5::set_key(fd, peer, None, g.master_key.as_bytes())?;
+            keys.md5_set(sock, peer, g.master_key.as_bytes())?;
             out.added.push(KeySpec::of(g).ids);
             out.guard_installed = true;
             out.guarded = true;
         }
-        (None, None) => match md5::del_key(fd, peer, None) {
+        (None, None) => match keys.md5_del(sock, peer) {
             Ok(()) => out.cleared = true,
             Err(e) if e.cause() == Some(Cause::NotFound) => {}
             Err(e) => return Err(e),
@@ -704,15 +736,16 @@ fn reconcile_md5(
 }
 
 /// The socket's state for key selection.
-fn socket_state(
-    fd: BorrowedFd<'_>,
+fn socket_state<K: SocketKeys>(
+    keys: &K,
+    sock: &K::Socket,
     peer: IpAddr,
     listening: bool,
 ) -> Result<SocketState, KernelError> {
     if listening {
         return Ok(SocketState::Listening);
     }
-    let state = sys::tcp_state(fd).map_err(|e| {
+    let state = keys.tcp_state(sock).map_err(|e| {
         KernelError::os(
             Operation::SocketInfo,
             KeyContext::peer(peer, host_prefix(peer)),
@@ -726,15 +759,16 @@ fn socket_state(
     })
 }
 
-fn reconcile_ao(
-    fd: BorrowedFd<'_>,
+fn reconcile_ao<K: SocketKeys>(
+    keys: &K,
+    sock: &K::Socket,
     peer: IpAddr,
     desired: &[MasterKeyTuple],
     guard: Option<&MasterKeyTuple>,
     how: How<'_>,
 ) -> Result<ReconcileOutcome, KernelError> {
-    let state = socket_state(fd, peer, how.listening)?;
-    let keys = match ao::get_keys(fd) {
+    let state = socket_state(keys, sock, peer, how.listening)?;
+    let on_socket = match keys.ao_keys(sock) {
         Ok(keys) => keys,
         // No TCP-AO state on the socket yet.
         Err(e) if e.cause() == Some(Cause::NotFound) => Vec::new(),
@@ -742,7 +776,7 @@ fn reconcile_ao(
     };
     let peer = canonical(peer);
     let prefix = host_prefix(peer);
-    let existing: Vec<ExistingKey> = keys
+    let existing: Vec<ExistingKey> = on_socket
         .iter()
         .filter(|k| canonical(k.peer) == peer && k.prefix == prefix && k.ifindex.is_none())
         .map(|k| ExistingKey {
@@ -779,8 +813,8 @@ fn reconcile_ao(
                 set_current,
                 set_rnext,
             } => {
-                ao::del_key(
-                    fd,
+                keys.ao_del(
+                    sock,
                     peer,
                     prefix,
                     ids.send_id,
@@ -816,7 +850,7 @@ fn reconcile_ao(
                         reason: "internal error: the plan names a key that was not given",
                     });
                 };
-                ao::add_key(fd, peer, prefix, mkt, set_current, set_rnext)?;
+                keys.ao_add(sock, peer, prefix, mkt, set_current, set_rnext)?;
                 out.added.push(ids);
                 out.guard_installed |= source == Source::Guard;
                 if set_current {
@@ -827,11 +861,11 @@ fn reconcile_ao(
                 }
             }
             Step::SetCurrent(id) => {
-                ao::set_current(fd, id)?;
+                keys.ao_set_current(sock, id)?;
                 out.current = Some(id);
             }
             Step::SetRnext(id) => {
-                ao::set_rnext(fd, id)?;
+                keys.ao_set_rnext(sock, id)?;
                 out.rnext = Some(id);
             }
         }
@@ -842,6 +876,7 @@ fn reconcile_ao(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::md5;
     use aokd_proto::crypto::Secret;
     use std::os::fd::AsRawFd;
 

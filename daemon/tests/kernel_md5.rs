@@ -19,7 +19,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use aokd::kernel::{self, ao, md5, sys, Backend, Cause, KernelError, KeyInstaller};
+use aokd::kernel::{self, ao, md5, sys, Backend, Cause, KernelError};
+use aokd::sockets::reconcile;
 use aokd_proto::crypto::Secret;
 use aokd_proto::mkt::{MacAlgorithm, MasterKeyTuple};
 
@@ -179,11 +180,17 @@ fn md5_installer_uses_the_master_key() {
         include_options: true,
         master_key: Secret::new((100..132).collect()),
     };
-    let installer = kernel::Md5Installer;
+    // The daemon's TCP-MD5 path: reconcile with the MKT.
     let listener = TcpListener::bind((LOOPBACK, 0)).expect("bind");
-    installer
-        .install(listener.as_fd(), LOOPBACK, &mkt, true)
-        .expect("install on listener");
+    reconcile(
+        listener.as_fd(),
+        Backend::Md5,
+        LOOPBACK,
+        std::slice::from_ref(&mkt),
+        None,
+        true,
+    )
+    .expect("install on listener");
     let addr = listener.local_addr().expect("addr");
     let server = serve_once(listener, |_| ());
     // The peer's side, keyed directly with the 32 master-key octets.
@@ -193,8 +200,7 @@ fn md5_installer_uses_the_master_key() {
     .expect("connect");
     say_hello(&mut client);
     server.join().expect("server thread");
-    installer
-        .remove(client.as_fd(), LOOPBACK, 5, 7)
+    reconcile(client.as_fd(), Backend::Md5, LOOPBACK, &[], None, false)
         .expect("remove from the connected socket");
 }
 
@@ -231,9 +237,8 @@ fn without_tcp_ao_probe_reports_md5_and_add_key_says_why() {
         "{e}"
     );
     assert!(e.to_string().contains("no TCP-AO"), "{e}");
-    let e = kernel::AoInstaller
-        .install(sock.as_fd(), LOOPBACK, &mkt, false)
-        .expect_err("no TCP-AO");
+    let e =
+        reconcile(sock.as_fd(), Backend::Ao, LOOPBACK, &[mkt], None, false).expect_err("no TCP-AO");
     assert!(e.is_not_supported(), "{e}");
 }
 
@@ -328,13 +333,27 @@ fn tcp_ao_signs_a_loopback_connection() {
     let client_mkt = mkt(7, 5, master);
 
     let listener = TcpListener::bind((LOOPBACK, 0)).expect("bind");
-    kernel::AoInstaller
-        .install(listener.as_fd(), LOOPBACK, &server_mkt, true)
-        .expect("listener key");
+    reconcile(
+        listener.as_fd(),
+        Backend::Ao,
+        LOOPBACK,
+        std::slice::from_ref(&server_mkt),
+        None,
+        true,
+    )
+    .expect("listener key");
     let addr = listener.local_addr().expect("addr");
     let server = serve_once(listener, |s| (ao::info(s), ao::get_keys(s)));
     let mut client = keyed_connect(addr, |fd| {
-        kernel::AoInstaller.install(fd, LOOPBACK, &client_mkt, true)
+        reconcile(
+            fd,
+            Backend::Ao,
+            LOOPBACK,
+            std::slice::from_ref(&client_mkt),
+            None,
+            false,
+        )
+        .map(|_| ())
     })
     .expect("connect");
     say_hello(&mut client);
@@ -354,13 +373,27 @@ fn tcp_ao_signs_a_loopback_connection() {
     // A different master key: the listener drops the SYN as TCPAOBad.
     let bad = tcp_ext("TCPAOBad");
     let listener = TcpListener::bind((LOOPBACK, 0)).expect("bind");
-    kernel::AoInstaller
-        .install(listener.as_fd(), LOOPBACK, &server_mkt, true)
-        .expect("listener key");
+    reconcile(
+        listener.as_fd(),
+        Backend::Ao,
+        LOOPBACK,
+        std::slice::from_ref(&server_mkt),
+        None,
+        true,
+    )
+    .expect("listener key");
     let addr = listener.local_addr().expect("addr");
     let wrong = mkt(7, 5, [0x43; 32]);
     let result = keyed_connect(addr, |fd| {
-        kernel::AoInstaller.install(fd, LOOPBACK, &wrong, true)
+        reconcile(
+            fd,
+            Backend::Ao,
+            LOOPBACK,
+            std::slice::from_ref(&wrong),
+            None,
+            false,
+        )
+        .map(|_| ())
     });
     assert_no_connection(result, &listener, "different TCP-AO key");
     assert!(tcp_ext("TCPAOBad") > bad, "TCPAOBad did not move");

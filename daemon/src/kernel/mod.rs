@@ -10,8 +10,6 @@
 //!   sizes, and the only `unsafe` code (the `setsockopt`/`getsockopt` calls).
 //! - [`ao`]: TCP_AO_ADD_KEY, TCP_AO_DEL_KEY, TCP_AO_INFO, TCP_AO_GET_KEYS.
 //! - [`md5`]: the TCP_MD5SIG_EXT option.
-//! - [`installer`]: the [`KeyInstaller`] trait the daemon uses, one
-//!   implementation per [`Backend`], and the dummy-key guard.
 //! - [`probe`]: which of the two the running kernel has.
 //!
 //! Every failure is a [`KernelError`] that names the socket option, the
@@ -28,11 +26,8 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 
 pub mod ao;
-pub mod installer;
 pub mod md5;
 pub mod sys;
-
-pub use installer::{guard_key, AoInstaller, KeyInstaller, Md5Installer};
 
 /// How keys reach the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,16 +36,6 @@ pub enum Backend {
     Ao,
     /// TCP-MD5 keys (TCP_MD5SIG_EXT), derived from the MKT (docs/kernel.md).
     Md5,
-}
-
-impl Backend {
-    /// The installer for this backend.
-    pub fn installer(self) -> Box<dyn KeyInstaller + Send + Sync> {
-        match self {
-            Backend::Ao => Box::new(AoInstaller),
-            Backend::Md5 => Box::new(Md5Installer),
-        }
-    }
 }
 
 impl fmt::Display for Backend {

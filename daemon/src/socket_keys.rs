@@ -1,0 +1,235 @@
+//! The one interface between the key policy ([`crate::keys`],
+//! [`crate::sockets::reconcile_on`]) and the kernel: everything aokd does
+//! to an attached socket's keys goes through [`SocketKeys`]. Taking a
+//! registered socket again (`pidfd_getfd`, checked by `SO_COOKIE`), reading
+//! its TCP state and its TCP-AO keys with Current_key and RNext_key, adding
+//! and deleting keys (a forced delete selects others in the same call),
+//! moving Current_key and RNext_key, reading the counters for `aoctl
+//! sockets`, setting and deleting a peer's TCP-MD5 key.
+//!
+//! [`KernelKeys`] is the real implementation (the [`crate::kernel`]
+//! socket options); the tests use an in-memory kernel (`fake`) that keeps a
+//! socket's key list, Current_key and RNext_key and refuses what Linux
+//! refuses (a duplicate KeyID, deleting a key in use, selecting keys on a
+//! listener), so that the policy is tested without root or real sockets.
+//!
+//! Also here: the dummy-key guard ([`guard_key`], docs/protocol.md "KeyID
+//! allocation"), whose KeyIDs come from proto's KeyID space.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, OwnedFd};
+
+use aokd_proto::crypto::Secret;
+use aokd_proto::mkt::{MacAlgorithm, MasterKeyTuple, MASTER_KEY_LEN};
+use rand_core::{CryptoRng, RngCore};
+
+use crate::kernel::ao::{self, AoInfo, AoKeyInfo};
+use crate::kernel::sys::{self, TcpState};
+use crate::kernel::{md5, KernelError};
+use crate::sockets::{reacquire, Gone};
+
+/// KeyIDs reserved for the dummy-key guard, and the test for one: the
+/// KeyID space is defined once, in proto (docs/protocol.md "KeyID
+/// allocation").
+pub use aokd_proto::mkt::{is_guard_id, GUARD_KEY_IDS};
+
+#[cfg(test)]
+pub mod fake;
+
+/// What aokd does to attached sockets' keys. `peer`/`prefix` name the
+/// peer's host key (aokd only uses host prefixes, no VRF binding).
+pub trait SocketKeys {
+    /// A socket aokd holds for the moment: it must drop it as soon as it
+    /// has changed the keys (a descriptor, for the kernel).
+    type Socket;
+
+    /// Takes descriptor `fd` of process `pid` again and checks that it is
+    /// still the socket with `cookie`.
+    fn reacquire(&self, pid: i32, fd: i32, cookie: u64) -> Result<Self::Socket, Gone>;
+
+    /// The socket's TCP state.
+    fn tcp_state(&self, sock: &Self::Socket) -> io::Result<TcpState>;
+
+    /// `TCP_AO_GET_KEYS`: every TCP-AO key on the socket, with which is
+    /// Current_key and RNext_key.
+    fn ao_keys(&self, sock: &Self::Socket) -> Result<Vec<AoKeyInfo>, KernelError>;
+
+    /// `TCP_AO_ADD_KEY`, optionally making the key Current_key/RNext_key.
+    fn ao_add(
+        &self,
+        sock: &Self::Socket,
+        peer: IpAddr,
+        prefix: u8,
+        mkt: &MasterKeyTuple,
+        set_current: bool,
+        set_rnext: bool,
+    ) -> Result<(), KernelError>;
+
+    /// `TCP_AO_DEL_KEY`; with `set_current`/`set_rnext` a forced delete
+    /// that selects those KeyIDs in the same call.
+    #[allow(clippy::too_many_arguments)]
+    fn ao_del(
+        &self,
+        sock: &Self::Socket,
+        peer: IpAddr,
+        prefix: u8,
+        send_id: u8,
+        recv_id: u8,
+        set_current: Option<u8>,
+        set_rnext: Option<u8>,
+    ) -> Result<(), KernelError>;
+
+    /// `TCP_AO_INFO`: Current_key := the key with this SendID.
+    fn ao_set_current(&self, sock: &Self::Socket, send_id: u8) -> Result<(), KernelError>;
+
+    /// `TCP_AO_INFO`: RNext_key := the key with this RecvID.
+    fn ao_set_rnext(&self, sock: &Self::Socket, recv_id: u8) -> Result<(), KernelError>;
+
+    /// `TCP_AO_INFO`: the selection and the counters.
+    fn ao_info(&self, sock: &Self::Socket) -> Result<AoInfo, KernelError>;
+
+    /// `TCP_MD5SIG_EXT`: the peer's TCP-MD5 host key := `key`.
+    fn md5_set(&self, sock: &Self::Socket, peer: IpAddr, key: &[u8]) -> Result<(), KernelError>;
+
+    /// `TCP_MD5SIG_EXT` with no key: deletes the peer's TCP-MD5 host key.
+    fn md5_del(&self, sock: &Self::Socket, peer: IpAddr) -> Result<(), KernelError>;
+}
+
+/// The Linux kernel: the socket options of [`crate::kernel`] on a
+/// descriptor taken with `pidfd_getfd`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelKeys;
+
+impl SocketKeys for KernelKeys {
+    type Socket = OwnedFd;
+
+    fn reacquire(&self, pid: i32, fd: i32, cookie: u64) -> Result<OwnedFd, Gone> {
+        reacquire(pid, fd, cookie)
+    }
+
+    fn tcp_state(&self, sock: &OwnedFd) -> io::Result<TcpState> {
+        sys::tcp_state(sock.as_fd())
+    }
+
+    fn ao_keys(&self, sock: &OwnedFd) -> Result<Vec<AoKeyInfo>, KernelError> {
+        ao::get_keys(sock)
+    }
+
+    fn ao_add(
+        &self,
+        sock: &OwnedFd,
+        peer: IpAddr,
+        prefix: u8,
+        mkt: &MasterKeyTuple,
+        set_current: bool,
+        set_rnext: bool,
+    ) -> Result<(), KernelError> {
+        ao::add_key(sock, peer, prefix, mkt, set_current, set_rnext)
+    }
+
+    fn ao_del(
+        &self,
+        sock: &OwnedFd,
+        peer: IpAddr,
+        prefix: u8,
+        send_id: u8,
+        recv_id: u8,
+        set_current: Option<u8>,
+        set_rnext: Option<u8>,
+    ) -> Result<(), KernelError> {
+        ao::del_key(sock, peer, prefix, send_id, recv_id, set_current, set_rnext)
+    }
+
+    fn ao_set_current(&self, sock: &OwnedFd, send_id: u8) -> Result<(), KernelError> {
+        ao::set_current(sock, send_id)
+    }
+
+    fn ao_set_rnext(&self, sock: &OwnedFd, recv_id: u8) -> Result<(), KernelError> {
+        ao::set_rnext(sock, recv_id)
+    }
+
+    fn ao_info(&self, sock: &OwnedFd) -> Result<AoInfo, KernelError> {
+        ao::info(sock)
+    }
+
+    fn md5_set(&self, sock: &OwnedFd, peer: IpAddr, key: &[u8]) -> Result<(), KernelError> {
+        md5::set_key(sock, peer, None, key)
+    }
+
+    fn md5_del(&self, sock: &OwnedFd, peer: IpAddr) -> Result<(), KernelError> {
+        md5::del_key(sock, peer, None)
+    }
+}
+
+/// A dummy MKT that is never negotiated: a random 32-octet master key and
+/// SendID/RecvID drawn from the reserved 240-255, HMAC-SHA-1-96 (which every
+/// TCP-AO kernel accepts), options included.
+///
+/// Installed for a peer on a socket before any real MKT exists, it makes
+/// the socket fail closed: with an AO key matching the peer the kernel drops
+/// the peer's unsigned segments, and nobody can produce a valid MAC with the
+/// guard's key (reference §1.9). Its KeyIDs cannot collide with negotiated
+/// ones (0-239).
+pub fn guard_key<R: RngCore + CryptoRng>(rng: &mut R) -> MasterKeyTuple {
+    let mut key = vec![0u8; MASTER_KEY_LEN];
+    rng.fill_bytes(&mut key);
+    let span = u32::from(GUARD_KEY_IDS.end() - GUARD_KEY_IDS.start()) + 1;
+    let mut pick = || GUARD_KEY_IDS.start() + (rng.next_u32() % span) as u8;
+    let send_id = pick();
+    let recv_id = pick();
+    MasterKeyTuple {
+        send_id,
+        recv_id,
+        algorithm: MacAlgorithm::HmacSha1_96,
+        include_options: true,
+        master_key: Secret::new(key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::{impls, Error};
+
+    /// A deterministic counter "RNG" for tests (marked CryptoRng only here).
+    struct Counter(u64);
+    impl RngCore for Counter {
+        fn next_u32(&mut self) -> u32 {
+            self.next_u64() as u32
+        }
+        fn next_u64(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.0 >> 16
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            impls::fill_bytes_via_next(self, dest)
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), Error> {
+            self.fill_bytes(dest);
+            Ok(())
+        }
+    }
+    impl CryptoRng for Counter {}
+
+    #[test]
+    fn guard_keys_use_only_reserved_ids() {
+        let mut rng = Counter(1);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let g = guard_key(&mut rng);
+            assert!(is_guard_id(g.send_id) && is_guard_id(g.recv_id), "{g:?}");
+            assert_eq!(g.master_key.len(), MASTER_KEY_LEN);
+            seen.insert(g.send_id);
+        }
+        assert_eq!(seen.len(), 16, "all 16 reserved ids are used");
+        assert!(!is_guard_id(239) && is_guard_id(240) && is_guard_id(255));
+        let a = guard_key(&mut rng);
+        let b = guard_key(&mut rng);
+        assert_ne!(a.master_key.as_bytes(), b.master_key.as_bytes());
+        assert!(!format!("{a:?}").contains(&format!("{:?}", a.master_key.as_bytes())));
+    }
+}
