@@ -15,6 +15,7 @@ pub fn log_event(instance: &str, ev: &Event) {
             role,
             suite,
             tcp_ao_capable,
+            ..
         } => info!(
             instance = %inst, %peer, spi_i = %format!("{spi_i:016x}"), spi_r = %format!("{spi_r:016x}"),
             role = role.as_str(), %suite, tcp_ao_capable = *tcp_ao_capable, "IKE SA established"
@@ -80,6 +81,7 @@ pub fn log_event(instance: &str, ev: &Event) {
             spi_r,
             role,
             suite,
+            ..
         } => info!(
             instance = %inst, %peer, old_spi_i = %format!("{old_spi_i:016x}"),
             old_spi_r = %format!("{old_spi_r:016x}"), spi_i = %format!("{spi_i:016x}"),

@@ -5,47 +5,28 @@
 
 use std::time::Instant;
 
-use aokd_proto::ike::{Endpoint, Event, PeerView, Role};
+use aokd_proto::ike::{Event, Role};
 
 use crate::clock::WallClock;
 use crate::persist::{Op, Persist};
 use crate::state::{IkeSaRecord, MktRecord};
 
 /// Writes what `events` changed to the state file through `persist`;
-/// `now` is the wake-up's time.
-///
-/// The MKT records come from the events alone. An IKE SA's record also
-/// holds its rekey deadline, which no event carries: for those (one per
-/// IKE SA established or rekeyed) the endpoint is asked once per batch.
-pub fn record_events(
-    persist: &Persist,
-    clock: &WallClock,
-    now: Instant,
-    events: &[Event],
-    endpoint: &Endpoint,
-) {
-    if events.is_empty() || !persist.enabled() {
+/// `now` is the wake-up's time. Everything comes from the events alone
+/// (an MKT's times from `MktCreated`, an IKE SA's rekey time from
+/// `IkeSaEstablished`/`IkeSaRekeyed`): the endpoint is never asked again.
+pub fn record_events(persist: &Persist, clock: &WallClock, now: Instant, events: &[Event]) {
+    if !persist.enabled() {
         return;
     }
-    let needs_view = events.iter().any(|ev| {
-        matches!(
-            ev,
-            Event::IkeSaEstablished { .. } | Event::IkeSaRekeyed { .. }
-        )
-    });
-    let view = if needs_view {
-        endpoint.peers()
-    } else {
-        Vec::new()
-    };
     for ev in events {
-        record(persist, clock, now, ev, &view);
+        record(persist, clock, now, ev);
     }
 }
 
 /// Writes what `ev` changed to the state file. A new MKT's record is
 /// durable before its key goes on any socket.
-fn record(persist: &Persist, clock: &WallClock, now: Instant, ev: &Event, view: &[PeerView]) {
+fn record(persist: &Persist, clock: &WallClock, now: Instant, ev: &Event) {
     match ev {
         Event::MktCreated {
             peer,
@@ -81,9 +62,10 @@ fn record(persist: &Persist, clock: &WallClock, now: Instant, ev: &Event, view: 
             spi_i,
             spi_r,
             role,
+            rekey_at,
             ..
         } => persist.send(Op::PutIkeSa(ike_sa_record(
-            clock, now, peer, *spi_i, *spi_r, *role, view,
+            clock, now, peer, *spi_i, *spi_r, *role, *rekey_at,
         ))),
         Event::IkeSaRekeyed {
             peer,
@@ -92,10 +74,11 @@ fn record(persist: &Persist, clock: &WallClock, now: Instant, ev: &Event, view: 
             spi_i,
             spi_r,
             role,
+            rekey_at,
             ..
         } => {
             persist.send(Op::PutIkeSa(ike_sa_record(
-                clock, now, peer, *spi_i, *spi_r, *role, view,
+                clock, now, peer, *spi_i, *spi_r, *role, *rekey_at,
             )));
             persist.send(Op::DeleteIkeSa {
                 peer: peer.clone(),
@@ -122,14 +105,8 @@ fn ike_sa_record(
     spi_i: u64,
     spi_r: u64,
     role: Role,
-    view: &[PeerView],
+    rekey_at: Option<Instant>,
 ) -> IkeSaRecord {
-    let rekey_at = view
-        .iter()
-        .filter(|p| p.name == peer)
-        .flat_map(|p| p.sas.iter())
-        .find(|s| s.spi_i == spi_i && s.spi_r == spi_r)
-        .and_then(|s| s.rekey_at);
     IkeSaRecord {
         peer: peer.to_string(),
         spi_i: format!("{spi_i:016x}"),

@@ -321,20 +321,22 @@ impl Daemon {
     }
 
     /// Sends the key manager's answers to their attach calls. The reason
-    /// for a guard is a status answer: the peer's state and last error,
-    /// read from the endpoint's views once for all of them.
+    /// for a guard is a status answer: the guarded peers' state and last
+    /// error, read from the endpoint's view of each (O(log n) apiece).
     fn answer(&mut self, answered: Vec<Answered>) {
         if answered.is_empty() {
             return;
         }
-        let guarded = answered
-            .iter()
-            .any(|a| matches!(&a.answer, Answer::Ok { guarded, .. } if !guarded.is_empty()));
-        let view = if guarded {
-            self.endpoint.peers()
-        } else {
-            Vec::new()
-        };
+        let mut view: Vec<aokd_proto::ike::PeerView> = Vec::new();
+        for a in &answered {
+            if let Answer::Ok { guarded, .. } = &a.answer {
+                for name in guarded {
+                    if !view.iter().any(|v| &v.name == name) {
+                        view.extend(self.endpoint.peer(name));
+                    }
+                }
+            }
+        }
         for Answered { id, answer } in answered {
             let Some(p) = self.pending.remove(&id) else {
                 continue;
@@ -365,7 +367,7 @@ impl Daemon {
         }
         // Records first: a new MKT's record is durable before its key goes
         // on any socket.
-        record_events(&self.persist, &self.clock, now, &events, &self.endpoint);
+        record_events(&self.persist, &self.clock, now, &events);
         for ev in &events {
             log_event(&self.instance, ev);
         }

@@ -206,51 +206,55 @@ impl Endpoint {
     /// Views of every configured peer, for status displays (not for the
     /// driver's key handling: [`Event::MktsChanged`] carries that).
     pub fn peers(&self) -> Vec<PeerView> {
-        self.cfg
-            .peers
-            .iter()
-            .zip(&self.peers)
-            .map(|(p, peer)| {
-                let mut sas: Vec<&IkeSa> = peer.sas.iter().collect();
-                sas.sort_by_key(|s| s.created);
-                let state = if sas.iter().any(|s| s.state() == SaState::Established) {
-                    PeerState::Established
-                } else if sas.iter().any(|s| s.is_live()) {
-                    PeerState::Connecting
-                } else if peer.rt.last_error.is_some() {
-                    PeerState::Failed
-                } else {
-                    PeerState::None
-                };
-                PeerView {
-                    name: p.name.clone(),
-                    remote: p.remote,
-                    state,
-                    tcp_ao_capable: peer.rt.tcp_ao_capable,
-                    last_error: peer.rt.last_error.clone(),
-                    sas: sas
-                        .iter()
-                        .map(|s| SaView {
-                            spi_i: s.spi_i,
-                            spi_r: s.spi_r,
-                            role: s.role,
-                            state: match s.state() {
-                                SaState::Established => "established",
-                                SaState::Rekeyed => "rekeyed",
-                                SaState::Successor => "rekeying",
-                                SaState::Failed => "failed",
-                                _ => "connecting",
-                            },
-                            suite: s.suite,
-                            established_at: s.established_at,
-                            rekey_at: s.rekey_at,
-                        })
-                        .collect(),
-                    mkts: mkts::views(&peer.rt),
-                    reservations: peer.rt.reservations.clone(),
-                }
-            })
-            .collect()
+        (0..self.peers.len()).map(|i| self.view(i)).collect()
+    }
+
+    /// The view of one peer, found by name in O(log n): for an answer about
+    /// that peer alone.
+    pub fn peer(&self, name: &str) -> Option<PeerView> {
+        self.by_name.get(name).map(|&i| self.view(i))
+    }
+
+    fn view(&self, i: usize) -> PeerView {
+        let (p, peer) = (&self.cfg.peers[i], &self.peers[i]);
+        let mut sas: Vec<&IkeSa> = peer.sas.iter().collect();
+        sas.sort_by_key(|s| s.created);
+        let state = if sas.iter().any(|s| s.state() == SaState::Established) {
+            PeerState::Established
+        } else if sas.iter().any(|s| s.is_live()) {
+            PeerState::Connecting
+        } else if peer.rt.last_error.is_some() {
+            PeerState::Failed
+        } else {
+            PeerState::None
+        };
+        PeerView {
+            name: p.name.clone(),
+            remote: p.remote,
+            state,
+            tcp_ao_capable: peer.rt.tcp_ao_capable,
+            last_error: peer.rt.last_error.clone(),
+            sas: sas
+                .iter()
+                .map(|s| SaView {
+                    spi_i: s.spi_i,
+                    spi_r: s.spi_r,
+                    role: s.role,
+                    state: match s.state() {
+                        SaState::Established => "established",
+                        SaState::Rekeyed => "rekeyed",
+                        SaState::Successor => "rekeying",
+                        SaState::Failed => "failed",
+                        _ => "connecting",
+                    },
+                    suite: s.suite,
+                    established_at: s.established_at,
+                    rekey_at: s.rekey_at,
+                })
+                .collect(),
+            mkts: mkts::views(&peer.rt),
+            reservations: peer.rt.reservations.clone(),
+        }
     }
 
     fn peer_index(&self, name: &str) -> Result<usize, IkeError> {

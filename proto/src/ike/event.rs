@@ -42,6 +42,8 @@ pub enum Event {
         role: Role,
         suite: IkeSuite,
         tcp_ao_capable: bool,
+        /// When this side will rekey it (`None`: never).
+        rekey_at: Option<Instant>,
     },
     /// A TCP-AO MKT was negotiated, with its times (what the state file
     /// records). [`Event::MktsChanged`] follows with the peer's key set.
@@ -116,6 +118,8 @@ pub enum Event {
         spi_r: u64,
         role: Role,
         suite: IkeSuite,
+        /// When this side will rekey the new SA (`None`: never).
+        rekey_at: Option<Instant>,
     },
     /// Both sides rekeyed the IKE SA at once; RFC 7296 2.8.2 decided which
     /// new IKE SA survives (`kept_ours`: the one this side initiated).

@@ -165,6 +165,7 @@ pub(super) fn establish(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
         role: sa.role,
         suite,
         tcp_ao_capable: sa.peer_tcp_ao,
+        rekey_at: sa.rekey_at,
     });
 }
 
@@ -199,6 +200,7 @@ pub(super) fn adopt_successor(ctx: &mut Ctx<'_>, old: &mut IkeSa, new_spi: u64, 
         spi_r: new.spi_r,
         role: new.role,
         suite: new.suite.unwrap_or(super::config::IkeSuite::DEFAULT),
+        rekey_at: new.rekey_at,
     });
     ctx.send_queued(&mut new, now);
     ctx.sas.insert(new);
