@@ -81,12 +81,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(
 }
 
 /// prf(SK_px, RestOfIDPayload) and the AUTH value over the signed octets (RFC 7296 2.15).
-pub(super) fn auth_value(
-    ctx: &Ctx<'_>,
-    sa: &IkeSa,
-    for_initiator: bool,
-    id: &IdPayload,
-) -> Option<Secret> {
+fn auth_value(ctx: &Ctx<'_>, sa: &IkeSa, for_initiator: bool, id: &IdPayload) -> Option<Secret> {
     let suite = sa.suite?;
     let keys = sa.keys.as_ref()?;
     let (message, nonce, sk_p) = if for_initiator {
@@ -216,7 +211,7 @@ pub(super) fn on_request(
 }
 
 /// The responder's side of the TCP-AO child SA in IKE_AUTH.
-pub(super) fn accept_child(
+fn accept_child(
     ctx: &mut Ctx<'_>,
     sa: &mut IkeSa,
     offer: &SaPayload,

@@ -111,7 +111,7 @@ pub(super) fn on_request(
     Fate::Keep(sa)
 }
 
-pub(super) fn accept_create_child(
+fn accept_create_child(
     ctx: &mut Ctx<'_>,
     sa: &mut IkeSa,
     payloads: &[Payload],
@@ -229,7 +229,7 @@ pub(super) fn on_response(ctx: &mut Ctx<'_>, now: Instant, payloads: Vec<Payload
     }
 }
 
-pub(super) fn finish_create_child(
+fn finish_create_child(
     ctx: &mut Ctx<'_>,
     sa: &mut IkeSa,
     offer: &RekeyOffer,

@@ -134,7 +134,7 @@ pub(super) fn on_request(
 
 /// Chooses a proposal, runs the key exchange and builds the new SA
 /// (responder) and the reply {SA, Nr, KEr}.
-pub(super) fn accept_ike_rekey(
+fn accept_ike_rekey(
     ctx: &mut Ctx<'_>,
     sa: &IkeSa,
     payloads: &[Payload],
@@ -189,7 +189,7 @@ pub(super) fn accept_ike_rekey(
 
 /// The IKE SA created by a rekey of `old`, established now.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn rekeyed_sa(
+fn rekeyed_sa(
     ctx: &mut Ctx<'_>,
     old: &IkeSa,
     role: Role,
@@ -285,7 +285,7 @@ pub(super) fn on_response(
 }
 
 /// Checks the answer {SA, Nr, KEr} and builds the new SA (initiator).
-pub(super) fn finish_ike_rekey(
+fn finish_ike_rekey(
     ctx: &mut Ctx<'_>,
     sa: &IkeSa,
     offer: &IkeRekeyOffer,
@@ -338,7 +338,7 @@ pub(super) fn finish_ike_rekey(
 /// If the peer's rekey of it created a successor meanwhile, that one
 /// survives (RFC 7296 2.8.2) and the peer deletes `sa`; otherwise `sa`
 /// stays and the rekey is tried again later.
-pub(super) fn failed(ctx: &mut Ctx<'_>, mut sa: IkeSa, error: IkeError, now: Instant) -> Fate {
+fn failed(ctx: &mut Ctx<'_>, mut sa: IkeSa, error: IkeError, now: Instant) -> Fate {
     let spi = sa.local_spi();
     sa.ike_rekey = None;
     let peer_name = ctx.name();
@@ -394,7 +394,7 @@ pub(super) fn failed(ctx: &mut Ctx<'_>, mut sa: IkeSa, error: IkeError, now: Ins
 /// The keys of the IKE SA created by rekeying `old` (RFC 7296 2.18):
 /// SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) with the old SA's PRF,
 /// then the 2.14 derivation with the new suite, nonces and SPIs.
-pub(super) fn rekeyed_keys(
+fn rekeyed_keys(
     old: &IkeSa,
     suite: super::config::IkeSuite,
     gir: &Secret,

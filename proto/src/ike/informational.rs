@@ -156,3 +156,15 @@ pub(super) fn start_delete_ike(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) 
         now,
     );
 }
+
+/// A liveness check (RFC 7296 1.4): an empty INFORMATIONAL request; its
+/// answer, or any other protected message, counts as a sign of life.
+pub(super) fn start_liveness(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
+    ctx.enqueue(
+        sa,
+        ExchangeType::INFORMATIONAL,
+        Vec::new(),
+        PendingKind::Liveness,
+        now,
+    );
+}

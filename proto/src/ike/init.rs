@@ -72,7 +72,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, now: Instant) -> Result<(), IkeError> {
     Ok(())
 }
 
-pub(super) fn send_init_request(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
+fn send_init_request(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
     let Phase::InitSent { ke, cookie } = &sa.phase else {
         return;
     };
@@ -94,7 +94,7 @@ pub(super) fn send_init_request(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant)
     ctx.send_request(sa, id, bytes, PendingKind::Init, now);
 }
 
-pub(super) fn capability_payloads(ctx: &Ctx<'_>) -> Vec<Payload> {
+fn capability_payloads(ctx: &Ctx<'_>) -> Vec<Payload> {
     let mut v = vec![notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED, Vec::new())];
     if ctx.cfg.advertise_tcp_ao {
         v.push(notify(NotifyType::TCP_AO_SUPPORTED, Vec::new()));
@@ -258,13 +258,7 @@ pub(super) fn on_request(
 }
 
 /// An unauthenticated error response to IKE_SA_INIT (RFC 7296 2.21.1).
-pub(super) fn send_init_error(
-    ctx: &mut Ctx<'_>,
-    to: SocketAddr,
-    req: &Header,
-    ty: NotifyType,
-    data: Vec<u8>,
-) {
+fn send_init_error(ctx: &mut Ctx<'_>, to: SocketAddr, req: &Header, ty: NotifyType, data: Vec<u8>) {
     let h = Header {
         spi_i: req.spi_i,
         spi_r: 0,
@@ -408,7 +402,7 @@ pub(super) fn on_response(
     }
 }
 
-pub(super) fn derive_keys(
+fn derive_keys(
     suite: IkeSuite,
     gir: &Secret,
     ni: &[u8],

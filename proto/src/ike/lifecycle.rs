@@ -284,7 +284,7 @@ pub(super) fn ike_rekey_time(ctx: &mut Ctx<'_>, now: Instant) -> Option<Instant>
 }
 
 /// Sends a one-shot INFORMATIONAL Delete for the IKE SA (RFC 7296 1.4.1).
-pub(super) fn send_delete_ike(ctx: &mut Ctx<'_>, sa: &mut IkeSa, _now: Instant) {
+fn send_delete_ike(ctx: &mut Ctx<'_>, sa: &mut IkeSa, _now: Instant) {
     let del = Payload::Delete(DeletePayload {
         protocol: ProtocolId::IKE,
         spi_size: 0,

@@ -12,7 +12,6 @@ use super::peer::MktRecord;
 use super::sa::{IkeSa, SaState};
 use super::window::{PendingKind, Retransmit};
 use super::{create_child, ike_rekey, informational, init, lifecycle, mkts};
-use crate::numbers::ExchangeType;
 
 /// The earliest deadline of a peer: retransmissions, half-open expiry
 /// and replay windows of its IKE SAs, their rekeys and liveness checks,
@@ -111,7 +110,7 @@ fn sa_timeout(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) -> Fate {
 
 /// The retransmissions of `sa`'s pending request are exhausted (RFC
 /// 7296 2.4: the peer is considered dead).
-pub(super) fn give_up(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) -> Fate {
+fn give_up(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) -> Fate {
     let kind = sa.window.pending_kind();
     if sa.state() == SaState::Rekeyed {
         // Its successor carries on; an unanswered Delete payload of an
@@ -164,21 +163,14 @@ pub(super) fn handle_sa_timers(ctx: &mut Ctx<'_>, now: Instant) {
                 });
             }
         } else {
-            // RFC 7296 1.4: an empty INFORMATIONAL request.
-            ctx.enqueue(
-                &mut sa,
-                ExchangeType::INFORMATIONAL,
-                Vec::new(),
-                PendingKind::Liveness,
-                now,
-            );
+            informational::start_liveness(ctx, &mut sa, now);
         }
         ctx.sas.insert(sa);
     }
 }
 
 /// Deadlines of the peer's IKE SA rekeys and liveness checks.
-pub(super) fn sa_deadlines<'a>(ctx: &'a Ctx<'_>) -> impl Iterator<Item = Instant> + 'a {
+fn sa_deadlines<'a>(ctx: &'a Ctx<'_>) -> impl Iterator<Item = Instant> + 'a {
     let liveness = ctx.cfg.liveness;
     ctx.sas
         .iter()

@@ -31,7 +31,7 @@ use crate::numbers::{NotifyType, PayloadType, ProtocolId, TransformType};
 use crate::wire::{Payload, Proposal, SaPayload, Transform};
 
 /// The rekey time of a new MKT.
-pub(super) fn rekey_time(ctx: &mut Ctx<'_>, now: Instant) -> Instant {
+fn rekey_time(ctx: &mut Ctx<'_>, now: Instant) -> Instant {
     let l = ctx.pc.lifetimes;
     let jitter_ms = u64::try_from(l.jitter.as_millis()).unwrap_or(u64::MAX);
     let minus = if jitter_ms == 0 {
@@ -136,7 +136,7 @@ pub(super) fn add_mkt(
 
 /// RFC 7296 2.8.1: of two successors of the same MKT, the one created
 /// with the lowest of the four nonces is closed by its creator.
-pub(super) fn resolve_collision(ctx: &mut Ctx<'_>, old: (u8, u8), now: Instant) {
+fn resolve_collision(ctx: &mut Ctx<'_>, old: (u8, u8), now: Instant) {
     let succ: Vec<usize> = ctx
         .peer
         .mkts

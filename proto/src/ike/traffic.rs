@@ -32,7 +32,7 @@ pub(super) fn selectors(addr: IpAddr, ports: &[PortRange]) -> TsPayload {
     }
 }
 
-pub(super) fn addr_in(addr: IpAddr, start: IpAddr, end: IpAddr) -> bool {
+fn addr_in(addr: IpAddr, start: IpAddr, end: IpAddr) -> bool {
     match (addr, start, end) {
         (IpAddr::V4(a), IpAddr::V4(s), IpAddr::V4(e)) => s <= a && a <= e,
         (IpAddr::V6(a), IpAddr::V6(s), IpAddr::V6(e)) => s <= a && a <= e,
