@@ -26,7 +26,7 @@ pub(super) fn deadline(ctx: &Ctx<'_>) -> Option<Instant> {
         };
         [retransmit, half_open, sa.expires()]
     });
-    let p = &ctx.peer;
+    let p = &*ctx.peer;
     let reservation = p.reservations.iter().map(|r| r.until).min();
     window_deadlines
         .chain([p.next_attempt, reservation])
@@ -184,117 +184,115 @@ fn sa_deadlines<'a>(ctx: &'a Ctx<'_>) -> impl Iterator<Item = Instant> + 'a {
 
 /// Acts on the peer's MKT timers: hard expiry, retirement, and rekeys.
 pub(super) fn handle_mkt_timers(ctx: &mut Ctx<'_>, now: Instant) {
-    {
-        let name = ctx.name();
-        // Hard lifetime.
-        let expired: Vec<MktRecord> = {
-            let mkts = &mut ctx.peer.mkts;
-            let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(mkts)
-                .into_iter()
-                .partition(|m| m.expires_at <= now);
-            *mkts = keep;
-            gone
-        };
-        for m in expired {
-            ctx.out.events.push_back(Event::MktDeleted {
-                peer: name.clone(),
-                send_id: m.mkt.send_id,
-                recv_id: m.mkt.recv_id,
-                reason: "hard lifetime expired",
-            });
+    let name = ctx.name();
+    // Hard lifetime.
+    let expired: Vec<MktRecord> = {
+        let mkts = &mut ctx.peer.mkts;
+        let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(mkts)
+            .into_iter()
+            .partition(|m| m.expires_at <= now);
+        *mkts = keep;
+        gone
+    };
+    for m in expired {
+        ctx.out.events.push_back(Event::MktDeleted {
+            peer: name.clone(),
+            send_id: m.mkt.send_id,
+            recv_id: m.mkt.recv_id,
+            reason: "hard lifetime expired",
+        });
+    }
+    let sa_spi = lifecycle::established_sa(ctx).map(|s| s.local_spi());
+    let mut sa = sa_spi.and_then(|spi| ctx.sas.remove(&spi));
+    // Retirement.
+    let due: Vec<usize> = ctx
+        .peer
+        .mkts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.retire_at.is_some_and(|t| t <= now))
+        .map(|(i, _)| i)
+        .collect();
+    let mut deletes = Vec::new();
+    for i in due.into_iter().rev() {
+        let with_delete = ctx.peer.mkts[i].retire_with_delete;
+        if with_delete && sa.as_ref().is_none_or(|s| s.window.busy()) {
+            // Wait for the window; without an IKE SA retire locally.
+            if sa.is_some() {
+                continue;
+            }
         }
-        let sa_spi = lifecycle::established_sa(ctx).map(|s| s.local_spi());
-        let mut sa = sa_spi.and_then(|spi| ctx.sas.remove(&spi));
-        // Retirement.
-        let due: Vec<usize> = ctx
-            .peer
-            .mkts
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.retire_at.is_some_and(|t| t <= now))
-            .map(|(i, _)| i)
-            .collect();
-        let mut deletes = Vec::new();
-        for i in due.into_iter().rev() {
-            let with_delete = ctx.peer.mkts[i].retire_with_delete;
-            if with_delete && sa.as_ref().is_none_or(|s| s.window.busy()) {
-                // Wait for the window; without an IKE SA retire locally.
-                if sa.is_some() {
-                    continue;
+        let m = ctx.peer.mkts.remove(i);
+        if with_delete && sa.is_some() {
+            deletes.push(m.mkt.recv_id);
+        }
+        ctx.out.events.push_back(Event::MktDeleted {
+            peer: name.clone(),
+            send_id: m.mkt.send_id,
+            recv_id: m.mkt.recv_id,
+            reason: if m.rekey_of.is_some() && m.by_us {
+                "redundant after a rekey collision"
+            } else {
+                "superseded"
+            },
+        });
+    }
+    if let Some(s) = sa.as_mut() {
+        if !deletes.is_empty() {
+            informational::start_child_deletes(ctx, s, deletes, now);
+        }
+        // A fresh MKT when there is none.
+        let due = ctx.peer.next_child_attempt.is_none_or(|t| t <= now);
+        if due && mkts::needs_fresh_mkt(ctx, s) {
+            ctx.peer.next_child_attempt = Some(now + ctx.cfg.retry_interval);
+            if let Err(e) = create_child::start(ctx, s, None, now) {
+                ctx.out.events.push_back(Event::ChildFailed {
+                    peer: name.clone(),
+                    error: e,
+                    by_peer: false,
+                });
+            }
+        }
+        // Rekeys, one at a time per IKE SA.
+        if !s.window.busy() && s.rekey_offer.is_none() {
+            let due = ctx
+                .peer
+                .mkts
+                .iter()
+                .find(|m| m.rekey_at.is_some_and(|t| t <= now) && m.retire_at.is_none())
+                .map(|m| (m.mkt.send_id, m.mkt.recv_id));
+            if let Some(old) = due {
+                if let Some(m) = ctx
+                    .peer
+                    .mkts
+                    .iter_mut()
+                    .find(|m| (m.mkt.send_id, m.mkt.recv_id) == old)
+                {
+                    m.rekey_at = None;
                 }
-            }
-            let m = ctx.peer.mkts.remove(i);
-            if with_delete && sa.is_some() {
-                deletes.push(m.mkt.recv_id);
-            }
-            ctx.out.events.push_back(Event::MktDeleted {
-                peer: name.clone(),
-                send_id: m.mkt.send_id,
-                recv_id: m.mkt.recv_id,
-                reason: if m.rekey_of.is_some() && m.by_us {
-                    "redundant after a rekey collision"
-                } else {
-                    "superseded"
-                },
-            });
-        }
-        if let Some(s) = sa.as_mut() {
-            if !deletes.is_empty() {
-                informational::start_child_deletes(ctx, s, deletes, now);
-            }
-            // A fresh MKT when there is none.
-            let due = ctx.peer.next_child_attempt.is_none_or(|t| t <= now);
-            if due && mkts::needs_fresh_mkt(ctx, s) {
-                ctx.peer.next_child_attempt = Some(now + ctx.cfg.retry_interval);
-                if let Err(e) = create_child::start(ctx, s, None, now) {
+                if let Err(e) = create_child::start(ctx, s, Some(old), now) {
                     ctx.out.events.push_back(Event::ChildFailed {
                         peer: name.clone(),
                         error: e,
                         by_peer: false,
                     });
-                }
-            }
-            // Rekeys, one at a time per IKE SA.
-            if !s.window.busy() && s.rekey_offer.is_none() {
-                let due = ctx
-                    .peer
-                    .mkts
-                    .iter()
-                    .find(|m| m.rekey_at.is_some_and(|t| t <= now) && m.retire_at.is_none())
-                    .map(|m| (m.mkt.send_id, m.mkt.recv_id));
-                if let Some(old) = due {
+                    // Again later, not never.
+                    let retry = now + ctx.cfg.retry_interval;
                     if let Some(m) = ctx
                         .peer
                         .mkts
                         .iter_mut()
                         .find(|m| (m.mkt.send_id, m.mkt.recv_id) == old)
                     {
-                        m.rekey_at = None;
-                    }
-                    if let Err(e) = create_child::start(ctx, s, Some(old), now) {
-                        ctx.out.events.push_back(Event::ChildFailed {
-                            peer: name.clone(),
-                            error: e,
-                            by_peer: false,
-                        });
-                        // Again later, not never.
-                        let retry = now + ctx.cfg.retry_interval;
-                        if let Some(m) = ctx
-                            .peer
-                            .mkts
-                            .iter_mut()
-                            .find(|m| (m.mkt.send_id, m.mkt.recv_id) == old)
-                        {
-                            if retry < m.expires_at {
-                                m.rekey_at = Some(retry);
-                            }
+                        if retry < m.expires_at {
+                            m.rekey_at = Some(retry);
                         }
                     }
                 }
             }
         }
-        if let Some(s) = sa {
-            ctx.sas.insert(s);
-        }
+    }
+    if let Some(s) = sa {
+        ctx.sas.insert(s);
     }
 }

@@ -239,7 +239,7 @@ pub(super) fn mkt_not_found(ctx: &mut Ctx<'_>, old: (u8, u8), now: Instant) {
 /// not the RecvID of a live MKT with the peer nor of a reservation
 /// ([`Endpoint::reserve_key_ids`]).
 pub(super) fn allocate_recv_id(ctx: &mut Ctx<'_>, now: Instant) -> Option<u8> {
-    let p = &ctx.peer;
+    let p = &*ctx.peer;
     let used: Vec<u8> = p
         .mkts
         .iter()
@@ -265,7 +265,7 @@ pub(super) fn allocate_recv_id(ctx: &mut Ctx<'_>, now: Instant) -> Option<u8> {
 /// reply) cannot be used: a live MKT with the peer or a reservation has
 /// it. Linux refuses a second key with the same SendID for one peer.
 pub(super) fn send_id_in_use(ctx: &Ctx<'_>, send_id: u8, now: Instant) -> bool {
-    let p = &ctx.peer;
+    let p = &*ctx.peer;
     p.mkts.iter().any(|m| m.mkt.send_id == send_id)
         || p.reservations
             .iter()
@@ -440,7 +440,7 @@ pub(super) fn views(peer: &PeerRuntime) -> Vec<MktView> {
 
 /// The peer's MKT timers: deadlines this side must act on.
 pub(super) fn mkt_deadlines<'a>(ctx: &'a Ctx<'_>) -> impl Iterator<Item = Instant> + 'a {
-    let p = &ctx.peer;
+    let p = &*ctx.peer;
     let sa = lifecycle::established_sa(ctx);
     let sa_free = sa.is_some_and(|s| !s.window.busy());
     let fresh = sa.filter(|s| needs_fresh_mkt(ctx, s)).map(|s| {
