@@ -33,6 +33,7 @@
 //! [`Answered`] for a `connect` that waited); the attach transport's reply
 //! channel stays with the event loop.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -115,6 +116,72 @@ struct Waiting<S> {
     deadline: Instant,
 }
 
+/// The waiting `connect`s, in the order they came (a sequence number),
+/// indexed by peer and by deadline: releasing one peer's, finding the next
+/// deadline and taking the due ones cost O(log n) in the number waiting
+/// (plus the ones taken).
+struct WaitingConnects<S> {
+    next: u64,
+    by_seq: BTreeMap<u64, Waiting<S>>,
+    by_peer: BTreeMap<usize, BTreeSet<u64>>,
+    deadlines: BTreeSet<(Instant, u64)>,
+}
+
+impl<S> WaitingConnects<S> {
+    fn new() -> WaitingConnects<S> {
+        WaitingConnects {
+            next: 0,
+            by_seq: BTreeMap::new(),
+            by_peer: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+        }
+    }
+
+    fn push(&mut self, w: Waiting<S>) {
+        self.next += 1;
+        let seq = self.next;
+        self.by_peer.entry(w.peer).or_default().insert(seq);
+        self.deadlines.insert((w.deadline, seq));
+        self.by_seq.insert(seq, w);
+    }
+
+    fn first_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|&(t, _)| t)
+    }
+
+    fn take(&mut self, seq: u64) -> Option<Waiting<S>> {
+        let w = self.by_seq.remove(&seq)?;
+        self.deadlines.remove(&(w.deadline, seq));
+        if let Some(seqs) = self.by_peer.get_mut(&w.peer) {
+            seqs.remove(&seq);
+            if seqs.is_empty() {
+                self.by_peer.remove(&w.peer);
+            }
+        }
+        Some(w)
+    }
+
+    /// The ones whose deadline is not after `now`, in the order they came.
+    fn take_due(&mut self, now: Instant) -> Vec<Waiting<S>> {
+        let mut due: Vec<u64> = Vec::new();
+        while let Some(&(t, seq)) = self.deadlines.first() {
+            if t > now {
+                break;
+            }
+            due.push(seq);
+            self.deadlines.pop_first();
+        }
+        due.sort_unstable();
+        due.into_iter().filter_map(|seq| self.take(seq)).collect()
+    }
+
+    /// The ones waiting for `peer`, in the order they came.
+    fn take_peer(&mut self, peer: usize) -> Vec<Waiting<S>> {
+        let seqs = self.by_peer.remove(&peer).unwrap_or_default();
+        seqs.into_iter().filter_map(|seq| self.take(seq)).collect()
+    }
+}
+
 /// What the event loop should do after an attach call.
 #[derive(Debug)]
 pub enum AttachOutcome {
@@ -138,6 +205,103 @@ pub struct RestoredMkt {
     pub keep_until: Instant,
     /// The overlap after a new MKT is over: now a stale key like any other.
     pub released: bool,
+}
+
+impl RestoredMkt {
+    /// When [`KeyManager::handle_timeout`] must look at it next.
+    fn deadline(&self) -> Instant {
+        if self.released {
+            self.expires_at
+        } else {
+            self.keep_until
+        }
+    }
+}
+
+/// The restored MKTs, in the state file's order (a sequence number),
+/// indexed by peer and by [`RestoredMkt::deadline`]; every change to a
+/// deadline goes through [`RestoredMkts::update`], which keeps the index in
+/// step.
+#[derive(Default)]
+struct RestoredMkts {
+    next: u64,
+    /// Each with its peer's index in [`KeyManager::peers`].
+    by_seq: BTreeMap<u64, (usize, RestoredMkt)>,
+    by_peer: BTreeMap<usize, BTreeSet<u64>>,
+    deadlines: BTreeSet<(Instant, u64)>,
+}
+
+impl RestoredMkts {
+    fn push(&mut self, peer: usize, r: RestoredMkt) {
+        self.next += 1;
+        let seq = self.next;
+        self.by_peer.entry(peer).or_default().insert(seq);
+        self.deadlines.insert((r.deadline(), seq));
+        self.by_seq.insert(seq, (peer, r));
+    }
+
+    fn first_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|&(t, _)| t)
+    }
+
+    fn get(&self, seq: u64) -> Option<&RestoredMkt> {
+        self.by_seq.get(&seq).map(|(_, r)| r)
+    }
+
+    /// Changes the one with `seq`, keeping the deadline index in step.
+    fn update(&mut self, seq: u64, f: impl FnOnce(&mut RestoredMkt)) {
+        if let Some((_, r)) = self.by_seq.get_mut(&seq) {
+            self.deadlines.remove(&(r.deadline(), seq));
+            f(r);
+            self.deadlines.insert((r.deadline(), seq));
+        }
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<(usize, RestoredMkt)> {
+        let (peer, r) = self.by_seq.remove(&seq)?;
+        self.deadlines.remove(&(r.deadline(), seq));
+        if let Some(seqs) = self.by_peer.get_mut(&peer) {
+            seqs.remove(&seq);
+            if seqs.is_empty() {
+                self.by_peer.remove(&peer);
+            }
+        }
+        Some((peer, r))
+    }
+
+    /// The sequence numbers of `peer`'s, in order.
+    fn of_peer(&self, peer: usize) -> Vec<u64> {
+        self.by_peer
+            .get(&peer)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The sequence numbers of those whose deadline is not after `now`, in
+    /// order.
+    fn due(&self, now: Instant) -> Vec<u64> {
+        let mut due: Vec<u64> = self
+            .deadlines
+            .iter()
+            .take_while(|&&(t, _)| t <= now)
+            .map(|&(_, seq)| seq)
+            .collect();
+        due.sort_unstable();
+        due
+    }
+
+    /// Every one, in order (status answers).
+    fn iter(&self) -> impl Iterator<Item = &RestoredMkt> {
+        self.by_seq.values().map(|(_, r)| r)
+    }
+}
+
+/// Peers with sockets whose stale keys are still in use: reconciled again
+/// at `at`, in the order they were listed.
+struct Retry {
+    at: Instant,
+    peers: Vec<usize>,
+    listed: BTreeSet<usize>,
 }
 
 /// KeyIDs the endpoint must not negotiate with `peer` before `until`
@@ -171,17 +335,30 @@ pub struct Restored {
 }
 
 /// Keys on sockets for every configured peer, put there through `K`.
+///
+/// Everything an event or a wake-up does costs O(log n) in the number of
+/// peers, sockets, waiting `connect`s and restored MKTs, plus the work for
+/// the peer or sockets concerned: peers are found by name, address and
+/// port through indexes, and the deadlines of [`KeyManager::poll_timeout`]
+/// are kept ordered as they change. Only the status answers
+/// ([`KeyManager::status`], [`KeyManager::restored`]) visit everything.
 pub struct KeyManager<K: SocketKeys = KernelKeys> {
     keys: K,
     peers: Vec<CoveredPeer>,
+    /// Peer name -> index in `peers` (names are unique).
+    peer_index: BTreeMap<String, usize>,
+    /// Canonical address -> the peers with it, in `peers` order.
+    peers_by_ip: BTreeMap<IpAddr, Vec<usize>>,
+    /// TCP port -> the peers with it in `tcp_ports`, in `peers` order.
+    peers_by_port: BTreeMap<u16, Vec<usize>>,
     registry: SocketRegistry,
-    waiting: Vec<Waiting<K::Socket>>,
+    waiting: WaitingConnects<K::Socket>,
     acquire_timeout: Duration,
     /// Peers with sockets whose stale keys are still in use (the peer has
     /// not switched to the new MKT yet): reconciled again at this time.
-    retry: Option<(Instant, Vec<String>)>,
+    retry: Option<Retry>,
     /// MKTs from before a restart, until their hard lifetime.
-    restored: Vec<RestoredMkt>,
+    restored: RestoredMkts,
     /// Where socket records go.
     persist: Persist,
 }
@@ -284,14 +461,34 @@ impl<K: SocketKeys> KeyManager<K> {
                 mkts: Vec::new(),
             });
         }
+        let mut peer_index = BTreeMap::new();
+        let mut peers_by_ip: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
+        let mut peers_by_port: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (i, p) in peers.iter().enumerate() {
+            peer_index.entry(p.name.clone()).or_insert(i);
+            peers_by_ip
+                .entry(crate::kernel::canonical(p.ip))
+                .or_default()
+                .push(i);
+            for &port in &p.ports {
+                let list = peers_by_port.entry(port).or_default();
+                // Once per peer, even if its ports repeat.
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
         Ok(KeyManager {
             keys,
             peers,
+            peer_index,
+            peers_by_ip,
+            peers_by_port,
             registry: SocketRegistry::new(),
-            waiting: Vec::new(),
+            waiting: WaitingConnects::new(),
             acquire_timeout: cfg.daemon.acquire_timeout,
             retry: None,
-            restored: Vec::new(),
+            restored: RestoredMkts::default(),
             persist: Persist::disabled(),
         })
     }
@@ -311,8 +508,9 @@ impl<K: SocketKeys> KeyManager<K> {
     pub fn restore(&mut self, snapshot: &StateSnapshot, now: Instant, now_unix: u64) -> Restored {
         let mut out = Restored::default();
         for rec in &snapshot.mkts {
-            let configured = self.peers.iter().any(|p| p.name == rec.peer);
-            if !configured || rec.expires_at_unix <= now_unix {
+            let peer = self.peer_index.get(&rec.peer).copied();
+            let configured = peer.is_some();
+            let Some(peer) = peer.filter(|_| rec.expires_at_unix > now_unix) else {
                 if configured {
                     out.mkts_expired += 1;
                     info!(peer = %rec.peer, send_id = rec.send_id, recv_id = rec.recv_id,
@@ -327,7 +525,7 @@ impl<K: SocketKeys> KeyManager<K> {
                     recv_id: rec.recv_id,
                 });
                 continue;
-            }
+            };
             let expires_at = now + Duration::from_secs(rec.expires_at_unix - now_unix);
             info!(peer = %rec.peer, send_id = rec.send_id, recv_id = rec.recv_id,
                 key_fingerprint = %rec.key_fingerprint, expires_in_s = rec.expires_at_unix - now_unix,
@@ -338,12 +536,15 @@ impl<K: SocketKeys> KeyManager<K> {
                 recv_id: rec.recv_id,
                 until: expires_at,
             });
-            self.restored.push(RestoredMkt {
-                record: rec.clone(),
-                expires_at,
-                keep_until: expires_at,
-                released: false,
-            });
+            self.restored.push(
+                peer,
+                RestoredMkt {
+                    record: rec.clone(),
+                    expires_at,
+                    keep_until: expires_at,
+                    released: false,
+                },
+            );
         }
         for rec in &snapshot.sockets {
             match self.restore_socket(rec) {
@@ -356,15 +557,16 @@ impl<K: SocketKeys> KeyManager<K> {
                 }
             }
         }
-        let names: Vec<String> = self.peers.iter().map(|p| p.name.clone()).collect();
-        for name in names {
-            let had_state = snapshot.mkts.iter().any(|m| m.peer == name)
-                || self.registry.by_peer(&name).next().is_some();
+        let with_mkts: BTreeSet<&str> = snapshot.mkts.iter().map(|m| m.peer.as_str()).collect();
+        for idx in 0..self.peers.len() {
+            let name = &self.peers[idx].name;
+            let had_state =
+                with_mkts.contains(name.as_str()) || self.registry.by_peer(name).next().is_some();
             if had_state {
                 out.peers.push(name.clone());
             }
             // No connect waits yet: nothing to answer.
-            let answered = self.rekey_peer(&name, now, false);
+            let answered = self.rekey_peer(idx, now, false);
             debug_assert!(answered.is_empty());
         }
         out
@@ -375,7 +577,7 @@ impl<K: SocketKeys> KeyManager<K> {
         let peers: Vec<String> = rec
             .peers
             .iter()
-            .filter(|p| self.peers.iter().any(|c| &&c.name == p))
+            .filter(|p| self.peer_index.contains_key(p.as_str()))
             .cloned()
             .collect();
         if peers.is_empty() {
@@ -403,17 +605,15 @@ impl<K: SocketKeys> KeyManager<K> {
         Ok(())
     }
 
-    /// MKTs from before a restart that are still on sockets.
-    pub fn restored(&self) -> &[RestoredMkt] {
-        &self.restored
+    /// MKTs from before a restart that are still on sockets, in the state
+    /// file's order (a status answer: O(n)).
+    pub fn restored(&self) -> Vec<&RestoredMkt> {
+        self.restored.iter().collect()
     }
 
     /// The backend serving a peer, for `aoctl status`.
     pub fn backend(&self, peer: &str) -> Option<Backend> {
-        self.peers
-            .iter()
-            .find(|p| p.name == peer)
-            .map(|p| p.backend)
+        self.peer_index.get(peer).map(|&i| self.peers[i].backend)
     }
 
     fn covering(
@@ -423,19 +623,28 @@ impl<K: SocketKeys> KeyManager<K> {
         remote: Option<SocketAddr>,
     ) -> Vec<usize> {
         let local_port = local.map(|l| l.port());
-        (0..self.peers.len())
-            .filter(|&i| {
-                let p = &self.peers[i];
-                match role {
-                    SocketRole::Listen => local_port.is_some_and(|lp| p.ports.contains(&lp)),
-                    SocketRole::Connect | SocketRole::Accepted => remote.is_some_and(|r| {
-                        crate::kernel::canonical(r.ip()) == crate::kernel::canonical(p.ip)
-                            && (p.ports.contains(&r.port())
-                                || local_port.is_some_and(|lp| p.ports.contains(&lp)))
-                    }),
-                }
-            })
-            .collect()
+        match role {
+            SocketRole::Listen => local_port
+                .and_then(|lp| self.peers_by_port.get(&lp))
+                .cloned()
+                .unwrap_or_default(),
+            SocketRole::Connect | SocketRole::Accepted => {
+                let Some(r) = remote else {
+                    return Vec::new();
+                };
+                self.peers_by_ip
+                    .get(&crate::kernel::canonical(r.ip()))
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .filter(|&i| {
+                        let p = &self.peers[i];
+                        p.ports.contains(&r.port())
+                            || local_port.is_some_and(|lp| p.ports.contains(&lp))
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// Puts the right keys (or guards) for `peers` on the socket of
@@ -545,18 +754,14 @@ impl<K: SocketKeys> KeyManager<K> {
         }
     }
 
-    /// The earliest deadline: a waiting `connect`, or a deferred re-key.
+    /// The earliest deadline: a waiting `connect`, a deferred re-key, or a
+    /// restored MKT's end of overlap or hard lifetime. O(log n): read from
+    /// the ordered deadline indexes.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let waiting = self.waiting.iter().map(|w| w.deadline);
-        let retry = self.retry.as_ref().map(|(t, _)| *t);
-        let restored = self.restored.iter().map(|r| {
-            if r.released {
-                r.expires_at
-            } else {
-                r.keep_until
-            }
-        });
-        waiting.chain(retry).chain(restored).min()
+        let waiting = self.waiting.first_deadline();
+        let retry = self.retry.as_ref().map(|r| r.at);
+        let restored = self.restored.first_deadline();
+        [waiting, retry, restored].into_iter().flatten().min()
     }
 
     /// Lets waiting `connect`s whose acquire timeout passed proceed under
@@ -564,42 +769,47 @@ impl<K: SocketKeys> KeyManager<K> {
     /// go once superseded or expired. Returns the requests answered.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Answered> {
         let mut answered = Vec::new();
-        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
-            .into_iter()
-            .partition(|w| w.deadline <= now);
-        self.waiting = keep;
-        for w in due {
+        for w in self.waiting.take_due(now) {
             answered.push(self.release(w));
         }
-        if let Some((at, peers)) = self.retry.take() {
-            if at <= now {
-                for peer in peers {
-                    answered.extend(self.rekey_peer(&peer, now, false));
+        if let Some(retry) = self.retry.take() {
+            if retry.at <= now {
+                for peer in retry.peers {
+                    answered.extend(self.rekey_peer(peer, now, false));
                 }
             } else {
-                self.retry = Some((at, peers));
+                self.retry = Some(retry);
             }
         }
         // Restored MKTs: superseded ones leave once their overlap is over
         // (like any stale key: not while a connection still uses it);
-        // expired ones are forced out.
-        let mut superseded: Vec<String> = Vec::new();
-        for r in self.restored.iter_mut() {
+        // expired ones are forced out. Only those whose deadline passed
+        // can be either (a deadline is never after the hard lifetime).
+        let due = self.restored.due(now);
+        let mut superseded: Vec<usize> = Vec::new();
+        let mut superseded_set: BTreeSet<usize> = BTreeSet::new();
+        for &seq in &due {
+            let Some(&(peer, ref r)) = self.restored.by_seq.get(&seq) else {
+                continue;
+            };
             if !r.released && r.keep_until <= now && r.keep_until < r.expires_at {
                 // From now on it only waits for its hard lifetime.
-                r.released = true;
-                if !superseded.contains(&r.record.peer) {
-                    superseded.push(r.record.peer.clone());
+                self.restored.update(seq, |r| r.released = true);
+                if superseded_set.insert(peer) {
+                    superseded.push(peer);
                 }
             }
         }
-        let (expired, keep): (Vec<RestoredMkt>, Vec<RestoredMkt>) =
-            std::mem::take(&mut self.restored)
-                .into_iter()
-                .partition(|r| r.expires_at <= now);
-        self.restored = keep;
-        let mut forced: Vec<String> = Vec::new();
-        for r in expired {
+        let mut forced: Vec<usize> = Vec::new();
+        let mut forced_set: BTreeSet<usize> = BTreeSet::new();
+        for &seq in &due {
+            let expired = self.restored.get(seq).is_some_and(|r| r.expires_at <= now);
+            if !expired {
+                continue;
+            }
+            let Some((peer, r)) = self.restored.remove(seq) else {
+                continue;
+            };
             let rec = r.record;
             info!(peer = %rec.peer, send_id = rec.send_id, recv_id = rec.recv_id,
                 "MKT from before the restart reached its hard lifetime: removed from its sockets");
@@ -608,17 +818,17 @@ impl<K: SocketKeys> KeyManager<K> {
                 send_id: rec.send_id,
                 recv_id: rec.recv_id,
             });
-            if !forced.contains(&rec.peer) {
-                forced.push(rec.peer);
+            if forced_set.insert(peer) {
+                forced.push(peer);
             }
         }
-        for peer in superseded.iter().filter(|p| !forced.contains(p)) {
+        for &peer in superseded.iter().filter(|p| !forced_set.contains(p)) {
             answered.extend(self.rekey_peer(peer, now, false));
         }
         for peer in forced {
             // Its key may still be Current_key of a connection whose peer
             // never switched: forced out now.
-            answered.extend(self.rekey_peer(&peer, now, true));
+            answered.extend(self.rekey_peer(peer, now, true));
         }
         answered
     }
@@ -642,35 +852,41 @@ impl<K: SocketKeys> KeyManager<K> {
     /// the peer and releases the `connect`s that waited for them. Returns
     /// the requests answered.
     pub fn mkts_changed(&mut self, peer: &str, mkts: &[MktView], now: Instant) -> Vec<Answered> {
-        let Some(p) = self.peers.iter_mut().find(|p| p.name == peer) else {
+        let Some(&idx) = self.peer_index.get(peer) else {
             return Vec::new();
         };
-        p.mkts = mkts.iter().map(|m| m.mkt.clone()).collect();
-        self.rekey_peer(peer, now, false)
+        self.peers[idx].mkts = mkts.iter().map(|m| m.mkt.clone()).collect();
+        self.rekey_peer(idx, now, false)
     }
 
     /// [`KeyManager::mkts_changed`] with the MKTs the manager holds;
     /// `force` also replaces stale keys that connections still use as
     /// Current_key (their MKT expired). With no MKT and no restored one the
     /// guard is always forced in.
-    fn rekey_peer(&mut self, peer: &str, now: Instant, force: bool) -> Vec<Answered> {
+    ///
+    /// `idx` is the peer's index in `peers`; the cost is that of the
+    /// peer's own sockets, waiting `connect`s and restored MKTs.
+    fn rekey_peer(&mut self, idx: usize, now: Instant, force: bool) -> Vec<Answered> {
         let mut answered = Vec::new();
-        let Some(idx) = self.peers.iter().position(|p| p.name == peer) else {
-            return answered;
-        };
+        let peer = self.peers[idx].name.clone();
+        let peer = peer.as_str();
         let has_mkts = !self.peers[idx].mkts.is_empty();
         let overlap = self.peers[idx].overlap;
         let mut keep = Vec::new();
-        for r in self.restored.iter_mut().filter(|r| r.record.peer == peer) {
-            if has_mkts && !r.released && r.keep_until == r.expires_at {
-                // Superseded now: the peer may still send with it for a while.
-                r.keep_until = r.expires_at.min(now + overlap);
-            }
-            if !r.released && now < r.keep_until {
-                keep.push(KeyIds {
-                    send_id: r.record.send_id,
-                    recv_id: r.record.recv_id,
-                });
+        for seq in self.restored.of_peer(idx) {
+            self.restored.update(seq, |r| {
+                if has_mkts && !r.released && r.keep_until == r.expires_at {
+                    // Superseded now: the peer may still send with it for a while.
+                    r.keep_until = r.expires_at.min(now + overlap);
+                }
+            });
+            if let Some(r) = self.restored.get(seq) {
+                if !r.released && now < r.keep_until {
+                    keep.push(KeyIds {
+                        send_id: r.record.send_id,
+                        recv_id: r.record.recv_id,
+                    });
+                }
             }
         }
         if !has_mkts && !keep.is_empty() {
@@ -680,11 +896,7 @@ impl<K: SocketKeys> KeyManager<K> {
         }
         let force = force || !has_mkts;
         if has_mkts {
-            let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
-                .into_iter()
-                .partition(|w| w.peer == idx);
-            self.waiting = keep;
-            for w in ready {
+            for w in self.waiting.take_peer(idx) {
                 answered.push(self.release(w));
             }
         }
@@ -713,23 +925,26 @@ impl<K: SocketKeys> KeyManager<K> {
             match reconcile_on(&self.keys, &sock, p.backend, p.ip, &p.mkts, guard, how) {
                 Ok(outcome) => {
                     if !outcome.deferred.is_empty() {
-                        let (_, peers) = self
-                            .retry
-                            .get_or_insert_with(|| (now + DEFERRED_RETRY, Vec::new()));
-                        if !peers.iter().any(|p| p == peer) {
-                            peers.push(peer.to_string());
+                        let retry = self.retry.get_or_insert_with(|| Retry {
+                            at: now + DEFERRED_RETRY,
+                            peers: Vec::new(),
+                            listed: BTreeSet::new(),
+                        });
+                        if retry.listed.insert(idx) {
+                            retry.peers.push(idx);
                         }
                     }
                     if outcome.changed() {
                         info!(pid = rec.pid, fd = rec.fd, peer, added = ?outcome.added, removed = ?outcome.removed,
                             guarded = outcome.guarded, "socket keys updated");
                     }
-                    if let Some(r) = self.registry.get_mut(id) {
-                        r.guarded = match guard {
+                    self.registry.set_guarded(
+                        id,
+                        match guard {
                             Some(_) => vec![peer.to_string()],
                             None => Vec::new(),
-                        };
-                    }
+                        },
+                    );
                 }
                 Err(e) => {
                     warn!(pid = rec.pid, fd = rec.fd, peer, error = %e, "cannot update socket keys")
@@ -825,13 +1040,44 @@ mod tests {
     }
 
     fn manager() -> (KeyManager<FakeKernel>, FakeKernel) {
+        manager_with(config())
+    }
+
+    fn manager_with(cfg: Config) -> (KeyManager<FakeKernel>, FakeKernel) {
         let kernel = FakeKernel::default();
         let support = Support {
             tcp_ao: true,
             tcp_md5: true,
         };
-        let km = KeyManager::with_keys(&config(), support, kernel.clone()).expect("manager");
+        let km = KeyManager::with_keys(&cfg, support, kernel.clone()).expect("manager");
         (km, kernel)
+    }
+
+    /// Several peers `(name, remote, tcp port)`, TCP-AO; acquire timeout 5s.
+    fn config_of(peers: &[(&str, &str, u16)]) -> Config {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "aokd-keys-test-n-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let psk = dir.join("p.psk");
+        std::fs::write(&psk, "a test pre-shared key\n").expect("psk");
+        std::fs::set_permissions(&psk, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        let mut text = String::from("[daemon]\nacquire_timeout = \"5s\"\n");
+        for (i, (name, remote, port)) in peers.iter().enumerate() {
+            let ike_port = 5000 + i;
+            text.push_str(&format!(
+                "\n[[peer]]\nname = \"{name}\"\nremote = \"{remote}\"\nremote_port = {ike_port}\n\
+                 psk_file = \"{}\"\ntcp_ports = [{port}]\nbackend = \"tcp-ao\"\n",
+                psk.display()
+            ));
+        }
+        let cfg = Config::parse(&text, &dir.join("aokd.toml")).expect("config");
+        let _ = std::fs::remove_dir_all(&dir);
+        cfg
     }
 
     fn mkt(send_id: u8, recv_id: u8) -> MasterKeyTuple {
@@ -1357,6 +1603,145 @@ mod tests {
         let s = k.get(conn);
         assert_eq!(s.keys.len(), 1);
         assert!(is_guard((s.keys[0].send_id, s.keys[0].recv_id)));
+    }
+
+    /// [`KeyManager::poll_timeout`] follows the waiting connects and the
+    /// restored MKTs as they come and go (it is read from ordered deadline
+    /// indexes, never by scanning).
+    #[test]
+    fn poll_timeout_follows_waiting_connects_and_restored_mkts() {
+        let (mut km, k) = manager();
+        let (now, now_unix) = (Instant::now(), 1_000_000);
+        let s = Duration::from_secs;
+        let old = mkt(1, 2);
+        let (rec, conn) = restored_socket(&k, 10, &old);
+        let snapshot = StateSnapshot {
+            ike_sas: Vec::new(),
+            mkts: vec![
+                restored_record(&old, now_unix, 3000),
+                restored_record(&mkt(7, 8), now_unix, 6000),
+            ],
+            sockets: vec![rec],
+        };
+        km.restore(&snapshot, now, now_unix);
+        assert_eq!(km.poll_timeout(), Some(now + s(3000)));
+        // Two connects wait (under the guard: no MKT yet).
+        for (fd, wait) in [(20, 2), (21, 4)] {
+            let (mut req, _) = request(
+                &k,
+                fd,
+                SocketRole::Connect,
+                TcpState::Close,
+                "0.0.0.0:0",
+                Some("192.0.2.2:179"),
+            );
+            req.wait = Some(s(wait));
+            assert!(matches!(km.attach(req, now), AttachOutcome::Waiting { .. }));
+        }
+        assert_eq!(km.poll_timeout(), Some(now + s(2)));
+        // The first one's acquire timeout: released, the next deadline is
+        // the second one's.
+        let answered = km.handle_timeout(now + s(2));
+        assert_eq!(answered.iter().map(|a| a.id).collect::<Vec<_>>(), vec![20]);
+        assert_eq!(km.poll_timeout(), Some(now + s(4)));
+        // The first MKT releases the second connect and starts the
+        // restored MKTs' overlap.
+        let t1 = now + s(3);
+        let new = mkt(5, 6);
+        let answered = km.mkts_changed("a", &[view(&new, t1, false)], t1);
+        assert_eq!(answered.iter().map(|a| a.id).collect::<Vec<_>>(), vec![21]);
+        let overlap = crate::config::mkt_overlap(&config().peers[0].lifetimes);
+        assert!(t1 + overlap < now + s(3000), "{overlap:?}");
+        assert_eq!(km.poll_timeout(), Some(t1 + overlap));
+        // The overlap ends (the peer switched, so no deferred deletion):
+        // both wait only for their hard lifetime now.
+        k.peer_switches_to(conn, 5);
+        km.handle_timeout(t1 + overlap);
+        assert!(km.restored().iter().all(|r| r.released));
+        assert_eq!(km.poll_timeout(), Some(now + s(3000)));
+        // Each goes at its hard lifetime, and the deadline with it.
+        km.handle_timeout(now + s(3000));
+        assert_eq!(km.restored().len(), 1);
+        assert_eq!(km.poll_timeout(), Some(now + s(6000)));
+        km.handle_timeout(now + s(6000));
+        assert!(km.restored().is_empty());
+        assert_eq!(km.poll_timeout(), None);
+        assert_eq!(k.ids(conn), vec![(5, 6)]);
+    }
+
+    /// With several peers, the indexes find exactly the peers a socket is
+    /// for, and one peer's MKTs touch only that peer's sockets and waiting
+    /// connects.
+    #[test]
+    fn each_peer_keys_only_its_own_sockets() {
+        let (mut km, k) = manager_with(config_of(&[
+            ("a", "192.0.2.2", 179),
+            ("b", "192.0.2.3", 179),
+            ("c", "192.0.2.2", 180),
+        ]));
+        let now = Instant::now();
+        assert_eq!(km.backend("b"), Some(Backend::Ao));
+        assert_eq!(km.backend("z"), None);
+        // A listener on 179 is for a and b, in configuration order.
+        let (req, listener) = request(
+            &k,
+            10,
+            SocketRole::Listen,
+            TcpState::Close,
+            "0.0.0.0:179",
+            None,
+        );
+        match answer(km.attach(req, now)) {
+            Answer::Ok { peers, guarded, .. } => {
+                assert_eq!(peers, vec!["a".to_string(), "b".to_string()]);
+                assert_eq!(guarded, peers);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Connects to each peer wait.
+        let mut conns = Vec::new();
+        for (fd, remote) in [
+            (11, "192.0.2.2:179"),
+            (12, "192.0.2.3:179"),
+            (13, "[::ffff:192.0.2.2]:180"),
+        ] {
+            let (req, cookie) = request(
+                &k,
+                fd,
+                SocketRole::Connect,
+                TcpState::Close,
+                "0.0.0.0:0",
+                Some(remote),
+            );
+            conns.push(cookie);
+            match km.attach(req, now) {
+                AttachOutcome::Waiting { peer } => {
+                    assert_eq!(peer, ["a", "b", "c"][conns.len() - 1])
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // b's first MKT: only b's connect is answered, only b's keys go on
+        // the listener, a's and c's connects keep waiting.
+        let m = mkt(1, 2);
+        let answered = km.mkts_changed("b", &[view(&m, now, false)], now);
+        assert_eq!(answered.iter().map(|a| a.id).collect::<Vec<_>>(), vec![12]);
+        assert_eq!(k.ids(conns[1]), vec![(1, 2)]);
+        assert!(k.ids(conns[0]).iter().all(|&ids| is_guard(ids)));
+        assert!(k.ids(conns[2]).iter().all(|&ids| is_guard(ids)));
+        assert!(k.ids(listener).contains(&(1, 2)));
+        assert_eq!(km.poll_timeout(), Some(now + Duration::from_secs(5)));
+        // An unknown peer changes nothing.
+        assert!(km
+            .mkts_changed("z", &[view(&m, now, false)], now)
+            .is_empty());
+        let answered = km.handle_timeout(now + Duration::from_secs(5));
+        assert_eq!(
+            answered.iter().map(|a| a.id).collect::<Vec<_>>(),
+            vec![11, 13]
+        );
+        assert_eq!(km.poll_timeout(), None);
+        assert_eq!(km.status(|_| String::new()).len(), 4);
     }
 
     #[test]

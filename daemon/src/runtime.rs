@@ -7,7 +7,7 @@
 //! in [`crate::records`], the configuration's translation in
 //! [`crate::endpoint_config`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -328,10 +328,11 @@ impl Daemon {
             return;
         }
         let mut view: Vec<aokd_proto::ike::PeerView> = Vec::new();
+        let mut viewed: BTreeSet<&str> = BTreeSet::new();
         for a in &answered {
             if let Answer::Ok { guarded, .. } = &a.answer {
                 for name in guarded {
-                    if !view.iter().any(|v| &v.name == name) {
+                    if viewed.insert(name) {
                         view.extend(self.endpoint.peer(name));
                     }
                 }

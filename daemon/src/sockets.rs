@@ -49,7 +49,7 @@
 //! sets the newest desired MKT's master key (the guard's when there is none)
 //! and deletes the peer's key when neither exists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -216,11 +216,21 @@ pub fn reacquire(pid: i32, fd: i32, cookie: u64) -> Result<OwnedFd, Gone> {
     }
 }
 
-/// The attached sockets, by id.
+/// The attached sockets, by id, with indexes by peer, by cookie and by
+/// descriptor so that adding a socket and finding one peer's sockets cost
+/// O(log n) in the number of sockets (plus the sockets found); only
+/// [`SocketRegistry::iter`] and [`SocketRegistry::prune`] (status answers)
+/// visit every socket.
 #[derive(Debug, Default)]
 pub struct SocketRegistry {
     next_id: u64,
     sockets: BTreeMap<u64, AttachedSocket>,
+    /// Peer name -> ids of the sockets whose `peers` name it.
+    by_peer: BTreeMap<String, BTreeSet<u64>>,
+    /// `SO_COOKIE` -> id (at most one record per socket).
+    by_cookie: BTreeMap<u64, u64>,
+    /// (pid, fd) -> id (at most one record per descriptor).
+    by_descriptor: BTreeMap<(i32, i32), u64>,
 }
 
 impl SocketRegistry {
@@ -234,18 +244,42 @@ impl SocketRegistry {
     /// same descriptor of the same process (which must have been closed and
     /// reused, since the cookie differs), is replaced.
     pub fn add(&mut self, mut socket: AttachedSocket) -> u64 {
-        self.sockets.retain(|_, s| {
-            s.cookie != socket.cookie && !(s.pid == socket.pid && s.fd == socket.fd)
-        });
+        if let Some(&old) = self.by_cookie.get(&socket.cookie) {
+            self.remove(old);
+        }
+        if let Some(&old) = self.by_descriptor.get(&(socket.pid, socket.fd)) {
+            self.remove(old);
+        }
         self.next_id += 1;
         socket.id = self.next_id;
+        for p in &socket.peers {
+            self.by_peer.entry(p.clone()).or_default().insert(socket.id);
+        }
+        self.by_cookie.insert(socket.cookie, socket.id);
+        self.by_descriptor
+            .insert((socket.pid, socket.fd), socket.id);
         self.sockets.insert(socket.id, socket);
         self.next_id
     }
 
     /// Forgets a socket.
     pub fn remove(&mut self, id: u64) -> Option<AttachedSocket> {
-        self.sockets.remove(&id)
+        let s = self.sockets.remove(&id)?;
+        for p in &s.peers {
+            if let Some(ids) = self.by_peer.get_mut(p) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.by_peer.remove(p);
+                }
+            }
+        }
+        if self.by_cookie.get(&s.cookie) == Some(&id) {
+            self.by_cookie.remove(&s.cookie);
+        }
+        if self.by_descriptor.get(&(s.pid, s.fd)) == Some(&id) {
+            self.by_descriptor.remove(&(s.pid, s.fd));
+        }
+        Some(s)
     }
 
     /// The socket with `id`.
@@ -253,9 +287,12 @@ impl SocketRegistry {
         self.sockets.get(&id)
     }
 
-    /// The socket with `id`, to update `peers` or `guarded`.
-    pub fn get_mut(&mut self, id: u64) -> Option<&mut AttachedSocket> {
-        self.sockets.get_mut(&id)
+    /// Sets the peers whose guard is on the socket with `id` (the other
+    /// fields, which the indexes depend on, never change).
+    pub fn set_guarded(&mut self, id: u64, guarded: Vec<String>) {
+        if let Some(s) = self.sockets.get_mut(&id) {
+            s.guarded = guarded;
+        }
     }
 
     /// Every socket, by id.
@@ -263,11 +300,14 @@ impl SocketRegistry {
         self.sockets.values()
     }
 
-    /// The sockets that carry keys (or the guard) of the peer named `peer`.
+    /// The sockets that carry keys (or the guard) of the peer named `peer`,
+    /// by id.
     pub fn by_peer<'a>(&'a self, peer: &'a str) -> impl Iterator<Item = &'a AttachedSocket> + 'a {
-        self.sockets
-            .values()
-            .filter(move |s| s.peers.iter().any(|p| p == peer))
+        self.by_peer
+            .get(peer)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.sockets.get(id))
     }
 
     /// Number of sockets.
@@ -304,7 +344,7 @@ impl SocketRegistry {
             })
             .collect();
         gone.into_iter()
-            .filter_map(|(id, g)| self.sockets.remove(&id).map(|s| (s, g)))
+            .filter_map(|(id, g)| self.remove(id).map(|s| (s, g)))
             .collect()
     }
 }
@@ -1321,6 +1361,11 @@ mod tests {
         let ida2 = reg.add(record(&a, SocketRole::Connect));
         assert_eq!(reg.len(), 2);
         assert!(reg.get(ida).is_none() && reg.get(ida2).is_some());
+        // The indexes follow: the new record names no peer.
+        assert_eq!(
+            reg.by_peer("r1").map(|s| s.id).collect::<Vec<_>>(),
+            vec![idb]
+        );
 
         // A wrong cookie is detected.
         let mut fake = sa.clone();
@@ -1349,5 +1394,6 @@ mod tests {
         assert_eq!(reg.iter().map(|s| s.id).collect::<Vec<_>>(), vec![idb]);
         assert!(reg.remove(idb).is_some());
         assert!(reg.is_empty());
+        assert_eq!(reg.by_peer("r1").count() + reg.by_peer("r2").count(), 0);
     }
 }
