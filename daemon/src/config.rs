@@ -15,7 +15,7 @@
 use std::fmt;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -66,6 +66,24 @@ pub const DEFAULT_IKE_REKEY: Duration = aokd_proto::ike::config::DEFAULT_IKE_REK
 pub const DEFAULT_MKT_REKEY: Duration = aokd_proto::ike::config::DEFAULT_MKT_REKEY;
 /// Default of `peer.lifetimes.mkt_lifetime` (1h6m).
 pub const DEFAULT_MKT_LIFETIME: Duration = aokd_proto::ike::config::DEFAULT_MKT_LIFETIME;
+
+/// Longest `peer.lifetimes.ike_rekey`, `mkt_rekey` and `mkt_lifetime`
+/// (30 days): far longer than any sensible key lifetime, and far enough
+/// from the limits of the clock arithmetic (`Instant + Duration`) that
+/// adding it, its jitter and the overlap can never overflow.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+/// Shortest `daemon.liveness` (5 s): a dead peer is declared after the
+/// liveness interval plus the retransmission schedule (165.5 s), so a
+/// shorter interval hardly detects it sooner but multiplies the traffic;
+/// "off" disables the checks.
+pub const MIN_LIVENESS: Duration = Duration::from_secs(5);
+/// Longest `daemon.liveness` (1 h): a check less often than the default
+/// MKT rekey (which proves liveness itself) detects nothing.
+pub const MAX_LIVENESS: Duration = Duration::from_secs(3600);
+/// Longest `daemon.acquire_timeout` (3 min): a negotiation has given up
+/// after its retransmissions (165.5 s), so a `connect()` waiting longer
+/// waits for nothing.
+pub const MAX_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A PSK file larger than this is refused (it is surely the wrong file).
 const MAX_PSK_FILE_LEN: u64 = 64 * 1024;
@@ -631,19 +649,38 @@ impl Validator<'_> {
         let acquire_timeout = match raw.acquire_timeout {
             None => DEFAULT_ACQUIRE_TIMEOUT,
             Some(t) => {
-                parse_duration(&t).map_err(|e| self.err("daemon.acquire_timeout", None, e))?
+                let d =
+                    parse_duration(&t).map_err(|e| self.err("daemon.acquire_timeout", None, e))?;
+                at_most(&t, d, MAX_ACQUIRE_TIMEOUT)
+                    .map_err(|e| self.err("daemon.acquire_timeout", None, e))?
             }
         };
         let liveness = match raw.liveness.as_deref() {
             None => Some(DEFAULT_LIVENESS),
             Some("off") => None,
-            Some(t) => Some(parse_duration(t).map_err(|e| {
-                self.err(
-                    "daemon.liveness",
-                    None,
-                    format!("{e} (or \"off\" for no liveness checks)"),
+            Some(t) => {
+                let d = parse_duration(t).map_err(|e| {
+                    self.err(
+                        "daemon.liveness",
+                        None,
+                        format!("{e} (or \"off\" for no liveness checks)"),
+                    )
+                })?;
+                if d < MIN_LIVENESS {
+                    return Err(self.err(
+                        "daemon.liveness",
+                        None,
+                        format!(
+                            "{t:?} is shorter than the minimum of {} (use \"off\" for no liveness checks)",
+                            format_duration(MIN_LIVENESS)
+                        ),
+                    ));
+                }
+                Some(
+                    at_most(t, d, MAX_LIVENESS)
+                        .map_err(|e| self.err("daemon.liveness", None, e))?,
                 )
-            })?),
+            }
         };
         Ok(DaemonSection {
             listen,
@@ -867,7 +904,7 @@ impl Validator<'_> {
                         if d.is_zero() {
                             return Err(self.err(k, pn, "must be longer than 0s"));
                         }
-                        Ok(d)
+                        at_most(&s, d, MAX_LIFETIME).map_err(|m| self.err(k, pn, m))
                     }
                 }
             };
@@ -890,6 +927,17 @@ impl Validator<'_> {
         }
         Ok(lt)
     }
+}
+
+/// `d` (written `written`) if it is at most `max`, else the error message.
+fn at_most(written: &str, d: Duration, max: Duration) -> Result<Duration, String> {
+    if d > max {
+        return Err(format!(
+            "{written:?} is longer than the maximum of {}",
+            format_duration(max)
+        ));
+    }
+    Ok(d)
 }
 
 fn family(ip: IpAddr) -> &'static str {
@@ -924,13 +972,31 @@ fn check_peer_name(name: &str) -> Result<(), String> {
 /// group or others may access. Errors are messages naming the file.
 pub fn read_psk(path: &Path) -> Result<Psk, String> {
     let shown = path.display();
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot open psk_file {shown}: {e}"))?;
+    // The file type is checked before the file is opened: opening a FIFO
+    // for reading blocks until a writer comes, which would hang
+    // `check-config` and the daemon for ever. The open itself is
+    // non-blocking in case the path is swapped between the two calls, and
+    // the opened file is checked again.
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot open psk_file {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "psk_file {shown} is not a regular file (it is {})",
+            file_kind(&meta)
+        ));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot open psk_file {shown}: {e}"))?;
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot stat psk_file {shown}: {e}"))?;
     if !meta.is_file() {
-        return Err(format!("psk_file {shown} is not a regular file"));
+        return Err(format!(
+            "psk_file {shown} is not a regular file (it is {})",
+            file_kind(&meta)
+        ));
     }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
@@ -951,11 +1017,30 @@ pub fn read_psk(path: &Path) -> Result<Psk, String> {
     decode_psk(&buf).map_err(|m| format!("psk_file {shown} {m}"))
 }
 
+/// What kind of file `meta` describes, for the "not a regular file" error.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    }
+}
+
 /// Decodes the contents of a PSK file. One trailing newline (`\n` or
 /// `\r\n`) is stripped; then `0x<hex>`, or plain hex of even length and at
-/// least 32 digits, gives the decoded octets; anything else is the secret
-/// itself (RFC 7296 2.15 ASCII keys). Errors are message fragments
-/// ("is empty").
+/// least 32 digits, gives the decoded octets; such hex followed by more
+/// white space is refused; anything else is the secret itself (RFC 7296
+/// 2.15 ASCII keys). Errors are message fragments ("is empty").
 pub fn decode_psk(contents: &[u8]) -> Result<Psk, String> {
     let mut body = contents;
     if let Some(rest) = body.strip_suffix(b"\n") {
@@ -977,6 +1062,18 @@ pub fn decode_psk(contents: &[u8]) -> Result<Psk, String> {
     }
     if body.len() >= 32 && is_hex(body) {
         return decode_hex(body);
+    }
+    // Hex followed by more white space than the one newline stripped above
+    // (`echo` twice, a trailing blank or a second line) would otherwise be
+    // taken as an ASCII secret of 65 or more octets, and authentication
+    // would fail later without a word: refuse it here.
+    let trimmed = body.trim_ascii_end();
+    if trimmed.len() >= 32 && is_hex(trimmed) {
+        return Err(format!(
+            "holds {} hex digits followed by {} white space octets other than one final newline; remove them (a secret that only looks like hex is not supported)",
+            trimmed.len(),
+            body.len() - trimmed.len()
+        ));
     }
     Ok(Psk::new(body.to_vec()))
 }

@@ -661,3 +661,235 @@ fn liveness() {
     assert_eq!(t("\"off\"").unwrap().daemon.liveness, None);
     expect_invalid(t("\"soon\""), "daemon.liveness", None, "\"off\"");
 }
+
+/// Makes a FIFO at `path` with mkfifo(1).
+fn mkfifo(path: &Path) {
+    let st = std::process::Command::new("mkfifo")
+        .arg("-m")
+        .arg("600")
+        .arg(path)
+        .status()
+        .expect("run mkfifo");
+    assert!(st.success(), "mkfifo {}", path.display());
+}
+
+/// Runs `f` in a thread and waits at most 10 s for its result; `unblock`
+/// is called if it has not answered by then (so that a thread stuck in
+/// `open()` of a FIFO ends), and the test fails.
+fn within_deadline<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+    unblock: impl FnOnce(),
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(v) => v,
+        Err(_) => {
+            unblock();
+            panic!("{what} did not return within 10 s");
+        }
+    }
+}
+
+/// Opening a FIFO for writing releases a reader blocked in `open()`.
+fn release_fifo(path: &Path) {
+    let _ = std::fs::OpenOptions::new().write(true).open(path);
+}
+
+#[test]
+fn psk_file_that_is_a_fifo_is_refused_without_blocking() {
+    let dir = TempDir::new("pskfifo");
+    let text = peer_config(&dir, "");
+    let fifo = dir.join("r2.psk");
+    std::fs::remove_file(&fifo).unwrap();
+    mkfifo(&fifo);
+    let file = dir.join("aokd.toml");
+    std::fs::write(&file, &text).unwrap();
+
+    let f = file.clone();
+    let r = within_deadline(
+        "Config::load",
+        move || Config::load(&f),
+        || release_fifo(&fifo),
+    );
+    let msg = expect_invalid(r, "peer[0].psk_file", Some("r2"), "not a regular file");
+    assert!(msg.contains("FIFO"), "{msg}");
+    assert!(msg.contains(&fifo.display().to_string()), "{msg}");
+
+    // `aokd check-config` too: it must exit (with status 1) rather than wait.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aokd"))
+        .arg("check-config")
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("aokd check-config with a FIFO as psk_file did not exit within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    for needle in [
+        file.display().to_string().as_str(),
+        "peer[0].psk_file",
+        "\"r2\"",
+        "FIFO",
+    ] {
+        assert!(stderr.contains(needle), "{stderr:?} lacks {needle:?}");
+    }
+}
+
+#[test]
+fn psk_file_that_is_a_device_or_directory_is_refused() {
+    let dir = TempDir::new("pskdev");
+    let text = peer_config(&dir, "");
+    for (path, kind) in [("/dev/null", "character device"), ("/", "directory")] {
+        let t = text.replace("psk_file = \"r2.psk\"", &format!("psk_file = \"{path}\""));
+        let msg = expect_invalid(load(&dir, &t), "peer[0].psk_file", Some("r2"), kind);
+        assert!(msg.contains("not a regular file"), "{msg}");
+    }
+}
+
+/// Durations so long that adding them to the clock overflows (the daemon
+/// panicked when an SA was established) are refused; the limits are kept.
+#[test]
+fn lifetimes_have_a_maximum() {
+    let dir = TempDir::new("ltmax");
+    let t = |lt: &str| load(&dir, &peer_config(&dir, &format!("[peer.lifetimes]\n{lt}")));
+    let msg = expect_invalid(
+        t("ike_rekey = \"2000000000000000000s\""),
+        "peer[0].lifetimes.ike_rekey",
+        Some("r2"),
+        "maximum of 30d",
+    );
+    assert!(msg.contains("\"2000000000000000000s\""), "{msg}");
+    expect_invalid(
+        t("ike_rekey = \"31d\""),
+        "peer[0].lifetimes.ike_rekey",
+        Some("r2"),
+        "maximum of 30d",
+    );
+    let msg = expect_invalid(
+        t("mkt_rekey = \"18446744073709551614s\"\nmkt_lifetime = \"18446744073709551615s\""),
+        "peer[0].lifetimes.mkt_rekey",
+        Some("r2"),
+        "maximum of 30d",
+    );
+    assert!(msg.contains("\"18446744073709551614s\""), "{msg}");
+    let msg = expect_invalid(
+        t("mkt_rekey = \"1h\"\nmkt_lifetime = \"18446744073709551615s\""),
+        "peer[0].lifetimes.mkt_lifetime",
+        Some("r2"),
+        "maximum of 30d",
+    );
+    assert!(msg.contains("\"18446744073709551615s\""), "{msg}");
+    expect_invalid(
+        t("mkt_rekey = \"1h\"\nmkt_lifetime = \"30d1s\""),
+        "peer[0].lifetimes.mkt_lifetime",
+        Some("r2"),
+        "maximum of 30d",
+    );
+    let c = t("ike_rekey = \"30d\"\nmkt_rekey = \"29d\"\nmkt_lifetime = \"30d\"").unwrap();
+    let month = Duration::from_secs(30 * 86400);
+    assert_eq!(c.peers[0].lifetimes.ike_rekey, month);
+    assert_eq!(c.peers[0].lifetimes.mkt_lifetime, month);
+}
+
+#[test]
+fn liveness_has_a_minimum_and_a_maximum() {
+    let dir = TempDir::new("livelimits");
+    let t = |v: &str| {
+        load(
+            &dir,
+            &format!("[daemon]\nliveness = \"{v}\"\n{}", peer_config(&dir, "")),
+        )
+    };
+    let msg = expect_invalid(
+        t("9300000000000000000s"),
+        "daemon.liveness",
+        None,
+        "maximum of 1h",
+    );
+    assert!(msg.contains("\"9300000000000000000s\""), "{msg}");
+    expect_invalid(t("1h1s"), "daemon.liveness", None, "maximum of 1h");
+    let msg = expect_invalid(t("0s"), "daemon.liveness", None, "minimum of 5s");
+    assert!(msg.contains("\"off\""), "{msg}");
+    assert!(msg.contains("\"0s\""), "{msg}");
+    expect_invalid(t("4s"), "daemon.liveness", None, "minimum of 5s");
+    assert_eq!(
+        t("5s").unwrap().daemon.liveness,
+        Some(Duration::from_secs(5))
+    );
+    assert_eq!(
+        t("1h").unwrap().daemon.liveness,
+        Some(Duration::from_secs(3600))
+    );
+}
+
+#[test]
+fn acquire_timeout_has_a_maximum() {
+    let dir = TempDir::new("acqmax");
+    let t = |v: &str| {
+        load(
+            &dir,
+            &format!(
+                "[daemon]\nacquire_timeout = \"{v}\"\n{}",
+                peer_config(&dir, "")
+            ),
+        )
+    };
+    let msg = expect_invalid(
+        t("18446744073709551615s"),
+        "daemon.acquire_timeout",
+        None,
+        "maximum of 3m",
+    );
+    assert!(msg.contains("\"18446744073709551615s\""), "{msg}");
+    expect_invalid(t("181s"), "daemon.acquire_timeout", None, "maximum of 3m");
+    assert_eq!(
+        t("3m").unwrap().daemon.acquire_timeout,
+        Duration::from_secs(180)
+    );
+    assert_eq!(t("0s").unwrap().daemon.acquire_timeout, Duration::ZERO);
+}
+
+/// A hex PSK file (`aoctl gen-psk` writes 64 hex digits and a newline)
+/// loads as the decoded octets with "\n" or "\r\n"; more trailing white
+/// space is refused instead of being taken as a 65-octet ASCII secret.
+#[test]
+fn hex_psk_file_with_trailing_newline() {
+    let dir = TempDir::new("pskhexnl");
+    let text = peer_config(&dir, "");
+    let hex64 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let key = hex::decode(hex64).unwrap();
+    for ending in ["\n", "\r\n", ""] {
+        dir.write("r2.psk", format!("{hex64}{ending}").as_bytes(), 0o600);
+        let c = load(&dir, &text).unwrap();
+        assert_eq!(c.peers[0].psk.len(), 32, "{ending:?}");
+        assert_eq!(c.peers[0].psk.as_bytes(), &key[..], "{ending:?}");
+    }
+    for ending in ["\n\n", " \n", "\t\n", "\r\n\r\n", " "] {
+        let psk = dir.write("r2.psk", format!("{hex64}{ending}").as_bytes(), 0o600);
+        let msg = expect_invalid(
+            load(&dir, &text),
+            "peer[0].psk_file",
+            Some("r2"),
+            "64 hex digits",
+        );
+        assert!(msg.contains("white space"), "{ending:?}: {msg}");
+        assert!(msg.contains(&psk.display().to_string()), "{msg}");
+    }
+}
