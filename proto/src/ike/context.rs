@@ -199,6 +199,20 @@ impl Ctx<'_> {
         }
     }
 
+    /// Lends the peer's SA `spi` to `f` and puts it back afterwards,
+    /// whatever `f` does: for work on an SA that cannot end it (starting an
+    /// exchange on it). `None` when there is no such SA.
+    pub(super) fn with_sa<R>(
+        &mut self,
+        spi: u64,
+        f: impl FnOnce(&mut Self, &mut IkeSa) -> R,
+    ) -> Option<R> {
+        let mut sa = self.sas.remove(&spi)?;
+        let r = f(self, &mut sa);
+        self.sas.insert(sa);
+        Some(r)
+    }
+
     /// Decrypts and authenticates `msg` on `sa`. When it does not
     /// authenticate, the SA is kept unchanged and the datagram is reported
     /// as dropped (`what` names it).

@@ -149,23 +149,21 @@ pub(super) fn handle_sa_timers(ctx: &mut Ctx<'_>, now: Instant) {
         .map(IkeSa::local_spi)
         .collect();
     for spi in due {
-        let Some(mut sa) = ctx.sas.remove(&spi) else {
-            continue;
-        };
-        if sa.rekey_at.is_some_and(|t| t <= now) {
-            sa.rekey_at = None;
-            if let Err(e) = ike_rekey::start(ctx, &mut sa, None, now) {
-                sa.rekey_at = Some(now + ctx.cfg.retry_interval);
-                ctx.out.events.push_back(Event::IkeRekeyFailed {
-                    peer: ctx.name(),
-                    error: e,
-                    by_peer: false,
-                });
+        ctx.with_sa(spi, |ctx, sa| {
+            if sa.rekey_at.is_some_and(|t| t <= now) {
+                sa.rekey_at = None;
+                if let Err(e) = ike_rekey::start(ctx, sa, None, now) {
+                    sa.rekey_at = Some(now + ctx.cfg.retry_interval);
+                    ctx.out.events.push_back(Event::IkeRekeyFailed {
+                        peer: ctx.name(),
+                        error: e,
+                        by_peer: false,
+                    });
+                }
+            } else {
+                informational::start_liveness(ctx, sa, now);
             }
-        } else {
-            informational::start_liveness(ctx, &mut sa, now);
-        }
-        ctx.sas.insert(sa);
+        });
     }
 }
 
@@ -203,7 +201,9 @@ pub(super) fn handle_mkt_timers(ctx: &mut Ctx<'_>, now: Instant) {
         });
     }
     let sa_spi = lifecycle::established_sa(ctx).map(|s| s.local_spi());
-    let mut sa = sa_spi.and_then(|spi| ctx.sas.remove(&spi));
+    // With no IKE SA, retire locally; with one, Delete payloads wait for
+    // its window.
+    let window_busy = sa_spi.map(|spi| ctx.sas.get(&spi).is_some_and(|s| s.window.busy()));
     // Retirement.
     let due: Vec<usize> = ctx
         .peer
@@ -216,14 +216,11 @@ pub(super) fn handle_mkt_timers(ctx: &mut Ctx<'_>, now: Instant) {
     let mut deletes = Vec::new();
     for i in due.into_iter().rev() {
         let with_delete = ctx.peer.mkts[i].retire_with_delete;
-        if with_delete && sa.as_ref().is_none_or(|s| s.window.busy()) {
-            // Wait for the window; without an IKE SA retire locally.
-            if sa.is_some() {
-                continue;
-            }
+        if with_delete && window_busy == Some(true) {
+            continue;
         }
         let m = ctx.peer.mkts.remove(i);
-        if with_delete && sa.is_some() {
+        if with_delete && sa_spi.is_some() {
             deletes.push(m.mkt.recv_id);
         }
         ctx.out.events.push_back(Event::MktDeleted {
@@ -237,7 +234,10 @@ pub(super) fn handle_mkt_timers(ctx: &mut Ctx<'_>, now: Instant) {
             },
         });
     }
-    if let Some(s) = sa.as_mut() {
+    let Some(spi) = sa_spi else {
+        return;
+    };
+    ctx.with_sa(spi, |ctx, s| {
         if !deletes.is_empty() {
             informational::start_child_deletes(ctx, s, deletes, now);
         }
@@ -291,8 +291,5 @@ pub(super) fn handle_mkt_timers(ctx: &mut Ctx<'_>, now: Instant) {
                 }
             }
         }
-    }
-    if let Some(s) = sa {
-        ctx.sas.insert(s);
-    }
+    });
 }
