@@ -17,8 +17,11 @@ pub const DEFAULT_SOCKET: &str = "/run/aokd/control.sock";
 /// The environment variable that overrides [`DEFAULT_SOCKET`].
 pub const SOCKET_ENV: &str = "AOKD_SOCKET";
 
-/// How long to wait for aokd to answer.
-const TIMEOUT: Duration = Duration::from_secs(60);
+/// The environment variable that sets `--timeout`.
+pub const TIMEOUT_ENV: &str = "AOKD_TIMEOUT";
+
+/// How long aoctl waits for aokd unless told otherwise, in seconds.
+pub const DEFAULT_TIMEOUT_SECS: &str = "10";
 
 /// Longest accepted response line (many MKTs make long lines).
 const MAX_RESPONSE_LEN: u64 = 16 * 1024 * 1024;
@@ -30,6 +33,12 @@ pub enum CallError {
     Connect { path: PathBuf, source: io::Error },
     /// Sending or receiving failed.
     Io { path: PathBuf, source: io::Error },
+    /// aokd did not accept, take the request or answer within the timeout.
+    Timeout {
+        path: PathBuf,
+        timeout: Duration,
+        what: &'static str,
+    },
     /// aokd answered something that is not a valid response.
     Protocol { path: PathBuf, message: String },
     /// aokd answered with an error.
@@ -64,6 +73,17 @@ impl fmt::Display for CallError {
             CallError::Io { path, source } => {
                 write!(f, "control socket {}: {source}", path.display())
             }
+            CallError::Timeout {
+                path,
+                timeout,
+                what,
+            } => write!(
+                f,
+                "control socket {}: {what} within {} s\n\
+                 hint: aokd may be busy or hung; --timeout SECS or {TIMEOUT_ENV} sets the wait",
+                path.display(),
+                timeout.as_secs_f64()
+            ),
             CallError::Protocol { path, message } => {
                 write!(f, "control socket {}: {message}", path.display())
             }
@@ -74,18 +94,52 @@ impl fmt::Display for CallError {
 
 impl std::error::Error for CallError {}
 
-/// Sends `command` to aokd at `socket` and returns the data of its answer.
-pub fn call(socket: &Path, command: Command) -> Result<ResponseData, CallError> {
-    let io_err = |source| CallError::Io {
-        path: socket.to_owned(),
-        source,
+/// Connects to `socket`, giving up after `timeout`: connect(2) on a Unix
+/// socket blocks while the listener's backlog is full (a hung aokd), and
+/// std has no connect timeout for Unix sockets, so the connect runs on a
+/// thread that is abandoned if it does not finish in time.
+fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, CallError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = socket.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(UnixStream::connect(path));
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r.map_err(|source| CallError::Connect {
+            path: socket.to_owned(),
+            source,
+        }),
+        Err(_) => Err(CallError::Timeout {
+            path: socket.to_owned(),
+            timeout,
+            what: "aokd did not accept the connection",
+        }),
+    }
+}
+
+/// Sends `command` to aokd at `socket` and returns the data of its answer;
+/// waits at most `timeout` for the connection, then as long again for the
+/// request to be taken and for the answer.
+pub fn call(socket: &Path, command: Command, timeout: Duration) -> Result<ResponseData, CallError> {
+    // A read or write timeout shows as WouldBlock (or TimedOut).
+    let io_err = |what: &'static str| {
+        move |source: io::Error| match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => CallError::Timeout {
+                path: socket.to_owned(),
+                timeout,
+                what,
+            },
+            _ => CallError::Io {
+                path: socket.to_owned(),
+                source,
+            },
+        }
     };
-    let stream = UnixStream::connect(socket).map_err(|source| CallError::Connect {
-        path: socket.to_owned(),
-        source,
-    })?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(io_err)?;
-    stream.set_write_timeout(Some(TIMEOUT)).map_err(io_err)?;
+    let stream = connect(socket, timeout)?;
+    let deadline = std::time::Instant::now() + timeout;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(io_err("cannot set the write timeout"))?;
 
     let request = Request {
         version: PROTOCOL_VERSION,
@@ -96,12 +150,20 @@ pub fn call(socket: &Path, command: Command) -> Result<ResponseData, CallError> 
         message: format!("cannot encode the request: {e}"),
     })?;
     line.push(b'\n');
-    (&stream).write_all(&line).map_err(io_err)?;
+    (&stream)
+        .write_all(&line)
+        .map_err(io_err("aokd did not take the request"))?;
 
     let mut answer = Vec::new();
-    BufReader::new((&stream).take(MAX_RESPONSE_LEN))
-        .read_until(b'\n', &mut answer)
-        .map_err(io_err)?;
+    BufReader::new(
+        Deadline {
+            stream: &stream,
+            deadline,
+        }
+        .take(MAX_RESPONSE_LEN),
+    )
+    .read_until(b'\n', &mut answer)
+    .map_err(io_err("aokd did not answer"))?;
     let protocol = |message: String| CallError::Protocol {
         path: socket.to_owned(),
         message,
@@ -137,5 +199,26 @@ pub fn call(socket: &Path, command: Command) -> Result<ResponseData, CallError> 
             )))
         }
         ResponseResult::Ok { data } => Ok(data),
+    }
+}
+
+/// Reads the socket until `deadline`: each read waits only for what is
+/// left of the time, so that an answer trickling in a byte at a time cannot
+/// stretch the wait beyond the timeout.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    deadline: std::time::Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self
+            .deadline
+            .saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
     }
 }

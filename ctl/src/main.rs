@@ -30,6 +30,17 @@ struct Cli {
         default_value = client::DEFAULT_SOCKET
     )]
     socket: PathBuf,
+    /// How long to wait for aokd to accept the connection, and again for
+    /// its answer, in seconds.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECS",
+        env = client::TIMEOUT_ENV,
+        default_value = client::DEFAULT_TIMEOUT_SECS,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    timeout: u64,
     /// Print the response's data as JSON (schema: docs/control.md) instead
     /// of a table.
     #[arg(long, global = true)]
@@ -85,19 +96,21 @@ const _: fn(&verify::VerifyArgs) -> i32 = verify::run;
 fn main() {
     let Cli {
         socket,
+        timeout,
         json,
         command,
     } = Cli::parse();
+    let timeout = std::time::Duration::from_secs(timeout);
     let code = match command {
         Cmd::Verify(args) => verify::run_with(&args, Some(&socket), json),
         Cmd::GenPsk { file, force } => gen_psk::run(&file, force, json),
-        Cmd::Status => query(&socket, json, Command::Status),
-        Cmd::Sas => query(&socket, json, Command::Sas),
-        Cmd::Mkts => query(&socket, json, Command::Mkts),
-        Cmd::Sockets => query(&socket, json, Command::Sockets),
-        Cmd::Initiate { peer } => query(&socket, json, Command::Initiate { peer }),
-        Cmd::Terminate { peer } => query(&socket, json, Command::Terminate { peer }),
-        Cmd::Rekey { peer, ike } => query(&socket, json, Command::Rekey { peer, ike }),
+        Cmd::Status => query(&socket, timeout, json, Command::Status),
+        Cmd::Sas => query(&socket, timeout, json, Command::Sas),
+        Cmd::Mkts => query(&socket, timeout, json, Command::Mkts),
+        Cmd::Sockets => query(&socket, timeout, json, Command::Sockets),
+        Cmd::Initiate { peer } => query(&socket, timeout, json, Command::Initiate { peer }),
+        Cmd::Terminate { peer } => query(&socket, timeout, json, Command::Terminate { peer }),
+        Cmd::Rekey { peer, ike } => query(&socket, timeout, json, Command::Rekey { peer, ike }),
     };
     std::process::exit(code);
 }
@@ -110,9 +123,9 @@ fn print(text: &str) {
 }
 
 /// Sends `command`, prints the answer; returns the exit status.
-fn query(socket: &Path, json: bool, command: Command) -> i32 {
+fn query(socket: &Path, timeout: std::time::Duration, json: bool, command: Command) -> i32 {
     let expected = command.clone();
-    let data = match client::call(socket, command) {
+    let data = match client::call(socket, command, timeout) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("aoctl: {e}");

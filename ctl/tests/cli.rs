@@ -152,6 +152,48 @@ fn unreachable_socket_exits_2() {
     );
 }
 
+/// A control socket that accepts and never answers: aoctl gives up after
+/// `--timeout` (or AOKD_TIMEOUT) seconds, naming the socket and the wait.
+#[test]
+fn a_silent_control_socket_times_out() {
+    let dir = TempDir::new("silent");
+    let sock = dir.join("silent.sock");
+    let s = sock.to_str().unwrap();
+    let listener = UnixListener::bind(&sock).unwrap();
+    // Accepts every connection and keeps it open, reading nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = aoctl(&["--socket", s, "--timeout", "1", "status"]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    let err = stderr(&out);
+    assert!(err.contains(s), "{err}");
+    assert!(err.contains("did not answer within 1 s"), "{err}");
+    assert!(err.contains("--timeout"), "{err}");
+
+    // AOKD_TIMEOUT is the default for --timeout.
+    let started = std::time::Instant::now();
+    let out = Command::new(AOCTL)
+        .args(["--socket", s, "sas"])
+        .env("AOKD_TIMEOUT", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(stderr(&out).contains("within 1 s"), "{}", stderr(&out));
+
+    // A timeout of 0 would mean none at all: refused.
+    let out = aoctl(&["--socket", s, "--timeout", "0", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--timeout"), "{}", stderr(&out));
+}
+
 /// Serves `n` connections on `path`, answering each request with
 /// `answer(command)`; returns the commands received.
 fn fake_server(

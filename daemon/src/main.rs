@@ -15,7 +15,7 @@ use aokd::runtime::{self, Daemon};
 use aokd::state::StateStore;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::mpsc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -198,7 +198,8 @@ fn check_config(file: &Path) -> ExitCode {
 }
 
 /// `aokd --config FILE`: negotiates with every configured peer and serves
-/// the control socket until SIGINT or SIGTERM.
+/// the control socket until SIGINT or SIGTERM (SIGHUP is logged and
+/// ignored: reloading the configuration is not supported yet).
 fn run(file: &Path) -> ExitCode {
     let config = match Config::load(file) {
         Ok(c) => c,
@@ -232,6 +233,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    // SIGHUP's default action would kill aokd without its shutdown (the
+    // sockets left behind, the state file not closed cleanly).
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     info!(
         config = %config.file.display(),
         peers = config.peers.len(),
@@ -246,8 +250,86 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "kernel probed"
     );
     let keys = KeyManager::new(&config, support)?;
-    // The state file is opened (and checked) before anything is bound: a
-    // corrupt or newer file stops aokd with the reason, untouched.
+    // Everything that can fail for want of a port or a socket path is
+    // bound first, and the state directory and file are created only
+    // then: a start that fails leaves nothing behind. A corrupt or newer
+    // state file still stops aokd with the reason, untouched; the sockets
+    // (and the socket directories created for them) are removed again.
+    let created_dirs =
+        missing_parents(&[&config.daemon.control_socket, &config.daemon.attach_socket]);
+    let bound = async {
+        let daemon =
+            Daemon::bind(&config.daemon.listen_addrs(), endpoint, "main", Some(keys)).await?;
+        let server = ControlServer::bind(&config.daemon.control_socket).await?;
+        let attach = AttachServer::bind(
+            &config.daemon.attach_socket,
+            config.daemon.attach_socket_mode,
+        )
+        .await
+        .with_context(|| format!("attach socket {}", config.daemon.attach_socket.display()))?;
+        anyhow::Ok((daemon, server, attach))
+    };
+    let opened = match bound.await {
+        Ok(bound) => open_state(&config).map(|state| (bound, state)),
+        Err(e) => Err(e),
+    };
+    let ((mut daemon, server, mut attach), (persist, writer, snapshot)) = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            // The listeners were dropped (their socket files removed).
+            for dir in created_dirs.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(e);
+        }
+    };
+    daemon.restore(persist, &snapshot);
+    attach.set_default_wait(config.daemon.acquire_timeout);
+    let (calls_tx, calls_rx) = mpsc::channel(16);
+    let (attach_tx, attach_rx) = mpsc::channel(64);
+    let shutdown = async move {
+        let serve_control = server.run(calls_tx);
+        let serve_attach = attach.run(attach_tx);
+        tokio::pin!(serve_control, serve_attach);
+        loop {
+            tokio::select! {
+                () = &mut serve_control => break,
+                () = &mut serve_attach => break,
+                _ = sigint.recv() => {
+                    info!("SIGINT: shutting down");
+                    break;
+                }
+                _ = sigterm.recv() => {
+                    info!("SIGTERM: shutting down");
+                    break;
+                }
+                _ = sighup.recv() => warn!(
+                    "SIGHUP: reloading the configuration is not supported yet; \
+                     aokd keeps running with the configuration it started with \
+                     (restart it to apply changes)"
+                ),
+            }
+        }
+    };
+    daemon.run(calls_rx, Some(attach_rx), shutdown).await?;
+    // Every handle is gone with the daemon: the writer applies what is
+    // queued and closes the file cleanly (no repair at the next start).
+    if writer.join().is_err() {
+        anyhow::bail!("the state writer panicked");
+    }
+    Ok(())
+}
+
+/// Opens the state file and starts its writer; returns the writer's
+/// handles and what the file holds.
+fn open_state(
+    config: &Config,
+) -> anyhow::Result<(
+    Persist,
+    std::thread::JoinHandle<()>,
+    aokd::state::StateSnapshot,
+)> {
+    use anyhow::Context;
     let store = StateStore::open(&config.daemon.state_dir)?;
     let snapshot = store.load()?;
     info!(
@@ -258,32 +340,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "state file opened"
     );
     let (persist, writer) = Persist::start(store).context("cannot start the state writer")?;
-    let mut daemon =
-        Daemon::bind(&config.daemon.listen_addrs(), endpoint, "main", Some(keys)).await?;
-    daemon.restore(persist, &snapshot);
-    let server = ControlServer::bind(&config.daemon.control_socket).await?;
-    let mut attach = AttachServer::bind(
-        &config.daemon.attach_socket,
-        config.daemon.attach_socket_mode,
-    )
-    .await
-    .with_context(|| format!("attach socket {}", config.daemon.attach_socket.display()))?;
-    attach.set_default_wait(config.daemon.acquire_timeout);
-    let (calls_tx, calls_rx) = mpsc::channel(16);
-    let (attach_tx, attach_rx) = mpsc::channel(64);
-    let shutdown = async move {
-        tokio::select! {
-            () = server.run(calls_tx) => {}
-            () = attach.run(attach_tx) => {}
-            _ = sigint.recv() => info!("SIGINT: shutting down"),
-            _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+    Ok((persist, writer, snapshot))
+}
+
+/// The directories above `paths` that do not exist yet, outermost first
+/// (binding a socket creates them).
+fn missing_parents(paths: &[&Path]) -> Vec<PathBuf> {
+    let mut missing = Vec::new();
+    for path in paths {
+        let mut dir = path.parent();
+        let mut chain = Vec::new();
+        while let Some(d) = dir {
+            if d.as_os_str().is_empty() || d.exists() {
+                break;
+            }
+            chain.push(d.to_path_buf());
+            dir = d.parent();
         }
-    };
-    daemon.run(calls_rx, Some(attach_rx), shutdown).await?;
-    // Every handle is gone with the daemon: the writer applies what is
-    // queued and closes the file cleanly (no repair at the next start).
-    if writer.join().is_err() {
-        anyhow::bail!("the state writer panicked");
+        for d in chain.into_iter().rev() {
+            if !missing.contains(&d) {
+                missing.push(d);
+            }
+        }
     }
-    Ok(())
+    missing
 }

@@ -26,7 +26,7 @@
 //! repair), and a file that is refused must stay as it was. A file that
 //! redb cannot open, whose checksums fail or whose contents do not decode
 //! gives [`StateError::Corrupt`] (redb panics on some malformed files; the
-//! panic is caught and reported the same way). aokd never deletes,
+//! panic is caught, its message kept off stderr, and reported the same way). aokd never deletes,
 //! truncates or rewrites such a file: the error tells the operator to move
 //! it aside.
 //!
@@ -381,9 +381,9 @@ impl StateStore {
     /// malformed files instead of returning an error: that is
     /// [`StateError::Corrupt`] too.
     fn check_and_load(&self) -> Result<StateSnapshot, StateError> {
-        match catch_unwind(AssertUnwindSafe(|| self.check_and_load_inner())) {
+        match quietly(|| self.check_and_load_inner()) {
             Ok(r) => r,
-            Err(panic) => Err(self.corrupt(panic_message(&*panic))),
+            Err(_) => Err(self.corrupt(panic_message())),
         }
     }
 
@@ -872,14 +872,14 @@ fn open_db(backend: impl StorageBackend, path: &Path, trial: bool) -> Result<Dat
             }
         });
     }
-    let opened = catch_unwind(AssertUnwindSafe(|| {
+    let opened = quietly(|| {
         let mut db = builder.create_with_backend(backend)?;
         opening.store(false, std::sync::atomic::Ordering::Relaxed);
         if !db.check_integrity()? && !trial {
             warn!(file = %path.display(), "the state file's allocator state was repaired");
         }
         Ok(db)
-    }));
+    });
     let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| StateError::Corrupt {
         file: path.to_owned(),
         source,
@@ -887,7 +887,7 @@ fn open_db(backend: impl StorageBackend, path: &Path, trial: bool) -> Result<Dat
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(db_open_error(e, path)),
-        Err(panic) => Err(corrupt(panic_message(&*panic).into())),
+        Err(_) => Err(corrupt(panic_message().into())),
     }
 }
 
@@ -942,14 +942,38 @@ fn read_all(backend: &FileBackend) -> io::Result<Vec<u8>> {
     backend.read(0, len)
 }
 
-/// Describes a panic redb raised while reading the file.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let msg = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned());
-    format!("redb failed reading it: {msg}")
+thread_local! {
+    /// Set while [`quietly`] runs redb on this thread.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (redb reading a file), catching a panic without the panic
+/// hook's message on stderr: a damaged state file is reported as
+/// [`StateError::Corrupt`], not as "thread panicked at" a line of redb.
+/// The panic's text and place go to the debug log. Panics on other threads,
+/// or outside `f`, reach the previous hook as before.
+fn quietly<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(std::cell::Cell::get) {
+                tracing::debug!(panic = %info, "redb panicked reading the state file");
+            } else {
+                previous(info);
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    r
+}
+
+/// Describes a panic redb raised while reading the file (its text is in
+/// the debug log).
+fn panic_message() -> String {
+    "redb cannot read its pages (the file is truncated or damaged)".to_owned()
 }
 
 /// A fingerprint is exactly 16 hex digits; anything else (a 64-digit hex

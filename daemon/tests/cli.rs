@@ -158,8 +158,13 @@ fn state_config(dir: &TempDir) -> std::path::PathBuf {
 }
 
 /// Starts aokd on `file` and expects it to exit 1 at once, naming `needles`
-/// on stderr; the state file must be byte for byte what it was.
-fn refused_at_start(file: &std::path::Path, state_file: &std::path::Path, needles: &[&str]) {
+/// on stderr; the state file must be byte for byte what it was. Returns
+/// aokd's stderr.
+fn refused_at_start(
+    file: &std::path::Path,
+    state_file: &std::path::Path,
+    needles: &[&str],
+) -> String {
     let before = std::fs::read(state_file).unwrap();
     let mut child = Command::new(AOKD)
         .arg("--config")
@@ -189,6 +194,7 @@ fn refused_at_start(file: &std::path::Path, state_file: &std::path::Path, needle
         before,
         "state file changed"
     );
+    stderr
 }
 
 #[test]
@@ -258,4 +264,170 @@ fn a_world_readable_state_directory_stops_aokd() {
     assert!(stderr.contains(&state.display().to_string()), "{stderr}");
     assert!(stderr.contains("0755"), "{stderr}");
     assert!(!state.join(aokd::state::STATE_FILE_NAME).exists());
+}
+
+/// Connects to aokd's control socket, waiting up to 20 s for it to appear.
+fn connect_control(sock: &std::path::Path) -> UnixStream {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = UnixStream::connect(sock) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "aokd did not create {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// aokd's answer to `status` on `sock`.
+fn control_status(sock: &std::path::Path) -> serde_json::Value {
+    let stream = connect_control(sock);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    writer
+        .write_all(b"{\"version\":1,\"command\":\"status\"}\n")
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+/// SIGHUP does not end aokd (reloading is not supported yet, and the
+/// default action would kill it without its shutdown): it logs why and
+/// keeps serving; SIGTERM then ends it cleanly.
+#[test]
+fn sighup_is_logged_and_survived() {
+    let dir = TempDir::new("cli-sighup");
+    let file = state_config(&dir);
+    let sock = dir.join("run/control.sock");
+    let mut child = Command::new(AOKD)
+        .arg("--config")
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let v = control_status(&sock);
+    assert_eq!(v["status"], "ok", "{v}");
+    let pid = child.id() as libc::pid_t;
+    for _ in 0..2 {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(child.try_wait().unwrap().is_none(), "aokd ended on SIGHUP");
+        let v = control_status(&sock);
+        assert_eq!(v["status"], "ok", "{v}");
+        assert_eq!(v["data"]["peers"][0]["name"], "r2", "{v}");
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!sock.exists(), "socket not removed");
+    assert!(!dir.join("run/attach.sock").exists(), "socket not removed");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("SIGHUP: reloading the configuration is not supported yet"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("SIGTERM: shutting down"), "{stderr}");
+}
+
+/// A real state file cut to half its length: redb panics reading it, and
+/// aokd says only that the file is corrupt, naming it, without the panic
+/// text, and leaves the file as it was.
+#[test]
+fn a_truncated_state_file_is_corrupt_without_a_panic_message() {
+    let dir = TempDir::new("cli-truncated-state");
+    let file = state_config(&dir);
+    let state = dir.join("state");
+    let state_file = state.join(aokd::state::STATE_FILE_NAME);
+    drop(aokd::state::StateStore::open(&state).unwrap());
+    let len = std::fs::metadata(&state_file).unwrap().len();
+    assert!(len > 0);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state_file)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let path = state_file.display().to_string();
+    let stderr = refused_at_start(&file, &state_file, &[path.as_str(), "corrupt"]);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("RUST_BACKTRACE"), "{stderr}");
+}
+
+/// Starts aokd on `file`, expects exit 1 with `needles` on stderr, and
+/// returns its stderr.
+fn fails_at_start(file: &std::path::Path, needles: &[&str]) -> String {
+    let out = Command::new(AOKD)
+        .arg("--config")
+        .arg(file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "{n:?} not in: {stderr}");
+    }
+    stderr
+}
+
+/// A start that fails for want of a port or a socket path creates no state
+/// directory or file, and leaves no socket or socket directory behind.
+#[test]
+fn a_failed_bind_creates_no_state() {
+    // The IKE port is taken.
+    let dir = TempDir::new("cli-port-taken");
+    let file = state_config(&dir);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let port: u16 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("port = "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let taken = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    fails_at_start(&file, &["cannot bind UDP", addr.as_str()]);
+    drop(taken);
+    assert!(!dir.join("state").exists(), "state directory created");
+    assert!(!dir.join("run").exists(), "socket directory created");
+
+    // The control socket's directory cannot be created (a file is in the way).
+    let dir = TempDir::new("cli-control-path");
+    let file = state_config(&dir);
+    std::fs::write(dir.join("run"), "not a directory").unwrap();
+    let sock = dir.join("run/control.sock").display().to_string();
+    fails_at_start(&file, &[sock.as_str()]);
+    assert!(!dir.join("state").exists(), "state directory created");
+
+    // The attach socket's path is taken by something that is not a socket:
+    // the control socket bound before it is removed again.
+    let dir = TempDir::new("cli-attach-path");
+    let file = state_config(&dir);
+    std::fs::create_dir(dir.join("run")).unwrap();
+    std::fs::write(dir.join("run/attach.sock"), "a file").unwrap();
+    let sock = dir.join("run/attach.sock").display().to_string();
+    fails_at_start(&file, &[sock.as_str()]);
+    assert!(!dir.join("state").exists(), "state directory created");
+    assert!(
+        !dir.join("run/control.sock").exists(),
+        "control socket left"
+    );
+
+    // A corrupt state file, found after the binds: the sockets and the
+    // socket directory created for them are removed again.
+    let dir = TempDir::new("cli-state-after-bind");
+    let file = state_config(&dir);
+    let state = dir.join("state");
+    drop(aokd::state::StateStore::open(&state).unwrap());
+    std::fs::write(state.join(aokd::state::STATE_FILE_NAME), [0x5a; 8192]).unwrap();
+    fails_at_start(&file, &["corrupt"]);
+    assert!(!dir.join("run").exists(), "socket directory left");
 }
