@@ -87,6 +87,12 @@ pub const MAX_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A PSK file larger than this is refused (it is surely the wrong file).
 const MAX_PSK_FILE_LEN: u64 = 64 * 1024;
+/// The shortest pre-shared key accepted, in octets. RFC 7296 2.15 asks for
+/// a key as strong as the PRF's (32 octets for PRF_HMAC_SHA2_256); a key
+/// of a few octets falls to an offline dictionary search over one captured
+/// IKE_AUTH. 16 octets (128 bits, or a passphrase of 16 characters) is the
+/// floor; `aoctl gen-psk` writes 32 random octets.
+pub const MIN_PSK_LEN: usize = 16;
 /// Longest peer name.
 const MAX_PEER_NAME_LEN: usize = 64;
 /// Longest FQDN or RFC 822 identity (the ID payload allows more, but no
@@ -1040,8 +1046,21 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
 /// `\r\n`) is stripped; then `0x<hex>`, or plain hex of even length and at
 /// least 32 digits, gives the decoded octets; such hex followed by more
 /// white space is refused; anything else is the secret itself (RFC 7296
-/// 2.15 ASCII keys). Errors are message fragments ("is empty").
+/// 2.15 ASCII keys). A key shorter than [`MIN_PSK_LEN`] octets is refused.
+/// Errors are message fragments ("is empty").
 pub fn decode_psk(contents: &[u8]) -> Result<Psk, String> {
+    let psk = decode_psk_any_length(contents)?;
+    if psk.len() < MIN_PSK_LEN {
+        return Err(format!(
+            "holds a key of {} octets; at least {MIN_PSK_LEN} are required (`aoctl gen-psk FILE` writes 32 random octets)",
+            psk.len()
+        ));
+    }
+    Ok(psk)
+}
+
+/// [`decode_psk`] without the length floor.
+fn decode_psk_any_length(contents: &[u8]) -> Result<Psk, String> {
     let mut body = contents;
     if let Some(rest) = body.strip_suffix(b"\n") {
         body = rest.strip_suffix(b"\r").unwrap_or(rest);
@@ -1106,35 +1125,57 @@ mod tests {
     fn psk_formats() {
         let hex64 = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
         assert_eq!(decode_psk(hex64.as_bytes()).map(|p| p.len()), Ok(32));
+        let hex16 = format!("0x{}\n", "ab".repeat(16));
         assert_eq!(
-            decode_psk(b"0xabcd\n").map(|p| p.as_bytes().to_vec()),
-            Ok(vec![0xab, 0xcd])
+            decode_psk(hex16.as_bytes()).map(|p| p.as_bytes().to_vec()),
+            Ok(vec![0xab; 16])
+        );
+        let phrase = b"correct horse battery\n";
+        assert_eq!(
+            decode_psk(phrase).map(|p| p.as_bytes().to_vec()),
+            Ok(b"correct horse battery".to_vec())
         );
         assert_eq!(
-            decode_psk(b"secret\n").map(|p| p.as_bytes().to_vec()),
-            Ok(b"secret".to_vec())
-        );
-        assert_eq!(
-            decode_psk(b"secret\r\n").map(|p| p.as_bytes().to_vec()),
-            Ok(b"secret".to_vec())
+            decode_psk(b"correct horse battery\r\n").map(|p| p.as_bytes().to_vec()),
+            Ok(b"correct horse battery".to_vec())
         );
         // Short hex-looking strings are ASCII secrets.
+        let short_hex = "abcd".repeat(4);
         assert_eq!(
-            decode_psk(b"abcd").map(|p| p.as_bytes().to_vec()),
-            Ok(b"abcd".to_vec())
+            decode_psk(short_hex.as_bytes()).map(|p| p.as_bytes().to_vec()),
+            Ok(short_hex.as_bytes().to_vec())
         );
         // Odd-length hex is ASCII too.
         let odd = "0".repeat(33);
         assert_eq!(decode_psk(odd.as_bytes()).map(|p| p.len()), Ok(33));
         // Only one newline is stripped.
+        let two = b"sixteen octets!!\n\n";
         assert_eq!(
-            decode_psk(b"x\n\n").map(|p| p.as_bytes().to_vec()),
-            Ok(b"x\n".to_vec())
+            decode_psk(two).map(|p| p.as_bytes().to_vec()),
+            Ok(b"sixteen octets!!\n".to_vec())
         );
         assert!(decode_psk(b"").is_err());
         assert!(decode_psk(b"\n").is_err());
         assert!(decode_psk(b"0xabc").is_err());
         assert!(decode_psk(b"0x").is_err());
+    }
+
+    #[test]
+    fn short_psks_are_refused() {
+        for (contents, octets) in [
+            (&b"x"[..], 1),
+            (b"abc\n", 3),
+            (b"secret\n", 6),
+            (b"0x0102ff\n", 3),
+            (b"fifteen octets!", 15),
+        ] {
+            let e = decode_psk(contents).err().unwrap_or_default();
+            assert!(
+                e.contains(&format!("a key of {octets} octets")) && e.contains("at least 16"),
+                "{contents:?}: {e}"
+            );
+        }
+        assert!(decode_psk(b"sixteen octets!!").is_ok());
     }
 
     #[test]

@@ -289,11 +289,22 @@ fn psk_file_contents() {
         dir.write("r2.psk", contents, 0o600);
         load(&dir, &text).map(|c| c.peers[0].psk.as_bytes().to_vec())
     };
-    assert_eq!(psk(b"0x0102ff\n").unwrap(), vec![1, 2, 0xff]);
+    let hex = format!("0x{}\n", "0102ff".repeat(6));
+    assert_eq!(psk(hex.as_bytes()).unwrap(), [1, 2, 0xff].repeat(6));
     assert_eq!(psk(&[b'a'; 64]).unwrap(), vec![0xaa; 32]);
     let ascii = "correct horse battery staple and then some more words to reach 64\n";
     assert_eq!(psk(ascii.as_bytes()).unwrap(), ascii.trim_end().as_bytes());
-    assert_eq!(psk(b"short\n").unwrap(), b"short");
+    assert_eq!(psk(b"a passphrase\tof 24\n").unwrap(), b"a passphrase\tof 24");
+    // A PSK of 1 or 3 octets is refused, naming the file, key and peer.
+    for (short, octets) in [(&b"x"[..], 1), (b"0x0102ff\n", 3), (b"short\n", 5)] {
+        dir.write("r2.psk", short, 0o600);
+        expect_invalid(
+            load(&dir, &text),
+            "peer[0].psk_file",
+            Some("r2"),
+            &format!("a key of {octets} octets; at least 16"),
+        );
+    }
 
     dir.write("r2.psk", b"\n", 0o600);
     expect_invalid(
