@@ -92,6 +92,32 @@ pub struct DaemonStatus {
     pub started_at: u64,
     pub listen: Vec<String>,
     pub peers: Vec<PeerStatus>,
+    /// The state file's health; `None` when nothing is stored.
+    #[serde(default)]
+    pub state_file: Option<StateFileStatus>,
+}
+
+/// The state file's health (`aoctl status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateFileStatus {
+    pub path: String,
+    /// "ok", or "failing" while changes cannot be written (they are kept
+    /// in memory and written once the file works again).
+    pub health: String,
+    /// The error of the last failed write, while failing.
+    pub error: Option<String>,
+    /// Seconds since the Unix epoch when the file started failing.
+    pub failing_since: Option<u64>,
+    /// Changes not yet written.
+    pub pending: usize,
+    /// Changes dropped because too many waited.
+    pub lost: u64,
+    /// Transactions committed since start.
+    pub commits: u64,
+    /// Commits that failed since start.
+    pub failed_commits: u64,
+    /// Times the file was opened again after a failure.
+    pub reopened: u64,
 }
 
 /// One configured peer.

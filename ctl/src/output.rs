@@ -2,7 +2,7 @@
 //! `mkts`) and the `--json` forms, which print the response's `data` object
 //! without its `kind` tag (docs/control.md).
 
-use aokd_api::control::{DaemonStatus, MktStatus, SaStatus, SocketStatus};
+use aokd_api::control::{DaemonStatus, MktStatus, SaStatus, SocketStatus, StateFileStatus};
 use serde::Serialize;
 
 use crate::table::{sanitize, Table};
@@ -58,6 +58,9 @@ pub fn status(s: &DaemonStatus, now: u64) -> String {
         when(s.started_at, now),
         sanitize(&s.listen.join(", "))
     );
+    if let Some(f) = &s.state_file {
+        out.push_str(&state_file_line(f, now));
+    }
     if s.peers.is_empty() {
         out.push_str("no peers configured\n");
         return out;
@@ -85,6 +88,31 @@ pub fn status(s: &DaemonStatus, now: u64) -> String {
     }
     out.push_str(&t.render());
     out
+}
+
+/// The state file's health, one line (two when it fails).
+fn state_file_line(f: &StateFileStatus, now: u64) -> String {
+    let mut line = format!("state file {}: {}", sanitize(&f.path), sanitize(&f.health));
+    if f.health != "ok" {
+        if let Some(since) = f.failing_since {
+            line.push_str(&format!(" since {}", when(since, now)));
+        }
+        line.push_str(&format!(
+            ", {} changes waiting in memory, {} failed writes, reopened {} times",
+            f.pending, f.failed_commits, f.reopened
+        ));
+        if let Some(e) = &f.error {
+            line.push_str(&format!("\n  error: {}", sanitize(e)));
+        }
+    }
+    if f.lost > 0 {
+        line.push_str(&format!(
+            "\n  {} changes were lost (too many waited); the state file is incomplete until the next restart",
+            f.lost
+        ));
+    }
+    line.push('\n');
+    line
 }
 
 /// `aoctl sas`.

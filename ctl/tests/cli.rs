@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use aokd_api::control::{
     Command as Cmd, DaemonStatus, MktStatus, PeerStatus, Request, Response, ResponseData,
-    ResponseResult, SaStatus, SocketStatus, PROTOCOL_VERSION,
+    ResponseResult, SaStatus, SocketStatus, StateFileStatus, PROTOCOL_VERSION,
 };
 
 const AOCTL: &str = env!("CARGO_BIN_EXE_aoctl");
@@ -256,6 +256,17 @@ fn canned_status() -> DaemonStatus {
                 backend: None,
             },
         ],
+        state_file: Some(StateFileStatus {
+            path: "/var/lib/aokd/aokd.redb".into(),
+            health: "failing".into(),
+            error: Some("No space left on device (os error 28)".into()),
+            failing_since: Some(1_700_000_000),
+            pending: 3,
+            lost: 0,
+            commits: 10,
+            failed_commits: 2,
+            reopened: 1,
+        }),
     }
 }
 
@@ -367,18 +378,26 @@ fn tables_and_json_from_a_fake_server() {
         lines[0].ends_with("listening on 0.0.0.0:500, [::]:500"),
         "{text}"
     );
-    assert_eq!(lines[1], "");
+    // The state file's health: failing, with the error.
+    assert!(
+        lines[1].starts_with(
+            "state file /var/lib/aokd/aokd.redb: failing since 2023-11-14 22:13:20Z ("
+        ) && lines[1].ends_with(", 3 changes waiting in memory, 2 failed writes, reopened 1 times"),
+        "{text}"
+    );
+    assert_eq!(lines[2], "  error: No space left on device (os error 28)");
+    assert_eq!(lines[3], "");
     assert_eq!(
-        lines[2],
+        lines[4],
         "PEER          ADDRESS            IKE          TCP-AO   MKTS  BACKEND  LAST ERROR"
     );
     assert_eq!(
-        lines[3],
+        lines[5],
         "r2            192.0.2.2:500      established  yes      2     tcp-md5  -"
     );
     // The escape sequence from the daemon is not passed to the terminal.
-    assert_eq!(lines[4], "r3-long-name  [2001:db8::3]:500  failed       unknown  0     -        AUTHENTICATION_FAILED\\u{1b}[2J");
-    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[6], "r3-long-name  [2001:db8::3]:500  failed       unknown  0     -        AUTHENTICATION_FAILED\\u{1b}[2J");
+    assert_eq!(lines.len(), 7);
 
     let out = aoctl(&["--socket", s, "--json", "status"]);
     assert!(out.status.success());

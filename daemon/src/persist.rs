@@ -2,24 +2,49 @@
 //!
 //! Every change (an MKT negotiated or deleted, an IKE SA established or
 //! gone, a socket attached or gone) is sent as an [`Op`] to one writer
-//! thread that applies them in order, each as its own durable redb
-//! transaction. The event loop does not wait for the `fsync`s, with one
-//! exception: a new MKT's record is written *before* its key goes on any
-//! socket ([`Persist::put_mkt_durable`]), so that after a crash at any
-//! moment the restarted aokd knows every KeyID that may be on a socket and
-//! never negotiates a colliding one (the kernel refuses a key that shares
-//! a SendID or RecvID with another key of the same peer).
+//! thread. The writer takes everything queued when it wakes (up to
+//! [`MAX_BATCH`] changes) and commits it as **one** durable redb
+//! transaction: one `fsync` for all the changes of a loop turn, or of a
+//! storm of handshakes, instead of one per change (group commit).
 //!
-//! A failed write is logged with the file and the operation; aokd keeps
-//! running (keys on sockets matter more than the record of them), and the
-//! next restart reports what it could not find.
+//! The event loop does not wait for the `fsync`s, with one exception: a new
+//! MKT's record is durable *before* its key goes on any socket
+//! ([`Persist::barrier`] after the loop turn's records), so that after a
+//! crash at any moment the restarted aokd knows every KeyID that may be on
+//! a socket and never negotiates a colliding one (the kernel refuses a key
+//! that shares a SendID or RecvID with another key of the same peer).
+//!
+//! A failed commit (a full disk, an I/O error) does not lose the changes:
+//! they stay queued in memory, the file is closed and opened again (redb
+//! refuses every write after one I/O error until then), and the commit is
+//! tried again every [`RETRY`] until it succeeds. Meanwhile keys still go
+//! on sockets (keys on sockets matter more than the record of them) and
+//! [`Persist::health`] says the state file is failing, with the error and
+//! the number of changes waiting, for `aoctl status`. One warning is
+//! logged when the file starts failing and one line when it recovers.
+//!
+//! MKT records stay until their hard lifetime ([`Op::PruneMkts`]); the
+//! writer keeps them ordered by expiry, so pruning reads nothing and
+//! deletes only the records that are due.
 
-use std::sync::mpsc::{channel, sync_channel, Sender, SyncSender};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
 
-use tracing::warn;
+use tracing::{debug, info, warn};
 
-use crate::state::{IkeSaRecord, MktRecord, SocketRecord, StateError, StateStore};
+use crate::state::{Batch, IkeSaRecord, MktRecord, SocketRecord, StateError, StateStore};
+
+/// The most changes committed in one transaction.
+pub const MAX_BATCH: usize = 4096;
+/// How often a failing state file is tried again.
+pub const RETRY: Duration = Duration::from_secs(1);
+/// Changes kept in memory while the state file fails; beyond that new
+/// changes are counted as lost (and reported) rather than kept.
+pub const MAX_PENDING: usize = 200_000;
 
 /// One change to the state file.
 #[derive(Debug, Clone)]
@@ -59,8 +84,31 @@ pub enum Op {
 
 enum Msg {
     Op(Op),
-    /// Answered once every earlier op is applied.
+    /// Answered once every earlier op is applied (or its commit failed).
     Barrier(SyncSender<()>),
+}
+
+/// How the state file is doing, for `aoctl status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateHealth {
+    /// The state file (`None`: nothing is stored).
+    pub file: Option<PathBuf>,
+    /// The last commit failed; the changes since wait in memory.
+    pub failing: bool,
+    /// The last commit's error while failing, else the last error seen.
+    pub error: Option<String>,
+    /// When the file started failing.
+    pub failing_since: Option<SystemTime>,
+    /// Changes not yet durable (queued, or kept after a failed commit).
+    pub pending: usize,
+    /// Changes dropped because [`MAX_PENDING`] were already waiting.
+    pub lost: u64,
+    /// Transactions committed.
+    pub commits: u64,
+    /// Commits that failed.
+    pub failed_commits: u64,
+    /// Times the file was closed and opened again after a failure.
+    pub reopened: u64,
 }
 
 /// A handle to the writer thread; cheap to clone. A disabled handle
@@ -68,36 +116,35 @@ enum Msg {
 #[derive(Clone, Default)]
 pub struct Persist {
     tx: Option<Sender<Msg>>,
+    health: Arc<Mutex<StateHealth>>,
 }
 
 impl Persist {
     /// A handle that stores nothing.
     pub fn disabled() -> Persist {
-        Persist { tx: None }
+        Persist::default()
     }
 
     /// Starts the writer thread on `store`. The thread ends, closing the
-    /// file, when every handle is dropped.
+    /// file, when every handle is dropped (after a last try to commit what
+    /// is still waiting).
     pub fn start(store: StateStore) -> std::io::Result<(Persist, JoinHandle<()>)> {
         let (tx, rx) = channel::<Msg>();
+        let health = Arc::new(Mutex::new(StateHealth {
+            file: Some(store.path().to_owned()),
+            ..StateHealth::default()
+        }));
+        let mut writer = Writer::new(store, Arc::clone(&health));
         let handle = std::thread::Builder::new()
             .name("aokd-state".into())
-            .spawn(move || {
-                for msg in rx {
-                    match msg {
-                        Msg::Op(op) => {
-                            if let Err(e) = apply(&store, &op) {
-                                warn!(file = %store.path().display(), op = op.describe(), error = %e,
-                                    "cannot update the state file");
-                            }
-                        }
-                        Msg::Barrier(done) => {
-                            let _ = done.send(());
-                        }
-                    }
-                }
-            })?;
-        Ok((Persist { tx: Some(tx) }, handle))
+            .spawn(move || writer.run(&rx))?;
+        Ok((
+            Persist {
+                tx: Some(tx),
+                health,
+            },
+            handle,
+        ))
     }
 
     /// Whether changes are stored.
@@ -119,7 +166,8 @@ impl Persist {
         self.barrier();
     }
 
-    /// Waits until every op queued so far is applied.
+    /// Waits until every op queued so far is committed (or its commit
+    /// failed, see [`Persist::health`]).
     pub fn barrier(&self) {
         if let Some(tx) = &self.tx {
             let (done_tx, done_rx) = sync_channel(1);
@@ -128,28 +176,238 @@ impl Persist {
             }
         }
     }
+
+    /// The state file's health now.
+    pub fn health(&self) -> StateHealth {
+        self.health.lock().map(|h| h.clone()).unwrap_or_default()
+    }
 }
 
-fn apply(store: &StateStore, op: &Op) -> Result<(), StateError> {
+/// An MKT record's key: peer, SendID, RecvID.
+type MktKey = (String, u8, u8);
+
+/// The writer thread's state.
+struct Writer {
+    /// `None` after a failed commit: opened again before the next one.
+    store: Option<StateStore>,
+    dir: PathBuf,
+    file: PathBuf,
+    /// Changes not yet committed, in order.
+    pending: VecDeque<Op>,
+    /// Every MKT record in the file (or pending), by hard lifetime...
+    expiry: BTreeSet<(u64, MktKey)>,
+    /// ...and by key, with its hard lifetime.
+    expires: BTreeMap<MktKey, u64>,
+    health: Arc<Mutex<StateHealth>>,
+}
+
+impl Writer {
+    fn new(store: StateStore, health: Arc<Mutex<StateHealth>>) -> Writer {
+        let mut writer = Writer {
+            dir: store.dir().to_owned(),
+            file: store.path().to_owned(),
+            store: None,
+            pending: VecDeque::new(),
+            expiry: BTreeSet::new(),
+            expires: BTreeMap::new(),
+            health,
+        };
+        match store.mkts() {
+            Ok(mkts) => {
+                for r in mkts {
+                    writer.set_expiry((r.peer, r.send_id, r.recv_id), Some(r.expires_at_unix));
+                }
+            }
+            Err(e) => warn!(file = %store.path().display(), error = %e,
+                "cannot list the MKT records; expired ones are pruned at the next restart"),
+        }
+        writer.store = Some(store);
+        writer
+    }
+
+    /// Records (or with `None` forgets) an MKT record's hard lifetime.
+    fn set_expiry(&mut self, key: MktKey, expires: Option<u64>) {
+        if let Some(old) = self.expires.remove(&key) {
+            self.expiry.remove(&(old, key.clone()));
+        }
+        if let Some(at) = expires {
+            self.expiry.insert((at, key.clone()));
+            self.expires.insert(key, at);
+        }
+    }
+
+    fn run(&mut self, rx: &Receiver<Msg>) {
+        let mut barriers = Vec::new();
+        loop {
+            let failing = !self.pending.is_empty();
+            let first = if failing {
+                rx.recv_timeout(RETRY)
+            } else {
+                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            };
+            let closed = match first {
+                Ok(msg) => {
+                    self.take(msg, &mut barriers);
+                    false
+                }
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            while self.pending.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(msg) => self.take(msg, &mut barriers),
+                    Err(_) => break,
+                }
+            }
+            if !self.pending.is_empty() {
+                self.commit();
+            }
+            for done in barriers.drain(..) {
+                let _ = done.send(());
+            }
+            if closed {
+                return;
+            }
+        }
+    }
+
+    /// Queues one message's change (expanding a prune into the deletions
+    /// that are due) or its barrier.
+    fn take(&mut self, msg: Msg, barriers: &mut Vec<SyncSender<()>>) {
+        let op = match msg {
+            Msg::Barrier(done) => return barriers.push(done),
+            Msg::Op(op) => op,
+        };
+        match &op {
+            Op::PruneMkts { now_unix } => {
+                while self.expiry.first().is_some_and(|(at, _)| at < now_unix) {
+                    let Some((_, (peer, send_id, recv_id))) = self.expiry.pop_first() else {
+                        break;
+                    };
+                    self.expires.remove(&(peer.clone(), send_id, recv_id));
+                    self.queue(Op::DeleteMkt {
+                        peer,
+                        send_id,
+                        recv_id,
+                    });
+                }
+                return;
+            }
+            Op::PutMkt(r) => self.set_expiry(
+                (r.peer.clone(), r.send_id, r.recv_id),
+                Some(r.expires_at_unix),
+            ),
+            Op::DeleteMkt {
+                peer,
+                send_id,
+                recv_id,
+            } => self.set_expiry((peer.clone(), *send_id, *recv_id), None),
+            _ => {}
+        }
+        self.queue(op);
+    }
+
+    fn queue(&mut self, op: Op) {
+        if self.pending.len() >= MAX_PENDING {
+            if let Ok(mut h) = self.health.lock() {
+                h.lost += 1;
+            }
+            debug!(
+                op = op.describe(),
+                "state change lost: too many changes wait for the state file"
+            );
+            return;
+        }
+        self.pending.push_back(op);
+    }
+
+    /// Commits every pending change in one transaction; on failure keeps
+    /// them, closes the file (to open it again before the next try) and
+    /// reports it.
+    fn commit(&mut self) {
+        let result = self.try_commit();
+        let mut h = match self.health.lock() {
+            Ok(h) => h,
+            Err(p) => p.into_inner(),
+        };
+        match result {
+            Ok(n) => {
+                h.commits += 1;
+                if h.failing {
+                    info!(file = %self.file.display(), changes = n,
+                        "the state file is written again; the changes kept in memory are stored");
+                }
+                h.failing = false;
+                h.failing_since = None;
+                self.pending.clear();
+                h.pending = 0;
+            }
+            Err(e) => {
+                h.failed_commits += 1;
+                if !h.failing {
+                    warn!(file = %self.file.display(), error = %e, waiting = self.pending.len(),
+                        retry_s = RETRY.as_secs(),
+                        "cannot write the state file; the changes are kept in memory and tried again");
+                    h.failing_since = Some(SystemTime::now());
+                } else {
+                    debug!(file = %self.file.display(), error = %e, waiting = self.pending.len(),
+                        "the state file still cannot be written");
+                }
+                h.failing = true;
+                h.error = Some(e.to_string());
+                h.pending = self.pending.len();
+                // redb refuses every later write after an I/O error: close
+                // the file and open it again for the next try.
+                self.store = None;
+            }
+        }
+    }
+
+    /// One transaction with every pending change; the number committed.
+    fn try_commit(&mut self) -> Result<usize, StateError> {
+        let store = match &mut self.store {
+            Some(store) => store,
+            None => {
+                let store = StateStore::open(&self.dir)?;
+                if let Ok(mut h) = self.health.lock() {
+                    h.reopened += 1;
+                }
+                self.store.insert(store)
+            }
+        };
+        let mut batch = store.batch()?;
+        let mut n = 0;
+        for op in &self.pending {
+            match apply(&mut batch, op) {
+                Ok(()) => n += 1,
+                // A record the store refuses never reaches the file; the
+                // rest of the batch goes on.
+                Err(e @ StateError::Invalid { .. }) => {
+                    warn!(file = %self.file.display(), op = op.describe(), error = %e,
+                        "state change refused")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        batch.commit()?;
+        Ok(n)
+    }
+}
+
+fn apply(batch: &mut Batch<'_>, op: &Op) -> Result<(), StateError> {
     match op {
-        Op::PutMkt(r) => store.put_mkt(r),
+        Op::PutMkt(r) => batch.put_mkt(r),
         Op::DeleteMkt {
             peer,
             send_id,
             recv_id,
-        } => store.delete_mkt(peer, *send_id, *recv_id).map(drop),
-        Op::PruneMkts { now_unix } => {
-            for r in store.mkts()? {
-                if r.expires_at_unix < *now_unix {
-                    store.delete_mkt(&r.peer, r.send_id, r.recv_id)?;
-                }
-            }
-            Ok(())
-        }
-        Op::PutIkeSa(r) => store.put_ike_sa(r),
-        Op::DeleteIkeSa { peer, spi_i, spi_r } => store.delete_ike_sa(peer, spi_i, spi_r).map(drop),
-        Op::PutSocket(r) => store.put_socket(r),
-        Op::DeleteSocket(cookie) => store.delete_socket(*cookie).map(drop),
+        } => batch.delete_mkt(peer, *send_id, *recv_id).map(drop),
+        // Expanded into deletions when queued.
+        Op::PruneMkts { .. } => Ok(()),
+        Op::PutIkeSa(r) => batch.put_ike_sa(r),
+        Op::DeleteIkeSa { peer, spi_i, spi_r } => batch.delete_ike_sa(peer, spi_i, spi_r).map(drop),
+        Op::PutSocket(r) => batch.put_socket(r),
+        Op::DeleteSocket(cookie) => batch.delete_socket(*cookie).map(drop),
     }
 }
 
@@ -176,7 +434,6 @@ impl Op {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     struct Dir(PathBuf);
     impl Dir {
@@ -249,6 +506,168 @@ mod tests {
         let store = StateStore::open(&dir.0.join("s")).unwrap();
         assert!(store.mkts().unwrap().is_empty());
         assert_eq!(store.sockets().unwrap().len(), 1);
+    }
+
+    /// A tmpfs of `size` on `dir` (root only): unmounted when dropped.
+    struct Tmpfs(PathBuf);
+    impl Tmpfs {
+        fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+            std::fs::create_dir_all(dir).unwrap();
+            let out = std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(dir)
+                .output();
+            match out {
+                Ok(o) if o.status.success() => Some(Tmpfs(dir.to_owned())),
+                other => {
+                    let why = format!(
+                        "cannot mount a tmpfs on {} (needs root): {other:?}",
+                        dir.display()
+                    );
+                    assert!(std::env::var_os("CI").is_none(), "{why}");
+                    eprintln!("skipped: {why}");
+                    None
+                }
+            }
+        }
+    }
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+
+    /// Fills the file system holding `path` with one file, to ENOSPC.
+    fn fill(path: &std::path::Path) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(path).unwrap();
+        let block = vec![0x5au8; 4096];
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        let _ = f.sync_all();
+    }
+
+    /// Polls the health until `f` holds (the writer retries every
+    /// [`RETRY`]); panics after `secs`.
+    fn wait_health(p: &Persist, secs: u64, f: impl Fn(&StateHealth) -> bool) -> StateHealth {
+        let end = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let h = p.health();
+            if f(&h) {
+                return h;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "health never matched: {h:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_reported_and_recovered_from_without_losing_changes() {
+        let dir = Dir::new("enospc");
+        let Some(_fs) = Tmpfs::mount(&dir.0, "8m") else {
+            return;
+        };
+        let state = dir.0.join("state");
+        let store = StateStore::open(&state).unwrap();
+        let (p, thread) = Persist::start(store).unwrap();
+        p.send(Op::PutSocket(socket(1)));
+        p.barrier();
+        assert!(!p.health().failing, "{:?}", p.health());
+
+        let filler = dir.0.join("filler");
+        fill(&filler);
+        // More than the file holds now: the commit must grow it, and fails.
+        for cookie in 2..3000 {
+            p.send(Op::PutSocket(socket(cookie)));
+        }
+        p.barrier();
+        let h = p.health();
+        assert!(h.failing, "the write to a full disk did not fail: {h:?}");
+        assert!(h.pending >= 2998, "{h:?}");
+        let err = h.error.clone().unwrap_or_default();
+        assert!(
+            err.contains("No space left on device") && err.contains("aokd.redb"),
+            "{err}"
+        );
+        // Still failing while the disk is full (retried, reopened).
+        let h = wait_health(&p, 10, |h| h.failed_commits >= 2);
+        assert!(h.failing, "{h:?}");
+        // More changes queue behind the failed ones, in order.
+        p.send(Op::DeleteSocket(1));
+
+        // Space is back: the writer reopens the file and writes everything.
+        std::fs::remove_file(&filler).unwrap();
+        let h = wait_health(&p, 10, |h| !h.failing);
+        assert_eq!((h.pending, h.lost), (0, 0), "{h:?}");
+        assert!(h.reopened >= 1, "{h:?}");
+        p.send(Op::PutSocket(socket(5000)));
+        p.barrier();
+        assert!(!p.health().failing);
+        drop(p);
+        thread.join().unwrap();
+        let store = StateStore::open(&state).unwrap();
+        let cookies: Vec<u64> = store.sockets().unwrap().iter().map(|s| s.cookie).collect();
+        let mut want: Vec<u64> = (2..3000).collect();
+        want.push(5000);
+        assert_eq!(cookies, want);
+    }
+
+    #[test]
+    fn pruning_deletes_only_the_records_that_are_due() {
+        let dir = Dir::new("prune");
+        let state = dir.0.join("s");
+        let mkt = |send_id: u8, expires: u64| MktRecord {
+            peer: "b".into(),
+            send_id,
+            recv_id: send_id,
+            algorithm: "hmac-sha256-128".into(),
+            include_options: true,
+            created_at_unix: 1,
+            rekey_at_unix: None,
+            expires_at_unix: expires,
+            key_fingerprint: "00".repeat(8),
+            ike_spi_i: "0".into(),
+            ike_spi_r: "0".into(),
+        };
+        {
+            let store = StateStore::open(&state).unwrap();
+            store.put_mkt(&mkt(1, 100)).unwrap();
+            let (p, thread) = Persist::start(store).unwrap();
+            p.send(Op::PutMkt(mkt(2, 200)));
+            p.send(Op::PutMkt(mkt(3, 300)));
+            // Replaced with a later lifetime: not due at 250.
+            p.send(Op::PutMkt(mkt(2, 400)));
+            p.send(Op::PruneMkts { now_unix: 350 });
+            p.barrier();
+            drop(p);
+            thread.join().unwrap();
+        }
+        let store = StateStore::open(&state).unwrap();
+        let left: Vec<(u8, u64)> = store
+            .mkts()
+            .unwrap()
+            .iter()
+            .map(|r| (r.send_id, r.expires_at_unix))
+            .collect();
+        assert_eq!(left, vec![(2, 400)]);
     }
 
     #[test]

@@ -19,14 +19,20 @@ pub fn record_events(persist: &Persist, clock: &WallClock, now: Instant, events:
     if !persist.enabled() {
         return;
     }
+    let mut new_mkt = false;
     for ev in events {
-        record(persist, clock, now, ev);
+        new_mkt |= record(persist, clock, now, ev);
+    }
+    if new_mkt {
+        // One commit for all of them, durable before any of their keys
+        // goes on a socket.
+        persist.barrier();
     }
 }
 
-/// Writes what `ev` changed to the state file. A new MKT's record is
-/// durable before its key goes on any socket.
-fn record(persist: &Persist, clock: &WallClock, now: Instant, ev: &Event) {
+/// Queues what `ev` changed for the state file; `true` for a new MKT,
+/// whose record must be durable before its key goes on any socket.
+fn record(persist: &Persist, clock: &WallClock, now: Instant, ev: &Event) -> bool {
     match ev {
         Event::MktCreated {
             peer,
@@ -49,7 +55,8 @@ fn record(persist: &Persist, clock: &WallClock, now: Instant, ev: &Event) {
                 // reuse the KeyIDs before the key is really gone.
                 clock.unix(*expires_at) + 1,
             );
-            persist.put_mkt_durable(rec);
+            persist.send(Op::PutMkt(rec));
+            return true;
         }
         // The record stays until the hard lifetime: a retired MKT's key
         // can linger on a connection that still uses it, and a restarted
@@ -95,6 +102,7 @@ fn record(persist: &Persist, clock: &WallClock, now: Instant, ev: &Event) {
         }),
         _ => {}
     }
+    false
 }
 
 /// The state file's record of an IKE SA, with its rekey deadline.

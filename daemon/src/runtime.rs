@@ -34,6 +34,9 @@ pub use crate::endpoint_config::endpoint_config;
 
 /// Largest IKE datagram accepted (strongSwan's max_packet is 10000).
 const MAX_DATAGRAM: usize = 65_535;
+/// The most datagrams handled in one loop turn (one flush, one state-file
+/// commit for all of them).
+const DATAGRAMS_PER_TURN: usize = 64;
 
 /// An attach call the key manager has not answered yet: where the answer
 /// goes, and what the log line says about the socket.
@@ -246,7 +249,17 @@ impl Daemon {
             // The one reading of the clock for this wake-up.
             let now = Instant::now();
             match wake {
-                Wake::Datagram(from, data) => self.endpoint.handle_datagram(now, from, &data),
+                Wake::Datagram(from, data) => {
+                    self.endpoint.handle_datagram(now, from, &data);
+                    // Whatever else has arrived, in the same turn: one
+                    // state-file commit and one flush for all of them.
+                    for _ in 1..DATAGRAMS_PER_TURN {
+                        match rx.try_recv() {
+                            Ok((from, data)) => self.endpoint.handle_datagram(now, from, &data),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Wake::Control(call) => {
                     let result = self.answers().control(call.command, call.peer_uid, now);
                     let _ = call.reply.send(result);
@@ -277,6 +290,7 @@ impl Daemon {
             keys: self.keys.as_mut(),
             clock: &self.clock,
             listen: &self.listen,
+            persist: &self.persist,
         }
     }
 

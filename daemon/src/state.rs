@@ -521,6 +521,22 @@ impl StateStore {
         self.read_sockets(&txn)
     }
 
+    /// Begins one write transaction that several changes go into
+    /// ([`Batch`]); nothing is written until [`Batch::commit`].
+    pub fn batch(&self) -> Result<Batch<'_>, StateError> {
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(self.db_err("begin a write transaction"))?;
+        txn.set_two_phase_commit(true);
+        Ok(Batch { store: self, txn })
+    }
+
+    /// The directory the state file is in (for reopening it).
+    pub fn dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("."))
+    }
+
     // ---- internals ----
 
     fn corrupt(&self, msg: String) -> StateError {
@@ -836,6 +852,104 @@ fn open_file(dir: &Path, path: &Path) -> Result<(File, bool), StateError> {
         });
     }
     Ok((file, created))
+}
+
+/// Several changes in one durable write transaction (the writer's group
+/// commit, [`crate::persist`]). A record the store refuses (a bad
+/// fingerprint, one that does not encode) is [`StateError::Invalid`] and
+/// leaves the transaction usable; any other error means the transaction
+/// must be dropped.
+pub struct Batch<'a> {
+    store: &'a StateStore,
+    txn: redb::WriteTransaction,
+}
+
+impl Batch<'_> {
+    fn db<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, BoxedDbError>,
+    ) -> Result<T, StateError> {
+        f(&self.txn).map_err(|e| StateError::Db {
+            file: self.store.file.clone(),
+            what,
+            source: e.0,
+        })
+    }
+
+    /// [`StateStore::put_mkt`] in this transaction.
+    pub fn put_mkt(&mut self, rec: &MktRecord) -> Result<(), StateError> {
+        check_fingerprint(&self.store.file, &rec.key_fingerprint)?;
+        let value = self.store.encode(rec)?;
+        self.db("store an MKT record", |txn| {
+            txn.open_table(MKTS)?.insert(
+                (rec.peer.as_str(), rec.send_id, rec.recv_id),
+                value.as_slice(),
+            )?;
+            Ok(())
+        })
+    }
+
+    /// [`StateStore::delete_mkt`] in this transaction.
+    pub fn delete_mkt(&mut self, peer: &str, send_id: u8, recv_id: u8) -> Result<bool, StateError> {
+        self.db("delete an MKT record", |txn| {
+            Ok(txn
+                .open_table(MKTS)?
+                .remove((peer, send_id, recv_id))?
+                .is_some())
+        })
+    }
+
+    /// [`StateStore::put_ike_sa`] in this transaction.
+    pub fn put_ike_sa(&mut self, rec: &IkeSaRecord) -> Result<(), StateError> {
+        let value = self.store.encode(rec)?;
+        self.db("store an IKE SA record", |txn| {
+            txn.open_table(IKE_SAS)?.insert(
+                (rec.peer.as_str(), rec.spi_i.as_str(), rec.spi_r.as_str()),
+                value.as_slice(),
+            )?;
+            Ok(())
+        })
+    }
+
+    /// [`StateStore::delete_ike_sa`] in this transaction.
+    pub fn delete_ike_sa(
+        &mut self,
+        peer: &str,
+        spi_i: &str,
+        spi_r: &str,
+    ) -> Result<bool, StateError> {
+        self.db("delete an IKE SA record", |txn| {
+            Ok(txn
+                .open_table(IKE_SAS)?
+                .remove((peer, spi_i, spi_r))?
+                .is_some())
+        })
+    }
+
+    /// [`StateStore::put_socket`] in this transaction.
+    pub fn put_socket(&mut self, rec: &SocketRecord) -> Result<(), StateError> {
+        let value = self.store.encode(rec)?;
+        self.db("store a socket record", |txn| {
+            txn.open_table(SOCKETS)?
+                .insert(rec.cookie, value.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// [`StateStore::delete_socket`] in this transaction.
+    pub fn delete_socket(&mut self, cookie: u64) -> Result<bool, StateError> {
+        self.db("delete a socket record", |txn| {
+            Ok(txn.open_table(SOCKETS)?.remove(cookie)?.is_some())
+        })
+    }
+
+    /// Commits every change durably (one `fsync` for all of them).
+    pub fn commit(self) -> Result<(), StateError> {
+        self.txn
+            .commit()
+            .map_err(self.store.db_err("commit the changes"))
+    }
 }
 
 /// Hands `backend` to redb and checks every page's checksum (normal

@@ -4,11 +4,12 @@
 //! endpoint to initiate, rekey or terminate.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use aokd_api::attach::AttachResult;
 use aokd_api::control::{
     Command, DaemonStatus, MktKey, MktStatus, PeerStatus, ResponseData, ResponseResult, SaStatus,
+    StateFileStatus,
 };
 use aokd_proto::ike::{Endpoint, PeerView};
 use tracing::info;
@@ -16,6 +17,7 @@ use tracing::info;
 use crate::attach::{result_error, result_ok};
 use crate::clock::WallClock;
 use crate::keys::{Answer, KeyManager};
+use crate::persist::{Persist, StateHealth};
 
 /// What the answers read and act on.
 pub struct Answers<'a> {
@@ -27,6 +29,8 @@ pub struct Answers<'a> {
     pub clock: &'a WallClock,
     /// The bound IKE addresses.
     pub listen: &'a [SocketAddr],
+    /// The state writer, for the state file's health.
+    pub persist: &'a Persist,
 }
 
 impl Answers<'_> {
@@ -137,8 +141,25 @@ impl Answers<'_> {
                         .map(|b| b.to_string()),
                 })
                 .collect(),
+            state_file: state_file_status(&self.persist.health()),
         }
     }
+}
+
+/// The state file's line of `aoctl status`.
+fn state_file_status(h: &StateHealth) -> Option<StateFileStatus> {
+    let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Some(StateFileStatus {
+        path: h.file.as_ref()?.display().to_string(),
+        health: if h.failing { "failing" } else { "ok" }.to_string(),
+        error: h.failing.then(|| h.error.clone()).flatten(),
+        failing_since: h.failing_since.map(unix),
+        pending: h.pending,
+        lost: h.lost,
+        commits: h.commits,
+        failed_commits: h.failed_commits,
+        reopened: h.reopened,
+    })
 }
 
 /// `aoctl sas`.

@@ -294,7 +294,10 @@ fn psk_file_contents() {
     assert_eq!(psk(&[b'a'; 64]).unwrap(), vec![0xaa; 32]);
     let ascii = "correct horse battery staple and then some more words to reach 64\n";
     assert_eq!(psk(ascii.as_bytes()).unwrap(), ascii.trim_end().as_bytes());
-    assert_eq!(psk(b"a passphrase\tof 24\n").unwrap(), b"a passphrase\tof 24");
+    assert_eq!(
+        psk(b"a passphrase\tof 24\n").unwrap(),
+        b"a passphrase\tof 24"
+    );
     // A PSK of 1 or 3 octets is refused, naming the file, key and peer.
     for (short, octets) in [(&b"x"[..], 1), (b"0x0102ff\n", 3), (b"short\n", 5)] {
         dir.write("r2.psk", short, 0o600);

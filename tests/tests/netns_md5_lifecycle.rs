@@ -353,51 +353,62 @@ impl Sampler {
         let handle = {
             let pids = Arc::clone(&pids);
             let record = Arc::clone(&record);
-            std::thread::spawn(move || loop {
-                for (side, socket) in sockets.iter().enumerate() {
-                    let keys = mkt_master_keys(socket);
-                    let list = control(socket, "mkts");
-                    let pid = pids.lock().expect("pids")[side];
-                    let failures = pid.and_then(|pid| {
-                        let text =
-                            std::fs::read_to_string(format!("/proc/{pid}/net/netstat")).ok()?;
-                        parse_netstat(&text, "TcpExt")
-                            .ok()?
-                            .get("TCPMD5Failure")
-                            .copied()
-                    });
-                    let t = t0.elapsed().as_secs_f64();
-                    let mut r = record.lock().expect("record");
-                    match keys {
-                        Ok(hexes) => {
-                            for hex in hexes {
-                                if r.keys.iter().any(|x| x.hex == hex) {
-                                    continue;
+            std::thread::spawn(move || {
+                let sample = || {
+                    for (side, socket) in sockets.iter().enumerate() {
+                        let keys = mkt_master_keys(socket);
+                        let list = control(socket, "mkts");
+                        let pid = pids.lock().expect("pids")[side];
+                        let failures = pid.and_then(|pid| {
+                            let text =
+                                std::fs::read_to_string(format!("/proc/{pid}/net/netstat")).ok()?;
+                            parse_netstat(&text, "TcpExt")
+                                .ok()?
+                                .get("TCPMD5Failure")
+                                .copied()
+                        });
+                        let t = t0.elapsed().as_secs_f64();
+                        let mut r = record.lock().expect("record");
+                        match keys {
+                            Ok(hexes) => {
+                                for hex in hexes {
+                                    if r.keys.iter().any(|x| x.hex == hex) {
+                                        continue;
+                                    }
+                                    let bytes = unhex(&hex).expect("master key is hex");
+                                    let fingerprint = aokd_proto::crypto::fingerprint(&bytes);
+                                    r.keys.push(Key {
+                                        hex,
+                                        bytes,
+                                        fingerprint,
+                                        first_seen: t,
+                                        side,
+                                    });
                                 }
-                                let bytes = unhex(&hex).expect("master key is hex");
-                                let fingerprint = aokd_proto::crypto::fingerprint(&bytes);
-                                r.keys.push(Key {
-                                    hex,
-                                    bytes,
-                                    fingerprint,
-                                    first_seen: t,
-                                    side,
-                                });
                             }
+                            Err(_) => r.failed[side] += 1,
                         }
-                        Err(_) => r.failed[side] += 1,
+                        match list {
+                            Ok(v) => r.mkts[side].push((t, fingerprints(&v))),
+                            Err(_) => r.failed[side] += 1,
+                        }
+                        if let Some(n) = failures {
+                            r.md5_failures[side].push((t, n));
+                        }
                     }
-                    match list {
-                        Ok(v) => r.mkts[side].push((t, fingerprints(&v))),
-                        Err(_) => r.failed[side] += 1,
+                };
+                loop {
+                    sample();
+                    match stopped.recv_timeout(SAMPLE_EVERY) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        // A last sample after the stream: an MKT negotiated
+                        // since the previous one may have signed its last
+                        // segments.
+                        _ => {
+                            sample();
+                            break;
+                        }
                     }
-                    if let Some(n) = failures {
-                        r.md5_failures[side].push((t, n));
-                    }
-                }
-                match stopped.recv_timeout(SAMPLE_EVERY) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    _ => break,
                 }
             })
         };
