@@ -54,6 +54,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::client_limit::{ClientLimit, IDLE_TIMEOUT, MAX_ATTACH_CLIENTS};
 use crate::kernel::{canonical, sys, Backend};
 use crate::keys::KeyRequest;
 use crate::sockets::{self, AttachedSocket, Gone};
@@ -246,6 +247,7 @@ impl From<UnixListenerError> for AttachSocketError {
 pub struct AttachServer {
     socket: PrivateListener,
     default_wait: Duration,
+    limit: ClientLimit,
 }
 
 impl AttachServer {
@@ -273,7 +275,13 @@ impl AttachServer {
         Ok(AttachServer {
             socket,
             default_wait: DEFAULT_WAIT,
+            limit: ClientLimit::new(MAX_ATTACH_CLIENTS, IDLE_TIMEOUT),
         })
+    }
+
+    /// Replaces the connection cap and idle timeout (tests use small ones).
+    pub fn set_limit(&mut self, limit: ClientLimit) {
+        self.limit = limit;
     }
 
     /// The socket's path.
@@ -305,12 +313,19 @@ impl AttachServer {
                     continue;
                 }
             };
+            let Some(slot) = self.limit.admit() else {
+                refuse(&stream, &self.limit);
+                continue;
+            };
             let calls = calls.clone();
             let default_wait = self.default_wait;
+            let idle = self.limit.idle();
             tokio::spawn(async move {
-                if let Err(e) = serve_connection(stream, calls, default_wait).await {
+                if let Err(e) = serve_connection_with_idle(stream, calls, default_wait, idle).await
+                {
                     debug!(error = %e, "attach connection ended with an error");
                 }
+                drop(slot);
             });
         }
     }
@@ -334,13 +349,46 @@ struct Client {
     uid: u32,
 }
 
+/// Answers a client beyond the cap with an error (one non-blocking write)
+/// and closes the connection.
+fn refuse(stream: &UnixStream, limit: &ClientLimit) {
+    static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if n % 1000 == 0 {
+        warn!(
+            max = limit.max(),
+            refused = n + 1,
+            "attach socket: too many connections; refusing new ones"
+        );
+    }
+    let reply = AttachReply {
+        version: ATTACH_VERSION,
+        result: result_error(limit.refusal("attach")),
+    };
+    if let Ok(mut line) = serde_json::to_vec(&reply) {
+        line.push(b'\n');
+        let _ = stream.try_write(&line);
+    }
+}
+
 /// Serves one connection until the client closes it, breaks the framing
 /// (an overlong line, several descriptors in one message), or an I/O error
-/// occurs.
+/// occurs, with the default idle timeout.
 pub async fn serve_connection(
+    stream: UnixStream,
+    calls: mpsc::Sender<AttachCall>,
+    default_wait: Duration,
+) -> io::Result<()> {
+    serve_connection_with_idle(stream, calls, default_wait, IDLE_TIMEOUT).await
+}
+
+/// [`serve_connection`], closing the connection when no complete request
+/// arrives within `idle` (the wait for an answer does not count).
+pub async fn serve_connection_with_idle(
     mut stream: UnixStream,
     calls: mpsc::Sender<AttachCall>,
     default_wait: Duration,
+    idle: Duration,
 ) -> io::Result<()> {
     let cred = stream.peer_cred()?;
     let client = Client {
@@ -352,8 +400,16 @@ pub async fn serve_connection(
     let mut buf: Vec<u8> = Vec::new();
     // Descriptors of the line still being assembled.
     let mut line_fds: Vec<OwnedFd> = Vec::new();
+    // Reset after each request answered: a client dripping a request
+    // octet by octet is idle too.
+    let mut deadline = tokio::time::Instant::now() + idle;
     loop {
-        stream.readable().await?;
+        let Ok(readable) = tokio::time::timeout_at(deadline, stream.readable()).await else {
+            debug!(pid = ?client.pid, uid = client.uid, idle_s = idle.as_secs_f64(),
+                "attach connection idle; closing");
+            return Ok(());
+        };
+        readable?;
         let received = stream.try_io(Interest::READABLE, || {
             sys::recv_with_fd(stream.as_fd(), &mut chunk)
         });
@@ -402,6 +458,7 @@ pub async fn serve_connection(
             drop(fds);
             let result = handle_request(body, fd, extra, client, &calls, default_wait).await;
             write_reply(&mut stream, result).await?;
+            deadline = tokio::time::Instant::now() + idle;
         }
         line_fds.extend(new_fd);
         if buf.len() > MAX_LINE_LEN {

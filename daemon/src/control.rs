@@ -25,6 +25,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::client_limit::{ClientLimit, IDLE_TIMEOUT, MAX_CONTROL_CLIENTS};
 use crate::config::Config;
 use crate::unix_listener::{bind_private, PrivateListener, UnixListenerError};
 
@@ -95,6 +96,7 @@ impl From<UnixListenerError> for ControlError {
 #[derive(Debug)]
 pub struct ControlServer {
     socket: PrivateListener,
+    limit: ClientLimit,
 }
 
 impl ControlServer {
@@ -108,7 +110,15 @@ impl ControlServer {
     pub async fn bind(path: &Path) -> Result<ControlServer, ControlError> {
         let socket = bind_private(path, 0o600, 0o700, "control")?;
         info!(path = %path.display(), "control socket listening");
-        Ok(ControlServer { socket })
+        Ok(ControlServer {
+            socket,
+            limit: ClientLimit::new(MAX_CONTROL_CLIENTS, IDLE_TIMEOUT),
+        })
+    }
+
+    /// Replaces the connection cap and idle timeout (tests use small ones).
+    pub fn set_limit(&mut self, limit: ClientLimit) {
+        self.limit = limit;
     }
 
     /// The socket's path.
@@ -134,6 +144,10 @@ impl ControlServer {
                     continue;
                 }
             };
+            let Some(slot) = self.limit.admit() else {
+                refuse(&stream, &self.limit);
+                continue;
+            };
             let uid = match stream.peer_cred() {
                 Ok(cred) => cred.uid(),
                 Err(e) => {
@@ -143,10 +157,12 @@ impl ControlServer {
             };
             debug!(uid, "control connection");
             let handler = handler.clone();
+            let idle = self.limit.idle();
             tokio::spawn(async move {
-                if let Err(e) = serve_connection(stream, uid, handler).await {
+                if let Err(e) = serve_connection_with_idle(stream, uid, handler, idle).await {
                     debug!(uid, error = %e, "control connection ended with an error");
                 }
+                drop(slot);
             });
         }
     }
@@ -160,13 +176,53 @@ pub async fn serve(path: &Path, handler: mpsc::Sender<ControlCall>) -> Result<()
     Ok(())
 }
 
+/// Answers a client beyond the cap with an error line (without waiting:
+/// one non-blocking write) and closes the connection.
+fn refuse(stream: &tokio::net::UnixStream, limit: &ClientLimit) {
+    static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // One warning, then one every 1,000 refusals.
+    if n % 1000 == 0 {
+        warn!(
+            max = limit.max(),
+            refused = n + 1,
+            "control socket: too many connections; refusing new ones"
+        );
+    }
+    let response = Response {
+        version: PROTOCOL_VERSION,
+        result: ResponseResult::Error {
+            message: limit.refusal("control"),
+        },
+    };
+    if let Ok(mut line) = serde_json::to_vec(&response) {
+        line.push(b'\n');
+        let _ = stream.try_write(&line);
+    }
+}
+
 /// Serves one connection from a client with uid `peer_uid` until it closes,
-/// sends an overlong line, or an I/O error occurs. Generic over the stream
-/// so that tests can drive it through `tokio::io::duplex`.
+/// sends an overlong line, or an I/O error occurs, with the default idle
+/// timeout. Generic over the stream so that tests can drive it through
+/// `tokio::io::duplex`.
 pub async fn serve_connection<S>(
     stream: S,
     peer_uid: u32,
     handler: mpsc::Sender<ControlCall>,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve_connection_with_idle(stream, peer_uid, handler, IDLE_TIMEOUT).await
+}
+
+/// [`serve_connection`], closing the connection when no complete request
+/// arrives within `idle`.
+pub async fn serve_connection_with_idle<S>(
+    stream: S,
+    peer_uid: u32,
+    handler: mpsc::Sender<ControlCall>,
+    idle: Duration,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -176,10 +232,17 @@ where
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = (&mut rd)
-            .take(MAX_LINE_LEN as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await?;
+        let mut limited = (&mut rd).take(MAX_LINE_LEN as u64 + 1);
+        let read = limited.read_until(b'\n', &mut line);
+        let Ok(n) = tokio::time::timeout(idle, read).await else {
+            debug!(
+                uid = peer_uid,
+                idle_s = idle.as_secs_f64(),
+                "control connection idle; closing"
+            );
+            return Ok(());
+        };
+        let n = n?;
         if n == 0 {
             return Ok(());
         }

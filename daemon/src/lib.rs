@@ -13,9 +13,11 @@
 //!   reconciling one socket's keys; [`socket_keys`]: the one interface from
 //!   the key policy to a socket's keys (the kernel's, or a fake in tests);
 //!   [`kernel`]: TCP-AO and TCP-MD5 in the Linux kernel.
-//! - [`demo`]: `aokd demo`; [`unix_listener`]: the private Unix sockets.
+//! - [`demo`]: `aokd demo`; [`unix_listener`]: the private Unix sockets;
+//!   [`client_limit`]: how many clients they serve and for how long.
 
 pub mod attach;
+pub mod client_limit;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -431,3 +431,170 @@ fn a_failed_bind_creates_no_state() {
     fails_at_start(&file, &["corrupt"]);
     assert!(!dir.join("run").exists(), "socket directory left");
 }
+
+/// Open descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One request on a new control connection; the response line.
+fn control_request(sock: &std::path::Path) -> std::io::Result<serde_json::Value> {
+    let stream = UnixStream::connect(sock)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    (&stream).write_all(b"{\"version\":1,\"command\":\"status\"}\n")?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    serde_json::from_str(&line).map_err(std::io::Error::other)
+}
+
+/// 20,000 idle control connections (the number that exhausted aokd's
+/// descriptors): aokd serves at most 64 at once, tells the others so,
+/// closes idle ones, keeps its descriptors and memory bounded, and answers
+/// `status` again once the idle ones are gone.
+#[test]
+fn idle_control_connections_are_capped_and_timed_out() {
+    // Room for 20,000 descriptors in this process.
+    let want: libc::rlim_t = 30_000;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        if lim.rlim_max < want && libc::geteuid() == 0 {
+            lim.rlim_max = want;
+        }
+        lim.rlim_cur = want.min(lim.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    let n = usize::try_from(lim.rlim_cur)
+        .unwrap_or(1024)
+        .saturating_sub(200)
+        .min(20_000);
+    if n < 19_000 {
+        let why = format!("only {n} descriptors available (needs root to raise RLIMIT_NOFILE)");
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("running with {n} connections: {why}");
+    }
+    let dir = TempDir::new("cli-clients");
+    let file = state_config(&dir);
+    let sock = dir.join("run/control.sock");
+    // Killed if the test fails half-way (it must not outlive the test).
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reaped(
+        Command::new(AOKD)
+            .arg("--config")
+            .arg(&file)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while control_request(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "aokd did not answer on {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = child.0.id();
+    let fds_before = open_fds(pid);
+    let rss_before = rss_kib(pid);
+
+    let mut idle = Vec::with_capacity(n);
+    let mut refused = 0;
+    let mut max_fds = 0;
+    for i in 0..n {
+        match UnixStream::connect(&sock) {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connection {i}: {e}"),
+        }
+        if i % 1000 == 0 {
+            max_fds = max_fds.max(open_fds(pid));
+        }
+    }
+    // The ones beyond the cap were told why and closed.
+    for s in idle.iter().skip(64).take(50) {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        assert_eq!(v["status"], "error", "{line}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("too many control connections (64 open"),
+            "{line}"
+        );
+        refused += 1;
+    }
+    max_fds = max_fds.max(open_fds(pid));
+    let rss_peak = rss_kib(pid);
+    assert!(
+        max_fds <= fds_before + 64 + 16,
+        "aokd held {max_fds} descriptors with {n} clients (before: {fds_before})"
+    );
+    // While the cap is full a request is refused, with the reason.
+    let busy = control_request(&sock).unwrap();
+    assert_eq!(busy["status"], "error", "{busy}");
+    // The idle ones are closed within the idle timeout (10 s), and status
+    // is answered again; the 64 admitted connections see end of file.
+    let t0 = Instant::now();
+    let answered = loop {
+        if let Ok(v) = control_request(&sock) {
+            if v["status"] == "ok" {
+                break t0.elapsed();
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "status still refused 30 s after the idle connections"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut eof = String::new();
+    idle[0]
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let got = BufReader::new(&idle[0]).read_line(&mut eof).unwrap();
+    assert_eq!(
+        got, 0,
+        "an idle admitted connection was not closed: {eof:?}"
+    );
+    drop(idle);
+    let rss_after = rss_kib(pid);
+    println!(
+        "{n} idle control connections: {refused} checked refusals, aokd descriptors {fds_before} before, at most {max_fds} during; \
+         RSS {rss_before} KiB before, {rss_peak} KiB at the peak, {rss_after} KiB after; status answered again after {:.1} s",
+        answered.as_secs_f64()
+    );
+    assert!(
+        rss_peak < rss_before + 16 * 1024,
+        "RSS grew from {rss_before} to {rss_peak} KiB"
+    );
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
