@@ -357,15 +357,24 @@ impl<'a> NftDrop<'a> {
         Ok(NftDrop { ns })
     }
 
+    /// The table as `nft list` shows it (with its counter).
+    pub fn listing(&self) -> String {
+        self.ns
+            .run("nft", &["list", "table", "inet", "aokd_test"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| e)
+    }
+
     /// Packets dropped so far.
     pub fn dropped(&self) -> u64 {
         let Ok(out) = self.ns.run("nft", &["list", "table", "inet", "aokd_test"]) else {
             return 0;
         };
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // `... counter packets N bytes M drop`
         text.split_whitespace()
-            .skip_while(|w| *w != "packets")
-            .nth(1)
+            .skip_while(|w| *w != "counter")
+            .nth(2)
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     }

@@ -335,7 +335,13 @@ fn ike_rekey_with_a_lost_delete() {
         "charon holds only the new IKE SA {took:?} after it came up ({:?} after aoctl rekey --ike)",
         start.elapsed()
     );
-    assert_eq!(drop.dropped(), 1, "the first Delete was dropped");
+    assert_eq!(
+        drop.dropped(),
+        1,
+        "the first Delete was dropped: {}\ncharon:\n{}",
+        drop.listing(),
+        c.log()
+    );
     assert!(c.log().contains("received DELETE for IKE_SA"), "{}", c.log());
     d.wait_for(&["sas"], WAIT, |v| aokd_sas(v).len() == 1);
     assert!(!sas[0].local_is_initiator);
