@@ -33,7 +33,10 @@ fn settled_pair(seed: u64) -> Sim {
 }
 
 /// Drops the first INFORMATIONAL request that node `from` sends from now on.
-fn drop_first_informational_request(sim: &mut Sim, from: usize) -> std::rc::Rc<std::cell::Cell<u32>> {
+fn drop_first_informational_request(
+    sim: &mut Sim,
+    from: usize,
+) -> std::rc::Rc<std::cell::Cell<u32>> {
     let dropped = std::rc::Rc::new(std::cell::Cell::new(0u32));
     let seen = dropped.clone();
     sim.drop_if = Some(Box::new(move |node, data| {
@@ -94,7 +97,10 @@ fn rfc7296_2_1_terminate_delete_is_retransmitted_until_answered() {
         states(&sim, 0),
         states(&sim, 1)
     );
-    assert!(sim.mkts(1).is_empty(), "B deleted the MKTs of the same Delete");
+    assert!(
+        sim.mkts(1).is_empty(),
+        "B deleted the MKTs of the same Delete"
+    );
     assert_eq!(deleted_reasons(&sim, 1), vec!["deleted by the peer"]);
     assert_eq!(deleted_reasons(&sim, 0), vec!["terminated by operator"]);
 }
@@ -109,7 +115,11 @@ fn rfc7296_2_1_terminate_delete_gives_up_after_the_schedule() {
     assert_eq!(states(&sim, 0), vec!["deleting"], "still retransmitting");
     // The whole schedule (20 transmissions, 0.5 s doubling to 10 s: 165.5 s).
     sim.run_for(Duration::from_secs(120));
-    assert!(sim.nodes[0].ep.peers()[0].sas.is_empty(), "{:?}", states(&sim, 0));
+    assert!(
+        sim.nodes[0].ep.peers()[0].sas.is_empty(),
+        "{:?}",
+        states(&sim, 0)
+    );
     assert_eq!(deleted_reasons(&sim, 0), vec!["terminated by operator"]);
     let sent = sim
         .requests_since(0, 0)

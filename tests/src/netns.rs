@@ -382,7 +382,10 @@ impl<'a> NftDrop<'a> {
 
 impl Drop for NftDrop<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.ns.run("nft", &["delete", "table", "inet", "aokd_test"]) {
+        if let Err(e) = self
+            .ns
+            .run("nft", &["delete", "table", "inet", "aokd_test"])
+        {
             eprintln!("nft cleanup: {e}");
         }
     }

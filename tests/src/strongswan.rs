@@ -151,7 +151,9 @@ impl Charon {
         // A private mount namespace with its own /run: the pid file
         // /var/run/charon.pid (/var/run is /run) is this charon's alone.
         cmd.args(["-m", "--propagation", "private", "sh", "-c"])
-            .arg(format!("mount -t tmpfs aokd-test-run /run && exec {CHARON}"))
+            .arg(format!(
+                "mount -t tmpfs aokd-test-run /run && exec {CHARON}"
+            ))
             .env("STRONGSWAN_CONF", &conf);
         let proc = Proc::spawn(&format!("charon in {}", ns.name()), cmd);
         let mut charon = Charon {
@@ -504,7 +506,9 @@ mod tests {
         ];
         let mut frame = vec![0u8; 12];
         frame.extend([0x08, 0x00]);
-        frame.extend([0x45, 0, 0, 30, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+        frame.extend([
+            0x45, 0, 0, 30, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ]);
         frame.extend([0x01, 0xf4, 0x01, 0xf4, 0, 10, 0, 0, b'a', b'b']);
         let len = frame.len() as u32;
         pcap.extend([0u8; 8]);

@@ -16,8 +16,10 @@
 //! - `ike_rekey_with_a_lost_delete`: aokd rekeys the IKE SA (charon
 //!   responds); the first INFORMATIONAL request from A, the Delete of the
 //!   old SA, is dropped by nftables; charon still ends with only the new SA.
-//! - `charon_initiates_with_cookies_demanded`: see its comment (needs the
-//!   `[daemon] cookie_threshold` key).
+//! - `charon_initiates_with_cookies_demanded`: charon initiates against aokd
+//!   demanding cookies (`cookie_threshold = 0`); charon's log shows
+//!   N(COOKIE) answered and sent back. **Needs helper/cookie merged**: until
+//!   then aokd refuses the key and the test fails (see its comment).
 //!
 //! The two basic tests also write every datagram of their exchanges
 //! (IKE_SA_INIT, IKE_AUTH, INFORMATIONAL) to `$AOKD_FUZZ_SEEDS_DIR` when
@@ -96,7 +98,11 @@ fn aokd_sas(v: &Value) -> Vec<(String, u64, u64)> {
             a.iter()
                 .filter_map(|s| {
                     let hex = |k: &str| u64::from_str_radix(s[k].as_str()?, 16).ok();
-                    Some((s["state"].as_str()?.to_string(), hex("spi_i")?, hex("spi_r")?))
+                    Some((
+                        s["state"].as_str()?.to_string(),
+                        hex("spi_i")?,
+                        hex("spi_r")?,
+                    ))
                 })
                 .collect()
         })
@@ -108,7 +114,10 @@ fn aokd_sas(v: &Value) -> Vec<(String, u64, u64)> {
 fn wait_both_established(d: &Daemon, c: &Charon) -> (u64, u64) {
     let v = d.wait_for(&["sas"], WAIT, |v| established_sas(v).len() == 1);
     let sa = &established_sas(&v)[0];
-    assert_eq!(sa["tcp_ao_capable"], false, "charon cannot key TCP-AO: {sa}");
+    assert_eq!(
+        sa["tcp_ao_capable"], false,
+        "charon cannot key TCP-AO: {sa}"
+    );
     let (_, spi_i, spi_r) = aokd_sas(&v)
         .into_iter()
         .find(|s| s.0 == "established")
@@ -152,7 +161,11 @@ fn ike_datagrams(pcap: &Path, tag: &str) -> Vec<(bool, u8, bool, Vec<u8>)> {
         }
         let from_aokd = d.src.ip().to_string() == ADDR_A;
         let (exchange, flags) = (d.payload[18], d.payload[19]);
-        assert_eq!(d.payload[17], 0x20, "IKEv2 version octet: {:02x?}", d.payload);
+        assert_eq!(
+            d.payload[17], 0x20,
+            "IKEv2 version octet: {:02x?}",
+            d.payload
+        );
         out.push((from_aokd, exchange, flags & 0x20 != 0, d.payload));
     }
     if let Some(dir) = std::env::var_os("AOKD_FUZZ_SEEDS_DIR") {
@@ -198,7 +211,8 @@ fn aokd_initiates_childless_ike_sa() {
     let (sas, _) = c.wait_for(WAIT, "the SA", |s| !s.is_empty());
     assert!(!sas[0].local_is_initiator, "charon is the responder");
     assert!(
-        c.log().contains("parsed IKE_AUTH request 1 [ IDi N(INIT_CONTACT) IDr AUTH ]"),
+        c.log()
+            .contains("parsed IKE_AUTH request 1 [ IDi N(INIT_CONTACT) IDr AUTH ]"),
         "aokd's IKE_AUTH carries no SA/TSi/TSr (childless):\n{}",
         c.log()
     );
@@ -238,7 +252,10 @@ fn charon_initiates_childless_ike_sa() {
     c.initiate().expect("swanctl --initiate");
     wait_both_established(&d, &c);
     let sas = c.established();
-    assert!(sas[0].local_is_initiator, "charon is the initiator: {sas:?}");
+    assert!(
+        sas[0].local_is_initiator,
+        "charon is the initiator: {sas:?}"
+    );
     let v = d.aoctl(&["sas"]).expect("sas");
     assert_eq!(established_sas(&v)[0]["role"], "responder");
     c.swanctl(&["--terminate", "--ike", "aokd", "--timeout", "30"])
@@ -285,7 +302,11 @@ fn terminate_reaches_charon_after_a_link_outage() {
     assert_eq!(c.established().len(), 1, "charon saw nothing yet");
     // The outage itself: a fixed 3 s, nothing to wait for.
     std::thread::sleep(OUTAGE.saturating_sub(down_at.elapsed()));
-    assert_eq!(c.established().len(), 1, "charon saw nothing during the outage");
+    assert_eq!(
+        c.established().len(),
+        1,
+        "charon saw nothing during the outage"
+    );
     ip(&["-n", &ns_a, "link", "set", "veth0", "up"]).expect("link up");
     let (_, took) = c.wait_for(AFTER_OUTAGE, "the SA deleted after the outage", no_sa);
     eprintln!(
@@ -342,15 +363,20 @@ fn ike_rekey_with_a_lost_delete() {
         drop.listing(),
         c.log()
     );
-    assert!(c.log().contains("received DELETE for IKE_SA"), "{}", c.log());
+    assert!(
+        c.log().contains("received DELETE for IKE_SA"),
+        "{}",
+        c.log()
+    );
     d.wait_for(&["sas"], WAIT, |v| aokd_sas(v).len() == 1);
     assert!(!sas[0].local_is_initiator);
 }
 
-// Cookie interop: needs the `[daemon] cookie_threshold` key of the
-// responder-cookie work (helper/cookie). Until that is merged aokd refuses
-// the key as unknown, and this test fails at aokd's start-up: it is left
-// failing on purpose, not ignored.
+// Cookie interop (RFC 7296 2.6, charon as initiator): needs the
+// `[daemon] cookie_threshold` key of the responder-cookie work
+// (helper/cookie; 0 = always demand a cookie). Until that is merged,
+// `aokd check-config` refuses the key as unknown and this test fails at
+// once with that message: it is left failing on purpose, not ignored.
 #[test]
 fn charon_initiates_with_cookies_demanded() {
     if !strongswan::prerequisites("charon_initiates_with_cookies_demanded") {
@@ -364,9 +390,16 @@ fn charon_initiates_with_cookies_demanded() {
     // charon logs every IKE_SA_INIT response it parses; the first one is
     // aokd's demand for a cookie, and charon's second request carries it.
     let log = c.log();
+    let has = |what: &str| {
+        log.lines()
+            .any(|l| l.contains(what) && l.contains("N(COOKIE)"))
+    };
     assert!(
-        log.contains("parsed IKE_SA_INIT response 0 [ N(COOKIE) ]"),
+        has("parsed IKE_SA_INIT response 0 ["),
         "aokd answered without N(COOKIE):\n{log}"
     );
-    assert!(log.contains("N(COOKIE) SA KE No"), "no request with the cookie:\n{log}");
+    assert!(
+        has("generating IKE_SA_INIT request 0 ["),
+        "no request with the cookie:\n{log}"
+    );
 }
