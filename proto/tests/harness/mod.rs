@@ -57,6 +57,10 @@ struct InFlight {
     data: Vec<u8>,
 }
 
+/// Decides, per (sending node, contents), whether the network loses a
+/// datagram ([`Sim::drop_if`]).
+pub type DropFilter = Box<dyn FnMut(usize, &[u8]) -> bool>;
+
 pub struct Sim {
     pub now: Instant,
     pub start: Instant,
@@ -73,7 +77,7 @@ pub struct Sim {
     pub partitioned: bool,
     /// Drops the datagrams (sending node, contents) for which it returns
     /// true: one chosen datagram lost.
-    pub drop_if: Option<Box<dyn FnMut(usize, &[u8]) -> bool>>,
+    pub drop_if: Option<DropFilter>,
     /// Per node: extra delays for its next datagrams, one each, in order
     /// (to force an interleaving).
     pub extra_delay: Vec<std::collections::VecDeque<Duration>>,
