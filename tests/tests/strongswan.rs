@@ -33,6 +33,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use aokd_proto::numbers::NotifyType;
+use aokd_proto::wire::{self, Payload};
 use aokd_tests::netns::{ip, Capture, NftDrop, Pair};
 use aokd_tests::strongswan::{self, udp_payloads, Charon, CharonConfig, SwanSa};
 use aokd_tests::{established_sas, Daemon};
@@ -166,6 +168,10 @@ fn ike_datagrams(pcap: &Path, tag: &str) -> Vec<(bool, u8, bool, Vec<u8>)> {
             "IKEv2 version octet: {:02x?}",
             d.payload
         );
+        // aokd's codec reads every datagram of either side.
+        if let Err(e) = wire::parse_message(&d.payload) {
+            panic!("aokd cannot parse {:02x?}: {e}", d.payload);
+        }
         out.push((from_aokd, exchange, flags & 0x20 != 0, d.payload));
     }
     if let Some(dir) = std::env::var_os("AOKD_FUZZ_SEEDS_DIR") {
@@ -383,10 +389,38 @@ fn charon_initiates_with_cookies_demanded() {
         return;
     }
     let topo = Topo::new("swan-cookie");
+    let mut cap = topo.t.capture();
     let c = topo.start_charon(|_| {});
     let d = topo.start_aokd(false, "cookie_threshold = 0\n");
     c.initiate().expect("swanctl --initiate");
     wait_both_established(&d, &c);
+    cap.stop().expect("tcpdump");
+    // On the wire: aokd's first IKE_SA_INIT response is N(COOKIE) alone
+    // (RFC 7296 2.6), and charon's second request starts with it.
+    let dgrams = ike_datagrams(cap.file(), "charon-cookie");
+    let notifies = |p: &[u8]| -> Vec<NotifyType> {
+        wire::parse_message(p)
+            .map(|m| {
+                m.payloads
+                    .iter()
+                    .filter_map(|p| match p {
+                        Payload::Notify(n) => Some(n.ty),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let inits: Vec<_> = dgrams.iter().filter(|d| d.1 == 34).collect();
+    assert!(
+        inits.len() >= 4,
+        "IKE_SA_INIT twice: {:?}",
+        exchanges(&dgrams)
+    );
+    assert!(!inits[0].0 && !inits[0].2, "charon's first request");
+    assert!(inits[1].0 && inits[1].2, "aokd's answer");
+    assert_eq!(notifies(&inits[1].3), vec![NotifyType::COOKIE]);
+    assert_eq!(notifies(&inits[2].3).first(), Some(&NotifyType::COOKIE));
     // charon logs every IKE_SA_INIT response it parses; the first one is
     // aokd's demand for a cookie, and charon's second request carries it.
     let log = c.log();
