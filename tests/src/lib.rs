@@ -18,6 +18,7 @@ pub mod host;
 pub mod netns;
 pub mod process;
 pub mod sock;
+pub mod strongswan;
 pub mod vm;
 
 /// Path of a binary built by `cargo test --workspace` / `cargo build --workspace`.

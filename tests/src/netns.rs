@@ -335,6 +335,62 @@ pub fn prerequisites(test: &str, need_preload: bool) -> bool {
     can_run(test, &missing)
 }
 
+/// An nftables rule in the output path of a namespace that drops what it
+/// matches (a lost datagram, on demand), in a table of its own
+/// (`inet aokd_test`), deleted when dropped. Its packet counter says how
+/// many it dropped.
+pub struct NftDrop<'a> {
+    ns: &'a Netns,
+}
+
+impl<'a> NftDrop<'a> {
+    /// Adds `rule` (nft syntax before the verdict, e.g.
+    /// `udp dport 500 quota until 1 bytes`) with `counter drop` to the
+    /// output hook of `ns`.
+    pub fn output(ns: &'a Netns, rule: &str) -> Result<NftDrop<'a>, String> {
+        let script = format!(
+            "table inet aokd_test {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  {rule} counter drop\n }}\n}}\n"
+        );
+        let path = crate::temp_dir("nft").join("rules.nft");
+        std::fs::write(&path, script).map_err(|e| format!("write nft rules: {e}"))?;
+        ns.run("nft", &["-f", &path.to_string_lossy()])?;
+        Ok(NftDrop { ns })
+    }
+
+    /// The table as `nft list` shows it (with its counter).
+    pub fn listing(&self) -> String {
+        self.ns
+            .run("nft", &["list", "table", "inet", "aokd_test"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| e)
+    }
+
+    /// Packets dropped so far.
+    pub fn dropped(&self) -> u64 {
+        let Ok(out) = self.ns.run("nft", &["list", "table", "inet", "aokd_test"]) else {
+            return 0;
+        };
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // `... counter packets N bytes M drop`
+        text.split_whitespace()
+            .skip_while(|w| *w != "counter")
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for NftDrop<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self
+            .ns
+            .run("nft", &["delete", "table", "inet", "aokd_test"])
+        {
+            eprintln!("nft cleanup: {e}");
+        }
+    }
+}
+
 /// How long [`start_daemon`] waits for aokd to answer and for its attach
 /// socket.
 pub const DAEMON_WAIT: Duration = Duration::from_secs(30);

@@ -191,14 +191,6 @@ impl Ctx<'_> {
         }
     }
 
-    /// Sends an INFORMATIONAL request that is not retransmitted (the SA is
-    /// going away).
-    pub(super) fn send_oneshot(&mut self, sa: &mut IkeSa, payloads: &[Payload]) {
-        if let Ok((_, bytes)) = sa.request(ExchangeType::INFORMATIONAL, payloads) {
-            self.send(sa.remote, bytes);
-        }
-    }
-
     /// Lends the peer's SA `spi` to `f` and puts it back afterwards,
     /// whatever `f` does: for work on an SA that cannot end it (starting an
     /// exchange on it). `None` when there is no such SA.

@@ -245,6 +245,7 @@ impl Endpoint {
                         SaState::Rekeyed => "rekeyed",
                         SaState::Successor => "rekeying",
                         SaState::Failed => "failed",
+                        SaState::Deleting => "deleting",
                         _ => "connecting",
                     },
                     suite: s.suite,
@@ -276,19 +277,31 @@ impl Endpoint {
         })
     }
 
-    /// Deletes the peer's IKE SAs (with a Delete payload) and their MKTs,
-    /// and stops initiating to it until [`Endpoint::initiate`].
-    pub fn terminate(&mut self, peer_name: &str, _now: Instant) -> Result<usize, IkeError> {
+    /// Deletes the peer's IKE SAs and their MKTs, and stops initiating to
+    /// it until [`Endpoint::initiate`]. The MKTs go at once; an
+    /// authenticated IKE SA sends INFORMATIONAL {Delete(TCP-AO),
+    /// Delete(IKE)} (RFC 7296 1.4.1), a request retransmitted until the peer
+    /// answers it, and is listed as deleting until then (or until the
+    /// schedule runs out); the others go at once. Returns how many IKE SAs
+    /// it deletes.
+    pub fn terminate(&mut self, peer_name: &str, now: Instant) -> Result<usize, IkeError> {
         let peer = self.peer_index(peer_name)?;
         Ok(self.with_peer(peer, |ctx| {
             ctx.peer.next_attempt = None;
             let spis = ctx.sas.spis();
             let recv_ids: Vec<Vec<u8>> =
                 ctx.peer.mkts.iter().map(|m| vec![m.mkt.recv_id]).collect();
+            let mut count = 0;
             for spi in &spis {
                 let Some(mut sa) = ctx.sas.remove(spi) else {
                     continue;
                 };
+                if sa.state() == SaState::Deleting {
+                    // Already going, with its Delete out.
+                    ctx.sas.insert(sa);
+                    continue;
+                }
+                count += 1;
                 if sa.is_authenticated() {
                     // One INFORMATIONAL deletes the MKTs and the IKE SA (RFC 7296 1.4.1).
                     let mut payloads = Vec::new();
@@ -299,17 +312,15 @@ impl Endpoint {
                             spis: recv_ids.clone(),
                         }));
                     }
-                    payloads.push(Payload::Delete(DeletePayload {
-                        protocol: ProtocolId::IKE,
-                        spi_size: 0,
-                        spis: Vec::new(),
-                    }));
-                    ctx.send_oneshot(&mut sa, &payloads);
+                    sa.ike_rekey = None;
+                    lifecycle::start_delete(ctx, &mut sa, payloads, "terminated by operator", now);
+                    ctx.sas.insert(sa);
+                } else {
+                    lifecycle::report_deleted(ctx, &sa, "terminated by operator");
                 }
-                lifecycle::report_deleted(ctx, &sa, "terminated by operator");
             }
             lifecycle::delete_all_mkts(ctx, "terminated by operator");
-            spis.len()
+            count
         }))
     }
 
@@ -524,6 +535,7 @@ fn on_response(
         return Fate::Keep(sa);
     }
     match sa.state() {
+        SaState::Deleting => informational::on_response_deleting(ctx, now, from, datagram, msg, sa),
         SaState::InitSent if msg.header.exchange == ExchangeType::IKE_SA_INIT => {
             init::on_response(ctx, now, from, datagram, msg, sa)
         }
@@ -595,11 +607,11 @@ fn on_request(
     match (sa.state(), msg.header.exchange) {
         (SaState::HalfOpen, ExchangeType::IKE_AUTH) => auth::on_request(ctx, now, payloads, sa),
         (
-            SaState::Established | SaState::Rekeyed | SaState::Successor,
+            SaState::Established | SaState::Rekeyed | SaState::Successor | SaState::Deleting,
             ExchangeType::INFORMATIONAL,
         ) => informational::on_request(ctx, now, payloads, sa),
         (
-            SaState::Established | SaState::Rekeyed | SaState::Successor,
+            SaState::Established | SaState::Rekeyed | SaState::Successor | SaState::Deleting,
             ExchangeType::CREATE_CHILD_SA,
         ) => {
             let rekeys_ike = payloads

@@ -64,6 +64,9 @@ pub(super) fn on_request(
         return Fate::Keep(sa);
     }
     match sa.state() {
+        // Both sides deleted it at once (RFC 7296 1.4.1): ours is answered
+        // by theirs.
+        SaState::Deleting => lifecycle::finish_delete(ctx, sa),
         // The old SA after a rekey, or the redundant one of a collision.
         SaState::Rekeyed => lifecycle::retire_rekeyed_sa(ctx, sa, now),
         // The peer found the SA it created redundant (RFC 7296 2.8.2).
@@ -116,6 +119,31 @@ pub(super) fn on_response(
     } else {
         ctx.send_queued(&mut sa, now);
         Fate::Keep(sa)
+    }
+}
+
+/// A response on an SA that this side is deleting: the answer to its
+/// Delete ends it; the answer to a request that was outstanding when the
+/// deletion began is only authenticated and lets the Delete go out (what
+/// it answers no longer matters).
+pub(super) fn on_response_deleting(
+    ctx: &mut Ctx<'_>,
+    now: Instant,
+    from: SocketAddr,
+    datagram: &[u8],
+    msg: &ParsedMessage,
+    sa: IkeSa,
+) -> Fate {
+    let (mut sa, _) = match ctx.unprotect_or_drop(sa, from, datagram, msg, now, "response") {
+        Ok(x) => x,
+        Err(fate) => return fate,
+    };
+    match sa.window.complete().map(|p| p.kind) {
+        Some(PendingKind::DeleteIke) => lifecycle::finish_delete(ctx, sa),
+        _ => {
+            ctx.send_queued(&mut sa, now);
+            Fate::Keep(sa)
+        }
     }
 }
 

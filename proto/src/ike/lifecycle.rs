@@ -88,7 +88,7 @@ pub(super) fn fail(
     if ctx.pc.initiate {
         ctx.peer.next_attempt = Some(now + ctx.cfg.retry_interval);
     }
-    if sa.is_authenticated() {
+    if sa.is_authenticated() || sa.state() == SaState::Deleting {
         report_deleted(ctx, &sa, "IKE SA failed");
         drop_rekey_leftovers(ctx, "IKE SA failed");
         return Fate::Gone;
@@ -149,10 +149,12 @@ pub(super) fn establish(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
         if let Some(mut old) = ctx.sas.remove(&spi) {
             if sa.peer_initial_contact {
                 report_deleted(ctx, &old, "the peer restarted (INITIAL_CONTACT)");
+            } else if old.state() == SaState::Established {
+                // Deleted with a Delete that is retransmitted until the
+                // peer answers it (RFC 7296 2.1); listed as deleting.
+                start_delete(ctx, &mut old, Vec::new(), "replaced by a newer IKE SA", now);
+                ctx.sas.insert(old);
             } else {
-                if old.state() == SaState::Established {
-                    send_delete_ike(ctx, &mut old, now);
-                }
                 report_deleted(ctx, &old, "replaced by a newer IKE SA");
             }
         }
@@ -283,12 +285,45 @@ pub(super) fn ike_rekey_time(ctx: &mut Ctx<'_>, now: Instant) -> Option<Instant>
     Some(now + base.saturating_sub(ctx.random_below(jitter)))
 }
 
-/// Sends a one-shot INFORMATIONAL Delete for the IKE SA (RFC 7296 1.4.1).
-fn send_delete_ike(ctx: &mut Ctx<'_>, sa: &mut IkeSa, _now: Instant) {
-    let del = Payload::Delete(DeletePayload {
+/// Starts deleting `sa` (RFC 7296 1.4.1): INFORMATIONAL {`payloads`,
+/// Delete(IKE)} becomes its last request, retransmitted like any other
+/// until the peer answers it or the schedule runs out; the SA is then
+/// removed and reported as deleted with `reason`. Meanwhile it is
+/// [`SaState::Deleting`]: requests waiting for its window are dropped, a
+/// request already outstanding is still waited for (the peer expects its
+/// message IDs in order, 2.3), and nothing new starts on it.
+pub(super) fn start_delete(
+    ctx: &mut Ctx<'_>,
+    sa: &mut IkeSa,
+    mut payloads: Vec<Payload>,
+    reason: &'static str,
+    now: Instant,
+) {
+    let already = sa.window.pending_kind() == Some(PendingKind::DeleteIke);
+    sa.phase = Phase::Deleting { reason };
+    sa.rekey_at = None;
+    sa.window.take_queue();
+    if already {
+        // A rekeyed SA's own Delete is out already.
+        return;
+    }
+    payloads.push(Payload::Delete(DeletePayload {
         protocol: ProtocolId::IKE,
         spi_size: 0,
         spis: Vec::new(),
-    });
-    ctx.send_oneshot(sa, &[del]);
+    }));
+    ctx.enqueue(
+        sa,
+        crate::numbers::ExchangeType::INFORMATIONAL,
+        payloads,
+        PendingKind::DeleteIke,
+        now,
+    );
+}
+
+/// The end of a [`SaState::Deleting`] SA: its Delete was answered, the
+/// peer deleted it too, or the peer never answered.
+pub(super) fn finish_delete(ctx: &mut Ctx<'_>, sa: IkeSa) -> Fate {
+    let reason = sa.deleting_reason().unwrap_or("deleted");
+    remove_sa(ctx, sa, reason)
 }

@@ -112,6 +112,12 @@ fn sa_timeout(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) -> Fate {
 /// 7296 2.4: the peer is considered dead).
 fn give_up(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) -> Fate {
     let kind = sa.window.pending_kind();
+    if sa.state() == SaState::Deleting {
+        // Its Delete (or the request before it) was never answered: the
+        // peer is gone, or will notice on its own (RFC 7296 2.4).
+        sa.window.complete();
+        return lifecycle::finish_delete(ctx, sa);
+    }
     if sa.state() == SaState::Rekeyed {
         // Its successor carries on; an unanswered Delete payload of an
         // MKT is sent again there.

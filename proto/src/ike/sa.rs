@@ -38,6 +38,12 @@ pub(super) enum SaState {
     /// Failed; kept until `expires` so a retransmitted request still gets
     /// the stored error response.
     Failed,
+    /// Being deleted by this side (RFC 7296 1.4.1, 2.1): its INFORMATIONAL
+    /// {Delete(IKE)} is a request like any other, retransmitted until the
+    /// peer answers it or the schedule runs out, and the SA goes then. It
+    /// answers the peer's requests (a Delete of its own ends it at once,
+    /// CREATE_CHILD_SA gets TEMPORARY_FAILURE) and starts nothing else.
+    Deleting,
 }
 
 /// The phase of an IKE SA, with what that phase alone needs: a transition
@@ -70,6 +76,11 @@ pub(super) enum Phase {
     Failed {
         expires: Instant,
     },
+    /// Deleted by this side, waiting for the answer to its Delete (see
+    /// [`SaState::Deleting`]); `reason` is reported when it goes.
+    Deleting {
+        reason: &'static str,
+    },
 }
 
 impl Phase {
@@ -82,6 +93,7 @@ impl Phase {
             Phase::Rekeyed { .. } => SaState::Rekeyed,
             Phase::Successor { .. } => SaState::Successor,
             Phase::Failed { .. } => SaState::Failed,
+            Phase::Deleting { .. } => SaState::Deleting,
         }
     }
 }
@@ -172,8 +184,17 @@ impl IkeSa {
         }
     }
 
+    /// Up or being set up: neither failed nor being deleted.
     pub(super) fn is_live(&self) -> bool {
-        self.state() != SaState::Failed
+        !matches!(self.state(), SaState::Failed | SaState::Deleting)
+    }
+
+    /// Deleting: the reason reported when it goes.
+    pub(super) fn deleting_reason(&self) -> Option<&'static str> {
+        match self.phase {
+            Phase::Deleting { reason } => Some(reason),
+            _ => None,
+        }
     }
 
     /// The SA's phase, without its data.

@@ -57,6 +57,10 @@ struct InFlight {
     data: Vec<u8>,
 }
 
+/// Decides, per (sending node, contents), whether the network loses a
+/// datagram ([`Sim::drop_if`]).
+pub type DropFilter = Box<dyn FnMut(usize, &[u8]) -> bool>;
+
 pub struct Sim {
     pub now: Instant,
     pub start: Instant,
@@ -71,6 +75,9 @@ pub struct Sim {
     pub sent_to: Vec<SocketAddr>,
     /// While true the network drops everything (a partition).
     pub partitioned: bool,
+    /// Drops the datagrams (sending node, contents) for which it returns
+    /// true: one chosen datagram lost.
+    pub drop_if: Option<DropFilter>,
     /// Per node: extra delays for its next datagrams, one each, in order
     /// (to force an interleaving).
     pub extra_delay: Vec<std::collections::VecDeque<Duration>>,
@@ -149,6 +156,7 @@ impl Sim {
             sent: Vec::new(),
             sent_to: Vec::new(),
             partitioned: false,
+            drop_if: None,
             extra_delay: vec![Default::default(), Default::default()],
         }
     }
@@ -207,6 +215,11 @@ impl Sim {
                 };
                 if self.partitioned {
                     continue;
+                }
+                if let Some(f) = self.drop_if.as_mut() {
+                    if f(i, &t.contents) {
+                        continue;
+                    }
                 }
                 let extra = self.extra_delay[i].pop_front().unwrap_or_default();
                 let copies = if self.rng.next_u32() % 100 < self.net.dup_pct {
