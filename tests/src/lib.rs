@@ -24,11 +24,14 @@ pub mod vm;
 /// Path of a binary built by `cargo test --workspace` / `cargo build --workspace`.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>; a binary of
+    // this crate (target/<profile>/<bin>) finds its siblings.
+    let parent = exe.parent().expect("target directory");
+    let dir = if parent.file_name().is_some_and(|n| n == "deps") {
+        parent.parent().expect("target directory")
+    } else {
+        parent
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -202,7 +202,8 @@ fn run(args: &Args) -> Result<(), String> {
                 From::Random => {
                     let r = rng.next();
                     // 127.1.0.0 - 127.254.255.255: never a test daemon's.
-                    let ip = Ipv4Addr::new(127, 1 + (r % 254) as u8, (r >> 8) as u8, (r >> 16) as u8);
+                    let ip =
+                        Ipv4Addr::new(127, 1 + (r % 254) as u8, (r >> 8) as u8, (r >> 16) as u8);
                     (ip, 1024 + ((r >> 24) % 64_000) as u16)
                 }
                 From::Ip(ip) => (ip, 1024 + (rng.next() % 64_000) as u16),
