@@ -22,9 +22,11 @@
 
 use core::fmt;
 
+use ::hmac::Hmac;
 use aes::Aes128;
 use cmac::{Cmac, Mac};
 use ring::hmac;
+use sha1::Sha1;
 use zeroize::Zeroizing;
 
 use super::segment::Addresses;
@@ -86,8 +88,14 @@ impl fmt::Debug for KeyContext {
 }
 
 /// The keyed MAC state a traffic key prepares once.
+///
+/// HMAC-SHA-1 is RustCrypto's (`hmac` + `sha1`), which uses the CPU's SHA
+/// extensions where it has them: about twice ring's SHA-1 on this
+/// project's machines (docs/performance.md), and HMAC-SHA-1-96 is the MAC
+/// every TCP-AO router supports. HMAC-SHA-256 stays with ring.
 #[derive(Clone)]
 enum Prepared {
+    HmacSha1(Box<Hmac<Sha1>>),
     Hmac(hmac::Key),
     Cmac(Box<Cmac<Aes128>>),
 }
@@ -118,7 +126,7 @@ impl TrafficKey {
     pub fn from_bytes(algorithm: MacAlgorithm, bytes: &[u8]) -> Option<TrafficKey> {
         let prepared = match algorithm {
             MacAlgorithm::HmacSha1_96 => {
-                Prepared::Hmac(hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, bytes))
+                Prepared::HmacSha1(Box::new(<Hmac<Sha1> as Mac>::new_from_slice(bytes).ok()?))
             }
             MacAlgorithm::HmacSha256_128 => {
                 Prepared::Hmac(hmac::Key::new(hmac::HMAC_SHA256, bytes))
@@ -145,6 +153,7 @@ impl TrafficKey {
     /// Starts a MAC computation under this key.
     pub fn mac_context(&self) -> MacContext {
         match &self.prepared {
+            Prepared::HmacSha1(mac) => MacContext::HmacSha1((**mac).clone()),
             Prepared::Hmac(key) => MacContext::Hmac(hmac::Context::with_key(key)),
             Prepared::Cmac(mac) => MacContext::Cmac((**mac).clone()),
         }
@@ -156,6 +165,7 @@ impl TrafficKey {
 // allocation per segment.
 #[allow(clippy::large_enum_variant)]
 pub enum MacContext {
+    HmacSha1(Hmac<Sha1>),
     Hmac(hmac::Context),
     Cmac(Cmac<Aes128>),
 }
@@ -163,6 +173,7 @@ pub enum MacContext {
 impl MacContext {
     pub fn update(&mut self, data: &[u8]) {
         match self {
+            MacContext::HmacSha1(mac) => Mac::update(mac, data),
             MacContext::Hmac(ctx) => ctx.update(data),
             MacContext::Cmac(mac) => mac.update(data),
         }
@@ -175,6 +186,11 @@ impl MacContext {
             len: 0,
         };
         match self {
+            MacContext::HmacSha1(mac) => {
+                let t = mac.finalize().into_bytes();
+                tag.buf[..t.len()].copy_from_slice(&t);
+                tag.len = t.len();
+            }
             MacContext::Hmac(ctx) => {
                 let t = ctx.sign();
                 let t = t.as_ref();
