@@ -343,20 +343,24 @@ impl StateStore {
             what: "cannot read the state file",
             source,
         })?;
-        let copy = InMemoryBackend::new();
-        copy.set_len(contents.len() as u64)
-            .and_then(|()| copy.write(0, &contents))
-            .map_err(|source| StateError::Io {
-                path: file_path.clone(),
-                what: "cannot copy the state file to memory",
-                source,
-            })?;
-        drop(contents);
-        StateStore {
-            db: open_db(copy, &file_path, true)?,
-            file: file_path.clone(),
+        // An empty file (new, or created by a crash before redb wrote its
+        // header) has nothing to keep as it was: no trial.
+        if !contents.is_empty() {
+            let copy = InMemoryBackend::new();
+            copy.set_len(contents.len() as u64)
+                .and_then(|()| copy.write(0, &contents))
+                .map_err(|source| StateError::Io {
+                    path: file_path.clone(),
+                    what: "cannot copy the state file to memory",
+                    source,
+                })?;
+            drop(contents);
+            StateStore {
+                db: open_db(copy, &file_path, true)?,
+                file: file_path.clone(),
+            }
+            .check_and_load()?;
         }
-        .check_and_load()?;
 
         let store = StateStore {
             // A new file is "repaired" too (redb builds its allocator
