@@ -67,8 +67,12 @@ pub(super) fn remove_sa(ctx: &mut Ctx<'_>, sa: IkeSa, reason: &'static str) -> F
     Fate::Gone
 }
 
-/// Records a failed negotiation, schedules a retry, and keeps the SA
-/// (as Failed, for replaying its last response) or drops it.
+/// Records a failed negotiation, schedules a retry, and drops the SA. A
+/// responder that answered the failing request keeps it as Failed only to
+/// replay that answer to a retransmission (RFC 7296 2.1), for the
+/// initiator's retransmission schedule: invisible in views, no longer
+/// half-open, and replacing any earlier Failed SA of the peer, so that
+/// failures cannot pile up.
 pub(super) fn fail(
     ctx: &mut Ctx<'_>,
     mut sa: IkeSa,
@@ -94,8 +98,17 @@ pub(super) fn fail(
         return Fate::Gone;
     }
     if sa.role == Role::Responder && sa.window.has_response() {
+        let earlier: Vec<u64> = ctx
+            .sas
+            .iter()
+            .filter(|s| s.state() == SaState::Failed)
+            .map(IkeSa::local_spi)
+            .collect();
+        for spi in earlier {
+            ctx.sas.remove(&spi);
+        }
         sa.phase = Phase::Failed {
-            expires: now + ctx.cfg.half_open_timeout,
+            expires: now + ctx.cfg.retransmit.total(),
         };
         sa.window.complete();
         return Fate::Keep(sa);
@@ -155,6 +168,21 @@ pub(super) fn establish(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
                 }
                 report_deleted(ctx, &old, "replaced by a newer IKE SA");
             }
+        }
+    }
+    if sa.role == Role::Responder {
+        // The peer authenticated on this SA: its other half-open SAs are
+        // forged or abandoned attempts (docs/protocol.md, "Denial of
+        // service").
+        let half_open: Vec<u64> = ctx
+            .sas
+            .iter()
+            .filter(|s| s.role == Role::Responder && s.state() == SaState::HalfOpen)
+            .map(IkeSa::local_spi)
+            .collect();
+        for spi in half_open {
+            ctx.sas.remove(&spi);
+            ctx.out.counters.half_open_superseded += 1;
         }
     }
     let suite = sa.suite.unwrap_or(IkeSuite::DEFAULT);

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::context::{Ctx, Fate};
 use super::error::NegotiationError;
-use super::event::Event;
+use super::event::{DropReason, Event};
 use super::peer::MktRecord;
 use super::sa::{IkeSa, SaState};
 use super::window::{PendingKind, Retransmit};
@@ -91,6 +91,7 @@ fn sa_timeout(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) -> Fate {
     if sa.state() == SaState::HalfOpen && sa.created + ctx.cfg.half_open_timeout <= now {
         ctx.dropped(
             sa.remote,
+            DropReason::HalfOpenExpired,
             format!(
                 "half-open IKE SA {:016x} expired without IKE_AUTH",
                 sa.spi_r
