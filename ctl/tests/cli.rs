@@ -256,6 +256,7 @@ fn canned_status() -> DaemonStatus {
                 backend: None,
             },
         ],
+        dos: None,
     }
 }
 

@@ -338,6 +338,7 @@ pub fn empty_status(config: &Config, started_at: u64) -> DaemonStatus {
                 backend: None,
             })
             .collect(),
+        dos: None,
     }
 }
 

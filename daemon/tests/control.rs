@@ -33,6 +33,7 @@ fn status() -> DaemonStatus {
             last_error: None,
             backend: None,
         }],
+        dos: None,
     }
 }
 
