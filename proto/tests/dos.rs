@@ -198,6 +198,36 @@ fn ten_thousand_forged_inits_interleaved_with_the_real_peer() {
     assert!(keyed(&sim));
 }
 
+#[test]
+fn forged_half_open_sas_do_not_keep_the_initiating_side_from_initiating() {
+    // A initiates, B never does; forged requests from B's address reach A
+    // before A's first attempt.
+    let mut b = b_peer();
+    b.initiate = false;
+    let cfg_a = EndpointConfig::new(vec![a_peer()]);
+    let mut sim = Sim::pair_with(
+        13,
+        NetParams::default(),
+        cfg_a,
+        EndpointConfig::new(vec![b]),
+    );
+    let mut forger = Forger::new(13);
+    for _ in 0..5 {
+        let from = SocketAddr::new(B_ADDR.ip(), 1024 + (forger.rng.next_u32() % 60000) as u16);
+        let d = forger.datagram();
+        sim.inject(0, from, &d);
+    }
+    assert_eq!(sim.nodes[0].ep.half_open(), 3);
+    // A waits a few seconds for them to complete (they might be B's), then
+    // initiates anyway.
+    assert!(
+        sim.run_until(Duration::from_secs(8), keyed),
+        "A never initiated: {:?}",
+        sim.nodes[0].ep.peers()[0].sas
+    );
+    assert_eq!(sim.nodes[0].ep.half_open(), 0, "the forgeries went");
+}
+
 /// B, passive, with `cookie_threshold` 0 (cookies always), and its time.
 fn cookie_responder() -> (Endpoint, Instant) {
     let now = Instant::now();

@@ -307,7 +307,7 @@ impl Endpoint {
     pub fn initiate(&mut self, peer_name: &str, now: Instant) -> Result<bool, IkeError> {
         let peer = self.peer_index(peer_name)?;
         self.with_peer(peer, |ctx| {
-            if lifecycle::has_live_sa(ctx) {
+            if lifecycle::has_live_sa(ctx, now) {
                 return Ok(false);
             }
             init::start(ctx, now).map(|()| true)
