@@ -63,12 +63,12 @@ impl Forger {
     }
 
     /// A's address with a random port.
-    fn from_peer(&mut self) -> SocketAddr {
+    fn peer_source(&mut self) -> SocketAddr {
         SocketAddr::new(A_ADDR.ip(), 1024 + (self.rng.next_u32() % 60000) as u16)
     }
 
     /// A random IPv4 address and port (never A's or B's).
-    fn from_anywhere(&mut self) -> SocketAddr {
+    fn any_source(&mut self) -> SocketAddr {
         let o = self.rng.next_u32().to_be_bytes();
         let ip = Ipv4Addr::new(10, o[1], o[2], o[3]);
         SocketAddr::new(IpAddr::V4(ip), 1024 + (self.rng.next_u32() % 60000) as u16)
@@ -90,7 +90,7 @@ fn five_forged_then_restart(cfg_b: EndpointConfig, seed: u64) -> (Sim, Counters)
     let before = sim.nodes[1].ep.counters();
     let mut forger = Forger::new(seed);
     for _ in 0..5 {
-        let (from, d) = (forger.from_peer(), forger.datagram());
+        let (from, d) = (forger.peer_source(), forger.datagram());
         sim.inject(1, from, &d);
     }
     assert!(
@@ -116,14 +116,14 @@ fn five_forged_then_restart(cfg_b: EndpointConfig, seed: u64) -> (Sim, Counters)
 /// B's counters since `before`.
 fn since(sim: &Sim, before: &Counters) -> Counters {
     let now = sim.nodes[1].ep.counters();
-    let mut d = Counters::default();
-    d.cookies_sent = now.cookies_sent - before.cookies_sent;
-    d.cookies_accepted = now.cookies_accepted - before.cookies_accepted;
-    d.cookies_rejected = now.cookies_rejected - before.cookies_rejected;
-    d.half_open_evicted = now.half_open_evicted - before.half_open_evicted;
-    d.half_open_superseded = now.half_open_superseded - before.half_open_superseded;
-    d.dropped = now.dropped;
-    d
+    Counters {
+        cookies_sent: now.cookies_sent - before.cookies_sent,
+        cookies_accepted: now.cookies_accepted - before.cookies_accepted,
+        cookies_rejected: now.cookies_rejected - before.cookies_rejected,
+        half_open_evicted: now.half_open_evicted - before.half_open_evicted,
+        half_open_superseded: now.half_open_superseded - before.half_open_superseded,
+        dropped: now.dropped,
+    }
 }
 
 #[test]
@@ -165,9 +165,9 @@ fn ten_thousand_forged_inits_interleaved_with_the_real_peer() {
     let mut keyed_at = None;
     for i in 0..10_000u32 {
         let from = if i % 2 == 0 {
-            forger.from_peer()
+            forger.peer_source()
         } else {
-            forger.from_anywhere()
+            forger.any_source()
         };
         let d = forger.datagram();
         sim.inject(1, from, &d);
