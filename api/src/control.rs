@@ -4,6 +4,8 @@
 //! aoctl as well; a field is only ever added, never renamed or removed,
 //! within one version.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// The control protocol version this build speaks.
@@ -95,6 +97,10 @@ pub struct DaemonStatus {
     /// The state file's health; `None` when nothing is stored.
     #[serde(default)]
     pub state_file: Option<StateFileStatus>,
+    /// Unwanted IKE traffic and the half-open policy. Added in version 1
+    /// after the first release of the schema; absent means unknown.
+    #[serde(default)]
+    pub dos: Option<DosStatus>,
 }
 
 /// The state file's health (`aoctl status`).
@@ -118,6 +124,30 @@ pub struct StateFileStatus {
     pub failed_commits: u64,
     /// Times the file was opened again after a failure.
     pub reopened: u64,
+}
+
+/// What aokd counted of unwanted IKE traffic since it started, and its
+/// half-open IKE SAs now (docs/protocol.md, "Denial of service: cookies
+/// and half-open SAs").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DosStatus {
+    /// Half-open responder IKE SAs held now, with all peers.
+    pub half_open: u64,
+    /// N(COOKIE) answers sent.
+    pub cookies_sent: u64,
+    /// IKE_SA_INIT requests whose cookie verified.
+    pub cookies_accepted: u64,
+    /// IKE_SA_INIT requests whose cookie did not verify.
+    pub cookies_rejected: u64,
+    /// Half-open SAs removed to admit a request with a valid cookie at the
+    /// peer's limit.
+    pub half_open_evicted: u64,
+    /// Half-open SAs removed when another IKE SA with the peer completed
+    /// IKE_AUTH.
+    pub half_open_superseded: u64,
+    /// Dropped datagrams by reason, every reason listed (zero included),
+    /// for example `"cookie_required": 3`.
+    pub dropped: BTreeMap<String, u64>,
 }
 
 /// One configured peer.

@@ -2,7 +2,9 @@
 //! `mkts`) and the `--json` forms, which print the response's `data` object
 //! without its `kind` tag (docs/control.md).
 
-use aokd_api::control::{DaemonStatus, MktStatus, SaStatus, SocketStatus, StateFileStatus};
+use aokd_api::control::{
+    DaemonStatus, DosStatus, MktStatus, SaStatus, SocketStatus, StateFileStatus,
+};
 use serde::Serialize;
 
 use crate::table::{sanitize, Table};
@@ -63,6 +65,10 @@ pub fn status(s: &DaemonStatus, now: u64) -> String {
     }
     if s.peers.is_empty() {
         out.push_str("no peers configured\n");
+        if let Some(d) = &s.dos {
+            out.push('\n');
+            out.push_str(&dos(d));
+        }
         return out;
     }
     out.push('\n');
@@ -85,6 +91,35 @@ pub fn status(s: &DaemonStatus, now: u64) -> String {
             opt(&p.backend),
             opt(&p.last_error),
         ]);
+    }
+    out.push_str(&t.render());
+    if let Some(d) = &s.dos {
+        out.push('\n');
+        out.push_str(&dos(d));
+    }
+    out
+}
+
+/// The half-open, cookie and drop counters of `aoctl status`: one summary
+/// line, then the drop reasons seen (none: one line saying so).
+fn dos(d: &DosStatus) -> String {
+    let mut out = format!(
+        "half-open IKE SAs: {}; cookies sent {}, accepted {}, rejected {}; half-open evicted {}, superseded {}\n",
+        d.half_open,
+        d.cookies_sent,
+        d.cookies_accepted,
+        d.cookies_rejected,
+        d.half_open_evicted,
+        d.half_open_superseded
+    );
+    let seen: Vec<(&String, &u64)> = d.dropped.iter().filter(|(_, n)| **n > 0).collect();
+    if seen.is_empty() {
+        out.push_str("no datagrams dropped\n");
+        return out;
+    }
+    let mut t = Table::new(&["DROPPED", "COUNT"]);
+    for (reason, n) in seen {
+        t.row(vec![reason.clone(), n.to_string()]);
     }
     out.push_str(&t.render());
     out
@@ -339,5 +374,29 @@ mod tests {
         assert_eq!(span(2 * 86400 + 4 * 3600 + 7), "2d4h");
         assert_eq!(when(100, 160), "1970-01-01 00:01:40Z (1m ago)");
         assert_eq!(when(160, 100), "1970-01-01 00:02:40Z (in 1m)");
+    }
+
+    #[test]
+    fn dos_counters() {
+        let mut d = DosStatus {
+            half_open: 3,
+            cookies_sent: 5,
+            cookies_accepted: 1,
+            ..Default::default()
+        };
+        d.dropped.insert("malformed".into(), 0);
+        assert_eq!(
+            dos(&d),
+            "half-open IKE SAs: 3; cookies sent 5, accepted 1, rejected 0; half-open evicted 0, superseded 0\n\
+             no datagrams dropped\n"
+        );
+        d.dropped.insert("cookie_required".into(), 4);
+        d.dropped.insert("not_configured_peer".into(), 12);
+        let text = dos(&d);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "DROPPED              COUNT");
+        assert_eq!(lines[2], "cookie_required      4");
+        assert_eq!(lines[3], "not_configured_peer  12");
+        assert_eq!(lines.len(), 4);
     }
 }

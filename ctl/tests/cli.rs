@@ -267,6 +267,7 @@ fn canned_status() -> DaemonStatus {
             failed_commits: 2,
             reopened: 1,
         }),
+        dos: None,
     }
 }
 

@@ -48,6 +48,17 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default of `daemon.liveness`: an IKE SA idle this long is checked with
 /// an empty INFORMATIONAL (strongSwan's usual `dpd_delay`).
 pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(30);
+/// Default of `daemon.cookie_threshold`
+/// ([`aokd_proto::ike::config::DEFAULT_COOKIE_THRESHOLD`], strongSwan's 30).
+pub const DEFAULT_COOKIE_THRESHOLD: usize = aokd_proto::ike::config::DEFAULT_COOKIE_THRESHOLD;
+/// Default of `daemon.cookie_threshold_per_source`
+/// ([`aokd_proto::ike::config::DEFAULT_COOKIE_THRESHOLD_PER_SOURCE`],
+/// strongSwan's `cookie_threshold_ip`, 3).
+pub const DEFAULT_COOKIE_THRESHOLD_PER_SOURCE: usize =
+    aokd_proto::ike::config::DEFAULT_COOKIE_THRESHOLD_PER_SOURCE;
+/// Largest `daemon.cookie_threshold` and `cookie_threshold_per_source`:
+/// more half-open SAs than that never exist (each peer holds at most 5).
+pub const MAX_COOKIE_THRESHOLD: i64 = 1_000_000;
 /// Default of `peer.tcp_ports` (BGP).
 pub const DEFAULT_TCP_PORTS: [u16; 1] = [179];
 /// Default of `peer.ike_proposals`.
@@ -192,6 +203,12 @@ pub struct DaemonSection {
     /// Liveness check after this long without a message from the peer
     /// (`None`: `"off"`).
     pub liveness: Option<Duration>,
+    /// Cookies (RFC 7296 2.6) are demanded while at least this many
+    /// half-open IKE SAs exist in all (0: always).
+    pub cookie_threshold: usize,
+    /// The same, counting those from the request's source address (0:
+    /// always).
+    pub cookie_threshold_per_source: usize,
 }
 
 impl DaemonSection {
@@ -429,6 +446,8 @@ struct RawDaemon {
     attach_socket_mode: Option<String>,
     acquire_timeout: Option<String>,
     liveness: Option<String>,
+    cookie_threshold: Option<i64>,
+    cookie_threshold_per_source: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -552,6 +571,23 @@ impl Validator<'_> {
             daemon,
             peers,
         })
+    }
+
+    /// A half-open count from 0 to [`MAX_COOKIE_THRESHOLD`], or `default`.
+    fn threshold(&self, key: &str, v: Option<i64>, default: usize) -> Result<usize, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) => match usize::try_from(n) {
+                Ok(n) if n as i64 <= MAX_COOKIE_THRESHOLD => Ok(n),
+                _ => Err(self.err(
+                    key,
+                    None,
+                    format!(
+                        "{n} is out of range 0..={MAX_COOKIE_THRESHOLD} (0: always demand cookies)"
+                    ),
+                )),
+            },
+        }
     }
 
     fn port(&self, key: &str, peer: Option<&str>, v: i64) -> Result<u16, ConfigError> {
@@ -688,6 +724,16 @@ impl Validator<'_> {
                 )
             }
         };
+        let cookie_threshold = self.threshold(
+            "daemon.cookie_threshold",
+            raw.cookie_threshold,
+            DEFAULT_COOKIE_THRESHOLD,
+        )?;
+        let cookie_threshold_per_source = self.threshold(
+            "daemon.cookie_threshold_per_source",
+            raw.cookie_threshold_per_source,
+            DEFAULT_COOKIE_THRESHOLD_PER_SOURCE,
+        )?;
         Ok(DaemonSection {
             listen,
             port,
@@ -697,6 +743,8 @@ impl Validator<'_> {
             attach_socket_mode,
             acquire_timeout,
             liveness,
+            cookie_threshold,
+            cookie_threshold_per_source,
         })
     }
 

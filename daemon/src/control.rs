@@ -402,6 +402,7 @@ pub fn empty_status(config: &Config, started_at: u64) -> DaemonStatus {
             })
             .collect(),
         state_file: None,
+        dos: None,
     }
 }
 

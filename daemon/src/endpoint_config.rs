@@ -45,6 +45,8 @@ pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
     }
     let mut ec = EndpointConfig::new(peers);
     ec.liveness = cfg.daemon.liveness;
+    ec.cookie_threshold = cfg.daemon.cookie_threshold;
+    ec.cookie_threshold_per_source = cfg.daemon.cookie_threshold_per_source;
     Ok(ec)
 }
 

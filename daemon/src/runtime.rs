@@ -23,7 +23,7 @@ use aokd_api::attach::{Installed, SocketRole};
 use crate::attach::{AttachCall, Reply};
 use crate::clock::WallClock;
 use crate::control::ControlCall;
-use crate::event_log::log_event;
+use crate::event_log::EventLog;
 use crate::keys::{Answer, Answered, AttachOutcome, KeyManager};
 use crate::persist::{Op, Persist};
 use crate::records::record_events;
@@ -64,6 +64,8 @@ pub struct Daemon {
     clock: WallClock,
     /// A name for log lines when several daemons share a process (`aokd demo`).
     instance: String,
+    /// The endpoint's events as log lines (dropped datagrams summarized).
+    log: EventLog,
     /// Keys on attached sockets; `None` when this daemon only negotiates.
     keys: Option<KeyManager>,
     /// Where MKT, IKE SA and socket records go (docs/state.md).
@@ -114,6 +116,7 @@ impl Daemon {
             listen,
             clock: WallClock::now(),
             instance: instance.to_string(),
+            log: EventLog::new(instance),
             keys,
             persist: Persist::disabled(),
             pending: BTreeMap::new(),
@@ -223,10 +226,14 @@ impl Daemon {
         self.flush(Instant::now()).await;
         loop {
             let key_deadline = self.keys.as_ref().and_then(KeyManager::poll_timeout);
-            let deadline = match (self.endpoint.poll_timeout(), key_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = [
+                self.endpoint.poll_timeout(),
+                key_deadline,
+                self.log.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let attach_call = async {
                 match attach.as_mut() {
                     Some(rx) => rx.recv().await,
@@ -384,8 +391,9 @@ impl Daemon {
         // on any socket.
         record_events(&self.persist, &self.clock, now, &events);
         for ev in &events {
-            log_event(&self.instance, ev);
+            self.log.log(now, ev);
         }
+        self.log.handle_timeout(now);
         if let Some(keys) = self.keys.as_mut() {
             let mut answered = Vec::new();
             for ev in &events {

@@ -8,8 +8,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use aokd_api::attach::AttachResult;
 use aokd_api::control::{
-    Command, DaemonStatus, MktKey, MktStatus, PeerStatus, ResponseData, ResponseResult, SaStatus,
-    StateFileStatus,
+    Command, DaemonStatus, DosStatus, MktKey, MktStatus, PeerStatus, ResponseData, ResponseResult,
+    SaStatus, StateFileStatus,
 };
 use aokd_proto::ike::{Endpoint, PeerView};
 use tracing::info;
@@ -142,6 +142,7 @@ impl Answers<'_> {
                 })
                 .collect(),
             state_file: state_file_status(&self.persist.health()),
+            dos: Some(dos_status(self.endpoint)),
         }
     }
 }
@@ -160,6 +161,24 @@ fn state_file_status(h: &StateHealth) -> Option<StateFileStatus> {
         failed_commits: h.failed_commits,
         reopened: h.reopened,
     })
+}
+
+/// The endpoint's counters (O(1): a copy of a fixed-size struct).
+fn dos_status(endpoint: &Endpoint) -> DosStatus {
+    let c = endpoint.counters();
+    DosStatus {
+        half_open: endpoint.half_open() as u64,
+        cookies_sent: c.cookies_sent,
+        cookies_accepted: c.cookies_accepted,
+        cookies_rejected: c.cookies_rejected,
+        half_open_evicted: c.half_open_evicted,
+        half_open_superseded: c.half_open_superseded,
+        dropped: c
+            .dropped
+            .iter()
+            .map(|(r, n)| (r.as_str().to_string(), n))
+            .collect(),
+    }
 }
 
 /// `aoctl sas`.

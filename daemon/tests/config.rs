@@ -676,6 +676,42 @@ fn liveness() {
     expect_invalid(t("\"soon\""), "daemon.liveness", None, "\"off\"");
 }
 
+#[test]
+fn cookie_thresholds() {
+    let dir = TempDir::new("cookies");
+    let t = |k: &str, v: &str| {
+        load(
+            &dir,
+            &format!("[daemon]\n{k} = {v}\n{}", peer_config(&dir, "")),
+        )
+    };
+    let d = load(&dir, &peer_config(&dir, "")).unwrap().daemon;
+    assert_eq!((d.cookie_threshold, d.cookie_threshold_per_source), (30, 3));
+    assert_eq!(
+        t("cookie_threshold", "0").unwrap().daemon.cookie_threshold,
+        0
+    );
+    assert_eq!(
+        t("cookie_threshold_per_source", "7")
+            .unwrap()
+            .daemon
+            .cookie_threshold_per_source,
+        7
+    );
+    expect_invalid(
+        t("cookie_threshold", "-1"),
+        "daemon.cookie_threshold",
+        None,
+        "0..=",
+    );
+    expect_invalid(
+        t("cookie_threshold_per_source", "10000000"),
+        "daemon.cookie_threshold_per_source",
+        None,
+        "out of range",
+    );
+}
+
 /// Makes a FIFO at `path` with mkfifo(1).
 fn mkfifo(path: &Path) {
     let st = std::process::Command::new("mkfifo")

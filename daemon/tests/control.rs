@@ -34,6 +34,7 @@ fn status() -> DaemonStatus {
             backend: None,
         }],
         state_file: None,
+        dos: None,
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod harness;
 
+use aokd_proto::ike::DropReason;
 use std::time::Duration;
 
 use harness::{NetParams, Sim, A_ADDR, B_ADDR};
@@ -114,19 +115,26 @@ fn hundred_thousand_malformed_datagrams_change_nothing() {
     sim.run_for(Duration::from_secs(60));
     // The mutations reach past the parser: many parse and are rejected later
     // (unknown SPI, failed integrity check, wrong message ID...).
-    let reasons: Vec<&str> = sim
+    let reasons: Vec<DropReason> = sim
         .nodes
         .iter()
         .flat_map(|n| n.events.iter())
         .filter_map(|e| match e {
-            aokd_proto::ike::Event::Dropped { reason, .. } => Some(reason.as_str()),
+            aokd_proto::ike::Event::Dropped { reason, .. } => Some(*reason),
             _ => None,
         })
         .collect();
     let malformed = reasons
         .iter()
-        .filter(|r| r.starts_with("malformed"))
+        .filter(|r| **r == DropReason::Malformed)
         .count();
+    // The counters agree with the events.
+    let counted: u64 = sim
+        .nodes
+        .iter()
+        .map(|n| n.ep.counters().dropped.total())
+        .sum();
+    assert_eq!(counted, reasons.len() as u64);
     let deeper = reasons.len() - malformed;
     eprintln!("dropped: {malformed} malformed, {deeper} rejected after parsing");
     assert!(malformed > 10_000, "{malformed}");

@@ -360,6 +360,16 @@ impl RetransmitConfig {
     }
 }
 
+/// Default of [`EndpointConfig::cookie_threshold`]: strongSwan's
+/// `cookie_threshold` (30 half-open IKE SAs in all).
+pub const DEFAULT_COOKIE_THRESHOLD: usize = 30;
+/// Default of [`EndpointConfig::cookie_threshold_per_source`]: strongSwan's
+/// `cookie_threshold_ip` (3 half-open IKE SAs from one address).
+pub const DEFAULT_COOKIE_THRESHOLD_PER_SOURCE: usize = 3;
+/// Default of [`EndpointConfig::cookie_secret_lifetime`]: strongSwan's
+/// `COOKIE_SECRET_SWITCH` (120 s).
+pub const COOKIE_SECRET_LIFETIME: Duration = Duration::from_secs(120);
+
 /// Endpoint-wide settings.
 #[derive(Debug)]
 pub struct EndpointConfig {
@@ -371,9 +381,23 @@ pub struct EndpointConfig {
     /// off (strongSwan's 30 s is shorter than its own 165 s schedule). Cheap:
     /// only configured peers can open SAs, at most `half_open_per_peer` each.
     pub half_open_timeout: Duration,
-    /// Half-open responder SAs allowed per peer; further IKE_SA_INIT
-    /// requests from it are dropped (strongSwan's block_threshold is 5).
+    /// Half-open responder SAs kept per peer (strongSwan's block_threshold
+    /// is 5). At the limit a request without a valid cookie is answered
+    /// with N(COOKIE) and no state; one with a valid cookie (its source
+    /// address is reachable) makes room by removing the peer's oldest
+    /// half-open SA, so that forged requests never keep the peer out
+    /// (docs/protocol.md, "Denial of service"). At least 1 is used.
     pub half_open_per_peer: usize,
+    /// Cookies (RFC 7296 2.6) are demanded of every IKE_SA_INIT request
+    /// while the endpoint holds at least this many half-open responder SAs
+    /// in all; 0: always. Default [`DEFAULT_COOKIE_THRESHOLD`].
+    pub cookie_threshold: usize,
+    /// The same, counting the half-open SAs from the request's source
+    /// address only; 0: always. Default [`DEFAULT_COOKIE_THRESHOLD_PER_SOURCE`].
+    pub cookie_threshold_per_source: usize,
+    /// How long a cookie secret is used before a new one is drawn (the
+    /// previous one is still accepted until the next rotation).
+    pub cookie_secret_lifetime: Duration,
     /// Delay before initiating again after a failed negotiation.
     pub retry_interval: Duration,
     /// Liveness check (RFC 7296 1.4, 2.4): when nothing protected has been
@@ -406,6 +430,9 @@ impl EndpointConfig {
             retransmit: RetransmitConfig::default(),
             half_open_timeout: Duration::from_secs(300),
             half_open_per_peer: 5,
+            cookie_threshold: DEFAULT_COOKIE_THRESHOLD,
+            cookie_threshold_per_source: DEFAULT_COOKIE_THRESHOLD_PER_SOURCE,
+            cookie_secret_lifetime: COOKIE_SECRET_LIFETIME,
             retry_interval: Duration::from_secs(30),
             liveness: Some(Duration::from_secs(30)),
             advertise_tcp_ao: true,

@@ -15,6 +15,7 @@
 //! ones, to adopt a rekey's successor), which the borrow checker does not
 //! allow.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -22,7 +23,8 @@ use std::time::{Duration, Instant};
 use rand_core::CryptoRngCore;
 
 use super::config::{EndpointConfig, PeerConfig};
-use super::event::{Event, Transmit};
+use super::cookie::DosState;
+use super::event::{Counters, DropReason, Event, Transmit};
 use super::peer::PeerRuntime;
 use super::sa::IkeSa;
 use super::table::PeerSas;
@@ -30,11 +32,30 @@ use super::window::PendingKind;
 use crate::numbers::ExchangeType;
 use crate::wire::{ParsedMessage, Payload};
 
-/// Datagrams and events, in the order they were produced.
+/// Datagrams and events, in the order they were produced, and the
+/// counters of what was dropped.
 #[derive(Default)]
 pub(super) struct Outbox {
     pub(super) transmits: VecDeque<Transmit>,
     pub(super) events: VecDeque<Event>,
+    pub(super) counters: Counters,
+}
+
+impl Outbox {
+    /// Counts a dropped datagram and reports it.
+    pub(super) fn dropped(
+        &mut self,
+        from: SocketAddr,
+        reason: DropReason,
+        detail: impl Into<Cow<'static, str>>,
+    ) {
+        self.counters.dropped.add(reason);
+        self.events.push_back(Event::Dropped {
+            from,
+            reason,
+            detail: detail.into(),
+        });
+    }
 }
 
 /// What becomes of the IKE SA a handler was given.
@@ -61,6 +82,9 @@ pub(super) struct Ctx<'a> {
     pub(super) owners: &'a BTreeMap<u64, usize>,
     pub(super) rng: &'a mut (dyn CryptoRngCore + Send),
     pub(super) out: &'a mut Outbox,
+    /// Cookie secrets and the half-open counts of every peer (before this
+    /// input).
+    pub(super) dos: &'a mut DosState,
 }
 
 impl Ctx<'_> {
@@ -80,11 +104,13 @@ impl Ctx<'_> {
         self.out.events.push_back(event);
     }
 
-    pub(super) fn dropped(&mut self, from: SocketAddr, reason: impl Into<String>) {
-        self.event(Event::Dropped {
-            from,
-            reason: reason.into(),
-        });
+    pub(super) fn dropped(
+        &mut self,
+        from: SocketAddr,
+        reason: DropReason,
+        detail: impl Into<Cow<'static, str>>,
+    ) {
+        self.out.dropped(from, reason, detail);
     }
 
     pub(super) fn random_bytes(&mut self, len: usize) -> Vec<u8> {
@@ -221,7 +247,7 @@ impl Ctx<'_> {
         match sa.unprotect(datagram, msg, now) {
             Ok(payloads) => Ok((sa, payloads)),
             Err(e) => {
-                self.dropped(from, format!("{what}: {e}"));
+                self.dropped(from, DropReason::Integrity, format!("{what}: {e}"));
                 Err(Fate::Keep(sa))
             }
         }

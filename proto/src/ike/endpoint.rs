@@ -28,6 +28,7 @@
 //! only due peers. Nothing iterates a hash map, so the same seed gives the
 //! same datagrams in every process.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -36,8 +37,11 @@ use rand_core::CryptoRngCore;
 
 use super::config::EndpointConfig;
 use super::context::{Ctx, Fate, Outbox};
+use super::cookie::DosState;
 use super::error::{IkeError, MisuseError};
-use super::event::{Event, KeyIdReservation, PeerState, PeerView, Role, SaView, Transmit};
+use super::event::{
+    Counters, DropReason, Event, KeyIdReservation, PeerState, PeerView, Role, SaView, Transmit,
+};
 use super::peer::PeerRuntime;
 use super::sa::{IkeSa, SaState};
 use super::table::PeerSas;
@@ -63,6 +67,9 @@ struct Peer {
     rt: PeerRuntime,
     sas: PeerSas,
     indexed: BTreeSet<u64>,
+    /// Its half-open responder SAs at the end of the last input (what
+    /// [`DosState`] counts for it).
+    half_open: usize,
 }
 
 /// All IKE SAs of this node. See the module documentation.
@@ -79,6 +86,9 @@ pub struct Endpoint {
     /// One deadline per peer ([`maintenance::deadline`]).
     timers: TimerQueue,
     out: Outbox,
+    /// Cookie secrets and half-open counts (docs/protocol.md, "Denial of
+    /// service").
+    dos: DosState,
 }
 
 impl Endpoint {
@@ -126,6 +136,7 @@ impl Endpoint {
             by_name,
             timers,
             out: Outbox::default(),
+            dos: DosState::default(),
         })
     }
 
@@ -150,6 +161,18 @@ impl Endpoint {
         self.timers.next()
     }
 
+    /// What the endpoint counted: dropped datagrams by reason, cookies,
+    /// evicted half-open SAs. A copy of a fixed-size struct; O(1).
+    pub fn counters(&self) -> Counters {
+        self.out.counters
+    }
+
+    /// Half-open responder SAs held now, with all peers (a maintained
+    /// count, O(1)).
+    pub fn half_open(&self) -> usize {
+        self.dos.half_open
+    }
+
     /// The peer's context for one input.
     fn ctx(&mut self, peer: usize) -> Ctx<'_> {
         let Peer { rt, sas, .. } = &mut self.peers[peer];
@@ -162,6 +185,7 @@ impl Endpoint {
             owners: &self.owners,
             rng: &mut *self.rng,
             out: &mut self.out,
+            dos: &mut self.dos,
         }
     }
 
@@ -173,11 +197,20 @@ impl Endpoint {
         r
     }
 
-    /// Ends an input on `peer`: the SPI index follows its SAs, its key set
-    /// is reported if the events since `mark` changed it, and its deadline
-    /// goes back in the timer queue. O(its SAs and MKTs + log n).
+    /// Ends an input on `peer`: the SPI index and the half-open counts
+    /// follow its SAs, its key set is reported if the events since `mark`
+    /// changed it, and its deadline goes back in the timer queue. O(its
+    /// SAs and MKTs + log n).
     fn finish(&mut self, peer: usize, mark: usize) {
         let p = &mut self.peers[peer];
+        let half_open = p
+            .sas
+            .iter()
+            .filter(|s| s.role == Role::Responder && s.state() == SaState::HalfOpen)
+            .count();
+        self.dos
+            .update(self.cfg.peers[peer].remote.ip(), p.half_open, half_open);
+        p.half_open = half_open;
         let spis: BTreeSet<u64> = p.sas.spis().into_iter().collect();
         for gone in p.indexed.difference(&spis) {
             self.owners.remove(gone);
@@ -217,7 +250,12 @@ impl Endpoint {
 
     fn view(&self, i: usize) -> PeerView {
         let (p, peer) = (&self.cfg.peers[i], &self.peers[i]);
-        let mut sas: Vec<&IkeSa> = peer.sas.iter().collect();
+        // A failed SA is kept only to replay its last response: not shown.
+        let mut sas: Vec<&IkeSa> = peer
+            .sas
+            .iter()
+            .filter(|s| s.state() != SaState::Failed)
+            .collect();
         sas.sort_by_key(|s| s.created);
         let state = if sas.iter().any(|s| s.state() == SaState::Established) {
             PeerState::Established
@@ -270,7 +308,7 @@ impl Endpoint {
     pub fn initiate(&mut self, peer_name: &str, now: Instant) -> Result<bool, IkeError> {
         let peer = self.peer_index(peer_name)?;
         self.with_peer(peer, |ctx| {
-            if lifecycle::has_live_sa(ctx) {
+            if lifecycle::has_live_sa(ctx, now) {
                 return Ok(false);
             }
             init::start(ctx, now).map(|()| true)
@@ -336,16 +374,21 @@ impl Endpoint {
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         let msg = match wire::parse_message(datagram) {
             Ok(m) => m,
-            Err(e) => return self.dropped(from, format!("malformed: {e}")),
+            Err(e) => return self.dropped(from, DropReason::Malformed, format!("malformed: {e}")),
         };
         let h = &msg.header;
         if h.exchange == ExchangeType::IKE_SA_INIT && !h.is_response() {
             if h.message_id != 0 || h.spi_r != 0 || !h.is_initiator() || msg.sk.is_some() {
-                return self.dropped(from, "IKE_SA_INIT request with a bad header");
+                return self.dropped(
+                    from,
+                    DropReason::BadHeader,
+                    "IKE_SA_INIT request with a bad header",
+                );
             }
             let Some(peer) = self.match_peer(from) else {
                 return self.dropped(
                     from,
+                    DropReason::NotConfiguredPeer,
                     "IKE_SA_INIT from an address that is no configured peer",
                 );
             };
@@ -353,11 +396,19 @@ impl Endpoint {
         }
         let local_spi = if h.is_initiator() { h.spi_r } else { h.spi_i };
         let Some(&peer) = self.owners.get(&local_spi) else {
-            return self.dropped(from, format!("no IKE SA with SPI {local_spi:016x}"));
+            return self.dropped(
+                from,
+                DropReason::UnknownSpi,
+                format!("no IKE SA with SPI {local_spi:016x}"),
+            );
         };
         self.with_peer(peer, |ctx| {
             let Some(sa) = ctx.sas.remove(&local_spi) else {
-                return ctx.dropped(from, format!("no IKE SA with SPI {local_spi:016x}"));
+                return ctx.dropped(
+                    from,
+                    DropReason::UnknownSpi,
+                    format!("no IKE SA with SPI {local_spi:016x}"),
+                );
             };
             if let Fate::Keep(sa) = on_message(ctx, now, from, datagram, &msg, sa) {
                 ctx.sas.insert(sa);
@@ -366,11 +417,13 @@ impl Endpoint {
     }
 
     /// A dropped datagram that concerns no peer.
-    fn dropped(&mut self, from: SocketAddr, reason: impl Into<String>) {
-        self.out.events.push_back(Event::Dropped {
-            from,
-            reason: reason.into(),
-        });
+    fn dropped(
+        &mut self,
+        from: SocketAddr,
+        reason: DropReason,
+        detail: impl Into<Cow<'static, str>>,
+    ) {
+        self.out.dropped(from, reason, detail);
     }
 
     /// The configured peer a datagram from `from` comes from: the one with
@@ -511,7 +564,11 @@ fn on_message(
     let spis_match =
         h.spi_i == sa.spi_i && (h.spi_r == sa.spi_r || sa.state() == SaState::InitSent);
     if !roles_match || !spis_match || from.ip() != sa.remote.ip() {
-        ctx.dropped(from, "SPIs, flags or address do not match the IKE SA");
+        ctx.dropped(
+            from,
+            DropReason::SaMismatch,
+            "SPIs, flags or address do not match the IKE SA",
+        );
         return Fate::Keep(sa);
     }
     if h.is_response() {
@@ -531,7 +588,11 @@ fn on_response(
     sa: IkeSa,
 ) -> Fate {
     if !sa.window.answers_pending(msg.header.message_id) {
-        ctx.dropped(from, "response to no outstanding request");
+        ctx.dropped(
+            from,
+            DropReason::Unexpected,
+            "response to no outstanding request",
+        );
         return Fate::Keep(sa);
     }
     match sa.state() {
@@ -570,7 +631,11 @@ fn on_response(
             Fate::Keep(sa)
         }
         _ => {
-            ctx.dropped(from, "response of an unexpected exchange type");
+            ctx.dropped(
+                from,
+                DropReason::Unexpected,
+                "response of an unexpected exchange type",
+            );
             Fate::Keep(sa)
         }
     }
@@ -596,6 +661,7 @@ fn on_request(
         let expected = sa.window.expected();
         ctx.dropped(
             from,
+            DropReason::Unexpected,
             format!("request with message ID {id}, expected {expected}"),
         );
         return Fate::Keep(sa);
@@ -636,6 +702,7 @@ fn on_request(
         _ => {
             ctx.dropped(
                 from,
+                DropReason::Unexpected,
                 format!("{} request in this IKE SA state", msg.header.exchange),
             );
             Fate::Keep(sa)

@@ -1,6 +1,7 @@
 //! What an [`Endpoint`](super::Endpoint) tells its driver: datagrams to
 //! send, events to act on and log, and read-only views for status displays.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -147,8 +148,151 @@ pub enum Event {
         retire_at: Instant,
         reason: &'static str,
     },
-    /// A datagram was dropped.
-    Dropped { from: SocketAddr, reason: String },
+    /// A datagram was dropped (or, for [`DropReason::HalfOpenExpired`], a
+    /// half-open SA forgotten). `reason` is what the endpoint counts
+    /// ([`super::Endpoint::counters`]); `detail` says more, for a debug log.
+    Dropped {
+        from: SocketAddr,
+        reason: DropReason,
+        detail: Cow<'static, str>,
+    },
+}
+
+/// Why a datagram was dropped: the classes the endpoint counts
+/// ([`DropCounters`]), so that a driver can rate-limit its log by class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// Does not parse as an IKEv2 message (RFC 7296 3).
+    Malformed,
+    /// Parses, but its header is wrong for what it is (an IKE_SA_INIT
+    /// request with a message ID or responder SPI, a response without a
+    /// responder SPI).
+    BadHeader,
+    /// An IKE_SA_INIT request from an address that is no configured peer.
+    NotConfiguredPeer,
+    /// Names no IKE SA of this endpoint.
+    UnknownSpi,
+    /// SPIs, flags or source address do not match the IKE SA it names.
+    SaMismatch,
+    /// An IKE_SA_INIT without the SA, KE or Nonce payload.
+    MissingPayload,
+    /// Cookies are demanded (the half-open thresholds, or an initiation of
+    /// this side under way) and the request had none: answered with
+    /// N(COOKIE), no state kept (RFC 7296 2.6).
+    CookieRequired,
+    /// The request's cookie is not one this endpoint made, or its secret is
+    /// gone: answered with a fresh N(COOKIE), no state kept.
+    CookieInvalid,
+    /// The peer's half-open limit is reached and the request had no valid
+    /// cookie: answered with N(COOKIE), no state kept (with one, the oldest
+    /// half-open SA of the peer makes room).
+    HalfOpenLimit,
+    /// The peer's key exchange value is unusable, or deriving keys failed.
+    KeyExchange,
+    /// Its protected payload does not decrypt and verify with the SA's keys.
+    Integrity,
+    /// A request or response this SA does not expect now (message ID,
+    /// exchange type, no outstanding request).
+    Unexpected,
+    /// Not a datagram: a half-open responder SA expired without IKE_AUTH.
+    HalfOpenExpired,
+}
+
+impl DropReason {
+    /// Every reason, in the order of [`DropCounters`].
+    pub const ALL: [DropReason; 13] = [
+        DropReason::Malformed,
+        DropReason::BadHeader,
+        DropReason::NotConfiguredPeer,
+        DropReason::UnknownSpi,
+        DropReason::SaMismatch,
+        DropReason::MissingPayload,
+        DropReason::CookieRequired,
+        DropReason::CookieInvalid,
+        DropReason::HalfOpenLimit,
+        DropReason::KeyExchange,
+        DropReason::Integrity,
+        DropReason::Unexpected,
+        DropReason::HalfOpenExpired,
+    ];
+
+    /// The stable name (aoctl's `--json` keys, log fields).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::BadHeader => "bad_header",
+            DropReason::NotConfiguredPeer => "not_configured_peer",
+            DropReason::UnknownSpi => "unknown_spi",
+            DropReason::SaMismatch => "sa_mismatch",
+            DropReason::MissingPayload => "missing_payload",
+            DropReason::CookieRequired => "cookie_required",
+            DropReason::CookieInvalid => "cookie_invalid",
+            DropReason::HalfOpenLimit => "half_open_limit",
+            DropReason::KeyExchange => "key_exchange",
+            DropReason::Integrity => "integrity",
+            DropReason::Unexpected => "unexpected",
+            DropReason::HalfOpenExpired => "half_open_expired",
+        }
+    }
+
+    /// The index of the reason in [`DropReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl core::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Dropped datagrams by reason since the endpoint started: a fixed array,
+/// one increment per drop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropCounters([u64; DropReason::ALL.len()]);
+
+impl DropCounters {
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason.index()]
+    }
+
+    /// Every reason with its count, in the order of [`DropReason::ALL`].
+    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.iter().map(|r| (*r, self.0[r.index()]))
+    }
+
+    /// All drops.
+    pub fn total(&self) -> u64 {
+        self.0.iter().fold(0u64, |a, b| a.saturating_add(*b))
+    }
+
+    pub(super) fn add(&mut self, reason: DropReason) {
+        let c = &mut self.0[reason.index()];
+        *c = c.saturating_add(1);
+    }
+}
+
+/// What the endpoint counts about unwanted traffic and its half-open
+/// policy (docs/protocol.md, "Denial of service"), read with
+/// [`super::Endpoint::counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Dropped datagrams by reason.
+    pub dropped: DropCounters,
+    /// N(COOKIE) responses sent (RFC 7296 2.6).
+    pub cookies_sent: u64,
+    /// IKE_SA_INIT requests with a cookie this endpoint made and still
+    /// accepts.
+    pub cookies_accepted: u64,
+    /// IKE_SA_INIT requests with a cookie that did not verify.
+    pub cookies_rejected: u64,
+    /// Half-open responder SAs removed to make room for a request with a
+    /// valid cookie at the peer's limit.
+    pub half_open_evicted: u64,
+    /// Half-open responder SAs removed because another SA with the peer
+    /// completed IKE_AUTH.
+    pub half_open_superseded: u64,
 }
 
 /// The state of a peer as a whole.

@@ -17,7 +17,7 @@ use std::time::Instant;
 use super::config::IkeSuite;
 use super::context::{Ctx, Fate};
 use super::error::{IkeError, Misbehaviour, NegotiationError};
-use super::event::{Event, Role};
+use super::event::{DropReason, Event, Role};
 use super::proposal;
 use super::sa::{IkeSa, Phase, SaState};
 use super::traffic::notify;
@@ -34,6 +34,10 @@ pub const VENDOR_ID: &[u8] = b"aokd TCP-AO keying 1";
 /// Nonce length sent (RFC 7296 2.10: at least 16 octets and half the PRF key).
 const NONCE_LEN: usize = 32;
 
+/// COOKIE responses an initiator follows in one IKE_SA_INIT exchange
+/// (strongSwan's `MAX_RETRIES` for COOKIE and INVALID_KE_PAYLOAD is 5).
+const MAX_COOKIE_RETRIES: u8 = 5;
+
 pub(super) fn start(ctx: &mut Ctx<'_>, now: Instant) -> Result<(), IkeError> {
     let group = ctx.pc.ike_suites[0].group;
     let ke = KeyExchange::generate(group, &mut *ctx.rng).map_err(Misbehaviour::KeyExchange)?;
@@ -42,7 +46,11 @@ pub(super) fn start(ctx: &mut Ctx<'_>, now: Instant) -> Result<(), IkeError> {
     let mut sa = IkeSa {
         peer: ctx.index,
         role: Role::Initiator,
-        phase: Phase::InitSent { ke, cookie: None },
+        phase: Phase::InitSent {
+            ke,
+            cookie: None,
+            cookie_retries: 0,
+        },
         spi_i,
         spi_r: 0,
         remote: ctx.pc.remote,
@@ -73,7 +81,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, now: Instant) -> Result<(), IkeError> {
 }
 
 fn send_init_request(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
-    let Phase::InitSent { ke, cookie } = &sa.phase else {
+    let Phase::InitSent { ke, cookie, .. } = &sa.phase else {
         return;
     };
     let mut payloads = Vec::new();
@@ -126,13 +134,27 @@ pub(super) fn on_request(
         }
         return;
     }
-    let half_open = ctx
+    let sa_offer = msg.payloads.find_payload(Payload::as_sa);
+    let ke_in = msg.payloads.find_payload(Payload::as_ke);
+    let ni = msg.payloads.find_payload(Payload::as_nonce);
+    let (Some(sa_offer), Some(ke_in), Some(ni)) = (sa_offer, ke_in, ni) else {
+        return ctx.dropped(
+            from,
+            DropReason::MissingPayload,
+            "IKE_SA_INIT request without SA, KE or Nonce",
+        );
+    };
+    // This side's own exchange with the peer, under way (simultaneous
+    // initiation, below).
+    let own = ctx
         .sas
         .iter()
-        .filter(|s| s.role == Role::Responder && s.state() == SaState::HalfOpen)
-        .count();
-    if half_open >= ctx.cfg.half_open_per_peer {
-        return ctx.dropped(from, "half-open IKE SA limit for this peer reached");
+        .find(|s| {
+            s.role == Role::Initiator && matches!(s.state(), SaState::InitSent | SaState::AuthSent)
+        })
+        .map(|s| (s.local_spi(), s.ni.clone()));
+    if !admit(ctx, now, from, h, msg, ni, own.is_some()) {
+        return;
     }
     if let Some(ty) = msg.unsupported_critical() {
         send_init_error(
@@ -144,20 +166,8 @@ pub(super) fn on_request(
         );
         return;
     }
-    let sa_offer = msg.payloads.find_payload(Payload::as_sa);
-    let ke_in = msg.payloads.find_payload(Payload::as_ke);
-    let ni = msg.payloads.find_payload(Payload::as_nonce);
-    let (Some(sa_offer), Some(ke_in), Some(ni)) = (sa_offer, ke_in, ni) else {
-        return ctx.dropped(from, "IKE_SA_INIT request without SA, KE or Nonce");
-    };
-    // Simultaneous initiation (module documentation).
-    let own = ctx
-        .sas
-        .iter()
-        .find(|s| {
-            s.role == Role::Initiator && matches!(s.state(), SaState::InitSent | SaState::AuthSent)
-        })
-        .map(|s| (s.local_spi(), s.ni.clone()));
+    // Simultaneous initiation (module documentation). The request carries
+    // a valid cookie here ([`admit`]), so a forged one cannot end ours.
     if let Some((own_spi, own_ni)) = own {
         let ours_wins = own_ni.as_slice() > ni;
         ctx.out.events.push_back(Event::SimultaneousInitiation {
@@ -196,20 +206,30 @@ pub(super) fn on_request(
     };
     let ke = match KeyExchange::generate(choice.suite.group, &mut *ctx.rng) {
         Ok(k) => k,
-        Err(e) => return ctx.dropped(from, format!("key exchange: {e}")),
+        Err(e) => return ctx.dropped(from, DropReason::KeyExchange, format!("key exchange: {e}")),
     };
     let gir = match ke.agree(&ke_in.data) {
         Ok(g) => g,
         Err(e) => {
             send_init_error(ctx, from, h, NotifyType::INVALID_SYNTAX, Vec::new());
-            return ctx.dropped(from, format!("peer's KE payload: {e}"));
+            return ctx.dropped(
+                from,
+                DropReason::KeyExchange,
+                format!("peer's KE payload: {e}"),
+            );
         }
     };
     let spi_r = ctx.fresh_spi();
     let nr = ctx.random_bytes(NONCE_LEN);
     let keys = match derive_keys(choice.suite, &gir, ni, &nr, h.spi_i, spi_r) {
         Ok(k) => k,
-        Err(e) => return ctx.dropped(from, format!("key derivation: {e}")),
+        Err(e) => {
+            return ctx.dropped(
+                from,
+                DropReason::KeyExchange,
+                format!("key derivation: {e}"),
+            )
+        }
     };
     let mut sa = IkeSa {
         peer: ctx.index,
@@ -257,6 +277,105 @@ pub(super) fn on_request(
     ctx.sas.insert(sa);
 }
 
+/// Whether an IKE_SA_INIT request from the peer may create state
+/// (docs/protocol.md, "Denial of service: cookies and half-open SAs").
+///
+/// A cookie (RFC 7296 2.6) is demanded, and nothing kept, while the
+/// endpoint holds `cookie_threshold` half-open responder SAs in all or
+/// `cookie_threshold_per_source` from this address, while the peer is at
+/// its `half_open_per_peer` limit, and while this side's own exchange with
+/// the peer is under way (a request that ends it must come from the
+/// peer's address). A request with a valid cookie is always admitted: at
+/// the peer's limit the peer's oldest half-open SA makes room, so forged
+/// requests, which cannot carry a valid cookie, never keep the peer out.
+/// A cookie that does not verify is ignored (2.6), which here means a
+/// fresh one is demanded when cookies are.
+#[allow(clippy::too_many_arguments)]
+fn admit(
+    ctx: &mut Ctx<'_>,
+    now: Instant,
+    from: SocketAddr,
+    h: &Header,
+    msg: &ParsedMessage,
+    ni: &[u8],
+    own_under_way: bool,
+) -> bool {
+    let cfg = ctx.cfg;
+    let limit = cfg.half_open_per_peer.max(1);
+    let peer_half_open: Vec<(Instant, u64)> = ctx
+        .sas
+        .iter()
+        .filter(|s| s.role == Role::Responder && s.state() == SaState::HalfOpen)
+        .map(|s| (s.created, s.local_spi()))
+        .collect();
+    let at_limit = peer_half_open.len() >= limit;
+    let demand = at_limit
+        || own_under_way
+        || ctx.dos.half_open >= cfg.cookie_threshold
+        || ctx.dos.half_open_from(from.ip()) >= cfg.cookie_threshold_per_source;
+    let cookie = msg.payloads.notify(NotifyType::COOKIE);
+    let valid = match cookie {
+        Some(c) => {
+            let ok = ctx.dos.cookies.check(
+                now,
+                cfg.cookie_secret_lifetime,
+                &mut *ctx.rng,
+                &c.data,
+                h.spi_i,
+                from.ip(),
+                ni,
+            );
+            if ok {
+                ctx.out.counters.cookies_accepted += 1;
+            } else {
+                ctx.out.counters.cookies_rejected += 1;
+            }
+            ok
+        }
+        None => false,
+    };
+    if demand && !valid {
+        let c = ctx.dos.cookies.make(
+            now,
+            cfg.cookie_secret_lifetime,
+            &mut *ctx.rng,
+            h.spi_i,
+            from.ip(),
+            ni,
+        );
+        send_init_error(ctx, from, h, NotifyType::COOKIE, c);
+        ctx.out.counters.cookies_sent += 1;
+        let (reason, detail) = if cookie.is_some() {
+            (
+                DropReason::CookieInvalid,
+                "IKE_SA_INIT with a cookie that does not verify: a new one demanded",
+            )
+        } else if at_limit {
+            (
+                DropReason::HalfOpenLimit,
+                "half-open IKE SA limit of the peer reached: cookie demanded",
+            )
+        } else {
+            (
+                DropReason::CookieRequired,
+                "IKE_SA_INIT without a cookie: cookie demanded",
+            )
+        };
+        ctx.dropped(from, reason, detail);
+        return false;
+    }
+    if at_limit {
+        // The address is reachable: make room, oldest first.
+        let mut oldest = peer_half_open;
+        oldest.sort_unstable();
+        for (_, spi) in oldest.iter().take(oldest.len() + 1 - limit) {
+            ctx.sas.remove(spi);
+            ctx.out.counters.half_open_evicted += 1;
+        }
+    }
+    true
+}
+
 /// An unauthenticated error response to IKE_SA_INIT (RFC 7296 2.21.1).
 fn send_init_error(ctx: &mut Ctx<'_>, to: SocketAddr, req: &Header, ty: NotifyType, data: Vec<u8>) {
     let h = Header {
@@ -282,9 +401,18 @@ pub(super) fn on_response(
 ) -> Fate {
     let pc = ctx.pc;
     if let Some(n) = msg.payloads.notify(NotifyType::COOKIE) {
-        if let Phase::InitSent { cookie, .. } = &mut sa.phase {
-            if (1..=64).contains(&n.data.len()) && cookie.is_none() {
+        if let Phase::InitSent {
+            cookie,
+            cookie_retries,
+            ..
+        } = &mut sa.phase
+        {
+            // A new cookie (the first, or another after the responder's
+            // secret changed), a few times at most (RFC 7296 2.6).
+            let fresh = cookie.as_deref() != Some(n.data.as_slice());
+            if (1..=64).contains(&n.data.len()) && fresh && *cookie_retries < MAX_COOKIE_RETRIES {
                 *cookie = Some(n.data.clone());
+                *cookie_retries += 1;
                 send_init_request(ctx, &mut sa, now);
                 return Fate::Keep(sa);
             }
@@ -338,11 +466,19 @@ pub(super) fn on_response(
     let ke_in = msg.payloads.find_payload(Payload::as_ke);
     let nr = msg.payloads.find_payload(Payload::as_nonce);
     let (Some(sa_reply), Some(ke_in), Some(nr)) = (sa_reply, ke_in, nr) else {
-        ctx.dropped(from, "IKE_SA_INIT response without SA, KE or Nonce");
+        ctx.dropped(
+            from,
+            DropReason::MissingPayload,
+            "IKE_SA_INIT response without SA, KE or Nonce",
+        );
         return Fate::Keep(sa);
     };
     if msg.header.spi_r == 0 {
-        ctx.dropped(from, "IKE_SA_INIT response without a responder SPI");
+        ctx.dropped(
+            from,
+            DropReason::BadHeader,
+            "IKE_SA_INIT response without a responder SPI",
+        );
         return Fate::Keep(sa);
     }
     // The key exchange is used up here: from now on the SA is on its way to

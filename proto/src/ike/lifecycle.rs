@@ -3,7 +3,7 @@
 //! report, the peer becoming unreachable, and the hand-over from a rekeyed
 //! IKE SA to its successor (2.8, 2.18).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::config::IkeSuite;
 use super::context::{Ctx, Fate};
@@ -14,13 +14,46 @@ use super::window::PendingKind;
 use crate::numbers::ProtocolId;
 use crate::wire::{DeletePayload, Payload};
 
-/// An IKE SA with the peer that is up or being set up. Failed ones and
-/// those superseded by a rekey, which only wait for their Delete, do not
-/// count.
-pub(super) fn has_live_sa(ctx: &Ctx<'_>) -> bool {
-    ctx.sas
-        .iter()
-        .any(|s| s.is_live() && !matches!(s.state(), SaState::Rekeyed | SaState::Successor))
+/// How long a half-open responder SA keeps this side from initiating to
+/// the peer itself. The peer sends IKE_AUTH as soon as it has our
+/// IKE_SA_INIT answer, so an SA still half-open after this is a lost
+/// attempt or a forgery (anyone can send IKE_SA_INIT with the peer's
+/// address), and must not keep this side from keying (docs/protocol.md,
+/// "Denial of service").
+pub(super) const HALF_OPEN_GRACE: Duration = Duration::from_secs(5);
+
+/// An IKE SA with the peer that is up or being set up. Failed ones, those
+/// superseded by a rekey, which only wait for their Delete, and
+/// half-open responder SAs older than [`HALF_OPEN_GRACE`] do not count.
+pub(super) fn has_live_sa(ctx: &Ctx<'_>, now: Instant) -> bool {
+    ctx.sas.iter().any(|s| {
+        s.is_live()
+            && !matches!(s.state(), SaState::Rekeyed | SaState::Successor)
+            && !stale_half_open(s, now)
+    })
+}
+
+fn stale_half_open(s: &IkeSa, now: Instant) -> bool {
+    s.state() == SaState::HalfOpen && s.created + HALF_OPEN_GRACE <= now
+}
+
+/// When only young half-open responder SAs keep this side from
+/// initiating: when the first of them goes stale.
+pub(super) fn half_open_wait(ctx: &Ctx<'_>, now: Instant) -> Option<Instant> {
+    let mut until = None;
+    for s in ctx.sas.iter() {
+        if !s.is_live() || matches!(s.state(), SaState::Rekeyed | SaState::Successor) {
+            continue;
+        }
+        if s.state() != SaState::HalfOpen {
+            return None;
+        }
+        if !stale_half_open(s, now) {
+            let t = s.created + HALF_OPEN_GRACE;
+            until = Some(until.map_or(t, |u: Instant| u.min(t)));
+        }
+    }
+    until
 }
 
 pub(super) fn established_sa<'a>(ctx: &'a Ctx<'_>) -> Option<&'a IkeSa> {
@@ -67,8 +100,12 @@ pub(super) fn remove_sa(ctx: &mut Ctx<'_>, sa: IkeSa, reason: &'static str) -> F
     Fate::Gone
 }
 
-/// Records a failed negotiation, schedules a retry, and keeps the SA
-/// (as Failed, for replaying its last response) or drops it.
+/// Records a failed negotiation, schedules a retry, and drops the SA. A
+/// responder that answered the failing request keeps it as Failed only to
+/// replay that answer to a retransmission (RFC 7296 2.1), for the
+/// initiator's retransmission schedule: invisible in views, no longer
+/// half-open, and replacing any earlier Failed SA of the peer, so that
+/// failures cannot pile up.
 pub(super) fn fail(
     ctx: &mut Ctx<'_>,
     mut sa: IkeSa,
@@ -94,8 +131,17 @@ pub(super) fn fail(
         return Fate::Gone;
     }
     if sa.role == Role::Responder && sa.window.has_response() {
+        let earlier: Vec<u64> = ctx
+            .sas
+            .iter()
+            .filter(|s| s.state() == SaState::Failed)
+            .map(IkeSa::local_spi)
+            .collect();
+        for spi in earlier {
+            ctx.sas.remove(&spi);
+        }
         sa.phase = Phase::Failed {
-            expires: now + ctx.cfg.half_open_timeout,
+            expires: now + ctx.cfg.retransmit.total(),
         };
         sa.window.complete();
         return Fate::Keep(sa);
@@ -158,6 +204,21 @@ pub(super) fn establish(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
                 report_deleted(ctx, &old, "replaced by a newer IKE SA");
             }
         }
+    }
+    // The peer authenticated: its half-open SAs are forged or abandoned
+    // attempts (a request of the peer's that arrived while this SA was
+    // being set up was settled by the simultaneous-initiation rule, so
+    // none is the peer's live attempt; docs/protocol.md, "Denial of
+    // service").
+    let half_open: Vec<u64> = ctx
+        .sas
+        .iter()
+        .filter(|s| s.role == Role::Responder && s.state() == SaState::HalfOpen)
+        .map(IkeSa::local_spi)
+        .collect();
+    for spi in half_open {
+        ctx.sas.remove(&spi);
+        ctx.out.counters.half_open_superseded += 1;
     }
     let suite = sa.suite.unwrap_or(IkeSuite::DEFAULT);
     ctx.out.events.push_back(Event::IkeSaEstablished {

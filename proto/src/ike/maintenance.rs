@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::context::{Ctx, Fate};
 use super::error::NegotiationError;
-use super::event::Event;
+use super::event::{DropReason, Event};
 use super::peer::MktRecord;
 use super::sa::{IkeSa, SaState};
 use super::window::{PendingKind, Retransmit};
@@ -63,8 +63,9 @@ pub(super) fn on_timeout(ctx: &mut Ctx<'_>, now: Instant) {
     handle_sa_timers(ctx, now);
     handle_mkt_timers(ctx, now);
     if ctx.peer.next_attempt.is_some_and(|t| t <= now) {
-        ctx.peer.next_attempt = None;
-        if !lifecycle::has_live_sa(ctx) {
+        // Only young half-open SAs in the way: again when they are stale.
+        ctx.peer.next_attempt = lifecycle::half_open_wait(ctx, now);
+        if !lifecycle::has_live_sa(ctx, now) {
             if let Err(e) = init::start(ctx, now) {
                 ctx.out.events.push_back(Event::NegotiationFailed {
                     peer: ctx.name(),
@@ -91,6 +92,7 @@ fn sa_timeout(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) -> Fate {
     if sa.state() == SaState::HalfOpen && sa.created + ctx.cfg.half_open_timeout <= now {
         ctx.dropped(
             sa.remote,
+            DropReason::HalfOpenExpired,
             format!(
                 "half-open IKE SA {:016x} expired without IKE_AUTH",
                 sa.spi_r

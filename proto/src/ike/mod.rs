@@ -11,6 +11,8 @@
 //!   expiry, initiation) and its next deadline.
 //! - `lifecycle` (the peer's IKE SAs outside any one exchange) and `mkts`
 //!   (the MKT lifecycle and KeyID space).
+//! - `cookie`: responder cookies (RFC 7296 2.6) and the half-open counts
+//!   that decide when to demand them.
 //! - `context` (what a handler sees: [`context::Ctx`], and `Fate`, how it
 //!   gives its SA back), `sa` (one IKE SA), `window` (message IDs,
 //!   retransmission, replay), `table` (a peer's SAs), `peer` (a peer's
@@ -24,6 +26,7 @@
 mod auth;
 pub mod config;
 mod context;
+mod cookie;
 mod create_child;
 pub mod endpoint;
 pub mod error;
@@ -48,7 +51,10 @@ pub use config::{
 };
 pub use endpoint::Endpoint;
 pub use error::{IkeError, Misbehaviour, MisuseError, NegotiationError};
-pub use event::{Event, KeyIdReservation, MktView, PeerState, PeerView, Role, SaView, Transmit};
+pub use event::{
+    Counters, DropCounters, DropReason, Event, KeyIdReservation, MktView, PeerState, PeerView,
+    Role, SaView, Transmit,
+};
 
 use crate::numbers::NotifyType;
 use crate::wire::{NotifyPayload, Payload};

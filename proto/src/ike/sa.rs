@@ -36,7 +36,8 @@ pub(super) enum SaState {
     /// Established (it survives) or Rekeyed (it is redundant).
     Successor,
     /// Failed; kept until `expires` so a retransmitted request still gets
-    /// the stored error response.
+    /// the stored error response. Not shown in views, not live, and at
+    /// most one per peer.
     Failed,
     /// Being deleted by this side (RFC 7296 1.4.1, 2.1): its INFORMATIONAL
     /// {Delete(IKE)} is a request like any other, retransmitted until the
@@ -54,6 +55,9 @@ pub(super) enum Phase {
     InitSent {
         ke: KeyExchange,
         cookie: Option<Vec<u8>>,
+        /// COOKIE responses followed so far (bounded, so that a responder
+        /// that never accepts its own cookies cannot keep us looping).
+        cookie_retries: u8,
     },
     /// Initiator: IKE_AUTH sent, with the TCP-AO child SA it offers.
     AuthSent {
