@@ -33,6 +33,6 @@ pub use addr::{
 pub use pidfd::{pidfd_getfd, pidfd_open};
 pub use scm::{recv_with_fd, recv_with_fd_wait, send_with_fd, send_with_fds, MAX_RECEIVED_FDS};
 pub use sock::{
-    connect, is_listening, socket_cookie, socket_domain, socket_protocol, socket_type, tcp_socket,
-    tcp_state, TcpState,
+    connect, is_listening, set_receive_buffer, socket_cookie, socket_domain, socket_protocol,
+    socket_type, tcp_socket, tcp_state, TcpState,
 };

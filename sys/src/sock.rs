@@ -113,6 +113,32 @@ pub fn is_listening(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(sockopt_int(fd, libc::SO_ACCEPTCONN)? != 0)
 }
 
+/// Sets the receive buffer to `bytes`: `SO_RCVBUFFORCE` (past
+/// `net.core.rmem_max`, needs CAP_NET_ADMIN), else `SO_RCVBUF` (capped by
+/// the kernel). Returns the size the kernel reports afterwards (it doubles
+/// the value asked for its bookkeeping).
+pub fn set_receive_buffer(fd: BorrowedFd<'_>, bytes: c_int) -> io::Result<c_int> {
+    let set = |opt: c_int| {
+        // SAFETY: setsockopt with a valid int option value and its size.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                std::ptr::addr_of!(bytes).cast(),
+                size_of::<c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    set(libc::SO_RCVBUFFORCE).or_else(|_| set(libc::SO_RCVBUF))?;
+    sockopt_int(fd, libc::SO_RCVBUF)
+}
+
 /// `getsockopt(SOL_SOCKET, SO_COOKIE)`: the socket's 64-bit cookie, unique
 /// for the socket (not the descriptor) and never reused while the system
 /// runs. Two descriptors with the same cookie refer to the same socket.

@@ -88,6 +88,25 @@ fn usage(pid: u32) -> (f64, u64) {
     (cpu, rss)
 }
 
+/// The kernel's UDP counters (`/proc/net/snmp`): datagrams received and
+/// dropped for a full receive buffer.
+fn udp_counters() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return (0, 0);
+    };
+    let get = |name: &str| {
+        names
+            .split_whitespace()
+            .position(|n| n == name)
+            .and_then(|i| values.split_whitespace().nth(i))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("InDatagrams"), get("RcvbufErrors"))
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let rate: u64 = args.next().and_then(|v| v.parse().ok()).unwrap_or(100_000);
@@ -123,6 +142,7 @@ fn main() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start ike-flood");
+    let udp0 = udp_counters();
     let t0 = Instant::now();
     // B's CPU and memory, once a second, on a thread of their own (the
     // keyings below block).
@@ -188,7 +208,10 @@ fn main() {
         .and_then(|l| serde_json::from_str(l).ok())
         .unwrap_or(Value::Null);
     let (cpu1, rss1) = usage(pid_b);
-    let status = db.aoctl(&["status"]).unwrap_or(Value::Null);
+    let status = db.aoctl(&["status"]).unwrap_or_else(|e| {
+        eprintln!("aoctl status on B: {e}");
+        Value::Null
+    });
     let dos = &status["dos"];
     println!("\nflood: {summary}");
     println!(
@@ -199,6 +222,12 @@ fn main() {
         samples.iter().map(|s| s.2).max().unwrap_or(rss1)
     );
     println!("B's counters: {dos}");
+    let udp1 = udp_counters();
+    println!(
+        "kernel UDP (all sockets): {} datagrams received, {} dropped for a full receive buffer",
+        udp1.0 - udp0.0,
+        udp1.1 - udp0.1
+    );
     let mut ok = true;
     for (what, at, took) in &keyings {
         match took {
