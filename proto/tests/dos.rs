@@ -396,3 +396,42 @@ fn drop_reasons_are_indexed_in_order() {
         assert_eq!(r.index(), i);
     }
 }
+
+/// Forged IKE_SA_INIT requests from the peer's address that B refuses
+/// (no common IKE suite) are each answered with NO_PROPOSAL_CHOSEN, but
+/// reported (last error, `NegotiationFailed`, hence a log line) at most once
+/// every 10 s: a flood of them is not a flood of log lines.
+#[test]
+fn refused_forged_inits_are_reported_once_a_period() {
+    let mut b_cfg = b_peer();
+    b_cfg.ike_suites = vec!["chacha20poly1305-prfsha512-ecp256".parse().unwrap()];
+    b_cfg.initiate = false;
+    let t0 = Instant::now();
+    let mut b = Endpoint::new(
+        EndpointConfig::new(vec![b_cfg]),
+        t0,
+        Box::new(ChaCha20Rng::seed_from_u64(11)),
+    )
+    .expect("config");
+    let mut forger = Forger::new(12);
+    let mut reports = Vec::new();
+    let mut answers = 0;
+    for i in 0..200u64 {
+        // 200 requests over 20 s.
+        let now = t0 + Duration::from_millis(i * 100);
+        let from = forger.peer_source();
+        b.handle_datagram(now, from, &forger.datagram());
+        while let Some(t) = b.poll_transmit() {
+            assert!(notify_of(&t.contents, NotifyType::NO_PROPOSAL_CHOSEN).is_some());
+            answers += 1;
+        }
+        while let Some(ev) = b.poll_event() {
+            if matches!(ev, aokd_proto::ike::Event::NegotiationFailed { .. }) {
+                reports.push(i);
+            }
+        }
+    }
+    assert_eq!(answers, 200, "every request is answered");
+    assert_eq!(reports, vec![0, 100], "reported once per 10 s");
+    assert_eq!(b.peers()[0].last_error.as_deref(), Some("NO_PROPOSAL_CHOSEN"));
+}

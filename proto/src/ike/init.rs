@@ -12,7 +12,7 @@
 //! sides compare the same two nonces, so they agree without a message.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::config::IkeSuite;
 use super::context::{Ctx, Fate};
@@ -30,6 +30,10 @@ use crate::wire::{self, Header, KePayload, ParsedMessage, Payload, FLAG_RESPONSE
 
 /// The Vendor ID aokd sends in IKE_SA_INIT (docs/protocol.md).
 pub const VENDOR_ID: &[u8] = b"aokd TCP-AO keying 1";
+
+/// How often an IKE_SA_INIT request from a peer's address that this side
+/// refuses (NO_PROPOSAL_CHOSEN) is reported: the request is unauthenticated.
+pub(super) const INIT_REFUSAL_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// Nonce length sent (RFC 7296 2.10: at least 16 octets and half the PRF key).
 const NONCE_LEN: usize = 32;
@@ -194,13 +198,23 @@ pub(super) fn on_request(
         }
         Err(e) => {
             send_init_error(ctx, from, h, NotifyType::NO_PROPOSAL_CHOSEN, Vec::new());
-            let name = ctx.name();
-            ctx.peer.last_error = Some(NotifyType::NO_PROPOSAL_CHOSEN.to_string());
-            ctx.out.events.push_back(Event::NegotiationFailed {
-                peer: name,
-                error: e.into(),
-                by_peer: false,
-            });
+            // Anyone can forge this request from the peer's address: report
+            // it (last error, event, log line) at most once a period, so a
+            // flood of them is a flood of answers, not of log lines.
+            let due = ctx
+                .peer
+                .init_refusal_reported
+                .is_none_or(|t| now >= t + INIT_REFUSAL_REPORT_EVERY);
+            if due {
+                ctx.peer.init_refusal_reported = Some(now);
+                let name = ctx.name();
+                ctx.peer.last_error = Some(NotifyType::NO_PROPOSAL_CHOSEN.to_string());
+                ctx.out.events.push_back(Event::NegotiationFailed {
+                    peer: name,
+                    error: e.into(),
+                    by_peer: false,
+                });
+            }
             return;
         }
     };

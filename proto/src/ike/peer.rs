@@ -49,4 +49,9 @@ pub(super) struct PeerRuntime {
     pub(super) next_child_attempt: Option<Instant>,
     /// KeyIDs kept out of use ([`super::Endpoint::reserve_key_ids`]).
     pub(super) reservations: Vec<KeyIdReservation>,
+    /// When an unauthenticated IKE_SA_INIT of this peer's address was last
+    /// reported as failed (NO_PROPOSAL_CHOSEN): such reports are made at
+    /// most once per [`super::init::INIT_REFUSAL_REPORT_EVERY`], since
+    /// anyone can forge the request.
+    pub(super) init_refusal_reported: Option<Instant>,
 }
