@@ -1,7 +1,8 @@
 //! The daemon's configuration ([`crate::config::Config`]) translated into
-//! the IKE endpoint's ([`EndpointConfig`]): local addresses found from the
-//! routing table where none is configured, identities, PSKs, proposals,
-//! ports and MKT lifetimes.
+//! the IKE endpoint's ([`EndpointConfig`]): local addresses (the listen
+//! address of the peer's family when it is a specific one, else the
+//! routing table's source toward the peer, where none is configured),
+//! identities, PSKs, proposals, ports and MKT lifetimes.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 
@@ -15,7 +16,7 @@ use crate::config::Config;
 pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
     let mut peers = Vec::new();
     for p in &cfg.peers {
-        let local = match p.local {
+        let local = match p.local.or_else(|| listen_source(cfg, p.remote)) {
             Some(ip) => ip,
             None => route_source(p.remote_addr()).with_context(|| {
                 format!(
@@ -56,6 +57,20 @@ fn mkt_lifetimes(l: &crate::config::Lifetimes) -> ike::Lifetimes {
     ike::Lifetimes::new(Some(l.ike_rekey), l.mkt_rekey, l.mkt_lifetime, l.pfs)
 }
 
+/// The address aokd's datagrams to `remote` leave from when `listen` names
+/// one: the runtime sends through the first IKE socket of `remote`'s
+/// family, so with a specific listen address that is the source (and the
+/// default identity), whatever the routing table would pick. `None` when
+/// that socket is bound to the unspecified address.
+fn listen_source(cfg: &Config, remote: IpAddr) -> Option<IpAddr> {
+    cfg.daemon
+        .listen
+        .iter()
+        .find(|ip| ip.is_ipv4() == remote.is_ipv4())
+        .filter(|ip| !ip.is_unspecified())
+        .copied()
+}
+
 /// The source address the kernel would use toward `remote` (a connected
 /// UDP socket sends nothing).
 fn route_source(remote: SocketAddr) -> std::io::Result<IpAddr> {
@@ -66,4 +81,50 @@ fn route_source(remote: SocketAddr) -> std::io::Result<IpAddr> {
     let s = StdUdpSocket::bind(any)?;
     s.connect(remote)?;
     Ok(s.local_addr()?.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &str, local: &str) -> Config {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("aokd-epcfg-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let psk = dir.join("p.psk");
+        std::fs::write(&psk, "0123456789abcdef0123456789abcdef\n").expect("psk");
+        std::fs::set_permissions(&psk, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        let text = format!(
+            "[daemon]\nlisten = [{listen}]\n[[peer]]\nname = \"p\"\nremote = \"127.0.0.9\"\npsk_file = \"{}\"\n{local}",
+            psk.display()
+        );
+        let file = dir.join("aokd.toml");
+        std::fs::write(&file, text).expect("config");
+        let cfg = Config::load(&file).expect("valid");
+        let _ = std::fs::remove_dir_all(&dir);
+        cfg
+    }
+
+    /// With a specific listen address and no `local`, the local address
+    /// and identity are the listen address (the source of aokd's
+    /// datagrams), not the routing table's 127.0.0.1 toward 127.0.0.9.
+    #[test]
+    fn a_specific_listen_address_is_the_local_address() {
+        let ec = endpoint_config(&config("\"127.0.0.5\"", "")).expect("endpoint config");
+        let p = &ec.peers[0];
+        assert_eq!(p.local, "127.0.0.5".parse::<IpAddr>().unwrap());
+        assert_eq!(p.local_id, ike::Identity::from_ip(p.local));
+        // `local` wins.
+        let ec = endpoint_config(&config(
+            "\"127.0.0.5\", \"127.0.0.6\"",
+            "local = \"127.0.0.6\"",
+        ))
+        .expect("endpoint config");
+        assert_eq!(ec.peers[0].local, "127.0.0.6".parse::<IpAddr>().unwrap());
+        // The unspecified address: the routing table's source.
+        let ec = endpoint_config(&config("\"0.0.0.0\"", "")).expect("endpoint config");
+        assert_eq!(ec.peers[0].local, "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
 }

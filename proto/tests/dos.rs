@@ -433,5 +433,8 @@ fn refused_forged_inits_are_reported_once_a_period() {
     }
     assert_eq!(answers, 200, "every request is answered");
     assert_eq!(reports, vec![0, 100], "reported once per 10 s");
-    assert_eq!(b.peers()[0].last_error.as_deref(), Some("NO_PROPOSAL_CHOSEN"));
+    assert_eq!(
+        b.peers()[0].last_error.as_deref(),
+        Some("NO_PROPOSAL_CHOSEN")
+    );
 }
