@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use aokd_proto::ike::{DropReason, Event};
+use aokd_proto::ike::{DropReason, Event, IkeError};
 use tracing::{debug, info, warn};
 
 /// At most one summary line per drop reason this often.
@@ -198,7 +198,8 @@ pub fn log_event(instance: &str, ev: &Event) {
             peer, mkt, ports, ..
         } => info!(
             instance = %inst, %peer, send_id = mkt.send_id, recv_id = mkt.recv_id, algorithm = %mkt.algorithm,
-            include_options = mkt.include_options, key_fingerprint = %mkt.fingerprint(), ports = ?ports,
+            include_options = mkt.include_options, key_fingerprint = %mkt.fingerprint(),
+            ports = %ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
             "MKT negotiated"
         ),
         Event::MktDeleted {
@@ -224,7 +225,7 @@ pub fn log_event(instance: &str, ev: &Event) {
             by_peer,
         } => warn!(
             instance = %inst, %peer, notify = %error.notify().map(|n| n.to_string()).unwrap_or_default(),
-            by_peer = *by_peer, "IKE negotiation failed: {error}"
+            by_peer = *by_peer, "IKE negotiation failed: {}", failure_text(error)
         ),
         Event::ChildFailed {
             peer,
@@ -333,5 +334,14 @@ mod tests {
         assert_eq!(w.sources.len(), MAX_SOURCES);
         assert_eq!(w.count, 9_999);
         assert_eq!(w.other_sources, 9_999 - MAX_SOURCES as u64);
+    }
+}
+
+/// An error's text for "IKE negotiation failed: ...", without the variant's
+/// own "negotiation failed: " said a second time.
+fn failure_text(error: &IkeError) -> String {
+    match error {
+        IkeError::Negotiation(e) => e.to_string(),
+        other => other.to_string(),
     }
 }

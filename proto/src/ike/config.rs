@@ -193,6 +193,17 @@ impl PortRange {
     };
 }
 
+/// `179`, or `1000-2000` for a range.
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
 /// Share of [`Lifetimes::ike_rekey`] subtracted at random from each IKE SA's
 /// rekey time: strongSwan's default `rand_time` (its `over_time`, 10% of
 /// `rekey_time`). Without it two peers configured alike, or every peer of a
