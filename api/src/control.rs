@@ -96,11 +96,11 @@ pub struct DaemonStatus {
     pub peers: Vec<PeerStatus>,
     /// The state file's health; `None` when nothing is stored.
     #[serde(default)]
-    pub state_file: Option<StateFileStatus>,
+    pub state_file: Option<Box<StateFileStatus>>,
     /// Unwanted IKE traffic and the half-open policy. Added in version 1
     /// after the first release of the schema; absent means unknown.
     #[serde(default)]
-    pub dos: Option<DosStatus>,
+    pub dos: Option<Box<DosStatus>>,
 }
 
 /// The state file's health (`aoctl status`).

@@ -256,7 +256,7 @@ fn canned_status() -> DaemonStatus {
                 backend: None,
             },
         ],
-        state_file: Some(StateFileStatus {
+        state_file: Some(Box::new(StateFileStatus {
             path: "/var/lib/aokd/aokd.redb".into(),
             health: "failing".into(),
             error: Some("No space left on device (os error 28)".into()),
@@ -266,7 +266,7 @@ fn canned_status() -> DaemonStatus {
             commits: 10,
             failed_commits: 2,
             reopened: 1,
-        }),
+        })),
         dos: None,
     }
 }

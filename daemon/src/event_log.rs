@@ -293,6 +293,15 @@ pub fn log_event(instance: &str, ev: &Event) {
     }
 }
 
+/// An error's text for "IKE negotiation failed: ...", without the variant's
+/// own "negotiation failed: " said a second time.
+fn failure_text(error: &IkeError) -> String {
+    match error {
+        IkeError::Negotiation(e) => e.to_string(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,14 +343,5 @@ mod tests {
         assert_eq!(w.sources.len(), MAX_SOURCES);
         assert_eq!(w.count, 9_999);
         assert_eq!(w.other_sources, 9_999 - MAX_SOURCES as u64);
-    }
-}
-
-/// An error's text for "IKE negotiation failed: ...", without the variant's
-/// own "negotiation failed: " said a second time.
-fn failure_text(error: &IkeError) -> String {
-    match error {
-        IkeError::Negotiation(e) => e.to_string(),
-        other => other.to_string(),
     }
 }

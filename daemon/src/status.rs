@@ -141,8 +141,8 @@ impl Answers<'_> {
                         .map(|b| b.to_string()),
                 })
                 .collect(),
-            state_file: state_file_status(&self.persist.health()),
-            dos: Some(dos_status(self.endpoint)),
+            state_file: state_file_status(&self.persist.health()).map(Box::new),
+            dos: Some(Box::new(dos_status(self.endpoint))),
         }
     }
 }
