@@ -112,6 +112,10 @@ pub struct CharonConfig {
     pub conn_extra: String,
     /// Appended inside `charon { }` (e.g. `retransmit_timeout = 2`).
     pub charon_extra: String,
+    /// The remote identity when it is not `remote` (e.g. `%any` when
+    /// `remote` is a prefix of many initiators); the PSK is then bound to
+    /// the local identity alone.
+    pub remote_id: Option<String>,
 }
 
 impl CharonConfig {
@@ -123,6 +127,7 @@ impl CharonConfig {
             psk_hex: psk_hex.trim().into(),
             conn_extra: String::new(),
             charon_extra: String::new(),
+            remote_id: None,
         }
     }
 }
@@ -320,7 +325,7 @@ fn swanctl_conf(cfg: &CharonConfig) -> String {
         }}
         remote {{
             auth = psk
-            id = {remote}
+            id = {remote_id}
         }}
 {extra}
     }}
@@ -328,14 +333,18 @@ fn swanctl_conf(cfg: &CharonConfig) -> String {
 secrets {{
     ike-{conn} {{
         id-1 = {local}
-        id-2 = {remote}
-        secret = 0x{psk}
+{id2}        secret = 0x{psk}
     }}
 }}
 "#,
         conn = cfg.conn,
         local = cfg.local,
         remote = cfg.remote,
+        remote_id = cfg.remote_id.as_deref().unwrap_or(&cfg.remote),
+        id2 = match &cfg.remote_id {
+            None => format!("        id-2 = {}\n", cfg.remote),
+            Some(_) => String::new(),
+        },
         psk = cfg.psk_hex,
         extra = cfg.conn_extra,
     )

@@ -124,7 +124,7 @@ fn source(args: &Args, k: u32) -> Ipv4Addr {
 
 fn start(args: &Args, k: u32, now: Instant) -> Result<Active, String> {
     let src = source(args, k);
-    let socket = UdpSocket::bind(SocketAddrV4::new(src, args.source_port))
+    let socket = bind_reuse(SocketAddrV4::new(src, args.source_port))
         .map_err(|e| format!("bind {src}:{}: {e}", args.source_port))?;
     socket.set_nonblocking(true).map_err(|e| e.to_string())?;
     let local = IpAddr::V4(src);
@@ -159,6 +159,52 @@ fn start(args: &Args, k: u32, now: Instant) -> Result<Active, String> {
         sent: 0,
         deleting: false,
     })
+}
+
+/// A UDP socket bound to `addr` with SO_REUSEADDR, so that it can share
+/// port 500 with a responder bound to the wildcard address (charon binds
+/// 0.0.0.0:500 with SO_REUSEADDR; the more specific binding gets the
+/// datagrams addressed to it).
+fn bind_reuse(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) with constant arguments; the result is checked and
+    // owned by the UdpSocket below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket we own.
+    let socket = unsafe { UdpSocket::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: setsockopt with an int and bind with a sockaddr_in, both
+    // valid for the calls.
+    let ok = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            std::ptr::addr_of!(one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+            && libc::bind(
+                fd,
+                std::ptr::addr_of!(sin).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ) == 0
+    };
+    if ok {
+        Ok(socket)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Sends what `a`'s endpoint has queued; the number sent.
