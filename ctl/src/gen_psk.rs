@@ -1,7 +1,8 @@
 //! `aoctl gen-psk FILE`: writes a new random pre-shared key for aokd's
 //! `psk_file`: 32 octets from the operating system's RNG as 64 lower-case
-//! hex digits and a newline, in a file of mode 0600. Only the key's
-//! fingerprint is printed, never the key.
+//! hex digits and a newline, in a file of mode 0600 (missing directories
+//! on the way are created with mode 0700). Only the key's fingerprint is
+//! printed, never the key.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -52,6 +53,19 @@ fn generate(file: &Path, force: bool) -> anyhow::Result<String> {
         text.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
     }
     text.push('\n');
+
+    // `aoctl gen-psk /etc/aokd/r2.psk` on a router where /etc/aokd does not
+    // exist yet: the missing directories are made, 0700 like the keys.
+    if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .with_context(|| format!("cannot create the directory {}", parent.display()))?;
+        }
+    }
 
     if force {
         // Write a fresh 0600 file next to the target and rename it over,

@@ -154,9 +154,16 @@ pub fn run_with(args: &VerifyArgs, global_socket: Option<&Path>, global_json: bo
         eprintln!("aoctl verify: {e}");
         return EXIT_ERROR;
     }
-    let passed = verifier.passed();
     let reports = verifier.reports();
     let totals = verifier.totals();
+    // A capture with no TCP segment proves nothing: not a pass.
+    let empty = totals.counters.segments == 0;
+    let passed = verifier.passed() && !empty;
+    let result = if empty {
+        RESULT_EMPTY
+    } else {
+        result_name(passed)
+    };
     if json {
         let doc = JsonDocument {
             version: 1,
@@ -167,7 +174,7 @@ pub fn run_with(args: &VerifyArgs, global_socket: Option<&Path>, global_json: bo
             },
             connections: reports.iter().map(json_connection).collect(),
             totals: json_totals(&totals),
-            result: result_name(passed),
+            result,
         };
         match serde_json::to_string_pretty(&doc) {
             Ok(s) => println!("{s}"),
@@ -177,7 +184,7 @@ pub fn run_with(args: &VerifyArgs, global_socket: Option<&Path>, global_json: bo
             }
         }
     } else {
-        print_table(&reports, &totals, passed, n_ao, n_md5);
+        print_table(&reports, &totals, result, n_ao, n_md5);
     }
     if passed {
         EXIT_PASS
@@ -185,6 +192,9 @@ pub fn run_with(args: &VerifyArgs, global_socket: Option<&Path>, global_json: bo
         EXIT_FAIL
     }
 }
+
+/// The top-level result of a capture without a TCP segment (exit status 1).
+const RESULT_EMPTY: &str = "nothing to verify";
 
 fn result_name(passed: bool) -> &'static str {
     if passed {
@@ -290,7 +300,7 @@ fn endpoint(e: &Endpoint) -> String {
     }
 }
 
-fn print_table(reports: &[ConnectionReport], t: &Totals, passed: bool, n_ao: usize, n_md5: usize) {
+fn print_table(reports: &[ConnectionReport], t: &Totals, result: &str, n_ao: usize, n_md5: usize) {
     let conns: Vec<String> = reports
         .iter()
         .map(|r| format!("{} -> {}", endpoint(&r.client), endpoint(&r.server)))
@@ -349,5 +359,9 @@ fn print_table(reports: &[ConnectionReport], t: &Totals, passed: bool, n_ao: usi
         n_ao,
         n_md5,
     );
-    println!("result: {}", result_name(passed));
+    if result == RESULT_EMPTY {
+        println!("result: {result}: the capture holds no TCP segment");
+    } else {
+        println!("result: {result}");
+    }
 }

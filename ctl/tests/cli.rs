@@ -118,12 +118,23 @@ fn gen_psk_creates_a_private_hex_file() {
     assert_eq!(v["file"], file3.to_str().unwrap());
     assert_eq!(v["fingerprint"].as_str().map(str::len), Some(16));
 
-    // A missing directory is an error naming the path.
-    let bad = dir.join("no/such/dir/k.psk");
+    // Missing directories are created, mode 0700 (gen-psk /etc/aokd/x.psk
+    // on a router without /etc/aokd).
+    let deep = dir.join("no/such/dir/k.psk");
+    let out = aoctl(&["gen-psk", deep.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for d in ["no", "no/such", "no/such/dir"] {
+        let mode = std::fs::metadata(dir.join(d)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{d}");
+    }
+    let mode = std::fs::metadata(&deep).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A path that cannot be created is an error naming it.
+    let bad = deep.join("under-a-file.psk");
     let out = aoctl(&["gen-psk", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains(bad.to_str().unwrap()),
+        stderr(&out).contains(deep.to_str().unwrap()),
         "{}",
         stderr(&out)
     );

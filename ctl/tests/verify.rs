@@ -658,3 +658,29 @@ fn keys_from_the_daemon() {
     );
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// A capture with no TCP segment (here: one UDP datagram, and an empty
+/// file) proves nothing: "nothing to verify", exit status 1, in the table
+/// and in JSON.
+#[test]
+fn a_capture_without_tcp_is_nothing_to_verify() {
+    // IPv4 + UDP, 28 octets.
+    let mut udp = vec![
+        0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 192, 0, 2, 1, 192, 0, 2, 2,
+    ];
+    udp.extend_from_slice(&[0x01, 0xf4, 0x01, 0xf4, 0, 8, 0, 0]);
+    for packets in [vec![udp], Vec::new()] {
+        let file = write_temp("no-tcp.pcap", &pcap(Link::Raw, &packets));
+        let out = aoctl(&file, &[&mkt(1, "hmac-sha1-96", false)]);
+        assert_eq!(out.status.code(), Some(1));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("result: nothing to verify: the capture holds no TCP segment"),
+            "{text}"
+        );
+        let file = write_temp("no-tcp.pcap", &pcap(Link::Raw, &packets));
+        let out = aoctl(&file, &[&mkt(1, "hmac-sha1-96", false), "--json"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(json(&out)["result"], "nothing to verify");
+    }
+}
