@@ -58,7 +58,7 @@ use crate::client_limit::{ClientLimit, IDLE_TIMEOUT, MAX_ATTACH_CLIENTS};
 use crate::kernel::{canonical, sys, Backend};
 use crate::keys::KeyRequest;
 use crate::sockets::{self, AttachedSocket, Gone};
-use crate::unix_listener::{bind_private, PrivateListener, UnixListenerError};
+use crate::unix_listener::{bind_private_group, PrivateListener, UnixListenerError};
 
 /// Where aokd listens for attach requests unless configured otherwise.
 pub const DEFAULT_ATTACH_SOCKET: &str = "/run/aokd/attach.sock";
@@ -263,6 +263,16 @@ impl AttachServer {
     /// place, so it is never reachable with another mode. Must run inside a
     /// tokio runtime.
     pub async fn bind(path: &Path, mode: u32) -> Result<AttachServer, AttachSocketError> {
+        AttachServer::bind_with_group(path, mode, None).await
+    }
+
+    /// [`AttachServer::bind`], the socket given group `group`
+    /// (`attach_socket_group`: routing daemons that run as their own user).
+    pub async fn bind_with_group(
+        path: &Path,
+        mode: u32,
+        group: Option<u32>,
+    ) -> Result<AttachServer, AttachSocketError> {
         if mode & !0o777 != 0 {
             return Err(AttachSocketError::InvalidMode {
                 path: path.to_owned(),
@@ -270,8 +280,8 @@ impl AttachServer {
             });
         }
         let dir_mode = if mode & 0o077 != 0 { 0o711 } else { 0o700 };
-        let socket = bind_private(path, mode, dir_mode, "attach")?;
-        info!(path = %path.display(), mode = format!("{mode:o}"), "attach socket listening");
+        let socket = bind_private_group(path, mode, dir_mode, group, "attach")?;
+        info!(path = %path.display(), mode = format!("{mode:o}"), gid = ?group, "attach socket listening");
         Ok(AttachServer {
             socket,
             default_wait: DEFAULT_WAIT,

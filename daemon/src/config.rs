@@ -196,8 +196,15 @@ pub struct DaemonSection {
     pub state_dir: PathBuf,
     /// Path of the attach socket (docs/attach.md), made absolute likewise.
     pub attach_socket: PathBuf,
-    /// File mode of the attach socket.
+    /// File mode of the attach socket (0660 by default when
+    /// `attach_socket_group` is set, else 0600).
     pub attach_socket_mode: u32,
+    /// The attach socket's group (routing daemons that run as their own
+    /// user, e.g. FRR's bgpd as `frr`).
+    pub attach_socket_group: Option<SocketGroup>,
+    /// The control socket's group: its members may run aoctl's read-only
+    /// commands (status, sas, mkts, sockets); mode 0660.
+    pub control_socket_group: Option<SocketGroup>,
     /// How long an attached `connect()` waits for an MKT.
     pub acquire_timeout: Duration,
     /// Liveness check after this long without a message from the peer
@@ -211,7 +218,23 @@ pub struct DaemonSection {
     pub cookie_threshold_per_source: usize,
 }
 
+/// A group a socket is given (`*_socket_group`), by name and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
 impl DaemonSection {
+    /// The control socket's mode: 0660 with a group, else 0600.
+    pub fn control_socket_mode(&self) -> u32 {
+        if self.control_socket_group.is_some() {
+            0o660
+        } else {
+            0o600
+        }
+    }
+
     /// The UDP socket addresses to bind: each `listen` address with `port`.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.listen
@@ -444,6 +467,8 @@ struct RawDaemon {
     state_dir: Option<String>,
     attach_socket: Option<String>,
     attach_socket_mode: Option<String>,
+    attach_socket_group: Option<String>,
+    control_socket_group: Option<String>,
     acquire_timeout: Option<String>,
     liveness: Option<String>,
     cookie_threshold: Option<i64>,
@@ -675,7 +700,12 @@ impl Validator<'_> {
                 ),
             ));
         }
+        let attach_socket_group =
+            self.socket_group("daemon.attach_socket_group", raw.attach_socket_group)?;
+        let control_socket_group =
+            self.socket_group("daemon.control_socket_group", raw.control_socket_group)?;
         let attach_socket_mode = match raw.attach_socket_mode {
+            None if attach_socket_group.is_some() => 0o660,
             None => DEFAULT_ATTACH_SOCKET_MODE,
             Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
                 Ok(v) if v <= 0o777 && v & 0o007 == 0 => v,
@@ -741,11 +771,33 @@ impl Validator<'_> {
             state_dir,
             attach_socket,
             attach_socket_mode,
+            attach_socket_group,
+            control_socket_group,
             acquire_timeout,
             liveness,
             cookie_threshold,
             cookie_threshold_per_source,
         })
+    }
+
+    /// A `*_socket_group` key: a group name (or number) that exists.
+    fn socket_group(
+        &self,
+        key: &str,
+        raw: Option<String>,
+    ) -> Result<Option<SocketGroup>, ConfigError> {
+        let Some(name) = raw else {
+            return Ok(None);
+        };
+        match aokd_sys::group_id(&name) {
+            Ok(Some(gid)) => Ok(Some(SocketGroup { name, gid })),
+            Ok(None) => Err(self.err(
+                key,
+                None,
+                format!("no group named {name:?} exists on this system"),
+            )),
+            Err(e) => Err(self.err(key, None, format!("cannot look up group {name:?}: {e}"))),
+        }
     }
 
     fn peer(

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::client_limit::{ClientLimit, IDLE_TIMEOUT, MAX_CONTROL_CLIENTS};
 use crate::config::Config;
-use crate::unix_listener::{bind_private, PrivateListener, UnixListenerError};
+use crate::unix_listener::{bind_private_group, PrivateListener, UnixListenerError};
 
 /// Longest accepted request line, newline excluded. A longer line is
 /// answered with an error and the connection is closed.
@@ -38,6 +38,11 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Message of the error returned to a non-root client asking for MKT keys.
 pub const MKT_KEYS_REFUSED: &str = "only root may read MKT keys";
+
+/// Message of the error returned to a non-root client (a member of
+/// `control_socket_group`) asking aokd to initiate, terminate or rekey.
+pub const CHANGES_REFUSED: &str =
+    "only root may initiate, terminate or rekey; members of control_socket_group may run status, sas, mkts and sockets";
 
 /// One request for the event loop. Answer it by sending the result on
 /// `reply`; the server wraps it in a [`Response`] with the protocol version.
@@ -108,8 +113,19 @@ impl ControlServer {
     /// never reachable with a wider mode (see [`crate::unix_listener`]).
     /// Must run inside a tokio runtime.
     pub async fn bind(path: &Path) -> Result<ControlServer, ControlError> {
-        let socket = bind_private(path, 0o600, 0o700, "control")?;
-        info!(path = %path.display(), "control socket listening");
+        ControlServer::bind_with_group(path, None).await
+    }
+
+    /// [`ControlServer::bind`], the socket given group `group` and mode
+    /// 0660 (`control_socket_group`): the group's members may connect, and
+    /// [`authorize`] answers them the read-only commands only.
+    pub async fn bind_with_group(
+        path: &Path,
+        group: Option<u32>,
+    ) -> Result<ControlServer, ControlError> {
+        let mode = if group.is_some() { 0o660 } else { 0o600 };
+        let socket = bind_private_group(path, mode, 0o700, group, "control")?;
+        info!(path = %path.display(), gid = ?group, "control socket listening");
         Ok(ControlServer {
             socket,
             limit: ClientLimit::new(MAX_CONTROL_CLIENTS, IDLE_TIMEOUT),
@@ -371,8 +387,12 @@ pub fn parse_request(line: &[u8]) -> Result<Command, String> {
 /// The server's own access check: MKT keys only for root.
 pub fn authorize(command: &Command, peer_uid: u32) -> Result<(), String> {
     match command {
-        Command::MktKeys if peer_uid != 0 => Err(MKT_KEYS_REFUSED.into()),
-        _ => Ok(()),
+        _ if peer_uid == 0 => Ok(()),
+        Command::MktKeys => Err(MKT_KEYS_REFUSED.into()),
+        Command::Status | Command::Sas | Command::Mkts | Command::Sockets => Ok(()),
+        Command::Initiate { .. } | Command::Terminate { .. } | Command::Rekey { .. } => {
+            Err(CHANGES_REFUSED.into())
+        }
     }
 }
 

@@ -14,7 +14,8 @@
 //!   the key policy to a socket's keys (the kernel's, or a fake in tests);
 //!   [`kernel`]: TCP-AO and TCP-MD5 in the Linux kernel.
 //! - [`demo`]: `aokd demo`; [`unix_listener`]: the private Unix sockets;
-//!   [`client_limit`]: how many clients they serve and for how long.
+//!   [`client_limit`]: how many clients they serve and for how long;
+//!   [`sd_notify`]: readiness for systemd.
 
 pub mod attach;
 pub mod client_limit;
@@ -29,6 +30,7 @@ pub mod keys;
 pub mod persist;
 pub mod records;
 pub mod runtime;
+pub mod sd_notify;
 pub mod socket_keys;
 pub mod sockets;
 pub mod state;

@@ -260,10 +260,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let bound = async {
         let daemon =
             Daemon::bind(&config.daemon.listen_addrs(), endpoint, "main", Some(keys)).await?;
-        let server = ControlServer::bind(&config.daemon.control_socket).await?;
-        let attach = AttachServer::bind(
+        let server = ControlServer::bind_with_group(
+            &config.daemon.control_socket,
+            config.daemon.control_socket_group.as_ref().map(|g| g.gid),
+        )
+        .await?;
+        let attach = AttachServer::bind_with_group(
             &config.daemon.attach_socket,
             config.daemon.attach_socket_mode,
+            config.daemon.attach_socket_group.as_ref().map(|g| g.gid),
         )
         .await
         .with_context(|| format!("attach socket {}", config.daemon.attach_socket.display()))?;
@@ -285,6 +290,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     daemon.restore(persist, &snapshot);
     attach.set_default_wait(config.daemon.acquire_timeout);
+    // Every socket exists and the state file is open: systemd may start
+    // what is ordered after aokd (routing daemons that attach).
+    match aokd::sd_notify::notify("READY=1\nSTATUS=aokd running") {
+        Ok(true) => info!("readiness sent to systemd (NOTIFY_SOCKET)"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "cannot tell systemd that aokd is ready (NOTIFY_SOCKET)"),
+    }
     let (calls_tx, calls_rx) = mpsc::channel(16);
     let (attach_tx, attach_rx) = mpsc::channel(64);
     let shutdown = async move {
@@ -312,6 +324,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     daemon.run(calls_rx, Some(attach_rx), shutdown).await?;
+    let _ = aokd::sd_notify::notify("STOPPING=1");
     // Every handle is gone with the daemon: the writer applies what is
     // queued and closes the file cleanly (no repair at the next start).
     if writer.join().is_err() {

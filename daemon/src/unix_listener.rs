@@ -108,6 +108,24 @@ pub fn bind_private(
     dir_mode: u32,
     label: &str,
 ) -> Result<PrivateListener, UnixListenerError> {
+    bind_private_group(path, mode, dir_mode, None, label)
+}
+
+/// [`bind_private`], with the socket (and a directory created for it)
+/// given group `group` before it is renamed into place; a created
+/// directory then also lets the group traverse it.
+pub fn bind_private_group(
+    path: &Path,
+    mode: u32,
+    dir_mode: u32,
+    group: Option<u32>,
+    label: &str,
+) -> Result<PrivateListener, UnixListenerError> {
+    let dir_mode = if group.is_some() {
+        dir_mode | 0o010
+    } else {
+        dir_mode
+    };
     let io_err = |what: &'static str| {
         let path = path.to_owned();
         move |source| UnixListenerError::Io { path, what, source }
@@ -126,6 +144,15 @@ pub fn bind_private(
                 dir: dir.clone(),
                 source,
             })?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(&dir, None, Some(gid)).map_err(|source| {
+                UnixListenerError::CreateDir {
+                    path: path.to_owned(),
+                    dir: dir.clone(),
+                    source,
+                }
+            })?;
+        }
     } else if mode & 0o077 != 0 {
         if let Ok(meta) = std::fs::metadata(&dir) {
             if meta.mode() & 0o011 == 0 {
@@ -146,8 +173,12 @@ pub fn bind_private(
         let _ = std::fs::remove_file(&tmp);
         let l = std::os::unix::net::UnixListener::bind(&tmp)
             .map_err(io_err("cannot bind a temporary socket in its directory"))?;
-        let placed =
-            std::fs::set_permissions(&tmp, perms).and_then(|()| std::fs::rename(&tmp, path));
+        let placed = group
+            .map_or(Ok(()), |gid| {
+                std::os::unix::fs::chown(&tmp, None, Some(gid))
+            })
+            .and_then(|()| std::fs::set_permissions(&tmp, perms))
+            .and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = placed {
             let _ = std::fs::remove_file(&tmp);
             return Err(io_err("cannot chmod and rename the socket into place")(e));
@@ -155,6 +186,9 @@ pub fn bind_private(
         l
     } else {
         let l = std::os::unix::net::UnixListener::bind(path).map_err(io_err("cannot bind"))?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err("cannot chown"))?;
+        }
         std::fs::set_permissions(path, perms).map_err(io_err("cannot chmod"))?;
         l
     };

@@ -598,3 +598,192 @@ fn idle_control_connections_are_capped_and_timed_out() {
     let status = child.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Under systemd (`Type=notify`, `NOTIFY_SOCKET`), aokd sends `READY=1`
+/// only once its UDP socket, control socket and attach socket exist, and
+/// `STOPPING=1` on SIGTERM; for a path and for an abstract socket name.
+#[test]
+fn readiness_is_sent_once_every_socket_exists() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    for abstract_name in [false, true] {
+        let dir = TempDir::new("cli-notify");
+        let file = state_config(&dir);
+        let text = std::fs::read_to_string(&file).unwrap();
+        let port: u16 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("port = "))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("port");
+        let (notify, env) = if abstract_name {
+            let name = format!("aokd-test-notify-{}", std::process::id());
+            let addr = UnixAddr::from_abstract_name(name.as_bytes()).unwrap();
+            (UnixDatagram::bind_addr(&addr).unwrap(), format!("@{name}"))
+        } else {
+            let path = dir.join("notify.sock");
+            (
+                UnixDatagram::bind(&path).unwrap(),
+                path.display().to_string(),
+            )
+        };
+        notify
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut child = Command::new(AOKD)
+            .arg("--config")
+            .arg(&file)
+            .env("NOTIFY_SOCKET", &env)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).expect("no READY=1 within 20 s");
+        let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+        // At this moment every socket exists.
+        let control = dir.join("run/control.sock");
+        let attach = dir.join("run/attach.sock");
+        let udp_free = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        let control_answers = UnixStream::connect(&control).is_ok();
+        assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+        assert!(control_answers, "control socket missing at READY=1");
+        assert!(attach.exists(), "attach socket missing at READY=1");
+        assert!(!udp_free, "UDP port {port} not bound at READY=1");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let n = notify.recv(&mut buf).expect("no STOPPING=1");
+        assert_eq!(&buf[..n], b"STOPPING=1");
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+/// `control_socket_group` and `attach_socket_group`: the sockets get the
+/// group and mode 0660 (their new directory lets the group through); a
+/// user of that group who is not root may run aoctl's read-only commands
+/// but not initiate, terminate or rekey, and may connect to the attach
+/// socket. A group that does not exist is refused naming the key.
+#[test]
+fn socket_groups_let_a_routing_daemon_user_in() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root (to run a client as another user)"
+        );
+        eprintln!("skipped: needs root");
+        return;
+    }
+    const GID: u32 = 4242;
+    const UID: u32 = 4243;
+    let dir = TempDir::new("cli-groups");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let file = state_config(&dir);
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "state_dir = \"state\"\n",
+        &format!("state_dir = \"state\"\ncontrol_socket_group = \"{GID}\"\nattach_socket_group = \"{GID}\"\n"),
+    );
+    std::fs::write(&file, text).unwrap();
+    let mut child = Command::new(AOKD)
+        .arg("--config")
+        .arg(&file)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = dir.join("run/control.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while control_request(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "aokd did not answer on {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for name in ["run/control.sock", "run/attach.sock"] {
+        let m = std::fs::metadata(dir.join(name)).unwrap();
+        assert_eq!((m.gid(), m.mode() & 0o777), (GID, 0o660), "{name}");
+    }
+    let run = std::fs::metadata(dir.join("run")).unwrap();
+    assert_eq!((run.gid(), run.mode() & 0o777), (GID, 0o710), "run/");
+    // aoctl as UID:GID (not root).
+    let aoctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_aokd").replace("/aokd", "/aoctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .uid(UID)
+            .gid(GID)
+            .output()
+            .unwrap()
+    };
+    let st = aoctl(&["--json", "status"]);
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let init = aoctl(&["initiate", "r2"]);
+    assert!(!init.status.success());
+    let err = String::from_utf8_lossy(&init.stderr);
+    assert!(err.contains("only root may initiate"), "{err}");
+    // The attach socket lets the group connect: a child process that
+    // becomes UID:GID and connect(2)s (only async-signal-safe calls after
+    // fork).
+    let attach = dir.join("run/attach.sock");
+    // SAFETY: an all-zero sockaddr_un is valid; the path fits (checked).
+    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = attach.as_os_str().as_encoded_bytes();
+    assert!(bytes.len() < sun.sun_path.len());
+    for (d, b) in sun.sun_path.iter_mut().zip(bytes) {
+        *d = *b as libc::c_char;
+    }
+    // SAFETY: fork(2); the child only calls setgroups, setgid, setuid,
+    // socket, connect and _exit, which are async-signal-safe.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        unsafe {
+            let ok = libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(GID) == 0
+                && libc::setuid(UID) == 0;
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let connected = ok
+                && fd >= 0
+                && libc::connect(
+                    fd,
+                    std::ptr::addr_of!(sun).cast(),
+                    std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                ) == 0;
+            libc::_exit(if connected { 0 } else { 1 });
+        }
+    }
+    let mut wstatus = 0;
+    // SAFETY: waitpid on the child just forked.
+    unsafe { libc::waitpid(pid, &mut wstatus, 0) };
+    assert!(
+        libc::WIFEXITED(wstatus) && libc::WEXITSTATUS(wstatus) == 0,
+        "a member of attach_socket_group cannot connect to {}",
+        attach.display()
+    );
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+
+    let bad = std::fs::read_to_string(&file).unwrap().replace(
+        &format!("attach_socket_group = \"{GID}\""),
+        "attach_socket_group = \"no-such-group-aokd\"",
+    );
+    std::fs::write(&file, bad).unwrap();
+    let out = Command::new(AOKD)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("daemon.attach_socket_group") && err.contains("no-such-group-aokd"),
+        "{err}"
+    );
+}

@@ -10,6 +10,7 @@
 //!   `getsockname`/`getpeername`;
 //! - [`scm`]: one descriptor sent or received with `SCM_RIGHTS`;
 //! - [`pidfd`]: `pidfd_open` and `pidfd_getfd`;
+//! - [`group`]: group names to ids;
 //! - [`sock`]: TCP sockets, `connect`, and the socket queries (`SO_COOKIE`,
 //!   `SO_DOMAIN`, `TCP_INFO` state, ...).
 //!
@@ -22,6 +23,7 @@
 //! keys (daemon/src/kernel/sys.rs).
 
 pub mod addr;
+pub mod group;
 pub mod pidfd;
 pub mod scm;
 pub mod sock;
@@ -30,6 +32,7 @@ pub use addr::{
     from_sockaddr_storage, getpeername, getsockname, local_address, peer_address, read_sockaddr,
     to_sockaddr,
 };
+pub use group::group_id;
 pub use pidfd::{pidfd_getfd, pidfd_open};
 pub use scm::{recv_with_fd, recv_with_fd_wait, send_with_fd, send_with_fds, MAX_RECEIVED_FDS};
 pub use sock::{
