@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use pcap_parser::traits::PcapNGPacketBlock;
@@ -149,18 +149,27 @@ fn describe(e: &PcapError<&[u8]>) -> String {
 
 /// Reads every frame of a pcap or pcapng file and hands its decoded
 /// content to `on_frame`.
-pub fn read_frames(path: &Path, mut on_frame: impl FnMut(Frame<'_>)) -> Result<(), ReadError> {
+pub fn read_frames(path: &Path, on_frame: impl FnMut(Frame<'_>)) -> Result<(), ReadError> {
+    let file = File::open(path).map_err(|error| ReadError::Open {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    read_frames_from(BufReader::new(file), path, on_frame)
+}
+
+/// [`read_frames`] from any reader (the fuzz target's octets); `path`
+/// only names the capture in errors.
+pub fn read_frames_from(
+    input: impl Read + Send,
+    path: &Path,
+    mut on_frame: impl FnMut(Frame<'_>),
+) -> Result<(), ReadError> {
     let format_error = |offset: u64, what: String| ReadError::Format {
         path: path.to_path_buf(),
         offset,
         what,
     };
-    let file = File::open(path).map_err(|error| ReadError::Open {
-        path: path.to_path_buf(),
-        error,
-    })?;
-    let mut reader =
-        create_reader(BUFFER, BufReader::new(file)).map_err(|e| format_error(0, describe(&e)))?;
+    let mut reader = create_reader(BUFFER, input).map_err(|e| format_error(0, describe(&e)))?;
     let mut capacity = BUFFER;
     // Legacy pcap: one link type; pcapng: one per interface of the section.
     let mut interfaces: Vec<Linktype> = Vec::new();
