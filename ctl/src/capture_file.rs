@@ -173,8 +173,16 @@ pub fn read_frames_from(
     let mut capacity = BUFFER;
     // Legacy pcap: one link type; pcapng: one per interface of the section.
     let mut interfaces: Vec<Linktype> = Vec::new();
+    // pcapng: the byte order of the current section.
+    let mut ng_big_endian: Option<bool> = None;
     loop {
         let offset = reader.consumed() as u64;
+        if let Some(len) = ng_big_endian.and_then(|be| short_block_length(reader.data(), be)) {
+            return Err(format_error(
+                offset,
+                format!("malformed block (block length {len}, less than 12)"),
+            ));
+        }
         let step = match reader.next() {
             Ok((len, block)) => {
                 let result = match block {
@@ -193,8 +201,9 @@ pub fn read_frames_from(
                         }
                         None => Err("packet before the file header".into()),
                     },
-                    PcapBlockOwned::NG(Block::SectionHeader(_)) => {
+                    PcapBlockOwned::NG(Block::SectionHeader(shb)) => {
                         interfaces.clear();
+                        ng_big_endian = Some(shb.big_endian());
                         Ok(())
                     }
                     PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
@@ -241,6 +250,30 @@ pub fn read_frames_from(
     }
 }
 
+/// The Block Total Length of the pcapng block at the start of `data` if it
+/// is less than 12, the least a block can have (type, length, length).
+///
+/// pcap-parser 0.17 checks a block's length only against the header of its
+/// type, which for a Process Information Block is 4 octets, and then
+/// subtracts 12: a length of 4 to 11 overflows (a panic with overflow
+/// checks, a wrapped length without). Found by the `pcap` fuzz target
+/// (docs/fuzzing.md); checked here before the parser sees the block. A
+/// Section Header Block is left to the parser: its byte order is its own.
+fn short_block_length(data: &[u8], big_endian: bool) -> Option<u32> {
+    const SHB: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
+    let head: [u8; 8] = data.get(..8)?.try_into().ok()?;
+    if head[..4] == SHB {
+        return None;
+    }
+    let raw = [head[4], head[5], head[6], head[7]];
+    let len = if big_endian {
+        u32::from_be_bytes(raw)
+    } else {
+        u32::from_le_bytes(raw)
+    };
+    (len < 12).then_some(len)
+}
+
 enum Step {
     Consumed(usize, Result<(), String>),
     Refill,
@@ -260,4 +293,67 @@ fn packet_on(
         link_of(*lt).ok_or_else(|| format!("unsupported link type {lt} (interface {if_id})"))?;
     on_frame(decode(link, data));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(bytes: &[u8]) -> Result<usize, ReadError> {
+        let mut frames = 0;
+        read_frames_from(bytes, Path::new("test.pcapng"), |_| frames += 1)?;
+        Ok(frames)
+    }
+
+    /// A Section Header Block (little-endian) and an interface (Ethernet).
+    fn section() -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&[0x0a, 0x0d, 0x0d, 0x0a, 28, 0, 0, 0]);
+        v.extend_from_slice(&0x1a2b_3c4du32.to_le_bytes());
+        v.extend_from_slice(&[1, 0, 0, 0]);
+        v.extend_from_slice(&(-1i64).to_le_bytes());
+        v.extend_from_slice(&[28, 0, 0, 0]);
+        v.extend_from_slice(&[1, 0, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 20, 0, 0, 0]);
+        v
+    }
+
+    /// The `pcap` fuzz target's first crash (docs/fuzzing.md): a Process
+    /// Information Block (type 0x80000001) of length 4 made pcap-parser
+    /// subtract 12 from 4. It is a format error at the block's offset.
+    #[test]
+    fn pcapng_block_shorter_than_12_is_an_error_not_an_overflow() {
+        for len in [4u32, 8, 11] {
+            let mut v = section();
+            let at = v.len();
+            v.extend_from_slice(&0x8000_0001u32.to_le_bytes());
+            v.extend_from_slice(&len.to_le_bytes());
+            v.extend_from_slice(&[0x70, 0xff, 0xf7, 0x01, 6, 0, 0, 0, 0x68, 0, 0, 0]);
+            match read(&v) {
+                Err(ReadError::Format { offset, what, .. }) => {
+                    assert_eq!(offset, at as u64);
+                    assert!(what.contains("less than 12"), "{what}");
+                }
+                other => panic!("length {len}: {:?}", other.map(|_| ())),
+            }
+        }
+        // The fuzzer's own input.
+        let crash = [
+            0x0a, 0x0d, 0x0d, 0x0a, 0x1c, 0, 0, 0, 0x4d, 0x3c, 0x2b, 0x1a, 1, 0, 0, 0, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1c, 0, 0xfa, 0, 1, 0, 0, 0x80, 4, 0, 0, 0, 0x70,
+            0xff, 0xf7, 1, 6, 0, 0, 0, 0x68, 0, 0, 0, 0x21, 0, 0, 0, 0, 0, 0x63, 0x63, 0x6a,
+        ];
+        assert!(matches!(read(&crash), Err(ReadError::Format { .. })));
+    }
+
+    #[test]
+    fn pcapng_with_valid_blocks_still_reads() {
+        let mut v = section();
+        // A Simple Packet Block with a 14-octet Ethernet frame (ARP).
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[0x08, 0x06]);
+        v.extend_from_slice(&[3, 0, 0, 0, 32, 0, 0, 0, 14, 0, 0, 0]);
+        v.extend_from_slice(&frame);
+        v.extend_from_slice(&[0, 0, 32, 0, 0, 0]);
+        assert_eq!(read(&v).map_err(|e| e.to_string()), Ok(1));
+    }
 }
