@@ -387,7 +387,7 @@ fn pcap(link: Link, packets: &[Vec<u8>]) -> Vec<u8> {
 
 fn pcapng_block(block_type: u32, body: &[u8]) -> Vec<u8> {
     let mut padded = body.to_vec();
-    while padded.len() % 4 != 0 {
+    while padded.len() & 3 != 0 {
         padded.push(0);
     }
     let len = (12 + padded.len()) as u32;
