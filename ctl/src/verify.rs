@@ -42,7 +42,6 @@
 //! }
 //! ```
 
-mod capture_file;
 mod keys;
 
 use std::path::{Path, PathBuf};
@@ -50,7 +49,7 @@ use std::path::{Path, PathBuf};
 use aokd_tcpao::{CaptureVerifier, ConnectionReport, Counters, Endpoint, KeySet, Totals};
 use serde::Serialize;
 
-use capture_file::{read_frames, Frame};
+use aoctl::capture_file::{read_frames, Frame};
 
 /// The control socket of aokd when neither `--socket` nor `AOKD_SOCKET`
 /// names one.

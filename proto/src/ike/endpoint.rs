@@ -416,6 +416,41 @@ impl Endpoint {
         });
     }
 
+    /// Fuzzing hook (cargo feature `fuzzing`, not an API): seals `plaintext`
+    /// (an inner payload chain, padding and pad length, taken as they are)
+    /// in an SK payload with the keys the peer of the IKE SA with local SPI
+    /// `local_spi` sends with, behind `header` (its Next Payload and Length
+    /// are set here), so that the SA opens it and the decrypted-payload
+    /// parser and the exchanges see fuzzed contents. `None` if there is no
+    /// such SA or it has no keys yet.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn fuzz_seal_as_peer(
+        &self,
+        local_spi: u64,
+        header: &wire::Header,
+        first_inner: crate::numbers::PayloadType,
+        plaintext: &[u8],
+        iv: u64,
+    ) -> Option<Vec<u8>> {
+        let &peer = self.owners.get(&local_spi)?;
+        let sa = self.peers[peer].sas.get(&local_spi)?;
+        let (suite, keys) = (sa.suite.as_ref()?, sa.keys.as_ref()?);
+        let key = match sa.role {
+            Role::Initiator => &keys.sk_er,
+            Role::Responder => &keys.sk_ei,
+        };
+        super::sk::seal(
+            header,
+            first_inner,
+            plaintext.to_vec(),
+            suite.encr,
+            key.as_bytes(),
+            iv,
+        )
+        .ok()
+    }
+
     /// A dropped datagram that concerns no peer.
     fn dropped(
         &mut self,

@@ -28,6 +28,19 @@ pub fn protect(
     let mut plaintext = Vec::new();
     let first_inner = wire::emit_payload_chain(payloads, PayloadType::NONE, &mut plaintext);
     plaintext.push(0); // pad length
+    seal(header, first_inner, plaintext, encr, key, iv)
+}
+
+/// Encrypts `plaintext` (the inner payload chain, padding and pad length)
+/// into an SK payload whose Next Payload is `first_inner`, behind `header`.
+pub(crate) fn seal(
+    header: &Header,
+    first_inner: PayloadType,
+    mut plaintext: Vec<u8>,
+    encr: Encr,
+    key: &[u8],
+    iv: u64,
+) -> Result<Vec<u8>, IkeError> {
     let sk_len = SK_HEADER_LEN + Encr::IV_LEN + plaintext.len() + Encr::ICV_LEN;
     let total = Header::LEN + sk_len;
     let mut h = header.clone();
