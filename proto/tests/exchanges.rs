@@ -88,6 +88,33 @@ fn wrong_psk_fails_on_both_sides_without_mkt() {
     }
 }
 
+/// An identity mismatch names what was received and what was expected, on
+/// the side that checks it (here B, the responder, expects A as
+/// `r1.example.net`; A sends its address).
+#[test]
+fn identity_mismatch_names_both_identities() {
+    let mut b = peer("a", B_ADDR, A_ADDR, PSK);
+    b.remote_id = aokd_proto::ike::Identity::parse("r1.example.net");
+    b.initiate = false;
+    let mut sim = Sim::pair(4, NetParams::default(), peer("b", A_ADDR, B_ADDR, PSK), b);
+    sim.run_for(Duration::from_secs(10));
+    let text = sim.nodes[1]
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::NegotiationFailed { error, .. } => Some(error.to_string()),
+            _ => None,
+        })
+        .expect("B failed the negotiation");
+    assert!(
+        text.contains(&format!(
+            "the initiator's identity {} (ID_IPV4_ADDR)",
+            A_ADDR.ip()
+        )) && text.contains("is not the configured remote_id r1.example.net (ID_FQDN)"),
+        "{text}"
+    );
+}
+
 #[test]
 fn no_common_mac_gives_no_proposal_chosen() {
     let mut a = peer("b", A_ADDR, B_ADDR, PSK);

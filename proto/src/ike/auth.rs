@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use subtle::ConstantTimeEq;
 
+use super::config::Identity;
 use super::context::{Ctx, Fate};
 use super::error::{IkeError, Misbehaviour, NegotiationError};
 use super::event::Event;
@@ -150,9 +151,9 @@ pub(super) fn on_request(
             &[notify(NotifyType::AUTHENTICATION_FAILED, Vec::new())],
         );
         let why = if id_ok {
-            "the initiator's AUTH does not verify"
+            "the initiator's AUTH does not verify (a different PSK?)".to_string()
         } else {
-            "the initiator's identity is not the configured remote_id"
+            identity_mismatch("initiator", &idi, &pc.remote_id)
         };
         return lifecycle::fail(
             ctx,
@@ -284,9 +285,9 @@ pub(super) fn on_response(
             ctx.send(sa.remote, bytes);
         }
         let why = if id_ok {
-            "the responder's AUTH does not verify"
+            "the responder's AUTH does not verify (a different PSK?)".to_string()
         } else {
-            "the responder's identity is not the configured remote_id"
+            identity_mismatch("responder", idr, &pc.remote_id)
         };
         return lifecycle::fail(
             ctx,
@@ -369,4 +370,18 @@ pub(super) fn on_response(
         }
     }
     Fate::Keep(sa)
+}
+
+/// "the initiator's identity 192.0.2.9 (ID_IPV4_ADDR) is not the configured
+/// remote_id 192.0.2.2 (ID_IPV4_ADDR)": what was received and what was
+/// expected, so that the operator sees which side to fix.
+fn identity_mismatch(who: &str, got: &IdPayload, expected: &Identity) -> String {
+    let got = Identity {
+        id_type: got.id_type,
+        data: got.data.clone(),
+    };
+    format!(
+        "the {who}'s identity {got} ({}) is not the configured remote_id {expected} ({})",
+        got.id_type, expected.id_type
+    )
 }

@@ -49,7 +49,7 @@ pub enum NegotiationError {
     #[error("INVALID_KE_PAYLOAD: the responder wants group {0}")]
     InvalidKe(DhGroup),
     #[error("AUTHENTICATION_FAILED: {0}")]
-    AuthenticationFailed(&'static str),
+    AuthenticationFailed(String),
     #[error("TS_UNACCEPTABLE: {0}")]
     TsUnacceptable(&'static str),
     #[error("the peer reported {0}")]
