@@ -8,6 +8,7 @@
 
 mod client;
 mod gen_psk;
+mod metrics;
 mod output;
 mod table;
 mod verify;
@@ -87,6 +88,14 @@ enum Cmd {
     },
     /// Verify TCP-AO / TCP-MD5 signatures in a capture.
     Verify(verify::VerifyArgs),
+    /// aokd's state in the OpenMetrics text format (for Prometheus, or
+    /// node_exporter's textfile collector with `--output FILE`).
+    Metrics {
+        /// Write to FILE (atomically: a temporary file renamed over it)
+        /// instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 // `verify::run` is `run_with` without aoctl's global options; main uses
@@ -111,6 +120,7 @@ fn main() {
         Cmd::Initiate { peer } => query(&socket, timeout, json, Command::Initiate { peer }),
         Cmd::Terminate { peer } => query(&socket, timeout, json, Command::Terminate { peer }),
         Cmd::Rekey { peer, ike } => query(&socket, timeout, json, Command::Rekey { peer, ike }),
+        Cmd::Metrics { output } => metrics_command(&socket, timeout, output.as_deref()),
     };
     std::process::exit(code);
 }
@@ -120,6 +130,63 @@ fn main() {
 fn print(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// `aoctl metrics`: four answers, one OpenMetrics text.
+fn metrics_command(socket: &Path, timeout: std::time::Duration, output: Option<&Path>) -> i32 {
+    let ask = |command: Command| {
+        client::call(socket, command, timeout).map_err(|e| {
+            eprintln!("aoctl: {e}");
+            e.exit_code()
+        })
+    };
+    let answers = (|| {
+        let status = ask(Command::Status)?;
+        let sas = ask(Command::Sas)?;
+        let mkts = ask(Command::Mkts)?;
+        let sockets = ask(Command::Sockets)?;
+        Ok::<_, i32>((status, sas, mkts, sockets))
+    })();
+    let (status, sas, mkts, sockets) = match answers {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let (
+        ResponseData::Status(status),
+        ResponseData::Sas { sas },
+        ResponseData::Mkts { mkts },
+        ResponseData::Sockets { sockets },
+    ) = (status, sas, mkts, sockets)
+    else {
+        eprintln!(
+            "aoctl: control socket {}: unexpected answers from aokd",
+            socket.display()
+        );
+        return 2;
+    };
+    let text = metrics::render(&metrics::Snapshot {
+        status: &status,
+        sas: &sas,
+        mkts: &mkts,
+        sockets: &sockets,
+    });
+    match output {
+        None => {
+            print(&text);
+            0
+        }
+        Some(file) => {
+            let tmp = file.with_extension("prom.tmp");
+            match std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, file)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    eprintln!("aoctl metrics: cannot write {}: {e}", file.display());
+                    1
+                }
+            }
+        }
+    }
 }
 
 /// Sends `command`, prints the answer; returns the exit status.

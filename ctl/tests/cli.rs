@@ -553,3 +553,52 @@ fn empty_answers_and_bad_servers() {
     );
     server.join().unwrap();
 }
+
+/// `aoctl metrics`: OpenMetrics text from status, sas, mkts and sockets,
+/// on stdout or atomically into a file (node_exporter's textfile
+/// collector).
+#[test]
+fn metrics_in_openmetrics_text() {
+    let dir = TempDir::new("metrics");
+    let sock = dir.join("control.sock");
+    let s = sock.to_str().unwrap();
+    let server = fake_server(&sock, 8, canned);
+    let out = aoctl(&["--socket", s, "metrics"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for line in [
+        "# TYPE aokd_peers gauge",
+        "aokd_peers{state=\"established\"} 1",
+        "aokd_peers{state=\"failed\"} 1",
+        "aokd_peer_up{peer=\"r2\",backend=\"tcp-md5\"} 1",
+        "aokd_peer_up{peer=\"r3-long-name\",backend=\"unknown\"} 0",
+        "aokd_peer_failing{peer=\"r3-long-name\",error=\"AUTHENTICATION_FAILED[2J\"} 1",
+        "aokd_ike_sas{state=\"established\",role=\"initiator\"} 1",
+        "aokd_mkts{state=\"active\",algorithm=\"hmac-sha256-128\"} 1",
+        "aokd_sockets{state=\"guarded\",mechanism=\"tcp-md5\"} 1",
+        "aokd_state_file_failing 1",
+        "aokd_state_file_pending 3",
+        "# TYPE aokd_state_file_commits counter",
+        "aokd_state_file_commits_total{result=\"failed\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    // Every sample's family has a TYPE line before it.
+    let mut typed = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            typed.insert(rest.split(' ').next().unwrap().to_string());
+        } else if !l.starts_with('#') {
+            let name = l.split(['{', ' ']).next().unwrap();
+            let family = name.strip_suffix("_total").unwrap_or(name);
+            assert!(typed.contains(family), "{l}: no TYPE for {family}");
+        }
+    }
+    let file = dir.join("aokd.prom");
+    let out = aoctl(&["--socket", s, "metrics", "--output", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    assert!(!dir.join("aokd.prom.tmp").exists());
+    drop(server);
+}
