@@ -527,3 +527,87 @@ fn wrong_key_fails() {
         counter(&after, "TCPMD5Failure")
     );
 }
+
+/// The capabilities aokd needs (docs/kernel.md, "Least privilege"):
+/// CAP_NET_BIND_SERVICE for UDP port 500 and CAP_SYS_PTRACE for
+/// pidfd_getfd on a routing daemon of another user. B's aokd runs as
+/// nobody (65534) with exactly those two (setpriv: bounding, inheritable
+/// and ambient sets), and still negotiates and keys a socket that a root
+/// program attaches; the connection carries data.
+#[test]
+fn least_privilege_aokd_keys_an_attached_socket() {
+    if !netns::prerequisites("least_privilege_aokd_keys_an_attached_socket", false) {
+        return;
+    }
+    let t = topo("nsmd5cap");
+    configure(&t, PSK, PSK);
+    // nobody must own B's directory (state, sockets) and PSK file.
+    let nobody = 65534;
+    for entry in std::fs::read_dir(&t.side_b.dir).expect("B's dir") {
+        let p = entry.expect("entry").path();
+        std::os::unix::fs::chown(&p, Some(nobody), Some(nobody)).expect("chown");
+    }
+    std::os::unix::fs::chown(&t.side_b.dir, Some(nobody), Some(nobody)).expect("chown");
+    // ...and be able to reach it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&t.root, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let caps = "-all,+net_bind_service,+sys_ptrace";
+    let mut cmd = t.b.command("setpriv");
+    cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(format!("--bounding-set={caps}"))
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg("--")
+        .arg(aokd_tests::binary("aokd"));
+    let db = Daemon::start_with(&t.side_b, cmd);
+    let da = t.start_a();
+    wait_for_mkt(&da);
+    wait_for_mkt(&db);
+    // B's aokd really runs as nobody with just those capabilities.
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", db.child.id())).expect("status");
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(field("Uid:").starts_with("65534"), "{status}");
+    // CAP_NET_BIND_SERVICE (10) and CAP_SYS_PTRACE (19).
+    let eff = u64::from_str_radix(&field("CapEff:"), 16).expect("CapEff");
+    assert_eq!(eff, (1 << 10) | (1 << 19), "{status}");
+
+    let mut cmd = tcp_peer(&t.b);
+    cmd.args(["server", "--listen", BGP, "--count", "1", "--attach"])
+        .arg(t.side_b.attach_socket());
+    let (mut server, listening) = start_server("tcp-peer server", cmd);
+    assert_eq!(
+        listening["attach"]["installed"],
+        "keys",
+        "{listening}\nB:\n{}",
+        db.log()
+    );
+    assert_eq!(listening["attach"]["mechanism"], "tcp-md5", "{listening}");
+    let mut cmd = tcp_peer(&t.a);
+    cmd.args(["client", "--connect", BGP, "--attach"])
+        .arg(t.side_a.attach_socket());
+    let (ok, report, client) = run_client("tcp-peer client", cmd, Duration::from_secs(30));
+    assert!(
+        ok && report["ok"] == true,
+        "{report}\n{}\n{}\nB:\n{}",
+        client.report(),
+        server.report(),
+        db.log()
+    );
+    assert_eq!(report["bytes"], 4096);
+    let st = server.wait_exit(Duration::from_secs(15));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "tcp-peer server: {}",
+        server.report()
+    );
+    let sockets = db.aoctl(&["sockets"]).expect("sockets");
+    println!("least privilege: B's aokd as uid 65534 with CapEff {eff:#x} keyed {sockets}");
+}
