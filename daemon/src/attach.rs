@@ -285,7 +285,7 @@ impl AttachServer {
         Ok(AttachServer {
             socket,
             default_wait: DEFAULT_WAIT,
-            limit: ClientLimit::new(MAX_ATTACH_CLIENTS, IDLE_TIMEOUT),
+            limit: ClientLimit::new("attach", MAX_ATTACH_CLIENTS, IDLE_TIMEOUT),
         })
     }
 
@@ -324,7 +324,11 @@ impl AttachServer {
                 }
             };
             let Some(slot) = self.limit.admit() else {
-                refuse(&stream, &self.limit);
+                let reply = AttachReply {
+                    version: ATTACH_VERSION,
+                    result: result_error(self.limit.refusal()),
+                };
+                self.limit.refuse(&stream, &reply);
                 continue;
             };
             let calls = calls.clone();
@@ -357,28 +361,6 @@ pub async fn serve(
 struct Client {
     pid: Option<i32>,
     uid: u32,
-}
-
-/// Answers a client beyond the cap with an error (one non-blocking write)
-/// and closes the connection.
-fn refuse(stream: &UnixStream, limit: &ClientLimit) {
-    static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if n % 1000 == 0 {
-        warn!(
-            max = limit.max(),
-            refused = n + 1,
-            "attach socket: too many connections; refusing new ones"
-        );
-    }
-    let reply = AttachReply {
-        version: ATTACH_VERSION,
-        result: result_error(limit.refusal("attach")),
-    };
-    if let Ok(mut line) = serde_json::to_vec(&reply) {
-        line.push(b'\n');
-        let _ = stream.try_write(&line);
-    }
 }
 
 /// Serves one connection until the client closes it, breaks the framing

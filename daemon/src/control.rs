@@ -128,7 +128,7 @@ impl ControlServer {
         info!(path = %path.display(), gid = ?group, "control socket listening");
         Ok(ControlServer {
             socket,
-            limit: ClientLimit::new(MAX_CONTROL_CLIENTS, IDLE_TIMEOUT),
+            limit: ClientLimit::new("control", MAX_CONTROL_CLIENTS, IDLE_TIMEOUT),
         })
     }
 
@@ -161,7 +161,13 @@ impl ControlServer {
                 }
             };
             let Some(slot) = self.limit.admit() else {
-                refuse(&stream, &self.limit);
+                let response = Response {
+                    version: PROTOCOL_VERSION,
+                    result: ResponseResult::Error {
+                        message: self.limit.refusal(),
+                    },
+                };
+                self.limit.refuse(&stream, &response);
                 continue;
             };
             let uid = match stream.peer_cred() {
@@ -190,31 +196,6 @@ pub async fn serve(path: &Path, handler: mpsc::Sender<ControlCall>) -> Result<()
     let server = ControlServer::bind(path).await?;
     server.run(handler).await;
     Ok(())
-}
-
-/// Answers a client beyond the cap with an error line (without waiting:
-/// one non-blocking write) and closes the connection.
-fn refuse(stream: &tokio::net::UnixStream, limit: &ClientLimit) {
-    static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // One warning, then one every 1,000 refusals.
-    if n % 1000 == 0 {
-        warn!(
-            max = limit.max(),
-            refused = n + 1,
-            "control socket: too many connections; refusing new ones"
-        );
-    }
-    let response = Response {
-        version: PROTOCOL_VERSION,
-        result: ResponseResult::Error {
-            message: limit.refusal("control"),
-        },
-    };
-    if let Ok(mut line) = serde_json::to_vec(&response) {
-        line.push(b'\n');
-        let _ = stream.try_write(&line);
-    }
 }
 
 /// Serves one connection from a client with uid `peer_uid` until it closes,
