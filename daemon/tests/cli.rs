@@ -706,9 +706,17 @@ fn socket_groups_let_a_routing_daemon_user_in() {
     }
     let run = std::fs::metadata(dir.join("run")).unwrap();
     assert_eq!((run.gid(), run.mode() & 0o777), (GID, 0o710), "run/");
-    // aoctl as UID:GID (not root).
+    // aoctl as UID:GID (not root), from a copy that user can reach (the
+    // build directory may be private, as under a 0700 mktemp -d).
+    let aoctl_copy = dir.join("aoctl");
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_aokd").replace("/aokd", "/aoctl"),
+        &aoctl_copy,
+    )
+    .unwrap();
+    std::fs::set_permissions(&aoctl_copy, std::fs::Permissions::from_mode(0o755)).unwrap();
     let aoctl = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_aokd").replace("/aokd", "/aoctl"))
+        Command::new(&aoctl_copy)
             .arg("--socket")
             .arg(&sock)
             .args(args)
