@@ -330,6 +330,9 @@ pub struct Restored {
     /// MKT records dropped because their hard lifetime passed while aokd
     /// was not running.
     pub mkts_expired: usize,
+    /// The KeyIDs of those MKTs (peer, SendID, RecvID), for the endpoint
+    /// to avoid in new MKTs for a while (`Endpoint::note_ended_key_ids`).
+    pub ended: Vec<(String, u8, u8)>,
     /// Configured peers with a restored socket or MKT record.
     pub peers: Vec<String>,
 }
@@ -513,6 +516,7 @@ impl<K: SocketKeys> KeyManager<K> {
             let Some(peer) = peer.filter(|_| rec.expires_at_unix > now_unix) else {
                 if configured {
                     out.mkts_expired += 1;
+                    out.ended.push((rec.peer.clone(), rec.send_id, rec.recv_id));
                     info!(peer = %rec.peer, send_id = rec.send_id, recv_id = rec.recv_id,
                         "MKT from before the restart expired while aokd was not running");
                 } else {

@@ -168,6 +168,14 @@ impl Daemon {
                 warn!(peer = %r.peer, error = %e, "cannot reserve the KeyIDs of a restored MKT");
             }
         }
+        for (peer, send_id, recv_id) in &restored.ended {
+            if let Err(e) = self
+                .endpoint
+                .note_ended_key_ids(peer, *send_id, *recv_id, now)
+            {
+                warn!(peer = %peer, error = %e, "cannot pass on the KeyIDs of an expired MKT");
+            }
+        }
         info!(
             sockets = restored.sockets,
             sockets_gone = restored.sockets_gone,

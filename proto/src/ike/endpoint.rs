@@ -357,7 +357,7 @@ impl Endpoint {
                     lifecycle::report_deleted(ctx, &sa, "terminated by operator");
                 }
             }
-            lifecycle::delete_all_mkts(ctx, "terminated by operator");
+            lifecycle::delete_all_mkts(ctx, "terminated by operator", now);
             count
         }))
     }
@@ -506,6 +506,26 @@ impl Endpoint {
                     until,
                 }),
             }
+        });
+        Ok(())
+    }
+
+    /// Tells the endpoint that an MKT with these KeyIDs ended at `now`
+    /// while it did not hold it (the driver found it expired in its state
+    /// file after a restart): new RecvIDs with the peer avoid both KeyIDs
+    /// for a while, as after an MKT this endpoint deleted, so that the new
+    /// key is told apart from the old one on the wire (docs/protocol.md,
+    /// "KeyID allocation").
+    pub fn note_ended_key_ids(
+        &mut self,
+        peer_name: &str,
+        send_id: u8,
+        recv_id: u8,
+        now: Instant,
+    ) -> Result<(), IkeError> {
+        let peer = self.peer_index(peer_name)?;
+        self.with_peer(peer, |ctx| {
+            super::mkts::note_ended(ctx.peer, send_id, recv_id, now);
         });
         Ok(())
     }

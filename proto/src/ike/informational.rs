@@ -41,6 +41,7 @@ pub(super) fn on_request(
                 let mkts = &mut ctx.peer.mkts;
                 if let Some(pos) = mkts.iter().position(|m| m.mkt.send_id == *send_id) {
                     let m = mkts.remove(pos);
+                    super::mkts::note_ended(ctx.peer, m.mkt.send_id, m.mkt.recv_id, now);
                     ours.push(vec![m.mkt.recv_id]);
                     ctx.out.events.push_back(Event::MktDeleted {
                         peer: peer_name.clone(),

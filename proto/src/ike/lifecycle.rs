@@ -302,9 +302,10 @@ pub(super) fn retire_rekeyed_sa(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) 
 }
 
 /// Deletes every MKT of a peer locally.
-pub(super) fn delete_all_mkts(ctx: &mut Ctx<'_>, reason: &'static str) {
+pub(super) fn delete_all_mkts(ctx: &mut Ctx<'_>, reason: &'static str, now: Instant) {
     let name = ctx.name();
     for m in std::mem::take(&mut ctx.peer.mkts) {
+        super::mkts::note_ended(ctx.peer, m.mkt.send_id, m.mkt.recv_id, now);
         ctx.out.events.push_back(Event::MktDeleted {
             peer: name.clone(),
             send_id: m.mkt.send_id,

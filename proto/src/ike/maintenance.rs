@@ -228,6 +228,7 @@ pub(super) fn handle_mkt_timers(ctx: &mut Ctx<'_>, now: Instant) {
             continue;
         }
         let m = ctx.peer.mkts.remove(i);
+        mkts::note_ended(ctx.peer, m.mkt.send_id, m.mkt.recv_id, now);
         if with_delete && sa_spi.is_some() {
             deletes.push(m.mkt.recv_id);
         }

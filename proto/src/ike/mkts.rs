@@ -235,9 +235,27 @@ pub(super) fn mkt_not_found(ctx: &mut Ctx<'_>, old: (u8, u8), now: Instant) {
     }
 }
 
+/// How long the KeyIDs of an MKT that ended are avoided for new RecvIDs:
+/// segments signed with the old key may still be in flight or queued, and
+/// a capture or a peer's counters tell the keys apart only by KeyID.
+pub(super) const RECENT_KEY_IDS_AVOIDED: Duration = Duration::from_secs(120);
+/// At most this many ended KeyID pairs are remembered per peer.
+const RECENT_KEY_IDS_KEPT: usize = 16;
+
+/// Remembers the KeyIDs of an MKT that ended now (deleted, expired, or
+/// found expired after a restart), so that new RecvIDs avoid them for
+/// [`RECENT_KEY_IDS_AVOIDED`]. O(1).
+pub(super) fn note_ended(peer: &mut PeerRuntime, send_id: u8, recv_id: u8, now: Instant) {
+    if peer.recent_key_ids.len() >= RECENT_KEY_IDS_KEPT {
+        peer.recent_key_ids.pop_front();
+    }
+    peer.recent_key_ids.push_back((send_id, recv_id, now));
+}
+
 /// A RecvID for a new MKT with the peer: in [`crate::mkt::NEGOTIATED_KEY_IDS`], at random,
 /// not the RecvID of a live MKT with the peer nor of a reservation
-/// ([`Endpoint::reserve_key_ids`]).
+/// ([`Endpoint::reserve_key_ids`]), and, while any other is free, neither
+/// KeyID of an MKT that ended in the last [`RECENT_KEY_IDS_AVOIDED`].
 pub(super) fn allocate_recv_id(ctx: &mut Ctx<'_>, now: Instant) -> Option<u8> {
     let p = &*ctx.peer;
     let used: Vec<u8> = p
@@ -251,14 +269,26 @@ pub(super) fn allocate_recv_id(ctx: &mut Ctx<'_>, now: Instant) -> Option<u8> {
                 .map(|r| r.recv_id),
         )
         .collect();
+    let recent: Vec<u8> = p
+        .recent_key_ids
+        .iter()
+        .filter(|(_, _, ended)| now.saturating_duration_since(*ended) < RECENT_KEY_IDS_AVOIDED)
+        .flat_map(|(send_id, recv_id, _)| [*send_id, *recv_id])
+        .collect();
     let free: Vec<u8> = crate::mkt::NEGOTIATED_KEY_IDS
         .filter(|id| !used.contains(id))
         .collect();
-    if free.is_empty() {
+    let fresh: Vec<u8> = free
+        .iter()
+        .copied()
+        .filter(|id| !recent.contains(id))
+        .collect();
+    let pool = if fresh.is_empty() { free } else { fresh };
+    if pool.is_empty() {
         return None;
     }
-    let i = (ctx.rng.next_u32() as usize) % free.len();
-    free.get(i).copied()
+    let i = (ctx.rng.next_u32() as usize) % pool.len();
+    pool.get(i).copied()
 }
 
 /// Whether a SendID the peer chose (the SPI of its TCP-AO proposal or

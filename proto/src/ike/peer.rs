@@ -2,6 +2,7 @@
 //! last error, when to initiate next, whether it advertised TCP-AO keying,
 //! its MKTs with their lifecycle, and the KeyIDs reserved after a restart.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::config::PortRange;
@@ -49,6 +50,10 @@ pub(super) struct PeerRuntime {
     pub(super) next_child_attempt: Option<Instant>,
     /// KeyIDs kept out of use ([`super::Endpoint::reserve_key_ids`]).
     pub(super) reservations: Vec<KeyIdReservation>,
+    /// KeyID pairs of MKTs that ended lately, newest last, with when they
+    /// ended: new RecvIDs avoid them while others are free
+    /// ([`super::mkts::note_ended`]).
+    pub(super) recent_key_ids: VecDeque<(u8, u8, Instant)>,
     /// When an unauthenticated IKE_SA_INIT of this peer's address was last
     /// reported as failed (NO_PROPOSAL_CHOSEN): such reports are made at
     /// most once per [`super::init::INIT_REFUSAL_REPORT_EVERY`], since
