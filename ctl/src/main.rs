@@ -20,7 +20,12 @@ use aokd_api::control::{Command, ResponseData};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "aoctl", version, about = "Control tool for aokd")]
+#[command(
+    name = "aoctl",
+    version,
+    about = "Control tool for aokd",
+    disable_help_subcommand = true
+)]
 struct Cli {
     /// aokd's control socket.
     #[arg(
@@ -96,6 +101,12 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    // Not clap's generated `help` command, which refuses `aoctl help --help`.
+    /// Print this message or the help of the given command (`aoctl help verify`).
+    Help {
+        /// The command, or command and subcommand.
+        command: Vec<String>,
+    },
 }
 
 // `verify::run` is `run_with` without aoctl's global options; main uses
@@ -121,8 +132,29 @@ fn main() {
         Cmd::Terminate { peer } => query(&socket, timeout, json, Command::Terminate { peer }),
         Cmd::Rekey { peer, ike } => query(&socket, timeout, json, Command::Rekey { peer, ike }),
         Cmd::Metrics { output } => metrics_command(&socket, timeout, output.as_deref()),
+        Cmd::Help { command } => help(&command),
     };
     std::process::exit(code);
+}
+
+/// `aoctl help [COMMAND...]`: the long help of aoctl or of the command
+/// named; an unknown command is an error (exit status 2, as clap's).
+fn help(path: &[String]) -> i32 {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut current = &mut cmd;
+    for name in path {
+        match current.find_subcommand_mut(name) {
+            Some(sub) => current = sub,
+            None => {
+                eprintln!("aoctl help: no command {name:?}; `aoctl help` lists them");
+                return 2;
+            }
+        }
+    }
+    print(&current.render_long_help().to_string());
+    0
 }
 
 /// Writes `text` to stdout; a closed pipe (`aoctl sas | head`) is not an

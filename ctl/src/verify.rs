@@ -176,14 +176,14 @@ pub fn run_with(args: &VerifyArgs, global_socket: Option<&Path>, global_json: bo
             result,
         };
         match serde_json::to_string_pretty(&doc) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => crate::print(&format!("{s}\n")),
             Err(e) => {
                 eprintln!("aoctl verify: {e}");
                 return EXIT_ERROR;
             }
         }
     } else {
-        print_table(&reports, &totals, result, n_ao, n_md5);
+        crate::print(&table(&reports, &totals, result, n_ao, n_md5));
     }
     if passed {
         EXIT_PASS
@@ -299,13 +299,23 @@ fn endpoint(e: &Endpoint) -> String {
     }
 }
 
-fn print_table(reports: &[ConnectionReport], t: &Totals, result: &str, n_ao: usize, n_md5: usize) {
+/// The table and the summary of `aoctl verify` without `--json`.
+fn table(
+    reports: &[ConnectionReport],
+    t: &Totals,
+    result: &str,
+    n_ao: usize,
+    n_md5: usize,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let conns: Vec<String> = reports
         .iter()
         .map(|r| format!("{} -> {}", endpoint(&r.client), endpoint(&r.server)))
         .collect();
     let w = conns.iter().map(String::len).max().unwrap_or(0).max(10);
-    println!(
+    let _ = writeln!(
+        out,
         "{:<w$}  {:<7}  {:>8}  {:>8}  {:>7}  {:>8}  {:>10}  {:>6}  {:>5}  {:>9}  RESULT",
         "CONNECTION",
         "SIGNING",
@@ -320,7 +330,8 @@ fn print_table(reports: &[ConnectionReport], t: &Totals, result: &str, n_ao: usi
     );
     for (r, name) in reports.iter().zip(&conns) {
         let c = &r.counters;
-        println!(
+        let _ = writeln!(
+            out,
             "{:<w$}  {:<7}  {:>8}  {:>8}  {:>7}  {:>8}  {:>10}  {:>6}  {:>5}  {:>9}  {}",
             name,
             r.signing().name(),
@@ -336,8 +347,9 @@ fn print_table(reports: &[ConnectionReport], t: &Totals, result: &str, n_ao: usi
         );
     }
     let c = &t.counters;
-    println!();
-    println!(
+    out.push('\n');
+    let _ = writeln!(
+        out,
         "{} packets, {} connections, {} TCP segments ({} TCP-AO, {} TCP-MD5); \
          {} verified, {} bad MAC, {} unsigned, {} unknown KeyID, {} without ISNs, \
          {} truncated, {} malformed; {} not TCP, {} unparsed; keys: {} TCP-AO, {} TCP-MD5",
@@ -359,8 +371,9 @@ fn print_table(reports: &[ConnectionReport], t: &Totals, result: &str, n_ao: usi
         n_md5,
     );
     if result == RESULT_EMPTY {
-        println!("result: {result}: the capture holds no TCP segment");
+        let _ = writeln!(out, "result: {result}: the capture holds no TCP segment");
     } else {
-        println!("result: {result}");
+        let _ = writeln!(out, "result: {result}");
     }
+    out
 }

@@ -602,3 +602,35 @@ fn metrics_in_openmetrics_text() {
     assert!(!dir.join("aokd.prom.tmp").exists());
     drop(server);
 }
+
+/// `aoctl help`, `aoctl help CMD` and `aoctl help --help` all print help
+/// and exit 0 (clap's generated help command refused the last one); an
+/// unknown command is exit status 2.
+#[test]
+fn help_command_takes_help() {
+    for (args, first) in [
+        (&["help"][..], "Control tool for aokd"),
+        (&["help", "--help"][..], "Print this message or the help"),
+        (
+            &["help", "verify"][..],
+            "Verify TCP-AO / TCP-MD5 signatures",
+        ),
+        (&["help", "help"][..], "Print this message or the help"),
+    ] {
+        let out = aoctl(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(
+            stdout(&out).starts_with(first),
+            "{args:?}: {}",
+            stdout(&out)
+        );
+        assert!(stdout(&out).contains("Usage: aoctl"), "{args:?}");
+    }
+    let out = aoctl(&["help", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no command \"nope\""),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -684,3 +684,36 @@ fn a_capture_without_tcp_is_nothing_to_verify() {
         assert_eq!(json(&out)["result"], "nothing to verify");
     }
 }
+
+/// `aoctl verify ... | head` closes the pipe before aoctl has written its
+/// table: aoctl stops quietly instead of panicking ("failed printing to
+/// stdout"), in the table and in JSON. Standard output here is a socket
+/// whose other end is closed before aoctl starts, so every write fails
+/// with EPIPE.
+#[test]
+fn a_closed_stdout_is_no_panic() {
+    let udp = vec![
+        0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 192, 0, 2, 1, 192, 0, 2, 2, 0x01, 0xf4, 0x01,
+        0xf4, 0, 8, 0, 0,
+    ];
+    for extra in [&[][..], &["--json"][..]] {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(ours);
+        let file = write_temp("epipe.pcap", &pcap(Link::Raw, &[udp.clone()]));
+        let out = Command::new(env!("CARGO_BIN_EXE_aoctl"))
+            .arg("verify")
+            .arg("--pcap")
+            .arg(&file)
+            .arg(mkt(1, "hmac-sha1-96", false))
+            .args(extra)
+            .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                theirs,
+            )))
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{extra:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+    }
+}
