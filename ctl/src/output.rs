@@ -43,13 +43,17 @@ fn opt(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "-".into())
 }
 
-fn capable(v: Option<bool>) -> String {
-    match v {
-        Some(true) => "yes",
-        Some(false) => "no",
-        None => "unknown",
+/// The SIGNING column of `aoctl status`: the backend that keys the peer's
+/// sockets, and what the peer said about TCP-AO in IKE only where it
+/// differs (a "TCP-AO yes" column beside "tcp-md5" read as if TCP-AO were
+/// in use).
+fn signing(backend: Option<&str>, peer_tcp_ao: Option<bool>) -> String {
+    match (backend, peer_tcp_ao) {
+        (None, _) => "-".into(),
+        (Some(b), Some(true)) if b != "tcp-ao" => format!("{} (peer has TCP-AO)", sanitize(b)),
+        (Some(b), Some(false)) if b == "tcp-ao" => "tcp-ao (peer lacks TCP-AO)".into(),
+        (Some(b), _) => sanitize(b),
     }
-    .into()
 }
 
 /// `aoctl status`.
@@ -72,23 +76,14 @@ pub fn status(s: &DaemonStatus, now: u64) -> String {
         return out;
     }
     out.push('\n');
-    let mut t = Table::new(&[
-        "PEER",
-        "ADDRESS",
-        "IKE",
-        "TCP-AO",
-        "MKTS",
-        "BACKEND",
-        "LAST ERROR",
-    ]);
+    let mut t = Table::new(&["PEER", "ADDRESS", "IKE", "MKTS", "SIGNING", "LAST ERROR"]);
     for p in &s.peers {
         t.row(vec![
             p.name.clone(),
             p.address.clone(),
             p.ike_state.clone(),
-            capable(p.tcp_ao_capable),
             p.mkts.to_string(),
-            opt(&p.backend),
+            signing(p.backend.as_deref(), p.tcp_ao_capable),
             opt(&p.last_error),
         ]);
     }

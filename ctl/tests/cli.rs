@@ -401,14 +401,14 @@ fn tables_and_json_from_a_fake_server() {
     assert_eq!(lines[3], "");
     assert_eq!(
         lines[4],
-        "PEER          ADDRESS            IKE          TCP-AO   MKTS  BACKEND  LAST ERROR"
+        "PEER          ADDRESS            IKE          MKTS  SIGNING                    LAST ERROR"
     );
     assert_eq!(
         lines[5],
-        "r2            192.0.2.2:500      established  yes      2     tcp-md5  -"
+        "r2            192.0.2.2:500      established  2     tcp-md5 (peer has TCP-AO)  -"
     );
     // The escape sequence from the daemon is not passed to the terminal.
-    assert_eq!(lines[6], "r3-long-name  [2001:db8::3]:500  failed       unknown  0     -        AUTHENTICATION_FAILED\\u{1b}[2J");
+    assert_eq!(lines[6], "r3-long-name  [2001:db8::3]:500  failed       0     -                          AUTHENTICATION_FAILED\\u{1b}[2J");
     assert_eq!(lines.len(), 7);
 
     let out = aoctl(&["--socket", s, "--json", "status"]);
