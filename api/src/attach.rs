@@ -28,6 +28,17 @@ pub enum SocketRole {
     Accepted,
 }
 
+impl std::fmt::Display for SocketRole {
+    /// The wire spelling (`connect`, `listen`, `accepted`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SocketRole::Connect => "connect",
+            SocketRole::Listen => "listen",
+            SocketRole::Accepted => "accepted",
+        })
+    }
+}
+
 /// One request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachRequest {
@@ -61,6 +72,17 @@ pub enum Installed {
     Guard,
     /// Nothing: no configured peer covers this socket.
     NotCovered,
+}
+
+impl std::fmt::Display for Installed {
+    /// The wire spelling (`keys`, `guard`, `not-covered`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Installed::Keys => "keys",
+            Installed::Guard => "guard",
+            Installed::NotCovered => "not-covered",
+        })
+    }
 }
 
 /// aokd's answer.

@@ -281,7 +281,7 @@ impl AttachServer {
         }
         let dir_mode = if mode & 0o077 != 0 { 0o711 } else { 0o700 };
         let socket = bind_private_group(path, mode, dir_mode, group, "attach")?;
-        info!(path = %path.display(), mode = format!("{mode:o}"), gid = ?group, "attach socket listening");
+        info!(path = %path.display(), mode = format!("{mode:o}"), group = %crate::unix_listener::gid_field(group), "attach socket listening");
         Ok(AttachServer {
             socket,
             default_wait: DEFAULT_WAIT,
@@ -387,7 +387,7 @@ pub async fn serve_connection_with_idle(
         pid: cred.pid(),
         uid: cred.uid(),
     };
-    debug!(pid = ?client.pid, uid = client.uid, "attach connection");
+    debug!(pid = %pid_field(client.pid), uid = client.uid, "attach connection");
     let mut chunk = vec![0u8; MAX_LINE_LEN + 1];
     let mut buf: Vec<u8> = Vec::new();
     // Descriptors of the line still being assembled.
@@ -397,7 +397,7 @@ pub async fn serve_connection_with_idle(
     let mut deadline = tokio::time::Instant::now() + idle;
     loop {
         let Ok(readable) = tokio::time::timeout_at(deadline, stream.readable()).await else {
-            debug!(pid = ?client.pid, uid = client.uid, idle_s = idle.as_secs_f64(),
+            debug!(pid = %pid_field(client.pid), uid = client.uid, idle_s = idle.as_secs_f64(),
                 "attach connection idle; closing");
             return Ok(());
         };
@@ -418,7 +418,7 @@ pub async fn serve_connection_with_idle(
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 // Several descriptors in one message: they are closed, and
                 // the bytes that came with them are lost.
-                warn!(pid = ?client.pid, uid = client.uid, "attach request: {e}");
+                warn!(pid = %pid_field(client.pid), uid = client.uid, "attach request: {e}");
                 let msg =
                     format!("{e}: send exactly one descriptor per request; closing the connection");
                 write_reply(&mut stream, result_error(msg)).await?;
@@ -454,7 +454,7 @@ pub async fn serve_connection_with_idle(
         }
         line_fds.extend(new_fd);
         if buf.len() > MAX_LINE_LEN {
-            warn!(pid = ?client.pid, uid = client.uid, "attach request longer than {MAX_LINE_LEN} octets; closing");
+            warn!(pid = %pid_field(client.pid), uid = client.uid, "attach request longer than {MAX_LINE_LEN} octets; closing");
             let msg =
                 format!("request line longer than {MAX_LINE_LEN} octets; closing the connection");
             write_reply(&mut stream, result_error(msg)).await?;
@@ -493,7 +493,7 @@ async fn handle_request(
     let (request, socket, pid) = match validate(line, fd, extra_fds, client.pid) {
         Ok(v) => v,
         Err(message) => {
-            debug!(pid = ?client.pid, uid = client.uid, %message, "attach request refused");
+            debug!(pid = %pid_field(client.pid), uid = client.uid, %message, "attach request refused");
             return result_error(message);
         }
     };
@@ -501,7 +501,7 @@ async fn handle_request(
         pid,
         uid = client.uid,
         fd = request.fd,
-        role = ?request.role,
+        role = %request.role,
         remote = request.remote.as_deref().unwrap_or("-"),
         "attach request"
     );
@@ -682,6 +682,11 @@ fn check_request(req: &AttachRequest, sock: BorrowedFd<'_>) -> Result<(), String
         }
     }
     Ok(())
+}
+
+/// A client's pid for a log field (`-` when SO_PEERCRED gave none).
+fn pid_field(pid: Option<i32>) -> String {
+    pid.map_or_else(|| "-".into(), |p| p.to_string())
 }
 
 #[cfg(test)]

@@ -308,6 +308,17 @@ pub enum BackendChoice {
     TcpMd5,
 }
 
+impl std::fmt::Display for BackendChoice {
+    /// The configuration's spelling (`auto`, `tcp-ao`, `tcp-md5`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::TcpAo => "tcp-ao",
+            BackendChoice::TcpMd5 => "tcp-md5",
+        })
+    }
+}
+
 /// `[peer.lifetimes]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lifetimes {

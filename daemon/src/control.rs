@@ -125,7 +125,7 @@ impl ControlServer {
     ) -> Result<ControlServer, ControlError> {
         let mode = if group.is_some() { 0o660 } else { 0o600 };
         let socket = bind_private_group(path, mode, 0o700, group, "control")?;
-        info!(path = %path.display(), gid = ?group, "control socket listening");
+        info!(path = %path.display(), group = %crate::unix_listener::gid_field(group), "control socket listening");
         Ok(ControlServer {
             socket,
             limit: ClientLimit::new("control", MAX_CONTROL_CLIENTS, IDLE_TIMEOUT),
@@ -302,13 +302,13 @@ async fn handle_line(
         }
     };
     if let Err(message) = authorize(&command, peer_uid) {
-        warn!(uid = peer_uid, command = ?command, "control request refused: {message}");
+        warn!(uid = peer_uid, command = %command_field(&command), "control request refused: {message}");
         return ResponseResult::Error { message };
     }
     if command == Command::MktKeys {
         info!(uid = peer_uid, "MKT keys requested over the control socket");
     } else {
-        debug!(uid = peer_uid, command = ?command, "control request");
+        debug!(uid = peer_uid, command = %command_field(&command), "control request");
     }
     let (reply, answer) = oneshot::channel();
     let call = ControlCall {
@@ -450,6 +450,12 @@ pub async fn run_placeholder(status: DaemonStatus, mut calls: mpsc::Receiver<Con
         // The client may have gone; nothing to do then.
         let _ = call.reply.send(result);
     }
+}
+
+/// A request for a log field, as it came on the wire (JSON: the command
+/// and its arguments), not Rust's debug text.
+fn command_field(command: &Command) -> String {
+    serde_json::to_string(command).unwrap_or_else(|_| "?".into())
 }
 
 #[cfg(test)]

@@ -453,7 +453,7 @@ impl<K: SocketKeys> KeyManager<K> {
                     have,
                 });
             };
-            info!(peer = %p.name, backend = %backend, configured = ?p.backend, "key backend chosen");
+            info!(peer = %p.name, backend = %backend, configured = %p.backend, "key backend chosen");
             peers.push(CoveredPeer {
                 name: p.name.clone(),
                 ip: p.remote,
@@ -603,7 +603,7 @@ impl<K: SocketKeys> KeyManager<K> {
             guarded: Vec::new(),
             attached_at: UNIX_EPOCH + Duration::from_secs(rec.attached_at_unix),
         };
-        info!(pid = rec.pid, fd = rec.fd, role = role_name(role), peers = ?socket.peers,
+        info!(pid = rec.pid, fd = rec.fd, role = role_name(role), peers = %socket.peers.join(","),
             "attached socket from before the restart taken back");
         self.registry.add(socket);
         Ok(())
@@ -939,7 +939,7 @@ impl<K: SocketKeys> KeyManager<K> {
                         }
                     }
                     if outcome.changed() {
-                        info!(pid = rec.pid, fd = rec.fd, peer, added = ?outcome.added, removed = ?outcome.removed,
+                        info!(pid = rec.pid, fd = rec.fd, peer, added = %KeyIds::list(&outcome.added), removed = %KeyIds::list(&outcome.removed),
                             guarded = outcome.guarded, "socket keys updated");
                     }
                     self.registry.set_guarded(

@@ -241,7 +241,7 @@ impl Daemon {
         }
         drop(tx);
         tokio::pin!(shutdown);
-        info!(instance = %self.instance, listen = ?self.listen, peers = self.endpoint.config().peers.len(), "aokd running");
+        info!(instance = %self.instance, listen = %self.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), peers = self.endpoint.config().peers.len(), "aokd running");
         // What restore() started goes out first.
         self.flush(Instant::now()).await;
         loop {
@@ -392,8 +392,8 @@ impl Daemon {
             } = &result
             {
                 if *installed != Installed::NotCovered {
-                    info!(pid = p.pid, fd = p.fd, role = ?p.role, peers = ?peers,
-                        installed = ?installed, reason = reason.as_deref().unwrap_or(""), "socket attached");
+                    info!(pid = p.pid, fd = p.fd, role = %p.role, peers = %peers.join(","),
+                        installed = %installed, reason = reason.as_deref().unwrap_or(""), "socket attached");
                 }
             }
             p.reply.answer(result);

@@ -359,6 +359,17 @@ pub struct KeyIds {
 }
 
 impl KeyIds {
+    /// A list for a log field: `89/20,193/178`, or `-` when empty.
+    pub fn list(ids: &[KeyIds]) -> String {
+        if ids.is_empty() {
+            return "-".into();
+        }
+        ids.iter()
+            .map(KeyIds::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Both KeyIDs are in the guard range 240-255.
     pub fn is_guard(self) -> bool {
         is_guard_id(self.send_id) && is_guard_id(self.recv_id)

@@ -264,3 +264,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&base);
     }
 }
+
+/// The socket's group for a log field: the numeric gid, or `-` when the
+/// socket keeps the daemon's group.
+pub fn gid_field(group: Option<u32>) -> String {
+    group.map_or_else(|| "-".into(), |g| g.to_string())
+}

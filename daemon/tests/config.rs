@@ -943,3 +943,58 @@ fn hex_psk_file_with_trailing_newline() {
         assert!(msg.contains(&psk.display().to_string()), "{msg}");
     }
 }
+
+/// daemon/examples/full.toml says it holds every key aokd understands: it
+/// does, for `[daemon]`, `[[peer]]` and `[peer.lifetimes]`. The keys come
+/// from the parser itself (the names it lists when it refuses an unknown
+/// one), so a key added to the parser and not to the example fails here.
+#[test]
+fn full_example_has_every_key() {
+    let dir = TempDir::new("every-key");
+    let full =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/full.toml"))
+            .unwrap();
+    let psk = dir.join("k.psk");
+    std::fs::write(&psk, "00112233445566778899aabbccddeeff\n").unwrap();
+    let peer = format!(
+        "name = \"p\"\nremote = \"192.0.2.9\"\npsk_file = \"{}\"\n",
+        psk.display()
+    );
+    for (table, text) in [
+        (
+            "[daemon]",
+            format!("[daemon]\nzz_unknown = 1\n[[peer]]\n{peer}"),
+        ),
+        ("[[peer]]", format!("[[peer]]\n{peer}zz_unknown = 1\n")),
+        (
+            "[peer.lifetimes]",
+            format!("[[peer]]\n{peer}[peer.lifetimes]\nzz_unknown = 1\n"),
+        ),
+    ] {
+        let err = load(&dir, &text).unwrap_err().to_string();
+        let expected = err
+            .split_once("expected one of ")
+            .or_else(|| err.split_once("expected "))
+            .unwrap_or_else(|| panic!("{table}: no list of keys in {err:?}"))
+            .1;
+        let keys: Vec<&str> = expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|k| !k.is_empty())
+            .collect();
+        assert!(keys.len() >= 3, "{table}: {keys:?} from {err:?}");
+        let missing: Vec<&&str> = keys
+            .iter()
+            .filter(|k| {
+                !full.lines().any(|l| {
+                    let l = l.trim_start().trim_start_matches('#').trim_start();
+                    l == format!("[peer.{k}]")
+                        || l.strip_prefix(**k)
+                            .is_some_and(|rest| rest.trim_start().starts_with('='))
+                })
+            })
+            .collect();
+        assert!(missing.is_empty(), "{table}: full.toml lacks {missing:?}");
+    }
+}

@@ -370,3 +370,33 @@ where
     });
     (out.status.code(), v)
 }
+
+/// Lines of an aokd log whose fields print Rust debug text instead of
+/// the words an operator reads (`ports=[PortRange { start: 179, .. }]`,
+/// `added=[KeyIds { send_id: 89, .. }]`, `pid=Some(154)`, `role=Connect`,
+/// `configured=TcpAo`, `peers=["b"]`), or say a phrase twice ("IKE
+/// negotiation failed: negotiation failed:"). Empty when the log reads well.
+pub fn unreadable_log_lines(log: &str) -> Vec<String> {
+    const DEBUG_TEXT: &[&str] = &[
+        " { start:",
+        " { send_id:",
+        "=Some(",
+        "=None",
+        "=[\"",
+        "=[KeyIds",
+        "=[PortRange",
+        "role=Connect",
+        "role=Listen",
+        "role=Accepted",
+        "configured=TcpAo",
+        "configured=TcpMd5",
+        "configured=Auto",
+        "installed=Keys",
+        "installed=Guard",
+        "negotiation failed: negotiation failed",
+    ];
+    log.lines()
+        .filter(|l| DEBUG_TEXT.iter().any(|p| l.contains(p)))
+        .map(str::to_string)
+        .collect()
+}

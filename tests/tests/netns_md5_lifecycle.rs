@@ -1141,6 +1141,17 @@ fn md5_connection_survives_rekeys() {
         ..
     } = &end;
 
+    // The logs of a run with attached sockets, rekeys and rollovers read
+    // as words, not Rust debug text.
+    for (side, log) in [("A", &log_a), ("B", &log_b)] {
+        let bad = aokd_tests::unreadable_log_lines(log);
+        assert!(
+            bad.is_empty(),
+            "{side}'s log prints debug text:\n{}",
+            bad.join("\n")
+        );
+    }
+
     // At least MIN_REKEYS rekeys, on the wire and in both daemons.
     let fps_a = rec.fingerprints(0);
     let fps_b = rec.fingerprints(1);
