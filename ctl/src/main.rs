@@ -10,6 +10,7 @@ mod client;
 mod gen_psk;
 mod metrics;
 mod output;
+mod socket_path;
 mod table;
 mod verify;
 
@@ -27,15 +28,15 @@ use clap::{Parser, Subcommand};
     disable_help_subcommand = true
 )]
 struct Cli {
-    /// aokd's control socket.
-    #[arg(
-        long,
-        global = true,
-        value_name = "PATH",
-        env = client::SOCKET_ENV,
-        default_value = client::DEFAULT_SOCKET
-    )]
-    socket: PathBuf,
+    /// aokd's control socket [default: daemon.control_socket of the
+    /// configuration file, else /run/aokd/control.sock].
+    #[arg(long, global = true, value_name = "PATH", env = client::SOCKET_ENV)]
+    socket: Option<PathBuf>,
+    /// aokd's configuration file, read only for its control socket
+    /// (daemon.control_socket) when --socket is not given [default:
+    /// /etc/aokd/aokd.toml where it exists and may be read].
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// How long to wait for aokd to accept the connection, and again for
     /// its answer, in seconds.
     #[arg(
@@ -116,10 +117,18 @@ const _: fn(&verify::VerifyArgs) -> i32 = verify::run;
 fn main() {
     let Cli {
         socket,
+        config,
         timeout,
         json,
         command,
     } = Cli::parse();
+    let socket = match socket_path::resolve(socket, config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("aoctl: {e}");
+            std::process::exit(2);
+        }
+    };
     let timeout = std::time::Duration::from_secs(timeout);
     let code = match command {
         Cmd::Verify(args) => verify::run_with(&args, Some(&socket), json),

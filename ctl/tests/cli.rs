@@ -634,3 +634,58 @@ fn help_command_takes_help() {
         stderr(&out)
     );
 }
+
+/// aoctl finds the control socket through the daemon's configuration:
+/// `--config FILE` reads `daemon.control_socket` (relative to the file's
+/// directory, as aokd does); `--socket` and AOKD_SOCKET win over it; an
+/// unreadable `--config` is exit status 2 naming the file.
+#[test]
+fn control_socket_from_the_configuration_file() {
+    let dir = TempDir::new("config");
+    let sock = dir.join("run").join("ctl.sock");
+    std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
+    let config = dir.join("aokd.toml");
+    std::fs::write(
+        &config,
+        "[daemon]\ncontrol_socket = \"run/ctl.sock\"\n\n[[peer]]\nname = \"r2\"\n",
+    )
+    .unwrap();
+    let server = fake_server(&sock, 1, canned);
+    let out = aoctl(&["--config", config.to_str().unwrap(), "status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("r2"), "{}", stdout(&out));
+    assert_eq!(server.join().unwrap(), vec![Cmd::Status]);
+
+    // --socket and AOKD_SOCKET come first.
+    let out = aoctl(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--socket",
+        "/nonexistent/s.sock",
+        "sas",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("/nonexistent/s.sock"),
+        "{}",
+        stderr(&out)
+    );
+    let out = Command::new(AOCTL)
+        .args(["--config", config.to_str().unwrap(), "sas"])
+        .env("AOKD_SOCKET", "/nonexistent/env.sock")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("/nonexistent/env.sock"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = aoctl(&["--config", "/nonexistent/aokd.toml", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("cannot read /nonexistent/aokd.toml"),
+        "{}",
+        stderr(&out)
+    );
+}
