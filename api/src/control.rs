@@ -258,6 +258,11 @@ pub struct MktKey {
     pub include_options: bool,
     /// Hex master key.
     pub master_key: String,
+    /// When the MKT ended (Unix seconds): a retired key the daemon keeps
+    /// in memory for `[daemon] retired_keys` so that older segments can
+    /// still be verified. Absent for a live MKT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<u64>,
 }
 
 impl core::fmt::Debug for MktKey {
@@ -356,6 +361,7 @@ mod tests {
             algorithm: "hmac-sha256-128".into(),
             include_options: true,
             master_key: "00112233445566778899aabbccddeeff".into(),
+            retired_at: None,
         };
         assert!(!format!("{key:?}").contains("0011"));
     }

@@ -116,9 +116,10 @@ fn collect_keys(args: &VerifyArgs, global_socket: Option<&Path>) -> Result<KeySe
             .or_else(|| global_socket.map(Path::to_path_buf))
             .or_else(|| std::env::var_os(SOCKET_ENV).map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-        let (ao, md5) = keys::from_daemon(&socket)?;
-        set.ao.extend(ao);
-        set.md5.extend(md5);
+        let daemon = keys::from_daemon(&socket)?;
+        set.ao.extend(daemon.ao);
+        set.md5.extend(daemon.md5);
+        set.md5_retired.extend(daemon.md5_retired);
     }
     Ok(set)
 }
@@ -223,6 +224,9 @@ struct JsonKeys {
 struct JsonCounters {
     segments: u64,
     verified: u64,
+    /// Of `verified`, those checked against a retired key (an MKT that
+    /// had ended, kept by the daemon for `[daemon] retired_keys`).
+    verified_retired: u64,
     bad_mac: u64,
     unsigned: u64,
     unknown_key_id: u64,
@@ -236,6 +240,7 @@ impl From<&Counters> for JsonCounters {
         JsonCounters {
             segments: c.segments,
             verified: c.verified,
+            verified_retired: c.verified_retired,
             bad_mac: c.bad_mac,
             unsigned: c.unsigned,
             unknown_key_id: c.unknown_key_id,
@@ -316,11 +321,12 @@ fn table(
     let w = conns.iter().map(String::len).max().unwrap_or(0).max(10);
     let _ = writeln!(
         out,
-        "{:<w$}  {:<7}  {:>8}  {:>8}  {:>7}  {:>8}  {:>10}  {:>6}  {:>5}  {:>9}  RESULT",
+        "{:<w$}  {:<7}  {:>8}  {:>8}  {:>7}  {:>7}  {:>8}  {:>10}  {:>6}  {:>5}  {:>9}  RESULT",
         "CONNECTION",
         "SIGNING",
         "SEGMENTS",
         "VERIFIED",
+        "RETIRED",
         "BAD_MAC",
         "UNSIGNED",
         "UNKNOWN_ID",
@@ -332,11 +338,12 @@ fn table(
         let c = &r.counters;
         let _ = writeln!(
             out,
-            "{:<w$}  {:<7}  {:>8}  {:>8}  {:>7}  {:>8}  {:>10}  {:>6}  {:>5}  {:>9}  {}",
+            "{:<w$}  {:<7}  {:>8}  {:>8}  {:>7}  {:>7}  {:>8}  {:>10}  {:>6}  {:>5}  {:>9}  {}",
             name,
             r.signing().name(),
             c.segments,
             c.verified,
+            c.verified_retired,
             c.bad_mac,
             c.unsigned,
             c.unknown_key_id,
@@ -351,7 +358,7 @@ fn table(
     let _ = writeln!(
         out,
         "{} packets, {} connections, {} TCP segments ({} TCP-AO, {} TCP-MD5); \
-         {} verified, {} bad MAC, {} unsigned, {} unknown KeyID, {} without ISNs, \
+         {} verified ({} with a retired key), {} bad MAC, {} unsigned, {} unknown KeyID, {} without ISNs, \
          {} truncated, {} malformed; {} not TCP, {} unparsed; keys: {} TCP-AO, {} TCP-MD5",
         t.packets,
         t.connections,
@@ -359,6 +366,7 @@ fn table(
         c.tcp_ao,
         c.tcp_md5,
         c.verified,
+        c.verified_retired,
         c.bad_mac,
         c.unsigned,
         c.unknown_key_id,

@@ -91,6 +91,11 @@ pub const MIN_LIVENESS: Duration = Duration::from_secs(5);
 /// Longest `daemon.liveness` (1 h): a check less often than the default
 /// MKT rekey (which proves liveness itself) detects nothing.
 pub const MAX_LIVENESS: Duration = Duration::from_secs(3600);
+/// Default of `daemon.retired_keys`: how long the keys of MKTs that ended
+/// stay in memory for `aoctl verify --from-daemon`.
+pub const DEFAULT_RETIRED_KEYS: Duration = Duration::from_secs(600);
+/// Longest `daemon.retired_keys` (1 day).
+pub const MAX_RETIRED_KEYS: Duration = Duration::from_secs(86_400);
 /// Longest `daemon.acquire_timeout` (3 min): a negotiation has given up
 /// after its retransmissions (165.5 s), so a `connect()` waiting longer
 /// waits for nothing.
@@ -210,6 +215,9 @@ pub struct DaemonSection {
     /// Liveness check after this long without a message from the peer
     /// (`None`: `"off"`).
     pub liveness: Option<Duration>,
+    /// How long the keys of MKTs that ended stay in memory (never on disk)
+    /// for `aoctl verify --from-daemon` (zero: `"off"`).
+    pub retired_keys: Duration,
     /// Cookies (RFC 7296 2.6) are demanded while at least this many
     /// half-open IKE SAs exist in all (0: always).
     pub cookie_threshold: usize,
@@ -482,6 +490,7 @@ struct RawDaemon {
     control_socket_group: Option<String>,
     acquire_timeout: Option<String>,
     liveness: Option<String>,
+    retired_keys: Option<String>,
     cookie_threshold: Option<i64>,
     cookie_threshold_per_source: Option<i64>,
 }
@@ -765,6 +774,21 @@ impl Validator<'_> {
                 )
             }
         };
+        let retired_keys = match raw.retired_keys.as_deref() {
+            None => DEFAULT_RETIRED_KEYS,
+            Some("off") => Duration::ZERO,
+            Some(t) => {
+                let d = parse_duration(t).map_err(|e| {
+                    self.err(
+                        "daemon.retired_keys",
+                        None,
+                        format!("{e} (or \"off\" to keep no retired key)"),
+                    )
+                })?;
+                at_most(t, d, MAX_RETIRED_KEYS)
+                    .map_err(|e| self.err("daemon.retired_keys", None, e))?
+            }
+        };
         let cookie_threshold = self.threshold(
             "daemon.cookie_threshold",
             raw.cookie_threshold,
@@ -786,6 +810,7 @@ impl Validator<'_> {
             control_socket_group,
             acquire_timeout,
             liveness,
+            retired_keys,
             cookie_threshold,
             cookie_threshold_per_source,
         })

@@ -29,6 +29,7 @@ pub mod kernel;
 pub mod keys;
 pub mod persist;
 pub mod records;
+pub mod retired_keys;
 pub mod runtime;
 pub mod sd_notify;
 pub mod socket_keys;

@@ -288,6 +288,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    daemon.set_retired_keys(config.daemon.retired_keys);
     daemon.restore(persist, &snapshot);
     attach.set_default_wait(config.daemon.acquire_timeout);
     // Every socket exists and the state file is open: systemd may start

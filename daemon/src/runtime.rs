@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use aokd_proto::ike::{Endpoint, EndpointConfig, Event};
@@ -28,6 +28,7 @@ use crate::event_log::EventLog;
 use crate::keys::{Answer, Answered, AttachOutcome, KeyManager};
 use crate::persist::{Op, Persist};
 use crate::records::record_events;
+use crate::retired_keys::RetiredKeys;
 use crate::state::StateSnapshot;
 use crate::status::{attach_result, guard_reason, Answers};
 
@@ -77,6 +78,8 @@ pub struct Daemon {
     pending: BTreeMap<u64, Pending>,
     /// The last request id handed out.
     last_request: u64,
+    /// Keys of MKTs that ended, for `aoctl verify --from-daemon`.
+    retired: RetiredKeys,
 }
 
 impl Daemon {
@@ -133,7 +136,14 @@ impl Daemon {
             persist: Persist::disabled(),
             pending: BTreeMap::new(),
             last_request: 0,
+            retired: RetiredKeys::new(crate::config::DEFAULT_RETIRED_KEYS),
         })
+    }
+
+    /// Keeps the keys of MKTs that end for `keep` from now on
+    /// (`[daemon] retired_keys`; zero: none).
+    pub fn set_retired_keys(&mut self, keep: Duration) {
+        self.retired = RetiredKeys::new(keep);
     }
 
     /// Records state through `persist` from now on, and takes back what
@@ -318,6 +328,7 @@ impl Daemon {
             clock: &self.clock,
             listen: &self.listen,
             persist: &self.persist,
+            retired: &mut self.retired,
         }
     }
 
@@ -414,6 +425,11 @@ impl Daemon {
             self.log.log(now, ev);
         }
         self.log.handle_timeout(now);
+        for ev in &events {
+            if let Event::MktsChanged { peer, mkts } = ev {
+                self.retired.mkts_changed(peer, mkts, now);
+            }
+        }
         if let Some(keys) = self.keys.as_mut() {
             let mut answered = Vec::new();
             for ev in &events {

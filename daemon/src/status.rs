@@ -18,6 +18,7 @@ use crate::attach::{result_error, result_ok};
 use crate::clock::WallClock;
 use crate::keys::{Answer, KeyManager};
 use crate::persist::{Persist, StateHealth};
+use crate::retired_keys::RetiredKeys;
 
 /// What the answers read and act on.
 pub struct Answers<'a> {
@@ -31,6 +32,8 @@ pub struct Answers<'a> {
     pub listen: &'a [SocketAddr],
     /// The state writer, for the state file's health.
     pub persist: &'a Persist,
+    /// Keys of MKTs that ended (`mkt-keys` answers them, marked retired).
+    pub retired: &'a mut RetiredKeys,
 }
 
 impl Answers<'_> {
@@ -61,9 +64,17 @@ impl Answers<'_> {
                     uid = peer_uid,
                     "MKT keys requested over the control socket (aoctl verify --from-daemon)"
                 );
-                ResponseData::MktKeys {
-                    keys: mkt_keys(&peers),
-                }
+                let mut keys = mkt_keys(&peers);
+                keys.extend(self.retired.list(now).map(|r| MktKey {
+                    peer: r.peer.clone(),
+                    send_id: r.mkt.send_id,
+                    recv_id: r.mkt.recv_id,
+                    algorithm: r.mkt.algorithm.name().to_string(),
+                    include_options: r.mkt.include_options,
+                    master_key: hex::encode(r.mkt.master_key.as_bytes()),
+                    retired_at: Some(self.clock.unix(r.at)),
+                }));
+                ResponseData::MktKeys { keys }
             }
             Command::Initiate { peer } => match self.endpoint.initiate(&peer, now) {
                 Ok(true) => ResponseData::Accepted {
@@ -269,6 +280,7 @@ fn mkt_keys(peers: &[PeerView]) -> Vec<MktKey> {
                 algorithm: m.mkt.algorithm.name().to_string(),
                 include_options: m.mkt.include_options,
                 master_key: hex::encode(m.mkt.master_key.as_bytes()),
+                retired_at: None,
             })
         })
         .collect()

@@ -14,6 +14,7 @@ pub fn keys() -> KeySet {
                     algorithm,
                     include_options,
                     master_key: Secret::new(b"testvector".to_vec()),
+                    retired: false,
                 });
             }
         }
@@ -21,5 +22,6 @@ pub fn keys() -> KeySet {
     KeySet {
         ao,
         md5: vec![Secret::new(b"testvector".to_vec())],
+        md5_retired: vec![],
     }
 }

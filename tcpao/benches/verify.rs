@@ -128,9 +128,11 @@ fn bench(c: &mut Criterion) {
                     algorithm: alg,
                     include_options: true,
                     master_key: Secret::new(MASTER_KEY.to_vec()),
+                    retired: false,
                 })
                 .collect(),
             md5: vec![],
+            md5_retired: vec![],
         };
         let mut syn = packet(true, CLIENT_ISN, 0, 0x02, alg.mac_len(), false);
         sign(&mut syn, alg, CLIENT_ISN, 0);

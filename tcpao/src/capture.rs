@@ -16,7 +16,9 @@
 //! (a TCP-AO segment of a connection whose SYN or SYN-ACK was not captured,
 //! so its traffic key cannot be derived), truncated (signed, but cut by the
 //! capture's snap length) and malformed (the TCP header or options do not
-//! parse).
+//! parse). Of the verified segments, those that matched a key marked
+//! retired (an MKT the daemon no longer holds, [`AoKey::retired`],
+//! [`KeySet::md5_retired`]) are also counted as verified with a retired key.
 //!
 //! A connection passes ([`ConnectionReport::passed`]) when none of its
 //! segments is a bad MAC, unknown KeyID, no ISN, truncated or malformed
@@ -44,6 +46,10 @@ pub struct AoKey {
     /// RFC 5925 3.1 TCP option flag: true when options are covered.
     pub include_options: bool,
     pub master_key: Secret,
+    /// The key of an MKT that has ended (kept by the daemon for a while so
+    /// that older segments can still be verified): segments it verifies
+    /// are counted in [`Counters::verified_retired`] too.
+    pub retired: bool,
 }
 
 impl core::fmt::Debug for AoKey {
@@ -52,6 +58,7 @@ impl core::fmt::Debug for AoKey {
             .field("key_id", &self.key_id)
             .field("algorithm", &self.algorithm)
             .field("include_options", &self.include_options)
+            .field("retired", &self.retired)
             .field("master_key", &"<redacted>")
             .finish()
     }
@@ -63,6 +70,9 @@ pub struct KeySet {
     pub ao: Vec<AoKey>,
     /// TCP-MD5 keys (RFC 2385 has no key identifier: each is tried).
     pub md5: Vec<Secret>,
+    /// TCP-MD5 keys of MKTs that have ended, tried after `md5`; segments
+    /// they verify are counted in [`Counters::verified_retired`] too.
+    pub md5_retired: Vec<Secret>,
 }
 
 impl core::fmt::Debug for KeySet {
@@ -70,6 +80,10 @@ impl core::fmt::Debug for KeySet {
         f.debug_struct("KeySet")
             .field("ao", &self.ao)
             .field("md5", &format_args!("{} key(s)", self.md5.len()))
+            .field(
+                "md5_retired",
+                &format_args!("{} key(s)", self.md5_retired.len()),
+            )
             .finish()
     }
 }
@@ -122,6 +136,8 @@ impl Signing {
 pub struct Counters {
     pub segments: u64,
     pub verified: u64,
+    /// Of `verified`, those that matched a retired key.
+    pub verified_retired: u64,
     pub bad_mac: u64,
     pub unsigned: u64,
     pub unknown_key_id: u64,
@@ -255,6 +271,8 @@ pub struct CaptureVerifier {
     packets: u64,
     ignored: u64,
     unparsed: u64,
+    /// Set by `check` when the key that verified the segment is retired.
+    matched_retired: bool,
 }
 
 impl CaptureVerifier {
@@ -266,6 +284,7 @@ impl CaptureVerifier {
             packets: 0,
             ignored: 0,
             unparsed: 0,
+            matched_retired: false,
         }
     }
 
@@ -301,7 +320,9 @@ impl CaptureVerifier {
             }
         };
         let (ci, dir) = self.connection_for(&segment);
+        self.matched_retired = false;
         let outcome = self.check(ci, dir, &segment);
+        let retired = self.matched_retired;
         let c = &mut self.connections[ci].counters;
         c.segments += 1;
         match segment.auth {
@@ -310,7 +331,10 @@ impl CaptureVerifier {
             AuthOption::None => {}
         }
         match outcome {
-            Outcome::Verified => c.verified += 1,
+            Outcome::Verified => {
+                c.verified += 1;
+                c.verified_retired += u64::from(retired);
+            }
             Outcome::BadMac => c.bad_mac += 1,
             Outcome::Unsigned => c.unsigned += 1,
             Outcome::UnknownKeyId => c.unknown_key_id += 1,
@@ -397,13 +421,23 @@ impl CaptureVerifier {
         match s.auth {
             AuthOption::None => Outcome::Unsigned,
             AuthOption::Md5(_) => {
-                if self.keys.md5.is_empty() {
+                if self.keys.md5.is_empty() && self.keys.md5_retired.is_empty() {
                     return Outcome::UnknownKeyId;
                 }
                 let mut result = Outcome::BadMac;
-                for key in &self.keys.md5 {
+                let current = self.keys.md5.len();
+                for (i, key) in self
+                    .keys
+                    .md5
+                    .iter()
+                    .chain(&self.keys.md5_retired)
+                    .enumerate()
+                {
                     match verify_digest(key.as_bytes(), s) {
-                        Ok(()) => return Outcome::Verified,
+                        Ok(()) => {
+                            self.matched_retired = i >= current;
+                            return Outcome::Verified;
+                        }
                         Err(VerifyError::Truncated) => result = Outcome::Truncated,
                         Err(_) => {}
                     }
@@ -434,6 +468,7 @@ impl CaptureVerifier {
                         let k = &ao_keys[i];
                         let tk = derive_traffic_key(k.algorithm, k.master_key.as_bytes(), &ctx);
                         if verify_mac(&tk, s, sne, k.include_options).is_ok() {
+                            self.matched_retired = k.retired;
                             return Outcome::Verified;
                         }
                     }
@@ -457,6 +492,7 @@ impl CaptureVerifier {
                         derive_traffic_key(k.algorithm, k.master_key.as_bytes(), &ctx)
                     });
                     if verify_mac(tk, s, sne, k.include_options).is_ok() {
+                        self.matched_retired = k.retired;
                         return Outcome::Verified;
                     }
                 }
@@ -491,6 +527,7 @@ impl CaptureVerifier {
             let (a, b) = (&mut t.counters, &c.counters);
             a.segments += b.segments;
             a.verified += b.verified;
+            a.verified_retired += b.verified_retired;
             a.bad_mac += b.bad_mac;
             a.unsigned += b.unsigned;
             a.unknown_key_id += b.unknown_key_id;

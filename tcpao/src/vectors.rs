@@ -363,6 +363,7 @@ fn ao_key(alg: MacAlgorithm, include_options: bool, key_id: u8, master: &[u8]) -
         algorithm: alg,
         include_options,
         master_key: Secret::new(master.to_vec()),
+        retired: false,
     }
 }
 
@@ -376,6 +377,7 @@ fn rfc9235_ipv4_connections_through_the_capture_verifier() {
                 ao_key(alg, sec.include_options, SERVER_KEY_ID, MASTER_KEY),
             ],
             md5: vec![],
+            md5_retired: vec![],
         };
         let mut v = CaptureVerifier::new(keys);
         for seg in &sec.segments {
@@ -402,6 +404,7 @@ fn capture_verifier_reports_failures() {
             ao_key(MacAlgorithm::HmacSha1_96, true, SERVER_KEY_ID, MASTER_KEY),
         ],
         md5: vec![],
+        md5_retired: vec![],
     };
     // Wrong master key: every segment is a bad MAC.
     let mut wrong = good();
@@ -584,12 +587,29 @@ fn run_connections(text: &str, with_md5: Option<&[u8]>) {
             let mut v = CaptureVerifier::new(KeySet {
                 ao: vec![],
                 md5: vec![Secret::new(k.to_vec())],
+                md5_retired: vec![],
             });
             for r in &rs {
                 assert_eq!(v.process(&r.hex("packet")), Outcome::Verified, "{}", r.name);
             }
             assert_eq!(v.reports()[0].signing(), Signing::TcpMd5);
             assert!(v.passed(), "{name}");
+            assert_eq!(v.totals().counters.verified_retired, 0);
+            // The same key as a retired one, after a wrong current key:
+            // every segment verifies, each counted as retired.
+            let mut v = CaptureVerifier::new(KeySet {
+                ao: vec![],
+                md5: vec![Secret::new(b"another key".to_vec())],
+                md5_retired: vec![Secret::new(k.to_vec())],
+            });
+            for r in &rs {
+                assert_eq!(v.process(&r.hex("packet")), Outcome::Verified, "{}", r.name);
+            }
+            let c = v.totals().counters;
+            assert_eq!(
+                (c.verified, c.verified_retired),
+                (rs.len() as u64, rs.len() as u64)
+            );
             continue;
         }
         // Only full connections (starting with a SYN) verify end to end.
@@ -609,17 +629,29 @@ fn run_connections(text: &str, with_md5: Option<&[u8]>) {
             .collect();
         key_ids.sort_unstable();
         key_ids.dedup();
-        let mut v = CaptureVerifier::new(KeySet {
-            ao: key_ids
-                .into_iter()
-                .map(|id| ao_key(alg, include, id, &master))
-                .collect(),
-            md5: vec![],
-        });
-        for r in &rs {
-            assert_eq!(v.process(&r.hex("packet")), Outcome::Verified, "{}", r.name);
+        for retired in [false, true] {
+            let mut v = CaptureVerifier::new(KeySet {
+                ao: key_ids
+                    .iter()
+                    .map(|&id| AoKey {
+                        retired,
+                        ..ao_key(alg, include, id, &master)
+                    })
+                    .collect(),
+                md5: vec![],
+                md5_retired: vec![],
+            });
+            for r in &rs {
+                assert_eq!(v.process(&r.hex("packet")), Outcome::Verified, "{}", r.name);
+            }
+            assert!(v.passed(), "{name}");
+            let c = v.totals().counters;
+            assert_eq!(
+                c.verified_retired,
+                if retired { c.verified } else { 0 },
+                "{name}"
+            );
         }
-        assert!(v.passed(), "{name}");
     }
 }
 
@@ -678,6 +710,7 @@ fn sne_is_tracked_across_a_wrap_by_the_capture_verifier() {
         let keys = || KeySet {
             ao: vec![ao_key(alg, true, 7, &master), ao_key(alg, true, 8, &master)],
             md5: vec![],
+            md5_retired: vec![],
         };
         // In order: all verify.
         let mut v = CaptureVerifier::new(keys());

@@ -1152,6 +1152,30 @@ fn md5_connection_survives_rekeys() {
         );
     }
 
+    // `aoctl verify --from-daemon` with A's keys alone: the segments sent
+    // before the rekeys verify against the retired keys A still holds in
+    // memory (`[daemon] retired_keys`), marked as such; none fails.
+    let (code, v) = aoctl_verify(
+        st.cap.file(),
+        [
+            "--from-daemon",
+            "--socket",
+            st.da.side.socket().to_str().unwrap(),
+        ],
+    );
+    let t = &v["totals"];
+    let retired_figures = format!(
+        "verify --from-daemon: {} of {} segments verified, {} against a retired key, bad_mac {}",
+        t["verified"], t["segments"], t["verified_retired"], t["bad_mac"]
+    );
+    assert_eq!(code, Some(0), "{retired_figures}\n{v:#}\n{}", detail());
+    assert_eq!(t["verified"], t["segments"], "{retired_figures}");
+    assert!(
+        t["verified_retired"].as_u64().is_some_and(|n| n > 0),
+        "{retired_figures}"
+    );
+    println!("{retired_figures}");
+
     // At least MIN_REKEYS rekeys, on the wire and in both daemons.
     let fps_a = rec.fingerprints(0);
     let fps_b = rec.fingerprints(1);

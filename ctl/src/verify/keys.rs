@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use aokd_api::control::PROTOCOL_VERSION;
 use aokd_api::control::{Command, MktKey, Request, Response, ResponseData, ResponseResult};
-use aokd_tcpao::AoKey;
 use aokd_tcpao::MacAlgorithm;
 use aokd_tcpao::Secret;
+use aokd_tcpao::{AoKey, KeySet};
 use zeroize::Zeroizing;
 
 /// How long to wait for the daemon.
@@ -58,6 +58,7 @@ pub fn parse_mkt(spec: &str) -> Result<AoKey, String> {
         algorithm,
         include_options,
         master_key,
+        retired: false,
     })
 }
 
@@ -84,6 +85,7 @@ pub fn keys_of_mkt(mkt: &MktKey) -> Result<Vec<AoKey>, String> {
             algorithm,
             include_options: mkt.include_options,
             master_key: master_key.clone(),
+            retired: mkt.retired_at.is_some(),
         })
         .collect())
 }
@@ -92,7 +94,7 @@ pub fn keys_of_mkt(mkt: &MktKey) -> Result<Vec<AoKey>, String> {
 /// is returned as TCP-AO keys under both KeyIDs, and its master key as a
 /// TCP-MD5 key too: aokd installs the master key as the TCP-MD5 key for
 /// peers without TCP-AO (docs/kernel.md).
-pub fn from_daemon(socket: &Path) -> Result<(Vec<AoKey>, Vec<Secret>), String> {
+pub fn from_daemon(socket: &Path) -> Result<KeySet, String> {
     let name = socket.display();
     let mut stream = UnixStream::connect(socket)
         .map_err(|e| format!("cannot connect to aokd at {name}: {e}"))?;
@@ -123,17 +125,24 @@ pub fn from_daemon(socket: &Path) -> Result<(Vec<AoKey>, Vec<Secret>), String> {
         ResponseResult::Ok {
             data: ResponseData::MktKeys { keys },
         } => {
-            let mut out = Vec::new();
-            let mut md5: Vec<Secret> = Vec::new();
-            for mkt in &keys {
-                out.extend(keys_of_mkt(mkt)?);
+            let mut set = KeySet::default();
+            // Live MKTs first: a retired key is only tried after them.
+            let (live, retired): (Vec<&MktKey>, Vec<&MktKey>) =
+                keys.iter().partition(|m| m.retired_at.is_none());
+            for mkt in live.into_iter().chain(retired) {
+                set.ao.extend(keys_of_mkt(mkt)?);
                 let key =
                     parse_hex_key(&mkt.master_key, &format!("daemon MKT of peer {}", mkt.peer))?;
-                if !md5.contains(&key) {
-                    md5.push(key);
+                if set.md5.contains(&key) || set.md5_retired.contains(&key) {
+                    continue;
+                }
+                if mkt.retired_at.is_some() {
+                    set.md5_retired.push(key);
+                } else {
+                    set.md5.push(key);
                 }
             }
-            Ok((out, md5))
+            Ok(set)
         }
         ResponseResult::Ok { .. } => Err(format!("{name}: unexpected answer from aokd")),
         ResponseResult::Error { message } => Err(format!("aokd refused: {message}")),
@@ -174,10 +183,16 @@ mod tests {
             algorithm: "hmac-sha256-128".into(),
             include_options: false,
             master_key: "00112233".into(),
+            retired_at: None,
         };
         let keys = keys_of_mkt(&mkt).unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!((keys[0].key_id, keys[1].key_id), (3, 9));
-        assert!(keys.iter().all(|k| !k.include_options));
+        assert!(keys.iter().all(|k| !k.include_options && !k.retired));
+        let retired = MktKey {
+            retired_at: Some(1_700_000_000),
+            ..mkt
+        };
+        assert!(keys_of_mkt(&retired).unwrap().iter().all(|k| k.retired));
     }
 }
