@@ -15,8 +15,9 @@
 //!   action; nothing unsigned on the wire.
 //! - `bird_session_reset_while_aokd_is_killed_recovers`: aokd killed with
 //!   SIGKILL, `birdc restart` while it is down (BIRD reopens its listening
-//!   socket then), aokd started again: Established again without
-//!   `birdc enable`.
+//!   socket then, under the library's guard: both kernels drop the other
+//!   side's attempts, TCPMD5Failure), aokd started again: Established
+//!   again without `birdc enable`; nothing unsigned in the capture.
 //! - `bird_as_unprivileged_user_with_attach_socket_group`: A's BIRD drops
 //!   to the user bird (`-u bird -g bird`); aokd's `attach_socket_group =
 //!   "bird"` lets it attach; Established.
@@ -93,12 +94,22 @@ fn start_bird(t: &Pair, a: bool) -> Bird {
     Bird::start(ns, &dir, &bird_config(a), Some(&preload(side)), None)
 }
 
-/// Asserts that every connection to or from port 179 in the capture is
-/// TCP-MD5 signed (no unsigned segment at all), that at least one verifies
-/// completely with A's MKTs (`aoctl verify --from-daemon`), and prints the
-/// figures. Connections opened under a guard key (aokd away) are signed
-/// but cannot verify: they are counted separately and carry no data.
-fn assert_capture(what: &str, t: &Pair, cap: &mut netns::Capture) {
+/// How much of a capture must verify with A's MKTs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// aokd was up and keyed throughout: every segment verifies.
+    AllVerified,
+    /// aokd was away for a while: besides the session, which verifies,
+    /// there are segments signed with keys aokd no longer has or never
+    /// had (the library's guard, an MKT from before a restart); none is
+    /// unsigned.
+    SessionVerified,
+}
+
+/// Checks the capture with `aoctl verify --from-daemon` (A's aokd): every
+/// segment to or from port 179 is TCP-MD5 signed (none unsigned), and as
+/// `expect` says; prints the figures.
+fn assert_capture(what: &str, t: &Pair, cap: &mut netns::Capture, expect: Expect) {
     let summary = cap.stop().expect("stop tcpdump");
     let (code, v) = aoctl_verify(
         cap.file(),
@@ -120,28 +131,27 @@ fn assert_capture(what: &str, t: &Pair, cap: &mut netns::Capture) {
         .filter(|c| c["dport"] == 179 || c["sport"] == 179)
         .collect();
     assert!(!bgp.is_empty(), "no BGP connection captured\n{}", detail());
-    let mut verified_conns = 0;
-    let mut segments = 0;
-    let mut verified = 0;
+    let (mut segments, mut verified, mut other_key) = (0, 0, 0);
+    let mut session = false;
     for c in &bgp {
         assert_eq!(c["unsigned"], 0, "unsigned segments: {c}\n{}", detail());
         assert_eq!(c["signing"], "tcp-md5", "{c}\n{}", detail());
         let n = c["segments"].as_u64().unwrap_or(0);
         let ok = c["verified"].as_u64().unwrap_or(0);
+        if expect == Expect::AllVerified {
+            assert_eq!(ok, n, "not every segment verified: {c}\n{}", detail());
+        }
+        // The session: its handshake and data (more than a SYN or two).
+        session |= ok >= 5;
         segments += n;
         verified += ok;
-        if n > 0 && ok == n {
-            verified_conns += 1;
-        }
+        other_key += c["bad_mac"].as_u64().unwrap_or(0);
     }
-    assert!(
-        verified_conns >= 1,
-        "no connection verified completely\n{}",
-        detail()
-    );
+    assert!(session, "no session verified\n{}", detail());
     println!(
-        "{what}: {} BGP connections captured, {verified_conns} fully verified; \
-         {verified}/{segments} segments verified, 0 unsigned",
+        "{what}: {} BGP connections captured; {verified}/{segments} segments verified \
+         with A's MKTs, {other_key} signed with another key (guard, or an MKT from before \
+         a restart), 0 unsigned",
         bgp.len()
     );
 }
@@ -171,8 +181,15 @@ fn bird_session_routes_and_capture() {
     // Routes both ways: each static route learnt over the session.
     let on_a = ba.wait_route(ROUTE_B, WAIT);
     let on_b = bb.wait_route(ROUTE_A, WAIT);
-    println!("A learnt: {}", on_a.trim());
-    println!("B learnt: {}", on_b.trim());
+    let route = |text: &str, prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    println!("A learnt: {}", route(&on_a, ROUTE_B));
+    println!("B learnt: {}", route(&on_b, ROUTE_A));
 
     // Both BIRD listeners and the session's socket are attached.
     let sockets = da.aoctl(&["sockets"]).expect("aoctl sockets");
@@ -189,7 +206,7 @@ fn bird_session_routes_and_capture() {
         "no socket of BIRD A attached: {sockets:#}"
     );
 
-    assert_capture("BIRD session", &t, &mut cap);
+    assert_capture("BIRD session", &t, &mut cap, Expect::AllVerified);
     drop((ba, bb));
 }
 
@@ -287,7 +304,7 @@ fn bird_started_before_aokd_is_ready_gets_established() {
     );
     ba.wait_route(ROUTE_B, WAIT);
     bb.wait_route(ROUTE_A, WAIT);
-    assert_capture("cold start", &t, &mut cap);
+    assert_capture("cold start", &t, &mut cap, Expect::SessionVerified);
     drop((da, db));
 }
 
@@ -308,6 +325,7 @@ fn bird_session_reset_while_aokd_is_killed_recovers() {
     ba.wait_established(ba.started, ESTABLISH_WAIT);
     bb.wait_established(bb.started, ESTABLISH_WAIT);
 
+    let [a0, b0] = t.netstat();
     // aokd A dies (SIGKILL), and the session is reset meanwhile: BIRD A
     // closes its listening socket and opens a new one while no aokd
     // answers.
@@ -324,17 +342,30 @@ fn bird_session_reset_while_aokd_is_killed_recovers() {
         ba.report()
     );
     println!("while aokd was down: {}", line.unwrap_or_default().trim());
-    // A BGP attempt or two while aokd is away (BIRD retries every 3 s).
-    let down_since = Instant::now();
-    let deadline = down_since + WAIT;
-    while bb
-        .state()
-        .is_ok_and(|s| !s.contains("Connect") && !s.contains("Active"))
-    {
-        assert!(Instant::now() < deadline, "{}", bb.report());
+    // BGP attempts while aokd is away, both ways, dropped by the kernels
+    // because of the library's guard on A's sockets: B's SYNs, signed with
+    // the real key, at A's guarded listener, and A's SYNs, signed with the
+    // guard, at B (TCPMD5Failure on each side).
+    let deadline = Instant::now() + WAIT;
+    let (failures_a, failures_b) = loop {
+        let [a1, b1] = t.netstat();
+        let fa = a1["TCPMD5Failure"] - a0["TCPMD5Failure"];
+        let fb = b1["TCPMD5Failure"] - b0["TCPMD5Failure"];
+        if fa >= 1 && fb >= 1 {
+            break (fa, fb);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no guarded attempt seen: A TCPMD5Failure +{fa}, B +{fb}\n{}\n{}",
+            ba.report(),
+            bb.report()
+        );
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     assert!(!ba.established() && !bb.established());
+    println!(
+        "while aokd was down: segments dropped for a wrong signature: A +{failures_a}, B +{failures_b}"
+    );
 
     let restarted = Instant::now();
     let da = t.start_a();
@@ -350,7 +381,7 @@ fn bird_session_reset_while_aokd_is_killed_recovers() {
         ba.report()
     );
     ba.wait_route(ROUTE_B, WAIT);
-    assert_capture("after aokd SIGKILL", &t, &mut cap);
+    assert_capture("after aokd SIGKILL", &t, &mut cap, Expect::SessionVerified);
     drop(da);
 }
 
