@@ -780,6 +780,60 @@ fn unreachable_aokd_guards_the_listener_until_it_is_back() {
     assert!(err.contains("took the socket over"), "{err}");
 }
 
+/// A listen that aokd refuses (it answers with an error) is guarded too,
+/// not failed, and offered again later: the second answer takes it over.
+#[test]
+fn a_refused_listen_is_guarded_and_offered_again() {
+    let refusals = Arc::new(AtomicUsize::new(0));
+    let fake = {
+        let refusals = Arc::clone(&refusals);
+        FakeAokd::start(move |request, _| match request.role {
+            SocketRole::Listen if refusals.fetch_add(1, Ordering::SeqCst) == 0 => {
+                AttachResult::Error {
+                    message: "test refusal".into(),
+                }
+            }
+            SocketRole::Listen => ok(Installed::NotCovered),
+            _ => ok(Installed::Keys),
+        })
+    };
+    let port = free_port([127, 0, 0, 6]);
+    let server = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)), port);
+    let probe = Probe::new(&fake.path, &port.to_string());
+    let mut child = probe.spawn(&["serve", &server.to_string(), "1"]);
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    lines.read_line(&mut line).expect("read");
+    assert!(line.starts_with("listening "), "listen succeeded: {line}");
+    let refused = TcpStream::connect_timeout(&server, Duration::from_millis(1000));
+    assert!(
+        refused.is_err(),
+        "an unsigned connect got through the guard"
+    );
+    // Offered again by the takeover thread, and taken over.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stream = loop {
+        match TcpStream::connect_timeout(&server, Duration::from_millis(500)) {
+            Ok(s) => break s,
+            Err(e) => assert!(Instant::now() < deadline, "still guarded: {e}"),
+        }
+    };
+    drop(stream);
+    let output = finish(child, Duration::from_secs(10));
+    assert!(output.status.success());
+    let roles: Vec<SocketRole> = fake.seen().iter().map(|s| s.request.role).collect();
+    assert_eq!(
+        roles,
+        [SocketRole::Listen, SocketRole::Listen, SocketRole::Accepted]
+    );
+    let err = stderr(&output);
+    assert!(
+        err.contains("aokd refused the socket: test refusal"),
+        "{err}"
+    );
+    assert!(err.contains("took the socket over"), "{err}");
+}
+
 /// With `AOKD_ON_ERROR=open`, an unreachable aokd lets connects through
 /// without keys.
 #[test]
