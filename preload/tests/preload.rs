@@ -834,6 +834,40 @@ fn a_refused_listen_is_guarded_and_offered_again() {
     assert!(err.contains("took the socket over"), "{err}");
 }
 
+/// A connection accepted on an attached listener while aokd is gone is
+/// handed to the program: it completed its handshake under the listener's
+/// keys, and there is no aokd whose rollover it could miss.
+#[test]
+fn accepted_while_aokd_is_gone_is_kept() {
+    let fake = FakeAokd::start(|_, _| ok(Installed::Keys));
+    let port = free_port([127, 0, 0, 6]);
+    let server = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)), port);
+    let probe = Probe::new(&fake.path, &port.to_string());
+    let mut child = probe.spawn(&["serve", &server.to_string(), "1"]);
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    lines.read_line(&mut line).expect("read");
+    assert!(line.starts_with("listening "), "{line}");
+    let roles: Vec<SocketRole> = fake.seen().iter().map(|s| s.request.role).collect();
+    assert_eq!(roles, [SocketRole::Listen]);
+    // aokd goes away (its socket file with it).
+    drop(fake);
+    let stream = TcpStream::connect_timeout(&server, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut greeting)
+        .expect("greeting");
+    assert_eq!(greeting, "hello\n");
+    let output = finish(child, Duration::from_secs(10));
+    assert!(output.status.success());
+    let mut rest = String::new();
+    lines.read_to_string(&mut rest).expect("rest");
+    assert!(rest.starts_with("accepted "), "{rest}");
+}
+
 /// With `AOKD_ON_ERROR=open`, an unreachable aokd lets connects through
 /// without keys.
 #[test]
