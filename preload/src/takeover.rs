@@ -51,6 +51,8 @@ struct Slot {
     guard: AtomicU32,
     /// Milliseconds since [`epoch`] before which the slot is not tried.
     not_before_ms: AtomicU64,
+    /// Attempts so far (for debug lines: the first, then every 25th).
+    attempts: AtomicU32,
 }
 
 static SLOT_ARRAY: [Slot; SLOTS] = [const {
@@ -59,6 +61,7 @@ static SLOT_ARRAY: [Slot; SLOTS] = [const {
         fd: AtomicI32::new(-1),
         guard: AtomicU32::new(0),
         not_before_ms: AtomicU64::new(0),
+        attempts: AtomicU32::new(0),
     }
 }; SLOTS];
 
@@ -108,6 +111,7 @@ pub fn add(fd: i32, socket: BorrowedFd<'_>, guard: Guard) -> Result<(), String> 
     slot.fd.store(fd, Ordering::Release);
     slot.guard.store(guard.pack(), Ordering::Release);
     slot.not_before_ms.store(0, Ordering::Release);
+    slot.attempts.store(0, Ordering::Release);
     slot.cookie.store(cookie, Ordering::Release);
     ensure_thread();
     Ok(())
@@ -176,7 +180,9 @@ fn run(me: i32) {
             if slot.not_before_ms.load(Ordering::Acquire) > now_ms() {
                 continue;
             }
-            let retry = std::panic::catch_unwind(|| attempt(policy, entry))
+            let n = slot.attempts.fetch_add(1, Ordering::AcqRel);
+            let verbose = policy.debug && n % 25 == 0;
+            let retry = std::panic::catch_unwind(|| attempt(policy, entry, verbose))
                 .unwrap_or(Attempt::Retry(REFUSED_INTERVAL));
             match retry {
                 Attempt::Done => free(slot),
@@ -213,7 +219,9 @@ enum Attempt {
     Retry(Duration),
 }
 
-fn attempt(policy: &crate::policy::Policy, entry: Entry) -> Attempt {
+/// One attempt to hand `entry` to aokd; `verbose`: say so when aokd is
+/// still unreachable (debug lines, not one every 200 ms).
+fn attempt(policy: &crate::policy::Policy, entry: Entry, verbose: bool) -> Attempt {
     let Ok(dup) = sys::dup_cloexec(entry.fd) else {
         // Closed by the program.
         return Attempt::Done;
@@ -253,7 +261,7 @@ fn attempt(policy: &crate::policy::Policy, entry: Entry) -> Attempt {
         }
         Err(Failure::Unreachable(why)) => {
             crate::debug_log(
-                policy.debug,
+                verbose,
                 format_args!("listen fd {}: still no aokd ({why})", entry.fd),
             );
             Attempt::Retry(Duration::ZERO)
@@ -293,7 +301,8 @@ mod tests {
         assert!(matches!(
             attempt(
                 &crate::policy::Policy::from_lookup(|_| None).expect("defaults"),
-                e
+                e,
+                false
             ),
             Attempt::Done
         ));
