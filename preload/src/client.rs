@@ -129,3 +129,16 @@ fn outcome(reply: AttachReply) -> Result<Attached, Failure> {
         AttachResult::Error { message } => Err(Failure::Refused(message)),
     }
 }
+
+/// A request built by the caller (the background takeover sends the
+/// program's descriptor number with a duplicate of the socket), with its
+/// own timeout.
+pub fn request_with_fd(
+    socket: &Path,
+    fd: BorrowedFd<'_>,
+    request: &aokd_attach::AttachRequest,
+    timeout: Duration,
+) -> Result<Attached, Failure> {
+    let reply = aokd_attach::attach_with_timeout(socket, &fd, request, timeout)?;
+    outcome(reply)
+}

@@ -16,10 +16,14 @@
 //! aokd may make `connect()` wait for a negotiation (bounded by the acquire
 //! timeout); a non-blocking socket waits the same way, before its
 //! `EINPROGRESS`. When aokd cannot attach a covered socket, `AOKD_ON_ERROR`
-//! decides: `fail-closed` (default) makes `connect()` and `listen()` return
-//! -1 with `EACCES` (no SYN is sent) and turns an accepted socket into an
-//! `accept()` failure with `ECONNABORTED` (the socket is closed); `open`
-//! lets the call go on without keys.
+//! decides: `fail-closed` (default) fails closed **on the wire, not in the
+//! system call**: the library puts its own random guard key ([`guard`]) on
+//! the socket and the call proceeds, so nothing unsigned goes out or comes
+//! in; a guarded listener is handed to aokd by a background thread as soon
+//! as aokd answers ([`takeover`]); only a socket that cannot even get a
+//! guard fails with `EACCES`. An accepted socket aokd cannot reconcile
+//! becomes an `accept()` failure with `ECONNABORTED` (the socket is
+//! closed). `open` lets the call go on without keys.
 //!
 //! Every interposer saves `errno` on entry and restores it before passing
 //! through to the real function, is reentrant (the attach client reaches
@@ -29,15 +33,19 @@
 //! anyway), never lets a panic cross the C boundary,
 //! and takes no lock a forked child could inherit held: the policy and the
 //! real functions are resolved in the library's constructor, and the set of
-//! attached listeners is a bitmap of atomics. Diagnostics go to stderr only
-//! (`AOKD_PRELOAD_DEBUG=1`); the library never writes to stdout.
+//! attached listeners is a bitmap of atomics, the guarded ones an array of
+//! atomic slots. Diagnostics go to stderr only (`AOKD_PRELOAD_DEBUG=1`;
+//! guards and takeovers are always reported); the library never writes to
+//! stdout.
 //!
 //! All `unsafe` code is in the four exported functions and [`sys`].
 
 mod client;
+mod guard;
 mod listeners;
 pub mod policy;
 mod sys;
+mod takeover;
 
 use std::cell::Cell;
 use std::fmt;
@@ -51,7 +59,8 @@ use libc::{c_int, sockaddr, socklen_t};
 use crate::policy::{OnError, Policy, PolicyError};
 
 /// `errno` of a covered `connect()` or `listen()` that aokd could not
-/// attach, under `fail-closed`: "Permission denied", a local policy refusal
+/// attach and that could not get the library's guard key either, under
+/// `fail-closed`: "Permission denied", a local policy refusal
 /// (what a local firewall or LSM denial looks like), not a remote one.
 pub const DENIED_ERRNO: c_int = libc::EACCES;
 /// `errno` of an `accept()` whose socket aokd could not reconcile, under
@@ -255,6 +264,8 @@ fn decide_connect(fd: c_int, remote: Option<SocketAddr>) -> Verdict {
     if !policy.covers_connect(remote) {
         return Verdict::Proceed;
     }
+    // After a fork(): the child's own takeover thread.
+    takeover::ensure_thread();
     let decided = sys::with_inet_tcp(fd, |socket| {
         if already_started(socket) {
             return Verdict::Proceed;
@@ -270,16 +281,71 @@ fn decide_connect(fd: c_int, remote: Option<SocketAddr>) -> Verdict {
                 Verdict::Proceed
             }
             Err(failure) => {
-                let verdict = unattached(policy.on_error, DENIED_ERRNO);
-                debug_log(
-                    policy.debug,
-                    format_args!("connect fd {fd} to {peer}: {failure}; {verdict:?}"),
-                );
-                verdict
+                if policy.on_error == OnError::Open {
+                    debug_log(
+                        policy.debug,
+                        format_args!(
+                            "connect fd {fd} to {peer}: {failure}; proceeding without keys"
+                        ),
+                    );
+                    return Verdict::Proceed;
+                }
+                // Fail closed on the wire: the SYN goes out signed with a
+                // key nobody has, the peer drops it, and the program's
+                // connect-retry timer tries again (with aokd, by then).
+                match guard::install(socket, Some(peer.ip()), policy.guard) {
+                    Ok(g) => {
+                        log(format_args!(
+                            "connect fd {fd} to {peer}: {failure}; the library's guard key ({g}) \
+                             is on the socket, so the attempt cannot succeed unsigned"
+                        ));
+                        Verdict::Proceed
+                    }
+                    Err(e) => {
+                        log(format_args!(
+                            "connect fd {fd} to {peer}: {failure}; {e}; failing with EACCES"
+                        ));
+                        Verdict::Fail(DENIED_ERRNO)
+                    }
+                }
             }
         }
     });
     decided.unwrap_or(Verdict::Proceed)
+}
+
+/// Under `fail-closed`, what a covered `listen()` aokd could not attach
+/// does: the library's guard key goes on the socket (every SYN needs a
+/// signature no peer can make), the socket is recorded for the background
+/// takeover ([`takeover`]), and `listen()` goes on. Only when no guard can
+/// be installed does `listen()` fail with `EACCES`.
+fn guard_listener(policy: &Policy, fd: c_int, socket: BorrowedFd<'_>, why: &str) -> Verdict {
+    let g = match guard::install(socket, None, policy.guard) {
+        Ok(g) => g,
+        Err(e) => {
+            log(format_args!(
+                "listen fd {fd}: {why}; {e}; failing with EACCES"
+            ));
+            return Verdict::Fail(DENIED_ERRNO);
+        }
+    };
+    match takeover::add(fd, socket, g) {
+        Ok(()) => {
+            log(format_args!(
+                "listen fd {fd}: {why}; the library's guard key ({g}) is on the socket \
+                 until aokd takes it over (retried every {} ms in the background)",
+                takeover::RETRY_INTERVAL.as_millis()
+            ));
+            Verdict::Proceed
+        }
+        Err(e) => {
+            let _ = guard::remove_listener_guard(socket, g);
+            log(format_args!(
+                "listen fd {fd}: {why}; {e}; failing with EACCES"
+            ));
+            Verdict::Fail(DENIED_ERRNO)
+        }
+    }
 }
 
 fn decide_listen(fd: c_int) -> Verdict {
@@ -302,22 +368,19 @@ fn decide_listen(fd: c_int) -> Verdict {
         if already_started(socket) {
             return Verdict::Proceed;
         }
+        takeover::ensure_thread();
         let result = client::listen(&policy.socket, socket);
-        let verdict = match &result {
-            Ok(_) => Verdict::Proceed,
-            Err(_) => unattached(policy.on_error, DENIED_ERRNO),
-        };
-        if verdict == Verdict::Proceed {
-            // Under `open` too: aokd may be back by the time a peer
-            // connects.
-            if !listeners::insert(fd) {
-                debug_log(
-                    policy.debug,
-                    format_args!("listen fd {fd}: descriptor too large to track accepted sockets"),
-                );
-            }
-        } else {
+        if let (Err(failure), OnError::FailClosed) = (&result, policy.on_error) {
             listeners::remove(fd);
+            return guard_listener(policy, fd, socket, &failure.to_string());
+        }
+        // Attached, or `open`: aokd may be back by the time a peer
+        // connects, so accepted sockets are offered to it either way.
+        if !listeners::insert(fd) {
+            debug_log(
+                policy.debug,
+                format_args!("listen fd {fd}: descriptor too large to track accepted sockets"),
+            );
         }
         match result {
             Ok(attached) => debug_log(
@@ -326,10 +389,10 @@ fn decide_listen(fd: c_int) -> Verdict {
             ),
             Err(failure) => debug_log(
                 policy.debug,
-                format_args!("listen fd {fd} on port {port:?}: {failure}; {verdict:?}"),
+                format_args!("listen fd {fd} on port {port:?}: {failure}; proceeding without keys"),
             ),
         }
-        verdict
+        Verdict::Proceed
     });
     decided.unwrap_or_else(|| {
         listeners::remove(fd);
@@ -362,6 +425,20 @@ fn decide_accepted(listener: c_int, fd: c_int) -> Verdict {
                 debug_log(
                     policy.debug,
                     format_args!("accepted fd {fd} on listener fd {listener}: {attached}"),
+                );
+                Verdict::Proceed
+            }
+            Err(failure @ client::Failure::Unreachable(_)) => {
+                // aokd is away: the connection completed its handshake
+                // under the keys aokd put on the listener (the kernel
+                // copied them), and with no aokd there is no rollover it
+                // could have missed; closing it would only break BGP.
+                debug_log(
+                    policy.debug,
+                    format_args!(
+                        "accepted fd {fd} on listener fd {listener}: {failure}; \
+                         keeping the listener's keys"
+                    ),
                 );
                 Verdict::Proceed
             }

@@ -11,6 +11,7 @@
 //! | `AOKD_PEERS` | comma list of IP addresses or prefixes that restrict covered `connect()`s | every peer |
 //! | `AOKD_WAIT_MS` | acquire timeout sent with each connect request | the daemon's own |
 //! | `AOKD_ON_ERROR` | `fail-closed` or `open` | `fail-closed` |
+//! | `AOKD_GUARD` | `auto`, `tcp-ao` or `tcp-md5`: the mechanism of the library's own guard key under `fail-closed` | `auto` |
 //! | `AOKD_PRELOAD_DEBUG` | `1`: diagnostics on stderr | off |
 //!
 //! Parsing is pure ([`Policy::from_lookup`] takes the variable lookup as a
@@ -32,6 +33,8 @@ pub const ENV_PEERS: &str = "AOKD_PEERS";
 pub const ENV_WAIT_MS: &str = "AOKD_WAIT_MS";
 /// Environment variable: behaviour when aokd cannot attach a socket.
 pub const ENV_ON_ERROR: &str = "AOKD_ON_ERROR";
+/// Environment variable: the mechanism of the library's guard key.
+pub const ENV_GUARD: &str = "AOKD_GUARD";
 /// Environment variable: diagnostics on stderr.
 pub const ENV_DEBUG: &str = "AOKD_PRELOAD_DEBUG";
 
@@ -66,6 +69,37 @@ impl OnError {
                 ENV_ON_ERROR,
                 other,
                 "expected \"fail-closed\" or \"open\"",
+            )),
+        }
+    }
+}
+
+/// `AOKD_GUARD`: which mechanism the library's own guard key uses when
+/// aokd cannot be reached ([`crate::guard`]). It must match what aokd
+/// will install on the socket (the kernel refuses TCP-AO and TCP-MD5 keys
+/// for the same peer on one socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardChoice {
+    /// TCP-AO where the kernel has it, TCP-MD5 otherwise (aokd's
+    /// `backend = "auto"`).
+    Auto,
+    /// TCP-AO only.
+    TcpAo,
+    /// TCP-MD5 only (peers with `backend = "tcp-md5"` on a kernel that has
+    /// TCP-AO).
+    TcpMd5,
+}
+
+impl GuardChoice {
+    fn parse(value: &str) -> Result<Self, PolicyError> {
+        match value.trim() {
+            "auto" => Ok(GuardChoice::Auto),
+            "tcp-ao" => Ok(GuardChoice::TcpAo),
+            "tcp-md5" => Ok(GuardChoice::TcpMd5),
+            other => Err(PolicyError::new(
+                ENV_GUARD,
+                other,
+                "expected \"auto\", \"tcp-ao\" or \"tcp-md5\"",
             )),
         }
     }
@@ -188,6 +222,8 @@ pub struct Policy {
     pub wait: Option<Duration>,
     /// Behaviour when a covered socket cannot be attached.
     pub on_error: OnError,
+    /// The guard key's mechanism under `fail-closed`.
+    pub guard: GuardChoice,
     /// Diagnostics on stderr.
     pub debug: bool,
 }
@@ -220,12 +256,17 @@ impl Policy {
             None => OnError::FailClosed,
             Some(value) => OnError::parse(&value)?,
         };
+        let guard = match lookup(ENV_GUARD) {
+            None => GuardChoice::Auto,
+            Some(value) => GuardChoice::parse(&value)?,
+        };
         Ok(Policy {
             socket,
             ports,
             peers,
             wait,
             on_error,
+            guard,
             debug: debug_enabled(lookup(ENV_DEBUG).as_deref()),
         })
     }
@@ -347,6 +388,7 @@ mod tests {
         assert_eq!(p.peers, None);
         assert_eq!(p.wait, None);
         assert_eq!(p.on_error, OnError::FailClosed);
+        assert_eq!(p.guard, GuardChoice::Auto);
         assert!(!p.debug);
         assert!(p.covers_connect(sa("192.0.2.1:179")));
         assert!(p.covers_connect(sa("[2001:db8::1]:179")));
@@ -391,6 +433,19 @@ mod tests {
         let err = policy(&[(ENV_ON_ERROR, "fail-open")]).unwrap_err();
         assert_eq!(err.variable, ENV_ON_ERROR);
         assert_eq!(err.value, "fail-open");
+    }
+
+    #[test]
+    fn guard_values() {
+        for (text, want) in [
+            ("auto", GuardChoice::Auto),
+            (" tcp-ao", GuardChoice::TcpAo),
+            ("tcp-md5 ", GuardChoice::TcpMd5),
+        ] {
+            assert_eq!(policy(&[(ENV_GUARD, text)]).unwrap().guard, want);
+        }
+        let err = policy(&[(ENV_GUARD, "md5")]).unwrap_err();
+        assert_eq!((err.variable, err.value.as_str()), (ENV_GUARD, "md5"));
     }
 
     #[test]

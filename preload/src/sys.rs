@@ -2,7 +2,9 @@
 //! `listen`, `accept` and `accept4` (found once with
 //! `dlsym(RTLD_NEXT, ...)`), `errno`, and the few socket queries the
 //! interposers make on descriptors the program passes (`getsockopt`,
-//! `close`, `write` to stderr). Socket addresses and the queries on a
+//! `close`, `write` to stderr), and what the guard key and the takeover
+//! need (`setsockopt` of an encoded struct, `getrandom`, a close-on-exec
+//! `dup`, `getpid`). Socket addresses and the queries on a
 //! borrowed socket come from `aokd-sys`.
 //!
 //! Everything here is async-signal-safe apart from `dlsym`, which
@@ -189,4 +191,75 @@ pub fn write_stderr(bytes: &[u8]) {
     unsafe {
         libc::write(2, bytes.as_ptr().cast::<c_void>(), bytes.len());
     }
+}
+
+/// `setsockopt(fd, level, name, bytes)`: a socket option whose value is
+/// the C struct encoded in `bytes` (the guard keys, [`crate::guard`]).
+pub fn setsockopt_bytes(
+    fd: BorrowedFd<'_>,
+    level: c_int,
+    name: c_int,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = socklen_t::try_from(bytes.len())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: bytes is valid for reads of `len` octets; the kernel copies
+    // at most that; a bad option only makes setsockopt fail.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            bytes.as_ptr().cast::<c_void>(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Fills `buf` from the kernel's random source (`getrandom(2)`, blocking
+/// only until the pool is first initialised, long before a routing daemon
+/// runs).
+pub fn random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: rest is valid for writes of its length.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast::<c_void>(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// A close-on-exec duplicate of the program's descriptor `fd`: the
+/// background takeover works on the socket itself, even if the program
+/// closes its `fd` (and the number is reused) meanwhile.
+pub fn dup_cloexec(fd: c_int) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on any number either fails or returns
+    // a new descriptor, which we then own.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `new` was just returned by fcntl and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}
+
+/// The calling process's pid.
+pub fn getpid() -> i32 {
+    // SAFETY: getpid(2) has no preconditions.
+    unsafe { libc::getpid() }
 }

@@ -213,6 +213,14 @@ impl FakeAokd {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
+        FakeAokd::start_at(path, handler)
+    }
+
+    /// A fake aokd on `path` (which must not exist yet).
+    fn start_at(
+        path: PathBuf,
+        handler: impl Fn(&AttachRequest, BorrowedFd<'_>) -> AttachResult + Send + Sync + 'static,
+    ) -> FakeAokd {
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).expect("bind fake attach socket");
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -656,45 +664,208 @@ fn an_unreconciled_accepted_socket_is_aborted() {
 }
 
 /// (d) With aokd unreachable and fail-closed (the default), a covered
-/// connect fails at once with EACCES and no SYN is sent; a covered
-/// listen fails with EACCES too.
+/// connect fails closed on the wire, not in the system call: the library's
+/// own guard key is on the socket, the SYN is signed with it, the
+/// listener (which has no key) drops it, and the connect times out; no
+/// connection ever reaches the listener.
 #[test]
-fn unreachable_aokd_fails_closed() {
+fn unreachable_aokd_guards_the_connect() {
     let missing =
         std::env::temp_dir().join(format!("aokd-preload-missing-{}.sock", std::process::id()));
-    for mode in ["connect", "connect-blocking"] {
-        let (listener, server) = listener_on([127, 0, 0, 5]);
-        let probe = Probe::new(&missing, &server.port().to_string());
-        let target = server.to_string();
-        let args: Vec<&str> = match mode {
-            "connect" => vec![mode, &target, "5000"],
-            _ => vec![mode, &target],
-        };
-        let (output, elapsed) = probe.run(&args);
-        let out = stdout(&output);
-        assert!(
-            out.starts_with(&format!("error {} ", libc::EACCES)),
-            "{mode}: {out}"
-        );
-        assert!(
-            elapsed < Duration::from_secs(3),
-            "{mode}: failed quickly ({elapsed:?})"
-        );
-        thread::sleep(Duration::from_millis(100));
-        assert!(
-            matches!(listener.accept(), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
-            "{mode}: no connection reached the listener"
-        );
-    }
-
-    let port = free_port([127, 0, 0, 5]);
-    let probe = Probe::new(&missing, &port.to_string()).env("AOKD_ON_ERROR", "fail-closed");
-    let (output, _) = probe.run(&["serve", &format!("127.0.0.5:{port}"), "1"]);
+    let (listener, server) = listener_on([127, 0, 0, 5]);
+    let probe = Probe::new(&missing, &server.port().to_string());
+    let (output, elapsed) = probe.run(&["connect", &server.to_string(), "1500"]);
+    let out = stdout(&output);
     assert!(
-        stdout(&output).starts_with(&format!("error {} ", libc::EACCES)),
-        "{}",
-        stdout(&output)
+        out.starts_with("error ") && !out.contains("connected"),
+        "{out}\n{}",
+        stderr(&output)
     );
+    assert!(
+        !out.starts_with(&format!("error {} ", libc::EACCES)),
+        "not refused in the system call: {out}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(1400),
+        "the SYN went out and was dropped: {elapsed:?}"
+    );
+    let err = stderr(&output);
+    assert!(err.contains("guard key (tcp-"), "{err}");
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+        "no connection reached the listener"
+    );
+}
+
+/// (d) A covered listen with aokd unreachable succeeds under the library's
+/// guard key for every address: an unsigned connect is dropped. When aokd
+/// appears at the attach path, the library's background thread hands it
+/// the listening socket (role listen, the program's descriptor number, in
+/// state LISTEN) without any call from the program; the library then takes
+/// its guard off (this aokd installs nothing), so the same unsigned connect
+/// is accepted, and the accepted socket goes to aokd as usual.
+#[test]
+fn unreachable_aokd_guards_the_listener_until_it_is_back() {
+    let path = std::env::temp_dir().join(format!("aokd-preload-later-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let port = free_port([127, 0, 0, 5]);
+    let server = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)), port);
+    let probe = Probe::new(&path, &port.to_string()).env("AOKD_ON_ERROR", "fail-closed");
+    let mut child = probe.spawn(&["serve", &server.to_string(), "1"]);
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    lines.read_line(&mut line).expect("read");
+    assert!(line.starts_with("listening "), "listen succeeded: {line}");
+
+    // Under the guard: an unsigned SYN is dropped.
+    let refused = TcpStream::connect_timeout(&server, Duration::from_millis(1000));
+    assert!(
+        refused.is_err(),
+        "an unsigned connect got through the guard"
+    );
+
+    // aokd appears; the library finds it by itself.
+    let fake = FakeAokd::start_at(path.clone(), |request, _| match request.role {
+        SocketRole::Listen => ok(Installed::NotCovered),
+        _ => ok(Installed::Keys),
+    });
+    let appeared = Instant::now();
+    let deadline = appeared + Duration::from_secs(10);
+    let listen = loop {
+        if let Some(s) = fake
+            .seen()
+            .into_iter()
+            .find(|s| s.request.role == SocketRole::Listen)
+        {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no listen request after aokd appeared"
+        );
+        thread::sleep(Duration::from_millis(10));
+    };
+    let took = appeared.elapsed();
+    assert!(listen.had_fd);
+    assert_eq!(listen.state, Some(10), "TCP_LISTEN");
+    assert_eq!(listen.local, Some(server));
+    println!("takeover {} ms after aokd appeared", took.as_millis());
+
+    // Guard removed (the library's takeover line follows the answer): the
+    // unsigned connect is accepted now.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stream = loop {
+        match TcpStream::connect_timeout(&server, Duration::from_millis(500)) {
+            Ok(s) => break s,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "guard still on after the takeover: {e}"
+            ),
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut greeting)
+        .expect("greeting");
+    assert_eq!(greeting, "hello\n");
+    let output = finish(child, Duration::from_secs(10));
+    assert!(output.status.success());
+    let roles: Vec<SocketRole> = fake.seen().iter().map(|s| s.request.role).collect();
+    assert_eq!(roles, [SocketRole::Listen, SocketRole::Accepted]);
+    let err = stderr(&output);
+    assert!(err.contains("guard key (tcp-"), "{err}");
+    assert!(err.contains("took the socket over"), "{err}");
+}
+
+/// A listen that aokd refuses (it answers with an error) is guarded too,
+/// not failed, and offered again later: the second answer takes it over.
+#[test]
+fn a_refused_listen_is_guarded_and_offered_again() {
+    let refusals = Arc::new(AtomicUsize::new(0));
+    let fake = {
+        let refusals = Arc::clone(&refusals);
+        FakeAokd::start(move |request, _| match request.role {
+            SocketRole::Listen if refusals.fetch_add(1, Ordering::SeqCst) == 0 => {
+                AttachResult::Error {
+                    message: "test refusal".into(),
+                }
+            }
+            SocketRole::Listen => ok(Installed::NotCovered),
+            _ => ok(Installed::Keys),
+        })
+    };
+    let port = free_port([127, 0, 0, 6]);
+    let server = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)), port);
+    let probe = Probe::new(&fake.path, &port.to_string());
+    let mut child = probe.spawn(&["serve", &server.to_string(), "1"]);
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    lines.read_line(&mut line).expect("read");
+    assert!(line.starts_with("listening "), "listen succeeded: {line}");
+    let refused = TcpStream::connect_timeout(&server, Duration::from_millis(1000));
+    assert!(
+        refused.is_err(),
+        "an unsigned connect got through the guard"
+    );
+    // Offered again by the takeover thread, and taken over.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stream = loop {
+        match TcpStream::connect_timeout(&server, Duration::from_millis(500)) {
+            Ok(s) => break s,
+            Err(e) => assert!(Instant::now() < deadline, "still guarded: {e}"),
+        }
+    };
+    drop(stream);
+    let output = finish(child, Duration::from_secs(10));
+    assert!(output.status.success());
+    let roles: Vec<SocketRole> = fake.seen().iter().map(|s| s.request.role).collect();
+    assert_eq!(
+        roles,
+        [SocketRole::Listen, SocketRole::Listen, SocketRole::Accepted]
+    );
+    let err = stderr(&output);
+    assert!(
+        err.contains("aokd refused the socket: test refusal"),
+        "{err}"
+    );
+    assert!(err.contains("took the socket over"), "{err}");
+}
+
+/// A connection accepted on an attached listener while aokd is gone is
+/// handed to the program: it completed its handshake under the listener's
+/// keys, and there is no aokd whose rollover it could miss.
+#[test]
+fn accepted_while_aokd_is_gone_is_kept() {
+    let fake = FakeAokd::start(|_, _| ok(Installed::Keys));
+    let port = free_port([127, 0, 0, 6]);
+    let server = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)), port);
+    let probe = Probe::new(&fake.path, &port.to_string());
+    let mut child = probe.spawn(&["serve", &server.to_string(), "1"]);
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    lines.read_line(&mut line).expect("read");
+    assert!(line.starts_with("listening "), "{line}");
+    let roles: Vec<SocketRole> = fake.seen().iter().map(|s| s.request.role).collect();
+    assert_eq!(roles, [SocketRole::Listen]);
+    // aokd goes away (its socket file with it).
+    drop(fake);
+    let stream = TcpStream::connect_timeout(&server, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut greeting)
+        .expect("greeting");
+    assert_eq!(greeting, "hello\n");
+    let output = finish(child, Duration::from_secs(10));
+    assert!(output.status.success());
+    let mut rest = String::new();
+    lines.read_to_string(&mut rest).expect("rest");
+    assert!(rest.starts_with("accepted "), "{rest}");
 }
 
 /// With `AOKD_ON_ERROR=open`, an unreachable aokd lets connects through

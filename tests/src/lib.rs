@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod bird;
 pub mod echo;
 pub mod host;
 pub mod netns;
