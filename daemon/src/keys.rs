@@ -1925,6 +1925,101 @@ mod tests {
         assert_eq!(km.status(|_| String::new()).len(), 4);
     }
 
+    /// A reload: an added peer's guard goes on the listener it covers
+    /// and new connects to it are covered; a removed peer covers no new
+    /// socket, its sockets keep its key until the endpoint reports its
+    /// MKTs gone (hard lifetime), and then hold its guard, not nothing.
+    #[test]
+    fn reload_adds_and_removes_peers_without_unkeying_sockets() {
+        let (mut km, k) = manager_with(config_of(&[("a", "192.0.2.2", 179)]));
+        let now = Instant::now();
+        let m = mkt(1, 2);
+        km.mkts_changed("a", &[view(&m, now, false)], now);
+        let (req, listener) = request(
+            &k,
+            10,
+            SocketRole::Listen,
+            TcpState::Close,
+            "0.0.0.0:179",
+            None,
+        );
+        answer(km.attach(req, now));
+        let (req, accepted) = request(
+            &k,
+            11,
+            SocketRole::Accepted,
+            TcpState::Established,
+            "192.0.2.1:179",
+            Some("192.0.2.2:40000"),
+        );
+        answer(km.attach(req, now));
+        assert_eq!(k.ids(listener), vec![(1, 2)]);
+        // b added: its guard joins a's key on the listener.
+        let both = config_of(&[("a", "192.0.2.2", 179), ("b", "192.0.2.3", 179)]);
+        km.check(&both).expect("backends");
+        assert!(km.add_peer(&both.peers[1], now).is_empty());
+        let ids = k.ids(listener);
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert!(
+            ids.contains(&(1, 2)) && ids.iter().any(|&i| is_guard(i)),
+            "{ids:?}"
+        );
+        assert_eq!(
+            km.registry
+                .iter()
+                .find(|s| s.fd == 10)
+                .map(|s| s.peers.clone()),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        let (req, _) = request(
+            &k,
+            12,
+            SocketRole::Connect,
+            TcpState::Close,
+            "0.0.0.0:0",
+            Some("192.0.2.3:179"),
+        );
+        match km.attach(req, now) {
+            AttachOutcome::Waiting { peer } => assert_eq!(peer, "b"),
+            other => panic!("{other:?}"),
+        }
+        // a removed: no new socket is a's; its sockets keep its key.
+        km.remove_peer("a");
+        let (req, _) = request(
+            &k,
+            13,
+            SocketRole::Connect,
+            TcpState::Close,
+            "0.0.0.0:0",
+            Some("192.0.2.2:179"),
+        );
+        assert_eq!(
+            installed(&answer(km.attach(req, now))),
+            Installed::NotCovered
+        );
+        assert_eq!(k.ids(accepted), vec![(1, 2)]);
+        // Its MKT's hard lifetime: the guard, forced in.
+        let later = now + Duration::from_secs(60);
+        km.mkts_changed("a", &[], later);
+        let ids = k.ids(accepted);
+        assert!(ids.len() == 1 && is_guard(ids[0]), "{ids:?}");
+        // Configured again: it covers new sockets again, same entry.
+        km.add_peer(&both.peers[0], later);
+        let (req, _) = request(
+            &k,
+            14,
+            SocketRole::Connect,
+            TcpState::Close,
+            "0.0.0.0:0",
+            Some("192.0.2.2:179"),
+        );
+        assert!(matches!(
+            km.attach(req, later),
+            AttachOutcome::Waiting { .. }
+        ));
+        assert_eq!(km.peers.len(), 2);
+    }
+
     #[test]
     fn the_fake_kernel_refuses_what_linux_refuses() {
         let k = FakeKernel::default();
