@@ -86,11 +86,13 @@ mod tests {
         }
     }
 
+    type Edit = Box<dyn Fn(&mut PeerConfig)>;
+
     #[test]
     fn each_setting_has_its_class() {
         let old = peer();
         assert_eq!(classify(&old, &peer()), PeerChange::Unchanged);
-        let cases: Vec<(PeerChange, Box<dyn Fn(&mut PeerConfig)>)> = vec![
+        let cases: Vec<(PeerChange, Edit)> = vec![
             (PeerChange::Applied, Box::new(|p| p.initiate = false)),
             (
                 PeerChange::Applied,
