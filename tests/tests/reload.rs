@@ -191,6 +191,7 @@ fn reload_adds_removes_and_changes_peers_and_leaves_the_others_alone() {
         .and_then(|m| m["expires_at"].as_u64())
         .expect("c's MKT has a hard lifetime");
     write_config(&a, "", &[peers_bcd[0], peers_bcd[2]]);
+    let removed_at = unix_now();
     let report = da.aoctl(&["reload"]).expect("reload");
     assert_eq!(report["removed"], serde_json::json!(["c"]), "{report}");
     assert_eq!(report["added"], serde_json::json!([]), "{report}");
@@ -283,6 +284,7 @@ fn reload_adds_removes_and_changes_peers_and_leaves_the_others_alone() {
         mkt_ids(v, "c").is_empty()
     });
     let now = unix_now();
+    println!("c removed at {removed_at}; its MKT on A (hard lifetime {c_expires}) went at {now}");
     assert!(
         now + 1 >= c_expires,
         "c's MKT went at {now}, before its hard lifetime {c_expires}"
