@@ -45,6 +45,10 @@ pub enum Command {
     /// MKTs with their master keys, for `aoctl verify --from-daemon`.
     /// Only answered for a root client (checked with SO_PEERCRED).
     MktKeys,
+    /// Read the configuration file again and apply it (as SIGHUP does):
+    /// answered with a [`ReloadReport`], or an error naming the file and
+    /// the key when the new file is refused (nothing changes then).
+    Reload,
 }
 
 /// The daemon's answer.
@@ -84,6 +88,36 @@ pub enum ResponseData {
     Accepted {
         message: String,
     },
+    /// The configuration was reloaded.
+    Reloaded(ReloadReport),
+}
+
+/// What a reload did (`aoctl reload`, docs/configuration.md "Reload").
+/// Peer lists are in configuration order; removed peers in the order of
+/// the previous configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The configuration file read.
+    pub file: String,
+    /// Peers added (and initiated when configured to).
+    pub added: Vec<String>,
+    /// Peers removed: IKE SA deleted, MKTs kept until their hard lifetime.
+    pub removed: Vec<String>,
+    /// Peers whose settings changed, with what the change needed.
+    pub changed: Vec<PeerReload>,
+    /// Peers left as they were (same IKE SA, same MKTs).
+    pub unchanged: Vec<String>,
+    /// Settings that changed in the file but apply only after a restart
+    /// (the running daemon keeps the old value), e.g. `daemon.listen`.
+    pub needs_restart: Vec<String>,
+}
+
+/// One changed peer of a [`ReloadReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerReload {
+    pub peer: String,
+    /// "new IKE SA", "MKTs rekeyed" or "applied to the next negotiation".
+    pub action: String,
 }
 
 /// `aoctl status`.

@@ -84,6 +84,10 @@ enum Cmd {
         #[arg(long)]
         ike: bool,
     },
+    /// Make aokd read its configuration file again and apply it (as
+    /// SIGHUP does): prints what changed; exits 1 with aokd's error, naming
+    /// the file and the key, when the new file is refused (nothing changes).
+    Reload,
     /// Write a new random pre-shared key file (mode 0600).
     GenPsk {
         /// The file to create.
@@ -140,6 +144,7 @@ fn main() {
         Cmd::Initiate { peer } => query(&socket, timeout, json, Command::Initiate { peer }),
         Cmd::Terminate { peer } => query(&socket, timeout, json, Command::Terminate { peer }),
         Cmd::Rekey { peer, ike } => query(&socket, timeout, json, Command::Rekey { peer, ike }),
+        Cmd::Reload => query(&socket, timeout, json, Command::Reload),
         Cmd::Metrics { output } => metrics_command(&socket, timeout, output.as_deref()),
         Cmd::Help { command } => help(&command),
     };
@@ -267,6 +272,8 @@ fn query(socket: &Path, timeout: std::time::Duration, json: bool, command: Comma
                 format!("{}\n", table::sanitize(message))
             }
         }
+        (Command::Reload, ResponseData::Reloaded(report)) if json => output::json(report),
+        (Command::Reload, ResponseData::Reloaded(report)) => output::reload(report),
         _ => {
             eprintln!(
                 "aoctl: control socket {}: unexpected answer to {expected:?} from aokd",

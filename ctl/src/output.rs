@@ -3,7 +3,7 @@
 //! without its `kind` tag (docs/control.md).
 
 use aokd_api::control::{
-    DaemonStatus, DosStatus, MktStatus, SaStatus, SocketStatus, StateFileStatus,
+    DaemonStatus, DosStatus, MktStatus, ReloadReport, SaStatus, SocketStatus, StateFileStatus,
 };
 use serde::Serialize;
 
@@ -350,6 +350,36 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// `aoctl reload`: one line per peer that was added, removed or changed,
+/// a count of the unchanged ones, and the settings that need a restart.
+pub fn reload(r: &ReloadReport) -> String {
+    let mut out = format!("{}: reloaded\n", sanitize(&r.file));
+    for p in &r.added {
+        out.push_str(&format!("peer {}: added\n", sanitize(p)));
+    }
+    for p in &r.removed {
+        out.push_str(&format!(
+            "peer {}: removed (IKE SA deleted, MKTs kept until their hard lifetime)\n",
+            sanitize(p)
+        ));
+    }
+    for c in &r.changed {
+        out.push_str(&format!(
+            "peer {}: changed, {}\n",
+            sanitize(&c.peer),
+            sanitize(&c.action)
+        ));
+    }
+    out.push_str(&format!("{} peer(s) unchanged\n", r.unchanged.len()));
+    for n in &r.needs_restart {
+        out.push_str(&format!(
+            "needs a restart: {} (the running value is kept)\n",
+            sanitize(n)
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

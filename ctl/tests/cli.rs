@@ -367,7 +367,62 @@ fn canned(cmd: &Cmd) -> String {
             message: format!("rekeying {peer}"),
         }),
         Cmd::MktKeys => unreachable!("aoctl never asks for keys here"),
+        Cmd::Reload => ok(ResponseData::Reloaded(aokd_api::control::ReloadReport {
+            file: "/etc/aokd/aokd.toml".into(),
+            added: vec!["r4".into()],
+            removed: vec!["r3".into()],
+            changed: vec![aokd_api::control::PeerReload {
+                peer: "r5".into(),
+                action: "new IKE SA".into(),
+            }],
+            unchanged: vec!["r2".into()],
+            needs_restart: vec!["daemon.listen".into()],
+        })),
     }
+}
+
+/// `aoctl reload`: the report as text and JSON; a refused file is aokd's
+/// error on stderr and exit status 1.
+#[test]
+fn reload_prints_the_report_or_the_refusal() {
+    let dir = TempDir::new("reload");
+    let sock = dir.join("control.sock");
+    let s = sock.to_str().unwrap();
+    let server = fake_server(&sock, 2, canned);
+    let out = aoctl(&["--socket", s, "reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "/etc/aokd/aokd.toml: reloaded\n\
+         peer r4: added\n\
+         peer r3: removed (IKE SA deleted, MKTs kept until their hard lifetime)\n\
+         peer r5: changed, new IKE SA\n\
+         1 peer(s) unchanged\n\
+         needs a restart: daemon.listen (the running value is kept)\n"
+    );
+    let out = aoctl(&["--socket", s, "--json", "reload"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["changed"][0]["action"], "new IKE SA");
+    assert_eq!(v["needs_restart"][0], "daemon.listen");
+    assert_eq!(server.join().unwrap(), vec![Cmd::Reload, Cmd::Reload]);
+
+    let sock = dir.join("refusing.sock");
+    let s = sock.to_str().unwrap();
+    let message = "/etc/aokd/aokd.toml: peer[0].mac_algorithms[0] (peer \"r2\"): unknown MAC algorithm \"hmac-md5\"";
+    let server = fake_server(&sock, 1, move |_| {
+        serde_json::to_string(&Response {
+            version: PROTOCOL_VERSION,
+            result: ResponseResult::Error {
+                message: message.into(),
+            },
+        })
+        .unwrap()
+    });
+    let out = aoctl(&["--socket", s, "reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(message), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty());
+    server.join().unwrap();
 }
 
 #[test]

@@ -371,9 +371,10 @@ pub fn authorize(command: &Command, peer_uid: u32) -> Result<(), String> {
         _ if peer_uid == 0 => Ok(()),
         Command::MktKeys => Err(MKT_KEYS_REFUSED.into()),
         Command::Status | Command::Sas | Command::Mkts | Command::Sockets => Ok(()),
-        Command::Initiate { .. } | Command::Terminate { .. } | Command::Rekey { .. } => {
-            Err(CHANGES_REFUSED.into())
-        }
+        Command::Initiate { .. }
+        | Command::Terminate { .. }
+        | Command::Rekey { .. }
+        | Command::Reload => Err(CHANGES_REFUSED.into()),
     }
 }
 
@@ -441,11 +442,12 @@ pub async fn run_placeholder(status: DaemonStatus, mut calls: mpsc::Receiver<Con
                     message: format!("no peer named {peer:?}"),
                 }
             }
-            Command::Initiate { .. } | Command::Terminate { .. } | Command::Rekey { .. } => {
-                ResponseResult::Error {
-                    message: "this aokd build does not negotiate yet".into(),
-                }
-            }
+            Command::Initiate { .. }
+            | Command::Terminate { .. }
+            | Command::Rekey { .. }
+            | Command::Reload => ResponseResult::Error {
+                message: "this aokd build does not negotiate yet".into(),
+            },
         };
         // The client may have gone; nothing to do then.
         let _ = call.reply.send(result);

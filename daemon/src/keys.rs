@@ -62,6 +62,10 @@ struct CoveredPeer {
     /// The peer's MKTs in socket order (the last one becomes RNext), as
     /// the last [`aokd_proto::ike::Event::MktsChanged`] gave them.
     mkts: Vec<MasterKeyTuple>,
+    /// Removed by a reload: it covers no new socket, and its sockets keep
+    /// its keys until the endpoint reports them gone (hard lifetime), then
+    /// its guard. Configured again, it is this entry again.
+    removed: bool,
 }
 
 /// An attached socket to key: what the attach server validated, with the
@@ -364,6 +368,8 @@ pub struct KeyManager<K: SocketKeys = KernelKeys> {
     restored: RestoredMkts,
     /// Where socket records go.
     persist: Persist,
+    /// What the kernel supports (for peers added by a reload).
+    support: Support,
 }
 
 /// How often sockets with deferred key deletions are looked at again.
@@ -416,6 +422,45 @@ fn unix(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// The backend that serves peer `p` on a kernel with `support`.
+fn resolve_backend(
+    p: &crate::config::PeerConfig,
+    support: Support,
+) -> Result<Backend, BackendUnavailable> {
+    let backend = match p.backend {
+        BackendChoice::Auto => support.preferred(),
+        BackendChoice::TcpAo => support.tcp_ao.then_some(Backend::Ao),
+        BackendChoice::TcpMd5 => support.tcp_md5.then_some(Backend::Md5),
+    };
+    backend.ok_or_else(|| BackendUnavailable {
+        peer: p.name.clone(),
+        wanted: match p.backend {
+            BackendChoice::Auto => "auto (TCP-AO or TCP-MD5)",
+            BackendChoice::TcpAo => "tcp-ao",
+            BackendChoice::TcpMd5 => "tcp-md5",
+        },
+        have: format!(
+            "TCP-AO {}, TCP-MD5 {}",
+            if support.tcp_ao { "present" } else { "absent" },
+            if support.tcp_md5 { "present" } else { "absent" }
+        ),
+    })
+}
+
+/// Whether peer `p` covers socket `s` (the rule of
+/// [`KeyManager::attach`]'s coverage, for one peer and one socket).
+fn covers(p: &CoveredPeer, s: &AttachedSocket) -> bool {
+    let local_port = s.local.map(|l| l.port());
+    match s.role {
+        SocketRole::Listen => local_port.is_some_and(|lp| p.ports.contains(&lp)),
+        SocketRole::Connect | SocketRole::Accepted => s.remote.is_some_and(|r| {
+            crate::kernel::canonical(r.ip()) == crate::kernel::canonical(p.ip)
+                && (p.ports.contains(&r.port())
+                    || local_port.is_some_and(|lp| p.ports.contains(&lp)))
+        }),
+    }
+}
+
 impl KeyManager<KernelKeys> {
     /// Resolves each peer's backend against what the kernel supports.
     pub fn new(cfg: &Config, support: Support) -> Result<KeyManager, BackendUnavailable> {
@@ -431,28 +476,8 @@ impl<K: SocketKeys> KeyManager<K> {
         keys: K,
     ) -> Result<KeyManager<K>, BackendUnavailable> {
         let mut peers = Vec::new();
-        let have = format!(
-            "TCP-AO {}, TCP-MD5 {}",
-            if support.tcp_ao { "present" } else { "absent" },
-            if support.tcp_md5 { "present" } else { "absent" }
-        );
         for p in &cfg.peers {
-            let backend = match p.backend {
-                BackendChoice::Auto => support.preferred(),
-                BackendChoice::TcpAo => support.tcp_ao.then_some(Backend::Ao),
-                BackendChoice::TcpMd5 => support.tcp_md5.then_some(Backend::Md5),
-            };
-            let Some(backend) = backend else {
-                return Err(BackendUnavailable {
-                    peer: p.name.clone(),
-                    wanted: match p.backend {
-                        BackendChoice::Auto => "auto (TCP-AO or TCP-MD5)",
-                        BackendChoice::TcpAo => "tcp-ao",
-                        BackendChoice::TcpMd5 => "tcp-md5",
-                    },
-                    have,
-                });
-            };
+            let backend = resolve_backend(p, support)?;
             info!(peer = %p.name, backend = %backend, configured = %p.backend, "key backend chosen");
             peers.push(CoveredPeer {
                 name: p.name.clone(),
@@ -462,38 +487,190 @@ impl<K: SocketKeys> KeyManager<K> {
                 guard: guard_key(&mut rand_core::OsRng),
                 overlap: crate::config::mkt_overlap(&p.lifetimes),
                 mkts: Vec::new(),
+                removed: false,
             });
         }
-        let mut peer_index = BTreeMap::new();
-        let mut peers_by_ip: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
-        let mut peers_by_port: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-        for (i, p) in peers.iter().enumerate() {
-            peer_index.entry(p.name.clone()).or_insert(i);
-            peers_by_ip
-                .entry(crate::kernel::canonical(p.ip))
-                .or_default()
-                .push(i);
-            for &port in &p.ports {
-                let list = peers_by_port.entry(port).or_default();
-                // Once per peer, even if its ports repeat.
-                if list.last() != Some(&i) {
-                    list.push(i);
-                }
-            }
-        }
-        Ok(KeyManager {
+        let mut km = KeyManager {
             keys,
             peers,
-            peer_index,
-            peers_by_ip,
-            peers_by_port,
+            peer_index: BTreeMap::new(),
+            peers_by_ip: BTreeMap::new(),
+            peers_by_port: BTreeMap::new(),
             registry: SocketRegistry::new(),
             waiting: WaitingConnects::new(),
             acquire_timeout: cfg.daemon.acquire_timeout,
             retry: None,
             restored: RestoredMkts::default(),
             persist: Persist::disabled(),
-        })
+            support,
+        };
+        for i in 0..km.peers.len() {
+            km.peer_index.entry(km.peers[i].name.clone()).or_insert(i);
+            km.index_coverage(i);
+        }
+        Ok(km)
+    }
+
+    /// Puts peer `i` in the address and port indexes (coverage of new
+    /// sockets), in `peers` order. O(its ports × log n + the peers listed
+    /// with them).
+    fn index_coverage(&mut self, i: usize) {
+        let p = &self.peers[i];
+        let sorted_insert = |list: &mut Vec<usize>| {
+            if let Err(pos) = list.binary_search(&i) {
+                list.insert(pos, i);
+            }
+        };
+        sorted_insert(
+            self.peers_by_ip
+                .entry(crate::kernel::canonical(p.ip))
+                .or_default(),
+        );
+        for &port in &p.ports {
+            // Once per peer, even if its ports repeat.
+            sorted_insert(self.peers_by_port.entry(port).or_default());
+        }
+    }
+
+    /// Takes peer `i` out of the address and port indexes.
+    fn unindex_coverage(&mut self, i: usize) {
+        let p = &self.peers[i];
+        let ip = crate::kernel::canonical(p.ip);
+        if let Some(list) = self.peers_by_ip.get_mut(&ip) {
+            list.retain(|&j| j != i);
+            if list.is_empty() {
+                self.peers_by_ip.remove(&ip);
+            }
+        }
+        for port in &p.ports {
+            if let Some(list) = self.peers_by_port.get_mut(port) {
+                list.retain(|&j| j != i);
+                if list.is_empty() {
+                    self.peers_by_port.remove(port);
+                }
+            }
+        }
+    }
+
+    /// Checks that every peer of `cfg` can be served by this kernel (a
+    /// reload, before anything changes).
+    pub fn check(&self, cfg: &Config) -> Result<(), BackendUnavailable> {
+        for p in &cfg.peers {
+            resolve_backend(p, self.support)?;
+        }
+        Ok(())
+    }
+
+    /// A reload added peer `p` (or configured a removed one again, whose
+    /// entry, MKTs and sockets it takes back): from now on it covers new
+    /// sockets, and the attached sockets it covers (a listener on one of
+    /// its ports) get its guard, or its keys once it has MKTs. Call
+    /// [`KeyManager::check`] first; a backend this kernel lacks leaves the
+    /// peer out (logged). Visits every attached socket: a reload, not a
+    /// datagram.
+    pub fn add_peer(&mut self, p: &crate::config::PeerConfig, now: Instant) -> Vec<Answered> {
+        let backend = match resolve_backend(p, self.support) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "peer added by the reload cannot be keyed");
+                return Vec::new();
+            }
+        };
+        let idx = match self.peer_index.get(&p.name) {
+            Some(&i) => {
+                let old = &mut self.peers[i];
+                old.removed = false;
+                old.ip = p.remote;
+                old.ports = p.tcp_ports.clone();
+                old.overlap = crate::config::mkt_overlap(&p.lifetimes);
+                if old.backend != backend {
+                    warn!(peer = %p.name, running = %old.backend, configured = %backend,
+                        "peer configured again keeps its backend until a restart");
+                }
+                i
+            }
+            None => {
+                self.peers.push(CoveredPeer {
+                    name: p.name.clone(),
+                    ip: p.remote,
+                    ports: p.tcp_ports.clone(),
+                    backend,
+                    guard: guard_key(&mut rand_core::OsRng),
+                    overlap: crate::config::mkt_overlap(&p.lifetimes),
+                    mkts: Vec::new(),
+                    removed: false,
+                });
+                let i = self.peers.len() - 1;
+                self.peer_index.insert(p.name.clone(), i);
+                i
+            }
+        };
+        info!(peer = %p.name, backend = %self.peers[idx].backend, "key backend chosen (reload)");
+        self.index_coverage(idx);
+        self.cover_attached(idx);
+        self.rekey_peer(idx, now, false)
+    }
+
+    /// Registers peer `idx` on the attached sockets it covers and does not
+    /// hold yet (recorded in the state file).
+    fn cover_attached(&mut self, idx: usize) {
+        let p = &self.peers[idx];
+        let ids: Vec<u64> = self
+            .registry
+            .iter()
+            .filter(|s| !s.peers.contains(&p.name) && covers(p, s))
+            .map(|s| s.id)
+            .collect();
+        for id in ids {
+            if let Some(rec) = self.registry.add_peer(id, &self.peers[idx].name) {
+                self.persist.send(Op::PutSocket(socket_record(&rec)));
+            }
+        }
+    }
+
+    /// A reload removed the peer named `name`: it covers no new socket and
+    /// a `connect` waiting for it proceeds now (with its keys or its
+    /// guard); the sockets it keys keep its keys until the endpoint
+    /// reports them gone ([`KeyManager::mkts_changed`] at their hard
+    /// lifetime), then hold its guard: never unkeyed. Returns the requests
+    /// answered.
+    pub fn remove_peer(&mut self, name: &str) -> Vec<Answered> {
+        let Some(&idx) = self.peer_index.get(name) else {
+            return Vec::new();
+        };
+        if self.peers[idx].removed {
+            return Vec::new();
+        }
+        self.unindex_coverage(idx);
+        self.peers[idx].removed = true;
+        let mut answered = Vec::new();
+        for w in self.waiting.take_peer(idx) {
+            answered.push(self.release(w));
+        }
+        answered
+    }
+
+    /// A reload changed peer `p`: its address and ports apply to sockets
+    /// attached from now on (and to the attached sockets they now cover);
+    /// sockets it keys already keep its keys; the overlap of restored MKTs
+    /// follows its lifetimes. The backend is not changed (a restart is
+    /// needed, [`crate::reload::plan`]). Returns the requests answered.
+    pub fn update_peer(&mut self, p: &crate::config::PeerConfig, now: Instant) -> Vec<Answered> {
+        let Some(&idx) = self.peer_index.get(&p.name) else {
+            return Vec::new();
+        };
+        let e = &self.peers[idx];
+        let coverage_changed = e.ip != p.remote || e.ports != p.tcp_ports;
+        self.peers[idx].overlap = crate::config::mkt_overlap(&p.lifetimes);
+        if !coverage_changed {
+            return Vec::new();
+        }
+        self.unindex_coverage(idx);
+        self.peers[idx].ip = p.remote;
+        self.peers[idx].ports = p.tcp_ports.clone();
+        self.index_coverage(idx);
+        self.cover_attached(idx);
+        self.rekey_peer(idx, now, false)
     }
 
     /// Records attached sockets through `persist` from now on.
@@ -1746,6 +1923,101 @@ mod tests {
         );
         assert_eq!(km.poll_timeout(), None);
         assert_eq!(km.status(|_| String::new()).len(), 4);
+    }
+
+    /// A reload: an added peer's guard goes on the listener it covers
+    /// and new connects to it are covered; a removed peer covers no new
+    /// socket, its sockets keep its key until the endpoint reports its
+    /// MKTs gone (hard lifetime), and then hold its guard, not nothing.
+    #[test]
+    fn reload_adds_and_removes_peers_without_unkeying_sockets() {
+        let (mut km, k) = manager_with(config_of(&[("a", "192.0.2.2", 179)]));
+        let now = Instant::now();
+        let m = mkt(1, 2);
+        km.mkts_changed("a", &[view(&m, now, false)], now);
+        let (req, listener) = request(
+            &k,
+            10,
+            SocketRole::Listen,
+            TcpState::Close,
+            "0.0.0.0:179",
+            None,
+        );
+        answer(km.attach(req, now));
+        let (req, accepted) = request(
+            &k,
+            11,
+            SocketRole::Accepted,
+            TcpState::Established,
+            "192.0.2.1:179",
+            Some("192.0.2.2:40000"),
+        );
+        answer(km.attach(req, now));
+        assert_eq!(k.ids(listener), vec![(1, 2)]);
+        // b added: its guard joins a's key on the listener.
+        let both = config_of(&[("a", "192.0.2.2", 179), ("b", "192.0.2.3", 179)]);
+        km.check(&both).expect("backends");
+        assert!(km.add_peer(&both.peers[1], now).is_empty());
+        let ids = k.ids(listener);
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert!(
+            ids.contains(&(1, 2)) && ids.iter().any(|&i| is_guard(i)),
+            "{ids:?}"
+        );
+        assert_eq!(
+            km.registry
+                .iter()
+                .find(|s| s.fd == 10)
+                .map(|s| s.peers.clone()),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        let (req, _) = request(
+            &k,
+            12,
+            SocketRole::Connect,
+            TcpState::Close,
+            "0.0.0.0:0",
+            Some("192.0.2.3:179"),
+        );
+        match km.attach(req, now) {
+            AttachOutcome::Waiting { peer } => assert_eq!(peer, "b"),
+            other => panic!("{other:?}"),
+        }
+        // a removed: no new socket is a's; its sockets keep its key.
+        km.remove_peer("a");
+        let (req, _) = request(
+            &k,
+            13,
+            SocketRole::Connect,
+            TcpState::Close,
+            "0.0.0.0:0",
+            Some("192.0.2.2:179"),
+        );
+        assert_eq!(
+            installed(&answer(km.attach(req, now))),
+            Installed::NotCovered
+        );
+        assert_eq!(k.ids(accepted), vec![(1, 2)]);
+        // Its MKT's hard lifetime: the guard, forced in.
+        let later = now + Duration::from_secs(60);
+        km.mkts_changed("a", &[], later);
+        let ids = k.ids(accepted);
+        assert!(ids.len() == 1 && is_guard(ids[0]), "{ids:?}");
+        // Configured again: it covers new sockets again, same entry.
+        km.add_peer(&both.peers[0], later);
+        let (req, _) = request(
+            &k,
+            14,
+            SocketRole::Connect,
+            TcpState::Close,
+            "0.0.0.0:0",
+            Some("192.0.2.2:179"),
+        );
+        assert!(matches!(
+            km.attach(req, later),
+            AttachOutcome::Waiting { .. }
+        ));
+        assert_eq!(km.peers.len(), 2);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! - [`config`]: the configuration file; [`endpoint_config`]: its
 //!   translation into the IKE endpoint's.
 //! - [`runtime`]: the event loop (bytes and time in and out of the
-//!   endpoint); [`clock`]: the wake-up's time and wall-clock mapping.
+//!   endpoint); [`clock`]: the wake-up's time and wall-clock mapping;
+//!   [`reload`]: what reading the configuration again changes.
 //! - [`event_log`]: one log line per endpoint event; [`records`]: state-file
 //!   records from events; [`state`] and [`persist`]: the state file and its
 //!   writer thread.
@@ -29,6 +30,7 @@ pub mod kernel;
 pub mod keys;
 pub mod persist;
 pub mod records;
+pub mod reload;
 pub mod retired_keys;
 pub mod runtime;
 pub mod sd_notify;

@@ -198,8 +198,8 @@ fn check_config(file: &Path) -> ExitCode {
 }
 
 /// `aokd --config FILE`: negotiates with every configured peer and serves
-/// the control socket until SIGINT or SIGTERM (SIGHUP is logged and
-/// ignored: reloading the configuration is not supported yet).
+/// the control socket until SIGINT or SIGTERM; SIGHUP reloads FILE (as
+/// `aoctl reload` does).
 fn run(file: &Path) -> ExitCode {
     let config = match Config::load(file) {
         Ok(c) => c,
@@ -233,8 +233,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    // SIGHUP's default action would kill aokd without its shutdown (the
-    // sockets left behind, the state file not closed cleanly).
+    // SIGHUP reloads the configuration (its default action would kill
+    // aokd without its shutdown).
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     info!(
         config = %config.file.display(),
@@ -290,6 +290,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     daemon.set_retired_keys(config.daemon.retired_keys);
     daemon.restore(persist, &snapshot);
+    daemon.set_config(config.clone());
     attach.set_default_wait(config.daemon.acquire_timeout);
     // Every socket exists and the state file is open: systemd may start
     // what is ordered after aokd (routing daemons that attach).
@@ -299,6 +300,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Err(e) => warn!(error = %e, "cannot tell systemd that aokd is ready (NOTIFY_SOCKET)"),
     }
     let (calls_tx, calls_rx) = mpsc::channel(16);
+    let reload_tx = calls_tx.clone();
     let (attach_tx, attach_rx) = mpsc::channel(64);
     let shutdown = async move {
         let serve_control = server.run(calls_tx);
@@ -316,11 +318,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     info!("SIGTERM: shutting down");
                     break;
                 }
-                _ = sighup.recv() => warn!(
-                    "SIGHUP: reloading the configuration is not supported yet; \
-                     aokd keeps running with the configuration it started with \
-                     (restart it to apply changes)"
-                ),
+                _ = sighup.recv() => {
+                    info!("SIGHUP: reloading the configuration");
+                    // The event loop logs the outcome; nobody waits for the answer.
+                    let (reply, _answer) = tokio::sync::oneshot::channel();
+                    let call = aokd::control::ControlCall {
+                        command: aokd_api::control::Command::Reload,
+                        peer_uid: 0,
+                        reply,
+                    };
+                    if reload_tx.try_send(call).is_err() {
+                        warn!("SIGHUP: the event loop is busy; reload not started (send SIGHUP again)");
+                    }
+                }
             }
         }
     };

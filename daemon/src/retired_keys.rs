@@ -78,12 +78,6 @@ impl RetiredKeys {
         self.retired.iter()
     }
 
-    /// A peer removed from the configuration: its live MKTs are no longer
-    /// tracked (their retired keys stay until they expire).
-    pub fn forget_peer(&mut self, peer: &str) {
-        self.live.remove(peer);
-    }
-
     fn prune(&mut self, now: Instant) {
         while self
             .retired

@@ -5,7 +5,7 @@
 //! live in `aokd_proto`, key policy in [`crate::keys`], aoctl's answers in
 //! [`crate::status`], event logging in [`crate::event_log`], state records
 //! in [`crate::records`], the configuration's translation in
-//! [`crate::endpoint_config`].
+//! [`crate::endpoint_config`], what a reload changes in [`crate::reload`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -20,9 +20,12 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use aokd_api::attach::{Installed, SocketRole};
+use aokd_api::control::{Command, PeerReload, ReloadReport, ResponseData, ResponseResult};
+use aokd_proto::ike::PeerChange;
 
 use crate::attach::{AttachCall, Reply};
 use crate::clock::WallClock;
+use crate::config::Config;
 use crate::control::ControlCall;
 use crate::event_log::EventLog;
 use crate::keys::{Answer, Answered, AttachOutcome, KeyManager};
@@ -80,6 +83,9 @@ pub struct Daemon {
     last_request: u64,
     /// Keys of MKTs that ended, for `aoctl verify --from-daemon`.
     retired: RetiredKeys,
+    /// The configuration running, to read its file again on a reload;
+    /// `None` for a daemon without one (`aokd demo`).
+    config: Option<Config>,
 }
 
 impl Daemon {
@@ -137,6 +143,7 @@ impl Daemon {
             pending: BTreeMap::new(),
             last_request: 0,
             retired: RetiredKeys::new(crate::config::DEFAULT_RETIRED_KEYS),
+            config: None,
         })
     }
 
@@ -218,6 +225,100 @@ impl Daemon {
         }
     }
 
+    /// Reloads read `config.file` again ([`Daemon::reload`]): `config` is
+    /// what the daemon was started with.
+    pub fn set_config(&mut self, config: Config) {
+        self.config = Some(config);
+    }
+
+    /// Reads the configuration file again and applies it at `now` (SIGHUP,
+    /// `aoctl reload`): peers removed, added and changed as
+    /// [`crate::reload::plan`] and the endpoint's [`PeerChange`] say. A
+    /// file that is refused (syntax, a key's value, a PSK file, a local
+    /// address that cannot be found, a backend this kernel lacks) changes
+    /// nothing: the error names the file and the key. Logged either way.
+    pub fn reload(&mut self, now: Instant) -> Result<ReloadReport, String> {
+        let result = self.try_reload(now);
+        match &result {
+            Ok(r) => {
+                info!(file = %r.file, added = ?r.added, removed = ?r.removed,
+                    changed = r.changed.len(), unchanged = r.unchanged.len(), "configuration reloaded");
+                for c in &r.changed {
+                    info!(peer = %c.peer, action = %c.action, "peer changed by the reload");
+                }
+                for n in &r.needs_restart {
+                    warn!(setting = %n, "changed in the configuration file, applies only after a restart");
+                }
+            }
+            Err(e) => warn!(error = %e, "reload refused: the running configuration is unchanged"),
+        }
+        result
+    }
+
+    fn try_reload(&mut self, now: Instant) -> Result<ReloadReport, String> {
+        let Some(running) = self.config.as_ref() else {
+            return Err("this aokd instance has no configuration file to reload".into());
+        };
+        let file = running.file.display().to_string();
+        let new = Config::load(&running.file).map_err(|e| e.to_string())?;
+        let plan = crate::reload::plan(running, new);
+        // Everything that can fail is done before anything changes.
+        let ec = endpoint_config(&plan.config).map_err(|e| format!("{file}: {e:#}"))?;
+        if let Some(keys) = self.keys.as_ref() {
+            keys.check(&plan.config)
+                .map_err(|e| format!("{file}: {e}"))?;
+        }
+        let mut ike_peers: BTreeMap<String, aokd_proto::ike::PeerConfig> =
+            ec.peers.into_iter().map(|p| (p.name.clone(), p)).collect();
+        let mut report = ReloadReport {
+            file: file.clone(),
+            needs_restart: plan.needs_restart.clone(),
+            ..Default::default()
+        };
+        let mut answered = Vec::new();
+        for name in &plan.removed {
+            match self.endpoint.remove_peer(name, now) {
+                Ok(_) => report.removed.push(name.clone()),
+                Err(e) => warn!(peer = %name, error = %e, "cannot remove the peer"),
+            }
+            if let Some(keys) = self.keys.as_mut() {
+                answered.extend(keys.remove_peer(name));
+            }
+        }
+        let daemon_peer = |name: &str| plan.config.peers.iter().find(|p| p.name == name);
+        for name in &plan.added {
+            let Some(pc) = ike_peers.remove(name) else {
+                continue;
+            };
+            match self.endpoint.add_peer(pc, now) {
+                Ok(()) => report.added.push(name.clone()),
+                Err(e) => warn!(peer = %name, error = %e, "cannot add the peer"),
+            }
+            if let (Some(keys), Some(p)) = (self.keys.as_mut(), daemon_peer(name)) {
+                answered.extend(keys.add_peer(p, now));
+            }
+        }
+        for name in &plan.common {
+            let Some(pc) = ike_peers.remove(name) else {
+                continue;
+            };
+            match self.endpoint.update_peer(pc, now) {
+                Ok(PeerChange::Unchanged) => report.unchanged.push(name.clone()),
+                Ok(change) => report.changed.push(PeerReload {
+                    peer: name.clone(),
+                    action: change.as_str().to_string(),
+                }),
+                Err(e) => warn!(peer = %name, error = %e, "cannot change the peer"),
+            }
+            if let (Some(keys), Some(p)) = (self.keys.as_mut(), daemon_peer(name)) {
+                answered.extend(keys.update_peer(p, now));
+            }
+        }
+        self.answer(answered);
+        self.config = Some(plan.config);
+        Ok(report)
+    }
+
     /// The bound IKE addresses (with the actual port when 0 was asked for).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.listen
@@ -296,6 +397,15 @@ impl Daemon {
                             Err(_) => break,
                         }
                     }
+                }
+                Wake::Control(call) if call.command == Command::Reload => {
+                    let result = match self.reload(now) {
+                        Ok(report) => ResponseResult::Ok {
+                            data: ResponseData::Reloaded(report),
+                        },
+                        Err(message) => ResponseResult::Error { message },
+                    };
+                    let _ = call.reply.send(result);
                 }
                 Wake::Control(call) => {
                     let result = self.answers().control(call.command, call.peer_uid, now);

@@ -288,11 +288,25 @@ impl SocketRegistry {
     }
 
     /// Sets the peers whose guard is on the socket with `id` (the other
-    /// fields, which the indexes depend on, never change).
+    /// fields, which the indexes depend on, change only through
+    /// [`SocketRegistry::add_peer`]).
     pub fn set_guarded(&mut self, id: u64, guarded: Vec<String>) {
         if let Some(s) = self.sockets.get_mut(&id) {
             s.guarded = guarded;
         }
+    }
+
+    /// Adds the peer named `peer` to the socket with `id` (a peer a reload
+    /// added covers it); returns the changed record, `None` when there is
+    /// no such socket or it names the peer already.
+    pub fn add_peer(&mut self, id: u64, peer: &str) -> Option<AttachedSocket> {
+        let s = self.sockets.get_mut(&id)?;
+        if s.peers.iter().any(|p| p == peer) {
+            return None;
+        }
+        s.peers.push(peer.to_string());
+        self.by_peer.entry(peer.to_string()).or_default().insert(id);
+        Some(s.clone())
     }
 
     /// Every socket, by id.

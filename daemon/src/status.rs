@@ -117,6 +117,12 @@ impl Answers<'_> {
                     }
                 }
             },
+            // The event loop answers it (Daemon::reload) before it gets here.
+            Command::Reload => {
+                return ResponseResult::Error {
+                    message: "this aokd instance cannot reload".into(),
+                }
+            }
             Command::Terminate { peer } => match self.endpoint.terminate(&peer, now) {
                 Ok(n) => ResponseData::Accepted {
                     message: format!("deleted {n} IKE SA(s) with {peer}"),

@@ -9,7 +9,8 @@
 //! Inputs: [`Endpoint::handle_datagram`], [`Endpoint::handle_timeout`],
 //! [`Endpoint::initiate`], [`Endpoint::terminate`], [`Endpoint::rekey`],
 //! [`Endpoint::rekey_ike`], [`Endpoint::retire_mkt`], each with `now`, and
-//! [`Endpoint::reserve_key_ids`]. Outputs, to be drained after every input:
+//! [`Endpoint::reserve_key_ids`]; a reload's [`Endpoint::add_peer`],
+//! [`Endpoint::remove_peer`] and [`Endpoint::update_peer`]. Outputs, to be drained after every input:
 //! [`Endpoint::poll_transmit`] (datagrams), [`Endpoint::poll_event`]
 //! (events), and [`Endpoint::poll_timeout`] (when to call `handle_timeout`
 //! next).
@@ -27,6 +28,14 @@
 //! queue gives `poll_timeout` in O(log n) and lets `handle_timeout` visit
 //! only due peers. Nothing iterates a hash map, so the same seed gives the
 //! same datagrams in every process.
+//!
+//! Peers live in slots that keep their index for as long as anything
+//! refers to it (the SPI index, the timer queue, the SAs' `peer`): a
+//! removed peer leaves the name and address indexes at once, but keeps
+//! its slot while its IKE SA's Delete is out and its MKTs last; then the
+//! slot is vacant and the next added peer takes it. A peer added again
+//! while its old slot winds down takes that slot back, MKTs and all, so a
+//! name always means one slot.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,7 +44,7 @@ use std::time::Instant;
 
 use rand_core::CryptoRngCore;
 
-use super::config::EndpointConfig;
+use super::config::{EndpointConfig, PeerConfig};
 use super::context::{Ctx, Fate, Outbox};
 use super::cookie::DosState;
 use super::error::{IkeError, MisuseError};
@@ -43,6 +52,7 @@ use super::event::{
     Counters, DropReason, Event, KeyIdReservation, PeerState, PeerView, Role, SaView, Transmit,
 };
 use super::peer::PeerRuntime;
+use super::reconfig::{self, PeerChange};
 use super::sa::{IkeSa, SaState};
 use super::table::PeerSas;
 use super::timers::TimerQueue;
@@ -70,6 +80,11 @@ struct Peer {
     /// Its half-open responder SAs at the end of the last input (what
     /// [`DosState`] counts for it).
     half_open: usize,
+    /// No longer configured: out of the name and address indexes, its
+    /// slot kept while its Delete is out and its MKTs last.
+    removed: bool,
+    /// Removed and done: the slot is free ([`Endpoint::vacant`]).
+    vacant: bool,
 }
 
 /// All IKE SAs of this node. See the module documentation.
@@ -83,6 +98,10 @@ pub struct Endpoint {
     by_addr: BTreeMap<SocketAddr, usize>,
     by_ip: BTreeMap<IpAddr, Vec<usize>>,
     by_name: BTreeMap<String, usize>,
+    /// Removed peers still winding down, by name.
+    removed_by_name: BTreeMap<String, usize>,
+    /// Free slots, taken by the next added peer.
+    vacant: BTreeSet<usize>,
     /// One deadline per peer ([`maintenance::deadline`]).
     timers: TimerQueue,
     out: Outbox,
@@ -99,14 +118,7 @@ impl Endpoint {
         rng: Box<dyn CryptoRngCore + Send>,
     ) -> Result<Endpoint, IkeError> {
         for p in &cfg.peers {
-            if p.ike_suites.is_empty() {
-                return Err(
-                    MisuseError::Config(format!("peer {:?}: no IKE suites", p.name)).into(),
-                );
-            }
-            if p.tcp_ports.is_empty() {
-                return Err(MisuseError::Config(format!("peer {:?}: no TCP ports", p.name)).into());
-            }
+            check_peer(p)?;
         }
         let mut by_addr = BTreeMap::new();
         let mut by_ip: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
@@ -134,6 +146,8 @@ impl Endpoint {
             by_addr,
             by_ip,
             by_name,
+            removed_by_name: BTreeMap::new(),
+            vacant: BTreeSet::new(),
             timers,
             out: Outbox::default(),
             dos: DosState::default(),
@@ -234,12 +248,200 @@ impl Endpoint {
         }
         let deadline = maintenance::deadline(&self.ctx(peer));
         self.timers.set(peer, deadline);
+        self.vacate_if_done(peer);
+    }
+
+    /// Frees a removed peer's slot once it has no IKE SA and no MKT left.
+    fn vacate_if_done(&mut self, peer: usize) {
+        let p = &self.peers[peer];
+        if !p.removed || p.vacant || p.sas.iter().next().is_some() || !p.rt.mkts.is_empty() {
+            return;
+        }
+        let name = &self.cfg.peers[peer].name;
+        if self.removed_by_name.get(name) == Some(&peer) {
+            self.removed_by_name.remove(name);
+        }
+        self.dos
+            .update(self.cfg.peers[peer].remote.ip(), p.half_open, 0);
+        self.timers.set(peer, None);
+        self.peers[peer] = Peer {
+            removed: true,
+            vacant: true,
+            ..Default::default()
+        };
+        self.vacant.insert(peer);
+    }
+
+    /// Puts peer `i` in the name and address indexes. O(log n).
+    fn index(&mut self, i: usize) {
+        let p = &self.cfg.peers[i];
+        self.by_name.insert(p.name.clone(), i);
+        self.by_ip.entry(p.remote.ip()).or_default().push(i);
+        self.by_addr.entry(p.remote).or_insert(i);
+    }
+
+    /// Takes peer `i` out of the name and address indexes. O(log n + the
+    /// peers with its IP address).
+    fn unindex(&mut self, i: usize) {
+        let p = &self.cfg.peers[i];
+        if self.by_name.get(&p.name) == Some(&i) {
+            self.by_name.remove(&p.name);
+        }
+        let ip = p.remote.ip();
+        if let Some(list) = self.by_ip.get_mut(&ip) {
+            list.retain(|&j| j != i);
+            if list.is_empty() {
+                self.by_ip.remove(&ip);
+            }
+        }
+        if self.by_addr.get(&p.remote) == Some(&i) {
+            self.by_addr.remove(&p.remote);
+            // Another peer with that address and port takes its place.
+            let next = self.by_ip.get(&ip).and_then(|list| {
+                list.iter()
+                    .copied()
+                    .find(|&j| self.cfg.peers[j].remote == p.remote)
+            });
+            if let Some(j) = next {
+                self.by_addr.insert(p.remote, j);
+            }
+        }
+    }
+
+    /// Adds a configured peer at `now` (a reload): it is initiated at once
+    /// when its `initiate` is set, and answered from now on. A peer
+    /// removed earlier whose Delete or MKTs are still winding down is
+    /// configured again in its old slot (its MKTs kept). Errors: a peer of
+    /// that name exists, or the configuration is unusable. O(log n).
+    pub fn add_peer(&mut self, pc: PeerConfig, now: Instant) -> Result<(), IkeError> {
+        check_peer(&pc)?;
+        if self.by_name.contains_key(&pc.name) {
+            return Err(MisuseError::Config(format!("peer {:?} exists already", pc.name)).into());
+        }
+        let i = if let Some(i) = self.removed_by_name.remove(&pc.name) {
+            self.peers[i].removed = false;
+            self.cfg.peers[i] = pc;
+            i
+        } else if let Some(i) = self.vacant.pop_first() {
+            self.peers[i] = Peer::default();
+            self.cfg.peers[i] = pc;
+            i
+        } else {
+            self.cfg.peers.push(pc);
+            self.peers.push(Peer::default());
+            self.timers.add_slot();
+            self.peers.len() - 1
+        };
+        self.index(i);
+        self.with_peer(i, |ctx| {
+            if ctx.pc.initiate && !lifecycle::has_live_sa(ctx, now) {
+                ctx.peer.next_attempt = Some(now);
+            }
+        });
+        Ok(())
+    }
+
+    /// Removes the named peer at `now` (a reload). Its IKE SAs are
+    /// deleted: an authenticated one with INFORMATIONAL {Delete(IKE)},
+    /// retransmitted until the peer answers (as for
+    /// [`Endpoint::terminate`]), but with no Delete for the MKTs, which
+    /// stay until their hard lifetime (not rekeyed: there is no IKE SA
+    /// any more), so that the sockets keep their keys; the peer sees its
+    /// IKE SA deleted and keeps its MKTs as well. From now on the peer's
+    /// address is no configured peer and its name unknown to the other
+    /// inputs; its view says [`PeerState::Removed`] until nothing is
+    /// left. Returns how many IKE SAs it deletes. O(its SAs + log n).
+    pub fn remove_peer(&mut self, peer_name: &str, now: Instant) -> Result<usize, IkeError> {
+        let i = self.peer_index(peer_name)?;
+        let count = self.with_peer(i, |ctx| {
+            ctx.peer.next_attempt = None;
+            ctx.peer.next_child_attempt = None;
+            for m in &mut ctx.peer.mkts {
+                m.rekey_at = None;
+            }
+            lifecycle::end_ike_sas_keeping_mkts(ctx, "peer removed from the configuration", now)
+        });
+        self.unindex(i);
+        self.peers[i].removed = true;
+        self.removed_by_name.insert(peer_name.to_string(), i);
+        self.vacate_if_done(i);
+        Ok(count)
+    }
+
+    /// Gives the peer named in `pc` this configuration at `now` (a
+    /// reload) and does what the change needs ([`PeerChange`]):
+    /// - `Applied`: lifetimes apply to the IKE SAs and MKTs negotiated
+    ///   from now on (running ones keep their times); `initiate` turned on
+    ///   starts a negotiation if there is no IKE SA, turned off stops
+    ///   retries.
+    /// - `RekeyMkts`: the newest MKT is rekeyed now with the new settings
+    ///   (or a first one created) on the running IKE SA.
+    /// - `Renegotiate`: the IKE SAs are deleted with a Delete (the MKTs
+    ///   stay, as for [`Endpoint::remove_peer`]) and a new IKE SA is
+    ///   negotiated at once when the peer is to initiate or had one (its
+    ///   MKT then supersedes the old ones).
+    ///
+    /// Errors: no such peer, or an unusable configuration (nothing is
+    /// changed then). O(its SAs and MKTs + log n).
+    pub fn update_peer(&mut self, pc: PeerConfig, now: Instant) -> Result<PeerChange, IkeError> {
+        check_peer(&pc)?;
+        let i = self.peer_index(&pc.name)?;
+        let change = reconfig::classify(&self.cfg.peers[i], &pc);
+        match change {
+            PeerChange::Unchanged => {}
+            PeerChange::Applied => {
+                let was_initiating = self.cfg.peers[i].initiate;
+                self.cfg.peers[i] = pc;
+                self.with_peer(i, |ctx| {
+                    if ctx.pc.initiate && !was_initiating && !lifecycle::has_live_sa(ctx, now) {
+                        ctx.peer.next_attempt = Some(now);
+                    } else if !ctx.pc.initiate && was_initiating {
+                        ctx.peer.next_attempt = None;
+                    }
+                });
+            }
+            PeerChange::RekeyMkts => {
+                self.cfg.peers[i] = pc;
+                self.with_peer(i, |ctx| {
+                    let newest = ctx
+                        .peer
+                        .mkts
+                        .iter_mut()
+                        .filter(|m| m.retire_at.is_none())
+                        .max_by_key(|m| m.created_at);
+                    if let Some(m) = newest {
+                        m.rekey_at = Some(now);
+                    }
+                    ctx.peer.next_child_attempt = None;
+                    maintenance::handle_mkt_timers(ctx, now);
+                });
+            }
+            PeerChange::Renegotiate => {
+                let had_sa = self.with_peer(i, |ctx| {
+                    let had = lifecycle::has_live_sa(ctx, now);
+                    lifecycle::end_ike_sas_keeping_mkts(ctx, "peer configuration changed", now);
+                    had
+                });
+                // The half-open count under the old address is 0 now.
+                self.unindex(i);
+                self.cfg.peers[i] = pc;
+                self.index(i);
+                self.with_peer(i, |ctx| {
+                    ctx.peer.last_error = None;
+                    ctx.peer.next_attempt = (had_sa || ctx.pc.initiate).then_some(now);
+                });
+            }
+        }
+        Ok(change)
     }
 
     /// Views of every configured peer, for status displays (not for the
     /// driver's key handling: [`Event::MktsChanged`] carries that).
     pub fn peers(&self) -> Vec<PeerView> {
-        (0..self.peers.len()).map(|i| self.view(i)).collect()
+        (0..self.peers.len())
+            .filter(|&i| !self.peers[i].vacant)
+            .map(|i| self.view(i))
+            .collect()
     }
 
     /// The view of one peer, found by name in O(log n): for an answer about
@@ -257,7 +459,9 @@ impl Endpoint {
             .filter(|s| s.state() != SaState::Failed)
             .collect();
         sas.sort_by_key(|s| s.created);
-        let state = if sas.iter().any(|s| s.state() == SaState::Established) {
+        let state = if peer.removed {
+            PeerState::Removed
+        } else if sas.iter().any(|s| s.state() == SaState::Established) {
             PeerState::Established
         } else if sas.iter().any(|s| s.is_live()) {
             PeerState::Connecting
@@ -599,6 +803,17 @@ impl Endpoint {
             true
         }))
     }
+}
+
+/// Refuses a peer configuration the endpoint cannot run with.
+fn check_peer(p: &PeerConfig) -> Result<(), IkeError> {
+    if p.ike_suites.is_empty() {
+        return Err(MisuseError::Config(format!("peer {:?}: no IKE suites", p.name)).into());
+    }
+    if p.tcp_ports.is_empty() {
+        return Err(MisuseError::Config(format!("peer {:?}: no TCP ports", p.name)).into());
+    }
+    Ok(())
 }
 
 /// A message on one of the peer's IKE SAs: checks that it belongs to the SA,

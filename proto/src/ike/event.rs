@@ -302,6 +302,9 @@ pub enum PeerState {
     Connecting,
     Established,
     Failed,
+    /// No longer configured ([`Endpoint::remove_peer`](super::Endpoint::remove_peer)):
+    /// shown while its IKE SA's Delete is out and its MKTs last.
+    Removed,
 }
 
 impl PeerState {
@@ -311,6 +314,7 @@ impl PeerState {
             PeerState::Connecting => "connecting",
             PeerState::Established => "established",
             PeerState::Failed => "failed",
+            PeerState::Removed => "removed",
         }
     }
 }

@@ -389,3 +389,36 @@ pub(super) fn finish_delete(ctx: &mut Ctx<'_>, sa: IkeSa) -> Fate {
     let reason = sa.deleting_reason().unwrap_or("deleted");
     remove_sa(ctx, sa, reason)
 }
+
+/// Ends every IKE SA of the peer and keeps its MKTs (a reload removed
+/// the peer or changed what its IKE SA was made with): an authenticated
+/// SA starts its Delete (INFORMATIONAL {Delete(IKE)}, retransmitted until
+/// answered, [`start_delete`]) with no Delete payload for the MKTs, so
+/// that both sides keep them on their sockets until their hard lifetime
+/// or a new MKT; SAs still being set up go at once. Returns how many SAs
+/// it ends.
+pub(super) fn end_ike_sas_keeping_mkts(
+    ctx: &mut Ctx<'_>,
+    reason: &'static str,
+    now: Instant,
+) -> usize {
+    let mut count = 0;
+    for spi in ctx.sas.spis() {
+        let Some(mut sa) = ctx.sas.remove(&spi) else {
+            continue;
+        };
+        if sa.state() == SaState::Deleting {
+            ctx.sas.insert(sa);
+            continue;
+        }
+        count += 1;
+        if sa.is_authenticated() {
+            sa.ike_rekey = None;
+            start_delete(ctx, &mut sa, Vec::new(), reason, now);
+            ctx.sas.insert(sa);
+        } else {
+            report_deleted(ctx, &sa, reason);
+        }
+    }
+    count
+}

@@ -18,7 +18,8 @@
 //!   retransmission, replay), `table` (a peer's SAs), `peer` (a peer's
 //!   other state), `timers` (the timer queue), `traffic` (payload helpers).
 //! - [`config`], [`proposal`], [`sk`], [`event`], [`error`]: configuration,
-//!   SA payloads, the encrypted payload, what the endpoint reports, errors.
+//!   SA payloads, the encrypted payload, what the endpoint reports, errors;
+//!   [`reconfig`]: what a changed peer configuration needs (reload).
 //!
 //! No module imports one above it: exchanges import `lifecycle`, `mkts`,
 //! `context` and below, never `endpoint` or `maintenance`.
@@ -39,6 +40,7 @@ mod maintenance;
 mod mkts;
 mod peer;
 pub mod proposal;
+pub mod reconfig;
 mod sa;
 pub mod sk;
 mod table;
@@ -55,6 +57,7 @@ pub use event::{
     Counters, DropCounters, DropReason, Event, KeyIdReservation, MktView, PeerState, PeerView,
     Role, SaView, Transmit,
 };
+pub use reconfig::PeerChange;
 
 use crate::numbers::NotifyType;
 use crate::wire::{NotifyPayload, Payload};

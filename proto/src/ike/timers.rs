@@ -22,6 +22,11 @@ impl TimerQueue {
         }
     }
 
+    /// Makes room for one more peer (index `peers`), nothing scheduled.
+    pub(super) fn add_slot(&mut self) {
+        self.at.push(None);
+    }
+
     /// Sets (or clears) the peer's deadline.
     pub(super) fn set(&mut self, peer: usize, deadline: Option<Instant>) {
         let Some(slot) = self.at.get_mut(peer) else {
