@@ -160,14 +160,9 @@ fn run(args: &Args) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
-    let dst = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*args.target.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
+    // A raw socket's destination: the address, port 0.
+    let (dst, dst_len) =
+        aokd_sys::to_sockaddr(std::net::SocketAddr::new((*args.target.ip()).into(), 0));
     let len = 28 + ike.len();
     let mut bufs = vec![vec![0u8; len]; BATCH];
     let mut rng = Xs(0x9e37_79b9_7f4a_7c15
@@ -226,7 +221,7 @@ fn run(args: &Args) -> Result<(), String> {
                 // below outlive the sendmmsg call.
                 let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
                 m.msg_hdr.msg_name = std::ptr::addr_of!(dst) as *mut libc::c_void;
-                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                m.msg_hdr.msg_namelen = dst_len;
                 m.msg_hdr.msg_iov = v;
                 m.msg_hdr.msg_iovlen = 1;
                 m

@@ -176,16 +176,9 @@ fn bind_reuse(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
     // SAFETY: `fd` is a socket we own.
     let socket = unsafe { UdpSocket::from_raw_fd(fd) };
     let one: libc::c_int = 1;
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: setsockopt with an int and bind with a sockaddr_in, both
-    // valid for the calls.
+    let (sin, sin_len) = aokd_sys::to_sockaddr(std::net::SocketAddr::V4(addr));
+    // SAFETY: setsockopt with an int and bind with a sockaddr of `sin_len`
+    // octets, both valid for the calls.
     let ok = unsafe {
         libc::setsockopt(
             fd,
@@ -194,11 +187,7 @@ fn bind_reuse(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
             std::ptr::addr_of!(one).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         ) == 0
-            && libc::bind(
-                fd,
-                std::ptr::addr_of!(sin).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            ) == 0
+            && libc::bind(fd, std::ptr::addr_of!(sin).cast(), sin_len) == 0
     };
     if ok {
         Ok(socket)
