@@ -12,7 +12,7 @@
 //!   and enabled again with birdc, each side in turn; keepalive 1 s) while both
 //!   session sockets go through at least [`ROLLOVERS`] MKT rollovers (Current_key
 //!   changes in `aoctl sockets`), and the KeyIDs on the wire change as often in both
-//!   directions;
+//!   directions, every KeyID carrying some of BIRD's segments each way;
 //! - hitless: the session is still Established at the end with the same `since`,
 //!   BIRD logged exactly one "State changed to up" and no other state change; the
 //!   routes flowed both ways (import updates and withdraws received);
@@ -92,7 +92,14 @@ fn bird_over_tcp_ao_with_rollovers_in_vm() {
         started.elapsed().as_secs_f64()
     );
     let r = run.results();
-    for case in ["established", "session", "sockets-a", "sockets-b", "verify", "wire"] {
+    for case in [
+        "established",
+        "session",
+        "sockets-a",
+        "sockets-b",
+        "verify",
+        "wire",
+    ] {
         if r.has(case) {
             println!("vm_bird {case}: {}", r.line(case));
         }
@@ -100,15 +107,28 @@ fn bird_over_tcp_ao_with_rollovers_in_vm() {
     run.assert_e2e_passed();
 
     r.assert_lifetimes(8, 16);
-    assert_eq!(r.num("setup", "rollovers"), ROLLOVERS, "{}", r.line("setup"));
+    assert_eq!(
+        r.num("setup", "rollovers"),
+        ROLLOVERS,
+        "{}",
+        r.line("setup")
+    );
 
     // Established, and hitless through the rollovers.
     let s = "session";
     let line = r.line(s);
     assert_eq!(r.str(s, "a_state"), "up/Established", "{line}");
     assert_eq!(r.str(s, "b_state"), "up/Established", "{line}");
-    assert_eq!(r.str(s, "since_a"), r.str("established", "since_a"), "{line}");
-    assert_eq!(r.str(s, "since_b"), r.str("established", "since_b"), "{line}");
+    assert_eq!(
+        r.str(s, "since_a"),
+        r.str("established", "since_a"),
+        "{line}"
+    );
+    assert_eq!(
+        r.str(s, "since_b"),
+        r.str("established", "since_b"),
+        "{line}"
+    );
     assert_eq!(r.num(s, "a_ups"), 1, "{line}");
     assert_eq!(r.num(s, "b_ups"), 1, "{line}");
     assert_eq!(r.num(s, "a_state_changes"), 2, "start, up: {line}");
@@ -143,6 +163,13 @@ fn bird_over_tcp_ao_with_rollovers_in_vm() {
     assert!(r.num(w, "keyid_changes") >= ROLLOVERS, "{}", r.line(w));
     assert!(
         r.num(w, "reverse_keyid_changes") >= ROLLOVERS,
+        "{}",
+        r.line(w)
+    );
+    // BIRD's traffic under every KeyID, both ways.
+    assert!(r.num(w, "min_segments_per_key") >= 3, "{}", r.line(w));
+    assert!(
+        r.num(w, "reverse_min_segments_per_key") >= 3,
         "{}",
         r.line(w)
     );

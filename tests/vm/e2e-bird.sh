@@ -24,7 +24,8 @@
 # flowed (BIRD's import update and withdraw counters) and each side has the other's
 # fixed route; `aoctl verify --from-daemon` of the capture (a's MKTs, retired ones
 # included) verifies every segment: none unsigned, no bad MAC, no unknown KeyID; the
-# session's KeyIDs changed ROLLOVERS times on the wire in each direction.
+# session's KeyIDs changed ROLLOVERS times on the wire in each direction, and each
+# KeyID carried some of BIRD's segments (at least 3) in each direction.
 # Results: `E2E-RESULT case=NAME key=value ...`; checks: `E2E-CHECK NAME ok|FAIL: why`.
 # Exit status 0 only if every check passed. Addresses exist only inside this VM.
 set -eu
@@ -328,13 +329,22 @@ v_ver=$(vtotal "$T/verify.json" verified)
 v_uns=$(vtotal "$T/verify.json" unsigned)
 v_bad=$(vtotal "$T/verify.json" bad_mac)
 v_unk=$(vtotal "$T/verify.json" unknown_key_id)
-# Per direction of the busiest connection (the session): how often the KeyID changed.
+# Per direction of the busiest connection (the session): how often the KeyID changed,
+# and the fewest segments sent with one KeyID (BIRD's traffic under every key).
 wire=$(ao_segments "$T/bird.pcap" | awk '
-    { f = $2 ">" $3; c[f]++; if ($4 != "-" && (f in k) && k[f] != $4) ch[f]++; if ($4 != "-") k[f] = $4 }
+    function close_run(f) { if (!(f in mn) || run[f] < mn[f]) mn[f] = run[f] }
+    {
+        f = $2 ">" $3; c[f]++
+        if ($4 != "-") {
+            if ((f in k) && k[f] != $4) { ch[f]++; close_run(f); run[f] = 0 }
+            k[f] = $4; run[f]++
+        }
+    }
     END {
+        for (f in run) close_run(f)
         best = ""; for (f in c) if (best == "" || c[f] > c[best]) best = f
         split(best, p, ">"); back = p[2] ">" p[1]
-        printf "session=%s segments=%d keyid_changes=%d reverse_segments=%d reverse_keyid_changes=%d\n", best, c[best], ch[best] + 0, c[back] + 0, ch[back] + 0
+        printf "session=%s segments=%d keyid_changes=%d min_segments_per_key=%d reverse_segments=%d reverse_keyid_changes=%d reverse_min_segments_per_key=%d\n", best, c[best], ch[best] + 0, mn[best] + 0, c[back] + 0, ch[back] + 0, mn[back] + 0
     }')
 echo "E2E-RESULT case=verify status=$verify_status connections=${v_conn:-0} segments=${v_seg:-0} verified=${v_ver:-0} unsigned=${v_uns:-0} bad_mac=${v_bad:-0} unknown_key_id=${v_unk:-0} pcap_bytes=$(wc -c <"$T/bird.pcap")"
 echo "E2E-RESULT case=wire $wire"
@@ -344,6 +354,8 @@ expect verify-no-unsigned "${v_uns:-?} unsigned segments" "${v_uns:-1}" = 0
 expect verify-no-bad "${v_bad:-?} bad MACs, ${v_unk:-?} unknown KeyIDs" "${v_bad:-1}" = 0 -a "${v_unk:-1}" = 0
 expect wire-rollovers "on the wire: $wire; want >= $ROLLOVERS KeyID changes each way" \
     "$(field "$wire" keyid_changes)" -ge "$ROLLOVERS" -a "$(field "$wire" reverse_keyid_changes)" -ge "$ROLLOVERS"
+expect wire-traffic-every-key "on the wire: $wire; want >= 3 segments with every KeyID each way" \
+    "$(field "$wire" min_segments_per_key)" -ge 3 -a "$(field "$wire" reverse_min_segments_per_key)" -ge 3
 
 preload_lines=$(cat "$T/bird-a.err" "$T/bird-b.err" | grep -c "aokd-preload" || true)
 echo "E2E-RESULT case=preload debug_lines=$preload_lines installed=$(cat "$T/bird-a.err" "$T/bird-b.err" | grep -c "aokd installed" || true) guard=$(cat "$T/bird-a.err" "$T/bird-b.err" | grep -c "guard" || true)"
