@@ -3,9 +3,11 @@
 #
 # Usage: mkinitramfs.sh OUT.cpio.gz [PROGRAM...] [-- SCRIPT]
 #   PROGRAM   a host file copied to /opt/aokd/bin/<name>, or HOST_PATH=GUEST_PATH to
-#             choose where it goes (GUEST_PATH absolute). Dynamically linked ELF files
-#             get the shared libraries that ldd lists, and the dynamic loader, copied
-#             to the same paths in the image.
+#             choose where it goes (GUEST_PATH absolute), or @COMMAND: the host's
+#             installed COMMAND (found on PATH, /usr/sbin and /sbin included) copied to
+#             the same path in the image (e.g. @bird: /usr/sbin/bird). Dynamically
+#             linked ELF files get the shared libraries that ldd lists, and the dynamic
+#             loader, copied to the same paths in the image.
 #   SCRIPT    a shell script the guest runs (as /opt/aokd/guest.sh, with sh, working
 #             directory /opt/aokd, PATH starting with /opt/aokd/bin; it may source
 #             /opt/aokd/lib.sh, a copy of tests/vm/lib.sh). Without one the guest
@@ -146,7 +148,11 @@ done
 
 # The programs under test.
 for p in ${programs[@]+"${programs[@]}"}; do
-    if [[ "$p" == *=* ]]; then
+    if [[ "$p" == @* ]]; then
+        host="$(PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH" command -v "${p#@}" || true)"
+        [[ "$host" == /* ]] || vm_die "$p: no command ${p#@} installed on the host"
+        guest="$host"
+    elif [[ "$p" == *=* ]]; then
         host="${p%%=*}" guest="${p#*=}"
         [[ "$guest" == /* ]] || vm_die "guest path must be absolute in '$p'"
     else

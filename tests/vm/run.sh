@@ -3,7 +3,7 @@
 # SCRIPT in the guest, streams the serial console to stdout, and exits with the guest
 # script's status.
 #
-# Usage: run.sh [--timeout SECONDS] [--keep-initramfs PATH] SCRIPT [PROGRAM | HOST=GUEST]...
+# Usage: run.sh [--timeout SECONDS] [--keep-initramfs PATH] SCRIPT [PROGRAM | HOST=GUEST | @COMMAND]...
 #   --timeout   kill qemu after SECONDS (default 300, or $AOKD_VM_TIMEOUT)
 #   --keep-initramfs  also write the initramfs to PATH (for debugging)
 # Exit status: the guest script's (from the "AOKD-VM-EXIT <status>" console line);
