@@ -51,7 +51,7 @@ fn signing(backend: Option<&str>, peer_tcp_ao: Option<bool>) -> String {
     match (backend, peer_tcp_ao) {
         (None, _) => "-".into(),
         (Some(b), Some(true)) if b != "tcp-ao" => format!("{} (peer has TCP-AO)", sanitize(b)),
-        (Some(b), Some(false)) if b == "tcp-ao" => "tcp-ao (peer lacks TCP-AO)".into(),
+        (Some("tcp-ao"), Some(false)) => "tcp-ao (peer lacks TCP-AO)".into(),
         (Some(b), _) => sanitize(b),
     }
 }
