@@ -96,6 +96,13 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Print the man page or a shell completion script (packaging:
+    /// docs/packaging.md).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: aokd_clidoc::Output,
+    },
 }
 
 // `verify::run` is `run_with` without aoctl's global options; main uses
@@ -121,8 +128,20 @@ fn main() {
         Cmd::Terminate { peer } => query(&socket, timeout, json, Command::Terminate { peer }),
         Cmd::Rekey { peer, ike } => query(&socket, timeout, json, Command::Rekey { peer, ike }),
         Cmd::Metrics { output } => metrics_command(&socket, timeout, output.as_deref()),
+        Cmd::Generate { what } => generate(what),
     };
     std::process::exit(code);
+}
+
+/// `aoctl generate WHAT`: aoctl(8), with the sections clap does not know
+/// from `manual.roff`, or a completion script.
+fn generate(what: aokd_clidoc::Output) -> i32 {
+    let page = aokd_clidoc::ManPage {
+        section: "8",
+        manual: "System Administration",
+        extra: include_str!("manual.roff"),
+    };
+    aokd_clidoc::print(<Cli as clap::CommandFactory>::command(), what, &page)
 }
 
 /// Writes `text` to stdout; a closed pipe (`aoctl sas | head`) is not an
