@@ -54,7 +54,8 @@ pub fn generate(cmd: Command, what: Output, page: &ManPage, out: &mut dyn Write)
 }
 
 /// A shell's completion script.
-fn complete(mut cmd: Command, shell: Shell, out: &mut dyn Write) -> io::Result<()> {
+fn complete(cmd: Command, shell: Shell, out: &mut dyn Write) -> io::Result<()> {
+    let mut cmd = visible(&cmd);
     let name = cmd.get_name().to_owned();
     // clap_complete writes through `impl Write`; collect first so that a
     // write error is returned rather than lost.
@@ -62,6 +63,25 @@ fn complete(mut cmd: Command, shell: Shell, out: &mut dyn Write) -> io::Result<(
     clap_complete::generate(shell, &mut cmd, name, &mut buf);
     out.write_all(&buf)?;
     out.flush()
+}
+
+/// `cmd` without its hidden subcommands: clap_complete offers hidden
+/// subcommands (`generate`) like any other, and a `Command` has no way to
+/// remove one, so the tree is copied with what completion uses (name,
+/// about, version, arguments, subcommands). Called before `build`, so
+/// `--help` and `--version` are not among the arguments yet.
+fn visible(cmd: &Command) -> Command {
+    let mut out = Command::new(cmd.get_name().to_owned()).args(cmd.get_arguments().cloned());
+    if let Some(about) = cmd.get_about() {
+        out = out.about(about.clone());
+    }
+    if let Some(version) = cmd.get_version() {
+        out = out.version(version.to_owned());
+    }
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        out = out.subcommand(visible(sub));
+    }
+    out
 }
 
 /// The man page of `cmd` (module documentation).
