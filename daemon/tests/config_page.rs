@@ -73,8 +73,7 @@ fn entries(page: &str) -> Vec<Entry> {
 fn parser_keys(prefix: &str) -> BTreeSet<String> {
     let text = format!("{prefix}zz_not_a_key = 1\n");
     let err = Config::parse(&text, Path::new("/nonexistent/aokd.toml"))
-        .err()
-        .expect("an unknown key is refused")
+        .expect_err("an unknown key is refused")
         .to_string();
     let (_, expected) = err
         .split_once("expected")
