@@ -112,6 +112,13 @@ enum Cmd {
         /// The command, or command and subcommand.
         command: Vec<String>,
     },
+    /// Print the man page or a shell completion script (packaging:
+    /// docs/packaging.md).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: aokd_clidoc::Output,
+    },
 }
 
 // `verify::run` is `run_with` without aoctl's global options; main uses
@@ -147,6 +154,7 @@ fn main() {
         Cmd::Reload => query(&socket, timeout, json, Command::Reload),
         Cmd::Metrics { output } => metrics_command(&socket, timeout, output.as_deref()),
         Cmd::Help { command } => help(&command),
+        Cmd::Generate { what } => generate(what),
     };
     std::process::exit(code);
 }
@@ -169,6 +177,17 @@ fn help(path: &[String]) -> i32 {
     }
     print(&current.render_long_help().to_string());
     0
+}
+
+/// `aoctl generate WHAT`: aoctl(8), with the sections clap does not know
+/// from `manual.roff`, or a completion script.
+fn generate(what: aokd_clidoc::Output) -> i32 {
+    let page = aokd_clidoc::ManPage {
+        section: "8",
+        manual: "System Administration",
+        extra: include_str!("manual.roff"),
+    };
+    aokd_clidoc::print(<Cli as clap::CommandFactory>::command(), what, &page)
 }
 
 /// Writes `text` to stdout; a closed pipe (`aoctl sas | head`) is not an

@@ -49,6 +49,13 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
+    /// Print the man page or a shell completion script (packaging:
+    /// docs/packaging.md).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: aokd_clidoc::Output,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -65,12 +72,27 @@ fn main() -> ExitCode {
             init_logging(cli.log_format, "warn");
             demo(timeout)
         }
+        (Some(Cmd::Generate { what }), _) => generate(what),
         (None, Some(file)) => {
             init_logging(cli.log_format, "info");
             run(&file)
         }
         // clap requires --config when there is no subcommand.
         (None, None) => ExitCode::from(2),
+    }
+}
+
+/// `aokd generate WHAT`: aokd(8), with the sections clap does not know
+/// from `manual.roff`, or a completion script.
+fn generate(what: aokd_clidoc::Output) -> ExitCode {
+    let page = aokd_clidoc::ManPage {
+        section: "8",
+        manual: "System Administration",
+        extra: include_str!("manual.roff"),
+    };
+    match aokd_clidoc::print(<Cli as clap::CommandFactory>::command(), what, &page) {
+        0 => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
     }
 }
 
