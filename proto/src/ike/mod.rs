@@ -18,7 +18,8 @@
 //!   retransmission, replay), `table` (a peer's SAs), `peer` (a peer's
 //!   other state), `timers` (the timer queue), `traffic` (payload helpers).
 //! - [`config`], [`proposal`], [`sk`], [`event`], [`error`]: configuration,
-//!   SA payloads, the encrypted payload, what the endpoint reports, errors.
+//!   SA payloads, the encrypted payload, what the endpoint reports, errors;
+//!   [`outcomes`]: how negotiations ended, counted from the events.
 //!
 //! No module imports one above it: exchanges import `lifecycle`, `mkts`,
 //! `context` and below, never `endpoint` or `maintenance`.
@@ -37,6 +38,7 @@ mod init;
 mod lifecycle;
 mod maintenance;
 mod mkts;
+pub mod outcomes;
 mod peer;
 pub mod proposal;
 mod sa;
@@ -55,6 +57,7 @@ pub use event::{
     Counters, DropCounters, DropReason, Event, KeyIdReservation, MktView, PeerState, PeerView,
     Role, SaView, Transmit,
 };
+pub use outcomes::{FailureCounters, FailureReason, NegotiationCounters};
 
 use crate::numbers::NotifyType;
 use crate::wire::{NotifyPayload, Payload};
