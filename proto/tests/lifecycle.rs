@@ -100,7 +100,7 @@ fn plain_rekeys_are_rekeyed_not_collisions_and_the_old_mkt_reads_replaced_on_bot
     let mut replaced_before_delete = [0u32; 2];
     for t in 0..1000u64 {
         sim.run_for(Duration::from_millis(500));
-        for i in 0..2 {
+        for (i, seen) in replaced_before_delete.iter_mut().enumerate() {
             let v = sim.mkts(i);
             if v.len() < 2 {
                 continue;
@@ -114,7 +114,7 @@ fn plain_rekeys_are_rekeyed_not_collisions_and_the_old_mkt_reads_replaced_on_bot
             assert!(old.replaced, "t+{t}: node {i}: old MKT not replaced");
             assert!(!new.replaced, "t+{t}: node {i}: new MKT replaced");
             if old.retire_at.is_none() {
-                replaced_before_delete[i] += 1;
+                *seen += 1;
             }
         }
     }
