@@ -100,6 +100,8 @@ struct Failure {
     logged_at: Option<Instant>,
     /// Failed writes since then.
     since_logged: u64,
+    /// Failed writes since the failure began.
+    total: u64,
 }
 
 /// The writer thread: each text to the file, until the channel closes.
@@ -117,16 +119,18 @@ fn note(path: &Path, failure: &mut Failure, result: io::Result<()>, now: Instant
     match (result, failure.logged_at) {
         (Ok(()), None) => {}
         (Ok(()), Some(_)) => {
-            info!(file = %path.display(), "metrics file written again");
+            info!(file = %path.display(), failed_writes = failure.total, "metrics file written again");
             *failure = Failure::default();
         }
         (Err(e), None) => {
             warn!(file = %path.display(), error = %e, "cannot write the metrics file (logged again at most once an hour while it fails)");
             failure.logged_at = Some(now);
             failure.since_logged = 0;
+            failure.total = 1;
         }
         (Err(e), Some(at)) => {
             failure.since_logged += 1;
+            failure.total += 1;
             if now.duration_since(at) >= FAILURE_LOG_EVERY {
                 warn!(file = %path.display(), error = %e, failed_writes = failure.since_logged,
                     "still cannot write the metrics file");
@@ -155,7 +159,7 @@ mod tests {
         assert_eq!((f.logged_at, f.since_logged), (Some(t0), 99));
         let t1 = t0 + FAILURE_LOG_EVERY;
         note(path, &mut f, err(), t1);
-        assert_eq!((f.logged_at, f.since_logged), (Some(t1), 0));
+        assert_eq!((f.logged_at, f.since_logged, f.total), (Some(t1), 0, 101));
         note(path, &mut f, Ok(()), t1);
         assert_eq!(f.logged_at, None);
     }

@@ -326,3 +326,106 @@ fn aoctl_metrics_and_the_metrics_file_parse_and_count_what_happened() {
     assert_eq!(value(&fb, "aokd_mkts", &[("state", "active")]), Some(1.0));
     assert_eq!(value(&fb, "aokd_mkts", &[("state", "retiring")]), Some(1.0));
 }
+
+/// Waits until `d`'s log contains `needle`; returns the log.
+fn wait_log(d: &Daemon, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        let log = d.log();
+        if log.contains(needle) {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{}: no {needle:?} in the log:\n{}", d.side.name, d.log());
+}
+
+/// A failed negotiation is counted by its reason, and a metrics file that
+/// cannot be written is logged once (not every interval), then written as
+/// soon as its directory exists, with the recovery logged.
+#[test]
+fn failures_are_counted_by_reason_and_an_unwritable_file_is_logged_once() {
+    if !parser_available() {
+        return;
+    }
+    let other = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210\n";
+    let root = temp_dir("metrics-fail");
+    let a = Side::new(&root, "a", "127.0.0.1");
+    let b = Side::new(&root, "b", "127.0.0.2");
+    // The directory does not exist yet.
+    let metrics_dir = a.dir.join("later");
+    let file = metrics_dir.join("aokd.prom");
+    a.write_config_with(
+        &b,
+        PSK,
+        &format!(
+            "metrics_file = \"{}\"\nmetrics_interval = \"1s\"",
+            file.display()
+        ),
+        "",
+    );
+    b.write_config(&a, other, "");
+    let da = Daemon::start(&a);
+    let _db = Daemon::start(&b);
+    da.wait_for(&["status"], WAIT, |v| {
+        v["peers"][0]["last_error"] == "AUTHENTICATION_FAILED"
+    });
+    let f = aoctl_metrics(&da);
+    let failed = value(
+        &f,
+        "aokd_negotiations_total",
+        &[
+            ("kind", "ike_sa"),
+            ("result", "failure"),
+            ("reason", "authentication_failed"),
+        ],
+    );
+    assert!(failed.is_some_and(|n| n >= 1.0), "{failed:?}");
+    assert_eq!(
+        value(
+            &f,
+            "aokd_negotiations_total",
+            &[("kind", "ike_sa"), ("result", "success")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(value(&f, "aokd_peer_up", &[("peer", "b")]), Some(0.0));
+    assert_eq!(
+        value(
+            &f,
+            "aokd_peer_failing",
+            &[("peer", "b"), ("error", "AUTHENTICATION_FAILED")]
+        ),
+        Some(1.0)
+    );
+    // The first write failed and was logged; a few more intervals pass
+    // (on purpose: failures that must not be logged again).
+    wait_log(&da, "cannot write the metrics file");
+    std::thread::sleep(Duration::from_millis(2500));
+    std::fs::create_dir_all(&metrics_dir).expect("dir");
+    let f = wait_file(&file, WAIT, |f| {
+        value(
+            f,
+            "aokd_peer_failing",
+            &[("peer", "b"), ("error", "AUTHENTICATION_FAILED")],
+        ) == Some(1.0)
+    });
+    assert!(value(&f, "aokd_start_time_seconds", &[]).is_some_and(|t| t > 0.0));
+    let log = wait_log(&da, "metrics file written again");
+    assert_eq!(
+        log.matches("cannot write the metrics file").count(),
+        1,
+        "logged more than once:\n{log}"
+    );
+    let recovered = log
+        .lines()
+        .find(|l| l.contains("metrics file written again"))
+        .expect("line");
+    let failed_writes: u64 = recovered
+        .split("failed_writes=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(failed_writes >= 2, "{recovered}");
+}

@@ -8,6 +8,7 @@
 
 use super::error::{IkeError, Misbehaviour, NegotiationError};
 use super::event::Event;
+use crate::numbers::NotifyType;
 
 /// Why a negotiation failed: the class of its [`IkeError`], a fixed set so
 /// that it can label a metric.
@@ -35,7 +36,8 @@ pub enum FailureReason {
     AuthenticationFailed,
     /// TS_UNACCEPTABLE.
     TsUnacceptable,
-    /// Another error Notify from the peer.
+    /// Another error Notify from the peer (one naming a failure above
+    /// counts as that failure).
     PeerReported,
     /// No answer (retransmissions exhausted).
     Timeout,
@@ -82,7 +84,15 @@ impl FailureReason {
                 NegotiationError::InvalidKe(_) => FailureReason::InvalidKe,
                 NegotiationError::AuthenticationFailed(_) => FailureReason::AuthenticationFailed,
                 NegotiationError::TsUnacceptable(_) => FailureReason::TsUnacceptable,
-                NegotiationError::PeerReported(_) => FailureReason::PeerReported,
+                // The peer's Notify of a failure this side also detects
+                // counts as that failure.
+                NegotiationError::PeerReported(t) => match *t {
+                    NotifyType::NO_PROPOSAL_CHOSEN => FailureReason::NoProposalChosen,
+                    NotifyType::INVALID_KE_PAYLOAD => FailureReason::InvalidKe,
+                    NotifyType::AUTHENTICATION_FAILED => FailureReason::AuthenticationFailed,
+                    NotifyType::TS_UNACCEPTABLE => FailureReason::TsUnacceptable,
+                    _ => FailureReason::PeerReported,
+                },
                 NegotiationError::Timeout => FailureReason::Timeout,
                 NegotiationError::NotCapable => FailureReason::NotCapable,
             },
@@ -212,12 +222,23 @@ mod tests {
             error: NegotiationError::Timeout.into(),
             by_peer: false,
         });
+        c.note(&Event::NegotiationFailed {
+            peer: "r2".into(),
+            error: NegotiationError::PeerReported(NotifyType::AUTHENTICATION_FAILED).into(),
+            by_peer: true,
+        });
+        c.note(&Event::NegotiationFailed {
+            peer: "r2".into(),
+            error: NegotiationError::PeerReported(NotifyType::INVALID_SYNTAX).into(),
+            by_peer: true,
+        });
         c.note(&Event::PeerNotCapable { peer: "r2".into() });
         assert_eq!(
             c.ike_sa_failures.get(FailureReason::AuthenticationFailed),
-            1
+            2
         );
-        assert_eq!(c.ike_sa_failures.total(), 1);
+        assert_eq!(c.ike_sa_failures.get(FailureReason::PeerReported), 1);
+        assert_eq!(c.ike_sa_failures.total(), 3);
         assert_eq!(c.mkt_failures.get(FailureReason::Timeout), 1);
         assert_eq!(c.ike_sas_established + c.mkts_created, 0);
     }
