@@ -135,6 +135,37 @@ pub struct DaemonStatus {
     /// after the first release of the schema; absent means unknown.
     #[serde(default)]
     pub dos: Option<Box<DosStatus>>,
+    /// How negotiations ended since aokd started. Added in version 1 after
+    /// the first release of the schema; absent means unknown.
+    #[serde(default)]
+    pub negotiations: Option<Box<NegotiationStatus>>,
+}
+
+/// How IKE SA and MKT negotiations ended since aokd started (the metrics'
+/// `aokd_negotiations_total`, `aokd_rekeys_total` and
+/// `aokd_rekey_collisions_total`, docs/metrics.md). Failures are by
+/// reason, every reason listed (zero included), for example
+/// `"authentication_failed": 2`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NegotiationStatus {
+    /// IKE SAs established (IKE_AUTH completed), as either role.
+    pub ike_sas_established: u64,
+    /// Failed IKE SA negotiations, by reason.
+    pub ike_sa_failures: BTreeMap<String, u64>,
+    /// MKTs created, fresh ones and rekeys.
+    pub mkts_created: u64,
+    /// Failed MKT negotiations (fresh ones and rekeys), by reason.
+    pub mkt_failures: BTreeMap<String, u64>,
+    /// IKE SAs rekeyed.
+    pub ike_sa_rekeys: u64,
+    /// Failed IKE SA rekeys, by reason.
+    pub ike_sa_rekey_failures: BTreeMap<String, u64>,
+    /// MKTs created by a rekey of another MKT.
+    pub mkt_rekeys: u64,
+    /// Simultaneous IKE SA rekeys (RFC 7296 2.8.2).
+    pub ike_sa_rekey_collisions: u64,
+    /// Simultaneous MKT rekeys (RFC 7296 2.8.1).
+    pub mkt_rekey_collisions: u64,
 }
 
 /// The state file's health (`aoctl status`).
@@ -201,6 +232,11 @@ pub struct PeerStatus {
     /// How keys reach the kernel for this peer: "tcp-ao" or "tcp-md5".
     #[serde(default)]
     pub backend: Option<String>,
+    /// Rollovers since aokd started: times an attached socket of this
+    /// peer moved from one MKT to a newer one (docs/metrics.md); `None`
+    /// when this aokd keys no sockets.
+    #[serde(default)]
+    pub rollovers: Option<u64>,
 }
 
 /// One IKE SA (`aoctl sas`).
@@ -237,7 +273,10 @@ pub struct MktStatus {
     pub created_at: u64,
     /// First 8 octets of SHA-256 of the master key, hex.
     pub key_fingerprint: String,
-    /// "active", or "retiring" once a successor exists.
+    /// "active"; "retiring" once a successor exists (on both sides of a
+    /// rekey, before the old one is deleted); after a restart "restored"
+    /// while an attached socket may hold it, "restored-stale" once a new
+    /// MKT replaced it.
     #[serde(default)]
     pub state: Option<String>,
     /// When this side will rekey it (seconds since the Unix epoch).
@@ -274,6 +313,10 @@ pub struct SocketStatus {
     /// Segments whose KeyID matched no key on the socket (TCP-AO).
     #[serde(default)]
     pub pkt_key_not_found: Option<u64>,
+    /// Segments without TCP-AO dropped because the socket requires it
+    /// (TCP-AO).
+    #[serde(default)]
+    pub pkt_ao_required: Option<u64>,
     /// SendID of Current_key (TCP-AO): the key the socket signs with.
     #[serde(default)]
     pub current_key: Option<u8>,

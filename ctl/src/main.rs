@@ -8,7 +8,6 @@
 
 mod client;
 mod gen_psk;
-mod metrics;
 mod output;
 mod socket_path;
 mod table;
@@ -229,7 +228,7 @@ fn metrics_command(socket: &Path, timeout: std::time::Duration, output: Option<&
         );
         return 2;
     };
-    let text = metrics::render(&metrics::Snapshot {
+    let text = aokd_api::metrics::render(&aokd_api::metrics::Snapshot {
         status: &status,
         sas: &sas,
         mkts: &mkts,
@@ -240,17 +239,13 @@ fn metrics_command(socket: &Path, timeout: std::time::Duration, output: Option<&
             print(&text);
             0
         }
-        Some(file) => {
-            let tmp = file.with_extension("prom.tmp");
-            match std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, file)) {
-                Ok(()) => 0,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    eprintln!("aoctl metrics: cannot write {}: {e}", file.display());
-                    1
-                }
+        Some(file) => match aokd_api::metrics::write_atomically(file, &text) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("aoctl metrics: cannot write {}: {e}", file.display());
+                1
             }
-        }
+        },
     }
 }
 

@@ -256,6 +256,7 @@ fn canned_status() -> DaemonStatus {
                 mkts: 2,
                 last_error: None,
                 backend: Some("tcp-md5".into()),
+                rollovers: None,
             },
             PeerStatus {
                 name: "r3-long-name".into(),
@@ -265,6 +266,7 @@ fn canned_status() -> DaemonStatus {
                 mkts: 0,
                 last_error: Some("AUTHENTICATION_FAILED\x1b[2J".into()),
                 backend: None,
+                rollovers: None,
             },
         ],
         state_file: Some(Box::new(StateFileStatus {
@@ -279,6 +281,7 @@ fn canned_status() -> DaemonStatus {
             reopened: 1,
         })),
         dos: None,
+        negotiations: None,
     }
 }
 
@@ -359,6 +362,7 @@ fn canned(cmd: &Cmd) -> String {
                 pkt_good: None,
                 pkt_bad: None,
                 pkt_key_not_found: None,
+                pkt_ao_required: None,
                 current_key: None,
                 rnext_key: None,
             }],

@@ -59,6 +59,13 @@ pub const DEFAULT_COOKIE_THRESHOLD_PER_SOURCE: usize =
 /// Largest `daemon.cookie_threshold` and `cookie_threshold_per_source`:
 /// more half-open SAs than that never exist (each peer holds at most 5).
 pub const MAX_COOKIE_THRESHOLD: i64 = 1_000_000;
+/// Default of `daemon.metrics_interval`: how often the metrics file is
+/// written (node_exporter's usual scrape interval).
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(15);
+/// Shortest `daemon.metrics_interval`.
+pub const MIN_METRICS_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest `daemon.metrics_interval`.
+pub const MAX_METRICS_INTERVAL: Duration = Duration::from_secs(3600);
 /// Default of `peer.tcp_ports` (BGP).
 pub const DEFAULT_TCP_PORTS: [u16; 1] = [179];
 /// Default of `peer.ike_proposals`.
@@ -224,6 +231,11 @@ pub struct DaemonSection {
     /// The same, counting those from the request's source address (0:
     /// always).
     pub cookie_threshold_per_source: usize,
+    /// The OpenMetrics file written for node_exporter's textfile collector
+    /// (made absolute against the config file's directory); `None`: none.
+    pub metrics_file: Option<PathBuf>,
+    /// How often the metrics file is written.
+    pub metrics_interval: Duration,
 }
 
 /// A group a socket is given (`*_socket_group`), by name and id.
@@ -493,6 +505,8 @@ struct RawDaemon {
     retired_keys: Option<String>,
     cookie_threshold: Option<i64>,
     cookie_threshold_per_source: Option<i64>,
+    metrics_file: Option<String>,
+    metrics_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -799,6 +813,43 @@ impl Validator<'_> {
             raw.cookie_threshold_per_source,
             DEFAULT_COOKIE_THRESHOLD_PER_SOURCE,
         )?;
+        let metrics_file = match raw.metrics_file {
+            None => None,
+            Some(s) if s.is_empty() || s.ends_with('/') => {
+                return Err(self.err(
+                    "daemon.metrics_file",
+                    None,
+                    format!("{s:?} is not a file path (for example \"/var/lib/prometheus/node-exporter/aokd.prom\")"),
+                ))
+            }
+            Some(s) => Some(self.resolve(&s)),
+        };
+        let metrics_interval = match raw.metrics_interval {
+            None => DEFAULT_METRICS_INTERVAL,
+            Some(_) if metrics_file.is_none() => {
+                return Err(self.err(
+                    "daemon.metrics_interval",
+                    None,
+                    "is set but daemon.metrics_file is not",
+                ))
+            }
+            Some(t) => {
+                let d =
+                    parse_duration(&t).map_err(|e| self.err("daemon.metrics_interval", None, e))?;
+                if d < MIN_METRICS_INTERVAL {
+                    return Err(self.err(
+                        "daemon.metrics_interval",
+                        None,
+                        format!(
+                            "{t:?} is shorter than the minimum of {}",
+                            format_duration(MIN_METRICS_INTERVAL)
+                        ),
+                    ));
+                }
+                at_most(&t, d, MAX_METRICS_INTERVAL)
+                    .map_err(|e| self.err("daemon.metrics_interval", None, e))?
+            }
+        };
         Ok(DaemonSection {
             listen,
             port,
@@ -813,6 +864,8 @@ impl Validator<'_> {
             retired_keys,
             cookie_threshold,
             cookie_threshold_per_source,
+            metrics_file,
+            metrics_interval,
         })
     }
 

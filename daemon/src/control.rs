@@ -401,10 +401,12 @@ pub fn empty_status(config: &Config, started_at: u64) -> DaemonStatus {
                 mkts: 0,
                 last_error: None,
                 backend: None,
+                rollovers: None,
             })
             .collect(),
         state_file: None,
         dos: None,
+        negotiations: None,
     }
 }
 

@@ -66,6 +66,11 @@ struct CoveredPeer {
     /// its keys until the endpoint reports them gone (hard lifetime), then
     /// its guard. Configured again, it is this entry again.
     removed: bool,
+    /// The newest MKT when the peer's sockets were last reconciled.
+    newest: Option<KeyIds>,
+    /// Rollovers of the peer's sockets since start (see
+    /// [`KeyManager::rollovers`]).
+    rollovers: u64,
 }
 
 /// An attached socket to key: what the attach server validated, with the
@@ -366,6 +371,9 @@ pub struct KeyManager<K: SocketKeys = KernelKeys> {
     retry: Option<Retry>,
     /// MKTs from before a restart, until their hard lifetime.
     restored: RestoredMkts,
+    /// The registry ids of the sockets taken back from the state file (the
+    /// only ones that can hold a restored MKT).
+    restored_sockets: BTreeSet<u64>,
     /// Where socket records go.
     persist: Persist,
     /// What the kernel supports (for peers added by a reload).
@@ -488,6 +496,8 @@ impl<K: SocketKeys> KeyManager<K> {
                 overlap: crate::config::mkt_overlap(&p.lifetimes),
                 mkts: Vec::new(),
                 removed: false,
+                newest: None,
+                rollovers: 0,
             });
         }
         let mut km = KeyManager {
@@ -501,6 +511,7 @@ impl<K: SocketKeys> KeyManager<K> {
             acquire_timeout: cfg.daemon.acquire_timeout,
             retry: None,
             restored: RestoredMkts::default(),
+            restored_sockets: BTreeSet::new(),
             persist: Persist::disabled(),
             support,
         };
@@ -599,6 +610,8 @@ impl<K: SocketKeys> KeyManager<K> {
                     overlap: crate::config::mkt_overlap(&p.lifetimes),
                     mkts: Vec::new(),
                     removed: false,
+                    newest: None,
+                    rollovers: 0,
                 });
                 let i = self.peers.len() - 1;
                 self.peer_index.insert(p.name.clone(), i);
@@ -782,14 +795,52 @@ impl<K: SocketKeys> KeyManager<K> {
         };
         info!(pid = rec.pid, fd = rec.fd, role = role_name(role), peers = %socket.peers.join(","),
             "attached socket from before the restart taken back");
-        self.registry.add(socket);
+        let id = self.registry.add(socket);
+        self.restored_sockets.insert(id);
         Ok(())
     }
 
-    /// MKTs from before a restart that are still on sockets, in the state
-    /// file's order (a status answer: O(n)).
+    /// MKTs from before a restart that aokd still accounts for (their
+    /// KeyIDs, their deadlines), in the state file's order: O(n).
     pub fn restored(&self) -> Vec<&RestoredMkt> {
         self.restored.iter().collect()
+    }
+
+    /// The restored MKTs that an attached socket may still hold: those of
+    /// peers with a socket taken back from the state file that is still
+    /// open (`aoctl mkts`; a status answer: O(n), after dropping the
+    /// sockets whose owner closed them). A restored MKT of a peer whose
+    /// sockets are all gone is on no socket: only its KeyIDs are kept out
+    /// of use.
+    pub fn restored_in_use(&mut self) -> Vec<&RestoredMkt> {
+        for (s, _) in self.registry.prune_with(&self.keys) {
+            self.restored_sockets.remove(&s.id);
+            self.persist.send(Op::DeleteSocket(s.cookie));
+        }
+        let mut held: BTreeSet<usize> = BTreeSet::new();
+        self.restored_sockets
+            .retain(|id| self.registry.get(*id).is_some());
+        for id in &self.restored_sockets {
+            if let Some(s) = self.registry.get(*id) {
+                held.extend(s.peers.iter().filter_map(|p| self.peer_index.get(p)));
+            }
+        }
+        self.restored
+            .by_seq
+            .values()
+            .filter(|(peer, _)| held.contains(peer))
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    /// Rollovers since start of the sockets of `peer` (`None`: no such
+    /// peer): times a socket holding one of its MKTs moved to a newer one.
+    /// TCP-AO: the old MKT was deleted from a socket that keeps a newer
+    /// one (after the connection switched to it, or at once on a socket
+    /// not yet connected); TCP-MD5: the socket's key was replaced by a
+    /// newer MKT's.
+    pub fn rollovers(&self, peer: &str) -> Option<u64> {
+        self.peer_index.get(peer).map(|&i| self.peers[i].rollovers)
     }
 
     /// The backend serving a peer, for `aoctl status`.
@@ -1083,6 +1134,14 @@ impl<K: SocketKeys> KeyManager<K> {
         }
         let p = &self.peers[idx];
         let guard = (!has_mkts).then_some(&p.guard);
+        let newest = p.mkts.last().map(|m| KeyIds {
+            send_id: m.send_id,
+            recv_id: m.recv_id,
+        });
+        // TCP-MD5 replaces the key at once: a rollover on every keyed
+        // socket when the newest MKT changed.
+        let md5_moved = p.newest.is_some() && newest.is_some() && newest != p.newest;
+        let mut rollovers = 0u64;
         let ids: Vec<u64> = self.registry.by_peer(peer).map(|s| s.id).collect();
         let mut gone = Vec::new();
         for id in ids {
@@ -1119,6 +1178,13 @@ impl<K: SocketKeys> KeyManager<K> {
                         info!(pid = rec.pid, fd = rec.fd, peer, added = %KeyIds::list(&outcome.added), removed = %KeyIds::list(&outcome.removed),
                             guarded = outcome.guarded, "socket keys updated");
                     }
+                    let rolled = match p.backend {
+                        Backend::Ao => outcome.removed.iter().any(|k| !k.is_guard()),
+                        Backend::Md5 => md5_moved && rec.guarded.is_empty(),
+                    };
+                    if rolled && !outcome.guarded && !listening {
+                        rollovers += 1;
+                    }
                     self.registry.set_guarded(
                         id,
                         match guard {
@@ -1132,8 +1198,12 @@ impl<K: SocketKeys> KeyManager<K> {
                 }
             }
         }
+        let p = &mut self.peers[idx];
+        p.rollovers = p.rollovers.saturating_add(rollovers);
+        p.newest = newest;
         for id in gone {
             if let Some(s) = self.registry.remove(id) {
+                self.restored_sockets.remove(&s.id);
                 self.persist.send(Op::DeleteSocket(s.cookie));
             }
         }
@@ -1173,6 +1243,7 @@ impl<K: SocketKeys> KeyManager<K> {
                     pkt_good: info.as_ref().map(|i| i.pkt_good),
                     pkt_bad: info.as_ref().map(|i| i.pkt_bad),
                     pkt_key_not_found: info.as_ref().map(|i| i.pkt_key_not_found),
+                    pkt_ao_required: info.as_ref().map(|i| i.pkt_ao_required),
                     current_key: info.as_ref().and_then(|i| i.current_key),
                     rnext_key: info.as_ref().and_then(|i| i.rnext),
                 }
@@ -1282,6 +1353,7 @@ mod tests {
             rekey_at: None,
             expires_at: now + Duration::from_secs(3600),
             retire_at: retiring.then(|| now + Duration::from_secs(60)),
+            replaced: retiring,
         }
     }
 
@@ -1620,6 +1692,8 @@ mod tests {
         assert_eq!(km.poll_timeout(), Some(retry));
         km.handle_timeout(retry);
         assert!(k.take_log().is_empty(), "still current: kept");
+        // Not a rollover yet: the connection still sends with the old key.
+        assert_eq!(km.rollovers("a"), Some(0));
         // The peer switches: the kernel moves Current_key, the old key goes.
         k.peer_switches_to(conn, 3);
         let retry = retry + DEFERRED_RETRY;
@@ -1628,6 +1702,11 @@ mod tests {
         assert_eq!(k.take_log(), vec!["del 1/2"]);
         assert_eq!(k.ids(conn), vec![(3, 4)]);
         assert_eq!(km.poll_timeout(), None);
+        // One socket moved to the new MKT: one rollover, counted once.
+        assert_eq!(km.rollovers("a"), Some(1));
+        km.mkts_changed("a", &[view(&m2, t1, false)], retry);
+        assert_eq!(km.rollovers("a"), Some(1));
+        assert_eq!(km.rollovers("nobody"), None);
     }
 
     #[test]
@@ -1736,6 +1815,51 @@ mod tests {
         // Its record goes at its hard lifetime.
         km.handle_timeout(now + Duration::from_secs(3000));
         assert!(km.restored().is_empty());
+    }
+
+    /// `aoctl mkts` lists a restored MKT only while a socket taken back
+    /// from the state file may hold it: not when every recorded socket was
+    /// gone at the restart, and no longer once the taken-back socket is
+    /// closed.
+    #[test]
+    fn restored_mkts_on_no_socket_are_not_in_use() {
+        let (now, now_unix) = (Instant::now(), 1_000_000);
+        let old = mkt(1, 2);
+        // The only socket was closed while aokd was away.
+        let (mut km, k) = manager();
+        let (gone, gone_cookie) = restored_socket(&k, 11, &old);
+        k.close(gone_cookie);
+        let snapshot = StateSnapshot {
+            ike_sas: Vec::new(),
+            mkts: vec![restored_record(&old, now_unix, 3000)],
+            sockets: vec![gone],
+        };
+        let out = km.restore(&snapshot, now, now_unix);
+        // Its KeyIDs are still kept out of use.
+        assert_eq!(out.reservations.len(), 1);
+        assert_eq!(km.restored().len(), 1);
+        assert!(km.restored_in_use().is_empty());
+        // No socket recorded at all (the routing daemon never attached).
+        let (mut km, _k) = manager();
+        let snapshot = StateSnapshot {
+            ike_sas: Vec::new(),
+            mkts: vec![restored_record(&old, now_unix, 3000)],
+            sockets: Vec::new(),
+        };
+        km.restore(&snapshot, now, now_unix);
+        assert!(km.restored_in_use().is_empty());
+        // A socket taken back holds it, until its owner closes it.
+        let (mut km, k) = manager();
+        let (rec, conn) = restored_socket(&k, 10, &old);
+        let snapshot = StateSnapshot {
+            ike_sas: Vec::new(),
+            mkts: vec![restored_record(&old, now_unix, 3000)],
+            sockets: vec![rec],
+        };
+        km.restore(&snapshot, now, now_unix);
+        assert_eq!(km.restored_in_use().len(), 1);
+        k.close(conn);
+        assert!(km.restored_in_use().is_empty());
     }
 
     #[test]

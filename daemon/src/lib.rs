@@ -8,7 +8,8 @@
 //! - [`event_log`]: one log line per endpoint event; [`records`]: state-file
 //!   records from events; [`state`] and [`persist`]: the state file and its
 //!   writer thread.
-//! - [`status`]: aoctl's answers; [`control`]: the control socket server.
+//! - [`status`]: aoctl's answers; [`control`]: the control socket server;
+//!   [`metrics_file`]: those answers as OpenMetrics, written periodically.
 //! - [`attach`]: the attach socket server; [`keys`]: which keys go on which
 //!   attached socket (the key policy); [`sockets`]: the attached sockets and
 //!   reconciling one socket's keys; [`socket_keys`]: the one interface from
@@ -28,6 +29,7 @@ pub mod endpoint_config;
 pub mod event_log;
 pub mod kernel;
 pub mod keys;
+pub mod metrics_file;
 pub mod persist;
 pub mod records;
 pub mod reload;

@@ -313,6 +313,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     daemon.set_retired_keys(config.daemon.retired_keys);
     daemon.restore(persist, &snapshot);
     daemon.set_config(config.clone());
+    if let Some(file) = &config.daemon.metrics_file {
+        let metrics = aokd::metrics_file::MetricsFile::start(
+            file.clone(),
+            config.daemon.metrics_interval,
+            std::time::Instant::now(),
+        )
+        .context("cannot start the metrics file's writer")?;
+        daemon.set_metrics_file(metrics);
+    }
     attach.set_default_wait(config.daemon.acquire_timeout);
     // Every socket exists and the state file is open: systemd may start
     // what is ordered after aokd (routing daemons that attach).

@@ -101,6 +101,11 @@ fn daemon_changes(old: &DaemonSection, new: &DaemonSection) -> Vec<String> {
     );
     check("liveness", old.liveness != new.liveness);
     check("retired_keys", old.retired_keys != new.retired_keys);
+    check("metrics_file", old.metrics_file != new.metrics_file);
+    check(
+        "metrics_interval",
+        old.metrics_interval != new.metrics_interval,
+    );
     check(
         "cookie_threshold",
         old.cookie_threshold != new.cookie_threshold,

@@ -117,6 +117,7 @@ mod tests {
             rekey_at: None,
             expires_at: now,
             retire_at: None,
+            replaced: false,
         }
     }
 

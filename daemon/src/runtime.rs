@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::control::ControlCall;
 use crate::event_log::EventLog;
 use crate::keys::{Answer, Answered, AttachOutcome, KeyManager};
+use crate::metrics_file::MetricsFile;
 use crate::persist::{Op, Persist};
 use crate::records::record_events;
 use crate::retired_keys::RetiredKeys;
@@ -86,6 +87,8 @@ pub struct Daemon {
     /// The configuration running, to read its file again on a reload;
     /// `None` for a daemon without one (`aokd demo`).
     config: Option<Config>,
+    /// The metrics file, when configured.
+    metrics: Option<MetricsFile>,
 }
 
 impl Daemon {
@@ -144,6 +147,7 @@ impl Daemon {
             last_request: 0,
             retired: RetiredKeys::new(crate::config::DEFAULT_RETIRED_KEYS),
             config: None,
+            metrics: None,
         })
     }
 
@@ -319,6 +323,12 @@ impl Daemon {
         Ok(report)
     }
 
+    /// Writes the metrics file through `metrics` from now on (the first
+    /// text at once, then every interval).
+    pub fn set_metrics_file(&mut self, metrics: MetricsFile) {
+        self.metrics = Some(metrics);
+    }
+
     /// The bound IKE addresses (with the actual port when 0 was asked for).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.listen
@@ -361,6 +371,7 @@ impl Daemon {
                 self.endpoint.poll_timeout(),
                 key_deadline,
                 self.log.poll_timeout(),
+                self.metrics.as_ref().map(MetricsFile::poll_timeout),
             ]
             .into_iter()
             .flatten()
@@ -422,12 +433,24 @@ impl Daemon {
                 Wake::Shutdown => break,
             }
             self.flush(now).await;
+            self.write_metrics(now);
         }
         for r in readers {
             r.abort();
         }
         info!(instance = %self.instance, "aokd stopped");
         Ok(())
+    }
+
+    /// Hands the metrics text to the metrics file's writer when it is due.
+    fn write_metrics(&mut self, now: Instant) {
+        if !self.metrics.as_ref().is_some_and(|m| m.due(now)) {
+            return;
+        }
+        let text = self.answers().metrics();
+        if let Some(m) = self.metrics.as_mut() {
+            m.submit(text, now);
+        }
     }
 
     /// What aoctl's answers read and act on.

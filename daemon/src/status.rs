@@ -3,15 +3,16 @@
 //! nothing else) and the key manager, and the commands that ask the
 //! endpoint to initiate, rekey or terminate.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use aokd_api::attach::AttachResult;
 use aokd_api::control::{
-    Command, DaemonStatus, DosStatus, MktKey, MktStatus, PeerStatus, ResponseData, ResponseResult,
-    SaStatus, StateFileStatus,
+    Command, DaemonStatus, DosStatus, MktKey, MktStatus, NegotiationStatus, PeerStatus,
+    ResponseData, ResponseResult, SaStatus, StateFileStatus,
 };
-use aokd_proto::ike::{Endpoint, PeerView};
+use aokd_proto::ike::{Endpoint, FailureCounters, PeerView};
 use tracing::info;
 
 use crate::attach::{result_error, result_ok};
@@ -46,7 +47,7 @@ impl Answers<'_> {
                 sas: sas(self.clock, &peers),
             },
             Command::Mkts => ResponseData::Mkts {
-                mkts: mkts(self.clock, self.keys.as_deref(), &peers),
+                mkts: mkts(self.clock, self.keys, &peers),
             },
             Command::Sockets => ResponseData::Sockets {
                 sockets: self
@@ -137,6 +138,28 @@ impl Answers<'_> {
         ResponseResult::Ok { data }
     }
 
+    /// The OpenMetrics text of the answers `aoctl metrics` asks for
+    /// (`status`, `sas`, `mkts`, `sockets`), rendered by the same code
+    /// ([`aokd_api::metrics::render`]): O(peers + SAs + MKTs + sockets),
+    /// a read of TCP_AO_INFO per TCP-AO socket.
+    pub fn metrics(mut self) -> String {
+        let peers = self.endpoint.peers();
+        let status = self.status(&peers);
+        let sas = sas(self.clock, &peers);
+        let sockets = self
+            .keys
+            .as_deref_mut()
+            .map(|k| k.status(|names| guard_reason(&peers, names)))
+            .unwrap_or_default();
+        let mkts = mkts(self.clock, self.keys.as_deref_mut(), &peers);
+        aokd_api::metrics::render(&aokd_api::metrics::Snapshot {
+            status: &status,
+            sas: &sas,
+            mkts: &mkts,
+            sockets: &sockets,
+        })
+    }
+
     fn status(&self, peers: &[PeerView]) -> DaemonStatus {
         DaemonStatus {
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -156,10 +179,12 @@ impl Answers<'_> {
                         .as_ref()
                         .and_then(|k| k.backend(&p.name))
                         .map(|b| b.to_string()),
+                    rollovers: self.keys.as_ref().and_then(|k| k.rollovers(&p.name)),
                 })
                 .collect(),
             state_file: state_file_status(&self.persist.health()).map(Box::new),
             dos: Some(Box::new(dos_status(self.endpoint))),
+            negotiations: Some(Box::new(negotiation_status(self.endpoint))),
         }
     }
 }
@@ -198,6 +223,25 @@ fn dos_status(endpoint: &Endpoint) -> DosStatus {
     }
 }
 
+/// How negotiations ended (O(1) in peers: fixed-size counters).
+fn negotiation_status(endpoint: &Endpoint) -> NegotiationStatus {
+    let c = endpoint.negotiation_counters();
+    let by_reason = |f: &FailureCounters| -> BTreeMap<String, u64> {
+        f.iter().map(|(r, n)| (r.as_str().to_string(), n)).collect()
+    };
+    NegotiationStatus {
+        ike_sas_established: c.ike_sas_established,
+        ike_sa_failures: by_reason(&c.ike_sa_failures),
+        mkts_created: c.mkts_created,
+        mkt_failures: by_reason(&c.mkt_failures),
+        ike_sa_rekeys: c.ike_sa_rekeys,
+        ike_sa_rekey_failures: by_reason(&c.ike_sa_rekey_failures),
+        mkt_rekeys: c.mkt_rekeys,
+        ike_sa_rekey_collisions: c.ike_sa_rekey_collisions,
+        mkt_rekey_collisions: c.mkt_rekey_collisions,
+    }
+}
+
 /// `aoctl sas`.
 fn sas(clock: &WallClock, peers: &[PeerView]) -> Vec<SaStatus> {
     peers
@@ -220,12 +264,12 @@ fn sas(clock: &WallClock, peers: &[PeerView]) -> Vec<SaStatus> {
         .collect()
 }
 
-/// `aoctl mkts`: the MKTs restored from before a restart, then the live
-/// ones.
-fn mkts(clock: &WallClock, keys: Option<&KeyManager>, peers: &[PeerView]) -> Vec<MktStatus> {
-    // MKTs from before a restart: their keys are on sockets until
-    // replaced (then for the overlap) or expired.
-    let restored = keys.iter().flat_map(|k| k.restored()).map(|r| {
+/// `aoctl mkts`: the MKTs restored from before a restart that an attached
+/// socket may still hold, then the live ones.
+fn mkts(clock: &WallClock, keys: Option<&mut KeyManager>, peers: &[PeerView]) -> Vec<MktStatus> {
+    // MKTs from before a restart: their keys are on the sockets taken
+    // back until replaced (then for the overlap) or expired.
+    let restored = keys.into_iter().flat_map(|k| k.restored_in_use()).map(|r| {
         let rec = &r.record;
         MktStatus {
             peer: rec.peer.clone(),
@@ -258,14 +302,9 @@ fn mkts(clock: &WallClock, keys: Option<&KeyManager>, peers: &[PeerView]) -> Vec
                 include_options: m.mkt.include_options,
                 created_at: clock.unix(m.created_at),
                 key_fingerprint: m.mkt.fingerprint(),
-                state: Some(
-                    if m.retire_at.is_some() {
-                        "retiring"
-                    } else {
-                        "active"
-                    }
-                    .to_string(),
-                ),
+                // Replaced on both sides of a rekey: the initiator retires
+                // the old MKT, the responder holds it until the Delete.
+                state: Some(if m.replaced { "retiring" } else { "active" }.to_string()),
                 rekey_at: m.rekey_at.map(|t| clock.unix(t)),
                 expires_at: Some(clock.unix(m.expires_at)),
             })

@@ -998,3 +998,56 @@ fn full_example_has_every_key() {
         assert!(missing.is_empty(), "{table}: full.toml lacks {missing:?}");
     }
 }
+
+/// `metrics_file` and `metrics_interval`: off by default, the path made
+/// absolute against the file's directory, the interval bounded, and an
+/// interval without a file refused.
+#[test]
+fn metrics_file_and_interval() {
+    let dir = TempDir::new("metrics");
+    let peer = peer_config(&dir, "");
+    let config = load(&dir, &peer).unwrap();
+    assert_eq!(config.daemon.metrics_file, None);
+    assert_eq!(config.daemon.metrics_interval, Duration::from_secs(15));
+    let config = load(
+        &dir,
+        &format!("[daemon]\nmetrics_file = \"m/aokd.prom\"\nmetrics_interval = \"2s\"\n{peer}"),
+    )
+    .unwrap();
+    assert_eq!(config.daemon.metrics_file, Some(dir.join("m/aokd.prom")));
+    assert_eq!(config.daemon.metrics_interval, Duration::from_secs(2));
+    for (daemon, key, needle) in [
+        (
+            "metrics_interval = \"15s\"",
+            "daemon.metrics_interval",
+            "metrics_file is not",
+        ),
+        (
+            "metrics_file = \"a.prom\"\nmetrics_interval = \"0s\"",
+            "daemon.metrics_interval",
+            "minimum of 1s",
+        ),
+        (
+            "metrics_file = \"a.prom\"\nmetrics_interval = \"2h\"",
+            "daemon.metrics_interval",
+            "maximum of 1h",
+        ),
+        (
+            "metrics_file = \"\"",
+            "daemon.metrics_file",
+            "not a file path",
+        ),
+        (
+            "metrics_file = \"dir/\"",
+            "daemon.metrics_file",
+            "not a file path",
+        ),
+    ] {
+        expect_invalid(
+            load(&dir, &format!("[daemon]\n{daemon}\n{peer}")),
+            key,
+            None,
+            needle,
+        );
+    }
+}

@@ -32,9 +32,11 @@ fn status() -> DaemonStatus {
             mkts: 0,
             last_error: None,
             backend: None,
+            rollovers: None,
         }],
         state_file: None,
         dos: None,
+        negotiations: None,
     }
 }
 

@@ -74,6 +74,92 @@ fn rfc7296_2_8_rekeys_on_schedule_with_jitter_and_no_gap() {
     assert!(sim.mkts(0).len() <= 2 && sim.mkts(1).len() <= 2);
 }
 
+/// The reasons of the MKTs node `i` deleted.
+fn deleted(sim: &Sim, i: usize) -> Vec<&'static str> {
+    sim.nodes[i]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::MktDeleted { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Rekeys with jitter and no collision: the side that rekeyed deletes the
+/// old MKT as "rekeyed", never as "redundant after a rekey collision"
+/// (which an MKT that was itself a rekey by this side used to be called);
+/// while both MKTs exist the old one reads as replaced on both sides, on
+/// the side that answered the rekey too (before the Delete, with no
+/// retirement time of its own); and the negotiation counters agree with
+/// the events.
+#[test]
+fn plain_rekeys_are_rekeyed_not_collisions_and_the_old_mkt_reads_replaced_on_both_sides() {
+    let mut sim = pair_with(21, NetParams::default(), |p| p.lifetimes = short(10));
+    assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
+    let mut replaced_before_delete = [0u32; 2];
+    for t in 0..1000u64 {
+        sim.run_for(Duration::from_millis(500));
+        for (i, seen) in replaced_before_delete.iter_mut().enumerate() {
+            let v = sim.mkts(i);
+            if v.len() < 2 {
+                continue;
+            }
+            assert_eq!(v.len(), 2, "t+{t}: node {i}: {:?}", sim.ids(i));
+            let (old, new) = if v[0].created_at < v[1].created_at {
+                (&v[0], &v[1])
+            } else {
+                (&v[1], &v[0])
+            };
+            assert!(old.replaced, "t+{t}: node {i}: old MKT not replaced");
+            assert!(!new.replaced, "t+{t}: node {i}: new MKT replaced");
+            if old.retire_at.is_none() {
+                *seen += 1;
+            }
+        }
+    }
+    assert!(
+        replaced_before_delete.iter().sum::<u32>() > 0,
+        "never saw the answering side between the rekey and the Delete"
+    );
+    for i in 0..2 {
+        let collisions = sim.nodes[i]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::RekeyCollision { .. }))
+            .count();
+        assert_eq!(collisions, 0, "node {i}");
+        let reasons = deleted(&sim, i);
+        assert!(
+            !reasons.contains(&"redundant after a rekey collision"),
+            "node {i}: {reasons:?}"
+        );
+        let c = sim.nodes[i].ep.negotiation_counters();
+        let made = created(&sim, i) as u64;
+        assert!(made >= 3, "node {i}: only {made} MKTs");
+        assert_eq!(c.mkts_created, made, "node {i}");
+        assert_eq!(c.mkt_rekeys, made - 1, "node {i}");
+        assert_eq!(c.ike_sas_established, 1, "node {i}");
+        assert_eq!(c.mkt_failures.total() + c.ike_sa_failures.total(), 0);
+        assert_eq!(c.mkt_rekey_collisions, 0);
+    }
+    // Each rekey's initiator deleted the old MKT as rekeyed after the
+    // overlap, the other side as deleted by the peer: one "rekeyed" for
+    // every rekey (the last one's overlap may not be over yet).
+    let rekeyed = deleted(&sim, 0)
+        .iter()
+        .chain(deleted(&sim, 1).iter())
+        .filter(|r| **r == "rekeyed")
+        .count() as u64;
+    let rekeys = sim.nodes[0].ep.negotiation_counters().mkt_rekeys;
+    assert!(
+        rekeyed == rekeys || rekeyed + 1 == rekeys,
+        "{rekeyed} rekeyed of {rekeys}: A {:?} B {:?}",
+        deleted(&sim, 0),
+        deleted(&sim, 1)
+    );
+}
+
 #[test]
 fn rfc7296_2_8_1_simultaneous_rekey_leaves_one_mkt() {
     // No jitter and identical lifetimes: both sides rekey at the same instant.
@@ -97,6 +183,16 @@ fn rfc7296_2_8_1_simultaneous_rekey_leaves_one_mkt() {
                 .collect::<Vec<bool>>()
         };
         let (a, b) = (seen(0), seen(1));
+        for i in 0..2 {
+            let c = sim.nodes[i].ep.negotiation_counters();
+            assert_eq!(c.mkt_rekey_collisions, seen(i).len() as u64, "seed {seed}");
+            // The redundant successor is deleted as such only after a collision.
+            let redundant = deleted(&sim, i)
+                .iter()
+                .filter(|r| **r == "redundant after a rekey collision")
+                .count();
+            assert!(redundant <= seen(i).len(), "seed {seed}: node {i}");
+        }
         if !a.is_empty() {
             collisions += 1;
             // Both sides saw it and kept the same MKT: one kept its own, the other the peer's.

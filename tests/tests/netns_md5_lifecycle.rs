@@ -1192,6 +1192,22 @@ fn md5_connection_survives_rekeys() {
         fps_b.len(),
         detail()
     );
+    // Each daemon counted its socket's rollovers (the key replaced by a
+    // newer MKT's: aoctl status, the metric aokd_rollovers_total), at least
+    // one per rekey seen on the wire but one (the stream may end between a
+    // daemon's switch and the first segment with the new key).
+    let rollovers = [&st.da, &st.db].map(|d| {
+        d.aoctl(&["status"]).expect("status")["peers"][0]["rollovers"]
+            .as_u64()
+            .unwrap_or(0)
+    });
+    for (side, n) in ["A", "B"].iter().zip(rollovers) {
+        assert!(
+            n as usize + 1 >= switches && n as usize >= MIN_REKEYS,
+            "{side} counted {n} rollovers for {switches} key switches on the wire\n{}",
+            detail()
+        );
+    }
     for w in an.switches.iter().skip(1) {
         let skew = w.skew();
         assert!(
@@ -1225,7 +1241,7 @@ fn md5_connection_survives_rekeys() {
         "md5_connection_survives_rekeys: stream {:.1} s ({:.2}-{:.2} s); client sent {} / received {} octets, \
          server sent {} / received {}, all verified; max gap client {} ms server {} ms\n\
          MKTs: A saw {} fingerprints, B {}; keys collected {} (A {}, B {}); at the end A holds {:?}, B {:?}\n\
-         switch skews (ms): {}\n{figures}\n{kernel}\n{verified}\n\
+         switch skews (ms): {}; rollovers counted A {} B {}\n{figures}\n{kernel}\n{verified}\n\
          logs: collisions A {} B {}, WARN/ERROR lines A {} B {}, socket key updates A {} B {}\n\
          A's MKTs over time:\n{}B's MKTs over time:\n{}",
         stream_end - stream_start,
@@ -1245,6 +1261,8 @@ fn md5_connection_survives_rekeys() {
         end_a,
         end_b,
         skews.join(" "),
+        rollovers[0],
+        rollovers[1],
         count(&log_a, "simultaneous"),
         count(&log_b, "simultaneous"),
         count(&log_a, " WARN ") + count(&log_a, " ERROR "),

@@ -237,15 +237,20 @@ ip netns exec a ao-wrong-key client --connect "$B_IP:$PORT" --send-id "$mkt_send
 aoctl_ns b sockets >"$T/wrong-after.json"
 lb1=$(awk -v ns=b "$SOCKETS_AWK" "$T/wrong-after.json" | awk -v p="$srv" '$2 == p && $4 == "listen" { print $7 }')
 nb1=$(ns_counter b TCPAOBad)
+# The same counter summed per peer in b's metrics (docs/metrics.md).
+aoctl --socket "$T/b/control.sock" metrics >"$T/wrong-metrics.b" 2>&1 || true
+mb=$(metric "$T/wrong-metrics.b" 'aokd_tcp_ao_pkt_bad{peer="a"}')
 accepted=$(grep -c '"event":"accepted"' "$T/wrong-server.out" || true)
 stop "$srv"
 line=$(tail -n 1 "$T/wrong-client.out" 2>/dev/null || true)
 echo "E2E-CLIENT wrong-key $line"
-echo "E2E-RESULT case=wrong-key status=$wk_status connected=$(jget "$line" connected) server_accepted=$accepted listener_bad_before=${lb0:-none} listener_bad=${lb1:-none} ns_bad_delta=$((nb1 - nb0)) client_pkt_good=$(jget "$line" pkt_good) client_pkt_bad=$(jget "$line" pkt_bad) elapsed_ms=$(($(now_ms) - t0))"
+echo "E2E-RESULT case=wrong-key status=$wk_status connected=$(jget "$line" connected) server_accepted=$accepted listener_bad_before=${lb0:-none} listener_bad=${lb1:-none} ns_bad_delta=$((nb1 - nb0)) metric_pkt_bad=${mb:-none} client_pkt_good=$(jget "$line" pkt_good) client_pkt_bad=$(jget "$line" pkt_bad) elapsed_ms=$(($(now_ms) - t0))"
 expect wrong-key-fails "ao-wrong-key exited $wk_status: $line $(cat "$T/wrong-client.err")" "$wk_status" = 0 -a "$(jget "$line" connected)" = false
 expect wrong-key-not-accepted "the server accepted $accepted connections" "${accepted:-0}" = 0
 expect wrong-key-listener-pkt-bad "b's listener pkt_bad ${lb0:-none} -> ${lb1:-none}" "${lb1:-0}" -gt "${lb0:-0}"
 expect wrong-key-ns-bad "b's TcpExtTCPAOBad $nb0 -> $nb1" "$((nb1 - nb0))" -gt 0
+expect wrong-key-metric-pkt-bad "b's aokd_tcp_ao_pkt_bad{peer=\"a\"} ${mb:-none}, its listener's pkt_bad ${lb1:-none}" \
+    "${mb:-0}" -ge "${lb1:-1}" -a "${mb:-0}" -gt 0
 
 # ---------------------------------------------------------------------------------
 # Guard: negotiation cannot succeed (different PSKs)
@@ -306,6 +311,8 @@ if [ -f "$PRELOAD" ]; then
         >"$T/unsigned-client.out" 2>"$T/unsigned-client.err" || u_status=$?
     stop_tcpdump "$T/unsigned.pcap"
     after_b=$(ns_counters b)
+    aoctl --socket "$T/b/control.sock" metrics >"$T/unsigned-metrics.b" 2>&1 || true
+    mreq=$(metric "$T/unsigned-metrics.b" 'aokd_tcp_ao_ao_required{peer="a"}')
     accepted=$(grep -c '"event":"accepted"' "$T/guard-server.out" || true)
     stop "$srv"
     uline=$(tail -n 1 "$T/unsigned-client.out" 2>/dev/null || true)
@@ -318,12 +325,14 @@ if [ -f "$PRELOAD" ]; then
     set -- $after_b
     req=$(($4 - r0))
     echo "E2E-CLIENT guard-unsigned $uline"
-    echo "E2E-RESULT case=guard-unsigned status=$u_status client_ok=$(jget "$uline" ok) server_accepted=$accepted syns=$u_syn replies_from_b=$u_from_b b_ns_ao_required_delta=$req elapsed_ms=$(($(now_ms) - t0))"
+    echo "E2E-RESULT case=guard-unsigned status=$u_status client_ok=$(jget "$uline" ok) server_accepted=$accepted syns=$u_syn replies_from_b=$u_from_b b_ns_ao_required_delta=$req metric_ao_required=${mreq:-none} elapsed_ms=$(($(now_ms) - t0))"
     expect guard-unsigned-fails "unsigned client: $uline" "$u_status" != 0 -a "$(jget "$uline" ok)" = false
     expect guard-unsigned-not-accepted "server accepted $accepted, b answered $u_from_b segments" "${accepted:-0}" = 0 -a "$u_from_b" = 0
     expect guard-unsigned-counted "$u_syn unsigned SYNs, b's TCPAORequired +$req" "$u_syn" -gt 0 -a "$req" -gt 0
-        # The MKT of the first run is still listed, restored from the state file (its
-    # key is only on the sockets that had it): none is negotiated.
+    expect guard-unsigned-metric "b's aokd_tcp_ao_ao_required{peer=\"a\"} ${mreq:-none} (the guarded listener's pkt_ao_required)" \
+        "${mreq:-0}" -gt 0
+    # An MKT of the first run is listed as restored only while a socket taken back
+    # from the state file may hold it: none is negotiated.
     expect guard-no-mkt "MKTs negotiated with different PSKs: a $(live_mkt_count a), b $(live_mkt_count b) (restored: a $(mkt_count a), b $(mkt_count b) in all)" \
         "$(live_mkt_count a)" = 0 -a "$(live_mkt_count b)" = 0
 else

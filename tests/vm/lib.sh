@@ -114,6 +114,10 @@ stop() {
     wait_exit "$1" 10
 }
 
+metric() { # FILE SAMPLE: the value of SAMPLE (name{labels} as written) in an OpenMetrics FILE
+    awk -v s="$2" '$1 == s { print $2; exit }' "$1"
+}
+
 aoctl_ns() { # NS ARGS...: aoctl --json on NS's aokd
     ns=$1
     shift

@@ -25,6 +25,7 @@ use rand_core::CryptoRngCore;
 use super::config::{EndpointConfig, PeerConfig};
 use super::cookie::DosState;
 use super::event::{Counters, DropReason, Event, Transmit};
+use super::outcomes::NegotiationCounters;
 use super::peer::PeerRuntime;
 use super::sa::IkeSa;
 use super::table::PeerSas;
@@ -33,15 +34,23 @@ use crate::numbers::ExchangeType;
 use crate::wire::{ParsedMessage, Payload};
 
 /// Datagrams and events, in the order they were produced, and the
-/// counters of what was dropped.
+/// counters of what was dropped and how negotiations ended.
 #[derive(Default)]
 pub(super) struct Outbox {
     pub(super) transmits: VecDeque<Transmit>,
     pub(super) events: VecDeque<Event>,
     pub(super) counters: Counters,
+    pub(super) negotiations: NegotiationCounters,
 }
 
 impl Outbox {
+    /// Reports `event`, counting what it says about negotiations
+    /// ([`NegotiationCounters`]).
+    pub(super) fn event(&mut self, event: Event) {
+        self.negotiations.note(&event);
+        self.events.push_back(event);
+    }
+
     /// Counts a dropped datagram and reports it.
     pub(super) fn dropped(
         &mut self,
@@ -101,7 +110,7 @@ impl Ctx<'_> {
     }
 
     pub(super) fn event(&mut self, event: Event) {
-        self.out.events.push_back(event);
+        self.out.event(event);
     }
 
     pub(super) fn dropped(

@@ -99,7 +99,7 @@ pub(super) fn on_request(
         Err(e) => {
             let n = e.notify().unwrap_or(NotifyType::NO_PROPOSAL_CHOSEN);
             let peer = ctx.name();
-            ctx.out.events.push_back(Event::ChildFailed {
+            ctx.out.event(Event::ChildFailed {
                 peer,
                 error: e,
                 by_peer: false,
@@ -202,7 +202,7 @@ pub(super) fn on_response(ctx: &mut Ctx<'_>, now: Instant, payloads: Vec<Payload
             return mkts::mkt_not_found(ctx, old, now);
         }
         let name = ctx.name();
-        ctx.out.events.push_back(Event::ChildFailed {
+        ctx.out.event(Event::ChildFailed {
             peer: name,
             error: e,
             by_peer: reported.is_some(),

@@ -51,6 +51,7 @@ use super::error::{IkeError, MisuseError};
 use super::event::{
     Counters, DropReason, Event, KeyIdReservation, PeerState, PeerView, Role, SaView, Transmit,
 };
+use super::outcomes::NegotiationCounters;
 use super::peer::PeerRuntime;
 use super::reconfig::{self, PeerChange};
 use super::sa::{IkeSa, SaState};
@@ -181,6 +182,13 @@ impl Endpoint {
         self.out.counters
     }
 
+    /// How negotiations ended since the endpoint started: IKE SAs and MKTs
+    /// created and failed by reason, rekeys and collisions (O(1): a copy of
+    /// a fixed-size struct).
+    pub fn negotiation_counters(&self) -> NegotiationCounters {
+        self.out.negotiations
+    }
+
     /// Half-open responder SAs held now, with all peers (a maintained
     /// count, O(1)).
     pub fn half_open(&self) -> usize {
@@ -241,7 +249,7 @@ impl Endpoint {
         });
         if changed {
             let mkts = mkts::views(&self.peers[peer].rt);
-            self.out.events.push_back(Event::MktsChanged {
+            self.out.event(Event::MktsChanged {
                 peer: self.cfg.peers[peer].name.clone(),
                 mkts,
             });
@@ -753,6 +761,7 @@ impl Endpoint {
             {
                 m.retire_at = Some(now);
                 m.retire_with_delete = true;
+                m.retire_reason = mkts::RETIRED_ON_REQUEST;
             }
             maintenance::handle_mkt_timers(ctx, now);
         });

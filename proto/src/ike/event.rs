@@ -349,6 +349,10 @@ pub struct MktView {
     pub expires_at: Instant,
     /// When a superseded MKT goes away.
     pub retire_at: Option<Instant>,
+    /// No longer the key to move to: retiring, or a successor exists (a
+    /// rekey of it, which on the side that answered the rekey comes before
+    /// the initiator's Delete of this one).
+    pub replaced: bool,
 }
 
 /// A KeyID pair kept out of use with a peer until `until`

@@ -122,7 +122,7 @@ pub(super) fn on_request(
                 _ => notify(NotifyType::NO_PROPOSAL_CHOSEN, Vec::new()),
             };
             ctx.respond(&mut sa, ExchangeType::CREATE_CHILD_SA, &[reply]);
-            ctx.out.events.push_back(Event::IkeRekeyFailed {
+            ctx.out.event(Event::IkeRekeyFailed {
                 peer: ctx.name(),
                 error: e,
                 by_peer: false,
@@ -252,7 +252,7 @@ pub(super) fn on_response(
         .and_then(|p| p.rekeyed_from.as_ref())
         .map(|o| o.lowest_nonce().to_vec());
     let ours_redundant = ours_lowest < theirs_lowest;
-    ctx.out.events.push_back(Event::IkeRekeyCollision {
+    ctx.out.event(Event::IkeRekeyCollision {
         peer: ctx.name(),
         kept_ours: !ours_redundant,
     });
@@ -343,7 +343,7 @@ fn failed(ctx: &mut Ctx<'_>, mut sa: IkeSa, error: IkeError, now: Instant) -> Fa
     sa.ike_rekey = None;
     let peer_name = ctx.name();
     if let Some(passive) = lifecycle::passive_successor(ctx, spi) {
-        ctx.out.events.push_back(Event::IkeRekeyCollision {
+        ctx.out.event(Event::IkeRekeyCollision {
             peer: peer_name,
             kept_ours: false,
         });
@@ -362,7 +362,7 @@ fn failed(ctx: &mut Ctx<'_>, mut sa: IkeSa, error: IkeError, now: Instant) -> Fa
             let g = *g;
             if let Err(e) = start(ctx, &mut sa, Some(g), now) {
                 sa.rekey_at = Some(now + ctx.cfg.retry_interval);
-                ctx.out.events.push_back(Event::IkeRekeyFailed {
+                ctx.out.event(Event::IkeRekeyFailed {
                     peer: peer_name,
                     error: e,
                     by_peer: false,
@@ -372,7 +372,7 @@ fn failed(ctx: &mut Ctx<'_>, mut sa: IkeSa, error: IkeError, now: Instant) -> Fa
         IkeError::Negotiation(NegotiationError::PeerReported(NotifyType::TEMPORARY_FAILURE)) => {
             // RFC 7296 2.25: wait, then try again.
             sa.rekey_at = Some(now + ctx.temporary_failure_wait());
-            ctx.out.events.push_back(Event::IkeRekeyFailed {
+            ctx.out.event(Event::IkeRekeyFailed {
                 peer: peer_name,
                 error,
                 by_peer,
@@ -380,7 +380,7 @@ fn failed(ctx: &mut Ctx<'_>, mut sa: IkeSa, error: IkeError, now: Instant) -> Fa
         }
         _ => {
             sa.rekey_at = Some(now + ctx.cfg.retry_interval);
-            ctx.out.events.push_back(Event::IkeRekeyFailed {
+            ctx.out.event(Event::IkeRekeyFailed {
                 peer: peer_name,
                 error,
                 by_peer,

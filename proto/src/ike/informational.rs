@@ -43,7 +43,7 @@ pub(super) fn on_request(
                     let m = mkts.remove(pos);
                     super::mkts::note_ended(ctx.peer, m.mkt.send_id, m.mkt.recv_id, now);
                     ours.push(vec![m.mkt.recv_id]);
-                    ctx.out.events.push_back(Event::MktDeleted {
+                    ctx.out.event(Event::MktDeleted {
                         peer: peer_name.clone(),
                         send_id: m.mkt.send_id,
                         recv_id: m.mkt.recv_id,
@@ -78,7 +78,7 @@ pub(super) fn on_request(
             Some(succ) if sa.ike_rekey.is_some() => {
                 sa.ike_rekey = None;
                 sa.window.complete();
-                ctx.out.events.push_back(Event::IkeRekeyCollision {
+                ctx.out.event(Event::IkeRekeyCollision {
                     peer: peer_name,
                     kept_ours: false,
                 });

@@ -174,7 +174,7 @@ pub(super) fn on_request(
     // a valid cookie here ([`admit`]), so a forged one cannot end ours.
     if let Some((own_spi, own_ni)) = own {
         let ours_wins = own_ni.as_slice() > ni;
-        ctx.out.events.push_back(Event::SimultaneousInitiation {
+        ctx.out.event(Event::SimultaneousInitiation {
             peer: ctx.name(),
             kept_ours: ours_wins,
         });
@@ -209,7 +209,7 @@ pub(super) fn on_request(
                 ctx.peer.init_refusal_reported = Some(now);
                 let name = ctx.name();
                 ctx.peer.last_error = Some(NotifyType::NO_PROPOSAL_CHOSEN.to_string());
-                ctx.out.events.push_back(Event::NegotiationFailed {
+                ctx.out.event(Event::NegotiationFailed {
                     peer: name,
                     error: e.into(),
                     by_peer: false,

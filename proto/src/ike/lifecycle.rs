@@ -117,7 +117,7 @@ pub(super) fn fail(
         Some(n) if n.name().is_some() => n.to_string(),
         _ => error.to_string(),
     });
-    ctx.out.events.push_back(Event::NegotiationFailed {
+    ctx.out.event(Event::NegotiationFailed {
         peer: ctx.name(),
         error,
         by_peer,
@@ -160,7 +160,7 @@ pub(super) fn peer_unreachable(
     now: Instant,
 ) -> Fate {
     ctx.peer.last_error = Some(reason.to_string());
-    ctx.out.events.push_back(Event::NegotiationFailed {
+    ctx.out.event(Event::NegotiationFailed {
         peer: ctx.name(),
         error: NegotiationError::Timeout.into(),
         by_peer: false,
@@ -221,7 +221,7 @@ pub(super) fn establish(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
         ctx.out.counters.half_open_superseded += 1;
     }
     let suite = sa.suite.unwrap_or(IkeSuite::DEFAULT);
-    ctx.out.events.push_back(Event::IkeSaEstablished {
+    ctx.out.event(Event::IkeSaEstablished {
         peer: ctx.name(),
         spi_i: sa.spi_i,
         spi_r: sa.spi_r,
@@ -255,7 +255,7 @@ pub(super) fn adopt_successor(ctx: &mut Ctx<'_>, old: &mut IkeSa, new_spi: u64, 
             m.ike_spi = new_spi;
         }
     }
-    ctx.out.events.push_back(Event::IkeSaRekeyed {
+    ctx.out.event(Event::IkeSaRekeyed {
         peer: ctx.name(),
         old_spi_i: old.spi_i,
         old_spi_r: old.spi_r,
@@ -306,7 +306,7 @@ pub(super) fn delete_all_mkts(ctx: &mut Ctx<'_>, reason: &'static str, now: Inst
     let name = ctx.name();
     for m in std::mem::take(&mut ctx.peer.mkts) {
         super::mkts::note_ended(ctx.peer, m.mkt.send_id, m.mkt.recv_id, now);
-        ctx.out.events.push_back(Event::MktDeleted {
+        ctx.out.event(Event::MktDeleted {
             peer: name.clone(),
             send_id: m.mkt.send_id,
             recv_id: m.mkt.recv_id,
@@ -332,7 +332,7 @@ pub(super) fn child_failed(ctx: &mut Ctx<'_>, error: IkeError, by_peer: bool, no
         Some(n) if n.name().is_some() => n.to_string(),
         _ => error.to_string(),
     });
-    ctx.out.events.push_back(Event::ChildFailed {
+    ctx.out.event(Event::ChildFailed {
         peer: ctx.name(),
         error,
         by_peer,

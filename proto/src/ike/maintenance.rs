@@ -67,7 +67,7 @@ pub(super) fn on_timeout(ctx: &mut Ctx<'_>, now: Instant) {
         ctx.peer.next_attempt = lifecycle::half_open_wait(ctx, now);
         if !lifecycle::has_live_sa(ctx, now) {
             if let Err(e) = init::start(ctx, now) {
-                ctx.out.events.push_back(Event::NegotiationFailed {
+                ctx.out.event(Event::NegotiationFailed {
                     peer: ctx.name(),
                     error: e,
                     by_peer: false,
@@ -162,7 +162,7 @@ pub(super) fn handle_sa_timers(ctx: &mut Ctx<'_>, now: Instant) {
                 sa.rekey_at = None;
                 if let Err(e) = ike_rekey::start(ctx, sa, None, now) {
                     sa.rekey_at = Some(now + ctx.cfg.retry_interval);
-                    ctx.out.events.push_back(Event::IkeRekeyFailed {
+                    ctx.out.event(Event::IkeRekeyFailed {
                         peer: ctx.name(),
                         error: e,
                         by_peer: false,
@@ -201,7 +201,7 @@ pub(super) fn handle_mkt_timers(ctx: &mut Ctx<'_>, now: Instant) {
         gone
     };
     for m in expired {
-        ctx.out.events.push_back(Event::MktDeleted {
+        ctx.out.event(Event::MktDeleted {
             peer: name.clone(),
             send_id: m.mkt.send_id,
             recv_id: m.mkt.recv_id,
@@ -232,15 +232,11 @@ pub(super) fn handle_mkt_timers(ctx: &mut Ctx<'_>, now: Instant) {
         if with_delete && sa_spi.is_some() {
             deletes.push(m.mkt.recv_id);
         }
-        ctx.out.events.push_back(Event::MktDeleted {
+        ctx.out.event(Event::MktDeleted {
             peer: name.clone(),
             send_id: m.mkt.send_id,
             recv_id: m.mkt.recv_id,
-            reason: if m.rekey_of.is_some() && m.by_us {
-                "redundant after a rekey collision"
-            } else {
-                "superseded"
-            },
+            reason: m.retire_reason,
         });
     }
     let Some(spi) = sa_spi else {
@@ -255,7 +251,7 @@ pub(super) fn handle_mkt_timers(ctx: &mut Ctx<'_>, now: Instant) {
         if due && mkts::needs_fresh_mkt(ctx, s) {
             ctx.peer.next_child_attempt = Some(now + ctx.cfg.retry_interval);
             if let Err(e) = create_child::start(ctx, s, None, now) {
-                ctx.out.events.push_back(Event::ChildFailed {
+                ctx.out.event(Event::ChildFailed {
                     peer: name.clone(),
                     error: e,
                     by_peer: false,
@@ -280,7 +276,7 @@ pub(super) fn handle_mkt_timers(ctx: &mut Ctx<'_>, now: Instant) {
                     m.rekey_at = None;
                 }
                 if let Err(e) = create_child::start(ctx, s, Some(old), now) {
-                    ctx.out.events.push_back(Event::ChildFailed {
+                    ctx.out.event(Event::ChildFailed {
                         peer: name.clone(),
                         error: e,
                         by_peer: false,

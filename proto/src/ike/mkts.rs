@@ -30,6 +30,16 @@ use crate::mkt::{MacAlgorithm, MasterKeyTuple, MASTER_KEY_LEN};
 use crate::numbers::{NotifyType, PayloadType, ProtocolId, TransformType};
 use crate::wire::{Payload, Proposal, SaPayload, Transform};
 
+/// [`Event::MktDeleted`]'s reason for an MKT retired after its rekey.
+pub(super) const RETIRED_REKEYED: &str = "rekeyed";
+/// ... for the successor this side deletes after a rekey collision
+/// (RFC 7296 2.8.1).
+pub(super) const RETIRED_REDUNDANT: &str = "redundant after a rekey collision";
+/// ... for an MKT of a replaced IKE SA, or one the peer no longer holds.
+pub(super) const RETIRED_SUPERSEDED: &str = "superseded";
+/// ... for an MKT retired through [`super::Endpoint::retire_mkt`].
+pub(super) const RETIRED_ON_REQUEST: &str = "retired on request";
+
 /// The rekey time of a new MKT.
 fn rekey_time(ctx: &mut Ctx<'_>, now: Instant) -> Instant {
     let l = ctx.pc.lifetimes;
@@ -73,12 +83,13 @@ pub(super) fn add_mkt_record(
             m.rekey_at = None;
             m.retire_at = Some(now + overlap);
             m.retire_with_delete = false;
+            m.retire_reason = RETIRED_SUPERSEDED;
             superseded.push((m.mkt.send_id, m.mkt.recv_id));
         }
     }
     ctx.peer.next_child_attempt = None;
     let name = ctx.name();
-    ctx.out.events.push_back(Event::MktCreated {
+    ctx.out.event(Event::MktCreated {
         peer: name.clone(),
         spi_i: sa.spi_i,
         spi_r: sa.spi_r,
@@ -94,7 +105,7 @@ pub(super) fn add_mkt_record(
         "replaced by an MKT of a newer IKE SA"
     };
     for (send_id, recv_id) in superseded {
-        ctx.out.events.push_back(Event::MktSuperseded {
+        ctx.out.event(Event::MktSuperseded {
             peer: name.clone(),
             send_id,
             recv_id,
@@ -113,11 +124,13 @@ pub(super) fn add_mkt_record(
         expires_at: now + hard,
         retire_at: None,
         retire_with_delete: false,
+        retire_reason: RETIRED_SUPERSEDED,
         rekey_of,
         by_us,
         nonces,
     });
     if let Some(old) = rekey_of {
+        ctx.out.negotiations.note_mkt_rekey();
         resolve_collision(ctx, old, now);
     }
 }
@@ -160,6 +173,7 @@ fn resolve_collision(ctx: &mut Ctx<'_>, old: (u8, u8), now: Instant) {
                 {
                     m.retire_at = Some(now + overlap);
                     m.retire_with_delete = true;
+                    m.retire_reason = RETIRED_REKEYED;
                 }
             }
         }
@@ -170,7 +184,7 @@ fn resolve_collision(ctx: &mut Ctx<'_>, old: (u8, u8), now: Instant) {
     let ours_lowest = lowest(&mkts[ours]);
     let ours_loses = ours_lowest < lowest(&mkts[theirs]);
     let name = ctx.name();
-    ctx.out.events.push_back(Event::RekeyCollision {
+    ctx.out.event(Event::RekeyCollision {
         peer: name,
         kept_ours: !ours_loses,
     });
@@ -182,6 +196,7 @@ fn resolve_collision(ctx: &mut Ctx<'_>, old: (u8, u8), now: Instant) {
         let m = &mut ctx.peer.mkts[ours];
         m.retire_at = Some(now + overlap);
         m.retire_with_delete = true;
+        m.retire_reason = RETIRED_REDUNDANT;
         m.rekey_at = None;
         // The survivor's creator (the peer) retires the old MKT.
         if let Some(o) = ctx
@@ -201,6 +216,7 @@ fn resolve_collision(ctx: &mut Ctx<'_>, old: (u8, u8), now: Instant) {
     {
         o.retire_at = Some(now + overlap);
         o.retire_with_delete = true;
+        o.retire_reason = RETIRED_REKEYED;
     }
 }
 
@@ -223,7 +239,8 @@ pub(super) fn mkt_not_found(ctx: &mut Ctx<'_>, old: (u8, u8), now: Instant) {
     m.rekey_at = None;
     m.retire_at = Some(now + overlap);
     m.retire_with_delete = false;
-    ctx.out.events.push_back(Event::MktSuperseded {
+    m.retire_reason = RETIRED_SUPERSEDED;
+    ctx.out.event(Event::MktSuperseded {
         peer: ctx.name(),
         send_id: old.0,
         recv_id: old.1,
@@ -448,12 +465,19 @@ pub(super) fn child_master_key(
 }
 
 /// The peer's MKTs in socket order: retiring ones first, then live ones
-/// from oldest to newest.
+/// from oldest to newest. O(n²) in the peer's few MKTs (a rekey has at
+/// most two successors).
 pub(super) fn views(peer: &PeerRuntime) -> Vec<MktView> {
+    let ids = |m: &MktRecord| (m.mkt.send_id, m.mkt.recv_id);
     let mut mkts: Vec<MktView> = peer
         .mkts
         .iter()
         .map(|m| MktView {
+            replaced: m.retire_at.is_some()
+                || peer
+                    .mkts
+                    .iter()
+                    .any(|s| s.rekey_of == Some(ids(m)) && s.retire_at.is_none()),
             mkt: m.mkt.clone(),
             ports: m.ports.clone(),
             created_at: m.created_at,

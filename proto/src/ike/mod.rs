@@ -20,6 +20,7 @@
 //! - [`config`], [`proposal`], [`sk`], [`event`], [`error`]: configuration,
 //!   SA payloads, the encrypted payload, what the endpoint reports, errors;
 //!   [`reconfig`]: what a changed peer configuration needs (reload).
+//!   [`outcomes`]: how negotiations ended, counted from the events.
 //!
 //! No module imports one above it: exchanges import `lifecycle`, `mkts`,
 //! `context` and below, never `endpoint` or `maintenance`.
@@ -38,6 +39,7 @@ mod init;
 mod lifecycle;
 mod maintenance;
 mod mkts;
+pub mod outcomes;
 mod peer;
 pub mod proposal;
 pub mod reconfig;
@@ -57,6 +59,7 @@ pub use event::{
     Counters, DropCounters, DropReason, Event, KeyIdReservation, MktView, PeerState, PeerView,
     Role, SaView, Transmit,
 };
+pub use outcomes::{FailureCounters, FailureReason, NegotiationCounters};
 pub use reconfig::PeerChange;
 
 use crate::numbers::NotifyType;

@@ -30,6 +30,9 @@ pub(super) struct MktRecord {
     pub(super) retire_at: Option<Instant>,
     /// Send a Delete payload for it when it retires.
     pub(super) retire_with_delete: bool,
+    /// Why it retires, for [`super::event::Event::MktDeleted`]: set with
+    /// `retire_at`.
+    pub(super) retire_reason: &'static str,
     /// (send_id, recv_id) of the MKT this one rekeys.
     pub(super) rekey_of: Option<(u8, u8)>,
     /// Created by an exchange this side initiated.

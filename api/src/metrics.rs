@@ -1,13 +1,18 @@
-//! `aoctl metrics`: aokd's state in the OpenMetrics text format
-//! (Prometheus, node_exporter's textfile collector), built from the answers
-//! to `status`, `sas`, `mkts` and `sockets` (docs/control.md). Label values
-//! are escaped; every family has its HELP and TYPE; the text ends in
-//! `# EOF`.
+//! aokd's state in the OpenMetrics text format (Prometheus, node_exporter's
+//! textfile collector): the one renderer, used by `aoctl metrics` and by the
+//! daemon's `metrics_file`, built from the answers to `status`, `sas`,
+//! `mkts` and `sockets` (docs/control.md); and the atomic write of such a
+//! file. Every family has its HELP and TYPE, counters' samples end in
+//! `_total`, label values are escaped, the text ends in `# EOF`. The
+//! families are listed in docs/metrics.md.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::{self, Write as _};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
 
-use aokd_api::control::{DaemonStatus, MktStatus, SaStatus, SocketStatus};
+use crate::control::{DaemonStatus, MktStatus, SaStatus, SocketStatus};
 
 /// Everything the metrics are made from.
 pub struct Snapshot<'a> {
@@ -76,6 +81,15 @@ fn count<'a>(items: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, u64> {
 /// The OpenMetrics text of `s`.
 pub fn render(s: &Snapshot<'_>) -> String {
     let mut out = String::new();
+    {
+        let mut f = family(
+            &mut out,
+            "aokd_build_info",
+            "gauge",
+            "1, with the version of aokd as a label.",
+        );
+        f.sample(&[("version", &s.status.daemon_version)], 1);
+    }
     {
         let mut f = family(
             &mut out,
@@ -192,13 +206,18 @@ pub fn render(s: &Snapshot<'_>) -> String {
         }
     }
     // The TCP-AO counters of the attached sockets, summed per peer.
-    let mut ao: BTreeMap<&str, [u64; 3]> = BTreeMap::new();
+    let mut ao: BTreeMap<&str, [u64; 4]> = BTreeMap::new();
     for k in s.sockets {
         for p in &k.peers {
-            let e = ao.entry(p.as_str()).or_insert([0; 3]);
-            e[0] += k.pkt_good.unwrap_or(0);
-            e[1] += k.pkt_bad.unwrap_or(0);
-            e[2] += k.pkt_key_not_found.unwrap_or(0);
+            let e = ao.entry(p.as_str()).or_insert([0; 4]);
+            for (sum, v) in e.iter_mut().zip([
+                k.pkt_good,
+                k.pkt_bad,
+                k.pkt_key_not_found,
+                k.pkt_ao_required,
+            ]) {
+                *sum = sum.saturating_add(v.unwrap_or(0));
+            }
         }
     }
     for (i, (name, help)) in [
@@ -214,6 +233,10 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "aokd_tcp_ao_key_not_found",
             "TCP-AO segments whose KeyID matched no key on the attached sockets, per peer.",
         ),
+        (
+            "aokd_tcp_ao_ao_required",
+            "Segments without TCP-AO dropped by the attached sockets, which require it, per peer.",
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -222,6 +245,62 @@ pub fn render(s: &Snapshot<'_>) -> String {
         let mut f = family(&mut out, name, "gauge", help);
         for (peer, v) in &ao {
             f.sample(&[("peer", peer)], v[i]);
+        }
+    }
+    {
+        let mut f = family(
+            &mut out,
+            "aokd_rollovers",
+            "counter",
+            "Times an attached socket of the peer moved from one MKT to a newer one.",
+        );
+        for p in &s.status.peers {
+            if let Some(n) = p.rollovers {
+                f.sample(&[("peer", &p.name)], n);
+            }
+        }
+    }
+    if let Some(n) = &s.status.negotiations {
+        {
+            let mut f = family(
+                &mut out,
+                "aokd_negotiations",
+                "counter",
+                "IKE SA and MKT negotiations since aokd started, by kind, result and failure reason.",
+            );
+            for (kind, ok, failures) in [
+                ("ike_sa", n.ike_sas_established, &n.ike_sa_failures),
+                ("ike_sa_rekey", n.ike_sa_rekeys, &n.ike_sa_rekey_failures),
+                ("mkt", n.mkts_created, &n.mkt_failures),
+            ] {
+                f.sample(&[("kind", kind), ("result", "success"), ("reason", "")], ok);
+                for (reason, v) in failures {
+                    f.sample(
+                        &[("kind", kind), ("result", "failure"), ("reason", reason)],
+                        *v,
+                    );
+                }
+            }
+        }
+        {
+            let mut f = family(
+                &mut out,
+                "aokd_rekeys",
+                "counter",
+                "Completed rekeys since aokd started: of the IKE SA, or MKTs created by a rekey.",
+            );
+            f.sample(&[("kind", "ike_sa")], n.ike_sa_rekeys);
+            f.sample(&[("kind", "mkt")], n.mkt_rekeys);
+        }
+        {
+            let mut f = family(
+                &mut out,
+                "aokd_rekey_collisions",
+                "counter",
+                "Simultaneous rekeys (RFC 7296 2.8.1, 2.8.2) since aokd started.",
+            );
+            f.sample(&[("kind", "ike_sa")], n.ike_sa_rekey_collisions);
+            f.sample(&[("kind", "mkt")], n.mkt_rekey_collisions);
         }
     }
     if let Some(dos) = &s.status.dos {
@@ -291,6 +370,37 @@ pub fn render(s: &Snapshot<'_>) -> String {
     out
 }
 
+/// Writes `text` to `path` atomically, for node_exporter's textfile
+/// collector: into a temporary file in the same directory (hidden and
+/// ending in `.tmp`, so the collector never reads it half-written), mode
+/// 0644 whatever the umask, flushed, then renamed over `path`. The
+/// temporary file is removed again when a step fails.
+pub fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let write = || -> io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +408,87 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape("a\"b\\c\nd\x1b"), "a\\\"b\\\\c\\nd");
+    }
+
+    /// The counters: every kind and reason of the negotiations, rekeys and
+    /// collisions, rollovers per peer; HELP and TYPE before each family's
+    /// samples, counters' samples ending in `_total`.
+    #[test]
+    fn counters_are_rendered_with_their_families() {
+        use crate::control::{NegotiationStatus, PeerStatus};
+        let reasons = |n: u64| -> BTreeMap<String, u64> {
+            [
+                ("timeout".to_string(), n),
+                ("authentication_failed".to_string(), 0),
+            ]
+            .into()
+        };
+        let status = DaemonStatus {
+            daemon_version: "0.1.0".into(),
+            started_at: 1,
+            listen: Vec::new(),
+            peers: vec![PeerStatus {
+                name: "r\"2".into(),
+                address: "192.0.2.2:500".into(),
+                ike_state: "established".into(),
+                tcp_ao_capable: Some(true),
+                mkts: 1,
+                last_error: None,
+                backend: Some("tcp-ao".into()),
+                rollovers: Some(4),
+            }],
+            state_file: None,
+            dos: None,
+            negotiations: Some(Box::new(NegotiationStatus {
+                ike_sas_established: 2,
+                ike_sa_failures: reasons(3),
+                mkts_created: 5,
+                mkt_failures: reasons(0),
+                ike_sa_rekeys: 1,
+                ike_sa_rekey_failures: reasons(0),
+                mkt_rekeys: 4,
+                ike_sa_rekey_collisions: 0,
+                mkt_rekey_collisions: 1,
+            })),
+        };
+        let text = render(&Snapshot {
+            status: &status,
+            sas: &[],
+            mkts: &[],
+            sockets: &[],
+        });
+        for line in [
+            "aokd_rollovers_total{peer=\"r\\\"2\"} 4",
+            "aokd_negotiations_total{kind=\"ike_sa\",result=\"success\",reason=\"\"} 2",
+            "aokd_negotiations_total{kind=\"ike_sa\",result=\"failure\",reason=\"timeout\"} 3",
+            "aokd_negotiations_total{kind=\"mkt\",result=\"failure\",reason=\"authentication_failed\"} 0",
+            "aokd_negotiations_total{kind=\"mkt\",result=\"success\",reason=\"\"} 5",
+            "aokd_negotiations_total{kind=\"ike_sa_rekey\",result=\"success\",reason=\"\"} 1",
+            "aokd_rekeys_total{kind=\"mkt\"} 4",
+            "aokd_rekey_collisions_total{kind=\"mkt\"} 1",
+            "aokd_build_info{version=\"0.1.0\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+        let (mut typed, mut helped) = (None::<(String, String)>, None::<String>);
+        for l in text.lines().filter(|l| *l != "# EOF") {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                typed = Some((name.to_string(), kind.to_string()));
+            } else if let Some(rest) = l.strip_prefix("# HELP ") {
+                helped = rest.split(' ').next().map(str::to_string);
+            } else {
+                let name = l.split(['{', ' ']).next().expect("name");
+                let (family, kind) = typed.clone().expect("a TYPE first");
+                assert_eq!(helped.as_deref(), Some(family.as_str()), "{l}");
+                let want = if kind == "counter" {
+                    format!("{family}_total")
+                } else {
+                    family
+                };
+                assert_eq!(name, want, "{l}");
+            }
+        }
     }
 }
