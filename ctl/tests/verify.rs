@@ -699,7 +699,7 @@ fn a_closed_stdout_is_no_panic() {
     for extra in [&[][..], &["--json"][..]] {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         drop(ours);
-        let file = write_temp("epipe.pcap", &pcap(Link::Raw, &[udp.clone()]));
+        let file = write_temp("epipe.pcap", &pcap(Link::Raw, std::slice::from_ref(&udp)));
         let out = Command::new(env!("CARGO_BIN_EXE_aoctl"))
             .arg("verify")
             .arg("--pcap")

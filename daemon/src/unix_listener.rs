@@ -236,6 +236,12 @@ fn remove_stale(path: &Path, label: &str) -> Result<(), UnixListenerError> {
     })
 }
 
+/// The socket's group for a log field: the numeric gid, or `-` when the
+/// socket keeps the daemon's group.
+pub fn gid_field(group: Option<u32>) -> String {
+    group.map_or_else(|| "-".into(), |g| g.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,10 +269,4 @@ mod tests {
         assert!(!path.exists(), "removed on drop");
         let _ = std::fs::remove_dir_all(&base);
     }
-}
-
-/// The socket's group for a log field: the numeric gid, or `-` when the
-/// socket keeps the daemon's group.
-pub fn gid_field(group: Option<u32>) -> String {
-    group.map_or_else(|| "-".into(), |g| g.to_string())
 }
