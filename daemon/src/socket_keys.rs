@@ -32,7 +32,7 @@ use crate::sockets::{reacquire, Gone};
 /// KeyIDs reserved for the dummy-key guard, and the test for one: the
 /// KeyID space is defined once, in proto (docs/protocol.md "KeyID
 /// allocation").
-pub use aokd_proto::mkt::{is_guard_id, GUARD_KEY_IDS};
+pub use aokd_proto::mkt::{is_guard_id, AOKD_GUARD_KEY_IDS, GUARD_KEY_IDS};
 
 #[cfg(test)]
 pub mod fake;
@@ -163,8 +163,10 @@ impl SocketKeys for KernelKeys {
 }
 
 /// A dummy MKT that is never negotiated: a random 32-octet master key and
-/// SendID/RecvID drawn from the reserved 240-255, HMAC-SHA-1-96 (which every
-/// TCP-AO kernel accepts), options included.
+/// SendID/RecvID drawn from aokd's half of the reserved range, 240-247
+/// ([`AOKD_GUARD_KEY_IDS`]; the preload library's guard uses 248-255, so
+/// the two never clash on a listener aokd takes over), HMAC-SHA-1-96 (which
+/// every TCP-AO kernel accepts), options included.
 ///
 /// Installed for a peer on a socket before any real MKT exists, it makes
 /// the socket fail closed: with an AO key matching the peer the kernel drops
@@ -174,8 +176,8 @@ impl SocketKeys for KernelKeys {
 pub fn guard_key<R: RngCore + CryptoRng>(rng: &mut R) -> MasterKeyTuple {
     let mut key = vec![0u8; MASTER_KEY_LEN];
     rng.fill_bytes(&mut key);
-    let span = u32::from(GUARD_KEY_IDS.end() - GUARD_KEY_IDS.start()) + 1;
-    let mut pick = || GUARD_KEY_IDS.start() + (rng.next_u32() % span) as u8;
+    let span = u32::from(AOKD_GUARD_KEY_IDS.end() - AOKD_GUARD_KEY_IDS.start()) + 1;
+    let mut pick = || AOKD_GUARD_KEY_IDS.start() + (rng.next_u32() % span) as u8;
     let send_id = pick();
     let recv_id = pick();
     MasterKeyTuple {
@@ -222,10 +224,14 @@ mod tests {
         for _ in 0..2000 {
             let g = guard_key(&mut rng);
             assert!(is_guard_id(g.send_id) && is_guard_id(g.recv_id), "{g:?}");
+            assert!(
+                AOKD_GUARD_KEY_IDS.contains(&g.send_id) && AOKD_GUARD_KEY_IDS.contains(&g.recv_id),
+                "{g:?}"
+            );
             assert_eq!(g.master_key.len(), MASTER_KEY_LEN);
             seen.insert(g.send_id);
         }
-        assert_eq!(seen.len(), 16, "all 16 reserved ids are used");
+        assert_eq!(seen.len(), 8, "all 8 of aokd's guard ids are used");
         assert!(!is_guard_id(239) && is_guard_id(240) && is_guard_id(255));
         let a = guard_key(&mut rng);
         let b = guard_key(&mut rng);

@@ -7,8 +7,10 @@
 //! and is zeroized as soon as the kernel has it, so no peer can ever sign
 //! with it:
 //!
-//! - TCP-AO: an MKT with SendID and RecvID drawn from the guard range
-//!   240-255 (which aokd never negotiates), HMAC-SHA-1-96;
+//! - TCP-AO: an MKT with SendID and RecvID drawn from the library's half
+//!   of the guard range, 248-255 ([`GUARD_KEY_IDS`]: aokd never negotiates
+//!   240-255, and its own guard uses 240-247, so aokd's guard never clashes
+//!   with the library's on a listener it takes over), HMAC-SHA-1-96;
 //! - TCP-MD5: a key.
 //!
 //! A listener's guard is for every address (`0.0.0.0/0`, and for an IPv6
@@ -50,8 +52,13 @@ const KEY_LEN: usize = 32;
 /// The guard's MAC: HMAC-SHA-1-96, which every TCP-AO kernel has.
 const AO_ALG: &[u8] = b"hmac(sha1)";
 const AO_MACLEN: u8 = 12;
-/// aokd's guard range of KeyIDs (aokd_proto::mkt::GUARD_KEY_IDS).
-const GUARD_ID_FIRST: u8 = 240;
+/// The library's guard KeyIDs (`aokd_proto::mkt::LIBRARY_GUARD_KEY_IDS`,
+/// a copy: the library does not link the protocol crate): disjoint from
+/// aokd's guard's (`AOKD_GUARD_KEY_IDS`, 240-247), since Linux refuses
+/// (`EEXIST`) a key that shares its SendID or RecvID with an overlapping
+/// one, and the library's `/0` guard is still on a listener when aokd adds
+/// its own guard for a peer with no MKT while it takes the socket over.
+pub const GUARD_KEY_IDS: std::ops::RangeInclusive<u8> = 248..=255;
 
 /// The mechanism of a guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,8 +206,9 @@ fn random_key() -> io::Result<([u8; KEY_LEN], u8, u8)> {
     sys::random(&mut bytes)?;
     let mut key = [0u8; KEY_LEN];
     key.copy_from_slice(&bytes[..KEY_LEN]);
-    let send_id = GUARD_ID_FIRST + bytes[KEY_LEN] % 16;
-    let recv_id = GUARD_ID_FIRST + bytes[KEY_LEN + 1] % 16;
+    let span = GUARD_KEY_IDS.end() - GUARD_KEY_IDS.start() + 1;
+    let send_id = GUARD_KEY_IDS.start() + bytes[KEY_LEN] % span;
+    let recv_id = GUARD_KEY_IDS.start() + bytes[KEY_LEN + 1] % span;
     bytes.zeroize();
     Ok((key, send_id, recv_id))
 }
@@ -367,12 +375,25 @@ mod tests {
     }
 
     #[test]
-    fn random_ids_are_in_the_guard_range() {
+    fn random_ids_are_in_the_library_guard_range() {
         for _ in 0..64 {
             let (key, s, r) = random_key().expect("getrandom");
-            assert!((240..=255).contains(&s) && (240..=255).contains(&r));
+            assert!(GUARD_KEY_IDS.contains(&s) && GUARD_KEY_IDS.contains(&r));
             assert_ne!(key, [0; KEY_LEN]);
         }
+    }
+
+    /// The copy matches the protocol crate's, and aokd's own guard can
+    /// never share a SendID or a RecvID with the library's.
+    #[test]
+    fn library_and_aokd_guard_ranges_are_disjoint() {
+        use aokd_proto::mkt::{is_guard_id, AOKD_GUARD_KEY_IDS, LIBRARY_GUARD_KEY_IDS};
+        assert_eq!(GUARD_KEY_IDS, LIBRARY_GUARD_KEY_IDS);
+        for id in GUARD_KEY_IDS {
+            assert!(is_guard_id(id), "{id} is negotiable");
+            assert!(!AOKD_GUARD_KEY_IDS.contains(&id), "{id} is aokd's too");
+        }
+        assert!(!AOKD_GUARD_KEY_IDS.is_empty());
     }
 
     #[test]

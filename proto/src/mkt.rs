@@ -11,11 +11,23 @@ use crate::numbers::IntegId;
 /// KeyIDs that negotiated MKTs use. Each side draws its RecvID from here.
 pub const NEGOTIATED_KEY_IDS: core::ops::RangeInclusive<u8> = 0..=239;
 
-/// KeyIDs reserved for the dummy-key guard, which keeps a covered socket
+/// KeyIDs reserved for the dummy-key guards, which keep a covered socket
 /// from sending or accepting unsigned segments while it has no MKT. No
 /// negotiated MKT ever uses one, so a guard key never collides with a key
-/// the peer could hold.
+/// the peer could hold. The range is split in two halves,
+/// [`AOKD_GUARD_KEY_IDS`] and [`LIBRARY_GUARD_KEY_IDS`].
 pub const GUARD_KEY_IDS: core::ops::RangeInclusive<u8> = 240..=255;
+
+/// The KeyIDs (SendID and RecvID) of aokd's own guard.
+pub const AOKD_GUARD_KEY_IDS: core::ops::RangeInclusive<u8> = 240..=247;
+
+/// The KeyIDs (SendID and RecvID) of the preload library's guard (its
+/// `/0` key on a listener while aokd is away; preload/src/guard.rs keeps a
+/// copy). Disjoint from [`AOKD_GUARD_KEY_IDS`]: Linux refuses (`EEXIST`) a
+/// key that shares its SendID or its RecvID with an overlapping one, and
+/// aokd adds its guard for a peer while the library's `/0` guard is still on
+/// the listener it takes over.
+pub const LIBRARY_GUARD_KEY_IDS: core::ops::RangeInclusive<u8> = 248..=255;
 
 /// Whether `id` is a guard KeyID.
 pub fn is_guard_id(id: u8) -> bool {
@@ -68,5 +80,21 @@ impl fmt::Debug for MasterKeyTuple {
             .field("include_options", &self.include_options)
             .field("master_key", &"<redacted>")
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_ranges_split_the_reserved_range() {
+        for id in 0..=255u8 {
+            let aokd = AOKD_GUARD_KEY_IDS.contains(&id);
+            let library = LIBRARY_GUARD_KEY_IDS.contains(&id);
+            assert!(!(aokd && library), "{id} in both guard ranges");
+            assert_eq!(aokd || library, is_guard_id(id), "{id}");
+            assert_ne!(is_guard_id(id), NEGOTIATED_KEY_IDS.contains(&id), "{id}");
+        }
     }
 }
