@@ -7,6 +7,7 @@ use core::str::FromStr;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::crypto::sig::{PrivateKey, PublicKey};
 use crate::crypto::{Encr, Prf, Secret};
 use crate::mkt::MacAlgorithm;
 use crate::numbers::{DhGroup, IdType};
@@ -294,8 +295,11 @@ pub struct PeerConfig {
     pub local: IpAddr,
     pub local_id: Identity,
     pub remote_id: Identity,
-    /// The pre-shared key (RFC 7296 2.15).
+    /// The pre-shared key (RFC 7296 2.15), used when `signature` is `None`.
     pub psk: Secret,
+    /// Authentication by signature (RFC 7427) instead of the PSK, on both
+    /// sides: a peer configured so refuses a PSK AUTH, and the reverse.
+    pub signature: Option<SignatureAuth>,
     /// IKE SA suites in preference order; the first one's group is used for
     /// the first KE payload.
     pub ike_suites: Vec<IkeSuite>,
@@ -321,6 +325,7 @@ impl fmt::Debug for PeerConfig {
             .field("local_id", &self.local_id)
             .field("remote_id", &self.remote_id)
             .field("psk", &"<redacted>")
+            .field("signature", &self.signature)
             .field("ike_suites", &self.ike_suites)
             .field("mac_algorithms", &self.mac_algorithms)
             .field("include_options", &self.include_options)
@@ -329,6 +334,17 @@ impl fmt::Debug for PeerConfig {
             .field("lifetimes", &self.lifetimes)
             .finish()
     }
+}
+
+/// Signature authentication of one peer (docs/protocol.md, "Signature
+/// authentication"): this side's private key, and the public key the peer's
+/// AUTH must verify with.
+#[derive(Debug)]
+pub struct SignatureAuth {
+    /// Signs this side's AUTH payloads; its `Debug` prints only the scheme.
+    pub private_key: PrivateKey,
+    /// The peer's public key.
+    pub peer_key: PublicKey,
 }
 
 /// Retransmission of requests (RFC 7296 2.1): the n-th retransmission is

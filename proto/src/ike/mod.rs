@@ -48,6 +48,7 @@ mod window;
 
 pub use config::{
     EndpointConfig, Identity, IkeSuite, Lifetimes, PeerConfig, PortRange, RetransmitConfig,
+    SignatureAuth,
 };
 pub use endpoint::Endpoint;
 pub use error::{IkeError, Misbehaviour, MisuseError, NegotiationError};

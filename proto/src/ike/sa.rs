@@ -158,6 +158,9 @@ pub(super) struct IkeSa {
     pub(super) init_response: Vec<u8>,
     pub(super) peer_tcp_ao: bool,
     pub(super) peer_childless: bool,
+    /// The hash IDs of the peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427 4),
+    /// `None` when it sent none.
+    pub(super) peer_sig_hashes: Option<Vec<u16>>,
     /// Message IDs, our outstanding and queued requests, the stored response.
     pub(super) window: Window,
     pub(super) iv_counter: u64,
@@ -256,6 +259,7 @@ impl IkeSa {
             init_response: Vec::new(),
             peer_tcp_ao: old.peer_tcp_ao,
             peer_childless: old.peer_childless,
+            peer_sig_hashes: None,
             window: Window::new(0),
             iv_counter: 0,
             established_at: Some(now),
