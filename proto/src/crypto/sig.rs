@@ -532,6 +532,31 @@ mod tests {
         assert!(PublicKey::from_spki_der(&spki[..20]).is_err());
     }
 
+    /// RSASSA-PSS made by OpenSSL (testdata/gen-rsa-pss.sh) verifies under
+    /// both encodings of the AlgorithmIdentifier, and not over other octets.
+    #[test]
+    fn rsa_pss_sha256_from_openssl_verifies() {
+        let pk = PublicKey::from_spki_der(include_bytes!("testdata/rsa-spki.der")).unwrap();
+        assert_eq!(pk.scheme(), SignatureScheme::RsaPssSha256);
+        let msg = include_bytes!("testdata/rsa-pss-message.txt");
+        for alg in [ALG_RSA_PSS_SHA256, ALG_RSA_PSS_SHA256_ABSENT] {
+            let mut data = vec![alg.len() as u8];
+            data.extend_from_slice(alg);
+            data.extend_from_slice(include_bytes!("testdata/rsa-pss.sig"));
+            pk.verify_auth(AuthMethod::DIGITAL_SIGNATURE, &data, msg).unwrap();
+            assert_eq!(
+                pk.verify_auth(AuthMethod::DIGITAL_SIGNATURE, &data, b"other"),
+                Err(SigError::BadSignature(SignatureScheme::RsaPssSha256))
+            );
+        }
+        let rsa_pkcs8 = [
+            0x30, 0x1a, 0x02, 0x01, 0x00, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7,
+            0x0d, 0x01, 0x01, 0x01, 0x05, 0x00, 0x04, 0x06, 0x30, 0x04, 0x02, 0x02, 0x01, 0x01,
+        ];
+        let e = PrivateKey::from_pkcs8_der(&rsa_pkcs8).unwrap_err();
+        assert!(e.contains("RSA private keys cannot sign"), "{e}");
+    }
+
     #[test]
     fn hash_notify_round_trip() {
         assert_eq!(
