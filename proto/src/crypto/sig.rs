@@ -543,7 +543,8 @@ mod tests {
             let mut data = vec![alg.len() as u8];
             data.extend_from_slice(alg);
             data.extend_from_slice(include_bytes!("testdata/rsa-pss.sig"));
-            pk.verify_auth(AuthMethod::DIGITAL_SIGNATURE, &data, msg).unwrap();
+            pk.verify_auth(AuthMethod::DIGITAL_SIGNATURE, &data, msg)
+                .unwrap();
             assert_eq!(
                 pk.verify_auth(AuthMethod::DIGITAL_SIGNATURE, &data, b"other"),
                 Err(SigError::BadSignature(SignatureScheme::RsaPssSha256))

@@ -24,6 +24,7 @@
 //! `context` and below, never `endpoint` or `maintenance`.
 
 mod auth;
+pub mod cert;
 pub mod config;
 mod context;
 mod cookie;
