@@ -188,6 +188,14 @@ registry! {
 }
 
 registry! {
+    /// Certificate Encoding of CERT and CERTREQ payloads (RFC 7296 3.6).
+    CertEncoding(u8) {
+        /// A DER X.509 certificate; in CERTREQ, SHA-1 hashes of CA public keys.
+        X509_SIGNATURE = 4,
+    }
+}
+
+registry! {
     /// Traffic selector type (RFC 7296 3.13.1).
     TsType(u8) {
         TS_IPV4_ADDR_RANGE = 7,
