@@ -9,7 +9,7 @@ mod harness;
 use std::time::Duration;
 
 use aokd_proto::crypto::sig::{PrivateKey, SignatureScheme};
-use aokd_proto::ike::{Event, PeerConfig, SignatureAuth};
+use aokd_proto::ike::{Event, PeerConfig, PeerKey, SignatureAuth};
 use aokd_proto::numbers::NotifyType;
 use harness::{peer, NetParams, Sim, A_ADDR, B_ADDR};
 use p256::pkcs8::EncodePrivateKey;
@@ -55,11 +55,13 @@ fn signature_pair(a: SignatureScheme, b: SignatureScheme) -> (PeerConfig, PeerCo
     let mut pa = peer("b", A_ADDR, B_ADDR, b"unused");
     let mut pb = peer("a", B_ADDR, A_ADDR, b"unused, and different");
     pa.signature = Some(SignatureAuth {
-        peer_key: kb.public_key(),
+        peer: PeerKey::PublicKey(kb.public_key()),
+        certificates: Vec::new(),
         private_key: ka,
     });
     pb.signature = Some(SignatureAuth {
-        peer_key: key(a, 1).public_key(),
+        peer: PeerKey::PublicKey(key(a, 1).public_key()),
+        certificates: Vec::new(),
         private_key: kb,
     });
     (pa, pb)
@@ -165,7 +167,8 @@ fn ecdsa_signatures_are_reproducible_from_the_seed() {
 fn wrong_public_key_fails_on_both_sides_with_the_reason() {
     // B expects A's key from seed 9, A signs with seed 1.
     let (pa, mut pb) = signature_pair(SignatureScheme::Ed25519, SignatureScheme::Ed25519);
-    pb.signature.as_mut().unwrap().peer_key = key(SignatureScheme::Ed25519, 9).public_key();
+    pb.signature.as_mut().unwrap().peer =
+        PeerKey::PublicKey(key(SignatureScheme::Ed25519, 9).public_key());
     pb.initiate = false;
     let mut sim = Sim::pair(6, NetParams::default(), pa, pb);
     sim.run_for(Duration::from_secs(20));
@@ -184,7 +187,8 @@ fn responder_signature_with_another_key_type_is_refused_by_the_initiator() {
     // A expects an Ed25519 key from B; B signs with ECDSA P-256.
     let (mut pa, mut pb) =
         signature_pair(SignatureScheme::Ed25519, SignatureScheme::EcdsaP256Sha256);
-    pa.signature.as_mut().unwrap().peer_key = key(SignatureScheme::Ed25519, 2).public_key();
+    pa.signature.as_mut().unwrap().peer =
+        PeerKey::PublicKey(key(SignatureScheme::Ed25519, 2).public_key());
     pb.initiate = false;
     let mut sim = Sim::pair(7, NetParams::default(), pa, pb);
     sim.run_for(Duration::from_secs(20));
@@ -257,4 +261,236 @@ fn psk_against_signature_is_refused_with_the_reason() {
         ),
         "{text}"
     );
+}
+
+// ---- Certificates (CERT, CERTREQ, chains to configured CAs) ----
+
+mod pki {
+    use aokd_proto::crypto::sig::PrivateKey;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+
+    pub struct Ca {
+        pub cert: rcgen::Certificate,
+        pub key: KeyPair,
+    }
+
+    fn params(cn: &str) -> CertificateParams {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.not_before = rcgen::date_time_ymd(2026, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2027, 1, 1);
+        p
+    }
+
+    pub fn root(cn: &str) -> Ca {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let mut p = params(cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    pub fn intermediate(cn: &str, by: &Ca) -> Ca {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = params(cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = p.signed_by(&key, &by.cert, &by.key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// An end-entity certificate for `ip` with a key of `alg`, adjusted by
+    /// `f`, and its private key as the engine takes it.
+    pub fn leaf(
+        ip: std::net::IpAddr,
+        alg: &'static rcgen::SignatureAlgorithm,
+        by: &Ca,
+        f: impl FnOnce(&mut CertificateParams),
+    ) -> (Vec<u8>, PrivateKey) {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let mut p = params(&ip.to_string());
+        p.subject_alt_names = vec![SanType::IpAddress(ip)];
+        f(&mut p);
+        let cert = p.signed_by(&key, &by.cert, &by.key).unwrap();
+        let pk = PrivateKey::from_pkcs8_der(&key.serialize_der()).unwrap();
+        (cert.der().to_vec(), pk)
+    }
+}
+
+use aokd_proto::ike::cert::TrustAnchors;
+use aokd_proto::ike::EndpointConfig;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// 2026-05-28T20:26:40Z, inside the certificates' validity.
+fn wall() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_780_000_000)
+}
+
+fn cert_auth(chain: Vec<Vec<u8>>, key: PrivateKey, ca: &pki::Ca) -> SignatureAuth {
+    SignatureAuth {
+        private_key: key,
+        certificates: chain,
+        peer: PeerKey::Certificate(TrustAnchors::from_der(&[ca.cert.der().to_vec()]).unwrap()),
+    }
+}
+
+/// A and B with certificates from `ca` (B's adjusted by `fb`), each
+/// trusting `ca`; B only responds.
+fn cert_sim(
+    seed: u64,
+    a: (Vec<Vec<u8>>, PrivateKey),
+    b: (Vec<Vec<u8>>, PrivateKey),
+    ca: &pki::Ca,
+) -> Sim {
+    let mut pa = peer("b", A_ADDR, B_ADDR, b"unused");
+    let mut pb = peer("a", B_ADDR, A_ADDR, b"unused");
+    pa.signature = Some(cert_auth(a.0, a.1, ca));
+    pb.signature = Some(cert_auth(b.0, b.1, ca));
+    pb.initiate = false;
+    let mut ca_cfg = EndpointConfig::new(vec![pa]);
+    let mut cb_cfg = EndpointConfig::new(vec![pb]);
+    ca_cfg.wall_clock = wall();
+    cb_cfg.wall_clock = wall();
+    Sim::pair_with(seed, NetParams::default(), ca_cfg, cb_cfg)
+}
+
+fn leaf_chain(
+    ip: std::net::IpAddr,
+    alg: &'static rcgen::SignatureAlgorithm,
+    by: &pki::Ca,
+    f: impl FnOnce(&mut rcgen::CertificateParams),
+) -> (Vec<Vec<u8>>, PrivateKey) {
+    let (der, key) = pki::leaf(ip, alg, by, f);
+    (vec![der], key)
+}
+
+#[test]
+fn certificates_of_depth_one_establish_and_certreq_names_the_ca() {
+    let ca = pki::root("aokd test root");
+    for (n, alg) in [
+        &rcgen::PKCS_ED25519,
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+        &rcgen::PKCS_ECDSA_P384_SHA384,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let a = leaf_chain(A_ADDR.ip(), alg, &ca, |_| {});
+        let b = leaf_chain(B_ADDR.ip(), alg, &ca, |_| {});
+        let mut sim = cert_sim(40 + n as u64, a, b, &ca);
+        assert!(
+            sim.run_until(Duration::from_secs(10), Sim::settled),
+            "{alg:?}"
+        );
+        assert!(sim.common_mkt(), "{alg:?}");
+        assert_eq!(sim.established(0), 1);
+        assert_eq!(sim.established(1), 1);
+        // The IKE_SA_INIT response carries CERTREQ (38) with encoding 4 and
+        // the SHA-1 of the CA's public key.
+        let hashes = TrustAnchors::from_der(&[ca.cert.der().to_vec()])
+            .unwrap()
+            .certreq_hashes();
+        let mut certreq = vec![0, 0, 25, 4];
+        certreq.extend_from_slice(&hashes);
+        assert!(
+            contains(&sim.sent[1].2, &certreq[2..]),
+            "CERTREQ in IKE_SA_INIT response"
+        );
+        println!("{alg:?}: established with certificates, MKT in common");
+    }
+}
+
+#[test]
+fn certificates_of_depth_three_with_intermediates_establish() {
+    let ca = pki::root("aokd test root");
+    let i1 = pki::intermediate("intermediate 1", &ca);
+    let i2 = pki::intermediate("intermediate 2", &i1);
+    let chain = |ip, alg| {
+        let (der, key) = pki::leaf(ip, alg, &i2, |_| {});
+        (
+            vec![der, i2.cert.der().to_vec(), i1.cert.der().to_vec()],
+            key,
+        )
+    };
+    let a = chain(A_ADDR.ip(), &rcgen::PKCS_ED25519);
+    let b = chain(B_ADDR.ip(), &rcgen::PKCS_ECDSA_P256_SHA256);
+    let mut sim = cert_sim(50, a, b, &ca);
+    assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
+    assert!(sim.common_mkt());
+    let biggest = sim.sent.iter().map(|(_, _, d)| d.len()).max().unwrap();
+    println!("depth 3: established; largest datagram {biggest} octets");
+}
+
+/// B's certificate is bad in some way: A refuses it naming why, B hears
+/// AUTHENTICATION_FAILED. Or A's is: B refuses it, A hears it.
+#[test]
+fn bad_certificates_are_refused_on_both_sides_with_the_reason() {
+    let ca = pki::root("aokd test root");
+    let other = pki::root("another root");
+    type Tweak = Box<dyn Fn(&mut rcgen::CertificateParams)>;
+    let cases: Vec<(&str, bool, Tweak, &str)> = vec![
+        (
+            "expired",
+            false,
+            Box::new(|p| p.not_after = rcgen::date_time_ymd(2026, 3, 1)),
+            "the responder's certificate is refused: the certificate expired at 2026-03-01T00:00:00Z (now 2026-05-28T20:26",
+        ),
+        (
+            "not yet valid",
+            false,
+            Box::new(|p| p.not_before = rcgen::date_time_ymd(2026, 12, 1)),
+            "the responder's certificate is refused: the certificate is not valid before 2026-12-01T00:00:00Z",
+        ),
+        (
+            "wrong key usage",
+            true,
+            Box::new(|p| {
+                p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::CodeSigning]
+            }),
+            "the initiator's certificate is refused: the certificate's extended key usage allows neither ipsecIKE, serverAuth nor clientAuth",
+        ),
+        (
+            "wrong identity",
+            true,
+            Box::new(|p| {
+                p.subject_alt_names = vec![rcgen::SanType::IpAddress("192.0.2.9".parse().unwrap())]
+            }),
+            "the initiator's certificate is refused: the identity 192.0.2.1 (ID_IPV4_ADDR) is not in the certificate",
+        ),
+    ];
+    for (n, (what, a_is_bad, tweak, expected)) in cases.into_iter().enumerate() {
+        let (fa, fb): (Tweak, Tweak) = if a_is_bad {
+            (tweak, Box::new(|_| {}))
+        } else {
+            (Box::new(|_| {}), tweak)
+        };
+        let a = leaf_chain(A_ADDR.ip(), &rcgen::PKCS_ED25519, &ca, |p| fa(p));
+        let b = leaf_chain(B_ADDR.ip(), &rcgen::PKCS_ED25519, &ca, |p| fb(p));
+        let mut sim = cert_sim(60 + n as u64, a, b, &ca);
+        sim.run_for(Duration::from_secs(20));
+        let checker = if a_is_bad { 1 } else { 0 };
+        let text = failure_text(&sim, checker);
+        assert!(text.contains(expected), "{what}: {text}");
+        assert!(sim.mkts(0).is_empty(), "{what}");
+        for i in 0..2 {
+            assert_eq!(
+                sim.nodes[i].ep.peers()[0].last_error.as_deref(),
+                Some("AUTHENTICATION_FAILED"),
+                "{what}: node {i}"
+            );
+        }
+        println!("{what}: {text}");
+    }
+
+    // A's certificate from a CA B does not trust.
+    let a = leaf_chain(A_ADDR.ip(), &rcgen::PKCS_ED25519, &other, |_| {});
+    let b = leaf_chain(B_ADDR.ip(), &rcgen::PKCS_ED25519, &ca, |_| {});
+    let mut sim = cert_sim(70, a, b, &ca);
+    sim.run_for(Duration::from_secs(20));
+    assert_failed_both(&sim);
+    let text = failure_text(&sim, 1);
+    assert!(
+        text.contains("the initiator's certificate is refused: the certificate is not issued by a configured CA"),
+        "{text}"
+    );
+    println!("wrong CA: {text}");
 }

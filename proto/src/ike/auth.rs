@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use subtle::ConstantTimeEq;
 
-use super::config::Identity;
+use super::config::{Identity, PeerKey};
 use super::context::{Ctx, Fate};
 use super::error::{IkeError, Misbehaviour, NegotiationError};
 use super::event::Event;
@@ -19,8 +19,8 @@ use super::PayloadsExt;
 use super::{informational, lifecycle, mkts};
 use crate::crypto::{self, Secret};
 use crate::mkt::MasterKeyTuple;
-use crate::numbers::{AuthMethod, ExchangeType, NotifyType, PayloadType, ProtocolId};
-use crate::wire::{AuthPayload, IdPayload, ParsedMessage, Payload, SaPayload};
+use crate::numbers::{AuthMethod, CertEncoding, ExchangeType, NotifyType, PayloadType, ProtocolId};
+use crate::wire::{AuthPayload, CertPayload, IdPayload, ParsedMessage, Payload, SaPayload};
 
 pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(), IkeError> {
     let pc = ctx.pc;
@@ -30,6 +30,8 @@ pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(
     };
     let auth = local_auth(ctx, sa, true, &idi)?;
     let mut payloads = vec![Payload::IdI(idi)];
+    payloads.extend(cert_payloads(ctx));
+    payloads.extend(certreq_payload(ctx));
     let other_established = ctx.sas.iter().any(IkeSa::is_authenticated);
     if !other_established {
         payloads.push(notify(NotifyType::INITIAL_CONTACT, Vec::new()));
@@ -137,6 +139,67 @@ fn local_auth(
     }
 }
 
+/// This side's CERT payloads (RFC 7296 3.6): its certificate, then the
+/// intermediates.
+fn cert_payloads(ctx: &Ctx<'_>) -> Vec<Payload> {
+    let Some(sig) = &ctx.pc.signature else {
+        return Vec::new();
+    };
+    sig.certificates
+        .iter()
+        .map(|c| {
+            Payload::Cert(CertPayload {
+                encoding: CertEncoding::X509_SIGNATURE,
+                data: c.clone(),
+            })
+        })
+        .collect()
+}
+
+/// CERTREQ naming the CAs this side trusts for the peer (RFC 7296 3.7).
+pub(super) fn certreq_payload(ctx: &Ctx<'_>) -> Option<Payload> {
+    match &ctx.pc.signature.as_ref()?.peer {
+        PeerKey::Certificate(anchors) => Some(Payload::CertReq(CertPayload {
+            encoding: CertEncoding::X509_SIGNATURE,
+            data: anchors.certreq_hashes(),
+        })),
+        PeerKey::PublicKey(_) => None,
+    }
+}
+
+/// The peer's public key: configured, or from its validated certificate.
+fn peer_key(
+    ctx: &Ctx<'_>,
+    who: &str,
+    key: &PeerKey,
+    id: &IdPayload,
+    payloads: &[Payload],
+    now: Instant,
+) -> Result<crate::crypto::sig::PublicKey, String> {
+    let anchors = match key {
+        PeerKey::PublicKey(k) => return Ok(k.clone()),
+        PeerKey::Certificate(a) => a,
+    };
+    let mut certs = payloads
+        .iter()
+        .filter_map(Payload::as_cert)
+        .filter(|c| c.encoding == CertEncoding::X509_SIGNATURE)
+        .map(|c| c.data.clone());
+    let Some(end_entity) = certs.next() else {
+        return Err(format!(
+            "the {who} sent no X.509 certificate (CERT payload)"
+        ));
+    };
+    let intermediates: Vec<Vec<u8>> = certs.collect();
+    let identity = Identity {
+        id_type: id.id_type,
+        data: id.data.clone(),
+    };
+    anchors
+        .verify_peer(&end_entity, &intermediates, ctx.wall_clock(now), &identity)
+        .map_err(|e| format!("the {who}'s certificate is refused: {e}"))
+}
+
 /// Checks the peer's AUTH payload; the error says why it failed.
 fn check_auth(
     ctx: &Ctx<'_>,
@@ -144,6 +207,8 @@ fn check_auth(
     for_initiator: bool,
     id: &IdPayload,
     auth: &AuthPayload,
+    payloads: &[Payload],
+    now: Instant,
 ) -> Result<(), String> {
     let who = if for_initiator {
         "initiator"
@@ -170,8 +235,7 @@ fn check_auth(
         (Some(_), AuthMethod::SHARED_KEY_MIC) => Err(format!(
             "the {who} authenticated with a PSK, but this peer is configured for signatures"
         )),
-        (Some(s), m) => s
-            .peer_key
+        (Some(s), m) => peer_key(ctx, who, &s.peer, id, payloads, now)?
             .verify_auth(m, &auth.data, &signed)
             .map_err(|e| format!("the {who}'s AUTH is refused: {e}")),
     }
@@ -221,7 +285,7 @@ pub(super) fn on_request(
     let pc = ctx.pc;
     let id_ok = idi.id_type == pc.remote_id.id_type && idi.data == pc.remote_id.data;
     let checked = if id_ok {
-        check_auth(ctx, &sa, true, &idi, &auth)
+        check_auth(ctx, &sa, true, &idi, &auth, &payloads, now)
     } else {
         Err(identity_mismatch("initiator", &idi, &pc.remote_id))
     };
@@ -259,7 +323,9 @@ pub(super) fn on_request(
     sa.peer_initial_contact = payloads.notify(NotifyType::INITIAL_CONTACT).is_some();
     ctx.peer.tcp_ao_capable = Some(sa.peer_tcp_ao);
     lifecycle::establish(ctx, &mut sa, now);
-    let mut reply = vec![Payload::IdR(idr), Payload::Auth(my_auth)];
+    let mut reply = vec![Payload::IdR(idr)];
+    reply.extend(cert_payloads(ctx));
+    reply.push(Payload::Auth(my_auth));
     let child_sa = payloads.find_payload(Payload::as_sa);
     match child_sa {
         None => {
@@ -346,7 +412,7 @@ pub(super) fn on_response(
     let pc = ctx.pc;
     let id_ok = idr.id_type == pc.remote_id.id_type && idr.data == pc.remote_id.data;
     let checked = if id_ok {
-        check_auth(ctx, &sa, false, idr, auth)
+        check_auth(ctx, &sa, false, idr, auth, &payloads, now)
     } else {
         Err(identity_mismatch("responder", idr, &pc.remote_id))
     };

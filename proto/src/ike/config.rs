@@ -5,8 +5,9 @@
 use core::fmt;
 use core::str::FromStr;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use super::cert::TrustAnchors;
 use crate::crypto::sig::{PrivateKey, PublicKey};
 use crate::crypto::{Encr, Prf, Secret};
 use crate::mkt::MacAlgorithm;
@@ -337,14 +338,28 @@ impl fmt::Debug for PeerConfig {
 }
 
 /// Signature authentication of one peer (docs/protocol.md, "Signature
-/// authentication"): this side's private key, and the public key the peer's
-/// AUTH must verify with.
+/// authentication"): this side's private key and certificates, and how the
+/// peer's key is known.
 #[derive(Debug)]
 pub struct SignatureAuth {
     /// Signs this side's AUTH payloads; its `Debug` prints only the scheme.
     pub private_key: PrivateKey,
-    /// The peer's public key.
-    pub peer_key: PublicKey,
+    /// This side's certificate (DER) and then its intermediates, sent in
+    /// CERT payloads; empty: none sent (the peer knows the public key).
+    pub certificates: Vec<Vec<u8>>,
+    /// The key the peer's AUTH must verify with.
+    pub peer: PeerKey,
+}
+
+/// How the peer's public key is known.
+#[derive(Debug)]
+pub enum PeerKey {
+    /// Configured as such (a raw public key).
+    PublicKey(PublicKey),
+    /// From the peer's CERT payloads, validated to one of these CAs at the
+    /// endpoint's wall-clock time, with the peer's identity in the
+    /// certificate; these CAs are also named in CERTREQ.
+    Certificate(TrustAnchors),
 }
 
 /// Retransmission of requests (RFC 7296 2.1): the n-th retransmission is
@@ -448,6 +463,12 @@ pub struct EndpointConfig {
     /// Send the TCP-AO capability (Notify and Vendor ID). Off only to test
     /// behaviour toward a peer that does not speak aokd's profile.
     pub advertise_tcp_ao: bool,
+    /// The wall-clock time at the `now` given to
+    /// [`Endpoint::new`](super::Endpoint::new) (the engine reads no
+    /// clock): certificates are judged valid or not at this time plus the
+    /// monotonic time since. Default: the Unix epoch, at which no
+    /// certificate is valid; a daemon using certificates sets it.
+    pub wall_clock: SystemTime,
 }
 
 impl EndpointConfig {
@@ -463,6 +484,7 @@ impl EndpointConfig {
             retry_interval: Duration::from_secs(30),
             liveness: Some(Duration::from_secs(30)),
             advertise_tcp_ao: true,
+            wall_clock: SystemTime::UNIX_EPOCH,
         }
     }
 }

@@ -301,6 +301,7 @@ pub(super) fn on_request(
         Payload::Nonce(nr),
     ];
     payloads.extend(capability_payloads(ctx));
+    payloads.extend(auth::certreq_payload(ctx));
     let rh = sa.header(ExchangeType::IKE_SA_INIT, 0, true);
     let bytes = wire::emit_message(&rh, &payloads);
     sa.init_response = bytes.clone();

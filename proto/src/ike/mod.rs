@@ -48,8 +48,8 @@ mod traffic;
 mod window;
 
 pub use config::{
-    EndpointConfig, Identity, IkeSuite, Lifetimes, PeerConfig, PortRange, RetransmitConfig,
-    SignatureAuth,
+    EndpointConfig, Identity, IkeSuite, Lifetimes, PeerConfig, PeerKey, PortRange,
+    RetransmitConfig, SignatureAuth,
 };
 pub use endpoint::Endpoint;
 pub use error::{IkeError, Misbehaviour, MisuseError, NegotiationError};
