@@ -5,8 +5,8 @@
 //! with the certificate. Errors name the reason (expired, not yet valid,
 //! unknown CA, key usage, identity received against the certificate's).
 //!
-//! Not yet used by the engine (issue 12): the CERT and CERTREQ payloads and
-//! their use in IKE_AUTH come next.
+//! IKE_AUTH (`auth`) uses it for a peer configured with
+//! [`PeerKey::Certificate`](super::PeerKey::Certificate).
 
 use core::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
