@@ -16,7 +16,7 @@ use super::sa::{ChildOffer, IkeSa, Phase};
 use super::traffic::{notify, reply_within, selectors};
 use super::window::PendingKind;
 use super::PayloadsExt;
-use super::{informational, lifecycle, mkts};
+use super::{cert, informational, lifecycle, mkts};
 use crate::crypto::{self, Secret};
 use crate::mkt::MasterKeyTuple;
 use crate::numbers::{AuthMethod, CertEncoding, ExchangeType, NotifyType, PayloadType, ProtocolId};
@@ -30,7 +30,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(
     };
     let auth = local_auth(ctx, sa, true, &idi)?;
     let mut payloads = vec![Payload::IdI(idi)];
-    payloads.extend(cert_payloads(ctx));
+    payloads.extend(cert_payloads(ctx, &sa.peer_certreq));
     payloads.extend(certreq_payload(ctx));
     let other_established = ctx.sas.iter().any(IkeSa::is_authenticated);
     if !other_established {
@@ -139,13 +139,30 @@ fn local_auth(
     }
 }
 
+/// The CA hashes of the X.509 CERTREQ payloads among `payloads`.
+pub(super) fn certreq_hashes(payloads: &[Payload]) -> Vec<u8> {
+    payloads
+        .iter()
+        .filter_map(Payload::as_certreq)
+        .filter(|c| c.encoding == CertEncoding::X509_SIGNATURE)
+        .flat_map(|c| c.data.iter().copied())
+        .collect()
+}
+
 /// This side's CERT payloads (RFC 7296 3.6): its certificate, then the
-/// intermediates.
-fn cert_payloads(ctx: &Ctx<'_>) -> Vec<Payload> {
+/// intermediates, honouring the peer's CERTREQ (`certreq`, 3.7): the chain
+/// stops before the first intermediate the peer names as a CA it trusts.
+fn cert_payloads(ctx: &Ctx<'_>, certreq: &[u8]) -> Vec<Payload> {
     let Some(sig) = &ctx.pc.signature else {
         return Vec::new();
     };
-    sig.certificates
+    let chain = &sig.certificates;
+    let end = (1..chain.len())
+        .find(|&k| {
+            cert::spki_sha1(&chain[k]).is_some_and(|h| certreq.chunks_exact(20).any(|c| c == h))
+        })
+        .unwrap_or(chain.len());
+    chain[..end]
         .iter()
         .map(|c| {
             Payload::Cert(CertPayload {
@@ -324,7 +341,7 @@ pub(super) fn on_request(
     ctx.peer.tcp_ao_capable = Some(sa.peer_tcp_ao);
     lifecycle::establish(ctx, &mut sa, now);
     let mut reply = vec![Payload::IdR(idr)];
-    reply.extend(cert_payloads(ctx));
+    reply.extend(cert_payloads(ctx, &certreq_hashes(&payloads)));
     reply.push(Payload::Auth(my_auth));
     let child_sa = payloads.find_payload(Payload::as_sa);
     match child_sa {

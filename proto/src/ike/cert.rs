@@ -199,6 +199,21 @@ fn chain_error(e: WebpkiError) -> CertError {
     }
 }
 
+/// The SHA-1 of a certificate's SubjectPublicKeyInfo, as CERTREQ names a
+/// CA (RFC 7296 3.7); `None` when `der` is not a certificate.
+pub fn spki_sha1(der: &[u8]) -> Option<[u8; 20]> {
+    let cd = CertificateDer::from(der);
+    EndEntityCert::try_from(&cd).ok().map(|c| sha1_of_spki(&c))
+}
+
+fn sha1_of_spki(c: &EndEntityCert<'_>) -> [u8; 20] {
+    let spki = c.subject_public_key_info();
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, spki.as_ref());
+    let mut h = [0u8; 20];
+    h.copy_from_slice(digest.as_ref());
+    h
+}
+
 /// RFC 4945 3.1: ID_IPV4_ADDR / ID_IPV6_ADDR must be a SAN iPAddress,
 /// ID_FQDN a SAN dNSName, ID_DER_ASN1_DN the subject.
 fn identity_in_cert(ee: &EndEntityCert<'_>, id: &Identity) -> Result<(), CertError> {

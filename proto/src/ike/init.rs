@@ -68,6 +68,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, now: Instant) -> Result<(), IkeError> {
         peer_tcp_ao: false,
         peer_childless: false,
         peer_sig_hashes: None,
+        peer_certreq: Vec::new(),
         window: Window::new(0),
         iv_counter: 0,
         established_at: None,
@@ -281,6 +282,7 @@ pub(super) fn on_request(
             .notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED)
             .is_some(),
         peer_sig_hashes: sig_hashes(&msg.payloads),
+        peer_certreq: Vec::new(),
         window: Window::new(1),
         iv_counter: 0,
         established_at: None,
@@ -564,6 +566,7 @@ pub(super) fn on_response(
         .notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED)
         .is_some();
     sa.peer_sig_hashes = sig_hashes(&msg.payloads);
+    sa.peer_certreq = auth::certreq_hashes(&msg.payloads);
     sa.window.complete();
     match auth::start(ctx, &mut sa, now) {
         Ok(()) => Fate::Keep(sa),
