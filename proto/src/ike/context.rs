@@ -93,7 +93,12 @@ impl Ctx<'_> {
     /// The wall-clock time at `now`, for certificate validity:
     /// [`EndpointConfig::wall_clock`] advanced by the monotonic time since.
     pub(super) fn wall_clock(&self, now: Instant) -> SystemTime {
-        self.cfg.wall_clock + now.saturating_duration_since(self.started)
+        let since = now.saturating_duration_since(self.started);
+        // checked: `SystemTime + Duration` panics past the platform's range.
+        self.cfg
+            .wall_clock
+            .checked_add(since)
+            .unwrap_or(self.cfg.wall_clock)
     }
 
     /// The peer's name, for events.
