@@ -417,6 +417,24 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_signature_is_named() {
+        let ca = root("root");
+        let (mut ee, _) = leaf(&ca, |_| {});
+        // The last octet is in the CA's ECDSA signature value (s).
+        let last = ee.len() - 1;
+        ee[last] ^= 0x01;
+        assert_eq!(
+            anchors(&ca).verify_peer(&ee, &[], now(), &ip_id()),
+            Err(CertError::BadSignature)
+        );
+        assert!(matches!(
+            anchors(&ca).verify_peer(&ee[..40], &[], now(), &ip_id()),
+            Err(CertError::Malformed(_))
+        ));
+        assert_eq!(spki_sha1(&ee[..40]), None);
+    }
+
+    #[test]
     fn subject_dn_identity_and_certreq_hashes() {
         let ca = root("root");
         let (ee, _) = leaf(&ca, |_| {});
