@@ -32,6 +32,7 @@ pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
             local_id: p.local_identity(local),
             remote_id: p.remote_id.clone(),
             psk: Secret::new(p.psk.as_bytes().to_vec()),
+            signature: None,
             ike_suites: p.ike_proposals.clone(),
             mac_algorithms: p.mac_algorithms.clone(),
             include_options: p.include_tcp_options,

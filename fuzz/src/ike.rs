@@ -32,6 +32,7 @@ fn peer(name: &str, local: SocketAddr, remote: SocketAddr, initiate: bool) -> Pe
         local_id: Identity::from_ip(local.ip()),
         remote_id: Identity::from_ip(remote.ip()),
         psk: Secret::new(PSK.to_vec()),
+        signature: None,
         ike_suites: vec![IkeSuite::DEFAULT],
         mac_algorithms: MacAlgorithm::ALL.to_vec(),
         include_options: true,

@@ -63,6 +63,7 @@ fn peer(name: String, local: SocketAddr, remote: SocketAddr, psk: Vec<u8>) -> Pe
         local_id: Identity::from_ip(local.ip()),
         remote_id: Identity::from_ip(remote.ip()),
         psk: Secret::new(psk),
+        signature: None,
         ike_suites: vec![IkeSuite::DEFAULT],
         mac_algorithms: MacAlgorithm::ALL.to_vec(),
         include_options: true,

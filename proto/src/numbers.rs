@@ -164,6 +164,13 @@ registry! {
         RSA_SIG = 1,
         SHARED_KEY_MIC = 2,
         DSS_SIG = 3,
+        /// RFC 4754: ECDSA with SHA-256 on P-256, r | s.
+        ECDSA_SHA256_P256 = 9,
+        /// RFC 4754: ECDSA with SHA-384 on P-384, r | s.
+        ECDSA_SHA384_P384 = 10,
+        /// RFC 4754: ECDSA with SHA-512 on P-521 (not accepted).
+        ECDSA_SHA512_P521 = 11,
+        /// RFC 7427: AlgorithmIdentifier and signature.
         DIGITAL_SIGNATURE = 14,
     }
 }
@@ -177,6 +184,14 @@ registry! {
         ID_IPV6_ADDR = 5,
         ID_DER_ASN1_DN = 9,
         ID_KEY_ID = 11,
+    }
+}
+
+registry! {
+    /// Certificate Encoding of CERT and CERTREQ payloads (RFC 7296 3.6).
+    CertEncoding(u8) {
+        /// A DER X.509 certificate; in CERTREQ, SHA-1 hashes of CA public keys.
+        X509_SIGNATURE = 4,
     }
 }
 
@@ -214,6 +229,8 @@ registry! {
         REKEY_SA = 16393,
         /// RFC 6023: the sender can establish an IKE SA without a child SA.
         CHILDLESS_IKEV2_SUPPORTED = 16418,
+        /// RFC 7427 4: the hashes the sender accepts in signatures.
+        SIGNATURE_HASH_ALGORITHMS = 16431,
         /// Private status (docs/protocol.md): the sender negotiates TCP-AO MKTs.
         TCP_AO_SUPPORTED = 47_000,
         /// Private status (docs/protocol.md): exclude TCP options from the MAC.

@@ -28,6 +28,7 @@ fn forged_init(from: SocketAddr, to: SocketAddr) -> Vec<u8> {
         local_id: Identity::from_ip(from.ip()),
         remote_id: Identity::from_ip(to.ip()),
         psk: Secret::new(b"the forger does not know the key".to_vec()),
+        signature: None,
         ike_suites: vec![IkeSuite::DEFAULT],
         mac_algorithms: MacAlgorithm::ALL.to_vec(),
         include_options: true,

@@ -9,7 +9,8 @@
 //! - [`kdf`]: [`skeyseed`], [`derive_ike_keys`], [`child_keymat`],
 //!   [`psk_auth`], [`fingerprint`] (RFC 7296 2.14, 2.15, 2.17, 2.18);
 //! - [`aead`]: [`Encr`], the SK payload ciphers (RFC 5282, RFC 7634);
-//! - [`dh`]: [`KeyExchange`] (RFC 8031, RFC 5903).
+//! - [`dh`]: [`KeyExchange`] (RFC 8031, RFC 5903);
+//! - [`sig`]: signature authentication (RFC 7427, RFC 8420, RFC 4754).
 
 use crate::numbers::DhGroup;
 
@@ -17,6 +18,7 @@ pub mod aead;
 pub mod dh;
 pub mod kdf;
 pub mod prf;
+pub mod sig;
 
 pub use aead::Encr;
 pub use dh::KeyExchange;

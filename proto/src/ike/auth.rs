@@ -1,5 +1,5 @@
-//! The IKE_AUTH exchange (RFC 7296 1.2, 2.15): PSK authentication of both
-//! sides, INITIAL_CONTACT (2.4), and the first TCP-AO child SA or none
+//! The IKE_AUTH exchange (RFC 7296 1.2, 2.15): PSK or signature (RFC 7427)
+//! authentication of both sides, INITIAL_CONTACT (2.4), and the first TCP-AO child SA or none
 //! (RFC 6023).
 
 use std::net::SocketAddr;
@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use subtle::ConstantTimeEq;
 
-use super::config::Identity;
+use super::config::{Identity, PeerKey};
 use super::context::{Ctx, Fate};
 use super::error::{IkeError, Misbehaviour, NegotiationError};
 use super::event::Event;
@@ -16,11 +16,11 @@ use super::sa::{ChildOffer, IkeSa, Phase};
 use super::traffic::{notify, reply_within, selectors};
 use super::window::PendingKind;
 use super::PayloadsExt;
-use super::{informational, lifecycle, mkts};
+use super::{cert, informational, lifecycle, mkts};
 use crate::crypto::{self, Secret};
 use crate::mkt::MasterKeyTuple;
-use crate::numbers::{AuthMethod, ExchangeType, NotifyType, PayloadType, ProtocolId};
-use crate::wire::{AuthPayload, IdPayload, ParsedMessage, Payload, SaPayload};
+use crate::numbers::{AuthMethod, CertEncoding, ExchangeType, NotifyType, PayloadType, ProtocolId};
+use crate::wire::{AuthPayload, CertPayload, IdPayload, ParsedMessage, Payload, SaPayload};
 
 pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(), IkeError> {
     let pc = ctx.pc;
@@ -28,9 +28,10 @@ pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(
         id_type: pc.local_id.id_type,
         data: pc.local_id.data.clone(),
     };
-    let auth =
-        auth_value(ctx, sa, true, &idi).ok_or(Misbehaviour::Unexpected("AUTH before keys"))?;
+    let auth = local_auth(ctx, sa, true, &idi)?;
     let mut payloads = vec![Payload::IdI(idi)];
+    payloads.extend(cert_payloads(ctx, &sa.peer_certreq));
+    payloads.extend(certreq_payload(ctx));
     let other_established = ctx.sas.iter().any(IkeSa::is_authenticated);
     if !other_established {
         payloads.push(notify(NotifyType::INITIAL_CONTACT, Vec::new()));
@@ -40,10 +41,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(
         data: pc.remote_id.data.clone(),
     };
     payloads.push(Payload::IdR(remote_id));
-    payloads.push(Payload::Auth(AuthPayload {
-        method: AuthMethod::SHARED_KEY_MIC,
-        data: auth.as_bytes().to_vec(),
-    }));
+    payloads.push(Payload::Auth(auth));
     let wants_child = ctx.cfg.advertise_tcp_ao && !pc.mac_algorithms.is_empty();
     ctx.peer.tcp_ao_capable = Some(sa.peer_tcp_ao);
     let mut child_offer = None;
@@ -81,8 +79,9 @@ pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(
     Ok(())
 }
 
-/// prf(SK_px, RestOfIDPayload) and the AUTH value over the signed octets (RFC 7296 2.15).
-fn auth_value(ctx: &Ctx<'_>, sa: &IkeSa, for_initiator: bool, id: &IdPayload) -> Option<Secret> {
+/// The octets an AUTH covers (RFC 7296 2.15): the side's IKE_SA_INIT
+/// message, the other side's nonce, and prf(SK_px, RestOfIDPayload).
+fn signed_octets(sa: &IkeSa, for_initiator: bool, id: &IdPayload) -> Option<Vec<u8>> {
     let suite = sa.suite?;
     let keys = sa.keys.as_ref()?;
     let (message, nonce, sk_p) = if for_initiator {
@@ -95,7 +94,168 @@ fn auth_value(ctx: &Ctx<'_>, sa: &IkeSa, for_initiator: bool, id: &IdPayload) ->
     signed.extend_from_slice(message);
     signed.extend_from_slice(nonce);
     signed.extend_from_slice(maced_id.as_bytes());
-    Some(crypto::psk_auth(suite.prf, ctx.pc.psk.as_bytes(), &signed))
+    Some(signed)
+}
+
+/// The PSK AUTH value over the signed octets (RFC 7296 2.15).
+fn psk_value(ctx: &Ctx<'_>, sa: &IkeSa, signed: &[u8]) -> Option<Secret> {
+    let suite = sa.suite?;
+    Some(crypto::psk_auth(suite.prf, ctx.pc.psk.as_bytes(), signed))
+}
+
+/// This side's AUTH payload: the PSK MIC, or a signature with the
+/// configured key (RFC 7427, or RFC 4754 toward a peer that announced no
+/// SIGNATURE_HASH_ALGORITHMS).
+fn local_auth(
+    ctx: &mut Ctx<'_>,
+    sa: &IkeSa,
+    for_initiator: bool,
+    id: &IdPayload,
+) -> Result<AuthPayload, IkeError> {
+    let signed =
+        signed_octets(sa, for_initiator, id).ok_or(Misbehaviour::Unexpected("AUTH before keys"))?;
+    let pc = ctx.pc;
+    let Some(sig) = &pc.signature else {
+        let v = psk_value(ctx, sa, &signed).ok_or(Misbehaviour::Unexpected("AUTH before keys"))?;
+        return Ok(AuthPayload {
+            method: AuthMethod::SHARED_KEY_MIC,
+            data: v.as_bytes().to_vec(),
+        });
+    };
+    let key = &sig.private_key;
+    match key.sign_auth(&signed, sa.peer_sig_hashes.as_deref(), &mut *ctx.rng) {
+        Some((method, data)) => Ok(AuthPayload { method, data }),
+        None => Err(NegotiationError::AuthenticationFailed(format!(
+            "this side's {} key needs the peer to announce hash {} in \
+             SIGNATURE_HASH_ALGORITHMS (RFC 7427 4), and it announced {}",
+            key.scheme(),
+            key.scheme().hash_id(),
+            match &sa.peer_sig_hashes {
+                None => "none".to_string(),
+                Some(h) => format!("{h:?}"),
+            }
+        ))
+        .into()),
+    }
+}
+
+/// The CA hashes of the X.509 CERTREQ payloads among `payloads`.
+pub(super) fn certreq_hashes(payloads: &[Payload]) -> Vec<u8> {
+    payloads
+        .iter()
+        .filter_map(Payload::as_certreq)
+        .filter(|c| c.encoding == CertEncoding::X509_SIGNATURE)
+        .flat_map(|c| c.data.iter().copied())
+        .collect()
+}
+
+/// This side's CERT payloads (RFC 7296 3.6): its certificate, then the
+/// intermediates, honouring the peer's CERTREQ (`certreq`, 3.7): the chain
+/// stops before the first intermediate the peer names as a CA it trusts.
+fn cert_payloads(ctx: &Ctx<'_>, certreq: &[u8]) -> Vec<Payload> {
+    let Some(sig) = &ctx.pc.signature else {
+        return Vec::new();
+    };
+    let chain = &sig.certificates;
+    let end = (1..chain.len())
+        .find(|&k| {
+            cert::spki_sha1(&chain[k]).is_some_and(|h| certreq.chunks_exact(20).any(|c| c == h))
+        })
+        .unwrap_or(chain.len());
+    chain[..end]
+        .iter()
+        .map(|c| {
+            Payload::Cert(CertPayload {
+                encoding: CertEncoding::X509_SIGNATURE,
+                data: c.clone(),
+            })
+        })
+        .collect()
+}
+
+/// CERTREQ naming the CAs this side trusts for the peer (RFC 7296 3.7).
+pub(super) fn certreq_payload(ctx: &Ctx<'_>) -> Option<Payload> {
+    match &ctx.pc.signature.as_ref()?.peer {
+        PeerKey::Certificate(anchors) => Some(Payload::CertReq(CertPayload {
+            encoding: CertEncoding::X509_SIGNATURE,
+            data: anchors.certreq_hashes(),
+        })),
+        PeerKey::PublicKey(_) => None,
+    }
+}
+
+/// The peer's public key: configured, or from its validated certificate.
+fn peer_key(
+    ctx: &Ctx<'_>,
+    who: &str,
+    key: &PeerKey,
+    id: &IdPayload,
+    payloads: &[Payload],
+    now: Instant,
+) -> Result<crate::crypto::sig::PublicKey, String> {
+    let anchors = match key {
+        PeerKey::PublicKey(k) => return Ok(k.clone()),
+        PeerKey::Certificate(a) => a,
+    };
+    let mut certs = payloads
+        .iter()
+        .filter_map(Payload::as_cert)
+        .filter(|c| c.encoding == CertEncoding::X509_SIGNATURE)
+        .map(|c| c.data.clone());
+    let Some(end_entity) = certs.next() else {
+        return Err(format!(
+            "the {who} sent no X.509 certificate (CERT payload)"
+        ));
+    };
+    let intermediates: Vec<Vec<u8>> = certs.collect();
+    let identity = Identity {
+        id_type: id.id_type,
+        data: id.data.clone(),
+    };
+    anchors
+        .verify_peer(&end_entity, &intermediates, ctx.wall_clock(now), &identity)
+        .map_err(|e| format!("the {who}'s certificate is refused: {e}"))
+}
+
+/// Checks the peer's AUTH payload; the error says why it failed.
+fn check_auth(
+    ctx: &Ctx<'_>,
+    sa: &IkeSa,
+    for_initiator: bool,
+    id: &IdPayload,
+    auth: &AuthPayload,
+    payloads: &[Payload],
+    now: Instant,
+) -> Result<(), String> {
+    let who = if for_initiator {
+        "initiator"
+    } else {
+        "responder"
+    };
+    let signed =
+        signed_octets(sa, for_initiator, id).ok_or_else(|| "AUTH before keys".to_string())?;
+    match (&ctx.pc.signature, auth.method) {
+        (None, AuthMethod::SHARED_KEY_MIC) => {
+            let ok = psk_value(ctx, sa, &signed)
+                .is_some_and(|v| bool::from(v.as_bytes().ct_eq(&auth.data)));
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the {who}'s AUTH does not verify (a different PSK?)"
+                ))
+            }
+        }
+        (None, m) => Err(format!(
+            "the {who} authenticated by AUTH method {m}, but this peer is configured for a PSK"
+        )),
+        (Some(_), AuthMethod::SHARED_KEY_MIC) => Err(format!(
+            "the {who} authenticated with a PSK, but this peer is configured for signatures"
+        )),
+        (Some(s), m) => peer_key(ctx, who, &s.peer, id, payloads, now)?
+            .verify_auth(m, &auth.data, &signed)
+            .map_err(|e| format!("the {who}'s AUTH is refused: {e}")),
+    }
 }
 
 pub(super) fn on_request(
@@ -141,20 +301,17 @@ pub(super) fn on_request(
     };
     let pc = ctx.pc;
     let id_ok = idi.id_type == pc.remote_id.id_type && idi.data == pc.remote_id.data;
-    let auth_ok = auth.method == AuthMethod::SHARED_KEY_MIC
-        && auth_value(ctx, &sa, true, &idi)
-            .is_some_and(|v| bool::from(v.as_bytes().ct_eq(&auth.data)));
-    if !id_ok || !auth_ok {
+    let checked = if id_ok {
+        check_auth(ctx, &sa, true, &idi, &auth, &payloads, now)
+    } else {
+        Err(identity_mismatch("initiator", &idi, &pc.remote_id))
+    };
+    if let Err(why) = checked {
         ctx.respond(
             &mut sa,
             ExchangeType::IKE_AUTH,
             &[notify(NotifyType::AUTHENTICATION_FAILED, Vec::new())],
         );
-        let why = if id_ok {
-            "the initiator's AUTH does not verify (a different PSK?)".to_string()
-        } else {
-            identity_mismatch("initiator", &idi, &pc.remote_id)
-        };
         return lifecycle::fail(
             ctx,
             sa,
@@ -167,27 +324,25 @@ pub(super) fn on_request(
         id_type: pc.local_id.id_type,
         data: pc.local_id.data.clone(),
     };
-    let Some(my_auth) = auth_value(ctx, &sa, false, &idr) else {
-        return lifecycle::fail(
-            ctx,
-            sa,
-            Misbehaviour::Unexpected("AUTH before keys").into(),
-            false,
-            now,
-        );
+    let my_auth = match local_auth(ctx, &sa, false, &idr) {
+        Ok(a) => a,
+        Err(e) => {
+            ctx.respond(
+                &mut sa,
+                ExchangeType::IKE_AUTH,
+                &[notify(NotifyType::AUTHENTICATION_FAILED, Vec::new())],
+            );
+            return lifecycle::fail(ctx, sa, e, false, now);
+        }
     };
     // RFC 7296 2.4: the peer holds no other IKE SA with us (it
     // restarted); `establish` deletes ours locally.
     sa.peer_initial_contact = payloads.notify(NotifyType::INITIAL_CONTACT).is_some();
     ctx.peer.tcp_ao_capable = Some(sa.peer_tcp_ao);
     lifecycle::establish(ctx, &mut sa, now);
-    let mut reply = vec![
-        Payload::IdR(idr),
-        Payload::Auth(AuthPayload {
-            method: AuthMethod::SHARED_KEY_MIC,
-            data: my_auth.as_bytes().to_vec(),
-        }),
-    ];
+    let mut reply = vec![Payload::IdR(idr)];
+    reply.extend(cert_payloads(ctx, &certreq_hashes(&payloads)));
+    reply.push(Payload::Auth(my_auth));
     let child_sa = payloads.find_payload(Payload::as_sa);
     match child_sa {
         None => {
@@ -273,10 +428,12 @@ pub(super) fn on_response(
     };
     let pc = ctx.pc;
     let id_ok = idr.id_type == pc.remote_id.id_type && idr.data == pc.remote_id.data;
-    let auth_ok = auth.method == AuthMethod::SHARED_KEY_MIC
-        && auth_value(ctx, &sa, false, idr)
-            .is_some_and(|v| bool::from(v.as_bytes().ct_eq(&auth.data)));
-    if !id_ok || !auth_ok {
+    let checked = if id_ok {
+        check_auth(ctx, &sa, false, idr, auth, &payloads, now)
+    } else {
+        Err(identity_mismatch("responder", idr, &pc.remote_id))
+    };
+    if let Err(why) = checked {
         // RFC 7296 2.21.2: tell the responder in a separate INFORMATIONAL.
         if let Ok((_, bytes)) = sa.request(
             ExchangeType::INFORMATIONAL,
@@ -284,11 +441,6 @@ pub(super) fn on_response(
         ) {
             ctx.send(sa.remote, bytes);
         }
-        let why = if id_ok {
-            "the responder's AUTH does not verify (a different PSK?)".to_string()
-        } else {
-            identity_mismatch("responder", idr, &pc.remote_id)
-        };
         return lifecycle::fail(
             ctx,
             sa,

@@ -5,8 +5,10 @@
 use core::fmt;
 use core::str::FromStr;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use super::cert::TrustAnchors;
+use crate::crypto::sig::{PrivateKey, PublicKey};
 use crate::crypto::{Encr, Prf, Secret};
 use crate::mkt::MacAlgorithm;
 use crate::numbers::{DhGroup, IdType};
@@ -294,8 +296,11 @@ pub struct PeerConfig {
     pub local: IpAddr,
     pub local_id: Identity,
     pub remote_id: Identity,
-    /// The pre-shared key (RFC 7296 2.15).
+    /// The pre-shared key (RFC 7296 2.15), used when `signature` is `None`.
     pub psk: Secret,
+    /// Authentication by signature (RFC 7427) instead of the PSK, on both
+    /// sides: a peer configured so refuses a PSK AUTH, and the reverse.
+    pub signature: Option<SignatureAuth>,
     /// IKE SA suites in preference order; the first one's group is used for
     /// the first KE payload.
     pub ike_suites: Vec<IkeSuite>,
@@ -321,6 +326,7 @@ impl fmt::Debug for PeerConfig {
             .field("local_id", &self.local_id)
             .field("remote_id", &self.remote_id)
             .field("psk", &"<redacted>")
+            .field("signature", &self.signature)
             .field("ike_suites", &self.ike_suites)
             .field("mac_algorithms", &self.mac_algorithms)
             .field("include_options", &self.include_options)
@@ -329,6 +335,31 @@ impl fmt::Debug for PeerConfig {
             .field("lifetimes", &self.lifetimes)
             .finish()
     }
+}
+
+/// Signature authentication of one peer (docs/protocol.md, "Signature
+/// authentication"): this side's private key and certificates, and how the
+/// peer's key is known.
+#[derive(Debug)]
+pub struct SignatureAuth {
+    /// Signs this side's AUTH payloads; its `Debug` prints only the scheme.
+    pub private_key: PrivateKey,
+    /// This side's certificate (DER) and then its intermediates, sent in
+    /// CERT payloads; empty: none sent (the peer knows the public key).
+    pub certificates: Vec<Vec<u8>>,
+    /// The key the peer's AUTH must verify with.
+    pub peer: PeerKey,
+}
+
+/// How the peer's public key is known.
+#[derive(Debug)]
+pub enum PeerKey {
+    /// Configured as such (a raw public key).
+    PublicKey(PublicKey),
+    /// From the peer's CERT payloads, validated to one of these CAs at the
+    /// endpoint's wall-clock time, with the peer's identity in the
+    /// certificate; these CAs are also named in CERTREQ.
+    Certificate(TrustAnchors),
 }
 
 /// Retransmission of requests (RFC 7296 2.1): the n-th retransmission is
@@ -432,6 +463,12 @@ pub struct EndpointConfig {
     /// Send the TCP-AO capability (Notify and Vendor ID). Off only to test
     /// behaviour toward a peer that does not speak aokd's profile.
     pub advertise_tcp_ao: bool,
+    /// The wall-clock time at the `now` given to
+    /// [`Endpoint::new`](super::Endpoint::new) (the engine reads no
+    /// clock): certificates are judged valid or not at this time plus the
+    /// monotonic time since. Default: the Unix epoch, at which no
+    /// certificate is valid; a daemon using certificates sets it.
+    pub wall_clock: SystemTime,
 }
 
 impl EndpointConfig {
@@ -447,6 +484,7 @@ impl EndpointConfig {
             retry_interval: Duration::from_secs(30),
             liveness: Some(Duration::from_secs(30)),
             advertise_tcp_ao: true,
+            wall_clock: SystemTime::UNIX_EPOCH,
         }
     }
 }

@@ -18,7 +18,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rand_core::CryptoRngCore;
 
@@ -79,6 +79,8 @@ pub(super) enum Fate {
 /// One peer's view of the endpoint, for the duration of one input.
 pub(super) struct Ctx<'a> {
     pub(super) cfg: &'a EndpointConfig,
+    /// When the endpoint was created ([`EndpointConfig::wall_clock`]).
+    pub(super) started: Instant,
     /// The peer's index (what its IKE SAs record as `peer`).
     pub(super) index: usize,
     /// The peer's configuration.
@@ -97,6 +99,17 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The wall-clock time at `now`, for certificate validity:
+    /// [`EndpointConfig::wall_clock`] advanced by the monotonic time since.
+    pub(super) fn wall_clock(&self, now: Instant) -> SystemTime {
+        let since = now.saturating_duration_since(self.started);
+        // checked: `SystemTime + Duration` panics past the platform's range.
+        self.cfg
+            .wall_clock
+            .checked_add(since)
+            .unwrap_or(self.cfg.wall_clock)
+    }
+
     /// The peer's name, for events.
     pub(super) fn name(&self) -> String {
         self.pc.name.clone()

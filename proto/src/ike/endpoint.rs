@@ -91,6 +91,9 @@ struct Peer {
 /// All IKE SAs of this node. See the module documentation.
 pub struct Endpoint {
     cfg: EndpointConfig,
+    /// The `now` of [`Endpoint::new`], when the wall clock read
+    /// [`EndpointConfig::wall_clock`].
+    started: Instant,
     rng: Box<dyn CryptoRngCore + Send>,
     peers: Vec<Peer>,
     /// Every IKE SA's local SPI, and its peer.
@@ -141,6 +144,7 @@ impl Endpoint {
         }
         Ok(Endpoint {
             cfg,
+            started: now,
             rng,
             peers,
             owners: BTreeMap::new(),
@@ -200,6 +204,7 @@ impl Endpoint {
         let Peer { rt, sas, .. } = &mut self.peers[peer];
         Ctx {
             cfg: &self.cfg,
+            started: self.started,
             index: peer,
             pc: &self.cfg.peers[peer],
             peer: rt,

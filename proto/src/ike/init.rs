@@ -24,7 +24,7 @@ use super::traffic::notify;
 use super::window::{PendingKind, Window};
 use super::PayloadsExt;
 use super::{auth, lifecycle};
-use crate::crypto::{self, IkeKeys, KeyExchange, Secret};
+use crate::crypto::{self, sig, IkeKeys, KeyExchange, Secret};
 use crate::numbers::{DhGroup, ExchangeType, NotifyType, PayloadType};
 use crate::wire::{self, Header, KePayload, ParsedMessage, Payload, FLAG_RESPONSE};
 
@@ -67,6 +67,8 @@ pub(super) fn start(ctx: &mut Ctx<'_>, now: Instant) -> Result<(), IkeError> {
         init_response: Vec::new(),
         peer_tcp_ao: false,
         peer_childless: false,
+        peer_sig_hashes: None,
+        peer_certreq: Vec::new(),
         window: Window::new(0),
         iv_counter: 0,
         established_at: None,
@@ -112,7 +114,22 @@ fn capability_payloads(ctx: &Ctx<'_>) -> Vec<Payload> {
         v.push(notify(NotifyType::TCP_AO_SUPPORTED, Vec::new()));
         v.push(Payload::VendorId(VENDOR_ID.to_vec()));
     }
+    // RFC 7427 4, only toward a peer authenticated by signature, so that
+    // PSK exchanges stay as they were.
+    if ctx.pc.signature.is_some() {
+        v.push(notify(
+            NotifyType::SIGNATURE_HASH_ALGORITHMS,
+            sig::hash_algorithms_notify(),
+        ));
+    }
     v
+}
+
+/// The peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427 4), if it sent one.
+fn sig_hashes(payloads: &[Payload]) -> Option<Vec<u16>> {
+    payloads
+        .notify(NotifyType::SIGNATURE_HASH_ALGORITHMS)
+        .map(|n| sig::parse_hash_algorithms(&n.data))
 }
 
 pub(super) fn on_request(
@@ -264,6 +281,8 @@ pub(super) fn on_request(
             .payloads
             .notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED)
             .is_some(),
+        peer_sig_hashes: sig_hashes(&msg.payloads),
+        peer_certreq: Vec::new(),
         window: Window::new(1),
         iv_counter: 0,
         established_at: None,
@@ -284,6 +303,7 @@ pub(super) fn on_request(
         Payload::Nonce(nr),
     ];
     payloads.extend(capability_payloads(ctx));
+    payloads.extend(auth::certreq_payload(ctx));
     let rh = sa.header(ExchangeType::IKE_SA_INIT, 0, true);
     let bytes = wire::emit_message(&rh, &payloads);
     sa.init_response = bytes.clone();
@@ -545,6 +565,8 @@ pub(super) fn on_response(
         .payloads
         .notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED)
         .is_some();
+    sa.peer_sig_hashes = sig_hashes(&msg.payloads);
+    sa.peer_certreq = auth::certreq_hashes(&msg.payloads);
     sa.window.complete();
     match auth::start(ctx, &mut sa, now) {
         Ok(()) => Fate::Keep(sa),

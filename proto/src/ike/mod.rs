@@ -26,6 +26,7 @@
 //! `context` and below, never `endpoint` or `maintenance`.
 
 mod auth;
+pub mod cert;
 pub mod config;
 mod context;
 mod cookie;
@@ -51,7 +52,8 @@ mod traffic;
 mod window;
 
 pub use config::{
-    EndpointConfig, Identity, IkeSuite, Lifetimes, PeerConfig, PortRange, RetransmitConfig,
+    EndpointConfig, Identity, IkeSuite, Lifetimes, PeerConfig, PeerKey, PortRange,
+    RetransmitConfig, SignatureAuth,
 };
 pub use endpoint::Endpoint;
 pub use error::{IkeError, Misbehaviour, MisuseError, NegotiationError};

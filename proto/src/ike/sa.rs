@@ -158,6 +158,12 @@ pub(super) struct IkeSa {
     pub(super) init_response: Vec<u8>,
     pub(super) peer_tcp_ao: bool,
     pub(super) peer_childless: bool,
+    /// The hash IDs of the peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427 4),
+    /// `None` when it sent none.
+    pub(super) peer_sig_hashes: Option<Vec<u16>>,
+    /// The CA hashes of the peer's CERTREQ payloads in IKE_SA_INIT (RFC
+    /// 7296 3.7), concatenated; empty when it sent none.
+    pub(super) peer_certreq: Vec<u8>,
     /// Message IDs, our outstanding and queued requests, the stored response.
     pub(super) window: Window,
     pub(super) iv_counter: u64,
@@ -256,6 +262,8 @@ impl IkeSa {
             init_response: Vec::new(),
             peer_tcp_ao: old.peer_tcp_ao,
             peer_childless: old.peer_childless,
+            peer_sig_hashes: None,
+            peer_certreq: Vec::new(),
             window: Window::new(0),
             iv_counter: 0,
             established_at: Some(now),

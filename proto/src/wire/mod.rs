@@ -150,6 +150,15 @@ pub struct AuthPayload {
     pub data: Vec<u8>,
 }
 
+/// Certificate payload (RFC 7296 3.6) or Certificate Request payload (3.7):
+/// the encoding and its data (a DER certificate; for CERTREQ, the
+/// concatenated SHA-1 hashes of the CAs' SubjectPublicKeyInfo).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPayload {
+    pub encoding: CertEncoding,
+    pub data: Vec<u8>,
+}
+
 /// Notify payload (RFC 7296 3.10).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotifyPayload {
@@ -208,6 +217,8 @@ pub enum Payload {
     IdI(IdPayload),
     IdR(IdPayload),
     Auth(AuthPayload),
+    Cert(CertPayload),
+    CertReq(CertPayload),
     Nonce(Vec<u8>),
     Notify(NotifyPayload),
     Delete(DeletePayload),
@@ -296,6 +307,8 @@ impl Payload {
             Payload::IdI(_) => PayloadType::IDI,
             Payload::IdR(_) => PayloadType::IDR,
             Payload::Auth(_) => PayloadType::AUTH,
+            Payload::Cert(_) => PayloadType::CERT,
+            Payload::CertReq(_) => PayloadType::CERTREQ,
             Payload::Nonce(_) => PayloadType::NONCE,
             Payload::Notify(_) => PayloadType::NOTIFY,
             Payload::Delete(_) => PayloadType::DELETE,
@@ -340,6 +353,20 @@ impl Payload {
     pub fn as_auth(&self) -> Option<&AuthPayload> {
         match self {
             Payload::Auth(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn as_cert(&self) -> Option<&CertPayload> {
+        match self {
+            Payload::Cert(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn as_certreq(&self) -> Option<&CertPayload> {
+        match self {
+            Payload::CertReq(c) => Some(c),
             _ => None,
         }
     }

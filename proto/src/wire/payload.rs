@@ -13,9 +13,9 @@ use super::header::{GenericHeader, GENERIC_HEADER_LEN};
 use super::reader::{patch_len16, put_u16, sat_u16, sat_u8, Reader};
 use super::{sa, ts};
 use super::{
-    AuthMethod, AuthPayload, DeletePayload, DhGroup, Header, IdPayload, IdType, KePayload,
-    NotifyPayload, NotifyType, ParsedMessage, Payload, PayloadType, ProtocolId, SkPayload,
-    WireError,
+    AuthMethod, AuthPayload, CertEncoding, CertPayload, DeletePayload, DhGroup, Header, IdPayload,
+    IdType, KePayload, NotifyPayload, NotifyType, ParsedMessage, Payload, PayloadType, ProtocolId,
+    SkPayload, WireError,
 };
 
 /// Smallest Nonce Data length (RFC 7296 3.9).
@@ -25,8 +25,8 @@ pub const NONCE_MAX: usize = 256;
 
 impl Payload {
     /// Parses the body of one payload of type `ty` (the octets after its
-    /// generic header). Types this crate does not interpret, including CERT,
-    /// CERTREQ, CP and EAP, become [`Payload::Unknown`] with `critical`;
+    /// generic header). Types this crate does not interpret, including CP
+    /// and EAP, become [`Payload::Unknown`] with `critical`;
     /// the SK type is an error here (see [`super::parse_message`]).
     pub fn parse_body(ty: PayloadType, critical: bool, body: &[u8]) -> Result<Payload, WireError> {
         Ok(match ty {
@@ -35,6 +35,8 @@ impl Payload {
             PayloadType::IDI => Payload::IdI(parse_id(body)?),
             PayloadType::IDR => Payload::IdR(parse_id(body)?),
             PayloadType::AUTH => Payload::Auth(parse_auth(body)?),
+            PayloadType::CERT => Payload::Cert(parse_cert(body, "CERT payload")?),
+            PayloadType::CERTREQ => Payload::CertReq(parse_cert(body, "CERTREQ payload")?),
             PayloadType::NONCE => Payload::Nonce(parse_nonce(body)?),
             PayloadType::NOTIFY => Payload::Notify(parse_notify(body)?),
             PayloadType::DELETE => Payload::Delete(parse_delete(body)?),
@@ -67,6 +69,10 @@ impl Payload {
             Payload::IdI(p) | Payload::IdR(p) => out.extend_from_slice(&p.body()),
             Payload::Auth(p) => {
                 out.extend_from_slice(&[p.method.0, 0, 0, 0]);
+                out.extend_from_slice(&p.data);
+            }
+            Payload::Cert(p) | Payload::CertReq(p) => {
+                out.push(p.encoding.0);
                 out.extend_from_slice(&p.data);
             }
             Payload::Nonce(d) | Payload::VendorId(d) => out.extend_from_slice(d),
@@ -126,6 +132,16 @@ fn parse_auth(body: &[u8]) -> Result<AuthPayload, WireError> {
     r.skip(3, what)?;
     Ok(AuthPayload {
         method,
+        data: r.rest().to_vec(),
+    })
+}
+
+/// CERT / CERTREQ body (RFC 7296 3.6, 3.7): one octet of encoding, data.
+fn parse_cert(body: &[u8], what: &'static str) -> Result<CertPayload, WireError> {
+    let mut r = Reader::new(body);
+    let encoding = CertEncoding(r.u8(what)?);
+    Ok(CertPayload {
+        encoding,
         data: r.rest().to_vec(),
     })
 }
@@ -413,8 +429,16 @@ mod tests {
                 ty: NotifyType::COOKIE,
                 data: vec![],
             }),
+            Payload::Cert(CertPayload {
+                encoding: CertEncoding::X509_SIGNATURE,
+                data: vec![0x30, 3, 2, 1, 0],
+            }),
+            Payload::CertReq(CertPayload {
+                encoding: CertEncoding::X509_SIGNATURE,
+                data: vec![0xab; 40],
+            }),
             Payload::Unknown {
-                ty: PayloadType::CERTREQ,
+                ty: PayloadType::CP,
                 critical: false,
                 body: vec![4, 5],
             },
@@ -497,6 +521,10 @@ mod tests {
 
     #[test]
     fn id_and_auth_need_their_fixed_part() {
+        for ty in [PayloadType::CERT, PayloadType::CERTREQ] {
+            assert!(parse_one(ty, &[0, 0, 0, 4]).is_err());
+            assert!(parse_one(ty, &[0, 0, 0, 5, 4]).is_ok());
+        }
         for ty in [PayloadType::IDI, PayloadType::IDR, PayloadType::AUTH] {
             assert!(parse_one(ty, &[0, 0, 0, 7, 1, 0, 0]).is_err());
             assert!(parse_one(ty, &[0, 0, 0, 8, 1, 0, 0, 0]).is_ok());

@@ -153,11 +153,10 @@ fn auth_payloads() -> Vec<Payload> {
             ty: NotifyType::REKEY_SA,
             data: vec![],
         }),
-        Payload::Unknown {
-            ty: PayloadType::CERTREQ,
-            critical: false,
-            body: vec![4, 0xaa, 0xbb],
-        },
+        Payload::CertReq(CertPayload {
+            encoding: CertEncoding::X509_SIGNATURE,
+            data: vec![0xaa, 0xbb],
+        }),
         Payload::Unknown {
             ty: PayloadType::CP,
             critical: false,

@@ -92,6 +92,7 @@ pub fn peer(name: &str, local: SocketAddr, remote: SocketAddr, psk: &[u8]) -> Pe
         local_id: Identity::from_ip(local.ip()),
         remote_id: Identity::from_ip(remote.ip()),
         psk: Secret::new(psk.to_vec()),
+        signature: None,
         ike_suites: vec![IkeSuite::DEFAULT],
         mac_algorithms: MacAlgorithm::ALL.to_vec(),
         include_options: true,

@@ -97,6 +97,7 @@ fn template(target: SocketAddrV4) -> Result<Vec<u8>, String> {
         local_id: Identity::from_ip(local),
         remote_id: Identity::from_ip(remote.ip()),
         psk: Secret::new(b"ike-flood has no key".to_vec()),
+        signature: None,
         ike_suites: vec![IkeSuite::DEFAULT],
         mac_algorithms: MacAlgorithm::ALL.to_vec(),
         include_options: true,

@@ -136,6 +136,7 @@ fn start(args: &Args, k: u32, now: Instant) -> Result<Active, String> {
         local_id: Identity::from_ip(local),
         remote_id: Identity::from_ip(remote.ip()),
         psk: Secret::new(args.psk.clone()),
+        signature: None,
         ike_suites: vec![IkeSuite::DEFAULT],
         mac_algorithms: MacAlgorithm::ALL.to_vec(),
         include_options: true,
