@@ -78,6 +78,11 @@ fn visible(cmd: &Command) -> Command {
     if let Some(version) = cmd.get_version() {
         out = out.version(version.to_owned());
     }
+    // A binary with its own `help` subcommand (aoctl's takes `--help`)
+    // must not get clap's generated one too.
+    if cmd.is_disable_help_subcommand_set() {
+        out = out.disable_help_subcommand(true);
+    }
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         out = out.subcommand(visible(sub));
     }
