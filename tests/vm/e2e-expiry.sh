@@ -226,12 +226,15 @@ kill -0 "$client_pid" 2>/dev/null || fatal "the client ended during the warm-up:
 # ---------------------------------------------------------------------------------
 # b's aokd killed, kept down past the newest MKT's hard lifetime
 # ---------------------------------------------------------------------------------
-aoctl_ns a mkts | awk -v t="$(unix_ms)" "$MKTS_AWK" >"$T/old.a"
 aoctl_ns b mkts | awk -v t="$(unix_ms)" "$MKTS_AWK" >"$T/old.b"
 # shellcheck disable=SC2154 # set by start_aokd through eval
 kill -KILL "$aokd_b"
 t_kill=$(unix_ms)
 wait_exit "$aokd_b" 10
+# a's MKTs after the kill: with b gone no rekey can complete any more, so
+# these are the MKTs whose deadlines the checks below use (read before the
+# kill, a rekey finishing in between made the deadline that of an older MKT).
+aoctl_ns a mkts | awk -v t="$(unix_ms)" "$MKTS_AWK" >"$T/old.a"
 echo "----- killed (SIGKILL) at $t_kill -----" >>"$T/b/aokd.log"
 # Every fingerprint seen so far: a new MKT is one with another fingerprint.
 cat "$T/mkts.a" "$T/mkts.b" "$T/old.a" "$T/old.b" | awk '{ print $4 }' | sort -u >"$T/old-fps"
