@@ -5,7 +5,9 @@
 //! error, not a silently ignored setting), and then validated into the typed
 //! [`Config`]: addresses parsed, defaults filled in, algorithm names
 //! resolved, relative paths made relative to the configuration file's
-//! directory, and each peer's pre-shared key read from its `psk_file`.
+//! directory, and each peer's pre-shared key read from its `psk_file` (or,
+//! with `auth = "pubkey"`, its certificates, private key and trust anchors
+//! read from PEM files into a [`SignatureFiles`]).
 //!
 //! Every [`ConfigError`] names the file, the key (for example
 //! `peer[1].mac_algorithms`, where `peer[0]` is the first `[[peer]]` table)
@@ -285,6 +287,9 @@ pub struct PeerConfig {
     pub psk_file: PathBuf,
     /// The pre-shared key read from `psk_file`.
     pub psk: Psk,
+    /// With `auth = "pubkey"`: what authenticates this peer instead of the
+    /// PSK (then `psk_file` is empty and `psk` has no octets).
+    pub signature: Option<SignatureFiles>,
     /// TCP-AO MAC algorithms in preference order (non-empty, no duplicates).
     pub mac_algorithms: Vec<MacAlgorithm>,
     /// Whether MKTs cover TCP options.
@@ -360,6 +365,38 @@ impl Default for Lifetimes {
             mkt_lifetime: DEFAULT_MKT_LIFETIME,
             pfs: DEFAULT_PFS,
         }
+    }
+}
+
+/// `auth = "pubkey"`: the PEM files of a peer and their DER contents, checked
+/// at load (the key parses as PKCS#8 of a supported scheme, the trust anchors
+/// as certificates). The private key is zeroized on drop and never printed.
+#[derive(Clone)]
+pub struct SignatureFiles {
+    /// `certificate`, resolved against the configuration file's directory.
+    pub certificate_file: PathBuf,
+    /// This side's certificate (DER) first, then its intermediates.
+    pub certificates: Vec<Vec<u8>>,
+    /// `private_key`, resolved.
+    pub private_key_file: PathBuf,
+    /// The PKCS#8 DER of the private key.
+    pub private_key: Zeroizing<Vec<u8>>,
+    /// `ca`, resolved.
+    pub ca_file: PathBuf,
+    /// The trust anchors (DER certificates), at least one.
+    pub ca: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for SignatureFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignatureFiles")
+            .field("certificate_file", &self.certificate_file)
+            .field("certificates", &self.certificates.len())
+            .field("private_key_file", &self.private_key_file)
+            .field("private_key", &"<redacted>")
+            .field("ca_file", &self.ca_file)
+            .field("ca", &self.ca.len())
+            .finish()
     }
 }
 
@@ -519,6 +556,10 @@ struct RawPeer {
     local_id: Option<String>,
     remote_id: Option<String>,
     psk_file: Option<String>,
+    auth: Option<String>,
+    certificate: Option<String>,
+    private_key: Option<String>,
+    ca: Option<String>,
     mac_algorithms: Option<Vec<String>>,
     include_tcp_options: Option<bool>,
     tcp_ports: Option<Vec<i64>>,
@@ -984,14 +1025,51 @@ impl Validator<'_> {
             Some(s) => parse_identity(&s).map_err(|m| self.err(key("remote_id"), pn, m))?,
         };
 
-        let psk_s = raw
-            .psk_file
-            .ok_or_else(|| self.err(key("psk_file"), pn, "required key is missing"))?;
-        if psk_s.is_empty() {
-            return Err(self.err(key("psk_file"), pn, "must not be empty"));
-        }
-        let psk_file = self.resolve(&psk_s);
-        let psk = read_psk(&psk_file).map_err(|m| self.err(key("psk_file"), pn, m))?;
+        let pubkey = match raw.auth.as_deref() {
+            None | Some("psk") => false,
+            Some("pubkey") => true,
+            Some(other) => {
+                return Err(self.err(
+                    key("auth"),
+                    pn,
+                    format!("unknown authentication {other:?} (psk, pubkey)"),
+                ))
+            }
+        };
+        let (psk_file, psk, signature) = if pubkey {
+            if raw.psk_file.is_some() {
+                return Err(self.err(
+                    key("psk_file"),
+                    pn,
+                    "is only used with auth = \"psk\" (this peer has auth = \"pubkey\")",
+                ));
+            }
+            let sig = self.signature_files(&key, pn, raw.certificate, raw.private_key, raw.ca)?;
+            (PathBuf::new(), Psk::new(Vec::new()), Some(sig))
+        } else {
+            for (k, v) in [
+                ("certificate", &raw.certificate),
+                ("private_key", &raw.private_key),
+                ("ca", &raw.ca),
+            ] {
+                if v.is_some() {
+                    return Err(self.err(
+                        key(k),
+                        pn,
+                        "is only used with auth = \"pubkey\" (this peer uses a PSK)",
+                    ));
+                }
+            }
+            let psk_s = raw
+                .psk_file
+                .ok_or_else(|| self.err(key("psk_file"), pn, "required key is missing"))?;
+            if psk_s.is_empty() {
+                return Err(self.err(key("psk_file"), pn, "must not be empty"));
+            }
+            let psk_file = self.resolve(&psk_s);
+            let psk = read_psk(&psk_file).map_err(|m| self.err(key("psk_file"), pn, m))?;
+            (psk_file, psk, None)
+        };
 
         let mac_algorithms = match raw.mac_algorithms {
             None => MacAlgorithm::ALL.to_vec(),
@@ -1047,6 +1125,7 @@ impl Validator<'_> {
             remote_id,
             psk_file,
             psk,
+            signature,
             mac_algorithms,
             include_tcp_options: raw.include_tcp_options.unwrap_or(true),
             tcp_ports,
@@ -1054,6 +1133,45 @@ impl Validator<'_> {
             initiate: raw.initiate.unwrap_or(true),
             backend,
             lifetimes,
+        })
+    }
+
+    /// The `certificate`, `private_key` and `ca` files of a peer with
+    /// `auth = "pubkey"`, read and checked.
+    fn signature_files(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        pn: Option<&str>,
+        certificate: Option<String>,
+        private_key: Option<String>,
+        ca: Option<String>,
+    ) -> Result<SignatureFiles, ConfigError> {
+        let path = |k: &str, v: Option<String>| -> Result<PathBuf, ConfigError> {
+            let v = v.ok_or_else(|| {
+                self.err(key(k), pn, "required key is missing (auth = \"pubkey\")")
+            })?;
+            if v.is_empty() {
+                return Err(self.err(key(k), pn, "must not be empty"));
+            }
+            Ok(self.resolve(&v))
+        };
+        let certificate_file = path("certificate", certificate)?;
+        let private_key_file = path("private_key", private_key)?;
+        let ca_file = path("ca", ca)?;
+        let certificates = read_pem_certificates(&certificate_file, "certificate")
+            .map_err(|m| self.err(key("certificate"), pn, m))?;
+        let ca = read_pem_certificates(&ca_file, "ca").map_err(|m| self.err(key("ca"), pn, m))?;
+        aokd_proto::ike::cert::TrustAnchors::from_der(&ca)
+            .map_err(|m| self.err(key("ca"), pn, format!("ca {}: {m}", ca_file.display())))?;
+        let private_key = read_pem_private_key(&private_key_file)
+            .map_err(|m| self.err(key("private_key"), pn, m))?;
+        Ok(SignatureFiles {
+            certificate_file,
+            certificates,
+            private_key_file,
+            private_key,
+            ca_file,
+            ca,
         })
     }
 
@@ -1166,16 +1284,29 @@ fn check_peer_name(name: &str) -> Result<(), String> {
 /// Reads and decodes a PSK file (see [`decode_psk`]), refusing files that
 /// group or others may access. Errors are messages naming the file.
 pub fn read_psk(path: &Path) -> Result<Psk, String> {
+    let buf = read_file(path, "psk_file", "a PSK file", true)?;
+    decode_psk(&buf).map_err(|m| format!("psk_file {} {m}", path.display()))
+}
+
+/// Reads a regular file of at most [`MAX_PSK_FILE_LEN`] octets; `private`:
+/// refused when group or others may access it. `what` (the key) and `kind`
+/// name it in errors.
+fn read_file(
+    path: &Path,
+    what: &str,
+    kind: &str,
+    private: bool,
+) -> Result<Zeroizing<Vec<u8>>, String> {
     let shown = path.display();
     // The file type is checked before the file is opened: opening a FIFO
     // for reading blocks until a writer comes, which would hang
     // `check-config` and the daemon for ever. The open itself is
     // non-blocking in case the path is swapped between the two calls, and
     // the opened file is checked again.
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot open psk_file {shown}: {e}"))?;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot open {what} {shown}: {e}"))?;
     if !meta.is_file() {
         return Err(format!(
-            "psk_file {shown} is not a regular file (it is {})",
+            "{what} {shown} is not a regular file (it is {})",
             file_kind(&meta)
         ));
     }
@@ -1183,33 +1314,66 @@ pub fn read_psk(path: &Path) -> Result<Psk, String> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
-        .map_err(|e| format!("cannot open psk_file {shown}: {e}"))?;
+        .map_err(|e| format!("cannot open {what} {shown}: {e}"))?;
     let meta = file
         .metadata()
-        .map_err(|e| format!("cannot stat psk_file {shown}: {e}"))?;
+        .map_err(|e| format!("cannot stat {what} {shown}: {e}"))?;
     if !meta.is_file() {
         return Err(format!(
-            "psk_file {shown} is not a regular file (it is {})",
+            "{what} {shown} is not a regular file (it is {})",
             file_kind(&meta)
         ));
     }
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
+    if private && mode & 0o077 != 0 {
         return Err(format!(
-            "psk_file {shown} has mode {mode:04o}; it must not be readable by group or others (chmod 600)"
+            "{what} {shown} has mode {mode:04o}; it must not be readable by group or others (chmod 600)"
         ));
     }
     if meta.len() > MAX_PSK_FILE_LEN {
         return Err(format!(
-            "psk_file {shown} is {} octets long; a PSK file has at most {MAX_PSK_FILE_LEN}",
+            "{what} {shown} is {} octets long; {kind} has at most {MAX_PSK_FILE_LEN}",
             meta.len()
         ));
     }
     let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
     file.take(MAX_PSK_FILE_LEN + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read psk_file {shown}: {e}"))?;
-    decode_psk(&buf).map_err(|m| format!("psk_file {shown} {m}"))
+        .map_err(|e| format!("cannot read {what} {shown}: {e}"))?;
+    Ok(buf)
+}
+
+/// The certificates (DER) of a PEM file, in file order, at least one.
+fn read_pem_certificates(path: &Path, what: &str) -> Result<Vec<Vec<u8>>, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    let buf = read_file(path, what, "a PEM file", false)?;
+    let shown = path.display();
+    let mut out = Vec::new();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&buf) {
+        let c = c.map_err(|e| format!("{what} {shown}: not valid PEM: {e}"))?;
+        out.push(c.as_ref().to_vec());
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "{what} {shown} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    Ok(out)
+}
+
+/// The PKCS#8 private key (DER) of a PEM file, refused when group or others
+/// may read the file or when the key is not of a supported scheme.
+fn read_pem_private_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    let buf = read_file(path, "private_key", "a PEM file", true)?;
+    let shown = path.display();
+    let key = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&buf).map_err(|e| {
+        format!("private_key {shown}: no PEM PKCS#8 key (-----BEGIN PRIVATE KEY-----): {e}")
+    })?;
+    let der = Zeroizing::new(key.secret_pkcs8_der().to_vec());
+    aokd_proto::crypto::sig::PrivateKey::from_pkcs8_der(&der)
+        .map_err(|m| format!("private_key {shown}: {m}"))?;
+    Ok(der)
 }
 
 /// What kind of file `meta` describes, for the "not a regular file" error.
@@ -1295,6 +1459,114 @@ fn decode_hex(digits: &[u8]) -> Result<Psk, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory with the test certificates (daemon/tests/data/pubkey:
+    /// an Ed25519 CA and an end-entity for 127.0.0.1 signed by it), the
+    /// key with `key_mode`, and a configuration with `peer` as its peer's
+    /// keys; the configuration's load result.
+    fn load_pubkey(key_mode: u32, peer: &str) -> Result<Config, ConfigError> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("aokd-pubkey-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pubkey");
+        for f in ["ca.pem", "ee.pem", "ee.key"] {
+            std::fs::copy(data.join(f), dir.join(f)).expect("copy");
+            // Private, so that a PEM file given as private_key fails on
+            // its contents.
+            std::fs::set_permissions(dir.join(f), fs_mode(0o600)).expect("chmod");
+        }
+        std::fs::set_permissions(dir.join("ee.key"), fs_mode(key_mode)).expect("chmod");
+        let file = dir.join("aokd.toml");
+        std::fs::write(
+            &file,
+            format!("[[peer]]\nname = \"r1\"\nremote = \"127.0.0.1\"\n{peer}"),
+        )
+        .expect("config");
+        let r = Config::load(&file);
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    fn fs_mode(mode: u32) -> std::fs::Permissions {
+        std::fs::Permissions::from_mode(mode)
+    }
+
+    const PUBKEY: &str =
+        "auth = \"pubkey\"\ncertificate = \"ee.pem\"\nprivate_key = \"ee.key\"\nca = \"ca.pem\"\n";
+
+    #[test]
+    fn pubkey_peer_reads_its_pem_files() {
+        let cfg = load_pubkey(0o600, PUBKEY).expect("valid");
+        let sig = cfg.peers[0].signature.as_ref().expect("signature");
+        assert_eq!(sig.certificates.len(), 1);
+        assert_eq!(sig.ca.len(), 1);
+        assert!(sig.certificate_file.ends_with("ee.pem"));
+        assert!(!sig.private_key.is_empty());
+        assert!(cfg.peers[0].psk.is_empty());
+        // Debug never shows the key.
+        let shown = format!("{sig:?}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(
+            !shown.contains(&format!("{:?}", &sig.private_key[..])),
+            "{shown}"
+        );
+        // psk stays the default.
+        let e = load_pubkey(0o600, "psk_file = \"x\"\n").expect_err("no psk file");
+        assert!(e.to_string().contains("psk_file"), "{e}");
+    }
+
+    #[test]
+    fn pubkey_errors_name_file_key_and_peer() {
+        let cases: &[(u32, String, &[&str])] = &[
+            (
+                0o640,
+                PUBKEY.to_owned(),
+                &["peer[0].private_key", "r1", "ee.key", "mode 0640"],
+            ),
+            (
+                0o600,
+                PUBKEY.replace("ca = \"ca.pem\"", "ca = \"ee.key\""),
+                &["peer[0].ca", "r1", "ee.key", "no PEM certificate"],
+            ),
+            (
+                0o600,
+                PUBKEY.replace("private_key = \"ee.key\"", "private_key = \"ca.pem\""),
+                &["peer[0].private_key", "ca.pem", "PKCS#8"],
+            ),
+            (
+                0o600,
+                PUBKEY.replace("certificate = \"ee.pem\"", "certificate = \"gone.pem\""),
+                &["peer[0].certificate", "r1", "gone.pem", "cannot open"],
+            ),
+            (
+                0o600,
+                PUBKEY.replace("ca = \"ca.pem\"\n", ""),
+                &["peer[0].ca", "r1", "required key is missing"],
+            ),
+            (
+                0o600,
+                format!("{PUBKEY}psk_file = \"p.psk\"\n"),
+                &["peer[0].psk_file", "only used with auth"],
+            ),
+            (
+                0o600,
+                "psk_file = \"p.psk\"\nca = \"ca.pem\"\n".to_owned(),
+                &["peer[0].ca", "only used with auth"],
+            ),
+            (
+                0o600,
+                PUBKEY.replace("\"pubkey\"", "\"rsa\""),
+                &["peer[0].auth", "r1", "psk, pubkey"],
+            ),
+        ];
+        for (mode, peer, wanted) in cases {
+            let e = load_pubkey(*mode, peer).expect_err(peer).to_string();
+            for w in *wanted {
+                assert!(e.contains(w), "{peer:?}: {e:?} lacks {w:?}");
+            }
+        }
+    }
 
     #[test]
     fn durations() {

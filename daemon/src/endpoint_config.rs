@@ -2,7 +2,8 @@
 //! the IKE endpoint's ([`EndpointConfig`]): local addresses (the listen
 //! address of the peer's family when it is a specific one, else the
 //! routing table's source toward the peer, where none is configured),
-//! identities, PSKs, proposals, ports and MKT lifetimes.
+//! identities, PSKs or signature authentication, proposals, ports and MKT
+//! lifetimes, and the wall-clock time certificates are checked against.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 
@@ -32,7 +33,12 @@ pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
             local_id: p.local_identity(local),
             remote_id: p.remote_id.clone(),
             psk: Secret::new(p.psk.as_bytes().to_vec()),
-            signature: None,
+            signature: p
+                .signature
+                .as_ref()
+                .map(signature_auth)
+                .transpose()
+                .with_context(|| format!("peer {:?}", p.name))?,
             ike_suites: p.ike_proposals.clone(),
             mac_algorithms: p.mac_algorithms.clone(),
             include_options: p.include_tcp_options,
@@ -49,7 +55,24 @@ pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
     ec.liveness = cfg.daemon.liveness;
     ec.cookie_threshold = cfg.daemon.cookie_threshold;
     ec.cookie_threshold_per_source = cfg.daemon.cookie_threshold_per_source;
+    // The endpoint advances this by its monotonic clock; left at the
+    // default epoch every certificate would be "not yet valid".
+    ec.wall_clock = std::time::SystemTime::now();
     Ok(ec)
+}
+
+/// The endpoint's signature authentication from the files read at load
+/// (checked there, so these conversions fail only on a changed build).
+fn signature_auth(s: &crate::config::SignatureFiles) -> anyhow::Result<ike::SignatureAuth> {
+    let private_key = aokd_proto::crypto::sig::PrivateKey::from_pkcs8_der(&s.private_key)
+        .map_err(|m| anyhow::anyhow!("private_key {}: {m}", s.private_key_file.display()))?;
+    let anchors = ike::cert::TrustAnchors::from_der(&s.ca)
+        .map_err(|m| anyhow::anyhow!("ca {}: {m}", s.ca_file.display()))?;
+    Ok(ike::SignatureAuth {
+        private_key,
+        certificates: s.certificates.clone(),
+        peer: ike::PeerKey::Certificate(anchors),
+    })
 }
 
 /// The endpoint's MKT lifetimes from the configured ones (jitter and
@@ -127,5 +150,42 @@ mod tests {
         // The unspecified address: the routing table's source.
         let ec = endpoint_config(&config("\"0.0.0.0\"", "")).expect("endpoint config");
         assert_eq!(ec.peers[0].local, "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    /// A peer with `auth = "pubkey"` gets signature authentication with
+    /// its certificate and CA, and the endpoint's wall clock is now, not
+    /// the epoch (at which every certificate is "not yet valid").
+    #[test]
+    fn a_pubkey_peer_has_signature_auth_and_the_wall_clock_is_now() {
+        let dir = std::env::temp_dir().join(format!("aokd-epcfg-pubkey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pubkey");
+        for f in ["ca.pem", "ee.pem", "ee.key"] {
+            std::fs::copy(data.join(f), dir.join(f)).expect("copy");
+        }
+        std::fs::set_permissions(
+            dir.join("ee.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod");
+        let file = dir.join("aokd.toml");
+        std::fs::write(
+            &file,
+            "[[peer]]\nname = \"p\"\nremote = \"127.0.0.9\"\n\
+             auth = \"pubkey\"\ncertificate = \"ee.pem\"\nprivate_key = \"ee.key\"\nca = \"ca.pem\"\n",
+        )
+        .expect("config");
+        let cfg = Config::load(&file).expect("valid");
+        let _ = std::fs::remove_dir_all(&dir);
+        let before = std::time::SystemTime::now();
+        let ec = endpoint_config(&cfg).expect("endpoint config");
+        let after = std::time::SystemTime::now();
+        assert!(before <= ec.wall_clock && ec.wall_clock <= after);
+        let sig = ec.peers[0].signature.as_ref().expect("signature auth");
+        assert_eq!(
+            sig.certificates,
+            cfg.peers[0].signature.as_ref().unwrap().certificates
+        );
+        assert!(matches!(sig.peer, ike::PeerKey::Certificate(_)));
     }
 }

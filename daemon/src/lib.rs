@@ -20,6 +20,7 @@
 //!   [`sd_notify`]: readiness for systemd.
 
 pub mod attach;
+pub mod cert_info;
 pub mod client_limit;
 pub mod clock;
 pub mod config;

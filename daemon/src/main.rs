@@ -182,12 +182,34 @@ fn check_config(file: &Path) -> ExitCode {
             p.remote_id,
             p.remote_id.id_type
         );
-        outln!(
-            out,
-            "  psk: {} octets from {}",
-            p.psk.len(),
-            p.psk_file.display()
-        );
+        match &p.signature {
+            None => outln!(
+                out,
+                "  psk: {} octets from {}",
+                p.psk.len(),
+                p.psk_file.display()
+            ),
+            Some(sig) => {
+                outln!(
+                    out,
+                    "  auth: pubkey, {} certificate(s) from {}, key from {}, {} trust anchor(s) from {}",
+                    sig.certificates.len(),
+                    sig.certificate_file.display(),
+                    sig.private_key_file.display(),
+                    sig.ca.len(),
+                    sig.ca_file.display()
+                );
+                let certs = sig.certificates.iter().map(|c| ("certificate", c));
+                for (what, der) in certs.chain(sig.ca.iter().map(|c| ("ca", c))) {
+                    match aokd::cert_info::subject_and_expiry(der) {
+                        Some((subject, expiry)) => {
+                            outln!(out, "    {what}: {subject}, expires {expiry}")
+                        }
+                        None => outln!(out, "    {what}: (subject and expiry unreadable)"),
+                    }
+                }
+            }
+        }
         outln!(
             out,
             "  mac algorithms: {}",

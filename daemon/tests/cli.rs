@@ -71,6 +71,48 @@ fn check_config_names_file_key_and_peer() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml"));
 }
 
+/// A peer with `auth = "pubkey"`: check-config prints each certificate's
+/// subject and expiry (daemon/tests/data/pubkey, made with openssl).
+#[test]
+fn check_config_prints_certificate_subject_and_expiry() {
+    let dir = TempDir::new("cli-pubkey");
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pubkey");
+    for f in ["ca.pem", "ee.pem", "ee.key"] {
+        std::fs::copy(data.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::set_permissions(
+        dir.join("ee.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let file = dir.join("aokd.toml");
+    std::fs::write(
+        &file,
+        "[[peer]]\nname = \"r2\"\nremote = \"127.0.0.2\"\nauth = \"pubkey\"\n\
+         certificate = \"ee.pem\"\nprivate_key = \"ee.key\"\nca = \"ca.pem\"\n",
+    )
+    .unwrap();
+    let out = Command::new(AOKD)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "auth: pubkey, 1 certificate(s)",
+        "certificate: CN=r1, expires 2126-11-08 06:37:51 UTC",
+        "ca: CN=aokd-test-ca, expires 2126-",
+    ] {
+        assert!(stdout.contains(needle), "{stdout:?} lacks {needle:?}");
+    }
+    assert!(!stdout.contains("psk:"), "{stdout}");
+}
+
 #[test]
 fn config_is_required_to_run() {
     let out = Command::new(AOKD).output().unwrap();
