@@ -237,6 +237,10 @@ pub struct PeerStatus {
     /// when this aokd keys no sockets.
     #[serde(default)]
     pub rollovers: Option<u64>,
+    /// The `[[peer_group]]` this peer is a member of (named
+    /// `GROUP/ADDRESS`); `None` for a configured peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// One IKE SA (`aoctl sas`).

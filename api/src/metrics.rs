@@ -436,6 +436,7 @@ mod tests {
                 last_error: None,
                 backend: Some("tcp-ao".into()),
                 rollovers: Some(4),
+                group: None,
             }],
             state_file: None,
             dos: None,

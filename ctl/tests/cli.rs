@@ -257,6 +257,7 @@ fn canned_status() -> DaemonStatus {
                 last_error: None,
                 backend: Some("tcp-md5".into()),
                 rollovers: None,
+                group: None,
             },
             PeerStatus {
                 name: "r3-long-name".into(),
@@ -267,6 +268,7 @@ fn canned_status() -> DaemonStatus {
                 last_error: Some("AUTHENTICATION_FAILED\x1b[2J".into()),
                 backend: None,
                 rollovers: None,
+                group: None,
             },
         ],
         state_file: Some(Box::new(StateFileStatus {

@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 /// The identity and proposal types of the configuration are the IKE
 /// endpoint's own: [`Identity`] (ID type and data, parsed with
 /// [`parse_identity`]) and [`IkeSuite`] (an `ENCR-PRF-GROUP` proposal).
-pub use aokd_proto::ike::{Identity, IkeSuite};
+pub use aokd_proto::ike::{Identity, IkeSuite, IpPrefix, MemberIdentity};
 
 /// Where aokd looks for its configuration when none is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/aokd/aokd.toml";
@@ -194,6 +194,8 @@ pub struct Config {
     pub daemon: DaemonSection,
     /// The `[[peer]]` tables, in file order.
     pub peers: Vec<PeerConfig>,
+    /// The `[[peer_group]]` tables, in file order.
+    pub groups: Vec<PeerGroup>,
 }
 
 /// The `[daemon]` table.
@@ -319,6 +321,56 @@ impl PeerConfig {
             Some(id) => id.clone(),
             None => Identity::from_ip(self.local.unwrap_or(actual_local)),
         }
+    }
+}
+
+/// One `[[peer_group]]` table (docs/configuration.md, "Peer groups"):
+/// every neighbour inside `prefixes` that authenticates with a certificate
+/// from the group's CAs becomes a peer named `NAME/ADDRESS`.
+#[derive(Debug, Clone)]
+pub struct PeerGroup {
+    /// Unique among peers and groups, `[A-Za-z0-9_.-]+`.
+    pub name: String,
+    /// `remote`: where members may be (IPv4 and IPv6), no duplicates.
+    pub prefixes: Vec<IpPrefix>,
+    /// `remote_id`: `"address"` (the default: the member's source address,
+    /// in its certificate as SAN IP) or an FQDN pattern (`*.example.net`).
+    pub identity: MemberIdentity,
+    /// Everything else a member is configured with, checked as a
+    /// `[[peer]]` would be: `name` is the group's, `remote` the first
+    /// prefix's address, `remote_id` unused, `initiate` false.
+    pub template: PeerConfig,
+}
+
+impl PeerGroup {
+    /// The daemon's view of the member at `ip` (for the key manager and
+    /// aoctl): the template with the member's name and address. The
+    /// signature files stay with the group (`signature` is `None` here).
+    pub fn member(&self, ip: IpAddr) -> PeerConfig {
+        let t = &self.template;
+        PeerConfig {
+            name: format!("{}/{}", self.name, ip),
+            remote: ip,
+            remote_port: t.remote_port,
+            local: t.local.filter(|l| l.is_ipv4() == ip.is_ipv4()),
+            local_id: t.local_id.clone(),
+            remote_id: Identity::from_ip(ip),
+            psk_file: PathBuf::new(),
+            psk: Psk::new(Vec::new()),
+            signature: None,
+            mac_algorithms: t.mac_algorithms.clone(),
+            include_tcp_options: t.include_tcp_options,
+            tcp_ports: t.tcp_ports.clone(),
+            ike_proposals: t.ike_proposals.clone(),
+            initiate: false,
+            backend: t.backend,
+            lifetimes: t.lifetimes,
+        }
+    }
+
+    /// Whether `ip` is inside the group's prefixes.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.prefixes.iter().any(|p| p.contains(ip))
     }
 }
 
@@ -524,6 +576,29 @@ struct RawConfig {
     daemon: Option<RawDaemon>,
     #[serde(default)]
     peer: Vec<RawPeer>,
+    #[serde(default)]
+    peer_group: Vec<RawPeerGroup>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeerGroup {
+    name: Option<String>,
+    remote: Option<Vec<String>>,
+    remote_port: Option<i64>,
+    local: Option<String>,
+    local_id: Option<String>,
+    remote_id: Option<String>,
+    auth: Option<String>,
+    certificate: Option<String>,
+    private_key: Option<String>,
+    ca: Option<String>,
+    mac_algorithms: Option<Vec<String>>,
+    include_tcp_options: Option<bool>,
+    tcp_ports: Option<Vec<i64>>,
+    ike_proposals: Option<Vec<String>>,
+    backend: Option<String>,
+    lifetimes: Option<RawLifetimes>,
 }
 
 #[derive(Deserialize, Default)]
@@ -646,7 +721,7 @@ impl Validator<'_> {
         let daemon = self.daemon(raw.daemon.unwrap_or_default())?;
         let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peer.len());
         for (i, rp) in raw.peer.into_iter().enumerate() {
-            let peer = self.peer(i, rp, &daemon)?;
+            let peer = self.peer(&format!("peer[{i}]"), rp, &daemon)?;
             if let Some(j) = peers.iter().position(|p| p.name == peer.name) {
                 return Err(self.err(
                     format!("peer[{i}].name"),
@@ -666,10 +741,173 @@ impl Validator<'_> {
             }
             peers.push(peer);
         }
+        let mut groups: Vec<PeerGroup> = Vec::with_capacity(raw.peer_group.len());
+        for (i, rg) in raw.peer_group.into_iter().enumerate() {
+            let g = self.group(i, rg, &daemon)?;
+            let clash = peers
+                .iter()
+                .any(|p| p.name == g.name)
+                .then_some("a [[peer]]")
+                .or_else(|| {
+                    groups
+                        .iter()
+                        .any(|o| o.name == g.name)
+                        .then_some("another group")
+                });
+            if let Some(what) = clash {
+                return Err(self.err(
+                    format!("peer_group[{i}].name"),
+                    Some(&g.name),
+                    format!("duplicate name; {what} has the same name"),
+                ));
+            }
+            groups.push(g);
+        }
         Ok(Config {
             file: self.file.to_owned(),
             daemon,
             peers,
+            groups,
+        })
+    }
+
+    /// A `[[peer_group]]` table: its prefixes and identity rule, and the
+    /// rest checked as a `[[peer]]` with certificate authentication.
+    fn group(
+        &self,
+        i: usize,
+        raw: RawPeerGroup,
+        daemon: &DaemonSection,
+    ) -> Result<PeerGroup, ConfigError> {
+        let table = format!("peer_group[{i}]");
+        let key = |k: &str| format!("{table}.{k}");
+        let name = raw
+            .name
+            .ok_or_else(|| self.err(key("name"), None, "required key is missing"))?;
+        check_peer_name(&name).map_err(|m| self.err(key("name"), None, m))?;
+        let pn = Some(name.as_str());
+        let list = raw.remote.ok_or_else(|| {
+            self.err(
+                key("remote"),
+                pn,
+                "required key is missing (a list of prefixes)",
+            )
+        })?;
+        if list.is_empty() {
+            return Err(self.err(key("remote"), pn, "must not be empty"));
+        }
+        let mut prefixes: Vec<IpPrefix> = Vec::with_capacity(list.len());
+        for (j, s) in list.iter().enumerate() {
+            let k = format!("{table}.remote[{j}]");
+            let p: IpPrefix = s.parse().map_err(|m: String| self.err(&k, pn, m))?;
+            if p.addr().is_multicast() {
+                return Err(self.err(k, pn, format!("{p} is not a unicast prefix")));
+            }
+            if !daemon
+                .listen
+                .iter()
+                .any(|l| l.is_ipv4() == p.addr().is_ipv4())
+            {
+                return Err(self.err(
+                    k,
+                    pn,
+                    format!(
+                        "{p} is an {} prefix but daemon.listen has no {} address",
+                        family(p.addr()),
+                        family(p.addr())
+                    ),
+                ));
+            }
+            if prefixes.contains(&p) {
+                return Err(self.err(k, pn, format!("{p} is listed twice")));
+            }
+            prefixes.push(p);
+        }
+        let identity = match raw.remote_id.as_deref() {
+            None | Some("address") => MemberIdentity::Address,
+            Some(pattern) => {
+                let name_part = pattern.strip_prefix("*.").unwrap_or(pattern);
+                let valid = !name_part.is_empty()
+                    && name_part.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    });
+                if !valid {
+                    return Err(self.err(
+                        key("remote_id"),
+                        pn,
+                        format!(
+                            "{pattern:?} is neither \"address\" nor a DNS name or pattern such as \"*.rs.example.net\""
+                        ),
+                    ));
+                }
+                MemberIdentity::Fqdn(pattern.to_string())
+            }
+        };
+        match raw.auth.as_deref() {
+            None | Some("pubkey") => {}
+            Some(other) => {
+                return Err(self.err(
+                    key("auth"),
+                    pn,
+                    format!("peer groups authenticate by certificate only (auth = \"pubkey\"), not {other:?}"),
+                ))
+            }
+        }
+        // The first prefix's family is the template's; `local` may be of
+        // either family (it applies to members of its own).
+        let first = prefixes[0].addr();
+        let (local, template_remote) =
+            match raw.local.as_deref().map(|s| self.ip(&key("local"), pn, s)) {
+                None => (None, first),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(ip)) => {
+                    let same = prefixes.iter().find(|p| p.addr().is_ipv4() == ip.is_ipv4());
+                    match same {
+                        Some(p) => (Some(ip.to_string()), p.addr()),
+                        None => {
+                            return Err(self.err(
+                                key("local"),
+                                pn,
+                                format!(
+                                    "local {ip} is an {} address but no prefix in remote is",
+                                    family(ip)
+                                ),
+                            ))
+                        }
+                    }
+                }
+            };
+        let template = self.peer(
+            &table,
+            RawPeer {
+                name: Some(name.clone()),
+                remote: Some(template_remote.to_string()),
+                remote_port: raw.remote_port,
+                local,
+                local_id: raw.local_id,
+                remote_id: None,
+                psk_file: None,
+                auth: Some("pubkey".into()),
+                certificate: raw.certificate,
+                private_key: raw.private_key,
+                ca: raw.ca,
+                mac_algorithms: raw.mac_algorithms,
+                include_tcp_options: raw.include_tcp_options,
+                tcp_ports: raw.tcp_ports,
+                ike_proposals: raw.ike_proposals,
+                initiate: Some(false),
+                backend: raw.backend,
+                lifetimes: raw.lifetimes,
+            },
+            daemon,
+        )?;
+        Ok(PeerGroup {
+            name,
+            prefixes,
+            identity,
+            template,
         })
     }
 
@@ -930,13 +1168,15 @@ impl Validator<'_> {
         }
     }
 
+    /// A `[[peer]]` table, `table` naming it in errors (`peer[1]`; a peer
+    /// group's template is checked here as well, as `peer_group[0]`).
     fn peer(
         &self,
-        i: usize,
+        table: &str,
         raw: RawPeer,
         daemon: &DaemonSection,
     ) -> Result<PeerConfig, ConfigError> {
-        let key = |k: &str| format!("peer[{i}].{k}");
+        let key = |k: &str| format!("{table}.{k}");
 
         // The name first, so that later errors can name the peer.
         let name = raw
@@ -1086,7 +1326,7 @@ impl Validator<'_> {
                 }
                 let mut out = Vec::with_capacity(list.len());
                 for (j, v) in list.iter().enumerate() {
-                    let k = format!("peer[{i}].tcp_ports[{j}]");
+                    let k = format!("{table}.tcp_ports[{j}]");
                     let p = self.port(&k, pn, *v)?;
                     if out.contains(&p) {
                         return Err(self.err(k, pn, format!("port {p} is listed twice")));
@@ -1102,7 +1342,7 @@ impl Validator<'_> {
             Some(list) => self.list(&key("ike_proposals"), pn, &list, |s| s.parse::<IkeSuite>())?,
         };
 
-        let lifetimes = self.lifetimes(i, pn, raw.lifetimes)?;
+        let lifetimes = self.lifetimes(table, pn, raw.lifetimes)?;
 
         let backend = match raw.backend.as_deref() {
             None | Some("auto") => BackendChoice::Auto,
@@ -1200,7 +1440,7 @@ impl Validator<'_> {
 
     fn lifetimes(
         &self,
-        i: usize,
+        table: &str,
         pn: Option<&str>,
         raw: Option<RawLifetimes>,
     ) -> Result<Lifetimes, ConfigError> {
@@ -1209,7 +1449,7 @@ impl Validator<'_> {
         };
         let one =
             |name: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
-                let k = format!("peer[{i}].lifetimes.{name}");
+                let k = format!("{table}.lifetimes.{name}");
                 match v {
                     None => Ok(default),
                     Some(s) => {
@@ -1229,7 +1469,7 @@ impl Validator<'_> {
         };
         if lt.mkt_rekey >= lt.mkt_lifetime {
             return Err(self.err(
-                format!("peer[{i}].lifetimes.mkt_rekey"),
+                format!("{table}.lifetimes.mkt_rekey"),
                 pn,
                 format!(
                     "mkt_rekey ({}) must be shorter than mkt_lifetime ({}), so that a new MKT exists before the old one expires",

@@ -402,6 +402,7 @@ pub fn empty_status(config: &Config, started_at: u64) -> DaemonStatus {
                 last_error: None,
                 backend: None,
                 rollovers: None,
+                group: None,
             })
             .collect(),
         state_file: None,

@@ -15,43 +15,16 @@ use crate::config::Config;
 
 /// Converts the daemon configuration into the endpoint's.
 pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
-    let mut peers = Vec::new();
+    let mut peers = Vec::with_capacity(cfg.peers.len());
     for p in &cfg.peers {
-        let local = match p.local.or_else(|| listen_source(cfg, p.remote)) {
-            Some(ip) => ip,
-            None => route_source(p.remote_addr()).with_context(|| {
-                format!(
-                    "peer {:?}: cannot find the local address toward {}",
-                    p.name, p.remote
-                )
-            })?,
-        };
-        peers.push(ike::PeerConfig {
-            name: p.name.clone(),
-            remote: p.remote_addr(),
-            local,
-            local_id: p.local_identity(local),
-            remote_id: p.remote_id.clone(),
-            psk: Secret::new(p.psk.as_bytes().to_vec()),
-            signature: p
-                .signature
-                .as_ref()
-                .map(signature_auth)
-                .transpose()
-                .with_context(|| format!("peer {:?}", p.name))?,
-            ike_suites: p.ike_proposals.clone(),
-            mac_algorithms: p.mac_algorithms.clone(),
-            include_options: p.include_tcp_options,
-            tcp_ports: p
-                .tcp_ports
-                .iter()
-                .map(|port| PortRange::single(*port))
-                .collect(),
-            initiate: p.initiate,
-            lifetimes: mkt_lifetimes(&p.lifetimes),
-        });
+        peers.push(peer_config(cfg, p)?);
+    }
+    let mut groups = Vec::with_capacity(cfg.groups.len());
+    for g in &cfg.groups {
+        groups.push(group_config(cfg, g)?);
     }
     let mut ec = EndpointConfig::new(peers);
+    ec.groups = groups;
     ec.liveness = cfg.daemon.liveness;
     ec.cookie_threshold = cfg.daemon.cookie_threshold;
     ec.cookie_threshold_per_source = cfg.daemon.cookie_threshold_per_source;
@@ -61,6 +34,89 @@ pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
     Ok(ec)
 }
 
+/// One configured peer (or a group's template) for the endpoint.
+fn peer_config(cfg: &Config, p: &crate::config::PeerConfig) -> anyhow::Result<ike::PeerConfig> {
+    let local = local_toward(cfg, p.local, p.remote).with_context(|| {
+        format!(
+            "peer {:?}: cannot find the local address toward {}",
+            p.name, p.remote
+        )
+    })?;
+    Ok(ike::PeerConfig {
+        name: p.name.clone(),
+        remote: p.remote_addr(),
+        local,
+        local_id: p.local_identity(local),
+        remote_id: p.remote_id.clone(),
+        psk: Secret::new(p.psk.as_bytes().to_vec()),
+        signature: p
+            .signature
+            .as_ref()
+            .map(|s| signature_auth(s).map(std::sync::Arc::new))
+            .transpose()
+            .with_context(|| format!("peer {:?}", p.name))?,
+        ike_suites: p.ike_proposals.clone(),
+        mac_algorithms: p.mac_algorithms.clone(),
+        include_options: p.include_tcp_options,
+        tcp_ports: p
+            .tcp_ports
+            .iter()
+            .map(|port| PortRange::single(*port))
+            .collect(),
+        initiate: p.initiate,
+        lifetimes: mkt_lifetimes(&p.lifetimes),
+    })
+}
+
+/// The local address toward `remote`: the configured one, the listen
+/// address of its family when specific, else the routing table's source.
+fn local_toward(cfg: &Config, local: Option<IpAddr>, remote: IpAddr) -> std::io::Result<IpAddr> {
+    match local.or_else(|| listen_source(cfg, remote)) {
+        Some(ip) => Ok(ip),
+        None => route_source(SocketAddr::new(remote, 500)),
+    }
+}
+
+/// A peer group for the endpoint: the template as a peer, and the local
+/// address toward members of the other address family if the group has
+/// prefixes of both.
+fn group_config(
+    cfg: &Config,
+    g: &crate::config::PeerGroup,
+) -> anyhow::Result<ike::PeerGroupConfig> {
+    let template =
+        peer_config(cfg, &g.template).with_context(|| format!("peer group {:?}", g.name))?;
+    let other = g
+        .prefixes
+        .iter()
+        .find(|p| p.addr().is_ipv4() != g.template.remote.is_ipv4());
+    let local_other_family = match other {
+        None => None,
+        Some(p) => Some(
+            local_toward(
+                cfg,
+                g.template
+                    .local
+                    .filter(|l| l.is_ipv4() == p.addr().is_ipv4()),
+                p.addr(),
+            )
+            .with_context(|| {
+                format!(
+                    "peer group {:?}: cannot find the local address toward {p}",
+                    g.name
+                )
+            })?,
+        ),
+    };
+    Ok(ike::PeerGroupConfig {
+        name: g.name.clone(),
+        prefixes: g.prefixes.clone(),
+        ike_port: g.template.remote_port,
+        identity: g.identity.clone(),
+        template,
+        local_other_family,
+    })
+}
 /// The endpoint's signature authentication from the files read at load
 /// (checked there, so these conversions fail only on a changed build).
 fn signature_auth(s: &crate::config::SignatureFiles) -> anyhow::Result<ike::SignatureAuth> {

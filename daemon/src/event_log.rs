@@ -235,6 +235,17 @@ pub fn log_event(instance: &str, ev: &Event) {
             instance = %inst, %peer, notify = %error.notify().map(|n| n.to_string()).unwrap_or_default(),
             by_peer = *by_peer, "TCP-AO child SA failed, IKE SA kept: {error}"
         ),
+        Event::MemberAdded {
+            peer,
+            group,
+            remote,
+        } => {
+            info!(instance = %inst, %peer, %group, %remote, "peer group member authenticated: a peer from now on")
+        }
+        Event::MemberForgotten { peer, group } => info!(
+            instance = %inst, %peer, %group,
+            "peer group member forgotten: no IKE SA and no MKT left"
+        ),
         Event::PeerNotCapable { peer } => warn!(
             instance = %inst, %peer,
             "peer did not advertise TCP-AO keying: IKE SA without MKT, TCP-AO not negotiated"

@@ -333,8 +333,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     daemon.set_retired_keys(config.daemon.retired_keys);
-    daemon.restore(persist, &snapshot);
+    // The configuration first: restoring makes the peer group members of
+    // the state file again from it.
     daemon.set_config(config.clone());
+    daemon.restore(persist, &snapshot);
     if let Some(file) = &config.daemon.metrics_file {
         let metrics = aokd::metrics_file::MetricsFile::start(
             file.clone(),

@@ -55,11 +55,17 @@ pub fn plan(running: &Config, new: Config) -> Plan {
         }
         peers.push(p);
     }
+    // Peer groups are read at start only: their members are running peers
+    // made from them, and a changed template would need each re-made.
+    if format!("{:?}", running.groups) != format!("{:?}", new.groups) {
+        needs_restart.push("peer groups ([[peer_group]])".to_string());
+    }
     Plan {
         config: Config {
             file: running.file.clone(),
             daemon: running.daemon.clone(),
             peers,
+            groups: running.groups.clone(),
         },
         added,
         removed,

@@ -174,6 +174,7 @@ impl Daemon {
                 spi_r: sa.spi_r.clone(),
             });
         }
+        self.restore_members(snapshot);
         let Some(keys) = self.keys.as_mut() else {
             return;
         };
@@ -225,6 +226,50 @@ impl Daemon {
                 Err(e) => {
                     debug!(%peer, error = %e, "no negotiation for a peer from the state file")
                 }
+            }
+        }
+    }
+
+    /// Makes again the peer group members the state file has records of
+    /// (MKTs or sockets under a `GROUP/ADDRESS` name that is no configured
+    /// peer), before their records are restored: a member keeps its state
+    /// across a restart, and is forgotten as usual once nothing is left.
+    fn restore_members(&mut self, snapshot: &StateSnapshot) {
+        let names: BTreeSet<&str> = snapshot
+            .mkts
+            .iter()
+            .map(|m| m.peer.as_str())
+            .chain(
+                snapshot
+                    .sockets
+                    .iter()
+                    .flat_map(|s| s.peers.iter().map(String::as_str)),
+            )
+            .collect();
+        let groups = self.config.as_ref().map_or(&[][..], |c| &c.groups[..]);
+        for name in names {
+            if self.endpoint.peer(name).is_some() {
+                continue;
+            }
+            let Some((group, ip)) = self
+                .endpoint
+                .group_of_member_name(name)
+                .map(|(g, ip)| (g.name.clone(), ip))
+            else {
+                continue;
+            };
+            let Some(g) = groups.iter().find(|g| g.name == group) else {
+                continue;
+            };
+            match self.endpoint.add_member(ip) {
+                Ok((peer, _)) => {
+                    info!(%peer, %group, "peer group member restored from the state file");
+                    if let Some(keys) = self.keys.as_mut() {
+                        // No socket is registered yet: nothing to answer.
+                        let _ = keys.add_peer(&g.member(ip), Instant::now());
+                    }
+                }
+                Err(e) => warn!(peer = %name, error = %e, "cannot restore a peer group member"),
             }
         }
     }
@@ -487,6 +532,9 @@ impl Daemon {
                 role,
             },
         );
+        if let Ok(r) = &request {
+            self.member_on_demand(&r.record, now);
+        }
         let outcome = match (request, self.keys.as_mut()) {
             (Ok(request), Some(keys)) => keys.attach(request, now),
             (Err(e), _) => {
@@ -502,6 +550,40 @@ impl Daemon {
                     warn!(%peer, error = %e, "cannot start a negotiation for a waiting connect");
                 }
             }
+        }
+    }
+
+    /// A connect (or accepted connection) toward an address inside a peer
+    /// group's prefixes, on one of its TCP ports, with no peer there yet:
+    /// the neighbour becomes a member now, so that the key manager covers
+    /// the socket and the negotiation starts as for a configured peer.
+    fn member_on_demand(&mut self, socket: &crate::sockets::AttachedSocket, now: Instant) {
+        let (Some(remote), Some(cfg)) = (socket.remote, self.config.as_ref()) else {
+            return;
+        };
+        if socket.role == SocketRole::Listen {
+            return;
+        }
+        let ip = crate::kernel::canonical(remote.ip());
+        let Some(group) = cfg.groups.iter().find(|g| g.contains(ip)) else {
+            return;
+        };
+        let ports = &group.template.tcp_ports;
+        let on_port = ports.contains(&remote.port())
+            || socket.local.is_some_and(|l| ports.contains(&l.port()));
+        if !on_port {
+            return;
+        }
+        match self.endpoint.add_member(ip) {
+            Ok((name, true)) => {
+                info!(peer = %name, group = %group.name, "peer group member made on demand for a connection");
+                if let Some(keys) = self.keys.as_mut() {
+                    let answered = keys.add_peer(&group.member(ip), now);
+                    self.answer(answered);
+                }
+            }
+            Ok((_, false)) => {}
+            Err(e) => warn!(%ip, error = %e, "cannot make a peer group member"),
         }
     }
 
@@ -564,10 +646,20 @@ impl Daemon {
             }
         }
         if let Some(keys) = self.keys.as_mut() {
+            let groups = self.config.as_ref().map_or(&[][..], |c| &c.groups[..]);
             let mut answered = Vec::new();
             for ev in &events {
-                if let Event::MktsChanged { peer, mkts } = ev {
-                    answered.extend(keys.mkts_changed(peer, mkts, now));
+                match ev {
+                    Event::MemberAdded { group, remote, .. } => {
+                        if let Some(g) = groups.iter().find(|g| g.name == *group) {
+                            answered.extend(keys.add_peer(&g.member(remote.ip()), now));
+                        }
+                    }
+                    Event::MemberForgotten { peer, .. } => answered.extend(keys.remove_peer(peer)),
+                    Event::MktsChanged { peer, mkts } => {
+                        answered.extend(keys.mkts_changed(peer, mkts, now))
+                    }
+                    _ => {}
                 }
             }
             self.answer(answered);

@@ -180,6 +180,7 @@ impl Answers<'_> {
                         .and_then(|k| k.backend(&p.name))
                         .map(|b| b.to_string()),
                     rollovers: self.keys.as_ref().and_then(|k| k.rollovers(&p.name)),
+                    group: p.group.clone(),
                 })
                 .collect(),
             state_file: state_file_status(&self.persist.health()).map(Box::new),

@@ -33,6 +33,7 @@ fn status() -> DaemonStatus {
             last_error: None,
             backend: None,
             rollovers: None,
+            group: None,
         }],
         state_file: None,
         dos: None,

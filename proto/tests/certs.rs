@@ -6,6 +6,7 @@
 
 mod harness;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aokd_proto::crypto::sig::{PrivateKey, SignatureScheme};
@@ -54,16 +55,16 @@ fn signature_pair(a: SignatureScheme, b: SignatureScheme) -> (PeerConfig, PeerCo
     let (ka, kb) = (key(a, 1), key(b, 2));
     let mut pa = peer("b", A_ADDR, B_ADDR, b"unused");
     let mut pb = peer("a", B_ADDR, A_ADDR, b"unused, and different");
-    pa.signature = Some(SignatureAuth {
+    pa.signature = Some(Arc::new(SignatureAuth {
         peer: PeerKey::PublicKey(kb.public_key()),
         certificates: Vec::new(),
         private_key: ka,
-    });
-    pb.signature = Some(SignatureAuth {
+    }));
+    pb.signature = Some(Arc::new(SignatureAuth {
         peer: PeerKey::PublicKey(key(a, 1).public_key()),
         certificates: Vec::new(),
         private_key: kb,
-    });
+    }));
     (pa, pb)
 }
 
@@ -167,7 +168,7 @@ fn ecdsa_signatures_are_reproducible_from_the_seed() {
 fn wrong_public_key_fails_on_both_sides_with_the_reason() {
     // B expects A's key from seed 9, A signs with seed 1.
     let (pa, mut pb) = signature_pair(SignatureScheme::Ed25519, SignatureScheme::Ed25519);
-    pb.signature.as_mut().unwrap().peer =
+    Arc::get_mut(pb.signature.as_mut().unwrap()).unwrap().peer =
         PeerKey::PublicKey(key(SignatureScheme::Ed25519, 9).public_key());
     pb.initiate = false;
     let mut sim = Sim::pair(6, NetParams::default(), pa, pb);
@@ -187,7 +188,7 @@ fn responder_signature_with_another_key_type_is_refused_by_the_initiator() {
     // A expects an Ed25519 key from B; B signs with ECDSA P-256.
     let (mut pa, mut pb) =
         signature_pair(SignatureScheme::Ed25519, SignatureScheme::EcdsaP256Sha256);
-    pa.signature.as_mut().unwrap().peer =
+    Arc::get_mut(pa.signature.as_mut().unwrap()).unwrap().peer =
         PeerKey::PublicKey(key(SignatureScheme::Ed25519, 2).public_key());
     pb.initiate = false;
     let mut sim = Sim::pair(7, NetParams::default(), pa, pb);
@@ -325,12 +326,12 @@ fn wall() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_780_000_000)
 }
 
-fn cert_auth(chain: Vec<Vec<u8>>, key: PrivateKey, ca: &pki::Ca) -> SignatureAuth {
-    SignatureAuth {
+fn cert_auth(chain: Vec<Vec<u8>>, key: PrivateKey, ca: &pki::Ca) -> Arc<SignatureAuth> {
+    Arc::new(SignatureAuth {
         private_key: key,
         certificates: chain,
         peer: PeerKey::Certificate(TrustAnchors::from_der(&[ca.cert.der().to_vec()]).unwrap()),
-    }
+    })
 }
 
 /// A and B with certificates from `ca` (B's adjusted by `fb`), each

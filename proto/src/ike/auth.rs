@@ -11,6 +11,7 @@ use super::config::{Identity, PeerKey};
 use super::context::{Ctx, Fate};
 use super::error::{IkeError, Misbehaviour, NegotiationError};
 use super::event::Event;
+use super::group::MemberIdentity;
 use super::proposal;
 use super::sa::{ChildOffer, IkeSa, Phase};
 use super::traffic::{notify, reply_within, selectors};
@@ -36,11 +37,15 @@ pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(
     if !other_established {
         payloads.push(notify(NotifyType::INITIAL_CONTACT, Vec::new()));
     }
-    let remote_id = IdPayload {
-        id_type: pc.remote_id.id_type,
-        data: pc.remote_id.data.clone(),
-    };
-    payloads.push(Payload::IdR(remote_id));
+    // A group member known by a name pattern: IDr is optional (RFC 7296
+    // 3.5) and a pattern is no identity, so none is sent.
+    let pattern = matches!(ctx.member_rule, Some(MemberIdentity::Fqdn(p)) if p.starts_with("*."));
+    if !pattern {
+        payloads.push(Payload::IdR(IdPayload {
+            id_type: pc.remote_id.id_type,
+            data: pc.remote_id.data.clone(),
+        }));
+    }
     payloads.push(Payload::Auth(auth));
     let wants_child = ctx.cfg.advertise_tcp_ao && !pc.mac_algorithms.is_empty();
     ctx.peer.tcp_ao_capable = Some(sa.peer_tcp_ao);
@@ -299,12 +304,9 @@ pub(super) fn on_request(
             now,
         );
     };
-    let pc = ctx.pc;
-    let id_ok = idi.id_type == pc.remote_id.id_type && idi.data == pc.remote_id.data;
-    let checked = if id_ok {
-        check_auth(ctx, &sa, true, &idi, &auth, &payloads, now)
-    } else {
-        Err(identity_mismatch("initiator", &idi, &pc.remote_id))
+    let checked = match identity_check(ctx, "initiator", &idi) {
+        Ok(()) => check_auth(ctx, &sa, true, &idi, &auth, &payloads, now),
+        Err(why) => Err(why),
     };
     if let Err(why) = checked {
         ctx.respond(
@@ -320,6 +322,7 @@ pub(super) fn on_request(
             now,
         );
     }
+    let pc = ctx.pc;
     let idr = IdPayload {
         id_type: pc.local_id.id_type,
         data: pc.local_id.data.clone(),
@@ -426,12 +429,9 @@ pub(super) fn on_response(
             now,
         );
     };
-    let pc = ctx.pc;
-    let id_ok = idr.id_type == pc.remote_id.id_type && idr.data == pc.remote_id.data;
-    let checked = if id_ok {
-        check_auth(ctx, &sa, false, idr, auth, &payloads, now)
-    } else {
-        Err(identity_mismatch("responder", idr, &pc.remote_id))
+    let checked = match identity_check(ctx, "responder", idr) {
+        Ok(()) => check_auth(ctx, &sa, false, idr, auth, &payloads, now),
+        Err(why) => Err(why),
     };
     if let Err(why) = checked {
         // RFC 7296 2.21.2: tell the responder in a separate INFORMATIONAL.
@@ -524,16 +524,27 @@ pub(super) fn on_response(
     Fate::Keep(sa)
 }
 
-/// "the initiator's identity 192.0.2.9 (ID_IPV4_ADDR) is not the configured
-/// remote_id 192.0.2.2 (ID_IPV4_ADDR)": what was received and what was
-/// expected, so that the operator sees which side to fix.
-fn identity_mismatch(who: &str, got: &IdPayload, expected: &Identity) -> String {
+/// Whether the peer's identity is the one configured (a peer) or one the
+/// group's rule accepts (a group member). The error says what was received
+/// and what was expected, so that the operator sees which side to fix: "the
+/// initiator's identity 192.0.2.9 (ID_IPV4_ADDR) is not the configured
+/// remote_id 192.0.2.2 (ID_IPV4_ADDR)".
+fn identity_check(ctx: &Ctx<'_>, who: &str, got: &IdPayload) -> Result<(), String> {
     let got = Identity {
         id_type: got.id_type,
         data: got.data.clone(),
     };
-    format!(
-        "the {who}'s identity {got} ({}) is not the configured remote_id {expected} ({})",
-        got.id_type, expected.id_type
-    )
+    let expected = &ctx.pc.remote_id;
+    match ctx.member_rule {
+        Some(rule) if rule.accepts(&got, ctx.pc.remote.ip()) => Ok(()),
+        Some(rule) => Err(format!(
+            "the {who}'s identity {got} ({}) is not {rule}, as the peer group requires",
+            got.id_type
+        )),
+        None if got == *expected => Ok(()),
+        None => Err(format!(
+            "the {who}'s identity {got} ({}) is not the configured remote_id {expected} ({})",
+            got.id_type, expected.id_type
+        )),
+    }
 }

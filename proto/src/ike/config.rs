@@ -5,9 +5,11 @@
 use core::fmt;
 use core::str::FromStr;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::cert::TrustAnchors;
+use super::group::PeerGroupConfig;
 use crate::crypto::sig::{PrivateKey, PublicKey};
 use crate::crypto::{Encr, Prf, Secret};
 use crate::mkt::MacAlgorithm;
@@ -300,7 +302,8 @@ pub struct PeerConfig {
     pub psk: Secret,
     /// Authentication by signature (RFC 7427) instead of the PSK, on both
     /// sides: a peer configured so refuses a PSK AUTH, and the reverse.
-    pub signature: Option<SignatureAuth>,
+    /// Shared (`Arc`): the members of a peer group use the group's.
+    pub signature: Option<Arc<SignatureAuth>>,
     /// IKE SA suites in preference order; the first one's group is used for
     /// the first KE payload.
     pub ike_suites: Vec<IkeSuite>,
@@ -416,6 +419,9 @@ pub const COOKIE_SECRET_LIFETIME: Duration = Duration::from_secs(120);
 #[derive(Debug)]
 pub struct EndpointConfig {
     pub peers: Vec<PeerConfig>,
+    /// Peer groups ([`super::group`]): neighbours inside their prefixes
+    /// become peers when they first negotiate; configured peers win.
+    pub groups: Vec<PeerGroupConfig>,
     pub retransmit: RetransmitConfig,
     /// How long a responder keeps an IKE SA that has not completed IKE_AUTH.
     /// Longer than the initiator's whole retransmission schedule, so that an
@@ -475,6 +481,7 @@ impl EndpointConfig {
     pub fn new(peers: Vec<PeerConfig>) -> Self {
         EndpointConfig {
             peers,
+            groups: Vec::new(),
             retransmit: RetransmitConfig::default(),
             half_open_timeout: Duration::from_secs(300),
             half_open_per_peer: 5,

@@ -25,6 +25,7 @@ use rand_core::CryptoRngCore;
 use super::config::{EndpointConfig, PeerConfig};
 use super::cookie::DosState;
 use super::event::{Counters, DropReason, Event, Transmit};
+use super::group::MemberIdentity;
 use super::outcomes::NegotiationCounters;
 use super::peer::PeerRuntime;
 use super::sa::IkeSa;
@@ -85,6 +86,8 @@ pub(super) struct Ctx<'a> {
     pub(super) index: usize,
     /// The peer's configuration.
     pub(super) pc: &'a PeerConfig,
+    /// A peer group member's identity rule, in place of `pc.remote_id`.
+    pub(super) member_rule: Option<&'a MemberIdentity>,
     /// The peer's state: errors, attempts, MKTs, reservations.
     pub(super) peer: &'a mut PeerRuntime,
     /// The peer's IKE SAs, except the one the handler holds.

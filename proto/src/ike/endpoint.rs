@@ -51,6 +51,7 @@ use super::error::{IkeError, MisuseError};
 use super::event::{
     Counters, DropReason, Event, KeyIdReservation, PeerState, PeerView, Role, SaView, Transmit,
 };
+use super::group::{self, PeerGroupConfig};
 use super::outcomes::NegotiationCounters;
 use super::peer::PeerRuntime;
 use super::reconfig::{self, PeerChange};
@@ -86,6 +87,12 @@ struct Peer {
     removed: bool,
     /// Removed and done: the slot is free ([`Endpoint::vacant`]).
     vacant: bool,
+    /// The peer group it is a member of (index in
+    /// [`EndpointConfig::groups`]); `None` for a configured peer.
+    group: Option<usize>,
+    /// A member the driver knows of: it authenticated
+    /// ([`Event::MemberAdded`]) or the driver added it.
+    announced: bool,
 }
 
 /// All IKE SAs of this node. See the module documentation.
@@ -123,6 +130,15 @@ impl Endpoint {
     ) -> Result<Endpoint, IkeError> {
         for p in &cfg.peers {
             check_peer(p)?;
+        }
+        for g in &cfg.groups {
+            check_peer(&g.template)
+                .map_err(|e| MisuseError::Config(format!("peer group {:?}: {e}", g.name)))?;
+            if g.prefixes.is_empty() {
+                return Err(
+                    MisuseError::Config(format!("peer group {:?}: no prefixes", g.name)).into(),
+                );
+            }
         }
         let mut by_addr = BTreeMap::new();
         let mut by_ip: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
@@ -201,12 +217,13 @@ impl Endpoint {
 
     /// The peer's context for one input.
     fn ctx(&mut self, peer: usize) -> Ctx<'_> {
-        let Peer { rt, sas, .. } = &mut self.peers[peer];
+        let Peer { rt, sas, group, .. } = &mut self.peers[peer];
         Ctx {
             cfg: &self.cfg,
             started: self.started,
             index: peer,
             pc: &self.cfg.peers[peer],
+            member_rule: group.map(|g| &self.cfg.groups[g].identity),
             peer: rt,
             sas,
             owners: &self.owners,
@@ -246,6 +263,15 @@ impl Endpoint {
             self.owners.insert(*new, peer);
         }
         p.indexed = spis;
+        if p.group.is_some() && !p.announced && p.sas.iter().any(IkeSa::is_authenticated) {
+            p.announced = true;
+            let g = &self.cfg.groups[p.group.unwrap_or_default()];
+            self.out.event(Event::MemberAdded {
+                peer: self.cfg.peers[peer].name.clone(),
+                group: g.name.clone(),
+                remote: self.cfg.peers[peer].remote,
+            });
+        }
         let changed = self.out.events.range(mark..).any(|e| {
             matches!(
                 e,
@@ -261,7 +287,33 @@ impl Endpoint {
         }
         let deadline = maintenance::deadline(&self.ctx(peer));
         self.timers.set(peer, deadline);
+        self.forget_if_idle(peer);
         self.vacate_if_done(peer);
+    }
+
+    /// Forgets a group member that has no IKE SA, no MKT, no reserved
+    /// KeyID and nothing due: it leaves the indexes and its slot is freed
+    /// ([`Event::MemberForgotten`] if the driver knew it). A member made by
+    /// a request that got no SA (a cookie demanded, a refusal) goes in the
+    /// same input, so forged requests leave nothing behind.
+    fn forget_if_idle(&mut self, peer: usize) {
+        let p = &self.peers[peer];
+        let idle = p.sas.iter().next().is_none()
+            && p.rt.mkts.is_empty()
+            && p.rt.reservations.is_empty()
+            && p.rt.next_attempt.is_none();
+        let Some(g) = p.group else { return };
+        if p.removed || !idle {
+            return;
+        }
+        if p.announced {
+            self.out.event(Event::MemberForgotten {
+                peer: self.cfg.peers[peer].name.clone(),
+                group: self.cfg.groups[g].name.clone(),
+            });
+        }
+        self.unindex(peer);
+        self.peers[peer].removed = true;
     }
 
     /// Frees a removed peer's slot once it has no IKE SA and no MKT left.
@@ -331,6 +383,18 @@ impl Endpoint {
         if self.by_name.contains_key(&pc.name) {
             return Err(MisuseError::Config(format!("peer {:?} exists already", pc.name)).into());
         }
+        let i = self.insert_peer(pc);
+        self.with_peer(i, |ctx| {
+            if ctx.pc.initiate && !lifecycle::has_live_sa(ctx, now) {
+                ctx.peer.next_attempt = Some(now);
+            }
+        });
+        Ok(())
+    }
+
+    /// Puts `pc` in a slot (its old one if it is winding down, a vacant
+    /// one, or a new one) and in the indexes. O(log n).
+    fn insert_peer(&mut self, pc: PeerConfig) -> usize {
         let i = if let Some(i) = self.removed_by_name.remove(&pc.name) {
             self.peers[i].removed = false;
             self.cfg.peers[i] = pc;
@@ -346,12 +410,66 @@ impl Endpoint {
             self.peers.len() - 1
         };
         self.index(i);
-        self.with_peer(i, |ctx| {
-            if ctx.pc.initiate && !lifecycle::has_live_sa(ctx, now) {
-                ctx.peer.next_attempt = Some(now);
-            }
-        });
-        Ok(())
+        i
+    }
+
+    /// A member for an IKE_SA_INIT from `from`, which is no configured
+    /// peer: the first group whose prefixes hold the address gets a member
+    /// there (a responder, answering from the address and port the request
+    /// came from). O(groups + log n).
+    fn admit_member(&mut self, from: SocketAddr) -> Option<usize> {
+        let g = group::group_of(&self.cfg.groups, from.ip())?;
+        let mut pc = self.cfg.groups[g].member(from.ip(), false);
+        pc.remote = from;
+        let i = self.insert_peer(pc);
+        self.peers[i].group = Some(g);
+        Some(i)
+    }
+
+    /// The peer responsible for `ip` (a configured peer, or a group member
+    /// made now if there is none and a group's prefixes hold the address):
+    /// for the driver, when a routing daemon connects to a neighbour
+    /// (then [`Endpoint::initiate`] the name returned) or when a member's
+    /// state is restored after a restart (before
+    /// [`Endpoint::reserve_key_ids`]). A member made here is known to the
+    /// driver: it gets no [`Event::MemberAdded`], and
+    /// [`Event::MemberForgotten`] when it goes; it initiates only when
+    /// asked to. Returns the peer's name and whether it is a member new to
+    /// the driver.
+    /// Error: the address is in no group. O(groups + log n).
+    pub fn add_member(&mut self, ip: IpAddr) -> Result<(String, bool), IkeError> {
+        if let Some(&i) = self.by_ip.get(&ip).and_then(|list| list.first()) {
+            // New to the driver: a member it was not told of yet.
+            let p = &mut self.peers[i];
+            let new = p.group.is_some() && !p.announced;
+            p.announced |= p.group.is_some();
+            return Ok((self.cfg.peers[i].name.clone(), new));
+        }
+        let Some(g) = group::group_of(&self.cfg.groups, ip) else {
+            return Err(MisuseError::Config(format!("{ip} is in no peer group's prefixes")).into());
+        };
+        let pc = self.cfg.groups[g].member(ip, false);
+        let name = pc.name.clone();
+        let i = self.insert_peer(pc);
+        self.peers[i].group = Some(g);
+        self.peers[i].announced = true;
+        Ok((name, true))
+    }
+
+    /// The peer group the named peer is a member of, if it is one.
+    pub fn member_group(&self, peer_name: &str) -> Option<&PeerGroupConfig> {
+        let &i = self.by_name.get(peer_name)?;
+        self.peers[i].group.map(|g| &self.cfg.groups[g])
+    }
+
+    /// The peer group whose name is `group` and which would hold a member
+    /// called `peer_name` (`GROUP/ADDRESS`), and that address: how a
+    /// member's records in the state file are recognised after a restart.
+    pub fn group_of_member_name(&self, peer_name: &str) -> Option<(&PeerGroupConfig, IpAddr)> {
+        self.cfg
+            .groups
+            .iter()
+            .find_map(|g| g.member_address(peer_name).map(|ip| (g, ip)))
     }
 
     /// Removes the named peer at `now` (a reload). Its IKE SAs are
@@ -485,6 +603,7 @@ impl Endpoint {
         };
         PeerView {
             name: p.name.clone(),
+            group: peer.group.map(|g| self.cfg.groups[g].name.clone()),
             remote: p.remote,
             state,
             tcp_ao_capable: peer.rt.tcp_ao_capable,
@@ -602,7 +721,7 @@ impl Endpoint {
                     "IKE_SA_INIT request with a bad header",
                 );
             }
-            let Some(peer) = self.match_peer(from) else {
+            let Some(peer) = self.match_peer(from).or_else(|| self.admit_member(from)) else {
                 return self.dropped(
                     from,
                     DropReason::NotConfiguredPeer,

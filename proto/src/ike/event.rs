@@ -100,6 +100,18 @@ pub enum Event {
     },
     /// The peer did not advertise TCP-AO keying; no MKT will be negotiated.
     PeerNotCapable { peer: String },
+    /// A neighbour inside a peer group's prefixes authenticated: it is a
+    /// peer named `GROUP/ADDRESS` from now on, until
+    /// [`Event::MemberForgotten`]. Reported before its first
+    /// [`Event::MktsChanged`].
+    MemberAdded {
+        peer: String,
+        group: String,
+        remote: SocketAddr,
+    },
+    /// A group member has no IKE SA, no MKT and nothing due any more: it
+    /// is no peer now (a later negotiation makes it a member again).
+    MemberForgotten { peer: String, group: String },
     /// Both sides initiated at once; the IKE SA started by the side with
     /// the higher nonce survives (docs/protocol.md).
     SimultaneousInitiation { peer: String, kept_ours: bool },
@@ -368,6 +380,8 @@ pub struct KeyIdReservation {
 #[derive(Debug, Clone)]
 pub struct PeerView {
     pub name: String,
+    /// The peer group it is a member of; `None`: a configured peer.
+    pub group: Option<String>,
     pub remote: SocketAddr,
     pub state: PeerState,
     pub tcp_ao_capable: Option<bool>,

@@ -11,6 +11,8 @@
 //!   expiry, initiation) and its next deadline.
 //! - `lifecycle` (the peer's IKE SAs outside any one exchange) and `mkts`
 //!   (the MKT lifecycle and KeyID space).
+//! - [`group`]: peer groups, whose members become peers when they first
+//!   negotiate.
 //! - `cookie`: responder cookies (RFC 7296 2.6) and the half-open counts
 //!   that decide when to demand them.
 //! - `context` (what a handler sees: [`context::Ctx`], and `Fate`, how it
@@ -34,6 +36,7 @@ mod create_child;
 pub mod endpoint;
 pub mod error;
 pub mod event;
+pub mod group;
 mod ike_rekey;
 mod informational;
 mod init;
@@ -61,6 +64,7 @@ pub use event::{
     Counters, DropCounters, DropReason, Event, KeyIdReservation, MktView, PeerState, PeerView,
     Role, SaView, Transmit,
 };
+pub use group::{IpPrefix, MemberIdentity, PeerGroupConfig};
 pub use outcomes::{FailureCounters, FailureReason, NegotiationCounters};
 pub use reconfig::PeerChange;
 

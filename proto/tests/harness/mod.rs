@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -160,6 +162,19 @@ impl Sim {
             drop_if: None,
             extra_delay: vec![Default::default(), Default::default()],
         }
+    }
+
+    /// Adds a node at `addr` with `cfg` (its RNG from `seed`); returns its
+    /// index.
+    pub fn add_node(&mut self, addr: SocketAddr, cfg: EndpointConfig, seed: u64) -> usize {
+        let rng = Box::new(ChaCha20Rng::seed_from_u64(seed));
+        self.nodes.push(Node {
+            ep: Endpoint::new(cfg, self.now, rng).expect("config"),
+            addr,
+            events: Vec::new(),
+        });
+        self.extra_delay.push(Default::default());
+        self.nodes.len() - 1
     }
 
     /// Restarts node `i`: a new endpoint with `cfg` and no state at all
