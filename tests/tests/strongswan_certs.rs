@@ -6,9 +6,10 @@
 //! identity). charon does not announce TCP-AO keying, so the IKE SA is
 //! childless (RFC 6023) in both directions.
 //!
-//! Every case ([`ED25519`], [`ECDSA_P256`]) runs with aokd initiating and with charon
-//! initiating (`swanctl --initiate --ike`): both list the same IKE SA as
-//! established, charon's log shows aokd's CERT and IKE_AUTH without a
+//! Every case ([`ED25519`], [`ECDSA_P256`], [`ED25519_DEPTH3`]) runs with
+//! aokd initiating and with charon initiating (`swanctl --initiate --ike`):
+//! both list the same IKE SA as established, charon's log shows one CERT
+//! per certificate of the chain in each IKE_AUTH message, aokd's without a
 //! child, and that charon verified aokd's signature and signed its own with
 //! the case's key type (charon: "authentication of '10.206.0.1' with
 //! ED25519 successful").
@@ -16,6 +17,10 @@
 //! - `ed25519_aokd_initiates`, `ed25519_charon_initiates`: Ed25519 leaves
 //!   under an Ed25519 root.
 //! - `ecdsa_p256_aokd_initiates`, `ecdsa_p256_charon_initiates`: P-256.
+//! - `ed25519_depth_three_aokd_initiates`,
+//!   `ed25519_depth_three_charon_initiates`: root → 2 intermediates →
+//!   leaf, a branch of intermediates per side (charon holds only its own),
+//!   three CERT payloads each way.
 //! - `aokd_certificate_from_another_ca_is_refused_by_charon`: charon
 //!   answers aokd's IKE_AUTH with AUTHENTICATION_FAILED; aokd's status shows
 //!   it; no SA anywhere.
@@ -26,8 +31,11 @@
 //! A case is a key type, a chain depth and optionally a link MTU
 //! ([`Case`]): the fragmented case of the issue (a chain large enough that
 //! IKE_AUTH is fragmented, RFC 7383, on a link of MTU 1280) is one more
-//! entry, `Case { alg: Alg::EcdsaP384, depth: 4, mtu: Some(1280), .. }`,
-//! and two tests calling [`run`], once aokd implements fragmentation.
+//! entry, e.g. `Case { depth: 4, mtu: Some(1280), .. }`, and two tests
+//! calling [`run`], once aokd implements fragmentation (with an assertion
+//! on [`ike_auth_sizes`]: one datagram per fragment, none over the MTU).
+//! At depth 3 charon's IKE_AUTH request is already 1,347 octets (one
+//! datagram on this 1,500-octet link).
 //!
 //! Each test prints its wall time. Needs root, `ip`, `tcpdump`, `unshare`,
 //! `nft`, Debian's strongswan-charon, strongswan-swanctl and
@@ -76,21 +84,34 @@ const ECDSA_P256: Case = Case {
     mtu: None,
 };
 
-/// The CAs of a case, root first.
-fn cas(case: &Case, name: &str) -> Vec<Ca> {
-    let mut cas = vec![Ca::root(name, case.alg)];
+const ED25519_DEPTH3: Case = Case {
+    name: "Ed25519 under two intermediates",
+    alg: Alg::Ed25519,
+    depth: 3,
+    mtu: None,
+};
+
+/// The intermediates of one side's branch under `root` (`depth - 1` of
+/// them, ECDSA P-256), nearest the root first. aokd and charon have
+/// branches of their own, so each can only build the other's chain from
+/// the CERT payloads it receives.
+fn intermediates(case: &Case, root: &Ca, side: &str) -> Vec<Ca> {
+    let mut v: Vec<Ca> = Vec::new();
     for n in 1..case.depth {
-        let ca = cas[n - 1].intermediate(&format!("{name} intermediate {n}"), Alg::EcdsaP256);
-        cas.push(ca);
+        let ca = v
+            .last()
+            .unwrap_or(root)
+            .intermediate(&format!("{side} intermediate {n}"), Alg::EcdsaP256);
+        v.push(ca);
     }
-    cas
+    v
 }
 
-/// A leaf for `ip` issued at the bottom of `cas`, carrying the
-/// intermediates.
-fn leaf(case: &Case, cas: &[Ca], ip: &str) -> Leaf {
-    let above: Vec<&Ca> = cas[1..].iter().rev().collect();
-    let issuer = cas.last().expect("a CA");
+/// A leaf for `ip` issued at the bottom of `root` and `inter`, carrying
+/// the intermediates.
+fn leaf(case: &Case, root: &Ca, inter: &[Ca], ip: &str) -> Leaf {
+    let above: Vec<&Ca> = inter.iter().rev().collect();
+    let issuer = inter.last().unwrap_or(root);
     issuer.leaf(ip.parse().expect("address"), case.alg, &above)
 }
 
@@ -140,20 +161,26 @@ fn start(case: &Case, tag: &str, initiator: Initiator, untrusted: Untrusted) -> 
             .expect("set MTU");
         }
     }
-    let trusted = cas(case, "aokd test root");
-    let other = cas(case, "another root");
-    let issuer = |who: Untrusted| {
+    let trusted = Ca::root("aokd test root", case.alg);
+    let other = Ca::root("another root", case.alg);
+    let root_of = |who: Untrusted| {
         if untrusted == who {
             &other
         } else {
             &trusted
         }
     };
-    let leaf_a = leaf(case, issuer(Untrusted::Aokd), ADDR_A);
-    let leaf_b = leaf(case, issuer(Untrusted::Charon), ADDR_B);
-    // charon holds the root and the intermediates of its own chain.
-    let mut cacerts = vec![trusted[0].pem()];
-    cacerts.extend(issuer(Untrusted::Charon)[1..].iter().map(Ca::pem));
+    let (root_a, root_c) = (root_of(Untrusted::Aokd), root_of(Untrusted::Charon));
+    let (inter_a, inter_c) = (
+        intermediates(case, root_a, "aokd"),
+        intermediates(case, root_c, "charon"),
+    );
+    let leaf_a = leaf(case, root_a, &inter_a, ADDR_A);
+    let leaf_b = leaf(case, root_c, &inter_c, ADDR_B);
+    // charon holds the trusted root and the intermediates of its own
+    // chain (which it sends); aokd's come in its CERT payloads.
+    let mut cacerts = vec![trusted.pem()];
+    cacerts.extend(inter_c.iter().map(Ca::pem));
     let mut cfg = CharonConfig::new(ADDR_B, ADDR_A, "");
     cfg.pubkey = Some(SwanPubkey {
         cert: leaf_b.cert_pem(),
@@ -161,7 +188,7 @@ fn start(case: &Case, tag: &str, initiator: Initiator, untrusted: Untrusted) -> 
         cacerts,
     });
     let charon = Charon::start(&t.b, &t.root.join("charon"), cfg).expect("charon");
-    let files = leaf_a.write(&t.side_a.dir, "a", &[&trusted[0]]);
+    let files = leaf_a.write(&t.side_a.dir, "a", &[&trusted]);
     let mut swan = t.side_b.clone();
     swan.name = "swan".into();
     let peer = format!(
@@ -257,9 +284,23 @@ fn run(test: &str, case: &Case, initiator: Initiator) {
         .find(|l| l.contains(aokd_auth))
         .unwrap_or_else(|| panic!("no `{aokd_auth}` in charon's log:\n{log}"));
     assert!(
-        line.contains(" CERT ") && line.contains(" AUTH") && !line.contains(" SA "),
+        line.contains(" AUTH") && !line.contains(" SA "),
         "aokd's IKE_AUTH: {line}"
     );
+    // One CERT payload per certificate, the leaf and the intermediates, in
+    // aokd's IKE_AUTH and in charon's.
+    let charon_auth = match initiator {
+        Initiator::Aokd => "generating IKE_AUTH response 1 [",
+        Initiator::Charon => "generating IKE_AUTH request 1 [",
+    };
+    let charon_line = log
+        .lines()
+        .find(|l| l.contains(charon_auth))
+        .unwrap_or_else(|| panic!("no `{charon_auth}` in charon's log:\n{log}"));
+    for (who, l) in [("aokd", line), ("charon", charon_line)] {
+        let certs = l.split_whitespace().filter(|w| *w == "CERT").count();
+        assert_eq!(certs, case.depth, "{who}'s IKE_AUTH: {l}");
+    }
     // charon verified aokd's signature and signed with the same key type.
     let scheme = case.alg.strongswan_name();
     for what in [
@@ -321,6 +362,24 @@ fn ecdsa_p256_charon_initiates() {
     run(
         "ecdsa_p256_charon_initiates",
         &ECDSA_P256,
+        Initiator::Charon,
+    );
+}
+
+#[test]
+fn ed25519_depth_three_aokd_initiates() {
+    run(
+        "ed25519_depth_three_aokd_initiates",
+        &ED25519_DEPTH3,
+        Initiator::Aokd,
+    );
+}
+
+#[test]
+fn ed25519_depth_three_charon_initiates() {
+    run(
+        "ed25519_depth_three_charon_initiates",
+        &ED25519_DEPTH3,
         Initiator::Charon,
     );
 }
