@@ -92,6 +92,16 @@ pub fn write_psk(path: &Path, psk: &str) {
     std::io::Write::write_all(&mut f, psk.as_bytes()).expect("write psk");
 }
 
+/// The PEM files of one side with `auth = "pubkey"`: `certificate` (its
+/// certificate then intermediates), `private_key` (PKCS#8, mode 0600) and
+/// `ca` (the trust anchors for the peer's certificate).
+#[derive(Clone, Debug)]
+pub struct CertFiles {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    pub ca: PathBuf,
+}
+
 /// One side of a test: its address, port and files.
 #[derive(Clone, Debug)]
 pub struct Side {
@@ -155,6 +165,31 @@ impl Side {
     pub fn write_config_with(&self, other: &Side, psk: &str, daemon_extra: &str, extra: &str) {
         let psk_path = self.dir.join(format!("{}.psk", other.name));
         write_psk(&psk_path, psk);
+        let auth = format!("psk_file = \"{}\"", psk_path.display());
+        self.write_config_auth(other, &auth, daemon_extra, extra);
+    }
+
+    /// Like [`Side::write_config_with`] with `auth = "pubkey"` and the
+    /// PEM files `files` instead of a PSK.
+    pub fn write_pubkey_config(
+        &self,
+        other: &Side,
+        files: &CertFiles,
+        daemon_extra: &str,
+        extra: &str,
+    ) {
+        let auth = format!(
+            "auth = \"pubkey\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\nca = \"{}\"",
+            files.certificate.display(),
+            files.private_key.display(),
+            files.ca.display()
+        );
+        self.write_config_auth(other, &auth, daemon_extra, extra);
+    }
+
+    /// Writes this side's configuration with `other` as its only peer,
+    /// authenticated by the lines `auth` of the `[[peer]]` table.
+    fn write_config_auth(&self, other: &Side, auth: &str, daemon_extra: &str, extra: &str) {
         let text = format!(
             r#"[daemon]
 listen = ["{ip}"]
@@ -169,7 +204,7 @@ name = "{peer}"
 remote = "{rip}"
 remote_port = {rport}
 local = "{ip}"
-psk_file = "{psk}"
+{auth}
 {extra}
 "#,
             ip = self.ip,
@@ -180,7 +215,6 @@ psk_file = "{psk}"
             peer = other.name,
             rip = other.ip,
             rport = other.port,
-            psk = psk_path.display(),
         );
         fs::write(self.config_path(), text).expect("write config");
     }

@@ -14,7 +14,11 @@
 //!   `/run`: several charons (and the host's own) never see each other's pid
 //!   file;
 //! - the connection and the PSK are loaded with
-//!   `swanctl --load-all --file <dir>/swanctl.conf --uri <vici>`.
+//!   `swanctl --load-all --file <dir>/swanctl.conf --uri <vici>`; with
+//!   certificate authentication ([`SwanPubkey`]) swanctl reads the
+//!   certificate from `<dir>/x509`, the CAs from `<dir>/x509ca` and the
+//!   private key from `<dir>/private` (directories relative to the
+//!   swanctl.conf it loads, strongSwan 5.7.2 and later).
 //!
 //! charon ignores IKE datagrams unless one of its two UDP ports is 500, so it
 //! listens on 500 and 4500 inside its namespace. aokd offers charon no
@@ -41,12 +45,27 @@ pub const CHARON: &str = "/usr/lib/ipsec/charon";
 pub const PLUGIN_DIR: &str = "/usr/lib/ipsec/plugins";
 /// The plugins charon loads: crypto for aes256gcm16-prfsha256-x25519
 /// (`openssl` gives X25519, `gcm` and `aes` AES-GCM), PSK authentication,
-/// the kernel interface (addresses and routes), the UDP sockets and vici.
-pub const PLUGINS: &str = "random nonce openssl aes sha1 sha2 hmac gcm kdf pem pkcs1 pubkey x509 \
-                           kernel-netlink socket-default vici";
+/// certificates (`x509`, `pem`, `pkcs1`, `pkcs8`, `pubkey`; Ed25519 and
+/// ECDSA keys and signatures come from `openssl`, as Debian ships no
+/// `curve25519` plugin outside libstrongswan-extra-plugins), the kernel
+/// interface (addresses and routes), the UDP sockets and vici.
+pub const PLUGINS: &str = "random nonce openssl aes sha1 sha2 hmac gcm kdf pem pkcs1 pkcs8 \
+                           pubkey x509 kernel-netlink socket-default vici";
 /// The plugin files [`PLUGINS`] needs beyond libcharon itself (gcm and
-/// openssl come from libstrongswan-standard-plugins on Debian).
-const NEEDED_PLUGINS: &[&str] = &["openssl", "gcm", "vici", "kernel-netlink", "socket-default"];
+/// openssl come from libstrongswan-standard-plugins on Debian, the
+/// certificate plugins from libstrongswan).
+const NEEDED_PLUGINS: &[&str] = &[
+    "openssl",
+    "gcm",
+    "vici",
+    "kernel-netlink",
+    "socket-default",
+    "x509",
+    "pem",
+    "pkcs1",
+    "pkcs8",
+    "pubkey",
+];
 
 /// How long charon may take to open its vici socket.
 pub const START_WAIT: Duration = Duration::from_secs(20);
@@ -116,6 +135,30 @@ pub struct CharonConfig {
     /// `remote` is a prefix of many initiators); the PSK is then bound to
     /// the local identity alone.
     pub remote_id: Option<String>,
+    /// Certificate authentication (`auth = pubkey` on both ends) instead
+    /// of the PSK.
+    pub pubkey: Option<SwanPubkey>,
+}
+
+/// charon's certificate, private key and trust anchors (PEM), for
+/// `auth = pubkey`: written to `x509/local.pem`, `private/local.key`
+/// (mode 0600) and `x509ca/ca-N.pem` next to swanctl.conf. The local
+/// certificate is named in the connection (`certs = local.pem`); the peer
+/// must authenticate with a certificate chaining to one of `cacerts`
+/// (intermediates go there too: charon builds chains from what it holds).
+#[derive(Clone)]
+pub struct SwanPubkey {
+    pub cert: String,
+    pub key: String,
+    pub cacerts: Vec<String>,
+}
+
+impl std::fmt::Debug for SwanPubkey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwanPubkey")
+            .field("cacerts", &self.cacerts.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl CharonConfig {
@@ -128,6 +171,7 @@ impl CharonConfig {
             conn_extra: String::new(),
             charon_extra: String::new(),
             remote_id: None,
+            pubkey: None,
         }
     }
 }
@@ -152,6 +196,9 @@ impl Charon {
             .map_err(|e| format!("write {}: {e}", conf.display()))?;
         fs::write(dir.join("swanctl.conf"), swanctl_conf(&cfg))
             .map_err(|e| format!("write swanctl.conf: {e}"))?;
+        if let Some(pk) = &cfg.pubkey {
+            write_credentials(dir, pk)?;
+        }
         let mut cmd = ns.command("unshare");
         // A private mount namespace with its own /run: the pid file
         // /var/run/charon.pid (/var/run is /run) is this charon's alone.
@@ -301,7 +348,7 @@ charon {{
 {extra}
 }}
 swanctl {{
-    load = pem pkcs1 x509 pubkey random openssl
+    load = pem pkcs1 pkcs8 x509 pubkey random openssl
     socket = unix://{vici}
 }}
 "#,
@@ -309,9 +356,62 @@ swanctl {{
     )
 }
 
-/// swanctl.conf: one IKEv2 connection with PSK authentication by IP
-/// identities and the test proposal, and its secret.
+/// Writes the files of [`SwanPubkey`] under `dir`.
+fn write_credentials(dir: &Path, pk: &SwanPubkey) -> Result<(), String> {
+    let write = |sub: &str, name: &str, text: &str, mode: u32| -> Result<(), String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let d = dir.join(sub);
+        fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        let path = d.join(name);
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("write {}: {e}", path.display()))
+    };
+    write("x509", "local.pem", &pk.cert, 0o644)?;
+    write("private", "local.key", &pk.key, 0o600)?;
+    for (i, ca) in pk.cacerts.iter().enumerate() {
+        write("x509ca", &format!("ca-{i}.pem"), ca, 0o644)?;
+    }
+    Ok(())
+}
+
+/// swanctl.conf: one IKEv2 connection authenticated by IP identities (by
+/// the PSK, with its secret, or by certificates) with the test proposal.
 fn swanctl_conf(cfg: &CharonConfig) -> String {
+    if cfg.pubkey.is_some() {
+        return format!(
+            r#"connections {{
+    {conn} {{
+        version = 2
+        local_addrs = {local}
+        remote_addrs = {remote}
+        proposals = aes256gcm16-prfsha256-x25519
+        local {{
+            auth = pubkey
+            certs = local.pem
+            id = {local}
+        }}
+        remote {{
+            auth = pubkey
+            id = {remote_id}
+        }}
+{extra}
+    }}
+}}
+"#,
+            conn = cfg.conn,
+            local = cfg.local,
+            remote = cfg.remote,
+            remote_id = cfg.remote_id.as_deref().unwrap_or(&cfg.remote),
+            extra = cfg.conn_extra,
+        );
+    }
     format!(
         r#"connections {{
     {conn} {{
