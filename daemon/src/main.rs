@@ -139,6 +139,29 @@ macro_rules! outln {
     }};
 }
 
+/// The `auth: pubkey` lines of `check-config`: the files, and each
+/// certificate's and CA's subject and expiry.
+fn print_signature(out: &mut String, sig: &aokd::config::SignatureFiles) {
+    outln!(
+        out,
+        "  auth: pubkey, {} certificate(s) from {}, key from {}, {} trust anchor(s) from {}",
+        sig.certificates.len(),
+        sig.certificate_file.display(),
+        sig.private_key_file.display(),
+        sig.ca.len(),
+        sig.ca_file.display()
+    );
+    let certs = sig.certificates.iter().map(|c| ("certificate", c));
+    for (what, der) in certs.chain(sig.ca.iter().map(|c| ("ca", c))) {
+        match aokd::cert_info::subject_and_expiry(der) {
+            Some((subject, expiry)) => {
+                outln!(out, "    {what}: {subject}, expires {expiry}")
+            }
+            None => outln!(out, "    {what}: (subject and expiry unreadable)"),
+        }
+    }
+}
+
 /// `aokd check-config FILE`.
 fn check_config(file: &Path) -> ExitCode {
     let config = match Config::load(file) {
@@ -189,26 +212,7 @@ fn check_config(file: &Path) -> ExitCode {
                 p.psk.len(),
                 p.psk_file.display()
             ),
-            Some(sig) => {
-                outln!(
-                    out,
-                    "  auth: pubkey, {} certificate(s) from {}, key from {}, {} trust anchor(s) from {}",
-                    sig.certificates.len(),
-                    sig.certificate_file.display(),
-                    sig.private_key_file.display(),
-                    sig.ca.len(),
-                    sig.ca_file.display()
-                );
-                let certs = sig.certificates.iter().map(|c| ("certificate", c));
-                for (what, der) in certs.chain(sig.ca.iter().map(|c| ("ca", c))) {
-                    match aokd::cert_info::subject_and_expiry(der) {
-                        Some((subject, expiry)) => {
-                            outln!(out, "    {what}: {subject}, expires {expiry}")
-                        }
-                        None => outln!(out, "    {what}: (subject and expiry unreadable)"),
-                    }
-                }
-            }
+            Some(sig) => print_signature(&mut out, sig),
         }
         outln!(
             out,
@@ -234,6 +238,47 @@ fn check_config(file: &Path) -> ExitCode {
             format_duration(p.lifetimes.mkt_rekey),
             format_duration(p.lifetimes.mkt_lifetime),
             if p.lifetimes.pfs { "on" } else { "off" }
+        );
+    }
+    for g in &config.groups {
+        let t = &g.template;
+        let join = |v: Vec<String>| v.join(", ");
+        outln!(out, "peer group {}:", g.name);
+        outln!(
+            out,
+            "  remote: {} (IKE port {})",
+            join(g.prefixes.iter().map(ToString::to_string).collect()),
+            t.remote_port
+        );
+        if let Some(local) = t.local {
+            outln!(out, "  local: {local}");
+        }
+        outln!(
+            out,
+            "  members: named {}/ADDRESS, identity {}",
+            g.name,
+            g.identity
+        );
+        if let Some(sig) = &t.signature {
+            print_signature(&mut out, sig);
+        }
+        outln!(
+            out,
+            "  mac algorithms: {}",
+            join(t.mac_algorithms.iter().map(ToString::to_string).collect())
+        );
+        outln!(
+            out,
+            "  tcp ports: {}",
+            join(t.tcp_ports.iter().map(ToString::to_string).collect())
+        );
+        outln!(
+            out,
+            "  lifetimes: ike_rekey {}, mkt_rekey {}, mkt_lifetime {}, pfs {}",
+            format_duration(t.lifetimes.ike_rekey),
+            format_duration(t.lifetimes.mkt_rekey),
+            format_duration(t.lifetimes.mkt_lifetime),
+            if t.lifetimes.pfs { "on" } else { "off" }
         );
     }
     // A closed pipe (`aokd check-config F | head`) is not worth a panic.

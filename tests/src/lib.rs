@@ -187,6 +187,47 @@ impl Side {
         self.write_config_auth(other, &auth, daemon_extra, extra);
     }
 
+    /// Writes this side's configuration with no `[[peer]]` but one
+    /// `[[peer_group]]` named `group` over `prefixes`, authenticated with
+    /// the PEM files `files`; `extra` is appended to the group's table.
+    pub fn write_group_config(
+        &self,
+        group: &str,
+        prefixes: &[&str],
+        files: &CertFiles,
+        extra: &str,
+    ) {
+        let remote: Vec<String> = prefixes.iter().map(|p| format!("\"{p}\"")).collect();
+        let text = format!(
+            r#"[daemon]
+listen = ["{ip}"]
+port = {port}
+control_socket = "{sock}"
+attach_socket = "{attach}"
+state_dir = "{state}"
+
+[[peer_group]]
+name = "{group}"
+remote = [{remote}]
+local = "{ip}"
+certificate = "{cert}"
+private_key = "{key}"
+ca = "{ca}"
+{extra}
+"#,
+            ip = self.ip,
+            port = self.port,
+            sock = self.socket().display(),
+            state = self.dir.join("state").display(),
+            attach = self.attach_socket().display(),
+            remote = remote.join(", "),
+            cert = files.certificate.display(),
+            key = files.private_key.display(),
+            ca = files.ca.display(),
+        );
+        fs::write(self.config_path(), text).expect("write config");
+    }
+
     /// Writes this side's configuration with `other` as its only peer,
     /// authenticated by the lines `auth` of the `[[peer]]` table.
     fn write_config_auth(&self, other: &Side, auth: &str, daemon_extra: &str, extra: &str) {

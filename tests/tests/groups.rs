@@ -1,0 +1,151 @@
+//! Peer groups between two real aokd (issue 12): network namespaces A
+//! (10.207.0.1, the route server: one `[[peer_group]]` over 10.207.0.0/24
+//! and no `[[peer]]`) and B (10.207.0.2, a neighbour with A as its one
+//! `[[peer]]`, passive), certificates from a private CA the test makes,
+//! TCP-MD5 on port 179.
+//!
+//! `a_connect_into_the_group_makes_a_member_on_demand_and_it_survives_a_restart`:
+//! A's attached `connect()` toward B makes B a member at once
+//! (`rs/10.207.0.2`), A initiates, the MKT is installed on both sockets and
+//! the connection's data goes through; `aoctl status` lists the member
+//! with its group. After `kill -9` of A, the member comes back from the
+//! state file (its MKT restored, a new IKE SA negotiated at once).
+//!
+//! Needs root, `ip` and `tcpdump`: when something is missing the test
+//! fails if `CI` is set, and is otherwise skipped with the reason printed.
+
+mod pki;
+
+use std::time::{Duration, Instant};
+
+use aokd_tests::netns::{self, Pair};
+use aokd_tests::process::Proc;
+use aokd_tests::{established_sas, mkts, Daemon};
+use pki::{Alg, Ca};
+use serde_json::Value;
+
+const ADDR_A: &str = "10.207.0.1";
+const ADDR_B: &str = "10.207.0.2";
+const BGP: &str = "10.207.0.2:179";
+const MEMBER: &str = "rs/10.207.0.2";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn member_status(d: &Daemon) -> Value {
+    let st = d.aoctl(&["status"]).expect("status");
+    st["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == MEMBER).cloned())
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_connect_into_the_group_makes_a_member_on_demand_and_it_survives_a_restart() {
+    let test = "a_connect_into_the_group_makes_a_member_on_demand_and_it_survives_a_restart";
+    if !netns::prerequisites(test, false) {
+        return;
+    }
+    let started = Instant::now();
+    let t = Pair::new("groups", ADDR_A, ADDR_B);
+    let root = Ca::root("aokd group test root", Alg::Ed25519);
+    let fa =
+        root.leaf(ADDR_A.parse().unwrap(), Alg::Ed25519, &[])
+            .write(&t.side_a.dir, "a", &[&root]);
+    let fb =
+        root.leaf(ADDR_B.parse().unwrap(), Alg::Ed25519, &[])
+            .write(&t.side_b.dir, "b", &[&root]);
+    let keys = "backend = \"tcp-md5\"\ntcp_ports = [179]\n";
+    t.side_a
+        .write_group_config("rs", &["10.207.0.0/24"], &fa, keys);
+    t.side_b
+        .write_pubkey_config(&t.side_a, &fb, "", &format!("{keys}initiate = false\n"));
+    let check = std::process::Command::new(aokd_tests::binary("aokd"))
+        .arg("check-config")
+        .arg(t.side_a.config_path())
+        .output()
+        .expect("check-config");
+    let text = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(
+        check.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(text.contains("peer group rs:"), "{text}");
+
+    let mut da = t.start_a();
+    let db = t.start_b();
+    // Nothing negotiates before a connection asks for it.
+    assert_eq!(member_status(&da), Value::Null);
+
+    let mut cmd = t.b.command(env!("CARGO_BIN_EXE_tcp-peer"));
+    cmd.args(["server", "--listen", BGP, "--count", "1", "--attach"])
+        .arg(t.side_b.attach_socket());
+    let mut server = Proc::spawn("tcp-peer server", cmd);
+    let Some(line) = server.wait_line(WAIT, |l| l.contains("\"event\"")) else {
+        panic!("server did not listen\n{}", server.report());
+    };
+    let listening: Value = serde_json::from_str(&line).expect("JSON");
+    // No MKT yet (nothing asked for one): the listener fails closed.
+    assert_eq!(listening["attach"]["installed"], "guard", "{listening}");
+
+    let mut cmd = t.a.command(env!("CARGO_BIN_EXE_tcp-peer"));
+    cmd.args(["client", "--connect", BGP, "--attach"])
+        .arg(t.side_a.attach_socket());
+    let mut client = Proc::spawn("tcp-peer client", cmd);
+    let status = client.wait_exit(WAIT);
+    let report: Value = client
+        .stdout_lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()) && report["ok"] == true,
+        "{report}\n{}\n{}\nA:\n{}\nB:\n{}",
+        client.report(),
+        server.report(),
+        da.log(),
+        db.log()
+    );
+    assert_eq!(report["attach"]["installed"], "keys", "{report}");
+    assert_eq!(report["attach"]["mechanism"], "tcp-md5", "{report}");
+    assert_eq!(report["bytes"], 4096, "{report}");
+    let keyed = started.elapsed();
+
+    let m = member_status(&da);
+    assert_eq!(m["group"], "rs", "{m}");
+    assert_eq!(m["ike_state"], "established", "{m}");
+    assert_eq!(m["mkts"], 1, "{m}");
+    assert_eq!(m["backend"], "tcp-md5", "{m}");
+    let a_mkts = da.wait_for(&["mkts"], WAIT, |v| mkts(v).len() == 1);
+    let b_mkts = db.wait_for(&["mkts"], WAIT, |v| mkts(v).len() == 1);
+    let (ma, mb) = (&mkts(&a_mkts)[0], &mkts(&b_mkts)[0]);
+    assert_eq!(ma["peer"], MEMBER, "{ma}");
+    assert_eq!(ma["send_id"], mb["recv_id"]);
+    assert_eq!(ma["key_fingerprint"], mb["key_fingerprint"]);
+    assert!(
+        da.log()
+            .contains("peer group member made on demand for a connection"),
+        "{}",
+        da.log()
+    );
+
+    // kill -9 and start again: the member is made again from the state
+    // file, its MKT restored, and a new IKE SA negotiated at once.
+    drop(da);
+    da = t.start_a();
+    da.wait_for(&["sas"], WAIT, |v| {
+        established_sas(v).iter().any(|s| s["peer"] == MEMBER)
+    });
+    let m = member_status(&da);
+    assert_eq!(m["group"], "rs", "{m}");
+    assert!(
+        da.log()
+            .contains("peer group member restored from the state file"),
+        "{}",
+        da.log()
+    );
+    eprintln!(
+        "{test}: member keyed {:.2} s after the start; whole test {:.2} s",
+        keyed.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
