@@ -1705,6 +1705,15 @@ mod tests {
     /// key with `key_mode`, and a configuration with `peer` as its peer's
     /// keys; the configuration's load result.
     fn load_pubkey(key_mode: u32, peer: &str) -> Result<Config, ConfigError> {
+        load_with_pubkey_files(
+            key_mode,
+            &format!("[[peer]]\nname = \"r1\"\nremote = \"127.0.0.1\"\n{peer}"),
+        )
+    }
+
+    /// Loads `text` from a directory holding the PEM fixtures (ca.pem,
+    /// ee.pem, ee.key with `key_mode`).
+    fn load_with_pubkey_files(key_mode: u32, text: &str) -> Result<Config, ConfigError> {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("aokd-pubkey-{}-{n}", std::process::id()));
@@ -1718,11 +1727,7 @@ mod tests {
         }
         std::fs::set_permissions(dir.join("ee.key"), fs_mode(key_mode)).expect("chmod");
         let file = dir.join("aokd.toml");
-        std::fs::write(
-            &file,
-            format!("[[peer]]\nname = \"r1\"\nremote = \"127.0.0.1\"\n{peer}"),
-        )
-        .expect("config");
+        std::fs::write(&file, text).expect("config");
         let r = Config::load(&file);
         let _ = std::fs::remove_dir_all(&dir);
         r
@@ -1804,6 +1809,92 @@ mod tests {
             let e = load_pubkey(*mode, peer).expect_err(peer).to_string();
             for w in *wanted {
                 assert!(e.contains(w), "{peer:?}: {e:?} lacks {w:?}");
+            }
+        }
+    }
+
+    const GROUP: &str =
+        "[[peer_group]]\nname = \"rs\"\nremote = [\"127.16.0.0/16\", \"10.9.9.9\"]\n\
+        certificate = \"ee.pem\"\nprivate_key = \"ee.key\"\nca = \"ca.pem\"\n";
+
+    #[test]
+    fn a_peer_group_reads_its_prefixes_rule_and_files() {
+        let cfg =
+            load_with_pubkey_files(0o600, &format!("{GROUP}tcp_ports = [179, 1790]\n")).unwrap();
+        assert!(cfg.peers.is_empty());
+        let g = &cfg.groups[0];
+        assert_eq!(g.name, "rs");
+        let prefixes: Vec<String> = g.prefixes.iter().map(ToString::to_string).collect();
+        assert_eq!(prefixes, ["127.16.0.0/16", "10.9.9.9/32"]);
+        assert_eq!(g.identity, MemberIdentity::Address);
+        assert!(g.template.signature.is_some());
+        assert!(!g.template.initiate);
+        assert_eq!(g.template.tcp_ports, [179, 1790]);
+        let ip: IpAddr = "127.16.3.4".parse().unwrap();
+        assert!(g.contains(ip));
+        assert!(!g.contains("127.17.0.1".parse().unwrap()));
+        let m = g.member(ip);
+        assert_eq!(m.name, "rs/127.16.3.4");
+        assert_eq!(m.remote, ip);
+        assert_eq!(m.tcp_ports, [179, 1790]);
+        let cfg =
+            load_with_pubkey_files(0o600, &format!("{GROUP}remote_id = \"*.rs.example.net\"\n"))
+                .unwrap();
+        assert_eq!(
+            cfg.groups[0].identity,
+            MemberIdentity::Fqdn("*.rs.example.net".into())
+        );
+    }
+
+    #[test]
+    fn peer_group_errors_name_the_key_and_the_group() {
+        let peer = "[[peer]]\nname = \"rs\"\nremote = \"127.0.0.9\"\nauth = \"pubkey\"\n\
+            certificate = \"ee.pem\"\nprivate_key = \"ee.key\"\nca = \"ca.pem\"\n";
+        let cases: Vec<(String, &[&str])> = vec![
+            (
+                GROUP.replace("\"10.9.9.9\"", "\"10.9.9.9/40\""),
+                &["peer_group[0].remote[1]", "rs", "/40"],
+            ),
+            (
+                GROUP.replace("\"10.9.9.9\"", "\"127.16.0.0/16\""),
+                &["peer_group[0].remote[1]", "listed twice"],
+            ),
+            (
+                GROUP.replace("remote = [\"127.16.0.0/16\", \"10.9.9.9\"]\n", ""),
+                &["peer_group[0].remote", "required key is missing"],
+            ),
+            (
+                format!("{GROUP}auth = \"psk\"\n"),
+                &["peer_group[0].auth", "certificate only"],
+            ),
+            (
+                format!("{GROUP}remote_id = \"bad name!\"\n"),
+                &["peer_group[0].remote_id", "bad name!"],
+            ),
+            (
+                GROUP.replace("ca = \"ca.pem\"\n", ""),
+                &["peer_group[0].ca", "rs", "required key is missing"],
+            ),
+            (
+                format!("{GROUP}tcp_ports = [179, 179]\n"),
+                &["peer_group[0].tcp_ports[1]", "listed twice"],
+            ),
+            (
+                format!("{GROUP}local = \"::1\"\n"),
+                &["peer_group[0].local", "no prefix in remote is"],
+            ),
+            (
+                format!("{peer}{GROUP}"),
+                &["peer_group[0].name", "a [[peer]] has the same name"],
+            ),
+            (format!("{GROUP}psk_file = \"x\"\n"), &["psk_file"]),
+        ];
+        for (text, want) in cases {
+            let e = load_with_pubkey_files(0o600, &text)
+                .unwrap_err()
+                .to_string();
+            for w in want {
+                assert!(e.contains(w), "{w:?} not in: {e}");
             }
         }
     }

@@ -945,7 +945,8 @@ fn hex_psk_file_with_trailing_newline() {
 }
 
 /// daemon/examples/full.toml says it holds every key aokd understands: it
-/// does, for `[daemon]`, `[[peer]]` and `[peer.lifetimes]`. The keys come
+/// does, for `[daemon]`, `[[peer]]`, `[peer.lifetimes]` and
+/// `[[peer_group]]` (commented out there). The keys come
 /// from the parser itself (the names it lists when it refuses an unknown
 /// one), so a key added to the parser and not to the example fails here.
 #[test]
@@ -970,6 +971,10 @@ fn full_example_has_every_key() {
             "[peer.lifetimes]",
             format!("[[peer]]\n{peer}[peer.lifetimes]\nzz_unknown = 1\n"),
         ),
+        (
+            "[[peer_group]]",
+            "[[peer_group]]\nzz_unknown = 1\n".to_string(),
+        ),
     ] {
         let err = load(&dir, &text).unwrap_err().to_string();
         let expected = err
@@ -990,6 +995,7 @@ fn full_example_has_every_key() {
                 !full.lines().any(|l| {
                     let l = l.trim_start().trim_start_matches('#').trim_start();
                     l == format!("[peer.{k}]")
+                        || l == format!("[peer_group.{k}]")
                         || l.strip_prefix(**k)
                             .is_some_and(|rest| rest.trim_start().starts_with('='))
                 })
