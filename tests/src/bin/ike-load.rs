@@ -347,13 +347,8 @@ fn progress(a: &mut Active) -> Progress {
         match ev {
             Event::MktCreated { .. } => p = Progress::Done,
             Event::IkeSaEstablished { tcp_ao_capable, .. } if !tcp_ao_capable => p = Progress::Done,
-            Event::NegotiationFailed { error, by_peer, .. } => {
-                p = Progress::Failed(if by_peer {
-                    format!("the responder reported: {error}")
-                } else {
-                    error.to_string()
-                })
-            }
+            // The error says itself when the responder reported it.
+            Event::NegotiationFailed { error, .. } => p = Progress::Failed(error.to_string()),
             Event::IkeSaDeleted { .. } if a.deleting => p = Progress::Done,
             _ => {}
         }
