@@ -156,7 +156,7 @@ impl Ca {
     /// files, when a certificate it issues does not validate against
     /// `cert` (another subject, or a key that is not the certificate's).
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Ca, String> {
-        let cert_der = read_pem_certificate(cert)?;
+        let cert_der = read_pem_certificate(cert).map_err(|e| format!("CA certificate {e}"))?;
         let key_pem =
             Zeroizing::new(fs::read(key).map_err(|e| format!("CA key {}: {e}", key.display()))?);
         let pkcs8 =

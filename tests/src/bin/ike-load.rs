@@ -192,7 +192,8 @@ impl Creds {
     /// Issues a certificate for each of the `args.peers` initiators.
     fn issue(args: &Args, files: &(PathBuf, PathBuf)) -> Result<Creds, String> {
         let ca = Ca::from_pem_files(&files.0, &files.1)?;
-        let ca_der = pki::read_pem_certificate(&files.0)?;
+        let ca_der =
+            pki::read_pem_certificate(&files.0).map_err(|e| format!("CA certificate {e}"))?;
         let mut c = Creds {
             ca: ca_der,
             leaves: Vec::with_capacity(args.peers as usize),
