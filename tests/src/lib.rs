@@ -17,6 +17,7 @@ pub mod bird;
 pub mod echo;
 pub mod host;
 pub mod netns;
+pub mod pki;
 pub mod process;
 pub mod sock;
 pub mod strongswan;

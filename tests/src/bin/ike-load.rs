@@ -7,15 +7,32 @@
 //! ike-load --target 127.0.0.1:500 --peers 10000 --concurrency 64 \
 //!          --psk-file psk --first-source 127.16.0.1 [--source-port 500] \
 //!          [--mode storm|churn] [--seconds 30]
+//! ike-load ... --auth pubkey --ca-cert ca.pem --ca-key ca.key \
+//!          [--key-type ed25519|p256] [--remote-id ID]
+//! ike-load gen-certs DIR --responder-ip IP [--key-type ed25519|p256]
 //! ```
 //!
 //! - Each initiator `k` (0 <= k < peers) sends from `first-source + k` (one
 //!   address each, like distinct routers), with identity ID_IPV4_ADDR of
-//!   that address, toward the target's address as identity, with the PSK.
-//!   Against aokd the IKE_AUTH carries the TCP-AO child and a handshake is
-//!   complete when the MKT is negotiated; against a standard responder
-//!   (strongSwan) it completes childless (RFC 6023) at IKE_AUTH. Either way
-//!   the measured latency runs from the first IKE_SA_INIT to that point.
+//!   that address, toward the target's address as identity (or
+//!   `--remote-id`), with the PSK. Against aokd the IKE_AUTH carries the
+//!   TCP-AO child and a handshake is complete when the MKT is negotiated;
+//!   against a standard responder (strongSwan) it completes childless (RFC
+//!   6023) at IKE_AUTH. Either way the measured latency runs from the first
+//!   IKE_SA_INIT to that point.
+//! - `--auth pubkey`: signature authentication (RFC 7427) instead of the
+//!   PSK. Before the clock starts, each initiator gets its own certificate
+//!   (SAN IP and common name its source address, a fresh key of
+//!   `--key-type`, default ed25519) issued by the CA of `--ca-cert` and
+//!   `--ca-key`, and its signing key and trust anchor are made ready, so
+//!   that neither issuing nor parsing is in the measured time; the
+//!   responder's certificate must chain to that CA and name the responder's
+//!   identity. The CA must be one `gen-certs` made (tests/src/pki.rs says
+//!   why); it is checked before anything is sent.
+//! - `gen-certs DIR --responder-ip IP`: writes a new CA (`ca.pem`,
+//!   `ca.key`) and a certificate for the responder (`responder.pem`,
+//!   `responder.key`, SAN IP = IP) into DIR, keys mode 0600, and prints
+//!   their paths as one JSON line.
 //! - `storm`: every peer once, from an empty table (a restart of a route
 //!   server). `churn`: for `--seconds`, each completed peer deletes its
 //!   IKE SA (INFORMATIONAL Delete, answered) and starts again.
@@ -24,17 +41,25 @@
 //!
 //! Prints one JSON line per second (completed, rate, in flight,
 //! retransmissions, failures) and a summary: handshakes, seconds, rate,
-//! latency median and p99.
+//! latency median and p99 (with `--auth pubkey`, first a line saying how
+//! many certificates were issued and how long that took).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use aokd_proto::crypto::sig::PrivateKey;
 use aokd_proto::crypto::Secret;
-use aokd_proto::ike::{Endpoint, EndpointConfig, Event, Identity, IkeSuite, PeerConfig, PortRange};
+use aokd_proto::ike::cert::TrustAnchors;
+use aokd_proto::ike::{
+    Endpoint, EndpointConfig, Event, Identity, IkeSuite, PeerConfig, PeerKey, PortRange,
+    SignatureAuth,
+};
 use aokd_proto::mkt::MacAlgorithm;
+use aokd_tests::pki::{self, Ca, KeyType, Leaf};
 
 struct Args {
     target: SocketAddrV4,
@@ -46,6 +71,11 @@ struct Args {
     churn: bool,
     seconds: f64,
     timeout: Duration,
+    /// `--auth pubkey`: the CA's certificate and key files.
+    pubkey: Option<(PathBuf, PathBuf)>,
+    key_type: KeyType,
+    /// The responder's identity, when not its address.
+    remote_id: Option<Identity>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -59,7 +89,11 @@ fn parse_args() -> Result<Args, String> {
         churn: false,
         seconds: 30.0,
         timeout: Duration::from_secs(30),
+        pubkey: None,
+        key_type: KeyType::Ed25519,
+        remote_id: None,
     };
+    let (mut pubkey, mut ca_cert, mut ca_key) = (false, None, None);
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
@@ -95,11 +129,34 @@ fn parse_args() -> Result<Args, String> {
             }
             "--seconds" => a.seconds = v.parse().map_err(|e| bad(&e))?,
             "--timeout" => a.timeout = Duration::from_secs(v.parse().map_err(|e| bad(&e))?),
+            "--auth" => {
+                pubkey = match v.as_str() {
+                    "psk" => false,
+                    "pubkey" => true,
+                    other => return Err(format!("--auth {other}: psk or pubkey")),
+                }
+            }
+            "--ca-cert" => ca_cert = Some(PathBuf::from(v)),
+            "--ca-key" => ca_key = Some(PathBuf::from(v)),
+            "--key-type" => {
+                a.key_type = KeyType::parse(&v).map_err(|e| format!("--key-type: {e}"))?
+            }
+            "--remote-id" => a.remote_id = Some(Identity::parse(&v)),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    if a.psk.is_empty() {
-        return Err("--psk-file FILE or --psk TEXT is required".into());
+    if pubkey {
+        if !a.psk.is_empty() {
+            return Err("--auth pubkey takes no --psk or --psk-file".into());
+        }
+        match (ca_cert, ca_key) {
+            (Some(c), Some(k)) => a.pubkey = Some((c, k)),
+            _ => return Err("--auth pubkey needs --ca-cert FILE and --ca-key FILE".into()),
+        }
+    } else if ca_cert.is_some() || ca_key.is_some() {
+        return Err("--ca-cert and --ca-key are for --auth pubkey".into());
+    } else if a.psk.is_empty() {
+        return Err("--psk-file FILE or --psk TEXT is required (or --auth pubkey)".into());
     }
     if a.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
@@ -122,21 +179,90 @@ fn source(args: &Args, k: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(args.first).wrapping_add(k))
 }
 
-fn start(args: &Args, k: u32, now: Instant) -> Result<Active, String> {
+/// Signature authentication for every initiator: its certificate and key
+/// (issued before the clock starts) and the CA as trust anchor, made ready
+/// ahead ([`Creds::take`]).
+struct Creds {
+    ca: Vec<u8>,
+    leaves: Vec<Leaf>,
+    ready: Vec<Option<SignatureAuth>>,
+}
+
+impl Creds {
+    /// Issues a certificate for each of the `args.peers` initiators.
+    fn issue(args: &Args, files: &(PathBuf, PathBuf)) -> Result<Creds, String> {
+        let ca = Ca::from_pem_files(&files.0, &files.1)?;
+        let ca_der =
+            pki::read_pem_certificate(&files.0).map_err(|e| format!("CA certificate {e}"))?;
+        let mut c = Creds {
+            ca: ca_der,
+            leaves: Vec::with_capacity(args.peers as usize),
+            ready: Vec::with_capacity(args.peers as usize),
+        };
+        for k in 0..args.peers {
+            let leaf = ca.issue(IpAddr::V4(source(args, k)), args.key_type)?;
+            c.leaves.push(leaf);
+            let auth = c.build(k)?;
+            c.ready.push(Some(auth));
+        }
+        Ok(c)
+    }
+
+    fn build(&self, k: u32) -> Result<SignatureAuth, String> {
+        let leaf = self
+            .leaves
+            .get(k as usize)
+            .ok_or_else(|| format!("no certificate for initiator {k}"))?;
+        Ok(SignatureAuth {
+            private_key: PrivateKey::from_pkcs8_der(&leaf.private_key)
+                .map_err(|e| format!("the key of initiator {k}: {e}"))?,
+            certificates: vec![leaf.certificate.clone()],
+            peer: PeerKey::Certificate(
+                TrustAnchors::from_der(std::slice::from_ref(&self.ca))
+                    .map_err(|e| format!("the CA: {e}"))?,
+            ),
+        })
+    }
+
+    /// Initiator `k`'s authentication: the one made ready, or (when `k`
+    /// starts again in churn) a new one from its certificate and key.
+    fn take(&mut self, k: u32) -> Result<SignatureAuth, String> {
+        match self.ready.get_mut(k as usize).and_then(Option::take) {
+            Some(a) => Ok(a),
+            None => self.build(k),
+        }
+    }
+}
+
+fn start(
+    args: &Args,
+    k: u32,
+    now: Instant,
+    signature: Option<SignatureAuth>,
+) -> Result<Active, String> {
     let src = source(args, k);
     let socket = bind_reuse(SocketAddrV4::new(src, args.source_port))
         .map_err(|e| format!("bind {src}:{}: {e}", args.source_port))?;
     socket.set_nonblocking(true).map_err(|e| e.to_string())?;
     let local = IpAddr::V4(src);
     let remote = SocketAddr::V4(args.target);
+    let psk = if signature.is_some() {
+        // Not used: the peer authenticates by signature.
+        b"unused with signature authentication".to_vec()
+    } else {
+        args.psk.clone()
+    };
     let peer = PeerConfig {
         name: "target".into(),
         remote,
         local,
         local_id: Identity::from_ip(local),
-        remote_id: Identity::from_ip(remote.ip()),
-        psk: Secret::new(args.psk.clone()),
-        signature: None,
+        remote_id: args
+            .remote_id
+            .clone()
+            .unwrap_or_else(|| Identity::from_ip(remote.ip())),
+        psk: Secret::new(psk),
+        signature: signature.map(std::sync::Arc::new),
         ike_suites: vec![IkeSuite::DEFAULT],
         mac_algorithms: MacAlgorithm::ALL.to_vec(),
         include_options: true,
@@ -144,13 +270,12 @@ fn start(args: &Args, k: u32, now: Instant) -> Result<Active, String> {
         initiate: false,
         lifetimes: Default::default(),
     };
+    let mut config = EndpointConfig::new(vec![peer]);
+    // Certificates are judged at the system's time.
+    config.wall_clock = SystemTime::now();
     // Each handshake is real: the system's randomness.
-    let mut ep = Endpoint::new(
-        EndpointConfig::new(vec![peer]),
-        now,
-        Box::new(rand_core::OsRng),
-    )
-    .map_err(|e| e.to_string())?;
+    let mut ep =
+        Endpoint::new(config, now, Box::new(rand_core::OsRng)).map_err(|e| e.to_string())?;
     ep.initiate("target", now).map_err(|e| e.to_string())?;
     Ok(Active {
         k,
@@ -213,7 +338,8 @@ fn flush(a: &mut Active) -> u32 {
 enum Progress {
     Working,
     Done,
-    Failed,
+    /// With the engine's reason.
+    Failed(String),
 }
 
 fn progress(a: &mut Active) -> Progress {
@@ -222,7 +348,8 @@ fn progress(a: &mut Active) -> Progress {
         match ev {
             Event::MktCreated { .. } => p = Progress::Done,
             Event::IkeSaEstablished { tcp_ao_capable, .. } if !tcp_ao_capable => p = Progress::Done,
-            Event::NegotiationFailed { .. } => p = Progress::Failed,
+            // The error says itself when the responder reported it.
+            Event::NegotiationFailed { error, .. } => p = Progress::Failed(error.to_string()),
             Event::IkeSaDeleted { .. } if a.deleting => p = Progress::Done,
             _ => {}
         }
@@ -230,15 +357,30 @@ fn progress(a: &mut Active) -> Progress {
     p
 }
 
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
+/// The `q` quantile in milliseconds (two decimals); `None` without samples.
+fn percentile(sorted: &[Duration], q: f64) -> Option<f64> {
     if sorted.is_empty() {
-        return f64::NAN;
+        return None;
     }
     let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
+    Some((sorted[i].as_secs_f64() * 1e5).round() / 100.0)
 }
 
 fn run(args: &Args) -> Result<(), String> {
+    let mut creds = match &args.pubkey {
+        Some(files) => {
+            let t = Instant::now();
+            let c = Creds::issue(args, files)?;
+            println!(
+                "{{\"event\":\"certificates\",\"issued\":{},\"key_type\":\"{}\",\"seconds\":{:.3}}}",
+                c.leaves.len(),
+                args.key_type.name(),
+                t.elapsed().as_secs_f64()
+            );
+            Some(c)
+        }
+        None => None,
+    };
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(args.seconds);
     let mut next_k: u32 = 0;
@@ -246,6 +388,7 @@ fn run(args: &Args) -> Result<(), String> {
     let mut latencies: Vec<Duration> = Vec::new();
     let mut waiting: VecDeque<u32> = VecDeque::new();
     let (mut failures, mut retransmits, mut completed) = (0u64, 0u64, 0u64);
+    let mut first_failure: Option<String> = None;
     let (mut second, mut at_second) = (1u64, 0u64);
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -267,7 +410,8 @@ fn run(args: &Args) -> Result<(), String> {
             } else {
                 break;
             };
-            let mut a = start(args, k, now)?;
+            let signature = creds.as_mut().map(|c| c.take(k)).transpose()?;
+            let mut a = start(args, k, now, signature)?;
             flush(&mut a);
             active.push(a);
         }
@@ -327,9 +471,17 @@ fn run(args: &Args) -> Result<(), String> {
                 drop(a);
                 continue;
             }
-            if (p == Progress::Done && a.deleting) || p == Progress::Failed || timed_out {
-                if p == Progress::Failed || (timed_out && !a.deleting) {
+            let failed = matches!(p, Progress::Failed(_));
+            if (p == Progress::Done && a.deleting) || failed || timed_out {
+                if failed || (timed_out && !a.deleting) {
                     failures += 1;
+                    if first_failure.is_none() {
+                        let why = match p {
+                            Progress::Failed(why) => why,
+                            _ => format!("no handshake within {:?}", args.timeout),
+                        };
+                        first_failure = Some(format!("initiator {}: {why}", source(args, a.k)));
+                    }
                 }
                 let a = active.swap_remove(i);
                 fds.swap_remove(i);
@@ -352,19 +504,71 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let secs = t0.elapsed().as_secs_f64();
     latencies.sort();
-    println!(
-        "{{\"event\":\"summary\",\"mode\":\"{}\",\"peers\":{},\"concurrency\":{},\"completed\":{completed},\"failures\":{failures},\"retransmits\":{retransmits},\"seconds\":{secs:.3},\"rate\":{:.0},\"latency_ms_median\":{:.2},\"latency_ms_p99\":{:.2}}}",
-        if args.churn { "churn" } else { "storm" },
-        args.peers,
-        args.concurrency,
-        completed as f64 / secs,
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99)
-    );
+    let summary = serde_json::json!({
+        "event": "summary",
+        "mode": if args.churn { "churn" } else { "storm" },
+        "auth": if args.pubkey.is_some() { format!("pubkey {}", args.key_type.name()) } else { "psk".into() },
+        "peers": args.peers,
+        "concurrency": args.concurrency,
+        "completed": completed,
+        "failures": failures,
+        "first_failure": first_failure,
+        "retransmits": retransmits,
+        "seconds": (secs * 1e3).round() / 1e3,
+        "rate": (completed as f64 / secs).round(),
+        "latency_ms_median": percentile(&latencies, 0.5),
+        "latency_ms_p99": percentile(&latencies, 0.99),
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+/// `gen-certs DIR --responder-ip IP [--key-type ed25519|p256]`.
+fn gen_certs(mut it: impl Iterator<Item = String>) -> Result<(), String> {
+    let dir = it
+        .next()
+        .ok_or("gen-certs DIR --responder-ip IP [--key-type ed25519|p256]")?;
+    let (mut ip, mut key_type) = (None, KeyType::Ed25519);
+    while let Some(k) = it.next() {
+        let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
+        match k.as_str() {
+            "--responder-ip" => {
+                ip = Some(
+                    v.parse::<IpAddr>()
+                        .map_err(|e| format!("--responder-ip {v}: {e}"))?,
+                )
+            }
+            "--key-type" => {
+                key_type = KeyType::parse(&v).map_err(|e| format!("--key-type: {e}"))?
+            }
+            other => return Err(format!("gen-certs: unknown argument {other:?}")),
+        }
+    }
+    let ip = ip.ok_or("gen-certs needs --responder-ip IP")?;
+    let f = pki::gen_certs(std::path::Path::new(&dir), ip, key_type)?;
+    let json = serde_json::json!({
+        "ca_cert": f.ca_cert,
+        "ca_key": f.ca_key,
+        "responder_cert": f.responder_cert,
+        "responder_key": f.responder_key,
+        "key_type": key_type.name(),
+    });
+    println!("{json}");
     Ok(())
 }
 
 fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1).peekable();
+    if argv.peek().is_some_and(|a| a == "gen-certs") {
+        argv.next();
+        return match gen_certs(argv) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ike-load gen-certs: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match parse_args().and_then(|a| run(&a)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

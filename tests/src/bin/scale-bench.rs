@@ -4,7 +4,8 @@
 //! build, as root, with Debian's strongswan-charon and strongswan-swanctl:
 //!
 //! ```text
-//! cargo build --release --workspace && sudo target/release/scale-bench [PEERS] [CONCURRENCY...]
+//! cargo build --release --workspace && sudo target/release/scale-bench [PEERS] [CONCURRENCY...] \
+//!     [--auth psk|pubkey] [--key-type ed25519|p256]
 //! ```
 //!
 //! In a network namespace of its own (loopback only), for each
@@ -21,6 +22,18 @@
 //!   connection whose `remote_addrs` covers 127.16.0.0/16 (childless IKE
 //!   SAs, RFC 6023, as ike-load makes them toward a non-aokd responder).
 //!
+//! With `--auth pubkey` (issue 12) both responders authenticate by
+//! certificate instead of the PSK, with keys of `--key-type` (default
+//! ed25519): a CA and the responders' certificate for 127.0.0.1 are made
+//! first (`aokd_tests::pki::gen_certs`, as `ike-load gen-certs`), aokd has
+//! `auth = "pubkey"` with them in each `[[peer]]`, charon a connection with
+//! `auth = pubkey` on both sides (certificate, CA and key in a swanctl
+//! tree of its own), and ike-load gives each initiator its own
+//! certificate from that CA before its clock starts.
+//!
+//! `SCALE_BENCH_CHARON_LOG=1` keeps charon's log on (it is off for the
+//! figures) and prints its end after each run.
+//!
 //! Prints each run's `ike-load` summary and the ratios of rates and p99
 //! latencies. Needs the process's descriptor limit above PEERS (one socket
 //! per initiator in flight only; PEERS addresses are bound one at a time).
@@ -31,6 +44,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aokd_tests::netns::Netns;
+use aokd_tests::pki::{self, CertFiles, KeyType};
 use aokd_tests::strongswan::{Charon, CharonConfig};
 use aokd_tests::{binary, temp_dir};
 use serde_json::Value;
@@ -42,11 +56,54 @@ fn nth_source(k: u32) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::from(u32::from_be_bytes(FIRST).wrapping_add(k))
 }
 
+/// How the initiators and the responders authenticate.
+enum Auth {
+    /// The PSK file (PSK_HEX).
+    Psk(std::path::PathBuf),
+    /// Certificates from one CA, keys of this type.
+    Pubkey(CertFiles, KeyType),
+}
+
+impl Auth {
+    /// ike-load's arguments for this authentication.
+    fn load_args(&self) -> Vec<String> {
+        match self {
+            Auth::Psk(psk) => vec!["--psk-file".into(), psk.display().to_string()],
+            Auth::Pubkey(f, kt) => vec![
+                "--auth".into(),
+                "pubkey".into(),
+                "--ca-cert".into(),
+                f.ca_cert.display().to_string(),
+                "--ca-key".into(),
+                f.ca_key.display().to_string(),
+                "--key-type".into(),
+                kt.name().into(),
+            ],
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Auth::Psk(_) => "psk".into(),
+            Auth::Pubkey(_, kt) => format!("pubkey {}", kt.name()),
+        }
+    }
+}
+
 /// aokd's configuration for `peers` initiators, in `dir`.
-fn aokd_config(dir: &Path, peers: u32) -> std::path::PathBuf {
+fn aokd_config(dir: &Path, peers: u32, auth: &Auth) -> std::path::PathBuf {
     let psk = dir.join("psk");
     fs::write(&psk, format!("{PSK_HEX}\n")).expect("psk");
     fs::set_permissions(&psk, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let peer_auth = match auth {
+        Auth::Psk(_) => format!("psk_file = \"{}\"", psk.display()),
+        Auth::Pubkey(f, _) => format!(
+            "auth = \"pubkey\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\nca = \"{}\"",
+            f.responder_cert.display(),
+            f.responder_key.display(),
+            f.ca_cert.display()
+        ),
+    };
     let mut text = format!(
         "[daemon]\nlisten = [\"127.0.0.1\"]\nport = 500\ncontrol_socket = \"{d}/control.sock\"\n\
          attach_socket = \"{d}/attach.sock\"\nstate_dir = \"{d}/state\"\n\n",
@@ -54,9 +111,8 @@ fn aokd_config(dir: &Path, peers: u32) -> std::path::PathBuf {
     );
     for k in 0..peers {
         text.push_str(&format!(
-            "[[peer]]\nname = \"p{k}\"\nremote = \"{}\"\nremote_port = 500\npsk_file = \"{}\"\ninitiate = false\n\n",
+            "[[peer]]\nname = \"p{k}\"\nremote = \"{}\"\nremote_port = 500\n{peer_auth}\ninitiate = false\n\n",
             nth_source(k),
-            psk.display()
         ));
     }
     let file = dir.join("aokd.toml");
@@ -64,15 +120,78 @@ fn aokd_config(dir: &Path, peers: u32) -> std::path::PathBuf {
     file
 }
 
+/// Replaces the PSK connection [`Charon::start`] loaded with one that
+/// authenticates both sides by certificate (`auth = pubkey`), the identity
+/// 127.0.0.1 (the certificate's SAN IP) locally and any identity its
+/// certificate names from the initiators. swanctl takes its credential
+/// directories from the directory of the file it loads, and keys only from
+/// those (`secrets.private*.file` only names the key a passphrase is for),
+/// so the files go into a swanctl tree of their own: `swanctl/x509`
+/// (charon's certificate), `x509ca` (the CA), `private` (its key, 0600).
+fn charon_pubkey(charon: &Charon, f: &CertFiles) {
+    let base = charon.dir.join("swanctl");
+    for (from, sub, private) in [
+        (&f.responder_cert, "x509", false),
+        (&f.ca_cert, "x509ca", false),
+        (&f.responder_key, "private", true),
+    ] {
+        let dir = base.join(sub);
+        fs::create_dir_all(&dir).expect("swanctl directory");
+        let name = from.file_name().expect("file name");
+        let text = fs::read(from).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+        pki::write_file(&dir.join(name), &text, private).expect("swanctl file");
+    }
+    let text = format!(
+        r#"connections {{
+    {conn} {{
+        version = 2
+        local_addrs = 127.0.0.1
+        remote_addrs = 127.16.0.0/16
+        proposals = aes256gcm16-prfsha256-x25519
+        rekey_time = 0
+        dpd_delay = 0
+        local {{
+            auth = pubkey
+            certs = {cert}
+            id = 127.0.0.1
+        }}
+        remote {{
+            auth = pubkey
+            cacerts = {ca}
+            id = %any
+        }}
+    }}
+}}
+"#,
+        conn = charon.cfg.conn,
+        cert = f
+            .responder_cert
+            .file_name()
+            .expect("name")
+            .to_string_lossy(),
+        ca = f.ca_cert.file_name().expect("name").to_string_lossy(),
+    );
+    let file = base.join("swanctl.conf");
+    fs::write(&file, text).expect("swanctl.conf");
+    let file = file.to_string_lossy().into_owned();
+    match charon.swanctl(&["--load-all", "--noprompt", "--file", &file]) {
+        Ok(out) if out.contains("loaded ") && out.contains("private key") => {}
+        Ok(out) => panic!("charon: swanctl loaded no private key from {file}:\n{out}"),
+        Err(e) => panic!(
+            "charon: loading the certificate connection: {e}\n{}",
+            charon.log()
+        ),
+    }
+}
+
 /// Runs ike-load in `ns`; its summary.
-fn load(ns: &Netns, psk: &Path, peers: u32, concurrency: u32) -> Value {
+fn load(ns: &Netns, auth: &Auth, peers: u32, concurrency: u32) -> Value {
     let out = ns
         .command(binary("ike-load"))
         .args(["--target", "127.0.0.1:500", "--peers", &peers.to_string()])
         .args(["--concurrency", &concurrency.to_string()])
         .args(["--timeout", "60"])
-        .arg("--psk-file")
-        .arg(psk)
+        .args(auth.load_args())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .output()
@@ -101,20 +220,52 @@ fn wait_for_port(ns: &Netns) {
 }
 
 fn main() {
+    let mut numbers: Vec<u32> = Vec::new();
+    let (mut pubkey, mut key_type) = (false, KeyType::Ed25519);
     let mut args = std::env::args().skip(1);
-    let peers: u32 = args.next().and_then(|v| v.parse().ok()).unwrap_or(1000);
-    let mut conc: Vec<u32> = args.filter_map(|v| v.parse().ok()).collect();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--auth" => {
+                pubkey = match args.next().as_deref() {
+                    Some("psk") => false,
+                    Some("pubkey") => true,
+                    other => panic!("--auth {other:?}: psk or pubkey"),
+                }
+            }
+            "--key-type" => {
+                let v = args.next().unwrap_or_default();
+                key_type = KeyType::parse(&v).unwrap_or_else(|e| panic!("--key-type: {e}"));
+            }
+            n => {
+                numbers.push(n.parse().unwrap_or_else(|e| {
+                    panic!("{n:?}: not a number of peers or a concurrency ({e})")
+                }))
+            }
+        }
+    }
+    let peers: u32 = numbers.first().copied().unwrap_or(1000);
+    let mut conc: Vec<u32> = numbers.iter().skip(1).copied().collect();
     if conc.is_empty() {
         conc = vec![8, 64];
     }
     let psk = temp_dir("scale-psk").join("psk");
     fs::write(&psk, format!("{PSK_HEX}\n")).expect("psk");
+    let auth = if pubkey {
+        let dir = temp_dir("scale-certs");
+        let localhost = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        let files = pki::gen_certs(&dir, localhost, key_type)
+            .unwrap_or_else(|e| panic!("certificates: {e}"));
+        Auth::Pubkey(files, key_type)
+    } else {
+        Auth::Psk(psk)
+    };
+    let charon_log = std::env::var_os("SCALE_BENCH_CHARON_LOG").is_some();
     let ns = Netns::new().expect("network namespace (needs root)");
     let mut rows: Vec<(String, u32, Value)> = Vec::new();
     for &c in &conc {
         // aokd, cold.
         let dir = temp_dir("scale-aokd");
-        let cfg = aokd_config(&dir, peers);
+        let cfg = aokd_config(&dir, peers, &auth);
         let mut aokd = ns
             .command(binary("aokd"))
             .arg("--config")
@@ -125,7 +276,7 @@ fn main() {
             .spawn()
             .expect("start aokd");
         wait_for_port(&ns);
-        let s = load(&ns, &psk, peers, c);
+        let s = load(&ns, &auth, peers, c);
         println!("aokd        c={c:<3} {s}");
         rows.push(("aokd".into(), c, s));
         let _ = aokd.kill();
@@ -135,22 +286,36 @@ fn main() {
             let mut cc = CharonConfig::new("127.0.0.1", "127.16.0.0/16", PSK_HEX);
             cc.remote_id = Some("%any".into());
             cc.conn_extra = "        rekey_time = 0\n        dpd_delay = 0\n".into();
+            // Logging off (it costs charon), unless SCALE_BENCH_CHARON_LOG
+            // is set: then its log's end is printed after each run.
+            let quiet = "    filelog {\n        stderr {\n            default = -1\n            ike = -1\n            net = -1\n        }\n    }\n";
             cc.charon_extra = format!(
                 "    threads = 16\n    ikesa_table_size = 16384\n    ikesa_table_segments = 16\n    \
-                 init_limit_half_open = 0\n    dos_protection = {dos}\n    \
-                 filelog {{\n        stderr {{\n            default = -1\n            ike = -1\n            net = -1\n        }}\n    }}\n"
+                 init_limit_half_open = 0\n    dos_protection = {dos}\n{}",
+                if charon_log { "" } else { quiet }
             );
             let charon = match Charon::start(&ns, &dir, cc) {
                 Ok(c) => c,
                 Err(e) => panic!("charon: {e}"),
             };
-            let s = load(&ns, &psk, peers, c);
+            if let Auth::Pubkey(files, _) = &auth {
+                charon_pubkey(&charon, files);
+            }
+            let s = load(&ns, &auth, peers, c);
             println!("strongswan  c={c:<3} dos_protection={dos:<3} {s}");
+            if charon_log {
+                let log = charon.log();
+                let lines: Vec<&str> = log.lines().collect();
+                println!(
+                    "charon's log, last lines:\n{}",
+                    lines[lines.len().saturating_sub(60)..].join("\n")
+                );
+            }
             rows.push((format!("strongswan dos={dos}"), c, s));
             drop(charon);
         }
     }
-    println!("\nsummary ({peers} peers, cold storm):");
+    println!("\nsummary ({peers} peers, cold storm, {}):", auth.name());
     for &c in &conc {
         let get = |who: &str| {
             rows.iter()
