@@ -6,7 +6,10 @@
 //! with an MKT, none fails, and aokd lists the 20 established IKE SAs and
 //! MKTs (Ed25519 and ECDSA P-256). Initiators with certificates from
 //! another CA are refused: every handshake fails and aokd reports
-//! AUTHENTICATION_FAILED. Needs no privilege (127.0.0.0/8 is all local,
+//! AUTHENTICATION_FAILED. A route server with one `[[peer_group]]` over
+//! 127.23.0.0/16 and no `[[peer]]` keys 50 neighbours, each with its own
+//! certificate, lists them as members, and refuses one from another CA.
+//! Needs no privilege (127.0.0.0/8 is all local,
 //! aokd listens on a free port and keys no socket).
 
 use std::path::{Path, PathBuf};
@@ -92,9 +95,14 @@ fn source(first: [u8; 4], k: u32) -> std::net::Ipv4Addr {
 /// `ike-load --auth pubkey` toward `d` with `ca`'s certificates; its
 /// summary, after checking it printed how many certificates it issued.
 fn load(d: &Daemon, first: [u8; 4], ca: &Certs, key_type: &str) -> Value {
+    load_n(d, first, ca, key_type, PEERS)
+}
+
+/// [`load`] with `n` initiators.
+fn load_n(d: &Daemon, first: [u8; 4], ca: &Certs, key_type: &str, n: u32) -> Value {
     let out = Command::new(binary("ike-load"))
         .args(["--target", &format!("127.0.0.1:{}", d.side.port)])
-        .args(["--peers", &PEERS.to_string(), "--concurrency", "8"])
+        .args(["--peers", &n.to_string(), "--concurrency", "8"])
         .args(["--first-source", &source(first, 0).to_string()])
         .args([
             "--timeout",
@@ -124,7 +132,7 @@ fn load(d: &Daemon, first: [u8; 4], ca: &Certs, key_type: &str) -> Value {
             .unwrap_or_else(|| panic!("ike-load printed no {what} line: {text}"))
     };
     let issued = line("\"certificates\"");
-    assert_eq!(issued["issued"], PEERS, "{issued}");
+    assert_eq!(issued["issued"], n, "{issued}");
     assert_eq!(issued["key_type"], key_type, "{issued}");
     line("\"summary\"")
 }
@@ -224,6 +232,104 @@ fn ike_load_refuses_a_ca_it_cannot_issue_with() {
         out.stdout.is_empty(),
         "nothing run: {}",
         String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The issue's route-server test: one aokd with a `[[peer_group]]` over a
+/// prefix and one CA, no `[[peer]]`; 50 neighbours (distinct loopback
+/// addresses, each with its own certificate issued by that CA, SAN IP =
+/// its address) all get an IKE SA and an MKT; `aoctl status` lists each
+/// as a member `rs/ADDRESS` of group `rs`; a neighbour whose certificate
+/// comes from another CA is refused and listed with the error, no MKT.
+#[test]
+fn a_route_server_with_one_peer_group_keys_fifty_neighbours() {
+    const NEIGHBOURS: u32 = 50;
+    let root = temp_dir("route-server");
+    let certs = gen_certs(&root.join("pki"), "ed25519");
+    let side = Side::new(&root, "rs", "127.0.0.1");
+    let text = format!(
+        "[daemon]\nlisten = [\"127.0.0.1\"]\nport = {}\ncontrol_socket = \"{}\"\n\
+         attach_socket = \"{}\"\nstate_dir = \"{}\"\n\n[[peer_group]]\nname = \"rs\"\n\
+         remote = [\"127.23.0.0/16\"]\ncertificate = \"{}\"\nprivate_key = \"{}\"\nca = \"{}\"\n",
+        side.port,
+        side.socket().display(),
+        side.attach_socket().display(),
+        side.dir.join("state").display(),
+        certs.cert.display(),
+        certs.key.display(),
+        certs.ca_cert.display(),
+    );
+    std::fs::write(side.config_path(), text).expect("config");
+    let d = Daemon::start(&side);
+    d.wait_for(&["status"], WAIT, |v| v["peers"].as_array().is_some());
+    let started = std::time::Instant::now();
+    let s = load_n(&d, [127, 23, 0, 1], &certs, "ed25519", NEIGHBOURS);
+    println!("route server: {s}");
+    assert_eq!(s["completed"], NEIGHBOURS, "{s}\n{}", d.log());
+    assert_eq!(s["failures"], 0, "{s}\n{}", d.log());
+    let members = |v: &Value| -> Vec<Value> {
+        v["peers"]
+            .as_array()
+            .map(|ps| ps.iter().filter(|p| p["group"] == "rs").cloned().collect())
+            .unwrap_or_default()
+    };
+    let st = d.wait_for(&["status"], WAIT, |v| {
+        let m = members(v);
+        m.len() == NEIGHBOURS as usize
+            && m.iter()
+                .all(|p| p["ike_state"] == "established" && p["mkts"] == 1)
+    });
+    let mut names: Vec<String> = members(&st)
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    names.sort();
+    let want: Vec<String> = {
+        let mut w: Vec<String> = (0..NEIGHBOURS)
+            .map(|k| format!("rs/{}", source([127, 23, 0, 1], k)))
+            .collect();
+        w.sort();
+        w
+    };
+    assert_eq!(names, want);
+    let m = d.wait_for(&["mkts"], WAIT, |v| mkts(v).len() == NEIGHBOURS as usize);
+    assert!(mkts(&m)
+        .iter()
+        .all(|m| m["peer"].as_str().is_some_and(|p| p.starts_with("rs/"))));
+    let keyed = started.elapsed();
+
+    // One neighbour with a certificate from another CA.
+    let other = gen_certs(&root.join("other"), "ed25519");
+    let s = load_n(&d, [127, 23, 1, 1], &other, "ed25519", 1);
+    assert_eq!(
+        (s["completed"].clone(), s["failures"].clone()),
+        (0.into(), 1.into()),
+        "{s}"
+    );
+    let st = d.wait_for(&["status"], WAIT, |v| {
+        members(v)
+            .iter()
+            .any(|p| p["name"] == "rs/127.23.1.1" && p["last_error"] == "AUTHENTICATION_FAILED")
+    });
+    let refused: Vec<Value> = members(&st)
+        .into_iter()
+        .filter(|p| p["name"] == "rs/127.23.1.1")
+        .collect();
+    assert_eq!(refused[0]["mkts"], 0, "{}", refused[0]);
+    assert_ne!(refused[0]["ike_state"], "established", "{}", refused[0]);
+    assert_eq!(
+        members(&st).iter().filter(|p| p["mkts"] == 1).count(),
+        NEIGHBOURS as usize
+    );
+    assert!(
+        d.log().contains("peer group member authenticated"),
+        "{}",
+        d.log()
+    );
+    eprintln!(
+        "route server: {NEIGHBOURS} neighbours keyed as members in {:.2} s; another CA refused",
+        keyed.as_secs_f64()
     );
     let _ = std::fs::remove_dir_all(&root);
 }
