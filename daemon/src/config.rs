@@ -496,6 +496,11 @@ pub fn parse_identity(s: &str) -> Result<Identity, String> {
     if s.is_empty() {
         return Err("identity must not be empty".into());
     }
+    // `C=CH, O=Example, CN=r1`: a distinguished name (ID_DER_ASN1_DN), as
+    // certificates name their subject; FQDNs and addresses have no '='.
+    if s.contains('=') {
+        return Identity::parse_dn(s).map_err(|e| format!("identity {s:?}: {e}"));
+    }
     if s.len() > MAX_IDENTITY_LEN {
         return Err(format!(
             "identity is {} octets long; at most {MAX_IDENTITY_LEN} allowed",
@@ -1974,6 +1979,15 @@ mod tests {
     fn psk_debug_is_redacted() {
         let p = Psk::new(b"topsecret".to_vec());
         assert!(!format!("{p:?}").contains("topsecret"));
+    }
+
+    #[test]
+    fn distinguished_name_identities() {
+        let id = parse_identity("C=CH, O=Example, CN=r1").unwrap();
+        assert_eq!(id.id_type, aokd_proto::numbers::IdType::ID_DER_ASN1_DN);
+        assert_eq!(id.to_string(), "C=CH, O=Example, CN=r1");
+        let e = parse_identity("CN=r1, XX=2").unwrap_err();
+        assert!(e.contains("unknown attribute type \"XX\""), "{e}");
     }
 
     #[test]

@@ -42,11 +42,25 @@ fn peer_config(cfg: &Config, p: &crate::config::PeerConfig) -> anyhow::Result<ik
             p.name, p.remote
         )
     })?;
+    // A distinguished name that is this side's certificate's subject goes
+    // out as the certificate's own octets, whatever string types the text
+    // was encoded with (peers compare the IDi with the subject).
+    let mut local_id = p.local_identity(local);
+    if let Some(own) = p
+        .signature
+        .as_ref()
+        .and_then(|s| s.certificates.first())
+        .and_then(|c| ike::cert::subject_identity(c))
+    {
+        if own.matches(&local_id) {
+            local_id = own;
+        }
+    }
     Ok(ike::PeerConfig {
         name: p.name.clone(),
         remote: p.remote_addr(),
         local,
-        local_id: p.local_identity(local),
+        local_id,
         remote_id: p.remote_id.clone(),
         psk: Secret::new(p.psk.as_bytes().to_vec()),
         signature: p

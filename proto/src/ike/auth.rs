@@ -541,7 +541,7 @@ fn identity_check(ctx: &Ctx<'_>, who: &str, got: &IdPayload) -> Result<(), Strin
             "the {who}'s identity {got} ({}) is not {rule}, as the peer group requires",
             got.id_type
         )),
-        None if got == *expected => Ok(()),
+        None if got.matches(expected) => Ok(()),
         None => Err(format!(
             "the {who}'s identity {got} ({}) is not the configured remote_id {expected} ({})",
             got.id_type, expected.id_type

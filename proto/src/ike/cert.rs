@@ -227,7 +227,12 @@ fn identity_in_cert(ee: &EndEntityCert<'_>, id: &Identity) -> Result<(), CertErr
             .and_then(|s| ServerName::try_from(s).ok())
             .is_some_and(|name| ee.verify_is_valid_for_subject_name(&name).is_ok()),
         IdType::ID_DER_ASN1_DN => AnyRef::from_der(&id.data).is_ok_and(|name| {
-            name.tag() == spki::der::Tag::Sequence && name.value() == ee.subject()
+            name.tag() == spki::der::Tag::Sequence
+                && (name.value() == ee.subject()
+                    || id.matches(&Identity {
+                        id_type: IdType::ID_DER_ASN1_DN,
+                        data: subject_of(ee.subject()),
+                    }))
         }),
         _ => false,
     };
@@ -240,6 +245,32 @@ fn identity_in_cert(ee: &EndEntityCert<'_>, id: &Identity) -> Result<(), CertErr
         got: id.to_string(),
         got_type: id.id_type,
         names: names.join(", "),
+    })
+}
+
+/// The DER Name (SEQUENCE and all) of a certificate's subject contents.
+fn subject_of(contents: &[u8]) -> Vec<u8> {
+    let n = contents.len();
+    let mut out = vec![0x30];
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let len: Vec<u8> = n.to_be_bytes().into_iter().skip_while(|&b| b == 0).collect();
+        out.push(0x80 | len.len() as u8);
+        out.extend_from_slice(&len);
+    }
+    out.extend_from_slice(contents);
+    out
+}
+
+/// The subject of a certificate (DER) as an ID_DER_ASN1_DN identity, the
+/// exact octets the certificate holds; `None` when `der` is no certificate.
+pub fn subject_identity(der: &[u8]) -> Option<Identity> {
+    let cd = CertificateDer::from(der);
+    let ee = EndEntityCert::try_from(&cd).ok()?;
+    Some(Identity {
+        id_type: IdType::ID_DER_ASN1_DN,
+        data: subject_of(ee.subject()),
     })
 }
 

@@ -56,8 +56,38 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// ID_DER_ASN1_DN from text such as `C=CH, O=Example, CN=r1`
+    /// ([`super::dn::encode`]); the error names the part that is wrong.
+    pub fn parse_dn(text: &str) -> Result<Self, String> {
+        Ok(Identity {
+            id_type: IdType::ID_DER_ASN1_DN,
+            data: super::dn::encode(text)?,
+        })
+    }
+
+    /// Whether `other` is this identity: the same type and octets, or two
+    /// distinguished names with the same attributes and values (whatever
+    /// string types encode them).
+    pub fn matches(&self, other: &Identity) -> bool {
+        if self == other {
+            return true;
+        }
+        self.id_type == IdType::ID_DER_ASN1_DN
+            && other.id_type == IdType::ID_DER_ASN1_DN
+            && super::dn::decode(&self.data).is_some_and(|a| {
+                super::dn::decode(&other.data).is_some_and(|b| a.eq_ignore_ascii_case(&b))
+            })
+    }
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.id_type == IdType::ID_DER_ASN1_DN {
+            if let Some(text) = super::dn::decode(&self.data) {
+                return f.write_str(&text);
+            }
+        }
         match (self.id_type, self.data.len()) {
             (IdType::ID_IPV4_ADDR, 4) => {
                 let o: [u8; 4] = [self.data[0], self.data[1], self.data[2], self.data[3]];

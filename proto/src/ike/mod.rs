@@ -11,6 +11,7 @@
 //!   expiry, initiation) and its next deadline.
 //! - `lifecycle` (the peer's IKE SAs outside any one exchange) and `mkts`
 //!   (the MKT lifecycle and KeyID space).
+//! - [`dn`]: distinguished names as identities (text and DER).
 //! - [`group`]: peer groups, whose members become peers when they first
 //!   negotiate.
 //! - `cookie`: responder cookies (RFC 7296 2.6) and the half-open counts
@@ -33,6 +34,7 @@ pub mod config;
 mod context;
 mod cookie;
 mod create_child;
+pub mod dn;
 pub mod endpoint;
 pub mod error;
 pub mod event;
