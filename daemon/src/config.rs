@@ -1075,9 +1075,14 @@ impl Validator<'_> {
             let mut sig =
                 self.signature_files(&key, pn, raw.certificate, raw.private_key, raw.ca)?;
             sig.crl = self.crl_files(&key("crl"), pn, raw.crl)?;
-            aokd_proto::ike::cert::TrustAnchors::from_der(&sig.ca)
-                .and_then(|a| a.with_crls(&sig.crl_ders()))
-                .map_err(|m| self.err(key("crl"), pn, m))?;
+            // A CRL of one of the `ca` certificates must be signed by it.
+            for f in &sig.crl {
+                aokd_proto::ike::cert::TrustAnchors::from_der(&sig.ca)
+                    .and_then(|a| a.with_crls(&f.crls))
+                    .map_err(|m| {
+                        self.err(key("crl"), pn, format!("crl {}: {m}", f.file.display()))
+                    })?;
+            }
             (PathBuf::new(), Psk::new(Vec::new()), Some(sig))
         } else {
             for (k, v) in [
@@ -1609,6 +1614,7 @@ mod tests {
     /// key with `key_mode`, and a configuration with `peer` as its peer's
     /// keys; the configuration's load result.
     fn load_pubkey(key_mode: u32, peer: &str) -> Result<Config, ConfigError> {
+        use rustls_pki_types::pem::PemObject as _;
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("aokd-pubkey-{}-{n}", std::process::id()));
@@ -1634,6 +1640,18 @@ mod tests {
         std::fs::write(dir.join("short.der"), &der[..der.len() - 9]).expect("short");
         let pem = std::fs::read_to_string(data.join("crl.pem")).expect("pem");
         std::fs::write(dir.join("both.pem"), format!("{pem}{}", pem_crl(&der))).expect("both");
+        // crl.pem with its signature altered, and both CAs in one file.
+        let mut bad =
+            rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
+                .expect("crl.pem")
+                .as_ref()
+                .to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        std::fs::write(dir.join("altered.der"), bad).expect("altered");
+        let cas = std::fs::read_to_string(data.join("ca.pem")).expect("ca")
+            + &std::fs::read_to_string(data.join("crl-ca.pem")).expect("crl-ca");
+        std::fs::write(dir.join("cas.pem"), cas).expect("cas");
         let file = dir.join("aokd.toml");
         std::fs::write(
             &file,
@@ -1754,6 +1772,19 @@ mod tests {
             for n in *needles {
                 assert!(e.contains(n), "{line}: {e:?} lacks {n:?}");
             }
+        }
+        // The CRL of a configured CA must verify with its key.
+        let with_both = PUBKEY.replace("ca.pem", "cas.pem");
+        load_pubkey(0o600, &format!("{with_both}crl = \"crl.pem\"\n")).expect("signed by crl-ca");
+        let e = load_pubkey(0o600, &format!("{with_both}crl = \"altered.der\"\n"))
+            .expect_err("altered")
+            .to_string();
+        for n in [
+            "peer[0].crl",
+            "altered.der",
+            "its issuer is the subject of CA certificate 1, but it is not signed by that CA's key",
+        ] {
+            assert!(e.contains(n), "{e:?} lacks {n:?}");
         }
         let e = load_pubkey(0o600, "psk_file = \"p.psk\"\ncrl = \"crl.pem\"\n")
             .expect_err("psk peer")

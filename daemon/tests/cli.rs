@@ -120,7 +120,7 @@ fn check_config_prints_certificate_subject_and_expiry() {
 fn check_config_prints_each_crl() {
     let dir = TempDir::new("cli-crl");
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pubkey");
-    for f in ["ee.pem", "ee.key", "crl.pem", "crl-expired.der"] {
+    for f in ["ca.pem", "ee.pem", "ee.key", "crl.pem", "crl-expired.der"] {
         std::fs::copy(data.join(f), dir.join(f)).unwrap();
     }
     // Both CAs are trust anchors: the CRLs' issuer is one of them.

@@ -705,8 +705,10 @@ fn revoked_certificates_are_refused_on_both_sides_with_the_reason() {
 
 /// A CRL signed by another CA: one with another issuer name is not about
 /// the chain and is not used (the serial it lists is accepted); one that
-/// names the chain's CA as issuer but does not verify with its key makes
-/// the check fail closed, AUTHENTICATION_FAILED naming the CRL.
+/// names a configured CA as issuer but does not verify with its key is
+/// refused with the trust anchors; one that names the chain's intermediate
+/// but does not verify with its key makes the check fail closed,
+/// AUTHENTICATION_FAILED naming the CRL.
 #[test]
 fn crls_signed_by_another_ca_do_not_count() {
     let ca = pki::root("aokd test root");
@@ -714,19 +716,27 @@ fn crls_signed_by_another_ca_do_not_count() {
     let impostor = pki::root("aokd test root");
     let a = || leaf_chain(A_ADDR.ip(), &rcgen::PKCS_ED25519, &ca, pki::serial(0x21));
     let b = || leaf_chain(B_ADDR.ip(), &rcgen::PKCS_ED25519, &ca, pki::serial(0x22));
+    let e = TrustAnchors::from_der(&[ca.cert.der().to_vec()])
+        .unwrap()
+        .with_crls(&[pki::crl(&impostor, &[0x99])])
+        .unwrap_err();
+    assert!(e.contains("not signed by that CA's key"), "{e}");
 
     let mut sim = cert_sim_crls(100, a(), b(), &ca, &[pki::crl(&other, &[0x21, 0x22])]);
     assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
     assert!(sim.common_mkt());
     println!("another CA's CRL listing both serials: not used, established");
 
-    // Only B holds the forged CRL: it refuses A's certificate.
+    // Only B holds the forged CRL of A's intermediate: it refuses A's
+    // chain.
+    let i1 = pki::intermediate("intermediate 1", &ca);
+    let fake_i1 = pki::intermediate("intermediate 1", &other);
     let mut pa = peer("b", A_ADDR, B_ADDR, b"unused");
     let mut pb = peer("a", B_ADDR, A_ADDR, b"unused");
-    let (ac, ak) = a();
+    let (ac, ak) = pki::leaf(A_ADDR.ip(), &rcgen::PKCS_ED25519, &i1, pki::serial(0x23));
     let (bc, bk) = b();
-    pa.signature = Some(cert_auth(ac, ak, &ca));
-    pb.signature = Some(cert_auth_crls(bc, bk, &ca, &[pki::crl(&impostor, &[0x99])]));
+    pa.signature = Some(cert_auth(vec![ac, i1.cert.der().to_vec()], ak, &ca));
+    pb.signature = Some(cert_auth_crls(bc, bk, &ca, &[pki::crl(&fake_i1, &[0x99])]));
     pb.initiate = false;
     let mut ca_cfg = EndpointConfig::new(vec![pa]);
     let mut cb_cfg = EndpointConfig::new(vec![pb]);

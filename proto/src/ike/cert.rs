@@ -202,11 +202,27 @@ impl TrustAnchors {
     /// These anchors with CRLs (DER) to check every certificate of a
     /// chain against; the error names which one (0-based) does not parse
     /// and why.
+    ///
+    /// A CRL whose issuer is one of these CAs must be signed by its key
+    /// (checked here, so that a wrong file is found at load); the CRL of
+    /// an intermediate is checked when a chain meets the intermediate.
     pub fn with_crls(mut self, crls: &[Vec<u8>]) -> Result<Self, String> {
         for (i, der) in crls.iter().enumerate() {
-            let crl =
-                OwnedCertRevocationList::from_der(der).map_err(|e| format!("CRL {i}: {e}"))?;
-            self.crls.push(crl.into());
+            let crl: CertRevocationList<'static> = OwnedCertRevocationList::from_der(der)
+                .map_err(|e| format!("CRL {i}: {e}"))?
+                .into();
+            let same_name: Vec<usize> = (0..self.anchors.len())
+                .filter(|&j| self.anchors[j].subject.as_ref() == crl.issuer())
+                .collect();
+            let signed = same_name
+                .iter()
+                .any(|&j| crl_signed_by(der, self.anchors[j].subject_public_key_info.as_ref()));
+            if let (Some(j), false) = (same_name.first(), signed) {
+                return Err(format!(
+                    "CRL {i}: its issuer is the subject of CA certificate {j}, but it is not signed by that CA's key"
+                ));
+            }
+            self.crls.push(crl);
         }
         Ok(self)
     }
@@ -313,6 +329,60 @@ impl TrustAnchors {
             detail: "listed in a configured CRL".into(),
         }
     }
+}
+
+/// One DER element: tag, contents, the whole element, and what follows.
+fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, head) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, 2 + n)
+    };
+    let end = head.checked_add(len)?;
+    if der.len() < end {
+        return None;
+    }
+    Some((tag, &der[head..end], &der[..end], &der[end..]))
+}
+
+/// Whether the CRL `crl` (DER) is signed by the key of a SubjectPublicKeyInfo
+/// (its contents, as a trust anchor holds it), with one of the accepted
+/// algorithms. Malformed input: `false`.
+fn crl_signed_by(crl: &[u8], spki: &[u8]) -> bool {
+    let check = || -> Option<bool> {
+        let (0x30, list, _, _) = tlv(crl)? else {
+            return None;
+        };
+        let (_, _, tbs, rest) = tlv(list)?;
+        let (0x30, sig_alg, _, rest) = tlv(rest)? else {
+            return None;
+        };
+        let (0x03, sig, _, _) = tlv(rest)? else {
+            return None;
+        };
+        let (0x30, key_alg, _, rest) = tlv(spki)? else {
+            return None;
+        };
+        let (0x03, key, _, _) = tlv(rest)? else {
+            return None;
+        };
+        let (sig, key) = (sig.strip_prefix(&[0])?, key.strip_prefix(&[0])?);
+        Some(CERT_ALGS.iter().any(|a| {
+            a.public_key_alg_id().as_ref() == key_alg
+                && a.signature_alg_id().as_ref() == sig_alg
+                && a.verify_signature(key, tbs, sig).is_ok()
+        }))
+    };
+    check().unwrap_or(false)
 }
 
 /// A serial number's INTEGER contents as `01:a2:...` (the sign octet of a
@@ -724,17 +794,40 @@ mod tests {
             .with_crls(&[crl(&other, &[0x42], (2026, 12, 1))])
             .unwrap();
         a.verify_peer(&ee, &[], now(), &ip_id()).unwrap();
-        // A CRL naming this CA as its issuer but signed by another key.
+        // A CRL naming this CA as its issuer but signed by another key is
+        // refused at once.
         let impostor = root("root");
+        let forged = crl(&impostor, &[0x43], (2026, 12, 1));
+        assert_eq!(
+            anchors(&ca).with_crls(&[forged.clone()]).unwrap_err(),
+            "CRL 0: its issuer is the subject of CA certificate 0, but it is not signed by that CA's key"
+        );
+        assert!(crl_signed_by(&forged, impostor_spki(&impostor).as_slice()));
+        for n in 0..forged.len() {
+            assert!(!crl_signed_by(
+                &forged[..n],
+                impostor_spki(&impostor).as_slice()
+            ));
+        }
+        // One for an intermediate is checked when the chain meets it.
+        let i1 = sub("intermediate 1", &ca);
+        let (ee, _) = leaf(&i1, serial(0x44));
+        let fake_i1 = sub("intermediate 1", &other);
         let a = anchors(&ca)
-            .with_crls(&[crl(&impostor, &[0x43], (2026, 12, 1))])
+            .with_crls(&[crl(&fake_i1, &[0x45], (2026, 12, 1))])
             .unwrap();
         assert_eq!(
-            a.verify_peer(&ee, &[], now(), &ip_id()),
+            a.verify_peer(&ee, &[i1.cert.der().to_vec()], now(), &ip_id()),
             Err(CertError::Crl(
                 "the CRL of a certificate's issuer is not signed by the issuer's key".into()
             ))
         );
+    }
+
+    /// A CA's SubjectPublicKeyInfo contents, as a trust anchor holds them.
+    fn impostor_spki(ca: &Ca) -> Vec<u8> {
+        let der = ca.key.public_key_der();
+        tlv(&der).unwrap().1.to_vec()
     }
 
     #[test]
