@@ -1074,15 +1074,7 @@ impl Validator<'_> {
             }
             let mut sig =
                 self.signature_files(&key, pn, raw.certificate, raw.private_key, raw.ca)?;
-            sig.crl = self.crl_files(&key("crl"), pn, raw.crl)?;
-            // A CRL of one of the `ca` certificates must be signed by it.
-            for f in &sig.crl {
-                aokd_proto::ike::cert::TrustAnchors::from_der(&sig.ca)
-                    .and_then(|a| a.with_crls(&f.crls))
-                    .map_err(|m| {
-                        self.err(key("crl"), pn, format!("crl {}: {m}", f.file.display()))
-                    })?;
-            }
+            sig.crl = self.crl_files(&key("crl"), pn, raw.crl, &sig.ca)?;
             (PathBuf::new(), Psk::new(Vec::new()), Some(sig))
         } else {
             for (k, v) in [
@@ -1225,13 +1217,16 @@ impl Validator<'_> {
     /// path or a list of paths, resolved against the configuration file's
     /// directory; each file holds PEM `X509 CRL` blocks or one DER CRL,
     /// and each CRL must parse as the validation uses it (RFC 5280 5.1,
-    /// version 2; [`aokd_proto::ike::cert::parse_crl`]). Absent: no CRLs.
-    /// Any table with certificate authentication can pass its raw field.
+    /// version 2; [`aokd_proto::ike::cert::parse_crl`]), and verify with
+    /// the key of the `ca` certificate (DER) it names as issuer, if any.
+    /// Absent: no CRLs. Any table with certificate authentication can pass
+    /// its raw field and its trust anchors.
     pub(crate) fn crl_files(
         &self,
         key: &str,
         pn: Option<&str>,
         raw: Option<toml::Value>,
+        ca: &[Vec<u8>],
     ) -> Result<Vec<CrlFile>, ConfigError> {
         let paths: Vec<(String, String)> = match raw {
             None => return Ok(Vec::new()),
@@ -1267,13 +1262,17 @@ impl Validator<'_> {
         let mut files: Vec<CrlFile> = Vec::with_capacity(paths.len());
         for (k, p) in paths {
             if p.is_empty() {
-                return Err(self.err(k, pn, "must not be empty"));
+                return Err(self.err(&k, pn, "must not be empty"));
             }
             let file = self.resolve(&p);
             if files.iter().any(|f| f.file == file) {
-                return Err(self.err(k, pn, format!("{} is listed twice", file.display())));
+                return Err(self.err(&k, pn, format!("{} is listed twice", file.display())));
             }
-            let crls = read_crl_file(&file).map_err(|m| self.err(k, pn, m))?;
+            let crls = read_crl_file(&file).map_err(|m| self.err(&k, pn, m))?;
+            // A CRL of one of the `ca` certificates must be signed by it.
+            aokd_proto::ike::cert::TrustAnchors::from_der(ca)
+                .and_then(|a| a.with_crls(&crls))
+                .map_err(|m| self.err(&k, pn, format!("crl {}: {m}", file.display())))?;
             files.push(CrlFile { file, crls });
         }
         Ok(files)

@@ -10,7 +10,8 @@
 //! Revocation policy: a certificate is checked against the first
 //! configured CRL whose issuer is the certificate's issuer (webpki's
 //! choice; its signature must verify with the issuer's key, else the chain
-//! is refused). A certificate whose issuer has no CRL configured is
+//! is refused; a CRL of a trust anchor is verified when it is added). A
+//! certificate whose issuer has no CRL configured is
 //! accepted, and a CRL of another CA is not about these certificates and
 //! is not used. A CRL past its nextUpdate is still used (as strongSwan
 //! does): an old list of revocations is better than none.
@@ -331,8 +332,19 @@ impl TrustAnchors {
     }
 }
 
-/// One DER element: tag, contents, the whole element, and what follows.
-fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+/// One DER element.
+struct Tlv<'a> {
+    tag: u8,
+    /// The contents.
+    value: &'a [u8],
+    /// Tag, length and contents.
+    whole: &'a [u8],
+    /// What follows the element.
+    rest: &'a [u8],
+}
+
+/// The first DER element of `der`, if it is complete.
+fn tlv(der: &[u8]) -> Option<Tlv<'_>> {
     let (&tag, rest) = der.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, head) = if first < 0x80 {
@@ -351,7 +363,17 @@ fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
     if der.len() < end {
         return None;
     }
-    Some((tag, &der[head..end], &der[..end], &der[end..]))
+    Some(Tlv {
+        tag,
+        value: &der[head..end],
+        whole: &der[..end],
+        rest: &der[end..],
+    })
+}
+
+/// The first DER element of `der` if its tag is `tag`.
+fn tagged(der: &[u8], tag: u8) -> Option<Tlv<'_>> {
+    tlv(der).filter(|t| t.tag == tag)
 }
 
 /// Whether the CRL `crl` (DER) is signed by the key of a SubjectPublicKeyInfo
@@ -359,27 +381,16 @@ fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
 /// algorithms. Malformed input: `false`.
 fn crl_signed_by(crl: &[u8], spki: &[u8]) -> bool {
     let check = || -> Option<bool> {
-        let (0x30, list, _, _) = tlv(crl)? else {
-            return None;
-        };
-        let (_, _, tbs, rest) = tlv(list)?;
-        let (0x30, sig_alg, _, rest) = tlv(rest)? else {
-            return None;
-        };
-        let (0x03, sig, _, _) = tlv(rest)? else {
-            return None;
-        };
-        let (0x30, key_alg, _, rest) = tlv(spki)? else {
-            return None;
-        };
-        let (0x03, key, _, _) = tlv(rest)? else {
-            return None;
-        };
-        let (sig, key) = (sig.strip_prefix(&[0])?, key.strip_prefix(&[0])?);
+        let list = tagged(crl, 0x30)?.value;
+        let tbs = tlv(list)?;
+        let sig_alg = tagged(tbs.rest, 0x30)?;
+        let sig = tagged(sig_alg.rest, 0x03)?.value.strip_prefix(&[0])?;
+        let key_alg = tagged(spki, 0x30)?;
+        let key = tagged(key_alg.rest, 0x03)?.value.strip_prefix(&[0])?;
         Some(CERT_ALGS.iter().any(|a| {
-            a.public_key_alg_id().as_ref() == key_alg
-                && a.signature_alg_id().as_ref() == sig_alg
-                && a.verify_signature(key, tbs, sig).is_ok()
+            a.public_key_alg_id().as_ref() == key_alg.value
+                && a.signature_alg_id().as_ref() == sig_alg.value
+                && a.verify_signature(key, tbs.whole, sig).is_ok()
         }))
     };
     check().unwrap_or(false)
@@ -714,7 +725,7 @@ mod tests {
         let ca = root("root");
         let (ee, _) = leaf(&ca, serial(0x1234));
         let list = crl(&ca, &[0x99, 0x1234], (2026, 12, 1));
-        let a = anchors(&ca).with_crls(&[list.clone()]).unwrap();
+        let a = anchors(&ca).with_crls(std::slice::from_ref(&list)).unwrap();
         assert_eq!(a.crl_count(), 1);
         let e = a.verify_peer(&ee, &[], now(), &ip_id()).unwrap_err();
         assert_eq!(
@@ -799,7 +810,7 @@ mod tests {
         let impostor = root("root");
         let forged = crl(&impostor, &[0x43], (2026, 12, 1));
         assert_eq!(
-            anchors(&ca).with_crls(&[forged.clone()]).unwrap_err(),
+            anchors(&ca).with_crls(std::slice::from_ref(&forged)).unwrap_err(),
             "CRL 0: its issuer is the subject of CA certificate 0, but it is not signed by that CA's key"
         );
         assert!(crl_signed_by(&forged, impostor_spki(&impostor).as_slice()));
@@ -827,7 +838,7 @@ mod tests {
     /// A CA's SubjectPublicKeyInfo contents, as a trust anchor holds them.
     fn impostor_spki(ca: &Ca) -> Vec<u8> {
         let der = ca.key.public_key_der();
-        tlv(&der).unwrap().1.to_vec()
+        tlv(&der).unwrap().value.to_vec()
     }
 
     #[test]
