@@ -1,7 +1,8 @@
-//! What `aokd check-config` prints about a certificate: its subject and
-//! when it expires, read from the DER (RFC 5280 4.1) without validating it
-//! (validation is `aokd_proto::ike::cert`'s job). Malformed input gives
-//! `None`, never a panic.
+//! What `aokd check-config` prints about a certificate (its subject and
+//! when it expires, RFC 5280 4.1) and about a CRL (issuer, thisUpdate,
+//! nextUpdate and how many entries, RFC 5280 5.1), read from the DER
+//! without validating it (validation is `aokd_proto::ike::cert`'s job).
+//! Malformed input gives `None`, never a panic.
 
 /// One DER element: tag and contents; the rest of the input after it.
 fn element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
@@ -44,6 +45,86 @@ pub fn subject_and_expiry(der: &[u8]) -> Option<(String, String)> {
     let (_, _, after) = element(validity)?;
     let (time_tag, not_after, _) = element(after)?;
     Some((name(subject)?, time(time_tag, not_after)?))
+}
+
+/// What `check-config` says about a CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlSummary {
+    /// The issuer, as `CN=ca, O=Example`.
+    pub issuer: String,
+    /// thisUpdate, as `2026-12-02 06:00:00 UTC`.
+    pub this_update: String,
+    /// nextUpdate, if present.
+    pub next_update: Option<String>,
+    /// nextUpdate as `YYYYMMDDHHMMSS`, to compare with [`compact_utc`].
+    pub next_update_compact: Option<String>,
+    /// How many certificates it revokes.
+    pub revoked: usize,
+}
+
+/// The issuer, update times and entry count of a DER CRL.
+pub fn crl_summary(der: &[u8]) -> Option<CrlSummary> {
+    let (_, crl, _) = element(der)?;
+    let (_, tbs, _) = element(crl)?;
+    let (tag, _, after) = element(tbs)?;
+    // version (INTEGER, v2), then the signature algorithm; a v1 CRL has
+    // no version and `after` follows the algorithm already.
+    let rest = if tag == 0x02 {
+        element(after)?.2
+    } else {
+        after
+    };
+    let (_, issuer, rest) = element(rest)?;
+    let (this_tag, this, mut rest) = element(rest)?;
+    let mut next = None;
+    if let Some((tag @ (0x17 | 0x18), t, r)) = element(rest) {
+        next = Some((tag, t));
+        rest = r;
+    }
+    let mut revoked = 0;
+    if let Some((0x30, mut entries, _)) = element(rest) {
+        while !entries.is_empty() {
+            let (_, _, r) = element(entries)?;
+            entries = r;
+            revoked += 1;
+        }
+    }
+    let next_update = match next {
+        Some((tag, t)) => Some(time(tag, t)?),
+        None => None,
+    };
+    let next_update_compact = next_update
+        .as_deref()
+        .map(|t| t.chars().filter(char::is_ascii_digit).collect::<String>());
+    Some(CrlSummary {
+        issuer: name(issuer)?,
+        this_update: time(this_tag, this)?,
+        next_update,
+        next_update_compact,
+        revoked,
+    })
+}
+
+/// A Unix time as `YYYYMMDDHHMMSS` (UTC), to compare with a CRL's
+/// nextUpdate.
+pub fn compact_utc(unix: u64) -> String {
+    let (days, rem) = (unix / 86_400, unix % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// An X.501 Name as `CN=r1, O=Example` (attribute types other than the
@@ -158,6 +239,38 @@ mod tests {
         for n in 0..ee.len() {
             assert_eq!(subject_and_expiry(&ee[..n]), None, "{n}");
         }
+    }
+
+    /// The CRL fixtures (daemon/tests/data/pubkey/make-crls.sh, OpenSSL).
+    #[test]
+    fn crl_summaries_of_the_test_crls() {
+        use rustls_pki_types::pem::PemObject as _;
+        let pem = include_bytes!("../tests/data/pubkey/crl.pem");
+        let crl = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem).unwrap();
+        let s = crl_summary(crl.as_ref()).expect("crl.pem");
+        assert_eq!(s.issuer, "CN=aokd-test-crl-ca");
+        assert_eq!(s.revoked, 2);
+        assert!(
+            s.next_update.as_deref().unwrap().starts_with("2126-"),
+            "{s:?}"
+        );
+        assert_eq!(
+            aokd_proto::ike::cert::parse_crl(crl.as_ref())
+                .unwrap()
+                .revoked,
+            2
+        );
+        let old = include_bytes!("../tests/data/pubkey/crl-expired.der");
+        let s = crl_summary(old).expect("crl-expired.der");
+        assert_eq!(s.this_update, "2025-12-01 00:00:00 UTC");
+        assert_eq!(s.next_update.as_deref(), Some("2026-01-02 00:00:00 UTC"));
+        assert_eq!(s.next_update_compact.as_deref(), Some("20260102000000"));
+        assert_eq!(s.revoked, 1);
+        for n in 0..old.len() {
+            assert_eq!(crl_summary(&old[..n]), None, "{n}");
+        }
+        assert_eq!(compact_utc(1_780_000_000), "20260528202640");
+        assert_eq!(compact_utc(0), "19700101000000");
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! [`Config`]: addresses parsed, defaults filled in, algorithm names
 //! resolved, relative paths made relative to the configuration file's
 //! directory, and each peer's pre-shared key read from its `psk_file` (or,
-//! with `auth = "pubkey"`, its certificates, private key and trust anchors
-//! read from PEM files into a [`SignatureFiles`]).
+//! with `auth = "pubkey"`, its certificates, private key, trust anchors
+//! and CRLs read from PEM (or, for CRLs, DER) files into a
+//! [`SignatureFiles`]).
 //!
 //! Every [`ConfigError`] names the file, the key (for example
 //! `peer[1].mac_algorithms`, where `peer[0]` is the first `[[peer]]` table)
@@ -112,6 +113,9 @@ pub const MAX_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A PSK file larger than this is refused (it is surely the wrong file).
 const MAX_PSK_FILE_LEN: u64 = 64 * 1024;
+/// A CRL file larger than this is refused (64 MiB: some hundred thousand
+/// entries; a public CA's CRL of millions is not what a router trusts).
+const MAX_CRL_FILE_LEN: u64 = 64 * 1024 * 1024;
 /// The shortest pre-shared key accepted, in octets. RFC 7296 2.15 asks for
 /// a key as strong as the PRF's (32 octets for PRF_HMAC_SHA2_256); a key
 /// of a few octets falls to an offline dictionary search over one captured
@@ -437,6 +441,27 @@ pub struct SignatureFiles {
     pub ca_file: PathBuf,
     /// The trust anchors (DER certificates), at least one.
     pub ca: Vec<Vec<u8>>,
+    /// `crl`: the CRL files, in configuration order (none: no revocation
+    /// check).
+    pub crl: Vec<CrlFile>,
+}
+
+impl SignatureFiles {
+    /// Every CRL (DER) of every `crl` file, in order.
+    pub fn crl_ders(&self) -> Vec<Vec<u8>> {
+        self.crl
+            .iter()
+            .flat_map(|f| f.crls.iter().cloned())
+            .collect()
+    }
+}
+
+/// One `crl` file: its path (resolved) and the CRLs it holds (DER), each
+/// parsed at load as the validation uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlFile {
+    pub file: PathBuf,
+    pub crls: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for SignatureFiles {
@@ -448,6 +473,7 @@ impl fmt::Debug for SignatureFiles {
             .field("private_key", &"<redacted>")
             .field("ca_file", &self.ca_file)
             .field("ca", &self.ca.len())
+            .field("crl", &self.crl)
             .finish()
     }
 }
@@ -598,6 +624,7 @@ struct RawPeerGroup {
     certificate: Option<String>,
     private_key: Option<String>,
     ca: Option<String>,
+    crl: Option<toml::Value>,
     mac_algorithms: Option<Vec<String>>,
     include_tcp_options: Option<bool>,
     tcp_ports: Option<Vec<i64>>,
@@ -640,6 +667,8 @@ struct RawPeer {
     certificate: Option<String>,
     private_key: Option<String>,
     ca: Option<String>,
+    /// One path or a list of paths: see [`Validator::crl_files`].
+    crl: Option<toml::Value>,
     mac_algorithms: Option<Vec<String>>,
     include_tcp_options: Option<bool>,
     tcp_ports: Option<Vec<i64>>,
@@ -898,6 +927,7 @@ impl Validator<'_> {
                 certificate: raw.certificate,
                 private_key: raw.private_key,
                 ca: raw.ca,
+                crl: raw.crl,
                 mac_algorithms: raw.mac_algorithms,
                 include_tcp_options: raw.include_tcp_options,
                 tcp_ports: raw.tcp_ports,
@@ -1289,7 +1319,9 @@ impl Validator<'_> {
                     "is only used with auth = \"psk\" (this peer has auth = \"pubkey\")",
                 ));
             }
-            let sig = self.signature_files(&key, pn, raw.certificate, raw.private_key, raw.ca)?;
+            let mut sig =
+                self.signature_files(&key, pn, raw.certificate, raw.private_key, raw.ca)?;
+            sig.crl = self.crl_files(&key("crl"), pn, raw.crl, &sig.ca)?;
             (PathBuf::new(), Psk::new(Vec::new()), Some(sig))
         } else {
             for (k, v) in [
@@ -1304,6 +1336,13 @@ impl Validator<'_> {
                         "is only used with auth = \"pubkey\" (this peer uses a PSK)",
                     ));
                 }
+            }
+            if raw.crl.is_some() {
+                return Err(self.err(
+                    key("crl"),
+                    pn,
+                    "is only used with auth = \"pubkey\" (this peer uses a PSK)",
+                ));
             }
             let psk_s = raw
                 .psk_file
@@ -1417,7 +1456,73 @@ impl Validator<'_> {
             private_key,
             ca_file,
             ca,
+            crl: Vec::new(),
         })
+    }
+
+    /// `crl`, as written (`key` names it in errors, as `peer[0].crl`): one
+    /// path or a list of paths, resolved against the configuration file's
+    /// directory; each file holds PEM `X509 CRL` blocks or one DER CRL,
+    /// and each CRL must parse as the validation uses it (RFC 5280 5.1,
+    /// version 2; [`aokd_proto::ike::cert::parse_crl`]), and verify with
+    /// the key of the `ca` certificate (DER) it names as issuer, if any.
+    /// Absent: no CRLs. Any table with certificate authentication can pass
+    /// its raw field and its trust anchors.
+    pub(crate) fn crl_files(
+        &self,
+        key: &str,
+        pn: Option<&str>,
+        raw: Option<toml::Value>,
+        ca: &[Vec<u8>],
+    ) -> Result<Vec<CrlFile>, ConfigError> {
+        let paths: Vec<(String, String)> = match raw {
+            None => return Ok(Vec::new()),
+            Some(toml::Value::String(s)) => vec![(key.to_owned(), s)],
+            Some(toml::Value::Array(list)) => {
+                let mut out = Vec::with_capacity(list.len());
+                for (j, v) in list.into_iter().enumerate() {
+                    let k = format!("{key}[{j}]");
+                    match v {
+                        toml::Value::String(s) => out.push((k, s)),
+                        other => {
+                            return Err(self.err(
+                                k,
+                                pn,
+                                format!("must be a path (string), not {}", other.type_str()),
+                            ))
+                        }
+                    }
+                }
+                out
+            }
+            Some(other) => {
+                return Err(self.err(
+                    key,
+                    pn,
+                    format!(
+                        "must be a path or a list of paths (strings), not {}",
+                        other.type_str()
+                    ),
+                ))
+            }
+        };
+        let mut files: Vec<CrlFile> = Vec::with_capacity(paths.len());
+        for (k, p) in paths {
+            if p.is_empty() {
+                return Err(self.err(&k, pn, "must not be empty"));
+            }
+            let file = self.resolve(&p);
+            if files.iter().any(|f| f.file == file) {
+                return Err(self.err(&k, pn, format!("{} is listed twice", file.display())));
+            }
+            let crls = read_crl_file(&file).map_err(|m| self.err(&k, pn, m))?;
+            // A CRL of one of the `ca` certificates must be signed by it.
+            aokd_proto::ike::cert::TrustAnchors::from_der(ca)
+                .and_then(|a| a.with_crls(&crls))
+                .map_err(|m| self.err(&k, pn, format!("crl {}: {m}", file.display())))?;
+            files.push(CrlFile { file, crls });
+        }
+        Ok(files)
     }
 
     /// Parses a non-empty list of names without duplicates.
@@ -1542,6 +1647,17 @@ fn read_file(
     kind: &str,
     private: bool,
 ) -> Result<Zeroizing<Vec<u8>>, String> {
+    read_file_limited(path, what, kind, private, MAX_PSK_FILE_LEN)
+}
+
+/// [`read_file`] with another size limit.
+fn read_file_limited(
+    path: &Path,
+    what: &str,
+    kind: &str,
+    private: bool,
+    max: u64,
+) -> Result<Zeroizing<Vec<u8>>, String> {
     let shown = path.display();
     // The file type is checked before the file is opened: opening a FIFO
     // for reading blocks until a writer comes, which would hang
@@ -1575,17 +1691,51 @@ fn read_file(
             "{what} {shown} has mode {mode:04o}; it must not be readable by group or others (chmod 600)"
         ));
     }
-    if meta.len() > MAX_PSK_FILE_LEN {
+    if meta.len() > max {
         return Err(format!(
-            "{what} {shown} is {} octets long; {kind} has at most {MAX_PSK_FILE_LEN}",
+            "{what} {shown} is {} octets long; {kind} has at most {max}",
             meta.len()
         ));
     }
     let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
-    file.take(MAX_PSK_FILE_LEN + 1)
+    file.take(max + 1)
         .read_to_end(&mut buf)
         .map_err(|e| format!("cannot read {what} {shown}: {e}"))?;
     Ok(buf)
+}
+
+/// The CRLs (DER) of a `crl` file: PEM `X509 CRL` blocks in file order, or
+/// the whole file as one DER CRL when it starts as DER does (a SEQUENCE);
+/// at least one, each parsed.
+fn read_crl_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    let buf = read_file_limited(path, "crl", "a CRL file", false, MAX_CRL_FILE_LEN)?;
+    let shown = path.display();
+    let crls = if buf.first() == Some(&0x30) {
+        vec![buf.to_vec()]
+    } else {
+        let mut out = Vec::new();
+        for c in rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&buf) {
+            let c = c.map_err(|e| format!("crl {shown}: not valid PEM: {e}"))?;
+            out.push(c.as_ref().to_vec());
+        }
+        if out.is_empty() {
+            return Err(format!(
+                "crl {shown} holds neither a PEM CRL (-----BEGIN X509 CRL-----) nor a DER one"
+            ));
+        }
+        out
+    };
+    for (i, der) in crls.iter().enumerate() {
+        aokd_proto::ike::cert::parse_crl(der).map_err(|e| {
+            if crls.len() == 1 {
+                format!("crl {shown}: not a usable CRL: {e}")
+            } else {
+                format!("crl {shown}: CRL {i} (0-based) is not usable: {e}")
+            }
+        })?;
+    }
+    Ok(crls)
 }
 
 /// The certificates (DER) of a PEM file, in file order, at least one.
@@ -1719,18 +1869,44 @@ mod tests {
     /// Loads `text` from a directory holding the PEM fixtures (ca.pem,
     /// ee.pem, ee.key with `key_mode`).
     fn load_with_pubkey_files(key_mode: u32, text: &str) -> Result<Config, ConfigError> {
+        use rustls_pki_types::pem::PemObject as _;
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("aokd-pubkey-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pubkey");
-        for f in ["ca.pem", "ee.pem", "ee.key"] {
+        let files = [
+            "ca.pem",
+            "ee.pem",
+            "ee.key",
+            "crl-ca.pem",
+            "crl.pem",
+            "crl-expired.der",
+        ];
+        for f in files {
             std::fs::copy(data.join(f), dir.join(f)).expect("copy");
             // Private, so that a PEM file given as private_key fails on
             // its contents.
             std::fs::set_permissions(dir.join(f), fs_mode(0o600)).expect("chmod");
         }
         std::fs::set_permissions(dir.join("ee.key"), fs_mode(key_mode)).expect("chmod");
+        // A truncated DER CRL and a file of both CRLs as PEM.
+        let der = std::fs::read(data.join("crl-expired.der")).expect("der");
+        std::fs::write(dir.join("short.der"), &der[..der.len() - 9]).expect("short");
+        let pem = std::fs::read_to_string(data.join("crl.pem")).expect("pem");
+        std::fs::write(dir.join("both.pem"), format!("{pem}{}", pem_crl(&der))).expect("both");
+        // crl.pem with its signature altered, and both CAs in one file.
+        let mut bad =
+            rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
+                .expect("crl.pem")
+                .as_ref()
+                .to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        std::fs::write(dir.join("altered.der"), bad).expect("altered");
+        let cas = std::fs::read_to_string(data.join("ca.pem")).expect("ca")
+            + &std::fs::read_to_string(data.join("crl-ca.pem")).expect("crl-ca");
+        std::fs::write(dir.join("cas.pem"), cas).expect("cas");
         let file = dir.join("aokd.toml");
         std::fs::write(&file, text).expect("config");
         let r = Config::load(&file);
@@ -1740,6 +1916,134 @@ mod tests {
 
     fn fs_mode(mode: u32) -> std::fs::Permissions {
         std::fs::Permissions::from_mode(mode)
+    }
+
+    /// A DER CRL as a PEM block (base64 by hand: no base64 crate here).
+    fn pem_crl(der: &[u8]) -> String {
+        const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in der.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(char::from(B64[(n >> (18 - 6 * i) & 63) as usize]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        let lines: Vec<&str> = out
+            .as_bytes()
+            .chunks(64)
+            .map(|l| std::str::from_utf8(l).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n",
+            lines.join("\n")
+        )
+    }
+
+    #[test]
+    fn crl_files_are_read_as_pem_or_der() {
+        let cfg = load_pubkey(0o600, &format!("{PUBKEY}crl = \"crl.pem\"\n")).expect("one");
+        let sig = cfg.peers[0].signature.as_ref().unwrap();
+        assert_eq!(sig.crl.len(), 1);
+        assert!(sig.crl[0].file.ends_with("crl.pem"));
+        assert_eq!(sig.crl[0].crls.len(), 1);
+        let cfg = load_pubkey(
+            0o600,
+            &format!("{PUBKEY}crl = [\"crl.pem\", \"crl-expired.der\", \"both.pem\"]\n"),
+        )
+        .expect("list");
+        let sig = cfg.peers[0].signature.as_ref().unwrap();
+        let counts: Vec<usize> = sig.crl.iter().map(|f| f.crls.len()).collect();
+        assert_eq!(counts, [1, 1, 2]);
+        let ders = sig.crl_ders();
+        assert_eq!(ders.len(), 4);
+        // The DER file and the second PEM block are the same CRL.
+        assert_eq!(ders[1], ders[3]);
+        assert_eq!(
+            aokd_proto::ike::cert::parse_crl(&ders[0]).unwrap().revoked,
+            2
+        );
+        // No crl: no CRLs.
+        let cfg = load_pubkey(0o600, PUBKEY).expect("none");
+        assert!(cfg.peers[0].signature.as_ref().unwrap().crl.is_empty());
+        // Debug names the files, not only counts.
+        let cfg = load_pubkey(0o600, &format!("{PUBKEY}crl = \"crl.pem\"\n")).expect("one");
+        assert!(format!("{:?}", cfg.peers[0]).contains("crl.pem"));
+    }
+
+    #[test]
+    fn crl_errors_name_file_key_and_peer() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "crl = 5",
+                &["peer[0].crl", "r1", "a path or a list of paths", "integer"],
+            ),
+            (
+                "crl = [\"crl.pem\", true]",
+                &[
+                    "peer[0].crl[1]",
+                    "r1",
+                    "must be a path (string), not boolean",
+                ],
+            ),
+            (
+                "crl = \"gone.crl\"",
+                &["peer[0].crl", "gone.crl", "cannot open"],
+            ),
+            ("crl = [\"\"]", &["peer[0].crl[0]", "must not be empty"]),
+            (
+                "crl = [\"crl.pem\", \"./crl.pem\"]",
+                &["peer[0].crl[1]", "crl.pem is listed twice"],
+            ),
+            (
+                "crl = \"ca.pem\"",
+                &[
+                    "peer[0].crl",
+                    "ca.pem",
+                    "neither a PEM CRL (-----BEGIN X509 CRL-----) nor a DER one",
+                ],
+            ),
+            (
+                "crl = [\"crl.pem\", \"short.der\"]",
+                &["peer[0].crl[1]", "r1", "short.der", "not a usable CRL"],
+            ),
+        ];
+        for (line, needles) in cases {
+            let e = load_pubkey(0o600, &format!("{PUBKEY}{line}\n"))
+                .expect_err(line)
+                .to_string();
+            for n in *needles {
+                assert!(e.contains(n), "{line}: {e:?} lacks {n:?}");
+            }
+        }
+        // The CRL of a configured CA must verify with its key.
+        let with_both = PUBKEY.replace("ca.pem", "cas.pem");
+        load_pubkey(0o600, &format!("{with_both}crl = \"crl.pem\"\n")).expect("signed by crl-ca");
+        let e = load_pubkey(0o600, &format!("{with_both}crl = \"altered.der\"\n"))
+            .expect_err("altered")
+            .to_string();
+        for n in [
+            "peer[0].crl",
+            "altered.der",
+            "its issuer is the subject of CA certificate 1, but it is not signed by that CA's key",
+        ] {
+            assert!(e.contains(n), "{e:?} lacks {n:?}");
+        }
+        let e = load_pubkey(0o600, "psk_file = \"p.psk\"\ncrl = \"crl.pem\"\n")
+            .expect_err("psk peer")
+            .to_string();
+        assert!(
+            e.contains("peer[0].crl") && e.contains("only used with auth"),
+            "{e}"
+        );
     }
 
     const PUBKEY: &str =

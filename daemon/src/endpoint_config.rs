@@ -2,7 +2,7 @@
 //! the IKE endpoint's ([`EndpointConfig`]): local addresses (the listen
 //! address of the peer's family when it is a specific one, else the
 //! routing table's source toward the peer, where none is configured),
-//! identities, PSKs or signature authentication, proposals, ports and MKT
+//! identities, PSKs or signature authentication (with CRLs), proposals, ports and MKT
 //! lifetimes, and the wall-clock time certificates are checked against.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
@@ -137,7 +137,9 @@ fn signature_auth(s: &crate::config::SignatureFiles) -> anyhow::Result<ike::Sign
     let private_key = aokd_proto::crypto::sig::PrivateKey::from_pkcs8_der(&s.private_key)
         .map_err(|m| anyhow::anyhow!("private_key {}: {m}", s.private_key_file.display()))?;
     let anchors = ike::cert::TrustAnchors::from_der(&s.ca)
-        .map_err(|m| anyhow::anyhow!("ca {}: {m}", s.ca_file.display()))?;
+        .map_err(|m| anyhow::anyhow!("ca {}: {m}", s.ca_file.display()))?
+        .with_crls(&s.crl_ders())
+        .map_err(|m| anyhow::anyhow!("crl: {m}"))?;
     Ok(ike::SignatureAuth {
         private_key,
         certificates: s.certificates.clone(),
@@ -230,7 +232,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("aokd-epcfg-pubkey-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pubkey");
-        for f in ["ca.pem", "ee.pem", "ee.key"] {
+        for f in ["ca.pem", "ee.pem", "ee.key", "crl.pem", "crl-expired.der"] {
             std::fs::copy(data.join(f), dir.join(f)).expect("copy");
         }
         std::fs::set_permissions(
@@ -242,7 +244,8 @@ mod tests {
         std::fs::write(
             &file,
             "[[peer]]\nname = \"p\"\nremote = \"127.0.0.9\"\n\
-             auth = \"pubkey\"\ncertificate = \"ee.pem\"\nprivate_key = \"ee.key\"\nca = \"ca.pem\"\n",
+             auth = \"pubkey\"\ncertificate = \"ee.pem\"\nprivate_key = \"ee.key\"\nca = \"ca.pem\"\n\
+             crl = [\"crl.pem\", \"crl-expired.der\"]\n",
         )
         .expect("config");
         let cfg = Config::load(&file).expect("valid");
@@ -256,6 +259,10 @@ mod tests {
             sig.certificates,
             cfg.peers[0].signature.as_ref().unwrap().certificates
         );
-        assert!(matches!(sig.peer, ike::PeerKey::Certificate(_)));
+        // Both CRLs reach the trust anchors.
+        assert!(matches!(
+            &sig.peer,
+            ike::PeerKey::Certificate(a) if a.crl_count() == 2
+        ));
     }
 }

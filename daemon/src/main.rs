@@ -160,6 +160,55 @@ fn print_signature(out: &mut String, sig: &aokd::config::SignatureFiles) {
             None => outln!(out, "    {what}: (subject and expiry unreadable)"),
         }
     }
+    print_crls(out, sig);
+}
+
+/// The `crl` lines of `check-config`: each CRL's file, issuer, update
+/// times and entry count; a nextUpdate in the past and an issuer that is
+/// not a configured CA are said (both are used, docs/configuration.md).
+fn print_crls(out: &mut String, sig: &aokd::config::SignatureFiles) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let now = aokd::cert_info::compact_utc(now);
+    let cas: Vec<String> = sig
+        .ca
+        .iter()
+        .filter_map(|c| aokd::cert_info::subject_and_expiry(c).map(|(s, _)| s))
+        .collect();
+    for f in &sig.crl {
+        for der in &f.crls {
+            let Some(c) = aokd::cert_info::crl_summary(der) else {
+                outln!(
+                    out,
+                    "    crl: {}: (issuer and times unreadable)",
+                    f.file.display()
+                );
+                continue;
+            };
+            let next = c.next_update.as_deref().unwrap_or("none");
+            let mut notes = Vec::new();
+            if c.next_update_compact.as_deref().is_some_and(|n| *n <= *now) {
+                notes.push("nextUpdate has passed, still used");
+            }
+            if !cas.contains(&c.issuer) {
+                notes.push("issuer is not a ca certificate: used for what an intermediate of that name issued");
+            }
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", notes.join("; "))
+            };
+            outln!(
+                out,
+                "    crl: {}: issuer {}, this update {}, next update {next}, {} revoked{notes}",
+                f.file.display(),
+                c.issuer,
+                c.this_update,
+                c.revoked
+            );
+        }
+    }
 }
 
 /// `aokd check-config FILE`.

@@ -185,4 +185,44 @@ mod tests {
         let a = plan.config.peers.iter().find(|p| p.name == "a").unwrap();
         assert_eq!(a.tcp_ports, [646]);
     }
+
+    /// A reload reads the `crl` files again: a CRL replaced on disk is in
+    /// the new configuration, and the peer (signature authentication)
+    /// gets a new IKE SA authenticated against it.
+    #[test]
+    fn crl_files_are_read_again() {
+        let dir = std::env::temp_dir().join(format!("aokd-reload-crl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pubkey");
+        for f in ["ca.pem", "ee.pem", "ee.key", "crl.pem", "crl-expired.der"] {
+            std::fs::copy(data.join(f), dir.join(f)).expect("copy");
+        }
+        std::fs::set_permissions(
+            dir.join("ee.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod");
+        std::fs::copy(dir.join("crl.pem"), dir.join("current.crl")).expect("crl");
+        let text = "[[peer]]\nname = \"r1\"\nremote = \"127.0.0.1\"\nauth = \"pubkey\"\n\
+                    certificate = \"ee.pem\"\nprivate_key = \"ee.key\"\nca = \"ca.pem\"\n\
+                    crl = \"current.crl\"\n";
+        let file = dir.join("aokd.toml");
+        std::fs::write(&file, text).expect("config");
+        let running = Config::load(&file).expect("running");
+        std::fs::copy(dir.join("crl-expired.der"), dir.join("current.crl")).expect("crl");
+        let new = Config::load(&file).expect("new");
+        let der = std::fs::read(dir.join("crl-expired.der")).expect("der");
+        let _ = std::fs::remove_dir_all(&dir);
+        let crls = |c: &Config| c.peers[0].signature.as_ref().unwrap().crl_ders();
+        assert_ne!(crls(&running), crls(&new));
+        let plan = plan(&running, new);
+        assert_eq!(plan.common, ["r1"]);
+        assert_eq!(crls(&plan.config), vec![der]);
+        let old_ep = crate::endpoint_config::endpoint_config(&running).expect("old");
+        let new_ep = crate::endpoint_config::endpoint_config(&plan.config).expect("new");
+        assert_eq!(
+            aokd_proto::ike::reconfig::classify(&old_ep.peers[0], &new_ep.peers[0]),
+            aokd_proto::ike::PeerChange::Renegotiate
+        );
+    }
 }

@@ -113,6 +113,73 @@ fn check_config_prints_certificate_subject_and_expiry() {
     assert!(!stdout.contains("psk:"), "{stdout}");
 }
 
+/// `crl`: check-config prints each CRL's file, issuer, update times and
+/// number of entries, and says when nextUpdate has passed or the issuer is
+/// not a configured CA (daemon/tests/data/pubkey/make-crls.sh).
+#[test]
+fn check_config_prints_each_crl() {
+    let dir = TempDir::new("cli-crl");
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pubkey");
+    for f in ["ca.pem", "ee.pem", "ee.key", "crl.pem", "crl-expired.der"] {
+        std::fs::copy(data.join(f), dir.join(f)).unwrap();
+    }
+    // Both CAs are trust anchors: the CRLs' issuer is one of them.
+    let cas = std::fs::read_to_string(data.join("ca.pem")).unwrap()
+        + &std::fs::read_to_string(data.join("crl-ca.pem")).unwrap();
+    std::fs::write(dir.join("cas.pem"), cas).unwrap();
+    std::fs::set_permissions(
+        dir.join("ee.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let file = dir.join("aokd.toml");
+    let run = |ca: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[[peer]]\nname = \"r2\"\nremote = \"127.0.0.2\"\nauth = \"pubkey\"\n\
+                 certificate = \"ee.pem\"\nprivate_key = \"ee.key\"\nca = \"{ca}\"\n\
+                 crl = [\"crl.pem\", \"crl-expired.der\"]\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new(AOKD)
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stdout = run("cas.pem");
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.contains("crl:")).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let pem = format!(
+        "crl: {}: issuer CN=aokd-test-crl-ca, this update 2026-",
+        dir.join("crl.pem").display()
+    );
+    assert!(lines[0].trim_start().starts_with(&pem), "{lines:?}");
+    assert!(lines[0].contains(", next update 2126-"), "{lines:?}");
+    assert!(lines[0].ends_with(", 2 revoked"), "{lines:?}");
+    assert!(
+        lines[1].ends_with(
+            "issuer CN=aokd-test-crl-ca, this update 2025-12-01 00:00:00 UTC, \
+             next update 2026-01-02 00:00:00 UTC, 1 revoked (nextUpdate has passed, still used)"
+        ),
+        "{lines:?}"
+    );
+    // With only the other CA as trust anchor, the CRLs' issuer is said.
+    let stdout = run("ca.pem");
+    assert!(
+        stdout.contains("2 revoked (issuer is not a ca certificate"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn config_is_required_to_run() {
     let out = Command::new(AOKD).output().unwrap();

@@ -2,7 +2,9 @@
 //! ECDSA P-256 and P-384) between two endpoints on the virtual clock: each
 //! scheme, mixed schemes, SIGNATURE_HASH_ALGORITHMS in IKE_SA_INIT, the
 //! wrong public key and PSK/signature mismatches (AUTHENTICATION_FAILED
-//! with the reason named), and reproducibility of ECDSA from the seed.
+//! with the reason named), reproducibility of ECDSA from the seed, and
+//! certificates (chains of depth 1 and 3, bad certificates, revocation
+//! from CRLs).
 
 mod harness;
 
@@ -292,9 +294,14 @@ mod pki {
     }
 
     pub fn intermediate(cn: &str, by: &Ca) -> Ca {
+        intermediate_with(cn, by, |_| {})
+    }
+
+    pub fn intermediate_with(cn: &str, by: &Ca, f: impl FnOnce(&mut CertificateParams)) -> Ca {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut p = params(cn);
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        f(&mut p);
         let cert = p.signed_by(&key, &by.cert, &by.key).unwrap();
         Ca { cert, key }
     }
@@ -315,6 +322,34 @@ mod pki {
         let pk = PrivateKey::from_pkcs8_der(&key.serialize_der()).unwrap();
         (cert.der().to_vec(), pk)
     }
+
+    pub fn serial(n: u64) -> impl FnOnce(&mut CertificateParams) {
+        move |p| p.serial_number = Some(rcgen::SerialNumber::from(n))
+    }
+
+    /// A CRL (DER) of `by` revoking `serials` for a superseded key.
+    pub fn crl(by: &Ca, serials: &[u64]) -> Vec<u8> {
+        rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2026, 5, 1),
+            next_update: rcgen::date_time_ymd(2026, 6, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: rcgen::date_time_ymd(2026, 5, 2),
+                    reason_code: Some(rcgen::RevocationReason::Superseded),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&by.cert, &by.key)
+        .unwrap()
+        .der()
+        .to_vec()
+    }
 }
 
 use aokd_proto::ike::cert::TrustAnchors;
@@ -327,25 +362,49 @@ fn wall() -> SystemTime {
 }
 
 fn cert_auth(chain: Vec<Vec<u8>>, key: PrivateKey, ca: &pki::Ca) -> Arc<SignatureAuth> {
+    cert_auth_crls(chain, key, ca, &[])
+}
+
+fn cert_auth_crls(
+    chain: Vec<Vec<u8>>,
+    key: PrivateKey,
+    ca: &pki::Ca,
+    crls: &[Vec<u8>],
+) -> Arc<SignatureAuth> {
+    let anchors = TrustAnchors::from_der(&[ca.cert.der().to_vec()])
+        .unwrap()
+        .with_crls(crls)
+        .unwrap();
     Arc::new(SignatureAuth {
         private_key: key,
         certificates: chain,
-        peer: PeerKey::Certificate(TrustAnchors::from_der(&[ca.cert.der().to_vec()]).unwrap()),
+        peer: PeerKey::Certificate(anchors),
     })
 }
 
-/// A and B with certificates from `ca` (B's adjusted by `fb`), each
-/// trusting `ca`; B only responds.
+/// A and B with certificates from `ca`, each trusting `ca`; B only
+/// responds.
 fn cert_sim(
     seed: u64,
     a: (Vec<Vec<u8>>, PrivateKey),
     b: (Vec<Vec<u8>>, PrivateKey),
     ca: &pki::Ca,
 ) -> Sim {
+    cert_sim_crls(seed, a, b, ca, &[])
+}
+
+/// As [`cert_sim`], both sides checking chains against `crls`.
+fn cert_sim_crls(
+    seed: u64,
+    a: (Vec<Vec<u8>>, PrivateKey),
+    b: (Vec<Vec<u8>>, PrivateKey),
+    ca: &pki::Ca,
+    crls: &[Vec<u8>],
+) -> Sim {
     let mut pa = peer("b", A_ADDR, B_ADDR, b"unused");
     let mut pb = peer("a", B_ADDR, A_ADDR, b"unused");
-    pa.signature = Some(cert_auth(a.0, a.1, ca));
-    pb.signature = Some(cert_auth(b.0, b.1, ca));
+    pa.signature = Some(cert_auth_crls(a.0, a.1, ca, crls));
+    pb.signature = Some(cert_auth_crls(b.0, b.1, ca, crls));
     pb.initiate = false;
     let mut ca_cfg = EndpointConfig::new(vec![pa]);
     let mut cb_cfg = EndpointConfig::new(vec![pb]);
@@ -548,4 +607,149 @@ fn certreq_is_honoured_when_choosing_the_chain_to_send() {
         toward_root >= toward_i2 + intermediates,
         "{toward_root} - {toward_i2} < {intermediates}"
     );
+}
+
+/// Revocation (RFC 5280 5): a revoked leaf (depth 1) and a revoked
+/// intermediate (depth 3), on either side, give AUTHENTICATION_FAILED on
+/// both sides, the checking side naming the certificate, its serial and
+/// "revoked"; certificates not listed pass with the CRLs present.
+#[test]
+fn revoked_certificates_are_refused_on_both_sides_with_the_reason() {
+    let ca = pki::root("aokd test root");
+    let i1 = pki::intermediate_with("intermediate 1", &ca, pki::serial(0x0101));
+    let i2 = pki::intermediate_with("intermediate 2", &i1, pki::serial(0x0102));
+    // The root revokes leaf 0x66; intermediate 1 revokes intermediate 2
+    // (0x0102) when `revoke_i2`, else an unrelated serial; intermediate 2
+    // revokes nothing used here.
+    let crls = |revoke_i2: bool| {
+        vec![
+            pki::crl(&ca, &[0x65, 0x66]),
+            pki::crl(&i1, &[if revoke_i2 { 0x0102 } else { 0x0103 }]),
+            pki::crl(&i2, &[0x67]),
+        ]
+    };
+    let depth1 =
+        |ip: std::net::IpAddr, n: u64| leaf_chain(ip, &rcgen::PKCS_ED25519, &ca, pki::serial(n));
+    let depth3 = |ip: std::net::IpAddr, n: u64| {
+        let (der, key) = pki::leaf(ip, &rcgen::PKCS_ED25519, &i2, pki::serial(n));
+        (
+            vec![der, i2.cert.der().to_vec(), i1.cert.der().to_vec()],
+            key,
+        )
+    };
+
+    // Nothing revoked: both chain depths establish with the CRLs present.
+    let mut sim = cert_sim_crls(
+        90,
+        depth1(A_ADDR.ip(), 0x10),
+        depth3(B_ADDR.ip(), 0x11),
+        &ca,
+        &crls(false),
+    );
+    assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
+    assert!(sim.common_mkt());
+    println!("CRLs present, nothing revoked: established");
+
+    type Chain = (Vec<Vec<u8>>, PrivateKey);
+    let cases: Vec<(&str, bool, Chain, Chain, bool, &str)> = vec![
+        (
+            "A's leaf revoked",
+            true,
+            depth1(A_ADDR.ip(), 0x66),
+            depth1(B_ADDR.ip(), 0x12),
+            false,
+            "the initiator's certificate is refused: the end-entity certificate (serial 66) is revoked: listed in the CRL of its issuer, revoked at 2026-05-02T00:00:00Z, reason superseded",
+        ),
+        (
+            "B's leaf revoked",
+            false,
+            depth1(A_ADDR.ip(), 0x13),
+            depth1(B_ADDR.ip(), 0x66),
+            false,
+            "the responder's certificate is refused: the end-entity certificate (serial 66) is revoked",
+        ),
+        (
+            "A's intermediate revoked",
+            true,
+            depth3(A_ADDR.ip(), 0x14),
+            depth1(B_ADDR.ip(), 0x15),
+            true,
+            "the initiator's certificate is refused: the intermediate certificate 1 (serial 01:02) is revoked: listed in the CRL of its issuer",
+        ),
+        (
+            "B's intermediate revoked",
+            false,
+            depth1(A_ADDR.ip(), 0x16),
+            depth3(B_ADDR.ip(), 0x17),
+            true,
+            "the responder's certificate is refused: the intermediate certificate 1 (serial 01:02) is revoked",
+        ),
+    ];
+    for (n, (what, a_is_bad, a, b, revoke_i2, expected)) in cases.into_iter().enumerate() {
+        let mut sim = cert_sim_crls(91 + n as u64, a, b, &ca, &crls(revoke_i2));
+        sim.run_for(Duration::from_secs(20));
+        let checker = if a_is_bad { 1 } else { 0 };
+        let text = failure_text(&sim, checker);
+        assert!(text.contains(expected), "{what}: {text}");
+        assert!(sim.mkts(0).is_empty(), "{what}");
+        for i in 0..2 {
+            assert_eq!(
+                sim.nodes[i].ep.peers()[0].last_error.as_deref(),
+                Some("AUTHENTICATION_FAILED"),
+                "{what}: node {i}"
+            );
+            assert_eq!(sim.established(i), 0, "{what}: node {i}");
+        }
+        println!("{what}: {text}");
+    }
+}
+
+/// A CRL signed by another CA: one with another issuer name is not about
+/// the chain and is not used (the serial it lists is accepted); one that
+/// names a configured CA as issuer but does not verify with its key is
+/// refused with the trust anchors; one that names the chain's intermediate
+/// but does not verify with its key makes the check fail closed,
+/// AUTHENTICATION_FAILED naming the CRL.
+#[test]
+fn crls_signed_by_another_ca_do_not_count() {
+    let ca = pki::root("aokd test root");
+    let other = pki::root("another root");
+    let impostor = pki::root("aokd test root");
+    let a = || leaf_chain(A_ADDR.ip(), &rcgen::PKCS_ED25519, &ca, pki::serial(0x21));
+    let b = || leaf_chain(B_ADDR.ip(), &rcgen::PKCS_ED25519, &ca, pki::serial(0x22));
+    let e = TrustAnchors::from_der(&[ca.cert.der().to_vec()])
+        .unwrap()
+        .with_crls(&[pki::crl(&impostor, &[0x99])])
+        .unwrap_err();
+    assert!(e.contains("not signed by that CA's key"), "{e}");
+
+    let mut sim = cert_sim_crls(100, a(), b(), &ca, &[pki::crl(&other, &[0x21, 0x22])]);
+    assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
+    assert!(sim.common_mkt());
+    println!("another CA's CRL listing both serials: not used, established");
+
+    // Only B holds the forged CRL of A's intermediate: it refuses A's
+    // chain.
+    let i1 = pki::intermediate("intermediate 1", &ca);
+    let fake_i1 = pki::intermediate("intermediate 1", &other);
+    let mut pa = peer("b", A_ADDR, B_ADDR, b"unused");
+    let mut pb = peer("a", B_ADDR, A_ADDR, b"unused");
+    let (ac, ak) = pki::leaf(A_ADDR.ip(), &rcgen::PKCS_ED25519, &i1, pki::serial(0x23));
+    let (bc, bk) = b();
+    pa.signature = Some(cert_auth(vec![ac, i1.cert.der().to_vec()], ak, &ca));
+    pb.signature = Some(cert_auth_crls(bc, bk, &ca, &[pki::crl(&fake_i1, &[0x99])]));
+    pb.initiate = false;
+    let mut ca_cfg = EndpointConfig::new(vec![pa]);
+    let mut cb_cfg = EndpointConfig::new(vec![pb]);
+    ca_cfg.wall_clock = wall();
+    cb_cfg.wall_clock = wall();
+    let mut sim = Sim::pair_with(101, NetParams::default(), ca_cfg, cb_cfg);
+    sim.run_for(Duration::from_secs(20));
+    assert_failed_both(&sim);
+    let text = failure_text(&sim, 1);
+    assert!(
+        text.contains("the initiator's certificate is refused: a configured CRL cannot be used for this chain: the CRL of a certificate's issuer is not signed by the issuer's key"),
+        "{text}"
+    );
+    println!("forged CRL: {text}");
 }

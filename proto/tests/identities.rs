@@ -19,7 +19,8 @@ fn dn_leaf(ca: &Ca, cn: &str) -> (Vec<u8>, PrivateKey) {
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name = rcgen::DistinguishedName::new();
     p.distinguished_name.push(rcgen::DnType::CountryName, "CH");
-    p.distinguished_name.push(rcgen::DnType::OrganizationName, "Example");
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Example");
     p.distinguished_name.push(rcgen::DnType::CommonName, cn);
     p.not_before = rcgen::date_time_ymd(2026, 1, 1);
     p.not_after = rcgen::date_time_ymd(2027, 1, 1);

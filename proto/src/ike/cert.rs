@@ -1,9 +1,20 @@
 //! X.509 certificates of IKE peers (RFC 7296 3.6, 3.7, RFC 4945): trust
 //! anchors and their CERTREQ hashes, validation of a peer's end-entity
 //! certificate and intermediates with `rustls-webpki` at a wall-clock time
-//! passed in, extended key usage, and the match of the peer's IKE identity
-//! with the certificate. Errors name the reason (expired, not yet valid,
-//! unknown CA, key usage, identity received against the certificate's).
+//! passed in, extended key usage, revocation from configured CRLs (RFC 5280
+//! 5, every certificate of the chain), and the match of the peer's IKE
+//! identity with the certificate. Errors name the reason (expired, not yet
+//! valid, unknown CA, key usage, revoked with serial and reason, identity
+//! received against the certificate's).
+//!
+//! Revocation policy: a certificate is checked against the first
+//! configured CRL whose issuer is the certificate's issuer (webpki's
+//! choice; its signature must verify with the issuer's key, else the chain
+//! is refused; a CRL of a trust anchor is verified when it is added). A
+//! certificate whose issuer has no CRL configured is
+//! accepted, and a CRL of another CA is not about these certificates and
+//! is not used. A CRL past its nextUpdate is still used (as strongSwan
+//! does): an old list of revocations is better than none.
 //!
 //! IKE_AUTH (`auth`) uses it for a peer configured with
 //! [`PeerKey::Certificate`](super::PeerKey::Certificate).
@@ -14,7 +25,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 use spki::der::{AnyRef, Decode, Tagged};
-use webpki::{EndEntityCert, Error as WebpkiError, KeyPurposeId, KeyPurposeIdIter};
+use webpki::{
+    CertRevocationList, EndEntityCert, Error as WebpkiError, ExpirationPolicy, KeyPurposeId,
+    KeyPurposeIdIter, OwnedCertRevocationList, RevocationCheckDepth, RevocationOptionsBuilder,
+    RevocationReason, UnknownStatusPolicy,
+};
 
 use super::config::Identity;
 use crate::crypto::sig::PublicKey;
@@ -88,6 +103,17 @@ pub enum CertError {
     KeyUsage,
     #[error("a certificate in the chain has a bad signature")]
     BadSignature,
+    #[error("the {which} (serial {serial}) is revoked: {detail}")]
+    Revoked {
+        /// `end-entity certificate` or `intermediate certificate 1`, ...
+        which: String,
+        /// The serial number in hex, `01:a2:...`.
+        serial: String,
+        /// When and why, as the CRL says.
+        detail: String,
+    },
+    #[error("a configured CRL cannot be used for this chain: {0}")]
+    Crl(String),
     #[error("the identity {got} ({got_type}) is not in the certificate ({names})")]
     Identity {
         got: String,
@@ -100,19 +126,50 @@ pub enum CertError {
     Other(String),
 }
 
-/// The configured CAs of a peer.
+/// The configured CAs of a peer, and the CRLs its certificates are checked
+/// against.
 pub struct TrustAnchors {
     anchors: Vec<TrustAnchor<'static>>,
     /// SHA-1 of each CA's SubjectPublicKeyInfo (RFC 7296 3.7), in order.
     hashes: Vec<[u8; 20]>,
+    /// The CRLs, in configuration order (the first one of an issuer wins).
+    crls: Vec<CertRevocationList<'static>>,
 }
 
 impl fmt::Debug for TrustAnchors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.hashes.iter().map(hex::encode))
+        f.debug_struct("TrustAnchors")
+            .field(
+                "anchors",
+                &self.hashes.iter().map(hex::encode).collect::<Vec<_>>(),
+            )
+            .field("crls", &self.crls.len())
             .finish()
     }
+}
+
+/// What a CRL holds, as parsed by webpki (for `check-config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlInfo {
+    /// The issuer Name's contents (DER, without the SEQUENCE header).
+    pub issuer: Vec<u8>,
+    /// How many certificates it lists as revoked.
+    pub revoked: usize,
+}
+
+/// Parses a CRL (DER, RFC 5280 5.1, version 2) as the validation will use
+/// it; the error says why webpki refuses it (delta CRL, unsupported
+/// critical extension, bad DER, ...). The signature is checked when the
+/// CRL is used, against the issuer met in the chain.
+pub fn parse_crl(der: &[u8]) -> Result<CrlInfo, String> {
+    let crl = webpki::BorrowedCertRevocationList::from_der(der).map_err(|e| e.to_string())?;
+    let mut revoked = 0usize;
+    for entry in &crl {
+        entry.map_err(|e| format!("revoked certificate entry {revoked}: {e}"))?;
+        revoked += 1;
+    }
+    let issuer = CertRevocationList::from(crl).issuer().to_vec();
+    Ok(CrlInfo { issuer, revoked })
 }
 
 impl TrustAnchors {
@@ -136,7 +193,44 @@ impl TrustAnchors {
             anchors.push(a);
             hashes.push(h);
         }
-        Ok(TrustAnchors { anchors, hashes })
+        Ok(TrustAnchors {
+            anchors,
+            hashes,
+            crls: Vec::new(),
+        })
+    }
+
+    /// These anchors with CRLs (DER) to check every certificate of a
+    /// chain against; the error names which one (0-based) does not parse
+    /// and why.
+    ///
+    /// A CRL whose issuer is one of these CAs must be signed by its key
+    /// (checked here, so that a wrong file is found at load); the CRL of
+    /// an intermediate is checked when a chain meets the intermediate.
+    pub fn with_crls(mut self, crls: &[Vec<u8>]) -> Result<Self, String> {
+        for (i, der) in crls.iter().enumerate() {
+            let crl: CertRevocationList<'static> = OwnedCertRevocationList::from_der(der)
+                .map_err(|e| format!("CRL {i}: {e}"))?
+                .into();
+            let same_name: Vec<usize> = (0..self.anchors.len())
+                .filter(|&j| self.anchors[j].subject.as_ref() == crl.issuer())
+                .collect();
+            let signed = same_name
+                .iter()
+                .any(|&j| crl_signed_by(der, self.anchors[j].subject_public_key_info.as_ref()));
+            if let (Some(j), false) = (same_name.first(), signed) {
+                return Err(format!(
+                    "CRL {i}: its issuer is the subject of CA certificate {j}, but it is not signed by that CA's key"
+                ));
+            }
+            self.crls.push(crl);
+        }
+        Ok(self)
+    }
+
+    /// How many CRLs are configured.
+    pub fn crl_count(&self) -> usize {
+        self.crls.len()
     }
 
     /// The body of a CERTREQ payload after its encoding octet (RFC 7296
@@ -170,10 +264,164 @@ impl TrustAnchors {
             .collect();
         let since = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         let time = UnixTime::since_unix_epoch(since);
-        ee.verify_for_usage(CERT_ALGS, &self.anchors, &inter, time, IkeUsage, None, None)
-            .map_err(chain_error)?;
+        let crls: Vec<&CertRevocationList<'_>> = self.crls.iter().collect();
+        // `new` fails only without CRLs: then no revocation check.
+        let revocation = RevocationOptionsBuilder::new(&crls).ok().map(|b| {
+            b.with_depth(RevocationCheckDepth::Chain)
+                .with_status_policy(UnknownStatusPolicy::Allow)
+                .with_expiration_policy(ExpirationPolicy::Ignore)
+                .build()
+        });
+        ee.verify_for_usage(
+            CERT_ALGS,
+            &self.anchors,
+            &inter,
+            time,
+            IkeUsage,
+            revocation,
+            None,
+        )
+        .map_err(|e| match e {
+            WebpkiError::CertRevoked => self.revoked(&ee, &inter),
+            e => chain_error(e),
+        })?;
         identity_in_cert(&ee, id)?;
         PublicKey::from_spki_der(ee.subject_public_key_info().as_ref()).map_err(CertError::Key)
+    }
+}
+
+impl TrustAnchors {
+    /// Which certificate of the chain a CRL lists, with serial and reason
+    /// (webpki says only "revoked"): the first one, end entity first, that
+    /// the first CRL of its issuer lists.
+    fn revoked(&self, ee: &EndEntityCert<'_>, inter: &[CertificateDer<'_>]) -> CertError {
+        let parsed: Vec<EndEntityCert<'_>> = inter
+            .iter()
+            .filter_map(|c| EndEntityCert::try_from(c).ok())
+            .collect();
+        let chain = std::iter::once(ee).chain(parsed.iter());
+        for (i, cert) in chain.enumerate() {
+            let Some(crl) = self.crls.iter().find(|c| c.issuer() == cert.issuer()) else {
+                continue;
+            };
+            if let Ok(Some(entry)) = crl.find_serial(cert.serial()) {
+                let which = match i {
+                    0 => "end-entity certificate".to_string(),
+                    n => format!("intermediate certificate {n}"),
+                };
+                let mut detail = format!(
+                    "listed in the CRL of its issuer, revoked at {}",
+                    utc(entry.revocation_date)
+                );
+                if let Some(r) = entry.reason_code {
+                    detail.push_str(", reason ");
+                    detail.push_str(reason_name(r));
+                }
+                return CertError::Revoked {
+                    which,
+                    serial: serial_hex(cert.serial()),
+                    detail,
+                };
+            }
+        }
+        CertError::Revoked {
+            which: "a certificate of the chain".into(),
+            serial: "unknown".into(),
+            detail: "listed in a configured CRL".into(),
+        }
+    }
+}
+
+/// One DER element.
+struct Tlv<'a> {
+    tag: u8,
+    /// The contents.
+    value: &'a [u8],
+    /// Tag, length and contents.
+    whole: &'a [u8],
+    /// What follows the element.
+    rest: &'a [u8],
+}
+
+/// The first DER element of `der`, if it is complete.
+fn tlv(der: &[u8]) -> Option<Tlv<'_>> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, head) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, 2 + n)
+    };
+    let end = head.checked_add(len)?;
+    if der.len() < end {
+        return None;
+    }
+    Some(Tlv {
+        tag,
+        value: &der[head..end],
+        whole: &der[..end],
+        rest: &der[end..],
+    })
+}
+
+/// The first DER element of `der` if its tag is `tag`.
+fn tagged(der: &[u8], tag: u8) -> Option<Tlv<'_>> {
+    tlv(der).filter(|t| t.tag == tag)
+}
+
+/// Whether the CRL `crl` (DER) is signed by the key of a SubjectPublicKeyInfo
+/// (its contents, as a trust anchor holds it), with one of the accepted
+/// algorithms. Malformed input: `false`.
+fn crl_signed_by(crl: &[u8], spki: &[u8]) -> bool {
+    let check = || -> Option<bool> {
+        let list = tagged(crl, 0x30)?.value;
+        let tbs = tlv(list)?;
+        let sig_alg = tagged(tbs.rest, 0x30)?;
+        let sig = tagged(sig_alg.rest, 0x03)?.value.strip_prefix(&[0])?;
+        let key_alg = tagged(spki, 0x30)?;
+        let key = tagged(key_alg.rest, 0x03)?.value.strip_prefix(&[0])?;
+        Some(CERT_ALGS.iter().any(|a| {
+            a.public_key_alg_id().as_ref() == key_alg.value
+                && a.signature_alg_id().as_ref() == sig_alg.value
+                && a.verify_signature(key, tbs.whole, sig).is_ok()
+        }))
+    };
+    check().unwrap_or(false)
+}
+
+/// A serial number's INTEGER contents as `01:a2:...` (the sign octet of a
+/// positive number left out).
+fn serial_hex(serial: &[u8]) -> String {
+    let s = match serial {
+        [0, rest @ ..] if !rest.is_empty() => rest,
+        s => s,
+    };
+    s.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// RFC 5280 5.3.1's name of a CRLReason.
+fn reason_name(r: RevocationReason) -> &'static str {
+    match r {
+        RevocationReason::Unspecified => "unspecified",
+        RevocationReason::KeyCompromise => "keyCompromise",
+        RevocationReason::CaCompromise => "cACompromise",
+        RevocationReason::AffiliationChanged => "affiliationChanged",
+        RevocationReason::Superseded => "superseded",
+        RevocationReason::CessationOfOperation => "cessationOfOperation",
+        RevocationReason::CertificateHold => "certificateHold",
+        RevocationReason::RemoveFromCrl => "removeFromCRL",
+        RevocationReason::PrivilegeWithdrawn => "privilegeWithdrawn",
+        RevocationReason::AaCompromise => "aACompromise",
     }
 }
 
@@ -194,6 +442,18 @@ fn chain_error(e: WebpkiError) -> CertError {
             CertError::KeyUsage
         }
         WebpkiError::InvalidSignatureForPublicKey => CertError::BadSignature,
+        WebpkiError::InvalidCrlSignatureForPublicKey => CertError::Crl(
+            "the CRL of a certificate's issuer is not signed by the issuer's key".into(),
+        ),
+        WebpkiError::IssuerNotCrlSigner => CertError::Crl(
+            "a certificate's issuer may not sign CRLs (its key usage lacks cRLSign)".into(),
+        ),
+        WebpkiError::UnsupportedCrlSignatureAlgorithm
+        | WebpkiError::UnsupportedCrlSignatureAlgorithmContext(_)
+        | WebpkiError::UnsupportedCrlSignatureAlgorithmForPublicKey
+        | WebpkiError::UnsupportedCrlSignatureAlgorithmForPublicKeyContext(_) => CertError::Crl(
+            format!("the CRL of a certificate's issuer has an unsupported signature: {e}"),
+        ),
         WebpkiError::BadDer | WebpkiError::BadDerTime => CertError::Malformed(e.to_string()),
         other => CertError::Other(other.to_string()),
     }
@@ -255,7 +515,11 @@ fn subject_of(contents: &[u8]) -> Vec<u8> {
     if n < 0x80 {
         out.push(n as u8);
     } else {
-        let len: Vec<u8> = n.to_be_bytes().into_iter().skip_while(|&b| b == 0).collect();
+        let len: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|&b| b == 0)
+            .collect();
         out.push(0x80 | len.len() as u8);
         out.extend_from_slice(&len);
     }
@@ -370,6 +634,32 @@ mod tests {
         Identity::parse("192.0.2.1")
     }
 
+    /// A CRL of `by` revoking `serials` (key compromise), next update at
+    /// `next`.
+    fn crl(by: &Ca, serials: &[u64], next: (i32, u8, u8)) -> Vec<u8> {
+        let p = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2026, 1, 1),
+            next_update: rcgen::date_time_ymd(next.0, next.1, next.2),
+            crl_number: rcgen::SerialNumber::from(7u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: rcgen::date_time_ymd(2026, 4, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        p.signed_by(&by.cert, &by.key).unwrap().der().to_vec()
+    }
+
+    fn serial(n: u64) -> impl FnOnce(&mut CertificateParams) {
+        move |p| p.serial_number = Some(rcgen::SerialNumber::from(n))
+    }
+
     #[test]
     fn depth_one_and_three_chains_verify_and_give_the_key() {
         let ca = root("root");
@@ -463,6 +753,142 @@ mod tests {
             Err(CertError::Malformed(_))
         ));
         assert_eq!(spki_sha1(&ee[..40]), None);
+    }
+
+    #[test]
+    fn a_revoked_leaf_is_named_with_serial_and_reason() {
+        let ca = root("root");
+        let (ee, _) = leaf(&ca, serial(0x1234));
+        let list = crl(&ca, &[0x99, 0x1234], (2026, 12, 1));
+        let a = anchors(&ca).with_crls(std::slice::from_ref(&list)).unwrap();
+        assert_eq!(a.crl_count(), 1);
+        let e = a.verify_peer(&ee, &[], now(), &ip_id()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the end-entity certificate (serial 12:34) is revoked: listed in the CRL of its \
+             issuer, revoked at 2026-04-01T00:00:00Z, reason keyCompromise"
+        );
+        // Not listed: accepted with the CRL present.
+        let (ee, _) = leaf(&ca, serial(0x1235));
+        a.verify_peer(&ee, &[], now(), &ip_id()).unwrap();
+        // A CRL past its nextUpdate is still used.
+        let old = crl(&ca, &[0x1235], (2026, 2, 1));
+        let e = anchors(&ca)
+            .with_crls(&[old])
+            .unwrap()
+            .verify_peer(&ee, &[], now(), &ip_id())
+            .unwrap_err();
+        assert!(matches!(e, CertError::Revoked { .. }), "{e}");
+        let info = parse_crl(&list).unwrap();
+        assert_eq!(info.revoked, 2);
+        assert_eq!(
+            info.issuer,
+            EndEntityCert::try_from(&CertificateDer::from(ca.cert.der().as_ref()))
+                .unwrap()
+                .subject()
+        );
+    }
+
+    #[test]
+    fn a_revoked_intermediate_is_named() {
+        let ca = root("root");
+        let i1 = sub("intermediate 1", &ca);
+        let i2 = sub("intermediate 2", &i1);
+        let (ee, _) = leaf(&i2, serial(5));
+        let i2_serial = {
+            let cd = CertificateDer::from(i2.cert.der().as_ref());
+            EndEntityCert::try_from(&cd).unwrap().serial().to_vec()
+        };
+        let inter = vec![i2.cert.der().to_vec(), i1.cert.der().to_vec()];
+        // i1 revokes i2 (by its serial, derived from its key by rcgen);
+        // the root's CRL lists other serials.
+        let p = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2026, 1, 1),
+            next_update: rcgen::date_time_ymd(2026, 12, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&i2_serial),
+                revocation_time: rcgen::date_time_ymd(2026, 4, 1),
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let by_i1 = p.signed_by(&i1.cert, &i1.key).unwrap().der().to_vec();
+        let by_root = crl(&ca, &[5], (2026, 12, 1));
+        let a = anchors(&ca).with_crls(&[by_root, by_i1]).unwrap();
+        let e = a.verify_peer(&ee, &inter, now(), &ip_id()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("the intermediate certificate 1 (serial "),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("revoked at 2026-04-01T00:00:00Z"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn crls_of_other_cas_are_not_used_and_forged_ones_refuse() {
+        let ca = root("root");
+        let (ee, _) = leaf(&ca, serial(0x42));
+        // Another CA's CRL listing the same serial is not about this chain.
+        let other = root("another root");
+        let a = anchors(&ca)
+            .with_crls(&[crl(&other, &[0x42], (2026, 12, 1))])
+            .unwrap();
+        a.verify_peer(&ee, &[], now(), &ip_id()).unwrap();
+        // A CRL naming this CA as its issuer but signed by another key is
+        // refused at once.
+        let impostor = root("root");
+        let forged = crl(&impostor, &[0x43], (2026, 12, 1));
+        assert_eq!(
+            anchors(&ca).with_crls(std::slice::from_ref(&forged)).unwrap_err(),
+            "CRL 0: its issuer is the subject of CA certificate 0, but it is not signed by that CA's key"
+        );
+        assert!(crl_signed_by(&forged, impostor_spki(&impostor).as_slice()));
+        for n in 0..forged.len() {
+            assert!(!crl_signed_by(
+                &forged[..n],
+                impostor_spki(&impostor).as_slice()
+            ));
+        }
+        // One for an intermediate is checked when the chain meets it.
+        let i1 = sub("intermediate 1", &ca);
+        let (ee, _) = leaf(&i1, serial(0x44));
+        let fake_i1 = sub("intermediate 1", &other);
+        let a = anchors(&ca)
+            .with_crls(&[crl(&fake_i1, &[0x45], (2026, 12, 1))])
+            .unwrap();
+        assert_eq!(
+            a.verify_peer(&ee, &[i1.cert.der().to_vec()], now(), &ip_id()),
+            Err(CertError::Crl(
+                "the CRL of a certificate's issuer is not signed by the issuer's key".into()
+            ))
+        );
+    }
+
+    /// A CA's SubjectPublicKeyInfo contents, as a trust anchor holds them.
+    fn impostor_spki(ca: &Ca) -> Vec<u8> {
+        let der = ca.key.public_key_der();
+        tlv(&der).unwrap().value.to_vec()
+    }
+
+    #[test]
+    fn malformed_crls_are_refused_without_panics() {
+        let ca = root("root");
+        let list = crl(&ca, &[1, 2, 3], (2026, 12, 1));
+        for n in 0..list.len() {
+            assert!(parse_crl(&list[..n]).is_err(), "{n}");
+        }
+        let e = anchors(&ca)
+            .with_crls(&[list.clone(), list[..10].to_vec()])
+            .unwrap_err();
+        assert!(e.starts_with("CRL 1: "), "{e}");
+        assert_eq!(serial_hex(&[0x00, 0x80, 0x01]), "80:01");
+        assert_eq!(serial_hex(&[0x00]), "00");
     }
 
     #[test]

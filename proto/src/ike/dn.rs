@@ -20,11 +20,11 @@ const ATTRIBUTES: &[(&str, &[u8])] = &[
     ("STREET", &[0x55, 0x04, 0x09]),
     ("O", &[0x55, 0x04, 0x0a]),
     ("OU", &[0x55, 0x04, 0x0b]),
-    ("DC", &[0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19]),
     (
-        "E",
-        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01],
+        "DC",
+        &[0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19],
     ),
+    ("E", &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01]),
 ];
 
 const SEQUENCE: u8 = 0x30;
@@ -74,7 +74,9 @@ pub fn encode(text: &str) -> Result<Vec<u8>, String> {
             ));
         };
         if value.is_empty() {
-            return Err(format!("{name} has an empty value in the distinguished name"));
+            return Err(format!(
+                "{name} has an empty value in the distinguished name"
+            ));
         }
         let string_tag = if name == "C" {
             PRINTABLE
@@ -183,7 +185,10 @@ fn dotted(oid: &[u8]) -> String {
             v = 0;
         }
     }
-    arcs.iter().map(u64::to_string).collect::<Vec<_>>().join(".")
+    arcs.iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 #[cfg(test)]
@@ -208,7 +213,9 @@ mod tests {
     #[test]
     fn bad_text_is_named() {
         assert!(encode("CN").unwrap_err().contains("not TYPE=VALUE"));
-        assert!(encode("XX=1").unwrap_err().contains("unknown attribute type \"XX\""));
+        assert!(encode("XX=1")
+            .unwrap_err()
+            .contains("unknown attribute type \"XX\""));
         assert!(encode("CN=").unwrap_err().contains("empty value"));
         assert!(decode(&[0x30, 0x05, 0x31]).is_none());
         assert!(decode(&[]).is_none());
@@ -219,7 +226,8 @@ mod tests {
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name = rcgen::DistinguishedName::new();
         p.distinguished_name.push(rcgen::DnType::CountryName, "CH");
-        p.distinguished_name.push(rcgen::DnType::OrganizationName, "Example");
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example");
         p.distinguished_name.push(rcgen::DnType::CommonName, "r1");
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         let cert = p.self_signed(&key).unwrap();
