@@ -44,7 +44,7 @@ use std::time::Instant;
 
 use rand_core::CryptoRngCore;
 
-use super::config::{EndpointConfig, PeerConfig};
+use super::config::{self, EndpointConfig, PeerConfig};
 use super::context::{Ctx, Fate, Outbox};
 use super::cookie::DosState;
 use super::error::{IkeError, MisuseError};
@@ -123,6 +123,14 @@ impl Endpoint {
     ) -> Result<Endpoint, IkeError> {
         for p in &cfg.peers {
             check_peer(p)?;
+        }
+        let (min, max) = (config::MIN_FRAGMENT_SIZE, config::MAX_FRAGMENT_SIZE);
+        if !(min..=max).contains(&cfg.fragment_size) {
+            return Err(MisuseError::Config(format!(
+                "fragment_size {} is outside {min}..={max}",
+                cfg.fragment_size
+            ))
+            .into());
         }
         let mut by_addr = BTreeMap::new();
         let mut by_ip: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
@@ -936,9 +944,30 @@ fn on_request(
     sa: IkeSa,
 ) -> Fate {
     let id = msg.header.message_id;
-    // Retransmitted request: replay the stored response (RFC 7296 2.1).
-    if let Some(bytes) = sa.window.replay(id).map(<[u8]>::to_vec) {
-        ctx.send(from, bytes);
+    // Retransmitted request: replay the stored response (RFC 7296 2.1);
+    // when it comes in fragments, once, for its first fragment if that
+    // authenticates (RFC 7383 2.6.1).
+    if let Some(bytes) = sa.window.replay(id).map(<[_]>::to_vec) {
+        if let Some(f) = msg.sk.as_ref().and_then(|sk| sk.fragment) {
+            let (n, total) = (f.number, f.total);
+            if n != 1 {
+                ctx.dropped(
+                    from,
+                    DropReason::Unexpected,
+                    format!("fragment {n}/{total} of request {id}, answered already (the answer is sent again for fragment 1)"),
+                );
+                return Fate::Keep(sa);
+            }
+            if !sa.fragment_verifies(datagram, msg) {
+                ctx.dropped(
+                    from,
+                    DropReason::Integrity,
+                    format!("fragment {n}/{total} of request {id}, answered already: integrity check failed"),
+                );
+                return Fate::Keep(sa);
+            }
+        }
+        ctx.send_all(from, &bytes);
         return Fate::Keep(sa);
     }
     if id != sa.window.expected() || sa.state() == SaState::Failed {
