@@ -476,6 +476,11 @@ pub struct EndpointConfig {
     /// chain) is sent as Encrypted Fragment payloads that fit. Default
     /// [`DEFAULT_FRAGMENT_SIZE`]; at least [`MIN_FRAGMENT_SIZE`].
     pub fragment_size: usize,
+    /// Send IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT (RFC 7383 2.3),
+    /// without which neither side fragments. Off only to test behaviour
+    /// toward a peer without fragmentation; fragments are accepted either
+    /// way.
+    pub advertise_fragmentation: bool,
 }
 
 /// Default of [`EndpointConfig::fragment_size`]: 1,280 octets, the IPv6
@@ -502,6 +507,7 @@ impl EndpointConfig {
             advertise_tcp_ao: true,
             wall_clock: SystemTime::UNIX_EPOCH,
             fragment_size: DEFAULT_FRAGMENT_SIZE,
+            advertise_fragmentation: true,
         }
     }
 

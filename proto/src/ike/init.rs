@@ -111,12 +111,15 @@ fn send_init_request(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
 }
 
 fn capability_payloads(ctx: &Ctx<'_>) -> Vec<Payload> {
+    let mut v = vec![notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED, Vec::new())];
     // RFC 7383 2.3: always, like strongSwan's `fragmentation = yes`; aokd
     // fragments only toward a peer that sent it too.
-    let mut v = vec![
-        notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED, Vec::new()),
-        notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED, Vec::new()),
-    ];
+    if ctx.cfg.advertise_fragmentation {
+        v.push(notify(
+            NotifyType::IKEV2_FRAGMENTATION_SUPPORTED,
+            Vec::new(),
+        ));
+    }
     if ctx.cfg.advertise_tcp_ao {
         v.push(notify(NotifyType::TCP_AO_SUPPORTED, Vec::new()));
         v.push(Payload::VendorId(VENDOR_ID.to_vec()));
@@ -132,12 +135,13 @@ fn capability_payloads(ctx: &Ctx<'_>) -> Vec<Payload> {
     v
 }
 
-/// The largest message sent unfragmented to `remote` when the peer's
-/// IKE_SA_INIT `payloads` announce IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383
-/// 2.3), else `None` (never fragment).
+/// The largest message sent unfragmented to `remote` when both sides
+/// announce IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 2.3: the peer in its
+/// IKE_SA_INIT `payloads`), else `None` (never fragment).
 fn fragment_len(ctx: &Ctx<'_>, payloads: &[Payload], remote: SocketAddr) -> Option<usize> {
     payloads
         .notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED)
+        .filter(|_| ctx.cfg.advertise_fragmentation)
         .map(|_| ctx.cfg.max_message_len(remote.ip()))
 }
 
