@@ -643,11 +643,13 @@ impl Endpoint {
 
     /// Fuzzing hook (cargo feature `fuzzing`, not an API): seals `plaintext`
     /// (an inner payload chain, padding and pad length, taken as they are)
-    /// in an SK payload with the keys the peer of the IKE SA with local SPI
-    /// `local_spi` sends with, behind `header` (its Next Payload and Length
-    /// are set here), so that the SA opens it and the decrypted-payload
-    /// parser and the exchanges see fuzzed contents. `None` if there is no
-    /// such SA or it has no keys yet.
+    /// in an SK payload, or an SKF fragment with the numbers `fragment`
+    /// (RFC 7383, taken as they are), with the keys the peer of the IKE SA
+    /// with local SPI `local_spi` sends with, behind `header` (its Next
+    /// Payload and Length are set here), so that the SA opens it and the
+    /// reassembly, the decrypted-payload parser and the exchanges see
+    /// fuzzed contents. `None` if there is no such SA or it has no keys
+    /// yet.
     #[cfg(feature = "fuzzing")]
     #[doc(hidden)]
     pub fn fuzz_seal_as_peer(
@@ -655,6 +657,7 @@ impl Endpoint {
         local_spi: u64,
         header: &wire::Header,
         first_inner: crate::numbers::PayloadType,
+        fragment: Option<wire::FragmentNumbers>,
         plaintext: &[u8],
         iv: u64,
     ) -> Option<Vec<u8>> {
@@ -665,9 +668,10 @@ impl Endpoint {
             Role::Initiator => &keys.sk_er,
             Role::Responder => &keys.sk_ei,
         };
-        super::sk::seal(
+        super::sk::seal_with(
             header,
             first_inner,
+            fragment,
             plaintext.to_vec(),
             suite.encr,
             key.as_bytes(),

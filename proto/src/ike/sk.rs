@@ -117,7 +117,7 @@ pub(crate) fn seal(
 }
 
 /// [`seal`] into SK, or into SKF with `fragment`'s numbers.
-fn seal_with(
+pub(crate) fn seal_with(
     header: &Header,
     first_inner: PayloadType,
     fragment: Option<FragmentNumbers>,
