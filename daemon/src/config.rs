@@ -62,6 +62,15 @@ pub const DEFAULT_COOKIE_THRESHOLD_PER_SOURCE: usize =
 /// Largest `daemon.cookie_threshold` and `cookie_threshold_per_source`:
 /// more half-open SAs than that never exist (each peer holds at most 5).
 pub const MAX_COOKIE_THRESHOLD: i64 = 1_000_000;
+/// Default of `daemon.fragment_size`
+/// ([`aokd_proto::ike::config::DEFAULT_FRAGMENT_SIZE`], 1,280: the IPv6
+/// minimum MTU, strongSwan's `fragment_size`).
+pub const DEFAULT_FRAGMENT_SIZE: usize = aokd_proto::ike::config::DEFAULT_FRAGMENT_SIZE;
+/// Smallest `daemon.fragment_size` (576, RFC 791's datagram every host
+/// accepts).
+pub const MIN_FRAGMENT_SIZE: usize = aokd_proto::ike::config::MIN_FRAGMENT_SIZE;
+/// Largest `daemon.fragment_size` (65,535).
+pub const MAX_FRAGMENT_SIZE: usize = aokd_proto::ike::config::MAX_FRAGMENT_SIZE;
 /// Default of `daemon.metrics_interval`: how often the metrics file is
 /// written (node_exporter's usual scrape interval).
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(15);
@@ -244,6 +253,10 @@ pub struct DaemonSection {
     pub metrics_file: Option<PathBuf>,
     /// How often the metrics file is written.
     pub metrics_interval: Duration,
+    /// The largest IP datagram sent to a peer that announced IKE
+    /// fragmentation (RFC 7383), counting the IP and UDP headers; larger
+    /// protected messages are sent in fragments.
+    pub fragment_size: usize,
 }
 
 /// A group a socket is given (`*_socket_group`), by name and id.
@@ -651,6 +664,7 @@ struct RawDaemon {
     cookie_threshold_per_source: Option<i64>,
     metrics_file: Option<String>,
     metrics_interval: Option<String>,
+    fragment_size: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -1164,6 +1178,21 @@ impl Validator<'_> {
                     .map_err(|e| self.err("daemon.metrics_interval", None, e))?
             }
         };
+        let fragment_size = match raw.fragment_size {
+            None => DEFAULT_FRAGMENT_SIZE,
+            Some(n) => match usize::try_from(n) {
+                Ok(n) if (MIN_FRAGMENT_SIZE..=MAX_FRAGMENT_SIZE).contains(&n) => n,
+                _ => {
+                    return Err(self.err(
+                        "daemon.fragment_size",
+                        None,
+                        format!(
+                            "{n} is out of range {MIN_FRAGMENT_SIZE}..={MAX_FRAGMENT_SIZE} (octets of an IP datagram, headers included)"
+                        ),
+                    ))
+                }
+            },
+        };
         Ok(DaemonSection {
             listen,
             port,
@@ -1180,6 +1209,7 @@ impl Validator<'_> {
             cookie_threshold_per_source,
             metrics_file,
             metrics_interval,
+            fragment_size,
         })
     }
 

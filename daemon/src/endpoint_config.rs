@@ -28,6 +28,7 @@ pub fn endpoint_config(cfg: &Config) -> anyhow::Result<EndpointConfig> {
     ec.liveness = cfg.daemon.liveness;
     ec.cookie_threshold = cfg.daemon.cookie_threshold;
     ec.cookie_threshold_per_source = cfg.daemon.cookie_threshold_per_source;
+    ec.fragment_size = cfg.daemon.fragment_size;
     // The endpoint advances this by its monotonic clock; left at the
     // default epoch every certificate would be "not yet valid".
     ec.wall_clock = std::time::SystemTime::now();

@@ -76,7 +76,7 @@ pub fn plan(running: &Config, new: Config) -> Plan {
 
 /// The `[daemon]` keys that differ. Every one needs a restart: the
 /// sockets are bound and the state file open, and the endpoint-wide
-/// settings (liveness, cookies) are read by every peer's timers.
+/// settings (liveness, cookies, fragment size) are read by every peer's timers.
 fn daemon_changes(old: &DaemonSection, new: &DaemonSection) -> Vec<String> {
     let mut out = Vec::new();
     let mut check = |name: &str, differs: bool| {
@@ -120,6 +120,7 @@ fn daemon_changes(old: &DaemonSection, new: &DaemonSection) -> Vec<String> {
         "cookie_threshold_per_source",
         old.cookie_threshold_per_source != new.cookie_threshold_per_source,
     );
+    check("fragment_size", old.fragment_size != new.fragment_size);
     if out.is_empty() && old != new {
         // A key added to the section since this list was written.
         out.push("daemon (a setting)".to_string());

@@ -712,6 +712,24 @@ fn cookie_thresholds() {
     );
 }
 
+#[test]
+fn fragment_size() {
+    let dir = TempDir::new("fragment-size");
+    let t = |v: &str| {
+        load(
+            &dir,
+            &format!("[daemon]\nfragment_size = {v}\n{}", peer_config(&dir, "")),
+        )
+    };
+    let d = load(&dir, &peer_config(&dir, "")).unwrap().daemon;
+    assert_eq!(d.fragment_size, 1280);
+    assert_eq!(t("1500").unwrap().daemon.fragment_size, 1500);
+    assert_eq!(t("576").unwrap().daemon.fragment_size, 576);
+    for bad in ["575", "65536", "-1"] {
+        expect_invalid(t(bad), "daemon.fragment_size", None, "576..=65535");
+    }
+}
+
 /// Makes a FIFO at `path` with mkfifo(1).
 fn mkfifo(path: &Path) {
     let st = std::process::Command::new("mkfifo")

@@ -14,12 +14,15 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use aokd_fuzz::ike::{self, drain, exchange, start, From, Handshake, A_ADDR, B_ADDR, STRANGER};
-use aokd_fuzz::records::{join, FIXED, FROM_STRANGER, MINUTES, PAD, RAW, SEALED, TIME};
+use aokd_fuzz::records::{join, FIXED, FRAGMENT, FROM_STRANGER, MINUTES, PAD, RAW, SEALED, TIME};
 use aokd_proto::crypto::Secret;
 use aokd_proto::ike::{Endpoint, IkeSuite};
 use aokd_proto::mkt::MacAlgorithm;
 use aokd_proto::numbers::{DhGroup, ExchangeType, NotifyType, PayloadType, ProtocolId};
-use aokd_proto::wire::{emit_payload_chain, DeletePayload, NotifyPayload, Payload, FLAG_RESPONSE};
+use aokd_proto::wire::{
+    emit_payload_chain, DeletePayload, FragmentNumbers, Header, NotifyPayload, Payload,
+    FLAG_INITIATOR, FLAG_RESPONSE,
+};
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
@@ -194,6 +197,85 @@ fn ike_seeds(out: &mut Out) {
         ]),
     );
     out.put("endpoint_responder", &join(&[(TIME | MINUTES, vec![200])]));
+    // SKF fragments (RFC 7383) of a CREATE_CHILD_SA request: whole, out of
+    // order with a duplicate, and with a change of Total Fragments.
+    let chain = &responder_sealed[3];
+    let (head, body) = chain.split_at(7);
+    let fragment = |n: u16, total: u16, piece: &[u8]| {
+        let mut v = n.to_be_bytes().to_vec();
+        v.extend_from_slice(&total.to_be_bytes());
+        v.extend_from_slice(&head[..6]);
+        v.push(if n == 1 { head[6] } else { 0 });
+        v.extend_from_slice(piece);
+        (SEALED | PAD | FRAGMENT, v)
+    };
+    let half = body.len() / 2;
+    let (p1, p2) = body.split_at(half);
+    let (q1, rest) = body.split_at(half / 2);
+    let (q2, q3) = rest.split_at(rest.len() / 2);
+    out.put(
+        "endpoint_responder",
+        &join(&[fragment(1, 2, p1), fragment(2, 2, p2)]),
+    );
+    // The same two fragments sealed by B's keys, as datagrams: for
+    // ike_wire, and raw for the responder (valid ICVs, the seeds and
+    // instant being fixed).
+    let b = h.established_b();
+    let sa = &b.peers()[0].sas[0];
+    let header = Header {
+        spi_i: sa.spi_i,
+        spi_r: sa.spi_r,
+        next_payload: PayloadType::NONE,
+        version: 0x20,
+        exchange: ExchangeType::CREATE_CHILD_SA,
+        flags: FLAG_INITIATOR,
+        message_id: 2,
+        length: 0,
+    };
+    let mut raw = Vec::new();
+    for (n, piece) in [(1u16, p1), (2, p2)] {
+        let mut plaintext = piece.to_vec();
+        plaintext.push(0);
+        let first = PayloadType(if n == 1 { head[6] } else { 0 });
+        let numbers = FragmentNumbers {
+            number: n,
+            total: 2,
+        };
+        let d = b
+            .fuzz_seal_as_peer(
+                sa.spi_r,
+                &header,
+                first,
+                Some(numbers),
+                &plaintext,
+                100 + u64::from(n),
+            )
+            .expect("sealed fragment");
+        out.put("ike_wire", &d);
+        raw.push((RAW, d));
+    }
+    let answered = aokd_fuzz::records::run(&mut h.established_b(), A_ADDR, &join(&raw));
+    assert_eq!(
+        answered, 1,
+        "the sealed fragments are reassembled and answered"
+    );
+    out.put("endpoint_responder", &join(&raw));
+    out.put(
+        "endpoint_responder",
+        &join(&[fragment(2, 2, p2), fragment(2, 2, p2), fragment(1, 2, p1)]),
+    );
+    out.put(
+        "endpoint_responder",
+        &join(&[
+            fragment(1, 2, p1),
+            fragment(1, 3, q1),
+            fragment(2, 2, p2),
+            fragment(3, 3, q3),
+            fragment(2, 3, q2),
+            (TIME | MINUTES, vec![1]),
+            fragment(1, 2, p1),
+        ]),
+    );
 
     // endpoint_initiator: state octet, then records.
     let b_hs = h.sent_by(From::B);

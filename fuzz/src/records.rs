@@ -14,7 +14,10 @@
 //!   feature `fuzzing`), so that the SA opens it and the decrypted payload
 //!   chain and the exchanges see fuzzed contents. `flags` is XORed with the
 //!   I flag a genuine message from the peer has; with bit 0x40 of `op` a
-//!   zero pad-length octet is appended to the plaintext.
+//!   zero pad-length octet is appended to the plaintext. With bit 0x80 of
+//!   `op` (which means "from a stranger" for the others) it is an SKF
+//!   fragment (RFC 7383) from the peer instead: the body starts with
+//!   `Fragment Number (2) ‖ Total Fragments (2)`, taken as they are.
 //! - 3, time: the clock moves on by `body[0]` seconds (minutes with bit
 //!   0x40 of `op`) and the endpoint's timers run.
 //!
@@ -28,7 +31,7 @@ use std::time::Duration;
 
 use aokd_proto::ike::{Endpoint, Role};
 use aokd_proto::numbers::{ExchangeType, PayloadType};
-use aokd_proto::wire::{Header, FLAG_INITIATOR};
+use aokd_proto::wire::{FragmentNumbers, Header, FLAG_INITIATOR};
 
 use crate::ike::{drain, start, STRANGER};
 
@@ -43,6 +46,8 @@ pub const TIME: u8 = 3;
 pub const PAD: u8 = 0x40;
 pub const MINUTES: u8 = 0x40;
 pub const FROM_STRANGER: u8 = 0x80;
+/// `op` bit of a sealed record: an SKF fragment.
+pub const FRAGMENT: u8 = 0x80;
 
 /// Splits `data` into records: (op, body).
 pub fn split(mut data: &[u8]) -> Vec<(u8, &[u8])> {
@@ -79,7 +84,7 @@ pub fn run(ep: &mut Endpoint, peer: SocketAddr, data: &[u8]) -> usize {
     let mut now = start();
     let mut sent = 0;
     for (n, (op, body)) in split(data).into_iter().enumerate() {
-        let from = if op & FROM_STRANGER != 0 {
+        let from = if op & FROM_STRANGER != 0 && op & 3 != SEALED {
             STRANGER
         } else {
             peer
@@ -104,6 +109,17 @@ pub fn run(ep: &mut Endpoint, peer: SocketAddr, data: &[u8]) -> usize {
                 ep.handle_datagram(now, from, &d);
             }
             SEALED => {
+                let (fragment, body) = match body {
+                    [n0, n1, t0, t1, rest @ ..] if op & FRAGMENT != 0 => (
+                        Some(FragmentNumbers {
+                            number: u16::from_be_bytes([*n0, *n1]),
+                            total: u16::from_be_bytes([*t0, *t1]),
+                        }),
+                        rest,
+                    ),
+                    _ if op & FRAGMENT != 0 => (None, &[][..]),
+                    _ => (None, body),
+                };
                 if let (Some((spi_i, spi_r, role)), [ex, flags, m0, m1, m2, m3, first, pt @ ..]) =
                     (pick_sa(ep, op), body)
                 {
@@ -137,6 +153,7 @@ pub fn run(ep: &mut Endpoint, peer: SocketAddr, data: &[u8]) -> usize {
                         local,
                         &header,
                         PayloadType(*first),
+                        fragment,
                         &plaintext,
                         n as u64,
                     ) {
@@ -188,6 +205,32 @@ mod tests {
         assert_eq!(run(&mut h.established_b(), A_ADDR, &ok), 1);
         let wrong_id = sealed(ExchangeType::INFORMATIONAL, 0, 7);
         assert_eq!(run(&mut h.established_b(), A_ADDR, &wrong_id), 0);
+    }
+
+    #[test]
+    fn sealed_fragments_are_reassembled_by_the_responder() {
+        // An empty INFORMATIONAL's chain (none) cannot be split; a Delete
+        // payload's 8 octets can: 5 in fragment 1, 3 in fragment 2.
+        let delete = [0u8, 0, 0, 8, 1, 0, 0, 0];
+        let frag = |n: u16, first: PayloadType, piece: &[u8]| {
+            let mut body = n.to_be_bytes().to_vec();
+            body.extend_from_slice(&2u16.to_be_bytes());
+            body.extend_from_slice(&[ExchangeType::INFORMATIONAL.0, 0]);
+            body.extend_from_slice(&2u32.to_be_bytes());
+            body.push(first.0);
+            body.extend_from_slice(piece);
+            (SEALED | PAD | FRAGMENT, body)
+        };
+        let h = Handshake::get();
+        let first = frag(1, PayloadType::DELETE, &delete[..5]);
+        let second = frag(2, PayloadType::NONE, &delete[5..]);
+        // Fragment 1 alone is stored, not answered; both are answered.
+        assert_eq!(
+            run(&mut h.established_b(), A_ADDR, &join(&[first.clone()])),
+            0
+        );
+        let both = join(&[first, second]);
+        assert_eq!(run(&mut h.established_b(), A_ADDR, &both), 1);
     }
 
     #[test]

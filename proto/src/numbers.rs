@@ -83,6 +83,8 @@ registry! {
         SK = 46,
         CP = 47,
         EAP = 48,
+        /// Encrypted Fragment (RFC 7383 2.5).
+        SKF = 53,
     }
 }
 
@@ -229,6 +231,8 @@ registry! {
         REKEY_SA = 16393,
         /// RFC 6023: the sender can establish an IKE SA without a child SA.
         CHILDLESS_IKEV2_SUPPORTED = 16418,
+        /// RFC 7383 2.3: the sender reassembles Encrypted Fragment payloads.
+        IKEV2_FRAGMENTATION_SUPPORTED = 16430,
         /// RFC 7427 4: the hashes the sender accepts in signatures.
         SIGNATURE_HASH_ALGORITHMS = 16431,
         /// Private status (docs/protocol.md): the sender negotiates TCP-AO MKTs.

@@ -585,14 +585,19 @@ fn certreq_is_honoured_when_choosing_the_chain_to_send() {
         let mut sim = Sim::pair_with(80, NetParams::default(), ca_cfg, cb_cfg);
         assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
         assert!(sim.common_mkt());
-        // A's second datagram is its IKE_AUTH request.
+        // A's IKE_AUTH request: every datagram of it (its fragments
+        // toward a B that names the root, RFC 7383).
         sim.sent
             .iter()
             .filter(|(n, _, _)| *n == 0)
-            .nth(1)
-            .unwrap()
-            .2
-            .len()
+            .filter(|(_, _, d)| {
+                aokd_proto::wire::parse_message(d).is_ok_and(|m| {
+                    m.header.exchange == aokd_proto::numbers::ExchangeType::IKE_AUTH
+                        && !m.header.is_response()
+                })
+            })
+            .map(|(_, _, d)| d.len())
+            .sum::<usize>()
     };
     let toward_root = run(&ca);
     let toward_i2 = run(&i2);

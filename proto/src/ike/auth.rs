@@ -439,7 +439,7 @@ pub(super) fn on_response(
             ExchangeType::INFORMATIONAL,
             &[notify(NotifyType::AUTHENTICATION_FAILED, Vec::new())],
         ) {
-            ctx.send(sa.remote, bytes);
+            ctx.send_all(sa.remote, &bytes);
         }
         return lifecycle::fail(
             ctx,

@@ -505,7 +505,28 @@ pub struct EndpointConfig {
     /// monotonic time since. Default: the Unix epoch, at which no
     /// certificate is valid; a daemon using certificates sets it.
     pub wall_clock: SystemTime,
+    /// The largest IP datagram aokd sends in an IKE SA whose peer announced
+    /// IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383): counting the IP and UDP
+    /// headers (RFC 7383 2.5.1), as strongSwan's `fragment_size` does. A
+    /// protected message that would be larger (IKE_AUTH with a certificate
+    /// chain) is sent as Encrypted Fragment payloads that fit. Default
+    /// [`DEFAULT_FRAGMENT_SIZE`]; at least [`MIN_FRAGMENT_SIZE`].
+    pub fragment_size: usize,
+    /// Send IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT (RFC 7383 2.3),
+    /// without which neither side fragments. Off only to test behaviour
+    /// toward a peer without fragmentation; fragments are accepted either
+    /// way.
+    pub advertise_fragmentation: bool,
 }
+
+/// Default of [`EndpointConfig::fragment_size`]: 1,280 octets, the IPv6
+/// minimum MTU (RFC 8200 5), strongSwan's `fragment_size` default.
+pub const DEFAULT_FRAGMENT_SIZE: usize = 1280;
+/// Smallest [`EndpointConfig::fragment_size`]: 576 octets, the IPv4
+/// datagram every host accepts (RFC 791), as RFC 7383 2.5.1 suggests.
+pub const MIN_FRAGMENT_SIZE: usize = 576;
+/// Largest [`EndpointConfig::fragment_size`]: a UDP datagram's limit.
+pub const MAX_FRAGMENT_SIZE: usize = 65_535;
 
 impl EndpointConfig {
     pub fn new(peers: Vec<PeerConfig>) -> Self {
@@ -522,7 +543,20 @@ impl EndpointConfig {
             liveness: Some(Duration::from_secs(30)),
             advertise_tcp_ao: true,
             wall_clock: SystemTime::UNIX_EPOCH,
+            fragment_size: DEFAULT_FRAGMENT_SIZE,
+            advertise_fragmentation: true,
         }
+    }
+
+    /// The largest IKE message (the UDP payload) sent unfragmented to a
+    /// peer at `remote`: [`EndpointConfig::fragment_size`] less the IPv4
+    /// (20) or IPv6 (40) header and the UDP header (8).
+    pub fn max_message_len(&self, remote: IpAddr) -> usize {
+        let ip = match remote {
+            IpAddr::V4(_) => 20,
+            IpAddr::V6(_) => 40,
+        };
+        self.fragment_size.saturating_sub(ip + 8)
     }
 }
 

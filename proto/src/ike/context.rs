@@ -30,7 +30,7 @@ use super::outcomes::NegotiationCounters;
 use super::peer::PeerRuntime;
 use super::sa::IkeSa;
 use super::table::PeerSas;
-use super::window::PendingKind;
+use super::window::{Datagrams, PendingKind};
 use crate::numbers::ExchangeType;
 use crate::wire::{ParsedMessage, Payload};
 
@@ -221,16 +221,23 @@ impl Ctx<'_> {
         }
     }
 
+    /// Sends every datagram of a message (its fragments, RFC 7383).
+    pub(super) fn send_all(&mut self, destination: SocketAddr, datagrams: &[Vec<u8>]) {
+        for d in datagrams {
+            self.send(destination, d.clone());
+        }
+    }
+
     /// Sends a request built by the window and makes it the outstanding one.
     pub(super) fn send_request(
         &mut self,
         sa: &mut IkeSa,
         message_id: u32,
-        bytes: Vec<u8>,
+        bytes: Datagrams,
         kind: PendingKind,
         now: Instant,
     ) {
-        self.send(sa.remote, bytes.clone());
+        self.send_all(sa.remote, &bytes);
         sa.window
             .sent(message_id, bytes, kind, now, &self.cfg.retransmit);
     }
@@ -238,7 +245,7 @@ impl Ctx<'_> {
     /// Sends a protected response to the expected request, stored for replay.
     pub(super) fn respond(&mut self, sa: &mut IkeSa, exchange: ExchangeType, payloads: &[Payload]) {
         if let Ok(bytes) = sa.response(exchange, payloads) {
-            self.send(sa.remote, bytes);
+            self.send_all(sa.remote, &bytes);
         }
     }
 
@@ -258,7 +265,9 @@ impl Ctx<'_> {
 
     /// Decrypts and authenticates `msg` on `sa`. When it does not
     /// authenticate, the SA is kept unchanged and the datagram is reported
-    /// as dropped (`what` names it).
+    /// as dropped (`what` names it). An SKF fragment is stored (or
+    /// dropped, [`super::fragments`]) and the SA kept until the message is
+    /// whole; the fragment that completes it gives the message's payloads.
     #[allow(clippy::result_large_err)] // the SA itself, moved back to the caller
     pub(super) fn unprotect_or_drop(
         &mut self,
@@ -269,10 +278,11 @@ impl Ctx<'_> {
         now: Instant,
         what: &str,
     ) -> Result<(IkeSa, Vec<Payload>), Fate> {
-        match sa.unprotect(datagram, msg, now) {
-            Ok(payloads) => Ok((sa, payloads)),
+        match sa.unprotect(datagram, msg, now, self.cfg.retransmit.total()) {
+            Ok(Some(payloads)) => Ok((sa, payloads)),
+            Ok(None) => Err(Fate::Keep(sa)),
             Err(e) => {
-                self.dropped(from, DropReason::Integrity, format!("{what}: {e}"));
+                self.dropped(from, e.reason, format!("{what}: {}", e.detail));
                 Err(Fate::Keep(sa))
             }
         }

@@ -44,7 +44,7 @@ use std::time::Instant;
 
 use rand_core::CryptoRngCore;
 
-use super::config::{EndpointConfig, PeerConfig};
+use super::config::{self, EndpointConfig, PeerConfig};
 use super::context::{Ctx, Fate, Outbox};
 use super::cookie::DosState;
 use super::error::{IkeError, MisuseError};
@@ -139,6 +139,14 @@ impl Endpoint {
                     MisuseError::Config(format!("peer group {:?}: no prefixes", g.name)).into(),
                 );
             }
+        }
+        let (min, max) = (config::MIN_FRAGMENT_SIZE, config::MAX_FRAGMENT_SIZE);
+        if !(min..=max).contains(&cfg.fragment_size) {
+            return Err(MisuseError::Config(format!(
+                "fragment_size {} is outside {min}..={max}",
+                cfg.fragment_size
+            ))
+            .into());
         }
         let mut by_addr = BTreeMap::new();
         let mut by_ip: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
@@ -754,11 +762,13 @@ impl Endpoint {
 
     /// Fuzzing hook (cargo feature `fuzzing`, not an API): seals `plaintext`
     /// (an inner payload chain, padding and pad length, taken as they are)
-    /// in an SK payload with the keys the peer of the IKE SA with local SPI
-    /// `local_spi` sends with, behind `header` (its Next Payload and Length
-    /// are set here), so that the SA opens it and the decrypted-payload
-    /// parser and the exchanges see fuzzed contents. `None` if there is no
-    /// such SA or it has no keys yet.
+    /// in an SK payload, or an SKF fragment with the numbers `fragment`
+    /// (RFC 7383, taken as they are), with the keys the peer of the IKE SA
+    /// with local SPI `local_spi` sends with, behind `header` (its Next
+    /// Payload and Length are set here), so that the SA opens it and the
+    /// reassembly, the decrypted-payload parser and the exchanges see
+    /// fuzzed contents. `None` if there is no such SA or it has no keys
+    /// yet.
     #[cfg(feature = "fuzzing")]
     #[doc(hidden)]
     pub fn fuzz_seal_as_peer(
@@ -766,6 +776,7 @@ impl Endpoint {
         local_spi: u64,
         header: &wire::Header,
         first_inner: crate::numbers::PayloadType,
+        fragment: Option<wire::FragmentNumbers>,
         plaintext: &[u8],
         iv: u64,
     ) -> Option<Vec<u8>> {
@@ -776,9 +787,10 @@ impl Endpoint {
             Role::Initiator => &keys.sk_er,
             Role::Responder => &keys.sk_ei,
         };
-        super::sk::seal(
+        super::sk::seal_with(
             header,
             first_inner,
+            fragment,
             plaintext.to_vec(),
             suite.encr,
             key.as_bytes(),
@@ -1055,9 +1067,30 @@ fn on_request(
     sa: IkeSa,
 ) -> Fate {
     let id = msg.header.message_id;
-    // Retransmitted request: replay the stored response (RFC 7296 2.1).
-    if let Some(bytes) = sa.window.replay(id).map(<[u8]>::to_vec) {
-        ctx.send(from, bytes);
+    // Retransmitted request: replay the stored response (RFC 7296 2.1);
+    // when it comes in fragments, once, for its first fragment if that
+    // authenticates (RFC 7383 2.6.1).
+    if let Some(bytes) = sa.window.replay(id).map(<[_]>::to_vec) {
+        if let Some(f) = msg.sk.as_ref().and_then(|sk| sk.fragment) {
+            let (n, total) = (f.number, f.total);
+            if n != 1 {
+                ctx.dropped(
+                    from,
+                    DropReason::Unexpected,
+                    format!("fragment {n}/{total} of request {id}, answered already (the answer is sent again for fragment 1)"),
+                );
+                return Fate::Keep(sa);
+            }
+            if !sa.fragment_verifies(datagram, msg) {
+                ctx.dropped(
+                    from,
+                    DropReason::Integrity,
+                    format!("fragment {n}/{total} of request {id}, answered already: integrity check failed"),
+                );
+                return Fate::Keep(sa);
+            }
+        }
+        ctx.send_all(from, &bytes);
         return Fate::Keep(sa);
     }
     if id != sa.window.expected() || sa.state() == SaState::Failed {

@@ -69,6 +69,8 @@ pub(super) fn start(ctx: &mut Ctx<'_>, now: Instant) -> Result<(), IkeError> {
         peer_childless: false,
         peer_sig_hashes: None,
         peer_certreq: Vec::new(),
+        fragment_len: None,
+        fragments: Default::default(),
         window: Window::new(0),
         iv_counter: 0,
         established_at: None,
@@ -105,11 +107,19 @@ fn send_init_request(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
     let h = sa.header(ExchangeType::IKE_SA_INIT, id, false);
     let bytes = wire::emit_message(&h, &payloads);
     sa.init_request = bytes.clone();
-    ctx.send_request(sa, id, bytes, PendingKind::Init, now);
+    ctx.send_request(sa, id, vec![bytes], PendingKind::Init, now);
 }
 
 fn capability_payloads(ctx: &Ctx<'_>) -> Vec<Payload> {
     let mut v = vec![notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED, Vec::new())];
+    // RFC 7383 2.3: always, like strongSwan's `fragmentation = yes`; aokd
+    // fragments only toward a peer that sent it too.
+    if ctx.cfg.advertise_fragmentation {
+        v.push(notify(
+            NotifyType::IKEV2_FRAGMENTATION_SUPPORTED,
+            Vec::new(),
+        ));
+    }
     if ctx.cfg.advertise_tcp_ao {
         v.push(notify(NotifyType::TCP_AO_SUPPORTED, Vec::new()));
         v.push(Payload::VendorId(VENDOR_ID.to_vec()));
@@ -123,6 +133,16 @@ fn capability_payloads(ctx: &Ctx<'_>) -> Vec<Payload> {
         ));
     }
     v
+}
+
+/// The largest message sent unfragmented to `remote` when both sides
+/// announce IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 2.3: the peer in its
+/// IKE_SA_INIT `payloads`), else `None` (never fragment).
+fn fragment_len(ctx: &Ctx<'_>, payloads: &[Payload], remote: SocketAddr) -> Option<usize> {
+    payloads
+        .notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED)
+        .filter(|_| ctx.cfg.advertise_fragmentation)
+        .map(|_| ctx.cfg.max_message_len(remote.ip()))
 }
 
 /// The peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427 4), if it sent one.
@@ -283,6 +303,8 @@ pub(super) fn on_request(
             .is_some(),
         peer_sig_hashes: sig_hashes(&msg.payloads),
         peer_certreq: Vec::new(),
+        fragment_len: fragment_len(ctx, &msg.payloads, from),
+        fragments: Default::default(),
         window: Window::new(1),
         iv_counter: 0,
         established_at: None,
@@ -567,6 +589,7 @@ pub(super) fn on_response(
         .is_some();
     sa.peer_sig_hashes = sig_hashes(&msg.payloads);
     sa.peer_certreq = auth::certreq_hashes(&msg.payloads);
+    sa.fragment_len = fragment_len(ctx, &msg.payloads, sa.remote);
     sa.window.complete();
     match auth::start(ctx, &mut sa, now) {
         Ok(()) => Fate::Keep(sa),

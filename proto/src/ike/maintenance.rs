@@ -103,7 +103,7 @@ fn sa_timeout(ctx: &mut Ctx<'_>, mut sa: IkeSa, now: Instant) -> Fate {
     match sa.window.retransmit(now, &ctx.cfg.retransmit) {
         Retransmit::GiveUp => give_up(ctx, sa, now),
         Retransmit::Send(bytes) => {
-            ctx.send(sa.remote, bytes);
+            ctx.send_all(sa.remote, &bytes);
             Fate::Keep(sa)
         }
         Retransmit::NotDue => Fate::Keep(sa),

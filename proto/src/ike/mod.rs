@@ -18,8 +18,9 @@
 //!   that decide when to demand them.
 //! - `context` (what a handler sees: [`context::Ctx`], and `Fate`, how it
 //!   gives its SA back), `sa` (one IKE SA), `window` (message IDs,
-//!   retransmission, replay), `table` (a peer's SAs), `peer` (a peer's
-//!   other state), `timers` (the timer queue), `traffic` (payload helpers).
+//!   retransmission, replay), `fragments` (reassembly of SKF messages,
+//!   RFC 7383), `table` (a peer's SAs), `peer` (a peer's other state),
+//!   `timers` (the timer queue), `traffic` (payload helpers).
 //! - [`config`], [`proposal`], [`sk`], [`event`], [`error`]: configuration,
 //!   SA payloads, the encrypted payload, what the endpoint reports, errors;
 //!   [`reconfig`]: what a changed peer configuration needs (reload).
@@ -38,6 +39,7 @@ pub mod dn;
 pub mod endpoint;
 pub mod error;
 pub mod event;
+pub mod fragments;
 pub mod group;
 mod ike_rekey;
 mod informational;

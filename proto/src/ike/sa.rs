@@ -1,15 +1,17 @@
 //! One IKE SA: its SPIs, role and state, its keys, and its request
 //! window (the outstanding request, queued requests, the stored response),
-//! with the header, protect and unprotect operations every exchange uses.
+//! with the header, protect and unprotect operations every exchange uses
+//! (fragmenting and reassembling when the message needs it, RFC 7383).
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::config::IkeSuite;
 use super::error::{IkeError, Misbehaviour};
-use super::event::Role;
+use super::event::{DropReason, Role};
+use super::fragments::{self, Added, Reassembler, Refused};
 use super::sk;
-use super::window::Window;
+use super::window::{Datagrams, Window};
 use crate::crypto::{IkeKeys, KeyExchange};
 use crate::numbers::{ExchangeType, PayloadType};
 use crate::wire::{Header, ParsedMessage, Payload, FLAG_INITIATOR, FLAG_RESPONSE};
@@ -164,6 +166,13 @@ pub(super) struct IkeSa {
     /// The CA hashes of the peer's CERTREQ payloads in IKE_SA_INIT (RFC
     /// 7296 3.7), concatenated; empty when it sent none.
     pub(super) peer_certreq: Vec<u8>,
+    /// The largest IKE message sent as one datagram, larger ones are sent
+    /// as SKF fragments (RFC 7383): `None` when the peer did not announce
+    /// IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT
+    /// ([`super::EndpointConfig::max_message_len`]).
+    pub(super) fragment_len: Option<usize>,
+    /// The peer's fragmented messages being reassembled.
+    pub(super) fragments: Reassembler,
     /// Message IDs, our outstanding and queued requests, the stored response.
     pub(super) window: Window,
     pub(super) iv_counter: u64,
@@ -264,6 +273,8 @@ impl IkeSa {
             peer_childless: old.peer_childless,
             peer_sig_hashes: None,
             peer_certreq: Vec::new(),
+            fragment_len: old.fragment_len,
+            fragments: Reassembler::default(),
             window: Window::new(0),
             iv_counter: 0,
             established_at: Some(now),
@@ -305,12 +316,13 @@ impl IkeSa {
         }
     }
 
-    /// Builds a protected message with this SA's keys.
+    /// Builds a protected message with this SA's keys: one datagram, or
+    /// its SKF fragments when it is larger than [`IkeSa::fragment_len`].
     pub(super) fn protect(
         &mut self,
         header: &Header,
         payloads: &[Payload],
-    ) -> Result<Vec<u8>, IkeError> {
+    ) -> Result<Datagrams, IkeError> {
         let (suite, keys) = match (&self.suite, &self.keys) {
             (Some(s), Some(k)) => (s, k),
             _ => return Err(Misbehaviour::Unexpected("protected message before keys").into()),
@@ -319,13 +331,17 @@ impl IkeSa {
             Role::Initiator => &keys.sk_ei,
             Role::Responder => &keys.sk_er,
         };
-        self.iv_counter = self.iv_counter.wrapping_add(1);
-        sk::protect(
+        let counter = &mut self.iv_counter;
+        sk::protect_datagrams(
             header,
             payloads,
             suite.encr,
             key.as_bytes(),
-            self.iv_counter,
+            self.fragment_len,
+            || {
+                *counter = counter.wrapping_add(1);
+                *counter
+            },
         )
     }
 
@@ -335,7 +351,7 @@ impl IkeSa {
         &mut self,
         exchange: ExchangeType,
         payloads: &[Payload],
-    ) -> Result<(u32, Vec<u8>), IkeError> {
+    ) -> Result<(u32, Datagrams), IkeError> {
         let id = self.window.next_id();
         let h = self.header(exchange, id, false);
         Ok((id, self.protect(&h, payloads)?))
@@ -347,7 +363,7 @@ impl IkeSa {
         &mut self,
         exchange: ExchangeType,
         payloads: &[Payload],
-    ) -> Result<Vec<u8>, IkeError> {
+    ) -> Result<Datagrams, IkeError> {
         let id = self.window.response_id();
         let h = self.header(exchange, id, true);
         let bytes = self.protect(&h, payloads)?;
@@ -355,24 +371,75 @@ impl IkeSa {
         Ok(bytes)
     }
 
+    /// The key and cipher the peer protects its messages with.
+    fn peer_key(&self) -> Option<(crate::crypto::Encr, &[u8])> {
+        let (suite, keys) = (self.suite.as_ref()?, self.keys.as_ref()?);
+        let key = match self.role {
+            Role::Initiator => &keys.sk_er,
+            Role::Responder => &keys.sk_ei,
+        };
+        Some((suite.encr, key.as_bytes()))
+    }
+
     /// Opens a protected message from the peer; one that verifies counts
-    /// as a sign of life (RFC 7296 1.4).
+    /// as a sign of life (RFC 7296 1.4). An SKF fragment (RFC 7383) is
+    /// authenticated and stored: `Ok(None)` until the message is whole,
+    /// then its payloads. `timeout`: how long an incomplete fragmented
+    /// message is kept.
     pub(super) fn unprotect(
         &mut self,
         datagram: &[u8],
         msg: &ParsedMessage,
         now: Instant,
-    ) -> Result<Vec<Payload>, IkeError> {
-        let (suite, keys) = match (&self.suite, &self.keys) {
-            (Some(s), Some(k)) => (s, k),
-            _ => return Err(Misbehaviour::Integrity.into()),
+        timeout: std::time::Duration,
+    ) -> Result<Option<Vec<Payload>>, Refused> {
+        let integrity = |e: IkeError| Refused {
+            reason: DropReason::Integrity,
+            detail: e.to_string(),
         };
-        let key = match self.role {
-            Role::Initiator => &keys.sk_er,
-            Role::Responder => &keys.sk_ei,
+        let Some((encr, key)) = self.peer_key() else {
+            return Err(integrity(Misbehaviour::Integrity.into()));
         };
-        let payloads = sk::unprotect(datagram, msg, suite.encr, key.as_bytes())?;
+        let fragment = msg.sk.as_ref().and_then(|sk| Some((sk, sk.fragment?)));
+        let Some((skf, numbers)) = fragment else {
+            let payloads = sk::unprotect(datagram, msg, encr, key).map_err(integrity)?;
+            self.last_received = now;
+            return Ok(Some(payloads));
+        };
+        let h = &msg.header;
+        fragments::precheck(numbers, h.message_id)?;
+        let piece = sk::open(datagram, skf, encr, key).map_err(|e| Refused {
+            reason: DropReason::Integrity,
+            detail: format!(
+                "fragment {}/{} of message {}: {e}",
+                numbers.number, numbers.total, h.message_id
+            ),
+        })?;
         self.last_received = now;
-        Ok(payloads)
+        let added = self.fragments.add(
+            h.is_response(),
+            h.message_id,
+            numbers,
+            skf.first_inner,
+            piece,
+            now,
+            timeout,
+        )?;
+        match added {
+            Added::Incomplete => Ok(None),
+            Added::Complete(first, chain) => crate::wire::parse_payload_chain(first, &chain)
+                .map(Some)
+                .map_err(|e| integrity(e.into())),
+        }
+    }
+
+    /// Whether `msg`, an SKF fragment, authenticates with the peer's keys
+    /// (nothing is stored): a retransmitted request's first fragment is
+    /// answered with the stored response only then.
+    pub(super) fn fragment_verifies(&self, datagram: &[u8], msg: &ParsedMessage) -> bool {
+        match (self.peer_key(), msg.sk.as_ref()) {
+            (Some((encr, key)), Some(skf)) => sk::open(datagram, skf, encr, key).is_ok(),
+            _ => false,
+        }
     }
 }

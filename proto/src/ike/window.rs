@@ -5,7 +5,9 @@
 //! and the stored last response, replayed when the peer retransmits its
 //! request. Exchanges hand it payloads and get bytes back
 //! ([`super::sa::IkeSa::request`], [`super::sa::IkeSa::response`]); none of
-//! them sees a message ID.
+//! them sees a message ID. A message is stored as the datagrams it was
+//! sent in (several when it was fragmented, RFC 7383), all of which a
+//! retransmission or replay sends again.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -13,6 +15,9 @@ use std::time::Instant;
 use super::config::RetransmitConfig;
 use crate::numbers::ExchangeType;
 use crate::wire::Payload;
+
+/// The datagrams of one message: one, or its SKF fragments in order.
+pub(super) type Datagrams = Vec<Vec<u8>>;
 
 /// What an outstanding request of ours is for: the exchange that handles
 /// its response.
@@ -32,7 +37,7 @@ pub(super) enum PendingKind {
 /// Our outstanding request.
 pub(super) struct Pending {
     message_id: u32,
-    bytes: Vec<u8>,
+    bytes: Datagrams,
     sent: u32,
     deadline: Instant,
     pub(super) kind: PendingKind,
@@ -49,8 +54,8 @@ pub(super) type Queued = (ExchangeType, Vec<Payload>, PendingKind);
 pub(super) enum Retransmit {
     /// Nothing outstanding, or not due yet.
     NotDue,
-    /// Send these bytes again.
-    Send(Vec<u8>),
+    /// Send these datagrams again.
+    Send(Datagrams),
     /// The schedule is exhausted: the peer is considered dead (2.4).
     GiveUp,
 }
@@ -61,7 +66,7 @@ pub(super) struct Window {
     next_expected: u32,
     pending: Option<Pending>,
     queued: VecDeque<Queued>,
-    last_response: Option<(u32, Vec<u8>)>,
+    last_response: Option<(u32, Datagrams)>,
 }
 
 impl Window {
@@ -97,7 +102,7 @@ impl Window {
     pub(super) fn sent(
         &mut self,
         message_id: u32,
-        bytes: Vec<u8>,
+        bytes: Datagrams,
         kind: PendingKind,
         now: Instant,
         schedule: &RetransmitConfig,
@@ -192,7 +197,7 @@ impl Window {
 
     /// The stored response to the peer's request `message_id`, when that
     /// request is a retransmission of the last one answered.
-    pub(super) fn replay(&self, message_id: u32) -> Option<&[u8]> {
+    pub(super) fn replay(&self, message_id: u32) -> Option<&[Vec<u8>]> {
         match &self.last_response {
             Some((id, bytes)) if *id == message_id => Some(bytes),
             _ => None,
@@ -212,7 +217,7 @@ impl Window {
     }
 
     /// Stores our response for replay.
-    pub(super) fn store_response(&mut self, message_id: u32, bytes: Vec<u8>) {
+    pub(super) fn store_response(&mut self, message_id: u32, bytes: Datagrams) {
         self.last_response = Some((message_id, bytes));
     }
 
@@ -243,11 +248,13 @@ mod tests {
         let mut w = Window::new(1);
         assert_eq!(w.init_id(), 0);
         assert_eq!(w.next_id(), 1);
-        w.sent(1, vec![1, 2], PendingKind::Auth, t0, &s);
+        w.sent(1, vec![vec![1, 2], vec![3]], PendingKind::Auth, t0, &s);
         assert!(w.busy() && w.answers_pending(1) && !w.answers_pending(2));
         assert!(matches!(w.retransmit(t0, &s), Retransmit::NotDue));
         let due = w.deadline().unwrap();
-        assert!(matches!(w.retransmit(due, &s), Retransmit::Send(b) if b == vec![1, 2]));
+        assert!(
+            matches!(w.retransmit(due, &s), Retransmit::Send(b) if b == vec![vec![1, 2], vec![3]])
+        );
         let mut now = due;
         for _ in 0..s.transmissions {
             now += Duration::from_secs(3600);
@@ -260,8 +267,8 @@ mod tests {
         assert!(w.idle());
         assert_eq!(w.expected(), 1);
         let id = w.response_id();
-        w.store_response(id, vec![9]);
-        assert_eq!(w.replay(1), Some(&[9u8][..]));
+        w.store_response(id, vec![vec![9]]);
+        assert_eq!(w.replay(1), Some(&[vec![9u8]][..]));
         assert_eq!(w.replay(2), None);
         assert_eq!(w.expected(), 2);
     }

@@ -6,8 +6,9 @@
 //! trailing octets are rejected. Unknown payload types are kept as
 //! [`Payload::Unknown`] with their critical bit, so the exchange layer can
 //! answer UNSUPPORTED_CRITICAL_PAYLOAD (RFC 7296 2.5). The SK payload
-//! (RFC 7296 3.14) is returned raw as [`SkPayload`]: decryption lives in
-//! `crate::ike::sk`, which parses the inner chain with [`parse_payload_chain`].
+//! (RFC 7296 3.14) and the Encrypted Fragment payload (SKF, RFC 7383 2.5)
+//! are returned raw as [`SkPayload`]: decryption lives in `crate::ike::sk`,
+//! which parses the inner chain with [`parse_payload_chain`].
 
 use std::net::IpAddr;
 
@@ -22,7 +23,7 @@ mod tests;
 mod ts;
 
 pub use header::GENERIC_HEADER_LEN;
-pub use payload::{emit_sk_prefix, NONCE_MAX, NONCE_MIN};
+pub use payload::{emit_sk_prefix, emit_skf_prefix, NONCE_MAX, NONCE_MIN};
 
 /// Errors from parsing octets that do not form a valid IKEv2 message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,7 +47,7 @@ pub enum WireError {
     /// A field with a value the RFC forbids (for example a zero-length nonce).
     #[error("invalid {0}")]
     Invalid(&'static str),
-    /// An SK payload that is not the last payload of the message.
+    /// An SK or SKF payload that is not the last payload of the message.
     #[error("SK payload is not the last payload")]
     SkNotLast,
 }
@@ -197,16 +198,31 @@ pub struct TsPayload {
     pub selectors: Vec<TrafficSelector>,
 }
 
-/// The SK payload as it appears in a datagram (RFC 7296 3.14).
+/// The SK payload (RFC 7296 3.14), or the Encrypted Fragment payload SKF
+/// (RFC 7383 2.5) when `fragment` is set, as it appears in a datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkPayload {
-    /// The Next Payload field of the SK header: type of the first inner payload.
+    /// The Next Payload field of the SK header: type of the first inner
+    /// payload (of the whole message: 0 in SKF fragments other than the
+    /// first, RFC 7383 2.5).
     pub first_inner: PayloadType,
     /// Offset of the SK generic payload header in the datagram; the AEAD
-    /// associated data is `datagram[..offset + 4]` (RFC 5282 5.1).
+    /// associated data is the datagram up to the IV (RFC 5282 5.1): its
+    /// first `offset + 4` octets, `offset + 8` for SKF
+    /// ([`SkPayload::associated_data`]).
     pub offset: usize,
+    /// SKF: the Fragment Number and Total Fragments fields.
+    pub fragment: Option<FragmentNumbers>,
     /// IV, ciphertext and ICV.
     pub body: Vec<u8>,
+}
+
+/// The Fragment Number and Total Fragments fields of an SKF payload (RFC
+/// 7383 2.5); parsing guarantees `1 <= number <= total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragmentNumbers {
+    pub number: u16,
+    pub total: u16,
 }
 
 /// Any payload except SK.
@@ -243,7 +259,7 @@ pub struct ParsedMessage {
 }
 
 /// Parses a whole datagram: header, then the payload chain. Stops at an SK
-/// payload, which must be last. `header.length` must equal `datagram.len()`.
+/// or SKF payload, which must be last. `header.length` must equal `datagram.len()`.
 pub fn parse_message(datagram: &[u8]) -> Result<ParsedMessage, WireError> {
     let header = Header::parse(datagram)?;
     let length = usize::try_from(header.length).unwrap_or(usize::MAX);
@@ -273,8 +289,8 @@ pub fn parse_message(datagram: &[u8]) -> Result<ParsedMessage, WireError> {
 }
 
 /// Parses a chain of payloads starting with type `first` that must exactly
-/// fill `bytes` (used for the decrypted contents of SK). An SK payload
-/// inside is an error.
+/// fill `bytes` (used for the decrypted contents of SK). An SK or SKF
+/// payload inside is an error.
 pub fn parse_payload_chain(first: PayloadType, bytes: &[u8]) -> Result<Vec<Payload>, WireError> {
     payload::parse_chain(first, bytes, 0, false).map(|(payloads, _)| payloads)
 }

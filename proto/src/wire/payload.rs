@@ -13,10 +13,14 @@ use super::header::{GenericHeader, GENERIC_HEADER_LEN};
 use super::reader::{patch_len16, put_u16, sat_u16, sat_u8, Reader};
 use super::{sa, ts};
 use super::{
-    AuthMethod, AuthPayload, CertEncoding, CertPayload, DeletePayload, DhGroup, Header, IdPayload,
-    IdType, KePayload, NotifyPayload, NotifyType, ParsedMessage, Payload, PayloadType, ProtocolId,
-    SkPayload, WireError,
+    AuthMethod, AuthPayload, CertEncoding, CertPayload, DeletePayload, DhGroup, FragmentNumbers,
+    Header, IdPayload, IdType, KePayload, NotifyPayload, NotifyType, ParsedMessage, Payload,
+    PayloadType, ProtocolId, SkPayload, WireError,
 };
+
+/// Length of the Fragment Number and Total Fragments fields of SKF (RFC
+/// 7383 2.5), after the generic header.
+const FRAGMENT_FIELDS_LEN: usize = 4;
 
 /// Smallest Nonce Data length (RFC 7296 3.9).
 pub const NONCE_MIN: usize = 16;
@@ -44,6 +48,7 @@ impl Payload {
             PayloadType::TSI => Payload::TsI(ts::parse_ts(body)?),
             PayloadType::TSR => Payload::TsR(ts::parse_ts(body)?),
             PayloadType::SK => return Err(WireError::Invalid("SK payload inside an SK payload")),
+            PayloadType::SKF => return Err(WireError::Invalid("SKF payload inside an SK payload")),
             _ => Payload::Unknown {
                 ty,
                 critical,
@@ -203,8 +208,8 @@ fn parse_delete(body: &[u8]) -> Result<DeletePayload, WireError> {
 }
 
 /// Parses a payload chain that starts with type `first` and must fill
-/// `bytes` exactly. If `allow_sk`, an SK payload ends the chain: it must
-/// reach the end of `bytes`, and `base` (the offset of `bytes` in the
+/// `bytes` exactly. If `allow_sk`, an SK or SKF payload ends the chain: it
+/// must reach the end of `bytes`, and `base` (the offset of `bytes` in the
 /// datagram) is added to its offset.
 pub(super) fn parse_chain(
     first: PayloadType,
@@ -221,13 +226,20 @@ pub(super) fn parse_chain(
         let body = r
             .sub(g.length, GENERIC_HEADER_LEN, GENERIC_HEADER_LEN, "payload")?
             .rest();
-        if next == PayloadType::SK && allow_sk {
+        if (next == PayloadType::SK || next == PayloadType::SKF) && allow_sk {
             if !r.is_empty() {
                 return Err(WireError::SkNotLast);
             }
+            let (fragment, body) = if next == PayloadType::SKF {
+                let (numbers, rest) = parse_fragment_numbers(body)?;
+                (Some(numbers), rest)
+            } else {
+                (None, body)
+            };
             let sk = SkPayload {
                 first_inner: g.next,
                 offset: base.saturating_add(offset),
+                fragment,
                 body: body.to_vec(),
             };
             return Ok((payloads, Some(sk)));
@@ -237,6 +249,21 @@ pub(super) fn parse_chain(
     }
     r.finish("payload chain")?;
     Ok((payloads, None))
+}
+
+/// Splits the Fragment Number and Total Fragments fields (RFC 7383 2.5)
+/// off an SKF body: the number counts from 1 and is at most the total.
+fn parse_fragment_numbers(body: &[u8]) -> Result<(FragmentNumbers, &[u8]), WireError> {
+    let mut r = Reader::new(body);
+    let what = "SKF payload";
+    let number = r.u16(what)?;
+    let total = r.u16(what)?;
+    if number == 0 || total == 0 || number > total {
+        return Err(WireError::Invalid(
+            "SKF Fragment Number (0, or above Total Fragments)",
+        ));
+    }
+    Ok((FragmentNumbers { number, total }, r.rest()))
 }
 
 /// Appends one payload with its generic header.
@@ -300,16 +327,53 @@ pub fn emit_sk_prefix(
     first_inner: PayloadType,
     sk_body_len: usize,
 ) -> Vec<u8> {
+    emit_encrypted_prefix(header, payloads, first_inner, None, sk_body_len)
+}
+
+/// [`emit_sk_prefix`] for an Encrypted Fragment payload (SKF, RFC 7383
+/// 2.5): the generic header is followed by the Fragment Number and Total
+/// Fragments fields, which the lengths and the returned associated data
+/// include.
+pub fn emit_skf_prefix(
+    header: &Header,
+    payloads: &[Payload],
+    first_inner: PayloadType,
+    fragment: FragmentNumbers,
+    body_len: usize,
+) -> Vec<u8> {
+    emit_encrypted_prefix(header, payloads, first_inner, Some(fragment), body_len)
+}
+
+/// See [`emit_sk_prefix`] and [`emit_skf_prefix`].
+fn emit_encrypted_prefix(
+    header: &Header,
+    payloads: &[Payload],
+    first_inner: PayloadType,
+    fragment: Option<FragmentNumbers>,
+    sk_body_len: usize,
+) -> Vec<u8> {
     let mut out = Vec::new();
     header.emit(&mut out);
-    let first = emit_chain(payloads, PayloadType::SK, &mut out);
-    let sk_len = sat_u16(sk_body_len.saturating_add(GENERIC_HEADER_LEN));
+    let (ty, fields) = match fragment {
+        Some(_) => (PayloadType::SKF, FRAGMENT_FIELDS_LEN),
+        None => (PayloadType::SK, 0),
+    };
+    let first = emit_chain(payloads, ty, &mut out);
+    let sk_len = sat_u16(
+        sk_body_len
+            .saturating_add(fields)
+            .saturating_add(GENERIC_HEADER_LEN),
+    );
     GenericHeader {
         next: first_inner,
         critical: false,
         length: sk_len,
     }
     .emit(&mut out);
+    if let Some(f) = fragment {
+        put_u16(&mut out, f.number);
+        put_u16(&mut out, f.total);
+    }
     patch_header(&mut out, first);
     let total = out.len().saturating_add(sk_body_len);
     if let Some(field) = out.get_mut(24..28) {
@@ -325,8 +389,13 @@ impl ParsedMessage {
         match &self.sk {
             None => emit_message(&self.header, &self.payloads),
             Some(sk) => {
-                let mut out =
-                    emit_sk_prefix(&self.header, &self.payloads, sk.first_inner, sk.body.len());
+                let mut out = emit_encrypted_prefix(
+                    &self.header,
+                    &self.payloads,
+                    sk.first_inner,
+                    sk.fragment,
+                    sk.body.len(),
+                );
                 out.extend_from_slice(&sk.body);
                 out
             }
@@ -336,10 +405,17 @@ impl ParsedMessage {
 
 impl SkPayload {
     /// The AEAD associated data for this SK payload (RFC 5282 5.1): the
-    /// datagram up to and including the SK generic header. `None` if
-    /// `datagram` is too short (it is not the one this was parsed from).
+    /// datagram up to and including the SK generic header, and for SKF the
+    /// Fragment Number and Total Fragments fields (RFC 7383 2.5: the
+    /// unencrypted part up to the IV). `None` if `datagram` is too short (it
+    /// is not the one this was parsed from).
     pub fn associated_data<'a>(&self, datagram: &'a [u8]) -> Option<&'a [u8]> {
-        datagram.get(..self.offset.checked_add(GENERIC_HEADER_LEN)?)
+        let fields = if self.fragment.is_some() {
+            FRAGMENT_FIELDS_LEN
+        } else {
+            0
+        };
+        datagram.get(..self.offset.checked_add(GENERIC_HEADER_LEN + fields)?)
     }
 }
 
@@ -557,10 +633,55 @@ mod tests {
             SkPayload {
                 first_inner: PayloadType::IDI,
                 offset: 28,
+                fragment: None,
                 body: body.to_vec()
             }
         );
         assert_eq!(sk.associated_data(&m), Some(&m[..32]));
         assert_eq!(sk.associated_data(&m[..31]), None);
+    }
+
+    #[test]
+    fn skf_prefix_numbers_and_associated_data() {
+        let h = Header {
+            spi_i: 1,
+            spi_r: 2,
+            next_payload: PayloadType::NONE,
+            version: 0x20,
+            exchange: crate::numbers::ExchangeType::IKE_AUTH,
+            flags: 0x08,
+            message_id: 1,
+            length: 0,
+        };
+        let body = [0x5a; 40];
+        let numbers = FragmentNumbers {
+            number: 2,
+            total: 3,
+        };
+        let mut m = emit_skf_prefix(&h, &[], PayloadType::NONE, numbers, body.len());
+        assert_eq!(m.len(), 36);
+        assert_eq!(&m[28..], [0, 0, 0, 48, 0, 2, 0, 3]);
+        m.extend_from_slice(&body);
+        let parsed = super::super::parse_message(&m).unwrap();
+        assert_eq!(parsed.header.next_payload, PayloadType::SKF);
+        assert_eq!(parsed.header.length, 76);
+        let sk = parsed.sk.clone().unwrap();
+        assert_eq!(sk.fragment, Some(numbers));
+        assert_eq!(sk.body, body);
+        assert_eq!(sk.associated_data(&m), Some(&m[..36]));
+        assert_eq!(parsed.emit(), m);
+        // Fragment Number 0, or above Total Fragments; fields cut short.
+        for (at, v) in [(33, 0u8), (33, 4), (35, 0)] {
+            let mut b = m.clone();
+            b[at] = v;
+            assert!(super::super::parse_message(&b).is_err(), "{at} {v}");
+        }
+        let mut short = emit_skf_prefix(&h, &[], PayloadType::NONE, numbers, 0);
+        short.truncate(34);
+        short[31] = 6;
+        short[27] = 34;
+        assert!(super::super::parse_message(&short).is_err());
+        // SKF inside SK.
+        assert!(parse_one(PayloadType::SKF, &[0, 0, 0, 8, 0, 1, 0, 1]).is_err());
     }
 }
