@@ -28,14 +28,13 @@
 //!   charon's certificate (its log names the reason: not issued by a
 //!   configured CA) and answers AUTHENTICATION_FAILED, which charon logs.
 //!
-//! A case is a key type, a chain depth and optionally a link MTU
-//! ([`Case`]): the fragmented case of the issue (a chain large enough that
-//! IKE_AUTH is fragmented, RFC 7383, on a link of MTU 1280) is one more
-//! entry, e.g. `Case { depth: 4, mtu: Some(1280), .. }`, and two tests
-//! calling [`run`], once aokd implements fragmentation (with an assertion
-//! on [`ike_auth_sizes`]: one datagram per fragment, none over the MTU).
-//! At depth 3 charon's IKE_AUTH request is already 1,347 octets (one
-//! datagram on this 1,500-octet link).
+//! - `fragmented_ike_auth_at_mtu_1280_aokd_initiates`,
+//!   `fragmented_ike_auth_at_mtu_1280_charon_initiates`: a chain of four
+//!   ([`FRAGMENTED`]) makes each IKE_AUTH about 1,700 octets on a link of
+//!   MTU 1,280 whose namespaces drop IPv4 packets over 1,280 octets on the
+//!   way out (so IP fragmentation cannot stand in): both sides fragment
+//!   (RFC 7383; charon logs aokd's fragments and splits its own), every
+//!   datagram is at most 1,252 octets of UDP payload, nothing is dropped.
 //!
 //! Each test prints its wall time. Needs root, `ip`, `tcpdump`, `unshare`,
 //! `nft`, Debian's strongswan-charon, strongswan-swanctl and
@@ -46,7 +45,7 @@ mod pki;
 
 use std::time::{Duration, Instant};
 
-use aokd_tests::netns::{ip, Pair};
+use aokd_tests::netns::{ip, Netns, Pair};
 use aokd_tests::strongswan::{self, Charon, CharonConfig, SwanPubkey};
 use aokd_tests::{established_sas, Daemon};
 use pki::{Alg, Ca, Leaf};
@@ -90,6 +89,20 @@ const ED25519_DEPTH3: Case = Case {
     depth: 3,
     mtu: None,
 };
+
+/// A chain of four (three intermediates): each IKE_AUTH is about 1,700
+/// octets, over the link's MTU of 1,280, so both sides must fragment
+/// (RFC 7383); IPv4 packets over 1,280 octets are dropped on the way out,
+/// so that IP fragmentation cannot stand in for it.
+const FRAGMENTED: Case = Case {
+    name: "Ed25519 under three intermediates, MTU 1280",
+    alg: Alg::Ed25519,
+    depth: 4,
+    mtu: Some(1280),
+};
+
+/// The largest UDP payload in an IPv4 packet of 1,280 octets.
+const MAX_UDP_PAYLOAD_1280: usize = 1280 - 20 - 8;
 
 /// The intermediates of one side's branch under `root` (`depth - 1` of
 /// them, ECDSA P-256), nearest the root first. aokd and charon have
@@ -159,6 +172,7 @@ fn start(case: &Case, tag: &str, initiator: Initiator, untrusted: Untrusted) -> 
                 &mtu.to_string(),
             ])
             .expect("set MTU");
+            drop_too_big(ns, mtu);
         }
     }
     let trusted = Ca::root("aokd test root", case.alg);
@@ -279,9 +293,11 @@ fn run(test: &str, case: &Case, initiator: Initiator) {
         Initiator::Aokd => "parsed IKE_AUTH request 1 [",
         Initiator::Charon => "parsed IKE_AUTH response 1 [",
     };
+    // With fragmentation each fragment is logged as `[ EF(n/m) ]` first;
+    // the reassembled message is the line with the payloads.
     let line = log
         .lines()
-        .find(|l| l.contains(aokd_auth))
+        .find(|l| l.contains(aokd_auth) && !l.contains("EF("))
         .unwrap_or_else(|| panic!("no `{aokd_auth}` in charon's log:\n{log}"));
     assert!(
         line.contains(" AUTH") && !line.contains(" SA "),
@@ -295,7 +311,7 @@ fn run(test: &str, case: &Case, initiator: Initiator) {
     };
     let charon_line = log
         .lines()
-        .find(|l| l.contains(charon_auth))
+        .find(|l| l.contains(charon_auth) && !l.contains("EF("))
         .unwrap_or_else(|| panic!("no `{charon_auth}` in charon's log:\n{log}"));
     for (who, l) in [("aokd", line), ("charon", charon_line)] {
         let certs = l.split_whitespace().filter(|w| *w == "CERT").count();
@@ -310,6 +326,30 @@ fn run(test: &str, case: &Case, initiator: Initiator) {
         assert!(log.contains(&what), "`{what}` not in charon's log:\n{log}");
     }
     let (from_aokd, from_charon) = ike_auth_sizes(&log);
+    if case.mtu.is_some() {
+        // Both IKE_AUTH messages went in fragments, none over the MTU, and
+        // no IKE packet had to be dropped for its size.
+        assert!(
+            log.contains("received fragment #1 of"),
+            "charon received no fragment from aokd:\n{log}"
+        );
+        assert!(
+            log.contains("splitting IKE message"),
+            "charon did not fragment:\n{log}"
+        );
+        assert!(from_aokd.len() >= 2, "aokd's fragments: {from_aokd:?}");
+        let sent_by_charon = sent_sizes(&log);
+        for (who, sizes) in [("aokd", &from_aokd), ("charon", &sent_by_charon)] {
+            assert!(
+                sizes.iter().all(|&n| n <= MAX_UDP_PAYLOAD_1280),
+                "{who} sent a datagram over the MTU: {sizes:?}"
+            );
+        }
+        for (who, ns) in [("aokd", &r._t.a), ("charon", &r._t.b)] {
+            let (dropped, listing) = too_big_dropped(ns);
+            assert_eq!(dropped, 0, "{who}: {listing}");
+        }
+    }
     eprintln!(
         "{test}: {}, depth {}, {initiator:?} initiates: established on both sides, {:.2} s; \
          aokd's IKE_AUTH: {} ({from_aokd:?} octets), charon's: {from_charon:?} octets",
@@ -318,6 +358,43 @@ fn run(test: &str, case: &Case, initiator: Initiator) {
         r.started.elapsed().as_secs_f64(),
         line.split("IKE_AUTH").nth(1).unwrap_or_default().trim()
     );
+}
+
+/// Drops IPv4 packets longer than `mtu` on their way out of `ns` (the
+/// output hook sees them before IP fragmentation): a path on which only
+/// IKE fragmentation gets a large message through. The table goes with
+/// the namespace.
+fn drop_too_big(ns: &Netns, mtu: u32) {
+    let script = format!(
+        "table inet aokd_mtu {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  ip length > {mtu} counter drop\n }}\n}}\n"
+    );
+    let path = aokd_tests::temp_dir("nft-mtu").join("rules.nft");
+    std::fs::write(&path, script).expect("nft rules");
+    ns.run("nft", &["-f", &path.to_string_lossy()])
+        .expect("nft -f");
+}
+
+/// How many packets [`drop_too_big`] dropped in `ns`, and its listing.
+fn too_big_dropped(ns: &Netns) -> (u64, String) {
+    let out = ns
+        .run("nft", &["list", "table", "inet", "aokd_mtu"])
+        .expect("nft list");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let n = text
+        .split_whitespace()
+        .skip_while(|w| *w != "counter")
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .expect("a counter in the listing");
+    (n, text)
+}
+
+/// The UDP payload sizes of every datagram charon sent.
+fn sent_sizes(log: &str) -> Vec<usize> {
+    log.lines()
+        .filter(|l| l.contains("sending packet"))
+        .filter_map(|l| l.rsplit_once('(')?.1.strip_suffix(" bytes)")?.parse().ok())
+        .collect()
 }
 
 /// The UDP payload sizes of the IKE_AUTH datagrams charon received (from
@@ -463,5 +540,23 @@ fn charon_certificate_from_another_ca_is_refused_by_aokd() {
         "{test}: aokd {}; charon without SA after {took:?}; {:.2} s",
         st["peers"][0],
         r.started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn fragmented_ike_auth_at_mtu_1280_aokd_initiates() {
+    run(
+        "fragmented_ike_auth_at_mtu_1280_aokd_initiates",
+        &FRAGMENTED,
+        Initiator::Aokd,
+    );
+}
+
+#[test]
+fn fragmented_ike_auth_at_mtu_1280_charon_initiates() {
+    run(
+        "fragmented_ike_auth_at_mtu_1280_charon_initiates",
+        &FRAGMENTED,
+        Initiator::Charon,
     );
 }
