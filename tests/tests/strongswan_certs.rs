@@ -337,9 +337,22 @@ fn run(test: &str, case: &Case, initiator: Initiator) {
             log.contains("splitting IKE message"),
             "charon did not fragment:\n{log}"
         );
-        assert!(from_aokd.len() >= 2, "aokd's fragments: {from_aokd:?}");
-        let sent_by_charon = sent_sizes(&log);
-        for (who, sizes) in [("aokd", &from_aokd), ("charon", &sent_by_charon)] {
+        assert!(
+            log.contains("reassembled fragmented IKE message"),
+            "charon did not reassemble aokd's fragments:\n{log}"
+        );
+        // Every datagram either side sent (charon's threads interleave its
+        // log lines, so they are not matched to the message they carry):
+        // IKE_SA_INIT and at least two fragments from aokd.
+        let (sent_by_aokd, sent_by_charon) = (
+            packet_sizes(&log, "received packet"),
+            packet_sizes(&log, "sending packet"),
+        );
+        assert!(
+            sent_by_aokd.len() >= 3,
+            "aokd's datagrams: {sent_by_aokd:?}"
+        );
+        for (who, sizes) in [("aokd", &sent_by_aokd), ("charon", &sent_by_charon)] {
             assert!(
                 sizes.iter().all(|&n| n <= MAX_UDP_PAYLOAD_1280),
                 "{who} sent a datagram over the MTU: {sizes:?}"
@@ -389,10 +402,11 @@ fn too_big_dropped(ns: &Netns) -> (u64, String) {
     (n, text)
 }
 
-/// The UDP payload sizes of every datagram charon sent.
-fn sent_sizes(log: &str) -> Vec<usize> {
+/// The UDP payload sizes of every datagram on the log lines with `what`
+/// ("sending packet", "received packet").
+fn packet_sizes(log: &str, what: &str) -> Vec<usize> {
     log.lines()
-        .filter(|l| l.contains("sending packet"))
+        .filter(|l| l.contains(what))
         .filter_map(|l| l.rsplit_once('(')?.1.strip_suffix(" bytes)")?.parse().ok())
         .collect()
 }
