@@ -491,7 +491,7 @@ fn identity_in_cert(ee: &EndEntityCert<'_>, id: &Identity) -> Result<(), CertErr
                 && (name.value() == ee.subject()
                     || id.matches(&Identity {
                         id_type: IdType::ID_DER_ASN1_DN,
-                        data: subject_of(ee.subject()),
+                        data: super::dn::sequence(ee.subject()),
                     }))
         }),
         _ => false,
@@ -508,25 +508,6 @@ fn identity_in_cert(ee: &EndEntityCert<'_>, id: &Identity) -> Result<(), CertErr
     })
 }
 
-/// The DER Name (SEQUENCE and all) of a certificate's subject contents.
-fn subject_of(contents: &[u8]) -> Vec<u8> {
-    let n = contents.len();
-    let mut out = vec![0x30];
-    if n < 0x80 {
-        out.push(n as u8);
-    } else {
-        let len: Vec<u8> = n
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|&b| b == 0)
-            .collect();
-        out.push(0x80 | len.len() as u8);
-        out.extend_from_slice(&len);
-    }
-    out.extend_from_slice(contents);
-    out
-}
-
 /// The subject of a certificate (DER) as an ID_DER_ASN1_DN identity, the
 /// exact octets the certificate holds; `None` when `der` is no certificate.
 pub fn subject_identity(der: &[u8]) -> Option<Identity> {
@@ -534,7 +515,7 @@ pub fn subject_identity(der: &[u8]) -> Option<Identity> {
     let ee = EndEntityCert::try_from(&cd).ok()?;
     Some(Identity {
         id_type: IdType::ID_DER_ASN1_DN,
-        data: subject_of(ee.subject()),
+        data: super::dn::sequence(ee.subject()),
     })
 }
 

@@ -52,6 +52,12 @@ fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A DER SEQUENCE of `contents` (a Name from the contents webpki gives
+/// for a certificate's subject).
+pub(crate) fn sequence(contents: &[u8]) -> Vec<u8> {
+    tlv(SEQUENCE, contents)
+}
+
 /// The DER Name for `C=CH, O=Example, CN=r1` (commas separate RDNs,
 /// `\,` is a literal comma, spaces around names and values are dropped).
 /// The error names the part that is wrong.
