@@ -429,18 +429,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     daemon.set_retired_keys(config.daemon.retired_keys);
     // The configuration first: restoring makes the peer group members of
     // the state file again from it.
-    daemon.set_config(config.clone());
+    let acquire_timeout = config.daemon.acquire_timeout;
+    let metrics_file = config
+        .daemon
+        .metrics_file
+        .clone()
+        .map(|f| (f, config.daemon.metrics_interval));
+    // Moved, not copied: a route server's peers are kept once.
+    daemon.set_config(config);
     daemon.restore(persist, &snapshot);
-    if let Some(file) = &config.daemon.metrics_file {
-        let metrics = aokd::metrics_file::MetricsFile::start(
-            file.clone(),
-            config.daemon.metrics_interval,
-            std::time::Instant::now(),
-        )
-        .context("cannot start the metrics file's writer")?;
+    drop(snapshot);
+    release_free_memory();
+    if let Some((file, interval)) = metrics_file {
+        let metrics =
+            aokd::metrics_file::MetricsFile::start(file, interval, std::time::Instant::now())
+                .context("cannot start the metrics file's writer")?;
         daemon.set_metrics_file(metrics);
     }
-    attach.set_default_wait(config.daemon.acquire_timeout);
+    attach.set_default_wait(acquire_timeout);
     // Every socket exists and the state file is open: systemd may start
     // what is ordered after aokd (routing daemons that attach).
     match aokd::sd_notify::notify("READY=1\nSTATUS=aokd running") {
@@ -514,6 +520,20 @@ fn open_state(
     );
     let (persist, writer) = Persist::start(store).context("cannot start the state writer")?;
     Ok((persist, writer, snapshot))
+}
+
+/// Gives the memory freed since start-up back to the system: parsing a
+/// large configuration (a route server's thousands of peers) builds a
+/// document many times the size of what is kept, and glibc's allocator
+/// keeps the freed pages otherwise (they would count as resident for the
+/// daemon's whole life).
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory of the allocator's
+    // arenas to the system; it touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The directories above `paths` that do not exist yet, outermost first

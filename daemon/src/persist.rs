@@ -7,12 +7,19 @@
 //! transaction: one `fsync` for all the changes of a loop turn, or of a
 //! storm of handshakes, instead of one per change (group commit).
 //!
-//! The event loop does not wait for the `fsync`s, with one exception: a new
-//! MKT's record is durable *before* its key goes on any socket
-//! ([`Persist::barrier`] after the loop turn's records), so that after a
-//! crash at any moment the restarted aokd knows every KeyID that may be on
-//! a socket and never negotiates a colliding one (the kernel refuses a key
-//! that shares a SendID or RecvID with another key of the same peer).
+//! Under load the writer gathers changes for [`GATHER`] after the first
+//! one before it commits, so that one transaction carries the records of
+//! several loop turns.
+//!
+//! The event loop never waits for the `fsync`s. One thing does: a new
+//! MKT's record is durable *before* its key goes on any socket and before
+//! the exchange that gives the peer the same MKT goes out
+//! ([`Persist::durable`] after the loop turn's records; the runtime holds
+//! that turn's key changes and datagrams back and goes on with the next
+//! datagrams meanwhile), so that after a crash at any moment the restarted
+//! aokd knows every KeyID that may be on a socket and never negotiates a
+//! colliding one (the kernel refuses a key that shares a SendID or RecvID
+//! with another key of the same peer).
 //!
 //! A failed commit (a full disk, an I/O error) does not lose the changes:
 //! they stay queued in memory, the file is closed and opened again (redb
@@ -32,7 +39,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
@@ -42,6 +49,14 @@ use crate::state::{Batch, IkeSaRecord, MktRecord, SocketRecord, StateError, Stat
 pub const MAX_BATCH: usize = 4096;
 /// How often a failing state file is tried again.
 pub const RETRY: Duration = Duration::from_secs(1);
+/// Under load (the previous commit ended less than [`BUSY`] ago) the
+/// writer gathers changes for this long after the first one before it
+/// commits: fewer, larger transactions (each costs an `fdatasync` and the
+/// pages it rewrites) for a little more latency. An idle daemon's change is
+/// committed at once.
+pub const GATHER: Duration = Duration::from_millis(1);
+/// See [`GATHER`].
+pub const BUSY: Duration = Duration::from_millis(20);
 /// Changes kept in memory while the state file fails; beyond that new
 /// changes are counted as lost (and reported) rather than kept.
 pub const MAX_PENDING: usize = 200_000;
@@ -85,7 +100,27 @@ pub enum Op {
 enum Msg {
     Op(Op),
     /// Answered once every earlier op is applied (or its commit failed).
-    Barrier(SyncSender<()>),
+    Barrier(Done),
+}
+
+/// How a barrier is answered: a thread waiting on a channel, or a task
+/// awaiting a one-shot ([`Persist::durable`]).
+enum Done {
+    Wait(SyncSender<()>),
+    Notify(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Done {
+    fn send(self) {
+        match self {
+            Done::Wait(tx) => {
+                let _ = tx.send(());
+            }
+            Done::Notify(tx) => {
+                let _ = tx.send(());
+            }
+        }
+    }
 }
 
 /// How the state file is doing, for `aoctl status`.
@@ -171,10 +206,29 @@ impl Persist {
     pub fn barrier(&self) {
         if let Some(tx) = &self.tx {
             let (done_tx, done_rx) = sync_channel(1);
-            if tx.send(Msg::Barrier(done_tx)).is_ok() {
+            if tx.send(Msg::Barrier(Done::Wait(done_tx))).is_ok() {
                 let _ = done_rx.recv();
             }
         }
+    }
+
+    /// A barrier that does not block: the receiver completes once every op
+    /// queued so far is committed (or its commit failed), and at once when
+    /// nothing is stored or the writer is gone. The event loop awaits it
+    /// while it goes on with other work (pipelined group commit).
+    pub fn durable(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        match &self.tx {
+            Some(tx) => {
+                // A writer that is gone drops the sender: the receiver
+                // completes with an error, which means the same.
+                let _ = tx.send(Msg::Barrier(Done::Notify(done_tx)));
+            }
+            None => {
+                let _ = done_tx.send(());
+            }
+        }
+        done_rx
     }
 
     /// The state file's health now.
@@ -238,6 +292,7 @@ impl Writer {
 
     fn run(&mut self, rx: &Receiver<Msg>) {
         let mut barriers = Vec::new();
+        let mut last_commit: Option<Instant> = None;
         loop {
             let failing = !self.pending.is_empty();
             let first = if failing {
@@ -245,7 +300,7 @@ impl Writer {
             } else {
                 rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
             };
-            let closed = match first {
+            let mut closed = match first {
                 Ok(msg) => {
                     self.take(msg, &mut barriers);
                     false
@@ -253,6 +308,20 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => false,
                 Err(RecvTimeoutError::Disconnected) => true,
             };
+            if !closed && !failing && last_commit.is_some_and(|t| t.elapsed() < BUSY) {
+                let until = Instant::now() + GATHER;
+                while self.pending.len() < MAX_BATCH {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(msg) => self.take(msg, &mut barriers),
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            closed = true;
+                            break;
+                        }
+                    }
+                }
+            }
             while self.pending.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(msg) => self.take(msg, &mut barriers),
@@ -261,9 +330,10 @@ impl Writer {
             }
             if !self.pending.is_empty() {
                 self.commit();
+                last_commit = Some(Instant::now());
             }
             for done in barriers.drain(..) {
-                let _ = done.send(());
+                done.send();
             }
             if closed {
                 return;
@@ -273,7 +343,7 @@ impl Writer {
 
     /// Queues one message's change (expanding a prune into the deletions
     /// that are due) or its barrier.
-    fn take(&mut self, msg: Msg, barriers: &mut Vec<SyncSender<()>>) {
+    fn take(&mut self, msg: Msg, barriers: &mut Vec<Done>) {
         let op = match msg {
             Msg::Barrier(done) => return barriers.push(done),
             Msg::Op(op) => op,

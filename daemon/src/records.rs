@@ -15,19 +15,21 @@ use crate::state::{IkeSaRecord, MktRecord};
 /// `now` is the wake-up's time. Everything comes from the events alone
 /// (an MKT's times from `MktCreated`, an IKE SA's rekey time from
 /// `IkeSaEstablished`/`IkeSaRekeyed`): the endpoint is never asked again.
-pub fn record_events(persist: &Persist, clock: &WallClock, now: Instant, events: &[Event]) {
+///
+/// Returns `true` when one of them is a new MKT: its record must be durable
+/// before its key goes on any socket, and before the datagrams of the same
+/// turn go out (the IKE_AUTH or CREATE_CHILD_SA that gives the peer the
+/// same MKT), so the caller waits for [`Persist::durable`] first. One
+/// commit covers all of them.
+pub fn record_events(persist: &Persist, clock: &WallClock, now: Instant, events: &[Event]) -> bool {
     if !persist.enabled() {
-        return;
+        return false;
     }
     let mut new_mkt = false;
     for ev in events {
         new_mkt |= record(persist, clock, now, ev);
     }
-    if new_mkt {
-        // One commit for all of them, durable before any of their keys
-        // goes on a socket.
-        persist.barrier();
-    }
+    new_mkt
 }
 
 /// Queues what `ev` changed for the state file; `true` for a new MKT,

@@ -7,16 +7,16 @@
 //! in [`crate::records`], the configuration's translation in
 //! [`crate::endpoint_config`], what a reload changes in [`crate::reload`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use aokd_proto::ike::{Endpoint, EndpointConfig, Event};
+use aokd_proto::ike::{Endpoint, EndpointConfig, Event, Transmit};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use aokd_api::attach::{Installed, SocketRole};
@@ -61,7 +61,22 @@ enum Wake {
     Control(ControlCall),
     Attach(AttachCall),
     Timer,
+    /// The first held-back turn's records are durable.
+    Durable,
     Shutdown,
+}
+
+/// A loop turn's output held back until its new MKTs' records are durable
+/// (pipelined group commit): the key manager's part of its events (keys
+/// go on sockets) and its datagrams (the IKE_AUTH or CREATE_CHILD_SA that
+/// gives the peer the same MKT). The loop goes on meanwhile; turns are
+/// released in order, so a later turn's output waits behind an earlier
+/// one's commit even when it has no MKT of its own.
+struct HeldTurn {
+    /// `None`: nothing of its own to wait for.
+    durable: Option<oneshot::Receiver<()>>,
+    events: Vec<Event>,
+    transmits: Vec<Transmit>,
 }
 
 /// A running daemon: the endpoint and its sockets.
@@ -89,6 +104,8 @@ pub struct Daemon {
     config: Option<Config>,
     /// The metrics file, when configured.
     metrics: Option<MetricsFile>,
+    /// Turns waiting for the state file, oldest first ([`HeldTurn`]).
+    held: VecDeque<HeldTurn>,
 }
 
 impl Daemon {
@@ -148,6 +165,7 @@ impl Daemon {
             retired: RetiredKeys::new(crate::config::DEFAULT_RETIRED_KEYS),
             config: None,
             metrics: None,
+            held: VecDeque::new(),
         })
     }
 
@@ -434,6 +452,7 @@ impl Daemon {
                 }
             };
             let wake = tokio::select! {
+                () = first_durable(&mut self.held) => Wake::Durable,
                 Some((from, data)) = rx.recv() => Wake::Datagram(from, data),
                 Some(call) = control.recv() => Wake::Control(call),
                 Some(call) = attach_call => Wake::Attach(call),
@@ -455,6 +474,10 @@ impl Daemon {
                     }
                 }
                 Wake::Control(call) if call.command == Command::Reload => {
+                    // The running peers' state settled first: a reload
+                    // adds and removes peers of the key manager.
+                    self.release_all().await;
+                    let now = Instant::now();
                     let result = match self.reload(now) {
                         Ok(report) => ResponseResult::Ok {
                             data: ResponseData::Reloaded(report),
@@ -475,11 +498,15 @@ impl Daemon {
                         self.answer(answered);
                     }
                 }
+                Wake::Durable => self.release(now).await,
                 Wake::Shutdown => break,
             }
             self.flush(now).await;
             self.write_metrics(now);
         }
+        // What is held back goes out once durable: keys on sockets, the
+        // peers answered.
+        self.release_all().await;
         for r in readers {
             r.abort();
         }
@@ -627,15 +654,16 @@ impl Daemon {
     }
 
     /// Hands the endpoint's events on (state file, log, key manager), then
-    /// sends its datagrams.
+    /// sends its datagrams. When the turn made a new MKT, its key manager
+    /// part and its datagrams wait for the MKT's record to be durable
+    /// without stopping the loop ([`HeldTurn`]); so does everything after
+    /// a turn that waits.
     async fn flush(&mut self, now: Instant) {
         let mut events = Vec::new();
         while let Some(ev) = self.endpoint.poll_event() {
             events.push(ev);
         }
-        // Records first: a new MKT's record is durable before its key goes
-        // on any socket.
-        record_events(&self.persist, &self.clock, now, &events);
+        let new_mkt = record_events(&self.persist, &self.clock, now, &events);
         for ev in &events {
             self.log.log(now, ev);
         }
@@ -645,26 +673,87 @@ impl Daemon {
                 self.retired.mkts_changed(peer, mkts, now);
             }
         }
-        if let Some(keys) = self.keys.as_mut() {
-            let groups = self.config.as_ref().map_or(&[][..], |c| &c.groups[..]);
-            let mut answered = Vec::new();
-            for ev in &events {
-                match ev {
-                    Event::MemberAdded { group, remote, .. } => {
-                        if let Some(g) = groups.iter().find(|g| g.name == *group) {
-                            answered.extend(keys.add_peer(&g.member(remote.ip()), now));
-                        }
-                    }
-                    Event::MemberForgotten { peer, .. } => answered.extend(keys.remove_peer(peer)),
-                    Event::MktsChanged { peer, mkts } => {
-                        answered.extend(keys.mkts_changed(peer, mkts, now))
-                    }
-                    _ => {}
+        let mut transmits = Vec::new();
+        while let Some(t) = self.endpoint.poll_transmit() {
+            transmits.push(t);
+        }
+        // One commit for all of the turn's records, durable before any of
+        // their keys goes on a socket or their exchange goes out.
+        let durable = new_mkt.then(|| self.persist.durable());
+        if durable.is_none() && self.held.is_empty() {
+            self.apply_keys(&events, now);
+            self.send(transmits).await;
+            return;
+        }
+        events.retain(|ev| {
+            matches!(
+                ev,
+                Event::MemberAdded { .. }
+                    | Event::MemberForgotten { .. }
+                    | Event::MktsChanged { .. }
+            )
+        });
+        if durable.is_some() || !events.is_empty() || !transmits.is_empty() {
+            self.held.push_back(HeldTurn {
+                durable,
+                events,
+                transmits,
+            });
+        }
+    }
+
+    /// Releases, in order, the held turns whose records are durable.
+    async fn release(&mut self, now: Instant) {
+        while let Some(front) = self.held.front_mut() {
+            if let Some(rx) = front.durable.as_mut() {
+                if matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+                    break;
                 }
             }
-            self.answer(answered);
+            let Some(turn) = self.held.pop_front() else {
+                break;
+            };
+            self.apply_keys(&turn.events, now);
+            self.send(turn.transmits).await;
         }
-        while let Some(t) = self.endpoint.poll_transmit() {
+    }
+
+    /// Waits for every held turn and releases it.
+    async fn release_all(&mut self) {
+        while !self.held.is_empty() {
+            first_durable(&mut self.held).await;
+            self.release(Instant::now()).await;
+        }
+    }
+
+    /// The key manager's part of a turn's events: members added and
+    /// forgotten, MKTs on sockets.
+    fn apply_keys(&mut self, events: &[Event], now: Instant) {
+        let Some(keys) = self.keys.as_mut() else {
+            return;
+        };
+        let groups = self.config.as_ref().map_or(&[][..], |c| &c.groups[..]);
+        let mut answered = Vec::new();
+        for ev in events {
+            match ev {
+                Event::MemberAdded { group, remote, .. } => {
+                    if let Some(g) = groups.iter().find(|g| g.name == *group) {
+                        answered.extend(keys.add_peer(&g.member(remote.ip()), now));
+                    }
+                }
+                Event::MemberForgotten { peer, .. } => answered.extend(keys.remove_peer(peer)),
+                Event::MktsChanged { peer, mkts } => {
+                    answered.extend(keys.mkts_changed(peer, mkts, now))
+                }
+                _ => {}
+            }
+        }
+        self.answer(answered);
+    }
+
+    /// Sends IKE datagrams from the socket of their address family.
+    async fn send(&mut self, transmits: Vec<Transmit>) {
+        for t in transmits {
             let socket = self
                 .sockets
                 .iter()
@@ -680,5 +769,21 @@ impl Daemon {
                 None => warn!(destination = %t.destination, "no IKE socket of this address family"),
             }
         }
+    }
+}
+
+/// Completes when the oldest held turn may be released: at once when it
+/// waits for nothing, when its commit is done otherwise; never when
+/// nothing is held.
+async fn first_durable(held: &mut VecDeque<HeldTurn>) {
+    match held.front_mut() {
+        Some(HeldTurn {
+            durable: Some(rx), ..
+        }) => {
+            // An error means the writer is gone: nothing more to wait for.
+            let _ = rx.await;
+        }
+        Some(_) => {}
+        None => std::future::pending().await,
     }
 }

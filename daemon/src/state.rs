@@ -55,14 +55,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use aokd_proto::mkt::MasterKeyTuple;
-use redb::backends::{FileBackend, InMemoryBackend};
+use redb::backends::FileBackend;
 use redb::{
     Database, DatabaseError, ReadTransaction, ReadableTable, StorageBackend, StorageError,
     TableDefinition, TableError, TableHandle,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Name of the state file inside the state directory.
 pub const STATE_FILE_NAME: &str = "aokd.redb";
@@ -332,40 +332,42 @@ impl StateStore {
         prepare_dir(dir)?;
         let file_path = dir.join(STATE_FILE_NAME);
         let (file, created) = open_file(dir, &file_path)?;
+        let trial_file = file.try_clone().map_err(|source| StateError::Io {
+            path: file_path.clone(),
+            what: "cannot duplicate the state file's descriptor",
+            source,
+        })?;
         // Locks the file (flock), for as long as the store is open.
         let backend = FileBackend::new(file).map_err(|e| db_open_error(e, &file_path))?;
 
-        // Everything is first tried on a copy in memory: redb writes to a
-        // file it opens (its header's recovery flag, crash repair), and a
-        // file that turns out corrupt or newer must stay as it was.
-        let contents = read_all(&backend).map_err(|source| StateError::Io {
+        // Everything is first tried on a view of the file whose writes stay
+        // in memory: redb writes to a file it opens (its header's recovery
+        // flag, crash repair), and a file that turns out corrupt or newer
+        // must stay as it was. The view reads only the pages redb asks for.
+        let len = backend.len().map_err(|source| StateError::Io {
             path: file_path.clone(),
-            what: "cannot read the state file",
+            what: "cannot read the state file's length",
             source,
         })?;
         // An empty file (new, or created by a crash before redb wrote its
         // header) has nothing to keep as it was: no trial.
-        if !contents.is_empty() {
-            let copy = InMemoryBackend::new();
-            copy.set_len(contents.len() as u64)
-                .and_then(|()| copy.write(0, &contents))
-                .map_err(|source| StateError::Io {
-                    path: file_path.clone(),
-                    what: "cannot copy the state file to memory",
-                    source,
-                })?;
-            drop(contents);
+        let tried = len > 0;
+        if tried {
             StateStore {
-                db: open_db(copy, &file_path, true)?,
+                db: open_db(TrialBackend::new(trial_file, len), &file_path, Open::Trial)?,
                 file: file_path.clone(),
             }
             .check_and_load()?;
         }
 
         let store = StateStore {
-            // A new file is "repaired" too (redb builds its allocator
-            // state): not worth a warning.
-            db: open_db(backend, &file_path, created)?,
+            // The trial checked every page of these same bytes (under the
+            // same lock); a new file has none to check.
+            db: open_db(
+                backend,
+                &file_path,
+                if tried { Open::Checked } else { Open::New },
+            )?,
             file: file_path,
         };
         let snapshot = store.check_and_load()?;
@@ -956,14 +958,28 @@ impl Batch<'_> {
     }
 }
 
-/// Hands `backend` to redb and checks every page's checksum (normal
-/// reads do not). redb initializes an empty file, and repairs one left by
+/// How [`open_db`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    /// The trial on a [`TrialBackend`]: every page's checksum is checked,
+    /// repairs are not worth a warning (the real open reports them).
+    Trial,
+    /// A new, empty file: nothing to check or report.
+    New,
+    /// The file itself after a trial that passed: its pages were checked
+    /// by the trial, redb's repair of a file left by a crash is reported.
+    Checked,
+}
+
+/// Hands `backend` to redb and, for a trial, checks every page's checksum
+/// (normal reads do not). redb initializes an empty file, and repairs one left by
 /// a crash (rolling back to the last committed transaction: no
 /// acknowledged write is lost); anything it cannot read is
 /// [`StateError::Corrupt`] (or [`StateError::UnsupportedFormat`]). redb
 /// panics on some malformed files; that is caught and reported as
 /// [`StateError::Corrupt`] too.
-fn open_db(backend: impl StorageBackend, path: &Path, trial: bool) -> Result<Database, StateError> {
+fn open_db(backend: impl StorageBackend, path: &Path, open: Open) -> Result<Database, StateError> {
+    let trial = open != Open::Checked;
     let mut builder = Database::builder();
     // New files in redb's v3 format, which redb 3.x reads without upgrade.
     builder.create_with_file_format_v3(true);
@@ -993,8 +1009,8 @@ fn open_db(backend: impl StorageBackend, path: &Path, trial: bool) -> Result<Dat
     let opened = quietly(|| {
         let mut db = builder.create_with_backend(backend)?;
         opening.store(false, std::sync::atomic::Ordering::Relaxed);
-        if !db.check_integrity()? && !trial {
-            warn!(file = %path.display(), "the state file's allocator state was repaired");
+        if open == Open::Trial && !db.check_integrity()? {
+            debug!(file = %path.display(), "the state file's allocator state needs repair");
         }
         Ok(db)
     });
@@ -1050,14 +1066,116 @@ fn db_open_error(e: DatabaseError, path: &Path) -> StateError {
     }
 }
 
-/// The whole contents of the locked state file.
-fn read_all(backend: &FileBackend) -> io::Result<Vec<u8>> {
-    let len = usize::try_from(backend.len()?)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large"))?;
-    if len == 0 {
-        return Ok(Vec::new());
+/// The state file as the trial open sees it: reads come from the file
+/// (only the pages redb asks for, not a copy of the whole file), writes
+/// stay in memory and are seen by later reads; nothing reaches the file.
+#[derive(Debug)]
+struct TrialBackend {
+    file: File,
+    overlay: std::sync::Mutex<Overlay>,
+}
+
+/// What the trial wrote, over the file.
+#[derive(Debug)]
+struct Overlay {
+    /// The length redb sees.
+    len: u64,
+    /// How much of the file is still visible: shrinking hides the rest
+    /// (it reads as zeros when the length grows again).
+    file_len: u64,
+    /// The writes, in order (a later one wins where they overlap).
+    writes: Vec<(u64, Vec<u8>)>,
+}
+
+impl TrialBackend {
+    fn new(file: File, len: u64) -> TrialBackend {
+        TrialBackend {
+            file,
+            overlay: std::sync::Mutex::new(Overlay {
+                len,
+                file_len: len,
+                writes: Vec::new(),
+            }),
+        }
     }
-    backend.read(0, len)
+
+    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.overlay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl StorageBackend for TrialBackend {
+    fn len(&self) -> Result<u64, io::Error> {
+        Ok(self.overlay().len)
+    }
+
+    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, io::Error> {
+        use std::os::unix::fs::FileExt;
+        let o = self.overlay();
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|&end| end <= o.len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))?;
+        let mut buf = vec![0u8; len];
+        if offset < o.file_len {
+            let n = (o.file_len.min(end) - offset) as usize;
+            self.file.read_exact_at(&mut buf[..n], offset)?;
+        }
+        for (at, data) in &o.writes {
+            let w_end = at + data.len() as u64;
+            if *at >= end || w_end <= offset {
+                continue;
+            }
+            let from = (*at).max(offset);
+            let to = w_end.min(end);
+            buf[(from - offset) as usize..(to - offset) as usize]
+                .copy_from_slice(&data[(from - at) as usize..(to - at) as usize]);
+        }
+        Ok(buf)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        let mut o = self.overlay();
+        if len < o.len {
+            o.file_len = o.file_len.min(len);
+            o.writes.retain_mut(|(at, data)| {
+                if *at >= len {
+                    return false;
+                }
+                data.truncate((len - *at).min(data.len() as u64) as usize);
+                true
+            });
+        }
+        o.len = len;
+        Ok(())
+    }
+
+    fn sync_data(&self, _eventual: bool) -> Result<(), io::Error> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        let mut o = self.overlay();
+        let end = offset + data.len() as u64;
+        if end > o.len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "write past the end",
+            ));
+        }
+        // The same place written again (redb's header) when no later write
+        // overlaps it: replaced, so that the list stays short.
+        let newest_overlap = o
+            .writes
+            .iter_mut()
+            .rev()
+            .find(|(at, d)| *at < end && at + d.len() as u64 > offset);
+        match newest_overlap {
+            Some((at, d)) if *at == offset && d.len() == data.len() => d.copy_from_slice(data),
+            _ => o.writes.push((offset, data.to_vec())),
+        }
+        Ok(())
+    }
 }
 
 thread_local! {

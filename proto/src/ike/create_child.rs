@@ -70,13 +70,13 @@ pub(super) fn start(
     if exclude_options {
         payloads.push(notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS, Vec::new()));
     }
-    sa.rekey_offer = Some(RekeyOffer {
+    sa.rekey_offer = Some(Box::new(RekeyOffer {
         old,
         recv_id,
         ni,
         ke,
         exclude_options,
-    });
+    }));
     ctx.enqueue(
         sa,
         ExchangeType::CREATE_CHILD_SA,

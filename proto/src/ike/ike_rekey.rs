@@ -68,7 +68,7 @@ pub(super) fn start(
             data: ke.public(),
         }),
     ];
-    sa.ike_rekey = Some(IkeRekeyOffer { spi, ni, ke });
+    sa.ike_rekey = Some(Box::new(IkeRekeyOffer { spi, ni, ke }));
     ctx.enqueue(
         sa,
         ExchangeType::CREATE_CHILD_SA,

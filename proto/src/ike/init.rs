@@ -51,7 +51,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, now: Instant) -> Result<(), IkeError> {
         peer: ctx.index,
         role: Role::Initiator,
         phase: Phase::InitSent {
-            ke,
+            ke: Box::new(ke),
             cookie: None,
             cookie_retries: 0,
         },
@@ -70,7 +70,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, now: Instant) -> Result<(), IkeError> {
         peer_sig_hashes: None,
         peer_certreq: Vec::new(),
         fragment_len: None,
-        fragments: Default::default(),
+        fragments: None,
         window: Window::new(0),
         iv_counter: 0,
         established_at: None,
@@ -304,7 +304,7 @@ pub(super) fn on_request(
         peer_sig_hashes: sig_hashes(&msg.payloads),
         peer_certreq: Vec::new(),
         fragment_len: fragment_len(ctx, &msg.payloads, from),
-        fragments: Default::default(),
+        fragments: None,
         window: Window::new(1),
         iv_counter: 0,
         established_at: None,
@@ -485,7 +485,7 @@ pub(super) fn on_response(
                 match KeyExchange::generate(g, &mut *ctx.rng) {
                     Ok(new_ke) => {
                         if let Phase::InitSent { ke, .. } = &mut sa.phase {
-                            *ke = new_ke;
+                            **ke = new_ke;
                         }
                         send_init_request(ctx, &mut sa, now);
                         Fate::Keep(sa)

@@ -181,6 +181,13 @@ pub(super) fn establish(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
     sa.phase = Phase::Established;
     sa.established_at = Some(now);
     sa.announced = true;
+    // The IKE_SA_INIT messages were only needed for the AUTH payloads (RFC
+    // 7296 2.15), and are no longer replayed: a retransmitted IKE_SA_INIT
+    // of this SA is dropped. Freed, as the CERTREQ hashes are: an
+    // established SA keeps only what its later exchanges need.
+    sa.init_request = Vec::new();
+    sa.init_response = Vec::new();
+    sa.peer_certreq = Vec::new();
     sa.last_received = now;
     sa.rekey_at = ike_rekey_time(ctx, now);
     ctx.peer.last_error = None;

@@ -113,6 +113,8 @@ pub(super) fn add_mkt_record(
             reason,
         });
     }
+    // Room for exactly one more: a peer has one MKT, two during a rollover.
+    ctx.peer.mkts.reserve_exact(1);
     ctx.peer.mkts.push(MktRecord {
         mkt,
         ports,

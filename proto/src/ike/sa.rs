@@ -55,7 +55,7 @@ pub(super) enum Phase {
     /// Initiator: IKE_SA_INIT sent, with our key exchange and the cookie
     /// the responder asked for (sent again with it, RFC 7296 2.6).
     InitSent {
-        ke: KeyExchange,
+        ke: Box<KeyExchange>,
         cookie: Option<Vec<u8>>,
         /// COOKIE responses followed so far (bounded, so that a responder
         /// that never accepts its own cookies cannot keep us looping).
@@ -171,23 +171,24 @@ pub(super) struct IkeSa {
     /// IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT
     /// ([`super::EndpointConfig::max_message_len`]).
     pub(super) fragment_len: Option<usize>,
-    /// The peer's fragmented messages being reassembled.
-    pub(super) fragments: Reassembler,
+    /// The peer's fragmented messages being reassembled; made on the first
+    /// fragment (most SAs never see one).
+    pub(super) fragments: Option<Box<Reassembler>>,
     /// Message IDs, our outstanding and queued requests, the stored response.
     pub(super) window: Window,
     pub(super) iv_counter: u64,
     pub(super) established_at: Option<Instant>,
     /// An outstanding CREATE_CHILD_SA request of ours.
-    pub(super) rekey_offer: Option<RekeyOffer>,
+    pub(super) rekey_offer: Option<Box<RekeyOffer>>,
     /// When this side rekeys the IKE SA (`None`: never, or under way).
     pub(super) rekey_at: Option<Instant>,
     /// When a protected message from the peer last verified on this SA
     /// (liveness, RFC 7296 1.4).
     pub(super) last_received: Instant,
     /// Our outstanding CREATE_CHILD_SA rekeying this IKE SA.
-    pub(super) ike_rekey: Option<IkeRekeyOffer>,
+    pub(super) ike_rekey: Option<Box<IkeRekeyOffer>>,
     /// How a rekey created this SA (RFC 7296 2.18, 2.8.2).
-    pub(super) rekeyed_from: Option<RekeyOrigin>,
+    pub(super) rekeyed_from: Option<Box<RekeyOrigin>>,
     /// The peer's IKE_AUTH message carried INITIAL_CONTACT (RFC 7296 2.4).
     pub(super) peer_initial_contact: bool,
     /// Reported to the driver (IkeSaEstablished or IkeSaRekeyed), so that
@@ -274,7 +275,7 @@ impl IkeSa {
             peer_sig_hashes: None,
             peer_certreq: Vec::new(),
             fragment_len: old.fragment_len,
-            fragments: Reassembler::default(),
+            fragments: None,
             window: Window::new(0),
             iv_counter: 0,
             established_at: Some(now),
@@ -282,7 +283,7 @@ impl IkeSa {
             rekey_at,
             last_received: now,
             ike_rekey: None,
-            rekeyed_from: Some(origin),
+            rekeyed_from: Some(Box::new(origin)),
             peer_initial_contact: old.peer_initial_contact,
             announced: false,
         }
@@ -416,7 +417,7 @@ impl IkeSa {
             ),
         })?;
         self.last_received = now;
-        let added = self.fragments.add(
+        let added = self.fragments.get_or_insert_with(Box::default).add(
             h.is_response(),
             h.message_id,
             numbers,
