@@ -1372,8 +1372,12 @@ fn bench_main() -> Result<(), String> {
     let last_b = worst(&|r| r.last_b);
     let after_a = worst_f(&|r| r.after_mkt_a);
     let after_b = worst_f(&|r| r.after_mkt_b);
-    let last = last_a.zip(last_b).map(|(a, b)| a.max(b));
-    let met = last.is_some_and(|l| l <= TARGET);
+    // The issue's target: every socket keyed at most 1 s after the new
+    // MKT (each side's own, from its log); from the command, for comparison.
+    let met = after_a
+        .zip(after_b)
+        .is_some_and(|(a, b)| a.max(b) <= ms(TARGET));
+    let within = last_a.zip(last_b).is_some_and(|(a, b)| a.max(b) <= TARGET);
     println!("\nsummary ({} rounds):", rounds.len());
     for (i, r) in rounds.iter().enumerate() {
         println!(
@@ -1388,14 +1392,16 @@ fn bench_main() -> Result<(), String> {
     }
     println!(
         "rollover: {n} attached connections (opened and attached in {:.1} s), worst of {} rounds: \
-         last socket keyed A {} B {} after `aoctl rekey` ({} / {} after the new MKT); target 1 s: {}",
+         last socket keyed A {} B {} after the side's new MKT (target 1 s: {}); A {} B {} after \
+         `aoctl rekey` ({} 1 s)",
         open_time.as_secs_f64(),
         rounds.len(),
-        opt_ms(last_a),
-        opt_ms(last_b),
         after_a.map_or("?".into(), |x| format!("{x:.1} ms")),
         after_b.map_or("?".into(), |x| format!("{x:.1} ms")),
-        if met { "met" } else { "MISSED" }
+        if met { "met" } else { "MISSED" },
+        opt_ms(last_a),
+        opt_ms(last_b),
+        if within { "within" } else { "NOT within" }
     );
     drop(client);
     drop(server);
