@@ -1053,6 +1053,13 @@ fn md5_counters(ns: &netns::Netns) -> (u64, u64) {
     )
 }
 
+/// How many descriptors process `pid` has open.
+fn open_fds(pid: u32) -> String {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count().to_string())
+        .unwrap_or_else(|e| format!("? ({e})"))
+}
+
 /// The number of attached sockets aokd lists, by state.
 fn attached(d: &Daemon) -> BTreeMap<String, usize> {
     let v = control(&d.side.socket(), "sockets").expect("sockets");
@@ -1086,8 +1093,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     sorted.get(i).copied()
 }
 
+/// `+N ms` since the command, or `never`.
 fn opt_ms(d: Option<Duration>) -> String {
-    d.map_or("never".into(), |d| format!("{:.1} ms", ms(d)))
+    d.map_or("never".into(), |d| format!("+{:.1} ms", ms(d)))
 }
 
 fn echo_text(v: &Value) -> String {
@@ -1106,6 +1114,206 @@ fn echo_text(v: &Value) -> String {
 
 fn echo_ok(v: &Value) -> bool {
     v["ok"] == v["sampled"]
+}
+
+/// What a round needs: the namespaces, the daemons, the client, the
+/// sock_diag sockets of A and B, the options.
+struct Bench<'a> {
+    t: &'a Pair,
+    da: &'a Daemon,
+    db: &'a Daemon,
+    client: &'a mut Helper,
+    diags: Option<(Diag, Diag)>,
+    o: &'a Options,
+}
+
+impl Bench<'_> {
+    /// One rekey: snapshot, `aoctl rekey b`, watch both kernels, echo
+    /// checks, counters; prints the figures.
+    fn round(&mut self, round: usize) -> Round {
+        let (mut diag_a, mut diag_b) = self.diags.take().expect("sock_diag sockets");
+        let (keys_a, _, multi_a) = snapshot(&mut diag_a, SideKind::Client);
+        let (keys_b, listener_b, multi_b) = snapshot(&mut diag_b, SideKind::Server);
+        let mkt_keys_before = mkt_master_keys(&self.da.side.socket()).unwrap_or_default();
+        let distinct = |k: &Keys| {
+            let mut d: BTreeMap<&[u8], usize> = BTreeMap::new();
+            for v in k.values() {
+                *d.entry(v.as_slice()).or_default() += 1;
+            }
+            d.into_iter()
+                .map(|(k, c)| format!("{}.. on {c}", short(k)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "\nround {round}: before the rekey, kernel A: {} connections, keys {} ({} without exactly \
+             one key); B: {} connections, keys {} ({} without exactly one key), listener {}; \
+             aokd's MKT keys {}",
+            keys_a.len(),
+            distinct(&keys_a),
+            multi_a,
+            keys_b.len(),
+            distinct(&keys_b),
+            multi_b,
+            listener_b.as_deref().map_or("none".into(), |k| format!("{}..", short(k))),
+            mkt_keys_before
+                .iter()
+                .map(|k| format!("{}..", &k[..8.min(k.len())]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if keys_a.len() != self.o.connections || keys_b.len() != self.o.connections {
+            println!(
+                "  warning: expected {} connections on each side",
+                self.o.connections
+            );
+        }
+        self.client.send(&format!(
+            "echo {} {ECHO_BYTES} {ECHO_TIMEOUT_MS}",
+            self.o.sample
+        ));
+        let before = self
+            .client
+            .event("echo", Duration::from_millis(ECHO_TIMEOUT_MS + 10_000));
+        let counters0 = [md5_counters(&self.t.a), md5_counters(&self.t.b)];
+        let (log_a0, log_b0) = (self.da.log().len(), self.db.log().len());
+        let load = loadavg();
+
+        let t0 = Instant::now();
+        let wall0 = unix_now();
+        let (poll, lb) = (self.o.poll, listener_b.clone());
+        let wa =
+            std::thread::spawn(move || watch(diag_a, SideKind::Client, &keys_a, None, t0, poll));
+        let wb = std::thread::spawn(move || watch(diag_b, SideKind::Server, &keys_b, lb, t0, poll));
+        let answer = aoctl_json(&self.da.side.socket(), &["rekey", "b"]);
+        let answered = t0.elapsed();
+        // The sample exchanges data while the keys change (read below).
+        self.client.send(&format!(
+            "echo {} {ECHO_BYTES} {ECHO_TIMEOUT_MS}",
+            self.o.sample
+        ));
+        let (d_a, watch_a) = wa.join().expect("watch A");
+        let (d_b, watch_b) = wb.join().expect("watch B");
+        self.diags = Some((d_a, d_b));
+        let during = self
+            .client
+            .event("echo", Duration::from_millis(ECHO_TIMEOUT_MS + 10_000));
+
+        let view_a = log_view(&self.da.log(), log_a0, wall0);
+        let view_b = log_view(&self.db.log(), log_b0, wall0);
+        let mkt_keys_after = mkt_master_keys(&self.da.side.socket()).unwrap_or_default();
+        let new_mkt: Vec<&String> = mkt_keys_after
+            .iter()
+            .filter(|k| !mkt_keys_before.contains(k))
+            .collect();
+        self.client.send(&format!(
+            "echo {} {ECHO_BYTES} {ECHO_TIMEOUT_MS}",
+            self.o.sample
+        ));
+        let after = self
+            .client
+            .event("echo", Duration::from_millis(ECHO_TIMEOUT_MS + 10_000));
+        let counters1 = [md5_counters(&self.t.a), md5_counters(&self.t.b)];
+
+        println!(
+            "  `aoctl rekey b` on A (load average {load}): answered after {:.1} ms: {}",
+            ms(answered),
+            match &answer {
+                Ok(v) => v.to_string(),
+                Err(e) => e.clone(),
+            }
+        );
+        let mkt_b = view_b.mkt_negotiated.first().copied();
+        let mkt_a = view_a.mkt_negotiated.first().copied();
+        let fmt_opt = |x: Option<f64>| x.map_or("not logged".into(), |x| format!("+{x:.1} ms"));
+        println!(
+            "  new MKT negotiated (aokd's log): B {}, A {} after the command",
+            fmt_opt(mkt_b),
+            fmt_opt(mkt_a)
+        );
+        let mut r = Round {
+            last_a: None,
+            last_b: None,
+            after_mkt_a: None,
+            after_mkt_b: None,
+            echo_ok: echo_ok(&before) && echo_ok(&during) && echo_ok(&after),
+        };
+        for (name, w, mkt, view) in [
+            ("A", &watch_a, mkt_a, &view_a),
+            ("B", &watch_b, mkt_b, &view_b),
+        ] {
+            let first = w.keyed.first().copied();
+            let last = if w.unkeyed == 0 {
+                w.keyed.last().copied()
+            } else {
+                None
+            };
+            let after_mkt = last.zip(mkt).map(|(l, m)| ms(l) - m);
+            let keys: Vec<String> = w
+                .new_keys
+                .iter()
+                .map(|(k, c)| {
+                    let is_mkt = new_mkt.iter().any(|m| **m == hex(k));
+                    let whose = if is_mkt {
+                        "the new MKT's master key"
+                    } else {
+                        "NOT the new MKT's master key"
+                    };
+                    format!("{}.. on {c} ({whose})", short(k))
+                })
+                .collect();
+            println!(
+                "  {name}: {} of {} connections keyed in the kernel: first {}, median {}, p99 {}, last {} \
+                 (last {} after {name}'s new MKT); new keys: {}{}{}",
+                w.keyed.len(),
+                w.keyed.len() + w.unkeyed,
+                opt_ms(first),
+                opt_ms(percentile(&w.keyed, 0.5)),
+                opt_ms(percentile(&w.keyed, 0.99)),
+                opt_ms(last),
+                after_mkt.map_or("?".into(), |x| format!("{x:.1} ms")),
+                keys.join(", "),
+                if w.missing > 0 { format!("; {} missing from the last dump", w.missing) } else { String::new() },
+                match w.listener {
+                    Some(l) => format!("; listener keyed +{:.1} ms", ms(l)),
+                    None if name == "B" => "; listener never seen with a new key".into(),
+                    None => String::new(),
+                }
+            );
+            println!(
+                "     {} dumps, {:.1} ms each on average; aokd's log: {} \"socket keys updated\" lines, \
+                 first {}, last {}",
+                w.dumps,
+                ms(w.dump_time) / w.dumps.max(1) as f64,
+                view.updates,
+                fmt_opt(view.first_update),
+                fmt_opt(view.last_update)
+            );
+            match name {
+                "A" => {
+                    r.last_a = last;
+                    r.after_mkt_a = after_mkt;
+                }
+                _ => {
+                    r.last_b = last;
+                    r.after_mkt_b = after_mkt;
+                }
+            }
+        }
+        println!(
+            "  echo before: {}; sent {:.1} ms after the command, during the switch: {}; after: {}\n  \
+             TCPMD5Failure A +{} B +{}, TCPMD5NotFound A +{} B +{}",
+            echo_text(&before),
+            ms(answered),
+            echo_text(&during),
+            echo_text(&after),
+            counters1[0].0 - counters0[0].0,
+            counters1[1].0 - counters0[1].0,
+            counters1[0].1 - counters0[0].1,
+            counters1[1].1 - counters0[1].1,
+        );
+        r
+    }
 }
 
 fn bench_main() -> Result<(), String> {
@@ -1178,177 +1386,30 @@ fn bench_main() -> Result<(), String> {
         accepted["count"],
         accepted["attach"]
     );
-    println!("aokd lists: A {:?}, B {:?}", attached(&da), attached(&db));
-    let mut diag_a = Diag::open_in(t.a.name()).map_err(|e| format!("sock_diag in A: {e}"))?;
-    let mut diag_b = Diag::open_in(t.b.name()).map_err(|e| format!("sock_diag in B: {e}"))?;
+    // aokd closes its descriptor of each socket once it has answered
+    // (docs/attach.md): it holds none per attached socket.
+    println!(
+        "aokd lists: A {:?}, B {:?}; aokd's open descriptors: A {}, B {}",
+        attached(&da),
+        attached(&db),
+        open_fds(da.child.id()),
+        open_fds(db.child.id())
+    );
+    let diag_a = Diag::open_in(t.a.name()).map_err(|e| format!("sock_diag in A: {e}"))?;
+    let diag_b = Diag::open_in(t.b.name()).map_err(|e| format!("sock_diag in B: {e}"))?;
 
+    let mut bench = Bench {
+        t: &t,
+        da: &da,
+        db: &db,
+        client: &mut client,
+        diags: Some((diag_a, diag_b)),
+        o: &o,
+    };
     let mut rounds: Vec<Round> = Vec::new();
     for round in 1..=o.rounds {
-        let (keys_a, _, multi_a) = snapshot(&mut diag_a, SideKind::Client);
-        let (keys_b, listener_b, multi_b) = snapshot(&mut diag_b, SideKind::Server);
-        let mkt_keys_before = mkt_master_keys(&da.side.socket()).unwrap_or_default();
-        let distinct = |k: &Keys| {
-            let mut d: BTreeMap<&[u8], usize> = BTreeMap::new();
-            for v in k.values() {
-                *d.entry(v.as_slice()).or_default() += 1;
-            }
-            d.into_iter()
-                .map(|(k, c)| format!("{}.. on {c}", short(k)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        println!(
-            "\nround {round}: before the rekey, kernel A: {} connections, keys {:?} ({} without exactly \
-             one key); B: {} connections, keys {:?} ({} without exactly one key), listener {}; \
-             aokd's MKT keys {}",
-            keys_a.len(),
-            distinct(&keys_a),
-            multi_a,
-            keys_b.len(),
-            distinct(&keys_b),
-            multi_b,
-            listener_b.as_deref().map_or("none".into(), |k| format!("{}..", short(k))),
-            mkt_keys_before
-                .iter()
-                .map(|k| format!("{}..", &k[..8.min(k.len())]))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        if keys_a.len() != n || keys_b.len() != n {
-            println!("  warning: expected {n} connections on each side");
-        }
-        client.send(&format!("echo {} {ECHO_BYTES} {ECHO_TIMEOUT_MS}", o.sample));
-        let before = client.event("echo", Duration::from_millis(ECHO_TIMEOUT_MS + 10_000));
-        let counters0 = [md5_counters(&t.a), md5_counters(&t.b)];
-        let (log_a0, log_b0) = (da.log().len(), db.log().len());
-        let load = loadavg();
-
-        let t0 = Instant::now();
-        let wall0 = unix_now();
-        let (poll, lb) = (o.poll, listener_b.clone());
-        let wa =
-            std::thread::spawn(move || watch(diag_a, SideKind::Client, &keys_a, None, t0, poll));
-        let wb = std::thread::spawn(move || watch(diag_b, SideKind::Server, &keys_b, lb, t0, poll));
-        let answer = aoctl_json(&da.side.socket(), &["rekey", "b"]);
-        let answered = t0.elapsed();
-        // The sample exchanges data while the keys change (read below).
-        client.send(&format!("echo {} {ECHO_BYTES} {ECHO_TIMEOUT_MS}", o.sample));
-        let (d_a, watch_a) = wa.join().expect("watch A");
-        let (d_b, watch_b) = wb.join().expect("watch B");
-        diag_a = d_a;
-        diag_b = d_b;
-        let during = client.event("echo", Duration::from_millis(ECHO_TIMEOUT_MS + 10_000));
-
-        let view_a = log_view(&da.log(), log_a0, wall0);
-        let view_b = log_view(&db.log(), log_b0, wall0);
-        let mkt_keys_after = mkt_master_keys(&da.side.socket()).unwrap_or_default();
-        let new_mkt: Vec<&String> = mkt_keys_after
-            .iter()
-            .filter(|k| !mkt_keys_before.contains(k))
-            .collect();
-        client.send(&format!("echo {} {ECHO_BYTES} {ECHO_TIMEOUT_MS}", o.sample));
-        let after = client.event("echo", Duration::from_millis(ECHO_TIMEOUT_MS + 10_000));
-        let counters1 = [md5_counters(&t.a), md5_counters(&t.b)];
-
-        println!(
-            "  `aoctl rekey b` on A (load average {load}): answered after {:.1} ms: {}",
-            ms(answered),
-            match &answer {
-                Ok(v) => v.to_string(),
-                Err(e) => e.clone(),
-            }
-        );
-        let mkt_b = view_b.mkt_negotiated.first().copied();
-        let mkt_a = view_a.mkt_negotiated.first().copied();
-        let fmt_opt = |x: Option<f64>| x.map_or("not logged".into(), |x| format!("+{x:.1} ms"));
-        println!(
-            "  new MKT negotiated (aokd's log): B {}, A {} after the command",
-            fmt_opt(mkt_b),
-            fmt_opt(mkt_a)
-        );
-        let mut r = Round {
-            last_a: None,
-            last_b: None,
-            after_mkt_a: None,
-            after_mkt_b: None,
-            echo_ok: echo_ok(&before) && echo_ok(&during) && echo_ok(&after),
-        };
-        for (name, w, mkt, view) in [
-            ("A", &watch_a, mkt_a, &view_a),
-            ("B", &watch_b, mkt_b, &view_b),
-        ] {
-            let first = w.keyed.first().copied();
-            let last = if w.unkeyed == 0 {
-                w.keyed.last().copied()
-            } else {
-                None
-            };
-            let after_mkt = last.zip(mkt).map(|(l, m)| ms(l) - m);
-            let keys: Vec<String> = w
-                .new_keys
-                .iter()
-                .map(|(k, c)| {
-                    let is_mkt = new_mkt.iter().any(|m| **m == hex(k));
-                    let whose = if is_mkt {
-                        "the new MKT's master key"
-                    } else {
-                        "NOT the new MKT's master key"
-                    };
-                    format!("{}.. on {c} ({whose})", short(k))
-                })
-                .collect();
-            println!(
-                "  {name}: {} of {} connections keyed in the kernel: first +{}, median +{}, p99 +{}, last +{} \
-                 (last {} after {name}'s new MKT); new keys: {}{}{}",
-                w.keyed.len(),
-                w.keyed.len() + w.unkeyed,
-                opt_ms(first),
-                opt_ms(percentile(&w.keyed, 0.5)),
-                opt_ms(percentile(&w.keyed, 0.99)),
-                opt_ms(last),
-                after_mkt.map_or("?".into(), |x| format!("{x:.1} ms")),
-                keys.join(", "),
-                if w.missing > 0 { format!("; {} missing from the last dump", w.missing) } else { String::new() },
-                match w.listener {
-                    Some(l) => format!("; listener keyed +{:.1} ms", ms(l)),
-                    None if name == "B" => "; listener never seen with a new key".into(),
-                    None => String::new(),
-                }
-            );
-            println!(
-                "     {} dumps, {:.1} ms each on average; aokd's log: {} \"socket keys updated\" lines, \
-                 first {}, last {}",
-                w.dumps,
-                ms(w.dump_time) / w.dumps.max(1) as f64,
-                view.updates,
-                fmt_opt(view.first_update),
-                fmt_opt(view.last_update)
-            );
-            match name {
-                "A" => {
-                    r.last_a = last;
-                    r.after_mkt_a = after_mkt;
-                }
-                _ => {
-                    r.last_b = last;
-                    r.after_mkt_b = after_mkt;
-                }
-            }
-        }
-        println!(
-            "  echo before: {}; sent {:.1} ms after the command, during the switch: {}; after: {}\n  \
-             TCPMD5Failure A +{} B +{}, TCPMD5NotFound A +{} B +{}",
-            echo_text(&before),
-            ms(answered),
-            echo_text(&during),
-            echo_text(&after),
-            counters1[0].0 - counters0[0].0,
-            counters1[1].0 - counters0[1].0,
-            counters1[0].1 - counters0[0].1,
-            counters1[1].1 - counters0[1].1,
-        );
-        rounds.push(r);
-        // Let the logs and the old MKT's retirement settle between rounds.
+        rounds.push(bench.round(round));
+        // Let the logs settle between rounds.
         std::thread::sleep(Duration::from_secs(2));
     }
 
@@ -1381,7 +1442,7 @@ fn bench_main() -> Result<(), String> {
     println!("\nsummary ({} rounds):", rounds.len());
     for (i, r) in rounds.iter().enumerate() {
         println!(
-            "  round {}: last socket keyed A +{} B +{} after the command ({} / {} after the side's new MKT); echo {}",
+            "  round {}: last socket keyed A {} B {} after the command ({} / {} after the side's new MKT); echo {}",
             i + 1,
             opt_ms(r.last_a),
             opt_ms(r.last_b),
@@ -1392,7 +1453,7 @@ fn bench_main() -> Result<(), String> {
     }
     println!(
         "rollover: {n} attached connections (opened and attached in {:.1} s), worst of {} rounds: \
-         last socket keyed A {} B {} after the side's new MKT (target 1 s: {}); A {} B {} after \
+         last socket keyed A {} B {} after the side's new MKT (target 1 s: {}); A {} B {} from \
          `aoctl rekey` ({} 1 s)",
         open_time.as_secs_f64(),
         rounds.len(),
