@@ -25,13 +25,16 @@
 //! `sock_diag` (`SOCK_DIAG_BY_FAMILY`, `inet_diag_req_v2` with the
 //! `INET_DIAG_INFO` extension, under which the kernel adds each socket's
 //! `INET_DIAG_MD5SIG` attribute, its TCP-MD5 keys with the key octets, for
-//! a requester with `CAP_NET_ADMIN`), one dump of all TCP sockets every
-//! `--poll-ms` (default 5) in each namespace, until every connection's key
-//! differs from the one it had before the command and all carry the same
-//! new key (which must be the new MKT's master key as `mkt-keys` reports
-//! it). A socket counts as keyed at the moment the dump message that first
-//! shows its new key is received, so each figure is late by at most one
-//! dump interval. The new MKT's moment on each side is the timestamp of
+//! a requester with `CAP_NET_ADMIN`), one dump of all TCP sockets in each
+//! namespace, then a pause of `--poll-ms` (default 20), until every
+//! connection's key differs from the one it had before the command and all
+//! carry the same new key (which must be the new MKT's master key as
+//! `mkt-keys` reports it). A socket counts as keyed at the moment the dump
+//! message that first shows its new key is received, so each figure is
+//! late by at most one dump and one pause. A dump of 10,000 sockets costs
+//! the kernel about as much as a tenth of aokd's pass over them (30-50 ms
+//! on 2 cores): dumping without a pause slows aokd down (with 5 ms its
+//! pass took twice as long), 20 ms does not measurably. The new MKT's moment on each side is the timestamp of
 //! aokd's "MKT negotiated" log line. K (default 100) connections spread
 //! over the set send 16 octets each and read the server's echo three
 //! times: before the rekey, as soon as `aoctl` has answered (while the
@@ -820,7 +823,7 @@ fn options() -> Result<Options, String> {
         rounds: 3,
         threads: 4,
         sample: 100,
-        poll: Duration::from_millis(5),
+        poll: Duration::from_millis(20),
     };
     let mut args = std::env::args().skip(1);
     let num = |name: &str, v: Option<String>| -> Result<u64, String> {
