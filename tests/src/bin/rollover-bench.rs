@@ -47,8 +47,10 @@
 //! Prints, per round: the rekey command's answer time, the new MKT on B
 //! and A, the first and last socket keyed on A and B (from the command and
 //! from the side's new MKT), the listener, the dumps, aokd's own log of the
-//! socket updates, the echo check and the counters; then a summary, and
-//! last one line with the worst figures.
+//! socket updates, the last socket on either side after the first new MKT
+//! (B's: B answers the rekey), the echo checks and the counters; then a
+//! summary, and last one line with the worst figures. The verdict is the
+//! issue's target: that last figure at most 1 s.
 //!
 //! Internal roles (run by the benchmark itself inside the namespaces):
 //!
@@ -1085,6 +1087,9 @@ struct Round {
     /// Last socket keyed after the side's own new MKT.
     after_mkt_a: Option<f64>,
     after_mkt_b: Option<f64>,
+    /// The last socket on either side after the first new MKT (B's, the
+    /// responder's): the issue's figure, ms.
+    span: Option<f64>,
     echo_ok: bool,
 }
 
@@ -1239,6 +1244,7 @@ impl Bench<'_> {
             last_b: None,
             after_mkt_a: None,
             after_mkt_b: None,
+            span: None,
             echo_ok: echo_ok(&before) && echo_ok(&during) && echo_ok(&after),
         };
         for (name, w, mkt, view) in [
@@ -1303,6 +1309,16 @@ impl Bench<'_> {
                 }
             }
         }
+        let first_mkt = mkt_a.zip(mkt_b).map(|(a, b)| a.min(b));
+        r.span = r
+            .last_a
+            .zip(r.last_b)
+            .zip(first_mkt)
+            .map(|((a, b), m)| ms(a.max(b)) - m);
+        println!(
+            "  last socket on either side {} after the first new MKT",
+            r.span.map_or("?".into(), |x| format!("{x:.1} ms"))
+        );
         println!(
             "  echo before: {}; sent {:.1} ms after the command, during the switch: {}; after: {}\n  \
              TCPMD5Failure A +{} B +{}, TCPMD5NotFound A +{} B +{}",
@@ -1436,33 +1452,37 @@ fn bench_main() -> Result<(), String> {
     let last_b = worst(&|r| r.last_b);
     let after_a = worst_f(&|r| r.after_mkt_a);
     let after_b = worst_f(&|r| r.after_mkt_b);
-    // The issue's target: every socket keyed at most 1 s after the new
-    // MKT (each side's own, from its log); from the command, for comparison.
-    let met = after_a
-        .zip(after_b)
-        .is_some_and(|(a, b)| a.max(b) <= ms(TARGET));
+    let span = worst_f(&|r| r.span);
+    // The issue's target: every socket of both sides keyed at most 1 s
+    // after the new MKT (its first moment: B's log); the per-side figures
+    // and the time from the command beside it.
+    let met = span.is_some_and(|x| x <= ms(TARGET));
     let within = last_a.zip(last_b).is_some_and(|(a, b)| a.max(b) <= TARGET);
+    let f1 = |x: Option<f64>| x.map_or("?".into(), |x| format!("{x:.1} ms"));
     println!("\nsummary ({} rounds):", rounds.len());
     for (i, r) in rounds.iter().enumerate() {
         println!(
-            "  round {}: last socket keyed A {} B {} after the command ({} / {} after the side's new MKT); echo {}",
+            "  round {}: last socket keyed {} after the first new MKT; A {} B {} after the command \
+             ({} / {} after the side's new MKT); echo {}",
             i + 1,
+            f1(r.span),
             opt_ms(r.last_a),
             opt_ms(r.last_b),
-            r.after_mkt_a.map_or("?".into(), |x| format!("{x:.1} ms")),
-            r.after_mkt_b.map_or("?".into(), |x| format!("{x:.1} ms")),
+            f1(r.after_mkt_a),
+            f1(r.after_mkt_b),
             if r.echo_ok { "ok" } else { "FAILED" }
         );
     }
     println!(
         "rollover: {n} attached connections (opened and attached in {:.1} s), worst of {} rounds: \
-         last socket keyed A {} B {} after the side's new MKT (target 1 s: {}); A {} B {} from \
-         `aoctl rekey` ({} 1 s)",
+         last socket keyed {} after the new MKT (target 1 s: {}); A {} B {} after the side's own \
+         new MKT; A {} B {} from `aoctl rekey` ({} 1 s)",
         open_time.as_secs_f64(),
         rounds.len(),
-        after_a.map_or("?".into(), |x| format!("{x:.1} ms")),
-        after_b.map_or("?".into(), |x| format!("{x:.1} ms")),
+        f1(span),
         if met { "met" } else { "MISSED" },
+        f1(after_a),
+        f1(after_b),
         opt_ms(last_a),
         opt_ms(last_b),
         if within { "within" } else { "NOT within" }
