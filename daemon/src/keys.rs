@@ -41,7 +41,7 @@ use aokd_api::attach::{Installed, SocketRole};
 use aokd_api::control::SocketStatus;
 use aokd_proto::ike::MktView;
 use aokd_proto::mkt::MasterKeyTuple;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{BackendChoice, Config};
 use crate::kernel::{Backend, Support};
@@ -123,6 +123,9 @@ struct Waiting<S> {
     request: KeyRequest<S>,
     peer: usize,
     deadline: Instant,
+    /// The socket's record, sent to the state file when it started to
+    /// wait (committed while the negotiation runs, not after it).
+    recorded: SocketRecord,
 }
 
 /// The waiting `connect`s, in the order they came (a sequence number),
@@ -948,24 +951,34 @@ impl<K: SocketKeys> KeyManager<K> {
             let name = self.peers[peer].name.clone();
             info!(pid = request.record.pid, fd = request.record.fd, peer = %name, wait_ms = wait.as_millis() as u64,
                 "connect waits for an MKT under the guard");
+            // Its record goes to the state file now, without waiting: it is
+            // durable by the time the MKT is, and the answer then need not
+            // wait for a commit of its own.
+            let recorded = socket_record(&record);
+            self.persist.send(Op::PutSocket(recorded.clone()));
             self.waiting.push(Waiting {
                 request,
                 peer,
                 deadline: now + wait,
+                recorded,
             });
             return AttachOutcome::Waiting { peer: name };
         }
-        AttachOutcome::Answered(self.finish(record, &peers, guarded))
+        AttachOutcome::Answered(self.finish(record, &peers, guarded, None))
     }
 
     /// Registers a keyed socket (recorded in the state file before its
     /// owner is answered: once it goes on with the socket, a restarted aokd
     /// must be able to find it) and gives the answer.
+    ///
+    /// `recorded`: the record already sent for this socket (a `connect`
+    /// that waited); it is not written again when it has not changed.
     fn finish(
         &mut self,
         mut record: AttachedSocket,
         peers: &[usize],
         guarded: Vec<String>,
+        recorded: Option<&SocketRecord>,
     ) -> Answer {
         let mechanism = self.mechanism(peers);
         let installed = if guarded.is_empty() {
@@ -975,7 +988,11 @@ impl<K: SocketKeys> KeyManager<K> {
         };
         record.guarded = guarded.clone();
         let names = record.peers.clone();
-        self.persist.send(Op::PutSocket(socket_record(&record)));
+        let rec = socket_record(&record);
+        if recorded != Some(&rec) {
+            self.persist.send(Op::PutSocket(rec));
+        }
+        // Durable before the owner is answered (at once when it already is).
         self.persist.barrier();
         self.registry.add(record);
         Answer::Ok {
@@ -1071,7 +1088,7 @@ impl<K: SocketKeys> KeyManager<K> {
         let peers = [w.peer];
         let id = w.request.id;
         let answer = match self.key_socket(&w.request, &peers) {
-            Ok((record, guarded)) => self.finish(record, &peers, guarded),
+            Ok((record, guarded)) => self.finish(record, &peers, guarded, Some(&w.recorded)),
             Err(e) => Answer::Error(e),
         };
         // The request, and with it aokd's descriptor of the socket, is
@@ -1142,6 +1159,12 @@ impl<K: SocketKeys> KeyManager<K> {
         // socket when the newest MKT changed.
         let md5_moved = p.newest.is_some() && newest.is_some() && newest != p.newest;
         let mut rollovers = 0u64;
+        // One log line for the pass (a route reflector's peer may have
+        // thousands of sockets): how many changed, and what the first of
+        // them got; each socket's own line is at debug level.
+        let pass_started = std::time::Instant::now();
+        let mut changed = 0u64;
+        let mut first_change: Option<(String, String, bool)> = None;
         let ids: Vec<u64> = self.registry.by_peer(peer).map(|s| s.id).collect();
         let mut gone = Vec::new();
         for id in ids {
@@ -1175,8 +1198,12 @@ impl<K: SocketKeys> KeyManager<K> {
                         }
                     }
                     if outcome.changed() {
-                        info!(pid = rec.pid, fd = rec.fd, peer, added = %KeyIds::list(&outcome.added), removed = %KeyIds::list(&outcome.removed),
+                        let (added, removed) =
+                            (KeyIds::list(&outcome.added), KeyIds::list(&outcome.removed));
+                        debug!(pid = rec.pid, fd = rec.fd, peer, added = %added, removed = %removed,
                             guarded = outcome.guarded, "socket keys updated");
+                        changed += 1;
+                        first_change.get_or_insert((added, removed, outcome.guarded));
                     }
                     let rolled = match p.backend {
                         Backend::Ao => outcome.removed.iter().any(|k| !k.is_guard()),
@@ -1197,6 +1224,10 @@ impl<K: SocketKeys> KeyManager<K> {
                     warn!(pid = rec.pid, fd = rec.fd, peer, error = %e, "cannot update socket keys")
                 }
             }
+        }
+        if let Some((added, removed, guarded)) = first_change {
+            info!(peer, sockets = changed, added = %added, removed = %removed, guarded,
+                took_ms = pass_started.elapsed().as_secs_f64() * 1e3, "socket keys updated");
         }
         let p = &mut self.peers[idx];
         p.rollovers = p.rollovers.saturating_add(rollovers);

@@ -49,14 +49,17 @@ use crate::state::{Batch, IkeSaRecord, MktRecord, SocketRecord, StateError, Stat
 pub const MAX_BATCH: usize = 4096;
 /// How often a failing state file is tried again.
 pub const RETRY: Duration = Duration::from_secs(1);
-/// Under load (the previous commit ended less than [`BUSY`] ago) the
-/// writer gathers changes for this long after the first one before it
-/// commits: fewer, larger transactions (each costs an `fdatasync` and the
-/// pages it rewrites) for a little more latency. An idle daemon's change is
-/// committed at once.
+/// Under load (the previous commit ended less than [`BUSY`] ago and carried
+/// at least [`BUSY_BATCH`] changes) the writer gathers changes for this
+/// long after the first one before it commits: fewer, larger transactions
+/// (each costs an `fdatasync` and the pages it rewrites) for a little more
+/// latency. An idle daemon's change, or one of a start-up, is committed at
+/// once.
 pub const GATHER: Duration = Duration::from_millis(1);
 /// See [`GATHER`].
 pub const BUSY: Duration = Duration::from_millis(20);
+/// See [`GATHER`].
+pub const BUSY_BATCH: usize = 4;
 /// Changes kept in memory while the state file fails; beyond that new
 /// changes are counted as lost (and reported) rather than kept.
 pub const MAX_PENDING: usize = 200_000;
@@ -292,7 +295,8 @@ impl Writer {
 
     fn run(&mut self, rx: &Receiver<Msg>) {
         let mut barriers = Vec::new();
-        let mut last_commit: Option<Instant> = None;
+        // When the last commit ended, and how many changes it carried.
+        let mut last_commit: Option<(Instant, usize)> = None;
         loop {
             let failing = !self.pending.is_empty();
             let first = if failing {
@@ -308,7 +312,8 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => false,
                 Err(RecvTimeoutError::Disconnected) => true,
             };
-            if !closed && !failing && last_commit.is_some_and(|t| t.elapsed() < BUSY) {
+            let busy = last_commit.is_some_and(|(t, n)| t.elapsed() < BUSY && n >= BUSY_BATCH);
+            if !closed && !failing && busy {
                 let until = Instant::now() + GATHER;
                 while self.pending.len() < MAX_BATCH {
                     let left = until.saturating_duration_since(Instant::now());
@@ -329,8 +334,9 @@ impl Writer {
                 }
             }
             if !self.pending.is_empty() {
+                let n = self.pending.len();
                 self.commit();
-                last_commit = Some(Instant::now());
+                last_commit = Some((Instant::now(), n));
             }
             for done in barriers.drain(..) {
                 done.send();

@@ -67,9 +67,9 @@ enum Wake {
 }
 
 /// A loop turn's output held back until its new MKTs' records are durable
-/// (pipelined group commit): the key manager's part of its events (keys
-/// go on sockets) and its datagrams (the IKE_AUTH or CREATE_CHILD_SA that
-/// gives the peer the same MKT). The loop goes on meanwhile; turns are
+/// (pipelined group commit): its datagrams (the IKE_AUTH or CREATE_CHILD_SA
+/// that gives the peer the same MKT) and the key manager's part of its
+/// events (keys go on sockets). The loop goes on meanwhile; turns are
 /// released in order, so a later turn's output waits behind an earlier
 /// one's commit even when it has no MKT of its own.
 struct HeldTurn {
@@ -653,11 +653,22 @@ impl Daemon {
         }
     }
 
-    /// Hands the endpoint's events on (state file, log, key manager), then
-    /// sends its datagrams. When the turn made a new MKT, its key manager
-    /// part and its datagrams wait for the MKT's record to be durable
-    /// without stopping the loop ([`HeldTurn`]); so does everything after
-    /// a turn that waits.
+    /// Hands the endpoint's events on (state file, log), sends its
+    /// datagrams, then gives the key manager its part of the events. When
+    /// the turn made a new MKT, its datagrams and key manager part wait for
+    /// the MKT's record to be durable without stopping the loop
+    /// ([`HeldTurn`]); so does everything after a turn that waits.
+    ///
+    /// The datagrams go first: the answer that gives the peer a new MKT
+    /// lets the peer key its sockets while this side keys its own (the
+    /// two passes over thousands of sockets run side by side instead of one
+    /// after the other). That is safe: the peer cannot use the new key
+    /// before this side has it, since with TCP-AO it moves to a key only
+    /// when this side's RNextKeyID names it, which it does once the key is
+    /// on its socket, and a first MKT has no connection using another yet.
+    /// TCP-MD5 has no rollover: in either order one side signs with a key
+    /// the other does not have yet for a moment (the segment is dropped
+    /// and sent again); side by side, that moment is shorter.
     async fn flush(&mut self, now: Instant) {
         let mut events = Vec::new();
         while let Some(ev) = self.endpoint.poll_event() {
@@ -681,8 +692,8 @@ impl Daemon {
         // their keys goes on a socket or their exchange goes out.
         let durable = new_mkt.then(|| self.persist.durable());
         if durable.is_none() && self.held.is_empty() {
-            self.apply_keys(&events, now);
             self.send(transmits).await;
+            self.apply_keys(&events, now);
             return;
         }
         events.retain(|ev| {
@@ -713,8 +724,8 @@ impl Daemon {
             let Some(turn) = self.held.pop_front() else {
                 break;
             };
-            self.apply_keys(&turn.events, now);
             self.send(turn.transmits).await;
+            self.apply_keys(&turn.events, now);
         }
     }
 

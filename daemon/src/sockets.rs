@@ -188,15 +188,37 @@ fn found_text(found: Option<u64>) -> String {
 /// Takes a fresh descriptor of descriptor `fd` in process `pid` and checks
 /// that it is the socket with `cookie`. The caller must drop the result as
 /// soon as it has changed the keys.
+///
+/// The last process's pidfd is kept (one per thread) for the next call: a
+/// pass over a peer's sockets takes thousands of descriptors from the same
+/// routing daemon, and opening and closing a pidfd for each was a third of
+/// such a pass. A kept pidfd names the process it was opened for even
+/// after that process exits and its pid is reused: `pidfd_getfd` then
+/// fails with `ESRCH`, which is the right answer for the exited owner.
 pub fn reacquire(pid: i32, fd: i32, cookie: u64) -> Result<OwnedFd, Gone> {
-    let pidfd = sys::pidfd_open(pid).map_err(|e| match e.raw_os_error() {
-        Some(libc::ESRCH) => Gone::ProcessExited { pid },
-        _ => Gone::Inaccessible { pid, fd, source: e },
-    })?;
-    let copy = sys::pidfd_getfd(pidfd.as_fd(), fd).map_err(|e| match e.raw_os_error() {
-        Some(libc::ESRCH) => Gone::ProcessExited { pid },
-        Some(libc::EBADF) => Gone::DescriptorClosed { pid, fd },
-        _ => Gone::Inaccessible { pid, fd, source: e },
+    thread_local! {
+        static LAST_PIDFD: std::cell::RefCell<Option<(i32, OwnedFd)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let copy = LAST_PIDFD.with(|last| {
+        let mut last = last.borrow_mut();
+        let pidfd = match last.take() {
+            Some((p, f)) if p == pid => f,
+            _ => sys::pidfd_open(pid).map_err(|e| match e.raw_os_error() {
+                Some(libc::ESRCH) => Gone::ProcessExited { pid },
+                _ => Gone::Inaccessible { pid, fd, source: e },
+            })?,
+        };
+        let copy = sys::pidfd_getfd(pidfd.as_fd(), fd).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) => Gone::ProcessExited { pid },
+            Some(libc::EBADF) => Gone::DescriptorClosed { pid, fd },
+            _ => Gone::Inaccessible { pid, fd, source: e },
+        });
+        // Kept unless the process is gone.
+        if !matches!(copy, Err(Gone::ProcessExited { .. })) {
+            *last = Some((pid, pidfd));
+        }
+        copy
     })?;
     match sys::socket_cookie(copy.as_fd()) {
         Ok(c) if c == cookie => Ok(copy),

@@ -138,6 +138,9 @@ pub struct CharonConfig {
     /// Certificate authentication (`auth = pubkey` on both ends) instead
     /// of the PSK.
     pub pubkey: Option<SwanPubkey>,
+    /// The CPUs charon (all its threads) may run on, as taskset(1) takes
+    /// them (`"0"`), for benchmarks; `None`: any.
+    pub cpus: Option<String>,
 }
 
 /// charon's certificate, private key and trust anchors (PEM), for
@@ -172,6 +175,7 @@ impl CharonConfig {
             charon_extra: String::new(),
             remote_id: None,
             pubkey: None,
+            cpus: None,
         }
     }
 }
@@ -202,9 +206,14 @@ impl Charon {
         let mut cmd = ns.command("unshare");
         // A private mount namespace with its own /run: the pid file
         // /var/run/charon.pid (/var/run is /run) is this charon's alone.
+        let pin = cfg
+            .cpus
+            .as_ref()
+            .map(|c| format!("taskset -c {c} "))
+            .unwrap_or_default();
         cmd.args(["-m", "--propagation", "private", "sh", "-c"])
             .arg(format!(
-                "mount -t tmpfs aokd-test-run /run && exec {CHARON}"
+                "mount -t tmpfs aokd-test-run /run && exec {pin}{CHARON}"
             ))
             .env("STRONGSWAN_CONF", &conf);
         let proc = Proc::spawn(&format!("charon in {}", ns.name()), cmd);
@@ -233,6 +242,11 @@ impl Charon {
         let file = file.to_string_lossy().into_owned();
         charon.swanctl(&["--load-all", "--noprompt", "--file", &file])?;
         Ok(charon)
+    }
+
+    /// charon's process id (`unshare` and `sh` exec it).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
     }
 
     /// The vici socket's URI (`swanctl --uri`).

@@ -898,8 +898,10 @@ fn unix_now() -> f64 {
 }
 
 /// What a daemon logged after offset `from` of its log: the times (since
-/// `wall0`, ms) of its "MKT negotiated" lines, and the number and last time
-/// of its "socket keys updated" lines.
+/// `wall0`, ms) of its "MKT negotiated" lines, and from its "socket keys
+/// updated" lines (one per pass over a peer's sockets, at the pass's end,
+/// with `sockets=` and `took_ms=`) the sockets updated and when the first
+/// pass began and the last one ended.
 struct LogView {
     mkt_negotiated: Vec<f64>,
     updates: usize,
@@ -921,8 +923,16 @@ fn log_view(log: &str, from: usize, wall0: f64) -> LogView {
         if line.contains("MKT negotiated") {
             v.mkt_negotiated.push(t);
         } else if line.contains("socket keys updated") {
-            v.updates += 1;
-            v.first_update.get_or_insert(t);
+            // One line per pass over a peer's sockets: how many changed,
+            // and how long the pass took (it is logged at its end).
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .and_then(|v| v.parse::<f64>().ok())
+            };
+            v.updates += field("sockets=").unwrap_or(1.0) as usize;
+            let took = field("took_ms=").unwrap_or(0.0);
+            v.first_update.get_or_insert(t - took);
             v.last_update = Some(t);
         }
     }
@@ -1290,7 +1300,7 @@ impl Bench<'_> {
                 }
             );
             println!(
-                "     {} dumps, {:.1} ms each on average; aokd's log: {} \"socket keys updated\" lines, \
+                "     {} dumps, {:.1} ms each on average; aokd's log: {} sockets updated, \
                  first {}, last {}",
                 w.dumps,
                 ms(w.dump_time) / w.dumps.max(1) as f64,

@@ -5,8 +5,12 @@
 //!
 //! ```text
 //! cargo build --release --workspace && sudo target/release/scale-bench [PEERS] [CONCURRENCY...] \
-//!     [--auth psk|pubkey] [--key-type ed25519|p256]
+//!     [--auth psk|pubkey] [--key-type ed25519|p256] [--pin]
 //! ```
+//!
+//! `--pin`: the responder (aokd with its state writer, or charon with all
+//! its threads) runs on CPU 0 and the load generator on CPU 1 (taskset(1)),
+//! as the issue measures: one core each.
 //!
 //! In a network namespace of its own (loopback only), for each
 //! concurrency (default 8 and 64) and PEERS (default 1,000) initiators from
@@ -34,8 +38,9 @@
 //! `SCALE_BENCH_CHARON_LOG=1` keeps charon's log on (it is off for the
 //! figures) and prints its end after each run.
 //!
-//! Prints each run's `ike-load` summary and the ratios of rates and p99
-//! latencies. Needs the process's descriptor limit above PEERS (one socket
+//! Prints each run's `ike-load` summary (with the responder's resident
+//! memory before and after the storm, and its growth per handshake) and
+//! the ratios of rates and p99 latencies. Needs the process's descriptor limit above PEERS (one socket
 //! per initiator in flight only; PEERS addresses are bound one at a time).
 
 use std::fs;
@@ -51,6 +56,9 @@ use serde_json::Value;
 
 const PSK_HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const FIRST: [u8; 4] = [127, 16, 0, 1];
+/// With `--pin`: the responder's CPU and the load generator's.
+const RESPONDER_CPU: &str = "0";
+const GENERATOR_CPU: &str = "1";
 
 fn nth_source(k: u32) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::from(u32::from_be_bytes(FIRST).wrapping_add(k))
@@ -185,9 +193,15 @@ fn charon_pubkey(charon: &Charon, f: &CertFiles) {
 }
 
 /// Runs ike-load in `ns`; its summary.
-fn load(ns: &Netns, auth: &Auth, peers: u32, concurrency: u32) -> Value {
-    let out = ns
-        .command(binary("ike-load"))
+fn load(ns: &Netns, auth: &Auth, peers: u32, concurrency: u32, pin: bool) -> Value {
+    let mut cmd = if pin {
+        let mut c = ns.command("taskset");
+        c.args(["-c", GENERATOR_CPU]).arg(binary("ike-load"));
+        c
+    } else {
+        ns.command(binary("ike-load"))
+    };
+    let out = cmd
         .args(["--target", "127.0.0.1:500", "--peers", &peers.to_string()])
         .args(["--concurrency", &concurrency.to_string()])
         .args(["--timeout", "60"])
@@ -202,6 +216,28 @@ fn load(ns: &Netns, auth: &Auth, peers: u32, concurrency: u32) -> Value {
         .find(|l| l.contains("summary"))
         .and_then(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("ike-load printed no summary: {text}"))
+}
+
+/// A process's resident memory in KiB (`VmRSS`), 0 when unreadable.
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `summary` with the responder's resident memory before and after the
+/// storm, and the growth per handshake completed.
+fn with_memory(mut summary: Value, before: u64, after: u64) -> Value {
+    let done = summary["completed"].as_u64().unwrap_or(0).max(1);
+    summary["rss_kib_before"] = before.into();
+    summary["rss_kib_after"] = after.into();
+    summary["rss_bytes_per_handshake"] = (after.saturating_sub(before) * 1024 / done).into();
+    summary
 }
 
 fn wait_for_port(ns: &Netns) {
@@ -219,9 +255,32 @@ fn wait_for_port(ns: &Netns) {
     panic!("nothing listens on UDP 500 in {}", ns.name());
 }
 
+/// Waits until aokd answers on its control socket: it does once its
+/// event loop runs (a large configuration takes a while to read, and a
+/// storm sent before would be retransmissions).
+fn wait_until_running(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sock = dir.join("control.sock");
+    while Instant::now() < deadline {
+        let ok = std::process::Command::new(binary("aoctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("status")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("aokd did not answer on {} within 60 s", sock.display());
+}
+
 fn main() {
     let mut numbers: Vec<u32> = Vec::new();
-    let (mut pubkey, mut key_type) = (false, KeyType::Ed25519);
+    let (mut pubkey, mut key_type, mut pin) = (false, KeyType::Ed25519, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -232,6 +291,7 @@ fn main() {
                     other => panic!("--auth {other:?}: psk or pubkey"),
                 }
             }
+            "--pin" => pin = true,
             "--key-type" => {
                 let v = args.next().unwrap_or_default();
                 key_type = KeyType::parse(&v).unwrap_or_else(|e| panic!("--key-type: {e}"));
@@ -266,8 +326,14 @@ fn main() {
         // aokd, cold.
         let dir = temp_dir("scale-aokd");
         let cfg = aokd_config(&dir, peers, &auth);
-        let mut aokd = ns
-            .command(binary("aokd"))
+        let mut aokd = if pin {
+            let mut c = ns.command("taskset");
+            c.args(["-c", RESPONDER_CPU]).arg(binary("aokd"));
+            c
+        } else {
+            ns.command(binary("aokd"))
+        };
+        let mut aokd = aokd
             .arg("--config")
             .arg(&cfg)
             .env("RUST_LOG", "warn")
@@ -276,7 +342,10 @@ fn main() {
             .spawn()
             .expect("start aokd");
         wait_for_port(&ns);
-        let s = load(&ns, &auth, peers, c);
+        wait_until_running(&dir);
+        let before = rss_kib(aokd.id());
+        let s = load(&ns, &auth, peers, c, pin);
+        let s = with_memory(s, before, rss_kib(aokd.id()));
         println!("aokd        c={c:<3} {s}");
         rows.push(("aokd".into(), c, s));
         let _ = aokd.kill();
@@ -285,6 +354,7 @@ fn main() {
             let dir = temp_dir("scale-charon");
             let mut cc = CharonConfig::new("127.0.0.1", "127.16.0.0/16", PSK_HEX);
             cc.remote_id = Some("%any".into());
+            cc.cpus = pin.then(|| RESPONDER_CPU.to_string());
             cc.conn_extra = "        rekey_time = 0\n        dpd_delay = 0\n".into();
             // Logging off (it costs charon), unless SCALE_BENCH_CHARON_LOG
             // is set: then its log's end is printed after each run.
@@ -301,7 +371,9 @@ fn main() {
             if let Auth::Pubkey(files, _) = &auth {
                 charon_pubkey(&charon, files);
             }
-            let s = load(&ns, &auth, peers, c);
+            let before = rss_kib(charon.pid());
+            let s = load(&ns, &auth, peers, c, pin);
+            let s = with_memory(s, before, rss_kib(charon.pid()));
             println!("strongswan  c={c:<3} dos_protection={dos:<3} {s}");
             if charon_log {
                 let log = charon.log();
@@ -315,7 +387,21 @@ fn main() {
             drop(charon);
         }
     }
-    println!("\nsummary ({peers} peers, cold storm, {}):", auth.name());
+    let load_avg = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "\nsummary ({peers} peers, cold storm, {}, {}; load average {}):",
+        auth.name(),
+        if pin {
+            "responder on CPU 0, generator on CPU 1"
+        } else {
+            "not pinned"
+        },
+        load_avg
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     for &c in &conc {
         let get = |who: &str| {
             rows.iter()
@@ -332,11 +418,13 @@ fn main() {
         let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
         for (name, s) in [("dos on", &s_on), ("dos off", &s_off)] {
             println!(
-                "c={c:<3} aokd {:>6.0}/s p99 {:>7.1} ms | strongSwan ({name}) {:>6.0}/s p99 {:>7.1} ms | rate x{:.1}, p99 /{:.1}",
+                "c={c:<3} aokd {:>6.0}/s p99 {:>7.1} ms +{:>5.0} B/SA | strongSwan ({name}) {:>6.0}/s p99 {:>7.1} ms +{:>5.0} B/SA | rate x{:.1}, p99 /{:.1}",
                 f(&a, "rate"),
                 f(&a, "latency_ms_p99"),
+                f(&a, "rss_bytes_per_handshake"),
                 f(s, "rate"),
                 f(s, "latency_ms_p99"),
+                f(s, "rss_bytes_per_handshake"),
                 f(&a, "rate") / f(s, "rate"),
                 f(s, "latency_ms_p99") / f(&a, "latency_ms_p99"),
             );
