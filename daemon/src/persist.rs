@@ -555,6 +555,34 @@ mod tests {
         assert_eq!(cookies, vec![8]);
     }
 
+    /// `durable` does not block its caller, and completes only once the
+    /// ops sent before it are committed.
+    #[test]
+    fn durable_completes_after_the_commit_of_what_came_before() {
+        let dir = Dir::new("durable");
+        let state = dir.0.join("state");
+        let store = StateStore::open(&state).unwrap();
+        let (p, thread) = Persist::start(store).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for cookie in 1..=3 {
+            p.send(Op::PutSocket(socket(cookie)));
+        }
+        let done = p.durable();
+        rt.block_on(done).unwrap();
+        let h = p.health();
+        assert!(h.commits >= 1, "{h:?}");
+        assert_eq!(h.pending, 0, "{h:?}");
+        drop(p);
+        thread.join().unwrap();
+        let store = StateStore::open(&state).unwrap();
+        assert_eq!(store.sockets().unwrap().len(), 3);
+        // Nothing stored: ready at once.
+        let off = Persist::disabled();
+        assert!(rt.block_on(off.durable()).is_ok());
+    }
+
     #[test]
     fn a_refused_write_is_reported_not_fatal() {
         let dir = Dir::new("refused");

@@ -1401,4 +1401,35 @@ mod tests {
             "{err}"
         );
     }
+
+    /// The trial's view: reads see the file and the writes made since, in
+    /// order; shrinking hides the file's end (zeros when it grows again);
+    /// nothing reaches the file.
+    #[test]
+    fn the_trial_view_keeps_its_writes_off_the_file() {
+        let d = Dir::new("trial-view");
+        std::fs::create_dir_all(&d.0).unwrap();
+        let path = d.0.join("f");
+        std::fs::write(&path, b"abcdefgh").unwrap();
+        let t = TrialBackend::new(File::open(&path).unwrap(), 8);
+        let read = |t: &TrialBackend, len| String::from_utf8(t.read(0, len).unwrap()).unwrap();
+        t.write(2, b"XY").unwrap();
+        assert_eq!(read(&t, 8), "abXYefgh");
+        t.write(0, b"1234").unwrap();
+        t.write(2, b"ab").unwrap();
+        // Not the same place as the newest write over it: appended, and wins.
+        t.write(0, b"5678").unwrap();
+        assert_eq!(read(&t, 8), "5678efgh");
+        // The same place as the newest write over it: replaced.
+        t.write(0, b"9999").unwrap();
+        assert_eq!(read(&t, 8), "9999efgh");
+        t.set_len(3).unwrap();
+        assert_eq!(t.len().unwrap(), 3);
+        assert!(t.read(0, 4).is_err());
+        t.set_len(6).unwrap();
+        assert_eq!(t.read(0, 6).unwrap(), b"999\0\0\0");
+        assert!(t.write(5, b"zz").is_err(), "past the end");
+        t.sync_data(false).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"abcdefgh");
+    }
 }
