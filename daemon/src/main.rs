@@ -339,7 +339,7 @@ fn check_config(file: &Path) -> ExitCode {
 /// the control socket until SIGINT or SIGTERM; SIGHUP reloads FILE (as
 /// `aoctl reload` does).
 fn run(file: &Path) -> ExitCode {
-    let config = match Config::load(file) {
+    let config = match load_compact(file) {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
@@ -520,6 +520,23 @@ fn open_state(
     );
     let (persist, writer) = Persist::start(store).context("cannot start the state writer")?;
     Ok((persist, writer, snapshot))
+}
+
+/// [`Config::load`] on a thread of its own, and a copy of the result made
+/// here: the parser's document (many times the size of what is kept, for a
+/// route server's thousands of peers) lives and dies in that thread's
+/// allocator arena, so the configuration kept is not scattered among its
+/// freed pieces, which would stay resident ([`release_free_memory`] gives
+/// the whole arena back).
+fn load_compact(file: &Path) -> Result<Config, aokd::config::ConfigError> {
+    let parsed = std::thread::scope(|s| {
+        s.spawn(|| Config::load(file).map(Box::new))
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })?;
+    let kept = Config::clone(&parsed);
+    drop(parsed);
+    Ok(kept)
 }
 
 /// Gives the memory freed since start-up back to the system: parsing a

@@ -59,7 +59,7 @@ pub const GATHER: Duration = Duration::from_millis(1);
 /// See [`GATHER`].
 pub const BUSY: Duration = Duration::from_millis(20);
 /// See [`GATHER`].
-pub const BUSY_BATCH: usize = 4;
+pub const BUSY_BATCH: usize = 32;
 /// Changes kept in memory while the state file fails; beyond that new
 /// changes are counted as lost (and reported) rather than kept.
 pub const MAX_PENDING: usize = 200_000;
