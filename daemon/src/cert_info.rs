@@ -4,27 +4,7 @@
 //! without validating it (validation is `aokd_proto::ike::cert`'s job).
 //! Malformed input gives `None`, never a panic.
 
-/// One DER element: tag and contents; the rest of the input after it.
-fn element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = der.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
-}
+use aokd_proto::ike::dn::element;
 
 /// The subject and the notAfter time of a DER certificate, as
 /// `("CN=r1, O=Example", "2027-01-31 12:00:00 UTC")`.

@@ -154,7 +154,7 @@ pub enum ConfigError {
     #[error("{}: {message}", .file.display())]
     Syntax { file: PathBuf, message: String },
     /// A value that parsed but is not acceptable.
-    #[error("{}: {key}{}: {message}", .file.display(), peer_suffix(.peer))]
+    #[error("{}: {key}{}: {message}", .file.display(), peer_suffix(.key, .peer))]
     Invalid {
         file: PathBuf,
         /// The key, for example `peer[1].mac_algorithms`.
@@ -165,9 +165,15 @@ pub enum ConfigError {
     },
 }
 
-fn peer_suffix(peer: &Option<String>) -> String {
+/// ` (peer "r2")`, or ` (peer group "rs")` for a key of a `[[peer_group]]`.
+fn peer_suffix(key: &str, peer: &Option<String>) -> String {
+    let what = if key.starts_with("peer_group[") {
+        "peer group"
+    } else {
+        "peer"
+    };
     match peer {
-        Some(name) => format!(" (peer {name:?})"),
+        Some(name) => format!(" ({what} {name:?})"),
         None => String::new(),
     }
 }
@@ -2192,7 +2198,7 @@ mod tests {
         let cases: Vec<(String, &[&str])> = vec![
             (
                 GROUP.replace("\"10.9.9.9\"", "\"10.9.9.9/40\""),
-                &["peer_group[0].remote[1]", "rs", "/40"],
+                &["peer_group[0].remote[1]", "(peer group \"rs\")", "/40"],
             ),
             (
                 GROUP.replace("\"10.9.9.9\"", "\"127.16.0.0/16\""),

@@ -631,9 +631,12 @@ impl<K: SocketKeys> KeyManager<K> {
     /// hold yet (recorded in the state file).
     fn cover_attached(&mut self, idx: usize) {
         let p = &self.peers[idx];
+        // Only the listeners and the sockets toward the peer's address can
+        // be covered by it: a route server's thousandth member does not
+        // look at the other members' sockets.
         let ids: Vec<u64> = self
             .registry
-            .iter()
+            .toward(p.ip)
             .filter(|s| !s.peers.contains(&p.name) && covers(p, s))
             .map(|s| s.id)
             .collect();

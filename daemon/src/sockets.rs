@@ -238,11 +238,12 @@ pub fn reacquire(pid: i32, fd: i32, cookie: u64) -> Result<OwnedFd, Gone> {
     }
 }
 
-/// The attached sockets, by id, with indexes by peer, by cookie and by
-/// descriptor so that adding a socket and finding one peer's sockets cost
-/// O(log n) in the number of sockets (plus the sockets found); only
-/// [`SocketRegistry::iter`] and [`SocketRegistry::prune`] (status answers)
-/// visit every socket.
+/// The attached sockets, by id, with indexes by peer, by cookie, by
+/// descriptor and by remote address (listeners apart) so that adding a
+/// socket, finding one peer's sockets and finding the sockets a new peer
+/// may cover cost O(log n) in the number of sockets (plus the sockets
+/// found); only [`SocketRegistry::iter`] and [`SocketRegistry::prune`]
+/// (status answers) visit every socket.
 #[derive(Debug, Default)]
 pub struct SocketRegistry {
     next_id: u64,
@@ -253,6 +254,11 @@ pub struct SocketRegistry {
     by_cookie: BTreeMap<u64, u64>,
     /// (pid, fd) -> id (at most one record per descriptor).
     by_descriptor: BTreeMap<(i32, i32), u64>,
+    /// Remote address (canonical: IPv4-mapped IPv6 as IPv4) -> ids of the
+    /// connected and accepted sockets toward it.
+    by_remote: BTreeMap<std::net::IpAddr, BTreeSet<u64>>,
+    /// Ids of the listening sockets (they have no remote address).
+    listeners: BTreeSet<u64>,
 }
 
 impl SocketRegistry {
@@ -280,6 +286,17 @@ impl SocketRegistry {
         self.by_cookie.insert(socket.cookie, socket.id);
         self.by_descriptor
             .insert((socket.pid, socket.fd), socket.id);
+        match socket.remote {
+            Some(r) => {
+                self.by_remote
+                    .entry(crate::kernel::canonical(r.ip()))
+                    .or_default()
+                    .insert(socket.id);
+            }
+            None => {
+                self.listeners.insert(socket.id);
+            }
+        }
         self.sockets.insert(socket.id, socket);
         self.next_id
     }
@@ -301,7 +318,40 @@ impl SocketRegistry {
         if self.by_descriptor.get(&(s.pid, s.fd)) == Some(&id) {
             self.by_descriptor.remove(&(s.pid, s.fd));
         }
+        match s.remote {
+            Some(r) => {
+                let ip = crate::kernel::canonical(r.ip());
+                if let Some(ids) = self.by_remote.get_mut(&ip) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        self.by_remote.remove(&ip);
+                    }
+                }
+            }
+            None => {
+                self.listeners.remove(&id);
+            }
+        }
         Some(s)
+    }
+
+    /// The sockets a peer at `ip` may cover: the listeners and the sockets
+    /// connected to or accepted from `ip`, by id. O(log n) plus the sockets
+    /// found.
+    pub fn toward<'a>(
+        &'a self,
+        ip: std::net::IpAddr,
+    ) -> impl Iterator<Item = &'a AttachedSocket> + 'a {
+        let mut ids: Vec<u64> = self.listeners.iter().copied().collect();
+        ids.extend(
+            self.by_remote
+                .get(&crate::kernel::canonical(ip))
+                .into_iter()
+                .flatten()
+                .copied(),
+        );
+        ids.sort_unstable();
+        ids.into_iter().filter_map(|id| self.sockets.get(&id))
     }
 
     /// The socket with `id`.
@@ -1375,6 +1425,47 @@ mod tests {
         let pid = i32::try_from(std::process::id()).expect("pid");
         AttachedSocket::describe(sock.as_fd(), pid, sock.as_fd().as_raw_fd(), role, None)
             .expect("describe")
+    }
+
+    /// `toward(ip)`: the listeners and the sockets toward `ip` (an IPv4
+    /// address and its IPv4-mapped IPv6 form are the same), by id; the
+    /// index follows removals.
+    #[test]
+    fn registry_finds_the_sockets_toward_an_address() {
+        let mut reg = SocketRegistry::new();
+        let rec = |cookie: u64, role, remote: Option<&str>| AttachedSocket {
+            id: 0,
+            pid: 1,
+            fd: i32::try_from(cookie).unwrap(),
+            cookie,
+            role,
+            local: None,
+            remote: remote.map(|r| r.parse().unwrap()),
+            peers: Vec::new(),
+            guarded: Vec::new(),
+            attached_at: SystemTime::UNIX_EPOCH,
+        };
+        let listener = reg.add(rec(1, SocketRole::Listen, None));
+        let to_b = reg.add(rec(2, SocketRole::Connect, Some("10.0.0.2:179")));
+        let from_c = reg.add(rec(3, SocketRole::Accepted, Some("10.0.0.3:40000")));
+        let mapped_b = reg.add(rec(
+            4,
+            SocketRole::Accepted,
+            Some("[::ffff:10.0.0.2]:40001"),
+        ));
+        let ids = |reg: &SocketRegistry, ip: &str| {
+            reg.toward(ip.parse().unwrap())
+                .map(|s| s.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&reg, "10.0.0.2"), vec![listener, to_b, mapped_b]);
+        assert_eq!(ids(&reg, "10.0.0.3"), vec![listener, from_c]);
+        assert_eq!(ids(&reg, "10.0.0.9"), vec![listener]);
+        reg.remove(to_b);
+        reg.remove(listener);
+        assert_eq!(ids(&reg, "10.0.0.2"), vec![mapped_b]);
+        reg.remove(mapped_b);
+        assert!(ids(&reg, "10.0.0.2").is_empty());
     }
 
     #[test]

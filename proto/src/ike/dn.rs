@@ -114,8 +114,10 @@ fn split_unescaped(text: &str) -> Vec<&str> {
     parts
 }
 
-/// One DER element: tag, contents, and the rest of the input.
-fn element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+/// One DER element: tag, contents, and the rest of the input (definite
+/// lengths of up to four octets); `None` when the input is shorter than it
+/// says. Also what `aokd check-config` reads certificates and CRLs with.
+pub fn element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = der.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {
