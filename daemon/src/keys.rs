@@ -487,9 +487,13 @@ impl<K: SocketKeys> KeyManager<K> {
         keys: K,
     ) -> Result<KeyManager<K>, BackendUnavailable> {
         let mut peers = Vec::new();
+        // One line for all (a route server has thousands of peers), each
+        // peer's at debug level.
+        let mut chosen: BTreeMap<String, usize> = BTreeMap::new();
         for p in &cfg.peers {
             let backend = resolve_backend(p, support)?;
-            info!(peer = %p.name, backend = %backend, configured = %p.backend, "key backend chosen");
+            debug!(peer = %p.name, backend = %backend, configured = %p.backend, "key backend chosen");
+            *chosen.entry(backend.to_string()).or_default() += 1;
             peers.push(CoveredPeer {
                 name: p.name.clone(),
                 ip: p.remote,
@@ -502,6 +506,10 @@ impl<K: SocketKeys> KeyManager<K> {
                 newest: None,
                 rollovers: 0,
             });
+        }
+        if !chosen.is_empty() {
+            let list: Vec<String> = chosen.iter().map(|(b, n)| format!("{b}={n}")).collect();
+            info!(peers = %list.join(","), "key backends chosen");
         }
         let mut km = KeyManager {
             keys,

@@ -509,16 +509,10 @@ fn open_state(
     aokd::state::StateSnapshot,
 )> {
     use anyhow::Context;
-    let store = StateStore::open(&config.daemon.state_dir)?;
-    let snapshot = store.load()?;
-    info!(
-        file = %store.path().display(),
-        mkts = snapshot.mkts.len(),
-        sockets = snapshot.sockets.len(),
-        ike_sas = snapshot.ike_sas.len(),
-        "state file opened"
-    );
-    let (persist, writer) = Persist::start(store).context("cannot start the state writer")?;
+    // `StateStore::open_loaded` logs the file and its record counts.
+    let (store, snapshot) = StateStore::open_loaded(&config.daemon.state_dir)?;
+    let (persist, writer) =
+        Persist::start_with(store, &snapshot.mkts).context("cannot start the state writer")?;
     Ok((persist, writer, snapshot))
 }
 

@@ -167,12 +167,30 @@ impl Persist {
     /// file, when every handle is dropped (after a last try to commit what
     /// is still waiting).
     pub fn start(store: StateStore) -> std::io::Result<(Persist, JoinHandle<()>)> {
+        let mkts = match store.mkts() {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(file = %store.path().display(), error = %e,
+                    "cannot list the MKT records; expired ones are pruned at the next restart");
+                Vec::new()
+            }
+        };
+        Persist::start_with(store, &mkts)
+    }
+
+    /// [`Persist::start`] with the MKT records the file holds, as the
+    /// caller already read them ([`StateStore::open_loaded`]): a route
+    /// server's thousands are not decoded again.
+    pub fn start_with(
+        store: StateStore,
+        mkts: &[MktRecord],
+    ) -> std::io::Result<(Persist, JoinHandle<()>)> {
         let (tx, rx) = channel::<Msg>();
         let health = Arc::new(Mutex::new(StateHealth {
             file: Some(store.path().to_owned()),
             ..StateHealth::default()
         }));
-        let mut writer = Writer::new(store, Arc::clone(&health));
+        let mut writer = Writer::new(store, mkts, Arc::clone(&health));
         let handle = std::thread::Builder::new()
             .name("aokd-state".into())
             .spawn(move || writer.run(&rx))?;
@@ -259,7 +277,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(store: StateStore, health: Arc<Mutex<StateHealth>>) -> Writer {
+    fn new(store: StateStore, mkts: &[MktRecord], health: Arc<Mutex<StateHealth>>) -> Writer {
         let mut writer = Writer {
             dir: store.dir().to_owned(),
             file: store.path().to_owned(),
@@ -269,14 +287,11 @@ impl Writer {
             expires: BTreeMap::new(),
             health,
         };
-        match store.mkts() {
-            Ok(mkts) => {
-                for r in mkts {
-                    writer.set_expiry((r.peer, r.send_id, r.recv_id), Some(r.expires_at_unix));
-                }
-            }
-            Err(e) => warn!(file = %store.path().display(), error = %e,
-                "cannot list the MKT records; expired ones are pruned at the next restart"),
+        for r in mkts {
+            writer.set_expiry(
+                (r.peer.clone(), r.send_id, r.recv_id),
+                Some(r.expires_at_unix),
+            );
         }
         writer.store = Some(store);
         writer

@@ -183,8 +183,14 @@ impl Daemon {
     /// dropped and new ones negotiated.
     pub fn restore(&mut self, persist: Persist, snapshot: &StateSnapshot) {
         self.persist = persist.clone();
+        if !snapshot.ike_sas.is_empty() {
+            info!(
+                ike_sas = snapshot.ike_sas.len(),
+                "IKE SAs from before the restart abandoned: new ones will be negotiated"
+            );
+        }
         for sa in &snapshot.ike_sas {
-            info!(peer = %sa.peer, spi_i = %sa.spi_i, spi_r = %sa.spi_r,
+            debug!(peer = %sa.peer, spi_i = %sa.spi_i, spi_r = %sa.spi_r,
                 "IKE SA from before the restart abandoned: a new one will be negotiated");
             self.persist.send(Op::DeleteIkeSa {
                 peer: sa.peer.clone(),

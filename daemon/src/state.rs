@@ -329,6 +329,13 @@ impl StateStore {
     /// documentation for the checks made. A file that fails them is left
     /// exactly as it was.
     pub fn open(dir: &Path) -> Result<StateStore, StateError> {
+        StateStore::open_loaded(dir).map(|(store, _)| store)
+    }
+
+    /// [`StateStore::open`], with every record as the open read them (the
+    /// daemon's start-up: a route server's thousands of records are decoded
+    /// once more, not twice).
+    pub fn open_loaded(dir: &Path) -> Result<(StateStore, StateSnapshot), StateError> {
         prepare_dir(dir)?;
         let file_path = dir.join(STATE_FILE_NAME);
         let (file, created) = open_file(dir, &file_path)?;
@@ -379,7 +386,7 @@ impl StateStore {
             sockets = snapshot.sockets.len(),
             "state file opened"
         );
-        Ok(store)
+        Ok((store, snapshot))
     }
 
     /// Checks the schema version (initializing a new file, migrating an
