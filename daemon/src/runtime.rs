@@ -72,16 +72,11 @@ enum Wake {
 /// events (keys go on sockets). The loop goes on meanwhile; turns are
 /// released in order, so a later turn's output waits behind an earlier
 /// one's commit even when it has no MKT of its own.
-///
-/// Attach answers wait the same way ([`Daemon::answer`]): the socket's
-/// record is durable before its owner goes on with the socket, without the
-/// loop waiting for the commit, so that many attaches share one.
 struct HeldTurn {
     /// `None`: nothing of its own to wait for.
     durable: Option<oneshot::Receiver<()>>,
     events: Vec<Event>,
     transmits: Vec<Transmit>,
-    replies: Vec<(Reply, aokd_api::attach::AttachResult)>,
 }
 
 /// A running daemon: the endpoint and its sockets.
@@ -628,14 +623,10 @@ impl Daemon {
     /// Sends the key manager's answers to their attach calls. The reason
     /// for a guard is a status answer: the guarded peers' state and last
     /// error, read from the endpoint's view of each (O(log n) apiece).
-    /// Answers attach calls. The answers wait for the state file's commit
-    /// of what the key manager recorded for them (the socket records) when
-    /// changes are stored, without the loop waiting ([`HeldTurn`]).
     fn answer(&mut self, answered: Vec<Answered>) {
         if answered.is_empty() {
             return;
         }
-        let mut replies = Vec::new();
         let mut view: Vec<aokd_proto::ike::PeerView> = Vec::new();
         let mut viewed: BTreeSet<&str> = BTreeSet::new();
         for a in &answered {
@@ -664,20 +655,8 @@ impl Daemon {
                         installed = %installed, reason = reason.as_deref().unwrap_or(""), "socket attached");
                 }
             }
-            replies.push((p.reply, result));
+            p.reply.answer(result);
         }
-        if !self.persist.enabled() {
-            for (reply, result) in replies {
-                reply.answer(result);
-            }
-            return;
-        }
-        self.held.push_back(HeldTurn {
-            durable: Some(self.persist.durable()),
-            events: Vec::new(),
-            transmits: Vec::new(),
-            replies,
-        });
     }
 
     /// Hands the endpoint's events on (state file, log), sends its
@@ -736,7 +715,6 @@ impl Daemon {
                 durable,
                 events,
                 transmits,
-                replies: Vec::new(),
             });
         }
     }
@@ -754,9 +732,6 @@ impl Daemon {
             };
             self.send(turn.transmits).await;
             self.apply_keys(&turn.events, now);
-            for (reply, result) in turn.replies {
-                reply.answer(result);
-            }
         }
     }
 
