@@ -5,8 +5,13 @@
 //!
 //! ```text
 //! cargo build --release --workspace && sudo target/release/scale-bench [PEERS] [CONCURRENCY...] \
-//!     [--auth psk|pubkey] [--key-type ed25519|p256] [--pin]
+//!     [--auth psk|pubkey] [--key-type ed25519|p256] [--pin] [--group]
 //! ```
+//!
+//! `--group` (with `--auth pubkey`): aokd has one `[[peer_group]]` whose
+//! prefix covers the initiators (127.16.0.0/16), as charon has one
+//! connection, instead of PEERS `[[peer]]` tables; each initiator becomes
+//! a member when its IKE_SA_INIT arrives.
 //!
 //! `--pin`: the responder (aokd with its state writer, or charon with all
 //! its threads) runs on CPU 0 and the load generator on CPU 1 (taskset(1)),
@@ -99,7 +104,7 @@ impl Auth {
 }
 
 /// aokd's configuration for `peers` initiators, in `dir`.
-fn aokd_config(dir: &Path, peers: u32, auth: &Auth) -> std::path::PathBuf {
+fn aokd_config(dir: &Path, peers: u32, auth: &Auth, group: bool) -> std::path::PathBuf {
     let psk = dir.join("psk");
     fs::write(&psk, format!("{PSK_HEX}\n")).expect("psk");
     fs::set_permissions(&psk, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
@@ -117,7 +122,12 @@ fn aokd_config(dir: &Path, peers: u32, auth: &Auth) -> std::path::PathBuf {
          attach_socket = \"{d}/attach.sock\"\nstate_dir = \"{d}/state\"\n\n",
         d = dir.display()
     );
-    for k in 0..peers {
+    if group {
+        text.push_str(&format!(
+            "[[peer_group]]\nname = \"load\"\nremote = [\"127.16.0.0/16\"]\nremote_port = 500\n{peer_auth}\n\n"
+        ));
+    }
+    for k in (0..peers).filter(|_| !group) {
         text.push_str(&format!(
             "[[peer]]\nname = \"p{k}\"\nremote = \"{}\"\nremote_port = 500\n{peer_auth}\ninitiate = false\n\n",
             nth_source(k),
@@ -280,7 +290,7 @@ fn wait_until_running(dir: &Path) {
 
 fn main() {
     let mut numbers: Vec<u32> = Vec::new();
-    let (mut pubkey, mut key_type, mut pin) = (false, KeyType::Ed25519, false);
+    let (mut pubkey, mut key_type, mut pin, mut group) = (false, KeyType::Ed25519, false, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -292,6 +302,7 @@ fn main() {
                 }
             }
             "--pin" => pin = true,
+            "--group" => group = true,
             "--key-type" => {
                 let v = args.next().unwrap_or_default();
                 key_type = KeyType::parse(&v).unwrap_or_else(|e| panic!("--key-type: {e}"));
@@ -303,6 +314,7 @@ fn main() {
             }
         }
     }
+    assert!(!group || pubkey, "--group needs --auth pubkey (peer groups authenticate by certificate only)");
     let peers: u32 = numbers.first().copied().unwrap_or(1000);
     let mut conc: Vec<u32> = numbers.iter().skip(1).copied().collect();
     if conc.is_empty() {
@@ -325,7 +337,7 @@ fn main() {
     for &c in &conc {
         // aokd, cold.
         let dir = temp_dir("scale-aokd");
-        let cfg = aokd_config(&dir, peers, &auth);
+        let cfg = aokd_config(&dir, peers, &auth, group);
         let mut aokd = if pin {
             let mut c = ns.command("taskset");
             c.args(["-c", RESPONDER_CPU]).arg(binary("aokd"));
