@@ -1,12 +1,32 @@
-//! Certificates for the load generator and the benchmarks (issue 12): a
-//! private CA and end-entity certificates for IP identities (SAN IP, the
-//! subject's common name the address), made with rcgen, written as PEM
-//! files (private keys mode 0600) and read back.
+//! A small private PKI made with rcgen, for the certificate tests and the
+//! load generators (issue 12): root CAs ([`Ca::root`]), intermediates
+//! ([`Ca::intermediate`]) and end-entity certificates for an IP identity
+//! ([`Ca::leaf`]: SAN IP = the address, CN = the address), with Ed25519,
+//! ECDSA P-256 or P-384 keys ([`KeyType`]).
+//!
+//! Its users:
+//!
+//! - the real-daemon and strongSwan certificate tests (`tests/tests/certs.rs`,
+//!   `groups.rs`, `strongswan_certs.rs`), which build chains of any depth
+//!   and write each router's files with [`Leaf::write`] (certificate and
+//!   intermediates, private key, trust anchors: a [`crate::CertFiles`]);
+//! - `ike-load gen-certs` and `scale-bench --auth pubkey` ([`gen_certs`]: a
+//!   CA and the responder's certificate in `ca.pem`, `ca.key`,
+//!   `responder.pem`, `responder.key`), and `ike-load --auth pubkey`, which
+//!   reads that CA back ([`Ca::from_pem_files`]) to issue a certificate to
+//!   each initiator.
+//!
+//! Every certificate is valid from January 1st of last year to January 1st
+//! ten years on, by the system clock, so nothing made here expires and no
+//! certificate is kept in the repository. Files are PEM ([`pem`]: rcgen is
+//! built without its `pem` feature); private keys are PKCS#8, Ed25519 ones
+//! in version 1 (which OpenSSL 3.0, and with it strongSwan's swanctl,
+//! reads), written mode 0600 ([`write_file`]).
 //!
 //! rcgen 0.13 without its `x509-parser` feature cannot take an issuer's
 //! name from an existing certificate, so a CA read from files
-//! ([`Ca::from_pem_files`]) must be one made here: its subject is exactly
-//! `CN=`[`CA_NAME`]. [`Ca::from_pem_files`] proves that by issuing a
+//! ([`Ca::from_pem_files`]) must be one [`gen_certs`] made: its subject is
+//! exactly `CN=`[`CA_NAME`]. [`Ca::from_pem_files`] proves that by issuing a
 //! certificate and validating it against the file with the engine's own
 //! validator, so a CA from elsewhere is refused with the reason instead of
 //! issuing certificates nobody accepts.
@@ -20,32 +40,35 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aokd_proto::ike::cert::TrustAnchors;
 use aokd_proto::ike::Identity;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
-    SanType,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
 use rustls_pki_types::pem::PemObject as _;
 use zeroize::Zeroizing;
 
-/// The subject common name of every CA made here.
+use crate::CertFiles;
+
+/// The subject common name of the CA [`gen_certs`] makes, the only one
+/// [`Ca::from_pem_files`] reads.
 pub const CA_NAME: &str = "aokd ike-load CA";
 
-/// The key type of a CA and of the certificates it issues.
+/// The key type of a CA or of a certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyType {
     /// Ed25519 (RFC 8410 keys, RFC 8420 in IKEv2).
     Ed25519,
     /// ECDSA on P-256 with SHA-256.
-    P256,
+    EcdsaP256,
+    /// ECDSA on P-384 with SHA-384.
+    EcdsaP384,
 }
 
 impl KeyType {
-    /// `ed25519` or `p256`.
+    /// `ed25519`, `p256` or `p384`.
     pub fn parse(text: &str) -> Result<KeyType, String> {
         match text {
             "ed25519" => Ok(KeyType::Ed25519),
-            "p256" => Ok(KeyType::P256),
-            other => Err(format!("key type {other:?}: ed25519 or p256")),
+            "p256" => Ok(KeyType::EcdsaP256),
+            "p384" => Ok(KeyType::EcdsaP384),
+            other => Err(format!("key type {other:?}: ed25519, p256 or p384")),
         }
     }
 
@@ -53,15 +76,33 @@ impl KeyType {
     pub fn name(self) -> &'static str {
         match self {
             KeyType::Ed25519 => "ed25519",
-            KeyType::P256 => "p256",
+            KeyType::EcdsaP256 => "p256",
+            KeyType::EcdsaP384 => "p384",
+        }
+    }
+
+    /// The name strongSwan logs for signatures with this key
+    /// ("authentication of '...' with ED25519 successful").
+    pub fn strongswan_name(self) -> &'static str {
+        match self {
+            KeyType::Ed25519 => "ED25519",
+            KeyType::EcdsaP256 => "ECDSA_WITH_SHA256_DER",
+            KeyType::EcdsaP384 => "ECDSA_WITH_SHA384_DER",
         }
     }
 
     fn algorithm(self) -> &'static rcgen::SignatureAlgorithm {
         match self {
             KeyType::Ed25519 => &rcgen::PKCS_ED25519,
-            KeyType::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyType::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyType::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
         }
+    }
+
+    /// A fresh key pair of this type; `what` names it in the error.
+    fn generate(self, what: &str) -> Result<KeyPair, String> {
+        KeyPair::generate_for(self.algorithm())
+            .map_err(|e| format!("generating a {} key for {what}: {e}", self.name()))
     }
 }
 
@@ -93,31 +134,8 @@ fn pkcs8_v1(key: Vec<u8>) -> Zeroizing<Vec<u8>> {
     }
 }
 
-/// An end-entity certificate and its private key.
-pub struct Leaf {
-    /// The certificate, DER.
-    pub certificate: Vec<u8>,
-    /// The private key, PKCS#8 DER (Ed25519 in version 1), wiped on drop.
-    pub private_key: Zeroizing<Vec<u8>>,
-}
-
-/// A CA that can issue certificates: its certificate and key.
-pub struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-/// The files [`gen_certs`] writes.
-#[derive(Clone, Debug)]
-pub struct CertFiles {
-    pub ca_cert: PathBuf,
-    pub ca_key: PathBuf,
-    pub responder_cert: PathBuf,
-    pub responder_key: PathBuf,
-}
-
-/// Valid from January 1st of last year to January 1st ten years on, by the
-/// system clock (no fixture in the repository expires).
+/// Sets the validity of every certificate made here: from January 1st of
+/// last year to January 1st ten years on, by the system clock.
 fn validity(p: &mut CertificateParams) {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -129,26 +147,77 @@ fn validity(p: &mut CertificateParams) {
     p.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
 }
 
-fn ca_params() -> CertificateParams {
+/// Parameters with subject `CN=cn` and the validity.
+fn params(cn: &str) -> CertificateParams {
     let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, CA_NAME);
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.distinguished_name.push(DnType::CommonName, cn);
     validity(&mut p);
     p
 }
 
+/// The parameters of a CA named `cn` (any path length).
+fn ca_params(cn: &str) -> CertificateParams {
+    let mut p = params(cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p
+}
+
+/// A certification authority that can issue certificates: its certificate
+/// and key.
+pub struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// An end-entity certificate, the intermediates between it and its root
+/// (nearest first), and its private key.
+pub struct Leaf {
+    /// The certificate, DER.
+    pub certificate: Vec<u8>,
+    /// The intermediate CAs' certificates, DER, nearest the leaf first.
+    pub intermediates: Vec<Vec<u8>>,
+    /// The private key, PKCS#8 DER (Ed25519 in version 1), wiped on drop.
+    pub private_key: Zeroizing<Vec<u8>>,
+}
+
 impl Ca {
-    /// A new CA with a fresh key of `key_type`.
-    pub fn generate(key_type: KeyType) -> Result<Ca, String> {
-        let key = KeyPair::generate_for(key_type.algorithm())
-            .map_err(|e| format!("generating a {} CA key: {e}", key_type.name()))?;
-        let cert = ca_params()
+    /// A self-signed root CA named `CN=name` with a fresh key of `key_type`.
+    pub fn root(name: &str, key_type: KeyType) -> Result<Ca, String> {
+        let key = key_type.generate(&format!("the CA {name:?}"))?;
+        let cert = ca_params(name)
             .self_signed(&key)
-            .map_err(|e| format!("signing the CA certificate: {e}"))?;
+            .map_err(|e| format!("signing the certificate of the CA {name:?}: {e}"))?;
         Ok(Ca { cert, key })
+    }
+
+    /// An intermediate CA named `CN=name` with a fresh key of `key_type`,
+    /// signed by `self`.
+    pub fn intermediate(&self, name: &str, key_type: KeyType) -> Result<Ca, String> {
+        let key = key_type.generate(&format!("the CA {name:?}"))?;
+        let cert = ca_params(name)
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(|e| format!("signing the certificate of the CA {name:?}: {e}"))?;
+        Ok(Ca { cert, key })
+    }
+
+    /// An end-entity certificate for `ip` (SAN IP and common name) with a
+    /// fresh key of `key_type`, signed by `self`; `above` are the
+    /// intermediates from `self` up to (not including) the root, `self`
+    /// first when it is not the root (empty when it is).
+    pub fn leaf(&self, ip: IpAddr, key_type: KeyType, above: &[&Ca]) -> Result<Leaf, String> {
+        let key = key_type.generate(&ip.to_string())?;
+        let mut p = params(&ip.to_string());
+        p.subject_alt_names = vec![SanType::IpAddress(ip)];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = p
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(|e| format!("signing the certificate of {ip}: {e}"))?;
+        Ok(Leaf {
+            certificate: cert.der().to_vec(),
+            intermediates: above.iter().map(|c| c.certificate().to_vec()).collect(),
+            private_key: pkcs8_v1(key.serialize_der()),
+        })
     }
 
     /// The CA of the PEM files `cert` (its certificate) and `key` (its
@@ -168,7 +237,7 @@ impl Ca {
             })?;
         let key_pair = KeyPair::try_from(&pkcs8)
             .map_err(|e| format!("CA key {}: not a usable key: {e}", key.display()))?;
-        let issuer = ca_params()
+        let issuer = ca_params(CA_NAME)
             .self_signed(&key_pair)
             .map_err(|e| format!("CA key {}: {e}", key.display()))?;
         let ca = Ca {
@@ -177,7 +246,7 @@ impl Ca {
         };
         // Issue one certificate and validate it against the file.
         let probe_ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
-        let probe = ca.issue(probe_ip, KeyType::Ed25519)?;
+        let probe = ca.leaf(probe_ip, KeyType::Ed25519, &[])?;
         let anchors = TrustAnchors::from_der(&[cert_der])
             .map_err(|e| format!("CA certificate {}: {e}", cert.display()))?;
         anchors
@@ -200,35 +269,91 @@ impl Ca {
     }
 
     /// The CA's certificate, DER.
-    pub fn certificate(&self) -> Vec<u8> {
-        self.cert.der().to_vec()
+    pub fn certificate(&self) -> &[u8] {
+        self.cert.der()
+    }
+
+    /// The CA's certificate, PEM.
+    pub fn pem(&self) -> String {
+        pem("CERTIFICATE", self.certificate())
     }
 
     /// The CA's private key, PKCS#8 DER (Ed25519 in version 1).
     pub fn private_key(&self) -> Zeroizing<Vec<u8>> {
         pkcs8_v1(self.key.serialize_der())
     }
+}
 
-    /// A certificate for `ip` (SAN IP and common name) with a fresh key of
-    /// `key_type`, signed by this CA.
-    pub fn issue(&self, ip: IpAddr, key_type: KeyType) -> Result<Leaf, String> {
-        let key = KeyPair::generate_for(key_type.algorithm())
-            .map_err(|e| format!("generating a {} key for {ip}: {e}", key_type.name()))?;
-        let mut p = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, ip.to_string());
-        p.distinguished_name = dn;
-        p.subject_alt_names = vec![SanType::IpAddress(ip)];
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        validity(&mut p);
-        let cert = p
-            .signed_by(&key, &self.cert, &self.key)
-            .map_err(|e| format!("signing the certificate of {ip}: {e}"))?;
-        Ok(Leaf {
-            certificate: cert.der().to_vec(),
-            private_key: pkcs8_v1(key.serialize_der()),
-        })
+impl Leaf {
+    /// The certificate alone, PEM.
+    pub fn cert_pem(&self) -> String {
+        pem("CERTIFICATE", &self.certificate)
     }
+
+    /// The certificate then its intermediates, PEM.
+    pub fn chain_pem(&self) -> String {
+        let mut s = self.cert_pem();
+        for i in &self.intermediates {
+            s.push_str(&pem("CERTIFICATE", i));
+        }
+        s
+    }
+
+    /// The private key, PKCS#8 PEM (`BEGIN PRIVATE KEY`).
+    pub fn key_pem(&self) -> Zeroizing<String> {
+        Zeroizing::new(pem("PRIVATE KEY", &self.private_key))
+    }
+
+    /// Writes `dir/NAME.pem` (certificate and intermediates),
+    /// `dir/NAME.key` (mode 0600) and `dir/NAME-ca.pem` (the certificates
+    /// of `anchors`), the files of one side with `auth = "pubkey"`.
+    pub fn write(&self, dir: &Path, name: &str, anchors: &[&Ca]) -> Result<CertFiles, String> {
+        let files = CertFiles {
+            certificate: dir.join(format!("{name}.pem")),
+            private_key: dir.join(format!("{name}.key")),
+            ca: dir.join(format!("{name}-ca.pem")),
+        };
+        write_file(&files.certificate, self.chain_pem().as_bytes(), false)?;
+        write_file(&files.private_key, self.key_pem().as_bytes(), true)?;
+        let ca: String = anchors.iter().map(|c| c.pem()).collect();
+        write_file(&files.ca, ca.as_bytes(), false)?;
+        Ok(files)
+    }
+}
+
+/// The files [`gen_certs`] writes.
+#[derive(Clone, Debug)]
+pub struct GeneratedCerts {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub responder_cert: PathBuf,
+    pub responder_key: PathBuf,
+}
+
+/// A new CA (`CN=`[`CA_NAME`]) and a certificate for the responder at
+/// `responder` (SAN IP), both of `key_type`, written into `dir` (created if
+/// missing): `ca.pem`, `ca.key`, `responder.pem`, `responder.key`; the keys
+/// mode 0600.
+pub fn gen_certs(
+    dir: &Path,
+    responder: IpAddr,
+    key_type: KeyType,
+) -> Result<GeneratedCerts, String> {
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let ca = Ca::root(CA_NAME, key_type)?;
+    let leaf = ca.leaf(responder, key_type, &[])?;
+    let files = GeneratedCerts {
+        ca_cert: dir.join("ca.pem"),
+        ca_key: dir.join("ca.key"),
+        responder_cert: dir.join("responder.pem"),
+        responder_key: dir.join("responder.key"),
+    };
+    write_file(&files.ca_cert, ca.pem().as_bytes(), false)?;
+    let ca_key = Zeroizing::new(pem("PRIVATE KEY", &ca.private_key()));
+    write_file(&files.ca_key, ca_key.as_bytes(), true)?;
+    write_file(&files.responder_cert, leaf.cert_pem().as_bytes(), false)?;
+    write_file(&files.responder_key, leaf.key_pem().as_bytes(), true)?;
+    Ok(files)
 }
 
 /// `der` as PEM with the label `label` (RFC 7468: base64 in lines of 64).
@@ -286,39 +411,13 @@ pub fn read_pem_certificate(path: &Path) -> Result<Vec<u8>, String> {
         })
 }
 
-/// A new CA and a certificate for the responder at `responder` (SAN IP),
-/// both of `key_type`, written into `dir` (created if missing): `ca.pem`,
-/// `ca.key`, `responder.pem`, `responder.key`; the keys mode 0600.
-pub fn gen_certs(dir: &Path, responder: IpAddr, key_type: KeyType) -> Result<CertFiles, String> {
-    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let ca = Ca::generate(key_type)?;
-    let leaf = ca.issue(responder, key_type)?;
-    let files = CertFiles {
-        ca_cert: dir.join("ca.pem"),
-        ca_key: dir.join("ca.key"),
-        responder_cert: dir.join("responder.pem"),
-        responder_key: dir.join("responder.key"),
-    };
-    write_file(
-        &files.ca_cert,
-        pem("CERTIFICATE", &ca.certificate()).as_bytes(),
-        false,
-    )?;
-    let ca_key = Zeroizing::new(pem("PRIVATE KEY", &ca.private_key()));
-    write_file(&files.ca_key, ca_key.as_bytes(), true)?;
-    write_file(
-        &files.responder_cert,
-        pem("CERTIFICATE", &leaf.certificate).as_bytes(),
-        false,
-    )?;
-    let key = Zeroizing::new(pem("PRIVATE KEY", &leaf.private_key));
-    write_file(&files.responder_key, key.as_bytes(), true)?;
-    Ok(files)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use aokd_proto::crypto::sig::{PrivateKey, SignatureScheme};
+
+    const ALL: [KeyType; 3] = [KeyType::Ed25519, KeyType::EcdsaP256, KeyType::EcdsaP384];
 
     #[test]
     fn pem_round_trips_through_the_pki_types_reader() {
@@ -341,31 +440,84 @@ mod tests {
             pem("X", b"Ma"),
             "-----BEGIN X-----\nTWE=\n-----END X-----\n"
         );
+        assert_eq!(pem("X", b"f"), "-----BEGIN X-----\nZg==\n-----END X-----\n");
+        let lines: Vec<String> = pem("X", &[0u8; 60]).lines().map(String::from).collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[1].len(), 64);
+        assert_eq!(lines[2], "A".repeat(16));
+    }
+
+    #[test]
+    fn key_types_parse_their_names() {
+        for kt in ALL {
+            assert_eq!(KeyType::parse(kt.name()), Ok(kt));
+        }
+        assert!(KeyType::parse("rsa").is_err());
     }
 
     #[test]
     fn ed25519_keys_are_written_in_pkcs8_version_1() {
-        let ca = Ca::generate(KeyType::Ed25519).unwrap();
+        let ca = Ca::root(CA_NAME, KeyType::Ed25519).unwrap();
         let leaf = ca
-            .issue(IpAddr::V4(Ipv4Addr::LOCALHOST), KeyType::Ed25519)
+            .leaf(IpAddr::V4(Ipv4Addr::LOCALHOST), KeyType::Ed25519, &[])
             .unwrap();
         for der in [ca.private_key(), leaf.private_key] {
             assert_eq!(der.len(), 48);
             assert_eq!(der[..16], ED25519_V1);
             // The engine and rcgen read it back.
-            aokd_proto::crypto::sig::PrivateKey::from_pkcs8_der(&der).expect("engine");
+            PrivateKey::from_pkcs8_der(&der).expect("engine");
             KeyPair::try_from(&der[..]).expect("rcgen");
         }
-        // P-256 keys are left alone (OpenSSL reads ring's encoding).
-        let p = Ca::generate(KeyType::P256).unwrap().private_key();
-        assert_ne!(p[..16], ED25519_V1);
-        aokd_proto::crypto::sig::PrivateKey::from_pkcs8_der(&p).expect("engine");
+        // ECDSA keys are left alone (OpenSSL reads ring's encoding).
+        for (kt, scheme) in [
+            (KeyType::EcdsaP256, SignatureScheme::EcdsaP256Sha256),
+            (KeyType::EcdsaP384, SignatureScheme::EcdsaP384Sha384),
+        ] {
+            let p = Ca::root(CA_NAME, kt).unwrap().private_key();
+            assert_ne!(p[..16], ED25519_V1);
+            let k = PrivateKey::from_pkcs8_der(&p).expect("engine");
+            assert_eq!(k.scheme(), scheme);
+        }
+    }
+
+    #[test]
+    fn a_chain_validates_and_its_key_is_written_private() {
+        let root = Ca::root("test root", KeyType::Ed25519).unwrap();
+        let i1 = root.intermediate("test i1", KeyType::EcdsaP256).unwrap();
+        let i2 = i1.intermediate("test i2", KeyType::EcdsaP384).unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let leaf = i2.leaf(ip, KeyType::Ed25519, &[&i2, &i1]).unwrap();
+        assert_eq!(leaf.intermediates.len(), 2);
+        assert_eq!(leaf.chain_pem().matches("BEGIN CERTIFICATE").count(), 3);
+        let anchors = TrustAnchors::from_der(&[root.certificate().to_vec()]).unwrap();
+        anchors
+            .verify_peer(
+                &leaf.certificate,
+                &leaf.intermediates,
+                SystemTime::now(),
+                &Identity::from_ip(ip),
+            )
+            .expect("the chain validates");
+
+        let dir = crate::temp_dir("pki-chain");
+        let f = leaf.write(&dir, "r1", &[&root]).unwrap();
+        let mode = fs::metadata(&f.private_key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        assert!(fs::read_to_string(&f.private_key)
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----\n"));
+        assert_eq!(fs::read_to_string(&f.ca).unwrap(), root.pem());
+        assert_eq!(
+            read_pem_certificate(&f.certificate).unwrap(),
+            leaf.certificate
+        );
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn gen_certs_writes_a_ca_that_issues_verifiable_certificates() {
         let dir = crate::temp_dir("pki-unit");
-        for kt in [KeyType::Ed25519, KeyType::P256] {
+        for kt in ALL {
             let d = dir.join(kt.name());
             let responder = IpAddr::V4(Ipv4Addr::LOCALHOST);
             let f = gen_certs(&d, responder, kt).expect("gen_certs");
@@ -381,7 +533,7 @@ mod tests {
             let anchors =
                 TrustAnchors::from_der(&[read_pem_certificate(&f.ca_cert).unwrap()]).unwrap();
             let ip = IpAddr::V4(Ipv4Addr::new(127, 16, 0, 7));
-            let leaf = ca.issue(ip, kt).unwrap();
+            let leaf = ca.leaf(ip, kt, &[]).unwrap();
             let now = SystemTime::now();
             anchors
                 .verify_peer(&leaf.certificate, &[], now, &Identity::from_ip(ip))
@@ -397,11 +549,12 @@ mod tests {
                 .expect("responder certificate validates");
             let key = fs::read(&f.responder_key).unwrap();
             let pkcs8 = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&key).unwrap();
-            let k = aokd_proto::crypto::sig::PrivateKey::from_pkcs8_der(pkcs8.secret_pkcs8_der())
+            let k = PrivateKey::from_pkcs8_der(pkcs8.secret_pkcs8_der())
                 .expect("the engine reads the key");
             let want = match kt {
-                KeyType::Ed25519 => aokd_proto::crypto::sig::SignatureScheme::Ed25519,
-                KeyType::P256 => aokd_proto::crypto::sig::SignatureScheme::EcdsaP256Sha256,
+                KeyType::Ed25519 => SignatureScheme::Ed25519,
+                KeyType::EcdsaP256 => SignatureScheme::EcdsaP256Sha256,
+                KeyType::EcdsaP384 => SignatureScheme::EcdsaP384Sha384,
             };
             assert_eq!(k.scheme(), want);
         }

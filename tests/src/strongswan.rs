@@ -372,25 +372,15 @@ swanctl {{
 
 /// Writes the files of [`SwanPubkey`] under `dir`.
 fn write_credentials(dir: &Path, pk: &SwanPubkey) -> Result<(), String> {
-    let write = |sub: &str, name: &str, text: &str, mode: u32| -> Result<(), String> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+    let write = |sub: &str, name: &str, text: &str, private: bool| -> Result<(), String> {
         let d = dir.join(sub);
         fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
-        let path = d.join(name);
-        fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .map_err(|e| format!("write {}: {e}", path.display()))
+        crate::pki::write_file(&d.join(name), text.as_bytes(), private)
     };
-    write("x509", "local.pem", &pk.cert, 0o644)?;
-    write("private", "local.key", &pk.key, 0o600)?;
+    write("x509", "local.pem", &pk.cert, false)?;
+    write("private", "local.key", &pk.key, true)?;
     for (i, ca) in pk.cacerts.iter().enumerate() {
-        write("x509ca", &format!("ca-{i}.pem"), ca, 0o644)?;
+        write("x509ca", &format!("ca-{i}.pem"), ca, false)?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Certificate authentication between two real aokd (issue 12): two network
 //! namespaces joined by a veth pair, A (10.205.0.1) and B (10.205.0.2), each
 //! aokd with `auth = "pubkey"` and certificates from a private CA the test
-//! makes (tests/tests/pki: SAN IP = CN = the router's address, which is its
+//! makes (`aokd_tests::pki`: SAN IP = CN = the router's address, which is its
 //! IKE identity), TCP-MD5 as the key backend on port 179.
 //!
 //! - `ed25519_certificates_key_tcp_md5` and
@@ -22,15 +22,13 @@
 //! something is missing the test fails if `CI` is set, and is otherwise
 //! skipped with the reason printed.
 
-mod pki;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aokd_tests::netns::{self, Pair};
+use aokd_tests::pki::{Ca, KeyType};
 use aokd_tests::process::Proc;
 use aokd_tests::{aoctl_verify, established_sas, mkts, CertFiles, Daemon};
-use pki::{Alg, Ca};
 use serde_json::Value;
 
 const ADDR_A: &str = "10.205.0.1";
@@ -145,25 +143,35 @@ fn assert_connection_signed(t: &Pair, da: &Daemon, pcap: &mut netns::Capture) {
 /// Issues A's and B's certificates (`alg`) under `depth` CAs (1: the root
 /// signs the leaves; 3: root → i1 → i2 → leaf), writes the files and runs
 /// both daemons to an MKT and a signed connection.
-fn keyed_by_certificates(test: &str, tag: &str, alg: Alg, depth: usize) {
+fn keyed_by_certificates(test: &str, tag: &str, alg: KeyType, depth: usize) {
     if !netns::prerequisites(test, false) {
         return;
     }
     let started = Instant::now();
     let t = Pair::new(tag, ADDR_A, ADDR_B);
-    let root = Ca::root("aokd test root", alg);
+    let root = Ca::root("aokd test root", alg).expect("root CA");
     let mut cas = vec![root];
     for n in 1..depth {
-        let ca = cas[n - 1].intermediate(&format!("aokd test intermediate {n}"), Alg::EcdsaP256);
+        let ca = cas[n - 1]
+            .intermediate(&format!("aokd test intermediate {n}"), KeyType::EcdsaP256)
+            .expect("intermediate CA");
         cas.push(ca);
     }
     let issuer = cas.last().expect("a CA");
     // The intermediates, nearest the leaf first.
     let above: Vec<&Ca> = cas[1..].iter().rev().collect();
-    let leaf_a = issuer.leaf(ADDR_A.parse().unwrap(), alg, &above);
-    let leaf_b = issuer.leaf(ADDR_B.parse().unwrap(), alg, &above);
-    let fa = leaf_a.write(&t.side_a.dir, "a", &[&cas[0]]);
-    let fb = leaf_b.write(&t.side_b.dir, "b", &[&cas[0]]);
+    let leaf_a = issuer
+        .leaf(ADDR_A.parse().unwrap(), alg, &above)
+        .expect("A's certificate");
+    let leaf_b = issuer
+        .leaf(ADDR_B.parse().unwrap(), alg, &above)
+        .expect("B's certificate");
+    let fa = leaf_a
+        .write(&t.side_a.dir, "a", &[&cas[0]])
+        .expect("A's files");
+    let fb = leaf_b
+        .write(&t.side_b.dir, "b", &[&cas[0]])
+        .expect("B's files");
     let [check_a, check_b] = configure(&t, &fa, &fb);
     for (check, ip) in [(&check_a, ADDR_A), (&check_b, ADDR_B)] {
         assert!(
@@ -195,7 +203,7 @@ fn ed25519_certificates_key_tcp_md5() {
     keyed_by_certificates(
         "ed25519_certificates_key_tcp_md5",
         "certs-ed25519",
-        Alg::Ed25519,
+        KeyType::Ed25519,
         1,
     );
 }
@@ -205,7 +213,7 @@ fn ecdsa_p256_certificates_key_tcp_md5() {
     keyed_by_certificates(
         "ecdsa_p256_certificates_key_tcp_md5",
         "certs-p256",
-        Alg::EcdsaP256,
+        KeyType::EcdsaP256,
         1,
     );
 }
@@ -215,7 +223,7 @@ fn depth_three_chain_keys_tcp_md5() {
     keyed_by_certificates(
         "depth_three_chain_keys_tcp_md5",
         "certs-depth3",
-        Alg::Ed25519,
+        KeyType::Ed25519,
         3,
     );
 }
@@ -228,15 +236,17 @@ fn certificate_from_another_ca_is_refused_on_both_sides() {
     }
     let started = Instant::now();
     let t = Pair::new("certs-wrongca", ADDR_A, ADDR_B);
-    let root = Ca::root("aokd test root", Alg::Ed25519);
-    let other = Ca::root("another root", Alg::Ed25519);
+    let root = Ca::root("aokd test root", KeyType::Ed25519).expect("root CA");
+    let other = Ca::root("another root", KeyType::Ed25519).expect("other root CA");
     // A's certificate is from `other`; both trust `root` only.
     let fa = other
-        .leaf(ADDR_A.parse().unwrap(), Alg::Ed25519, &[])
-        .write(&t.side_a.dir, "a", &[&root]);
-    let fb =
-        root.leaf(ADDR_B.parse().unwrap(), Alg::Ed25519, &[])
-            .write(&t.side_b.dir, "b", &[&root]);
+        .leaf(ADDR_A.parse().unwrap(), KeyType::Ed25519, &[])
+        .and_then(|l| l.write(&t.side_a.dir, "a", &[&root]))
+        .expect("A's files");
+    let fb = root
+        .leaf(ADDR_B.parse().unwrap(), KeyType::Ed25519, &[])
+        .and_then(|l| l.write(&t.side_b.dir, "b", &[&root]))
+        .expect("B's files");
     configure(&t, &fa, &fb);
     let mut da = t.start_a();
     let mut db = t.start_b();

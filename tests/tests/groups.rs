@@ -14,14 +14,12 @@
 //! Needs root, `ip` and `tcpdump`: when something is missing the test
 //! fails if `CI` is set, and is otherwise skipped with the reason printed.
 
-mod pki;
-
 use std::time::{Duration, Instant};
 
 use aokd_tests::netns::{self, Pair};
+use aokd_tests::pki::{Ca, KeyType};
 use aokd_tests::process::Proc;
 use aokd_tests::{established_sas, mkts, Daemon};
-use pki::{Alg, Ca};
 use serde_json::Value;
 
 const ADDR_A: &str = "10.207.0.1";
@@ -46,13 +44,15 @@ fn a_connect_into_the_group_makes_a_member_on_demand_and_it_survives_a_restart()
     }
     let started = Instant::now();
     let t = Pair::new("groups", ADDR_A, ADDR_B);
-    let root = Ca::root("aokd group test root", Alg::Ed25519);
-    let fa =
-        root.leaf(ADDR_A.parse().unwrap(), Alg::Ed25519, &[])
-            .write(&t.side_a.dir, "a", &[&root]);
-    let fb =
-        root.leaf(ADDR_B.parse().unwrap(), Alg::Ed25519, &[])
-            .write(&t.side_b.dir, "b", &[&root]);
+    let root = Ca::root("aokd group test root", KeyType::Ed25519).expect("root CA");
+    let fa = root
+        .leaf(ADDR_A.parse().unwrap(), KeyType::Ed25519, &[])
+        .and_then(|l| l.write(&t.side_a.dir, "a", &[&root]))
+        .expect("A's files");
+    let fb = root
+        .leaf(ADDR_B.parse().unwrap(), KeyType::Ed25519, &[])
+        .and_then(|l| l.write(&t.side_b.dir, "b", &[&root]))
+        .expect("B's files");
     let keys = "backend = \"tcp-md5\"\ntcp_ports = [179]\n";
     t.side_a
         .write_group_config("rs", &["10.207.0.0/24"], &fa, keys);

@@ -2,7 +2,7 @@
 //! namespace A (10.206.0.1), Debian's charon in namespace B (10.206.0.2)
 //! (harness in tests/src/strongswan.rs, `CharonConfig::pubkey`), both with
 //! `auth = pubkey` and certificates from a private CA the test makes
-//! (tests/tests/pki: SAN IP = CN = the address, which is the IKE
+//! (`aokd_tests::pki`: SAN IP = CN = the address, which is the IKE
 //! identity). charon does not announce TCP-AO keying, so the IKE SA is
 //! childless (RFC 6023) in both directions.
 //!
@@ -41,14 +41,12 @@
 //! libstrongswan-standard-plugins: when something is missing the test fails
 //! if `CI` is set, and is otherwise skipped with the reason printed.
 
-mod pki;
-
 use std::time::{Duration, Instant};
 
 use aokd_tests::netns::{ip, Netns, Pair};
+use aokd_tests::pki::{Ca, KeyType, Leaf};
 use aokd_tests::strongswan::{self, Charon, CharonConfig, SwanPubkey};
 use aokd_tests::{established_sas, Daemon};
-use pki::{Alg, Ca, Leaf};
 use serde_json::Value;
 
 const ADDR_A: &str = "10.206.0.1";
@@ -61,7 +59,7 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Case {
     name: &'static str,
     /// The key type of the leaves and the root.
-    alg: Alg,
+    alg: KeyType,
     /// CAs above each leaf: 1, the root signs them; n, the root and n - 1
     /// intermediates (ECDSA P-256), all sent in CERT payloads.
     depth: usize,
@@ -71,21 +69,21 @@ struct Case {
 
 const ED25519: Case = Case {
     name: "Ed25519",
-    alg: Alg::Ed25519,
+    alg: KeyType::Ed25519,
     depth: 1,
     mtu: None,
 };
 
 const ECDSA_P256: Case = Case {
     name: "ECDSA P-256",
-    alg: Alg::EcdsaP256,
+    alg: KeyType::EcdsaP256,
     depth: 1,
     mtu: None,
 };
 
 const ED25519_DEPTH3: Case = Case {
     name: "Ed25519 under two intermediates",
-    alg: Alg::Ed25519,
+    alg: KeyType::Ed25519,
     depth: 3,
     mtu: None,
 };
@@ -96,7 +94,7 @@ const ED25519_DEPTH3: Case = Case {
 /// so that IP fragmentation cannot stand in for it.
 const FRAGMENTED: Case = Case {
     name: "Ed25519 under three intermediates, MTU 1280",
-    alg: Alg::Ed25519,
+    alg: KeyType::Ed25519,
     depth: 4,
     mtu: Some(1280),
 };
@@ -114,7 +112,8 @@ fn intermediates(case: &Case, root: &Ca, side: &str) -> Vec<Ca> {
         let ca = v
             .last()
             .unwrap_or(root)
-            .intermediate(&format!("{side} intermediate {n}"), Alg::EcdsaP256);
+            .intermediate(&format!("{side} intermediate {n}"), KeyType::EcdsaP256)
+            .expect("intermediate CA");
         v.push(ca);
     }
     v
@@ -125,7 +124,9 @@ fn intermediates(case: &Case, root: &Ca, side: &str) -> Vec<Ca> {
 fn leaf(case: &Case, root: &Ca, inter: &[Ca], ip: &str) -> Leaf {
     let above: Vec<&Ca> = inter.iter().rev().collect();
     let issuer = inter.last().unwrap_or(root);
-    issuer.leaf(ip.parse().expect("address"), case.alg, &above)
+    issuer
+        .leaf(ip.parse().expect("address"), case.alg, &above)
+        .expect("leaf certificate")
 }
 
 /// Who starts the IKE SA.
@@ -175,8 +176,8 @@ fn start(case: &Case, tag: &str, initiator: Initiator, untrusted: Untrusted) -> 
             drop_too_big(ns, mtu);
         }
     }
-    let trusted = Ca::root("aokd test root", case.alg);
-    let other = Ca::root("another root", case.alg);
+    let trusted = Ca::root("aokd test root", case.alg).expect("root CA");
+    let other = Ca::root("another root", case.alg).expect("other root CA");
     let root_of = |who: Untrusted| {
         if untrusted == who {
             &other
@@ -198,11 +199,13 @@ fn start(case: &Case, tag: &str, initiator: Initiator, untrusted: Untrusted) -> 
     let mut cfg = CharonConfig::new(ADDR_B, ADDR_A, "");
     cfg.pubkey = Some(SwanPubkey {
         cert: leaf_b.cert_pem(),
-        key: leaf_b.key_pem(),
+        key: leaf_b.key_pem().to_string(),
         cacerts,
     });
     let charon = Charon::start(&t.b, &t.root.join("charon"), cfg).expect("charon");
-    let files = leaf_a.write(&t.side_a.dir, "a", &[&trusted]);
+    let files = leaf_a
+        .write(&t.side_a.dir, "a", &[&trusted])
+        .expect("aokd's files");
     let mut swan = t.side_b.clone();
     swan.name = "swan".into();
     let peer = format!(

@@ -8,8 +8,8 @@
 //!          --psk-file psk --first-source 127.16.0.1 [--source-port 500] \
 //!          [--mode storm|churn] [--seconds 30]
 //! ike-load ... --auth pubkey --ca-cert ca.pem --ca-key ca.key \
-//!          [--key-type ed25519|p256] [--remote-id ID]
-//! ike-load gen-certs DIR --responder-ip IP [--key-type ed25519|p256]
+//!          [--key-type ed25519|p256|p384] [--remote-id ID]
+//! ike-load gen-certs DIR --responder-ip IP [--key-type ed25519|p256|p384]
 //! ```
 //!
 //! - Each initiator `k` (0 <= k < peers) sends from `first-source + k` (one
@@ -200,7 +200,7 @@ impl Creds {
             ready: Vec::with_capacity(args.peers as usize),
         };
         for k in 0..args.peers {
-            let leaf = ca.issue(IpAddr::V4(source(args, k)), args.key_type)?;
+            let leaf = ca.leaf(IpAddr::V4(source(args, k)), args.key_type, &[])?;
             c.leaves.push(leaf);
             let auth = c.build(k)?;
             c.ready.push(Some(auth));
@@ -523,11 +523,11 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// `gen-certs DIR --responder-ip IP [--key-type ed25519|p256]`.
+/// `gen-certs DIR --responder-ip IP [--key-type ed25519|p256|p384]`.
 fn gen_certs(mut it: impl Iterator<Item = String>) -> Result<(), String> {
     let dir = it
         .next()
-        .ok_or("gen-certs DIR --responder-ip IP [--key-type ed25519|p256]")?;
+        .ok_or("gen-certs DIR --responder-ip IP [--key-type ed25519|p256|p384]")?;
     let (mut ip, mut key_type) = (None, KeyType::Ed25519);
     while let Some(k) = it.next() {
         let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release --workspace && sudo target/release/scale-bench [PEERS] [CONCURRENCY...] \
-//!     [--auth psk|pubkey] [--key-type ed25519|p256] [--pin] [--group]
+//!     [--auth psk|pubkey] [--key-type ed25519|p256|p384] [--pin] [--group]
 //! ```
 //!
 //! `--group` (with `--auth pubkey`): aokd has one `[[peer_group]]` whose
@@ -54,7 +54,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aokd_tests::netns::Netns;
-use aokd_tests::pki::{self, CertFiles, KeyType};
+use aokd_tests::pki::{self, GeneratedCerts, KeyType};
 use aokd_tests::strongswan::{Charon, CharonConfig};
 use aokd_tests::{binary, temp_dir};
 use serde_json::Value;
@@ -74,7 +74,7 @@ enum Auth {
     /// The PSK file (PSK_HEX).
     Psk(std::path::PathBuf),
     /// Certificates from one CA, keys of this type.
-    Pubkey(CertFiles, KeyType),
+    Pubkey(GeneratedCerts, KeyType),
 }
 
 impl Auth {
@@ -146,7 +146,7 @@ fn aokd_config(dir: &Path, peers: u32, auth: &Auth, group: bool) -> std::path::P
 /// those (`secrets.private*.file` only names the key a passphrase is for),
 /// so the files go into a swanctl tree of their own: `swanctl/x509`
 /// (charon's certificate), `x509ca` (the CA), `private` (its key, 0600).
-fn charon_pubkey(charon: &Charon, f: &CertFiles) {
+fn charon_pubkey(charon: &Charon, f: &GeneratedCerts) {
     let base = charon.dir.join("swanctl");
     for (from, sub, private) in [
         (&f.responder_cert, "x509", false),
