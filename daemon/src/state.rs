@@ -989,6 +989,10 @@ impl Batch<'_> {
     }
 }
 
+/// redb's cache for the state file, in octets: reads and the pages a
+/// commit writes (docs/performance.md, "Memory").
+const STATE_CACHE: usize = 1 << 20;
+
 /// How [`open_db`] opens a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Open {
@@ -1018,8 +1022,10 @@ fn open_db(
     let mut builder = Database::builder();
     // New files in redb's v3 format, which redb 3.x reads without upgrade.
     builder.create_with_file_format_v3(true);
-    // The state is small; the 1 GiB default cache is far more than needed.
-    builder.set_cache_size(4 << 20);
+    // The state is small and the kernel's page cache holds the file: redb's
+    // own cache (1 GiB by default) needs only the pages of a commit or two.
+    // Each MiB of it is resident memory (issue: scale, 10,000 peers).
+    builder.set_cache_size(STATE_CACHE);
     // redb calls the repair callback when it opens a file left by a crash,
     // and again from `check_integrity` on every file: only the first is a
     // repair worth reporting.

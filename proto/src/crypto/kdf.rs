@@ -8,13 +8,45 @@ use zeroize::Zeroizing;
 
 use super::{CryptoError, Encr, Prf, Secret};
 
-/// The keys of an IKE SA (RFC 7296 2.14). With AEAD ciphers SK_ai/SK_ar are empty.
+/// The keys of an IKE SA (RFC 7296 2.14). With AEAD ciphers SK_ai/SK_ar are
+/// empty. They are kept as prf+ made them, in one allocation
+/// (SK_d | SK_ei | SK_er | SK_pi | SK_pr): an SA of a route server's
+/// thousands holds one buffer, not five (issue: scale, memory per peer).
 pub struct IkeKeys {
-    pub sk_d: Secret,
-    pub sk_ei: Secret,
-    pub sk_er: Secret,
-    pub sk_pi: Secret,
-    pub sk_pr: Secret,
+    keys: Secret,
+    prf_len: usize,
+    encr_len: usize,
+}
+
+impl IkeKeys {
+    /// SK_d, for the keys of child SAs and of a rekeyed IKE SA.
+    pub fn sk_d(&self) -> &[u8] {
+        &self.keys.as_bytes()[..self.prf_len]
+    }
+
+    /// SK_ei: key and salt of the initiator's messages.
+    pub fn sk_ei(&self) -> &[u8] {
+        let at = self.prf_len;
+        &self.keys.as_bytes()[at..at + self.encr_len]
+    }
+
+    /// SK_er: key and salt of the responder's messages.
+    pub fn sk_er(&self) -> &[u8] {
+        let at = self.prf_len + self.encr_len;
+        &self.keys.as_bytes()[at..at + self.encr_len]
+    }
+
+    /// SK_pi, for the initiator's AUTH payload.
+    pub fn sk_pi(&self) -> &[u8] {
+        let at = self.prf_len + 2 * self.encr_len;
+        &self.keys.as_bytes()[at..at + self.prf_len]
+    }
+
+    /// SK_pr, for the responder's AUTH payload.
+    pub fn sk_pr(&self) -> &[u8] {
+        let at = 2 * self.prf_len + 2 * self.encr_len;
+        &self.keys.as_bytes()[at..at + self.prf_len]
+    }
 }
 
 /// SKEYSEED = prf(Ni | Nr, g^ir) (RFC 7296 2.14).
@@ -35,7 +67,7 @@ pub fn skeyseed(prf: Prf, ni: &[u8], nr: &[u8], gir: &[u8]) -> Secret {
 /// [`derive_ike_keys`] with the new SA's PRF, SPIs and these nonces.
 pub fn rekey_skeyseed(
     prf_old: Prf,
-    sk_d_old: &Secret,
+    sk_d_old: &[u8],
     gir_new: &[u8],
     ni: &[u8],
     nr: &[u8],
@@ -44,7 +76,7 @@ pub fn rekey_skeyseed(
     data.extend_from_slice(gir_new);
     data.extend_from_slice(ni);
     data.extend_from_slice(nr);
-    prf_old.prf(sk_d_old.as_bytes(), &data)
+    prf_old.prf(sk_d_old, &data)
 }
 
 /// {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr}
@@ -76,24 +108,12 @@ pub fn derive_ike_keys(
     seed.extend_from_slice(&spi_r.to_be_bytes());
     let dkm = prf.prf_plus(skeyseed.as_bytes(), &seed, 3 * prf_len + 2 * encr_len)?;
 
-    let mut rest = dkm.as_bytes();
-    let mut take = |n: usize| {
-        let (key, tail) = rest.split_at(n);
-        rest = tail;
-        Secret::new(key.to_vec())
-    };
-    let sk_d = take(prf_len);
-    // SK_ai and SK_ar: 0 octets with an AEAD cipher.
-    let sk_ei = take(encr_len);
-    let sk_er = take(encr_len);
-    let sk_pi = take(prf_len);
-    let sk_pr = take(prf_len);
+    // SK_ai and SK_ar: 0 octets with an AEAD cipher. A copy of exactly
+    // the length (prf+ may leave spare capacity); the original is zeroized.
     Ok(IkeKeys {
-        sk_d,
-        sk_ei,
-        sk_er,
-        sk_pi,
-        sk_pr,
+        keys: Secret::new(dkm.as_bytes().to_vec()),
+        prf_len,
+        encr_len,
     })
 }
 
@@ -103,7 +123,7 @@ pub fn derive_ike_keys(
 /// KE payload (PFS); `None` for the first Child SA or a rekey without PFS.
 pub fn child_keymat(
     prf: Prf,
-    sk_d: &Secret,
+    sk_d: &[u8],
     gir_new: Option<&[u8]>,
     ni: &[u8],
     nr: &[u8],
@@ -114,7 +134,7 @@ pub fn child_keymat(
     seed.extend_from_slice(gir);
     seed.extend_from_slice(ni);
     seed.extend_from_slice(nr);
-    prf.prf_plus(sk_d.as_bytes(), &seed, len)
+    prf.prf_plus(sk_d, &seed, len)
 }
 
 /// The key pad of RFC 7296 2.15: 17 ASCII octets, no NUL terminator.
@@ -217,13 +237,13 @@ mod tests {
         assert_eq!(sk_d.as_bytes(), get(&v, "SK_d"));
 
         let keymat = get(&v, "KEYMAT");
-        let got = child_keymat(prf, &sk_d, None, ni, nr, keymat.len()).unwrap();
+        let got = child_keymat(prf, sk_d.as_bytes(), None, ni, nr, keymat.len()).unwrap();
         assert_eq!(got.as_bytes(), keymat);
 
         let keymat_pfs = get(&v, "KEYMAT with PFS");
         let got = child_keymat(
             prf,
-            &sk_d,
+            sk_d.as_bytes(),
             Some(get(&v, "gir_new")),
             ni,
             nr,
@@ -239,7 +259,7 @@ mod tests {
             get(&v, "SKEYSEED for IKE SA rekey")
         );
         assert_eq!(
-            rekey_skeyseed(prf, &sk_d, get(&v, "gir_new"), ni, nr).as_bytes(),
+            rekey_skeyseed(prf, sk_d.as_bytes(), get(&v, "gir_new"), ni, nr).as_bytes(),
             get(&v, "SKEYSEED for IKE SA rekey")
         );
     }
@@ -269,13 +289,13 @@ mod tests {
             // SK_d | SK_ai (0) | SK_ar (0) | SK_ei | SK_er | SK_pi | SK_pr
             let mut at = 0;
             for (name, key, len) in [
-                ("SK_d", &keys.sk_d, 32),
-                ("SK_ei", &keys.sk_ei, elen),
-                ("SK_er", &keys.sk_er, elen),
-                ("SK_pi", &keys.sk_pi, 32),
-                ("SK_pr", &keys.sk_pr, 32),
+                ("SK_d", keys.sk_d(), 32),
+                ("SK_ei", keys.sk_ei(), elen),
+                ("SK_er", keys.sk_er(), elen),
+                ("SK_pi", keys.sk_pi(), 32),
+                ("SK_pr", keys.sk_pr(), 32),
             ] {
-                assert_eq!(key.as_bytes(), &dkm[at..at + len], "{encr:?} {name}");
+                assert_eq!(key, &dkm[at..at + len], "{encr:?} {name}");
                 at += len;
             }
         }
@@ -295,12 +315,12 @@ mod tests {
                 2,
             )
             .unwrap();
-            assert_eq!(keys.sk_d.len(), prf.key_len());
-            assert_eq!(keys.sk_pi.len(), prf.key_len());
-            assert_eq!(keys.sk_pr.len(), prf.key_len());
-            assert_eq!(keys.sk_ei.len(), 36);
-            assert_eq!(keys.sk_er.len(), 36);
-            assert_ne!(keys.sk_ei.as_bytes(), keys.sk_er.as_bytes());
+            assert_eq!(keys.sk_d().len(), prf.key_len());
+            assert_eq!(keys.sk_pi().len(), prf.key_len());
+            assert_eq!(keys.sk_pr().len(), prf.key_len());
+            assert_eq!(keys.sk_ei().len(), 36);
+            assert_eq!(keys.sk_er().len(), 36);
+            assert_ne!(keys.sk_ei(), keys.sk_er());
         }
     }
 

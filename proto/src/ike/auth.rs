@@ -90,11 +90,11 @@ fn signed_octets(sa: &IkeSa, for_initiator: bool, id: &IdPayload) -> Option<Vec<
     let suite = sa.suite?;
     let keys = sa.keys.as_ref()?;
     let (message, nonce, sk_p) = if for_initiator {
-        (&sa.init_request, &sa.nr, &keys.sk_pi)
+        (&sa.init_request, &sa.nr, keys.sk_pi())
     } else {
-        (&sa.init_response, &sa.ni, &keys.sk_pr)
+        (&sa.init_response, &sa.ni, keys.sk_pr())
     };
-    let maced_id = suite.prf.prf(sk_p.as_bytes(), &id.body());
+    let maced_id = suite.prf.prf(sk_p, &id.body());
     let mut signed = Vec::with_capacity(message.len() + nonce.len() + maced_id.len());
     signed.extend_from_slice(message);
     signed.extend_from_slice(nonce);

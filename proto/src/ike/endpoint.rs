@@ -78,7 +78,9 @@ pub use crate::mkt::NEGOTIATED_KEY_IDS as KEY_ID_RANGE;
 struct Peer {
     rt: PeerRuntime,
     sas: PeerSas,
-    indexed: BTreeSet<u64>,
+    /// Sorted: a peer has one SA or a few (a `BTreeSet`'s first node
+    /// alone is about 100 octets; issue: scale, memory per peer).
+    indexed: Vec<u64>,
     /// Its half-open responder SAs at the end of the last input (what
     /// [`DosState`] counts for it).
     half_open: usize,
@@ -263,11 +265,11 @@ impl Endpoint {
         self.dos
             .update(self.cfg.peers[peer].remote.ip(), p.half_open, half_open);
         p.half_open = half_open;
-        let spis: BTreeSet<u64> = p.sas.spis().into_iter().collect();
-        for gone in p.indexed.difference(&spis) {
+        let spis = p.sas.spis();
+        for gone in p.indexed.iter().filter(|s| spis.binary_search(s).is_err()) {
             self.owners.remove(gone);
         }
-        for new in spis.difference(&p.indexed) {
+        for new in spis.iter().filter(|s| p.indexed.binary_search(s).is_err()) {
             self.owners.insert(*new, peer);
         }
         p.indexed = spis;
@@ -784,8 +786,8 @@ impl Endpoint {
         let sa = self.peers[peer].sas.get(&local_spi)?;
         let (suite, keys) = (sa.suite.as_ref()?, sa.keys.as_ref()?);
         let key = match sa.role {
-            Role::Initiator => &keys.sk_er,
-            Role::Responder => &keys.sk_ei,
+            Role::Initiator => keys.sk_er(),
+            Role::Responder => keys.sk_ei(),
         };
         super::sk::seal_with(
             header,

@@ -406,7 +406,7 @@ fn rekeyed_keys(
     let (Some(old_suite), Some(old_keys)) = (old.suite, old.keys.as_ref()) else {
         return Err(Misbehaviour::Unexpected("IKE SA rekey before keys").into());
     };
-    let seed = crypto::rekey_skeyseed(old_suite.prf, &old_keys.sk_d, gir.as_bytes(), ni, nr);
+    let seed = crypto::rekey_skeyseed(old_suite.prf, old_keys.sk_d(), gir.as_bytes(), ni, nr);
     crypto::derive_ike_keys(suite.prf, suite.encr, &seed, ni, nr, spi_i, spi_r)
         .map_err(|e| Misbehaviour::KeyExchange(e).into())
 }

@@ -457,7 +457,7 @@ pub(super) fn child_master_key(
     };
     crypto::child_keymat(
         suite.prf,
-        &keys.sk_d,
+        keys.sk_d(),
         gir.map(Secret::as_bytes),
         ni,
         nr,

@@ -329,15 +329,15 @@ impl IkeSa {
             _ => return Err(Misbehaviour::Unexpected("protected message before keys").into()),
         };
         let key = match self.role {
-            Role::Initiator => &keys.sk_ei,
-            Role::Responder => &keys.sk_er,
+            Role::Initiator => keys.sk_ei(),
+            Role::Responder => keys.sk_er(),
         };
         let counter = &mut self.iv_counter;
         sk::protect_datagrams(
             header,
             payloads,
             suite.encr,
-            key.as_bytes(),
+            key,
             self.fragment_len,
             || {
                 *counter = counter.wrapping_add(1);
@@ -376,10 +376,10 @@ impl IkeSa {
     fn peer_key(&self) -> Option<(crate::crypto::Encr, &[u8])> {
         let (suite, keys) = (self.suite.as_ref()?, self.keys.as_ref()?);
         let key = match self.role {
-            Role::Initiator => &keys.sk_er,
-            Role::Responder => &keys.sk_ei,
+            Role::Initiator => keys.sk_er(),
+            Role::Responder => keys.sk_ei(),
         };
-        Some((suite.encr, key.as_bytes()))
+        Some((suite.encr, key))
     }
 
     /// Opens a protected message from the peer; one that verifies counts
