@@ -1564,13 +1564,23 @@ mod tests {
         std::fs::create_dir_all(&d.0).unwrap();
         let path = d.0.join("f");
         std::fs::write(&path, b"abcdefgh").unwrap();
-        let file = || OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let file = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap()
+        };
         let t = TrialBackend::new(file(), 8, Some(FileBackend::new(file()).unwrap()));
         t.write(0, b"12").unwrap();
         t.sync_data(false).unwrap();
         t.write(1, b"XY").unwrap();
         t.set_len(6).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"abcdefgh", "nothing written yet");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"abcdefgh",
+            "nothing written yet"
+        );
         t.handle().promote().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"1XYdef");
         t.write(4, b"zz").unwrap();

@@ -795,7 +795,7 @@ impl Endpoint {
             fragment,
             plaintext.to_vec(),
             suite.encr,
-            key.as_bytes(),
+            key,
             iv,
         )
         .ok()

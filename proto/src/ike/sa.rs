@@ -333,17 +333,10 @@ impl IkeSa {
             Role::Responder => keys.sk_er(),
         };
         let counter = &mut self.iv_counter;
-        sk::protect_datagrams(
-            header,
-            payloads,
-            suite.encr,
-            key,
-            self.fragment_len,
-            || {
-                *counter = counter.wrapping_add(1);
-                *counter
-            },
-        )
+        sk::protect_datagrams(header, payloads, suite.encr, key, self.fragment_len, || {
+            *counter = counter.wrapping_add(1);
+            *counter
+        })
     }
 
     /// Our next request on this SA, protected, with the message ID the

@@ -314,7 +314,10 @@ fn main() {
             }
         }
     }
-    assert!(!group || pubkey, "--group needs --auth pubkey (peer groups authenticate by certificate only)");
+    assert!(
+        !group || pubkey,
+        "--group needs --auth pubkey (peer groups authenticate by certificate only)"
+    );
     let peers: u32 = numbers.first().copied().unwrap_or(1000);
     let mut conc: Vec<u32> = numbers.iter().skip(1).copied().collect();
     if conc.is_empty() {
