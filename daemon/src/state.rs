@@ -21,9 +21,10 @@
 //!   that a damaged file is reported at start-up rather than in the middle
 //!   of a rekey.
 //!
-//! All of that is first done on a copy of the file in memory, and only then
-//! on the file: redb writes to a file it opens (a recovery flag, crash
-//! repair), and a file that is refused must stay as it was. A file that
+//! All of that is first done on a view of the file whose writes stay in
+//! memory, which is then promoted to the file (its writes made on the file
+//! in order, with their syncs): redb writes to a file it opens (a recovery
+//! flag, crash repair), and a file that is refused must stay as it was. A file that
 //! redb cannot open, whose checksums fail or whose contents do not decode
 //! gives [`StateError::Corrupt`] (redb panics on some malformed files; the
 //! panic is caught, its message kept off stderr, and reported the same way). aokd never deletes,

@@ -366,6 +366,7 @@ pub(super) fn on_request(
         },
     }
     ctx.respond(&mut sa, ExchangeType::IKE_AUTH, &reply);
+    lifecycle::authenticated(&mut sa);
     Fate::Keep(sa)
 }
 
@@ -521,6 +522,7 @@ pub(super) fn on_response(
             }
         }
     }
+    lifecycle::authenticated(&mut sa);
     Fate::Keep(sa)
 }
 

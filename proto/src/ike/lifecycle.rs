@@ -177,6 +177,17 @@ pub(super) fn peer_unreachable(
 /// peer: with a Delete payload, or locally when the peer sent
 /// INITIAL_CONTACT (RFC 7296 2.4: it holds no other IKE SA, and could
 /// not read the Delete). MKTs are not touched here.
+/// Frees what only IKE_SA_INIT and IKE_AUTH needed, once IKE_AUTH is done
+/// (its first MKT made or refused): the nonces (the AUTH payloads and the
+/// first MKT's key; later exchanges bring their own) and the peer's
+/// signature hash algorithms (this side's AUTH). A route server keeps
+/// thousands of SAs (issue: scale, memory per peer).
+pub(super) fn authenticated(sa: &mut IkeSa) {
+    sa.ni = Vec::new();
+    sa.nr = Vec::new();
+    sa.peer_sig_hashes = None;
+}
+
 pub(super) fn establish(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
     sa.phase = Phase::Established;
     sa.established_at = Some(now);

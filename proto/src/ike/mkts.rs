@@ -144,7 +144,9 @@ pub(super) fn add_mkt(
     ports: Vec<PortRange>,
     now: Instant,
 ) {
-    let nonces = [sa.ni.clone(), sa.nr.clone()];
+    // The nonces decide between two successors of one MKT
+    // (`resolve_collision`); the first MKT of an IKE SA succeeds none.
+    let nonces = [Vec::new(), Vec::new()];
     let by_us = sa.role == Role::Initiator;
     add_mkt_record(ctx, sa, mkt, ports, None, by_us, nonces, now);
 }
