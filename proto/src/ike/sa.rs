@@ -437,3 +437,16 @@ impl IkeSa {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A route server holds one `IkeSa` per neighbour (issue: scale, memory
+    /// per peer): what few SAs use is boxed, what only the handshake needs
+    /// is freed. A field that makes it grow past this should be boxed too.
+    #[test]
+    fn an_ike_sa_stays_small() {
+        let size = std::mem::size_of::<super::IkeSa>();
+        assert!(size <= 512, "IkeSa is {size} octets");
+        assert!(std::mem::size_of::<super::super::window::Window>() <= 80);
+    }
+}

@@ -64,7 +64,9 @@ pub(super) enum Retransmit {
 pub(super) struct Window {
     next_request: u32,
     next_expected: u32,
-    pending: Option<Pending>,
+    /// Boxed: an established SA is idle nearly always, and the 88 octets
+    /// inline would be in each of a route server's thousands of SAs.
+    pending: Option<Box<Pending>>,
     queued: VecDeque<Queued>,
     last_response: Option<(u32, Datagrams)>,
 }
@@ -107,14 +109,14 @@ impl Window {
         now: Instant,
         schedule: &RetransmitConfig,
     ) {
-        self.pending = Some(Pending {
+        self.pending = Some(Box::new(Pending {
             message_id,
             bytes,
             sent: 1,
             deadline: now + schedule.timeout_after(1),
             kind,
             requeue: None,
-        });
+        }));
     }
 
     /// A request of ours is outstanding.
@@ -134,7 +136,7 @@ impl Window {
 
     /// The outstanding request, to attach what must be sent again elsewhere.
     pub(super) fn pending_mut(&mut self) -> Option<&mut Pending> {
-        self.pending.as_mut()
+        self.pending.as_deref_mut()
     }
 
     /// When the outstanding request is retransmitted (or given up).
@@ -151,7 +153,7 @@ impl Window {
 
     /// Ends the outstanding request (answered, or abandoned).
     pub(super) fn complete(&mut self) -> Option<Pending> {
-        self.pending.take()
+        self.pending.take().map(|p| *p)
     }
 
     /// The retransmission timer at `now`.
