@@ -28,6 +28,7 @@ pub mod control;
 pub mod demo;
 pub mod endpoint_config;
 pub mod event_log;
+pub mod held;
 pub mod kernel;
 pub mod keys;
 pub mod metrics_file;

@@ -7,7 +7,7 @@
 //! in [`crate::records`], the configuration's translation in
 //! [`crate::endpoint_config`], what a reload changes in [`crate::reload`].
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use aokd_proto::ike::{Endpoint, EndpointConfig, Event, Transmit};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use aokd_api::attach::{Installed, SocketRole};
@@ -28,6 +28,7 @@ use crate::clock::WallClock;
 use crate::config::Config;
 use crate::control::ControlCall;
 use crate::event_log::EventLog;
+use crate::held::{HeldTurns, MktPeers};
 use crate::keys::{Answer, Answered, AttachOutcome, KeyManager};
 use crate::metrics_file::MetricsFile;
 use crate::persist::{Op, Persist};
@@ -66,19 +67,6 @@ enum Wake {
     Shutdown,
 }
 
-/// A loop turn's output held back until its new MKTs' records are durable
-/// (pipelined group commit): its datagrams (the IKE_AUTH or CREATE_CHILD_SA
-/// that gives the peer the same MKT) and the key manager's part of its
-/// events (keys go on sockets). The loop goes on meanwhile; turns are
-/// released in order, so a later turn's output waits behind an earlier
-/// one's commit even when it has no MKT of its own.
-struct HeldTurn {
-    /// `None`: nothing of its own to wait for.
-    durable: Option<oneshot::Receiver<()>>,
-    events: Vec<Event>,
-    transmits: Vec<Transmit>,
-}
-
 /// A running daemon: the endpoint and its sockets.
 pub struct Daemon {
     endpoint: Endpoint,
@@ -104,8 +92,8 @@ pub struct Daemon {
     config: Option<Config>,
     /// The metrics file, when configured.
     metrics: Option<MetricsFile>,
-    /// Turns waiting for the state file, oldest first ([`HeldTurn`]).
-    held: VecDeque<HeldTurn>,
+    /// Turns waiting for the state file ([`crate::held`]).
+    held: HeldTurns,
 }
 
 impl Daemon {
@@ -165,7 +153,7 @@ impl Daemon {
             retired: RetiredKeys::new(crate::config::DEFAULT_RETIRED_KEYS),
             config: None,
             metrics: None,
-            held: VecDeque::new(),
+            held: HeldTurns::default(),
         })
     }
 
@@ -458,7 +446,7 @@ impl Daemon {
                 }
             };
             let wake = tokio::select! {
-                () = first_durable(&mut self.held) => Wake::Durable,
+                () = self.held.first_durable() => Wake::Durable,
                 Some((from, data)) = rx.recv() => Wake::Datagram(from, data),
                 Some(call) = control.recv() => Wake::Control(call),
                 Some(call) = attach_call => Wake::Attach(call),
@@ -661,9 +649,10 @@ impl Daemon {
 
     /// Hands the endpoint's events on (state file, log), sends its
     /// datagrams, then gives the key manager its part of the events. When
-    /// the turn made a new MKT, its datagrams and key manager part wait for
-    /// the MKT's record to be durable without stopping the loop
-    /// ([`HeldTurn`]); so does everything after a turn that waits.
+    /// the turn made a new MKT, its datagrams to the MKT's peer and its key
+    /// manager part wait for the MKT's record to be durable without
+    /// stopping the loop ([`HeldTurn`]); so do a later turn's datagrams to
+    /// an address with datagrams waiting, and its key manager part.
     ///
     /// The datagrams go first: the answer that gives the peer a new MKT
     /// lets the peer key its sockets while this side keys its own (the
@@ -702,6 +691,25 @@ impl Daemon {
             self.apply_keys(&events, now);
             return;
         }
+        // What waits for the commit: the datagrams to the peers of this
+        // turn's new MKTs, and what must stay behind earlier turns.
+        let mut ips = BTreeSet::new();
+        let mut unknown = false;
+        for ev in &events {
+            if let Event::MktCreated { peer, .. } = ev {
+                match self.endpoint.peer_remote(peer) {
+                    Some(a) => {
+                        ips.insert(a.ip());
+                    }
+                    None => unknown = true,
+                }
+            }
+        }
+        let mkts = if unknown {
+            MktPeers::Unknown
+        } else {
+            MktPeers::At(ips)
+        };
         events.retain(|ev| {
             matches!(
                 ev,
@@ -710,35 +718,22 @@ impl Daemon {
                     | Event::MktsChanged { .. }
             )
         });
-        if durable.is_some() || !events.is_empty() || !transmits.is_empty() {
-            self.held.push_back(HeldTurn {
-                durable,
-                events,
-                transmits,
-            });
-        }
+        let now_out = self.held.hold(durable, &mkts, events, transmits);
+        self.send(now_out).await;
     }
 
     /// Releases, in order, the held turns whose records are durable.
     async fn release(&mut self, now: Instant) {
-        while let Some(front) = self.held.front_mut() {
-            if let Some(rx) = front.durable.as_mut() {
-                if matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
-                    break;
-                }
-            }
-            let Some(turn) = self.held.pop_front() else {
-                break;
-            };
-            self.send(turn.transmits).await;
-            self.apply_keys(&turn.events, now);
+        for (transmits, events) in self.held.ready() {
+            self.send(transmits).await;
+            self.apply_keys(&events, now);
         }
     }
 
     /// Waits for every held turn and releases it.
     async fn release_all(&mut self) {
         while !self.held.is_empty() {
-            first_durable(&mut self.held).await;
+            self.held.first_durable().await;
             self.release(Instant::now()).await;
         }
     }
@@ -786,21 +781,5 @@ impl Daemon {
                 None => warn!(destination = %t.destination, "no IKE socket of this address family"),
             }
         }
-    }
-}
-
-/// Completes when the oldest held turn may be released: at once when it
-/// waits for nothing, when its commit is done otherwise; never when
-/// nothing is held.
-async fn first_durable(held: &mut VecDeque<HeldTurn>) {
-    match held.front_mut() {
-        Some(HeldTurn {
-            durable: Some(rx), ..
-        }) => {
-            // An error means the writer is gone: nothing more to wait for.
-            let _ = rx.await;
-        }
-        Some(_) => {}
-        None => std::future::pending().await,
     }
 }

@@ -587,6 +587,17 @@ impl Endpoint {
 
     /// The view of one peer, found by name in O(log n): for an answer about
     /// that peer alone.
+    /// The IKE address of the named peer (a configured peer or a group
+    /// member, still running or winding down), without building its view:
+    /// where the datagrams of its exchanges go. O(log n).
+    pub fn peer_remote(&self, name: &str) -> Option<SocketAddr> {
+        let &i = self
+            .by_name
+            .get(name)
+            .or_else(|| self.removed_by_name.get(name))?;
+        Some(self.cfg.peers[i].remote)
+    }
+
     pub fn peer(&self, name: &str) -> Option<PeerView> {
         self.by_name.get(name).map(|&i| self.view(i))
     }
