@@ -44,6 +44,17 @@ pub fn prerequisites(test: &str) -> bool {
     crate::netns::prerequisites(test, true)
 }
 
+/// `bird` and `birdc` missing from /usr/sbin, where the VM tests copy them
+/// from (with their libraries), each named with how to install it: the
+/// `missing` of [`can_run`].
+pub fn missing_from_usr_sbin() -> Vec<String> {
+    [BIRD, BIRDC]
+        .iter()
+        .filter(|b| !Path::new(b).is_file())
+        .map(|b| format!("{b} (apt-get install -y bird2)"))
+        .collect()
+}
+
 /// One BIRD's BGP session and the route it originates.
 #[derive(Debug, Clone)]
 pub struct BirdConfig {

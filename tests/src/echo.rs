@@ -7,6 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -79,6 +80,18 @@ pub fn emit(v: &Value) {
     let _ = out.flush();
 }
 
+/// The `main` of a test program named `name`: `run`'s exit code, or, when
+/// it fails, the error on stderr (`NAME: error`) and exit status 2.
+pub fn main(name: &str, run: impl FnOnce() -> Result<ExitCode, String>) -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// `--name value` options after a subcommand.
 pub struct Args {
     pub command: String,
@@ -130,6 +143,17 @@ impl Args {
             .filter(|(n, _)| !known.contains(&n.as_str()))
             .map(|(n, _)| format!("--{n}"))
             .collect()
+    }
+
+    /// `Err` naming the options given that are not in `known`, followed by
+    /// `usage`; `Ok` when there are none.
+    pub fn check_known(&self, known: &[&str], usage: &str) -> Result<(), String> {
+        let unknown = self.unknown(known);
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("unknown options {unknown:?}\n{usage}"))
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use serde_json::Value;
 pub mod bird;
 pub mod echo;
 pub mod host;
+pub mod ike;
 pub mod netns;
 pub mod pki;
 pub mod process;
@@ -170,6 +171,16 @@ impl Side {
         self.write_config_auth(other, &auth, daemon_extra, extra);
     }
 
+    /// Like [`Side::write_config_with`] with the daemon's metrics written to
+    /// `file` every second (`metrics_file`, `metrics_interval = "1s"`).
+    pub fn write_config_with_metrics(&self, other: &Side, psk: &str, file: &Path) {
+        let daemon = format!(
+            "metrics_file = \"{}\"\nmetrics_interval = \"1s\"",
+            file.display()
+        );
+        self.write_config_with(other, psk, &daemon, "")
+    }
+
     /// Like [`Side::write_config_with`] with `auth = "pubkey"` and the
     /// PEM files `files` instead of a PSK.
     pub fn write_pubkey_config(
@@ -200,13 +211,7 @@ impl Side {
     ) {
         let remote: Vec<String> = prefixes.iter().map(|p| format!("\"{p}\"")).collect();
         let text = format!(
-            r#"[daemon]
-listen = ["{ip}"]
-port = {port}
-control_socket = "{sock}"
-attach_socket = "{attach}"
-state_dir = "{state}"
-
+            r#"{daemon}
 [[peer_group]]
 name = "{group}"
 remote = [{remote}]
@@ -216,11 +221,8 @@ private_key = "{key}"
 ca = "{ca}"
 {extra}
 "#,
+            daemon = self.daemon_table(),
             ip = self.ip,
-            port = self.port,
-            sock = self.socket().display(),
-            state = self.dir.join("state").display(),
-            attach = self.attach_socket().display(),
             remote = remote.join(", "),
             cert = files.certificate.display(),
             key = files.private_key.display(),
@@ -229,17 +231,31 @@ ca = "{ca}"
         fs::write(self.config_path(), text).expect("write config");
     }
 
-    /// Writes this side's configuration with `other` as its only peer,
-    /// authenticated by the lines `auth` of the `[[peer]]` table.
-    fn write_config_auth(&self, other: &Side, auth: &str, daemon_extra: &str, extra: &str) {
-        let text = format!(
+    /// The `[daemon]` table every configuration written here starts with
+    /// (address, port, control and attach sockets, state directory), each
+    /// line ending in a newline.
+    fn daemon_table(&self) -> String {
+        format!(
             r#"[daemon]
 listen = ["{ip}"]
 port = {port}
 control_socket = "{sock}"
 attach_socket = "{attach}"
 state_dir = "{state}"
-{daemon_extra}
+"#,
+            ip = self.ip,
+            port = self.port,
+            sock = self.socket().display(),
+            state = self.dir.join("state").display(),
+            attach = self.attach_socket().display(),
+        )
+    }
+
+    /// Writes this side's configuration with `other` as its only peer,
+    /// authenticated by the lines `auth` of the `[[peer]]` table.
+    fn write_config_auth(&self, other: &Side, auth: &str, daemon_extra: &str, extra: &str) {
+        let text = format!(
+            r#"{daemon}{daemon_extra}
 
 [[peer]]
 name = "{peer}"
@@ -249,17 +265,33 @@ local = "{ip}"
 {auth}
 {extra}
 "#,
+            daemon = self.daemon_table(),
             ip = self.ip,
-            port = self.port,
-            sock = self.socket().display(),
-            state = self.dir.join("state").display(),
-            attach = self.attach_socket().display(),
             peer = other.name,
             rip = other.ip,
             rport = other.port,
         );
         fs::write(self.config_path(), text).expect("write config");
     }
+}
+
+/// Two sides on the loopback interface, `a` on 127.0.0.1 and `b` on
+/// 127.0.0.2 (free IKE ports), in a fresh [`temp_dir`] named after `tag`; no
+/// configuration written yet.
+pub fn loopback_sides(tag: &str) -> (Side, Side) {
+    let root = temp_dir(tag);
+    let a = Side::new(&root, "a", "127.0.0.1");
+    let b = Side::new(&root, "b", "127.0.0.2");
+    (a, b)
+}
+
+/// [`loopback_sides`] with each side's configuration written: `psk` on
+/// both, A initiates, B waits (`initiate = false`).
+pub fn loopback_pair(tag: &str, psk: &str) -> (Side, Side) {
+    let (a, b) = loopback_sides(tag);
+    a.write_config(&b, psk, "");
+    b.write_config(&a, psk, "initiate = false");
+    (a, b)
 }
 
 /// A running aokd, killed when dropped.
@@ -317,6 +349,14 @@ impl Daemon {
         aoctl_json(&self.side.socket(), args)
     }
 
+    /// Waits (up to `timeout` for each) until the daemon has exactly one
+    /// established IKE SA and then exactly one MKT; returns the `aoctl mkts`
+    /// answer that showed it.
+    pub fn wait_keyed(&self, timeout: Duration) -> Value {
+        self.wait_for(&["sas"], timeout, |v| established_sas(v).len() == 1);
+        self.wait_for(&["mkts"], timeout, |v| mkts(v).len() == 1)
+    }
+
     /// Polls `aoctl` until `cond` holds on the value of `args` or `timeout` passes.
     pub fn wait_for(
         &self,
@@ -342,6 +382,15 @@ impl Daemon {
             self.log()
         );
     }
+}
+
+/// The logs of `daemons` for a failure message: each as `\nLABEL:\n` and
+/// the log.
+pub fn logs_text(daemons: &[(&str, &Daemon)]) -> String {
+    daemons
+        .iter()
+        .map(|(label, d)| format!("\n{label}:\n{}", d.log()))
+        .collect()
 }
 
 impl Drop for Daemon {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::host::{can_run, is_root, on_path, target_dir};
-use crate::process::Proc;
+use crate::process::{self, Proc};
 use crate::{temp_dir, Daemon, Side};
 
 /// Runs `ip ARGS` and returns its output, or an error naming the command.
@@ -439,6 +439,49 @@ impl Pair {
     /// tcpdump on A's end of the veth, into `root/veth.pcap`.
     pub fn capture(&self) -> Capture {
         Capture::start(&self.a, "veth0", &self.root.join("veth.pcap")).expect("tcpdump")
+    }
+
+    /// B's `tcp-peer server --listen LISTEN --count 1 --attach <B's attach
+    /// socket>` (`program`: the test's `env!("CARGO_BIN_EXE_tcp-peer")`),
+    /// started with [`process::start_server`] (waiting up to `timeout`):
+    /// the server and its "listening" line.
+    pub fn attached_server(
+        &self,
+        program: &str,
+        listen: &str,
+        timeout: Duration,
+    ) -> (Proc, serde_json::Value) {
+        let mut cmd = self.b.command(program);
+        cmd.args(["server", "--listen", listen, "--count", "1", "--attach"])
+            .arg(self.side_b.attach_socket());
+        process::start_server("tcp-peer server", cmd, timeout)
+    }
+
+    /// A's `tcp-peer client --connect CONNECT --attach <A's attach socket>`
+    /// (`program` as for [`Pair::attached_server`]), run with
+    /// [`process::run_client`] within `limit`; asserts that it exited 0 with
+    /// `"ok": true` (the message shows its report, its output, `server`'s and
+    /// the logs of `logs`, each after its label). Returns the report.
+    pub fn attached_client(
+        &self,
+        program: &str,
+        connect: &str,
+        limit: Duration,
+        server: &Proc,
+        logs: &[(&str, &Daemon)],
+    ) -> serde_json::Value {
+        let mut cmd = self.a.command(program);
+        cmd.args(["client", "--connect", connect, "--attach"])
+            .arg(self.side_a.attach_socket());
+        let (ok, report, client) = process::run_client("tcp-peer client", cmd, limit);
+        assert!(
+            ok && report["ok"] == true,
+            "{report}\n{}\n{}{}",
+            client.report(),
+            server.report(),
+            crate::logs_text(logs)
+        );
+        report
     }
 
     /// Both namespaces' `TcpExt` counters, A's first.

@@ -220,6 +220,24 @@ impl Ca {
         })
     }
 
+    /// An Ed25519 [`Ca::leaf`] for `ip` signed by `self` (no intermediates),
+    /// written with [`Leaf::write`] into `dir` as `name` with the trust
+    /// anchors `anchors`: one side's files. Panics on an error.
+    pub fn ed25519_leaf_files(
+        &self,
+        ip: &str,
+        dir: &Path,
+        name: &str,
+        anchors: &[&Ca],
+    ) -> CertFiles {
+        let ip: IpAddr = ip
+            .parse()
+            .unwrap_or_else(|e| panic!("{ip:?} is not an address: {e}"));
+        self.leaf(ip, KeyType::Ed25519, &[])
+            .and_then(|l| l.write(dir, name, anchors))
+            .unwrap_or_else(|e| panic!("the certificate files of {name} ({ip}): {e}"))
+    }
+
     /// The CA of the PEM files `cert` (its certificate) and `key` (its
     /// PKCS#8 private key), made by [`gen_certs`]. Refused, naming the
     /// files, when a certificate it issues does not validate against

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 /// A running child with its stdout as a stream of lines.
 pub struct Proc {
     /// What it is (for messages).
@@ -167,6 +169,25 @@ impl Proc {
         &self.stdout
     }
 
+    /// The last stdout line seen so far parsed as JSON (a test program's
+    /// final report), if there is one and it is JSON.
+    pub fn last_json(&self) -> Option<Value> {
+        self.stdout
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+    }
+
+    /// Asserts that the child exits 0 within `timeout`.
+    pub fn assert_success(&mut self, timeout: Duration) {
+        let st = self.wait_exit(timeout);
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "{}: {}",
+            self.name,
+            self.report()
+        );
+    }
+
     /// Stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().expect("stderr lock").clone()
@@ -201,6 +222,40 @@ impl Proc {
             self.stderr()
         )
     }
+}
+
+/// Spawns a server (one of the test programs, which print a JSON line with
+/// an `"event"` once they listen) and waits up to `timeout` for that line:
+/// the server and the line parsed. Panics, with the server's output, when
+/// no such line comes or its event is not `listening`.
+pub fn start_server(name: &str, cmd: Command, timeout: Duration) -> (Proc, Value) {
+    let mut p = Proc::spawn(name, cmd);
+    let Some(line) = p.wait_line(timeout, |l| l.contains("\"event\"")) else {
+        p.kill();
+        panic!("{name} did not report\n{}", p.report());
+    };
+    let v: Value = serde_json::from_str(&line).expect("server line is JSON");
+    if v["event"] != "listening" {
+        p.kill();
+        panic!("{name} is not listening: {v}\n{}", p.report());
+    }
+    (p, v)
+}
+
+/// Runs a client (one of the test programs, which end with a JSON report
+/// line) to completion within `limit`: whether it exited 0, its report and
+/// the process. Panics, with its output, when it still runs after `limit`
+/// or printed no JSON report.
+pub fn run_client(name: &str, cmd: Command, limit: Duration) -> (bool, Value, Proc) {
+    let mut p = Proc::spawn(name, cmd);
+    let Some(status) = p.wait_exit(limit) else {
+        p.kill();
+        panic!("{name} still running after {limit:?}\n{}", p.report());
+    };
+    let v = p
+        .last_json()
+        .unwrap_or_else(|| panic!("{name}: no JSON report\n{}", p.report()));
+    (status.success(), v, p)
 }
 
 impl Drop for Proc {

@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use aokd_tests::netns::{self, Pair};
 use aokd_tests::pki::{Ca, KeyType};
-use aokd_tests::process::Proc;
 use aokd_tests::{aoctl_verify, established_sas, mkts, CertFiles, Daemon};
 use serde_json::Value;
 
@@ -68,8 +67,7 @@ fn configure(t: &Pair, fa: &CertFiles, fb: &CertFiles) -> [String; 2] {
 fn assert_keyed(da: &Daemon, db: &Daemon) {
     let mut got = Vec::new();
     for d in [da, db] {
-        d.wait_for(&["sas"], WAIT, |v| established_sas(v).len() == 1);
-        got.push(d.wait_for(&["mkts"], WAIT, |v| mkts(v).len() == 1));
+        got.push(d.wait_keyed(WAIT));
         let st = d.aoctl(&["status"]).expect("status");
         assert_eq!(st["peers"][0]["ike_state"], "established", "{st}");
         assert_eq!(st["peers"][0]["last_error"], Value::Null, "{st}");
@@ -80,49 +78,18 @@ fn assert_keyed(da: &Daemon, db: &Daemon) {
     assert_eq!(a["key_fingerprint"], b["key_fingerprint"]);
 }
 
-/// Starts a server and waits for its "listening" line (parsed).
-fn start_server(name: &str, cmd: Command) -> (Proc, Value) {
-    let mut p = Proc::spawn(name, cmd);
-    let Some(line) = p.wait_line(WAIT, |l| l.contains("\"event\"")) else {
-        p.kill();
-        panic!("{name} did not report\n{}", p.report());
-    };
-    let v: Value = serde_json::from_str(&line).expect("server line is JSON");
-    assert_eq!(v["event"], "listening", "{name}: {v}\n{}", p.report());
-    (p, v)
-}
-
 /// A TCP connection from A's `tcp-peer` to B's, both attached: each gets
 /// the negotiated key installed by TCP-MD5, 4096 octets go through, and
 /// every segment of the capture verifies with A's MKT.
 fn assert_connection_signed(t: &Pair, da: &Daemon, pcap: &mut netns::Capture) {
-    let mut cmd = t.b.command(env!("CARGO_BIN_EXE_tcp-peer"));
-    cmd.args(["server", "--listen", BGP, "--count", "1", "--attach"])
-        .arg(t.side_b.attach_socket());
-    let (mut server, listening) = start_server("tcp-peer server", cmd);
+    let tcp_peer = env!("CARGO_BIN_EXE_tcp-peer");
+    let (mut server, listening) = t.attached_server(tcp_peer, BGP, WAIT);
     assert_eq!(listening["attach"]["installed"], "keys", "{listening}");
     assert_eq!(listening["attach"]["mechanism"], "tcp-md5", "{listening}");
-    let mut cmd = t.a.command(env!("CARGO_BIN_EXE_tcp-peer"));
-    cmd.args(["client", "--connect", BGP, "--attach"])
-        .arg(t.side_a.attach_socket());
-    let mut client = Proc::spawn("tcp-peer client", cmd);
-    let status = client.wait_exit(WAIT);
-    let report: Value = client
-        .stdout_lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_default();
-    assert!(
-        status.is_some_and(|s| s.success()) && report["ok"] == true,
-        "{report}\n{}\n{}\nA:\n{}",
-        client.report(),
-        server.report(),
-        da.log()
-    );
+    let report = t.attached_client(tcp_peer, BGP, WAIT, &server, &[("A", da)]);
     assert_eq!(report["bytes"], 4096, "{report}");
     assert_eq!(report["attach"]["installed"], "keys", "{report}");
-    let st = server.wait_exit(WAIT);
-    assert!(st.is_some_and(|s| s.success()), "{}", server.report());
+    server.assert_success(WAIT);
     let summary = pcap.stop().expect("stop tcpdump");
     let (code, v) = aoctl_verify(
         pcap.file(),
@@ -239,14 +206,8 @@ fn certificate_from_another_ca_is_refused_on_both_sides() {
     let root = Ca::root("aokd test root", KeyType::Ed25519).expect("root CA");
     let other = Ca::root("another root", KeyType::Ed25519).expect("other root CA");
     // A's certificate is from `other`; both trust `root` only.
-    let fa = other
-        .leaf(ADDR_A.parse().unwrap(), KeyType::Ed25519, &[])
-        .and_then(|l| l.write(&t.side_a.dir, "a", &[&root]))
-        .expect("A's files");
-    let fb = root
-        .leaf(ADDR_B.parse().unwrap(), KeyType::Ed25519, &[])
-        .and_then(|l| l.write(&t.side_b.dir, "b", &[&root]))
-        .expect("B's files");
+    let fa = other.ed25519_leaf_files(ADDR_A, &t.side_a.dir, "a", &[&root]);
+    let fb = root.ed25519_leaf_files(ADDR_B, &t.side_b.dir, "b", &[&root]);
     configure(&t, &fa, &fb);
     let mut da = t.start_a();
     let mut db = t.start_b();

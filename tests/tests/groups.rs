@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use aokd_tests::netns::{self, Pair};
 use aokd_tests::pki::{Ca, KeyType};
-use aokd_tests::process::Proc;
 use aokd_tests::{established_sas, mkts, Daemon};
 use serde_json::Value;
 
@@ -45,14 +44,8 @@ fn a_connect_into_the_group_makes_a_member_on_demand_and_it_survives_a_restart()
     let started = Instant::now();
     let t = Pair::new("groups", ADDR_A, ADDR_B);
     let root = Ca::root("aokd group test root", KeyType::Ed25519).expect("root CA");
-    let fa = root
-        .leaf(ADDR_A.parse().unwrap(), KeyType::Ed25519, &[])
-        .and_then(|l| l.write(&t.side_a.dir, "a", &[&root]))
-        .expect("A's files");
-    let fb = root
-        .leaf(ADDR_B.parse().unwrap(), KeyType::Ed25519, &[])
-        .and_then(|l| l.write(&t.side_b.dir, "b", &[&root]))
-        .expect("B's files");
+    let fa = root.ed25519_leaf_files(ADDR_A, &t.side_a.dir, "a", &[&root]);
+    let fb = root.ed25519_leaf_files(ADDR_B, &t.side_b.dir, "b", &[&root]);
     let keys = "backend = \"tcp-md5\"\ntcp_ports = [179]\n";
     t.side_a
         .write_group_config("rs", &["10.207.0.0/24"], &fa, keys);
@@ -76,35 +69,12 @@ fn a_connect_into_the_group_makes_a_member_on_demand_and_it_survives_a_restart()
     // Nothing negotiates before a connection asks for it.
     assert_eq!(member_status(&da), Value::Null);
 
-    let mut cmd = t.b.command(env!("CARGO_BIN_EXE_tcp-peer"));
-    cmd.args(["server", "--listen", BGP, "--count", "1", "--attach"])
-        .arg(t.side_b.attach_socket());
-    let mut server = Proc::spawn("tcp-peer server", cmd);
-    let Some(line) = server.wait_line(WAIT, |l| l.contains("\"event\"")) else {
-        panic!("server did not listen\n{}", server.report());
-    };
-    let listening: Value = serde_json::from_str(&line).expect("JSON");
+    let tcp_peer = env!("CARGO_BIN_EXE_tcp-peer");
+    let (server, listening) = t.attached_server(tcp_peer, BGP, WAIT);
     // No MKT yet (nothing asked for one): the listener fails closed.
     assert_eq!(listening["attach"]["installed"], "guard", "{listening}");
 
-    let mut cmd = t.a.command(env!("CARGO_BIN_EXE_tcp-peer"));
-    cmd.args(["client", "--connect", BGP, "--attach"])
-        .arg(t.side_a.attach_socket());
-    let mut client = Proc::spawn("tcp-peer client", cmd);
-    let status = client.wait_exit(WAIT);
-    let report: Value = client
-        .stdout_lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_default();
-    assert!(
-        status.is_some_and(|s| s.success()) && report["ok"] == true,
-        "{report}\n{}\n{}\nA:\n{}\nB:\n{}",
-        client.report(),
-        server.report(),
-        da.log(),
-        db.log()
-    );
+    let report = t.attached_client(tcp_peer, BGP, WAIT, &server, &[("A", &da), ("B", &db)]);
     assert_eq!(report["attach"]["installed"], "keys", "{report}");
     assert_eq!(report["attach"]["mechanism"], "tcp-md5", "{report}");
     assert_eq!(report["bytes"], 4096, "{report}");

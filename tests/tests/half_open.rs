@@ -6,10 +6,8 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use aokd_proto::crypto::Secret;
-use aokd_proto::ike::{Endpoint, EndpointConfig, Identity, IkeSuite, PeerConfig, PortRange};
-use aokd_proto::mkt::MacAlgorithm;
-use aokd_tests::{established_sas, mkts, temp_dir, Daemon, Side};
+use aokd_tests::ike::init_request;
+use aokd_tests::{established_sas, loopback_pair, mkts, Daemon};
 use serde_json::Value;
 
 const PSK: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
@@ -20,30 +18,7 @@ const REKEYED_WITHIN: Duration = Duration::from_secs(2);
 /// An IKE_SA_INIT request as a fresh initiator at `from` would send it to
 /// `to` (random SPIi, nonce and key share).
 fn forged_init(from: SocketAddr, to: SocketAddr) -> Vec<u8> {
-    let now = Instant::now();
-    let peer = PeerConfig {
-        name: "victim".into(),
-        remote: to,
-        local: from.ip(),
-        local_id: Identity::from_ip(from.ip()),
-        remote_id: Identity::from_ip(to.ip()),
-        psk: Secret::new(b"the forger does not know the key".to_vec()),
-        signature: None,
-        ike_suites: vec![IkeSuite::DEFAULT],
-        mac_algorithms: MacAlgorithm::ALL.to_vec(),
-        include_options: true,
-        tcp_ports: vec![PortRange::single(179)],
-        initiate: true,
-        lifetimes: Default::default(),
-    };
-    let mut ep = Endpoint::new(
-        EndpointConfig::new(vec![peer]),
-        now,
-        Box::new(rand_core::OsRng),
-    )
-    .expect("config");
-    ep.handle_timeout(now);
-    ep.poll_transmit().expect("IKE_SA_INIT").contents
+    init_request("victim", from.ip(), to, b"the forger does not know the key").expect("IKE_SA_INIT")
 }
 
 fn dos(v: &Value) -> &Value {
@@ -56,16 +31,11 @@ fn dropped(v: &Value, reason: &str) -> u64 {
 
 #[test]
 fn five_forged_inits_then_a_restart_rekey_within_two_seconds() {
-    let root = temp_dir("halfopen");
-    let a = Side::new(&root, "a", "127.0.0.1");
-    let b = Side::new(&root, "b", "127.0.0.2");
-    a.write_config(&b, PSK, "");
-    b.write_config(&a, PSK, "initiate = false");
+    let (a, b) = loopback_pair("halfopen", PSK);
     let da = Daemon::start(&a);
     let db = Daemon::start(&b);
     for d in [&da, &db] {
-        d.wait_for(&["sas"], WAIT, |v| established_sas(v).len() == 1);
-        d.wait_for(&["mkts"], WAIT, |v| mkts(v).len() == 1);
+        d.wait_keyed(WAIT);
     }
     let before = db.aoctl(&["status"]).expect("status");
     assert_eq!(dos(&before)["half_open"], 0, "{before}");

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aokd_tests::{binary, established_sas, mkts, temp_dir, Daemon, Side};
+use aokd_tests::{binary, loopback_sides, mkts, Daemon};
 use serde_json::Value;
 
 const PSK: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
@@ -232,27 +232,16 @@ fn aoctl_metrics_and_the_metrics_file_parse_and_count_what_happened() {
     if !parser_available() {
         return;
     }
-    let root = temp_dir("metrics");
-    let a = Side::new(&root, "a", "127.0.0.1");
-    let b = Side::new(&root, "b", "127.0.0.2");
+    let (a, b) = loopback_sides("metrics");
     let metrics_dir = a.dir.join("node-exporter");
     std::fs::create_dir_all(&metrics_dir).expect("dir");
     let file = metrics_dir.join("aokd.prom");
-    a.write_config_with(
-        &b,
-        PSK,
-        &format!(
-            "metrics_file = \"{}\"\nmetrics_interval = \"1s\"",
-            file.display()
-        ),
-        "",
-    );
+    a.write_config_with_metrics(&b, PSK, &file);
     b.write_config(&a, PSK, "initiate = false");
     let da = Daemon::start(&a);
     let db = Daemon::start(&b);
     for d in [&da, &db] {
-        d.wait_for(&["sas"], WAIT, |v| established_sas(v).len() == 1);
-        d.wait_for(&["mkts"], WAIT, |v| mkts(v).len() == 1);
+        d.wait_keyed(WAIT);
     }
     assert_negotiated(&aoctl_metrics(&da), "b", "aoctl metrics of a");
     assert_negotiated(&aoctl_metrics(&db), "a", "aoctl metrics of b");
@@ -349,21 +338,11 @@ fn failures_are_counted_by_reason_and_an_unwritable_file_is_logged_once() {
         return;
     }
     let other = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210\n";
-    let root = temp_dir("metrics-fail");
-    let a = Side::new(&root, "a", "127.0.0.1");
-    let b = Side::new(&root, "b", "127.0.0.2");
+    let (a, b) = loopback_sides("metrics-fail");
     // The directory does not exist yet.
     let metrics_dir = a.dir.join("later");
     let file = metrics_dir.join("aokd.prom");
-    a.write_config_with(
-        &b,
-        PSK,
-        &format!(
-            "metrics_file = \"{}\"\nmetrics_interval = \"1s\"",
-            file.display()
-        ),
-        "",
-    );
+    a.write_config_with_metrics(&b, PSK, &file);
     b.write_config(&a, other, "");
     let da = Daemon::start(&a);
     let _db = Daemon::start(&b);

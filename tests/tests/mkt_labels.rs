@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use aokd_tests::{established_sas, mkts, temp_dir, Daemon, Side};
+use aokd_tests::{loopback_pair, mkts, Daemon};
 
 const PSK: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
 const WAIT: Duration = Duration::from_secs(20);
@@ -24,15 +24,10 @@ fn wait_log(d: &Daemon, needle: &str) {
 
 #[test]
 fn an_mkt_from_before_a_restart_that_no_socket_holds_is_not_listed_as_restored() {
-    let root = temp_dir("restored-label");
-    let a = Side::new(&root, "a", "127.0.0.1");
-    let b = Side::new(&root, "b", "127.0.0.2");
-    a.write_config(&b, PSK, "");
-    b.write_config(&a, PSK, "initiate = false");
+    let (a, b) = loopback_pair("restored-label", PSK);
     let mut da = Daemon::start(&a);
     let db = Daemon::start(&b);
-    da.wait_for(&["sas"], WAIT, |v| established_sas(v).len() == 1);
-    let before = da.wait_for(&["mkts"], WAIT, |v| mkts(v).len() == 1);
+    let before = da.wait_keyed(WAIT);
     let old = mkts(&before)[0]["key_fingerprint"].clone();
     // Stopped cleanly (SIGTERM): the MKT's record is in the state file.
     // No socket was ever attached, so none can hold its key.

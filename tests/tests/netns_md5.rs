@@ -29,8 +29,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use aokd_tests::netns::{self, netstat, Netns, Pair};
-use aokd_tests::process::Proc;
-use aokd_tests::{aoctl_verify, established_sas, mkt_master_keys, mkts, Daemon};
+use aokd_tests::process::{self, Proc};
+use aokd_tests::{aoctl_verify, logs_text, mkt_master_keys, mkts, Daemon};
 use serde_json::Value;
 
 const PSK: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
@@ -65,13 +65,11 @@ fn configure(t: &Pair, psk_a: &str, psk_b: &str) {
     }
 }
 
-fn wait_for_mkt(d: &Daemon) {
-    d.wait_for(&["sas"], WAIT, |v| established_sas(v).len() == 1);
-    d.wait_for(&["mkts"], WAIT, |v| mkts(v).len() == 1);
-}
+/// The `tcp-peer` program.
+const TCP_PEER: &str = env!("CARGO_BIN_EXE_tcp-peer");
 
 fn tcp_peer(ns: &Netns) -> Command {
-    ns.command(env!("CARGO_BIN_EXE_tcp-peer"))
+    ns.command(TCP_PEER)
 }
 
 fn plain(ns: &Netns) -> Command {
@@ -97,33 +95,27 @@ fn preloaded_plain(ns: &Netns, attach: &Path, extra_env: &[(&str, String)]) -> C
 
 /// Starts a server and waits for its "listening" line (parsed).
 fn start_server(name: &str, cmd: Command) -> (Proc, Value) {
-    let mut p = Proc::spawn(name, cmd);
-    let Some(line) = p.wait_line(LISTEN_WAIT, |l| l.contains("\"event\"")) else {
-        p.kill();
-        panic!("{name} did not report\n{}", p.report());
-    };
-    let v: Value = serde_json::from_str(&line).expect("server line is JSON");
-    if v["event"] != "listening" {
-        p.kill();
-        panic!("{name} is not listening: {v}\n{}", p.report());
-    }
-    (p, v)
+    process::start_server(name, cmd, LISTEN_WAIT)
 }
 
-/// Runs a client to completion (bounded by `limit`) and returns whether it
-/// exited 0 and its JSON report.
-fn run_client(name: &str, cmd: Command, limit: Duration) -> (bool, Value, Proc) {
-    let mut p = Proc::spawn(name, cmd);
-    let Some(status) = p.wait_exit(limit) else {
-        p.kill();
-        panic!("{name} still running after {limit:?}\n{}", p.report());
-    };
-    let v = p
-        .stdout_lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("{name}: no JSON report\n{}", p.report()));
-    (status.success(), v, p)
+/// B's attached `tcp-peer` server for one connection and A's attached
+/// client, both keyed by TCP-MD5: the server listens with the keys, the
+/// client exchanges 4096 octets (failure messages add `logs`), and the
+/// server exits 0. Returns the server, its "listening" line and the
+/// client's report.
+fn attached_exchange(t: &Pair, logs: &[(&str, &Daemon)]) -> (Proc, Value, Value) {
+    let (mut server, listening) = t.attached_server(TCP_PEER, BGP, LISTEN_WAIT);
+    assert_eq!(
+        listening["attach"]["installed"],
+        "keys",
+        "{listening}{}",
+        logs_text(logs)
+    );
+    assert_eq!(listening["attach"]["mechanism"], "tcp-md5", "{listening}");
+    let report = t.attached_client(TCP_PEER, BGP, Duration::from_secs(30), &server, logs);
+    assert_eq!(report["bytes"], 4096);
+    server.assert_success(Duration::from_secs(15));
+    (server, listening, report)
 }
 
 /// Runs a client that must fail, `cmd` with `--timeout FAIL_TIMEOUT_S`
@@ -138,7 +130,7 @@ fn client_fails(
     detail: &dyn Fn() -> String,
 ) -> (Value, Proc) {
     cmd.args(["--timeout", &FAIL_TIMEOUT_S.to_string()]);
-    let (ok, report, client) = run_client(name, cmd, limit);
+    let (ok, report, client) = process::run_client(name, cmd, limit);
     assert!(
         !ok && report["ok"] == false,
         "{what}: {report}\n{}{}",
@@ -240,38 +232,14 @@ fn md5_keys_protect_a_connection_between_two_namespaces() {
     let mut cap = t.capture();
     let da = t.start_a();
     let db = t.start_b();
-    wait_for_mkt(&da);
-    wait_for_mkt(&db);
+    da.wait_keyed(WAIT);
+    db.wait_keyed(WAIT);
 
     // 1. The attach API, used by a program written for it.
-    let mut cmd = tcp_peer(&t.b);
-    cmd.args(["server", "--listen", BGP, "--count", "1", "--attach"])
-        .arg(t.side_b.attach_socket());
-    let (mut server, listening) = start_server("tcp-peer server", cmd);
+    let (server, listening, report) = attached_exchange(&t, &[("A", &da)]);
     assert_eq!(listening["attach"]["status"], "ok", "{listening}");
-    assert_eq!(listening["attach"]["installed"], "keys", "{listening}");
-    assert_eq!(listening["attach"]["mechanism"], "tcp-md5", "{listening}");
-    let mut cmd = tcp_peer(&t.a);
-    cmd.args(["client", "--connect", BGP, "--attach"])
-        .arg(t.side_a.attach_socket());
-    let (ok, report, client) = run_client("tcp-peer client", cmd, Duration::from_secs(30));
-    assert!(
-        ok && report["ok"] == true,
-        "{report}\n{}\n{}\nA:\n{}",
-        client.report(),
-        server.report(),
-        da.log()
-    );
-    assert_eq!(report["bytes"], 4096);
     assert_eq!(report["attach"]["installed"], "keys", "{report}");
-    let st = server.wait_exit(Duration::from_secs(15));
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "tcp-peer server: {}",
-        server.report()
-    );
-    let accepted: Value =
-        serde_json::from_str(server.stdout_lines().last().expect("line")).expect("server JSON");
+    let accepted: Value = server.last_json().expect("server JSON");
     assert_eq!(accepted["ok"], true, "{accepted}");
     assert_eq!(accepted["attach"]["status"], "ok", "{accepted}");
 
@@ -284,19 +252,14 @@ fn md5_keys_protect_a_connection_between_two_namespaces() {
     let mut cmd = preloaded_plain(&t.a, &t.side_a.attach_socket(), &[]);
     cmd.args(["client", "--connect", BGP]);
     let (ok, report, client) =
-        run_client("plain-tcp client (preload)", cmd, Duration::from_secs(30));
+        process::run_client("plain-tcp client (preload)", cmd, Duration::from_secs(30));
     assert!(
         ok && report["ok"] == true,
         "{report}\n{}\n{}",
         client.report(),
         server.report()
     );
-    let st = server.wait_exit(Duration::from_secs(15));
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "plain-tcp server: {}",
-        server.report()
-    );
+    server.assert_success(Duration::from_secs(15));
 
     let summary = cap.stop().expect("stop tcpdump");
     let detail = format!("tcpdump: {summary}\n{}", capture_text(cap.file()));
@@ -474,8 +437,8 @@ fn wrong_key_fails() {
     configure(&t, PSK, PSK);
     let da = t.start_a();
     let db = t.start_b();
-    wait_for_mkt(&da);
-    wait_for_mkt(&db);
+    da.wait_keyed(WAIT);
+    db.wait_keyed(WAIT);
 
     let mut cmd = tcp_peer(&t.b);
     cmd.args(["server", "--listen", BGP, "--attach"])
@@ -504,16 +467,7 @@ fn wrong_key_fails() {
     );
 
     // The same server with the right key (A's attach): works.
-    let mut cmd = tcp_peer(&t.a);
-    cmd.args(["client", "--connect", BGP, "--attach"])
-        .arg(t.side_a.attach_socket());
-    let (ok, report, client) = run_client("tcp-peer client", cmd, Duration::from_secs(30));
-    assert!(
-        ok && report["ok"] == true,
-        "{report}\n{}\n{}",
-        client.report(),
-        server.report()
-    );
+    t.attached_client(TCP_PEER, BGP, Duration::from_secs(30), &server, &[]);
     server.kill();
     let accepted = server
         .stdout_lines()
@@ -561,8 +515,8 @@ fn least_privilege_aokd_keys_an_attached_socket() {
         .arg(aokd_tests::binary("aokd"));
     let db = Daemon::start_with(&t.side_b, cmd);
     let da = t.start_a();
-    wait_for_mkt(&da);
-    wait_for_mkt(&db);
+    da.wait_keyed(WAIT);
+    db.wait_keyed(WAIT);
     // B's aokd really runs as nobody with just those capabilities.
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", db.child.id())).expect("status");
@@ -579,35 +533,7 @@ fn least_privilege_aokd_keys_an_attached_socket() {
     let eff = u64::from_str_radix(&field("CapEff:"), 16).expect("CapEff");
     assert_eq!(eff, (1 << 10) | (1 << 19), "{status}");
 
-    let mut cmd = tcp_peer(&t.b);
-    cmd.args(["server", "--listen", BGP, "--count", "1", "--attach"])
-        .arg(t.side_b.attach_socket());
-    let (mut server, listening) = start_server("tcp-peer server", cmd);
-    assert_eq!(
-        listening["attach"]["installed"],
-        "keys",
-        "{listening}\nB:\n{}",
-        db.log()
-    );
-    assert_eq!(listening["attach"]["mechanism"], "tcp-md5", "{listening}");
-    let mut cmd = tcp_peer(&t.a);
-    cmd.args(["client", "--connect", BGP, "--attach"])
-        .arg(t.side_a.attach_socket());
-    let (ok, report, client) = run_client("tcp-peer client", cmd, Duration::from_secs(30));
-    assert!(
-        ok && report["ok"] == true,
-        "{report}\n{}\n{}\nB:\n{}",
-        client.report(),
-        server.report(),
-        db.log()
-    );
-    assert_eq!(report["bytes"], 4096);
-    let st = server.wait_exit(Duration::from_secs(15));
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "tcp-peer server: {}",
-        server.report()
-    );
+    attached_exchange(&t, &[("B", &db)]);
     let sockets = db.aoctl(&["sockets"]).expect("sockets");
     println!("least privilege: B's aokd as uid 65534 with CapEff {eff:#x} keyed {sockets}");
 }

@@ -26,11 +26,9 @@
 //! test is skipped with a printed reason (also when `AOKD_SKIP_VM` is set). Warm
 //! cache: about 2 minutes.
 
-use std::path::Path;
-use std::time::Instant;
-
+use aokd_tests::bird;
 use aokd_tests::host::can_run;
-use aokd_tests::vm::{self, Program, Results};
+use aokd_tests::vm::{E2e, Program, Results};
 
 /// Seconds the guest may run before run.sh kills qemu (the flow of routes lasts at
 /// most 120 s, the guest script's `E2E_MAX_S`; a normal run is about 90 s).
@@ -67,44 +65,28 @@ fn assert_sockets(r: &Results, ns: &str) {
 
 #[test]
 fn bird_over_tcp_ao_with_rollovers_in_vm() {
-    let bird_missing: Vec<String> = ["bird", "birdc"]
-        .iter()
-        .filter(|b| !Path::new("/usr/sbin").join(b).is_file())
-        .map(|b| format!("/usr/sbin/{b} (apt-get install -y bird2)"))
-        .collect();
-    if !can_run(TEST, &bird_missing) {
+    if !can_run(TEST, &bird::missing_from_usr_sbin()) {
         return;
     }
-    let programs = programs();
-    if !vm::ready(TEST, &programs, true) {
-        return;
-    }
-    let started = Instant::now();
-    let mut args = vm::stage(
-        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-bird"),
-        &programs,
-    );
+    let Some((_, r)) = (E2e {
+        test: TEST,
+        tag: "vm_bird",
+        script: "e2e-bird.sh",
+        timeout_s: VM_TIMEOUT_S,
+        tmp: env!("CARGO_TARGET_TMPDIR"),
+        show: &[
+            "established",
+            "session",
+            "sockets-a",
+            "sockets-b",
+            "verify",
+            "wire",
+        ],
+    })
     // BIRD as Debian ships it, with its libraries (mkinitramfs.sh's @COMMAND).
-    args.extend(["@bird".to_string(), "@birdc".to_string()]);
-    let run = vm::run_guest("e2e-bird.sh", &args, VM_TIMEOUT_S);
-    println!(
-        "vm_bird timings: total {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    let r = run.results();
-    for case in [
-        "established",
-        "session",
-        "sockets-a",
-        "sockets-b",
-        "verify",
-        "wire",
-    ] {
-        if r.has(case) {
-            println!("vm_bird {case}: {}", r.line(case));
-        }
-    }
-    run.assert_e2e_passed();
+    .run_with(&programs(), &["@bird", "@birdc"]) else {
+        return;
+    };
 
     r.assert_lifetimes(8, 16);
     assert_eq!(
@@ -151,14 +133,8 @@ fn bird_over_tcp_ao_with_rollovers_in_vm() {
 
     // The capture: every segment verified, KeyIDs rolled over on the wire both ways.
     let v = "verify";
-    let vline = r.line(v);
-    assert_eq!(r.num(v, "status"), 0, "{vline}");
-    assert!(r.num(v, "connections") >= 1, "{vline}");
-    assert!(r.num(v, "segments") > 0, "{vline}");
-    assert_eq!(r.num(v, "verified"), r.num(v, "segments"), "{vline}");
-    assert_eq!(r.num(v, "unsigned"), 0, "{vline}");
-    assert_eq!(r.num(v, "bad_mac"), 0, "{vline}");
-    assert_eq!(r.num(v, "unknown_key_id"), 0, "{vline}");
+    r.assert_every_segment_verified();
+    assert!(r.num(v, "connections") >= 1, "{}", r.line(v));
     let w = "wire";
     assert!(r.num(w, "keyid_changes") >= ROLLOVERS, "{}", r.line(w));
     assert!(

@@ -34,13 +34,7 @@ use serde_json::json;
 const USAGE: &str = "usage: ao-wrong-key client --connect IP:PORT --send-id N --recv-id N [--alg ALG] [--include-options true|false] [--timeout S]";
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("ao-wrong-key: {e}");
-            ExitCode::from(2)
-        }
-    }
+    echo::main("ao-wrong-key", run)
 }
 
 fn run() -> Result<ExitCode, String> {
@@ -48,17 +42,17 @@ fn run() -> Result<ExitCode, String> {
     if args.command != "client" {
         return Err(USAGE.into());
     }
-    let unknown = args.unknown(&[
-        "connect",
-        "send-id",
-        "recv-id",
-        "alg",
-        "include-options",
-        "timeout",
-    ]);
-    if !unknown.is_empty() {
-        return Err(format!("unknown options {unknown:?}\n{USAGE}"));
-    }
+    args.check_known(
+        &[
+            "connect",
+            "send-id",
+            "recv-id",
+            "alg",
+            "include-options",
+            "timeout",
+        ],
+        USAGE,
+    )?;
     let addr: SocketAddr = args
         .get("connect")
         .ok_or(format!("--connect is required\n{USAGE}"))?

@@ -23,7 +23,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aokd_tests::{binary, mkts, temp_dir, Daemon, Side};
+use aokd_tests::{binary, loopback_pair, mkts, Daemon};
 use serde_json::Value;
 
 const PSK: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
@@ -111,11 +111,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let rate: u64 = args.next().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let seconds: u64 = args.next().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let root = temp_dir("flood");
-    let a = Side::new(&root, "a", "127.0.0.1");
-    let b = Side::new(&root, "b", "127.0.0.2");
-    a.write_config(&b, PSK, "");
-    b.write_config(&a, PSK, "initiate = false");
+    let (a, b) = loopback_pair("flood", PSK);
     let mut da = Daemon::start(&a);
     let db = Daemon::start(&b);
     let empty = BTreeSet::new();

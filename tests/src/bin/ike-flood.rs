@@ -24,9 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use aokd_proto::crypto::Secret;
-use aokd_proto::ike::{Endpoint, EndpointConfig, Identity, IkeSuite, PeerConfig, PortRange};
-use aokd_proto::mkt::MacAlgorithm;
+use aokd_tests::ike::init_request;
 
 const BATCH: usize = 64;
 
@@ -89,33 +87,12 @@ fn parse_args() -> Result<Args, String> {
 /// A complete IKE_SA_INIT request toward `target`, made by a real endpoint.
 fn template(target: SocketAddrV4) -> Result<Vec<u8>, String> {
     let local = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
-    let remote = SocketAddr::V4(target);
-    let peer = PeerConfig {
-        name: "target".into(),
-        remote,
+    init_request(
+        "target",
         local,
-        local_id: Identity::from_ip(local),
-        remote_id: Identity::from_ip(remote.ip()),
-        psk: Secret::new(b"ike-flood has no key".to_vec()),
-        signature: None,
-        ike_suites: vec![IkeSuite::DEFAULT],
-        mac_algorithms: MacAlgorithm::ALL.to_vec(),
-        include_options: true,
-        tcp_ports: vec![PortRange::single(179)],
-        initiate: true,
-        lifetimes: Default::default(),
-    };
-    let now = Instant::now();
-    let mut ep = Endpoint::new(
-        EndpointConfig::new(vec![peer]),
-        now,
-        Box::new(rand_core::OsRng),
+        SocketAddr::V4(target),
+        b"ike-flood has no key",
     )
-    .map_err(|e| e.to_string())?;
-    ep.initiate("target", now).map_err(|e| e.to_string())?;
-    ep.poll_transmit()
-        .map(|t| t.contents)
-        .ok_or_else(|| "the endpoint sent no IKE_SA_INIT".to_string())
 }
 
 /// xorshift64*: load generation only (SPIs and ports), never keys.

@@ -25,13 +25,7 @@ use serde_json::json;
 const USAGE: &str = "usage: plain-tcp server --listen IP:PORT [--bytes N] [--count K] [--io-timeout S]\n       plain-tcp client --connect IP:PORT [--bytes N] [--timeout S]";
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("plain-tcp: {e}");
-            ExitCode::from(2)
-        }
-    }
+    echo::main("plain-tcp", run)
 }
 
 fn run() -> Result<ExitCode, String> {
@@ -39,14 +33,14 @@ fn run() -> Result<ExitCode, String> {
     let bytes: usize = args.parsed("bytes", 4096)?;
     match args.command.as_str() {
         "server" => {
-            check_known(&args, &["listen", "bytes", "count", "io-timeout"])?;
+            args.check_known(&["listen", "bytes", "count", "io-timeout"], USAGE)?;
             let addr: SocketAddr = args.parsed("listen", "0.0.0.0:0".parse().expect("lit"))?;
             let count: u64 = args.parsed("count", 0)?;
             let io = Duration::from_secs_f64(args.parsed("io-timeout", 10.0)?);
             server(addr, bytes, count, io)
         }
         "client" => {
-            check_known(&args, &["connect", "bytes", "timeout"])?;
+            args.check_known(&["connect", "bytes", "timeout"], USAGE)?;
             let addr: SocketAddr = args
                 .get("connect")
                 .ok_or("--connect is required")?
@@ -56,15 +50,6 @@ fn run() -> Result<ExitCode, String> {
             Ok(client(addr, bytes, timeout))
         }
         _ => Err(USAGE.into()),
-    }
-}
-
-fn check_known(args: &Args, known: &[&str]) -> Result<(), String> {
-    let unknown = args.unknown(known);
-    if unknown.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("unknown options {unknown:?}\n{USAGE}"))
     }
 }
 

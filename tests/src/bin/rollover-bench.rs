@@ -142,10 +142,7 @@ fn raise_nofile() -> Result<u64, String> {
 /// The role's options: address, attach socket, count, threads.
 fn role_args(addr_name: &str) -> Result<(SocketAddr, PathBuf, usize, usize), String> {
     let args = Args::parse(USAGE)?;
-    let unknown = args.unknown(&[addr_name, "attach", "count", "threads"]);
-    if !unknown.is_empty() {
-        return Err(format!("unknown options {unknown:?}\n{USAGE}"));
-    }
+    args.check_known(&[addr_name, "attach", "count", "threads"], USAGE)?;
     let addr = args
         .get(addr_name)
         .ok_or(format!("--{addr_name} is required"))?

@@ -88,13 +88,7 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("stream-peer: {e}");
-            ExitCode::from(2)
-        }
-    }
+    echo::main("stream-peer", run)
 }
 
 /// What both ends stream and how they judge it.
@@ -136,10 +130,7 @@ fn run() -> Result<ExitCode, String> {
         "mkt-keys" => vec!["control", "every-ms", "seconds"],
         _ => return Err(USAGE.into()),
     };
-    let unknown = args.unknown(&known);
-    if !unknown.is_empty() {
-        return Err(format!("unknown options {unknown:?}\n{USAGE}"));
-    }
+    args.check_known(&known, USAGE)?;
     let required = |name: &str| -> Result<&str, String> {
         args.get(name)
             .ok_or(format!("--{name} is required\n{USAGE}"))

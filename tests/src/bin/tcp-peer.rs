@@ -38,13 +38,7 @@ use serde_json::{json, Value};
 const USAGE: &str = "usage: tcp-peer server --listen IP:PORT --attach SOCK [--bytes N] [--count K] [--io-timeout S]\n       tcp-peer client --connect IP:PORT [--attach SOCK] [--wait-ms MS] [--md5 HEXKEY] [--bytes N] [--timeout S]";
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("tcp-peer: {e}");
-            ExitCode::from(2)
-        }
-    }
+    echo::main("tcp-peer", run)
 }
 
 fn run() -> Result<ExitCode, String> {
@@ -58,7 +52,7 @@ fn run() -> Result<ExitCode, String> {
     };
     match args.command.as_str() {
         "server" => {
-            check_known(&args, &["listen", "attach", "bytes", "count", "io-timeout"])?;
+            args.check_known(&["listen", "attach", "bytes", "count", "io-timeout"], USAGE)?;
             let attach = PathBuf::from(args.get("attach").ok_or("--attach is required")?);
             let io = Duration::from_secs_f64(args.parsed("io-timeout", 10.0)?);
             server(
@@ -70,9 +64,9 @@ fn run() -> Result<ExitCode, String> {
             )
         }
         "client" => {
-            check_known(
-                &args,
+            args.check_known(
                 &["connect", "attach", "wait-ms", "md5", "bytes", "timeout"],
+                USAGE,
             )?;
             let wait = match args.get("wait-ms") {
                 None => None,
@@ -93,15 +87,6 @@ fn run() -> Result<ExitCode, String> {
             ))
         }
         _ => Err(USAGE.into()),
-    }
-}
-
-fn check_known(args: &Args, known: &[&str]) -> Result<(), String> {
-    let unknown = args.unknown(known);
-    if unknown.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("unknown options {unknown:?}\n{USAGE}"))
     }
 }
 
