@@ -651,7 +651,7 @@ impl Daemon {
     /// datagrams, then gives the key manager its part of the events. When
     /// the turn made a new MKT, its datagrams to the MKT's peer and its key
     /// manager part wait for the MKT's record to be durable without
-    /// stopping the loop ([`HeldTurn`]); so do a later turn's datagrams to
+    /// stopping the loop ([`crate::held`]); so do a later turn's datagrams to
     /// an address with datagrams waiting, and its key manager part.
     ///
     /// The datagrams go first: the answer that gives the peer a new MKT

@@ -21,10 +21,9 @@
 //!   that a damaged file is reported at start-up rather than in the middle
 //!   of a rekey.
 //!
-//! All of that is first done on a view of the file whose writes stay in
-//! memory, which is then promoted to the file (its writes made on the file
-//! in order, with their syncs): redb writes to a file it opens (a recovery
-//! flag, crash repair), and a file that is refused must stay as it was. A file that
+//! All of that is first done on a copy of the file in memory, and only then
+//! on the file: redb writes to a file it opens (a recovery flag, crash
+//! repair), and a file that is refused must stay as it was. A file that
 //! redb cannot open, whose checksums fail or whose contents do not decode
 //! gives [`StateError::Corrupt`] (redb panics on some malformed files; the
 //! panic is caught, its message kept off stderr, and reported the same way). aokd never deletes,
@@ -348,70 +347,46 @@ impl StateStore {
         // Locks the file (flock), for as long as the store is open.
         let backend = FileBackend::new(file).map_err(|e| db_open_error(e, &file_path))?;
 
-        // An empty file (new, or created by a crash before redb wrote its
-        // header) has nothing to keep as it was: redb opens it directly.
+        // Everything is first tried on a view of the file whose writes stay
+        // in memory: redb writes to a file it opens (its header's recovery
+        // flag, crash repair), and a file that turns out corrupt or newer
+        // must stay as it was. The view reads only the pages redb asks for.
         let len = backend.len().map_err(|source| StateError::Io {
             path: file_path.clone(),
             what: "cannot read the state file's length",
             source,
         })?;
-        if len == 0 {
-            let (db, _) = open_db(backend, &file_path, Open::New)?;
-            return StateStore::opened(db, file_path, created);
+        // An empty file (new, or created by a crash before redb wrote its
+        // header) has nothing to keep as it was: no trial.
+        let tried = len > 0;
+        if tried {
+            StateStore {
+                db: open_db(TrialBackend::new(trial_file, len), &file_path, Open::Trial)?,
+                file: file_path.clone(),
+            }
+            .check_and_load()?;
         }
 
-        // Everything is first tried on a view of the file whose writes stay
-        // in memory: redb writes to a file it opens (its header's recovery
-        // flag, crash repair), and a file that turns out corrupt or newer
-        // must stay as it was. The view reads only the pages redb asks for.
-        // When every check passed, the view is promoted: its writes go to
-        // the file in their order, with the same syncs between them, and
-        // the same redb database goes on with the file itself (one open,
-        // not two).
-        let trial = TrialBackend::new(trial_file, len, Some(backend));
-        let promote = trial.handle();
-        let (db, repaired) = open_db(trial, &file_path, Open::Trial)?;
         let store = StateStore {
-            db,
+            // The trial checked every page of these same bytes (under the
+            // same lock); a new file has none to check.
+            db: open_db(
+                backend,
+                &file_path,
+                if tried { Open::Checked } else { Open::New },
+            )?,
             file: file_path,
         };
         let snapshot = store.check_and_load()?;
-        promote.promote().map_err(|source| StateError::Io {
-            path: store.file.clone(),
-            what: "cannot write the checked state file",
-            source,
-        })?;
-        if repaired {
-            warn!(
-                file = %store.file.display(),
-                "repaired the state file after an unclean shutdown"
-            );
-        }
-        store.log_opened(&snapshot, created);
-        Ok((store, snapshot))
-    }
-
-    /// A store on a new database: its tables made and every record read.
-    fn opened(
-        db: Database,
-        file: PathBuf,
-        created: bool,
-    ) -> Result<(StateStore, StateSnapshot), StateError> {
-        let store = StateStore { db, file };
-        let snapshot = store.check_and_load()?;
-        store.log_opened(&snapshot, created);
-        Ok((store, snapshot))
-    }
-
-    fn log_opened(&self, snapshot: &StateSnapshot, created: bool) {
         info!(
-            file = %self.file.display(),
+            file = %store.file.display(),
             created,
             ike_sas = snapshot.ike_sas.len(),
             mkts = snapshot.mkts.len(),
             sockets = snapshot.sockets.len(),
             "state file opened"
         );
+        Ok((store, snapshot))
     }
 
     /// Checks the schema version (initializing a new file, migrating an
@@ -990,21 +965,17 @@ impl Batch<'_> {
     }
 }
 
-/// redb's cache for the state file, in octets. Each MiB of it is resident
-/// memory once a route server's records fill it (about 300 octets a peer
-/// at 10,000 peers with 4 MiB against 1 MiB), but with less than 4 MiB
-/// the start-up is 1-2 ms slower: redb reads its 1 MiB allocator state
-/// again instead of finding it in the cache (docs/performance.md).
-const STATE_CACHE: usize = 4 << 20;
-
 /// How [`open_db`] opens a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Open {
-    /// An existing file, on a [`TrialBackend`]: every page's checksum is
-    /// checked.
+    /// The trial on a [`TrialBackend`]: every page's checksum is checked,
+    /// repairs are not worth a warning (the real open reports them).
     Trial,
-    /// A new, empty file: nothing to check or repair.
+    /// A new, empty file: nothing to check or report.
     New,
+    /// The file itself after a trial that passed: its pages were checked
+    /// by the trial, redb's repair of a file left by a crash is reported.
+    Checked,
 }
 
 /// Hands `backend` to redb and, for a trial, checks every page's checksum
@@ -1013,37 +984,38 @@ enum Open {
 /// acknowledged write is lost); anything it cannot read is
 /// [`StateError::Corrupt`] (or [`StateError::UnsupportedFormat`]). redb
 /// panics on some malformed files; that is caught and reported as
-/// [`StateError::Corrupt`] too. Also says whether redb repaired the file
-/// as it opened it (one left by a crash), for the caller to report once
-/// the repair is kept.
-fn open_db(
-    backend: impl StorageBackend,
-    path: &Path,
-    open: Open,
-) -> Result<(Database, bool), StateError> {
-    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-    use std::sync::Arc;
+/// [`StateError::Corrupt`] too.
+fn open_db(backend: impl StorageBackend, path: &Path, open: Open) -> Result<Database, StateError> {
+    let trial = open != Open::Checked;
     let mut builder = Database::builder();
     // New files in redb's v3 format, which redb 3.x reads without upgrade.
     builder.create_with_file_format_v3(true);
     // The state is small; the 1 GiB default cache is far more than needed.
-    builder.set_cache_size(STATE_CACHE);
+    builder.set_cache_size(4 << 20);
     // redb calls the repair callback when it opens a file left by a crash,
-    // and again from `check_integrity` on every file: only the first is a
-    // repair worth reporting.
-    let opening = Arc::new(AtomicBool::new(true));
-    let repaired = Arc::new(AtomicBool::new(false));
-    {
-        let (opening, repaired) = (Arc::clone(&opening), Arc::clone(&repaired));
-        builder.set_repair_callback(move |_| {
-            if opening.load(Relaxed) {
-                repaired.store(true, Relaxed);
+    // and again from `check_integrity` on every file: only the first is
+    // worth a warning.
+    let opening = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    if !trial {
+        let repair_path = path.to_owned();
+        let opening = std::sync::Arc::clone(&opening);
+        let logged = std::sync::atomic::AtomicBool::new(false);
+        builder.set_repair_callback(move |session| {
+            // Once per repair (redb reports its progress several times).
+            if opening.load(std::sync::atomic::Ordering::Relaxed)
+                && !logged.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                warn!(
+                    file = %repair_path.display(),
+                    progress = session.progress(),
+                    "repairing the state file after an unclean shutdown"
+                );
             }
         });
     }
     let opened = quietly(|| {
         let mut db = builder.create_with_backend(backend)?;
-        opening.store(false, Relaxed);
+        opening.store(false, std::sync::atomic::Ordering::Relaxed);
         if open == Open::Trial && !db.check_integrity()? {
             debug!(file = %path.display(), "the state file's allocator state needs repair");
         }
@@ -1054,7 +1026,7 @@ fn open_db(
         source,
     };
     match opened {
-        Ok(Ok(db)) => Ok((db, repaired.load(Relaxed))),
+        Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(db_open_error(e, path)),
         Err(_) => Err(corrupt(panic_message().into())),
     }
@@ -1103,19 +1075,11 @@ fn db_open_error(e: DatabaseError, path: &Path) -> StateError {
 
 /// The state file as the trial open sees it: reads come from the file
 /// (only the pages redb asks for, not a copy of the whole file), writes
-/// stay in memory and are seen by later reads; nothing reaches the file
-/// until [`Promote::promote`]. After that every call goes to the file.
-struct TrialBackend(std::sync::Arc<Trial>);
-
-/// What a [`TrialBackend`] and its [`Promote`] handle share.
-struct Trial {
-    /// The file, read while the trial lasts.
+/// stay in memory and are seen by later reads; nothing reaches the file.
+#[derive(Debug)]
+struct TrialBackend {
     file: File,
     overlay: std::sync::Mutex<Overlay>,
-    /// The file's backend (it holds the flock), until the promotion.
-    pending: std::sync::Mutex<Option<FileBackend>>,
-    /// The file's backend once promoted.
-    real: std::sync::OnceLock<FileBackend>,
 }
 
 /// What the trial wrote, over the file.
@@ -1128,93 +1092,32 @@ struct Overlay {
     file_len: u64,
     /// The writes, in order (a later one wins where they overlap).
     writes: Vec<(u64, Vec<u8>)>,
-    /// Every call that changed the file's view, in order, with the syncs
-    /// between them: what the promotion does to the file.
-    log: Vec<Logged>,
 }
-
-/// One change of the trial, for [`Promote::promote`] to make again.
-#[derive(Debug)]
-enum Logged {
-    Write(u64, Vec<u8>),
-    SetLen(u64),
-    Sync(bool),
-}
-
-/// Makes a trial's view the file itself ([`TrialBackend`]).
-struct Promote(std::sync::Arc<Trial>);
 
 impl TrialBackend {
-    /// A view of `file`, `len` octets long; `real`, the file's own backend,
-    /// is what [`Promote::promote`] writes to and hands every call to.
-    fn new(file: File, len: u64, real: Option<FileBackend>) -> TrialBackend {
-        TrialBackend(std::sync::Arc::new(Trial {
+    fn new(file: File, len: u64) -> TrialBackend {
+        TrialBackend {
             file,
             overlay: std::sync::Mutex::new(Overlay {
                 len,
                 file_len: len,
                 writes: Vec::new(),
-                log: Vec::new(),
             }),
-            pending: std::sync::Mutex::new(real),
-            real: std::sync::OnceLock::new(),
-        }))
-    }
-
-    /// The handle that promotes this view.
-    fn handle(&self) -> Promote {
-        Promote(std::sync::Arc::clone(&self.0))
+        }
     }
 
     fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
-        self.0.overlay.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Promote {
-    /// Writes what the trial wrote to the file, call by call and with a
-    /// sync where redb synced (so the file goes through the states an
-    /// open on the file itself would have left after each sync: crash
-    /// safety is redb's own), then hands every later call to the file's
-    /// backend. Writes after the trial's last sync are not synced, as
-    /// redb did not ask for that.
-    fn promote(&self) -> Result<(), io::Error> {
-        let trial = &self.0;
-        let real = trial
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .ok_or_else(|| io::Error::other("the trial has no file to promote to"))?;
-        let mut o = trial.overlay.lock().unwrap_or_else(|p| p.into_inner());
-        for op in std::mem::take(&mut o.log) {
-            match op {
-                Logged::Write(at, data) => real.write(at, &data)?,
-                Logged::SetLen(len) => real.set_len(len)?,
-                Logged::Sync(eventual) => real.sync_data(eventual)?,
-            }
-        }
-        o.writes = Vec::new();
-        trial
-            .real
-            .set(real)
-            .map_err(|_| io::Error::other("the trial was promoted twice"))
+        self.overlay.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl StorageBackend for TrialBackend {
     fn len(&self) -> Result<u64, io::Error> {
-        if let Some(real) = self.0.real.get() {
-            return real.len();
-        }
         Ok(self.overlay().len)
     }
 
     fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, io::Error> {
         use std::os::unix::fs::FileExt;
-        if let Some(real) = self.0.real.get() {
-            return real.read(offset, len);
-        }
         let o = self.overlay();
         let end = offset
             .checked_add(len as u64)
@@ -1223,7 +1126,7 @@ impl StorageBackend for TrialBackend {
         let mut buf = vec![0u8; len];
         if offset < o.file_len {
             let n = (o.file_len.min(end) - offset) as usize;
-            self.0.file.read_exact_at(&mut buf[..n], offset)?;
+            self.file.read_exact_at(&mut buf[..n], offset)?;
         }
         for (at, data) in &o.writes {
             let w_end = at + data.len() as u64;
@@ -1239,9 +1142,6 @@ impl StorageBackend for TrialBackend {
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
-        if let Some(real) = self.0.real.get() {
-            return real.set_len(len);
-        }
         let mut o = self.overlay();
         if len < o.len {
             o.file_len = o.file_len.min(len);
@@ -1254,22 +1154,14 @@ impl StorageBackend for TrialBackend {
             });
         }
         o.len = len;
-        o.log.push(Logged::SetLen(len));
         Ok(())
     }
 
-    fn sync_data(&self, eventual: bool) -> Result<(), io::Error> {
-        if let Some(real) = self.0.real.get() {
-            return real.sync_data(eventual);
-        }
-        self.overlay().log.push(Logged::Sync(eventual));
+    fn sync_data(&self, _eventual: bool) -> Result<(), io::Error> {
         Ok(())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        if let Some(real) = self.0.real.get() {
-            return real.write(offset, data);
-        }
         let mut o = self.overlay();
         let end = offset + data.len() as u64;
         if end > o.len {
@@ -1278,7 +1170,6 @@ impl StorageBackend for TrialBackend {
                 "write past the end",
             ));
         }
-        o.log.push(Logged::Write(offset, data.to_vec()));
         // The same place written again (redb's header) when no later write
         // overlaps it: replaced, so that the list stays short.
         let newest_overlap = o
@@ -1291,14 +1182,6 @@ impl StorageBackend for TrialBackend {
             _ => o.writes.push((offset, data.to_vec())),
         }
         Ok(())
-    }
-}
-
-impl fmt::Debug for TrialBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TrialBackend")
-            .field("promoted", &self.0.real.get().is_some())
-            .finish_non_exhaustive()
     }
 }
 
@@ -1535,7 +1418,7 @@ mod tests {
         std::fs::create_dir_all(&d.0).unwrap();
         let path = d.0.join("f");
         std::fs::write(&path, b"abcdefgh").unwrap();
-        let t = TrialBackend::new(File::open(&path).unwrap(), 8, None);
+        let t = TrialBackend::new(File::open(&path).unwrap(), 8);
         let read = |t: &TrialBackend, len| String::from_utf8(t.read(0, len).unwrap()).unwrap();
         t.write(2, b"XY").unwrap();
         assert_eq!(read(&t, 8), "abXYefgh");
@@ -1555,41 +1438,5 @@ mod tests {
         assert!(t.write(5, b"zz").is_err(), "past the end");
         t.sync_data(false).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"abcdefgh");
-    }
-
-    /// The promotion makes the trial's changes on the file in their order
-    /// (a later write over an earlier one wins, a shrink drops the end),
-    /// and from then on every call reaches the file.
-    #[test]
-    fn a_promoted_trial_writes_its_changes_then_writes_through() {
-        let d = Dir::new("trial-promote");
-        std::fs::create_dir_all(&d.0).unwrap();
-        let path = d.0.join("f");
-        std::fs::write(&path, b"abcdefgh").unwrap();
-        let file = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .unwrap()
-        };
-        let t = TrialBackend::new(file(), 8, Some(FileBackend::new(file()).unwrap()));
-        t.write(0, b"12").unwrap();
-        t.sync_data(false).unwrap();
-        t.write(1, b"XY").unwrap();
-        t.set_len(6).unwrap();
-        assert_eq!(
-            std::fs::read(&path).unwrap(),
-            b"abcdefgh",
-            "nothing written yet"
-        );
-        t.handle().promote().unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"1XYdef");
-        t.write(4, b"zz").unwrap();
-        t.sync_data(false).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"1XYdzz");
-        assert_eq!(t.read(0, 6).unwrap(), b"1XYdzz");
-        assert_eq!(t.len().unwrap(), 6);
-        assert!(t.handle().promote().is_err(), "promoted twice");
     }
 }
