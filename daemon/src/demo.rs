@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use aokd_api::control::{Command, MktStatus, ResponseData, ResponseResult};
 use aokd_proto::crypto::{self, Secret};
-use aokd_proto::ike::{self, EndpointConfig, Identity, IkeSuite, PortRange};
-use aokd_proto::mkt::{MacAlgorithm, MasterKeyTuple};
+use aokd_proto::ike::{self, EndpointConfig};
+use aokd_proto::mkt::MasterKeyTuple;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -30,21 +30,7 @@ const A_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const B_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 fn peer(name: &str, local: SocketAddr, remote: SocketAddr, psk: &[u8]) -> ike::PeerConfig {
-    ike::PeerConfig {
-        name: name.to_string(),
-        remote,
-        local: local.ip(),
-        local_id: Identity::from_ip(local.ip()),
-        remote_id: Identity::from_ip(remote.ip()),
-        psk: Secret::new(psk.to_vec()),
-        signature: None,
-        ike_suites: vec![IkeSuite::DEFAULT],
-        mac_algorithms: MacAlgorithm::ALL.to_vec(),
-        include_options: true,
-        tcp_ports: vec![PortRange::single(179)],
-        initiate: true,
-        lifetimes: Default::default(),
-    }
+    ike::PeerConfig::with_psk(name, local.ip(), remote, Secret::new(psk.to_vec()))
 }
 
 async fn ask_mkts(tx: &mpsc::Sender<ControlCall>) -> anyhow::Result<Vec<MktStatus>> {

@@ -37,8 +37,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use aokd_proto::crypto::Secret;
-use aokd_proto::ike::{Endpoint, EndpointConfig, Event, Identity, IkeSuite, PeerConfig, PortRange};
-use aokd_proto::mkt::MacAlgorithm;
+use aokd_proto::ike::{Endpoint, EndpointConfig, Event, PeerConfig};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
@@ -56,21 +55,7 @@ fn psk(k: usize) -> Vec<u8> {
 }
 
 fn peer(name: String, local: SocketAddr, remote: SocketAddr, psk: Vec<u8>) -> PeerConfig {
-    PeerConfig {
-        name,
-        remote,
-        local: local.ip(),
-        local_id: Identity::from_ip(local.ip()),
-        remote_id: Identity::from_ip(remote.ip()),
-        psk: Secret::new(psk),
-        signature: None,
-        ike_suites: vec![IkeSuite::DEFAULT],
-        mac_algorithms: MacAlgorithm::ALL.to_vec(),
-        include_options: true,
-        tcp_ports: vec![PortRange::single(179)],
-        initiate: true,
-        lifetimes: Default::default(),
-    }
+    PeerConfig::with_psk(&name, local.ip(), remote, Secret::new(psk))
 }
 
 /// The responder's configuration: `n` peers that do not initiate.

@@ -6,8 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use aokd_proto::crypto::Secret;
-use aokd_proto::ike::{Endpoint, EndpointConfig, Identity, IkeSuite, PeerConfig, PortRange};
-use aokd_proto::mkt::MacAlgorithm;
+use aokd_proto::ike::{Endpoint, EndpointConfig, PeerConfig};
 
 /// The IKE_SA_INIT request a fresh initiator at `local` sends to `remote`
 /// (random SPIi, nonce and key share; default suite, every MAC algorithm,
@@ -18,21 +17,7 @@ pub fn init_request(
     remote: SocketAddr,
     psk: &[u8],
 ) -> Result<Vec<u8>, String> {
-    let peer = PeerConfig {
-        name: name.into(),
-        remote,
-        local,
-        local_id: Identity::from_ip(local),
-        remote_id: Identity::from_ip(remote.ip()),
-        psk: Secret::new(psk.to_vec()),
-        signature: None,
-        ike_suites: vec![IkeSuite::DEFAULT],
-        mac_algorithms: MacAlgorithm::ALL.to_vec(),
-        include_options: true,
-        tcp_ports: vec![PortRange::single(179)],
-        initiate: true,
-        lifetimes: Default::default(),
-    };
+    let peer = PeerConfig::with_psk(name, local, remote, Secret::new(psk.to_vec()));
     let now = Instant::now();
     let mut ep = Endpoint::new(
         EndpointConfig::new(vec![peer]),

@@ -350,6 +350,31 @@ pub struct PeerConfig {
     pub lifetimes: Lifetimes,
 }
 
+impl PeerConfig {
+    /// A peer authenticated by the PSK `psk`, with aokd's defaults: the
+    /// identities are the addresses, the default IKE suite, every TCP-AO
+    /// MAC algorithm, options included, TCP port 179 (BGP), initiating,
+    /// default lifetimes. For demos, tests and load generators, which
+    /// change what they need with struct update syntax.
+    pub fn with_psk(name: &str, local: IpAddr, remote: SocketAddr, psk: Secret) -> PeerConfig {
+        PeerConfig {
+            name: name.to_string(),
+            remote,
+            local,
+            local_id: Identity::from_ip(local),
+            remote_id: Identity::from_ip(remote.ip()),
+            psk,
+            signature: None,
+            ike_suites: vec![IkeSuite::DEFAULT],
+            mac_algorithms: MacAlgorithm::ALL.to_vec(),
+            include_options: true,
+            tcp_ports: vec![PortRange::single(179)],
+            initiate: true,
+            lifetimes: Lifetimes::default(),
+        }
+    }
+}
+
 impl fmt::Debug for PeerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PeerConfig")

@@ -10,8 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use aokd_proto::crypto::Secret;
-use aokd_proto::ike::{Endpoint, EndpointConfig, Event, Identity, IkeSuite, PeerConfig, PortRange};
-use aokd_proto::mkt::MacAlgorithm;
+use aokd_proto::ike::{Endpoint, EndpointConfig, Event, PeerConfig};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -87,21 +86,7 @@ pub struct Sim {
 
 /// A peer configuration for the simulation.
 pub fn peer(name: &str, local: SocketAddr, remote: SocketAddr, psk: &[u8]) -> PeerConfig {
-    PeerConfig {
-        name: name.to_string(),
-        remote,
-        local: local.ip(),
-        local_id: Identity::from_ip(local.ip()),
-        remote_id: Identity::from_ip(remote.ip()),
-        psk: Secret::new(psk.to_vec()),
-        signature: None,
-        ike_suites: vec![IkeSuite::DEFAULT],
-        mac_algorithms: MacAlgorithm::ALL.to_vec(),
-        include_options: true,
-        tcp_ports: vec![PortRange::single(179)],
-        initiate: true,
-        lifetimes: Default::default(),
-    }
+    PeerConfig::with_psk(name, local.ip(), remote, Secret::new(psk.to_vec()))
 }
 
 impl Sim {

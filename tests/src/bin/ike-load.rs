@@ -55,10 +55,8 @@ use aokd_proto::crypto::sig::PrivateKey;
 use aokd_proto::crypto::Secret;
 use aokd_proto::ike::cert::TrustAnchors;
 use aokd_proto::ike::{
-    Endpoint, EndpointConfig, Event, Identity, IkeSuite, PeerConfig, PeerKey, PortRange,
-    SignatureAuth,
+    Endpoint, EndpointConfig, Event, Identity, PeerConfig, PeerKey, SignatureAuth,
 };
-use aokd_proto::mkt::MacAlgorithm;
 use aokd_tests::pki::{self, Ca, KeyType, Leaf};
 
 struct Args {
@@ -253,22 +251,13 @@ fn start(
         args.psk.clone()
     };
     let peer = PeerConfig {
-        name: "target".into(),
-        remote,
-        local,
-        local_id: Identity::from_ip(local),
         remote_id: args
             .remote_id
             .clone()
             .unwrap_or_else(|| Identity::from_ip(remote.ip())),
-        psk: Secret::new(psk),
         signature: signature.map(std::sync::Arc::new),
-        ike_suites: vec![IkeSuite::DEFAULT],
-        mac_algorithms: MacAlgorithm::ALL.to_vec(),
-        include_options: true,
-        tcp_ports: vec![PortRange::single(179)],
         initiate: false,
-        lifetimes: Default::default(),
+        ..PeerConfig::with_psk("target", local, remote, Secret::new(psk))
     };
     let mut config = EndpointConfig::new(vec![peer]);
     // Certificates are judged at the system's time.

@@ -126,12 +126,13 @@ fn aokd_config(dir: &Path, peers: u32, auth: &Auth, group: bool) -> std::path::P
         text.push_str(&format!(
             "[[peer_group]]\nname = \"load\"\nremote = [\"127.16.0.0/16\"]\nremote_port = 500\n{peer_auth}\n\n"
         ));
-    }
-    for k in (0..peers).filter(|_| !group) {
-        text.push_str(&format!(
-            "[[peer]]\nname = \"p{k}\"\nremote = \"{}\"\nremote_port = 500\n{peer_auth}\ninitiate = false\n\n",
-            nth_source(k),
-        ));
+    } else {
+        for k in 0..peers {
+            text.push_str(&format!(
+                "[[peer]]\nname = \"p{k}\"\nremote = \"{}\"\nremote_port = 500\n{peer_auth}\ninitiate = false\n\n",
+                nth_source(k),
+            ));
+        }
     }
     let file = dir.join("aokd.toml");
     fs::write(&file, text).expect("config");
