@@ -22,6 +22,12 @@
 //! - when the address of an MKT's peer is not known, all of the turn's
 //!   datagrams wait.
 //!
+//! Attach answers wait the same way ([`HeldTurns::hold_answers`]): a
+//! socket's record is durable before its owner is answered and goes on
+//! with the socket (a restarted aokd must find it), without the loop
+//! waiting for the commit, so that many attaches share one. They are
+//! released in order with the turns.
+//!
 //! Bookkeeping is O(log n) per datagram in the number of addresses waiting.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -31,12 +37,20 @@ use aokd_proto::ike::{Event, Transmit};
 use tokio::sync::oneshot;
 
 /// One turn's output that waits ([`HeldTurns::hold`]).
-struct HeldTurn {
+struct HeldTurn<A> {
     /// `None`: nothing of its own to wait for (it waits for the turns
     /// before it).
     durable: Option<oneshot::Receiver<()>>,
     events: Vec<Event>,
     transmits: Vec<Transmit>,
+    answers: Vec<A>,
+}
+
+/// A released turn ([`HeldTurns::ready`]).
+pub struct Released<A> {
+    pub transmits: Vec<Transmit>,
+    pub events: Vec<Event>,
+    pub answers: Vec<A>,
 }
 
 /// Which of a turn's datagrams must wait for its new MKTs' commit
@@ -48,15 +62,24 @@ pub enum MktPeers {
     Unknown,
 }
 
-/// The turns waiting for the state file, oldest first.
-#[derive(Default)]
-pub struct HeldTurns {
-    turns: VecDeque<HeldTurn>,
+/// The turns waiting for the state file, oldest first; `A`: an attach
+/// answer.
+pub struct HeldTurns<A> {
+    turns: VecDeque<HeldTurn<A>>,
     /// How many waiting datagrams go to each IP address.
     to: BTreeMap<IpAddr, usize>,
 }
 
-impl HeldTurns {
+impl<A> Default for HeldTurns<A> {
+    fn default() -> Self {
+        HeldTurns {
+            turns: VecDeque::new(),
+            to: BTreeMap::new(),
+        }
+    }
+}
+
+impl<A> HeldTurns<A> {
     /// Nothing waits.
     pub fn is_empty(&self) -> bool {
         self.turns.is_empty()
@@ -92,14 +115,26 @@ impl HeldTurns {
                 durable,
                 events,
                 transmits: waiting,
+                answers: Vec::new(),
             });
         }
         now
     }
 
+    /// Takes attach answers that wait for `durable`, the commit of their
+    /// sockets' records; they go out in order behind the turns before.
+    pub fn hold_answers(&mut self, durable: oneshot::Receiver<()>, answers: Vec<A>) {
+        self.turns.push_back(HeldTurn {
+            durable: Some(durable),
+            events: Vec::new(),
+            transmits: Vec::new(),
+            answers,
+        });
+    }
+
     /// Takes the oldest turns whose commits are done, in order: each one's
-    /// datagrams and events.
-    pub fn ready(&mut self) -> Vec<(Vec<Transmit>, Vec<Event>)> {
+    /// datagrams, events and answers.
+    pub fn ready(&mut self) -> Vec<Released<A>> {
         let mut out = Vec::new();
         while let Some(front) = self.turns.front_mut() {
             if let Some(rx) = front.durable.as_mut() {
@@ -119,7 +154,11 @@ impl HeldTurns {
                     }
                 }
             }
-            out.push((turn.transmits, turn.events));
+            out.push(Released {
+                transmits: turn.transmits,
+                events: turn.events,
+                answers: turn.answers,
+            });
         }
         out
     }
@@ -167,7 +206,7 @@ mod tests {
     /// A's go out in order once the commit is done.
     #[test]
     fn only_the_datagrams_to_a_new_mkts_peer_wait() {
-        let mut held = HeldTurns::default();
+        let mut held = HeldTurns::<()>::default();
         let (tx, rx) = oneshot::channel();
         let now = held.hold(
             Some(rx),
@@ -189,7 +228,7 @@ mod tests {
         );
         assert!(held.ready().is_empty(), "the commit is not done");
         tx.send(()).unwrap();
-        let out: Vec<Vec<String>> = held.ready().iter().map(|(t, _)| dests(t)).collect();
+        let out: Vec<Vec<String>> = held.ready().iter().map(|r| dests(&r.transmits)).collect();
         assert_eq!(out, [["192.0.2.1"], ["192.0.2.1"]]);
         assert!(held.is_empty());
         let now = held.hold(None, &at(&[]), Vec::new(), vec![to("192.0.2.1")]);
@@ -200,7 +239,7 @@ mod tests {
     /// its turn.
     #[test]
     fn an_unknown_peer_holds_the_whole_turn() {
-        let mut held = HeldTurns::default();
+        let mut held = HeldTurns::<()>::default();
         let (_tx, rx) = oneshot::channel();
         let now = held.hold(
             Some(rx),
@@ -216,7 +255,7 @@ mod tests {
     /// turn's commit, even with nothing of its own to wait for.
     #[test]
     fn events_stay_in_order_behind_a_commit() {
-        let mut held = HeldTurns::default();
+        let mut held = HeldTurns::<()>::default();
         let (tx, rx) = oneshot::channel();
         held.hold(
             Some(rx),
@@ -234,6 +273,31 @@ mod tests {
         tx.send(()).unwrap();
         let ready = held.ready();
         assert_eq!(ready.len(), 2);
-        assert!(ready[0].1.is_empty() && ready[1].1.len() == 1);
+        assert!(ready[0].events.is_empty() && ready[1].events.len() == 1);
+    }
+
+    /// An attach answer waits for its commit, behind the turns before it,
+    /// and never blocks a datagram.
+    #[test]
+    fn answers_wait_for_their_commit_in_order() {
+        let mut held = HeldTurns::<&str>::default();
+        let (tx1, rx1) = oneshot::channel();
+        held.hold(
+            Some(rx1),
+            &at(&["192.0.2.1"]),
+            Vec::new(),
+            vec![to("192.0.2.1")],
+        );
+        let (tx2, rx2) = oneshot::channel();
+        held.hold_answers(rx2, vec!["socket 1"]);
+        let now = held.hold(None, &at(&[]), Vec::new(), vec![to("192.0.2.2")]);
+        assert_eq!(dests(&now), ["192.0.2.2"]);
+        tx2.send(()).unwrap();
+        assert!(held.ready().is_empty(), "behind the first turn's commit");
+        tx1.send(()).unwrap();
+        let ready = held.ready();
+        assert_eq!(ready.len(), 2);
+        assert_eq!(ready[1].answers, ["socket 1"]);
+        assert!(held.is_empty());
     }
 }

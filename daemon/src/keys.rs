@@ -978,9 +978,10 @@ impl<K: SocketKeys> KeyManager<K> {
         AttachOutcome::Answered(self.finish(record, &peers, guarded, None))
     }
 
-    /// Registers a keyed socket (recorded in the state file before its
-    /// owner is answered: once it goes on with the socket, a restarted aokd
-    /// must be able to find it) and gives the answer.
+    /// Registers a keyed socket, sends its record to the state file and
+    /// gives the answer. The runtime hands the answer to the socket's owner
+    /// only once the record is durable (`crate::held`): once the owner goes
+    /// on with the socket, a restarted aokd must be able to find it.
     ///
     /// `recorded`: the record already sent for this socket (a `connect`
     /// that waited); it is not written again when it has not changed.
@@ -1003,8 +1004,6 @@ impl<K: SocketKeys> KeyManager<K> {
         if recorded != Some(&rec) {
             self.persist.send(Op::PutSocket(rec));
         }
-        // Durable before the owner is answered (at once when it already is).
-        self.persist.barrier();
         self.registry.add(record);
         Answer::Ok {
             installed,

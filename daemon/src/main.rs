@@ -416,7 +416,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Ok(bound) => open_state(&config).map(|state| (bound, state)),
         Err(e) => Err(e),
     };
-    let ((mut daemon, server, mut attach), (persist, writer, snapshot)) = match opened {
+    let ((mut daemon, server, mut attach), (persist, writer, snapshot, state_opened)) = match opened
+    {
         Ok(o) => o,
         Err(e) => {
             // The listeners were dropped (their socket files removed).
@@ -447,13 +448,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         daemon.set_metrics_file(metrics);
     }
     attach.set_default_wait(acquire_timeout);
-    // Every socket exists and the state file is open: systemd may start
-    // what is ordered after aokd (routing daemons that attach).
-    match aokd::sd_notify::notify("READY=1\nSTATUS=aokd running") {
-        Ok(true) => info!("readiness sent to systemd (NOTIFY_SOCKET)"),
-        Ok(false) => {}
-        Err(e) => warn!(error = %e, "cannot tell systemd that aokd is ready (NOTIFY_SOCKET)"),
-    }
+    // The state writer finishes opening the state file (every page's
+    // checksum, then the file itself) while the event loop starts: a file
+    // that fails stops aokd with the reason, before any record it was
+    // waiting for is durable, so before any new key goes on a socket.
+    let state_failed = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let state_failed_in = std::rc::Rc::clone(&state_failed);
     let (calls_tx, calls_rx) = mpsc::channel(16);
     let reload_tx = calls_tx.clone();
     let (attach_tx, attach_rx) = mpsc::channel(64);
@@ -461,8 +461,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let serve_control = server.run(calls_tx);
         let serve_attach = attach.run(attach_tx);
         tokio::pin!(serve_control, serve_attach);
+        let mut state_opened = std::pin::pin!(state_opened);
+        let mut state_open = false;
         loop {
             tokio::select! {
+                opened = &mut state_opened, if !state_open => {
+                    state_open = true;
+                    match opened {
+                        Ok(Ok(())) => ready(),
+                        Ok(Err(e)) => {
+                            *state_failed_in.borrow_mut() = Some(anyhow::Error::new(e));
+                            break;
+                        }
+                        Err(_) => {
+                            *state_failed_in.borrow_mut() =
+                                Some(anyhow::anyhow!("the state writer stopped while opening the state file"));
+                            break;
+                        }
+                    }
+                }
                 () = &mut serve_control => break,
                 () = &mut serve_attach => break,
                 _ = sigint.recv() => {
@@ -490,6 +507,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     daemon.run(calls_rx, Some(attach_rx), shutdown).await?;
+    if let Some(e) = state_failed.borrow_mut().take() {
+        // The writer holds no file open and answers nothing: the state
+        // file is as it was found.
+        return Err(e);
+    }
     let _ = aokd::sd_notify::notify("STOPPING=1");
     // Every handle is gone with the daemon: the writer applies what is
     // queued and closes the file cleanly (no repair at the next start).
@@ -499,21 +521,33 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the state file and starts its writer; returns the writer's
-/// handles and what the file holds.
+/// Every socket exists and the state file is open: systemd may start what
+/// is ordered after aokd (routing daemons that attach).
+fn ready() {
+    match aokd::sd_notify::notify("READY=1\nSTATUS=aokd running") {
+        Ok(true) => info!("readiness sent to systemd (NOTIFY_SOCKET)"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "cannot tell systemd that aokd is ready (NOTIFY_SOCKET)"),
+    }
+}
+
+/// Reads the state file and starts its writer, which finishes opening it
+/// ([`StateStore::open_staged`]); returns the writer's handles, what the
+/// file holds, and how the writer's open went.
 fn open_state(
     config: &Config,
 ) -> anyhow::Result<(
     Persist,
     std::thread::JoinHandle<()>,
     aokd::state::StateSnapshot,
+    aokd::persist::OpenResult,
 )> {
     use anyhow::Context;
-    // `StateStore::open_loaded` logs the file and its record counts.
-    let (store, snapshot) = StateStore::open_loaded(&config.daemon.state_dir)?;
-    let (persist, writer) =
-        Persist::start_with(store, &snapshot.mkts).context("cannot start the state writer")?;
-    Ok((persist, writer, snapshot))
+    // `StateStore::open_staged` logs the file and its record counts.
+    let (staged, snapshot) = StateStore::open_staged(&config.daemon.state_dir)?;
+    let (persist, writer, opened) =
+        Persist::start_staged(staged, &snapshot.mkts).context("cannot start the state writer")?;
+    Ok((persist, writer, snapshot, opened))
 }
 
 /// [`Config::load`] on a thread of its own, and a copy of the result made

@@ -43,7 +43,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
-use crate::state::{Batch, IkeSaRecord, MktRecord, SocketRecord, StateError, StateStore};
+use crate::state::{
+    Batch, IkeSaRecord, MktRecord, SocketRecord, StagedOpen, StateError, StateStore,
+};
 
 /// The most changes committed in one transaction.
 pub const MAX_BATCH: usize = 4096;
@@ -185,21 +187,63 @@ impl Persist {
         store: StateStore,
         mkts: &[MktRecord],
     ) -> std::io::Result<(Persist, JoinHandle<()>)> {
+        let (persist, handle, _opened) = Persist::spawn(Opening::Open(store), mkts)?;
+        Ok((persist, handle))
+    }
+
+    /// [`Persist::start_with`] on a state file whose records were read but
+    /// which is not open yet ([`StateStore::open_staged`]): the writer
+    /// finishes the open ([`StagedOpen::finish`]) before anything else,
+    /// while the caller goes on. The receiver says how that went. Changes
+    /// and barriers wait meanwhile; if the open fails, no barrier is ever
+    /// answered (nothing that waits for a record to be durable goes on) and
+    /// the changes are dropped: the daemon must stop with the error.
+    pub fn start_staged(
+        staged: StagedOpen,
+        mkts: &[MktRecord],
+    ) -> std::io::Result<(Persist, JoinHandle<()>, OpenResult)> {
+        Persist::spawn(Opening::Staged(staged), mkts)
+    }
+
+    fn spawn(
+        opening: Opening,
+        mkts: &[MktRecord],
+    ) -> std::io::Result<(Persist, JoinHandle<()>, OpenResult)> {
         let (tx, rx) = channel::<Msg>();
+        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+        let path = match &opening {
+            Opening::Open(store) => store.path().to_owned(),
+            Opening::Staged(staged) => staged.path().to_owned(),
+        };
         let health = Arc::new(Mutex::new(StateHealth {
-            file: Some(store.path().to_owned()),
+            file: Some(path.clone()),
             ..StateHealth::default()
         }));
-        let mut writer = Writer::new(store, mkts, Arc::clone(&health));
+        let mut writer = Writer::new(&path, mkts, Arc::clone(&health));
         let handle = std::thread::Builder::new()
             .name("aokd-state".into())
-            .spawn(move || writer.run(&rx))?;
+            .spawn(move || {
+                let store = match opening {
+                    Opening::Open(store) => store,
+                    Opening::Staged(staged) => match staged.finish() {
+                        Ok(store) => store,
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e));
+                            return refuse_all(&rx);
+                        }
+                    },
+                };
+                writer.store = Some(store);
+                let _ = opened_tx.send(Ok(()));
+                writer.run(&rx)
+            })?;
         Ok((
             Persist {
                 tx: Some(tx),
                 health,
             },
             handle,
+            opened_rx,
         ))
     }
 
@@ -258,6 +302,32 @@ impl Persist {
     }
 }
 
+/// How the writer's open of the state file went
+/// ([`Persist::start_staged`]).
+pub type OpenResult = tokio::sync::oneshot::Receiver<Result<(), StateError>>;
+
+/// What the writer thread starts from.
+enum Opening {
+    Open(StateStore),
+    Staged(StagedOpen),
+}
+
+/// The writer of a state file that could not be opened, until every
+/// handle is gone: every change is dropped, and no barrier of the event
+/// loop ([`Persist::durable`]) is ever answered, since a dropped one would
+/// read as "durable or failing" and let a new MKT's key go on a socket. A
+/// blocking [`Persist::barrier`] is answered (the caller would otherwise
+/// never get to stop aokd); it guards only a socket record, never a key.
+fn refuse_all(rx: &Receiver<Msg>) {
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Barrier(done @ Done::Wait(_)) => done.send(),
+            Msg::Barrier(done @ Done::Notify(_)) => std::mem::forget(done),
+            Msg::Op(_) => {}
+        }
+    }
+}
+
 /// An MKT record's key: peer, SendID, RecvID.
 type MktKey = (String, u8, u8);
 
@@ -277,10 +347,15 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(store: StateStore, mkts: &[MktRecord], health: Arc<Mutex<StateHealth>>) -> Writer {
+    /// A writer of the state file `file`, which holds `mkts`; its store is
+    /// set before it runs.
+    fn new(file: &std::path::Path, mkts: &[MktRecord], health: Arc<Mutex<StateHealth>>) -> Writer {
         let mut writer = Writer {
-            dir: store.dir().to_owned(),
-            file: store.path().to_owned(),
+            dir: file
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .to_owned(),
+            file: file.to_owned(),
             store: None,
             pending: VecDeque::new(),
             expiry: BTreeSet::new(),
@@ -293,7 +368,6 @@ impl Writer {
                 Some(r.expires_at_unix),
             );
         }
-        writer.store = Some(store);
         writer
     }
 

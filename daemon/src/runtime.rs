@@ -93,7 +93,7 @@ pub struct Daemon {
     /// The metrics file, when configured.
     metrics: Option<MetricsFile>,
     /// Turns waiting for the state file ([`crate::held`]).
-    held: HeldTurns,
+    held: HeldTurns<(Reply, aokd_api::attach::AttachResult)>,
 }
 
 impl Daemon {
@@ -615,6 +615,7 @@ impl Daemon {
         if answered.is_empty() {
             return;
         }
+        let mut replies = Vec::new();
         let mut view: Vec<aokd_proto::ike::PeerView> = Vec::new();
         let mut viewed: BTreeSet<&str> = BTreeSet::new();
         for a in &answered {
@@ -643,7 +644,16 @@ impl Daemon {
                         installed = %installed, reason = reason.as_deref().unwrap_or(""), "socket attached");
                 }
             }
-            p.reply.answer(result);
+            replies.push((p.reply, result));
+        }
+        // Each answer after its socket's record is durable (the key
+        // manager sent it), without the loop waiting for the commit.
+        if self.persist.enabled() {
+            self.held.hold_answers(self.persist.durable(), replies);
+        } else {
+            for (reply, result) in replies {
+                reply.answer(result);
+            }
         }
     }
 
@@ -724,9 +734,12 @@ impl Daemon {
 
     /// Releases, in order, the held turns whose records are durable.
     async fn release(&mut self, now: Instant) {
-        for (transmits, events) in self.held.ready() {
-            self.send(transmits).await;
-            self.apply_keys(&events, now);
+        for turn in self.held.ready() {
+            self.send(turn.transmits).await;
+            self.apply_keys(&turn.events, now);
+            for (reply, result) in turn.answers {
+                reply.answer(result);
+            }
         }
     }
 

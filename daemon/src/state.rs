@@ -23,7 +23,10 @@
 //!
 //! All of that is first done on a copy of the file in memory, and only then
 //! on the file: redb writes to a file it opens (a recovery flag, crash
-//! repair), and a file that is refused must stay as it was. A file that
+//! repair), and a file that is refused must stay as it was. The daemon's
+//! start-up does it in two parts ([`StateStore::open_staged`], then
+//! [`StagedOpen::finish`] on the state writer's thread: the page check
+//! and the open of the file run beside the event loop). A file that
 //! redb cannot open, whose checksums fail or whose contents do not decode
 //! gives [`StateError::Corrupt`] (redb panics on some malformed files; the
 //! panic is caught, its message kept off stderr, and reported the same way). aokd never deletes,
@@ -336,6 +339,19 @@ impl StateStore {
     /// daemon's start-up: a route server's thousands of records are decoded
     /// once more, not twice).
     pub fn open_loaded(dir: &Path) -> Result<(StateStore, StateSnapshot), StateError> {
+        let (staged, snapshot) = StateStore::open_staged(dir)?;
+        Ok((staged.finish()?, snapshot))
+    }
+
+    /// The first part of [`StateStore::open_loaded`], which a start-up
+    /// needs before it can go on: the directory and file checked, the file
+    /// locked, and every record read from the view of the file whose writes
+    /// stay in memory (schema checked, migrated there when older). The rest,
+    /// every page's checksum and the open of the file itself
+    /// ([`StagedOpen::finish`]), can run beside what does not write: the
+    /// daemon's state writer does it before its first commit, while the
+    /// event loop restores from the records and starts negotiating.
+    pub fn open_staged(dir: &Path) -> Result<(StagedOpen, StateSnapshot), StateError> {
         prepare_dir(dir)?;
         let file_path = dir.join(STATE_FILE_NAME);
         let (file, created) = open_file(dir, &file_path)?;
@@ -357,36 +373,33 @@ impl StateStore {
             source,
         })?;
         // An empty file (new, or created by a crash before redb wrote its
-        // header) has nothing to keep as it was: no trial.
-        let tried = len > 0;
-        if tried {
-            StateStore {
+        // header) has nothing to keep as it was: no trial, no records.
+        let (trial, snapshot) = if len > 0 {
+            let trial = StateStore {
                 db: open_db(TrialBackend::new(trial_file, len), &file_path, Open::Trial)?,
                 file: file_path.clone(),
-            }
-            .check_and_load()?;
-        }
-
-        let store = StateStore {
-            // The trial checked every page of these same bytes (under the
-            // same lock); a new file has none to check.
-            db: open_db(
-                backend,
-                &file_path,
-                if tried { Open::Checked } else { Open::New },
-            )?,
-            file: file_path,
+            };
+            let snapshot = trial.check_and_load()?;
+            (Some(trial), snapshot)
+        } else {
+            (None, StateSnapshot::default())
         };
-        let snapshot = store.check_and_load()?;
         info!(
-            file = %store.file.display(),
+            file = %file_path.display(),
             created,
             ike_sas = snapshot.ike_sas.len(),
             mkts = snapshot.mkts.len(),
             sockets = snapshot.sockets.len(),
             "state file opened"
         );
-        Ok((store, snapshot))
+        Ok((
+            StagedOpen {
+                trial,
+                backend,
+                file: file_path,
+            },
+            snapshot,
+        ))
     }
 
     /// Checks the schema version (initializing a new file, migrating an
@@ -401,6 +414,21 @@ impl StateStore {
     }
 
     fn check_and_load_inner(&self) -> Result<StateSnapshot, StateError> {
+        self.prepare_schema()?;
+        self.load()
+    }
+
+    /// [`StateStore::check_and_load`] without the load.
+    fn check_schema(&self) -> Result<(), StateError> {
+        match quietly(|| self.prepare_schema()) {
+            Ok(r) => r,
+            Err(_) => Err(self.corrupt(panic_message())),
+        }
+    }
+
+    /// Checks the schema version: initializes a new file, migrates an
+    /// older one, refuses a newer one.
+    fn prepare_schema(&self) -> Result<(), StateError> {
         let new = match self.schema_version()? {
             None => true,
             Some(found) if found == SCHEMA_VERSION => false,
@@ -419,7 +447,7 @@ impl StateStore {
         if new {
             self.initialize()?;
         }
-        self.load()
+        Ok(())
     }
 
     /// The state file's path.
@@ -965,11 +993,63 @@ impl Batch<'_> {
     }
 }
 
+/// A state file read but not yet open for writing
+/// ([`StateStore::open_staged`]); [`StagedOpen::finish`] opens it. Holds
+/// the file's lock.
+pub struct StagedOpen {
+    /// The view the records were read from (`None`: the file was empty).
+    trial: Option<StateStore>,
+    backend: FileBackend,
+    file: PathBuf,
+}
+
+impl StagedOpen {
+    /// The state file's path.
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+
+    /// Checks every page's checksum on the view the records came from
+    /// (normal reads do not), then opens the file itself, which it leaves
+    /// as it was when a check fails; the same errors as
+    /// [`StateStore::open`]. The records are not read again: they are the
+    /// bytes the view read, under the same lock.
+    pub fn finish(self) -> Result<StateStore, StateError> {
+        let tried = match self.trial {
+            Some(mut trial) => {
+                let checked = quietly(|| trial.db.check_integrity());
+                match checked {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => debug!(file = %self.file.display(),
+                        "the state file's allocator state needs repair"),
+                    Ok(Err(e)) => return Err(db_open_error(e, &self.file)),
+                    Err(_) => return Err(trial.corrupt(panic_message())),
+                }
+                true
+            }
+            None => false,
+        };
+        let store = StateStore {
+            // The trial checked every page of these same bytes (under the
+            // same lock); a new file has none to check.
+            db: open_db(
+                self.backend,
+                &self.file,
+                if tried { Open::Checked } else { Open::New },
+            )?,
+            file: self.file,
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+}
+
 /// How [`open_db`] opens a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Open {
-    /// The trial on a [`TrialBackend`]: every page's checksum is checked,
-    /// repairs are not worth a warning (the real open reports them).
+    /// The trial on a [`TrialBackend`] (its pages' checksums are checked
+    /// by [`StagedOpen::finish`]); repairs are not worth a warning (the
+    /// real open reports them).
     Trial,
     /// A new, empty file: nothing to check or report.
     New,
@@ -978,8 +1058,8 @@ enum Open {
     Checked,
 }
 
-/// Hands `backend` to redb and, for a trial, checks every page's checksum
-/// (normal reads do not). redb initializes an empty file, and repairs one left by
+/// Hands `backend` to redb (every page's checksum is checked after a
+/// trial's records are read: [`StagedOpen::finish`]). redb initializes an empty file, and repairs one left by
 /// a crash (rolling back to the last committed transaction: no
 /// acknowledged write is lost); anything it cannot read is
 /// [`StateError::Corrupt`] (or [`StateError::UnsupportedFormat`]). redb
@@ -1014,11 +1094,8 @@ fn open_db(backend: impl StorageBackend, path: &Path, open: Open) -> Result<Data
         });
     }
     let opened = quietly(|| {
-        let mut db = builder.create_with_backend(backend)?;
+        let db = builder.create_with_backend(backend)?;
         opening.store(false, std::sync::atomic::Ordering::Relaxed);
-        if open == Open::Trial && !db.check_integrity()? {
-            debug!(file = %path.display(), "the state file's allocator state needs repair");
-        }
         Ok(db)
     });
     let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| StateError::Corrupt {

@@ -330,6 +330,18 @@ fn a_corrupt_state_file_stops_aokd_untouched() {
 }
 
 #[test]
+fn a_state_file_that_fails_its_page_check_stops_aokd_untouched() {
+    // The records decode (the event loop starts from them) and the state
+    // writer's page check, which runs beside it, stops aokd.
+    let dir = TempDir::new("cli-page-check");
+    let file = state_config(&dir);
+    let state_file = common::state_file_with_a_damaged_record(&dir.join("state"));
+    let path = state_file.display().to_string();
+    let stderr = refused_at_start(&file, &state_file, &[path.as_str(), "corrupt"]);
+    assert!(stderr.contains("state file opened"), "{stderr}");
+}
+
+#[test]
 fn a_newer_state_file_stops_aokd_untouched() {
     let dir = TempDir::new("cli-newer-state");
     let file = state_config(&dir);

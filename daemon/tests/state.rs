@@ -565,3 +565,29 @@ fn damage_is_reported_never_silent() {
     eprintln!("{intact} intact, {corrupt} corrupt");
     assert!(corrupt > 0);
 }
+
+#[test]
+fn a_damaged_record_that_decodes_fails_the_page_check() {
+    // The first part of the open reads the record as it now is; the page
+    // check that follows finds the damage, and the file stays as it was.
+    let t = TempDir::new("state-page-check");
+    let dir = state_dir(&t);
+    let file = common::state_file_with_a_damaged_record(&dir);
+    let damaged = std::fs::read(&file).expect("read");
+    let (staged, snapshot) = StateStore::open_staged(&dir).expect("the records decode");
+    assert_eq!(snapshot.mkts.len(), 1);
+    assert_eq!(snapshot.mkts[0].ike_spi_i, "9011223344556677");
+    match staged.finish() {
+        Err(StateError::Corrupt { file: f, .. }) => assert_eq!(f, file),
+        Err(e) => panic!("not Corrupt: {e}"),
+        Ok(_) => panic!("the damaged page passed its check"),
+    }
+    assert!(
+        std::fs::read(&file).expect("read") == damaged,
+        "the file was changed"
+    );
+    assert!(matches!(
+        StateStore::open(&dir),
+        Err(StateError::Corrupt { .. })
+    ));
+}

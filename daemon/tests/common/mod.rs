@@ -106,3 +106,47 @@ pub fn localize_example(text: &str, dir: &TempDir) -> String {
     }
     out
 }
+
+/// Makes `state` (mode 0700) with a state file holding one MKT record of
+/// peer `r2`, then changes one hex digit of the record's SPI in the file
+/// (every copy of the page): the record still decodes, and only the
+/// page's checksum tells the damage. Returns the file.
+pub fn state_file_with_a_damaged_record(state: &Path) -> PathBuf {
+    use aokd_proto::crypto::Secret;
+    use aokd_proto::mkt::{MacAlgorithm, MasterKeyTuple};
+    let store = aokd::state::StateStore::open(state).expect("create the state file");
+    let m = MasterKeyTuple {
+        send_id: 1,
+        recv_id: 2,
+        algorithm: MacAlgorithm::HmacSha256_128,
+        include_options: true,
+        master_key: Secret::new(vec![7; 32]),
+    };
+    let spi = "0011223344556677";
+    let rec = aokd::state::MktRecord::from_mkt(
+        "r2",
+        &m,
+        spi,
+        "8899aabbccddeeff",
+        1_700_000_000,
+        None,
+        4_000_000_000,
+    );
+    store.put_mkt(&rec).expect("put an MKT record");
+    let file = store.path().to_owned();
+    drop(store);
+    let mut bytes = std::fs::read(&file).expect("read the state file");
+    let mut changed = 0;
+    let mut i = 0;
+    while let Some(at) = bytes[i..]
+        .windows(spi.len())
+        .position(|w| w == spi.as_bytes())
+    {
+        bytes[i + at] = b'9';
+        changed += 1;
+        i += at + spi.len();
+    }
+    assert!(changed > 0, "the record's SPI is not in the file");
+    std::fs::write(&file, &bytes).expect("write the state file");
+    file
+}
