@@ -70,8 +70,8 @@ fn peer_config(cfg: &Config, p: &crate::config::PeerConfig) -> anyhow::Result<ik
             .map(|s| signature_auth(s).map(std::sync::Arc::new))
             .transpose()
             .with_context(|| format!("peer {:?}", p.name))?,
-        ike_suites: p.ike_proposals.clone(),
-        mac_algorithms: p.mac_algorithms.clone(),
+        ike_suites: p.ike_proposals.clone().into(),
+        mac_algorithms: p.mac_algorithms.clone().into(),
         include_options: p.include_tcp_options,
         tcp_ports: p
             .tcp_ports

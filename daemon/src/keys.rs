@@ -1110,6 +1110,14 @@ impl<K: SocketKeys> KeyManager<K> {
     /// [`aokd_proto::ike::Event::MktsChanged`]): re-keys every socket of
     /// the peer and releases the `connect`s that waited for them. Returns
     /// the requests answered.
+    /// The MKTs of `peer` as last handed to [`KeyManager::mkts_changed`]
+    /// (none for a peer the manager does not know). O(log n).
+    pub fn peer_mkts(&self, peer: &str) -> &[MasterKeyTuple] {
+        self.peer_index
+            .get(peer)
+            .map_or(&[][..], |&i| &self.peers[i].mkts[..])
+    }
+
     pub fn mkts_changed(&mut self, peer: &str, mkts: &[MktView], now: Instant) -> Vec<Answered> {
         let Some(&idx) = self.peer_index.get(peer) else {
             return Vec::new();

@@ -10,7 +10,7 @@
 //! a key. Each key is zeroized when it is dropped (expired, or pushed out
 //! by the limit of [`MAX_RETIRED`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use aokd_proto::ike::MktView;
@@ -29,10 +29,12 @@ pub struct Retired {
     pub at: Instant,
 }
 
-/// The live MKTs of every peer as last reported, and the retired ones.
+/// The retired keys. The live ones are the key manager's: each change of
+/// a peer's set comes with the set it replaces ([`RetiredKeys::mkts_changed`]),
+/// so that no second copy of every peer's keys is kept (issue: scale,
+/// memory per peer).
 pub struct RetiredKeys {
     keep: Duration,
-    live: BTreeMap<String, Vec<MasterKeyTuple>>,
     retired: VecDeque<Retired>,
 }
 
@@ -41,24 +43,26 @@ impl RetiredKeys {
     pub fn new(keep: Duration) -> RetiredKeys {
         RetiredKeys {
             keep,
-            live: BTreeMap::new(),
             retired: VecDeque::new(),
         }
     }
 
-    /// The MKTs of `peer` are now `mkts`: each MKT that was live and is not
-    /// any more is retired at `now`. O(MKTs of the peer) plus the expired
-    /// ones dropped.
-    pub fn mkts_changed(&mut self, peer: &str, mkts: &[MktView], now: Instant) {
+    /// The MKTs of `peer` were `old` and are now `mkts`: each one of `old`
+    /// that is not in `mkts` is retired at `now`. O(MKTs of the peer) plus
+    /// the expired ones dropped.
+    pub fn mkts_changed(
+        &mut self,
+        peer: &str,
+        old: &[MasterKeyTuple],
+        mkts: &[MktView],
+        now: Instant,
+    ) {
         self.prune(now);
         if self.keep.is_zero() {
             return;
         }
-        let new: Vec<MasterKeyTuple> = mkts.iter().map(|m| m.mkt.clone()).collect();
-        let old = self.live.insert(peer.to_string(), new).unwrap_or_default();
-        let live = &self.live[peer];
         for mkt in old {
-            if live.iter().any(|m| same(m, &mkt)) {
+            if mkts.iter().any(|m| same(&m.mkt, mkt)) {
                 continue;
             }
             if self.retired.len() >= MAX_RETIRED {
@@ -66,7 +70,7 @@ impl RetiredKeys {
             }
             self.retired.push_back(Retired {
                 peer: peer.to_string(),
-                mkt,
+                mkt: mkt.clone(),
                 at: now,
             });
         }
@@ -121,26 +125,40 @@ mod tests {
         }
     }
 
+    /// The key manager's part: each peer's live set, handed over with
+    /// every change.
+    struct Live(std::collections::BTreeMap<String, Vec<MasterKeyTuple>>);
+
+    impl Live {
+        fn change(&mut self, r: &mut RetiredKeys, peer: &str, mkts: &[MktView], now: Instant) {
+            let old = self.0.remove(peer).unwrap_or_default();
+            r.mkts_changed(peer, &old, mkts, now);
+            self.0
+                .insert(peer.into(), mkts.iter().map(|m| m.mkt.clone()).collect());
+        }
+    }
+
     #[test]
     fn ended_mkts_are_kept_for_a_while() {
         let t0 = Instant::now();
         let mut r = RetiredKeys::new(Duration::from_secs(600));
-        r.mkts_changed("a", &[view(1, 1, t0)], t0);
+        let mut live = Live(Default::default());
+        live.change(&mut r, "a", &[view(1, 1, t0)], t0);
         assert_eq!(r.list(t0).count(), 0);
         // Rekeyed: 1 and 2, then 2 only.
-        r.mkts_changed("a", &[view(1, 1, t0), view(2, 2, t0)], t0);
+        live.change(&mut r, "a", &[view(1, 1, t0), view(2, 2, t0)], t0);
         let t1 = t0 + Duration::from_secs(60);
-        r.mkts_changed("a", &[view(2, 2, t0)], t1);
+        live.change(&mut r, "a", &[view(2, 2, t0)], t1);
         let kept: Vec<(String, u8)> = r
             .list(t1)
             .map(|k| (k.peer.clone(), k.mkt.send_id))
             .collect();
         assert_eq!(kept, vec![("a".to_string(), 1)]);
         // Another peer's change does not retire a's MKTs.
-        r.mkts_changed("b", &[view(1, 9, t1)], t1);
+        live.change(&mut r, "b", &[view(1, 9, t1)], t1);
         assert_eq!(r.list(t1).count(), 1);
         // The same KeyIDs with another key is another MKT.
-        r.mkts_changed("b", &[view(1, 8, t1)], t1);
+        live.change(&mut r, "b", &[view(1, 8, t1)], t1);
         assert_eq!(r.list(t1).count(), 2);
         // Gone after `keep`.
         assert_eq!(r.list(t1 + Duration::from_secs(600)).count(), 0);
@@ -150,14 +168,16 @@ mod tests {
     fn off_keeps_nothing_and_the_list_is_bounded() {
         let t0 = Instant::now();
         let mut r = RetiredKeys::new(Duration::ZERO);
-        r.mkts_changed("a", &[view(1, 1, t0)], t0);
-        r.mkts_changed("a", &[], t0);
+        let mut live = Live(Default::default());
+        live.change(&mut r, "a", &[view(1, 1, t0)], t0);
+        live.change(&mut r, "a", &[], t0);
         assert_eq!(r.list(t0).count(), 0);
         let mut r = RetiredKeys::new(Duration::from_secs(600));
+        let mut live = Live(Default::default());
         for i in 0..(MAX_RETIRED + 10) {
             let key = (i % 251) as u8;
             let id = (i % 240) as u8;
-            r.mkts_changed("a", &[view(id, key, t0)], t0);
+            live.change(&mut r, "a", &[view(id, key, t0)], t0);
         }
         assert_eq!(r.list(t0).count(), MAX_RETIRED);
     }

@@ -684,11 +684,6 @@ impl Daemon {
             self.log.log(now, ev);
         }
         self.log.handle_timeout(now);
-        for ev in &events {
-            if let Event::MktsChanged { peer, mkts } = ev {
-                self.retired.mkts_changed(peer, mkts, now);
-            }
-        }
         let mut transmits = Vec::new();
         while let Some(t) = self.endpoint.poll_transmit() {
             transmits.push(t);
@@ -768,6 +763,9 @@ impl Daemon {
                 }
                 Event::MemberForgotten { peer, .. } => answered.extend(keys.remove_peer(peer)),
                 Event::MktsChanged { peer, mkts } => {
+                    // The set it replaces is the key manager's.
+                    self.retired
+                        .mkts_changed(peer, keys.peer_mkts(peer), mkts, now);
                     answered.extend(keys.mkts_changed(peer, mkts, now))
                 }
                 _ => {}

@@ -114,8 +114,9 @@ fn ike_seeds(out: &mut Out) {
             group: DhGroup::ECP_256,
             ..IkeSuite::DEFAULT
         }]
+        .into()
     });
-    let other_mac = answers_of(|p| p.mac_algorithms = vec![MacAlgorithm::ALL[0]]);
+    let other_mac = answers_of(|p| p.mac_algorithms = vec![MacAlgorithm::ALL[0]].into());
 
     // ike_wire: every datagram.
     for (_, d) in by_a.iter().chain(&by_b) {

@@ -8,10 +8,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use aokd_proto::crypto::Secret;
-use aokd_proto::ike::{
-    Endpoint, EndpointConfig, Identity, IkeSuite, PeerConfig, PeerState, PortRange,
-};
-use aokd_proto::mkt::MacAlgorithm;
+use aokd_proto::ike::{Endpoint, EndpointConfig, PeerConfig, PeerState};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
@@ -26,19 +23,8 @@ const SEED_B: u64 = 0xa0c0_0002;
 
 fn peer(name: &str, local: SocketAddr, remote: SocketAddr, initiate: bool) -> PeerConfig {
     PeerConfig {
-        name: name.to_string(),
-        remote,
-        local: local.ip(),
-        local_id: Identity::from_ip(local.ip()),
-        remote_id: Identity::from_ip(remote.ip()),
-        psk: Secret::new(PSK.to_vec()),
-        signature: None,
-        ike_suites: vec![IkeSuite::DEFAULT],
-        mac_algorithms: MacAlgorithm::ALL.to_vec(),
-        include_options: true,
-        tcp_ports: vec![PortRange::single(179)],
         initiate,
-        lifetimes: Default::default(),
+        ..PeerConfig::with_psk(name, local.ip(), remote, Secret::new(PSK.to_vec()))
     }
 }
 

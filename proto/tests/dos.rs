@@ -404,7 +404,7 @@ fn drop_reasons_are_indexed_in_order() {
 #[test]
 fn refused_forged_inits_are_reported_once_a_period() {
     let mut b_cfg = b_peer();
-    b_cfg.ike_suites = vec!["chacha20poly1305-prfsha512-ecp256".parse().unwrap()];
+    b_cfg.ike_suites = vec!["chacha20poly1305-prfsha512-ecp256".parse().unwrap()].into();
     b_cfg.initiate = false;
     let t0 = Instant::now();
     let mut b = Endpoint::new(

@@ -118,9 +118,9 @@ fn identity_mismatch_names_both_identities() {
 #[test]
 fn no_common_mac_gives_no_proposal_chosen() {
     let mut a = peer("b", A_ADDR, B_ADDR, PSK);
-    a.mac_algorithms = vec![MacAlgorithm::HmacSha1_96];
+    a.mac_algorithms = vec![MacAlgorithm::HmacSha1_96].into();
     let mut b = peer("a", B_ADDR, A_ADDR, PSK);
-    b.mac_algorithms = vec![MacAlgorithm::AesCmac96];
+    b.mac_algorithms = vec![MacAlgorithm::AesCmac96].into();
     let mut sim = Sim::pair(4, NetParams::default(), a, b);
     sim.run_for(Duration::from_secs(20));
     for i in 0..2 {
@@ -144,9 +144,10 @@ fn invalid_ke_payload_retry_uses_the_requested_group() {
     a.ike_suites = vec![
         IkeSuite::DEFAULT,
         "aes256gcm16-prfsha256-ecp256".parse().unwrap(),
-    ];
+    ]
+    .into();
     let mut b = peer("a", B_ADDR, A_ADDR, PSK);
-    b.ike_suites = vec!["aes256gcm16-prfsha256-ecp256".parse().unwrap()];
+    b.ike_suites = vec!["aes256gcm16-prfsha256-ecp256".parse().unwrap()].into();
     b.initiate = false;
     let mut sim = Sim::pair(5, NetParams::default(), a, b);
     assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
@@ -162,7 +163,7 @@ fn invalid_ke_payload_retry_uses_the_requested_group() {
 fn no_common_ike_suite_fails() {
     let a = peer("b", A_ADDR, B_ADDR, PSK);
     let mut b = peer("a", B_ADDR, A_ADDR, PSK);
-    b.ike_suites = vec!["chacha20poly1305-prfsha512-ecp256".parse().unwrap()];
+    b.ike_suites = vec!["chacha20poly1305-prfsha512-ecp256".parse().unwrap()].into();
     b.initiate = false;
     let mut sim = Sim::pair(6, NetParams::default(), a, b);
     sim.run_for(Duration::from_secs(10));

@@ -158,7 +158,7 @@ fn an_added_peer_is_initiated_and_answered() {
     // So is a configuration the endpoint cannot run with.
     let mut bad = a_peer();
     bad.name = "c".into();
-    bad.tcp_ports.clear();
+    bad.tcp_ports = Vec::new().into();
     assert!(ep(&mut sim, 0).add_peer(bad, now).is_err());
     assert_eq!(sim.nodes[0].ep.peers().len(), 1);
 }
@@ -207,7 +207,7 @@ fn changes_renegotiate_only_what_they_need() {
     assert_eq!((spis(&sim, 0), sim.ids(0)), (sa0.clone(), a_ids.clone()));
     // MAC algorithms: the MKT is rekeyed on the same IKE SA.
     let mut p = a_peer();
-    p.mac_algorithms = vec![MacAlgorithm::HmacSha1_96];
+    p.mac_algorithms = vec![MacAlgorithm::HmacSha1_96].into();
     let now = sim.now;
     assert_eq!(
         ep(&mut sim, 0).update_peer(p, now).expect("mac"),
@@ -223,7 +223,7 @@ fn changes_renegotiate_only_what_they_need() {
     let ids = sim.ids(0);
     let new_psk = b"the new pre-shared key";
     let mut pa = a_peer();
-    pa.mac_algorithms = vec![MacAlgorithm::HmacSha1_96];
+    pa.mac_algorithms = vec![MacAlgorithm::HmacSha1_96].into();
     pa.psk = Secret::new(new_psk.to_vec());
     let mut pb = b_peer();
     pb.psk = Secret::new(new_psk.to_vec());

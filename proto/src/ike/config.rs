@@ -335,15 +335,16 @@ pub struct PeerConfig {
     /// Shared (`Arc`): the members of a peer group use the group's.
     pub signature: Option<Arc<SignatureAuth>>,
     /// IKE SA suites in preference order; the first one's group is used for
-    /// the first KE payload.
-    pub ike_suites: Vec<IkeSuite>,
+    /// the first KE payload. Shared (`Arc`), like the other lists: a peer
+    /// group's members use the group's (issue: scale, memory per peer).
+    pub ike_suites: Arc<[IkeSuite]>,
     /// TCP-AO MAC algorithms in preference order.
-    pub mac_algorithms: Vec<MacAlgorithm>,
+    pub mac_algorithms: Arc<[MacAlgorithm]>,
     /// RFC 5925 TCP option flag wanted by this side (docs/protocol.md: options
     /// are excluded only when both sides ask for it).
     pub include_options: bool,
     /// TCP ports covered by the MKTs (for BGP: 179).
-    pub tcp_ports: Vec<PortRange>,
+    pub tcp_ports: Arc<[PortRange]>,
     /// Initiate at start and after failures; a passive peer only responds.
     pub initiate: bool,
     /// MKT lifetimes.
@@ -365,10 +366,10 @@ impl PeerConfig {
             remote_id: Identity::from_ip(remote.ip()),
             psk,
             signature: None,
-            ike_suites: vec![IkeSuite::DEFAULT],
-            mac_algorithms: MacAlgorithm::ALL.to_vec(),
+            ike_suites: Arc::from([IkeSuite::DEFAULT]),
+            mac_algorithms: Arc::from(MacAlgorithm::ALL),
             include_options: true,
-            tcp_ports: vec![PortRange::single(179)],
+            tcp_ports: Arc::from([PortRange::single(179)]),
             initiate: true,
             lifetimes: Lifetimes::default(),
         }

@@ -82,10 +82,10 @@ mod tests {
             local_id: Identity::parse("192.0.2.1"),
             remote_id: Identity::parse("192.0.2.2"),
             psk: Secret::new(b"one key".to_vec()),
-            ike_suites: vec![IkeSuite::DEFAULT],
-            mac_algorithms: MacAlgorithm::ALL.to_vec(),
+            ike_suites: vec![IkeSuite::DEFAULT].into(),
+            mac_algorithms: MacAlgorithm::ALL.to_vec().into(),
             include_options: true,
-            tcp_ports: vec![PortRange::single(179)],
+            tcp_ports: vec![PortRange::single(179)].into(),
             initiate: true,
             lifetimes: Lifetimes::default(),
             signature: None,
@@ -107,7 +107,7 @@ mod tests {
             (PeerChange::Applied, Box::new(|p| p.lifetimes.pfs = false)),
             (
                 PeerChange::RekeyMkts,
-                Box::new(|p| p.mac_algorithms = vec![MacAlgorithm::HmacSha1_96]),
+                Box::new(|p| p.mac_algorithms = vec![MacAlgorithm::HmacSha1_96].into()),
             ),
             (
                 PeerChange::RekeyMkts,
@@ -115,7 +115,7 @@ mod tests {
             ),
             (
                 PeerChange::RekeyMkts,
-                Box::new(|p| p.tcp_ports = vec![PortRange::single(646)]),
+                Box::new(|p| p.tcp_ports = vec![PortRange::single(646)].into()),
             ),
             (
                 PeerChange::Renegotiate,
@@ -135,7 +135,9 @@ mod tests {
             ),
             (
                 PeerChange::Renegotiate,
-                Box::new(|p| p.ike_suites = vec!["aes128gcm16-prfsha256-ecp256".parse().unwrap()]),
+                Box::new(|p| {
+                    p.ike_suites = vec!["aes128gcm16-prfsha256-ecp256".parse().unwrap()].into()
+                }),
             ),
             // The strongest class wins.
             (
