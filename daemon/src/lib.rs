@@ -17,7 +17,8 @@
 //!   [`kernel`]: TCP-AO and TCP-MD5 in the Linux kernel.
 //! - [`demo`]: `aokd demo`; [`unix_listener`]: the private Unix sockets;
 //!   [`client_limit`]: how many clients they serve and for how long;
-//!   [`sd_notify`]: readiness for systemd.
+//!   [`sd_notify`]: readiness for systemd; [`memory`]: freed memory back
+//!   to the system.
 
 pub mod attach;
 pub mod cert_info;
@@ -31,6 +32,7 @@ pub mod event_log;
 pub mod held;
 pub mod kernel;
 pub mod keys;
+pub mod memory;
 pub mod metrics_file;
 pub mod persist;
 pub mod records;

@@ -440,7 +440,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     daemon.set_config(config);
     daemon.restore(persist, &snapshot);
     drop(snapshot);
-    release_free_memory();
+    aokd::memory::release_free_memory();
     if let Some((file, interval)) = metrics_file {
         let metrics =
             aokd::metrics_file::MetricsFile::start(file, interval, std::time::Instant::now())
@@ -554,7 +554,7 @@ fn open_state(
 /// here: the parser's document (many times the size of what is kept, for a
 /// route server's thousands of peers) lives and dies in that thread's
 /// allocator arena, so the configuration kept is not scattered among its
-/// freed pieces, which would stay resident ([`release_free_memory`] gives
+/// freed pieces, which would stay resident ([`aokd::memory::release_free_memory`] gives
 /// the whole arena back).
 fn load_compact(file: &Path) -> Result<Config, aokd::config::ConfigError> {
     let parsed = std::thread::scope(|s| {
@@ -565,20 +565,6 @@ fn load_compact(file: &Path) -> Result<Config, aokd::config::ConfigError> {
     let kept = Config::clone(&parsed);
     drop(parsed);
     Ok(kept)
-}
-
-/// Gives the memory freed since start-up back to the system: parsing a
-/// large configuration (a route server's thousands of peers) builds a
-/// document many times the size of what is kept, and glibc's allocator
-/// keeps the freed pages otherwise (they would count as resident for the
-/// daemon's whole life).
-fn release_free_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free memory of the allocator's
-    // arenas to the system; it touches no live allocation.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// The directories above `paths` that do not exist yet, outermost first

@@ -226,7 +226,12 @@ impl Persist {
                 let store = match opening {
                     Opening::Open(store) => store,
                     Opening::Staged(staged) => match staged.finish() {
-                        Ok(store) => store,
+                        Ok(store) => {
+                            // The trial's view (the pages redb wrote to it)
+                            // was freed in this thread's arena.
+                            crate::memory::release_free_memory();
+                            store
+                        }
                         Err(e) => {
                             let _ = opened_tx.send(Err(e));
                             return refuse_all(&rx);
