@@ -157,6 +157,9 @@ pub struct StateHealth {
 pub struct Persist {
     tx: Option<Sender<Msg>>,
     health: Arc<Mutex<StateHealth>>,
+    /// Set when the writer could not open the state file
+    /// ([`Persist::start_staged`]): nothing will ever be durable.
+    refused: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Persist {
@@ -211,6 +214,7 @@ impl Persist {
     ) -> std::io::Result<(Persist, JoinHandle<()>, OpenResult)> {
         let (tx, rx) = channel::<Msg>();
         let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+        let (refused_tx, refused_rx) = tokio::sync::watch::channel(false);
         let path = match &opening {
             Opening::Open(store) => store.path().to_owned(),
             Opening::Staged(staged) => staged.path().to_owned(),
@@ -233,6 +237,9 @@ impl Persist {
                             store
                         }
                         Err(e) => {
+                            // Before the caller hears of it: whoever then
+                            // looks finds the flag set.
+                            let _ = refused_tx.send(true);
                             let _ = opened_tx.send(Err(e));
                             return refuse_all(&rx);
                         }
@@ -246,6 +253,7 @@ impl Persist {
             Persist {
                 tx: Some(tx),
                 health,
+                refused: Some(refused_rx),
             },
             handle,
             opened_rx,
@@ -299,6 +307,25 @@ impl Persist {
             }
         }
         done_rx
+    }
+
+    /// The writer could not open the state file: no commit will ever be
+    /// durable, and what waits for one must be dropped, not released.
+    pub fn refused(&self) -> bool {
+        self.refused.as_ref().is_some_and(|r| *r.borrow())
+    }
+
+    /// Completes once [`Persist::refused`] is true; never otherwise.
+    pub async fn until_refused(&self) {
+        match self.refused.clone() {
+            Some(mut r) => {
+                if r.wait_for(|refused| *refused).await.is_err() {
+                    // The writer is gone without refusing.
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
     }
 
     /// The state file's health now.

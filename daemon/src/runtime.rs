@@ -738,10 +738,21 @@ impl Daemon {
         }
     }
 
-    /// Waits for every held turn and releases it.
+    /// Waits for every held turn and releases it. If the state file could
+    /// not be opened (aokd is stopping with that error) nothing held will
+    /// ever be durable: it is dropped, and no key of it goes on a socket.
     async fn release_all(&mut self) {
         while !self.held.is_empty() {
-            self.held.first_durable().await;
+            let persist = self.persist.clone();
+            tokio::select! {
+                () = self.held.first_durable() => {}
+                () = persist.until_refused() => {}
+            }
+            if self.persist.refused() {
+                warn!("the state file could not be opened: what waited for it is dropped");
+                self.held = HeldTurns::default();
+                return;
+            }
             self.release(Instant::now()).await;
         }
     }

@@ -591,3 +591,36 @@ fn a_damaged_record_that_decodes_fails_the_page_check() {
         Err(StateError::Corrupt { .. })
     ));
 }
+
+#[test]
+fn a_writer_that_cannot_open_the_file_never_says_durable() {
+    // The daemon's start-up: the writer finishes the open. When the page
+    // check fails, it says so, is marked refused, drops every change, and
+    // never completes a wait for a commit (a key would go on a socket).
+    let t = TempDir::new("state-refused");
+    let dir = state_dir(&t);
+    let file = common::state_file_with_a_damaged_record(&dir);
+    let damaged = std::fs::read(&file).expect("read");
+    let (staged, snapshot) = StateStore::open_staged(&dir).expect("the records decode");
+    let (persist, writer, mut opened) =
+        aokd::persist::Persist::start_staged(staged, &snapshot.mkts).expect("writer");
+    persist.send(aokd::persist::Op::DeleteSocket(1));
+    let mut durable = persist.durable();
+    // Answered in order, after the writer took the wait above.
+    persist.barrier();
+    assert!(matches!(
+        opened.try_recv(),
+        Ok(Err(StateError::Corrupt { .. }))
+    ));
+    assert!(persist.refused());
+    assert!(matches!(
+        durable.try_recv(),
+        Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+    ));
+    drop(persist);
+    writer.join().expect("writer");
+    assert!(
+        std::fs::read(&file).expect("read") == damaged,
+        "the file was changed"
+    );
+}
