@@ -31,7 +31,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(
     };
     let auth = local_auth(ctx, sa, true, &idi)?;
     let mut payloads = vec![Payload::IdI(idi)];
-    payloads.extend(cert_payloads(ctx, &sa.peer_certreq));
+    payloads.extend(cert_payloads(ctx, &sa.hs().peer_certreq));
     payloads.extend(certreq_payload(ctx));
     let other_established = ctx.sas.iter().any(IkeSa::is_authenticated);
     if !other_established {
@@ -90,9 +90,9 @@ fn signed_octets(sa: &IkeSa, for_initiator: bool, id: &IdPayload) -> Option<Vec<
     let suite = sa.suite?;
     let keys = sa.keys.as_ref()?;
     let (message, nonce, sk_p) = if for_initiator {
-        (&sa.init_request, &sa.nr, keys.sk_pi())
+        (&sa.hs().init_request, &sa.hs().nr, keys.sk_pi())
     } else {
-        (&sa.init_response, &sa.ni, keys.sk_pr())
+        (&sa.hs().init_response, &sa.hs().ni, keys.sk_pr())
     };
     let maced_id = suite.prf.prf(sk_p, &id.body());
     let mut signed = Vec::with_capacity(message.len() + nonce.len() + maced_id.len());
@@ -128,14 +128,14 @@ fn local_auth(
         });
     };
     let key = &sig.private_key;
-    match key.sign_auth(&signed, sa.peer_sig_hashes.as_deref(), &mut *ctx.rng) {
+    match key.sign_auth(&signed, sa.hs().peer_sig_hashes.as_deref(), &mut *ctx.rng) {
         Some((method, data)) => Ok(AuthPayload { method, data }),
         None => Err(NegotiationError::AuthenticationFailed(format!(
             "this side's {} key needs the peer to announce hash {} in \
              SIGNATURE_HASH_ALGORITHMS (RFC 7427 4), and it announced {}",
             key.scheme(),
             key.scheme().hash_id(),
-            match &sa.peer_sig_hashes {
+            match &sa.hs().peer_sig_hashes {
                 None => "none".to_string(),
                 Some(h) => format!("{h:?}"),
             }
@@ -385,7 +385,7 @@ fn accept_child(
     }
     let t = mkts::child_terms(ctx, offer, payloads)?;
     let recv_id = mkts::take_recv_id(ctx, t.send_id, now)?;
-    let master_key = mkts::child_master_key(sa, None, &sa.ni, &sa.nr)?;
+    let master_key = mkts::child_master_key(sa, None, &sa.hs().ni, &sa.hs().nr)?;
     mkts::add_mkt(ctx, sa, t.mkt(recv_id, master_key), t.ports(), now);
     let mut reply = vec![t.sa_reply(recv_id, None)];
     reply.extend(t.selector_reply());
@@ -498,7 +498,7 @@ pub(super) fn on_response(
                     && payloads
                         .notify(NotifyType::TCP_AO_EXCLUDE_OPTIONS)
                         .is_some();
-                match mkts::child_master_key(&sa, None, &sa.ni, &sa.nr) {
+                match mkts::child_master_key(&sa, None, &sa.hs().ni, &sa.hs().nr) {
                     Ok(master_key) => {
                         let mkt = MasterKeyTuple {
                             send_id,

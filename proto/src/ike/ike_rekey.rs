@@ -200,14 +200,12 @@ fn rekeyed_sa(
     now: Instant,
 ) -> IkeSa {
     let rekey_at = lifecycle::ike_rekey_time(ctx, now);
-    let [ni, nr] = nonces.clone();
     IkeSa::rekeyed(
         old,
         role,
         (spi_i, spi_r),
         suite,
         keys,
-        (ni, nr),
         rekey_at,
         RekeyOrigin {
             old: old.local_spi(),

@@ -19,7 +19,7 @@ use super::context::{Ctx, Fate};
 use super::error::{IkeError, Misbehaviour, NegotiationError};
 use super::event::{DropReason, Event, Role};
 use super::proposal;
-use super::sa::{IkeSa, Phase, SaState};
+use super::sa::{Handshake, IkeSa, Phase, SaState};
 use super::traffic::notify;
 use super::window::{PendingKind, Window};
 use super::PayloadsExt;
@@ -59,16 +59,14 @@ pub(super) fn start(ctx: &mut Ctx<'_>, now: Instant) -> Result<(), IkeError> {
         spi_r: 0,
         remote: ctx.pc.remote,
         created: now,
-        ni,
-        nr: Vec::new(),
+        handshake: Some(Box::new(Handshake {
+            ni,
+            ..Handshake::default()
+        })),
         suite: None,
         keys: None,
-        init_request: Vec::new(),
-        init_response: Vec::new(),
         peer_tcp_ao: false,
         peer_childless: false,
-        peer_sig_hashes: None,
-        peer_certreq: Vec::new(),
         fragment_len: None,
         fragments: None,
         window: Window::new(0),
@@ -101,12 +99,12 @@ fn send_init_request(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
         group: ke.group(),
         data: ke.public(),
     }));
-    payloads.push(Payload::Nonce(sa.ni.clone()));
+    payloads.push(Payload::Nonce(sa.hs().ni.clone()));
     payloads.extend(capability_payloads(ctx));
     let id = sa.window.init_id();
     let h = sa.header(ExchangeType::IKE_SA_INIT, id, false);
     let bytes = wire::emit_message(&h, &payloads);
-    sa.init_request = bytes.clone();
+    sa.hs_mut().init_request = bytes.clone();
     ctx.send_request(sa, id, vec![bytes], PendingKind::Init, now);
 }
 
@@ -166,8 +164,8 @@ pub(super) fn on_request(
         .iter()
         .find(|s| s.role == Role::Responder && s.spi_i == h.spi_i && s.remote == from)
         .map(|sa| {
-            (sa.init_request == datagram && !sa.init_response.is_empty())
-                .then(|| sa.init_response.clone())
+            (sa.hs().init_request == datagram && !sa.hs().init_response.is_empty())
+                .then(|| sa.hs().init_response.clone())
         });
     if let Some(replay) = answered {
         if let Some(r) = replay {
@@ -193,7 +191,7 @@ pub(super) fn on_request(
         .find(|s| {
             s.role == Role::Initiator && matches!(s.state(), SaState::InitSent | SaState::AuthSent)
         })
-        .map(|s| (s.local_spi(), s.ni.clone()));
+        .map(|s| (s.local_spi(), s.hs().ni.clone()));
     if !admit(ctx, now, from, h, msg, ni, own.is_some()) {
         return;
     }
@@ -290,19 +288,20 @@ pub(super) fn on_request(
         spi_r,
         remote: from,
         created: now,
-        ni: ni.to_vec(),
-        nr: nr.clone(),
+        handshake: Some(Box::new(Handshake {
+            ni: ni.to_vec(),
+            nr: nr.clone(),
+            init_request: datagram.to_vec(),
+            peer_sig_hashes: sig_hashes(&msg.payloads),
+            ..Handshake::default()
+        })),
         suite: Some(choice.suite),
         keys: Some(keys),
-        init_request: datagram.to_vec(),
-        init_response: Vec::new(),
         peer_tcp_ao: msg.payloads.notify(NotifyType::TCP_AO_SUPPORTED).is_some(),
         peer_childless: msg
             .payloads
             .notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED)
             .is_some(),
-        peer_sig_hashes: sig_hashes(&msg.payloads),
-        peer_certreq: Vec::new(),
         fragment_len: fragment_len(ctx, &msg.payloads, from),
         fragments: None,
         window: Window::new(1),
@@ -328,7 +327,7 @@ pub(super) fn on_request(
     payloads.extend(auth::certreq_payload(ctx));
     let rh = sa.header(ExchangeType::IKE_SA_INIT, 0, true);
     let bytes = wire::emit_message(&rh, &payloads);
-    sa.init_response = bytes.clone();
+    sa.hs_mut().init_response = bytes.clone();
     ctx.send(from, bytes);
     ctx.sas.insert(sa);
 }
@@ -575,20 +574,20 @@ pub(super) fn on_response(
         Err(e) => return lifecycle::fail(ctx, sa, Misbehaviour::KeyExchange(e).into(), false, now),
     };
     sa.spi_r = msg.header.spi_r;
-    sa.nr = nr.to_vec();
-    sa.keys = match derive_keys(suite, &gir, &sa.ni, nr, sa.spi_i, sa.spi_r) {
+    sa.hs_mut().nr = nr.to_vec();
+    sa.keys = match derive_keys(suite, &gir, &sa.hs().ni, nr, sa.spi_i, sa.spi_r) {
         Ok(k) => Some(k),
         Err(e) => return lifecycle::fail(ctx, sa, Misbehaviour::KeyExchange(e).into(), false, now),
     };
     sa.suite = Some(suite);
-    sa.init_response = datagram.to_vec();
+    sa.hs_mut().init_response = datagram.to_vec();
     sa.peer_tcp_ao = msg.payloads.notify(NotifyType::TCP_AO_SUPPORTED).is_some();
     sa.peer_childless = msg
         .payloads
         .notify(NotifyType::CHILDLESS_IKEV2_SUPPORTED)
         .is_some();
-    sa.peer_sig_hashes = sig_hashes(&msg.payloads);
-    sa.peer_certreq = auth::certreq_hashes(&msg.payloads);
+    sa.hs_mut().peer_sig_hashes = sig_hashes(&msg.payloads);
+    sa.hs_mut().peer_certreq = auth::certreq_hashes(&msg.payloads);
     sa.fragment_len = fragment_len(ctx, &msg.payloads, sa.remote);
     sa.window.complete();
     match auth::start(ctx, &mut sa, now) {

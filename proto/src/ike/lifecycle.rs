@@ -183,9 +183,11 @@ pub(super) fn peer_unreachable(
 /// signature hash algorithms (this side's AUTH). A route server keeps
 /// thousands of SAs (issue: scale, memory per peer).
 pub(super) fn authenticated(sa: &mut IkeSa) {
-    sa.ni = Vec::new();
-    sa.nr = Vec::new();
-    sa.peer_sig_hashes = None;
+    if let Some(hs) = sa.handshake.as_mut() {
+        hs.ni = Vec::new();
+        hs.nr = Vec::new();
+        hs.peer_sig_hashes = None;
+    }
 }
 
 pub(super) fn establish(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
@@ -194,11 +196,10 @@ pub(super) fn establish(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
     sa.announced = true;
     // The IKE_SA_INIT messages were only needed for the AUTH payloads (RFC
     // 7296 2.15), and are no longer replayed: a retransmitted IKE_SA_INIT
-    // of this SA is dropped. Freed, as the CERTREQ hashes are: an
-    // established SA keeps only what its later exchanges need.
-    sa.init_request = Vec::new();
-    sa.init_response = Vec::new();
-    sa.peer_certreq = Vec::new();
+    // of this SA is dropped. Freed with the rest of the handshake's data
+    // (the CERTREQ hashes): an established SA keeps only what its later
+    // exchanges need.
+    sa.handshake = None;
     sa.last_received = now;
     sa.rekey_at = ike_rekey_time(ctx, now);
     ctx.peer.last_error = None;
