@@ -273,6 +273,7 @@ impl Endpoint {
             self.owners.insert(*new, peer);
         }
         p.indexed = spis;
+        p.rt.tidy();
         if p.group.is_some() && !p.announced && p.sas.iter().any(IkeSa::is_authenticated) {
             p.announced = true;
             let g = &self.cfg.groups[p.group.unwrap_or_default()];
@@ -310,7 +311,7 @@ impl Endpoint {
         let p = &self.peers[peer];
         let idle = p.sas.iter().next().is_none()
             && p.rt.mkts.is_empty()
-            && p.rt.reservations.is_empty()
+            && p.rt.rare().reservations.is_empty()
             && p.rt.next_attempt.is_none();
         let Some(g) = p.group else { return };
         if p.removed || !idle {
@@ -496,7 +497,7 @@ impl Endpoint {
         let i = self.peer_index(peer_name)?;
         let count = self.with_peer(i, |ctx| {
             ctx.peer.next_attempt = None;
-            ctx.peer.next_child_attempt = None;
+            ctx.peer.set_next_child_attempt(None);
             for m in &mut ctx.peer.mkts {
                 m.rekey_at = None;
             }
@@ -553,7 +554,7 @@ impl Endpoint {
                     if let Some(m) = newest {
                         m.rekey_at = Some(now);
                     }
-                    ctx.peer.next_child_attempt = None;
+                    ctx.peer.set_next_child_attempt(None);
                     maintenance::handle_mkt_timers(ctx, now);
                 });
             }
@@ -568,7 +569,7 @@ impl Endpoint {
                 self.cfg.peers[i] = pc;
                 self.index(i);
                 self.with_peer(i, |ctx| {
-                    ctx.peer.last_error = None;
+                    ctx.peer.set_last_error(None);
                     ctx.peer.next_attempt = (had_sa || ctx.pc.initiate).then_some(now);
                 });
             }
@@ -617,7 +618,7 @@ impl Endpoint {
             PeerState::Established
         } else if sas.iter().any(|s| s.is_live()) {
             PeerState::Connecting
-        } else if peer.rt.last_error.is_some() {
+        } else if peer.rt.rare().last_error.is_some() {
             PeerState::Failed
         } else {
             PeerState::None
@@ -628,7 +629,7 @@ impl Endpoint {
             remote: p.remote,
             state,
             tcp_ao_capable: peer.rt.tcp_ao_capable,
-            last_error: peer.rt.last_error.clone(),
+            last_error: peer.rt.rare().last_error.clone(),
             sas: sas
                 .iter()
                 .map(|s| SaView {
@@ -649,7 +650,7 @@ impl Endpoint {
                 })
                 .collect(),
             mkts: mkts::views(&peer.rt),
-            reservations: peer.rt.reservations.clone(),
+            reservations: peer.rt.rare().reservations.clone(),
         }
     }
 
@@ -855,7 +856,7 @@ impl Endpoint {
     ) -> Result<(), IkeError> {
         let peer = self.peer_index(peer_name)?;
         self.with_peer(peer, |ctx| {
-            let list = &mut ctx.peer.reservations;
+            let list = &mut ctx.peer.rare_mut().reservations;
             match list
                 .iter_mut()
                 .find(|r| (r.send_id, r.recv_id) == (send_id, recv_id))

@@ -238,12 +238,14 @@ pub(super) fn on_request(
             // flood of them is a flood of answers, not of log lines.
             let due = ctx
                 .peer
+                .rare()
                 .init_refusal_reported
                 .is_none_or(|t| now >= t + INIT_REFUSAL_REPORT_EVERY);
             if due {
-                ctx.peer.init_refusal_reported = Some(now);
+                ctx.peer.rare_mut().init_refusal_reported = Some(now);
                 let name = ctx.name();
-                ctx.peer.last_error = Some(NotifyType::NO_PROPOSAL_CHOSEN.to_string());
+                ctx.peer
+                    .set_last_error(Some(NotifyType::NO_PROPOSAL_CHOSEN.to_string()));
                 ctx.out.event(Event::NegotiationFailed {
                     peer: name,
                     error: e.into(),

@@ -113,10 +113,10 @@ pub(super) fn fail(
     by_peer: bool,
     now: Instant,
 ) -> Fate {
-    ctx.peer.last_error = Some(match error.notify() {
+    ctx.peer.set_last_error(Some(match error.notify() {
         Some(n) if n.name().is_some() => n.to_string(),
         _ => error.to_string(),
-    });
+    }));
     ctx.out.event(Event::NegotiationFailed {
         peer: ctx.name(),
         error,
@@ -159,7 +159,7 @@ pub(super) fn peer_unreachable(
     reason: &'static str,
     now: Instant,
 ) -> Fate {
-    ctx.peer.last_error = Some(reason.to_string());
+    ctx.peer.set_last_error(Some(reason.to_string()));
     ctx.out.event(Event::NegotiationFailed {
         peer: ctx.name(),
         error: NegotiationError::Timeout.into(),
@@ -202,7 +202,7 @@ pub(super) fn establish(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
     sa.handshake = None;
     sa.last_received = now;
     sa.rekey_at = ike_rekey_time(ctx, now);
-    ctx.peer.last_error = None;
+    ctx.peer.set_last_error(None);
     ctx.peer.next_attempt = None;
     let older: Vec<u64> = ctx
         .sas
@@ -346,11 +346,12 @@ pub(super) fn sa_is_idle(sa: &IkeSa) -> bool {
 /// The TCP-AO child SA in IKE_AUTH failed; the IKE SA stays, and a fresh
 /// MKT is tried after `retry_interval`.
 pub(super) fn child_failed(ctx: &mut Ctx<'_>, error: IkeError, by_peer: bool, now: Instant) {
-    ctx.peer.next_child_attempt = Some(now + ctx.cfg.retry_interval);
-    ctx.peer.last_error = Some(match error.notify() {
+    ctx.peer
+        .set_next_child_attempt(Some(now + ctx.cfg.retry_interval));
+    ctx.peer.set_last_error(Some(match error.notify() {
         Some(n) if n.name().is_some() => n.to_string(),
         _ => error.to_string(),
-    });
+    }));
     ctx.out.event(Event::ChildFailed {
         peer: ctx.name(),
         error,

@@ -27,7 +27,7 @@ pub(super) fn deadline(ctx: &Ctx<'_>) -> Option<Instant> {
         [retransmit, half_open, sa.expires()]
     });
     let p = &*ctx.peer;
-    let reservation = p.reservations.iter().map(|r| r.until).min();
+    let reservation = p.rare().reservations.iter().map(|r| r.until).min();
     window_deadlines
         .chain([p.next_attempt, reservation])
         .chain(mkts::mkt_deadlines(ctx).map(Some))
@@ -59,7 +59,9 @@ pub(super) fn on_timeout(ctx: &mut Ctx<'_>, now: Instant) {
             ctx.sas.insert(sa);
         }
     }
-    ctx.peer.reservations.retain(|r| r.until > now);
+    if !ctx.peer.rare().reservations.is_empty() {
+        ctx.peer.rare_mut().reservations.retain(|r| r.until > now);
+    }
     handle_sa_timers(ctx, now);
     handle_mkt_timers(ctx, now);
     if ctx.peer.next_attempt.is_some_and(|t| t <= now) {
@@ -247,9 +249,10 @@ pub(super) fn handle_mkt_timers(ctx: &mut Ctx<'_>, now: Instant) {
             informational::start_child_deletes(ctx, s, deletes, now);
         }
         // A fresh MKT when there is none.
-        let due = ctx.peer.next_child_attempt.is_none_or(|t| t <= now);
+        let due = ctx.peer.rare().next_child_attempt.is_none_or(|t| t <= now);
         if due && mkts::needs_fresh_mkt(ctx, s) {
-            ctx.peer.next_child_attempt = Some(now + ctx.cfg.retry_interval);
+            ctx.peer
+                .set_next_child_attempt(Some(now + ctx.cfg.retry_interval));
             if let Err(e) = create_child::start(ctx, s, None, now) {
                 ctx.out.event(Event::ChildFailed {
                     peer: name.clone(),

@@ -87,7 +87,7 @@ pub(super) fn add_mkt_record(
             superseded.push((m.mkt.send_id, m.mkt.recv_id));
         }
     }
-    ctx.peer.next_child_attempt = None;
+    ctx.peer.set_next_child_attempt(None);
     let name = ctx.name();
     ctx.out.event(Event::MktCreated {
         peer: name.clone(),
@@ -252,7 +252,7 @@ pub(super) fn mkt_not_found(ctx: &mut Ctx<'_>, old: (u8, u8), now: Instant) {
         reason: "the peer no longer holds it (CHILD_SA_NOT_FOUND)",
     });
     if !ctx.peer.mkts.iter().any(|m| m.retire_at.is_none()) {
-        ctx.peer.next_child_attempt = Some(now);
+        ctx.peer.set_next_child_attempt(Some(now));
     }
 }
 
@@ -267,10 +267,11 @@ const RECENT_KEY_IDS_KEPT: usize = 16;
 /// found expired after a restart), so that new RecvIDs avoid them for
 /// [`RECENT_KEY_IDS_AVOIDED`]. O(1).
 pub(super) fn note_ended(peer: &mut PeerRuntime, send_id: u8, recv_id: u8, now: Instant) {
-    if peer.recent_key_ids.len() >= RECENT_KEY_IDS_KEPT {
-        peer.recent_key_ids.pop_front();
+    let recent = &mut peer.rare_mut().recent_key_ids;
+    if recent.len() >= RECENT_KEY_IDS_KEPT {
+        recent.pop_front();
     }
-    peer.recent_key_ids.push_back((send_id, recv_id, now));
+    recent.push_back((send_id, recv_id, now));
 }
 
 /// A RecvID for a new MKT with the peer: in [`crate::mkt::NEGOTIATED_KEY_IDS`], at random,
@@ -284,13 +285,15 @@ pub(super) fn allocate_recv_id(ctx: &mut Ctx<'_>, now: Instant) -> Option<u8> {
         .iter()
         .map(|m| m.mkt.recv_id)
         .chain(
-            p.reservations
+            p.rare()
+                .reservations
                 .iter()
                 .filter(|r| r.until > now)
                 .map(|r| r.recv_id),
         )
         .collect();
     let recent: Vec<u8> = p
+        .rare()
         .recent_key_ids
         .iter()
         .filter(|(_, _, ended)| now.saturating_duration_since(*ended) < RECENT_KEY_IDS_AVOIDED)
@@ -318,7 +321,8 @@ pub(super) fn allocate_recv_id(ctx: &mut Ctx<'_>, now: Instant) -> Option<u8> {
 pub(super) fn send_id_in_use(ctx: &Ctx<'_>, send_id: u8, now: Instant) -> bool {
     let p = &*ctx.peer;
     p.mkts.iter().any(|m| m.mkt.send_id == send_id)
-        || p.reservations
+        || p.rare()
+            .reservations
             .iter()
             .any(|r| r.until > now && r.send_id == send_id)
 }
@@ -502,7 +506,8 @@ pub(super) fn mkt_deadlines<'a>(ctx: &'a Ctx<'_>) -> impl Iterator<Item = Instan
     let sa = lifecycle::established_sa(ctx);
     let sa_free = sa.is_some_and(|s| !s.window.busy());
     let fresh = sa.filter(|s| needs_fresh_mkt(ctx, s)).map(|s| {
-        p.next_child_attempt
+        p.rare()
+            .next_child_attempt
             .unwrap_or(s.established_at.unwrap_or(s.created))
     });
     p.mkts
