@@ -362,10 +362,14 @@ pub struct KeyManager<K: SocketKeys = KernelKeys> {
     peers: Vec<CoveredPeer>,
     /// Peer name -> index in `peers` (names are unique).
     peer_index: BTreeMap<String, usize>,
-    /// Canonical address -> the peers with it, in `peers` order.
-    peers_by_ip: BTreeMap<IpAddr, Vec<usize>>,
-    /// TCP port -> the peers with it in `tcp_ports`, in `peers` order.
-    peers_by_port: BTreeMap<u16, Vec<usize>>,
+    /// (canonical address, peer): the peers with each address, in `peers`
+    /// order. Sets of pairs rather than a list per key: O(log n) to add or
+    /// take out a peer group's member among thousands on one port, and no
+    /// allocation of its own per address (issue: scale).
+    peers_by_ip: BTreeSet<(IpAddr, usize)>,
+    /// (TCP port, peer): the peers with each port in `tcp_ports`, in
+    /// `peers` order.
+    peers_by_port: BTreeSet<(u16, usize)>,
     registry: SocketRegistry,
     waiting: WaitingConnects<K::Socket>,
     acquire_timeout: Duration,
@@ -515,8 +519,8 @@ impl<K: SocketKeys> KeyManager<K> {
             keys,
             peers,
             peer_index: BTreeMap::new(),
-            peers_by_ip: BTreeMap::new(),
-            peers_by_port: BTreeMap::new(),
+            peers_by_ip: BTreeSet::new(),
+            peers_by_port: BTreeSet::new(),
             registry: SocketRegistry::new(),
             waiting: WaitingConnects::new(),
             acquire_timeout: cfg.daemon.acquire_timeout,
@@ -538,39 +542,20 @@ impl<K: SocketKeys> KeyManager<K> {
     /// with them).
     fn index_coverage(&mut self, i: usize) {
         let p = &self.peers[i];
-        let sorted_insert = |list: &mut Vec<usize>| {
-            if let Err(pos) = list.binary_search(&i) {
-                list.insert(pos, i);
-            }
-        };
-        sorted_insert(
-            self.peers_by_ip
-                .entry(crate::kernel::canonical(p.ip))
-                .or_default(),
-        );
+        self.peers_by_ip.insert((crate::kernel::canonical(p.ip), i));
         for &port in &p.ports {
             // Once per peer, even if its ports repeat.
-            sorted_insert(self.peers_by_port.entry(port).or_default());
+            self.peers_by_port.insert((port, i));
         }
     }
 
     /// Takes peer `i` out of the address and port indexes.
     fn unindex_coverage(&mut self, i: usize) {
         let p = &self.peers[i];
-        let ip = crate::kernel::canonical(p.ip);
-        if let Some(list) = self.peers_by_ip.get_mut(&ip) {
-            list.retain(|&j| j != i);
-            if list.is_empty() {
-                self.peers_by_ip.remove(&ip);
-            }
-        }
-        for port in &p.ports {
-            if let Some(list) = self.peers_by_port.get_mut(port) {
-                list.retain(|&j| j != i);
-                if list.is_empty() {
-                    self.peers_by_port.remove(port);
-                }
-            }
+        self.peers_by_ip
+            .remove(&(crate::kernel::canonical(p.ip), i));
+        for &port in &p.ports {
+            self.peers_by_port.remove(&(port, i));
         }
     }
 
@@ -870,19 +855,20 @@ impl<K: SocketKeys> KeyManager<K> {
     ) -> Vec<usize> {
         let local_port = local.map(|l| l.port());
         match role {
-            SocketRole::Listen => local_port
-                .and_then(|lp| self.peers_by_port.get(&lp))
-                .cloned()
-                .unwrap_or_default(),
+            SocketRole::Listen => local_port.map_or_else(Vec::new, |lp| {
+                self.peers_by_port
+                    .range((lp, 0)..=(lp, usize::MAX))
+                    .map(|&(_, i)| i)
+                    .collect()
+            }),
             SocketRole::Connect | SocketRole::Accepted => {
                 let Some(r) = remote else {
                     return Vec::new();
                 };
+                let ip = crate::kernel::canonical(r.ip());
                 self.peers_by_ip
-                    .get(&crate::kernel::canonical(r.ip()))
-                    .into_iter()
-                    .flatten()
-                    .copied()
+                    .range((ip, 0)..=(ip, usize::MAX))
+                    .map(|&(_, i)| i)
                     .filter(|&i| {
                         let p = &self.peers[i];
                         p.ports.contains(&r.port())

@@ -109,7 +109,9 @@ pub struct Endpoint {
     owners: BTreeMap<u64, usize>,
     /// Peers by IKE address and port, by IP address, and by name.
     by_addr: BTreeMap<SocketAddr, usize>,
-    by_ip: BTreeMap<IpAddr, Vec<usize>>,
+    /// (IP address, peer): a set of pairs rather than a list per address,
+    /// since most addresses have one peer (issue: scale, memory per peer).
+    by_ip: BTreeSet<(IpAddr, usize)>,
     by_name: BTreeMap<String, usize>,
     /// Removed peers still winding down, by name.
     removed_by_name: BTreeMap<String, usize>,
@@ -151,13 +153,13 @@ impl Endpoint {
             .into());
         }
         let mut by_addr = BTreeMap::new();
-        let mut by_ip: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
+        let mut by_ip = BTreeSet::new();
         let mut by_name = BTreeMap::new();
         let mut timers = TimerQueue::new(cfg.peers.len());
         let mut peers = Vec::with_capacity(cfg.peers.len());
         for (i, p) in cfg.peers.iter().enumerate() {
             by_addr.entry(p.remote).or_insert(i);
-            by_ip.entry(p.remote.ip()).or_default().push(i);
+            by_ip.insert((p.remote.ip(), i));
             by_name.entry(p.name.clone()).or_insert(i);
             timers.set(i, p.initiate.then_some(now));
             peers.push(Peer {
@@ -352,7 +354,7 @@ impl Endpoint {
     fn index(&mut self, i: usize) {
         let p = &self.cfg.peers[i];
         self.by_name.insert(p.name.clone(), i);
-        self.by_ip.entry(p.remote.ip()).or_default().push(i);
+        self.by_ip.insert((p.remote.ip(), i));
         self.by_addr.entry(p.remote).or_insert(i);
     }
 
@@ -364,20 +366,13 @@ impl Endpoint {
             self.by_name.remove(&p.name);
         }
         let ip = p.remote.ip();
-        if let Some(list) = self.by_ip.get_mut(&ip) {
-            list.retain(|&j| j != i);
-            if list.is_empty() {
-                self.by_ip.remove(&ip);
-            }
-        }
+        self.by_ip.remove(&(ip, i));
         if self.by_addr.get(&p.remote) == Some(&i) {
             self.by_addr.remove(&p.remote);
             // Another peer with that address and port takes its place.
-            let next = self.by_ip.get(&ip).and_then(|list| {
-                list.iter()
-                    .copied()
-                    .find(|&j| self.cfg.peers[j].remote == p.remote)
-            });
+            let next = self
+                .peers_at(ip)
+                .find(|&j| self.cfg.peers[j].remote == p.remote);
             if let Some(j) = next {
                 self.by_addr.insert(p.remote, j);
             }
@@ -449,7 +444,8 @@ impl Endpoint {
     /// the driver.
     /// Error: the address is in no group. O(groups + log n).
     pub fn add_member(&mut self, ip: IpAddr) -> Result<(String, bool), IkeError> {
-        if let Some(&i) = self.by_ip.get(&ip).and_then(|list| list.first()) {
+        let first = self.peers_at(ip).next();
+        if let Some(i) = first {
             // New to the driver: a member it was not told of yet.
             let p = &mut self.peers[i];
             let new = p.group.is_some() && !p.announced;
@@ -829,10 +825,18 @@ impl Endpoint {
         if let Some(&i) = self.by_addr.get(&from) {
             return Some(i);
         }
-        match self.by_ip.get(&from.ip()).map(Vec::as_slice) {
-            Some([i]) => Some(*i),
+        let mut at = self.peers_at(from.ip());
+        match (at.next(), at.next()) {
+            (Some(i), None) => Some(i),
             _ => None,
         }
+    }
+
+    /// The peers with IP address `ip`, by slot. O(log n) to the first.
+    fn peers_at(&self, ip: IpAddr) -> impl Iterator<Item = usize> + '_ {
+        self.by_ip
+            .range((ip, 0)..=(ip, usize::MAX))
+            .map(|&(_, i)| i)
     }
 
     /// Keeps a KeyID pair out of use with the peer until `until`: no new
