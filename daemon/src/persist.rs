@@ -361,7 +361,9 @@ fn refuse_all(rx: &Receiver<Msg>) {
 }
 
 /// An MKT record's key: peer, SendID, RecvID.
-type MktKey = (String, u8, u8);
+/// The name is shared by the two indexes below (one allocation per MKT,
+/// not two).
+type MktKey = (Arc<str>, u8, u8);
 
 /// The writer thread's state.
 struct Writer {
@@ -396,7 +398,7 @@ impl Writer {
         };
         for r in mkts {
             writer.set_expiry(
-                (r.peer.clone(), r.send_id, r.recv_id),
+                (r.peer.as_str().into(), r.send_id, r.recv_id),
                 Some(r.expires_at_unix),
             );
         }
@@ -481,9 +483,9 @@ impl Writer {
                     let Some((_, (peer, send_id, recv_id))) = self.expiry.pop_first() else {
                         break;
                     };
-                    self.expires.remove(&(peer.clone(), send_id, recv_id));
+                    self.expires.remove(&(Arc::clone(&peer), send_id, recv_id));
                     self.queue(Op::DeleteMkt {
-                        peer,
+                        peer: peer.to_string(),
                         send_id,
                         recv_id,
                     });
@@ -491,14 +493,14 @@ impl Writer {
                 return;
             }
             Op::PutMkt(r) => self.set_expiry(
-                (r.peer.clone(), r.send_id, r.recv_id),
+                (r.peer.as_str().into(), r.send_id, r.recv_id),
                 Some(r.expires_at_unix),
             ),
             Op::DeleteMkt {
                 peer,
                 send_id,
                 recv_id,
-            } => self.set_expiry((peer.clone(), *send_id, *recv_id), None),
+            } => self.set_expiry((peer.as_str().into(), *send_id, *recv_id), None),
             _ => {}
         }
         self.queue(op);
