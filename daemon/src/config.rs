@@ -320,7 +320,7 @@ pub struct PeerConfig {
     /// Whether MKTs cover TCP options.
     pub include_tcp_options: bool,
     /// TCP ports the MKTs are for (non-empty, no duplicates, 1..=65535).
-    pub tcp_ports: Vec<u16>,
+    pub tcp_ports: std::sync::Arc<[u16]>,
     /// IKE SA proposals in preference order (non-empty, no duplicates).
     pub ike_proposals: Vec<IkeSuite>,
     /// Whether aokd initiates an IKE SA with this peer at start.
@@ -1448,7 +1448,7 @@ impl Validator<'_> {
             signature,
             mac_algorithms,
             include_tcp_options: raw.include_tcp_options.unwrap_or(true),
-            tcp_ports,
+            tcp_ports: tcp_ports.into(),
             ike_proposals,
             initiate: raw.initiate.unwrap_or(true),
             backend,
@@ -2174,14 +2174,14 @@ mod tests {
         assert_eq!(g.identity, MemberIdentity::Address);
         assert!(g.template.signature.is_some());
         assert!(!g.template.initiate);
-        assert_eq!(g.template.tcp_ports, [179, 1790]);
+        assert_eq!(*g.template.tcp_ports, [179, 1790]);
         let ip: IpAddr = "127.16.3.4".parse().unwrap();
         assert!(g.contains(ip));
         assert!(!g.contains("127.17.0.1".parse().unwrap()));
         let m = g.member(ip);
         assert_eq!(m.name, "rs/127.16.3.4");
         assert_eq!(m.remote, ip);
-        assert_eq!(m.tcp_ports, [179, 1790]);
+        assert_eq!(*m.tcp_ports, [179, 1790]);
         let cfg =
             load_with_pubkey_files(0o600, &format!("{GROUP}remote_id = \"*.rs.example.net\"\n"))
                 .unwrap();

@@ -54,7 +54,8 @@ use crate::state::{MktRecord, SocketRecord, StateSnapshot};
 struct CoveredPeer {
     name: String,
     ip: IpAddr,
-    ports: Vec<u16>,
+    /// Shared with the configuration (a group's members share the group's).
+    ports: std::sync::Arc<[u16]>,
     backend: Backend,
     guard: MasterKeyTuple,
     /// How long a restored MKT stays after a new one exists.
@@ -543,7 +544,7 @@ impl<K: SocketKeys> KeyManager<K> {
     fn index_coverage(&mut self, i: usize) {
         let p = &self.peers[i];
         self.peers_by_ip.insert((crate::kernel::canonical(p.ip), i));
-        for &port in &p.ports {
+        for &port in p.ports.iter() {
             // Once per peer, even if its ports repeat.
             self.peers_by_port.insert((port, i));
         }
@@ -554,7 +555,7 @@ impl<K: SocketKeys> KeyManager<K> {
         let p = &self.peers[i];
         self.peers_by_ip
             .remove(&(crate::kernel::canonical(p.ip), i));
-        for &port in &p.ports {
+        for &port in p.ports.iter() {
             self.peers_by_port.remove(&(port, i));
         }
     }

@@ -184,7 +184,7 @@ mod tests {
         let c = plan.config.peers.iter().find(|p| p.name == "c").unwrap();
         assert_eq!(c.backend, crate::config::BackendChoice::TcpMd5);
         let a = plan.config.peers.iter().find(|p| p.name == "a").unwrap();
-        assert_eq!(a.tcp_ports, [646]);
+        assert_eq!(*a.tcp_ports, [646]);
     }
 
     /// A reload reads the `crl` files again: a CRL replaced on disk is in

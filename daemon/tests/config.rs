@@ -186,7 +186,7 @@ fn defaults() {
         ]
     );
     assert!(p.include_tcp_options);
-    assert_eq!(p.tcp_ports, vec![179]);
+    assert_eq!(*p.tcp_ports, [179]);
     assert_eq!(
         p.ike_proposals,
         vec![IkeSuite {
@@ -247,7 +247,7 @@ fn full_example_values() {
         Some(Identity::from_ip("2001:db8::1".parse().unwrap()))
     );
     assert!(!r3.include_tcp_options && !r3.initiate);
-    assert_eq!(r3.tcp_ports, vec![179, 1790]);
+    assert_eq!(*r3.tcp_ports, [179, 1790]);
     assert_eq!(r3.mac_algorithms, vec![MacAlgorithm::AesCmac96]);
     assert_eq!(r3.ike_proposals[0].group, DhGroup::ECP_256);
     assert_eq!(r3.lifetimes.mkt_lifetime, Duration::from_secs(40 * 60));
@@ -464,8 +464,8 @@ fn ports() {
         "twice",
     );
     assert_eq!(
-        t("tcp_ports = [1, 65535]").unwrap().peers[0].tcp_ports,
-        vec![1, 65535]
+        *t("tcp_ports = [1, 65535]").unwrap().peers[0].tcp_ports,
+        [1, 65535]
     );
     let r = load(
         &dir,
