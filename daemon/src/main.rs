@@ -562,7 +562,13 @@ fn load_compact(file: &Path) -> Result<Config, aokd::config::ConfigError> {
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })?;
-    let kept = Config::clone(&parsed);
+    let mut kept = Config::clone(&parsed);
+    // A clone shares what is behind an `Arc`: copied too, so that nothing
+    // kept stays in the parser's arena (and keeps its pages resident).
+    let templates = kept.groups.iter_mut().map(|g| &mut g.template);
+    for p in kept.peers.iter_mut().chain(templates) {
+        p.tcp_ports = p.tcp_ports.iter().copied().collect();
+    }
     drop(parsed);
     Ok(kept)
 }
