@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aokd_proto::crypto::sig::{PrivateKey, SignatureScheme};
-use aokd_proto::ike::{Event, PeerConfig, PeerKey, SignatureAuth};
+use aokd_proto::ike::cert::TrustAnchors;
+use aokd_proto::ike::{EndpointConfig, Event, PeerConfig, PeerKey, SignatureAuth};
 use aokd_proto::numbers::NotifyType;
+use harness::pki::{self, wall};
 use harness::{peer, NetParams, Sim, A_ADDR, B_ADDR};
 use p256::pkcs8::EncodePrivateKey;
 
@@ -268,120 +270,6 @@ fn psk_against_signature_is_refused_with_the_reason() {
 
 // ---- Certificates (CERT, CERTREQ, chains to configured CAs) ----
 
-mod pki {
-    use aokd_proto::crypto::sig::PrivateKey;
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
-
-    pub struct Ca {
-        pub cert: rcgen::Certificate,
-        pub key: KeyPair,
-    }
-
-    fn params(cn: &str) -> CertificateParams {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.not_before = rcgen::date_time_ymd(2026, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2027, 1, 1);
-        p
-    }
-
-    pub fn root(cn: &str) -> Ca {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-        let mut p = params(cn);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = p.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    pub fn intermediate(cn: &str, by: &Ca) -> Ca {
-        intermediate_with(cn, by, |_| {})
-    }
-
-    pub fn intermediate_with(cn: &str, by: &Ca, f: impl FnOnce(&mut CertificateParams)) -> Ca {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = params(cn);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        f(&mut p);
-        let cert = p.signed_by(&key, &by.cert, &by.key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// An end-entity certificate for `ip` with a key of `alg`, adjusted by
-    /// `f`, and its private key as the engine takes it.
-    pub fn leaf(
-        ip: std::net::IpAddr,
-        alg: &'static rcgen::SignatureAlgorithm,
-        by: &Ca,
-        f: impl FnOnce(&mut CertificateParams),
-    ) -> (Vec<u8>, PrivateKey) {
-        let key = KeyPair::generate_for(alg).unwrap();
-        let mut p = params(&ip.to_string());
-        p.subject_alt_names = vec![SanType::IpAddress(ip)];
-        f(&mut p);
-        let cert = p.signed_by(&key, &by.cert, &by.key).unwrap();
-        let pk = PrivateKey::from_pkcs8_der(&key.serialize_der()).unwrap();
-        (cert.der().to_vec(), pk)
-    }
-
-    pub fn serial(n: u64) -> impl FnOnce(&mut CertificateParams) {
-        move |p| p.serial_number = Some(rcgen::SerialNumber::from(n))
-    }
-
-    /// A CRL (DER) of `by` revoking `serials` for a superseded key.
-    pub fn crl(by: &Ca, serials: &[u64]) -> Vec<u8> {
-        rcgen::CertificateRevocationListParams {
-            this_update: rcgen::date_time_ymd(2026, 5, 1),
-            next_update: rcgen::date_time_ymd(2026, 6, 1),
-            crl_number: rcgen::SerialNumber::from(1u64),
-            issuing_distribution_point: None,
-            revoked_certs: serials
-                .iter()
-                .map(|s| rcgen::RevokedCertParams {
-                    serial_number: rcgen::SerialNumber::from(*s),
-                    revocation_time: rcgen::date_time_ymd(2026, 5, 2),
-                    reason_code: Some(rcgen::RevocationReason::Superseded),
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: rcgen::KeyIdMethod::Sha256,
-        }
-        .signed_by(&by.cert, &by.key)
-        .unwrap()
-        .der()
-        .to_vec()
-    }
-}
-
-use aokd_proto::ike::cert::TrustAnchors;
-use aokd_proto::ike::EndpointConfig;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// 2026-05-28T20:26:40Z, inside the certificates' validity.
-fn wall() -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(1_780_000_000)
-}
-
-fn cert_auth(chain: Vec<Vec<u8>>, key: PrivateKey, ca: &pki::Ca) -> Arc<SignatureAuth> {
-    cert_auth_crls(chain, key, ca, &[])
-}
-
-fn cert_auth_crls(
-    chain: Vec<Vec<u8>>,
-    key: PrivateKey,
-    ca: &pki::Ca,
-    crls: &[Vec<u8>],
-) -> Arc<SignatureAuth> {
-    let anchors = TrustAnchors::from_der(&[ca.cert.der().to_vec()])
-        .unwrap()
-        .with_crls(crls)
-        .unwrap();
-    Arc::new(SignatureAuth {
-        private_key: key,
-        certificates: chain,
-        peer: PeerKey::Certificate(anchors),
-    })
-}
-
 /// A and B with certificates from `ca`, each trusting `ca`; B only
 /// responds.
 fn cert_sim(
@@ -403,8 +291,8 @@ fn cert_sim_crls(
 ) -> Sim {
     let mut pa = peer("b", A_ADDR, B_ADDR, b"unused");
     let mut pb = peer("a", B_ADDR, A_ADDR, b"unused");
-    pa.signature = Some(cert_auth_crls(a.0, a.1, ca, crls));
-    pb.signature = Some(cert_auth_crls(b.0, b.1, ca, crls));
+    pa.signature = Some(pki::chain_auth(a.0, a.1, ca, crls));
+    pb.signature = Some(pki::chain_auth(b.0, b.1, ca, crls));
     pb.initiate = false;
     let mut ca_cfg = EndpointConfig::new(vec![pa]);
     let mut cb_cfg = EndpointConfig::new(vec![pb]);
@@ -413,6 +301,7 @@ fn cert_sim_crls(
     Sim::pair_with(seed, NetParams::default(), ca_cfg, cb_cfg)
 }
 
+/// [`pki::leaf`] as a chain of one certificate.
 fn leaf_chain(
     ip: std::net::IpAddr,
     alg: &'static rcgen::SignatureAlgorithm,
@@ -575,8 +464,8 @@ fn certreq_is_honoured_when_choosing_the_chain_to_send() {
         let (b_chain, b_key) = chain(B_ADDR.ip());
         let mut pa = peer("b", A_ADDR, B_ADDR, b"unused");
         let mut pb = peer("a", B_ADDR, A_ADDR, b"unused");
-        pa.signature = Some(cert_auth(a_chain, a_key, &ca));
-        pb.signature = Some(cert_auth(b_chain, b_key, b_trusts));
+        pa.signature = Some(pki::chain_auth(a_chain, a_key, &ca, &[]));
+        pb.signature = Some(pki::chain_auth(b_chain, b_key, b_trusts, &[]));
         pb.initiate = false;
         let mut ca_cfg = EndpointConfig::new(vec![pa]);
         let mut cb_cfg = EndpointConfig::new(vec![pb]);
@@ -741,8 +630,13 @@ fn crls_signed_by_another_ca_do_not_count() {
     let mut pb = peer("a", B_ADDR, A_ADDR, b"unused");
     let (ac, ak) = pki::leaf(A_ADDR.ip(), &rcgen::PKCS_ED25519, &i1, pki::serial(0x23));
     let (bc, bk) = b();
-    pa.signature = Some(cert_auth(vec![ac, i1.cert.der().to_vec()], ak, &ca));
-    pb.signature = Some(cert_auth_crls(bc, bk, &ca, &[pki::crl(&fake_i1, &[0x99])]));
+    pa.signature = Some(pki::chain_auth(
+        vec![ac, i1.cert.der().to_vec()],
+        ak,
+        &ca,
+        &[],
+    ));
+    pb.signature = Some(pki::chain_auth(bc, bk, &ca, &[pki::crl(&fake_i1, &[0x99])]));
     pb.initiate = false;
     let mut ca_cfg = EndpointConfig::new(vec![pa]);
     let mut cb_cfg = EndpointConfig::new(vec![pb]);

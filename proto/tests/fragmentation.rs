@@ -12,61 +12,14 @@ mod harness;
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
-use aokd_proto::crypto::sig::PrivateKey;
-use aokd_proto::ike::cert::TrustAnchors;
-use aokd_proto::ike::{DropReason, EndpointConfig, Event, PeerKey, SignatureAuth};
+use aokd_proto::ike::{DropReason, EndpointConfig, Event, SignatureAuth};
 use aokd_proto::numbers::{ExchangeType, NotifyType, PayloadType};
 use aokd_proto::wire::{self, FragmentNumbers};
+use harness::pki::{self, wall};
 use harness::{peer, NetParams, Sim, A_ADDR, B_ADDR};
-
-mod pki {
-    use aokd_proto::crypto::sig::PrivateKey;
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
-
-    pub struct Ca {
-        pub cert: rcgen::Certificate,
-        pub key: KeyPair,
-    }
-
-    fn params(cn: &str) -> CertificateParams {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.not_before = rcgen::date_time_ymd(2026, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2027, 1, 1);
-        p
-    }
-
-    pub fn root(cn: &str) -> Ca {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-        let mut p = params(cn);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = p.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    pub fn intermediate(cn: &str, by: &Ca) -> Ca {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = params(cn);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = p.signed_by(&key, &by.cert, &by.key).unwrap();
-        Ca { cert, key }
-    }
-
-    pub fn leaf(
-        ip: std::net::IpAddr,
-        alg: &'static rcgen::SignatureAlgorithm,
-        by: &Ca,
-    ) -> (Vec<u8>, PrivateKey) {
-        let key = KeyPair::generate_for(alg).unwrap();
-        let mut p = params(&ip.to_string());
-        p.subject_alt_names = vec![SanType::IpAddress(ip)];
-        let cert = p.signed_by(&key, &by.cert, &by.key).unwrap();
-        let pk = PrivateKey::from_pkcs8_der(&key.serialize_der()).unwrap();
-        (cert.der().to_vec(), pk)
-    }
-}
 
 /// A root, two intermediates under it, and depth-3 chains under them.
 struct Pki {
@@ -83,31 +36,17 @@ impl Pki {
         Pki { root, i1, i2 }
     }
 
-    /// The end-entity certificate for `ip` and both intermediates.
-    fn chain(&self, ip: IpAddr, alg: &'static rcgen::SignatureAlgorithm) -> SignatureAuth {
-        let (der, key) = pki::leaf(ip, alg, &self.i2);
+    /// Signature authentication with the end-entity certificate for `ip`
+    /// and both intermediates, trusting the root.
+    fn chain(&self, ip: IpAddr, alg: &'static rcgen::SignatureAlgorithm) -> Arc<SignatureAuth> {
+        let (der, key) = pki::leaf(ip, alg, &self.i2, |_| {});
         let chain = vec![
             der,
             self.i2.cert.der().to_vec(),
             self.i1.cert.der().to_vec(),
         ];
-        self.auth(chain, key)
+        pki::chain_auth(chain, key, &self.root, &[])
     }
-
-    fn auth(&self, certificates: Vec<Vec<u8>>, private_key: PrivateKey) -> SignatureAuth {
-        SignatureAuth {
-            private_key,
-            certificates,
-            peer: PeerKey::Certificate(
-                TrustAnchors::from_der(&[self.root.cert.der().to_vec()]).unwrap(),
-            ),
-        }
-    }
-}
-
-/// 2026-05-28T20:26:40Z, inside the certificates' validity.
-fn wall() -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(1_780_000_000)
 }
 
 /// A and B at `a` / `b` with depth-3 chains (Ed25519 and ECDSA P-256), each
@@ -122,10 +61,8 @@ fn sim_at(
 ) -> Sim {
     let mut pa = peer("b", a, b, b"unused");
     let mut pb = peer("a", b, a, b"unused");
-    pa.signature = Some(std::sync::Arc::new(pki.chain(a.ip(), &rcgen::PKCS_ED25519)));
-    pb.signature = Some(std::sync::Arc::new(
-        pki.chain(b.ip(), &rcgen::PKCS_ECDSA_P256_SHA256),
-    ));
+    pa.signature = Some(pki.chain(a.ip(), &rcgen::PKCS_ED25519));
+    pb.signature = Some(pki.chain(b.ip(), &rcgen::PKCS_ECDSA_P256_SHA256));
     pa.initiate = a_initiates;
     pb.initiate = !a_initiates;
     let mut ca = EndpointConfig::new(vec![pa]);
