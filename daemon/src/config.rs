@@ -320,6 +320,8 @@ pub struct PeerConfig {
     /// Whether MKTs cover TCP options.
     pub include_tcp_options: bool,
     /// TCP ports the MKTs are for (non-empty, no duplicates, 1..=65535).
+    /// Shared (a group's members use the group's; [`Config::unshared_copy`]
+    /// copies it).
     pub tcp_ports: std::sync::Arc<[u16]>,
     /// IKE SA proposals in preference order (non-empty, no duplicates).
     pub ike_proposals: Vec<IkeSuite>,
@@ -711,6 +713,19 @@ struct RawLifetimes {
 // Loading and validation.
 
 impl Config {
+    /// A copy that shares nothing with `self`, not even what is behind an
+    /// `Arc` (a plain clone shares those): what `aokd` keeps after parsing
+    /// on a thread of its own, so that nothing kept stays in that thread's
+    /// allocator arena and keeps its pages resident.
+    pub fn unshared_copy(&self) -> Config {
+        let mut c = self.clone();
+        let templates = c.groups.iter_mut().map(|g| &mut g.template);
+        for p in c.peers.iter_mut().chain(templates) {
+            p.tcp_ports = p.tcp_ports.iter().copied().collect();
+        }
+        c
+    }
+
     /// Reads, parses and validates the configuration file at `path`,
     /// including every peer's PSK file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -2182,6 +2197,12 @@ mod tests {
         assert_eq!(m.name, "rs/127.16.3.4");
         assert_eq!(m.remote, ip);
         assert_eq!(*m.tcp_ports, [179, 1790]);
+        // A member shares the template's list; an unshared copy does not.
+        assert!(std::sync::Arc::ptr_eq(&m.tcp_ports, &g.template.tcp_ports));
+        let copy = cfg.unshared_copy();
+        let t = &copy.groups[0].template;
+        assert_eq!(t.tcp_ports, g.template.tcp_ports);
+        assert!(!std::sync::Arc::ptr_eq(&t.tcp_ports, &g.template.tcp_ports));
         let cfg =
             load_with_pubkey_files(0o600, &format!("{GROUP}remote_id = \"*.rs.example.net\"\n"))
                 .unwrap();

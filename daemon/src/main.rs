@@ -562,13 +562,7 @@ fn load_compact(file: &Path) -> Result<Config, aokd::config::ConfigError> {
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })?;
-    let mut kept = Config::clone(&parsed);
-    // A clone shares what is behind an `Arc`: copied too, so that nothing
-    // kept stays in the parser's arena (and keeps its pages resident).
-    let templates = kept.groups.iter_mut().map(|g| &mut g.template);
-    for p in kept.peers.iter_mut().chain(templates) {
-        p.tcp_ports = p.tcp_ports.iter().copied().collect();
-    }
+    let kept = parsed.unshared_copy();
     drop(parsed);
     Ok(kept)
 }
