@@ -100,7 +100,8 @@ pub struct AttachReply {
 pub enum AttachResult {
     Ok {
         installed: Installed,
-        /// The peers whose keys (or guards) are on the socket.
+        /// The peers whose keys (or guards) are on the socket, then the
+        /// peer groups whose prefix guard is on it (a listener).
         peers: Vec<String>,
         /// "tcp-ao" or "tcp-md5" (absent when nothing was installed).
         #[serde(default, skip_serializing_if = "Option::is_none")]

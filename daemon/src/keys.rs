@@ -44,9 +44,10 @@ use aokd_proto::mkt::MasterKeyTuple;
 use tracing::{debug, info, warn};
 
 use crate::config::{BackendChoice, Config};
+use crate::group_guard::{guard_listener, listener_prefixes, CoveredGroup};
 use crate::kernel::{Backend, Support};
 use crate::persist::{Op, Persist};
-use crate::socket_keys::{guard_key, KernelKeys, SocketKeys};
+use crate::socket_keys::{group_guard_key, guard_key, KernelKeys, SocketKeys};
 use crate::sockets::{reconcile_on, AttachedSocket, How, KeyIds, SocketRegistry};
 use crate::state::{MktRecord, SocketRecord, StateSnapshot};
 
@@ -105,6 +106,8 @@ pub enum Answer {
         mechanism: Option<Backend>,
         /// The peers whose guard is on it (no MKT with them).
         guarded: Vec<String>,
+        /// The peer groups whose prefix guard is on it (a listener).
+        groups: Vec<String>,
     },
     /// The socket could not be keyed.
     Error(String),
@@ -371,6 +374,10 @@ pub struct KeyManager<K: SocketKeys = KernelKeys> {
     /// (TCP port, peer): the peers with each port in `tcp_ports`, in
     /// `peers` order.
     peers_by_port: BTreeSet<(u16, usize)>,
+    /// The `[[peer_group]]`s, in file order (read at start only).
+    groups: Vec<CoveredGroup>,
+    /// The key of every group prefix guard ([`group_guard_key`]).
+    group_guard: MasterKeyTuple,
     registry: SocketRegistry,
     waiting: WaitingConnects<K::Socket>,
     acquire_timeout: Duration,
@@ -512,6 +519,15 @@ impl<K: SocketKeys> KeyManager<K> {
                 rollovers: 0,
             });
         }
+        let mut groups = Vec::with_capacity(cfg.groups.len());
+        for g in &cfg.groups {
+            groups.push(CoveredGroup {
+                name: g.name.clone(),
+                prefixes: g.prefixes.clone(),
+                ports: g.template.tcp_ports.clone(),
+                backend: resolve_backend(&g.template, support)?,
+            });
+        }
         if !chosen.is_empty() {
             let list: Vec<String> = chosen.iter().map(|(b, n)| format!("{b}={n}")).collect();
             info!(peers = %list.join(","), "key backends chosen");
@@ -522,6 +538,8 @@ impl<K: SocketKeys> KeyManager<K> {
             peer_index: BTreeMap::new(),
             peers_by_ip: BTreeSet::new(),
             peers_by_port: BTreeSet::new(),
+            groups,
+            group_guard: group_guard_key(&mut rand_core::OsRng),
             registry: SocketRegistry::new(),
             waiting: WaitingConnects::new(),
             acquire_timeout: cfg.daemon.acquire_timeout,
@@ -565,6 +583,9 @@ impl<K: SocketKeys> KeyManager<K> {
     pub fn check(&self, cfg: &Config) -> Result<(), BackendUnavailable> {
         for p in &cfg.peers {
             resolve_backend(p, self.support)?;
+        }
+        for g in &cfg.groups {
+            resolve_backend(&g.template, self.support)?;
         }
         Ok(())
     }
@@ -774,27 +795,42 @@ impl<K: SocketKeys> KeyManager<K> {
             .filter(|p| self.peer_index.contains_key(p.as_str()))
             .cloned()
             .collect();
-        if peers.is_empty() {
+        let addr = |a: &Option<String>| a.as_deref().and_then(|s| s.parse::<SocketAddr>().ok());
+        let local = addr(&rec.local);
+        // A listener of a peer group's port is covered by the group even
+        // with no member (its record names no peer then).
+        let groups = self.groups_covering(role, local);
+        if peers.is_empty() && groups.is_empty() {
             return Err("none of its peers is configured any more".into());
         }
-        self.keys
+        let sock = self
+            .keys
             .reacquire(rec.pid, rec.fd, rec.cookie)
             .map_err(|e| e.to_string())?;
-        let addr = |a: &Option<String>| a.as_deref().and_then(|s| s.parse::<SocketAddr>().ok());
+        // The groups' guard keys it had are kept (TCP-AO) or replaced in
+        // place (TCP-MD5); those of groups configured since are added.
+        let group_names = match self.guard_groups(&sock, local, &groups) {
+            Ok(names) => names,
+            Err(e) => {
+                warn!(pid = rec.pid, fd = rec.fd, error = %e, "cannot put the peer group guard on a listener");
+                Vec::new()
+            }
+        };
         let socket = AttachedSocket {
             id: 0,
             pid: rec.pid,
             fd: rec.fd,
             cookie: rec.cookie,
             role,
-            local: addr(&rec.local),
+            local,
             remote: addr(&rec.remote),
             peers,
             guarded: Vec::new(),
+            groups: group_names,
             attached_at: UNIX_EPOCH + Duration::from_secs(rec.attached_at_unix),
         };
         info!(pid = rec.pid, fd = rec.fd, role = role_name(role), peers = %socket.peers.join(","),
-            "attached socket from before the restart taken back");
+            groups = %socket.groups.join(","), "attached socket from before the restart taken back");
         let id = self.registry.add(socket);
         self.restored_sockets.insert(id);
         Ok(())
@@ -880,15 +916,70 @@ impl<K: SocketKeys> KeyManager<K> {
         }
     }
 
-    /// Puts the right keys (or guards) for `peers` on the socket of
-    /// `request`; returns the record to register and the guarded peers.
+    /// The peer groups (indexes in `groups`) whose prefix guard a socket
+    /// with `role` bound to `local` gets: a listener on one of their ports.
+    fn groups_covering(&self, role: SocketRole, local: Option<SocketAddr>) -> Vec<usize> {
+        match (role, local) {
+            (SocketRole::Listen, Some(l)) => (0..self.groups.len())
+                .filter(|&i| self.groups[i].covers_port(l.port()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Puts the prefix guards of `groups` on the listener `sock`, bound to
+    /// `local` ([`crate::group_guard`]); returns the groups' names.
+    fn guard_groups(
+        &self,
+        sock: &K::Socket,
+        local: Option<SocketAddr>,
+        groups: &[usize],
+    ) -> Result<Vec<String>, String> {
+        for backend in [Backend::Md5, Backend::Ao] {
+            let of: Vec<&CoveredGroup> = groups
+                .iter()
+                .map(|&i| &self.groups[i])
+                .filter(|g| g.backend == backend)
+                .collect();
+            if of.is_empty() {
+                continue;
+            }
+            let prefixes = listener_prefixes(local, of.iter().copied());
+            guard_listener(&self.keys, sock, backend, &prefixes, &self.group_guard).map_err(
+                |e| {
+                    let names: Vec<&str> = of.iter().map(|g| g.name.as_str()).collect();
+                    format!("peer group {}: {e}", names.join(", "))
+                },
+            )?;
+        }
+        Ok(groups
+            .iter()
+            .map(|&i| self.groups[i].name.clone())
+            .collect())
+    }
+
+    /// The backend of the peer group named `name`.
+    fn group_backend(&self, name: &str) -> Option<Backend> {
+        self.groups
+            .iter()
+            .find(|g| g.name == name)
+            .map(|g| g.backend)
+    }
+
+    /// Puts the right keys (or guards) for `peers`, and the prefix guards
+    /// of `groups`, on the socket of `request`; returns the record to
+    /// register and the guarded peers.
     fn key_socket(
         &self,
         request: &KeyRequest<K::Socket>,
         peers: &[usize],
+        groups: &[usize],
     ) -> Result<(AttachedSocket, Vec<String>), String> {
         let mut record = request.record.clone();
         record.peers.clear();
+        // The groups' guard first: a listener never holds a member's keys
+        // without the guard of the rest of its group's prefixes.
+        record.groups = self.guard_groups(&request.socket, record.local, groups)?;
         let mut guarded = Vec::new();
         for &i in peers {
             let p = &self.peers[i];
@@ -918,8 +1009,11 @@ impl<K: SocketKeys> KeyManager<K> {
         Ok((record, guarded))
     }
 
-    fn mechanism(&self, peers: &[usize]) -> Option<Backend> {
-        peers.first().map(|&i| self.peers[i].backend)
+    fn mechanism(&self, peers: &[usize], groups: &[String]) -> Option<Backend> {
+        peers
+            .first()
+            .map(|&i| self.peers[i].backend)
+            .or_else(|| groups.first().and_then(|g| self.group_backend(g)))
     }
 
     /// Handles one attach request at `now`: keys the socket and answers,
@@ -928,15 +1022,17 @@ impl<K: SocketKeys> KeyManager<K> {
     pub fn attach(&mut self, request: KeyRequest<K::Socket>, now: Instant) -> AttachOutcome {
         let role = request.record.role;
         let peers = self.covering(role, request.record.local, request.record.remote);
-        if peers.is_empty() {
+        let groups = self.groups_covering(role, request.record.local);
+        if peers.is_empty() && groups.is_empty() {
             return AttachOutcome::Answered(Answer::Ok {
                 installed: Installed::NotCovered,
                 peers: Vec::new(),
                 mechanism: None,
                 guarded: Vec::new(),
+                groups: Vec::new(),
             });
         }
-        let (record, guarded) = match self.key_socket(&request, &peers) {
+        let (record, guarded) = match self.key_socket(&request, &peers, &groups) {
             Ok(r) => r,
             Err(e) => {
                 warn!(pid = request.record.pid, fd = request.record.fd, error = %e, "cannot key an attached socket");
@@ -979,14 +1075,16 @@ impl<K: SocketKeys> KeyManager<K> {
         guarded: Vec<String>,
         recorded: Option<&SocketRecord>,
     ) -> Answer {
-        let mechanism = self.mechanism(peers);
-        let installed = if guarded.is_empty() {
+        let mechanism = self.mechanism(peers, &record.groups);
+        // A listener with only a group's guard (no member yet) is guarded.
+        let installed = if guarded.is_empty() && !peers.is_empty() {
             Installed::Keys
         } else {
             Installed::Guard
         };
         record.guarded = guarded.clone();
         let names = record.peers.clone();
+        let groups = record.groups.clone();
         let rec = socket_record(&record);
         if recorded != Some(&rec) {
             self.persist.send(Op::PutSocket(rec));
@@ -997,6 +1095,7 @@ impl<K: SocketKeys> KeyManager<K> {
             peers: names,
             mechanism,
             guarded,
+            groups,
         }
     }
 
@@ -1084,7 +1183,7 @@ impl<K: SocketKeys> KeyManager<K> {
     fn release(&mut self, w: Waiting<K::Socket>) -> Answered {
         let peers = [w.peer];
         let id = w.request.id;
-        let answer = match self.key_socket(&w.request, &peers) {
+        let answer = match self.key_socket(&w.request, &peers, &[]) {
             Ok((record, guarded)) => self.finish(record, &peers, guarded, Some(&w.recorded)),
             Err(e) => Answer::Error(e),
         };
@@ -1217,13 +1316,7 @@ impl<K: SocketKeys> KeyManager<K> {
                     if rolled && !outcome.guarded && !listening {
                         rollovers += 1;
                     }
-                    self.registry.set_guarded(
-                        id,
-                        match guard {
-                            Some(_) => vec![peer.to_string()],
-                            None => Vec::new(),
-                        },
-                    );
+                    self.registry.set_guarded_peer(id, peer, guard.is_some());
                 }
                 Err(e) => {
                     warn!(pid = rec.pid, fd = rec.fd, peer, error = %e, "cannot update socket keys")
@@ -1255,7 +1348,11 @@ impl<K: SocketKeys> KeyManager<K> {
         self.registry
             .iter()
             .map(|s| {
-                let backend = s.peers.first().and_then(|p| self.backend(p));
+                let backend = s
+                    .peers
+                    .first()
+                    .and_then(|p| self.backend(p))
+                    .or_else(|| s.groups.first().and_then(|g| self.group_backend(g)));
                 let info = match backend {
                     Some(Backend::Ao) => self
                         .keys
@@ -1264,16 +1361,24 @@ impl<K: SocketKeys> KeyManager<K> {
                         .and_then(|sock| self.keys.ao_info(&sock).ok()),
                     _ => None,
                 };
-                let guarded = !s.guarded.is_empty();
+                // A listener with only a group's guard is guarded too.
+                let guarded = !s.guarded.is_empty() || s.peers.is_empty();
+                let mut peers = s.peers.clone();
+                peers.extend(s.groups.iter().cloned());
                 SocketStatus {
                     pid: s.pid,
                     fd: s.fd,
                     role: role_name(s.role).to_string(),
                     local: s.local.map(|a| a.to_string()),
                     remote: s.remote.map(|a| a.to_string()),
-                    peers: s.peers.clone(),
+                    peers,
                     state: if guarded { "guarded" } else { "keys" }.to_string(),
-                    guard_reason: guarded.then(|| guard_reason(&s.guarded)),
+                    guard_reason: guarded.then(|| {
+                        crate::group_guard::with_groups(
+                            (!s.guarded.is_empty()).then(|| guard_reason(&s.guarded)),
+                            &s.groups,
+                        )
+                    }),
                     mechanism: backend.map(|b| b.to_string()),
                     attached_at: unix(s.attached_at),
                     pkt_good: info.as_ref().map(|i| i.pkt_good),
@@ -1413,6 +1518,7 @@ mod tests {
             remote: remote.map(|r| r.parse().expect("remote")),
             peers: Vec::new(),
             guarded: Vec::new(),
+            groups: Vec::new(),
             attached_at: UNIX_EPOCH,
         };
         let request = KeyRequest {
@@ -1528,6 +1634,7 @@ mod tests {
                         peers: vec!["a".into()],
                         mechanism: Some(Backend::Ao),
                         guarded: Vec::new(),
+                        groups: Vec::new(),
                     },
                     "{what}"
                 );
@@ -1568,6 +1675,7 @@ mod tests {
                 peers: vec!["a".into()],
                 mechanism: Some(Backend::Ao),
                 guarded: vec!["a".into()],
+                groups: Vec::new(),
             }
         );
         let ids = k.ids(listener);
@@ -2199,5 +2307,126 @@ mod tests {
         k.close(c);
         assert!(k.reacquire(PID, 3, c).is_err());
         assert_eq!(k.reacquire(PID, 4, l).ok(), Some(l));
+    }
+
+    /// A listener of a peer group's port gets the group's prefix guard
+    /// before any member exists (the addresses with no member fail closed),
+    /// keeps it beside the members' keys, and keeps it across a restart.
+    #[test]
+    fn a_group_listener_guards_the_prefix_beside_its_members() {
+        use crate::config::{MemberIdentity, PeerGroup};
+        // Peer "a" is on port 22 only: port 179 is the group's alone.
+        let mut cfg = config_of(&[("a", "10.9.0.1", 22)]);
+        let mut template = cfg.peers[0].clone();
+        template.name = "rs".into();
+        template.tcp_ports = std::sync::Arc::from(&[179u16][..]);
+        let group = PeerGroup {
+            name: "rs".into(),
+            prefixes: vec!["10.1.0.0/16".parse().expect("prefix")],
+            identity: MemberIdentity::Address,
+            template,
+        };
+        cfg.groups.push(group.clone());
+        let (mut km, k) = manager_with(cfg.clone());
+        let now = Instant::now();
+        let (req, listener) = request(
+            &k,
+            10,
+            SocketRole::Listen,
+            TcpState::Listen,
+            "0.0.0.0:179",
+            None,
+        );
+        let a = answer(km.attach(req, now));
+        assert_eq!(
+            a,
+            Answer::Ok {
+                installed: Installed::Guard,
+                peers: Vec::new(),
+                mechanism: Some(Backend::Ao),
+                guarded: Vec::new(),
+                groups: vec!["rs".into()],
+            }
+        );
+        let prefix_keys = |k: &FakeKernel| -> Vec<(String, u8, u8, u8)> {
+            let mut v: Vec<_> = k
+                .get(listener)
+                .keys
+                .iter()
+                .map(|x| (x.peer.to_string(), x.prefix, x.send_id, x.recv_id))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(prefix_keys(&k), [("10.1.0.0".to_string(), 16, 247, 247)]);
+        // Another port is the group's neither.
+        let (req, _) = request(
+            &k,
+            11,
+            SocketRole::Listen,
+            TcpState::Listen,
+            "0.0.0.0:180",
+            None,
+        );
+        assert_eq!(
+            installed(&answer(km.attach(req, now))),
+            Installed::NotCovered
+        );
+        let st = km.status(|_| "peer reason".into());
+        let l = st.iter().find(|s| s.fd == 10).expect("listener listed");
+        assert_eq!(
+            (l.state.as_str(), l.peers.clone()),
+            ("guarded", vec!["rs".to_string()])
+        );
+        assert!(
+            l.guard_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("peer group rs")),
+            "{l:?}"
+        );
+        // A member: its guard, then its MKT, next to the prefix guard.
+        let member = group.member("10.1.0.5".parse().expect("literal"));
+        assert!(km.add_peer(&member, now).is_empty());
+        let keys = prefix_keys(&k);
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(keys
+            .iter()
+            .any(|(a, p, s, r)| a == "10.1.0.5" && *p == 32 && is_guard((*s, *r)) && *s != 247));
+        let m1 = mkt(1, 2);
+        km.mkts_changed(&member.name, &[view(&m1, now, false)], now);
+        assert_eq!(
+            prefix_keys(&k),
+            [
+                ("10.1.0.0".to_string(), 16, 247, 247),
+                ("10.1.0.5".to_string(), 32, 1, 2)
+            ]
+        );
+        let st = km.status(|_| "peer reason".into());
+        let l = st.iter().find(|s| s.fd == 10).expect("listener listed");
+        assert_eq!(l.state, "keys", "{l:?}");
+        assert_eq!(l.peers, vec![member.name.clone(), "rs".to_string()]);
+
+        // A restart: the listener's record names no peer (the member is
+        // made again later), and it is taken back for the group; the guard
+        // key there is kept.
+        let rec = SocketRecord {
+            peers: Vec::new(),
+            ..socket_record(km.registry.get(1).expect("registered"))
+        };
+        let (mut km2, _) = manager_with(cfg);
+        let mut km2 = {
+            km2.keys = k.clone();
+            km2
+        };
+        let snapshot = StateSnapshot {
+            ike_sas: Vec::new(),
+            mkts: Vec::new(),
+            sockets: vec![rec],
+        };
+        let out = km2.restore(&snapshot, now, 1_000);
+        assert_eq!(out.sockets, 1, "{out:?}");
+        assert_eq!(prefix_keys(&k)[0], ("10.1.0.0".to_string(), 16, 247, 247));
+        let st = km2.status(|_| String::new());
+        assert_eq!(st[0].peers, vec!["rs".to_string()], "{st:?}");
     }
 }

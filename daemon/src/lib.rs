@@ -11,7 +11,8 @@
 //! - [`status`]: aoctl's answers; [`control`]: the control socket server;
 //!   [`metrics_file`]: those answers as OpenMetrics, written periodically.
 //! - [`attach`]: the attach socket server; [`keys`]: which keys go on which
-//!   attached socket (the key policy); [`sockets`]: the attached sockets and
+//!   attached socket (the key policy); [`group_guard`]: the peer groups'
+//!   prefix guard on listeners; [`sockets`]: the attached sockets and
 //!   reconciling one socket's keys; [`socket_keys`]: the one interface from
 //!   the key policy to a socket's keys (the kernel's, or a fake in tests);
 //!   [`kernel`]: TCP-AO and TCP-MD5 in the Linux kernel.
@@ -29,6 +30,7 @@ pub mod control;
 pub mod demo;
 pub mod endpoint_config;
 pub mod event_log;
+pub mod group_guard;
 pub mod held;
 pub mod kernel;
 pub mod keys;

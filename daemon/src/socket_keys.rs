@@ -13,8 +13,10 @@
 //! refuses (a duplicate KeyID, deleting a key in use, selecting keys on a
 //! listener), so that the policy is tested without root or real sockets.
 //!
-//! Also here: the dummy-key guard ([`guard_key`], docs/protocol.md "KeyID
-//! allocation"), whose KeyIDs come from proto's KeyID space.
+//! Also here: the dummy-key guards ([`guard_key`] for a peer,
+//! [`group_guard_key`] for a peer group's prefixes on a listener;
+//! docs/protocol.md "KeyID allocation"), whose KeyIDs come from proto's
+//! KeyID space.
 
 use std::io;
 use std::net::IpAddr;
@@ -32,13 +34,16 @@ use crate::sockets::{reacquire, Gone};
 /// KeyIDs reserved for the dummy-key guard, and the test for one: the
 /// KeyID space is defined once, in proto (docs/protocol.md "KeyID
 /// allocation").
-pub use aokd_proto::mkt::{is_guard_id, AOKD_GUARD_KEY_IDS, GUARD_KEY_IDS};
+pub use aokd_proto::mkt::{
+    is_guard_id, AOKD_GUARD_KEY_IDS, GROUP_GUARD_KEY_ID, GUARD_KEY_IDS, PEER_GUARD_KEY_IDS,
+};
 
 #[cfg(test)]
 pub mod fake;
 
 /// What aokd does to attached sockets' keys. `peer`/`prefix` name the
-/// peer's host key (aokd only uses host prefixes, no VRF binding).
+/// peer's host key, or a peer group's prefix for its guard on a listener
+/// (no VRF binding).
 pub trait SocketKeys {
     /// A socket aokd holds for the moment: it must drop it as soon as it
     /// has changed the keys (a descriptor, for the kernel).
@@ -94,6 +99,16 @@ pub trait SocketKeys {
 
     /// `TCP_MD5SIG_EXT` with no key: deletes the peer's TCP-MD5 host key.
     fn md5_del(&self, sock: &Self::Socket, peer: IpAddr) -> Result<(), KernelError>;
+
+    /// `TCP_MD5SIG_EXT` with `TCP_MD5SIG_FLAG_PREFIX`: sets (or replaces in
+    /// place) the key for `addr/prefix` (a peer group's guard).
+    fn md5_set_prefix(
+        &self,
+        sock: &Self::Socket,
+        addr: IpAddr,
+        prefix: u8,
+        key: &[u8],
+    ) -> Result<(), KernelError>;
 }
 
 /// The Linux kernel: the socket options of [`crate::kernel`] on a
@@ -160,13 +175,24 @@ impl SocketKeys for KernelKeys {
     fn md5_del(&self, sock: &OwnedFd, peer: IpAddr) -> Result<(), KernelError> {
         md5::del_key(sock, peer, None)
     }
+
+    fn md5_set_prefix(
+        &self,
+        sock: &OwnedFd,
+        addr: IpAddr,
+        prefix: u8,
+        key: &[u8],
+    ) -> Result<(), KernelError> {
+        md5::set_key(sock, addr, Some(prefix), key)
+    }
 }
 
 /// A dummy MKT that is never negotiated: a random 32-octet master key and
-/// SendID/RecvID drawn from aokd's half of the reserved range, 240-247
-/// ([`AOKD_GUARD_KEY_IDS`]; the preload library's guard uses 248-255, so
-/// the two never clash on a listener aokd takes over), HMAC-SHA-1-96 (which
-/// every TCP-AO kernel accepts), options included.
+/// SendID/RecvID drawn from the peer guards' part of aokd's half of the
+/// reserved range, 240-246 ([`PEER_GUARD_KEY_IDS`]; 247 is the group
+/// guard's, [`group_guard_key`], and the preload library's guard uses
+/// 248-255, so none of them clash on a listener aokd takes over),
+/// HMAC-SHA-1-96 (which every TCP-AO kernel accepts), options included.
 ///
 /// Installed for a peer on a socket before any real MKT exists, it makes
 /// the socket fail closed: with an AO key matching the peer the kernel drops
@@ -176,13 +202,29 @@ impl SocketKeys for KernelKeys {
 pub fn guard_key<R: RngCore + CryptoRng>(rng: &mut R) -> MasterKeyTuple {
     let mut key = vec![0u8; MASTER_KEY_LEN];
     rng.fill_bytes(&mut key);
-    let span = u32::from(AOKD_GUARD_KEY_IDS.end() - AOKD_GUARD_KEY_IDS.start()) + 1;
-    let mut pick = || AOKD_GUARD_KEY_IDS.start() + (rng.next_u32() % span) as u8;
+    let span = u32::from(PEER_GUARD_KEY_IDS.end() - PEER_GUARD_KEY_IDS.start()) + 1;
+    let mut pick = || PEER_GUARD_KEY_IDS.start() + (rng.next_u32() % span) as u8;
     let send_id = pick();
     let recv_id = pick();
     MasterKeyTuple {
         send_id,
         recv_id,
+        algorithm: MacAlgorithm::HmacSha1_96,
+        include_options: true,
+        master_key: Secret::new(key),
+    }
+}
+
+/// The guard of the peer groups' prefixes on a listener: like
+/// [`guard_key`], with SendID and RecvID [`GROUP_GUARD_KEY_ID`] (247),
+/// which no peer guard uses: a member's host guard overlaps its group's
+/// prefix, and Linux refuses overlapping keys that share a KeyID.
+pub fn group_guard_key<R: RngCore + CryptoRng>(rng: &mut R) -> MasterKeyTuple {
+    let mut key = vec![0u8; MASTER_KEY_LEN];
+    rng.fill_bytes(&mut key);
+    MasterKeyTuple {
+        send_id: GROUP_GUARD_KEY_ID,
+        recv_id: GROUP_GUARD_KEY_ID,
         algorithm: MacAlgorithm::HmacSha1_96,
         include_options: true,
         master_key: Secret::new(key),
@@ -225,13 +267,20 @@ mod tests {
             let g = guard_key(&mut rng);
             assert!(is_guard_id(g.send_id) && is_guard_id(g.recv_id), "{g:?}");
             assert!(
-                AOKD_GUARD_KEY_IDS.contains(&g.send_id) && AOKD_GUARD_KEY_IDS.contains(&g.recv_id),
+                PEER_GUARD_KEY_IDS.contains(&g.send_id) && PEER_GUARD_KEY_IDS.contains(&g.recv_id),
                 "{g:?}"
             );
             assert_eq!(g.master_key.len(), MASTER_KEY_LEN);
             seen.insert(g.send_id);
         }
-        assert_eq!(seen.len(), 8, "all 8 of aokd's guard ids are used");
+        assert_eq!(seen.len(), 7, "all 7 of the peer guards' ids are used");
+        assert!(
+            !seen.contains(&GROUP_GUARD_KEY_ID),
+            "247 is the group guard's"
+        );
+        let g = group_guard_key(&mut rng);
+        assert_eq!((g.send_id, g.recv_id), (247, 247));
+        assert!(AOKD_GUARD_KEY_IDS.contains(&g.send_id));
         assert!(!is_guard_id(239) && is_guard_id(240) && is_guard_id(255));
         let a = guard_key(&mut rng);
         let b = guard_key(&mut rng);

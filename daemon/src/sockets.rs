@@ -86,6 +86,9 @@ pub struct AttachedSocket {
     pub peers: Vec<String>,
     /// The peers whose guard is on the socket (no MKT with them).
     pub guarded: Vec<String>,
+    /// The peer groups whose prefix guard is on the socket (a listener on
+    /// one of their ports, [`crate::group_guard`]).
+    pub groups: Vec<String>,
     /// When it was attached.
     pub attached_at: SystemTime,
 }
@@ -131,6 +134,7 @@ impl AttachedSocket {
             remote,
             peers: Vec::new(),
             guarded: Vec::new(),
+            groups: Vec::new(),
             attached_at,
         })
     }
@@ -359,12 +363,23 @@ impl SocketRegistry {
         self.sockets.get(&id)
     }
 
-    /// Sets the peers whose guard is on the socket with `id` (the other
-    /// fields, which the indexes depend on, change only through
+    /// Marks whether the guard of `peer` (one of its peers) is on the
+    /// socket with `id`, leaving the other peers' marks as they are (the
+    /// other fields, which the indexes depend on, change only through
     /// [`SocketRegistry::add_peer`]).
-    pub fn set_guarded(&mut self, id: u64, guarded: Vec<String>) {
+    pub fn set_guarded_peer(&mut self, id: u64, peer: &str, guarded: bool) {
         if let Some(s) = self.sockets.get_mut(&id) {
-            s.guarded = guarded;
+            s.guarded.retain(|p| p != peer);
+            if guarded {
+                s.guarded.push(peer.to_string());
+            }
+        }
+    }
+
+    /// Sets the peer groups whose prefix guard is on the socket with `id`.
+    pub fn set_groups(&mut self, id: u64, groups: Vec<String>) {
+        if let Some(s) = self.sockets.get_mut(&id) {
+            s.groups = groups;
         }
     }
 
@@ -1443,6 +1458,7 @@ mod tests {
             remote: remote.map(|r| r.parse().unwrap()),
             peers: Vec::new(),
             guarded: Vec::new(),
+            groups: Vec::new(),
             attached_at: SystemTime::UNIX_EPOCH,
         };
         let listener = reg.add(rec(1, SocketRole::Listen, None));

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use aokd_api::attach::AttachResult;
+use aokd_api::attach::{AttachResult, Installed};
 use aokd_api::control::{
     Command, DaemonStatus, DosStatus, MktKey, MktStatus, NegotiationStatus, PeerStatus,
     ResponseData, ResponseResult, SaStatus, StateFileStatus,
@@ -358,11 +358,19 @@ pub fn attach_result(answer: Answer, reason: impl FnOnce(&[String]) -> String) -
     match answer {
         Answer::Ok {
             installed,
-            peers,
+            mut peers,
             mechanism,
             guarded,
+            groups,
         } => {
-            let reason = (!guarded.is_empty()).then(|| reason(&guarded));
+            let peers_reason = (!guarded.is_empty()).then(|| reason(&guarded));
+            // The groups' guard is the reason only where no member's keys
+            // are (a listener with no member yet).
+            let reason = match installed {
+                Installed::Guard => Some(crate::group_guard::with_groups(peers_reason, &groups)),
+                _ => peers_reason,
+            };
+            peers.extend(groups);
             result_ok(installed, peers, mechanism, reason)
         }
         Answer::Error(e) => result_error(e),

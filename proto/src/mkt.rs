@@ -18,8 +18,21 @@ pub const NEGOTIATED_KEY_IDS: core::ops::RangeInclusive<u8> = 0..=239;
 /// [`AOKD_GUARD_KEY_IDS`] and [`LIBRARY_GUARD_KEY_IDS`].
 pub const GUARD_KEY_IDS: core::ops::RangeInclusive<u8> = 240..=255;
 
-/// The KeyIDs (SendID and RecvID) of aokd's own guard.
+/// The KeyIDs (SendID and RecvID) of aokd's own guards: a peer's guard
+/// draws from [`PEER_GUARD_KEY_IDS`], a peer group's prefix guard on a
+/// listener is [`GROUP_GUARD_KEY_ID`].
 pub const AOKD_GUARD_KEY_IDS: core::ops::RangeInclusive<u8> = 240..=247;
+
+/// The KeyIDs of a peer's guard (a host key for the peer's address).
+pub const PEER_GUARD_KEY_IDS: core::ops::RangeInclusive<u8> = 240..=246;
+
+/// The SendID and RecvID of a peer group's prefix guard: a key for each
+/// of the group's prefixes on a listener of its ports, so that the
+/// addresses with no member yet fail closed. Distinct from every peer
+/// guard's, since Linux refuses (`EEXIST`) a key that shares its SendID or
+/// its RecvID with an overlapping one, and a member's host guard overlaps
+/// its group's prefix.
+pub const GROUP_GUARD_KEY_ID: u8 = 247;
 
 /// The KeyIDs (SendID and RecvID) of the preload library's guard (its
 /// `/0` key on a listener while aokd is away; preload/src/guard.rs keeps a
@@ -95,6 +108,9 @@ mod tests {
             assert!(!(aokd && library), "{id} in both guard ranges");
             assert_eq!(aokd || library, is_guard_id(id), "{id}");
             assert_ne!(is_guard_id(id), NEGOTIATED_KEY_IDS.contains(&id), "{id}");
+            let peer = PEER_GUARD_KEY_IDS.contains(&id);
+            assert_eq!(peer || id == GROUP_GUARD_KEY_ID, aokd, "{id}");
+            assert!(!(peer && id == GROUP_GUARD_KEY_ID), "{id}");
         }
     }
 }

@@ -1,7 +1,8 @@
 //! An in-memory kernel for the key policy's tests: sockets with a TCP
 //! state, a TCP-AO key list with Current_key and RNext_key, and TCP-MD5
 //! keys, refusing what Linux refuses (reference §1.6-1.8, docs/kernel.md):
-//! a second key with the same SendID or RecvID for a peer (`EEXIST`),
+//! a second key with the same SendID or RecvID for an overlapping address
+//! or prefix (`EEXIST`),
 //! deleting Current_key or RNext_key without naming replacements
 //! (`EBUSY`), selecting keys on a listener (`EINVAL`), selecting a key that
 //! is not there (`ENOENT`). Every change is logged in order.
@@ -45,6 +46,22 @@ pub struct FakeSocket {
     /// (SendID, RecvID) of RNext_key.
     pub rnext: Option<(u8, u8)>,
     pub md5: BTreeMap<IpAddr, Vec<u8>>,
+    /// TCP-MD5 prefix keys (`TCP_MD5SIG_FLAG_PREFIX`), by network and length.
+    pub md5_prefix: BTreeMap<(IpAddr, u8), Vec<u8>>,
+}
+
+/// Whether `a/alen` and `b/blen` share an address (as the kernel's
+/// overlap check of `TCP_AO_ADD_KEY` sees them).
+fn overlaps(a: IpAddr, alen: u8, b: IpAddr, blen: u8) -> bool {
+    use aokd_proto::ike::group::IpPrefix;
+    if a.is_ipv4() != b.is_ipv4() {
+        return false;
+    }
+    let len = alen.min(blen);
+    match (IpPrefix::new(a, len), IpPrefix::new(b, len)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +101,7 @@ impl FakeKernel {
                 current: None,
                 rnext: None,
                 md5: BTreeMap::new(),
+                md5_prefix: BTreeMap::new(),
             },
         );
         cookie
@@ -220,8 +238,7 @@ impl SocketKeys for FakeKernel {
                 return Err(err(op, libc::EINVAL));
             }
             if s.keys.iter().any(|k| {
-                k.peer == peer
-                    && k.prefix == prefix
+                overlaps(k.peer, k.prefix, peer, prefix)
                     && (k.send_id == mkt.send_id || k.recv_id == mkt.recv_id)
             }) {
                 return Err(err(op, libc::EEXIST));
@@ -343,6 +360,20 @@ impl SocketKeys for FakeKernel {
         self.with(*sock, Operation::Md5SigExt, |s, log| {
             s.md5.insert(canonical(peer), key.to_vec());
             log.push(format!("md5 set {peer}"));
+            Ok(())
+        })
+    }
+
+    fn md5_set_prefix(
+        &self,
+        sock: &u64,
+        addr: IpAddr,
+        prefix: u8,
+        key: &[u8],
+    ) -> Result<(), KernelError> {
+        self.with(*sock, Operation::Md5SigExt, |s, log| {
+            s.md5_prefix.insert((canonical(addr), prefix), key.to_vec());
+            log.push(format!("md5 set {addr}/{prefix}"));
             Ok(())
         })
     }
