@@ -44,15 +44,12 @@ fn member_status(d: &Daemon) -> Value {
         .unwrap_or(Value::Null)
 }
 
-#[test]
-fn a_connect_into_the_group_makes_a_member_on_demand_and_it_survives_a_restart() {
-    let test = "a_connect_into_the_group_makes_a_member_on_demand_and_it_survives_a_restart";
-    if !netns::prerequisites(test, false) {
-        return;
-    }
-    let started = Instant::now();
-    let t = Pair::new("groups", ADDR_A, ADDR_B);
-    let root = Ca::root("aokd group test root", KeyType::Ed25519).expect("root CA");
+/// Namespaces A and B (tag `tag`), certificates from a new CA, A's
+/// configuration with the group "rs" over 10.207.0.0/24 and B's with A as
+/// its passive peer, both TCP-MD5 on port 179.
+fn group_pair(tag: &str) -> Pair {
+    let t = Pair::new(tag, ADDR_A, ADDR_B);
+    let root = Ca::root(&format!("aokd {tag} test root"), KeyType::Ed25519).expect("root CA");
     let fa = root.ed25519_leaf_files(ADDR_A, &t.side_a.dir, "a", &[&root]);
     let fb = root.ed25519_leaf_files(ADDR_B, &t.side_b.dir, "b", &[&root]);
     let keys = "backend = \"tcp-md5\"\ntcp_ports = [179]\n";
@@ -60,6 +57,17 @@ fn a_connect_into_the_group_makes_a_member_on_demand_and_it_survives_a_restart()
         .write_group_config("rs", &["10.207.0.0/24"], &fa, keys);
     t.side_b
         .write_pubkey_config(&t.side_a, &fb, "", &format!("{keys}initiate = false\n"));
+    t
+}
+
+#[test]
+fn a_connect_into_the_group_makes_a_member_on_demand_and_it_survives_a_restart() {
+    let test = "a_connect_into_the_group_makes_a_member_on_demand_and_it_survives_a_restart";
+    if !netns::prerequisites(test, false) {
+        return;
+    }
+    let started = Instant::now();
+    let t = group_pair("groups");
     let check = std::process::Command::new(aokd_tests::binary("aokd"))
         .arg("check-config")
         .arg(t.side_a.config_path())
@@ -135,15 +143,7 @@ fn a_group_listener_refuses_unsigned_syns_until_a_member_has_keys() {
     if !netns::prerequisites(test, false) {
         return;
     }
-    let t = Pair::new("group-listener", ADDR_A, ADDR_B);
-    let root = Ca::root("aokd group listener test root", KeyType::Ed25519).expect("root CA");
-    let fa = root.ed25519_leaf_files(ADDR_A, &t.side_a.dir, "a", &[&root]);
-    let fb = root.ed25519_leaf_files(ADDR_B, &t.side_b.dir, "b", &[&root]);
-    let keys = "backend = \"tcp-md5\"\ntcp_ports = [179]\n";
-    t.side_a
-        .write_group_config("rs", &["10.207.0.0/24"], &fa, keys);
-    t.side_b
-        .write_pubkey_config(&t.side_a, &fb, "", &format!("{keys}initiate = false\n"));
+    let t = group_pair("group-listener");
     let da = t.start_a();
 
     // A's listener, attached, with no member anywhere yet.

@@ -28,20 +28,6 @@ B_IP=10.204.0.2
 CERTS=/opt/aokd/certs
 export TERM=dumb
 
-# daemon_table NS LOCAL: the [daemon] table of NS's aokd.
-daemon_table() {
-    cat <<EOF
-[daemon]
-listen = ["$2"]
-port = 500
-control_socket = "$T/$1/control.sock"
-state_dir = "$T/$1/state"
-attach_socket = "$T/$1/attach.sock"
-acquire_timeout = "10s"
-
-EOF
-}
-
 # copy_certs NS: NS's certificate, key (mode 600) and the CA into $T/NS.
 copy_certs() {
     cp "$CERTS/$1.crt" "$CERTS/ca.crt" "$T/$1/"
@@ -60,7 +46,7 @@ copy_certs a
 copy_certs b
 setup_link "$A_IP" "$B_IP"
 {
-    daemon_table a "$A_IP"
+    daemon_table a "$A_IP" 10s
     cat <<EOF
 [[peer_group]]
 name = "rs"
@@ -74,7 +60,7 @@ tcp_ports = [$PORT]
 EOF
 } >"$T/a/aokd.toml"
 {
-    daemon_table b "$B_IP"
+    daemon_table b "$B_IP" 10s
     cat <<EOF
 [[peer]]
 name = "a"

@@ -243,6 +243,22 @@ setup_link() {
     wait_until "the veth to carry a ping" 20 ip netns exec a ping -c 1 -W 1 "$2"
 }
 
+# daemon_table NS LOCAL [ACQUIRE_TIMEOUT]: the [daemon] table of NS's aokd (IKE on
+# LOCAL port 500, sockets and state_dir under $T/NS, acquire_timeout default 5s) and
+# an empty line.
+daemon_table() {
+    cat <<EOF
+[daemon]
+listen = ["$2"]
+port = 500
+control_socket = "$T/$1/control.sock"
+state_dir = "$T/$1/state"
+attach_socket = "$T/$1/attach.sock"
+acquire_timeout = "${3:-5s}"
+
+EOF
+}
+
 # write_config NS LOCAL REMOTE INITIATE [PSK]: $T/NS/aokd.toml for the aokd in NS,
 # whose one peer (named after the other namespace) is REMOTE: backend tcp-ao, TCP
 # port $PORT, state_dir $T/NS/state, the PSK (default $PSK) in $T/NS/peer.psk, and
@@ -251,15 +267,8 @@ write_config() {
     mkdir -p "$T/$1/state"
     chmod 700 "$T/$1/state"
     (umask 077 && printf '%s\n' "${5:-$PSK}" >"$T/$1/peer.psk")
-    cat >"$T/$1/aokd.toml" <<EOF
-[daemon]
-listen = ["$2"]
-port = 500
-control_socket = "$T/$1/control.sock"
-state_dir = "$T/$1/state"
-attach_socket = "$T/$1/attach.sock"
-acquire_timeout = "5s"
-
+    daemon_table "$1" "$2" >"$T/$1/aokd.toml"
+    cat >>"$T/$1/aokd.toml" <<EOF
 [[peer]]
 name = "$( [ "$1" = a ] && echo b || echo a)"
 remote = "$3"
