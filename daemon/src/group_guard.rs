@@ -16,7 +16,9 @@
 //!   holds IPv4 prefixes as v4-mapped ones.
 //! - After a restart the guard keys already on a TCP-AO listener are kept
 //!   (any never-sent key guards as well as another) and only the missing
-//!   ones added; TCP-MD5 keys are replaced in place, never removed.
+//!   ones added; other keys with KeyID 247 (a peer's guard from an aokd
+//!   whose peer guards still used it) are deleted first. TCP-MD5 keys are
+//!   replaced in place, never removed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,9 +82,9 @@ pub fn listener_prefixes<'a>(
 }
 
 /// Puts the guard key `guard` (KeyIDs [`GROUP_GUARD_KEY_ID`]) for each of
-/// `prefixes` on the listener `sock` with `backend`; TCP-AO guard keys of
-/// other prefixes are deleted. Returns how many keys were added or
-/// replaced.
+/// `prefixes` on the listener `sock` with `backend`; TCP-AO keys with
+/// KeyID 247 that are not one of these are deleted. Returns how many keys
+/// were added or replaced.
 pub fn guard_listener<K: SocketKeys>(
     keys: &K,
     sock: &K::Socket,
@@ -103,28 +105,27 @@ pub fn guard_listener<K: SocketKeys>(
                 Err(e) if e.cause() == Some(Cause::NotFound) => Vec::new(),
                 Err(e) => return Err(e),
             };
-            let is_group_guard = |k: &crate::kernel::ao::AoKeyInfo| {
-                k.send_id == GROUP_GUARD_KEY_ID
-                    && k.recv_id == GROUP_GUARD_KEY_ID
-                    && k.ifindex.is_none()
-                    && k.prefix < crate::kernel::host_prefix(canonical(k.peer))
-            };
-            let present: Vec<(std::net::IpAddr, u8)> = on_socket
-                .iter()
-                .filter(|k| is_group_guard(k))
-                .map(|k| (canonical(k.peer), k.prefix))
-                .collect();
             let wanted = |addr, len| prefixes.iter().any(|p| (p.addr(), p.len()) == (addr, len));
-            for &(addr, len) in present.iter().filter(|&&(a, l)| !wanted(a, l)) {
-                keys.ao_del(
-                    sock,
-                    addr,
-                    len,
-                    GROUP_GUARD_KEY_ID,
-                    GROUP_GUARD_KEY_ID,
-                    None,
-                    None,
-                )?;
+            // Every key with KeyID 247 is a group guard, or the guard of a
+            // peer from an aokd before peer guards left 247 (a listener
+            // taken back after an upgrade): that one would make Linux
+            // refuse the prefix guard, and the peer's own guard (240-246)
+            // comes back with its next re-key.
+            let mut present: Vec<(std::net::IpAddr, u8)> = Vec::new();
+            for k in on_socket.iter().filter(|k| {
+                (k.send_id == GROUP_GUARD_KEY_ID || k.recv_id == GROUP_GUARD_KEY_ID)
+                    && k.ifindex.is_none()
+            }) {
+                let (addr, len) = (canonical(k.peer), k.prefix);
+                let kept = k.send_id == GROUP_GUARD_KEY_ID
+                    && k.recv_id == GROUP_GUARD_KEY_ID
+                    && wanted(addr, len);
+                if kept {
+                    present.push((addr, len));
+                } else {
+                    // A listener has no Current_key or RNext_key to move.
+                    keys.ao_del(sock, addr, len, k.send_id, k.recv_id, None, None)?;
+                }
             }
             let mut added = 0;
             for p in prefixes {
@@ -216,6 +217,38 @@ mod tests {
             guard_listener(&k, &sock, Backend::Ao, &moved, &again).expect("moved"),
             1
         );
+        // A peer guard from before peer guards left 247, on a listener
+        // taken back after an upgrade: it goes, the prefix guard comes.
+        let old_guard = MasterKeyTuple {
+            send_id: 247,
+            recv_id: 243,
+            ..guard_key(&mut rand_core::OsRng)
+        };
+        k.ao_add(
+            &sock,
+            "10.3.0.9".parse().expect("literal"),
+            32,
+            &old_guard,
+            false,
+            false,
+        )
+        .expect("old guard");
+        let upgraded: Vec<IpPrefix> = vec![
+            "10.2.0.0/16".parse().expect("prefix"),
+            "10.3.0.0/16".parse().expect("prefix"),
+        ];
+        assert_eq!(
+            guard_listener(&k, &sock, Backend::Ao, &upgraded, &again).expect("upgraded"),
+            1
+        );
+        assert!(
+            !k.ao_keys(&sock)
+                .expect("keys")
+                .iter()
+                .any(|x| x.peer.to_string() == "10.3.0.9"),
+            "the old guard with KeyID 247 was deleted"
+        );
+        let _ = guard_listener(&k, &sock, Backend::Ao, &moved, &again).expect("back");
         let keys = k.ao_keys(&sock).expect("keys");
         let mut on: Vec<(String, u8, u8)> = keys
             .iter()
