@@ -281,17 +281,12 @@ fn refused_at_start(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("aokd kept running with a refused state file");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let pidfd = aokd_sys::pidfd_open(i32::try_from(child.id()).unwrap()).unwrap();
+    if !aokd_sys::wait_exit(std::os::fd::AsFd::as_fd(&pidfd), Duration::from_secs(20)).unwrap() {
+        let _ = child.kill();
+        panic!("aokd kept running with a refused state file");
+    }
+    let status = child.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");

@@ -9,7 +9,8 @@
 //! - [`addr`]: `SocketAddr` to and from `sockaddr_in`/`sockaddr_in6`,
 //!   `getsockname`/`getpeername`;
 //! - [`scm`]: one descriptor sent or received with `SCM_RIGHTS`;
-//! - [`pidfd`]: `pidfd_open` and `pidfd_getfd`;
+//! - [`pidfd`]: `pidfd_open` and `pidfd_getfd`, and waiting for a process
+//!   to exit;
 //! - [`group`]: group names to ids;
 //! - [`sock`]: TCP sockets, `connect`, and the socket queries (`SO_COOKIE`,
 //!   `SO_DOMAIN`, `TCP_INFO` state, ...).
@@ -33,7 +34,7 @@ pub use addr::{
     to_sockaddr,
 };
 pub use group::group_id;
-pub use pidfd::{pidfd_getfd, pidfd_open};
+pub use pidfd::{pidfd_getfd, pidfd_open, wait_exit};
 pub use scm::{recv_with_fd, recv_with_fd_wait, send_with_fd, send_with_fds, MAX_RECEIVED_FDS};
 pub use sock::{
     connect, is_listening, set_receive_buffer, socket_cookie, socket_domain, socket_protocol,

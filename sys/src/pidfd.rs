@@ -1,6 +1,8 @@
 //! `pidfd_open(2)` and `pidfd_getfd(2)`, by raw `syscall(2)` (glibc has no
 //! wrapper for the latter): how aokd takes a fresh descriptor of a socket
-//! that an attached process still holds.
+//! that an attached process still holds. Also [`wait_exit`]: waiting for a
+//! process to end, with a deadline, as an event (the tests' child
+//! processes).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -50,6 +52,36 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     unsafe { owned_from_syscall(rc) }
 }
 
+/// Waits up to `timeout` for the process of `pidfd` to exit: `poll(2)`
+/// reports a pidfd readable once its process has ended. Returns whether it
+/// has (it is not reaped: `wait` it afterwards).
+pub fn wait_exit(pidfd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // Rounded up, so that a wait never ends before the deadline.
+        let ms = c_int::try_from(left.as_micros().div_ceil(1000)).unwrap_or(c_int::MAX);
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd that lives across the call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc > 0 {
+            return Ok(true);
+        }
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+    }
+}
+
 /// `pidfd_getfd(pidfd, fd, 0)` (Linux 5.6): a new descriptor in this
 /// process for the open file that descriptor `fd` refers to in the process
 /// of `pidfd`, close-on-exec. Closing it does not close the target's
@@ -79,6 +111,24 @@ mod tests {
     use super::*;
     use crate::sock::{socket_cookie, socket_domain, tcp_socket};
     use std::os::fd::AsFd;
+
+    #[test]
+    fn wait_exit_sees_a_child_end_and_times_out_while_it_runs() {
+        use std::time::Duration;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let pidfd = pidfd_open(pid).expect("pidfd_open");
+        assert!(!wait_exit(pidfd.as_fd(), Duration::from_millis(30)).expect("poll"));
+        child.kill().expect("kill");
+        assert!(wait_exit(pidfd.as_fd(), Duration::from_secs(10)).expect("poll"));
+        assert!(
+            child.try_wait().expect("wait").is_some(),
+            "exited, so reaped at once"
+        );
+    }
 
     #[test]
     fn pidfd_getfd_on_our_own_pid_yields_the_same_socket() {

@@ -126,22 +126,27 @@ impl Proc {
     /// Once it has exited, the rest of its stdout is collected.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if self.status.is_none() {
-            let deadline = Instant::now() + timeout;
-            loop {
-                match self.child.try_wait() {
-                    Ok(Some(st)) => {
-                        self.status = Some(st);
-                        break;
+            // The child's exit as an event: its pidfd becomes readable.
+            let exited = match self.child.try_wait() {
+                Ok(Some(st)) => Some(st),
+                Ok(None) => {
+                    let pid = i32::try_from(self.child.id()).expect("pid");
+                    let pidfd = aokd_sys::pidfd_open(pid)
+                        .unwrap_or_else(|e| panic!("{}: pidfd_open: {e}", self.name));
+                    let ended = aokd_sys::wait_exit(std::os::fd::AsFd::as_fd(&pidfd), timeout)
+                        .unwrap_or_else(|e| panic!("{}: poll: {e}", self.name));
+                    if !ended {
+                        return None;
                     }
-                    Ok(None) if Instant::now() < deadline => {
-                        // Child exit is not an event we can block on with a
-                        // deadline in std; poll it at a short interval.
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Ok(None) => return None,
-                    Err(e) => panic!("{}: wait: {e}", self.name),
+                    Some(
+                        self.child
+                            .wait()
+                            .unwrap_or_else(|e| panic!("{}: wait: {e}", self.name)),
+                    )
                 }
-            }
+                Err(e) => panic!("{}: wait: {e}", self.name),
+            };
+            self.status = exited;
             // The pipes close when the child (and anything it left holding
             // them) is gone; give the readers a bounded time to finish.
             let deadline = Instant::now() + Duration::from_secs(2);
