@@ -535,17 +535,21 @@ fn fails_at_start(file: &std::path::Path, needles: &[&str]) -> String {
 /// directory or file, and leaves no socket or socket directory behind.
 #[test]
 fn a_failed_bind_creates_no_state() {
-    // The IKE port is taken.
+    // The IKE port is taken: held from the start (bound to port 0 first and
+    // written into the configuration), so no other test can take it between.
     let dir = TempDir::new("cli-port-taken");
     let file = state_config(&dir);
+    let taken = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+    let port = taken.local_addr().unwrap().port();
     let text = std::fs::read_to_string(&file).unwrap();
-    let port: u16 = text
+    let text: String = text
         .lines()
-        .find_map(|l| l.strip_prefix("port = "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    let taken = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+        .map(|l| match l.strip_prefix("port = ") {
+            Some(_) => format!("port = {port}\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&file, text).unwrap();
     let addr = format!("127.0.0.1:{port}");
     fails_at_start(&file, &["cannot bind UDP", addr.as_str()]);
     drop(taken);
