@@ -123,7 +123,8 @@ seg_new() {
         END { print n + 0 }' "$T/old-keyids" "$T/segments.txt"
 }
 
-# log_ms LOG PATTERN: the time (Unix ms) of the first line of LOG matching PATTERN
+# log_ms LOG PATTERN: the time (Unix ms) of the first line of LOG ("-": standard input; the
+# VM has no /dev/stdin) matching PATTERN
 # (the RFC 3339 UTC timestamp aokd's log lines start with), or "-".
 log_ms() {
     ts=$(grep -m 1 -e "$2" "$1" | cut -d' ' -f1)
@@ -142,7 +143,7 @@ log_ms() {
 # MKT has expired), or nothing.
 keyid_reused_ms() {
     grep -e "MKT negotiated .* send_id=$2 " "$1" | while IFS= read -r line; do
-        t=$(printf '%s\n' "$line" | log_ms /dev/stdin .)
+        t=$(printf '%s\n' "$line" | log_ms - .)
         if [ "$t" != - ] && [ "$t" -gt "$3" ]; then
             echo "$t"
             break

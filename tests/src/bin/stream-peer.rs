@@ -34,8 +34,9 @@
 //! `{"event":"sample","role":...,"t_ms":...,"unix_ms":...,"current_key":N,
 //! "rnext":N,"pkt_good":N,"pkt_bad":N,"pkt_key_not_found":N,
 //! "keys":[[SENDID,RECVID],...],"current":[S,R],"bytes_in":N,"bytes_out":N,
-//! "rollovers":N}` (`t_ms` since the start, `unix_ms` the wall clock, which
-//! is also tcpdump's and aokd's). A key is *replaced* when
+//! "rollovers":N}` (`t_ms` since the start; `unix_ms` the wall clock, which
+//! is also tcpdump's and aokd's, when the counters and keys printed were
+//! read). A key is *replaced* when
 //! Current_key moves from it to another key; it must then leave the socket
 //! within `--linger-limit` seconds (default 10): replaced keys still on the
 //! socket at the end are `pending` when replaced less than that long ago,
@@ -313,6 +314,11 @@ struct Replaced {
 #[derive(Default)]
 struct KeyTracker {
     info: Option<ao::AoInfo>,
+    /// The wall clock (Unix ms) when `info` and `keys` were read: a
+    /// report stamps its counters with it, not with its own time, which
+    /// is up to a sample period later (counters read 100 ms before their
+    /// stamp made a guard look as if it accepted segments).
+    info_unix_ms: Option<u64>,
     keys: Vec<Pair>,
     current: Option<Pair>,
     rollovers: u64,
@@ -365,6 +371,7 @@ impl KeyTracker {
         self.max_keys = self.max_keys.max(pairs.len());
         self.keys = pairs;
         self.info = Some(info);
+        self.info_unix_ms = Some(unix_ms());
     }
 
     /// (removed, max linger in ms, lingering, pending) at `now`.
@@ -603,7 +610,7 @@ fn report(role: Role, start: Instant, t: &KeyTracker, bytes_in: u64, bytes_out: 
         "event": "sample",
         "role": role.name(),
         "t_ms": start.elapsed().as_millis() as u64,
-        "unix_ms": unix_ms(),
+        "unix_ms": t.info_unix_ms.unwrap_or_else(unix_ms),
         "current_key": info.and_then(|i| i.current_key),
         "rnext": info.and_then(|i| i.rnext),
         "pkt_good": info.map(|i| i.pkt_good),
