@@ -63,7 +63,7 @@ fn peer_config(cfg: &Config, p: &crate::config::PeerConfig) -> anyhow::Result<ik
         local,
         local_id,
         remote_id: p.remote_id.clone(),
-        psk: Secret::new(p.psk.as_bytes().to_vec()),
+        psk: Secret::new(p.psk.as_bytes().to_vec()).into(),
         signature: p
             .signature
             .as_ref()
@@ -79,7 +79,7 @@ fn peer_config(cfg: &Config, p: &crate::config::PeerConfig) -> anyhow::Result<ik
             .map(|port| PortRange::single(*port))
             .collect(),
         initiate: p.initiate,
-        lifetimes: mkt_lifetimes(&p.lifetimes),
+        lifetimes: std::sync::Arc::new(mkt_lifetimes(&p.lifetimes)),
     })
 }
 

@@ -53,7 +53,9 @@ use crate::state::{MktRecord, SocketRecord, StateSnapshot};
 
 /// A peer as the key manager sees it.
 struct CoveredPeer {
-    name: String,
+    /// Shared with [`KeyManager::peer_index`]'s key (one allocation per
+    /// peer, not two: issue: scale, memory per peer).
+    name: std::sync::Arc<str>,
     ip: IpAddr,
     /// Shared with the configuration (a group's members share the group's).
     ports: std::sync::Arc<[u16]>,
@@ -365,7 +367,7 @@ pub struct KeyManager<K: SocketKeys = KernelKeys> {
     keys: K,
     peers: Vec<CoveredPeer>,
     /// Peer name -> index in `peers` (names are unique).
-    peer_index: BTreeMap<String, usize>,
+    peer_index: BTreeMap<std::sync::Arc<str>, usize>,
     /// (canonical address, peer): the peers with each address, in `peers`
     /// order. Sets of pairs rather than a list per key: O(log n) to add or
     /// take out a peer group's member among thousands on one port, and no
@@ -507,7 +509,7 @@ impl<K: SocketKeys> KeyManager<K> {
             debug!(peer = %p.name, backend = %backend, configured = %p.backend, "key backend chosen");
             *chosen.entry(backend.to_string()).or_default() += 1;
             peers.push(CoveredPeer {
-                name: p.name.clone(),
+                name: p.name.as_str().into(),
                 ip: p.remote,
                 ports: p.tcp_ports.clone(),
                 backend,
@@ -605,7 +607,7 @@ impl<K: SocketKeys> KeyManager<K> {
                 return Vec::new();
             }
         };
-        let idx = match self.peer_index.get(&p.name) {
+        let idx = match self.peer_index.get(p.name.as_str()) {
             Some(&i) => {
                 let old = &mut self.peers[i];
                 old.removed = false;
@@ -620,7 +622,7 @@ impl<K: SocketKeys> KeyManager<K> {
             }
             None => {
                 self.peers.push(CoveredPeer {
-                    name: p.name.clone(),
+                    name: p.name.as_str().into(),
                     ip: p.remote,
                     ports: p.tcp_ports.clone(),
                     backend,
@@ -632,7 +634,7 @@ impl<K: SocketKeys> KeyManager<K> {
                     rollovers: 0,
                 });
                 let i = self.peers.len() - 1;
-                self.peer_index.insert(p.name.clone(), i);
+                self.peer_index.insert(self.peers[i].name.clone(), i);
                 i
             }
         };
@@ -652,7 +654,7 @@ impl<K: SocketKeys> KeyManager<K> {
         let ids: Vec<u64> = self
             .registry
             .toward(p.ip)
-            .filter(|s| !s.peers.contains(&p.name) && covers(p, s))
+            .filter(|s| !s.peers.iter().any(|n| **n == *p.name) && covers(p, s))
             .map(|s| s.id)
             .collect();
         for id in ids {
@@ -690,7 +692,7 @@ impl<K: SocketKeys> KeyManager<K> {
     /// follows its lifetimes. The backend is not changed (a restart is
     /// needed, [`crate::reload::plan`]). Returns the requests answered.
     pub fn update_peer(&mut self, p: &crate::config::PeerConfig, now: Instant) -> Vec<Answered> {
-        let Some(&idx) = self.peer_index.get(&p.name) else {
+        let Some(&idx) = self.peer_index.get(p.name.as_str()) else {
             return Vec::new();
         };
         let e = &self.peers[idx];
@@ -722,7 +724,7 @@ impl<K: SocketKeys> KeyManager<K> {
     pub fn restore(&mut self, snapshot: &StateSnapshot, now: Instant, now_unix: u64) -> Restored {
         let mut out = Restored::default();
         for rec in &snapshot.mkts {
-            let peer = self.peer_index.get(&rec.peer).copied();
+            let peer = self.peer_index.get(rec.peer.as_str()).copied();
             let configured = peer.is_some();
             let Some(peer) = peer.filter(|_| rec.expires_at_unix > now_unix) else {
                 if configured {
@@ -776,9 +778,9 @@ impl<K: SocketKeys> KeyManager<K> {
         for idx in 0..self.peers.len() {
             let name = &self.peers[idx].name;
             let had_state =
-                with_mkts.contains(name.as_str()) || self.registry.by_peer(name).next().is_some();
+                with_mkts.contains(&**name) || self.registry.by_peer(name).next().is_some();
             if had_state {
-                out.peers.push(name.clone());
+                out.peers.push(name.to_string());
             }
             // No connect waits yet: nothing to answer.
             let answered = self.rekey_peer(idx, now, false);
@@ -858,7 +860,11 @@ impl<K: SocketKeys> KeyManager<K> {
             .retain(|id| self.registry.get(*id).is_some());
         for id in &self.restored_sockets {
             if let Some(s) = self.registry.get(*id) {
-                held.extend(s.peers.iter().filter_map(|p| self.peer_index.get(p)));
+                held.extend(
+                    s.peers
+                        .iter()
+                        .filter_map(|p| self.peer_index.get(p.as_str())),
+                );
             }
         }
         self.restored
@@ -1001,9 +1007,9 @@ impl<K: SocketKeys> KeyManager<K> {
                 how,
             )
             .map_err(|e| format!("peer {}: {e}", p.name))?;
-            record.peers.push(p.name.clone());
+            record.peers.push(p.name.to_string());
             if desired.is_empty() {
-                guarded.push(p.name.clone());
+                guarded.push(p.name.to_string());
             }
         }
         Ok((record, guarded))
@@ -1056,7 +1062,9 @@ impl<K: SocketKeys> KeyManager<K> {
                 deadline: now + wait,
                 recorded,
             });
-            return AttachOutcome::Waiting { peer: name };
+            return AttachOutcome::Waiting {
+                peer: name.to_string(),
+            };
         }
         AttachOutcome::Answered(self.finish(record, &peers, guarded, None))
     }
@@ -1222,7 +1230,7 @@ impl<K: SocketKeys> KeyManager<K> {
     fn rekey_peer(&mut self, idx: usize, now: Instant, force: bool) -> Vec<Answered> {
         let mut answered = Vec::new();
         let peer = self.peers[idx].name.clone();
-        let peer = peer.as_str();
+        let peer = &*peer;
         let has_mkts = !self.peers[idx].mkts.is_empty();
         let overlap = self.peers[idx].overlap;
         let mut keep = Vec::new();

@@ -108,7 +108,7 @@ fn ike_seeds(out: &mut Out) {
             exchange(a, b, log);
         }
     });
-    let wrong_psk = answers_of(|p| p.psk = Secret::new(b"another key".to_vec()));
+    let wrong_psk = answers_of(|p| p.psk = Secret::new(b"another key".to_vec()).into());
     let other_group = answers_of(|p| {
         p.ike_suites = vec![IkeSuite {
             group: DhGroup::ECP_256,

@@ -22,7 +22,7 @@ const SOON: Duration = Duration::from_secs(5);
 
 fn settled_pair(seed: u64) -> Sim {
     let no_ike_rekey = |p: &mut aokd_proto::ike::PeerConfig| {
-        p.lifetimes = Lifetimes {
+        *std::sync::Arc::make_mut(&mut p.lifetimes) = Lifetimes {
             ike_rekey: None,
             ..Lifetimes::default()
         }

@@ -40,8 +40,8 @@ fn settled_pair(seed: u64) -> Sim {
     let mut sim = pair(
         seed,
         NetParams::default(),
-        |p| p.lifetimes = lifetimes(None),
-        |p| p.lifetimes = lifetimes(None),
+        |p| *std::sync::Arc::make_mut(&mut p.lifetimes) = lifetimes(None),
+        |p| *std::sync::Arc::make_mut(&mut p.lifetimes) = lifetimes(None),
     );
     assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
     sim
@@ -109,8 +109,8 @@ fn rfc7296_2_18_ike_sa_rekey_keeps_mkts_and_moves_exchanges_to_the_new_sa() {
     let mut sim = pair(
         51,
         NetParams::default(),
-        |p| p.lifetimes = lifetimes(Some(200)),
-        |p| p.lifetimes = lifetimes(None),
+        |p| *std::sync::Arc::make_mut(&mut p.lifetimes) = lifetimes(Some(200)),
+        |p| *std::sync::Arc::make_mut(&mut p.lifetimes) = lifetimes(None),
     );
     assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
     let established = sim.now;
@@ -202,8 +202,8 @@ fn both_sides_rekey_the_ike_sa_over_and_over() {
         let mut sim = pair(
             seed,
             NetParams::jitter(20),
-            |p| p.lifetimes = lifetimes(Some(100)),
-            |p| p.lifetimes = lifetimes(Some(100)),
+            |p| *std::sync::Arc::make_mut(&mut p.lifetimes) = lifetimes(Some(100)),
+            |p| *std::sync::Arc::make_mut(&mut p.lifetimes) = lifetimes(Some(100)),
         );
         assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
         sim.run_checking_continuity(1000, &format!("seed {seed}"));
@@ -232,8 +232,8 @@ fn rfc7296_2_8_2_simultaneous_ike_rekey_leaves_one_ike_sa() {
         let mut sim = pair(
             seed,
             NetParams::jitter(20),
-            |p| p.lifetimes = lifetimes(None),
-            |p| p.lifetimes = lifetimes(None),
+            |p| *std::sync::Arc::make_mut(&mut p.lifetimes) = lifetimes(None),
+            |p| *std::sync::Arc::make_mut(&mut p.lifetimes) = lifetimes(None),
         );
         assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
         let old = established_spis(&sim, 0)[0];
@@ -451,14 +451,14 @@ fn ike_rekey_under_30_percent_loss_keeps_one_ike_sa_and_the_mkts() {
             seed,
             NetParams::LOSSY,
             |p| {
-                p.lifetimes = Lifetimes {
+                *std::sync::Arc::make_mut(&mut p.lifetimes) = Lifetimes {
                     overlap: Duration::from_secs(200),
                     hard: Duration::from_secs(600),
                     ..lifetimes(Some(120))
                 }
             },
             |p| {
-                p.lifetimes = Lifetimes {
+                *std::sync::Arc::make_mut(&mut p.lifetimes) = Lifetimes {
                     overlap: Duration::from_secs(200),
                     hard: Duration::from_secs(600),
                     ..lifetimes(Some(120))
@@ -502,7 +502,7 @@ fn rekeys_liveness_and_partitions_converge_to_one_ike_sa_and_a_common_mkt() {
     use rand_chacha::rand_core::{RngCore, SeedableRng};
     for seed in 0..100u64 {
         let short = |p: &mut PeerConfig| {
-            p.lifetimes = Lifetimes {
+            *std::sync::Arc::make_mut(&mut p.lifetimes) = Lifetimes {
                 ike_rekey: Some(Duration::from_secs(60)),
                 rekey: Duration::from_secs(45),
                 hard: Duration::from_secs(120),

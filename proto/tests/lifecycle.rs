@@ -46,7 +46,9 @@ fn expired(sim: &Sim, i: usize) -> usize {
 
 #[test]
 fn rfc7296_2_8_rekeys_on_schedule_with_jitter_and_no_gap() {
-    let mut sim = pair_with(21, NetParams::default(), |p| p.lifetimes = short(10));
+    let mut sim = pair_with(21, NetParams::default(), |p| {
+        *std::sync::Arc::make_mut(&mut p.lifetimes) = short(10)
+    });
     assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
     let mut births = Vec::new();
     let mut seen = created(&sim, 0);
@@ -95,7 +97,9 @@ fn deleted(sim: &Sim, i: usize) -> Vec<&'static str> {
 /// the events.
 #[test]
 fn plain_rekeys_are_rekeyed_not_collisions_and_the_old_mkt_reads_replaced_on_both_sides() {
-    let mut sim = pair_with(21, NetParams::default(), |p| p.lifetimes = short(10));
+    let mut sim = pair_with(21, NetParams::default(), |p| {
+        *std::sync::Arc::make_mut(&mut p.lifetimes) = short(10)
+    });
     assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
     let mut replaced_before_delete = [0u32; 2];
     for t in 0..1000u64 {
@@ -165,7 +169,9 @@ fn rfc7296_2_8_1_simultaneous_rekey_leaves_one_mkt() {
     // No jitter and identical lifetimes: both sides rekey at the same instant.
     let mut collisions = 0;
     for seed in 0..50 {
-        let mut sim = pair_with(seed, NetParams::jitter(20), |p| p.lifetimes = short(0));
+        let mut sim = pair_with(seed, NetParams::jitter(20), |p| {
+            *std::sync::Arc::make_mut(&mut p.lifetimes) = short(0)
+        });
         assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
         sim.run_checking_continuity(120, &format!("seed {seed}"));
         // After the overlap, exactly one MKT each, the same one.
@@ -207,7 +213,7 @@ fn rfc7296_2_8_1_simultaneous_rekey_leaves_one_mkt() {
 fn rekey_under_30_percent_loss_keeps_a_common_mkt() {
     for seed in 0..100 {
         let mut sim = pair_with(seed, NetParams::LOSSY, |p| {
-            p.lifetimes = Lifetimes {
+            *std::sync::Arc::make_mut(&mut p.lifetimes) = Lifetimes {
                 ike_rekey: Lifetimes::default().ike_rekey,
                 rekey: Duration::from_secs(300),
                 hard: Duration::from_secs(600),
@@ -233,7 +239,7 @@ fn rekey_under_30_percent_loss_keeps_a_common_mkt() {
 #[test]
 fn hard_lifetime_ends_an_mkt_when_the_peer_is_gone_and_recovery_needs_no_operator() {
     let mut sim = pair_with(31, NetParams::default(), |p| {
-        p.lifetimes = short(10);
+        *std::sync::Arc::make_mut(&mut p.lifetimes) = short(10);
     });
     assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
     sim.partitioned = true;

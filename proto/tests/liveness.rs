@@ -147,10 +147,10 @@ fn traffic_on_the_ike_sa_postpones_the_liveness_check() {
     let run = |liveness: Option<u64>| {
         let (mut ca, mut cb) = configs(liveness, true);
         for c in [&mut ca, &mut cb] {
-            c.peers[0].lifetimes.rekey = Duration::from_secs(20);
-            c.peers[0].lifetimes.hard = Duration::from_secs(60);
-            c.peers[0].lifetimes.jitter = Duration::from_secs(2);
-            c.peers[0].lifetimes.overlap = Duration::from_secs(5);
+            std::sync::Arc::make_mut(&mut c.peers[0].lifetimes).rekey = Duration::from_secs(20);
+            std::sync::Arc::make_mut(&mut c.peers[0].lifetimes).hard = Duration::from_secs(60);
+            std::sync::Arc::make_mut(&mut c.peers[0].lifetimes).jitter = Duration::from_secs(2);
+            std::sync::Arc::make_mut(&mut c.peers[0].lifetimes).overlap = Duration::from_secs(5);
         }
         let mut sim = Sim::pair_with(73, NetParams::default(), ca, cb);
         assert!(sim.run_until(Duration::from_secs(10), Sim::settled));

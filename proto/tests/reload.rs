@@ -28,13 +28,13 @@ fn lifetimes() -> Lifetimes {
 
 fn a_peer() -> PeerConfig {
     let mut p = peer("b", A_ADDR, B_ADDR, PSK);
-    p.lifetimes = lifetimes();
+    *std::sync::Arc::make_mut(&mut p.lifetimes) = lifetimes();
     p
 }
 
 fn b_peer() -> PeerConfig {
     let mut p = peer("a", B_ADDR, A_ADDR, PSK);
-    p.lifetimes = lifetimes();
+    *std::sync::Arc::make_mut(&mut p.lifetimes) = lifetimes();
     p
 }
 
@@ -197,7 +197,8 @@ fn changes_renegotiate_only_what_they_need() {
     assert_eq!(sim.nodes[0].ep.poll_transmit().map(|t| t.destination), None);
     // Lifetimes: for what comes next; SPIs and KeyIDs stay.
     let mut p = a_peer();
-    p.lifetimes = Lifetimes::new(None, Duration::from_secs(140), HARD, false);
+    *std::sync::Arc::make_mut(&mut p.lifetimes) =
+        Lifetimes::new(None, Duration::from_secs(140), HARD, false);
     assert_eq!(
         ep(&mut sim, 0).update_peer(p, now).expect("lifetimes"),
         PeerChange::Applied
@@ -224,9 +225,9 @@ fn changes_renegotiate_only_what_they_need() {
     let new_psk = b"the new pre-shared key";
     let mut pa = a_peer();
     pa.mac_algorithms = vec![MacAlgorithm::HmacSha1_96].into();
-    pa.psk = Secret::new(new_psk.to_vec());
+    pa.psk = Secret::new(new_psk.to_vec()).into();
     let mut pb = b_peer();
-    pb.psk = Secret::new(new_psk.to_vec());
+    pb.psk = Secret::new(new_psk.to_vec()).into();
     let now = sim.now;
     assert_eq!(
         ep(&mut sim, 0).update_peer(pa, now).expect("psk"),
@@ -258,7 +259,7 @@ fn a_changed_psk_on_one_side_only_ends_the_old_ike_sa() {
     let mut sim = settled_pair(5);
     let a_ids = sim.ids(0);
     let mut pa = a_peer();
-    pa.psk = Secret::new(b"only on A".to_vec());
+    pa.psk = Secret::new(b"only on A".to_vec()).into();
     let now = sim.now;
     assert_eq!(
         ep(&mut sim, 0).update_peer(pa, now).expect("psk"),
@@ -274,7 +275,7 @@ fn a_changed_psk_on_one_side_only_ends_the_old_ike_sa() {
         .any(|e| matches!(e, Event::NegotiationFailed { .. })));
     let pb = {
         let mut p = b_peer();
-        p.psk = Secret::new(b"only on A".to_vec());
+        p.psk = Secret::new(b"only on A".to_vec()).into();
         p
     };
     let now = sim.now;

@@ -162,7 +162,7 @@ fn absorb(sim: &mut Sim, h: &mut [Sha256; 2], out: &mut Outcome) {
 /// one side or on both at the same instant), and a partition of up to
 /// 250 s (beyond the liveness check's detection) at the end of it.
 fn run(seed: u64) -> Outcome {
-    let f = |p: &mut PeerConfig| p.lifetimes = lifetimes(seed);
+    let f = |p: &mut PeerConfig| *std::sync::Arc::make_mut(&mut p.lifetimes) = lifetimes(seed);
     let mut sim = Sim::pair_of(seed, NET, PSK, f, f);
     let mut chaos = ChaCha20Rng::seed_from_u64(seed ^ 0x7e57_5eed);
     let mut h = [Sha256::new(), Sha256::new()];

@@ -131,14 +131,14 @@ fn lifetimes(rekey: u64, hard: u64) -> Lifetimes {
 
 fn b_config() -> PeerConfig {
     let mut b = peer("a", B_ADDR, A_ADDR, PSK);
-    b.lifetimes = lifetimes(3000, 3600);
+    *std::sync::Arc::make_mut(&mut b.lifetimes) = lifetimes(3000, 3600);
     b
 }
 
 #[test]
 fn rfc7296_2_4_initial_contact_after_a_restart_replaces_the_ike_sa_and_supersedes_old_mkts() {
     let mut a = peer("b", A_ADDR, B_ADDR, PSK);
-    a.lifetimes = lifetimes(3000, 3600);
+    *std::sync::Arc::make_mut(&mut a.lifetimes) = lifetimes(3000, 3600);
     let mut sim = Sim::pair(44, NetParams::default(), a, b_config());
     assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
     let a_sa = sim.nodes[0].ep.peers()[0].sas[0].clone();
@@ -217,10 +217,10 @@ fn rfc7296_2_25_child_sa_not_found_retires_the_mkt_without_delete_and_creates_a_
     // B forgets its MKT at 90 s (its hard lifetime) while A rekeys it only
     // at 100 s: B answers CHILD_SA_NOT_FOUND.
     let mut a = peer("b", A_ADDR, B_ADDR, PSK);
-    a.lifetimes = lifetimes(100, 300);
+    *std::sync::Arc::make_mut(&mut a.lifetimes) = lifetimes(100, 300);
     let mut b = peer("a", B_ADDR, A_ADDR, PSK);
     b.initiate = false;
-    b.lifetimes = lifetimes(1000, 90);
+    *std::sync::Arc::make_mut(&mut b.lifetimes) = lifetimes(1000, 90);
     // No liveness checks: every INFORMATIONAL request would be a Delete.
     let (mut ca, mut cb) = (EndpointConfig::new(vec![a]), EndpointConfig::new(vec![b]));
     ca.liveness = None;
@@ -301,8 +301,8 @@ fn new_recv_ids_avoid_the_key_ids_of_mkts_that_ended_lately() {
         45,
         NetParams::default(),
         PSK,
-        |a| a.lifetimes = lifetimes(3000, 3600),
-        |b| b.lifetimes = lifetimes(3000, 3600),
+        |a| *std::sync::Arc::make_mut(&mut a.lifetimes) = lifetimes(3000, 3600),
+        |b| *std::sync::Arc::make_mut(&mut b.lifetimes) = lifetimes(3000, 3600),
     );
     let now = sim.now;
     assert!(matches!(

@@ -36,16 +36,35 @@ impl IkeKeys {
         &self.keys.as_bytes()[at..at + self.encr_len]
     }
 
-    /// SK_pi, for the initiator's AUTH payload.
+    /// SK_pi, for the initiator's AUTH payload; empty once
+    /// [`IkeKeys::forget_auth_keys`] has dropped it.
     pub fn sk_pi(&self) -> &[u8] {
         let at = self.prf_len + 2 * self.encr_len;
-        &self.keys.as_bytes()[at..at + self.prf_len]
+        self.keys
+            .as_bytes()
+            .get(at..at + self.prf_len)
+            .unwrap_or(&[])
     }
 
-    /// SK_pr, for the responder's AUTH payload.
+    /// SK_pr, for the responder's AUTH payload; empty once
+    /// [`IkeKeys::forget_auth_keys`] has dropped it.
     pub fn sk_pr(&self) -> &[u8] {
         let at = 2 * self.prf_len + 2 * self.encr_len;
-        &self.keys.as_bytes()[at..at + self.prf_len]
+        self.keys
+            .as_bytes()
+            .get(at..at + self.prf_len)
+            .unwrap_or(&[])
+    }
+
+    /// Drops SK_pi and SK_pr, which only the AUTH payloads of IKE_AUTH use
+    /// (RFC 7296 2.15): an established SA, or one made by a rekey, never
+    /// needs them again (issue: scale, memory per peer; 64 octets of 168
+    /// with SHA-256). The old buffer is zeroized.
+    pub fn forget_auth_keys(&mut self) {
+        let keep = self.prf_len + 2 * self.encr_len;
+        if self.keys.as_bytes().len() > keep {
+            self.keys = Secret::new(self.keys.as_bytes()[..keep].to_vec());
+        }
     }
 }
 
@@ -322,6 +341,35 @@ mod tests {
             assert_eq!(keys.sk_er().len(), 36);
             assert_ne!(keys.sk_ei(), keys.sk_er());
         }
+    }
+
+    #[test]
+    fn forgetting_the_auth_keys_keeps_the_others() {
+        let seed = Secret::new(vec![7; 48]);
+        let mut keys = derive_ike_keys(
+            Prf::HmacSha256,
+            Encr::AesGcm16 { key_bits: 256 },
+            &seed,
+            &[1; 32],
+            &[2; 32],
+            1,
+            2,
+        )
+        .unwrap();
+        let (d, ei, er) = (
+            keys.sk_d().to_vec(),
+            keys.sk_ei().to_vec(),
+            keys.sk_er().to_vec(),
+        );
+        keys.forget_auth_keys();
+        assert_eq!(keys.keys.as_bytes().len(), 32 + 2 * 36);
+        assert_eq!(
+            (keys.sk_d(), keys.sk_ei(), keys.sk_er()),
+            (&d[..], &ei[..], &er[..])
+        );
+        assert!(keys.sk_pi().is_empty() && keys.sk_pr().is_empty());
+        keys.forget_auth_keys();
+        assert_eq!(keys.sk_d(), &d[..]);
     }
 
     #[test]

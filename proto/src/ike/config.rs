@@ -329,7 +329,8 @@ pub struct PeerConfig {
     pub local_id: Identity,
     pub remote_id: Identity,
     /// The pre-shared key (RFC 7296 2.15), used when `signature` is `None`.
-    pub psk: Secret,
+    /// Shared (`Arc`): a peer group's members use the group's.
+    pub psk: Arc<Secret>,
     /// Authentication by signature (RFC 7427) instead of the PSK, on both
     /// sides: a peer configured so refuses a PSK AUTH, and the reverse.
     /// Shared (`Arc`): the members of a peer group use the group's.
@@ -347,8 +348,9 @@ pub struct PeerConfig {
     pub tcp_ports: Arc<[PortRange]>,
     /// Initiate at start and after failures; a passive peer only responds.
     pub initiate: bool,
-    /// MKT lifetimes.
-    pub lifetimes: Lifetimes,
+    /// MKT lifetimes. Shared (`Arc`): a peer group's members use the
+    /// group's (issue: scale, memory per peer; 88 octets each otherwise).
+    pub lifetimes: Arc<Lifetimes>,
 }
 
 impl PeerConfig {
@@ -364,14 +366,14 @@ impl PeerConfig {
             local,
             local_id: Identity::from_ip(local),
             remote_id: Identity::from_ip(remote.ip()),
-            psk,
+            psk: Arc::new(psk),
             signature: None,
             ike_suites: Arc::from([IkeSuite::DEFAULT]),
             mac_algorithms: Arc::from(MacAlgorithm::ALL),
             include_options: true,
             tcp_ports: Arc::from([PortRange::single(179)]),
             initiate: true,
-            lifetimes: Lifetimes::default(),
+            lifetimes: Arc::new(Lifetimes::default()),
         }
     }
 }

@@ -241,7 +241,7 @@ impl PeerGroupConfig {
             include_options: t.include_options,
             tcp_ports: t.tcp_ports.clone(),
             initiate,
-            lifetimes: t.lifetimes,
+            lifetimes: t.lifetimes.clone(),
         }
     }
 }

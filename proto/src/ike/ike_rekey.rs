@@ -195,10 +195,12 @@ fn rekeyed_sa(
     role: Role,
     (spi_i, spi_r): (u64, u64),
     suite: super::config::IkeSuite,
-    keys: IkeKeys,
+    mut keys: IkeKeys,
     nonces: [Vec<u8>; 2],
     now: Instant,
 ) -> IkeSa {
+    // A rekeyed IKE SA has no IKE_AUTH: SK_pi and SK_pr are never used.
+    keys.forget_auth_keys();
     let rekey_at = lifecycle::ike_rekey_time(ctx, now);
     IkeSa::rekeyed(
         old,

@@ -200,6 +200,10 @@ pub(super) fn establish(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) {
     // (the CERTREQ hashes): an established SA keeps only what its later
     // exchanges need.
     sa.handshake = None;
+    // SK_pi and SK_pr made the AUTH payloads; nothing later uses them.
+    if let Some(keys) = sa.keys.as_mut() {
+        keys.forget_auth_keys();
+    }
     sa.last_received = now;
     sa.rekey_at = ike_rekey_time(ctx, now);
     ctx.peer.set_last_error(None);

@@ -42,7 +42,7 @@ pub(super) const RETIRED_ON_REQUEST: &str = "retired on request";
 
 /// The rekey time of a new MKT.
 fn rekey_time(ctx: &mut Ctx<'_>, now: Instant) -> Instant {
-    let l = ctx.pc.lifetimes;
+    let l = *ctx.pc.lifetimes;
     let jitter_ms = u64::try_from(l.jitter.as_millis()).unwrap_or(u64::MAX);
     let minus = if jitter_ms == 0 {
         0

@@ -70,7 +70,7 @@ pub fn classify(old: &PeerConfig, new: &PeerConfig) -> PeerChange {
 mod tests {
     use super::*;
     use crate::crypto::Secret;
-    use crate::ike::config::{Identity, IkeSuite, Lifetimes, PortRange};
+    use crate::ike::config::{Identity, IkeSuite, PortRange};
     use crate::mkt::MacAlgorithm;
     use std::time::Duration;
 
@@ -81,13 +81,13 @@ mod tests {
             local: "192.0.2.1".parse().unwrap(),
             local_id: Identity::parse("192.0.2.1"),
             remote_id: Identity::parse("192.0.2.2"),
-            psk: Secret::new(b"one key".to_vec()),
+            psk: Secret::new(b"one key".to_vec()).into(),
             ike_suites: vec![IkeSuite::DEFAULT].into(),
             mac_algorithms: MacAlgorithm::ALL.to_vec().into(),
             include_options: true,
             tcp_ports: vec![PortRange::single(179)].into(),
             initiate: true,
-            lifetimes: Lifetimes::default(),
+            lifetimes: Default::default(),
             signature: None,
         }
     }
@@ -102,9 +102,14 @@ mod tests {
             (PeerChange::Applied, Box::new(|p| p.initiate = false)),
             (
                 PeerChange::Applied,
-                Box::new(|p| p.lifetimes.rekey = Duration::from_secs(60)),
+                Box::new(|p| {
+                    std::sync::Arc::make_mut(&mut p.lifetimes).rekey = Duration::from_secs(60)
+                }),
             ),
-            (PeerChange::Applied, Box::new(|p| p.lifetimes.pfs = false)),
+            (
+                PeerChange::Applied,
+                Box::new(|p| std::sync::Arc::make_mut(&mut p.lifetimes).pfs = false),
+            ),
             (
                 PeerChange::RekeyMkts,
                 Box::new(|p| p.mac_algorithms = vec![MacAlgorithm::HmacSha1_96].into()),
@@ -119,7 +124,7 @@ mod tests {
             ),
             (
                 PeerChange::Renegotiate,
-                Box::new(|p| p.psk = Secret::new(b"another key".to_vec())),
+                Box::new(|p| p.psk = Secret::new(b"another key".to_vec()).into()),
             ),
             (
                 PeerChange::Renegotiate,
