@@ -392,4 +392,16 @@ fn a_member_made_on_demand_initiates_to_the_neighbour() {
         .ep
         .group_of_member_name("other/192.0.2.1")
         .is_none());
+    // Members are found by name through their group and address (they
+    // are not in the endpoint's name index): an address of the prefix
+    // with no member names no peer, and a configured peer cannot take a
+    // member's name.
+    let rs = &mut sim.nodes[RS].ep;
+    assert_eq!(rs.peer_remote(&name).map(|a| a.ip()), Some(A_ADDR.ip()));
+    assert!(rs.peer("rs/192.0.2.99").is_none());
+    assert!(rs.peer_remote("rs/192.0.2.99").is_none());
+    let mut taken = rs.config().groups[0].member(A_ADDR.ip(), false);
+    taken.name = name.clone();
+    let err = rs.add_peer(taken, sim.now).unwrap_err();
+    assert!(err.to_string().contains("exists already"), "{err}");
 }

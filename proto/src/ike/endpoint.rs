@@ -112,6 +112,10 @@ pub struct Endpoint {
     /// (IP address, peer): a set of pairs rather than a list per address,
     /// since most addresses have one peer (issue: scale, memory per peer).
     by_ip: BTreeSet<(IpAddr, usize)>,
+    /// Configured peers by name. Group members are not in it: a member's
+    /// name is its group's and its address ([`Endpoint::find`]), which
+    /// saves a copy of the name and an entry per member (issue: scale,
+    /// memory per peer).
     by_name: BTreeMap<String, usize>,
     /// Removed peers still winding down, by name.
     removed_by_name: BTreeMap<String, usize>,
@@ -350,10 +354,13 @@ impl Endpoint {
         self.vacant.insert(peer);
     }
 
-    /// Puts peer `i` in the name and address indexes. O(log n).
+    /// Puts peer `i` in the name (a configured peer) and address indexes.
+    /// O(log n).
     fn index(&mut self, i: usize) {
         let p = &self.cfg.peers[i];
-        self.by_name.insert(p.name.clone(), i);
+        if self.peers[i].group.is_none() {
+            self.by_name.insert(p.name.clone(), i);
+        }
         self.by_ip.insert((p.remote.ip(), i));
         self.by_addr.entry(p.remote).or_insert(i);
     }
@@ -386,10 +393,10 @@ impl Endpoint {
     /// that name exists, or the configuration is unusable. O(log n).
     pub fn add_peer(&mut self, pc: PeerConfig, now: Instant) -> Result<(), IkeError> {
         check_peer(&pc)?;
-        if self.by_name.contains_key(&pc.name) {
+        if self.find(&pc.name).is_some() {
             return Err(MisuseError::Config(format!("peer {:?} exists already", pc.name)).into());
         }
-        let i = self.insert_peer(pc);
+        let i = self.insert_peer(pc, None);
         self.with_peer(i, |ctx| {
             if ctx.pc.initiate && !lifecycle::has_live_sa(ctx, now) {
                 ctx.peer.next_attempt = Some(now);
@@ -399,8 +406,9 @@ impl Endpoint {
     }
 
     /// Puts `pc` in a slot (its old one if it is winding down, a vacant
-    /// one, or a new one) and in the indexes. O(log n).
-    fn insert_peer(&mut self, pc: PeerConfig) -> usize {
+    /// one, or a new one) and in the indexes; `group`: the peer group it
+    /// is a member of. O(log n).
+    fn insert_peer(&mut self, pc: PeerConfig, group: Option<usize>) -> usize {
         let i = if let Some(i) = self.removed_by_name.remove(&pc.name) {
             self.peers[i].removed = false;
             self.cfg.peers[i] = pc;
@@ -415,8 +423,33 @@ impl Endpoint {
             self.timers.add_slot();
             self.peers.len() - 1
         };
+        self.peers[i].group = group;
         self.index(i);
         i
+    }
+
+    /// The slot of the named peer (a configured peer or a group member)
+    /// that is not removed. O(groups × prefixes + log n).
+    fn find(&self, name: &str) -> Option<usize> {
+        if let Some(&i) = self.by_name.get(name) {
+            return Some(i);
+        }
+        let (g, ip) = self
+            .cfg
+            .groups
+            .iter()
+            .enumerate()
+            .find_map(|(g, group)| Some((g, group.member_address(name)?)))?;
+        // A member admitted from an IPv4-mapped source has that address
+        // (its name has the IPv4 one).
+        let mapped = match ip {
+            IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
+            IpAddr::V6(_) => None,
+        };
+        std::iter::once(ip).chain(mapped).find_map(|ip| {
+            self.peers_at(ip)
+                .find(|&j| self.peers[j].group == Some(g) && self.cfg.peers[j].name == name)
+        })
     }
 
     /// A member for an IKE_SA_INIT from `from`, which is no configured
@@ -427,9 +460,7 @@ impl Endpoint {
         let g = group::group_of(&self.cfg.groups, from.ip())?;
         let mut pc = self.cfg.groups[g].member(from.ip(), false);
         pc.remote = from;
-        let i = self.insert_peer(pc);
-        self.peers[i].group = Some(g);
-        Some(i)
+        Some(self.insert_peer(pc, Some(g)))
     }
 
     /// The peer responsible for `ip` (a configured peer, or a group member
@@ -457,15 +488,14 @@ impl Endpoint {
         };
         let pc = self.cfg.groups[g].member(ip, false);
         let name = pc.name.clone();
-        let i = self.insert_peer(pc);
-        self.peers[i].group = Some(g);
+        let i = self.insert_peer(pc, Some(g));
         self.peers[i].announced = true;
         Ok((name, true))
     }
 
     /// The peer group the named peer is a member of, if it is one.
     pub fn member_group(&self, peer_name: &str) -> Option<&PeerGroupConfig> {
-        let &i = self.by_name.get(peer_name)?;
+        let i = self.find(peer_name)?;
         self.peers[i].group.map(|g| &self.cfg.groups[g])
     }
 
@@ -588,15 +618,14 @@ impl Endpoint {
     /// member, still running or winding down), without building its view:
     /// where the datagrams of its exchanges go. O(log n).
     pub fn peer_remote(&self, name: &str) -> Option<SocketAddr> {
-        let &i = self
-            .by_name
-            .get(name)
-            .or_else(|| self.removed_by_name.get(name))?;
+        let i = self
+            .find(name)
+            .or_else(|| self.removed_by_name.get(name).copied())?;
         Some(self.cfg.peers[i].remote)
     }
 
     pub fn peer(&self, name: &str) -> Option<PeerView> {
-        self.by_name.get(name).map(|&i| self.view(i))
+        self.find(name).map(|i| self.view(i))
     }
 
     fn view(&self, i: usize) -> PeerView {
@@ -651,9 +680,7 @@ impl Endpoint {
     }
 
     fn peer_index(&self, name: &str) -> Result<usize, IkeError> {
-        self.by_name
-            .get(name)
-            .copied()
+        self.find(name)
             .ok_or_else(|| MisuseError::UnknownPeer(name.to_string()).into())
     }
 
