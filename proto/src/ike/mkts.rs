@@ -68,6 +68,12 @@ pub(super) fn add_mkt_record(
     let overlap = ctx.pc.lifetimes.overlap;
     let hard = ctx.pc.lifetimes.hard;
     let rekey_at = Some(rekey_time(ctx, now));
+    let ports: std::sync::Arc<[super::config::PortRange]> = if *ports == *ctx.pc.tcp_ports {
+        ctx.pc.tcp_ports.clone()
+    } else {
+        ports.into()
+    };
+    let nonces = (!nonces.iter().all(Vec::is_empty)).then(|| Box::new(nonces));
     let ike_spi = match sa.role {
         Role::Initiator => sa.spi_i,
         Role::Responder => sa.spi_r,
@@ -94,7 +100,7 @@ pub(super) fn add_mkt_record(
         spi_i: sa.spi_i,
         spi_r: sa.spi_r,
         mkt: mkt.clone(),
-        ports: ports.clone(),
+        ports: ports.to_vec(),
         created_at: now,
         rekey_at,
         expires_at: now + hard,
@@ -184,7 +190,12 @@ fn resolve_collision(ctx: &mut Ctx<'_>, old: (u8, u8), now: Instant) {
         return;
     };
     let mkts = &ctx.peer.mkts;
-    let lowest = |m: &MktRecord| m.nonces.iter().min().cloned().unwrap_or_default();
+    let lowest = |m: &MktRecord| {
+        m.nonces
+            .as_ref()
+            .and_then(|n| n.iter().min().cloned())
+            .unwrap_or_default()
+    };
     let ours_lowest = lowest(&mkts[ours]);
     let ours_loses = ours_lowest < lowest(&mkts[theirs]);
     let name = ctx.name();
@@ -487,7 +498,7 @@ pub(super) fn views(peer: &PeerRuntime) -> Vec<MktView> {
                     .iter()
                     .any(|s| s.rekey_of == Some(ids(m)) && s.retire_at.is_none()),
             mkt: m.mkt.clone(),
-            ports: m.ports.clone(),
+            ports: m.ports.to_vec(),
             created_at: m.created_at,
             spi_i: m.spi_i,
             spi_r: m.spi_r,

@@ -15,7 +15,8 @@ use crate::mkt::MasterKeyTuple;
 /// ones exist (docs/protocol.md).
 pub(super) struct MktRecord {
     pub(super) mkt: MasterKeyTuple,
-    pub(super) ports: Vec<PortRange>,
+    /// Shared with the peer's configuration when they are its ports.
+    pub(super) ports: std::sync::Arc<[PortRange]>,
     pub(super) created_at: Instant,
     /// Local SPI of the IKE SA that created the MKT.
     pub(super) ike_spi: u64,
@@ -37,8 +38,10 @@ pub(super) struct MktRecord {
     pub(super) rekey_of: Option<(u8, u8)>,
     /// Created by an exchange this side initiated.
     pub(super) by_us: bool,
-    /// Ni and Nr of the exchange that created it (RFC 7296 2.8.1).
-    pub(super) nonces: [Vec<u8>; 2],
+    /// Ni and Nr of the exchange that created it (RFC 7296 2.8.1), for a
+    /// rekey; `None` for the first MKT of an IKE SA, which succeeds none
+    /// (a box: most MKTs have none; issue: scale, memory per peer).
+    pub(super) nonces: Option<Box<[Vec<u8>; 2]>>,
 }
 
 /// The peer's state outside its IKE SAs.
