@@ -2366,7 +2366,7 @@ mod tests {
             parse_identity("r1.example.net"),
             Ok(Identity {
                 id_type: IdType::ID_FQDN,
-                data: b"r1.example.net".to_vec()
+                data: b"r1.example.net"[..].into()
             })
         );
         assert_eq!(

@@ -24,7 +24,7 @@ fn peer_config(dir: &TempDir, extra: &str) -> String {
 fn fqdn(name: &str) -> Identity {
     Identity {
         id_type: IdType::ID_FQDN,
-        data: name.as_bytes().to_vec(),
+        data: name.as_bytes().into(),
     }
 }
 
@@ -32,7 +32,7 @@ fn fqdn(name: &str) -> Identity {
 fn rfc822(name: &str) -> Identity {
     Identity {
         id_type: IdType::ID_RFC822_ADDR,
-        data: name.as_bytes().to_vec(),
+        data: name.as_bytes().into(),
     }
 }
 

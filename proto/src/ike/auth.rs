@@ -27,7 +27,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(
     let pc = ctx.pc;
     let idi = IdPayload {
         id_type: pc.local_id.id_type,
-        data: pc.local_id.data.clone(),
+        data: pc.local_id.data.to_vec(),
     };
     let auth = local_auth(ctx, sa, true, &idi)?;
     let mut payloads = vec![Payload::IdI(idi)];
@@ -43,7 +43,7 @@ pub(super) fn start(ctx: &mut Ctx<'_>, sa: &mut IkeSa, now: Instant) -> Result<(
     if !pattern {
         payloads.push(Payload::IdR(IdPayload {
             id_type: pc.remote_id.id_type,
-            data: pc.remote_id.data.clone(),
+            data: pc.remote_id.data.to_vec(),
         }));
     }
     payloads.push(Payload::Auth(auth));
@@ -215,7 +215,7 @@ fn peer_key(
     let intermediates: Vec<Vec<u8>> = certs.collect();
     let identity = Identity {
         id_type: id.id_type,
-        data: id.data.clone(),
+        data: id.data.as_slice().into(),
     };
     anchors
         .verify_peer(&end_entity, &intermediates, ctx.wall_clock(now), &identity)
@@ -325,7 +325,7 @@ pub(super) fn on_request(
     let pc = ctx.pc;
     let idr = IdPayload {
         id_type: pc.local_id.id_type,
-        data: pc.local_id.data.clone(),
+        data: pc.local_id.data.to_vec(),
     };
     let my_auth = match local_auth(ctx, &sa, false, &idr) {
         Ok(a) => a,
@@ -534,7 +534,7 @@ pub(super) fn on_response(
 fn identity_check(ctx: &Ctx<'_>, who: &str, got: &IdPayload) -> Result<(), String> {
     let got = Identity {
         id_type: got.id_type,
-        data: got.data.clone(),
+        data: got.data.as_slice().into(),
     };
     let expected = &ctx.pc.remote_id;
     match ctx.member_rule {

@@ -491,7 +491,7 @@ fn identity_in_cert(ee: &EndEntityCert<'_>, id: &Identity) -> Result<(), CertErr
                 && (name.value() == ee.subject()
                     || id.matches(&Identity {
                         id_type: IdType::ID_DER_ASN1_DN,
-                        data: super::dn::sequence(ee.subject()),
+                        data: super::dn::sequence(ee.subject()).into(),
                     }))
         }),
         _ => false,
@@ -515,7 +515,7 @@ pub fn subject_identity(der: &[u8]) -> Option<Identity> {
     let ee = EndEntityCert::try_from(&cd).ok()?;
     Some(Identity {
         id_type: IdType::ID_DER_ASN1_DN,
-        data: super::dn::sequence(ee.subject()),
+        data: super::dn::sequence(ee.subject()).into(),
     })
 }
 
@@ -882,14 +882,14 @@ mod tests {
         dn.extend_from_slice(parsed.subject());
         let id = Identity {
             id_type: IdType::ID_DER_ASN1_DN,
-            data: dn.clone(),
+            data: dn.clone().into(),
         };
         anchors(&ca).verify_peer(&ee, &[], now(), &id).unwrap();
         let last = dn.len() - 1;
         dn[last] ^= 1;
         let id = Identity {
             id_type: IdType::ID_DER_ASN1_DN,
-            data: dn,
+            data: dn.into(),
         };
         assert!(matches!(
             anchors(&ca).verify_peer(&ee, &[], now(), &id),

@@ -19,7 +19,89 @@ use crate::numbers::{DhGroup, IdType};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub id_type: IdType,
-    pub data: Vec<u8>,
+    pub data: IdData,
+}
+
+/// An identity's octets: inline up to [`IdData::INLINE`] of them (an
+/// address, a short name), in a box beyond, so that the two identities of
+/// each of a peer group's thousands of members need no allocation (issue:
+/// scale, memory per peer). 24 octets, as a `Vec` would be.
+#[derive(Clone)]
+pub struct IdData(IdRepr);
+
+#[derive(Clone)]
+enum IdRepr {
+    Inline { len: u8, buf: [u8; IdData::INLINE] },
+    Boxed(Box<[u8]>),
+}
+
+impl IdData {
+    /// The longest identity kept inline.
+    pub const INLINE: usize = 22;
+
+    /// The octets.
+    pub fn as_slice(&self) -> &[u8] {
+        match &self.0 {
+            IdRepr::Inline { len, buf } => &buf[..usize::from(*len)],
+            IdRepr::Boxed(b) => b,
+        }
+    }
+}
+
+impl From<&[u8]> for IdData {
+    fn from(v: &[u8]) -> Self {
+        match u8::try_from(v.len()) {
+            Ok(len) if v.len() <= Self::INLINE => {
+                let mut buf = [0; Self::INLINE];
+                buf[..v.len()].copy_from_slice(v);
+                IdData(IdRepr::Inline { len, buf })
+            }
+            _ => IdData(IdRepr::Boxed(v.into())),
+        }
+    }
+}
+
+impl From<Vec<u8>> for IdData {
+    fn from(v: Vec<u8>) -> Self {
+        if v.len() <= Self::INLINE {
+            IdData::from(v.as_slice())
+        } else {
+            IdData(IdRepr::Boxed(v.into_boxed_slice()))
+        }
+    }
+}
+
+impl<const N: usize> From<[u8; N]> for IdData {
+    fn from(v: [u8; N]) -> Self {
+        IdData::from(&v[..])
+    }
+}
+
+impl std::ops::Deref for IdData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl AsRef<[u8]> for IdData {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for IdData {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for IdData {}
+
+impl fmt::Debug for IdData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_slice().fmt(f)
+    }
 }
 
 impl Identity {
@@ -28,11 +110,11 @@ impl Identity {
         match ip {
             IpAddr::V4(a) => Identity {
                 id_type: IdType::ID_IPV4_ADDR,
-                data: a.octets().to_vec(),
+                data: a.octets().into(),
             },
             IpAddr::V6(a) => Identity {
                 id_type: IdType::ID_IPV6_ADDR,
-                data: a.octets().to_vec(),
+                data: a.octets().into(),
             },
         }
     }
@@ -45,12 +127,12 @@ impl Identity {
         } else if text.contains('@') {
             Identity {
                 id_type: IdType::ID_RFC822_ADDR,
-                data: text.as_bytes().to_vec(),
+                data: text.as_bytes().into(),
             }
         } else {
             Identity {
                 id_type: IdType::ID_FQDN,
-                data: text.as_bytes().to_vec(),
+                data: text.as_bytes().into(),
             }
         }
     }
@@ -62,7 +144,7 @@ impl Identity {
     pub fn parse_dn(text: &str) -> Result<Self, String> {
         Ok(Identity {
             id_type: IdType::ID_DER_ASN1_DN,
-            data: super::dn::encode(text)?,
+            data: super::dn::encode(text)?.into(),
         })
     }
 
@@ -591,6 +673,26 @@ impl EndpointConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_octets_inline_or_boxed_are_the_same_octets() {
+        for len in [0, 1, 4, 16, IdData::INLINE, IdData::INLINE + 1, 300] {
+            let v: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let (a, b) = (IdData::from(v.clone()), IdData::from(v.as_slice()));
+            assert_eq!(a.as_slice(), &v[..], "{len}");
+            assert_eq!(&*b, &v[..], "{len}");
+            assert_eq!(a, b);
+            assert_eq!(a.clone(), b);
+            assert_eq!(
+                matches!(a.0, IdRepr::Inline { .. }),
+                len <= IdData::INLINE,
+                "{len}"
+            );
+        }
+        // Equality is by content, not by representation or spare octets.
+        assert_ne!(IdData::from(&[1u8, 2][..]), IdData::from(&[1u8, 2, 0][..]));
+        assert_eq!(std::mem::size_of::<IdData>(), 24);
+    }
 
     #[test]
     fn suite_names_round_trip() {

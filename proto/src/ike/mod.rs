@@ -59,7 +59,7 @@ mod traffic;
 mod window;
 
 pub use config::{
-    EndpointConfig, Identity, IkeSuite, Lifetimes, PeerConfig, PeerKey, PortRange,
+    EndpointConfig, IdData, Identity, IkeSuite, Lifetimes, PeerConfig, PeerKey, PortRange,
     RetransmitConfig, SignatureAuth,
 };
 pub use endpoint::Endpoint;
