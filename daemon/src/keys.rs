@@ -47,7 +47,7 @@ use crate::config::{BackendChoice, Config};
 use crate::group_guard::{guard_listener, listener_prefixes, CoveredGroup};
 use crate::kernel::{Backend, Support};
 use crate::persist::{Op, Persist};
-use crate::socket_keys::{group_guard_key, guard_key, KernelKeys, SocketKeys};
+use crate::socket_keys::{group_guard_key, peer_guard_key, GuardSeed, KernelKeys, SocketKeys};
 use crate::sockets::{reconcile_on, AttachedSocket, How, KeyIds, SocketRegistry};
 use crate::state::{MktRecord, SocketRecord, StateSnapshot};
 
@@ -60,7 +60,6 @@ struct CoveredPeer {
     /// Shared with the configuration (a group's members share the group's).
     ports: std::sync::Arc<[u16]>,
     backend: Backend,
-    guard: MasterKeyTuple,
     /// How long a restored MKT stays after a new one exists.
     overlap: Duration,
     /// The peer's MKTs in socket order (the last one becomes RNext), as
@@ -380,6 +379,8 @@ pub struct KeyManager<K: SocketKeys = KernelKeys> {
     groups: Vec<CoveredGroup>,
     /// The key of every group prefix guard ([`group_guard_key`]).
     group_guard: MasterKeyTuple,
+    /// What each peer's guard is derived from ([`KeyManager::guard_of`]).
+    guard_seed: GuardSeed,
     registry: SocketRegistry,
     waiting: WaitingConnects<K::Socket>,
     acquire_timeout: Duration,
@@ -513,7 +514,6 @@ impl<K: SocketKeys> KeyManager<K> {
                 ip: p.remote,
                 ports: p.tcp_ports.clone(),
                 backend,
-                guard: guard_key(&mut rand_core::OsRng),
                 overlap: crate::config::mkt_overlap(&p.lifetimes),
                 mkts: Vec::new(),
                 removed: false,
@@ -542,6 +542,7 @@ impl<K: SocketKeys> KeyManager<K> {
             peers_by_port: BTreeSet::new(),
             groups,
             group_guard: group_guard_key(&mut rand_core::OsRng),
+            guard_seed: GuardSeed::new(&mut rand_core::OsRng),
             registry: SocketRegistry::new(),
             waiting: WaitingConnects::new(),
             acquire_timeout: cfg.daemon.acquire_timeout,
@@ -626,7 +627,6 @@ impl<K: SocketKeys> KeyManager<K> {
                     ip: p.remote,
                     ports: p.tcp_ports.clone(),
                     backend,
-                    guard: guard_key(&mut rand_core::OsRng),
                     overlap: crate::config::mkt_overlap(&p.lifetimes),
                     mkts: Vec::new(),
                     removed: false,
@@ -990,7 +990,8 @@ impl<K: SocketKeys> KeyManager<K> {
         for &i in peers {
             let p = &self.peers[i];
             let desired = &p.mkts;
-            let guard = desired.is_empty().then_some(&p.guard);
+            let guard_key = desired.is_empty().then(|| self.guard_of(i));
+            let guard = guard_key.as_ref();
             let how = How {
                 keep: &[],
                 listening: record.role == SocketRole::Listen,
@@ -1220,6 +1221,12 @@ impl<K: SocketKeys> KeyManager<K> {
         self.rekey_peer(idx, now, false)
     }
 
+    /// Peer `idx`'s guard ([`peer_guard_key`]): made when a socket needs
+    /// it, the same each time.
+    fn guard_of(&self, idx: usize) -> MasterKeyTuple {
+        peer_guard_key(&self.guard_seed, &self.peers[idx].name)
+    }
+
     /// [`KeyManager::mkts_changed`] with the MKTs the manager holds;
     /// `force` also replaces stale keys that connections still use as
     /// Current_key (their MKT expired). With no MKT and no restored one the
@@ -1262,7 +1269,8 @@ impl<K: SocketKeys> KeyManager<K> {
             }
         }
         let p = &self.peers[idx];
-        let guard = (!has_mkts).then_some(&p.guard);
+        let guard_key = (!has_mkts).then(|| self.guard_of(idx));
+        let guard = guard_key.as_ref();
         let newest = p.mkts.last().map(|m| KeyIds {
             send_id: m.send_id,
             recv_id: m.recv_id,

@@ -187,7 +187,14 @@ impl SocketKeys for KernelKeys {
     }
 }
 
-/// A dummy MKT that is never negotiated: a random 32-octet master key and
+/// A guard with a random key, as [`peer_guard_key`] makes it for a new
+/// seed: for tests that need one guard.
+#[cfg(test)]
+pub fn guard_key<R: RngCore + CryptoRng>(rng: &mut R) -> MasterKeyTuple {
+    peer_guard_key(&GuardSeed::new(rng), "")
+}
+
+/// A dummy MKT that is never negotiated: a 32-octet master key and
 /// SendID/RecvID drawn from the peer guards' part of aokd's half of the
 /// reserved range, 240-246 ([`PEER_GUARD_KEY_IDS`]; 247 is the group
 /// guard's, [`group_guard_key`], and the preload library's guard uses
@@ -199,25 +206,51 @@ impl SocketKeys for KernelKeys {
 /// the peer's unsigned segments, and nobody can produce a valid MAC with the
 /// guard's key (reference §1.9). Its KeyIDs cannot collide with negotiated
 /// ones (0-239).
-pub fn guard_key<R: RngCore + CryptoRng>(rng: &mut R) -> MasterKeyTuple {
-    let mut key = vec![0u8; MASTER_KEY_LEN];
-    rng.fill_bytes(&mut key);
+///
+/// The guard of the peer named `peer`: its key and KeyIDs are derived
+/// (HMAC-SHA-256) from `seed`, which is random and one per daemon
+/// ([`GuardSeed`]), instead of drawn and kept for each peer: the same key
+/// for the peer as long as the process runs, and known to nobody, since
+/// the seed never leaves the process (issue: scale, memory per peer; a
+/// kept guard cost about 64 octets per peer).
+pub fn peer_guard_key(seed: &GuardSeed, peer: &str) -> MasterKeyTuple {
+    let prf = aokd_proto::crypto::Prf::HmacSha256;
+    let mut input = Vec::with_capacity(GUARD_LABEL.len() + peer.len() + 1);
+    input.extend_from_slice(GUARD_LABEL);
+    input.extend_from_slice(peer.as_bytes());
+    let master_key = prf.prf(seed.0.as_bytes(), &input);
+    input.push(1);
+    let ids = prf.prf(seed.0.as_bytes(), &input);
     let span = u32::from(PEER_GUARD_KEY_IDS.end() - PEER_GUARD_KEY_IDS.start()) + 1;
-    let mut pick = || PEER_GUARD_KEY_IDS.start() + (rng.next_u32() % span) as u8;
-    let send_id = pick();
-    let recv_id = pick();
+    let pick = |b: u8| PEER_GUARD_KEY_IDS.start() + (u32::from(b) % span) as u8;
     MasterKeyTuple {
-        send_id,
-        recv_id,
+        send_id: pick(ids.as_bytes()[0]),
+        recv_id: pick(ids.as_bytes()[1]),
         algorithm: MacAlgorithm::HmacSha1_96,
         include_options: true,
-        master_key: Secret::new(key),
+        master_key,
     }
 }
 
-/// The guard of the peer groups' prefixes on a listener: like
-/// [`guard_key`], with SendID and RecvID [`GROUP_GUARD_KEY_ID`] (247),
-/// which no peer guard uses: a member's host guard overlaps its group's
+/// What [`peer_guard_key`] derives from, before the peer's name.
+const GUARD_LABEL: &[u8] = b"aokd peer guard\0";
+
+/// The daemon's secret for [`peer_guard_key`]: 32 random octets, zeroized
+/// on drop, never printed or stored.
+pub struct GuardSeed(Secret);
+
+impl GuardSeed {
+    /// A new random seed.
+    pub fn new<R: RngCore + CryptoRng>(rng: &mut R) -> GuardSeed {
+        let mut seed = vec![0u8; MASTER_KEY_LEN];
+        rng.fill_bytes(&mut seed);
+        GuardSeed(Secret::new(seed))
+    }
+}
+
+/// The guard of the peer groups' prefixes on a listener: like a peer's
+/// ([`peer_guard_key`]) but with a random key, and with SendID and RecvID
+/// [`GROUP_GUARD_KEY_ID`] (247), which no peer guard uses: a member's host guard overlaps its group's
 /// prefix, and Linux refuses overlapping keys that share a KeyID.
 pub fn group_guard_key<R: RngCore + CryptoRng>(rng: &mut R) -> MasterKeyTuple {
     let mut key = vec![0u8; MASTER_KEY_LEN];
@@ -258,6 +291,23 @@ mod tests {
         }
     }
     impl CryptoRng for Counter {}
+
+    #[test]
+    fn a_peer_guard_is_the_same_for_its_peer_and_seed_only() {
+        let (s1, s2) = (
+            GuardSeed::new(&mut Counter(1)),
+            GuardSeed::new(&mut Counter(9)),
+        );
+        let a = peer_guard_key(&s1, "r2");
+        let again = peer_guard_key(&s1, "r2");
+        assert_eq!(a.master_key.as_bytes(), again.master_key.as_bytes());
+        assert_eq!((a.send_id, a.recv_id), (again.send_id, again.recv_id));
+        assert_eq!(a.master_key.len(), MASTER_KEY_LEN);
+        for other in [peer_guard_key(&s1, "r3"), peer_guard_key(&s2, "r2")] {
+            assert_ne!(a.master_key.as_bytes(), other.master_key.as_bytes());
+        }
+        assert!(PEER_GUARD_KEY_IDS.contains(&a.send_id) && PEER_GUARD_KEY_IDS.contains(&a.recv_id));
+    }
 
     #[test]
     fn guard_keys_use_only_reserved_ids() {
