@@ -220,8 +220,18 @@ mod tests {
         let e = send_with_fd(a.as_fd(), b"", tcp.as_fd()).expect_err("empty");
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
 
-        // End of stream.
+        // End of stream. Awaited with poll: a process that another test of
+        // this binary spawns holds a copy of `a` between its fork and its
+        // exec (close-on-exec), so the end may come a moment later.
         drop(a);
+        let mut pfd = libc::pollfd {
+            fd: b.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, its length 1.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        assert_eq!(ready, 1, "no end of stream within 10 s");
         let (n, fd) = recv_with_fd(b.as_fd(), &mut buf).expect("eof");
         assert_eq!((n, fd.is_none()), (0, true));
     }
