@@ -1058,6 +1058,28 @@ enum Open {
     Checked,
 }
 
+/// redb's cache for an open of kind `open` (its default, 1 GiB, is far
+/// more than the state needs).
+fn cache_size(open: Open) -> usize {
+    match open {
+        // The trial reads redb's 1 MiB allocator state at open and again
+        // in `check_integrity`: with a cache below 4 MiB the second read
+        // comes from the file, 1-2 ms more start-up (docs/performance.md).
+        // The trial is dropped once the file itself is open.
+        Open::Trial => TRIAL_CACHE_BYTES,
+        // The file kept open reads the allocator state once, at open, and
+        // later only the pages a commit changes (the kernel's page cache
+        // has them): a cache that kept every page written would cost 300-400
+        // octets per peer at 10,000 peers (docs/performance.md).
+        Open::New | Open::Checked => FILE_CACHE_BYTES,
+    }
+}
+
+/// [`cache_size`] of the trial open.
+const TRIAL_CACHE_BYTES: usize = 4 << 20;
+/// [`cache_size`] of the file kept open.
+const FILE_CACHE_BYTES: usize = 256 << 10;
+
 /// Hands `backend` to redb (every page's checksum is checked after a
 /// trial's records are read: [`StagedOpen::finish`]). redb initializes an empty file, and repairs one left by
 /// a crash (rolling back to the last committed transaction: no
@@ -1070,10 +1092,7 @@ fn open_db(backend: impl StorageBackend, path: &Path, open: Open) -> Result<Data
     let mut builder = Database::builder();
     // New files in redb's v3 format, which redb 3.x reads without upgrade.
     builder.create_with_file_format_v3(true);
-    // The state is small; the 1 GiB default cache is far more than needed.
-    // Not below 4 MiB: redb then reads its 1 MiB allocator page from the
-    // file at open, 1-2 ms more start-up (docs/performance.md).
-    builder.set_cache_size(4 << 20);
+    builder.set_cache_size(cache_size(open));
     // redb calls the repair callback when it opens a file left by a crash,
     // and again from `check_integrity` on every file: only the first is
     // worth a warning.

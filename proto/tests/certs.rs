@@ -652,3 +652,63 @@ fn crls_signed_by_another_ca_do_not_count() {
     );
     println!("forged CRL: {text}");
 }
+
+/// B's IKE_AUTH answers in `sim.sent`, the one dropped included.
+fn auth_answers(sim: &Sim) -> Vec<Vec<u8>> {
+    sim.sent
+        .iter()
+        .filter(|(n, _, d)| {
+            *n == 1
+                && aokd_proto::wire::parse_message(d).is_ok_and(|m| {
+                    m.header.exchange == aokd_proto::numbers::ExchangeType::IKE_AUTH
+                        && m.header.is_response()
+                })
+        })
+        .map(|(_, _, d)| d.clone())
+        .collect()
+}
+
+#[test]
+fn a_lost_answer_with_certificates_is_sealed_again_for_the_retransmitted_request() {
+    // B keeps its IKE_AUTH answer without its certificate and puts it back
+    // when A retransmits (issue: scale, memory per peer): A must get the
+    // same answer, its certificate included, under another IV.
+    let ca = pki::root("aokd test root");
+    let a = leaf_chain(A_ADDR.ip(), &rcgen::PKCS_ED25519, &ca, |_| {});
+    let b = leaf_chain(B_ADDR.ip(), &rcgen::PKCS_ED25519, &ca, |_| {});
+    let b_cert = b.0[0].clone();
+    let mut sim = cert_sim(90, a, b, &ca);
+    let mut lost = false;
+    sim.drop_if = Some(Box::new(move |i, d| {
+        let answer = i == 1
+            && aokd_proto::wire::parse_message(d).is_ok_and(|m| {
+                m.header.exchange == aokd_proto::numbers::ExchangeType::IKE_AUTH
+                    && m.header.is_response()
+            });
+        let drop = answer && !lost;
+        lost |= answer;
+        drop
+    }));
+    assert!(sim.run_until(Duration::from_secs(10), Sim::settled));
+    assert!(sim.common_mkt());
+    assert_eq!(sim.established(0), 1);
+    assert_eq!(sim.established(1), 1);
+    let answers = auth_answers(&sim);
+    assert_eq!(answers.len(), 2, "the lost answer and its replay");
+    let (first, again) = (&answers[0], &answers[1]);
+    assert_eq!(first.len(), again.len(), "the same payloads");
+    assert!(
+        first.len() > b_cert.len(),
+        "the answer carries B's certificate"
+    );
+    // IKE header (28), SK header (4), then the IV: a new one.
+    assert_ne!(first[32..40], again[32..40]);
+    assert_ne!(first, again);
+    // B handled the request once; the retransmission got the replay.
+    let established_b = sim.nodes[1]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::IkeSaEstablished { .. }))
+        .count();
+    assert_eq!(established_b, 1);
+}

@@ -244,7 +244,7 @@ impl Ctx<'_> {
 
     /// Sends a protected response to the expected request, stored for replay.
     pub(super) fn respond(&mut self, sa: &mut IkeSa, exchange: ExchangeType, payloads: &[Payload]) {
-        if let Ok(bytes) = sa.response(exchange, payloads) {
+        if let Ok(bytes) = sa.response(exchange, payloads, self.pc.signature.as_ref()) {
             self.send_all(sa.remote, &bytes);
         }
     }

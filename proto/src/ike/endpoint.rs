@@ -1109,13 +1109,13 @@ fn on_request(
     from: SocketAddr,
     datagram: &[u8],
     msg: &ParsedMessage,
-    sa: IkeSa,
+    mut sa: IkeSa,
 ) -> Fate {
     let id = msg.header.message_id;
     // Retransmitted request: replay the stored response (RFC 7296 2.1);
     // when it comes in fragments, once, for its first fragment if that
     // authenticates (RFC 7383 2.6.1).
-    if let Some(bytes) = sa.window.replay(id).map(<[_]>::to_vec) {
+    if sa.window.replay(id).is_some() {
         if let Some(f) = msg.sk.as_ref().and_then(|sk| sk.fragment) {
             let (n, total) = (f.number, f.total);
             if n != 1 {
@@ -1135,7 +1135,9 @@ fn on_request(
                 return Fate::Keep(sa);
             }
         }
-        ctx.send_all(from, &bytes);
+        if let Some(Ok(bytes)) = sa.replay(id) {
+            ctx.send_all(from, &bytes);
+        }
         return Fate::Keep(sa);
     }
     if id != sa.window.expected() || sa.state() == SaState::Failed {

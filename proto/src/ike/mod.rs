@@ -18,7 +18,8 @@
 //!   that decide when to demand them.
 //! - `context` (what a handler sees: [`context::Ctx`], and `Fate`, how it
 //!   gives its SA back), `sa` (one IKE SA), `window` (message IDs,
-//!   retransmission, replay), `fragments` (reassembly of SKF messages,
+//!   retransmission, replay), `stored_response` (the last response, kept
+//!   for replay), `fragments` (reassembly of SKF messages,
 //!   RFC 7383), `table` (a peer's SAs), `peer` (a peer's other state),
 //!   `timers` (the timer queue), `traffic` (payload helpers).
 //! - [`config`], [`proposal`], [`sk`], [`event`], [`error`]: configuration,
@@ -53,6 +54,7 @@ pub mod proposal;
 pub mod reconfig;
 mod sa;
 pub mod sk;
+mod stored_response;
 mod table;
 mod timers;
 mod traffic;

@@ -4,17 +4,19 @@
 //! (fragmenting and reassembling when the message needs it, RFC 7383).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::config::IkeSuite;
+use super::config::{IkeSuite, SignatureAuth};
 use super::error::{IkeError, Misbehaviour};
 use super::event::{DropReason, Role};
 use super::fragments::{self, Added, Reassembler, Refused};
 use super::sk;
+use super::stored_response::StoredResponse;
 use super::window::{Datagrams, Window};
 use crate::crypto::{IkeKeys, KeyExchange};
 use crate::numbers::{ExchangeType, PayloadType};
-use crate::wire::{Header, ParsedMessage, Payload, FLAG_INITIATOR, FLAG_RESPONSE};
+use crate::wire::{self, Header, ParsedMessage, Payload, FLAG_INITIATOR, FLAG_RESPONSE};
 
 /// Which phase an SA is in, without the phase's data: for comparisons
 /// and dispatch ([`IkeSa::state`]).
@@ -352,19 +354,9 @@ impl IkeSa {
         header: &Header,
         payloads: &[Payload],
     ) -> Result<Datagrams, IkeError> {
-        let (suite, keys) = match (&self.suite, &self.keys) {
-            (Some(s), Some(k)) => (s, k),
-            _ => return Err(Misbehaviour::Unexpected("protected message before keys").into()),
-        };
-        let key = match self.role {
-            Role::Initiator => keys.sk_ei(),
-            Role::Responder => keys.sk_er(),
-        };
-        let counter = &mut self.iv_counter;
-        sk::protect_datagrams(header, payloads, suite.encr, key, self.fragment_len, || {
-            *counter = counter.wrapping_add(1);
-            *counter
-        })
+        let mut chain = Vec::new();
+        let first_inner = wire::emit_payload_chain(payloads, PayloadType::NONE, &mut chain);
+        self.protect_chain(header, first_inner, chain)
     }
 
     /// Our next request on this SA, protected, with the message ID the
@@ -381,16 +373,66 @@ impl IkeSa {
 
     /// Our response to the peer's expected request, protected and stored
     /// for replay (RFC 7296 2.1).
+    /// `signature`: the peer's signature configuration, whose
+    /// certificates a stored IKE_AUTH answer need not keep a copy of
+    /// ([`StoredResponse`]).
     pub(super) fn response(
         &mut self,
         exchange: ExchangeType,
         payloads: &[Payload],
+        signature: Option<&Arc<SignatureAuth>>,
     ) -> Result<Datagrams, IkeError> {
         let id = self.window.response_id();
         let h = self.header(exchange, id, true);
-        let bytes = self.protect(&h, payloads)?;
-        self.window.store_response(id, bytes.clone());
+        let mut chain = Vec::new();
+        let first_inner = wire::emit_payload_chain(payloads, PayloadType::NONE, &mut chain);
+        let bytes = self.protect_chain(&h, first_inner, chain.clone())?;
+        let stored = StoredResponse::new(exchange, first_inner, &chain, signature, bytes.clone());
+        self.window.store_response(id, stored);
         Ok(bytes)
+    }
+
+    /// The stored response to the peer's request `message_id` when that
+    /// request is a retransmission of the last one answered (RFC 7296
+    /// 2.1): as sent, or sealed again with this SA's next IV.
+    pub(super) fn replay(&mut self, message_id: u32) -> Option<Result<Datagrams, IkeError>> {
+        let plain = match self.window.replay(message_id)? {
+            StoredResponse::Sealed(bytes) => return Some(Ok(bytes.clone())),
+            StoredResponse::Plain(p) => (p.exchange, p.first_inner, p.chain()),
+        };
+        let (exchange, first_inner, chain) = plain;
+        let h = self.header(exchange, message_id, true);
+        Some(self.protect_chain(&h, first_inner, chain))
+    }
+
+    /// [`IkeSa::protect`] of an inner payload chain already emitted.
+    fn protect_chain(
+        &mut self,
+        header: &Header,
+        first_inner: PayloadType,
+        chain: Vec<u8>,
+    ) -> Result<Datagrams, IkeError> {
+        let (suite, keys) = match (&self.suite, &self.keys) {
+            (Some(s), Some(k)) => (s, k),
+            _ => return Err(Misbehaviour::Unexpected("protected message before keys").into()),
+        };
+        let key = match self.role {
+            Role::Initiator => keys.sk_ei(),
+            Role::Responder => keys.sk_er(),
+        };
+        let counter = &mut self.iv_counter;
+        sk::protect_chain(
+            header,
+            first_inner,
+            chain,
+            suite.encr,
+            key,
+            self.fragment_len,
+            || {
+                *counter = counter.wrapping_add(1);
+                *counter
+            },
+        )
     }
 
     /// The key and cipher the peer protects its messages with.

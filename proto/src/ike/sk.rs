@@ -44,20 +44,20 @@ pub fn protect(
     seal(header, first_inner, plaintext, encr, key, iv)
 }
 
-/// Builds a protected message as one datagram when it is at most
+/// Builds a protected message from its inner payload chain (`chain`,
+/// whose first payload is `first_inner`) as one datagram when it is at most
 /// `max_len` octets long (or `max_len` is `None`), else as SKF fragments
 /// of at most `max_len` octets each (RFC 7383 2.5), each sealed on its own
 /// with the IV `next_iv` gives (called once per datagram).
-pub(super) fn protect_datagrams(
+pub(super) fn protect_chain(
     header: &Header,
-    payloads: &[Payload],
+    first_inner: PayloadType,
+    mut chain: Vec<u8>,
     encr: Encr,
     key: &[u8],
     max_len: Option<usize>,
     mut next_iv: impl FnMut() -> u64,
 ) -> Result<Vec<Vec<u8>>, IkeError> {
-    let mut chain = Vec::new();
-    let first_inner = wire::emit_payload_chain(payloads, PayloadType::NONE, &mut chain);
     let whole = Header::LEN + SK_HEADER_LEN + Encr::IV_LEN + chain.len() + 1 + Encr::ICV_LEN;
     let Some(max_len) = max_len.filter(|&m| whole > m) else {
         chain.push(0); // pad length

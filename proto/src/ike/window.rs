@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::config::RetransmitConfig;
+use super::stored_response::StoredResponse;
 use crate::numbers::ExchangeType;
 use crate::wire::Payload;
 
@@ -68,7 +69,7 @@ pub(super) struct Window {
     /// inline would be in each of a route server's thousands of SAs.
     pending: Option<Box<Pending>>,
     queued: VecDeque<Queued>,
-    last_response: Option<(u32, Datagrams)>,
+    last_response: Option<(u32, StoredResponse)>,
 }
 
 impl Window {
@@ -199,9 +200,9 @@ impl Window {
 
     /// The stored response to the peer's request `message_id`, when that
     /// request is a retransmission of the last one answered.
-    pub(super) fn replay(&self, message_id: u32) -> Option<&[Vec<u8>]> {
+    pub(super) fn replay(&self, message_id: u32) -> Option<&StoredResponse> {
         match &self.last_response {
-            Some((id, bytes)) if *id == message_id => Some(bytes),
+            Some((id, stored)) if *id == message_id => Some(stored),
             _ => None,
         }
     }
@@ -219,8 +220,8 @@ impl Window {
     }
 
     /// Stores our response for replay.
-    pub(super) fn store_response(&mut self, message_id: u32, bytes: Datagrams) {
-        self.last_response = Some((message_id, bytes));
+    pub(super) fn store_response(&mut self, message_id: u32, stored: StoredResponse) {
+        self.last_response = Some((message_id, stored));
     }
 
     /// Whether a response is stored (a responder that answered something).
@@ -269,9 +270,9 @@ mod tests {
         assert!(w.idle());
         assert_eq!(w.expected(), 1);
         let id = w.response_id();
-        w.store_response(id, vec![vec![9]]);
-        assert_eq!(w.replay(1), Some(&[vec![9u8]][..]));
-        assert_eq!(w.replay(2), None);
+        w.store_response(id, StoredResponse::Sealed(vec![vec![9]]));
+        assert!(matches!(w.replay(1), Some(StoredResponse::Sealed(d)) if d == &vec![vec![9u8]]));
+        assert!(w.replay(2).is_none());
         assert_eq!(w.expected(), 2);
     }
 }
