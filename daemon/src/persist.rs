@@ -31,10 +31,14 @@
 //! logged when the file starts failing and one line when it recovers.
 //!
 //! MKT records stay until their hard lifetime ([`Op::PruneMkts`]); the
-//! writer keeps them ordered by expiry, so pruning reads nothing and
-//! deletes only the records that are due.
+//! writer keeps their keys ordered by hard lifetime, so a prune visits
+//! only the records that are due. The order is not kept exact (a record
+//! replaced or deleted leaves its old entry, which saves a second index of
+//! every MKT; issue: scale, memory per peer): each due entry becomes an
+//! [`Op::DeleteExpiredMkt`], which deletes the record only if the one in
+//! the file has expired.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -82,6 +86,19 @@ pub enum Op {
     },
     /// Forget every MKT whose hard lifetime ended before `now_unix`.
     PruneMkts {
+        /// Seconds since the Unix epoch.
+        now_unix: u64,
+    },
+    /// What a prune queues for each record it finds due: forget the MKT
+    /// if its record's hard lifetime ended before `now_unix` (it may have
+    /// been stored again since, with a later one).
+    DeleteExpiredMkt {
+        /// The peer's name.
+        peer: String,
+        /// SendID.
+        send_id: u8,
+        /// RecvID.
+        recv_id: u8,
         /// Seconds since the Unix epoch.
         now_unix: u64,
     },
@@ -361,8 +378,6 @@ fn refuse_all(rx: &Receiver<Msg>) {
 }
 
 /// An MKT record's key: peer, SendID, RecvID.
-/// The name is shared by the two indexes below (one allocation per MKT,
-/// not two).
 type MktKey = (Arc<str>, u8, u8);
 
 /// The writer thread's state.
@@ -373,10 +388,10 @@ struct Writer {
     file: PathBuf,
     /// Changes not yet committed, in order.
     pending: VecDeque<Op>,
-    /// Every MKT record in the file (or pending), by hard lifetime...
+    /// Every MKT record in the file (or pending), by hard lifetime, and
+    /// the old entries of records stored again or deleted since (see the
+    /// module documentation).
     expiry: BTreeSet<(u64, MktKey)>,
-    /// ...and by key, with its hard lifetime.
-    expires: BTreeMap<MktKey, u64>,
     health: Arc<Mutex<StateHealth>>,
 }
 
@@ -393,27 +408,20 @@ impl Writer {
             store: None,
             pending: VecDeque::new(),
             expiry: BTreeSet::new(),
-            expires: BTreeMap::new(),
             health,
         };
         for r in mkts {
-            writer.set_expiry(
-                (r.peer.as_str().into(), r.send_id, r.recv_id),
-                Some(r.expires_at_unix),
-            );
+            writer.note_expiry(r);
         }
         writer
     }
 
-    /// Records (or with `None` forgets) an MKT record's hard lifetime.
-    fn set_expiry(&mut self, key: MktKey, expires: Option<u64>) {
-        if let Some(old) = self.expires.remove(&key) {
-            self.expiry.remove(&(old, key.clone()));
-        }
-        if let Some(at) = expires {
-            self.expiry.insert((at, key.clone()));
-            self.expires.insert(key, at);
-        }
+    /// Orders MKT record `r` by its hard lifetime.
+    fn note_expiry(&mut self, r: &MktRecord) {
+        self.expiry.insert((
+            r.expires_at_unix,
+            (r.peer.as_str().into(), r.send_id, r.recv_id),
+        ));
     }
 
     fn run(&mut self, rx: &Receiver<Msg>) {
@@ -483,24 +491,16 @@ impl Writer {
                     let Some((_, (peer, send_id, recv_id))) = self.expiry.pop_first() else {
                         break;
                     };
-                    self.expires.remove(&(Arc::clone(&peer), send_id, recv_id));
-                    self.queue(Op::DeleteMkt {
+                    self.queue(Op::DeleteExpiredMkt {
                         peer: peer.to_string(),
                         send_id,
                         recv_id,
+                        now_unix: *now_unix,
                     });
                 }
                 return;
             }
-            Op::PutMkt(r) => self.set_expiry(
-                (r.peer.as_str().into(), r.send_id, r.recv_id),
-                Some(r.expires_at_unix),
-            ),
-            Op::DeleteMkt {
-                peer,
-                send_id,
-                recv_id,
-            } => self.set_expiry((peer.as_str().into(), *send_id, *recv_id), None),
+            Op::PutMkt(r) => self.note_expiry(r),
             _ => {}
         }
         self.queue(op);
@@ -603,6 +603,14 @@ fn apply(batch: &mut Batch<'_>, op: &Op) -> Result<(), StateError> {
         } => batch.delete_mkt(peer, *send_id, *recv_id).map(drop),
         // Expanded into deletions when queued.
         Op::PruneMkts { .. } => Ok(()),
+        Op::DeleteExpiredMkt {
+            peer,
+            send_id,
+            recv_id,
+            now_unix,
+        } => batch
+            .delete_mkt_expired(peer, *send_id, *recv_id, *now_unix)
+            .map(drop),
         Op::PutIkeSa(r) => batch.put_ike_sa(r),
         Op::DeleteIkeSa { peer, spi_i, spi_r } => batch.delete_ike_sa(peer, spi_i, spi_r).map(drop),
         Op::PutSocket(r) => batch.put_socket(r),
@@ -620,6 +628,12 @@ impl Op {
                 recv_id,
             } => format!("delete MKT {send_id}/{recv_id} of {peer}"),
             Op::PruneMkts { .. } => "delete expired MKT records".to_string(),
+            Op::DeleteExpiredMkt {
+                peer,
+                send_id,
+                recv_id,
+                ..
+            } => format!("delete MKT {send_id}/{recv_id} of {peer} if expired"),
             Op::PutIkeSa(r) => format!("store IKE SA {}/{} of {}", r.spi_i, r.spi_r, r.peer),
             Op::DeleteIkeSa { peer, spi_i, spi_r } => {
                 format!("delete IKE SA {spi_i}/{spi_r} of {peer}")
@@ -880,9 +894,26 @@ mod tests {
             let (p, thread) = Persist::start(store).unwrap();
             p.send(Op::PutMkt(mkt(2, 200)));
             p.send(Op::PutMkt(mkt(3, 300)));
-            // Replaced with a later lifetime: not due at 250.
+            // Replaced with a later lifetime: not due at 350.
             p.send(Op::PutMkt(mkt(2, 400)));
+            // Deleted, then stored again with a later lifetime: its old
+            // entry is due at 350, the record is not.
+            p.send(Op::DeleteMkt {
+                peer: "b".into(),
+                send_id: 3,
+                recv_id: 3,
+            });
+            p.send(Op::PutMkt(mkt(3, 500)));
+            // Deleted: its entry is due, there is nothing to delete.
+            p.send(Op::PutMkt(mkt(4, 150)));
+            p.send(Op::DeleteMkt {
+                peer: "b".into(),
+                send_id: 4,
+                recv_id: 4,
+            });
             p.send(Op::PruneMkts { now_unix: 350 });
+            // Due now; the entries of 2 and 3 from before are gone.
+            p.send(Op::PruneMkts { now_unix: 450 });
             p.barrier();
             drop(p);
             thread.join().unwrap();
@@ -894,7 +925,7 @@ mod tests {
             .iter()
             .map(|r| (r.send_id, r.expires_at_unix))
             .collect();
-        assert_eq!(left, vec![(2, 400)]);
+        assert_eq!(left, vec![(3, 500)]);
     }
 
     #[test]

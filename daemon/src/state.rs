@@ -941,6 +941,29 @@ impl Batch<'_> {
         })
     }
 
+    /// Deletes the MKT record (peer, send_id, recv_id) if its hard lifetime
+    /// ended before `now_unix`; `true` if it did.
+    pub fn delete_mkt_expired(
+        &mut self,
+        peer: &str,
+        send_id: u8,
+        recv_id: u8,
+        now_unix: u64,
+    ) -> Result<bool, StateError> {
+        let key = (peer, send_id, recv_id);
+        let stored = self.db("read an MKT record", |txn| {
+            Ok(txn.open_table(MKTS)?.get(key)?.map(|v| v.value().to_vec()))
+        })?;
+        let Some(bytes) = stored else {
+            return Ok(false);
+        };
+        let rec: MktRecord = self.store.decode("mkts", &key, &bytes)?;
+        if rec.expires_at_unix >= now_unix {
+            return Ok(false);
+        }
+        self.delete_mkt(peer, send_id, recv_id)
+    }
+
     /// [`StateStore::put_ike_sa`] in this transaction.
     pub fn put_ike_sa(&mut self, rec: &IkeSaRecord) -> Result<(), StateError> {
         let value = self.store.encode(rec)?;

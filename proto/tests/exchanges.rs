@@ -268,3 +268,44 @@ fn terminate_deletes_on_both_sides() {
         .iter()
         .any(|e| matches!(e, Event::MktDeleted { .. })));
 }
+
+#[test]
+fn two_peers_on_one_address_are_told_apart_by_port() {
+    // B has two peers on A's IP address, at ports 500 and 4500, each with
+    // its own PSK: each initiator must be matched to the peer of its port
+    // (a wrong match fails AUTH), the first by slot among those of its
+    // address.
+    const OTHER_PSK: &[u8] = b"the other initiator's secret, also long";
+    let a2_addr = std::net::SocketAddr::new(A_ADDR.ip(), 4500);
+    let mut at_500 = peer("a500", B_ADDR, A_ADDR, PSK);
+    let mut at_4500 = peer("a4500", B_ADDR, a2_addr, OTHER_PSK);
+    at_500.initiate = false;
+    at_4500.initiate = false;
+    let mut sim = Sim::pair_with(
+        95,
+        NetParams::default(),
+        EndpointConfig::new(vec![peer("b", A_ADDR, B_ADDR, PSK)]),
+        EndpointConfig::new(vec![at_500, at_4500]),
+    );
+    let a2 = sim.add_node(
+        a2_addr,
+        EndpointConfig::new(vec![peer("b", a2_addr, B_ADDR, OTHER_PSK)]),
+        96,
+    );
+    assert!(
+        sim.run_until(Duration::from_secs(10), |s| s.established(1) == 2
+            && s.established(0) == 1
+            && s.established(a2) == 1)
+    );
+    for p in sim.nodes[1].ep.peers() {
+        let up = p.sas.iter().filter(|s| s.state == "established").count();
+        assert_eq!(up, 1, "B's peer {} ({})", p.name, p.remote);
+        assert_eq!(p.mkts.len(), 1, "B's peer {}", p.name);
+    }
+    let failed = sim.nodes[1]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::NegotiationFailed { .. }))
+        .count();
+    assert_eq!(failed, 0);
+}

@@ -107,10 +107,10 @@ pub struct Endpoint {
     peers: Vec<Peer>,
     /// Every IKE SA's local SPI, and its peer.
     owners: BTreeMap<u64, usize>,
-    /// Peers by IKE address and port, by IP address, and by name.
-    by_addr: BTreeMap<SocketAddr, usize>,
-    /// (IP address, peer): a set of pairs rather than a list per address,
-    /// since most addresses have one peer (issue: scale, memory per peer).
+    /// Peers by IP address and by name. (IP address, peer): a set of pairs
+    /// rather than a list per address, since most addresses have one peer;
+    /// the peer with an address and port is found among those of its IP
+    /// address, not in an index of its own (issue: scale, memory per peer).
     by_ip: BTreeSet<(IpAddr, usize)>,
     /// Configured peers by name. Group members are not in it: a member's
     /// name is its group's and its address ([`Endpoint::find`]), which
@@ -156,13 +156,11 @@ impl Endpoint {
             ))
             .into());
         }
-        let mut by_addr = BTreeMap::new();
         let mut by_ip = BTreeSet::new();
         let mut by_name = BTreeMap::new();
         let mut timers = TimerQueue::new(cfg.peers.len());
         let mut peers = Vec::with_capacity(cfg.peers.len());
         for (i, p) in cfg.peers.iter().enumerate() {
-            by_addr.entry(p.remote).or_insert(i);
             by_ip.insert((p.remote.ip(), i));
             by_name.entry(p.name.clone()).or_insert(i);
             timers.set(i, p.initiate.then_some(now));
@@ -180,7 +178,6 @@ impl Endpoint {
             rng,
             peers,
             owners: BTreeMap::new(),
-            by_addr,
             by_ip,
             by_name,
             removed_by_name: BTreeMap::new(),
@@ -362,28 +359,15 @@ impl Endpoint {
             self.by_name.insert(p.name.clone(), i);
         }
         self.by_ip.insert((p.remote.ip(), i));
-        self.by_addr.entry(p.remote).or_insert(i);
     }
 
-    /// Takes peer `i` out of the name and address indexes. O(log n + the
-    /// peers with its IP address).
+    /// Takes peer `i` out of the name and address indexes. O(log n).
     fn unindex(&mut self, i: usize) {
         let p = &self.cfg.peers[i];
         if self.by_name.get(&p.name) == Some(&i) {
             self.by_name.remove(&p.name);
         }
-        let ip = p.remote.ip();
-        self.by_ip.remove(&(ip, i));
-        if self.by_addr.get(&p.remote) == Some(&i) {
-            self.by_addr.remove(&p.remote);
-            // Another peer with that address and port takes its place.
-            let next = self
-                .peers_at(ip)
-                .find(|&j| self.cfg.peers[j].remote == p.remote);
-            if let Some(j) = next {
-                self.by_addr.insert(p.remote, j);
-            }
-        }
+        self.by_ip.remove(&(p.remote.ip(), i));
     }
 
     /// Adds a configured peer at `now` (a reload): it is initiated at once
@@ -846,17 +830,20 @@ impl Endpoint {
         self.out.dropped(from, reason, detail);
     }
 
-    /// The configured peer a datagram from `from` comes from: the one with
-    /// that address and port, else the only one with that address.
+    /// The configured peer a datagram from `from` comes from: the first
+    /// (by slot) with that address and port, else the only one with that
+    /// address. O(log n + the peers configured with that IP address, one
+    /// nearly always).
     fn match_peer(&self, from: SocketAddr) -> Option<usize> {
-        if let Some(&i) = self.by_addr.get(&from) {
-            return Some(i);
+        let (mut only, mut at_ip) = (None, 0);
+        for i in self.peers_at(from.ip()) {
+            if self.cfg.peers[i].remote == from {
+                return Some(i);
+            }
+            only = Some(i);
+            at_ip += 1;
         }
-        let mut at = self.peers_at(from.ip());
-        match (at.next(), at.next()) {
-            (Some(i), None) => Some(i),
-            _ => None,
-        }
+        only.filter(|_| at_ip == 1)
     }
 
     /// The peers with IP address `ip`, by slot. O(log n) to the first.
