@@ -63,23 +63,25 @@ fn peer_config(cfg: &Config, p: &crate::config::PeerConfig) -> anyhow::Result<ik
         local,
         local_id,
         remote_id: p.remote_id.clone(),
-        psk: Secret::new(p.psk.as_bytes().to_vec()).into(),
-        signature: p
-            .signature
-            .as_ref()
-            .map(|s| signature_auth(s).map(std::sync::Arc::new))
-            .transpose()
-            .with_context(|| format!("peer {:?}", p.name))?,
-        ike_suites: p.ike_proposals.clone().into(),
-        mac_algorithms: p.mac_algorithms.clone().into(),
-        include_options: p.include_tcp_options,
-        tcp_ports: p
-            .tcp_ports
-            .iter()
-            .map(|port| PortRange::single(*port))
-            .collect(),
         initiate: p.initiate,
-        lifetimes: std::sync::Arc::new(mkt_lifetimes(&p.lifetimes)),
+        terms: std::sync::Arc::new(ike::PeerTerms {
+            psk: Secret::new(p.psk.as_bytes().to_vec()).into(),
+            signature: p
+                .signature
+                .as_ref()
+                .map(|s| signature_auth(s).map(std::sync::Arc::new))
+                .transpose()
+                .with_context(|| format!("peer {:?}", p.name))?,
+            ike_suites: p.ike_proposals.clone().into(),
+            mac_algorithms: p.mac_algorithms.clone().into(),
+            include_options: p.include_tcp_options,
+            tcp_ports: p
+                .tcp_ports
+                .iter()
+                .map(|port| PortRange::single(*port))
+                .collect(),
+            lifetimes: std::sync::Arc::new(mkt_lifetimes(&p.lifetimes)),
+        }),
     })
 }
 

@@ -399,7 +399,11 @@ impl Default for Lifetimes {
     }
 }
 
-/// One configured peer.
+/// One configured peer. What a peer group's members share with the
+/// group's template is in [`PeerConfig::terms`], one `Arc` for all of them
+/// (issue: scale, memory per peer); `PeerConfig` dereferences to it, so
+/// `pc.psk` reads the terms, and writing a term through `&mut PeerConfig`
+/// gives this peer a copy of its own first ([`Arc::make_mut`]).
 pub struct PeerConfig {
     /// Operator's name for the peer, used in logs, events and aoctl.
     pub name: String,
@@ -410,16 +414,23 @@ pub struct PeerConfig {
     pub local: IpAddr,
     pub local_id: Identity,
     pub remote_id: Identity,
+    /// Initiate at start and after failures; a passive peer only responds.
+    pub initiate: bool,
+    /// Authentication, proposals, ports and lifetimes.
+    pub terms: Arc<PeerTerms>,
+}
+
+/// The part of a [`PeerConfig`] that a peer group's members share with the
+/// group's template.
+#[derive(Clone)]
+pub struct PeerTerms {
     /// The pre-shared key (RFC 7296 2.15), used when `signature` is `None`.
-    /// Shared (`Arc`): a peer group's members use the group's.
     pub psk: Arc<Secret>,
     /// Authentication by signature (RFC 7427) instead of the PSK, on both
     /// sides: a peer configured so refuses a PSK AUTH, and the reverse.
-    /// Shared (`Arc`): the members of a peer group use the group's.
     pub signature: Option<Arc<SignatureAuth>>,
     /// IKE SA suites in preference order; the first one's group is used for
-    /// the first KE payload. Shared (`Arc`), like the other lists: a peer
-    /// group's members use the group's (issue: scale, memory per peer).
+    /// the first KE payload.
     pub ike_suites: Arc<[IkeSuite]>,
     /// TCP-AO MAC algorithms in preference order.
     pub mac_algorithms: Arc<[MacAlgorithm]>,
@@ -428,11 +439,21 @@ pub struct PeerConfig {
     pub include_options: bool,
     /// TCP ports covered by the MKTs (for BGP: 179).
     pub tcp_ports: Arc<[PortRange]>,
-    /// Initiate at start and after failures; a passive peer only responds.
-    pub initiate: bool,
-    /// MKT lifetimes. Shared (`Arc`): a peer group's members use the
-    /// group's (issue: scale, memory per peer; 88 octets each otherwise).
+    /// MKT lifetimes.
     pub lifetimes: Arc<Lifetimes>,
+}
+
+impl std::ops::Deref for PeerConfig {
+    type Target = PeerTerms;
+    fn deref(&self) -> &PeerTerms {
+        &self.terms
+    }
+}
+
+impl std::ops::DerefMut for PeerConfig {
+    fn deref_mut(&mut self) -> &mut PeerTerms {
+        Arc::make_mut(&mut self.terms)
+    }
 }
 
 impl PeerConfig {
@@ -440,7 +461,7 @@ impl PeerConfig {
     /// identities are the addresses, the default IKE suite, every TCP-AO
     /// MAC algorithm, options included, TCP port 179 (BGP), initiating,
     /// default lifetimes. For demos, tests and load generators, which
-    /// change what they need with struct update syntax.
+    /// change what they need afterwards.
     pub fn with_psk(name: &str, local: IpAddr, remote: SocketAddr, psk: Secret) -> PeerConfig {
         PeerConfig {
             name: name.to_string(),
@@ -448,14 +469,16 @@ impl PeerConfig {
             local,
             local_id: Identity::from_ip(local),
             remote_id: Identity::from_ip(remote.ip()),
-            psk: Arc::new(psk),
-            signature: None,
-            ike_suites: Arc::from([IkeSuite::DEFAULT]),
-            mac_algorithms: Arc::from(MacAlgorithm::ALL),
-            include_options: true,
-            tcp_ports: Arc::from([PortRange::single(179)]),
             initiate: true,
-            lifetimes: Arc::new(Lifetimes::default()),
+            terms: Arc::new(PeerTerms {
+                psk: Arc::new(psk),
+                signature: None,
+                ike_suites: Arc::from([IkeSuite::DEFAULT]),
+                mac_algorithms: Arc::from(MacAlgorithm::ALL),
+                include_options: true,
+                tcp_ports: Arc::from([PortRange::single(179)]),
+                lifetimes: Arc::new(Lifetimes::default()),
+            }),
         }
     }
 }

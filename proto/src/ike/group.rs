@@ -15,6 +15,7 @@
 use core::fmt;
 use core::str::FromStr;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use super::config::{Identity, PeerConfig};
 use crate::numbers::IdType;
@@ -180,8 +181,8 @@ pub struct PeerGroupConfig {
     pub ike_port: u16,
     pub identity: MemberIdentity,
     /// A member's configuration but for `name`, `remote` and `remote_id`,
-    /// which [`PeerGroupConfig::member`] sets. Its `signature` is shared
-    /// by all members. `local` is the local address toward members of the
+    /// which [`PeerGroupConfig::member`] sets. Its terms
+    /// ([`PeerConfig::terms`]) are shared by all members. `local` is the local address toward members of the
     /// template's address family; `initiate` applies to members made on
     /// demand or restored (a member that first spoke is a responder).
     pub template: PeerConfig,
@@ -234,14 +235,9 @@ impl PeerGroupConfig {
             local,
             local_id,
             remote_id,
-            psk: t.psk.clone(),
-            signature: t.signature.clone(),
-            ike_suites: t.ike_suites.clone(),
-            mac_algorithms: t.mac_algorithms.clone(),
-            include_options: t.include_options,
-            tcp_ports: t.tcp_ports.clone(),
             initiate,
-            lifetimes: t.lifetimes.clone(),
+            // The template's, shared: no copy per member.
+            terms: Arc::clone(&t.terms),
         }
     }
 }
@@ -293,5 +289,35 @@ mod tests {
         let exact = MemberIdentity::Fqdn("r1.example.net".into());
         assert!(exact.accepts(&Identity::parse("R1.example.net"), ip));
         assert!(!exact.accepts(&Identity::parse("r2.example.net"), ip));
+    }
+
+    #[test]
+    fn members_share_the_templates_terms() {
+        use crate::crypto::Secret;
+        let local: IpAddr = "192.0.2.1".parse().unwrap();
+        let template = PeerConfig::with_psk(
+            "t",
+            local,
+            "192.0.2.1:500".parse().unwrap(),
+            Secret::new(b"group key".to_vec()),
+        );
+        let g = PeerGroupConfig {
+            name: "rs".into(),
+            prefixes: vec!["198.51.100.0/24".parse().unwrap()],
+            ike_port: 500,
+            identity: MemberIdentity::Address,
+            template,
+            local_other_family: None,
+        };
+        let a = g.member("198.51.100.7".parse().unwrap(), false);
+        let mut b = g.member("198.51.100.8".parse().unwrap(), true);
+        assert!(Arc::ptr_eq(&a.terms, &g.template.terms));
+        assert!(Arc::ptr_eq(&b.terms, &g.template.terms));
+        assert_eq!(a.name, "rs/198.51.100.7");
+        assert_eq!((a.initiate, b.initiate), (false, true));
+        // Changing one member's term gives it terms of its own.
+        b.include_options = false;
+        assert!(!Arc::ptr_eq(&b.terms, &g.template.terms));
+        assert!(a.include_options && g.template.include_options);
     }
 }

@@ -61,8 +61,8 @@ mod traffic;
 mod window;
 
 pub use config::{
-    EndpointConfig, IdData, Identity, IkeSuite, Lifetimes, PeerConfig, PeerKey, PortRange,
-    RetransmitConfig, SignatureAuth,
+    EndpointConfig, IdData, Identity, IkeSuite, Lifetimes, PeerConfig, PeerKey, PeerTerms,
+    PortRange, RetransmitConfig, SignatureAuth,
 };
 pub use endpoint::Endpoint;
 pub use error::{IkeError, Misbehaviour, MisuseError, NegotiationError};

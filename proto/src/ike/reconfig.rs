@@ -70,7 +70,7 @@ pub fn classify(old: &PeerConfig, new: &PeerConfig) -> PeerChange {
 mod tests {
     use super::*;
     use crate::crypto::Secret;
-    use crate::ike::config::{Identity, IkeSuite, PortRange};
+    use crate::ike::config::{Identity, IkeSuite, PeerTerms, PortRange};
     use crate::mkt::MacAlgorithm;
     use std::time::Duration;
 
@@ -81,14 +81,16 @@ mod tests {
             local: "192.0.2.1".parse().unwrap(),
             local_id: Identity::parse("192.0.2.1"),
             remote_id: Identity::parse("192.0.2.2"),
-            psk: Secret::new(b"one key".to_vec()).into(),
-            ike_suites: vec![IkeSuite::DEFAULT].into(),
-            mac_algorithms: MacAlgorithm::ALL.to_vec().into(),
-            include_options: true,
-            tcp_ports: vec![PortRange::single(179)].into(),
             initiate: true,
-            lifetimes: Default::default(),
-            signature: None,
+            terms: std::sync::Arc::new(PeerTerms {
+                psk: Secret::new(b"one key".to_vec()).into(),
+                ike_suites: vec![IkeSuite::DEFAULT].into(),
+                mac_algorithms: MacAlgorithm::ALL.to_vec().into(),
+                include_options: true,
+                tcp_ports: vec![PortRange::single(179)].into(),
+                lifetimes: Default::default(),
+                signature: None,
+            }),
         }
     }
 

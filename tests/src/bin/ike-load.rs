@@ -250,15 +250,15 @@ fn start(
     } else {
         args.psk.clone()
     };
-    let peer = PeerConfig {
+    let mut peer = PeerConfig {
         remote_id: args
             .remote_id
             .clone()
             .unwrap_or_else(|| Identity::from_ip(remote.ip())),
-        signature: signature.map(std::sync::Arc::new),
         initiate: false,
         ..PeerConfig::with_psk("target", local, remote, Secret::new(psk))
     };
+    peer.signature = signature.map(std::sync::Arc::new);
     let mut config = EndpointConfig::new(vec![peer]);
     // Certificates are judged at the system's time.
     config.wall_clock = SystemTime::now();
